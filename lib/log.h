@@ -1,0 +1,37 @@
+/* log.h: Nodepool-style logging. Lines look like Python logging's
+ * "%(asctime)s %(levelname)s %(name)s: %(message)s" so that operators' log
+ * filters (by logger name such as nodepool.PoolWorker.p-main) keep working.
+ * Thread-safe: one mutex around each line. */
+#ifndef NP_LOG_H
+#define NP_LOG_H
+
+#include <stdio.h>
+
+enum log_level {
+	LOG_DEBUG = 10,
+	LOG_INFO = 20,
+	LOG_WARNING = 30,
+	LOG_ERROR = 40,
+	LOG_CRITICAL = 50,
+};
+
+/* Where lines go (default stderr) and the lowest level written (default INFO).
+ * log_open_file() appends to PATH and reopens it when it is rotated away
+ * (like Python's WatchedFileHandler). Returns 0 or -1 with errno set. */
+void log_set_stream(FILE *f);
+int log_open_file(const char *path);
+void log_set_level(enum log_level level);
+enum log_level log_get_level(void);
+/* Loggers whose name starts with PREFIX are held at LEVEL at least
+ * (e.g. "nodepool.zk" at WARNING for the CLI). At most 16 such rules. */
+void log_set_logger_level(const char *prefix, enum log_level level);
+
+void log_msg(enum log_level level, const char *logger, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+#define log_debug(lg, ...) log_msg(LOG_DEBUG, lg, __VA_ARGS__)
+#define log_info(lg, ...) log_msg(LOG_INFO, lg, __VA_ARGS__)
+#define log_warning(lg, ...) log_msg(LOG_WARNING, lg, __VA_ARGS__)
+#define log_error(lg, ...) log_msg(LOG_ERROR, lg, __VA_ARGS__)
+
+#endif

@@ -1,0 +1,64 @@
+/* util.h: small helpers every subsystem uses: checked allocation, a growable
+ * string buffer, string lists and wall-clock time. Allocation failure is
+ * fatal (abort with a message): a daemon that cannot allocate a few bytes has
+ * no sane way to continue, and checking every call site hides real logic. */
+#ifndef NP_UTIL_H
+#define NP_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdbool.h>
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t nmemb, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* A growable, always NUL-terminated byte buffer. */
+typedef struct sbuf {
+	char *buf;
+	size_t len;
+	size_t cap;
+} sbuf;
+
+void sbuf_init(sbuf *sb);
+void sbuf_free(sbuf *sb);
+void sbuf_reserve(sbuf *sb, size_t extra);
+void sbuf_add(sbuf *sb, const void *data, size_t n);
+void sbuf_adds(sbuf *sb, const char *s);
+void sbuf_addc(sbuf *sb, char c);
+void sbuf_addf(sbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sbuf_vaddf(sbuf *sb, const char *fmt, va_list ap);
+/* Give the buffer away; the sbuf is reset to empty. */
+char *sbuf_detach(sbuf *sb);
+
+/* A growable array of owned strings. */
+typedef struct strlist {
+	char **v;
+	size_t n;
+	size_t cap;
+} strlist;
+
+void strlist_init(strlist *l);
+void strlist_free(strlist *l);
+void strlist_add(strlist *l, const char *s);     /* copies s */
+void strlist_add_owned(strlist *l, char *s);     /* takes s */
+bool strlist_contains(const strlist *l, const char *s);
+void strlist_sort(strlist *l);
+
+/* Seconds since the epoch as a double, like Python's time.time(). */
+double now_wall(void);
+/* Monotonic milliseconds, for timeouts. */
+long long now_ms(void);
+
+bool str_starts_with(const char *s, const char *prefix);
+bool str_ends_with(const char *s, const char *suffix);
+
+/* 32 lowercase hex characters from the kernel's random source (uuid4().hex). */
+void uuid4_hex(char out[33]);
+/* Dashed uuid4, 36 characters. */
+void uuid4_dashed(char out[37]);
+
+#endif

@@ -1,0 +1,116 @@
+/* testlib.c: registration, running and reporting for our C tests
+ * (see testlib.h). Run a subset with: test_x NAME [NAME...]. */
+#include "testlib.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define MAX_TESTS 512
+
+static struct {
+	const char *name;
+	test_fn fn;
+} tests[MAX_TESTS];
+static int ntests;
+static bool cur_failed, cur_skipped;
+static char tmpdir[256];
+
+void testlib_register(const char *name, test_fn fn)
+{
+	if (ntests < MAX_TESTS) {
+		tests[ntests].name = name;
+		tests[ntests].fn = fn;
+		ntests++;
+	}
+}
+
+void testlib_fail(const char *file, int line, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "  FAIL %s:%d: ", file, line);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	cur_failed = true;
+}
+
+void testlib_skip(const char *reason)
+{
+	fprintf(stderr, "  SKIP: %s\n", reason);
+	cur_skipped = true;
+}
+
+const char *test_zk_hosts(void) { return getenv("NP_TEST_ZK"); }
+const char *test_zk_tls_hosts(void) { return getenv("NP_TEST_ZK_TLS"); }
+const char *test_zk_ca(void) { return getenv("NP_TEST_ZK_CA"); }
+const char *test_zk_cert(void) { return getenv("NP_TEST_ZK_CERT"); }
+const char *test_zk_key(void) { return getenv("NP_TEST_ZK_KEY"); }
+
+const char *test_chroot(void)
+{
+	static char buf[64];
+	static int n;
+
+	snprintf(buf, sizeof(buf), "/t-%d-%d", (int)getpid(), ++n);
+	return buf;
+}
+
+static void remove_tmpdir(void)
+{
+	char cmd[300];
+
+	if (tmpdir[0]) {
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+		if (system(cmd) != 0)
+			fprintf(stderr, "could not remove %s\n", tmpdir);
+	}
+}
+
+const char *test_tmpdir(void)
+{
+	if (!tmpdir[0]) {
+		const char *base = getenv("TMPDIR");
+		snprintf(tmpdir, sizeof(tmpdir), "%s/nptest.XXXXXX", base ? base : "/tmp");
+		if (!mkdtemp(tmpdir)) {
+			perror("mkdtemp");
+			exit(2);
+		}
+		atexit(remove_tmpdir);
+	}
+	return tmpdir;
+}
+
+static bool selected(int argc, char **argv, const char *name)
+{
+	if (argc < 2)
+		return true;
+	for (int i = 1; i < argc; i++)
+		if (strcmp(argv[i], name) == 0)
+			return true;
+	return false;
+}
+
+int testlib_run(int argc, char **argv)
+{
+	int passed = 0, failed = 0, skipped = 0;
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	for (int i = 0; i < ntests; i++) {
+		if (!selected(argc, argv, tests[i].name))
+			continue;
+		cur_failed = cur_skipped = false;
+		fprintf(stderr, "- %s\n", tests[i].name);
+		tests[i].fn();
+		if (cur_failed)
+			failed++;
+		else if (cur_skipped)
+			skipped++;
+		else
+			passed++;
+	}
+	printf("%s: %d passed, %d failed, %d skipped\n", argv[0], passed, failed, skipped);
+	return failed ? 1 : 0;
+}

@@ -1,0 +1,77 @@
+/* testlib.h: the few macros our C tests need. Each test binary registers
+ * test functions with TEST(name) and runs them from main via RUN_TESTS().
+ * A failed CHECK records the file and line and carries on, so one run shows
+ * every failure; the binary exits 1 if anything failed and prints the plain
+ * "N passed, N failed" line that the test runner sums up. */
+#ifndef NP_TESTLIB_H
+#define NP_TESTLIB_H
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef void (*test_fn)(void);
+
+void testlib_register(const char *name, test_fn fn);
+int testlib_run(int argc, char **argv);
+void testlib_fail(const char *file, int line, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* Skip the current test with a reason (counted as skipped, not failed). */
+void testlib_skip(const char *reason);
+
+/* Environment set by tests/run-all.sh (NULL when not run under it). */
+const char *test_zk_hosts(void);      /* plaintext "127.0.0.1:port" */
+const char *test_zk_tls_hosts(void);  /* TLS "127.0.0.1:port" */
+const char *test_zk_ca(void);
+const char *test_zk_cert(void);
+const char *test_zk_key(void);
+/* A fresh chroot like "/t-<pid>-<n>" so tests never see each other's data. */
+const char *test_chroot(void);
+/* A fresh temporary directory, removed at exit. */
+const char *test_tmpdir(void);
+
+#define TEST(name)                                                        \
+	static void name(void);                                           \
+	__attribute__((constructor)) static void register_##name(void)    \
+	{                                                                 \
+		testlib_register(#name, name);                            \
+	}                                                                 \
+	static void name(void)
+
+#define CHECK(cond)                                                       \
+	do {                                                              \
+		if (!(cond))                                              \
+			testlib_fail(__FILE__, __LINE__, "%s", #cond);    \
+	} while (0)
+
+#define CHECK_INT(a, b)                                                   \
+	do {                                                              \
+		long long _a = (long long)(a), _b = (long long)(b);       \
+		if (_a != _b)                                             \
+			testlib_fail(__FILE__, __LINE__, "%s == %lld, expected %lld", \
+				     #a, _a, _b);                         \
+	} while (0)
+
+#define CHECK_STR(a, b)                                                   \
+	do {                                                              \
+		const char *_a = (a), *_b = (b);                          \
+		if (!_a || !_b || strcmp(_a, _b) != 0)                    \
+			testlib_fail(__FILE__, __LINE__, "%s == \"%s\", expected \"%s\"", \
+				     #a, _a ? _a : "(null)", _b ? _b : "(null)"); \
+	} while (0)
+
+#define REQUIRE(cond)                                                     \
+	do {                                                              \
+		if (!(cond)) {                                            \
+			testlib_fail(__FILE__, __LINE__, "%s", #cond);    \
+			return;                                           \
+		}                                                         \
+	} while (0)
+
+#define RUN_TESTS()                                                       \
+	int main(int argc, char **argv)                                   \
+	{                                                                 \
+		return testlib_run(argc, argv);                           \
+	}
+
+#endif
