@@ -10,7 +10,7 @@ libjansson-dev libyaml-dev libssl-dev libcurl4-openssl-dev
 libmicrohttpd-dev libssh-dev
 zookeeper libnetty-java libslf4j-java default-jre-headless
 python3 python3-kazoo python3-yaml
-openssl procps iproute2 netcat-openbsd
+openssl procps iproute2 time
 "
 
 missing=""
