@@ -23,6 +23,7 @@
 #include "util.h"
 
 struct yt_node;			/* yamltree.h */
+struct yt_doc;
 
 #define NP_UNLIMITED LLONG_MAX
 #define NP_ZK_DEFAULT_PORT 2281
@@ -220,8 +221,8 @@ typedef struct np_config {
 	char *secure_path;		/* NULL if none */
 	long long mtime_ns;		/* of path, for reload checks */
 	long long secure_mtime_ns;	/* 0 if none */
-	struct yt_node *doc;		/* main document (owned) */
-	struct yt_node *secure_doc;	/* secure document (owned), may be NULL */
+	struct yt_doc *doc;		/* main document (owned) */
+	struct yt_doc *secure_doc;	/* secure document (owned), may be NULL */
 
 	size_t nzk_servers;
 	np_zk_server *zk_servers;
