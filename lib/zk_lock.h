@@ -8,6 +8,12 @@
  * attempts delete their contender at once when they lose. Blocking attempts
  * watch only the immediate predecessor. Release deletes the contender and
  * never the directory. Usable for kazoo's Election too (same recipe).
+ *
+ * Threading follows zk.h: a lock belongs to its zk handle's loop. The
+ * asynchronous calls, zk_lock_cancel() and zk_lock_free() are for the loop
+ * thread; the synchronous calls work from any thread (on the loop thread
+ * they run the loop, never call them from inside a callback). Free every
+ * lock before zk_close().
  */
 #ifndef NP_ZK_LOCK_H
 #define NP_ZK_LOCK_H
@@ -20,26 +26,53 @@ typedef struct zk_lock zk_lock;
 
 /* IDENTIFIER may be NULL (empty contender data). */
 zk_lock *zk_lock_new(zk *z, const char *dir, const char *identifier);
-void zk_lock_free(zk_lock *l); /* releases first if held */
+/* Releases first if held (asynchronously: the delete is queued before any
+ * later request of this client) and abandons an attempt in progress
+ * without calling its callback. */
+void zk_lock_free(zk_lock *l);
 
 /* Synchronous. blocking=false: ZOK or ZLOCKBUSY. blocking=true: wait up to
  * TIMEOUT seconds (< 0: for ever): ZOK or ZLOCKTIMEOUT. Other errors are
- * ZooKeeper's. */
+ * ZooKeeper's. Like kazoo, the lock is not re-entrant. */
 int zk_lock_acquire(zk_lock *l, bool blocking, double timeout);
 int zk_lock_release(zk_lock *l);
+/* False once the session that acquired the lock is lost or closed. */
 bool zk_lock_held(const zk_lock *l);
 /* Full path of our contender while held or waiting, else NULL. */
 const char *zk_lock_node(const zk_lock *l);
+/* How many times this lock listed its directory to decide ownership
+ * (diagnostics; lets tests prove that only the next waiter wakes). */
+unsigned long zk_lock_checks(const zk_lock *l);
 
 /* Asynchronous acquire; CB runs on the loop thread with ZOK, ZLOCKBUSY,
- * ZLOCKTIMEOUT, ZLOCKCANCELLED or a ZooKeeper error. */
+ * ZLOCKTIMEOUT, ZLOCKCANCELLED or a ZooKeeper error. A failed attempt has
+ * deleted its contender before CB runs. Returns ZOK, or ZAPIERROR if an
+ * acquire or release of this lock is already in progress. */
 typedef void (*zk_lock_fn)(zk_lock *l, int rc, void *arg);
 int zk_lock_acquire_async(zk_lock *l, bool blocking, double timeout,
 			  zk_lock_fn cb, void *arg);
+/* CB (may be NULL) runs once the contender is deleted (ZOK also when the
+ * lock was not held). */
 int zk_lock_release_async(zk_lock *l, zk_done_fn cb, void *arg);
+/* Make the attempt in progress finish with ZLOCKCANCELLED; with none in
+ * progress, the next attempt does (kazoo's cancel()). */
 void zk_lock_cancel(zk_lock *l);
 
-/* Lock contenders' names in lock order (kazoo's contenders()). */
+/* Like kazoo's Lock.contenders(): the identifiers (data, "" when empty) of
+ * the contenders in lock order, appended to OUT. A missing directory has
+ * no contenders. Synchronous. */
 int zk_lock_contenders(zk *z, const char *dir, strlist *out);
+
+/* kazoo's Election: a Lock with an identifier. zk_election_run() blocks
+ * until this contender is elected, calls FN(ARG) while leader, releases and
+ * returns ZOK; or returns ZLOCKCANCELLED once zk_election_cancel() is
+ * called (from any thread) before it is elected, or a ZooKeeper error. */
+typedef struct zk_election zk_election;
+zk_election *zk_election_new(zk *z, const char *dir, const char *identifier);
+int zk_election_run(zk_election *e, void (*fn)(void *arg), void *arg);
+void zk_election_cancel(zk_election *e);
+int zk_election_contenders(zk_election *e, strlist *out);
+/* Not while zk_election_run() is running. */
+void zk_election_free(zk_election *e);
 
 #endif

@@ -1,0 +1,1145 @@
+/* zk_lock.c: kazoo's exclusive Lock recipe (and its Election) on our
+ * asynchronous ZooKeeper client.
+ *
+ * Every lock is a small state machine driven by zk replies, one-shot
+ * watches and loop timers, so one loop thread can drive thousands of locks
+ * at once; the synchronous calls are thin wrappers that wait for the
+ * asynchronous ones. The steps mirror kazoo's Lock._inner_acquire so that
+ * the two interleave correctly on the same directory:
+ *
+ *   ensure dir -> create "<uuid>__lock__" EPHEMERAL|SEQUENTIAL (or, after
+ *   a lost reply, find it by its uuid prefix) -> list children -> hold if
+ *   no smaller sequence, else (blocking) get the immediate predecessor with
+ *   a watch and wait for it, the session to change, the deadline or a
+ *   cancel, then list again.
+ *
+ * At most one request per lock is outstanding; replies always come back
+ * (with an error when the connection drops), so their callbacks get the
+ * lock itself. Watches may never fire (the session can die first), so a
+ * watch carries only the lock's id, looked up in a registry: a lock freed
+ * meanwhile is simply not found.
+ *
+ * Transient errors (connection loss, operation timeout, session expiry)
+ * are retried with backoff until the deadline, as kazoo's KazooRetry does.
+ * zk.h has no session listener, so a waiting lock polls the session state
+ * each second: a reconnect or a new session makes it list again, which is
+ * how kazoo's _watch_session wakes it up.
+ */
+#include "zk_lock.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+#define LOCK_NAME "__lock__"
+#define SEQ_DIGITS 10
+#define RETRY_FIRST_MS 100
+#define RETRY_MAX_MS 2000
+#define SESSION_POLL_MS 1000
+
+static const char *logger = "nodepool.zk.lock";
+
+enum lock_state {
+	ST_IDLE,     /* no acquire or release in progress */
+	ST_REQUEST,  /* a zk request of ours is outstanding */
+	ST_BACKOFF,  /* waiting to retry after a transient error */
+	ST_WAIT,     /* watching the predecessor */
+	ST_CLEANUP,  /* deleting our contender after a failed attempt */
+	ST_RELEASE,  /* release in progress (request or backoff) */
+};
+
+struct zk_lock {
+	zk *z;
+	evloop *loop;
+	uint64_t id;           /* registry key carried by watches */
+	zk_lock *hnext;        /* registry chain */
+	char *dir;
+	char *data;            /* identifier, "" when none */
+	char *prefix;          /* "<uuid hex>__lock__" */
+	char *create_path;     /* dir/prefix */
+	char *node;            /* our contender's name, or NULL */
+	char *node_path;       /* dir/node, or NULL */
+
+	enum lock_state state;
+	bool active;           /* an acquire attempt is in progress */
+	bool acquired;
+	int64_t session;       /* session that acquired the lock */
+	bool assured_path;     /* dir known to exist */
+	bool create_tried;     /* a create may have reached the server */
+	bool cancel_sticky;    /* cancel() with no attempt: fails the next */
+	bool cancel_req;
+	bool timed_out;
+	bool freeing;          /* zk_lock_free() called: free when idle */
+	bool blocking;
+	double timeout;        /* seconds, < 0: none */
+	int last_err;
+	int ensure_pos;        /* ensure_path: length of the created prefix */
+	long retry_ms;
+	uint64_t deadline_timer;
+	uint64_t aux_timer;    /* backoff, session poll or deferred completion */
+	enum zk_state seen_state;
+	int64_t seen_session;
+	bool disturbed;        /* session left CONNECTED while we waited */
+	unsigned long checks;
+
+	zk_lock_fn cb;
+	void *cb_arg;
+	zk_done_fn rel_cb;
+	void *rel_arg;
+	int rel_rc;
+};
+
+static void advance(zk_lock *l);
+static void finish(zk_lock *l, int rc);
+static void release_step(zk_lock *l);
+
+/* ---- registry: lock id -> lock, for watches that outlive their lock ---- */
+
+#define REG_BUCKETS 4096
+
+static struct {
+	pthread_mutex_t mu;
+	zk_lock *bucket[REG_BUCKETS];
+	uint64_t next_id;
+} reg = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+static void reg_add(zk_lock *l)
+{
+	pthread_mutex_lock(&reg.mu);
+	l->id = ++reg.next_id;
+	l->hnext = reg.bucket[l->id % REG_BUCKETS];
+	reg.bucket[l->id % REG_BUCKETS] = l;
+	pthread_mutex_unlock(&reg.mu);
+}
+
+static void reg_del(zk_lock *l)
+{
+	pthread_mutex_lock(&reg.mu);
+	for (zk_lock **pp = &reg.bucket[l->id % REG_BUCKETS]; *pp; pp = &(*pp)->hnext) {
+		if (*pp == l) {
+			*pp = l->hnext;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&reg.mu);
+}
+
+/* Only called on the loop thread that owns the lock, which is also the
+ * only thread that frees it, so the pointer stays valid after unlocking. */
+static zk_lock *reg_find(uint64_t id)
+{
+	zk_lock *l;
+
+	pthread_mutex_lock(&reg.mu);
+	for (l = reg.bucket[id % REG_BUCKETS]; l && l->id != id; l = l->hnext)
+		;
+	pthread_mutex_unlock(&reg.mu);
+	return l;
+}
+
+/* ---- contender names ---- */
+
+/* The sequence part of a contender name, as kazoo's regex
+ * (?:__lock__)(-?\d{10})$ captures it, or NULL for foreign children. */
+static const char *contender_seq(const char *name)
+{
+	size_t n = strlen(name), ll = strlen(LOCK_NAME);
+	size_t start;
+
+	if (n < SEQ_DIGITS + ll)
+		return NULL;
+	for (size_t i = n - SEQ_DIGITS; i < n; i++)
+		if (name[i] < '0' || name[i] > '9')
+			return NULL;
+	start = n - SEQ_DIGITS;
+	if (name[start - 1] == '-' && n >= SEQ_DIGITS + ll + 1 &&
+	    memcmp(name + start - 1 - ll, LOCK_NAME, ll) == 0)
+		return name + start - 1;
+	if (memcmp(name + start - ll, LOCK_NAME, ll) == 0)
+		return name + start;
+	return NULL;
+}
+
+static bool is_transient(int rc)
+{
+	return rc == ZCONNECTIONLOSS || rc == ZOPERATIONTIMEOUT ||
+	       rc == ZSESSIONEXPIRED || rc == ZSESSIONMOVED;
+}
+
+static void set_node(zk_lock *l, const char *name)
+{
+	free(l->node);
+	free(l->node_path);
+	l->node = name ? xstrdup(name) : NULL;
+	l->node_path = name ? xasprintf("%s/%s", l->dir, name) : NULL;
+}
+
+/* ---- lifecycle ---- */
+
+zk_lock *zk_lock_new(zk *z, const char *dir, const char *identifier)
+{
+	zk_lock *l = xcalloc(1, sizeof(*l));
+	char uuid[33];
+	size_t n = strlen(dir);
+
+	/* "/a/b/" and "/a/b" name the same directory. */
+	while (n > 1 && dir[n - 1] == '/')
+		n--;
+	l->z = z;
+	l->loop = zk_loop(z);
+	l->dir = xstrndup(dir, n);
+	l->data = xstrdup(identifier ? identifier : "");
+	uuid4_hex(uuid);
+	l->prefix = xasprintf("%s%s", uuid, LOCK_NAME);
+	l->create_path = xasprintf("%s/%s", l->dir, l->prefix);
+	l->state = ST_IDLE;
+	reg_add(l);
+	return l;
+}
+
+static void lock_destroy(zk_lock *l)
+{
+	if (l->deadline_timer)
+		evloop_del_timer(l->loop, l->deadline_timer);
+	if (l->aux_timer)
+		evloop_del_timer(l->loop, l->aux_timer);
+	set_node(l, NULL);
+	free(l->dir);
+	free(l->data);
+	free(l->prefix);
+	free(l->create_path);
+	free(l);
+}
+
+void zk_lock_free(zk_lock *l)
+{
+	if (!l)
+		return;
+	reg_del(l);
+	l->freeing = true;
+	l->cb = NULL;
+	l->rel_cb = NULL;
+	if (l->active) {
+		/* Abandon the attempt: cancel it and let finish() clean up
+		 * our contender; deliver() then frees the lock. */
+		zk_lock_cancel(l);
+		return;
+	}
+	if (l->state == ST_RELEASE)
+		return; /* the release in flight frees it when done */
+	if (l->acquired && l->node) {
+		l->state = ST_RELEASE;
+		l->retry_ms = RETRY_FIRST_MS;
+		release_step(l);
+		return;
+	}
+	lock_destroy(l);
+}
+
+bool zk_lock_held(const zk_lock *l)
+{
+	enum zk_state st;
+
+	if (!l->acquired)
+		return false;
+	st = zk_state(l->z);
+	if (st == ZK_STATE_LOST || st == ZK_STATE_CLOSED)
+		return false;
+	return zk_session_id(l->z) == l->session;
+}
+
+const char *zk_lock_node(const zk_lock *l)
+{
+	return l->node_path;
+}
+
+unsigned long zk_lock_checks(const zk_lock *l)
+{
+	return l->checks;
+}
+
+/* ---- timers ---- */
+
+static void stop_aux(zk_lock *l)
+{
+	if (l->aux_timer) {
+		evloop_del_timer(l->loop, l->aux_timer);
+		l->aux_timer = 0;
+	}
+}
+
+static void on_retry_timer(evloop *loop, uint64_t id, void *arg)
+{
+	zk_lock *l = arg;
+
+	l->aux_timer = 0;
+	if (l->state == ST_RELEASE) {
+		release_step(l);
+		return;
+	}
+	l->state = ST_REQUEST;
+	advance(l);
+}
+
+/* Retry after a transient error, backing off like KazooRetry. */
+static void retry_later(zk_lock *l, int rc)
+{
+	l->last_err = rc;
+	if (l->state != ST_RELEASE)
+		l->state = ST_BACKOFF;
+	log_debug(logger, "retrying %s in %ld ms after %s", l->dir, l->retry_ms,
+		  zk_strerror(rc));
+	l->aux_timer = evloop_add_timer(l->loop, l->retry_ms, on_retry_timer, l);
+	l->retry_ms *= 2;
+	if (l->retry_ms > RETRY_MAX_MS)
+		l->retry_ms = RETRY_MAX_MS;
+}
+
+static void deliver(zk_lock *l, int rc);
+
+static void on_deadline(evloop *loop, uint64_t id, void *arg)
+{
+	zk_lock *l = arg;
+
+	l->deadline_timer = 0;
+	l->timed_out = true;
+	if (l->acquired) {
+		/* A re-entrant wait: nothing to clean up. */
+		stop_aux(l);
+		deliver(l, ZLOCKTIMEOUT);
+		return;
+	}
+	/* With a request outstanding, its reply notices the flag. */
+	if (l->state == ST_WAIT || l->state == ST_BACKOFF) {
+		stop_aux(l);
+		l->state = ST_REQUEST;
+		advance(l);
+	}
+}
+
+/* ---- step 1: ensure the directory (kazoo's ensure_path) ---- */
+
+static void ensure_next(zk_lock *l);
+
+static void ensure_created(zk *z, int rc, const char *path, const zk_stat *st,
+			   void *arg)
+{
+	zk_lock *l = arg;
+
+	if (rc == ZNONODE) {
+		/* An ancestor vanished under us: start again from the top. */
+		l->ensure_pos = 0;
+		advance(l);
+		return;
+	}
+	if (rc != ZOK && rc != ZNODEEXISTS) {
+		if (is_transient(rc))
+			retry_later(l, rc);
+		else
+			finish(l, rc);
+		return;
+	}
+	l->retry_ms = RETRY_FIRST_MS;
+	if (l->dir[l->ensure_pos] == '\0') {
+		l->assured_path = true;
+		advance(l);
+		return;
+	}
+	ensure_next(l);
+}
+
+/* Create the next ancestor (or the directory itself) as an empty
+ * persistent znode; NodeExists is fine. */
+static void ensure_next(zk_lock *l)
+{
+	const char *slash = strchr(l->dir + l->ensure_pos + 1, '/');
+	char *path;
+	int rc;
+
+	l->ensure_pos = slash ? (int)(slash - l->dir) : (int)strlen(l->dir);
+	path = xstrndup(l->dir, (size_t)l->ensure_pos);
+	rc = zk_acreate(l->z, path, "", 0, ZK_PERSISTENT, ensure_created, l);
+	free(path);
+	if (rc != ZOK)
+		finish(l, rc);
+}
+
+static void ensure_exists(zk *z, int rc, const zk_stat *st, void *arg)
+{
+	zk_lock *l = arg;
+
+	if (rc == ZOK) {
+		l->retry_ms = RETRY_FIRST_MS;
+		l->assured_path = true;
+		advance(l);
+	} else if (rc == ZNONODE) {
+		l->ensure_pos = 0;
+		ensure_next(l);
+	} else if (is_transient(rc)) {
+		retry_later(l, rc);
+	} else {
+		finish(l, rc);
+	}
+}
+
+static void ensure_start(zk_lock *l)
+{
+	int rc;
+
+	if (strcmp(l->dir, "/") == 0) {
+		l->assured_path = true;
+		advance(l);
+		return;
+	}
+	rc = zk_aexists(l->z, l->dir, NULL, NULL, ensure_exists, l);
+	if (rc != ZOK)
+		finish(l, rc);
+}
+
+/* ---- step 2: create our contender, or find it after a lost reply ---- */
+
+static void created(zk *z, int rc, const char *path, const zk_stat *st,
+		    void *arg)
+{
+	zk_lock *l = arg;
+	const char *base;
+
+	if (rc == ZOK) {
+		l->retry_ms = RETRY_FIRST_MS;
+		base = strrchr(path, '/');
+		set_node(l, base ? base + 1 : path);
+		advance(l);
+	} else if (rc == ZNONODE) {
+		/* The directory was deleted since we ensured it. */
+		l->assured_path = false;
+		advance(l);
+	} else if (is_transient(rc)) {
+		retry_later(l, rc);
+	} else {
+		finish(l, rc);
+	}
+}
+
+static void create_start(zk_lock *l)
+{
+	int rc;
+
+	l->create_tried = true;
+	rc = zk_acreate(l->z, l->create_path, l->data, (int)strlen(l->data),
+			ZK_EPHEMERAL_SEQUENTIAL, created, l);
+	if (rc != ZOK)
+		finish(l, rc);
+}
+
+static const char *find_ours(const zk_lock *l, const strlist *children)
+{
+	for (size_t i = 0; i < children->n; i++)
+		if (str_starts_with(children->v[i], l->prefix))
+			return children->v[i];
+	return NULL;
+}
+
+static void found(zk *z, int rc, const strlist *children, const zk_stat *st,
+		  void *arg)
+{
+	zk_lock *l = arg;
+	const char *mine;
+
+	if (rc == ZNONODE) {
+		l->assured_path = false;
+		l->create_tried = false; /* nothing can exist without the dir */
+		advance(l);
+		return;
+	}
+	if (rc != ZOK) {
+		if (is_transient(rc))
+			retry_later(l, rc);
+		else
+			finish(l, rc);
+		return;
+	}
+	l->retry_ms = RETRY_FIRST_MS;
+	mine = find_ours(l, children);
+	if (mine) {
+		set_node(l, mine);
+		advance(l);
+	} else {
+		create_start(l);
+	}
+}
+
+static void find_start(zk_lock *l)
+{
+	int rc = zk_aget_children(l->z, l->dir, NULL, NULL, found, l);
+
+	if (rc != ZOK)
+		finish(l, rc);
+}
+
+/* ---- step 3: who holds it? ---- */
+
+/* The name of our immediate predecessor among CHILDREN, NULL when we
+ * hold the lock; *MISSING tells that our own contender is gone. */
+static const char *predecessor(const zk_lock *l, const strlist *children,
+			       bool *missing)
+{
+	const char *ours = l->node + strlen(l->prefix);
+	const char *best = NULL, *best_seq = NULL;
+
+	*missing = true;
+	for (size_t i = 0; i < children->n; i++) {
+		const char *name = children->v[i];
+		const char *seq = contender_seq(name);
+
+		if (strcmp(name, l->node) == 0)
+			*missing = false;
+		if (!seq || strcmp(seq, ours) >= 0)
+			continue;
+		if (!best_seq || strcmp(seq, best_seq) > 0) {
+			best = name;
+			best_seq = seq;
+		}
+	}
+	return best;
+}
+
+static void session_snapshot(zk_lock *l)
+{
+	l->seen_state = zk_state(l->z);
+	l->seen_session = zk_session_id(l->z);
+	l->disturbed = false;
+}
+
+/* While waiting: list again once the session is back after a disconnect
+ * or was replaced (our ephemeral contender is then gone). */
+static void on_session_poll(evloop *loop, uint64_t id, void *arg)
+{
+	zk_lock *l = arg;
+	enum zk_state st = zk_state(l->z);
+
+	l->aux_timer = 0;
+	if (st == ZK_STATE_CLOSED) {
+		finish(l, ZCLOSING);
+		return;
+	}
+	if (st != ZK_STATE_CONNECTED)
+		l->disturbed = true;
+	else if (l->disturbed || zk_session_id(l->z) != l->seen_session) {
+		l->state = ST_REQUEST;
+		advance(l);
+		return;
+	}
+	l->aux_timer = evloop_add_timer(l->loop, SESSION_POLL_MS,
+					on_session_poll, l);
+}
+
+static void on_predecessor_watch(zk *z, int type, const char *path, void *arg)
+{
+	zk_lock *l = reg_find((uint64_t)(uintptr_t)arg);
+
+	if (!l || l->state != ST_WAIT)
+		return; /* stale watch from an earlier wait */
+	stop_aux(l);
+	l->state = ST_REQUEST;
+	advance(l);
+}
+
+static void got_predecessor(zk *z, int rc, const char *data, int len,
+			    const zk_stat *st, void *arg)
+{
+	zk_lock *l = arg;
+
+	if (rc == ZNONODE) {
+		/* Already gone: list again at once. */
+		advance(l);
+	} else if (rc == ZOK) {
+		l->retry_ms = RETRY_FIRST_MS;
+		if (l->cancel_req || l->timed_out) {
+			advance(l);
+			return;
+		}
+		l->state = ST_WAIT;
+		session_snapshot(l);
+		l->aux_timer = evloop_add_timer(l->loop, SESSION_POLL_MS,
+						on_session_poll, l);
+	} else if (is_transient(rc)) {
+		retry_later(l, rc);
+	} else {
+		finish(l, rc);
+	}
+}
+
+static void listed(zk *z, int rc, const strlist *children, const zk_stat *st,
+		   void *arg)
+{
+	zk_lock *l = arg;
+	const char *pred;
+	char *pred_path;
+	bool missing;
+
+	if (rc == ZNONODE) {
+		l->assured_path = false;
+		set_node(l, NULL);
+		l->create_tried = false;
+		advance(l);
+		return;
+	}
+	if (rc != ZOK) {
+		if (is_transient(rc))
+			retry_later(l, rc);
+		else
+			finish(l, rc);
+		return;
+	}
+	l->retry_ms = RETRY_FIRST_MS;
+	if (l->cancel_req) {
+		finish(l, ZLOCKCANCELLED);
+		return;
+	}
+	pred = predecessor(l, children, &missing);
+	if (missing) {
+		/* Our session died and took the contender along: make a new
+		 * one (kazoo's ForceRetryError). */
+		set_node(l, NULL);
+		advance(l);
+		return;
+	}
+	if (!pred) {
+		finish(l, ZOK);
+		return;
+	}
+	if (!l->blocking) {
+		finish(l, ZLOCKBUSY);
+		return;
+	}
+	if (l->timed_out) {
+		finish(l, ZLOCKTIMEOUT);
+		return;
+	}
+	pred_path = xasprintf("%s/%s", l->dir, pred);
+	rc = zk_aget(l->z, pred_path, on_predecessor_watch,
+		     (void *)(uintptr_t)l->id, got_predecessor, l);
+	free(pred_path);
+	if (rc != ZOK)
+		finish(l, rc);
+}
+
+static void check_start(zk_lock *l)
+{
+	int rc;
+
+	l->checks++;
+	rc = zk_aget_children(l->z, l->dir, NULL, NULL, listed, l);
+	if (rc != ZOK)
+		finish(l, rc);
+}
+
+/* The one place that decides the next step of an attempt. */
+static void advance(zk_lock *l)
+{
+	l->state = ST_REQUEST;
+	if (l->cancel_req) {
+		finish(l, ZLOCKCANCELLED);
+	} else if (l->timed_out && l->blocking) {
+		finish(l, ZLOCKTIMEOUT);
+	} else if (l->timed_out && l->last_err != ZOK) {
+		/* Non-blocking: the deadline only bounds the retries. */
+		finish(l, l->last_err);
+	} else if (zk_state(l->z) == ZK_STATE_CLOSED) {
+		finish(l, ZCLOSING);
+	} else if (!l->assured_path) {
+		ensure_start(l);
+	} else if (!l->node) {
+		if (l->create_tried)
+			find_start(l);
+		else
+			create_start(l);
+	} else {
+		check_start(l);
+	}
+}
+
+/* ---- finishing an attempt ---- */
+
+static void deliver(zk_lock *l, int rc)
+{
+	zk_lock_fn cb = l->cb;
+	void *arg = l->cb_arg;
+
+	l->active = false;
+	l->state = ST_IDLE;
+	l->cancel_req = false;
+	l->timed_out = false;
+	l->cb = NULL;
+	if (!l->acquired) {
+		set_node(l, NULL);
+		l->create_tried = false;
+	}
+	if (l->freeing) {
+		if (l->acquired) {
+			/* Held (or won just as it was abandoned): give it back. */
+			l->state = ST_RELEASE;
+			l->retry_ms = RETRY_FIRST_MS;
+			release_step(l);
+		} else {
+			lock_destroy(l);
+		}
+		return;
+	}
+	if (cb)
+		cb(l, rc, arg);
+}
+
+static void cleaned_up(zk *z, int rc, void *arg)
+{
+	zk_lock *l = arg;
+
+	if (rc != ZOK && rc != ZNONODE)
+		log_debug(logger, "could not delete contender %s: %s",
+			  l->node_path, zk_strerror(rc));
+	deliver(l, l->last_err);
+}
+
+static void cleanup_found(zk *z, int rc, const strlist *children,
+			  const zk_stat *st, void *arg)
+{
+	zk_lock *l = arg;
+	const char *mine = rc == ZOK ? find_ours(l, children) : NULL;
+
+	if (!mine) {
+		deliver(l, l->last_err);
+		return;
+	}
+	set_node(l, mine);
+	if (zk_adelete(l->z, l->node_path, -1, cleaned_up, l) != ZOK)
+		deliver(l, l->last_err);
+}
+
+/* End the attempt with RC. A lost attempt first deletes its contender
+ * (best effort, like kazoo's _best_effort_cleanup) so that it leaves
+ * nothing behind when its callback runs. */
+static void finish(zk_lock *l, int rc)
+{
+	if (l->deadline_timer) {
+		evloop_del_timer(l->loop, l->deadline_timer);
+		l->deadline_timer = 0;
+	}
+	stop_aux(l);
+	if (rc == ZOK) {
+		l->acquired = true;
+		l->session = zk_session_id(l->z);
+		deliver(l, ZOK);
+		return;
+	}
+	l->last_err = rc;
+	l->state = ST_CLEANUP;
+	if (l->node) {
+		if (zk_adelete(l->z, l->node_path, -1, cleaned_up, l) == ZOK)
+			return;
+	} else if (l->create_tried && zk_state(l->z) != ZK_STATE_CLOSED) {
+		if (zk_aget_children(l->z, l->dir, NULL, NULL, cleanup_found, l) == ZOK)
+			return;
+	}
+	deliver(l, rc);
+}
+
+/* The attempt starts here, on the loop, never inside the caller's stack
+ * frame, so that its callback never runs before acquire_async returns.
+ * The deadline counts from the first request, so that even a zero timeout
+ * gets one look at the lock, as in kazoo. */
+static void on_start(evloop *loop, uint64_t id, void *arg)
+{
+	zk_lock *l = arg;
+
+	l->aux_timer = 0;
+	if (l->timeout >= 0)
+		l->deadline_timer = evloop_add_timer(l->loop, (long)(l->timeout * 1000),
+						     on_deadline, l);
+	if (l->acquired) {
+		/* Not re-entrant (like kazoo): a non-blocking attempt fails,
+		 * a blocking one waits for its deadline or a cancel. The
+		 * holding contender must survive, so it is not cleaned up. */
+		l->state = ST_WAIT;
+		if (!l->blocking || l->cancel_req) {
+			if (l->deadline_timer) {
+				evloop_del_timer(l->loop, l->deadline_timer);
+				l->deadline_timer = 0;
+			}
+			deliver(l, l->cancel_req ? ZLOCKCANCELLED : ZLOCKBUSY);
+		}
+		return;
+	}
+	advance(l);
+}
+
+int zk_lock_acquire_async(zk_lock *l, bool blocking, double timeout,
+			  zk_lock_fn cb, void *arg)
+{
+	if (l->active || l->state != ST_IDLE || l->freeing)
+		return ZAPIERROR;
+	if (l->dir[0] != '/')
+		return ZBADARGUMENTS;
+	if (l->acquired && !zk_lock_held(l)) {
+		/* The session that held it is gone, and so is the contender. */
+		l->acquired = false;
+		set_node(l, NULL);
+		l->create_tried = false;
+	}
+	l->active = true;
+	l->blocking = blocking;
+	l->cb = cb;
+	l->cb_arg = arg;
+	l->cancel_req = l->cancel_sticky;
+	l->cancel_sticky = false;
+	l->timed_out = false;
+	l->last_err = ZOK;
+	l->retry_ms = RETRY_FIRST_MS;
+	l->timeout = timeout;
+	l->state = ST_BACKOFF;
+	l->aux_timer = evloop_add_timer(l->loop, 0, on_start, l);
+	return ZOK;
+}
+
+void zk_lock_cancel(zk_lock *l)
+{
+	if (!l->active) {
+		l->cancel_sticky = true;
+		return;
+	}
+	l->cancel_req = true;
+	if (l->acquired) {
+		/* A re-entrant wait: the held contender stays. */
+		stop_aux(l);
+		if (l->deadline_timer) {
+			evloop_del_timer(l->loop, l->deadline_timer);
+			l->deadline_timer = 0;
+		}
+		deliver(l, ZLOCKCANCELLED);
+		return;
+	}
+	if (l->state == ST_WAIT || l->state == ST_BACKOFF) {
+		stop_aux(l);
+		advance(l);
+	}
+}
+
+/* ---- release ---- */
+
+static void released(zk *z, int rc, void *arg)
+{
+	zk_lock *l = arg;
+	zk_done_fn cb;
+	void *cb_arg;
+
+	/* Connection trouble: retry while the session that owns the
+	 * contender lives; once it is gone, so is the contender. */
+	if ((rc == ZCONNECTIONLOSS || rc == ZOPERATIONTIMEOUT) &&
+	    zk_state(l->z) != ZK_STATE_CLOSED && zk_state(l->z) != ZK_STATE_LOST &&
+	    zk_session_id(l->z) == l->session) {
+		retry_later(l, rc);
+		return;
+	}
+	if (rc == ZNONODE || is_transient(rc))
+		rc = ZOK;
+	l->acquired = false;
+	l->create_tried = false;
+	set_node(l, NULL);
+	l->state = ST_IDLE;
+	if (l->freeing) {
+		lock_destroy(l);
+		return;
+	}
+	cb = l->rel_cb;
+	cb_arg = l->rel_arg;
+	l->rel_cb = NULL;
+	if (cb)
+		cb(l->z, rc, cb_arg);
+}
+
+static void release_step(zk_lock *l)
+{
+	int rc;
+
+	if (!l->node) {
+		released(l->z, ZOK, l);
+		return;
+	}
+	rc = zk_adelete(l->z, l->node_path, -1, released, l);
+	if (rc != ZOK)
+		released(l->z, rc, l);
+}
+
+static void on_release_start(evloop *loop, uint64_t id, void *arg)
+{
+	zk_lock *l = arg;
+
+	l->aux_timer = 0;
+	release_step(l);
+}
+
+int zk_lock_release_async(zk_lock *l, zk_done_fn cb, void *arg)
+{
+	if (l->active || l->state != ST_IDLE || l->freeing)
+		return ZAPIERROR;
+	l->state = ST_RELEASE;
+	l->rel_cb = cb;
+	l->rel_arg = arg;
+	l->retry_ms = RETRY_FIRST_MS;
+	if (!l->acquired)
+		set_node(l, NULL);
+	l->aux_timer = evloop_add_timer(l->loop, 0, on_release_start, l);
+	return ZOK;
+}
+
+/* ---- synchronous wrappers ---- */
+
+/* One synchronous call: started on the loop thread, waited for by the
+ * caller (which runs the loop itself when it is the loop thread). */
+struct sync_call {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool done;
+	int rc;
+	zk_lock *l;
+	bool release;
+	bool blocking;
+	double timeout;
+};
+
+static void sync_complete(struct sync_call *sc, int rc)
+{
+	pthread_mutex_lock(&sc->mu);
+	sc->rc = rc;
+	sc->done = true;
+	pthread_cond_signal(&sc->cv);
+	pthread_mutex_unlock(&sc->mu); /* SC may be gone after this */
+}
+
+static void sync_acquired(zk_lock *l, int rc, void *arg)
+{
+	sync_complete(arg, rc);
+}
+
+static void sync_released(zk *z, int rc, void *arg)
+{
+	sync_complete(arg, rc);
+}
+
+static void sync_start(void *arg)
+{
+	struct sync_call *sc = arg;
+	int rc;
+
+	if (sc->release)
+		rc = zk_lock_release_async(sc->l, sync_released, sc);
+	else
+		rc = zk_lock_acquire_async(sc->l, sc->blocking, sc->timeout,
+					   sync_acquired, sc);
+	if (rc != ZOK)
+		sync_complete(sc, rc);
+}
+
+static int sync_run(struct sync_call *sc)
+{
+	evloop *loop = sc->l->loop;
+	bool done = false;
+
+	pthread_mutex_init(&sc->mu, NULL);
+	pthread_cond_init(&sc->cv, NULL);
+	sc->done = false;
+	if (evloop_on_loop_thread(loop)) {
+		sync_start(sc);
+		for (;;) {
+			pthread_mutex_lock(&sc->mu);
+			done = sc->done;
+			pthread_mutex_unlock(&sc->mu);
+			if (done)
+				break;
+			evloop_run_once(loop, -1);
+		}
+	} else {
+		evloop_post(loop, sync_start, sc);
+		pthread_mutex_lock(&sc->mu);
+		while (!sc->done)
+			pthread_cond_wait(&sc->cv, &sc->mu);
+		pthread_mutex_unlock(&sc->mu);
+	}
+	pthread_cond_destroy(&sc->cv);
+	pthread_mutex_destroy(&sc->mu);
+	return sc->rc;
+}
+
+int zk_lock_acquire(zk_lock *l, bool blocking, double timeout)
+{
+	struct sync_call sc = { .l = l, .blocking = blocking, .timeout = timeout };
+
+	return sync_run(&sc);
+}
+
+int zk_lock_release(zk_lock *l)
+{
+	struct sync_call sc = { .l = l, .release = true };
+
+	return sync_run(&sc);
+}
+
+/* ---- contenders ---- */
+
+struct contender {
+	const char *name;
+	const char *seq;
+};
+
+static int contender_cmp(const void *a, const void *b)
+{
+	const struct contender *x = a, *y = b;
+
+	return strcmp(x->seq, y->seq);
+}
+
+int zk_lock_contenders(zk *z, const char *dir, strlist *out)
+{
+	strlist children;
+	struct contender *c;
+	size_t n = 0;
+	int rc;
+
+	strlist_init(&children);
+	rc = zk_get_children(z, dir, &children, NULL);
+	if (rc != ZOK) {
+		strlist_free(&children);
+		return rc == ZNONODE ? ZOK : rc;
+	}
+	c = xcalloc(children.n ? children.n : 1, sizeof(*c));
+	for (size_t i = 0; i < children.n; i++) {
+		const char *seq = contender_seq(children.v[i]);
+
+		if (seq) {
+			c[n].name = children.v[i];
+			c[n].seq = seq;
+			n++;
+		}
+	}
+	qsort(c, n, sizeof(*c), contender_cmp);
+	for (size_t i = 0; i < n && rc == ZOK; i++) {
+		char *path = xasprintf("%s/%s", dir, c[i].name);
+		char *data = NULL;
+		int len = 0;
+
+		rc = zk_get(z, path, &data, &len, NULL);
+		if (rc == ZOK)
+			strlist_add(out, data ? data : "");
+		else if (rc == ZNONODE)
+			rc = ZOK; /* released while we looked */
+		free(data);
+		free(path);
+	}
+	free(c);
+	strlist_free(&children);
+	return rc;
+}
+
+/* ---- Election ---- */
+
+struct zk_election {
+	zk_lock *lock;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool running;
+	bool cancelled;
+	int posts;      /* cancels posted to the loop, not yet run */
+};
+
+zk_election *zk_election_new(zk *z, const char *dir, const char *identifier)
+{
+	zk_election *e = xcalloc(1, sizeof(*e));
+
+	e->lock = zk_lock_new(z, dir, identifier);
+	pthread_mutex_init(&e->mu, NULL);
+	pthread_cond_init(&e->cv, NULL);
+	return e;
+}
+
+int zk_election_run(zk_election *e, void (*fn)(void *arg), void *arg)
+{
+	int rc;
+
+	pthread_mutex_lock(&e->mu);
+	if (e->cancelled) {
+		e->cancelled = false;
+		pthread_mutex_unlock(&e->mu);
+		return ZLOCKCANCELLED;
+	}
+	e->running = true;
+	pthread_mutex_unlock(&e->mu);
+
+	rc = zk_lock_acquire(e->lock, true, -1);
+
+	pthread_mutex_lock(&e->mu);
+	e->running = false;
+	e->cancelled = false;
+	pthread_mutex_unlock(&e->mu);
+	if (rc != ZOK)
+		return rc;
+	if (fn)
+		fn(arg);
+	return zk_lock_release(e->lock);
+}
+
+static void election_cancel_post(void *arg)
+{
+	zk_election *e = arg;
+
+	zk_lock_cancel(e->lock);
+	pthread_mutex_lock(&e->mu);
+	e->posts--;
+	pthread_cond_broadcast(&e->cv);
+	pthread_mutex_unlock(&e->mu);
+}
+
+void zk_election_cancel(zk_election *e)
+{
+	pthread_mutex_lock(&e->mu);
+	if (!e->running) {
+		e->cancelled = true; /* the next run() returns at once */
+		pthread_mutex_unlock(&e->mu);
+		return;
+	}
+	e->posts++;
+	pthread_mutex_unlock(&e->mu);
+	/* The lock lives on its loop: cancel it there. */
+	evloop_post(e->lock->loop, election_cancel_post, e);
+}
+
+int zk_election_contenders(zk_election *e, strlist *out)
+{
+	return zk_lock_contenders(e->lock->z, e->lock->dir, out);
+}
+
+void zk_election_free(zk_election *e)
+{
+	evloop *loop;
+
+	if (!e)
+		return;
+	loop = e->lock->loop;
+	/* A cancel still queued on the loop refers to E: let it run. */
+	pthread_mutex_lock(&e->mu);
+	while (e->posts > 0) {
+		if (evloop_on_loop_thread(loop)) {
+			pthread_mutex_unlock(&e->mu);
+			evloop_run_once(loop, 100);
+			pthread_mutex_lock(&e->mu);
+		} else {
+			pthread_cond_wait(&e->cv, &e->mu);
+		}
+	}
+	pthread_mutex_unlock(&e->mu);
+	zk_lock_free(e->lock);
+	pthread_cond_destroy(&e->cv);
+	pthread_mutex_destroy(&e->mu);
+	free(e);
+}
