@@ -1,0 +1,1094 @@
+/* model.c: decoding and encoding of Nodepool's ZooKeeper records, Python
+ * compatible JSON output, and znode paths (see model.h).
+ *
+ * Every record type is described by a field table (JSON key, kind, offset
+ * of the C member, default). One generic decoder and one generic encoder
+ * walk these tables, so the per-record code is only the table itself and
+ * upstream's key order lives in exactly one place: the table order. */
+#include "model.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum field_kind {
+	F_STR,      /* string or null; default when missing */
+	F_STR_OMIT, /* like F_STR but not written when null */
+	F_NUM,      /* number or null, as double (NAN = null) */
+	F_INT,      /* integer or null (NP_INT_NULL); default when missing */
+	F_BOOL,     /* boolean; default when missing */
+	F_LIST,     /* list of strings; [] when missing or null */
+	F_LABELS,   /* F_LIST that also accepts one bare string (node type) */
+	F_JSON,     /* any JSON value, kept as is (NULL = null) */
+	F_PORT,     /* connection_port: falls back to ssh_port, then 22 */
+	F_SSHPORT,  /* ssh_port: written as a copy of connection_port */
+	F_HOLDEXP,  /* hold_expiration: coerced to int, invalid -> 0 */
+	F_FORMATS,  /* comma-joined sorted string; omitted when empty */
+};
+
+struct field {
+	const char *key;
+	enum field_kind kind;
+	size_t off;
+	const char *dstr; /* F_STR default when the key is missing */
+	long long dint;   /* F_INT / F_BOOL default when the key is missing */
+	bool pool_only;   /* components: written only for pools */
+};
+
+#define FLD(T, key, kind, member) { key, kind, offsetof(T, member), NULL, 0, false }
+#define FLD_S(T, key, member, d) { key, F_STR, offsetof(T, member), d, 0, false }
+#define FLD_I(T, key, kind, member, d) { key, kind, offsetof(T, member), NULL, d, false }
+#define FLD_END { NULL, F_STR, 0, NULL, 0, false }
+
+/* Upstream's NodeRequest.toDict order. */
+static const struct field request_fields[] = {
+	FLD(np_request, "state", F_STR, state),
+	FLD(np_request, "state_time", F_NUM, state_time),
+	FLD(np_request, "declined_by", F_LIST, declined_by),
+	FLD(np_request, "node_types", F_LIST, node_types),
+	FLD(np_request, "nodes", F_LIST, nodes),
+	FLD_I(np_request, "reuse", F_BOOL, reuse, 1),
+	FLD(np_request, "requestor", F_STR, requestor),
+	FLD(np_request, "requestor_data", F_JSON, requestor_data),
+	FLD(np_request, "provider", F_STR, provider),
+	FLD_I(np_request, "relative_priority", F_INT, relative_priority, 0),
+	FLD(np_request, "event_id", F_STR, event_id),
+	FLD(np_request, "created_time", F_NUM, created_time),
+	FLD(np_request, "tenant_name", F_STR, tenant_name),
+	FLD_END,
+};
+
+/* Upstream's Node.toDict order (connection_port keeps its first slot even
+ * though toDict assigns it twice). */
+static const struct field node_fields[] = {
+	FLD(np_node, "state", F_STR, state),
+	FLD(np_node, "state_time", F_NUM, state_time),
+	FLD(np_node, "cloud", F_STR, cloud),
+	FLD(np_node, "provider", F_STR, provider),
+	FLD(np_node, "pool", F_STR, pool),
+	FLD(np_node, "type", F_LABELS, type),
+	FLD(np_node, "allocated_to", F_STR, allocated_to),
+	FLD(np_node, "az", F_STR, az),
+	FLD(np_node, "region", F_STR, region),
+	FLD(np_node, "public_ipv4", F_STR, public_ipv4),
+	FLD(np_node, "private_ipv4", F_STR, private_ipv4),
+	FLD(np_node, "public_ipv6", F_STR, public_ipv6),
+	FLD(np_node, "host_id", F_STR, host_id),
+	FLD(np_node, "interface_ip", F_STR, interface_ip),
+	FLD(np_node, "connection_port", F_PORT, connection_port),
+	FLD(np_node, "ssh_port", F_SSHPORT, connection_port),
+	FLD(np_node, "image_id", F_STR, image_id),
+	FLD(np_node, "launcher", F_STR, launcher),
+	FLD(np_node, "created_time", F_NUM, created_time),
+	FLD(np_node, "external_id", F_JSON, external_id),
+	FLD(np_node, "hostname", F_STR, hostname),
+	FLD(np_node, "comment", F_STR, comment),
+	FLD(np_node, "user_data", F_JSON, user_data),
+	FLD(np_node, "hold_job", F_STR, hold_job),
+	FLD(np_node, "host_keys", F_LIST, host_keys),
+	FLD_S(np_node, "username", username, "zuul"),
+	FLD(np_node, "connection_type", F_STR, connection_type),
+	FLD(np_node, "shell_type", F_STR, shell_type),
+	FLD(np_node, "hold_expiration", F_HOLDEXP, hold_expiration),
+	FLD(np_node, "resources", F_JSON, resources),
+	FLD(np_node, "slot", F_JSON, slot),
+	FLD(np_node, "attributes", F_JSON, attributes),
+	FLD(np_node, "python_path", F_STR, python_path),
+	FLD(np_node, "tenant_name", F_STR, tenant_name),
+	FLD(np_node, "driver_data", F_JSON, driver_data),
+	FLD(np_node, "requestor", F_STR, requestor),
+	FLD_END,
+};
+
+static const struct field build_fields[] = {
+	FLD(np_build, "state", F_STR, state),
+	FLD(np_build, "state_time", F_NUM, state_time),
+	FLD(np_build, "builder", F_STR_OMIT, builder),
+	FLD(np_build, "builder_id", F_STR_OMIT, builder_id),
+	FLD(np_build, "formats", F_FORMATS, formats),
+	FLD_S(np_build, "username", username, "zuul"),
+	FLD_S(np_build, "python_path", python_path, "/usr/bin/python2"),
+	FLD(np_build, "shell_type", F_STR, shell_type),
+	FLD_END,
+};
+
+static const struct field upload_fields[] = {
+	FLD(np_upload, "state", F_STR, state),
+	FLD(np_upload, "state_time", F_NUM, state_time),
+	FLD(np_upload, "external_id", F_STR, external_id),
+	FLD(np_upload, "external_name", F_STR, external_name),
+	FLD(np_upload, "format", F_STR, format),
+	FLD_S(np_upload, "username", username, "zuul"),
+	FLD_S(np_upload, "python_path", python_path, "/usr/bin/python2"),
+	FLD(np_upload, "shell_type", F_STR, shell_type),
+	FLD_END,
+};
+
+static const struct field component_fields[] = {
+	FLD(np_component, "hostname", F_STR, hostname),
+	FLD(np_component, "kind", F_STR, kind),
+	FLD(np_component, "state", F_STR, state),
+	FLD(np_component, "version", F_STR, version_str),
+	FLD_I(np_component, "model_api", F_INT, model_api, 0),
+	{ "id", F_STR, offsetof(np_component, id), NULL, 0, true },
+	{ "name", F_STR, offsetof(np_component, name), NULL, 0, true },
+	{ "provider_name", F_STR, offsetof(np_component, provider_name), NULL, 0, true },
+	{ "supported_labels", F_LIST, offsetof(np_component, supported_labels), NULL, 0, true },
+	{ "priority", F_INT, offsetof(np_component, priority), NULL, 100, true },
+	{ "paused", F_BOOL, offsetof(np_component, paused), NULL, 0, true },
+	FLD_END,
+};
+
+/* ---- member access ---- */
+
+#define MEMBER(rec, f, T) ((T *)((char *)(rec) + (f)->off))
+#define CMEMBER(rec, f, T) ((const T *)((const char *)(rec) + (f)->off))
+
+static bool is_known(const struct field *tab, const char *key)
+{
+	for (; tab->key; tab++)
+		if (strcmp(tab->key, key) == 0)
+			return true;
+	return false;
+}
+
+/* Constructor defaults (Python __init__), not reader defaults. */
+static void rec_init(const struct field *tab, void *rec)
+{
+	for (const struct field *f = tab; f->key; f++) {
+		switch (f->kind) {
+		case F_STR:
+		case F_STR_OMIT:
+			*MEMBER(rec, f, char *) = NULL;
+			break;
+		case F_NUM:
+			*MEMBER(rec, f, double) = NAN;
+			break;
+		case F_INT:
+			*MEMBER(rec, f, long long) = f->dint;
+			break;
+		case F_BOOL:
+			*MEMBER(rec, f, bool) = f->dint != 0;
+			break;
+		case F_LIST:
+		case F_LABELS:
+		case F_FORMATS:
+			strlist_init(MEMBER(rec, f, strlist));
+			break;
+		case F_JSON:
+			*MEMBER(rec, f, json_t *) = NULL;
+			break;
+		case F_PORT:
+			*MEMBER(rec, f, json_t *) = json_integer(22);
+			break;
+		case F_SSHPORT:
+			break;
+		case F_HOLDEXP:
+			*MEMBER(rec, f, long long) = NP_INT_NULL;
+			break;
+		}
+	}
+}
+
+static void rec_clear(const struct field *tab, void *rec)
+{
+	for (const struct field *f = tab; f->key; f++) {
+		switch (f->kind) {
+		case F_STR:
+		case F_STR_OMIT:
+			free(*MEMBER(rec, f, char *));
+			*MEMBER(rec, f, char *) = NULL;
+			break;
+		case F_LIST:
+		case F_LABELS:
+		case F_FORMATS:
+			strlist_free(MEMBER(rec, f, strlist));
+			break;
+		case F_JSON:
+		case F_PORT:
+			json_decref(*MEMBER(rec, f, json_t *));
+			*MEMBER(rec, f, json_t *) = NULL;
+			break;
+		default:
+			break;
+		}
+	}
+}
+
+/* ---- decoding ---- */
+
+static int str_list_from(strlist *out, const json_t *v)
+{
+	size_t i;
+	json_t *e;
+
+	if (!v || json_is_null(v))
+		return 0;
+	if (!json_is_array(v))
+		return -1;
+	json_array_foreach(v, i, e) {
+		if (!json_is_string(e))
+			return -1;
+		strlist_add(out, json_string_value(e));
+	}
+	return 0;
+}
+
+/* Python's int() of V: true and *OUT set when int() would succeed. */
+static bool py_int(const json_t *v, long long *out)
+{
+	if (json_is_integer(v)) {
+		*out = json_integer_value(v);
+		return true;
+	}
+	if (json_is_boolean(v)) {
+		*out = json_is_true(v);
+		return true;
+	}
+	if (json_is_real(v)) {
+		double d = json_real_value(v);
+		if (!isfinite(d) || d >= 9.2e18 || d <= -9.2e18)
+			return false;
+		*out = (long long)d;
+		return true;
+	}
+	if (json_is_string(v)) {
+		const char *s = json_string_value(v);
+		char *end;
+
+		while (isspace((unsigned char)*s))
+			s++;
+		errno = 0;
+		*out = strtoll(s, &end, 10);
+		if (end == s || errno)
+			return false;
+		while (isspace((unsigned char)*end))
+			end++;
+		return *end == '\0';
+	}
+	return false;
+}
+
+/* hold_expiration: whatever int() rejects becomes 0 ("no expiry"), as
+ * upstream's reader does. */
+static long long coerce_int(const json_t *v)
+{
+	long long n;
+
+	return py_int(v, &n) ? n : 0;
+}
+
+static int split_formats(strlist *out, const json_t *v)
+{
+	const char *s, *comma;
+
+	if (!v || json_is_null(v))
+		return 0;
+	if (!json_is_string(v))
+		return -1;
+	s = json_string_value(v);
+	if (!*s)
+		return 0;
+	for (;;) {
+		comma = strchr(s, ',');
+		if (!comma) {
+			strlist_add(out, s);
+			return 0;
+		}
+		strlist_add_owned(out, xstrndup(s, (size_t)(comma - s)));
+		s = comma + 1;
+	}
+}
+
+static int decode_port(json_t **out, const json_t *obj)
+{
+	json_t *v = json_object_get(obj, "connection_port");
+
+	if (!v)
+		v = json_object_get(obj, "ssh_port");
+	json_decref(*out);
+	*out = v ? json_incref(v) : json_integer(22);
+	return 0;
+}
+
+/* Fill one member from OBJ[f->key]; -1 when the value has a wrong type. */
+static int decode_field(const struct field *f, void *rec, const json_t *obj)
+{
+	json_t *v = json_object_get(obj, f->key);
+
+	switch (f->kind) {
+	case F_STR:
+	case F_STR_OMIT:
+		if (!v) {
+			if (f->dstr)
+				*MEMBER(rec, f, char *) = xstrdup(f->dstr);
+			return 0;
+		}
+		if (json_is_null(v))
+			return 0;
+		if (!json_is_string(v))
+			return -1;
+		*MEMBER(rec, f, char *) = xstrndup(json_string_value(v),
+						   json_string_length(v));
+		return 0;
+	case F_NUM:
+		if (!v || json_is_null(v))
+			return 0;
+		if (!json_is_number(v))
+			return -1;
+		*MEMBER(rec, f, double) = json_number_value(v);
+		return 0;
+	case F_INT:
+		if (!v)
+			return 0;
+		if (json_is_null(v)) {
+			*MEMBER(rec, f, long long) = NP_INT_NULL;
+			return 0;
+		}
+		if (!json_is_integer(v))
+			return -1;
+		*MEMBER(rec, f, long long) = json_integer_value(v);
+		return 0;
+	case F_BOOL:
+		if (!v)
+			return 0;
+		if (json_is_null(v)) {
+			*MEMBER(rec, f, bool) = false;
+			return 0;
+		}
+		if (json_is_boolean(v)) {
+			*MEMBER(rec, f, bool) = json_is_true(v);
+			return 0;
+		}
+		if (json_is_integer(v)) {
+			*MEMBER(rec, f, bool) = json_integer_value(v) != 0;
+			return 0;
+		}
+		return -1;
+	case F_LIST:
+		return str_list_from(MEMBER(rec, f, strlist), v);
+	case F_LABELS:
+		if (json_is_string(v)) {
+			if (json_string_length(v))
+				strlist_add(MEMBER(rec, f, strlist),
+					    json_string_value(v));
+			return 0;
+		}
+		return str_list_from(MEMBER(rec, f, strlist), v);
+	case F_JSON:
+		if (v && !json_is_null(v))
+			*MEMBER(rec, f, json_t *) = json_incref(v);
+		return 0;
+	case F_PORT:
+		return decode_port(MEMBER(rec, f, json_t *), obj);
+	case F_SSHPORT:
+		return 0;
+	case F_HOLDEXP:
+		if (v && !json_is_null(v))
+			*MEMBER(rec, f, long long) = coerce_int(v);
+		return 0;
+	case F_FORMATS:
+		return split_formats(MEMBER(rec, f, strlist), v);
+	}
+	return 0;
+}
+
+/* Parse DATA into REC (already initialised). Python's json.loads accepts
+ * an empty document as an error too, so empty data is reported the same. */
+static int rec_decode(const struct field *tab, void *rec, json_t **rawp,
+		      const char *data, size_t len, char **err)
+{
+	json_error_t jerr;
+	json_t *obj;
+
+	obj = json_loadb(data ? data : "", data ? len : 0,
+			 JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+	if (!obj) {
+		*err = xasprintf("invalid JSON: %s (line %d, column %d)",
+				 jerr.text, jerr.line, jerr.column);
+		return -1;
+	}
+	if (!json_is_object(obj)) {
+		*err = xstrdup("not a JSON object");
+		json_decref(obj);
+		return -1;
+	}
+	for (const struct field *f = tab; f->key; f++) {
+		if (decode_field(f, rec, obj) < 0) {
+			*err = xasprintf("field \"%s\" has the wrong type",
+					 f->key);
+			json_decref(obj);
+			return -1;
+		}
+	}
+	*rawp = obj;
+	return 0;
+}
+
+/* ---- encoding ---- */
+
+static json_t *str_or_null(const char *s)
+{
+	return s ? json_string(s) : json_null();
+}
+
+static json_t *list_json(const strlist *l)
+{
+	json_t *a = json_array();
+
+	for (size_t i = 0; i < l->n; i++)
+		json_array_append_new(a, json_string(l->v[i]));
+	return a;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static json_t *formats_json(const strlist *l)
+{
+	char **v = xmalloc(l->n * sizeof(*v));
+	sbuf sb;
+
+	memcpy(v, l->v, l->n * sizeof(*v));
+	qsort(v, l->n, sizeof(*v), cmp_str);
+	sbuf_init(&sb);
+	for (size_t i = 0; i < l->n; i++) {
+		if (i)
+			sbuf_addc(&sb, ',');
+		sbuf_adds(&sb, v[i]);
+	}
+	free(v);
+	json_t *s = json_string(sb.buf);
+	sbuf_free(&sb);
+	return s;
+}
+
+/* A number field is written as an integer when it was one in the document
+ * we read and still has that value: Python would have kept the int. */
+static json_t *num_json(double d, const json_t *raw, const char *key)
+{
+	const json_t *old = raw ? json_object_get(raw, key) : NULL;
+
+	if (isnan(d))
+		return json_null();
+	if (json_is_integer(old) && (double)json_integer_value(old) == d)
+		return json_integer(json_integer_value(old));
+	return json_real(d);
+}
+
+static json_t *json_or_null(const json_t *v)
+{
+	return v ? json_deep_copy(v) : json_null();
+}
+
+/* The value for field F, or NULL when the field is not written. */
+static json_t *encode_field(const struct field *f, const void *rec,
+			    const json_t *raw, bool is_pool)
+{
+	const char *s;
+
+	if (f->pool_only && !is_pool)
+		return NULL;
+	switch (f->kind) {
+	case F_STR:
+		return str_or_null(*CMEMBER(rec, f, char *));
+	case F_STR_OMIT:
+		s = *CMEMBER(rec, f, char *);
+		return s ? json_string(s) : NULL;
+	case F_NUM:
+		return num_json(*CMEMBER(rec, f, double), raw, f->key);
+	case F_INT:
+	case F_HOLDEXP:
+		if (*CMEMBER(rec, f, long long) == NP_INT_NULL)
+			return json_null();
+		return json_integer(*CMEMBER(rec, f, long long));
+	case F_BOOL:
+		return json_boolean(*CMEMBER(rec, f, bool));
+	case F_LIST:
+	case F_LABELS:
+		return list_json(CMEMBER(rec, f, strlist));
+	case F_FORMATS:
+		if (CMEMBER(rec, f, strlist)->n == 0)
+			return NULL;
+		return formats_json(CMEMBER(rec, f, strlist));
+	case F_JSON:
+	case F_PORT:
+	case F_SSHPORT:
+		return json_or_null(*CMEMBER(rec, f, json_t *));
+	}
+	return NULL;
+}
+
+static char *rec_encode(const struct field *tab, const void *rec,
+			const json_t *raw, bool is_pool, bool sort_keys)
+{
+	json_t *obj = json_object();
+	const char *key;
+	json_t *v;
+	char *out;
+
+	for (const struct field *f = tab; f->key; f++) {
+		v = encode_field(f, rec, raw, is_pool);
+		if (v)
+			json_object_set_new(obj, f->key, v);
+	}
+	/* Keys we do not know go after ours, in the order we read them. */
+	if (raw) {
+		json_object_foreach((json_t *)raw, key, v) {
+			if (!is_known(tab, key))
+				json_object_set(obj, key, v);
+		}
+	}
+	out = np_json_dumps(obj, sort_keys);
+	json_decref(obj);
+	return out;
+}
+
+static char *dup_or_null(const char *s)
+{
+	return s ? xstrdup(s) : NULL;
+}
+
+static void set_state(char **state, double *state_time, const char *value)
+{
+	free(*state);
+	*state = xstrdup(value);
+	*state_time = now_wall();
+}
+
+/* ---- node requests ---- */
+
+void np_request_init(np_request *r)
+{
+	memset(r, 0, sizeof(*r));
+	rec_init(request_fields, r);
+	r->version = -1;
+}
+
+int np_request_decode(np_request *r, const char *id, const char *data,
+		      size_t len, char **err)
+{
+	np_request_init(r);
+	if (rec_decode(request_fields, r, &r->raw, data, len, err) < 0) {
+		np_request_clear(r);
+		return -1;
+	}
+	r->id = dup_or_null(id);
+	return 0;
+}
+
+char *np_request_encode(const np_request *r)
+{
+	return rec_encode(request_fields, r, r->raw, false, false);
+}
+
+void np_request_clear(np_request *r)
+{
+	rec_clear(request_fields, r);
+	free(r->id);
+	json_decref(r->raw);
+	np_request_init(r);
+}
+
+void np_request_set_state(np_request *r, const char *state)
+{
+	set_state(&r->state, &r->state_time, state);
+}
+
+/* ---- nodes ---- */
+
+void np_node_init(np_node *n)
+{
+	memset(n, 0, sizeof(*n));
+	rec_init(node_fields, n);
+	n->version = -1;
+}
+
+int np_node_decode(np_node *n, const char *id, const char *data, size_t len,
+		   char **err)
+{
+	np_node_init(n);
+	if (rec_decode(node_fields, n, &n->raw, data, len, err) < 0) {
+		np_node_clear(n);
+		return -1;
+	}
+	n->id = dup_or_null(id);
+	return 0;
+}
+
+char *np_node_encode(const np_node *n)
+{
+	return rec_encode(node_fields, n, n->raw, false, false);
+}
+
+void np_node_clear(np_node *n)
+{
+	rec_clear(node_fields, n);
+	free(n->id);
+	json_decref(n->raw);
+	memset(n, 0, sizeof(*n));
+	n->version = -1;
+}
+
+void np_node_set_state(np_node *n, const char *state)
+{
+	set_state(&n->state, &n->state_time, state);
+}
+
+long long np_node_port(const np_node *n)
+{
+	long long v;
+
+	/* The list's int(port) test: a number or numeric string is a port;
+	 * anything else (k8s credentials) is not. */
+	return py_int(n->connection_port, &v) ? v : -1;
+}
+
+/* ---- image builds ---- */
+
+void np_build_init(np_build *b)
+{
+	memset(b, 0, sizeof(*b));
+	rec_init(build_fields, b);
+	b->version = -1;
+}
+
+int np_build_decode(np_build *b, const char *image, const char *id,
+		    const char *data, size_t len, char **err)
+{
+	np_build_init(b);
+	if (rec_decode(build_fields, b, &b->raw, data, len, err) < 0) {
+		np_build_clear(b);
+		return -1;
+	}
+	b->image = dup_or_null(image);
+	b->id = dup_or_null(id);
+	return 0;
+}
+
+char *np_build_encode(const np_build *b)
+{
+	return rec_encode(build_fields, b, b->raw, false, false);
+}
+
+void np_build_clear(np_build *b)
+{
+	rec_clear(build_fields, b);
+	free(b->image);
+	free(b->id);
+	json_decref(b->raw);
+	np_build_init(b);
+}
+
+void np_build_set_state(np_build *b, const char *state)
+{
+	set_state(&b->state, &b->state_time, state);
+}
+
+/* ---- image uploads ---- */
+
+void np_upload_init(np_upload *u)
+{
+	memset(u, 0, sizeof(*u));
+	rec_init(upload_fields, u);
+	u->version = -1;
+}
+
+int np_upload_decode(np_upload *u, const char *image, const char *build_id,
+		     const char *provider, const char *id, const char *data,
+		     size_t len, char **err)
+{
+	np_upload_init(u);
+	if (rec_decode(upload_fields, u, &u->raw, data, len, err) < 0) {
+		np_upload_clear(u);
+		return -1;
+	}
+	u->image = dup_or_null(image);
+	u->build_id = dup_or_null(build_id);
+	u->provider = dup_or_null(provider);
+	u->id = dup_or_null(id);
+	return 0;
+}
+
+char *np_upload_encode(const np_upload *u)
+{
+	return rec_encode(upload_fields, u, u->raw, false, false);
+}
+
+void np_upload_clear(np_upload *u)
+{
+	rec_clear(upload_fields, u);
+	free(u->image);
+	free(u->build_id);
+	free(u->provider);
+	free(u->id);
+	json_decref(u->raw);
+	np_upload_init(u);
+}
+
+void np_upload_set_state(np_upload *u, const char *state)
+{
+	set_state(&u->state, &u->state_time, state);
+}
+
+/* ---- components ---- */
+
+void np_component_init(np_component *c, const char *kind)
+{
+	memset(c, 0, sizeof(*c));
+	rec_init(component_fields, c);
+	c->state = xstrdup("stopped");
+	c->kind = dup_or_null(kind);
+	c->is_pool = kind && strcmp(kind, "pool") == 0;
+	c->version = -1;
+}
+
+int np_component_decode(np_component *c, const char *path_name,
+			const char *data, size_t len, char **err)
+{
+	memset(c, 0, sizeof(*c));
+	rec_init(component_fields, c);
+	c->version = -1;
+	if (rec_decode(component_fields, c, &c->raw, data, len, err) < 0) {
+		np_component_clear(c);
+		return -1;
+	}
+	c->is_pool = (c->kind && strcmp(c->kind, "pool") == 0) ||
+		     json_object_get(c->raw, "supported_labels");
+	c->path_name = dup_or_null(path_name);
+	return 0;
+}
+
+char *np_component_encode(const np_component *c)
+{
+	return rec_encode(component_fields, c, c->raw, c->is_pool, true);
+}
+
+void np_component_clear(np_component *c)
+{
+	rec_clear(component_fields, c);
+	free(c->path_name);
+	json_decref(c->raw);
+	memset(c, 0, sizeof(*c));
+	c->version = -1;
+}
+
+/* ---- Python-compatible JSON text ---- */
+
+void np_float_repr(sbuf *sb, double d)
+{
+	char buf[40], digits[24];
+	int nd = 0, exp10, decpt;
+	const char *p;
+
+	if (isnan(d)) {
+		sbuf_adds(sb, "NaN");
+		return;
+	}
+	if (isinf(d)) {
+		sbuf_adds(sb, d < 0 ? "-Infinity" : "Infinity");
+		return;
+	}
+	/* The shortest %e that reads back as the same double: what Python's
+	 * repr() picks too. */
+	for (int prec = 1; prec <= 17; prec++) {
+		snprintf(buf, sizeof(buf), "%.*e", prec - 1, d);
+		if (strtod(buf, NULL) == d)
+			break;
+	}
+	p = buf;
+	if (*p == '-') {
+		sbuf_addc(sb, '-');
+		p++;
+	}
+	for (; *p && *p != 'e'; p++)
+		if (isdigit((unsigned char)*p))
+			digits[nd++] = *p;
+	while (nd > 1 && digits[nd - 1] == '0')
+		nd--;
+	digits[nd] = '\0';
+	exp10 = atoi(p + 1);
+	decpt = exp10 + 1;
+	if (decpt > -4 && decpt <= 16) {
+		if (decpt <= 0) {
+			sbuf_adds(sb, "0.");
+			for (int i = 0; i < -decpt; i++)
+				sbuf_addc(sb, '0');
+			sbuf_adds(sb, digits);
+		} else if (decpt >= nd) {
+			sbuf_adds(sb, digits);
+			for (int i = nd; i < decpt; i++)
+				sbuf_addc(sb, '0');
+			sbuf_adds(sb, ".0");
+		} else {
+			sbuf_add(sb, digits, (size_t)decpt);
+			sbuf_addc(sb, '.');
+			sbuf_adds(sb, digits + decpt);
+		}
+		return;
+	}
+	sbuf_addc(sb, digits[0]);
+	if (nd > 1) {
+		sbuf_addc(sb, '.');
+		sbuf_adds(sb, digits + 1);
+	}
+	sbuf_addf(sb, "e%c%02d", exp10 < 0 ? '-' : '+', abs(exp10));
+}
+
+/* Decode one UTF-8 sequence (jansson strings are valid UTF-8). */
+static unsigned utf8_next(const unsigned char **pp)
+{
+	const unsigned char *p = *pp;
+	unsigned c = *p++;
+	int more = 0;
+
+	if (c >= 0xf0) {
+		c &= 0x07;
+		more = 3;
+	} else if (c >= 0xe0) {
+		c &= 0x0f;
+		more = 2;
+	} else if (c >= 0xc0) {
+		c &= 0x1f;
+		more = 1;
+	}
+	while (more-- > 0 && (*p & 0xc0) == 0x80)
+		c = (c << 6) | (*p++ & 0x3f);
+	*pp = p;
+	return c;
+}
+
+static void dump_string(sbuf *sb, const char *s, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	const unsigned char *end = p + len;
+	unsigned c;
+
+	sbuf_addc(sb, '"');
+	while (p < end) {
+		if (*p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\') {
+			const unsigned char *run = p;
+			while (p < end && *p >= 0x20 && *p < 0x7f &&
+			       *p != '"' && *p != '\\')
+				p++;
+			sbuf_add(sb, run, (size_t)(p - run));
+			continue;
+		}
+		c = *p < 0x80 ? *p++ : utf8_next(&p);
+		switch (c) {
+		case '"': sbuf_adds(sb, "\\\""); break;
+		case '\\': sbuf_adds(sb, "\\\\"); break;
+		case '\n': sbuf_adds(sb, "\\n"); break;
+		case '\r': sbuf_adds(sb, "\\r"); break;
+		case '\t': sbuf_adds(sb, "\\t"); break;
+		case '\b': sbuf_adds(sb, "\\b"); break;
+		case '\f': sbuf_adds(sb, "\\f"); break;
+		default:
+			if (c > 0xffff) {
+				c -= 0x10000;
+				sbuf_addf(sb, "\\u%04x\\u%04x",
+					  0xd800 | (c >> 10), 0xdc00 | (c & 0x3ff));
+			} else {
+				sbuf_addf(sb, "\\u%04x", c);
+			}
+		}
+	}
+	sbuf_addc(sb, '"');
+}
+
+static void dump_value(sbuf *sb, const json_t *v, bool sort_keys);
+
+static void dump_object(sbuf *sb, const json_t *v, bool sort_keys)
+{
+	size_t n = json_object_size(v), i = 0;
+	const char **keys = xmalloc(n * sizeof(*keys));
+	const char *key;
+	json_t *val;
+
+	json_object_foreach((json_t *)v, key, val)
+		keys[i++] = key;
+	if (sort_keys)
+		qsort(keys, n, sizeof(*keys), cmp_str);
+	sbuf_addc(sb, '{');
+	for (i = 0; i < n; i++) {
+		if (i)
+			sbuf_adds(sb, ", ");
+		dump_string(sb, keys[i], strlen(keys[i]));
+		sbuf_adds(sb, ": ");
+		dump_value(sb, json_object_get(v, keys[i]), sort_keys);
+	}
+	sbuf_addc(sb, '}');
+	free(keys);
+}
+
+static void dump_value(sbuf *sb, const json_t *v, bool sort_keys)
+{
+	size_t i;
+	json_t *e;
+
+	switch (json_typeof(v)) {
+	case JSON_OBJECT:
+		dump_object(sb, v, sort_keys);
+		break;
+	case JSON_ARRAY:
+		sbuf_addc(sb, '[');
+		json_array_foreach(v, i, e) {
+			if (i)
+				sbuf_adds(sb, ", ");
+			dump_value(sb, e, sort_keys);
+		}
+		sbuf_addc(sb, ']');
+		break;
+	case JSON_STRING:
+		dump_string(sb, json_string_value(v), json_string_length(v));
+		break;
+	case JSON_INTEGER:
+		sbuf_addf(sb, "%lld", (long long)json_integer_value(v));
+		break;
+	case JSON_REAL:
+		np_float_repr(sb, json_real_value(v));
+		break;
+	case JSON_TRUE:
+		sbuf_adds(sb, "true");
+		break;
+	case JSON_FALSE:
+		sbuf_adds(sb, "false");
+		break;
+	case JSON_NULL:
+		sbuf_adds(sb, "null");
+		break;
+	}
+}
+
+char *np_json_dumps(const json_t *v, bool sort_keys)
+{
+	sbuf sb;
+
+	sbuf_init(&sb);
+	dump_value(&sb, v, sort_keys);
+	return sbuf_detach(&sb);
+}
+
+/* ---- ids and paths ---- */
+
+bool np_valid_name(const char *s)
+{
+	return s && *s && !strchr(s, '/') && strcmp(s, ".") != 0 &&
+	       strcmp(s, "..") != 0;
+}
+
+static bool all_digits(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!isdigit((unsigned char)s[i]))
+			return false;
+	return true;
+}
+
+bool np_valid_seq_id(const char *s)
+{
+	return s && strlen(s) == 10 && all_digits(s, 10);
+}
+
+bool np_valid_request_id(const char *s)
+{
+	const char *dash = s ? strchr(s, '-') : NULL;
+
+	return dash && dash > s && all_digits(s, (size_t)(dash - s)) &&
+	       np_valid_seq_id(dash + 1);
+}
+
+char *np_path_node(const char *id)
+{
+	return xasprintf("%s/%s", NP_NODE_ROOT, id);
+}
+
+char *np_path_node_lock(const char *id)
+{
+	return xasprintf("%s/%s/lock", NP_NODE_ROOT, id);
+}
+
+char *np_path_request(const char *id)
+{
+	return xasprintf("%s/%s", NP_REQUEST_ROOT, id);
+}
+
+char *np_path_request_lock(const char *id)
+{
+	return xasprintf("%s/%s", NP_REQUEST_LOCK_ROOT, id);
+}
+
+char *np_path_image(const char *image)
+{
+	return xasprintf("%s/%s", NP_IMAGE_ROOT, image);
+}
+
+char *np_path_image_pause(const char *image)
+{
+	return xasprintf("%s/%s/pause", NP_IMAGE_ROOT, image);
+}
+
+char *np_path_build_request(const char *image)
+{
+	return xasprintf("%s/%s/request-build", NP_IMAGE_ROOT, image);
+}
+
+char *np_path_builds(const char *image)
+{
+	return xasprintf("%s/%s/builds", NP_IMAGE_ROOT, image);
+}
+
+char *np_path_builds_lock(const char *image)
+{
+	return xasprintf("%s/%s/builds/lock", NP_IMAGE_ROOT, image);
+}
+
+char *np_path_build(const char *image, const char *build_id)
+{
+	return xasprintf("%s/%s/builds/%s", NP_IMAGE_ROOT, image, build_id);
+}
+
+char *np_path_build_lock(const char *image, const char *build_id)
+{
+	return xasprintf("%s/%s/builds/%s/lock", NP_IMAGE_ROOT, image,
+			 build_id);
+}
+
+char *np_path_build_providers(const char *image, const char *build_id)
+{
+	return xasprintf("%s/%s/builds/%s/providers", NP_IMAGE_ROOT, image,
+			 build_id);
+}
+
+char *np_path_uploads(const char *image, const char *build_id,
+		      const char *provider)
+{
+	return xasprintf("%s/%s/builds/%s/providers/%s/images", NP_IMAGE_ROOT,
+			 image, build_id, provider);
+}
+
+char *np_path_uploads_lock(const char *image, const char *build_id,
+			   const char *provider)
+{
+	return xasprintf("%s/%s/builds/%s/providers/%s/images/lock",
+			 NP_IMAGE_ROOT, image, build_id, provider);
+}
+
+char *np_path_upload(const char *image, const char *build_id,
+		     const char *provider, const char *upload_id)
+{
+	return xasprintf("%s/%s/builds/%s/providers/%s/images/%s",
+			 NP_IMAGE_ROOT, image, build_id, provider, upload_id);
+}
+
+char *np_path_upload_lock(const char *image, const char *build_id,
+			  const char *provider, const char *upload_id)
+{
+	return xasprintf("%s/%s/builds/%s/providers/%s/images/%s/lock",
+			 NP_IMAGE_ROOT, image, build_id, provider, upload_id);
+}

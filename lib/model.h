@@ -1,0 +1,254 @@
+/* model.h: Nodepool's records as stored in ZooKeeper (node requests, nodes,
+ * image builds, image uploads, component registrations), their JSON
+ * encoding and the znode paths they live at.
+ *
+ * Decoding applies upstream's reader defaults and leniency (a bare string
+ * as a node's type, connection_port falling back to ssh_port, a coerced
+ * hold_expiration, ...). Encoding writes upstream's keys in upstream's
+ * order with Python json.dumps formatting, so a record we rewrite is byte
+ * for byte what Python Nodepool would write, except that keys we do not
+ * know are carried through (after the known ones) instead of dropped:
+ * Zuul keeps private keys in these records and must not lose them.
+ *
+ * Ownership: every record owns its strings, lists and JSON values; *_clear
+ * frees them. The `raw` member is the document the record was decoded from
+ * (NULL for a record built in memory); it supplies the unknown keys and
+ * whether a number was an integer when the record is encoded again.
+ */
+#ifndef NP_MODEL_H
+#define NP_MODEL_H
+
+#include <jansson.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "util.h"
+
+/* A JSON null for integer fields (slot-like fields use json_t instead). */
+#define NP_INT_NULL LLONG_MIN
+
+/* Node states. */
+#define NP_NODE_INIT "init"
+#define NP_NODE_BUILDING "building"
+#define NP_NODE_TESTING "testing"
+#define NP_NODE_READY "ready"
+#define NP_NODE_IN_USE "in-use"
+#define NP_NODE_USED "used"
+#define NP_NODE_HOLD "hold"
+#define NP_NODE_DELETING "deleting"
+#define NP_NODE_FAILED "failed"
+#define NP_NODE_ABORTED "aborted"
+#define NP_NODE_DELETED "deleted"
+/* Request states. */
+#define NP_REQ_REQUESTED "requested"
+#define NP_REQ_PENDING "pending"
+#define NP_REQ_FULFILLED "fulfilled"
+#define NP_REQ_FAILED "failed"
+/* Build and upload states. */
+#define NP_IMG_BUILDING "building"
+#define NP_IMG_UPLOADING "uploading"
+#define NP_IMG_READY "ready"
+#define NP_IMG_DELETING "deleting"
+#define NP_IMG_FAILED "failed"
+
+/* Floating-point fields hold NAN for JSON null. */
+typedef struct np_request {
+	char *id; /* "<priority>-<seq10>"; not part of the JSON */
+	char *state;
+	double state_time;
+	strlist declined_by;
+	strlist node_types;
+	strlist nodes;
+	bool reuse;
+	char *requestor;
+	json_t *requestor_data;
+	char *provider;
+	long long relative_priority;
+	char *event_id;
+	double created_time;
+	char *tenant_name;
+	json_t *raw;
+	int version; /* znode version when read from ZooKeeper, else -1 */
+} np_request;
+
+typedef struct np_node {
+	char *id; /* "<seq10>"; not part of the JSON */
+	char *state;
+	double state_time;
+	char *cloud;
+	char *provider;
+	char *pool;
+	strlist type;
+	char *allocated_to;
+	char *az;
+	char *region;
+	char *public_ipv4;
+	char *private_ipv4;
+	char *public_ipv6;
+	char *host_id;
+	char *interface_ip;
+	json_t *connection_port; /* integer, or an object of k8s credentials */
+	char *image_id;
+	char *launcher;
+	double created_time;
+	json_t *external_id; /* usually a string */
+	char *hostname;
+	char *comment;
+	json_t *user_data;
+	char *hold_job;
+	strlist host_keys;
+	char *username;
+	char *connection_type;
+	char *shell_type;
+	long long hold_expiration; /* NP_INT_NULL for null */
+	json_t *resources;
+	json_t *slot;
+	json_t *attributes;
+	char *python_path;
+	char *tenant_name;
+	json_t *driver_data;
+	char *requestor;
+	json_t *raw;
+	int version;
+} np_node;
+
+typedef struct np_build {
+	char *image; /* not part of the JSON */
+	char *id;    /* uuid hex or legacy 10-digit; not part of the JSON */
+	char *state;
+	double state_time;
+	char *builder;    /* omitted from the JSON when NULL */
+	char *builder_id; /* omitted from the JSON when NULL */
+	strlist formats;  /* written sorted and comma-joined; omitted if empty */
+	char *username;
+	char *python_path;
+	char *shell_type;
+	json_t *raw;
+	int version;
+} np_build;
+
+typedef struct np_upload {
+	char *image, *build_id, *provider, *id; /* from the path */
+	char *state;
+	double state_time;
+	char *external_id;
+	char *external_name;
+	char *format;
+	char *username;
+	char *python_path;
+	char *shell_type;
+	json_t *raw;
+	int version;
+} np_upload;
+
+/* Component registration (written with sorted keys). Pool-only fields are
+ * NULL/empty/-1 for other kinds and then not written. */
+typedef struct np_component {
+	char *path_name; /* "<hostname><seq10>"; not part of the JSON */
+	char *hostname;
+	char *kind;
+	char *state;
+	char *version_str;
+	long long model_api;
+	char *id;
+	char *name;
+	char *provider_name;
+	strlist supported_labels;
+	long long priority;
+	bool paused;
+	bool is_pool; /* writes the pool keys */
+	json_t *raw;
+	int version;
+} np_component;
+
+/* init: an empty record with upstream's constructor defaults.
+ * decode: parse DATA (LEN bytes, need not be NUL-terminated) into a
+ *   record initialised here; 0, or -1 with *ERR (caller frees) saying what
+ *   is wrong. On error the record is left cleared.
+ * encode: the JSON text (caller frees).
+ * clear: free what the record owns (it may then be decoded again). */
+void np_request_init(np_request *r);
+int np_request_decode(np_request *r, const char *id, const char *data,
+		      size_t len, char **err);
+char *np_request_encode(const np_request *r);
+void np_request_clear(np_request *r);
+void np_request_set_state(np_request *r, const char *state);
+
+void np_node_init(np_node *n);
+int np_node_decode(np_node *n, const char *id, const char *data, size_t len,
+		   char **err);
+char *np_node_encode(const np_node *n);
+void np_node_clear(np_node *n);
+void np_node_set_state(np_node *n, const char *state);
+/* The port as an integer, or -1 when it is not one (k8s credentials). */
+long long np_node_port(const np_node *n);
+
+void np_build_init(np_build *b);
+int np_build_decode(np_build *b, const char *image, const char *id,
+		    const char *data, size_t len, char **err);
+char *np_build_encode(const np_build *b);
+void np_build_clear(np_build *b);
+void np_build_set_state(np_build *b, const char *state);
+
+void np_upload_init(np_upload *u);
+int np_upload_decode(np_upload *u, const char *image, const char *build_id,
+		     const char *provider, const char *id, const char *data,
+		     size_t len, char **err);
+char *np_upload_encode(const np_upload *u);
+void np_upload_clear(np_upload *u);
+void np_upload_set_state(np_upload *u, const char *state);
+
+void np_component_init(np_component *c, const char *kind);
+int np_component_decode(np_component *c, const char *path_name,
+			const char *data, size_t len, char **err);
+char *np_component_encode(const np_component *c);
+void np_component_clear(np_component *c);
+
+/* Python json.dumps(V) (or json.dumps(V, sort_keys=True)): ", " and ": "
+ * separators, non-ASCII escaped as \uXXXX, floats as Python's repr.
+ * Caller frees. */
+char *np_json_dumps(const json_t *v, bool sort_keys);
+/* Append Python's repr() of a float to SB ("1726600000.123456", "1e+16",
+ * "NaN" and "Infinity" as json.dumps writes them). */
+void np_float_repr(sbuf *sb, double d);
+
+/* ---- ids and paths (all returned strings are malloc'd) ---- */
+#define NP_NODE_ROOT "/nodepool/nodes"
+#define NP_REQUEST_ROOT "/nodepool/requests"
+#define NP_REQUEST_LOCK_ROOT "/nodepool/requests-lock"
+#define NP_IMAGE_ROOT "/nodepool/images"
+#define NP_COMPONENT_ROOT "/nodepool/components"
+#define NP_ELECTION_ROOT "/nodepool/elections"
+
+char *np_path_node(const char *id);
+char *np_path_node_lock(const char *id);
+char *np_path_request(const char *id);
+char *np_path_request_lock(const char *id);
+char *np_path_image(const char *image);
+char *np_path_image_pause(const char *image);
+char *np_path_build_request(const char *image);
+char *np_path_builds(const char *image);
+char *np_path_builds_lock(const char *image);
+char *np_path_build(const char *image, const char *build_id);
+char *np_path_build_lock(const char *image, const char *build_id);
+char *np_path_build_providers(const char *image, const char *build_id);
+char *np_path_uploads(const char *image, const char *build_id,
+		      const char *provider);
+char *np_path_uploads_lock(const char *image, const char *build_id,
+			   const char *provider);
+char *np_path_upload(const char *image, const char *build_id,
+		     const char *provider, const char *upload_id);
+char *np_path_upload_lock(const char *image, const char *build_id,
+			  const char *provider, const char *upload_id);
+
+/* A single path component we may put into a path: non-empty, no '/', not
+ * "." or "..". Guards against ids from the command line or from ZooKeeper
+ * children that would address another znode. */
+bool np_valid_name(const char *s);
+/* "<digits>-<10 digits>" */
+bool np_valid_request_id(const char *s);
+/* Exactly 10 digits (node ids, upload ids, legacy build ids). */
+bool np_valid_seq_id(const char *s);
+
+#endif

@@ -1,0 +1,343 @@
+/* test_model.c: record decoding defaults and leniency, byte-exact Python
+ * json.dumps output, unknown keys kept, bad documents rejected, ids and
+ * paths, and the status listings built from records. */
+#include "testlib.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "status.h"
+
+static int decode_node(np_node *n, const char *id, const char *json)
+{
+	char *err = NULL;
+	int rc = np_node_decode(n, id, json, strlen(json), &err);
+
+	free(err);
+	return rc;
+}
+
+/* What upstream's Node().toDict() gives for a record read from "{}"-like
+ * input with only a state: every key, in order. */
+static const char *upstream_min_node =
+	"{\"state\": \"ready\", \"state_time\": 1726600000.123456, "
+	"\"cloud\": null, \"provider\": null, \"pool\": null, \"type\": [], "
+	"\"allocated_to\": null, \"az\": null, \"region\": null, "
+	"\"public_ipv4\": null, \"private_ipv4\": null, \"public_ipv6\": null, "
+	"\"host_id\": null, \"interface_ip\": null, \"connection_port\": 22, "
+	"\"ssh_port\": 22, \"image_id\": null, \"launcher\": null, "
+	"\"created_time\": null, \"external_id\": null, \"hostname\": null, "
+	"\"comment\": null, \"user_data\": null, \"hold_job\": null, "
+	"\"host_keys\": [], \"username\": \"zuul\", \"connection_type\": null, "
+	"\"shell_type\": null, \"hold_expiration\": null, \"resources\": null, "
+	"\"slot\": null, \"attributes\": null, \"python_path\": null, "
+	"\"tenant_name\": null, \"driver_data\": null, \"requestor\": null}";
+
+TEST(node_defaults_and_order)
+{
+	np_node n;
+	char *out;
+
+	REQUIRE(decode_node(&n, "0000000001",
+		"{\"state\": \"ready\", \"state_time\": 1726600000.123456}") == 0);
+	CHECK_STR(n.id, "0000000001");
+	CHECK_STR(n.username, "zuul");
+	CHECK_INT(np_node_port(&n), 22);
+	CHECK(n.python_path == NULL);
+	CHECK(n.hold_expiration == NP_INT_NULL);
+	out = np_node_encode(&n);
+	CHECK_STR(out, upstream_min_node);
+	free(out);
+	np_node_clear(&n);
+}
+
+TEST(node_roundtrip_is_identity)
+{
+	np_node n;
+	char *out;
+
+	REQUIRE(decode_node(&n, "0000000001", upstream_min_node) == 0);
+	out = np_node_encode(&n);
+	CHECK_STR(out, upstream_min_node);
+	free(out);
+	np_node_clear(&n);
+}
+
+TEST(node_leniency)
+{
+	np_node n;
+
+	/* type as a bare string, ssh_port fallback, hold_expiration coercion */
+	REQUIRE(decode_node(&n, "0000000002",
+		"{\"state\": \"hold\", \"type\": \"label1\", \"ssh_port\": 2222,"
+		" \"hold_expiration\": \"3600\"}") == 0);
+	CHECK_INT(n.type.n, 1);
+	CHECK_STR(n.type.v[0], "label1");
+	CHECK_INT(np_node_port(&n), 2222);
+	CHECK_INT(n.hold_expiration, 3600);
+	np_node_clear(&n);
+
+	REQUIRE(decode_node(&n, "0000000003",
+		"{\"state\": \"hold\", \"hold_expiration\": \"soon\"}") == 0);
+	CHECK_INT(n.hold_expiration, 0);
+	np_node_clear(&n);
+
+	REQUIRE(decode_node(&n, "0000000003",
+		"{\"state\": \"hold\", \"hold_expiration\": 12.7}") == 0);
+	CHECK_INT(n.hold_expiration, 12);
+	np_node_clear(&n);
+
+	/* k8s credentials in the port */
+	REQUIRE(decode_node(&n, "0000000004",
+		"{\"state\": \"ready\", \"connection_port\": {\"token\": \"x\"}}") == 0);
+	CHECK_INT(np_node_port(&n), -1);
+	char *out = np_node_encode(&n);
+	CHECK(strstr(out, "\"connection_port\": {\"token\": \"x\"}, "
+			  "\"ssh_port\": {\"token\": \"x\"}") != NULL);
+	free(out);
+	np_node_clear(&n);
+
+	/* username null stays null (only a missing key gets "zuul") */
+	REQUIRE(decode_node(&n, "0000000005",
+		"{\"state\": \"ready\", \"username\": null, \"type\": \"\"}") == 0);
+	CHECK(n.username == NULL);
+	CHECK_INT(n.type.n, 0);
+	np_node_clear(&n);
+}
+
+TEST(unknown_keys_kept)
+{
+	np_node n;
+	char *out;
+
+	REQUIRE(decode_node(&n, "0000000007",
+		"{\"id\": \"0000000007\", \"state\": \"ready\", "
+		"\"zuul_private\": {\"a\": [1, 2.5, true]}}") == 0);
+	np_node_set_state(&n, NP_NODE_IN_USE);
+	out = np_node_encode(&n);
+	CHECK(strstr(out, "{\"state\": \"in-use\", ") == out);
+	CHECK(strstr(out, "\"requestor\": null, \"id\": \"0000000007\", "
+			  "\"zuul_private\": {\"a\": [1, 2.5, true]}}") != NULL);
+	free(out);
+	np_node_clear(&n);
+}
+
+TEST(bad_documents)
+{
+	np_node n;
+	np_request r;
+	char *err = NULL;
+
+	CHECK(np_node_decode(&n, "1", "{not json", 9, &err) < 0);
+	CHECK(err && strstr(err, "invalid JSON"));
+	free(err);
+	err = NULL;
+	CHECK(np_node_decode(&n, "1", "[1]", 3, &err) < 0);
+	CHECK_STR(err, "not a JSON object");
+	free(err);
+	err = NULL;
+	CHECK(np_node_decode(&n, "1", "", 0, &err) < 0);
+	free(err);
+	err = NULL;
+	CHECK(np_node_decode(&n, "1", "{\"provider\": 5}", 15, &err) < 0);
+	CHECK(err && strstr(err, "provider"));
+	free(err);
+	err = NULL;
+	CHECK(np_request_decode(&r, "100-0000000001",
+				"{\"node_types\": [1]}", 19, &err) < 0);
+	CHECK(err && strstr(err, "node_types"));
+	free(err);
+}
+
+TEST(request_roundtrip)
+{
+	/* As Zuul-2025 writes it: no declined_by/nodes/reuse. */
+	const char *zuul =
+		"{\"requestor_data\": {\"job_name\": \"tox\"}, "
+		"\"node_types\": [\"ubuntu\", \"ubuntu\"], \"requestor\": \"5f0e\", "
+		"\"created_time\": 1726600000.12, \"provider\": null, "
+		"\"state\": \"requested\", \"state_time\": 1726600000.12, "
+		"\"relative_priority\": 0, \"event_id\": \"e3b0\", "
+		"\"tenant_name\": \"example\"}";
+	np_request r;
+	char *err = NULL, *out;
+
+	REQUIRE(np_request_decode(&r, "200-0000004711", zuul, strlen(zuul),
+				  &err) == 0);
+	CHECK(r.reuse);
+	CHECK_INT(r.relative_priority, 0);
+	CHECK_INT(r.node_types.n, 2);
+	out = np_request_encode(&r);
+	CHECK_STR(out,
+		"{\"state\": \"requested\", \"state_time\": 1726600000.12, "
+		"\"declined_by\": [], \"node_types\": [\"ubuntu\", \"ubuntu\"], "
+		"\"nodes\": [], \"reuse\": true, \"requestor\": \"5f0e\", "
+		"\"requestor_data\": {\"job_name\": \"tox\"}, \"provider\": null, "
+		"\"relative_priority\": 0, \"event_id\": \"e3b0\", "
+		"\"created_time\": 1726600000.12, \"tenant_name\": \"example\"}");
+	free(out);
+	np_request_clear(&r);
+}
+
+TEST(build_and_upload)
+{
+	const char *bj = "{\"state\": \"ready\", \"state_time\": 1726500000.0, "
+			 "\"formats\": \"raw,qcow2\", \"username\": \"zuul\", "
+			 "\"python_path\": \"auto\", \"shell_type\": null}";
+	const char *uj = "{\"state\": \"ready\", \"state_time\": 5}";
+	np_build b;
+	np_upload u;
+	char *err = NULL, *out;
+
+	REQUIRE(np_build_decode(&b, "img", "abc", bj, strlen(bj), &err) == 0);
+	CHECK_INT(b.formats.n, 2);
+	out = np_build_encode(&b);
+	/* builder/builder_id omitted, formats sorted */
+	CHECK_STR(out, "{\"state\": \"ready\", \"state_time\": 1726500000.0, "
+		       "\"formats\": \"qcow2,raw\", \"username\": \"zuul\", "
+		       "\"python_path\": \"auto\", \"shell_type\": null}");
+	free(out);
+	np_build_clear(&b);
+
+	REQUIRE(np_build_decode(&b, "img", "abc", "{\"state\": \"building\"}",
+				21, &err) == 0);
+	CHECK_STR(b.python_path, "/usr/bin/python2");
+	out = np_build_encode(&b);
+	CHECK_STR(out, "{\"state\": \"building\", \"state_time\": null, "
+		       "\"username\": \"zuul\", \"python_path\": "
+		       "\"/usr/bin/python2\", \"shell_type\": null}");
+	free(out);
+	np_build_clear(&b);
+
+	REQUIRE(np_upload_decode(&u, "img", "abc", "prov", "0000000001",
+				 uj, strlen(uj), &err) == 0);
+	out = np_upload_encode(&u);
+	/* an int state_time stays an int */
+	CHECK_STR(out, "{\"state\": \"ready\", \"state_time\": 5, "
+		       "\"external_id\": null, \"external_name\": null, "
+		       "\"format\": null, \"username\": \"zuul\", "
+		       "\"python_path\": \"/usr/bin/python2\", "
+		       "\"shell_type\": null}");
+	free(out);
+	np_upload_clear(&u);
+}
+
+TEST(component_sorted)
+{
+	np_component c;
+	char *out;
+
+	np_component_init(&c, "pool");
+	c.hostname = xstrdup("nl01");
+	c.id = xstrdup("nl01-PoolWorker.p-main-0d9e");
+	strlist_add(&c.supported_labels, "b");
+	out = np_component_encode(&c);
+	CHECK_STR(out, "{\"hostname\": \"nl01\", \"id\": \"nl01-PoolWorker.p-main-0d9e\", "
+		       "\"kind\": \"pool\", \"model_api\": 0, \"name\": null, "
+		       "\"paused\": false, \"priority\": 100, \"provider_name\": null, "
+		       "\"state\": \"stopped\", \"supported_labels\": [\"b\"], "
+		       "\"version\": null}");
+	free(out);
+	np_component_clear(&c);
+}
+
+static void check_float(double d, const char *want)
+{
+	sbuf sb;
+
+	sbuf_init(&sb);
+	np_float_repr(&sb, d);
+	CHECK_STR(sb.buf, want);
+	sbuf_free(&sb);
+}
+
+TEST(python_floats_and_strings)
+{
+	json_t *v;
+	char *out;
+
+	check_float(1726600000.123456, "1726600000.123456");
+	check_float(1726600000.0, "1726600000.0");
+	check_float(0.1, "0.1");
+	check_float(1e16, "1e+16");
+	check_float(1e15, "1000000000000000.0");
+	check_float(0.0001, "0.0001");
+	check_float(0.00001, "1e-05");
+	check_float(-2.5, "-2.5");
+	check_float(1.5e300, "1.5e+300");
+	check_float(NAN, "NaN");
+
+	v = json_pack("{s:s}", "k", "caf\xc3\xa9 \xf0\x9f\x98\x80 \"/\\\n\x01\x7f");
+	out = np_json_dumps(v, false);
+	CHECK_STR(out, "{\"k\": \"caf\\u00e9 \\ud83d\\ude00 \\\"/\\\\\\n\\u0001\\u007f\"}");
+	free(out);
+	json_decref(v);
+}
+
+TEST(ids_and_paths)
+{
+	char *p;
+
+	CHECK(np_valid_request_id("100-0000000042"));
+	CHECK(!np_valid_request_id("100-42"));
+	CHECK(!np_valid_request_id("-0000000042"));
+	CHECK(np_valid_seq_id("0000000001"));
+	CHECK(!np_valid_seq_id("000000001a"));
+	CHECK(np_valid_name("fake-image"));
+	CHECK(!np_valid_name("a/b"));
+	CHECK(!np_valid_name(".."));
+	p = np_path_upload("img", "b1", "prov", "0000000003");
+	CHECK_STR(p, "/nodepool/images/img/builds/b1/providers/prov/images/0000000003");
+	free(p);
+	p = np_path_node_lock("0000000001");
+	CHECK_STR(p, "/nodepool/nodes/0000000001/lock");
+	free(p);
+	p = np_path_request_lock("100-0000000001");
+	CHECK_STR(p, "/nodepool/requests-lock/100-0000000001");
+	free(p);
+}
+
+TEST(age_format)
+{
+	char a[48];
+
+	status_age(1000, 1000 + 62, a);
+	CHECK_STR(a, "00:00:01:02");
+	status_age(0, 3 * 86400 + 4 * 3600 + 5 * 60 + 6.9, a);
+	CHECK_STR(a, "03:04:05:06");
+	status_age(100, 95, a); /* a future timestamp, like Python's divmod */
+	CHECK_STR(a, "-1:23:59:55");
+}
+
+TEST(status_node_rows)
+{
+	np_node n;
+	status_result r;
+	bool locked = true;
+	char *out;
+
+	REQUIRE(decode_node(&n, "0000000001",
+		"{\"state\": \"ready\", \"state_time\": 1000, \"provider\": \"p\","
+		" \"type\": [\"a\", \"b\"], \"external_id\": \"srv\","
+		" \"connection_port\": {\"t\": 1},"
+		" \"user_data\": {\"k\": \"it's\", \"n\": null}}") == 0);
+	status_node_list(&r, &n, 1, &locked, 1062);
+	out = status_pretty(&r, STATUS_NODE_BASIC_FIELDS, 1062);
+	CHECK_STR(out,
+		"+------------+----------+-------+-----------+-------------+------+-------+-------------+--------+\n"
+		"| ID         | Provider | Label | Server ID | Public IPv4 | IPv6 | State | Age         | Locked |\n"
+		"+------------+----------+-------+-----------+-------------+------+-------+-------------+--------+\n"
+		"| 0000000001 | p        | a,b   | srv       |             |      | ready | 00:00:01:02 | locked |\n"
+		"+------------+----------+-------+-----------+-------------+------+-------+-------------+--------+");
+	free(out);
+	out = status_pretty(&r, NULL, 1062);
+	CHECK(strstr(out, "| redacted |") != NULL);
+	CHECK(strstr(out, "| {'k': \"it's\", 'n': None} |") != NULL);
+	free(out);
+	status_result_free(&r);
+	np_node_clear(&n);
+}
+
+RUN_TESTS()
