@@ -120,6 +120,11 @@ typedef struct zk_options {
 	/* Called on the loop thread on every state change. */
 	void (*on_state)(zk *z, enum zk_state state, void *arg);
 	void *state_arg;
+	/* Resume an existing session (0: start a new one). With it, the
+	 * 16-byte password from zk_session_passwd() of its owner. Used by
+	 * tests to force a session expiry the way kazoo's tests do. */
+	int64_t session_id;
+	const char *session_passwd;
 } zk_options;
 
 /* Create a client on LOOP and start connecting. Returns NULL and a message
@@ -134,6 +139,19 @@ int64_t zk_session_id(const zk *z);
 /* Close the session (ephemerals go at once) and free everything. */
 void zk_close(zk *z);
 evloop *zk_loop(const zk *z);
+/* The session's 16-byte password (see zk_options.session_passwd). */
+void zk_session_passwd(const zk *z, char out[16]);
+/* "host:port" of the server we are connected to, NULL when not connected.
+ * Valid until the next connection change; loop thread only. */
+const char *zk_current_server(const zk *z);
+/* The chroot from the host string ("" for none). */
+const char *zk_chroot(const zk *z);
+/* More state callbacks beside zk_options.on_state (loop thread only; a
+ * listener may remove itself from its callback). */
+void zk_add_state_listener(zk *z, void (*fn)(zk *z, enum zk_state state, void *arg),
+			   void *arg);
+void zk_remove_state_listener(zk *z, void (*fn)(zk *z, enum zk_state state, void *arg),
+			      void *arg);
 
 /* ---- watches ---- */
 /* One-shot watch callback: TYPE is enum zk_event. */
@@ -150,7 +168,11 @@ typedef void (*zk_create_fn)(zk *z, int rc, const char *path,
 typedef void (*zk_done_fn)(zk *z, int rc, void *arg);
 
 /* WATCH may be NULL. A watch set by a call that fails with ZNONODE is not
- * installed, except for exists (which watches for creation). */
+ * installed, except for exists (which watches for creation).
+ * Return value: ZOK when queued (CB runs exactly once, later, also on
+ * connection loss); anything else (ZBADARGUMENTS, ZCLOSING) means the
+ * request was refused and CB will not run. Never call a synchronous
+ * function or zk_close() from inside a callback. */
 int zk_aget(zk *z, const char *path, zk_watch_fn watch, void *warg,
 	    zk_data_fn cb, void *arg);
 int zk_aexists(zk *z, const char *path, zk_watch_fn watch, void *warg,

@@ -1,0 +1,2096 @@
+/* zk.c: our ZooKeeper client (see zk.h for the contract and
+ * docs/zookeeper-client.md for the design).
+ *
+ * Everything here runs on the owning loop's thread, except the synchronous
+ * wrappers at the bottom, which post to that thread when called elsewhere.
+ *
+ * Life of a request: zk_a*() encodes it into its own framed packet and puts
+ * it on the send queue. While a connection is open the queue is moved into
+ * the output buffer and each request onto the pending queue, in order; the
+ * server answers in order, so a reply must match the head of the pending
+ * queue (anything else is a protocol error and drops the connection). When
+ * a connection drops, every pending request completes with ZCONNECTIONLOSS;
+ * requests still unsent wait for the next connection, but no longer than a
+ * session timeout.
+ *
+ * Life of a session: connect to the next host of a shuffled list; send a
+ * ConnectRequest carrying our session id, password and last zxid seen; a
+ * reply with timeout 0 means the session expired (LOST: watches cleared, a
+ * fresh session is started at once). Pings go out after a third of the
+ * negotiated timeout of silence on our side; two thirds without hearing
+ * from the server drop the connection and move on to the next host within
+ * the same session. Watches are re-registered with setWatches2 after every
+ * reconnect.
+ */
+#include "zk.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "jute.h"
+#include "log.h"
+
+#define LOGGER "nodepool.zk"
+/* Largest frame we accept: the server's jute.maxbuffer is 1 MiB by
+ * default; allow operators to raise it a lot, but never let a garbage
+ * length make us allocate gigabytes. */
+#define MAX_FRAME (16 * 1024 * 1024 + 64 * 1024)
+/* setWatches2 packets are split at this size, like the Java client. */
+#define SETWATCHES_MAX (128 * 1024)
+#define WATCH_BUCKETS 256
+#define READ_CHUNK 65536
+
+enum req_kind {
+	RK_GET, RK_EXISTS, RK_CHILDREN, RK_CREATE, RK_SET, RK_DELETE,
+	RK_SYNC, RK_MULTI, RK_ADDWATCH, RK_REMOVEWATCHES, RK_CLOSE,
+};
+
+struct req {
+	struct req *next;
+	enum req_kind kind;
+	int32_t xid;
+	sbuf pkt;            /* framed request, freed once copied out */
+	long long deadline;  /* monotonic ms; only while unsent */
+	union {
+		zk_data_fn data;
+		zk_stat_fn stat;
+		zk_children_fn children;
+		zk_create_fn create;
+		zk_done_fn done;
+	} cb;
+	void *arg;
+	zk_watch_fn watch;   /* one-shot watch to install on success */
+	void *warg;
+	char *path;          /* client path (no chroot), for watches */
+	zk_op *ops;          /* multi */
+	int nops;
+};
+
+struct reqq {
+	struct req *head, *tail;
+};
+
+enum wkind { W_DATA, W_EXIST, W_CHILD, W_PERSIST, W_RECURSIVE, W_NKINDS };
+
+struct watcher {
+	struct watcher *next;
+	enum wkind kind;
+	char *path;
+	zk_watch_fn fn;
+	void *arg;
+};
+
+struct host {
+	char *name;
+	char *port;
+};
+
+enum phase {
+	PH_IDLE,      /* no socket */
+	PH_TCP,       /* non-blocking connect in progress */
+	PH_TLS,       /* TLS handshake in progress */
+	PH_HANDSHAKE, /* ConnectRequest sent, waiting for the answer */
+	PH_OPEN,      /* session established on this connection */
+};
+
+struct state_listener {
+	struct state_listener *next;
+	void (*fn)(zk *z, enum zk_state state, void *arg);
+	void *arg;
+};
+
+struct zk {
+	evloop *loop;
+	/* options */
+	char *chroot; /* "" for none */
+	struct host *hosts;
+	int nhosts;
+	int host_idx;
+	int timeout_ms;        /* requested */
+	SSL_CTX *ssl_ctx;
+	struct state_listener *listeners;
+	/* session */
+	enum zk_state state;
+	int64_t session_id;
+	char passwd[JUTE_PASSWD_LEN];
+	int64_t last_zxid;
+	int neg_timeout_ms;
+	int32_t next_xid;
+	/* connection */
+	enum phase phase;
+	int fd;
+	SSL *ssl;
+	bool ssl_want_write;
+	unsigned conn_gen;     /* bumped on every drop */
+	char *cur_server;      /* "host:port" while connected */
+	sbuf wbuf;
+	size_t woff;
+	unsigned char *rbuf;
+	size_t rlen, rcap;
+	long long last_recv, last_send, conn_deadline;
+	int failures;          /* connection attempts since the last success */
+	uint64_t tick_timer, retry_timer;
+	/* requests */
+	struct reqq sendq, pendq;
+	/* watches */
+	struct watcher *watches[WATCH_BUCKETS];
+	/* cross-thread state waits */
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	bool closing;
+	bool bye_sent;         /* closeSession sent: EOF is expected */
+};
+
+static void conn_drop(zk *z, const char *why);
+static void conn_start(zk *z);
+static void flush_sendq(zk *z);
+static void update_io_interest(zk *z);
+
+const char *zk_strerror(int err)
+{
+	switch (err) {
+	case ZOK: return "ok";
+	case ZSYSTEMERROR: return "system error";
+	case ZRUNTIMEINCONSISTENCY: return "runtime inconsistency";
+	case ZDATAINCONSISTENCY: return "data inconsistency";
+	case ZCONNECTIONLOSS: return "connection loss";
+	case ZMARSHALLINGERROR: return "marshalling error";
+	case ZUNIMPLEMENTED: return "unimplemented";
+	case ZOPERATIONTIMEOUT: return "operation timeout";
+	case ZBADARGUMENTS: return "bad arguments";
+	case ZNEWCONFIGNOQUORUM: return "new config has no quorum";
+	case ZRECONFIGINPROGRESS: return "reconfig in progress";
+	case ZAPIERROR: return "api error";
+	case ZNONODE: return "no node";
+	case ZNOAUTH: return "not authenticated";
+	case ZBADVERSION: return "bad version";
+	case ZNOCHILDRENFOREPHEMERALS: return "no children for ephemerals";
+	case ZNODEEXISTS: return "node exists";
+	case ZNOTEMPTY: return "not empty";
+	case ZSESSIONEXPIRED: return "session expired";
+	case ZINVALIDCALLBACK: return "invalid callback";
+	case ZINVALIDACL: return "invalid acl";
+	case ZAUTHFAILED: return "authentication failed";
+	case ZCLOSING: return "zookeeper is closing";
+	case ZNOTHING: return "nothing";
+	case ZSESSIONMOVED: return "session moved";
+	case ZNOTREADONLY: return "not a read-only call";
+	case ZEPHEMERALONLOCALSESSION: return "ephemeral on local session";
+	case ZNOWATCHER: return "no watcher";
+	case ZRECONFIGDISABLED: return "reconfig disabled";
+	case ZSESSIONCLOSEDREQUIRESASLAUTH: return "session closed, requires SASL auth";
+	case ZLOCKBUSY: return "lock busy";
+	case ZLOCKTIMEOUT: return "lock timeout";
+	case ZLOCKCANCELLED: return "lock cancelled";
+	default: return "unknown error";
+	}
+}
+
+/* ---- small helpers ---- */
+
+static void reqq_push(struct reqq *q, struct req *r)
+{
+	r->next = NULL;
+	if (q->tail)
+		q->tail->next = r;
+	else
+		q->head = r;
+	q->tail = r;
+}
+
+static struct req *reqq_pop(struct reqq *q)
+{
+	struct req *r = q->head;
+
+	if (r) {
+		q->head = r->next;
+		if (!q->head)
+			q->tail = NULL;
+	}
+	return r;
+}
+
+static void req_free(struct req *r)
+{
+	sbuf_free(&r->pkt);
+	free(r->path);
+	free(r);
+}
+
+/* Strip the chroot from a server path; returns a pointer into PATH or
+ * NULL when PATH is outside the chroot. */
+static const char *unchroot(const zk *z, const char *path)
+{
+	size_t cl = strlen(z->chroot);
+
+	if (cl == 0)
+		return path;
+	if (strncmp(path, z->chroot, cl) != 0)
+		return NULL;
+	if (path[cl] == '\0')
+		return "/";
+	if (path[cl] != '/')
+		return NULL;
+	return path + cl;
+}
+
+/* A path is absolute, has no empty components, and no trailing slash
+ * (a sequential create may end with one: the server appends digits). */
+static bool path_ok(const char *path, bool trailing_ok)
+{
+	size_t n;
+
+	if (!path || path[0] != '/')
+		return false;
+	n = strlen(path);
+	if (n == 1)
+		return true;
+	if (strstr(path, "//"))
+		return false;
+	return trailing_ok || path[n - 1] != '/';
+}
+
+static void set_state(zk *z, enum zk_state st)
+{
+	struct state_listener *l, *next;
+
+	if (z->state == st)
+		return;
+	pthread_mutex_lock(&z->mu);
+	z->state = st;
+	pthread_cond_broadcast(&z->cond);
+	pthread_mutex_unlock(&z->mu);
+	for (l = z->listeners; l; l = next) {
+		next = l->next; /* a listener may remove itself */
+		l->fn(z, st, l->arg);
+	}
+}
+
+/* ---- watches ---- */
+
+static unsigned path_hash(const char *s)
+{
+	unsigned h = 5381;
+
+	while (*s)
+		h = h * 33 + (unsigned char)*s++;
+	return h % WATCH_BUCKETS;
+}
+
+static void watch_add(zk *z, enum wkind kind, const char *path,
+		      zk_watch_fn fn, void *arg)
+{
+	unsigned h = path_hash(path);
+	struct watcher *w;
+
+	/* Like the Java client's watcher sets: the same function and
+	 * argument on the same path fire once. */
+	for (w = z->watches[h]; w; w = w->next)
+		if (w->kind == kind && w->fn == fn && w->arg == arg &&
+		    strcmp(w->path, path) == 0)
+			return;
+	w = xmalloc(sizeof(*w));
+	w->kind = kind;
+	w->path = xstrdup(path);
+	w->fn = fn;
+	w->arg = arg;
+	w->next = z->watches[h];
+	z->watches[h] = w;
+}
+
+static void watcher_free(struct watcher *w)
+{
+	free(w->path);
+	free(w);
+}
+
+static void watches_clear(zk *z)
+{
+	for (int i = 0; i < WATCH_BUCKETS; i++) {
+		struct watcher *w = z->watches[i], *next;
+		for (; w; w = next) {
+			next = w->next;
+			watcher_free(w);
+		}
+		z->watches[i] = NULL;
+	}
+}
+
+struct fire {
+	zk_watch_fn fn;
+	void *arg;
+};
+
+struct fire_list {
+	struct fire *v;
+	size_t n, cap;
+};
+
+static void fire_add(struct fire_list *f, zk_watch_fn fn, void *arg)
+{
+	if (f->n == f->cap) {
+		f->cap = f->cap ? f->cap * 2 : 8;
+		f->v = xrealloc(f->v, f->cap * sizeof(*f->v));
+	}
+	f->v[f->n].fn = fn;
+	f->v[f->n].arg = arg;
+	f->n++;
+}
+
+/* Which one-shot kinds an event of TYPE triggers (the Java client's
+ * rules): data watches see created/changed/deleted, child watches see
+ * child changes and the deletion of the node itself. */
+static bool triggers(enum wkind kind, int type)
+{
+	switch (kind) {
+	case W_DATA:
+	case W_EXIST:
+		return type == ZK_EVENT_CREATED || type == ZK_EVENT_CHANGED ||
+		       type == ZK_EVENT_DELETED;
+	case W_CHILD:
+		return type == ZK_EVENT_CHILD || type == ZK_EVENT_DELETED;
+	case W_PERSIST:
+		return true;
+	case W_RECURSIVE:
+		return type != ZK_EVENT_CHILD; /* the server sends none */
+	default:
+		return false;
+	}
+}
+
+/* Collect watchers on exactly PATH for event TYPE, unlinking one-shots. */
+static void collect_exact(zk *z, const char *path, int type, bool recursive_only,
+			  struct fire_list *out)
+{
+	struct watcher **pp = &z->watches[path_hash(path)], *w;
+
+	while ((w = *pp)) {
+		bool match = strcmp(w->path, path) == 0 && triggers(w->kind, type) &&
+			     (!recursive_only || w->kind == W_RECURSIVE);
+		if (!match) {
+			pp = &w->next;
+			continue;
+		}
+		fire_add(out, w->fn, w->arg);
+		if (w->kind == W_PERSIST || w->kind == W_RECURSIVE) {
+			pp = &w->next;
+		} else {
+			*pp = w->next;
+			watcher_free(w);
+		}
+	}
+}
+
+static void dispatch_event(zk *z, int type, const char *path)
+{
+	struct fire_list f = { NULL, 0, 0 };
+	char *anc = xstrdup(path);
+	collect_exact(z, path, type, false, &f);
+	/* Recursive watches on every ancestor. */
+	for (;;) {
+		char *slash = strrchr(anc, '/');
+		if (!slash || strcmp(anc, "/") == 0)
+			break;
+		if (slash == anc)
+			slash[1] = '\0';
+		else
+			*slash = '\0';
+		collect_exact(z, anc, type, true, &f);
+	}
+	free(anc);
+	/* Called only now: a watcher may add or remove watches. */
+	for (size_t i = 0; i < f.n; i++)
+		f.v[i].fn(z, type, path, f.v[i].arg);
+	free(f.v);
+}
+
+/* ---- output ---- */
+
+static void out_append(zk *z, const sbuf *pkt)
+{
+	/* Compact once everything before woff has been written. */
+	if (z->woff > 0 && z->woff == z->wbuf.len) {
+		z->wbuf.len = 0;
+		z->woff = 0;
+	}
+	sbuf_add(&z->wbuf, pkt->buf, pkt->len);
+}
+
+/* Internal packet with no pending entry (ping, setWatches). */
+static void send_raw(zk *z, int32_t xid, int32_t op, const sbuf *body)
+{
+	sbuf pkt;
+	size_t fr;
+
+	sbuf_init(&pkt);
+	fr = jw_frame_begin(&pkt);
+	jute_write_request_header(&pkt, xid, op);
+	if (body)
+		sbuf_add(&pkt, body->buf, body->len);
+	jw_frame_end(&pkt, fr);
+	out_append(z, &pkt);
+	sbuf_free(&pkt);
+	update_io_interest(z);
+}
+
+/* ---- request completion ---- */
+
+static void complete_multi(zk *z, struct req *r, int rc, jr *rd)
+{
+	int first_err = ZOK;
+
+	for (int i = 0; i < r->nops; i++) {
+		r->ops[i].rc = rc;
+		free(r->ops[i].created_path);
+		r->ops[i].created_path = NULL;
+	}
+	/* A body is present on success and (per-op errors) on failure. */
+	if (rd && jr_left(rd) > 0) {
+		for (int i = 0;; i++) {
+			jute_multi_header mh;
+			zk_op *op = i < r->nops ? &r->ops[i] : NULL;
+			jute_read_multi_header(rd, &mh);
+			if (rd->bad || mh.done)
+				break;
+			if (!op) {
+				rd->bad = true;
+				break;
+			}
+			op->rc = ZOK;
+			if (mh.type == ZOP_ERROR) {
+				op->rc = jr_int(rd);
+				if (op->rc != ZOK && op->rc != ZRUNTIMEINCONSISTENCY &&
+				    first_err == ZOK)
+					first_err = op->rc;
+			} else if (mh.type == ZOP_CREATE || mh.type == ZOP_CREATE2 ||
+				   mh.type == ZOP_CREATECONTAINER) {
+				char *p = jr_string(rd);
+				const char *u = p ? unchroot(z, p) : NULL;
+				op->created_path = u ? xstrdup(u) : NULL;
+				free(p);
+				if (mh.type != ZOP_CREATE)
+					jute_read_stat(rd, &op->stat);
+			} else if (mh.type == ZOP_SETDATA) {
+				jute_read_stat(rd, &op->stat);
+			}
+		}
+		if (rd->bad)
+			rc = ZMARSHALLINGERROR;
+	}
+	/* The failing operation's code, whatever the reply header said. */
+	if (first_err != ZOK)
+		rc = first_err;
+	if (r->cb.done)
+		r->cb.done(z, rc, r->arg);
+}
+
+/* Finish R with RC; RD (may be NULL) holds the response body. */
+static void complete(zk *z, struct req *r, int rc, jr *rd)
+{
+	zk_stat st;
+	memset(&st, 0, sizeof(st));
+
+	switch (r->kind) {
+	case RK_GET: {
+		int32_t len = 0;
+		const char *data = NULL;
+		if (rc == ZOK) {
+			data = jr_buffer(rd, &len);
+			jute_read_stat(rd, &st);
+			if (rd->bad)
+				rc = ZMARSHALLINGERROR;
+			if (len < 0)
+				len = 0;
+		}
+		if (rc == ZOK && r->watch)
+			watch_add(z, W_DATA, r->path, r->watch, r->warg);
+		if (r->cb.data)
+			r->cb.data(z, rc, rc == ZOK ? data : NULL, rc == ZOK ? len : 0,
+				   rc == ZOK ? &st : NULL, r->arg);
+		break;
+	}
+	case RK_EXISTS:
+		if (rc == ZOK) {
+			jute_read_stat(rd, &st);
+			if (rd->bad)
+				rc = ZMARSHALLINGERROR;
+		}
+		if (r->watch && rc == ZOK)
+			watch_add(z, W_DATA, r->path, r->watch, r->warg);
+		else if (r->watch && rc == ZNONODE)
+			watch_add(z, W_EXIST, r->path, r->watch, r->warg);
+		if (r->cb.stat)
+			r->cb.stat(z, rc, rc == ZOK ? &st : NULL, r->arg);
+		break;
+	case RK_CHILDREN: {
+		strlist kids;
+		strlist_init(&kids);
+		if (rc == ZOK) {
+			jute_read_string_vector(rd, &kids);
+			jute_read_stat(rd, &st);
+			if (rd->bad)
+				rc = ZMARSHALLINGERROR;
+		}
+		if (rc == ZOK && r->watch)
+			watch_add(z, W_CHILD, r->path, r->watch, r->warg);
+		if (r->cb.children)
+			r->cb.children(z, rc, rc == ZOK ? &kids : NULL,
+				       rc == ZOK ? &st : NULL, r->arg);
+		strlist_free(&kids);
+		break;
+	}
+	case RK_CREATE: {
+		char *p = NULL;
+		const char *u = NULL;
+		if (rc == ZOK) {
+			p = jr_string(rd);
+			jute_read_stat(rd, &st);
+			u = p ? unchroot(z, p) : NULL;
+			if (rd->bad || !u)
+				rc = ZMARSHALLINGERROR;
+		}
+		if (r->cb.create)
+			r->cb.create(z, rc, rc == ZOK ? u : NULL,
+				     rc == ZOK ? &st : NULL, r->arg);
+		free(p);
+		break;
+	}
+	case RK_SET:
+		if (rc == ZOK) {
+			jute_read_stat(rd, &st);
+			if (rd->bad)
+				rc = ZMARSHALLINGERROR;
+		}
+		if (r->cb.stat)
+			r->cb.stat(z, rc, rc == ZOK ? &st : NULL, r->arg);
+		break;
+	case RK_MULTI:
+		complete_multi(z, r, rc, rd);
+		break;
+	case RK_ADDWATCH:
+		if (rc != ZOK)
+			log_warning(LOGGER, "addWatch on %s failed: %s", r->path,
+				    zk_strerror(rc));
+		break;
+	case RK_DELETE:
+	case RK_SYNC:
+	case RK_REMOVEWATCHES:
+	case RK_CLOSE:
+		if (r->cb.done)
+			r->cb.done(z, rc, r->arg);
+		break;
+	}
+}
+
+/* Complete every request on Q with RC (their callbacks run exactly once:
+ * each is unlinked before its callback, which may queue new requests). */
+static void fail_queue(zk *z, struct reqq *q, int rc)
+{
+	struct req *r;
+
+	while ((r = reqq_pop(q))) {
+		complete(z, r, rc, NULL);
+		req_free(r);
+	}
+}
+
+/* ---- submitting ---- */
+
+static struct req *req_new(zk *z, enum req_kind kind, int32_t op)
+{
+	struct req *r = xcalloc(1, sizeof(*r));
+
+	r->kind = kind;
+	sbuf_init(&r->pkt);
+	if (z->next_xid <= 0 || z->next_xid == INT32_MAX)
+		z->next_xid = 1;
+	r->xid = z->next_xid++;
+	jw_frame_begin(&r->pkt);
+	jute_write_request_header(&r->pkt, r->xid, op);
+	return r;
+}
+
+static int submit(zk *z, struct req *r)
+{
+	jw_frame_end(&r->pkt, 0);
+	if (z->closing) {
+		req_free(r);
+		return ZCLOSING; /* no callback: the caller sees the error */
+	}
+	r->deadline = now_ms() + (z->neg_timeout_ms ? z->neg_timeout_ms : z->timeout_ms);
+	reqq_push(&z->sendq, r);
+	if (z->phase == PH_OPEN)
+		flush_sendq(z);
+	return ZOK;
+}
+
+int zk_aget(zk *z, const char *path, zk_watch_fn watch, void *warg,
+	    zk_data_fn cb, void *arg)
+{
+	struct req *r;
+
+	if (!path_ok(path, false))
+		return ZBADARGUMENTS;
+	r = req_new(z, RK_GET, ZOP_GETDATA);
+	jute_write_path_watch(&r->pkt, z->chroot, path, watch != NULL);
+	r->cb.data = cb;
+	r->arg = arg;
+	r->watch = watch;
+	r->warg = warg;
+	r->path = xstrdup(path);
+	return submit(z, r);
+}
+
+int zk_aexists(zk *z, const char *path, zk_watch_fn watch, void *warg,
+	       zk_stat_fn cb, void *arg)
+{
+	struct req *r;
+
+	if (!path_ok(path, false))
+		return ZBADARGUMENTS;
+	r = req_new(z, RK_EXISTS, ZOP_EXISTS);
+	jute_write_path_watch(&r->pkt, z->chroot, path, watch != NULL);
+	r->cb.stat = cb;
+	r->arg = arg;
+	r->watch = watch;
+	r->warg = warg;
+	r->path = xstrdup(path);
+	return submit(z, r);
+}
+
+int zk_aget_children(zk *z, const char *path, zk_watch_fn watch, void *warg,
+		     zk_children_fn cb, void *arg)
+{
+	struct req *r;
+
+	if (!path_ok(path, false))
+		return ZBADARGUMENTS;
+	r = req_new(z, RK_CHILDREN, ZOP_GETCHILDREN2);
+	jute_write_path_watch(&r->pkt, z->chroot, path, watch != NULL);
+	r->cb.children = cb;
+	r->arg = arg;
+	r->watch = watch;
+	r->warg = warg;
+	r->path = xstrdup(path);
+	return submit(z, r);
+}
+
+static bool flags_ok(int flags)
+{
+	return flags >= ZK_PERSISTENT && flags <= ZK_CONTAINER;
+}
+
+int zk_acreate(zk *z, const char *path, const char *data, int len, int flags,
+	       zk_create_fn cb, void *arg)
+{
+	struct req *r;
+
+	if (!flags_ok(flags) || !path_ok(path, flags & ZK_SEQUENTIAL) ||
+	    strcmp(path, "/") == 0 || len < 0 || (len > 0 && !data))
+		return ZBADARGUMENTS;
+	r = req_new(z, RK_CREATE, flags == ZK_CONTAINER ? ZOP_CREATECONTAINER : ZOP_CREATE2);
+	jute_write_create(&r->pkt, z->chroot, path, data, len, flags);
+	r->cb.create = cb;
+	r->arg = arg;
+	return submit(z, r);
+}
+
+int zk_aset(zk *z, const char *path, const char *data, int len, int version,
+	    zk_stat_fn cb, void *arg)
+{
+	struct req *r;
+
+	if (!path_ok(path, false) || len < 0 || (len > 0 && !data))
+		return ZBADARGUMENTS;
+	r = req_new(z, RK_SET, ZOP_SETDATA);
+	jute_write_set_data(&r->pkt, z->chroot, path, data, len, version);
+	r->cb.stat = cb;
+	r->arg = arg;
+	return submit(z, r);
+}
+
+int zk_adelete(zk *z, const char *path, int version, zk_done_fn cb, void *arg)
+{
+	struct req *r;
+
+	if (!path_ok(path, false) || strcmp(path, "/") == 0)
+		return ZBADARGUMENTS;
+	r = req_new(z, RK_DELETE, ZOP_DELETE);
+	jute_write_delete(&r->pkt, z->chroot, path, version);
+	r->cb.done = cb;
+	r->arg = arg;
+	return submit(z, r);
+}
+
+int zk_async_sync(zk *z, const char *path, zk_done_fn cb, void *arg)
+{
+	struct req *r;
+
+	if (!path_ok(path, false))
+		return ZBADARGUMENTS;
+	r = req_new(z, RK_SYNC, ZOP_SYNC);
+	jute_write_path(&r->pkt, z->chroot, path);
+	r->cb.done = cb;
+	r->arg = arg;
+	return submit(z, r);
+}
+
+int zk_amulti(zk *z, zk_op *ops, int n, zk_done_fn cb, void *arg)
+{
+	struct req *r;
+
+	if (n < 0 || (n > 0 && !ops))
+		return ZBADARGUMENTS;
+	for (int i = 0; i < n; i++) {
+		bool seq = ops[i].type == ZK_OP_CREATE && (ops[i].flags & ZK_SEQUENTIAL);
+		if (!path_ok(ops[i].path, seq) || ops[i].len < 0 ||
+		    (ops[i].len > 0 && !ops[i].data) ||
+		    (ops[i].type == ZK_OP_CREATE && !flags_ok(ops[i].flags)))
+			return ZBADARGUMENTS;
+	}
+	r = req_new(z, RK_MULTI, ZOP_MULTI);
+	for (int i = 0; i < n; i++) {
+		zk_op *op = &ops[i];
+		op->created_path = NULL;
+		switch (op->type) {
+		case ZK_OP_CREATE:
+			jute_write_multi_header(&r->pkt, op->flags == ZK_CONTAINER ?
+						ZOP_CREATECONTAINER : ZOP_CREATE, false, -1);
+			jute_write_create(&r->pkt, z->chroot, op->path, op->data,
+					  op->len, op->flags);
+			break;
+		case ZK_OP_DELETE:
+			jute_write_multi_header(&r->pkt, ZOP_DELETE, false, -1);
+			jute_write_delete(&r->pkt, z->chroot, op->path, op->version);
+			break;
+		case ZK_OP_SET:
+			jute_write_multi_header(&r->pkt, ZOP_SETDATA, false, -1);
+			jute_write_set_data(&r->pkt, z->chroot, op->path, op->data,
+					    op->len, op->version);
+			break;
+		case ZK_OP_CHECK:
+			jute_write_multi_header(&r->pkt, ZOP_CHECK, false, -1);
+			jute_write_check(&r->pkt, z->chroot, op->path, op->version);
+			break;
+		}
+	}
+	jute_write_multi_header(&r->pkt, -1, true, -1);
+	r->ops = ops;
+	r->nops = n;
+	r->cb.done = cb;
+	r->arg = arg;
+	return submit(z, r);
+}
+
+void zk_ops_free(zk_op *ops, int n)
+{
+	for (int i = 0; i < n; i++) {
+		free(ops[i].created_path);
+		ops[i].created_path = NULL;
+	}
+}
+
+int zk_add_persistent_watch(zk *z, const char *path, bool recursive,
+			    zk_watch_fn fn, void *arg)
+{
+	struct req *r;
+
+	if (!path_ok(path, false) || !fn)
+		return ZBADARGUMENTS;
+	/* Installed locally at once: the server sees the addWatch before any
+	 * request queued after it, so no event can be missed in between. */
+	watch_add(z, recursive ? W_RECURSIVE : W_PERSIST, path, fn, arg);
+	r = req_new(z, RK_ADDWATCH, ZOP_ADDWATCH);
+	jute_write_add_watch(&r->pkt, z->chroot, path, recursive ?
+			     ZWATCH_MODE_PERSISTENT_RECURSIVE : ZWATCH_MODE_PERSISTENT);
+	r->path = xstrdup(path);
+	return submit(z, r);
+}
+
+int zk_remove_persistent_watch(zk *z, const char *path)
+{
+	struct watcher **pp = &z->watches[path_hash(path ? path : "")], *w;
+	bool found = false;
+	struct req *r;
+
+	if (!path_ok(path, false))
+		return ZBADARGUMENTS;
+	while ((w = *pp)) {
+		if ((w->kind == W_PERSIST || w->kind == W_RECURSIVE) &&
+		    strcmp(w->path, path) == 0) {
+			*pp = w->next;
+			watcher_free(w);
+			found = true;
+		} else {
+			pp = &w->next;
+		}
+	}
+	if (!found)
+		return ZNOWATCHER;
+	/* ZooKeeper before 3.9 removes persistent watches only with type
+	 * "any" (which also drops one-shot watches on the same path there). */
+	r = req_new(z, RK_REMOVEWATCHES, ZOP_REMOVEWATCHES);
+	jute_write_remove_watches(&r->pkt, z->chroot, path, ZWTYPE_ANY);
+	return submit(z, r);
+}
+
+/* ---- connection: I/O ---- */
+
+static void update_io_interest(zk *z)
+{
+	int ev = EV_READ;
+
+	if (z->fd < 0)
+		return;
+	if (z->phase == PH_TCP || z->woff < z->wbuf.len || z->ssl_want_write)
+		ev |= EV_WRITE;
+	evloop_mod_fd(z->loop, z->fd, ev);
+}
+
+static void flush_sendq(zk *z)
+{
+	struct req *r;
+
+	while ((r = reqq_pop(&z->sendq))) {
+		out_append(z, &r->pkt);
+		sbuf_free(&r->pkt);
+		reqq_push(&z->pendq, r);
+	}
+	update_io_interest(z);
+}
+
+static void log_ssl_error(zk *z, const char *what)
+{
+	unsigned long e = ERR_get_error();
+	char buf[256];
+
+	if (e) {
+		ERR_error_string_n(e, buf, sizeof(buf));
+		log_warning(LOGGER, "%s with %s: %s", what, z->cur_server, buf);
+	}
+	ERR_clear_error();
+}
+
+/* Returns bytes read, 0 for "nothing now", -1 for closed or failed. */
+static ssize_t conn_read(zk *z, void *buf, size_t n)
+{
+	if (z->ssl) {
+		int r = SSL_read(z->ssl, buf, (int)n);
+		if (r > 0)
+			return r;
+		switch (SSL_get_error(z->ssl, r)) {
+		case SSL_ERROR_WANT_READ:
+			return 0;
+		case SSL_ERROR_WANT_WRITE:
+			z->ssl_want_write = true;
+			return 0;
+		default:
+			log_ssl_error(z, "TLS read");
+			return -1;
+		}
+	} else {
+		ssize_t r = read(z->fd, buf, n);
+		if (r > 0)
+			return r;
+		if (r < 0 && (errno == EAGAIN || errno == EINTR))
+			return 0;
+		return -1;
+	}
+}
+
+static ssize_t conn_write(zk *z, const void *buf, size_t n)
+{
+	if (z->ssl) {
+		int r = SSL_write(z->ssl, buf, (int)(n > INT32_MAX ? INT32_MAX : n));
+		if (r > 0)
+			return r;
+		switch (SSL_get_error(z->ssl, r)) {
+		case SSL_ERROR_WANT_WRITE:
+			z->ssl_want_write = true;
+			return 0;
+		case SSL_ERROR_WANT_READ:
+			return 0;
+		default:
+			log_ssl_error(z, "TLS write");
+			return -1;
+		}
+	} else {
+		ssize_t r = send(z->fd, buf, n, MSG_NOSIGNAL);
+		if (r >= 0)
+			return r;
+		if (errno == EAGAIN || errno == EINTR)
+			return 0;
+		return -1;
+	}
+}
+
+/* Write as much of the output buffer as the socket takes. -1: dropped. */
+static int do_write(zk *z)
+{
+	z->ssl_want_write = false;
+	while (z->woff < z->wbuf.len) {
+		ssize_t n = conn_write(z, z->wbuf.buf + z->woff, z->wbuf.len - z->woff);
+		if (n < 0) {
+			conn_drop(z, "write failed");
+			return -1;
+		}
+		if (n == 0)
+			break;
+		z->woff += (size_t)n;
+		z->last_send = now_ms();
+	}
+	if (z->woff == z->wbuf.len) {
+		z->wbuf.len = 0;
+		z->woff = 0;
+	}
+	update_io_interest(z);
+	return 0;
+}
+
+/* ---- connection: frames ---- */
+
+static void on_session(zk *z, jr *rd);
+
+static void handle_notification(zk *z, jr *rd)
+{
+	jute_watcher_event ev;
+	const char *p;
+
+	if (jute_read_watcher_event(rd, &ev) < 0) {
+		conn_drop(z, "malformed watch event");
+		return;
+	}
+	p = unchroot(z, ev.path);
+	if (p)
+		dispatch_event(z, ev.type, p);
+	else
+		log_warning(LOGGER, "watch event for %s outside chroot %s", ev.path,
+			    z->chroot);
+	free(ev.path);
+}
+
+static void handle_reply(zk *z, const unsigned char *frame, size_t len)
+{
+	jr rd;
+	jute_reply_header h;
+	struct req *r;
+
+	jr_init(&rd, frame, len);
+	if (z->phase == PH_HANDSHAKE) {
+		on_session(z, &rd);
+		return;
+	}
+	jute_read_reply_header(&rd, &h);
+	if (rd.bad) {
+		conn_drop(z, "truncated reply header");
+		return;
+	}
+	switch (h.xid) {
+	case ZXID_NOTIFICATION:
+		handle_notification(z, &rd);
+		return;
+	case ZXID_PING:
+	case ZXID_AUTH:
+		return;
+	case ZXID_SETWATCHES:
+		if (h.err)
+			log_warning(LOGGER, "setWatches failed: %s", zk_strerror(h.err));
+		return;
+	}
+	r = z->pendq.head;
+	if (!r || r->xid != h.xid) {
+		log_error(LOGGER, "reply for unexpected xid %d from %s (expected %d)",
+			  h.xid, z->cur_server, r ? r->xid : 0);
+		conn_drop(z, "protocol error");
+		return;
+	}
+	reqq_pop(&z->pendq);
+	/* Like the Java client, only replies to requests move lastZxid:
+	 * it is what setWatches2 asks the server to catch up from. */
+	if (h.zxid > 0)
+		z->last_zxid = h.zxid;
+	complete(z, r, h.err, &rd);
+	req_free(r);
+	if (rd.bad) {
+		log_error(LOGGER, "malformed reply for xid %d from %s", h.xid,
+			  z->cur_server ? z->cur_server : "?");
+		conn_drop(z, "malformed reply");
+	}
+}
+
+/* Parse complete frames out of the input buffer. */
+static void process_input(zk *z)
+{
+	size_t off = 0;
+	unsigned gen = z->conn_gen;
+
+	while (z->rlen - off >= 4) {
+		const unsigned char *p = z->rbuf + off;
+		int32_t n = (int32_t)((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+				      (uint32_t)p[2] << 8 | p[3]);
+		if (n < 0 || n > MAX_FRAME) {
+			log_error(LOGGER, "frame length %d from %s out of range",
+				  n, z->cur_server);
+			conn_drop(z, "bad frame length");
+			return;
+		}
+		if (z->rlen - off - 4 < (size_t)n)
+			break;
+		off += 4 + (size_t)n;
+		handle_reply(z, p + 4, (size_t)n);
+		if (z->conn_gen != gen)
+			return; /* dropped: the buffer was reset */
+	}
+	memmove(z->rbuf, z->rbuf + off, z->rlen - off);
+	z->rlen -= off;
+}
+
+/* -1 when the connection was dropped. */
+static int do_read(zk *z)
+{
+	unsigned gen = z->conn_gen;
+
+	for (;;) {
+		ssize_t n;
+		if (z->rcap - z->rlen < READ_CHUNK) {
+			z->rcap = z->rlen + READ_CHUNK * 2;
+			z->rbuf = xrealloc(z->rbuf, z->rcap);
+		}
+		n = conn_read(z, z->rbuf + z->rlen, z->rcap - z->rlen);
+		if (n < 0) {
+			conn_drop(z, "connection closed by server");
+			return -1;
+		}
+		if (n == 0)
+			break;
+		z->rlen += (size_t)n;
+		z->last_recv = now_ms();
+		process_input(z);
+		if (z->conn_gen != gen)
+			return -1;
+		/* Shrink a buffer that grew for one big reply. */
+		if (z->rlen == 0 && z->rcap > 4 * READ_CHUNK) {
+			free(z->rbuf);
+			z->rbuf = NULL;
+			z->rcap = 0;
+		}
+	}
+	return 0;
+}
+
+/* ---- connection: establishing ---- */
+
+static void send_connect_request(zk *z)
+{
+	jute_connect_req c = {
+		.protocol_version = 0,
+		.last_zxid = z->last_zxid,
+		.timeout_ms = z->timeout_ms,
+		.session_id = z->session_id,
+		.read_only = false,
+	};
+	sbuf pkt;
+	size_t fr;
+
+	memcpy(c.passwd, z->passwd, JUTE_PASSWD_LEN);
+	sbuf_init(&pkt);
+	fr = jw_frame_begin(&pkt);
+	jute_write_connect_req(&pkt, &c);
+	jw_frame_end(&pkt, fr);
+	/* Anything left from a previous connection is meaningless now. */
+	z->wbuf.len = 0;
+	z->woff = 0;
+	out_append(z, &pkt);
+	sbuf_free(&pkt);
+	z->phase = PH_HANDSHAKE;
+	update_io_interest(z);
+}
+
+static void collect_watch_paths(zk *z, strlist lists[W_NKINDS])
+{
+	for (int i = 0; i < WATCH_BUCKETS; i++) {
+		for (struct watcher *w = z->watches[i]; w; w = w->next) {
+			char *full;
+			if (strcmp(w->path, "/") == 0 && z->chroot[0])
+				full = xstrdup(z->chroot);
+			else
+				full = xasprintf("%s%s", z->chroot, w->path);
+			if (strlist_contains(&lists[w->kind], full))
+				free(full);
+			else
+				strlist_add_owned(&lists[w->kind], full);
+		}
+	}
+}
+
+/* Re-register all watches, in packets of bounded size. */
+static void send_set_watches(zk *z)
+{
+	strlist lists[W_NKINDS];
+	size_t idx[W_NKINDS] = { 0 };
+	bool any = false;
+
+	for (int k = 0; k < W_NKINDS; k++)
+		strlist_init(&lists[k]);
+	collect_watch_paths(z, lists);
+	for (int k = 0; k < W_NKINDS; k++)
+		any |= lists[k].n > 0;
+	while (any) {
+		strlist part[W_NKINDS];
+		size_t bytes = 0;
+		sbuf body;
+		jute_watch_lists wl;
+
+		any = false;
+		for (int k = 0; k < W_NKINDS; k++) {
+			strlist_init(&part[k]);
+			while (idx[k] < lists[k].n && bytes < SETWATCHES_MAX) {
+				strlist_add(&part[k], lists[k].v[idx[k]]);
+				bytes += strlen(lists[k].v[idx[k]]) + 4;
+				idx[k]++;
+			}
+			any |= idx[k] < lists[k].n;
+		}
+		wl = (jute_watch_lists){ &part[W_DATA], &part[W_EXIST], &part[W_CHILD],
+					 &part[W_PERSIST], &part[W_RECURSIVE] };
+		sbuf_init(&body);
+		jute_write_set_watches2(&body, z->last_zxid, &wl);
+		send_raw(z, ZXID_SETWATCHES, ZOP_SETWATCHES2, &body);
+		sbuf_free(&body);
+		for (int k = 0; k < W_NKINDS; k++)
+			strlist_free(&part[k]);
+	}
+	for (int k = 0; k < W_NKINDS; k++)
+		strlist_free(&lists[k]);
+}
+
+static void schedule_retry(zk *z, long ms);
+
+/* The server's answer to our ConnectRequest. */
+static void on_session(zk *z, jr *rd)
+{
+	jute_connect_resp c;
+
+	if (jute_read_connect_resp(rd, &c) < 0) {
+		log_error(LOGGER, "malformed connect response from %s", z->cur_server);
+		conn_drop(z, "malformed connect response");
+		return;
+	}
+	if (c.timeout_ms <= 0) {
+		log_warning(LOGGER, "session 0x%llx expired", (unsigned long long)z->session_id);
+		z->session_id = 0;
+		memset(z->passwd, 0, sizeof(z->passwd));
+		watches_clear(z);
+		fail_queue(z, &z->sendq, ZSESSIONEXPIRED);
+		conn_drop(z, NULL);
+		set_state(z, ZK_STATE_LOST);
+		if (!z->closing)
+			schedule_retry(z, 0);
+		return;
+	}
+	if (c.passwd_len != JUTE_PASSWD_LEN) {
+		log_error(LOGGER, "connect response from %s has a %d-byte password",
+			  z->cur_server, c.passwd_len);
+		conn_drop(z, "malformed connect response");
+		return;
+	}
+	if (z->session_id && z->session_id != c.session_id)
+		log_warning(LOGGER, "server gave session 0x%llx instead of 0x%llx",
+			    (unsigned long long)c.session_id,
+			    (unsigned long long)z->session_id);
+	z->session_id = c.session_id;
+	memcpy(z->passwd, c.passwd, JUTE_PASSWD_LEN);
+	z->neg_timeout_ms = c.timeout_ms;
+	z->phase = PH_OPEN;
+	z->failures = 0;
+	log_info(LOGGER, "connected to %s, session 0x%llx, timeout %d ms",
+		 z->cur_server, (unsigned long long)z->session_id, c.timeout_ms);
+	send_set_watches(z);
+	flush_sendq(z);
+	set_state(z, ZK_STATE_CONNECTED);
+}
+
+static int tls_handshake(zk *z)
+{
+	int r = SSL_connect(z->ssl);
+
+	if (r == 1) {
+		send_connect_request(z);
+		return 0;
+	}
+	switch (SSL_get_error(z->ssl, r)) {
+	case SSL_ERROR_WANT_READ:
+		z->ssl_want_write = false;
+		break;
+	case SSL_ERROR_WANT_WRITE:
+		z->ssl_want_write = true;
+		break;
+	default: {
+		long v = SSL_get_verify_result(z->ssl);
+		if (v != X509_V_OK)
+			log_warning(LOGGER, "TLS verification of %s failed: %s",
+				    z->cur_server, X509_verify_cert_error_string(v));
+		log_ssl_error(z, "TLS handshake");
+		conn_drop(z, "TLS handshake failed");
+		return -1;
+	}
+	}
+	update_io_interest(z);
+	return 0;
+}
+
+static int tls_begin(zk *z)
+{
+	const struct host *h = &z->hosts[z->host_idx];
+	unsigned char tmp[16];
+	bool is_ip = inet_pton(AF_INET, h->name, tmp) == 1 ||
+		     inet_pton(AF_INET6, h->name, tmp) == 1;
+
+	z->ssl = SSL_new(z->ssl_ctx);
+	SSL_set_fd(z->ssl, z->fd);
+	/* Check the certificate against the address we were given: an IP
+	 * address against the IP SANs, a name against the DNS names (and
+	 * send it as SNI). */
+	if (is_ip) {
+		X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(z->ssl), h->name);
+	} else {
+		SSL_set_tlsext_host_name(z->ssl, h->name);
+		SSL_set1_host(z->ssl, h->name);
+	}
+	z->phase = PH_TLS;
+	return tls_handshake(z);
+}
+
+static void on_io(evloop *loop, int fd, int events, void *arg);
+
+static void on_connected_tcp(zk *z)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	if (getsockopt(z->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		err = errno;
+	if (err) {
+		log_warning(LOGGER, "cannot connect to %s: %s", z->cur_server, strerror(err));
+		conn_drop(z, NULL);
+		return;
+	}
+	if (z->ssl_ctx)
+		tls_begin(z);
+	else
+		send_connect_request(z);
+}
+
+static void on_io(evloop *loop, int fd, int events, void *arg)
+{
+	zk *z = arg;
+
+	switch (z->phase) {
+	case PH_TCP:
+		on_connected_tcp(z);
+		return;
+	case PH_TLS:
+		tls_handshake(z);
+		return;
+	case PH_HANDSHAKE:
+	case PH_OPEN:
+		if (do_write(z) < 0)
+			return;
+		if (do_read(z) < 0)
+			return;
+		if (z->phase != PH_IDLE && z->woff < z->wbuf.len)
+			do_write(z);
+		return;
+	case PH_IDLE:
+		return;
+	}
+}
+
+static int open_socket(zk *z, const struct host *h)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
+	struct addrinfo *res = NULL, *ai;
+	int fd = -1, one = 1, rc;
+
+	rc = getaddrinfo(h->name, h->port, &hints, &res);
+	if (rc != 0) {
+		log_warning(LOGGER, "cannot resolve %s: %s", h->name, gai_strerror(rc));
+		return -1;
+	}
+	/* First address only: the non-blocking connect's outcome is known
+	 * later, and other hosts in the list are the fallback. */
+	ai = res;
+	fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+		    ai->ai_protocol);
+	if (fd >= 0) {
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
+			log_warning(LOGGER, "cannot connect to %s:%s: %s", h->name,
+				    h->port, strerror(errno));
+			close(fd);
+			fd = -1;
+		}
+	}
+	freeaddrinfo(res);
+	return fd;
+}
+
+static int connect_timeout_ms(const zk *z)
+{
+	int t = (z->neg_timeout_ms ? z->neg_timeout_ms : z->timeout_ms) / z->nhosts;
+
+	return t < 1000 ? 1000 : t;
+}
+
+static void conn_start(zk *z)
+{
+	const struct host *h;
+
+	if (z->closing || z->phase != PH_IDLE)
+		return;
+	z->host_idx = (z->host_idx + 1) % z->nhosts;
+	h = &z->hosts[z->host_idx];
+	free(z->cur_server);
+	z->cur_server = strchr(h->name, ':') ? xasprintf("[%s]:%s", h->name, h->port)
+					     : xasprintf("%s:%s", h->name, h->port);
+	z->fd = open_socket(z, h);
+	if (z->fd < 0) {
+		conn_drop(z, NULL);
+		return;
+	}
+	z->phase = PH_TCP;
+	z->conn_deadline = now_ms() + connect_timeout_ms(z);
+	z->last_recv = z->last_send = now_ms();
+	evloop_add_fd(z->loop, z->fd, EV_READ | EV_WRITE, on_io, z);
+}
+
+static void on_retry(evloop *loop, uint64_t id, void *arg)
+{
+	zk *z = arg;
+
+	z->retry_timer = 0;
+	conn_start(z);
+}
+
+static void schedule_retry(zk *z, long ms)
+{
+	if (z->retry_timer || z->closing)
+		return;
+	z->retry_timer = evloop_add_timer(z->loop, ms, on_retry, z);
+}
+
+/* Close the current connection (if any). WHY non-NULL: log it. Pending
+ * requests fail with ZCONNECTIONLOSS; the session goes SUSPENDED if it was
+ * connected; a new attempt is scheduled (at once for the next host, with
+ * a growing pause once every host has failed in a row). */
+static void conn_drop(zk *z, const char *why)
+{
+	bool was_open = z->phase == PH_OPEN;
+
+	if (z->fd >= 0) {
+		evloop_del_fd(z->loop, z->fd);
+		if (z->ssl) {
+			SSL_free(z->ssl);
+			z->ssl = NULL;
+		}
+		close(z->fd);
+		z->fd = -1;
+	}
+	if (z->bye_sent)
+		why = NULL;
+	if (why && z->cur_server)
+		log_warning(LOGGER, "dropping connection to %s: %s", z->cur_server, why);
+	z->phase = PH_IDLE;
+	z->conn_gen++;
+	z->ssl_want_write = false;
+	z->wbuf.len = 0;
+	z->woff = 0;
+	z->rlen = 0;
+	fail_queue(z, &z->pendq, ZCONNECTIONLOSS);
+	if (z->closing || z->bye_sent)
+		return;
+	if (was_open)
+		set_state(z, ZK_STATE_SUSPENDED);
+	z->failures++;
+	if (z->failures < z->nhosts) {
+		schedule_retry(z, 0);
+	} else {
+		int n = z->failures / z->nhosts;
+		schedule_retry(z, n > 8 ? 2000 : 250L * n);
+	}
+}
+
+/* Periodic: connect deadline, read timeout, pings, and the age limit of
+ * requests waiting for a connection. */
+static void on_tick(evloop *loop, uint64_t id, void *arg)
+{
+	zk *z = arg;
+	long long now = now_ms();
+	int t = z->neg_timeout_ms ? z->neg_timeout_ms : z->timeout_ms;
+
+	z->tick_timer = evloop_add_timer(loop, t / 10 < 20 ? 20 : t / 10 > 500 ? 500 : t / 10,
+					 on_tick, z);
+	if (z->phase == PH_TCP || z->phase == PH_TLS || z->phase == PH_HANDSHAKE) {
+		if (now > z->conn_deadline) {
+			log_warning(LOGGER, "connection to %s timed out", z->cur_server);
+			conn_drop(z, NULL);
+		}
+	} else if (z->phase == PH_OPEN) {
+		if (now - z->last_recv > t * 2 / 3) {
+			conn_drop(z, "no reply within the read timeout");
+		} else if (now - z->last_send >= t / 3 && z->woff == z->wbuf.len) {
+			send_raw(z, ZXID_PING, ZOP_PING, NULL);
+		}
+	}
+	if (z->phase != PH_OPEN) {
+		while (z->sendq.head && z->sendq.head->deadline < now) {
+			struct req *r = reqq_pop(&z->sendq);
+			complete(z, r, ZCONNECTIONLOSS, NULL);
+			req_free(r);
+		}
+	}
+}
+
+/* ---- creation ---- */
+
+static int parse_hosts(zk *z, const char *spec, char **err)
+{
+	char *copy = xstrdup(spec), *slash, *tok, *save = NULL;
+
+	slash = strchr(copy, '/');
+	if (slash) {
+		z->chroot = xstrdup(slash);
+		*slash = '\0';
+		/* "/" alone and a trailing slash mean no chroot / the same. */
+		size_t n = strlen(z->chroot);
+		while (n > 0 && z->chroot[n - 1] == '/')
+			z->chroot[--n] = '\0';
+		if (n > 0 && !path_ok(z->chroot, false)) {
+			*err = xasprintf("bad chroot in ZooKeeper hosts \"%s\"", spec);
+			free(copy);
+			return -1;
+		}
+	} else {
+		z->chroot = xstrdup("");
+	}
+	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char *name = tok, *port = NULL, *end;
+		while (*name == ' ')
+			name++;
+		if (*name == '\0')
+			continue;
+		if (*name == '[') {
+			end = strchr(name, ']');
+			if (!end) {
+				*err = xasprintf("bad host \"%s\" in ZooKeeper hosts", tok);
+				free(copy);
+				return -1;
+			}
+			*end = '\0';
+			name++;
+			if (end[1] == ':')
+				port = end + 2;
+			else if (end[1] != '\0')
+				port = (char *)"";
+		} else if ((end = strrchr(name, ':'))) {
+			*end = '\0';
+			port = end + 1;
+		}
+		if (port && (strspn(port, "0123456789") != strlen(port) || !*port ||
+			     atoi(port) <= 0 || atoi(port) > 65535)) {
+			*err = xasprintf("bad port in ZooKeeper host \"%s\"", tok);
+			free(copy);
+			return -1;
+		}
+		z->hosts = xrealloc(z->hosts, (size_t)(z->nhosts + 1) * sizeof(*z->hosts));
+		z->hosts[z->nhosts].name = xstrdup(name);
+		z->hosts[z->nhosts].port = xstrdup(port ? port : "2181");
+		z->nhosts++;
+	}
+	free(copy);
+	if (z->nhosts == 0) {
+		*err = xasprintf("no hosts in ZooKeeper hosts \"%s\"", spec);
+		return -1;
+	}
+	return 0;
+}
+
+static void shuffle_hosts(zk *z)
+{
+	for (int i = z->nhosts - 1; i > 0; i--) {
+		unsigned r;
+		struct host t;
+		if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+			r = (unsigned)now_ms();
+		int j = (int)(r % (unsigned)(i + 1));
+		t = z->hosts[i];
+		z->hosts[i] = z->hosts[j];
+		z->hosts[j] = t;
+	}
+}
+
+static SSL_CTX *tls_context(const zk_options *opt, char **err)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	char buf[256];
+
+	if (!ctx) {
+		*err = xstrdup("cannot create a TLS context");
+		return NULL;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+			 SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	if (SSL_CTX_load_verify_locations(ctx, opt->tls_ca, NULL) != 1) {
+		ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
+		*err = xasprintf("cannot load ZooKeeper TLS CA %s: %s", opt->tls_ca, buf);
+	} else if (SSL_CTX_use_certificate_chain_file(ctx, opt->tls_cert) != 1) {
+		ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
+		*err = xasprintf("cannot load ZooKeeper TLS certificate %s: %s",
+				 opt->tls_cert, buf);
+	} else if (SSL_CTX_use_PrivateKey_file(ctx, opt->tls_key, SSL_FILETYPE_PEM) != 1) {
+		ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
+		*err = xasprintf("cannot load ZooKeeper TLS key %s: %s", opt->tls_key, buf);
+	} else if (SSL_CTX_check_private_key(ctx) != 1) {
+		*err = xasprintf("ZooKeeper TLS key %s does not match certificate %s",
+				 opt->tls_key, opt->tls_cert);
+	} else {
+		return ctx;
+	}
+	ERR_clear_error();
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+static void zk_free(zk *z)
+{
+	struct state_listener *l, *next;
+
+	for (int i = 0; i < z->nhosts; i++) {
+		free(z->hosts[i].name);
+		free(z->hosts[i].port);
+	}
+	for (l = z->listeners; l; l = next) {
+		next = l->next;
+		free(l);
+	}
+	free(z->hosts);
+	free(z->chroot);
+	free(z->cur_server);
+	free(z->rbuf);
+	sbuf_free(&z->wbuf);
+	watches_clear(z);
+	if (z->ssl_ctx)
+		SSL_CTX_free(z->ssl_ctx);
+	pthread_mutex_destroy(&z->mu);
+	pthread_cond_destroy(&z->cond);
+	free(z);
+}
+
+void zk_add_state_listener(zk *z, void (*fn)(zk *, enum zk_state, void *), void *arg)
+{
+	struct state_listener *l = xmalloc(sizeof(*l)), **pp = &z->listeners;
+
+	l->fn = fn;
+	l->arg = arg;
+	l->next = NULL;
+	while (*pp)
+		pp = &(*pp)->next;
+	*pp = l;
+}
+
+void zk_remove_state_listener(zk *z, void (*fn)(zk *, enum zk_state, void *), void *arg)
+{
+	struct state_listener **pp = &z->listeners, *l;
+
+	while ((l = *pp)) {
+		if (l->fn == fn && l->arg == arg) {
+			*pp = l->next;
+			free(l);
+			return;
+		}
+		pp = &l->next;
+	}
+}
+
+zk *zk_new(evloop *loop, const zk_options *opt, char **err)
+{
+	zk *z = xcalloc(1, sizeof(*z));
+	int ntls;
+
+	*err = NULL;
+	z->loop = loop;
+	z->fd = -1;
+	z->state = ZK_STATE_CONNECTING;
+	z->next_xid = 1;
+	sbuf_init(&z->wbuf);
+	pthread_mutex_init(&z->mu, NULL);
+	pthread_cond_init(&z->cond, NULL);
+	z->timeout_ms = (int)((opt->session_timeout > 0 ? opt->session_timeout : 10.0) * 1000);
+	if (!opt->hosts || parse_hosts(z, opt->hosts, err) < 0) {
+		if (!*err)
+			*err = xstrdup("no ZooKeeper hosts given");
+		zk_free(z);
+		return NULL;
+	}
+	ntls = !!opt->tls_ca + !!opt->tls_cert + !!opt->tls_key;
+	if (ntls != 0 && ntls != 3) {
+		*err = xstrdup("ZooKeeper TLS needs a CA, a certificate and a key");
+		zk_free(z);
+		return NULL;
+	}
+	if (ntls == 3 && !(z->ssl_ctx = tls_context(opt, err))) {
+		zk_free(z);
+		return NULL;
+	}
+	if (opt->session_id) {
+		z->session_id = opt->session_id;
+		if (opt->session_passwd)
+			memcpy(z->passwd, opt->session_passwd, JUTE_PASSWD_LEN);
+	}
+	if (opt->on_state)
+		zk_add_state_listener(z, opt->on_state, opt->state_arg);
+	shuffle_hosts(z);
+	z->host_idx = -1;
+	z->tick_timer = evloop_add_timer(loop, 20, on_tick, z);
+	conn_start(z);
+	return z;
+}
+
+enum zk_state zk_state(const zk *z)
+{
+	zk *m = (zk *)z; /* the mutex is not part of the value */
+	enum zk_state st;
+
+	pthread_mutex_lock(&m->mu);
+	st = z->state;
+	pthread_mutex_unlock(&m->mu);
+	return st;
+}
+
+int64_t zk_session_id(const zk *z)
+{
+	return z->session_id;
+}
+
+void zk_session_passwd(const zk *z, char out[16])
+{
+	memcpy(out, z->passwd, JUTE_PASSWD_LEN);
+}
+
+const char *zk_current_server(const zk *z)
+{
+	return z->phase == PH_OPEN ? z->cur_server : NULL;
+}
+
+const char *zk_chroot(const zk *z)
+{
+	return z->chroot;
+}
+
+evloop *zk_loop(const zk *z)
+{
+	return z->loop;
+}
+
+/* ---- synchronous layer ---- */
+
+struct waiter {
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	bool done;
+};
+
+static void waiter_init(struct waiter *w)
+{
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_cond_init(&w->cond, NULL);
+	w->done = false;
+}
+
+static void waiter_destroy(struct waiter *w)
+{
+	pthread_mutex_destroy(&w->mu);
+	pthread_cond_destroy(&w->cond);
+}
+
+static void waiter_signal(struct waiter *w)
+{
+	pthread_mutex_lock(&w->mu);
+	w->done = true;
+	pthread_cond_broadcast(&w->cond);
+	pthread_mutex_unlock(&w->mu);
+}
+
+static bool waiter_done(struct waiter *w)
+{
+	bool d;
+
+	pthread_mutex_lock(&w->mu);
+	d = w->done;
+	pthread_mutex_unlock(&w->mu);
+	return d;
+}
+
+/* Wait for W: on the loop thread by running the loop, elsewhere by
+ * sleeping on the condition variable. */
+static void waiter_wait(evloop *loop, struct waiter *w)
+{
+	if (evloop_on_loop_thread(loop)) {
+		while (!waiter_done(w))
+			evloop_run_once(loop, -1);
+		return;
+	}
+	pthread_mutex_lock(&w->mu);
+	while (!w->done)
+		pthread_cond_wait(&w->cond, &w->mu);
+	pthread_mutex_unlock(&w->mu);
+}
+
+enum sync_kind { SK_GET, SK_EXISTS, SK_CHILDREN, SK_CREATE, SK_SET, SK_DELETE,
+		 SK_MULTI, SK_SYNC, SK_CLOSE };
+
+struct sync_call {
+	zk *z;
+	enum sync_kind kind;
+	struct waiter w;
+	int rc;
+	/* arguments */
+	const char *path;
+	const char *data;
+	int len, flags, version;
+	zk_op *ops;
+	/* results */
+	char **out_data;
+	int *out_len;
+	zk_stat *out_stat;
+	strlist *out_children;
+	char **out_created;
+};
+
+static void sync_finish(struct sync_call *c, int rc)
+{
+	c->rc = rc;
+	waiter_signal(&c->w);
+}
+
+static void sync_data_cb(zk *z, int rc, const char *data, int len,
+			 const zk_stat *st, void *arg)
+{
+	struct sync_call *c = arg;
+
+	if (rc == ZOK) {
+		if (c->out_data)
+			*c->out_data = xstrndup(data ? data : "", (size_t)len);
+		if (c->out_len)
+			*c->out_len = len;
+		if (c->out_stat)
+			*c->out_stat = *st;
+	}
+	sync_finish(c, rc);
+}
+
+static void sync_stat_cb(zk *z, int rc, const zk_stat *st, void *arg)
+{
+	struct sync_call *c = arg;
+
+	if (rc == ZOK && c->out_stat)
+		*c->out_stat = *st;
+	sync_finish(c, rc);
+}
+
+static void sync_children_cb(zk *z, int rc, const strlist *kids,
+			     const zk_stat *st, void *arg)
+{
+	struct sync_call *c = arg;
+
+	if (rc == ZOK) {
+		for (size_t i = 0; i < kids->n; i++)
+			strlist_add(c->out_children, kids->v[i]);
+		if (c->out_stat)
+			*c->out_stat = *st;
+	}
+	sync_finish(c, rc);
+}
+
+static void sync_create_cb(zk *z, int rc, const char *path, const zk_stat *st, void *arg)
+{
+	struct sync_call *c = arg;
+
+	if (rc == ZOK && c->out_created)
+		*c->out_created = xstrdup(path);
+	sync_finish(c, rc);
+}
+
+static void sync_done_cb(zk *z, int rc, void *arg)
+{
+	sync_finish(arg, rc);
+}
+
+static void close_now(zk *z);
+
+/* On the loop thread: start the asynchronous call behind C. */
+static void sync_start(void *arg)
+{
+	struct sync_call *c = arg;
+	zk *z = c->z;
+	int rc = ZOK;
+
+	switch (c->kind) {
+	case SK_GET:
+		rc = zk_aget(z, c->path, NULL, NULL, sync_data_cb, c);
+		break;
+	case SK_EXISTS:
+		rc = zk_aexists(z, c->path, NULL, NULL, sync_stat_cb, c);
+		break;
+	case SK_CHILDREN:
+		rc = zk_aget_children(z, c->path, NULL, NULL, sync_children_cb, c);
+		break;
+	case SK_CREATE:
+		rc = zk_acreate(z, c->path, c->data, c->len, c->flags, sync_create_cb, c);
+		break;
+	case SK_SET:
+		rc = zk_aset(z, c->path, c->data, c->len, c->version, sync_stat_cb, c);
+		break;
+	case SK_DELETE:
+		rc = zk_adelete(z, c->path, c->version, sync_done_cb, c);
+		break;
+	case SK_MULTI:
+		rc = zk_amulti(z, c->ops, c->len, sync_done_cb, c);
+		break;
+	case SK_SYNC:
+		rc = zk_async_sync(z, c->path, sync_done_cb, c);
+		break;
+	case SK_CLOSE:
+		close_now(z);
+		sync_finish(c, ZOK);
+		return;
+	}
+	/* Refused before queueing: no callback will come. */
+	if (rc != ZOK)
+		sync_finish(c, rc);
+}
+
+static int sync_run(zk *z, struct sync_call *c)
+{
+	evloop *loop = z->loop; /* Z is gone after a close */
+
+	c->z = z;
+	waiter_init(&c->w);
+	if (evloop_on_loop_thread(loop))
+		sync_start(c);
+	else
+		evloop_post(loop, sync_start, c);
+	waiter_wait(loop, &c->w);
+	waiter_destroy(&c->w);
+	return c->rc;
+}
+
+int zk_get(zk *z, const char *path, char **data, int *len, zk_stat *st)
+{
+	struct sync_call c = { .kind = SK_GET, .path = path, .out_data = data,
+			       .out_len = len, .out_stat = st };
+
+	return sync_run(z, &c);
+}
+
+int zk_exists(zk *z, const char *path, zk_stat *st)
+{
+	struct sync_call c = { .kind = SK_EXISTS, .path = path, .out_stat = st };
+
+	return sync_run(z, &c);
+}
+
+int zk_get_children(zk *z, const char *path, strlist *out, zk_stat *st)
+{
+	struct sync_call c = { .kind = SK_CHILDREN, .path = path,
+			       .out_children = out, .out_stat = st };
+
+	return sync_run(z, &c);
+}
+
+int zk_create(zk *z, const char *path, const char *data, int len, int flags,
+	      char **created)
+{
+	struct sync_call c = { .kind = SK_CREATE, .path = path, .data = data,
+			       .len = len, .flags = flags, .out_created = created };
+
+	return sync_run(z, &c);
+}
+
+int zk_set(zk *z, const char *path, const char *data, int len, int version,
+	   zk_stat *st)
+{
+	struct sync_call c = { .kind = SK_SET, .path = path, .data = data,
+			       .len = len, .version = version, .out_stat = st };
+
+	return sync_run(z, &c);
+}
+
+int zk_delete(zk *z, const char *path, int version)
+{
+	struct sync_call c = { .kind = SK_DELETE, .path = path, .version = version };
+
+	return sync_run(z, &c);
+}
+
+int zk_multi(zk *z, zk_op *ops, int n)
+{
+	struct sync_call c = { .kind = SK_MULTI, .ops = ops, .len = n };
+
+	return sync_run(z, &c);
+}
+
+int zk_sync(zk *z, const char *path)
+{
+	struct sync_call c = { .kind = SK_SYNC, .path = path };
+
+	return sync_run(z, &c);
+}
+
+int zk_ensure_path(zk *z, const char *path)
+{
+	char *p;
+	int rc;
+
+	if (!path_ok(path, false))
+		return ZBADARGUMENTS;
+	rc = zk_exists(z, path, NULL);
+	if (rc != ZNONODE)
+		return rc;
+	/* Create each missing ancestor, shortest first, as kazoo does;
+	 * someone else creating one at the same time is fine. */
+	p = xstrdup(path);
+	for (char *s = strchr(p + 1, '/');; s = strchr(s + 1, '/')) {
+		if (s)
+			*s = '\0';
+		rc = zk_create(z, p, NULL, 0, ZK_PERSISTENT, NULL);
+		if (rc == ZNODEEXISTS)
+			rc = ZOK;
+		if (s)
+			*s = '/';
+		if (rc != ZOK || !s)
+			break;
+	}
+	free(p);
+	return rc;
+}
+
+int zk_delete_recursive(zk *z, const char *path)
+{
+	strlist kids;
+	int rc;
+
+	if (!path_ok(path, false))
+		return ZBADARGUMENTS;
+	strlist_init(&kids);
+	rc = zk_get_children(z, path, &kids, NULL);
+	for (size_t i = 0; rc == ZOK && i < kids.n; i++) {
+		char *child = strcmp(path, "/") == 0 ? xasprintf("/%s", kids.v[i])
+						     : xasprintf("%s/%s", path, kids.v[i]);
+		/* Never delete the ZooKeeper system tree under a bare root. */
+		if (strcmp(child, "/zookeeper") != 0)
+			rc = zk_delete_recursive(z, child);
+		free(child);
+	}
+	strlist_free(&kids);
+	if (rc == ZOK && strcmp(path, "/") != 0)
+		rc = zk_delete(z, path, -1);
+	/* Gone already, or a child appeared meanwhile: try again once more
+	 * is the caller's business; NONODE means someone else deleted it. */
+	return rc == ZNONODE ? ZOK : rc;
+}
+
+/* ---- waiting for the session ---- */
+
+int zk_wait_connected(zk *z, double timeout)
+{
+	long long deadline = now_ms() + (long long)(timeout * 1000);
+
+	if (evloop_on_loop_thread(z->loop)) {
+		while (zk_state(z) != ZK_STATE_CONNECTED) {
+			long long left = deadline - now_ms();
+			if (left <= 0)
+				return ZOPERATIONTIMEOUT;
+			evloop_run_once(z->loop, (int)left);
+		}
+		return ZOK;
+	}
+	pthread_mutex_lock(&z->mu);
+	while (z->state != ZK_STATE_CONNECTED) {
+		struct timespec ts;
+		long long left = deadline - now_ms();
+		if (left <= 0)
+			break;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += left / 1000;
+		ts.tv_nsec += (left % 1000) * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&z->cond, &z->mu, &ts);
+	}
+	bool ok = z->state == ZK_STATE_CONNECTED;
+	pthread_mutex_unlock(&z->mu);
+	return ok ? ZOK : ZOPERATIONTIMEOUT;
+}
+
+/* ---- closing ---- */
+
+static void close_reply(zk *z, int rc, void *arg)
+{
+	*(bool *)arg = true;
+}
+
+/* On the loop thread: say goodbye to the server (so our ephemerals go at
+ * once), fail whatever is left with ZCLOSING, and free everything. */
+static void close_now(zk *z)
+{
+	if (z->phase == PH_OPEN) {
+		bool done = false;
+		long long deadline = now_ms() + 2000;
+		struct req *r = req_new(z, RK_CLOSE, ZOP_CLOSE);
+		log_info(LOGGER, "closing session 0x%llx", (unsigned long long)z->session_id);
+		r->cb.done = close_reply;
+		r->arg = &done;
+		submit(z, r);
+		z->bye_sent = true;
+		while (!done && z->phase == PH_OPEN && now_ms() < deadline)
+			evloop_run_once(z->loop, (int)(deadline - now_ms()));
+	}
+	z->closing = true;
+	if (z->tick_timer)
+		evloop_del_timer(z->loop, z->tick_timer);
+	if (z->retry_timer)
+		evloop_del_timer(z->loop, z->retry_timer);
+	z->tick_timer = z->retry_timer = 0;
+	conn_drop(z, NULL);
+	fail_queue(z, &z->sendq, ZCLOSING);
+	fail_queue(z, &z->pendq, ZCLOSING);
+	set_state(z, ZK_STATE_CLOSED);
+	zk_free(z);
+}
+
+void zk_close(zk *z)
+{
+	struct sync_call c = { .kind = SK_CLOSE };
+
+	if (!z)
+		return;
+	sync_run(z, &c);
+}
