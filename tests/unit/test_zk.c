@@ -5,6 +5,7 @@
  * session expiry; and, against a fake server on a loopback port, malformed
  * and truncated frames. */
 #include <arpa/inet.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -686,6 +687,91 @@ TEST(bad_options)
 	CHECK(err && strstr(err, "/nonexistent/ca.pem"));
 	free(err);
 	evloop_free(loop);
+}
+
+/* ---- ensemble failover (tests/integration/test_zk_ensemble.sh) ---- */
+
+/* PID of the ensemble server listening on "host:PORT" (zk-ensemble.sh
+ * records them as DIR/port-PORT.pid). */
+static int server_pid(const char *dir, const char *server)
+{
+	const char *colon = strrchr(server, ':');
+	char path[512];
+	FILE *f;
+	int pid = -1;
+
+	if (!colon)
+		return -1;
+	snprintf(path, sizeof(path), "%s/port-%s.pid", dir, colon + 1);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	if (fscanf(f, "%d", &pid) != 1)
+		pid = -1;
+	fclose(f);
+	return pid;
+}
+
+TEST(ensemble_failover)
+{
+	const char *hosts = getenv("NP_TEST_ZK_ENSEMBLE");
+	const char *dir = getenv("NP_TEST_ZK_ENSEMBLE_DIR");
+	struct client a, b;
+	struct wctx wd = { 0 }, wp = { 0 };
+	zk_options o = { .session_timeout = 20 };
+	char first[128];
+	int64_t sid;
+	int pid;
+	long long end;
+
+	if (!hosts || !dir) {
+		testlib_skip("no ensemble (run tests/integration/test_zk_ensemble.sh)");
+		return;
+	}
+	setenv("NP_TEST_ZK", hosts, 1); /* open_client* read it */
+	if (!open_client_opts(&a, false, NULL, &o))
+		return;
+	sid = zk_session_id(a.z);
+	CHECK_INT(zk_ensure_path(a.z, "/fo"), ZOK);
+	CHECK_INT(zk_create(a.z, "/fo/eph", "", 0, ZK_EPHEMERAL, NULL), ZOK);
+	CHECK_INT(zk_create(a.z, "/fo/data", "0", 1, 0, NULL), ZOK);
+	CHECK_INT(zk_aget(a.z, "/fo/data", on_watch, &wd, noop_data, NULL), ZOK);
+	CHECK_INT(zk_add_persistent_watch(a.z, "/fo", true, on_watch, &wp), ZOK);
+	CHECK_INT(zk_sync(a.z, "/fo"), ZOK);
+	REQUIRE(zk_current_server(a.z));
+	snprintf(first, sizeof(first), "%s", zk_current_server(a.z));
+	pid = server_pid(dir, first);
+	REQUIRE(pid > 0);
+	fprintf(stderr, "  killing server %s (pid %d)\n", first, pid);
+	REQUIRE(kill(pid, SIGKILL) == 0);
+	/* Wait for SUSPENDED then CONNECTED again on another server. */
+	end = now_ms() + 30000;
+	while (now_ms() < end && !(saw_state(&a, ZK_STATE_SUSPENDED) &&
+				    zk_state(a.z) == ZK_STATE_CONNECTED))
+		evloop_run_once(a.loop, 100);
+	CHECK(saw_state(&a, ZK_STATE_SUSPENDED));
+	CHECK(!saw_state(&a, ZK_STATE_LOST));
+	REQUIRE(zk_state(a.z) == ZK_STATE_CONNECTED);
+	CHECK(zk_current_server(a.z) && strcmp(zk_current_server(a.z), first) != 0);
+	CHECK(zk_session_id(a.z) == sid);
+	fprintf(stderr, "  reconnected to %s in the same session\n",
+		zk_current_server(a.z) ? zk_current_server(a.z) : "?");
+	CHECK_INT(zk_exists(a.z, "/fo/eph", NULL), ZOK);
+	/* Another client changes the data: both watches still fire. */
+	if (open_client_opts(&b, false, NULL, &o)) {
+		CHECK_INT(zk_set(b.z, "/fo/data", "1", 1, -1, NULL), ZOK);
+		zk_close(b.z);
+		evloop_free(b.loop);
+	}
+	end = now_ms() + 10000;
+	while (now_ms() < end && !(wd.fired && wp.fired))
+		evloop_run_once(a.loop, 100);
+	CHECK_INT(wd.type, ZK_EVENT_CHANGED);
+	CHECK_INT(wp.type, ZK_EVENT_CHANGED);
+	CHECK_STR(wp.path, "/fo/data");
+	CHECK_INT(zk_delete_recursive(a.z, "/fo"), ZOK);
+	zk_close(a.z);
+	evloop_free(a.loop);
 }
 
 RUN_TESTS()
