@@ -1,0 +1,90 @@
+/* cli.h: what the `nodepool` program's main (nodepool.c) and its
+ * subcommands (one cmd_*.c file each) share: the parsed command line, the
+ * loaded config and the ZooKeeper connection, plus the command table. */
+#ifndef NP_CLI_H
+#define NP_CLI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config.h"
+#include "evloop.h"
+#include "store.h"
+#include "zk.h"
+
+#define CLI_MAX_ARGS 8
+
+struct cli_opt {
+	const char *name;    /* "--detail", "--provider" */
+	const char *metavar; /* NULL: a flag without a value */
+	const char *help;
+	bool required;
+};
+
+struct cli_pos {
+	const char *name; /* also the metavar */
+	const char *help;
+	bool optional;    /* nargs='?' */
+};
+
+enum {
+	CLI_NEEDS_ZK = 1,    /* connect to ZooKeeper before running */
+	CLI_NO_CONFIG = 2,   /* do not load the config (config-validate) */
+};
+
+struct cli;
+
+struct cli_command {
+	const char *name;
+	const char *help;
+	const struct cli_pos *pos;  /* NULL-name terminated, may be NULL */
+	const struct cli_opt *opts; /* NULL-name terminated, may be NULL */
+	unsigned flags;
+	int (*run)(struct cli *c);
+};
+
+struct cli {
+	const char *config_path;
+	const char *secure_path;
+	const char *logconfig;
+	bool debug;
+	const struct cli_command *cmd;
+	/* Parsed subcommand arguments: names (positional name or option
+	 * without dashes) and values ("1" for flags). */
+	const char *arg_names[CLI_MAX_ARGS];
+	const char *arg_values[CLI_MAX_ARGS];
+	size_t nargs;
+	np_config *config;
+	evloop *loop;
+	zk *z;
+};
+
+/* The value of argument NAME ("id", "provider", "detail"), or NULL. */
+const char *cli_arg(const struct cli *c, const char *name);
+/* Print a one-line error for a failed ZooKeeper call and return 1. */
+int cli_zk_error(const char *what, int rc);
+/* Print the node list row(s) of ID as `list` does (used after delete and
+ * hold). */
+int cli_print_node(struct cli *c, const char *id);
+
+/* Subcommands. */
+int cmd_list(struct cli *c);
+int cmd_image_list(struct cli *c);
+int cmd_dib_image_list(struct cli *c);
+int cmd_image_status(struct cli *c);
+int cmd_image_build(struct cli *c);
+int cmd_alien_image_list(struct cli *c);
+int cmd_delete(struct cli *c);
+int cmd_hold(struct cli *c);
+int cmd_image_delete(struct cli *c);
+int cmd_dib_image_delete(struct cli *c);
+int cmd_config_validate(struct cli *c);
+int cmd_request_list(struct cli *c);
+int cmd_info(struct cli *c);
+int cmd_erase(struct cli *c);
+int cmd_image_pause(struct cli *c);
+int cmd_image_unpause(struct cli *c);
+int cmd_export_image_data(struct cli *c);
+int cmd_import_image_data(struct cli *c);
+
+#endif
