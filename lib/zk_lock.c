@@ -21,9 +21,12 @@
  *
  * Transient errors (connection loss, operation timeout, session expiry)
  * are retried with backoff until the deadline, as kazoo's KazooRetry does.
- * zk.h has no session listener, so a waiting lock polls the session state
- * each second: a reconnect or a new session makes it list again, which is
- * how kazoo's _watch_session wakes it up.
+ * One session listener per zk handle (not one per lock: a listener must
+ * not free its neighbours) wakes waiting locks when the session is back,
+ * like kazoo's _watch_session: after a reconnect or with a new session
+ * they list again (and re-create a contender the dead session took
+ * along). When the handle closes it ends every attempt and retry still
+ * pending on it, so no timer outlives the handle.
  */
 #include "zk_lock.h"
 
@@ -38,12 +41,12 @@
 #define SEQ_DIGITS 10
 #define RETRY_FIRST_MS 100
 #define RETRY_MAX_MS 2000
-#define SESSION_POLL_MS 1000
 
 static const char *logger = "nodepool.zk.lock";
 
 enum lock_state {
 	ST_IDLE,     /* no acquire or release in progress */
+	ST_STARTING, /* acquire queued, on_start not run yet */
 	ST_REQUEST,  /* a zk request of ours is outstanding */
 	ST_BACKOFF,  /* waiting to retry after a transient error */
 	ST_WAIT,     /* watching the predecessor */
@@ -79,10 +82,7 @@ struct zk_lock {
 	int ensure_pos;        /* ensure_path: length of the created prefix */
 	long retry_ms;
 	uint64_t deadline_timer;
-	uint64_t aux_timer;    /* backoff, session poll or deferred completion */
-	enum zk_state seen_state;
-	int64_t seen_session;
-	bool disturbed;        /* session left CONNECTED while we waited */
+	uint64_t aux_timer;    /* start, backoff or retry */
 	unsigned long checks;
 
 	zk_lock_fn cb;
@@ -138,6 +138,90 @@ static zk_lock *reg_find(uint64_t id)
 		;
 	pthread_mutex_unlock(&reg.mu);
 	return l;
+}
+
+/* Ids of the locks on Z (caller frees): the listener acts on them one by
+ * one, looking each up again, since a callback may free any lock. */
+static uint64_t *reg_ids_of(const zk *z, size_t *n)
+{
+	uint64_t *ids = NULL;
+	size_t cap = 0;
+
+	*n = 0;
+	pthread_mutex_lock(&reg.mu);
+	for (size_t b = 0; b < REG_BUCKETS; b++) {
+		for (zk_lock *l = reg.bucket[b]; l; l = l->hnext) {
+			if (l->z != z)
+				continue;
+			if (*n == cap) {
+				cap = cap ? cap * 2 : 64;
+				ids = xrealloc(ids, cap * sizeof(*ids));
+			}
+			ids[(*n)++] = l->id;
+		}
+	}
+	pthread_mutex_unlock(&reg.mu);
+	return ids;
+}
+
+/* ---- one session listener per zk handle ---- */
+
+struct listened {
+	struct listened *next;
+	zk *z;
+};
+
+static struct listened *listened_zks; /* under reg.mu */
+
+static void lock_on_state(zk_lock *l, enum zk_state st);
+
+static void on_zk_state(zk *z, enum zk_state st, void *arg)
+{
+	struct listened *w = arg;
+	size_t n;
+	uint64_t *ids = reg_ids_of(z, &n);
+
+	for (size_t i = 0; i < n; i++) {
+		zk_lock *l = reg_find(ids[i]);
+		if (l)
+			lock_on_state(l, st);
+	}
+	free(ids);
+	if (st != ZK_STATE_CLOSED)
+		return;
+	/* The handle is going away: forget it (a listener may remove
+	 * itself from its own callback). */
+	pthread_mutex_lock(&reg.mu);
+	for (struct listened **pp = &listened_zks; *pp; pp = &(*pp)->next) {
+		if (*pp == w) {
+			*pp = w->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&reg.mu);
+	zk_remove_state_listener(z, on_zk_state, w);
+	free(w);
+}
+
+/* Make sure Z's state changes reach its locks (loop thread only). */
+static void listen_zk(zk *z)
+{
+	struct listened *w;
+	bool added = false;
+
+	pthread_mutex_lock(&reg.mu);
+	for (w = listened_zks; w && w->z != z; w = w->next)
+		;
+	if (!w) {
+		w = xmalloc(sizeof(*w));
+		w->z = z;
+		w->next = listened_zks;
+		listened_zks = w;
+		added = true;
+	}
+	pthread_mutex_unlock(&reg.mu);
+	if (added)
+		zk_add_state_listener(z, on_zk_state, w);
 }
 
 /* ---- contender names ---- */
@@ -202,6 +286,7 @@ zk_lock *zk_lock_new(zk *z, const char *dir, const char *identifier)
 
 static void lock_destroy(zk_lock *l)
 {
+	reg_del(l);
 	if (l->deadline_timer)
 		evloop_del_timer(l->loop, l->deadline_timer);
 	if (l->aux_timer)
@@ -218,7 +303,6 @@ void zk_lock_free(zk_lock *l)
 {
 	if (!l)
 		return;
-	reg_del(l);
 	l->freeing = true;
 	l->cb = NULL;
 	l->rel_cb = NULL;
@@ -300,6 +384,13 @@ static void retry_later(zk_lock *l, int rc)
 
 static void deliver(zk_lock *l, int rc);
 
+/* A reply came back fine: the next transient error backs off afresh. */
+static void progressed(zk_lock *l)
+{
+	l->retry_ms = RETRY_FIRST_MS;
+	l->last_err = ZOK;
+}
+
 static void on_deadline(evloop *loop, uint64_t id, void *arg)
 {
 	zk_lock *l = arg;
@@ -313,10 +404,11 @@ static void on_deadline(evloop *loop, uint64_t id, void *arg)
 		return;
 	}
 	/* With a request outstanding, its reply notices the flag. */
-	if (l->state == ST_WAIT || l->state == ST_BACKOFF) {
+	if (l->state == ST_WAIT) {
+		finish(l, ZLOCKTIMEOUT);
+	} else if (l->state == ST_BACKOFF) {
 		stop_aux(l);
-		l->state = ST_REQUEST;
-		advance(l);
+		finish(l, l->blocking ? ZLOCKTIMEOUT : l->last_err);
 	}
 }
 
@@ -342,7 +434,7 @@ static void ensure_created(zk *z, int rc, const char *path, const zk_stat *st,
 			finish(l, rc);
 		return;
 	}
-	l->retry_ms = RETRY_FIRST_MS;
+	progressed(l);
 	if (l->dir[l->ensure_pos] == '\0') {
 		l->assured_path = true;
 		advance(l);
@@ -372,7 +464,7 @@ static void ensure_exists(zk *z, int rc, const zk_stat *st, void *arg)
 	zk_lock *l = arg;
 
 	if (rc == ZOK) {
-		l->retry_ms = RETRY_FIRST_MS;
+		progressed(l);
 		l->assured_path = true;
 		advance(l);
 	} else if (rc == ZNONODE) {
@@ -408,7 +500,7 @@ static void created(zk *z, int rc, const char *path, const zk_stat *st,
 	const char *base;
 
 	if (rc == ZOK) {
-		l->retry_ms = RETRY_FIRST_MS;
+		progressed(l);
 		base = strrchr(path, '/');
 		set_node(l, base ? base + 1 : path);
 		advance(l);
@@ -461,7 +553,7 @@ static void found(zk *z, int rc, const strlist *children, const zk_stat *st,
 			finish(l, rc);
 		return;
 	}
-	l->retry_ms = RETRY_FIRST_MS;
+	progressed(l);
 	mine = find_ours(l, children);
 	if (mine) {
 		set_node(l, mine);
@@ -506,44 +598,12 @@ static const char *predecessor(const zk_lock *l, const strlist *children,
 	return best;
 }
 
-static void session_snapshot(zk_lock *l)
-{
-	l->seen_state = zk_state(l->z);
-	l->seen_session = zk_session_id(l->z);
-	l->disturbed = false;
-}
-
-/* While waiting: list again once the session is back after a disconnect
- * or was replaced (our ephemeral contender is then gone). */
-static void on_session_poll(evloop *loop, uint64_t id, void *arg)
-{
-	zk_lock *l = arg;
-	enum zk_state st = zk_state(l->z);
-
-	l->aux_timer = 0;
-	if (st == ZK_STATE_CLOSED) {
-		finish(l, ZCLOSING);
-		return;
-	}
-	if (st != ZK_STATE_CONNECTED)
-		l->disturbed = true;
-	else if (l->disturbed || zk_session_id(l->z) != l->seen_session) {
-		l->state = ST_REQUEST;
-		advance(l);
-		return;
-	}
-	l->aux_timer = evloop_add_timer(l->loop, SESSION_POLL_MS,
-					on_session_poll, l);
-}
-
 static void on_predecessor_watch(zk *z, int type, const char *path, void *arg)
 {
 	zk_lock *l = reg_find((uint64_t)(uintptr_t)arg);
 
-	if (!l || l->state != ST_WAIT)
+	if (!l || l->state != ST_WAIT || l->acquired)
 		return; /* stale watch from an earlier wait */
-	stop_aux(l);
-	l->state = ST_REQUEST;
 	advance(l);
 }
 
@@ -556,15 +616,12 @@ static void got_predecessor(zk *z, int rc, const char *data, int len,
 		/* Already gone: list again at once. */
 		advance(l);
 	} else if (rc == ZOK) {
-		l->retry_ms = RETRY_FIRST_MS;
+		progressed(l);
 		if (l->cancel_req || l->timed_out) {
 			advance(l);
 			return;
 		}
-		l->state = ST_WAIT;
-		session_snapshot(l);
-		l->aux_timer = evloop_add_timer(l->loop, SESSION_POLL_MS,
-						on_session_poll, l);
+		l->state = ST_WAIT; /* the watch, the listener or a timer wakes us */
 	} else if (is_transient(rc)) {
 		retry_later(l, rc);
 	} else {
@@ -594,7 +651,7 @@ static void listed(zk *z, int rc, const strlist *children, const zk_stat *st,
 			finish(l, rc);
 		return;
 	}
-	l->retry_ms = RETRY_FIRST_MS;
+	progressed(l);
 	if (l->cancel_req) {
 		finish(l, ZLOCKCANCELLED);
 		return;
@@ -643,11 +700,11 @@ static void advance(zk_lock *l)
 	l->state = ST_REQUEST;
 	if (l->cancel_req) {
 		finish(l, ZLOCKCANCELLED);
-	} else if (l->timed_out && l->blocking) {
-		finish(l, ZLOCKTIMEOUT);
 	} else if (l->timed_out && l->last_err != ZOK) {
-		/* Non-blocking: the deadline only bounds the retries. */
-		finish(l, l->last_err);
+		/* Out of time while retrying (like KazooRetry's deadline);
+		 * otherwise only a wait for the predecessor times out, so
+		 * that even a zero timeout gets one look at the lock. */
+		finish(l, l->blocking ? ZLOCKTIMEOUT : l->last_err);
 	} else if (zk_state(l->z) == ZK_STATE_CLOSED) {
 		finish(l, ZCLOSING);
 	} else if (!l->assured_path) {
@@ -755,6 +812,7 @@ static void on_start(evloop *loop, uint64_t id, void *arg)
 	zk_lock *l = arg;
 
 	l->aux_timer = 0;
+	listen_zk(l->z);
 	if (l->timeout >= 0)
 		l->deadline_timer = evloop_add_timer(l->loop, (long)(l->timeout * 1000),
 						     on_deadline, l);
@@ -798,7 +856,7 @@ int zk_lock_acquire_async(zk_lock *l, bool blocking, double timeout,
 	l->last_err = ZOK;
 	l->retry_ms = RETRY_FIRST_MS;
 	l->timeout = timeout;
-	l->state = ST_BACKOFF;
+	l->state = ST_STARTING;
 	l->aux_timer = evloop_add_timer(l->loop, 0, on_start, l);
 	return ZOK;
 }
@@ -820,7 +878,8 @@ void zk_lock_cancel(zk_lock *l)
 		deliver(l, ZLOCKCANCELLED);
 		return;
 	}
-	if (l->state == ST_WAIT || l->state == ST_BACKOFF) {
+	if (l->state == ST_WAIT || l->state == ST_BACKOFF ||
+	    l->state == ST_STARTING) {
 		stop_aux(l);
 		advance(l);
 	}
@@ -863,6 +922,7 @@ static void release_step(zk_lock *l)
 {
 	int rc;
 
+	listen_zk(l->z);
 	if (!l->node) {
 		released(l->z, ZOK, l);
 		return;
@@ -892,6 +952,46 @@ int zk_lock_release_async(zk_lock *l, zk_done_fn cb, void *arg)
 		set_node(l, NULL);
 	l->aux_timer = evloop_add_timer(l->loop, 0, on_release_start, l);
 	return ZOK;
+}
+
+/* ---- session changes ---- */
+
+/* Called by the per-handle listener for every lock on the handle. */
+static void lock_on_state(zk_lock *l, enum zk_state st)
+{
+	bool idle_wait = l->state == ST_WAIT || l->state == ST_BACKOFF;
+
+	if (st == ZK_STATE_CONNECTED) {
+		/* Back (maybe with a new session): look again now rather
+		 * than at the end of a backoff or never (a new session has
+		 * none of the old watches). */
+		if (l->active && !l->acquired && idle_wait) {
+			stop_aux(l);
+			l->retry_ms = RETRY_FIRST_MS;
+			advance(l);
+		} else if (l->state == ST_RELEASE && l->aux_timer) {
+			stop_aux(l);
+			release_step(l);
+		}
+		return;
+	}
+	if (st != ZK_STATE_CLOSED)
+		return; /* requests in flight fail and are retried */
+	/* The handle is closing: nothing may wait on it any longer. */
+	if (l->state == ST_RELEASE) {
+		stop_aux(l);
+		released(l->z, ZCLOSING, l);
+	} else if (l->active && (idle_wait || l->state == ST_STARTING)) {
+		stop_aux(l);
+		if (l->deadline_timer) {
+			evloop_del_timer(l->loop, l->deadline_timer);
+			l->deadline_timer = 0;
+		}
+		if (l->acquired)
+			deliver(l, ZCLOSING);
+		else
+			finish(l, ZCLOSING);
+	}
 }
 
 /* ---- synchronous wrappers ---- */

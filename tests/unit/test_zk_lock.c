@@ -1,0 +1,860 @@
+/* test_zk_lock.c: the kazoo Lock recipe against a real ZooKeeper: busy and
+ * free, ordered hand-off without a herd, timeouts and cancels that leave
+ * nothing behind, the directory surviving release, a dead holder session,
+ * foreign children, contenders(), Election, and a thousand locks driven by
+ * one loop.
+ *
+ * With NP_ZK_LOCK_HELPER=1 the binary instead becomes the line-driven lock
+ * server that tests/integration/test_lock_kazoo.py pits against kazoo (see
+ * helper_main at the bottom): one binary, built plain and with sanitizers,
+ * covers both. */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "testlib.h"
+#include "zk.h"
+#include "zk_lock.h"
+
+/* ---- helpers ---- */
+
+static zk *connect_zk(evloop *loop)
+{
+	zk_options o = { .hosts = test_zk_hosts(), .session_timeout = 10 };
+	char *err = NULL;
+	zk *z = zk_new(loop, &o, &err);
+
+	if (!z) {
+		testlib_fail(__FILE__, __LINE__, "zk_new: %s", err ? err : "?");
+		free(err);
+		return NULL;
+	}
+	if (zk_wait_connected(z, 10) != ZOK) {
+		testlib_fail(__FILE__, __LINE__, "could not connect to %s", o.hosts);
+		zk_close(z);
+		return NULL;
+	}
+	return z;
+}
+
+/* This test's own subtree (base gives a new one per call). */
+static char base[64];
+
+static bool need_zk(void)
+{
+	if (!test_zk_hosts()) {
+		testlib_skip("NP_TEST_ZK not set");
+		return false;
+	}
+	snprintf(base, sizeof(base), "%s", test_chroot());
+	return true;
+}
+
+/* Number of children of DIR (-1 on error). */
+static int nchildren(zk *z, const char *dir)
+{
+	strlist c;
+	int rc, n;
+
+	strlist_init(&c);
+	rc = zk_get_children(z, dir, &c, NULL);
+	n = rc == ZOK ? (int)c.n : -1;
+	strlist_free(&c);
+	return n;
+}
+
+/* Run LOOP until *FLAG becomes nonzero or 20 s pass. */
+static bool run_until(evloop *loop, const int *flag)
+{
+	long long end = now_ms() + 20000;
+
+	while (!*flag && now_ms() < end)
+		evloop_run_once(loop, 100);
+	return *flag != 0;
+}
+
+/* Run LOOP until DIR has N children or 20 s pass. */
+static bool run_until_children(evloop *loop, zk *z, const char *dir, int n)
+{
+	long long end = now_ms() + 20000;
+
+	while (now_ms() < end) {
+		if (nchildren(z, dir) == n)
+			return true;
+		evloop_run_once(loop, 20);
+	}
+	return false;
+}
+
+struct result {
+	int done;
+	int rc;
+	int order;
+};
+
+static int order_seq;
+
+static void on_acquired(zk_lock *l, int rc, void *arg)
+{
+	struct result *r = arg;
+
+	r->rc = rc;
+	r->order = ++order_seq;
+	r->done = 1;
+}
+
+/* A bare contender made by hand, like another client's. */
+static char *raw_contender(zk *z, const char *dir, const char *data)
+{
+	char uuid[33], *path, *created = NULL;
+	int rc;
+
+	uuid4_hex(uuid);
+	path = xasprintf("%s/%s__lock__", dir, uuid);
+	rc = zk_create(z, path, data, (int)strlen(data), ZK_EPHEMERAL_SEQUENTIAL,
+		       &created);
+	free(path);
+	CHECK_INT(rc, ZOK);
+	return created;
+}
+
+/* ---- tests ---- */
+
+TEST(nonblocking_busy_and_free)
+{
+	evloop *loop;
+	zk *z1, *z2;
+	zk_lock *l1, *l2;
+	char *dir, *data = NULL;
+	int len = 0;
+
+	if (!need_zk())
+		return;
+	loop = evloop_new();
+	z1 = connect_zk(loop);
+	z2 = connect_zk(loop);
+	REQUIRE(z1 && z2);
+	dir = xasprintf("%s/a/b/lock", base);
+	l1 = zk_lock_new(z1, dir, "me-1");
+	l2 = zk_lock_new(z2, dir, NULL);
+
+	CHECK(!zk_lock_held(l1));
+	CHECK(zk_lock_node(l1) == NULL);
+	CHECK_INT(zk_lock_acquire(l1, false, -1), ZOK);
+	CHECK(zk_lock_held(l1));
+	REQUIRE(zk_lock_node(l1) != NULL);
+	CHECK(str_starts_with(zk_lock_node(l1), dir));
+	CHECK(strstr(zk_lock_node(l1), "__lock__") != NULL);
+	CHECK_INT(strlen(zk_lock_node(l1)), strlen(dir) + 1 + 32 + 8 + 10);
+	CHECK_INT(zk_get(z1, zk_lock_node(l1), &data, &len, NULL), ZOK);
+	CHECK_STR(data, "me-1");
+	free(data);
+	/* The directory and its parents are empty persistent znodes. */
+	data = NULL;
+	CHECK_INT(zk_get(z1, dir, &data, &len, NULL), ZOK);
+	CHECK_INT(len, 0);
+	free(data);
+
+	CHECK_INT(zk_lock_acquire(l2, false, -1), ZLOCKBUSY);
+	CHECK(!zk_lock_held(l2));
+	CHECK(zk_lock_node(l2) == NULL);
+	CHECK_INT(nchildren(z1, dir), 1); /* the loser left nothing */
+	/* Not re-entrant, like kazoo. */
+	CHECK_INT(zk_lock_acquire(l1, false, -1), ZLOCKBUSY);
+	CHECK(zk_lock_held(l1));
+
+	CHECK_INT(zk_lock_release(l1), ZOK);
+	CHECK(!zk_lock_held(l1));
+	CHECK_INT(zk_exists(z1, dir, NULL), ZOK); /* the directory stays */
+	CHECK_INT(nchildren(z1, dir), 0);
+	CHECK_INT(zk_lock_release(l1), ZOK);      /* harmless twice */
+	CHECK_INT(zk_lock_acquire(l2, false, 5), ZOK);
+	CHECK_INT(zk_lock_acquire(l1, false, -1), ZLOCKBUSY);
+	CHECK_INT(zk_lock_release(l2), ZOK);
+	CHECK_INT(zk_lock_acquire(l1, false, -1), ZOK);
+
+	zk_lock_free(l1); /* held: released on the way out */
+	zk_lock_free(l2);
+	/* Same session as l1: its queued delete is seen. */
+	CHECK_INT(nchildren(z1, dir), 0);
+	zk_delete_recursive(z1, base);
+	free(dir);
+	zk_close(z1);
+	zk_close(z2);
+	evloop_free(loop);
+}
+
+TEST(blocking_handoff_in_order_without_herd)
+{
+	evloop *loop;
+	zk *z[3];
+	zk_lock *l[3];
+	struct result r[3] = { 0 };
+	char *dir;
+	unsigned long c3;
+
+	if (!need_zk())
+		return;
+	loop = evloop_new();
+	for (int i = 0; i < 3; i++)
+		z[i] = connect_zk(loop);
+	REQUIRE(z[0] && z[1] && z[2]);
+	dir = xasprintf("%s/lock", base);
+	for (int i = 0; i < 3; i++)
+		l[i] = zk_lock_new(z[i], dir, NULL);
+	order_seq = 0;
+
+	CHECK_INT(zk_lock_acquire(l[0], true, 10), ZOK);
+	CHECK_INT(zk_lock_acquire_async(l[1], true, 30, on_acquired, &r[1]), ZOK);
+	CHECK_INT(zk_lock_acquire_async(l[1], true, 30, on_acquired, &r[1]), ZAPIERROR);
+	REQUIRE(run_until_children(loop, z[0], dir, 2));
+	CHECK_INT(zk_lock_acquire_async(l[2], true, 30, on_acquired, &r[2]), ZOK);
+	REQUIRE(run_until_children(loop, z[0], dir, 3));
+	/* Let both waiters settle on their watches. */
+	for (int i = 0; i < 5; i++)
+		evloop_run_once(loop, 20);
+	CHECK(!r[1].done && !r[2].done);
+
+	const char *first = zk_lock_node(l[0]);
+	char *first_copy = xstrdup(first);
+	c3 = zk_lock_checks(l[2]);
+	CHECK_INT(zk_lock_release(l[0]), ZOK);
+	REQUIRE(run_until(loop, &r[1].done));
+	CHECK_INT(r[1].rc, ZOK);
+	CHECK(zk_lock_held(l[1]));
+	CHECK(!r[2].done);
+	/* A read on the third waiter's session of the znode the holder
+	 * deleted: any watch it had on it (or on the directory) would be
+	 * delivered before this reply. It watches only its predecessor, so
+	 * it must not have looked again. */
+	CHECK_INT(zk_exists(z[2], first_copy, NULL), ZNONODE);
+	CHECK_INT(nchildren(z[2], dir), 2);
+	evloop_run_once(loop, 0);
+	CHECK_INT(zk_lock_checks(l[2]), c3);
+	free(first_copy);
+
+	CHECK_INT(zk_lock_release(l[1]), ZOK);
+	REQUIRE(run_until(loop, &r[2].done));
+	CHECK_INT(r[2].rc, ZOK);
+	CHECK_INT(r[1].order, 1);
+	CHECK_INT(r[2].order, 2);
+	CHECK_INT(zk_lock_checks(l[2]), c3 + 1);
+	CHECK_INT(zk_lock_release(l[2]), ZOK);
+	CHECK_INT(nchildren(z[0], dir), 0);
+
+	for (int i = 0; i < 3; i++)
+		zk_lock_free(l[i]);
+	zk_delete_recursive(z[0], base);
+	free(dir);
+	for (int i = 0; i < 3; i++)
+		zk_close(z[i]);
+	evloop_free(loop);
+}
+
+TEST(timeout_leaves_no_contender)
+{
+	evloop *loop;
+	zk *z1, *z2;
+	zk_lock *l1, *l2;
+	char *dir;
+	long long t0;
+
+	if (!need_zk())
+		return;
+	loop = evloop_new();
+	z1 = connect_zk(loop);
+	z2 = connect_zk(loop);
+	REQUIRE(z1 && z2);
+	dir = xasprintf("%s/lock", base);
+	l1 = zk_lock_new(z1, dir, NULL);
+	l2 = zk_lock_new(z2, dir, NULL);
+
+	CHECK_INT(zk_lock_acquire(l1, true, 5), ZOK);
+	t0 = now_ms();
+	CHECK_INT(zk_lock_acquire(l2, true, 0.3), ZLOCKTIMEOUT);
+	CHECK(now_ms() - t0 >= 300);
+	CHECK(zk_lock_node(l2) == NULL);
+	CHECK_INT(nchildren(z1, dir), 1);
+	CHECK_INT(zk_lock_acquire(l2, true, 0), ZLOCKTIMEOUT);
+	CHECK_INT(nchildren(z1, dir), 1);
+	CHECK_INT(zk_lock_release(l1), ZOK);
+	/* A zero timeout still gets one look at a free lock. */
+	CHECK_INT(zk_lock_acquire(l2, true, 0), ZOK);
+	/* A re-entrant blocking attempt times out and keeps the lock. */
+	CHECK_INT(zk_lock_acquire(l2, true, 0.05), ZLOCKTIMEOUT);
+	CHECK(zk_lock_held(l2));
+	CHECK_INT(nchildren(z1, dir), 1);
+	CHECK_INT(zk_lock_release(l2), ZOK);
+	CHECK_INT(nchildren(z1, dir), 0);
+
+	zk_lock_free(l1);
+	zk_lock_free(l2);
+	zk_delete_recursive(z1, base);
+	free(dir);
+	zk_close(z1);
+	zk_close(z2);
+	evloop_free(loop);
+}
+
+TEST(cancel_waiting_and_sticky)
+{
+	evloop *loop;
+	zk *z1, *z2;
+	zk_lock *l1, *l2;
+	struct result r = { 0 };
+	char *dir;
+
+	if (!need_zk())
+		return;
+	loop = evloop_new();
+	z1 = connect_zk(loop);
+	z2 = connect_zk(loop);
+	REQUIRE(z1 && z2);
+	dir = xasprintf("%s/lock", base);
+	l1 = zk_lock_new(z1, dir, NULL);
+	l2 = zk_lock_new(z2, dir, NULL);
+	CHECK_INT(zk_lock_acquire(l1, false, -1), ZOK);
+
+	/* Cancel while waiting on the predecessor. */
+	CHECK_INT(zk_lock_acquire_async(l2, true, -1, on_acquired, &r), ZOK);
+	REQUIRE(run_until_children(loop, z1, dir, 2));
+	for (int i = 0; i < 3; i++)
+		evloop_run_once(loop, 20);
+	zk_lock_cancel(l2);
+	REQUIRE(run_until(loop, &r.done));
+	CHECK_INT(r.rc, ZLOCKCANCELLED);
+	CHECK_INT(nchildren(z1, dir), 1);
+
+	/* Cancel before the attempt has sent anything. */
+	memset(&r, 0, sizeof(r));
+	CHECK_INT(zk_lock_acquire_async(l2, true, -1, on_acquired, &r), ZOK);
+	zk_lock_cancel(l2);
+	REQUIRE(run_until(loop, &r.done));
+	CHECK_INT(r.rc, ZLOCKCANCELLED);
+	CHECK_INT(nchildren(z1, dir), 1);
+
+	/* kazoo's cancel() with nothing in progress fails the next attempt
+	 * only. */
+	zk_lock_cancel(l2);
+	CHECK_INT(zk_lock_acquire(l2, true, -1), ZLOCKCANCELLED);
+	CHECK_INT(zk_lock_acquire(l2, false, -1), ZLOCKBUSY);
+	CHECK_INT(nchildren(z1, dir), 1);
+
+	/* Freeing a waiting lock abandons it and deletes its contender. */
+	memset(&r, 0, sizeof(r));
+	CHECK_INT(zk_lock_acquire_async(l2, true, -1, on_acquired, &r), ZOK);
+	REQUIRE(run_until_children(loop, z1, dir, 2));
+	zk_lock_free(l2);
+	REQUIRE(run_until_children(loop, z1, dir, 1));
+	CHECK(!r.done);
+
+	zk_lock_free(l1);
+	zk_delete_recursive(z1, base);
+	free(dir);
+	zk_close(z1);
+	zk_close(z2);
+	evloop_free(loop);
+}
+
+TEST(closed_holder_session_frees_the_waiter)
+{
+	evloop *loop;
+	zk *z1, *z2;
+	zk_lock *l2;
+	struct result r = { 0 };
+	char *dir, *raw;
+
+	if (!need_zk())
+		return;
+	loop = evloop_new();
+	z1 = connect_zk(loop);
+	z2 = connect_zk(loop);
+	REQUIRE(z1 && z2);
+	dir = xasprintf("%s/lock", base);
+	CHECK_INT(zk_ensure_path(z1, dir), ZOK);
+	raw = raw_contender(z1, dir, "other");
+	l2 = zk_lock_new(z2, dir, NULL);
+	CHECK_INT(zk_lock_acquire(l2, false, -1), ZLOCKBUSY);
+	CHECK_INT(zk_lock_acquire_async(l2, true, 30, on_acquired, &r), ZOK);
+	REQUIRE(run_until_children(loop, z2, dir, 2));
+	for (int i = 0; i < 3; i++)
+		evloop_run_once(loop, 20);
+	CHECK(!r.done);
+	zk_close(z1); /* the holder's session ends: its ephemeral goes */
+	REQUIRE(run_until(loop, &r.done));
+	CHECK_INT(r.rc, ZOK);
+	CHECK(zk_lock_held(l2));
+	CHECK_INT(zk_lock_release(l2), ZOK);
+	zk_lock_free(l2);
+	free(raw);
+	zk_delete_recursive(z2, base);
+	free(dir);
+	zk_close(z2);
+	evloop_free(loop);
+}
+
+TEST(foreign_children_are_ignored)
+{
+	evloop *loop;
+	zk *z1;
+	zk_lock *l1;
+	strlist names;
+	char *dir, *raw;
+	const char *foreign[] = {
+		"foo", "x-lock-0000000000", "_c_0123-lock-0000000000",
+		"abc__lock__123", "abc__lock__00000000001", "abc__lock__00000000x1",
+		"0000000000",
+	};
+
+	if (!need_zk())
+		return;
+	loop = evloop_new();
+	z1 = connect_zk(loop);
+	REQUIRE(z1);
+	dir = xasprintf("%s/lock", base);
+	CHECK_INT(zk_ensure_path(z1, dir), ZOK);
+	for (size_t i = 0; i < sizeof(foreign) / sizeof(foreign[0]); i++) {
+		char *p = xasprintf("%s/%s", dir, foreign[i]);
+		CHECK_INT(zk_create(z1, p, "x", 1, ZK_PERSISTENT, NULL), ZOK);
+		free(p);
+	}
+	l1 = zk_lock_new(z1, dir, "ours");
+	CHECK_INT(zk_lock_acquire(l1, false, -1), ZOK);
+	strlist_init(&names);
+	CHECK_INT(zk_lock_contenders(z1, dir, &names), ZOK);
+	CHECK_INT(names.n, 1);
+	if (names.n == 1)
+		CHECK_STR(names.v[0], "ours");
+	strlist_free(&names);
+	CHECK_INT(zk_lock_release(l1), ZOK);
+	CHECK_INT(nchildren(z1, dir), 7); /* foreign children untouched */
+
+	/* A hand-made contender counts; its data is its identifier. */
+	raw = raw_contender(z1, dir, "raw");
+	CHECK_INT(zk_lock_acquire(l1, false, -1), ZLOCKBUSY);
+	CHECK_INT(zk_delete(z1, raw, -1), ZOK);
+	free(raw);
+	CHECK_INT(zk_lock_acquire(l1, false, -1), ZOK);
+	CHECK_INT(zk_lock_release(l1), ZOK);
+
+	/* No directory: no contenders, and nothing created. */
+	strlist_init(&names);
+	raw = xasprintf("%s/none", base);
+	CHECK_INT(zk_lock_contenders(z1, raw, &names), ZOK);
+	CHECK_INT(names.n, 0);
+	CHECK_INT(zk_exists(z1, raw, NULL), ZNONODE);
+	free(raw);
+	strlist_free(&names);
+
+	zk_lock_free(l1);
+	zk_delete_recursive(z1, base);
+	free(dir);
+	zk_close(z1);
+	evloop_free(loop);
+}
+
+TEST(contenders_in_lock_order)
+{
+	evloop *loop;
+	zk *z1, *z2;
+	zk_lock *la, *lb, *lc;
+	struct result rb = { 0 }, rc = { 0 };
+	strlist names;
+	char *dir;
+
+	if (!need_zk())
+		return;
+	loop = evloop_new();
+	z1 = connect_zk(loop);
+	z2 = connect_zk(loop);
+	REQUIRE(z1 && z2);
+	dir = xasprintf("%s/lock", base);
+	la = zk_lock_new(z1, dir, "a");
+	lb = zk_lock_new(z2, dir, "b");
+	lc = zk_lock_new(z1, dir, NULL);
+	CHECK_INT(zk_lock_acquire(la, false, -1), ZOK);
+	CHECK_INT(zk_lock_acquire_async(lb, true, 30, on_acquired, &rb), ZOK);
+	REQUIRE(run_until_children(loop, z1, dir, 2));
+	CHECK_INT(zk_lock_acquire_async(lc, true, 30, on_acquired, &rc), ZOK);
+	REQUIRE(run_until_children(loop, z1, dir, 3));
+	strlist_init(&names);
+	CHECK_INT(zk_lock_contenders(z1, dir, &names), ZOK);
+	REQUIRE(names.n == 3);
+	CHECK_STR(names.v[0], "a");
+	CHECK_STR(names.v[1], "b");
+	CHECK_STR(names.v[2], "");
+	strlist_free(&names);
+	zk_lock_free(la);
+	REQUIRE(run_until(loop, &rb.done));
+	zk_lock_free(lb);
+	REQUIRE(run_until(loop, &rc.done));
+	CHECK_INT(rb.rc, ZOK);
+	CHECK_INT(rc.rc, ZOK);
+	zk_lock_free(lc);
+	REQUIRE(run_until_children(loop, z1, dir, 0));
+	zk_delete_recursive(z1, base);
+	free(dir);
+	zk_close(z1);
+	zk_close(z2);
+	evloop_free(loop);
+}
+
+/* ---- a thousand locks, one loop ---- */
+
+#define MANY 1000
+#define MANY_DIRS 100
+
+struct many {
+	evloop *loop;
+	zk_lock *locks[MANY];
+	int holders[MANY_DIRS];
+	int max_holders;
+	int acquired, released, failed;
+};
+
+static struct many many;
+
+static void many_released(zk *z, int rc, void *arg)
+{
+	if (rc != ZOK)
+		many.failed++;
+	many.released++;
+}
+
+static void many_acquired(zk_lock *l, int rc, void *arg)
+{
+	int d = (int)(intptr_t)arg % MANY_DIRS;
+
+	if (rc != ZOK) {
+		many.failed++;
+		many.released++;
+		return;
+	}
+	many.acquired++;
+	if (++many.holders[d] > many.max_holders)
+		many.max_holders = many.holders[d];
+	many.holders[d]--; /* we are about to let go */
+	if (zk_lock_release_async(l, many_released, NULL) != ZOK) {
+		many.failed++;
+		many.released++;
+	}
+}
+
+TEST(thousand_locks_one_loop)
+{
+	zk *z[4];
+	long long t0;
+	int i;
+
+	if (!need_zk())
+		return;
+	memset(&many, 0, sizeof(many));
+	many.loop = evloop_new();
+	for (i = 0; i < 4; i++)
+		z[i] = connect_zk(many.loop);
+	REQUIRE(z[0] && z[1] && z[2] && z[3]);
+	t0 = now_ms();
+	for (i = 0; i < MANY; i++) {
+		char *dir = xasprintf("%s/d%02d/lock", base, i % MANY_DIRS);
+
+		many.locks[i] = zk_lock_new(z[i % 4], dir, NULL);
+		free(dir);
+		CHECK_INT(zk_lock_acquire_async(many.locks[i], true, 60, many_acquired,
+						(void *)(intptr_t)i), ZOK);
+	}
+	while (many.released < MANY && now_ms() - t0 < 60000)
+		evloop_run_once(many.loop, 100);
+	fprintf(stderr, "  %d locks acquired and released in %lld ms\n",
+		many.acquired, now_ms() - t0);
+	CHECK_INT(many.acquired, MANY);
+	CHECK_INT(many.failed, 0);
+	CHECK_INT(many.max_holders, 1);
+	for (i = 0; i < MANY; i++)
+		zk_lock_free(many.locks[i]);
+	for (i = 0; i < MANY_DIRS; i += 33) {
+		char *dir = xasprintf("%s/d%02d/lock", base, i);
+		CHECK_INT(nchildren(z[0], dir), 0);
+		free(dir);
+	}
+	zk_delete_recursive(z[0], base);
+	for (i = 0; i < 4; i++)
+		zk_close(z[i]);
+	evloop_free(many.loop);
+}
+
+/* ---- Election, driven from threads other than the loop's ---- */
+
+struct elect {
+	zk_election *e;
+	int rc;
+	int led;
+};
+
+static pthread_t second_thread;
+
+static void *loop_thread(void *arg)
+{
+	evloop_run(arg);
+	return NULL;
+}
+
+static void second_leader(void *arg)
+{
+	struct elect *x = arg;
+
+	x->led = 1;
+}
+
+static void *run_election(void *arg)
+{
+	struct elect *x = arg;
+
+	x->rc = zk_election_run(x->e, second_leader, x);
+	return NULL;
+}
+
+static bool wait_contenders(zk_election *e, size_t n)
+{
+	long long end = now_ms() + 20000;
+
+	while (now_ms() < end) {
+		strlist names;
+		size_t got;
+
+		strlist_init(&names);
+		zk_election_contenders(e, &names);
+		got = names.n;
+		strlist_free(&names);
+		if (got == n)
+			return true;
+		usleep(10000);
+	}
+	return false;
+}
+
+static void first_leader(void *arg)
+{
+	struct elect *x = arg;
+	struct elect *second = x + 1, *third = x + 2;
+	pthread_t t3;
+	strlist names;
+
+	x->led = 1;
+	pthread_create(&second_thread, NULL, run_election, second);
+	CHECK(wait_contenders(x->e, 2));
+	pthread_create(&t3, NULL, run_election, third);
+	CHECK(wait_contenders(x->e, 3));
+	strlist_init(&names);
+	CHECK_INT(zk_election_contenders(x->e, &names), ZOK);
+	if (names.n == 3) {
+		CHECK_STR(names.v[0], "one");
+		CHECK_STR(names.v[1], "two");
+		CHECK_STR(names.v[2], "three");
+	}
+	strlist_free(&names);
+	zk_election_cancel(third->e);
+	pthread_join(t3, NULL);
+	CHECK_INT(third->rc, ZLOCKCANCELLED);
+	CHECK(!third->led);
+	CHECK(!second->led);
+	CHECK(wait_contenders(x->e, 2));
+}
+
+TEST(election_run_cancel_and_succession)
+{
+	evloop *loop;
+	zk *z[3];
+	pthread_t lt;
+	struct elect x[3];
+	char *dir;
+	const char *ids[] = { "one", "two", "three" };
+
+	if (!need_zk())
+		return;
+	loop = evloop_new();
+	for (int i = 0; i < 3; i++)
+		z[i] = connect_zk(loop);
+	REQUIRE(z[0] && z[1] && z[2]);
+	dir = xasprintf("%s/elections/stats", base);
+	memset(x, 0, sizeof(x));
+	for (int i = 0; i < 3; i++)
+		x[i].e = zk_election_new(z[i], dir, ids[i]);
+	pthread_create(&lt, NULL, loop_thread, loop);
+
+	/* Cancelled before it runs: returns at once, once. */
+	zk_election_cancel(x[0].e);
+	CHECK_INT(zk_election_run(x[0].e, first_leader, &x[0]), ZLOCKCANCELLED);
+	CHECK(!x[0].led);
+	CHECK_INT(zk_election_run(x[0].e, first_leader, &x[0]), ZOK);
+	CHECK(x[0].led);
+	pthread_join(second_thread, NULL);
+	CHECK_INT(x[1].rc, ZOK);
+	CHECK(x[1].led);
+	CHECK(wait_contenders(x[0].e, 0));
+
+	evloop_stop(loop);
+	pthread_join(lt, NULL);
+	evloop_run_once(loop, 0); /* this thread runs the loop again */
+	for (int i = 0; i < 3; i++)
+		zk_election_free(x[i].e);
+	zk_delete_recursive(z[0], base);
+	free(dir);
+	for (int i = 0; i < 3; i++)
+		zk_close(z[i]);
+	evloop_free(loop);
+}
+
+/* ---- helper mode for the kazoo interop test ---- */
+
+#define HELPER_SLOTS 16
+
+static struct {
+	evloop *loop;
+	zk *z;
+	zk_lock *slot[HELPER_SLOTS];
+	sbuf in;
+	bool quit;
+} H;
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	putchar('\n');
+	fflush(stdout);
+}
+
+static void helper_acquired(zk_lock *l, int rc, void *arg)
+{
+	say("acq %d %s", (int)(intptr_t)arg, rc == ZOK ? "ok" : zk_strerror(rc));
+}
+
+static void helper_released(zk *z, int rc, void *arg)
+{
+	say("rel %d %s", (int)(intptr_t)arg, rc == ZOK ? "ok" : zk_strerror(rc));
+}
+
+/* One command line: "new N DIR IDENT|-", "acq N 0|1 TIMEOUT", "rel N",
+ * "cancel N", "held N", "node N", "quit". */
+static void helper_command(char *line)
+{
+	char *argv[5] = { 0 };
+	int argc = 0, n = -1;
+	char *save = NULL;
+
+	for (char *t = strtok_r(line, " ", &save); t && argc < 5;
+	     t = strtok_r(NULL, " ", &save))
+		argv[argc++] = t;
+	if (argc == 0)
+		return;
+	if (strcmp(argv[0], "quit") == 0) {
+		H.quit = true;
+		return;
+	}
+	if (argc >= 2)
+		n = atoi(argv[1]);
+	if (n < 0 || n >= HELPER_SLOTS) {
+		say("error bad command");
+		return;
+	}
+	if (strcmp(argv[0], "new") == 0 && argc == 4) {
+		zk_lock_free(H.slot[n]);
+		H.slot[n] = zk_lock_new(H.z, argv[2],
+					strcmp(argv[3], "-") == 0 ? NULL : argv[3]);
+		say("ok");
+	} else if (!H.slot[n]) {
+		say("error no lock %d", n);
+	} else if (strcmp(argv[0], "acq") == 0 && argc == 4) {
+		int rc = zk_lock_acquire_async(H.slot[n], atoi(argv[2]) != 0,
+					       atof(argv[3]), helper_acquired,
+					       (void *)(intptr_t)n);
+		say(rc == ZOK ? "ok" : "error %s", zk_strerror(rc));
+	} else if (strcmp(argv[0], "rel") == 0) {
+		int rc = zk_lock_release_async(H.slot[n], helper_released,
+					       (void *)(intptr_t)n);
+		say(rc == ZOK ? "ok" : "error %s", zk_strerror(rc));
+	} else if (strcmp(argv[0], "cancel") == 0) {
+		zk_lock_cancel(H.slot[n]);
+		say("ok");
+	} else if (strcmp(argv[0], "held") == 0) {
+		say("held %d %d", n, zk_lock_held(H.slot[n]));
+	} else if (strcmp(argv[0], "node") == 0) {
+		say("node %d %s", n, zk_lock_node(H.slot[n]) ? zk_lock_node(H.slot[n]) : "-");
+	} else {
+		say("error bad command");
+	}
+}
+
+static void helper_input(evloop *loop, int fd, int events, void *arg)
+{
+	char buf[512];
+	ssize_t got = read(fd, buf, sizeof(buf));
+	char *nl;
+
+	if (got <= 0) {
+		H.quit = true;
+		return;
+	}
+	sbuf_add(&H.in, buf, (size_t)got);
+	while ((nl = memchr(H.in.buf, '\n', H.in.len)) != NULL) {
+		size_t linelen = (size_t)(nl - H.in.buf);
+		char *line = xstrndup(H.in.buf, linelen);
+
+		memmove(H.in.buf, nl + 1, H.in.len - linelen - 1);
+		H.in.len -= linelen + 1;
+		H.in.buf[H.in.len] = '\0';
+		helper_command(line);
+		free(line);
+	}
+}
+
+static int helper_main(void)
+{
+	zk_options o = { .hosts = getenv("NP_TEST_ZK"), .session_timeout = 10 };
+	char *err = NULL;
+
+	if (!o.hosts) {
+		fprintf(stderr, "NP_TEST_ZK not set\n");
+		return 2;
+	}
+	H.loop = evloop_new();
+	H.z = zk_new(H.loop, &o, &err);
+	if (!H.z || zk_wait_connected(H.z, 10) != ZOK) {
+		fprintf(stderr, "cannot connect to %s: %s\n", o.hosts, err ? err : "timeout");
+		free(err);
+		if (H.z)
+			zk_close(H.z);
+		evloop_free(H.loop);
+		return 2;
+	}
+	sbuf_init(&H.in);
+	evloop_add_fd(H.loop, 0, EV_READ, helper_input, NULL);
+	say("ready");
+	while (!H.quit)
+		evloop_run_once(H.loop, -1);
+	evloop_del_fd(H.loop, 0);
+	for (int i = 0; i < HELPER_SLOTS; i++)
+		zk_lock_free(H.slot[i]);
+	/* Let the releases queued by zk_lock_free complete. */
+	for (int i = 0; i < 20; i++)
+		evloop_run_once(H.loop, 10);
+	sbuf_free(&H.in);
+	zk_close(H.z);
+	evloop_free(H.loop);
+	return 0;
+}
+
+__attribute__((constructor)) static void maybe_helper(void)
+{
+	if (getenv("NP_ZK_LOCK_HELPER"))
+		exit(helper_main());
+}
+
+RUN_TESTS()
