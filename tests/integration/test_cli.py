@@ -1,0 +1,462 @@
+#!/usr/bin/python3
+# test_cli.py: the `nodepool` CLI against a real TLS ZooKeeper. Records are
+# written with kazoo exactly as upstream Python Nodepool writes them
+# (json.dumps of its dicts, in its key order); every listing's output and
+# exit code is checked, and what our write commands store is read back with
+# kazoo and compared with what upstream would have written.
+#
+# env: NP_TEST_ZK_TLS, NP_TEST_ZK_CA/_CERT/_KEY (tests/run-all.sh), NP_BUILD.
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+from kazoo.client import KazooClient
+from kazoo.recipe.lock import Lock
+
+PASSED = 0
+FAILED = 0
+
+
+def check(cond, what):
+    global PASSED, FAILED
+    if cond:
+        PASSED += 1
+    else:
+        FAILED += 1
+        print("FAIL: %s" % what, file=sys.stderr)
+
+
+# Upstream's toDict key orders (nodepool/zk/zookeeper.py).
+NODE_KEYS = ["state", "state_time", "cloud", "provider", "pool", "type",
+             "allocated_to", "az", "region", "public_ipv4", "private_ipv4",
+             "public_ipv6", "host_id", "interface_ip", "connection_port",
+             "ssh_port", "image_id", "launcher", "created_time",
+             "external_id", "hostname", "comment", "user_data", "hold_job",
+             "host_keys", "username", "connection_type", "shell_type",
+             "hold_expiration", "resources", "slot", "attributes",
+             "python_path", "tenant_name", "driver_data", "requestor"]
+UPLOAD_KEYS = ["state", "state_time", "external_id", "external_name",
+               "format", "username", "python_path", "shell_type"]
+
+
+def node_dict(**kw):
+    d = {k: None for k in NODE_KEYS}
+    d.update(type=[], host_keys=[], connection_port=22, ssh_port=22,
+             username="zuul")
+    d.update(kw)
+    return d
+
+
+def upload_dict(**kw):
+    d = {k: None for k in UPLOAD_KEYS}
+    d.update(kw)
+    return d
+
+
+def build_dict(state, state_time, builder=None, formats=None):
+    d = {"state": state, "state_time": state_time}
+    if builder:
+        d["builder"] = builder
+        d["builder_id"] = str(uuid.uuid4())
+    if formats:
+        d["formats"] = ",".join(sorted(formats))
+    d.update(username="zuul", python_path="auto", shell_type=None)
+    return d
+
+
+def enc(d):
+    return json.dumps(d).encode("utf8")
+
+
+class Env:
+    def __init__(self):
+        self.hosts = os.environ["NP_TEST_ZK_TLS"]
+        self.ca = os.environ["NP_TEST_ZK_CA"]
+        self.cert = os.environ["NP_TEST_ZK_CERT"]
+        self.key = os.environ["NP_TEST_ZK_KEY"]
+        self.nodepool = os.path.join(os.environ.get("NP_BUILD", "build"),
+                                     "nodepool")
+        self.chroot = "/cli-test-%d-%s" % (os.getpid(), uuid.uuid4().hex[:6])
+        self.tmp = tempfile.mkdtemp(prefix="np-cli-")
+        host, port = self.hosts.rsplit(":", 1)
+        self.config = os.path.join(self.tmp, "nodepool.yaml")
+        with open(self.config, "w") as f:
+            f.write(CONFIG % dict(host=host, port=port, chroot=self.chroot,
+                                  ca=self.ca, cert=self.cert, key=self.key))
+        self.zk = KazooClient(hosts=self.hosts + self.chroot, use_ssl=True,
+                              ca=self.ca, certfile=self.cert,
+                              keyfile=self.key, verify_certs=False)
+        self.zk.start(timeout=15)
+
+    def run(self, *args, stdin=None, config=None):
+        p = subprocess.run([self.nodepool, "-c", config or self.config]
+                           + list(args), input=stdin, capture_output=True,
+                           text=True, timeout=60)
+        return p.returncode, p.stdout, p.stderr
+
+    def read(self, path):
+        data, _ = self.zk.get(path)
+        return data.decode("utf8")
+
+    def close(self):
+        try:
+            self.zk.delete(self.chroot and "/", recursive=True)
+        except Exception:
+            pass
+        self.zk.stop()
+        self.zk.close()
+        root = KazooClient(hosts=self.hosts, use_ssl=True, ca=self.ca,
+                           certfile=self.cert, keyfile=self.key,
+                           verify_certs=False)
+        root.start(timeout=15)
+        root.delete(self.chroot, recursive=True)
+        root.stop()
+        root.close()
+        subprocess.run(["rm", "-rf", self.tmp])
+
+
+CONFIG = """
+zookeeper-servers:
+  - host: %(host)s
+    port: %(port)s
+    chroot: %(chroot)s
+zookeeper-tls:
+  ca: %(ca)s
+  cert: %(cert)s
+  key: %(key)s
+labels:
+  - name: small
+providers:
+  - name: fake
+    driver: openstack
+    cloud: fake
+    diskimages:
+      - name: fake-image
+    pools:
+      - name: main
+        labels:
+          - name: small
+            diskimage: fake-image
+            min-ram: 1
+diskimages:
+  - name: fake-image
+  - name: paused-image
+    pause: true
+"""
+
+AGE = r"\d\d:\d\d:\d\d:\d\d"
+
+
+def table_rows(out):
+    """Rows of a PrettyTable as lists of stripped cells (header first)."""
+    rows = []
+    for line in out.splitlines():
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def populate(e):
+    z = e.zk
+    now = time.time()
+    z.create("/nodepool/nodes/0000000001", enc(node_dict(
+        state="ready", state_time=now - 62, provider="fake", pool="main",
+        type=["small"], external_id="srv-1", public_ipv4="203.0.113.7",
+        launcher="nl01-PoolWorker.fake-main-abc", created_time=now - 100,
+        user_data={"zuul_system": "5f0e"})), makepath=True)
+    # Written by Zuul: extra "id" key that must survive our rewrite.
+    zd = node_dict(state="in-use", state_time=now, provider="fake",
+                   type="small", connection_port={"token": "secret"},
+                   ssh_port={"token": "secret"}, external_id="srv-2")
+    zd["id"] = "0000000002"
+    z.create("/nodepool/nodes/0000000002", enc(zd))
+    z.create("/nodepool/nodes/0000000003", enc(node_dict(
+        state="ready", state_time=now, provider="other", type=["small"])))
+    z.create("/nodepool/nodes/0000000004", b"{broken json")
+    z.create("/nodepool/requests/200-0000000005", enc({
+        "requestor_data": {"job_name": "tox"}, "node_types": ["small", "small"],
+        "requestor": "zuul-sys", "created_time": now, "provider": None,
+        "state": "requested", "state_time": now, "relative_priority": 3,
+        "event_id": "ev1", "tenant_name": "t"}), makepath=True)
+    z.create("/nodepool/requests/100-0000000006", enc({
+        "state": "fulfilled", "state_time": now, "declined_by": ["l1", "l2"],
+        "node_types": ["small"], "nodes": ["0000000001"], "reuse": True,
+        "requestor": None, "requestor_data": None, "provider": None,
+        "relative_priority": 0, "event_id": None, "created_time": None,
+        "tenant_name": None}))
+    b = "/nodepool/images/fake-image/builds"
+    z.create(b + "/aaaa", enc(build_dict("ready", now - 3600, "nb01",
+                                         ["raw", "qcow2"])), makepath=True)
+    z.create(b + "/bbbb", enc(build_dict("building", now, "nb01")))
+    z.create(b + "/aaaa/providers/fake/images/0000000001", enc(upload_dict(
+        state="ready", state_time=now, external_id="img-1",
+        external_name="fake-image-1", format="qcow2", username="zuul",
+        python_path="auto")), makepath=True)
+    z.create(b + "/aaaa/providers/fake/images/0000000002", enc(upload_dict(
+        state="uploading", state_time=now, username="zuul")))
+    z.ensure_path(b + "/aaaa/providers/fake/images/lock")
+    z.ensure_path("/nodepool/images/paused-image/pause")
+    z.ensure_path("/nodepool/images/fake-image/request-build")
+
+
+def test_listings(e):
+    rc, out, err = e.run("list")
+    check(rc == 0, "list exit code")
+    rows = table_rows(out)
+    check(rows and rows[0] == ["ID", "Provider", "Label", "Server ID",
+                               "Public IPv4", "IPv6", "State", "Age",
+                               "Locked"], "list header: %r" % rows[:1])
+    byid = {r[0]: r for r in rows[1:]}
+    check(set(byid) == {"0000000001", "0000000002", "0000000003"},
+          "list skips the broken node: %r" % sorted(byid))
+    r1 = byid.get("0000000001", [""] * 9)
+    check(r1[1:7] == ["fake", "small", "srv-1", "203.0.113.7", "", "ready"],
+          "node 1 row %r" % r1)
+    check(re.match(r"00:00:01:0[23]$", r1[7]) is not None, "age %r" % r1[7])
+    check(r1[8] == "unlocked", "node 1 unlocked")
+    check("/nodepool/nodes/0000000004" in err, "bad record logged: %r" % err)
+    # PrettyTable layout: borders as wide as the columns
+    lines = out.splitlines()
+    check(lines[0] == lines[2] == lines[-1] and lines[0].startswith("+-"),
+          "table borders")
+
+    rc, out, _ = e.run("list", "--detail")
+    rows = table_rows(out)
+    check(rows[0][9:] == ["Pool", "Hostname", "Private IPv4", "AZ",
+                          "Username", "Port", "Launcher", "Allocated To",
+                          "Hold Job", "Comment", "User Data", "Driver Data"],
+          "detail header %r" % rows[0])
+    byid = {r[0]: r for r in rows[1:]}
+    check(byid["0000000002"][14] == "redacted", "k8s port redacted")
+    check(byid["0000000001"][14] == "22", "port 22")
+    check(byid["0000000001"][19] == "{'zuul_system': '5f0e'}",
+          "user data repr %r" % byid["0000000001"][19])
+
+    rc, out, _ = e.run("request-list")
+    rows = table_rows(out)
+    check(rc == 0 and rows[0] == ["Request ID", "Priority", "State",
+                                  "Requestor", "Node Types", "Nodes",
+                                  "Declined By", "Event ID"], "request hdr")
+    check(rows[1:] == [
+        ["100-0000000006", "0", "fulfilled", "", "small", "0000000001",
+         "l1,l2", ""],
+        ["200-0000000005", "3", "requested", "zuul-sys", "small,small", "",
+         "", "ev1"]], "request rows %r" % rows[1:])
+
+    rc, out, _ = e.run("dib-image-list")
+    rows = table_rows(out)
+    check(rows[0] == ["ID", "Image", "Builder", "Formats", "State", "Age"],
+          "dib header")
+    byid = {r[0]: r for r in rows[1:]}
+    check(byid.get("fake-image-aaaa", [""] * 6)[1:5] ==
+          ["fake-image", "nb01", "qcow2,raw", "ready"], "dib row %r" % byid)
+    check(re.match(r"00:01:00:0\d$", byid["fake-image-aaaa"][5]) is not None,
+          "dib age")
+
+    rc, out, _ = e.run("image-list")
+    rows = table_rows(out)
+    check(rows[0] == ["Build ID", "Upload ID", "Provider", "Image",
+                      "Provider Image Name", "Provider Image ID", "State",
+                      "Age"], "image-list header")
+    check(sorted(r[:7] for r in rows[1:]) == [
+        ["aaaa", "0000000001", "fake", "fake-image", "fake-image-1",
+         "img-1", "ready"],
+        ["aaaa", "0000000002", "fake", "fake-image", "", "", "uploading"]],
+        "image-list rows %r" % rows[1:])
+
+    rc, out, _ = e.run("image-status")
+    rows = table_rows(out)
+    check(rows[0] == ["Image", "Paused", "Build Request",
+                      "Build Request Age"], "image-status header")
+    check(rows[1][:3] == ["fake-image", "False", "pending"] and
+          re.match(AGE, rows[1][3]), "image-status fake %r" % rows[1])
+    check(rows[2] == ["paused-image", "True", "", ""], "image-status paused")
+
+    rc, out, _ = e.run("info", "fake")
+    check(rc == 0 and out.startswith("ZooKeeper data for provider fake\n\n"
+                                     "Image data:\n"), "info head %r" % out)
+    rows = table_rows(out)
+    check(["fake-image", "aaaa", "0000000001,0000000002"] in rows,
+          "info image row %r" % rows)
+    check(["0000000001", "srv-1"] in rows and ["0000000002", "srv-2"] in rows
+          and not any(r[0] == "0000000003" for r in rows), "info nodes")
+
+
+def test_node_writes(e):
+    z = e.zk
+    before = json.loads(e.read("/nodepool/nodes/0000000002"))
+    rc, out, _ = e.run("hold", "0000000002")
+    check(rc == 0 and "| 0000000002 |" in out and "hold" in out,
+          "hold prints the row: %r" % out)
+    raw = e.read("/nodepool/nodes/0000000002")
+    after = json.loads(raw)
+    check(after["state"] == "hold" and after["state_time"] > before["state_time"],
+          "hold state")
+    # Upstream's key order, then the key we keep (Zuul's "id").
+    check(list(after) == NODE_KEYS + ["id"], "node key order %r" % list(after))
+    expect = dict(before, state="hold", state_time=after["state_time"])
+    expect["type"] = ["small"]
+    check(after == expect, "hold changes only state: %r" % after)
+    check(raw == json.dumps(after), "Python json.dumps formatting")
+
+    rc, out, _ = e.run("delete", "0000000001")
+    d = json.loads(e.read("/nodepool/nodes/0000000001"))
+    check(rc == 0 and d["state"] == "deleting", "delete sets deleting")
+    check(list(d) == NODE_KEYS, "delete keeps upstream keys")
+
+    rc, out, _ = e.run("delete", "0000009999")
+    check(rc == 0 and out.strip() == "Node id 0000009999 not found",
+          "delete unknown: %r" % out)
+
+    lock = Lock(z, "/nodepool/nodes/0000000003/lock")
+    check(lock.acquire(timeout=5), "kazoo lock")
+    rc, out, _ = e.run("list")
+    row = [r for r in table_rows(out) if r[0] == "0000000003"]
+    check(row and row[0][8] == "locked", "locked column %r" % row)
+    t0 = time.time()
+    rc, out, err = e.run("delete", "0000000003")
+    check(rc == 1 and "Timeout trying to acquire lock "
+          "/nodepool/nodes/0000000003/lock" in err,
+          "delete of a locked node times out: %d %r" % (rc, err))
+    check(4.5 < time.time() - t0 < 15, "lock timeout ~5 s")
+    check(json.loads(e.read("/nodepool/nodes/0000000003"))["state"] ==
+          "ready", "locked node untouched")
+    lock.release()
+
+
+def test_image_writes(e):
+    z = e.zk
+    rc, _, _ = e.run("image-pause", "fake-image")
+    check(rc == 0 and z.exists("/nodepool/images/fake-image/pause"), "pause")
+    check(z.get("/nodepool/images/fake-image/pause")[0] == b"", "empty")
+    rc, out, _ = e.run("dib-image-list")
+    check("| paused " in out, "paused state in dib-image-list")
+    rc, _, _ = e.run("image-unpause", "fake-image")
+    check(rc == 0 and not z.exists("/nodepool/images/fake-image/pause"),
+          "unpause")
+
+    z.delete("/nodepool/images/fake-image/request-build")
+    rc, _, _ = e.run("image-build", "fake-image")
+    check(rc == 0 and z.exists("/nodepool/images/fake-image/request-build"),
+          "image-build marker")
+    rc, _, err = e.run("image-build", "nope")
+    check(rc == 1 and "Trying to build a non disk-image-builder image: nope"
+          in err, "image-build unknown: %r" % err)
+    rc, _, err = e.run("image-build", "paused-image")
+    check(rc == 1 and "paused" in err, "image-build paused")
+
+    b = "/nodepool/images/fake-image/builds"
+    rc, out, _ = e.run("dib-image-delete", "fake-image-bbbb")
+    check(out.strip() == "Cannot delete a build in progress", "in progress")
+    rc, out, _ = e.run("dib-image-delete", "fake-image-zzzz")
+    check(out.strip() == "Build fake-image-zzzz not found", "build not found")
+    rc, out, _ = e.run("dib-image-delete", "fake-image-aaaa")
+    d = json.loads(e.read(b + "/aaaa"))
+    check(rc == 0 and d["state"] == "deleting" and
+          list(d) == ["state", "state_time", "builder", "builder_id",
+                      "formats", "username", "python_path", "shell_type"],
+          "dib-image-delete: %r" % d)
+
+    up = b + "/aaaa/providers/fake/images/"
+    args = ["image-delete", "--provider", "fake", "--image", "fake-image",
+            "--build-id", "aaaa", "--upload-id"]
+    rc, out, _ = e.run(*(args + ["0000000002"]))
+    check(out.strip() == "Cannot delete because image upload in progress",
+          "upload in progress")
+    rc, out, _ = e.run(*(args + ["0000000009"]))
+    check(out.strip() == "Image upload not found", "upload not found")
+    rc, out, _ = e.run(*(args + ["0000000001"]))
+    raw = e.read(up + "0000000001")
+    d = json.loads(raw)
+    check(rc == 0 and d["state"] == "deleting" and list(d) == UPLOAD_KEYS
+          and raw == json.dumps(d), "image-delete: %r" % raw)
+    rc, _, err = e.run("image-delete", "--provider", "fake")
+    check(rc == 2 and "the following arguments are required" in err,
+          "image-delete usage")
+
+
+def test_export_erase_import(e):
+    z = e.zk
+    path = os.path.join(e.tmp, "export.json")
+    rc, _, _ = e.run("export-image-data", path)
+    check(rc == 0 and stat.S_IMODE(os.stat(path).st_mode) == 0o600,
+          "export file mode")
+    with open(path) as f:
+        data = json.load(f)
+    b = "/nodepool/images/fake-image/builds"
+    expect = {
+        b + "/aaaa": e.read(b + "/aaaa"),
+        b + "/bbbb": e.read(b + "/bbbb"),
+        b + "/aaaa/providers/fake/images/0000000001":
+            e.read(b + "/aaaa/providers/fake/images/0000000001"),
+        b + "/aaaa/providers/fake/images/0000000002":
+            e.read(b + "/aaaa/providers/fake/images/0000000002"),
+        "/nodepool/images/paused-image/pause": "",
+    }
+    check(data == expect, "export content %r" % data)
+
+    rc, out, _ = e.run("erase", "fake", stdin="n\n")
+    check(rc == 0 and "Aborting. No data erased." in out and
+          z.exists(b + "/aaaa/providers/fake"), "erase aborted")
+    rc, out, _ = e.run("erase", "fake", "--force")
+    check(rc == 0 and out == "Erasing build data for fake...\n"
+          "Erasing node data for fake...\n", "erase output %r" % out)
+    check(not z.exists(b + "/aaaa/providers/fake"), "provider data erased")
+    check(sorted(z.get_children("/nodepool/nodes")) ==
+          ["0000000003", "0000000004"], "only other nodes left")
+
+    rc, _, err = e.run("import-image-data", path)
+    check(rc == 0, "import rc %r" % err)
+    for p, v in expect.items():
+        check(z.exists(p) and e.read(p) == v, "imported %s" % p)
+    # A new upload gets a number after the imported ones.
+    new = z.create(b + "/aaaa/providers/fake/images/", b"", sequence=True)
+    check(int(new.rsplit("/", 1)[1]) > 2, "sequence bumped: %s" % new)
+
+
+def test_errors(e):
+    bad = os.path.join(e.tmp, "notls.yaml")
+    with open(e.config) as f:
+        text = f.read()
+    with open(bad, "w") as f:
+        f.write(re.sub(r"zookeeper-tls:\n(  .*\n)+", "", text))
+    rc, _, err = e.run("list", config=bad)
+    check(rc == 1 and "A TLS ZooKeeper connection is required" in err,
+          "TLS required: %r" % err)
+    rc, _, _ = e.run("config-validate")
+    check(rc == 0, "config-validate")
+    rc, out, _ = e.run("--version")
+    check(rc == 0 and out.startswith("Nodepool version: "), "version")
+    p = subprocess.run([e.nodepool], capture_output=True, text=True)
+    check(p.returncode == 1 and p.stdout.startswith("usage: nodepool"),
+          "no command: help, exit 1")
+
+
+def main():
+    if not os.environ.get("NP_TEST_ZK_TLS"):
+        print("SKIP: NP_TEST_ZK_TLS not set", file=sys.stderr)
+        print("0 passed, 0 failed, 1 skipped")
+        return 0
+    e = Env()
+    try:
+        populate(e)
+        for t in (test_listings, test_node_writes, test_image_writes,
+                  test_export_erase_import, test_errors):
+            try:
+                t(e)
+            except Exception as ex:
+                check(False, "%s raised %r" % (t.__name__, ex))
+    finally:
+        e.close()
+    print("%d passed, %d failed" % (PASSED, FAILED))
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
