@@ -5,6 +5,7 @@
  * session expiry; and, against a fake server on a loopback port, malformed
  * and truncated frames. */
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <signal.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -210,6 +211,75 @@ TEST(ops_tls)
 		return;
 	}
 	ops_roundtrip(true);
+}
+
+/* A server whose certificate does not chain to our CA is refused, and so
+ * is a certificate whose name does not match the host we asked for. */
+static void tls_refused(const char *hosts, const char *ca)
+{
+	evloop *loop = evloop_new();
+	zk_options o = { 0 };
+	char *err = NULL;
+	zk *z;
+
+	o.hosts = hosts;
+	o.tls_ca = ca;
+	o.tls_cert = test_zk_cert();
+	o.tls_key = test_zk_key();
+	z = zk_new(loop, &o, &err);
+	REQUIRE(z);
+	CHECK_INT(zk_wait_connected(z, 1.5), ZOPERATIONTIMEOUT);
+	zk_close(z);
+	evloop_free(loop);
+}
+
+/* Does NAME resolve to 127.0.0.1 (where the test server listens)? */
+static bool is_loopback_name(const char *name)
+{
+	struct addrinfo hints = { .ai_family = AF_INET }, *res = NULL;
+	bool ok;
+
+	if (getaddrinfo(name, NULL, &hints, &res) != 0)
+		return false;
+	ok = ((struct sockaddr_in *)res->ai_addr)->sin_addr.s_addr == htonl(INADDR_LOOPBACK);
+	freeaddrinfo(res);
+	return ok;
+}
+
+TEST(tls_verification)
+{
+	const char *hosts = test_zk_tls_hosts();
+	char spec[300], host[256];
+	evloop *loop;
+	zk_options o = { 0 };
+	char *err = NULL;
+	zk *z;
+
+	if (!hosts) {
+		testlib_skip("no TLS ZooKeeper");
+		return;
+	}
+	/* The client certificate is no CA: the server's chain fails. */
+	tls_refused(hosts, test_zk_cert());
+	/* "localhost" is a DNS name in the server certificate: accepted. */
+	snprintf(spec, sizeof(spec), "localhost%s", strrchr(hosts, ':'));
+	loop = evloop_new();
+	o.hosts = spec;
+	o.tls_ca = test_zk_ca();
+	o.tls_cert = test_zk_cert();
+	o.tls_key = test_zk_key();
+	z = zk_new(loop, &o, &err);
+	REQUIRE(z);
+	CHECK_INT(zk_wait_connected(z, 10), ZOK);
+	zk_close(z);
+	evloop_free(loop);
+	/* Our own host name usually maps to 127.0.0.1 too but is not in the
+	 * certificate: refused, although the chain is fine. */
+	if (gethostname(host, sizeof(host)) == 0 && strcmp(host, "localhost") != 0 &&
+	    is_loopback_name(host)) {
+		snprintf(spec, sizeof(spec), "%s%s", host, strrchr(hosts, ':'));
+		tls_refused(spec, test_zk_ca());
+	}
 }
 
 TEST(big_data)
