@@ -7,6 +7,7 @@
  *  - the common provider keys are applied last, so they replace a driver's
  *    own rule for the same key (ibmvpc's name pattern ends up as plain str);
  *  - static nodes' legacy ssh-port is rejected;
+ *  - zookeeper-tls keys are optional (only typed) despite the docs;
  *  - the label/diskimage cross-checks apply only to providers whose driver
  *    is literally openstack (not fake).
  * Runtime-only checks (e.g. metastatic backing-label consistency, a label
@@ -58,8 +59,10 @@ static const schema *const top_schema = S_MAP(
 	OPT("build-log-retention", S_INT),
 	OPT("zookeeper-servers", S_SEQ(S_MAP(OPT("host", S_STR),
 	    OPT("port", S_INT), OPT("chroot", S_STR)))),
-	OPT("zookeeper-tls", S_MAP(REQ("cert", S_STR), REQ("key", S_STR),
-	    REQ("ca", S_STR))),
+	/* Upstream writes cert=v.Required(str) as a *value*: the keys are
+	 * optional, only their type is checked. */
+	OPT("zookeeper-tls", S_MAP(OPT("cert", S_STR), OPT("key", S_STR),
+	    OPT("ca", S_STR))),
 	OPT("zookeeper-timeout", S_FLOAT),
 	OPT("providers", S_LIST),
 	OPT("labels", S_SEQ(S_MAP(OPT("name", S_STR), OPT("min-ready", S_INT),
