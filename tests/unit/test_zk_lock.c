@@ -733,16 +733,37 @@ static void say(const char *fmt, ...)
 
 static void helper_acquired(zk_lock *l, int rc, void *arg)
 {
-	say("acq %d %s", (int)(intptr_t)arg, rc == ZOK ? "ok" : zk_strerror(rc));
+	say("acq %d %d", (int)(intptr_t)arg, rc);
 }
 
 static void helper_released(zk *z, int rc, void *arg)
 {
-	say("rel %d %s", (int)(intptr_t)arg, rc == ZOK ? "ok" : zk_strerror(rc));
+	say("rel %d %d", (int)(intptr_t)arg, rc);
+}
+
+/* The identifiers of DIR's contenders, "|"-separated. */
+static void helper_contenders(const char *dir)
+{
+	strlist names;
+	sbuf sb;
+	int rc;
+
+	strlist_init(&names);
+	sbuf_init(&sb);
+	rc = zk_lock_contenders(H.z, dir, &names);
+	for (size_t i = 0; i < names.n; i++) {
+		if (i)
+			sbuf_addc(&sb, '|');
+		sbuf_adds(&sb, names.v[i]);
+	}
+	say("contenders %d %s", rc, sb.buf ? sb.buf : "");
+	sbuf_free(&sb);
+	strlist_free(&names);
 }
 
 /* One command line: "new N DIR IDENT|-", "acq N 0|1 TIMEOUT", "rel N",
- * "cancel N", "held N", "node N", "quit". */
+ * "cancel N", "held N", "node N", "contenders 0 DIR", "quit". Replies
+ * come at once; "acq N RC" and "rel N RC" (RC a zk_err) when done. */
 static void helper_command(char *line)
 {
 	char *argv[5] = { 0 };
@@ -769,6 +790,8 @@ static void helper_command(char *line)
 		H.slot[n] = zk_lock_new(H.z, argv[2],
 					strcmp(argv[3], "-") == 0 ? NULL : argv[3]);
 		say("ok");
+	} else if (strcmp(argv[0], "contenders") == 0 && argc == 3) {
+		helper_contenders(argv[2]);
 	} else if (!H.slot[n]) {
 		say("error no lock %d", n);
 	} else if (strcmp(argv[0], "acq") == 0 && argc == 4) {
@@ -840,11 +863,10 @@ static int helper_main(void)
 	while (!H.quit)
 		evloop_run_once(H.loop, -1);
 	evloop_del_fd(H.loop, 0);
+	/* A lock still held is released by zk_lock_free; zk_close sends its
+	 * delete before saying goodbye, and ends anything left. */
 	for (int i = 0; i < HELPER_SLOTS; i++)
 		zk_lock_free(H.slot[i]);
-	/* Let the releases queued by zk_lock_free complete. */
-	for (int i = 0; i < 20; i++)
-		evloop_run_once(H.loop, 10);
 	sbuf_free(&H.in);
 	zk_close(H.z);
 	evloop_free(H.loop);
