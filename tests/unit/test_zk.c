@@ -5,6 +5,8 @@
  * session expiry; and, against a fake server on a loopback port, malformed
  * and truncated frames. */
 #include <arpa/inet.h>
+#include <errno.h>
+#include <sys/time.h>
 #include <netdb.h>
 #include <signal.h>
 #include <netinet/in.h>
@@ -586,7 +588,7 @@ TEST(session_expiry_and_recovery)
 
 /* ---- malformed servers ---- */
 
-enum fake_mode { FAKE_GARBAGE, FAKE_TRUNCATED, FAKE_HUGE, FAKE_UNKNOWN_XID };
+enum fake_mode { FAKE_GARBAGE, FAKE_TRUNCATED, FAKE_HUGE, FAKE_UNKNOWN_XID, FAKE_SILENT };
 
 struct fake {
 	int lfd;
@@ -623,8 +625,12 @@ static void *fake_server(void *arg)
 	size_t n = 0;
 	int fd = accept(f->lfd, NULL, NULL);
 
+	struct timeval tv = { 8, 0 };
+
 	if (fd < 0)
 		return NULL;
+	/* never hang the test, whatever the client does */
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	if (read(fd, buf, sizeof(buf)) <= 0) { /* the ConnectRequest */
 		close(fd);
 		return NULL;
@@ -650,15 +656,20 @@ static void *fake_server(void *arg)
 		memset(buf + n + 8, 0, 12);
 		n += 20;
 		break;
+	case FAKE_SILENT:
+		/* accept, read, never answer: the connect deadline must fire */
+		break;
 	}
-	if (write(fd, buf, n) != (ssize_t)n) {
+	if (n > 0 && write(fd, buf, n) != (ssize_t)n) {
 		close(fd);
 		return NULL;
 	}
 	/* The client must hang up on us. */
 	for (int i = 0; i < 50; i++) {
 		ssize_t r = read(fd, buf, sizeof(buf));
-		if (r == 0 || r < 0) {
+		if (r < 0 && errno == EAGAIN)
+			break; /* timed out: the client never hung up */
+		if (r <= 0) {
 			f->closed_by_client = 1;
 			break;
 		}
@@ -696,11 +707,11 @@ static void fake_case(enum fake_mode mode)
 	REQUIRE(fake_start(&f, mode) == 0);
 	snprintf(hosts, sizeof(hosts), "127.0.0.1:%d", f.port);
 	o.hosts = hosts;
-	o.session_timeout = 4;
+	o.session_timeout = 2;
 	loop = evloop_new();
 	z = zk_new(loop, &o, &err);
 	REQUIRE(z);
-	end = now_ms() + 3000;
+	end = now_ms() + 5000;
 	while (!f.closed_by_client && now_ms() < end)
 		evloop_run_once(loop, 50);
 	CHECK(f.closed_by_client);
@@ -730,6 +741,11 @@ TEST(fake_server_huge_length)
 TEST(fake_server_unknown_xid)
 {
 	fake_case(FAKE_UNKNOWN_XID);
+}
+
+TEST(fake_server_silent)
+{
+	fake_case(FAKE_SILENT);
 }
 
 TEST(bad_options)
