@@ -880,8 +880,16 @@ static bool load_pool_labels(loader *l, np_pool *pool, const char *p)
 		char *lp = itempath(p, "labels", i);
 		pl->raw = n;
 		pl->pool = pool;
-		bool ok = need_map(l, n, lp) &&
-		    get_req_str(l, n, lp, "name", &pl->name);
+		bool ok;
+		if (n->type == YT_STR && strcmp(pool->provider->driver,
+		    "test") == 0) {
+			/* The test driver lists bare label names. */
+			pl->name = xstrdup(n->text);
+			ok = true;
+		} else {
+			ok = need_map(l, n, lp) &&
+			    get_req_str(l, n, lp, "name", &pl->name);
+		}
 		if (ok && pool->provider->kind != NP_DRIVER_OTHER)
 			ok = load_os_label(l, pool, pl, lp);
 		if (ok)

@@ -19,7 +19,7 @@ if [ ! -d "$UPSTREAM/nodepool/tests/fixtures" ]; then
 fi
 cd "$ROOT" || exit 1
 make -s BUILD="$BUILD" "$BUILD/libnodepool.a" || exit 1
-cc -std=c17 -Ilib -o "$BUILD/validate_one" tests/upstream/validate_one.c \
+${CC:-cc} -std=c17 -Ilib ${NP_SAN_FLAGS:-} -o "$BUILD/validate_one" tests/upstream/validate_one.c \
 	"$BUILD/libnodepool.a" $(pkg-config --libs jansson yaml-0.1 openssl) \
 	-lpthread -lm || exit 1
 
