@@ -396,6 +396,104 @@ TEST(closed_holder_session_frees_the_waiter)
 	evloop_free(loop);
 }
 
+/* Expire Z's session the way kazoo's tests do: attach a second client to
+ * it and close that one. Runs LOOP until Z has a new session. */
+static bool expire_session(evloop *loop, zk *z)
+{
+	zk_options o = { .hosts = test_zk_hosts(), .session_timeout = 10 };
+	int64_t old = zk_session_id(z);
+	char passwd[16], *err = NULL;
+	long long end = now_ms() + 20000;
+	zk *twin;
+
+	zk_session_passwd(z, passwd);
+	o.session_id = old;
+	o.session_passwd = passwd;
+	twin = zk_new(loop, &o, &err);
+	if (!twin) {
+		free(err);
+		return false;
+	}
+	if (zk_wait_connected(twin, 10) != ZOK) {
+		zk_close(twin);
+		return false;
+	}
+	zk_close(twin);
+	while (now_ms() < end && (zk_session_id(z) == old || zk_session_id(z) == 0 ||
+				  zk_state(z) != ZK_STATE_CONNECTED))
+		evloop_run_once(loop, 50);
+	return zk_session_id(z) != old && zk_state(z) == ZK_STATE_CONNECTED;
+}
+
+TEST(session_loss_drops_the_lock_and_requeues_waiters)
+{
+	evloop *loop;
+	zk *z1, *z2, *z3;
+	zk_lock *l1, *l2, *l3;
+	struct result r2 = { 0 }, r3 = { 0 };
+	char *dir, *node2;
+
+	if (!need_zk())
+		return;
+	loop = evloop_new();
+	z1 = connect_zk(loop);
+	z2 = connect_zk(loop);
+	z3 = connect_zk(loop);
+	REQUIRE(z1 && z2 && z3);
+	dir = xasprintf("%s/lock", base);
+	l1 = zk_lock_new(z1, dir, "1");
+	l2 = zk_lock_new(z2, dir, "2");
+	l3 = zk_lock_new(z3, dir, "3");
+	CHECK_INT(zk_lock_acquire(l1, false, -1), ZOK);
+	CHECK_INT(zk_lock_acquire_async(l2, true, 60, on_acquired, &r2), ZOK);
+	REQUIRE(run_until_children(loop, z1, dir, 2));
+	CHECK_INT(zk_lock_acquire_async(l3, true, 60, on_acquired, &r3), ZOK);
+	REQUIRE(run_until_children(loop, z1, dir, 3));
+	for (int i = 0; i < 3; i++)
+		evloop_run_once(loop, 20);
+	node2 = xstrdup(zk_lock_node(l2));
+
+	/* The second waiter's session dies: with the new session it queues
+	 * a new contender, now behind the third. */
+	REQUIRE(expire_session(loop, z2));
+	REQUIRE(run_until_children(loop, z1, dir, 3));
+	for (long long end = now_ms() + 20000; now_ms() < end;) {
+		if (zk_lock_node(l2) && strcmp(zk_lock_node(l2), node2) != 0)
+			break;
+		evloop_run_once(loop, 20);
+	}
+	REQUIRE(zk_lock_node(l2) != NULL);
+	CHECK(strcmp(zk_lock_node(l2), node2) != 0);
+	CHECK(!r2.done && !r3.done);
+
+	/* The holder's session dies: it no longer holds, the next waiter in
+	 * line (the third) gets it. */
+	CHECK(zk_lock_held(l1));
+	REQUIRE(expire_session(loop, z1));
+	CHECK(!zk_lock_held(l1));
+	REQUIRE(run_until(loop, &r3.done));
+	CHECK_INT(r3.rc, ZOK);
+	CHECK(!r2.done);
+	CHECK_INT(zk_lock_acquire(l1, false, -1), ZLOCKBUSY);
+	CHECK_INT(zk_lock_release(l1), ZOK); /* not held: nothing to do */
+	CHECK_INT(zk_lock_release(l3), ZOK);
+	REQUIRE(run_until(loop, &r2.done));
+	CHECK_INT(r2.rc, ZOK);
+	CHECK_INT(zk_lock_release(l2), ZOK);
+	CHECK_INT(nchildren(z1, dir), 0);
+
+	free(node2);
+	zk_lock_free(l1);
+	zk_lock_free(l2);
+	zk_lock_free(l3);
+	zk_delete_recursive(z1, base);
+	free(dir);
+	zk_close(z1);
+	zk_close(z2);
+	zk_close(z3);
+	evloop_free(loop);
+}
+
 TEST(foreign_children_are_ignored)
 {
 	evloop *loop;
