@@ -17,6 +17,9 @@
 
 /* Deeper nesting than this is refused instead of risking the stack. */
 #define YT_MAX_DEPTH 256
+/* Aliases are expanded into copies; this many copied nodes at most, so a
+ * "billion laughs" document fails instead of eating the memory. */
+#define YT_MAX_COPIED 1000000
 
 typedef struct anchor {
 	char *name;
@@ -30,6 +33,7 @@ typedef struct builder {
 	anchor *anchors;
 	size_t nanchors;
 	char *err;		/* first error, malloc'd */
+	size_t copied;		/* nodes copied for anchors and aliases */
 } builder;
 
 static yt_node *parse_node(builder *b, yaml_event_t *ev, int depth);
@@ -86,6 +90,15 @@ static yt_node *node_copy(const yt_node *src)
 			n->keys[i] = node_copy(src->keys[i]);
 	}
 	return n;
+}
+
+static size_t node_count(const yt_node *n)
+{
+	size_t c = 1;
+	for (size_t i = 0; i < n->n; i++)
+		c += node_count(n->items[i]) +
+		    (n->keys ? node_count(n->keys[i]) : 0);
+	return c;
 }
 
 static void fail_at(builder *b, yaml_mark_t m, const char *msg)
@@ -522,6 +535,11 @@ static yt_node *parse_alias(builder *b, yaml_event_t *ev)
 		fail_at(b, ev->start_mark, "found undefined alias");
 		return NULL;
 	}
+	b->copied += node_count(target);
+	if (b->copied > YT_MAX_COPIED) {
+		fail_at(b, ev->start_mark, "too many alias expansions");
+		return NULL;
+	}
 	yt_node *n = node_copy(target);
 	n->line = (int)ev->start_mark.line + 1;
 	n->col = (int)ev->start_mark.column + 1;
@@ -558,8 +576,13 @@ static yt_node *parse_node(builder *b, yaml_event_t *ev, int depth)
 		fail_at(b, ev->start_mark, "unexpected YAML event");
 		return NULL;
 	}
-	if (anchor_name && !b->err)
-		anchor_add(b, (const char *)anchor_name, n);
+	if (anchor_name && !b->err) {
+		b->copied += node_count(n);
+		if (b->copied > YT_MAX_COPIED)
+			fail_at(b, ev->start_mark, "too many alias expansions");
+		else
+			anchor_add(b, (const char *)anchor_name, n);
+	}
 	return n;
 }
 

@@ -118,4 +118,21 @@ TEST(truthiness_and_json)
 	yt_doc_free(d);
 }
 
+TEST(alias_bomb_is_refused)
+{
+	char *err = NULL;
+	const char *bomb =
+	    "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+	    "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+	    "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+	    "d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+	    "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n"
+	    "f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
+	    "g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\n";
+	yt_doc *d = yt_parse(bomb, strlen(bomb), "bomb.yaml", &err);
+	CHECK(d == NULL);
+	CHECK(err && strstr(err, "too many alias expansions"));
+	free(err);
+}
+
 RUN_TESTS()
