@@ -228,6 +228,7 @@ static void heap_remove(evloop *loop, size_t i)
 uint64_t evloop_add_timer(evloop *loop, long ms, ev_timer_fn fn, void *arg)
 {
 	struct timer *t;
+	uint64_t id;
 
 	if (ms < 0)
 		ms = 0;
@@ -237,12 +238,13 @@ uint64_t evloop_add_timer(evloop *loop, long ms, ev_timer_fn fn, void *arg)
 	}
 	t = &loop->heap[loop->nheap];
 	t->when = now_ms() + ms;
-	t->id = loop->next_timer_id++;
+	id = t->id = loop->next_timer_id++;
 	t->fn = fn;
 	t->arg = arg;
 	loop->nheap++;
+	/* sift_up may move another timer into *t's slot: return the saved id. */
 	sift_up(loop, loop->nheap - 1);
-	return t->id;
+	return id;
 }
 
 /* Linear search: a loop holds a handful of timers (per connection, per

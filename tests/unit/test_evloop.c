@@ -172,3 +172,25 @@ TEST(posts_left_at_free_are_released)
 }
 
 RUN_TESTS()
+
+/* Regression: evloop_add_timer returned the id of whichever timer sift_up
+ * had moved into the new timer's slot, so deleting "the new timer" deleted
+ * another one (seen as a cancelled lock attempt firing anyway). */
+TEST(add_timer_returns_its_own_id_when_heap_reorders)
+{
+	evloop *loop = evloop_new();
+	long long start = now_ms();
+	uint64_t early;
+
+	norder = 0;
+	evloop_add_timer(loop, 50, record_timer, (void *)5L);
+	evloop_add_timer(loop, 40, record_timer, (void *)4L);
+	early = evloop_add_timer(loop, 0, record_timer, (void *)7L);
+	evloop_del_timer(loop, early);
+	while (norder < 2 && now_ms() - start < 2000)
+		evloop_run_once(loop, -1);
+	CHECK_INT(norder, 2);
+	CHECK_INT(order[0], 4);
+	CHECK_INT(order[1], 5);
+	evloop_free(loop);
+}
