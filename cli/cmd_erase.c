@@ -33,7 +33,15 @@ static int do_erase(struct cli *c, const char *provider,
 	for (size_t i = 0; i < n; i++) {
 		if (!nodes[i].provider || strcmp(nodes[i].provider, provider))
 			continue;
-		rc = store_node_delete(c->z, &nodes[i]);
+		/* Re-read: listed records lack the keys we do not know. */
+		np_node node;
+		rc = store_node(c->z, nodes[i].id, &node);
+		if (rc == ZNONODE)
+			continue;
+		if (rc == ZOK) {
+			rc = store_node_delete(c->z, &node);
+			np_node_clear(&node);
+		}
 		if (rc != ZOK)
 			return cli_zk_error("Erasing node data", rc);
 	}

@@ -6,18 +6,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-static int print_nodes(const np_node *nodes, size_t n, const bool *locked,
-		       bool detail)
+/* Takes NODES and LOCKED: they are freed as soon as the rows exist, so a
+ * large listing does not hold records, rows and text at the same time. */
+static int print_nodes(np_node *nodes, size_t n, bool *locked, bool detail)
 {
 	status_result r;
 	double now = now_wall();
 	char *out;
 
 	status_node_list(&r, nodes, n, locked, now);
+	store_free_nodes(nodes, n, locked);
 	out = status_pretty(&r, detail ? NULL : STATUS_NODE_BASIC_FIELDS, now);
+	status_result_free(&r);
 	printf("%s\n", out);
 	free(out);
-	status_result_free(&r);
 	return 0;
 }
 
@@ -29,26 +31,30 @@ int cmd_list(struct cli *c)
 	int rc;
 
 	rc = store_nodes(c->z, &nodes, &n, &locked);
-	if (rc != ZOK)
+	if (rc != ZOK) {
+		store_free_nodes(nodes, n, locked);
 		return cli_zk_error("Listing nodes", rc);
-	print_nodes(nodes, n, locked, cli_arg(c, "detail") != NULL);
-	store_free_nodes(nodes, n, locked);
-	return 0;
+	}
+	return print_nodes(nodes, n, locked, cli_arg(c, "detail") != NULL);
 }
 
 int cli_print_node(struct cli *c, const char *id)
 {
-	np_node node;
-	bool locked;
 	int rc;
 
-	rc = store_node(c->z, id, &node);
-	if (rc == ZNONODE)
+	np_node *node = xcalloc(1, sizeof(*node));
+	bool *locked;
+
+	rc = store_node(c->z, id, node);
+	if (rc == ZNONODE) {
+		free(node);
 		return print_nodes(NULL, 0, NULL, false);
-	if (rc != ZOK)
+	}
+	if (rc != ZOK) {
+		free(node);
 		return cli_zk_error("Reading the node", rc);
-	locked = store_node_locked(c->z, id);
-	print_nodes(&node, 1, &locked, false);
-	np_node_clear(&node);
-	return 0;
+	}
+	locked = xcalloc(1, sizeof(*locked));
+	*locked = store_node_locked(c->z, id);
+	return print_nodes(node, 1, locked, false);
 }

@@ -189,10 +189,37 @@ static bool has_contenders(const strlist *children)
 
 /* ---- nodes ---- */
 
+/* Decode node I of the batch into OUT[*N]; frees the raw data at once so
+ * that a 10,000-node listing never holds text and records together. */
+static void take_node(struct item *it, const char *id, np_node *out,
+		      size_t *n)
+{
+	char *err = NULL;
+
+	/* upstream's getNode: gone or empty means no node */
+	if (it->rc != ZOK || it->len == 0)
+		return;
+	if (np_node_decode(&out[*n], id, it->data, (size_t)it->len,
+			   &err) < 0) {
+		log_bad(it->path, err);
+		free(err);
+	} else {
+		/* Listed records are for reading: without their source
+		 * document they are a fifth of the size. */
+		json_decref(out[*n].raw);
+		out[*n].raw = NULL;
+		out[*n].version = it->st.version;
+		(*n)++;
+	}
+	free(it->data);
+	it->data = NULL;
+}
+
 int store_nodes(zk *z, np_node **out, size_t *n, bool **locked)
 {
 	struct batch data, locks;
 	strlist ids;
+	size_t *which;
 	int rc;
 
 	*out = NULL;
@@ -207,43 +234,29 @@ int store_nodes(zk *z, np_node **out, size_t *n, bool **locked)
 	}
 	batch_init(&data, z, BATCH_DATA);
 	batch_init(&locks, z, BATCH_CHILDREN);
-	for (size_t i = 0; i < ids.n; i++) {
+	for (size_t i = 0; i < ids.n; i++)
 		batch_add(&data, np_path_node(ids.v[i]));
-		if (locked)
-			batch_add(&locks, np_path_node_lock(ids.v[i]));
-	}
-	/* Both batches go out before we wait for either. */
-	batch_issue(&data);
-	batch_issue(&locks);
-	/* Every issued batch must finish before its items are freed. */
 	rc = batch_run(&data);
-	int lrc = batch_run(&locks);
-	if (rc == ZOK)
-		rc = lrc;
-	if (rc == ZOK) {
-		*out = xcalloc(ids.n ? ids.n : 1, sizeof(np_node));
-		if (locked)
-			*locked = xcalloc(ids.n ? ids.n : 1, sizeof(bool));
-		for (size_t i = 0; i < ids.n; i++) {
-			struct item *it = &data.items[i];
-			char *err = NULL;
-
-			/* upstream's getNode: gone or empty means no node */
-			if (it->rc != ZOK || it->len == 0)
-				continue;
-			if (np_node_decode(&(*out)[*n], ids.v[i], it->data,
-					   (size_t)it->len, &err) < 0) {
-				log_bad(it->path, err);
-				free(err);
-				continue;
-			}
-			(*out)[*n].version = it->st.version;
-			if (locked)
-				(*locked)[*n] = locks.items[i].rc == ZOK &&
-					has_contenders(&locks.items[i].children);
-			(*n)++;
+	*out = xcalloc(ids.n ? ids.n : 1, sizeof(np_node));
+	which = xcalloc(ids.n ? ids.n : 1, sizeof(size_t));
+	for (size_t i = 0; rc == ZOK && i < ids.n; i++) {
+		size_t before = *n;
+		take_node(&data.items[i], ids.v[i], *out, n);
+		/* Only a node with children can have a lock directory: the
+		 * stat we already have saves a request per unlocked node. */
+		if (locked && *n > before && data.items[i].st.num_children > 0) {
+			which[locks.n] = before;
+			batch_add(&locks, np_path_node_lock(ids.v[i]));
 		}
 	}
+	if (rc == ZOK && locked) {
+		rc = batch_run(&locks);
+		*locked = xcalloc(ids.n ? ids.n : 1, sizeof(bool));
+		for (size_t i = 0; rc == ZOK && i < locks.n; i++)
+			(*locked)[which[i]] = locks.items[i].rc == ZOK &&
+				has_contenders(&locks.items[i].children);
+	}
+	free(which);
 	batch_free(&data);
 	batch_free(&locks);
 	strlist_free(&ids);

@@ -31,7 +31,9 @@
 int store_children(zk *z, const char *path, strlist *out);
 
 /* ---- nodes ---- */
-/* Every node in get_children order (upstream's nodeIterator). With
+/* Every node in get_children order (upstream's nodeIterator). The records
+ * carry no `raw` document (so no unknown keys): re-read a node with
+ * store_node() before writing it back. With
  * LOCKED non-NULL, also (*LOCKED)[i]: node i's lock has contenders. */
 int store_nodes(zk *z, np_node **out, size_t *n, bool **locked);
 /* ZNONODE when the node does not exist (or its data is empty or bad). */
