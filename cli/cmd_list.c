@@ -14,9 +14,11 @@ static int print_nodes(np_node *nodes, size_t n, bool *locked, bool detail)
 	double now = now_wall();
 	char *out;
 
-	status_node_list(&r, nodes, n, locked, now);
+	const char *const *fields = detail ? NULL : STATUS_NODE_BASIC_FIELDS;
+
+	status_node_list(&r, nodes, n, locked, now, fields);
 	store_free_nodes(nodes, n, locked);
-	out = status_pretty(&r, detail ? NULL : STATUS_NODE_BASIC_FIELDS, now);
+	out = status_pretty(&r, fields, now);
 	status_result_free(&r);
 	printf("%s\n", out);
 	free(out);

@@ -257,6 +257,24 @@ static void result_init(status_result *r, const status_col *cols, size_t n)
 	r->rows = json_array();
 }
 
+static bool wanted(const char *key, const char *const *fields);
+
+/* Drop the keys FIELDS does not list: a 10,000-node listing keeps every
+ * row in memory until the table is measured, so unused cells matter. */
+static void keep_fields(json_t *o, const char *const *fields)
+{
+	const char *key;
+	json_t *v;
+	void *tmp;
+
+	if (!fields)
+		return;
+	json_object_foreach_safe(o, tmp, key, v) {
+		if (!wanted(key, fields))
+			json_object_del(o, key);
+	}
+}
+
 static json_t *node_row(const np_node *n, bool locked, double now)
 {
 	json_t *o = json_object();
@@ -298,12 +316,15 @@ static json_t *node_row(const np_node *n, bool locked, double now)
 }
 
 void status_node_list(status_result *r, const np_node *nodes, size_t n,
-		      const bool *locked, double now)
+		      const bool *locked, double now,
+		      const char *const *fields)
 {
 	result_init(r, node_cols, NCOLS(node_cols));
-	for (size_t i = 0; i < n; i++)
-		json_array_append_new(r->rows, node_row(&nodes[i],
-			locked && locked[i], now));
+	for (size_t i = 0; i < n; i++) {
+		json_t *row = node_row(&nodes[i], locked && locked[i], now);
+		keep_fields(row, fields);
+		json_array_append_new(r->rows, row);
+	}
 }
 
 /* ImageBuild.formats is a sorted list in upstream. */

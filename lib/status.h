@@ -40,9 +40,11 @@ char *status_cell(const json_t *v);
 
 /* LOCKED[i] tells whether node i's lock has contenders (may be NULL:
  * all unlocked). Columns: the full detail set; the basic listing selects
- * with STATUS_NODE_BASIC_FIELDS. */
+ * with STATUS_NODE_BASIC_FIELDS. FIELDS (NULL: all) limits the keys the
+ * rows carry, to save memory on large listings. */
 void status_node_list(status_result *r, const np_node *nodes, size_t n,
-		      const bool *locked, double now);
+		      const bool *locked, double now,
+		      const char *const *fields);
 extern const char *const STATUS_NODE_BASIC_FIELDS[];
 /* PAUSED: image names whose pause marker exists. */
 void status_dib_image_list(status_result *r, const np_build *builds,

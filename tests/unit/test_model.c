@@ -323,7 +323,7 @@ TEST(status_node_rows)
 		" \"type\": [\"a\", \"b\"], \"external_id\": \"srv\","
 		" \"connection_port\": {\"t\": 1},"
 		" \"user_data\": {\"k\": \"it's\", \"n\": null}}") == 0);
-	status_node_list(&r, &n, 1, &locked, 1062);
+	status_node_list(&r, &n, 1, &locked, 1062, NULL);
 	out = status_pretty(&r, STATUS_NODE_BASIC_FIELDS, 1062);
 	CHECK_STR(out,
 		"+------------+----------+-------+-----------+-------------+------+-------+-------------+--------+\n"
