@@ -156,10 +156,8 @@ char *table_render(const table *t)
 		sbuf_addc(&sb, '\n');
 		add_row(&sb, t->rows[i], widths, t->ncols);
 	}
-	if (t->nrows) {
-		sbuf_addc(&sb, '\n');
-		add_rule(&sb, widths, t->ncols);
-	}
+	sbuf_addc(&sb, '\n');
+	add_rule(&sb, widths, t->ncols);
 	free(widths);
 	return sbuf_detach(&sb);
 }

@@ -245,6 +245,16 @@ def main():
         result(same, 'read: nodepool %s' % ' '.join(args),
                'upstream rc=%d:\n%s\nours rc=%d:\n%s' % (rc1, o1, rc2, o2))
 
+    # empty tables (nothing in ZooKeeper at all)
+    cfg_e = write_config('e', base + '-empty')
+    for args in (['list'], ['list', '--detail'], ['image-list'],
+                 ['dib-image-list'], ['image-status'], ['request-list'],
+                 ['info', 'static-a']):
+        rc1, o1 = run('upstream', cfg_e, *args)
+        rc2, o2 = run('ours', cfg_e, *args)
+        result(o1 == o2 and rc1 == rc2, 'empty: nodepool %s' % ' '.join(args),
+               'upstream rc=%d:\n%s\nours rc=%d:\n%s' % (rc1, o1, rc2, o2))
+
     # export: same JSON
     ea, eb = os.path.join(WORK, 'ea.json'), os.path.join(WORK, 'eb.json')
     run('upstream', cfg_a, 'export-image-data', ea)
