@@ -9,7 +9,7 @@
 #   make bench      benchmarks (print figures)
 
 CC      ?= gcc
-PKGS    := jansson yaml-0.1 openssl
+PKGS    := jansson yaml-0.1 openssl libssh libmicrohttpd
 CFLAGS_BASE := -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
 	-Wno-unused-parameter -Wstrict-prototypes -Wmissing-prototypes \
 	-Ilib $(shell pkg-config --cflags $(PKGS))
