@@ -1,0 +1,58 @@
+/* test_quota.c: resource vectors: defaults of missing keys, arithmetic over
+ * the union of keys, the non-negative check, JSON round trip. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "quota.h"
+#include "testlib.h"
+
+TEST(remaining_quota_from_limits_usage_and_need)
+{
+	np_quota limit, used, need;
+
+	quota_unlimited(&limit);
+	quota_set(&limit, "cores", 10);
+	quota_set(&limit, "instances", 3);
+	quota_zero(&used);
+	quota_set(&used, "cores", 8);
+	quota_set(&used, "instances", 2);
+	quota_set(&used, "ram", 4096);
+	quota_zero(&need);
+	quota_set(&need, "cores", 2);
+	quota_set(&need, "instances", 1);
+
+	quota_sub(&limit, &used);
+	quota_sub(&limit, &need);
+	CHECK(quota_get(&limit, "cores") == 0);
+	CHECK(quota_get(&limit, "instances") == 0);
+	CHECK(isinf(quota_get(&limit, "ram")));
+	CHECK(isinf(quota_get(&limit, "volumes")));
+	CHECK(quota_non_negative(&limit));
+
+	quota_sub(&limit, &need);
+	CHECK(!quota_non_negative(&limit));
+}
+
+TEST(usage_sums_and_json_round_trip)
+{
+	np_quota a, b;
+	json_t *j;
+	char *s;
+
+	quota_zero(&a);
+	quota_set(&a, "cores", 4);
+	quota_zero(&b);
+	quota_set(&b, "ram", 2048);
+	quota_set(&b, "L-1216C47A", 1.5);
+	quota_add(&a, &b);
+	j = quota_to_json(&a);
+	s = json_dumps(j, JSON_SORT_KEYS | JSON_COMPACT);
+	CHECK_STR(s, "{\"L-1216C47A\":1.5,\"cores\":4,\"ram\":2048}");
+	quota_from_json(&b, j);
+	CHECK(quota_get(&b, "cores") == 4);
+	CHECK(quota_get(&b, "missing") == 0);
+	free(s);
+	json_decref(j);
+}
+
+RUN_TESTS()
