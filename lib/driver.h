@@ -1,0 +1,173 @@
+/* driver.h: the one interface every provider driver implements, and the
+ * driver registry.
+ *
+ * A driver is a table of functions (struct np_driver). For each configured
+ * provider the launcher (and the builder, and `nodepool delete --now`)
+ * starts a *manager*: the driver's running state for that provider (its
+ * cloud session, caches, in-flight operations). Every operation that talks
+ * to a cloud is asynchronous and non-blocking: it starts a small state
+ * machine on the manager's event loop and returns an np_op handle at once;
+ * the machine advances on timers and I/O readiness (a libcurl multi handle,
+ * a socket) and finally calls the operation's callback once, on the loop
+ * thread. That is what lets one thread drive ten thousand launches: a
+ * launch in flight costs a few hundred bytes and no thread.
+ *
+ * Rules every driver follows:
+ * - A callback runs exactly once, unless the op is cancelled first; after
+ *   np_driver.cancel(op) it never runs. The op handle is invalid once its
+ *   callback has returned or it has been cancelled.
+ * - Callbacks never run from inside the call that started the op (they are
+ *   deferred to the loop), so callers need not guard against re-entry.
+ * - Errors carry a status (enum np_drv_status) and a message naming the
+ *   provider and, where there is one, the instance.
+ * - stop() cancels every op still in flight and frees the manager.
+ *
+ * Static-style drivers (nothing is launched: hosts pre-exist) leave create
+ * NULL and implement the optional hooks at the end instead.
+ */
+#ifndef NP_DRIVER_H
+#define NP_DRIVER_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "config.h"
+#include "evloop.h"
+#include "model.h"
+#include "quota.h"
+#include "util.h"
+#include "zk.h"
+
+typedef struct np_manager np_manager; /* one running provider (driver-defined) */
+typedef struct np_op np_op;           /* one operation in flight (driver-defined) */
+
+enum np_drv_status {
+	NP_DRV_OK = 0,
+	NP_DRV_QUOTA = -1,    /* the cloud refused for quota: node -> aborted, retried without counting an attempt */
+	NP_DRV_TIMEOUT = -2,  /* launch-timeout or a cloud call timed out */
+	NP_DRV_ERROR = -3,    /* anything else; counts as a failed attempt */
+	NP_DRV_NOTFOUND = -4, /* delete of something already gone: success for deletes */
+	NP_DRV_CONFIG = -5,   /* permanent for this label (bad flavor, missing image): decline */
+};
+
+/* An instance as a driver reports it (after a create, or in a listing).
+ * Every string is owned; NULL when unknown. */
+typedef struct np_instance {
+	char *external_id;
+	char *interface_ip;
+	char *public_ipv4;
+	char *public_ipv6;
+	char *private_ipv4;
+	char *host_id;
+	char *cloud;
+	char *region;
+	char *az;
+	long long slot;      /* NP_INT_NULL when none */
+	json_t *driver_data; /* owned reference or NULL */
+	/* Overrides of the image's connection attributes (NULL/0: none). */
+	char *username;
+	char *connection_type;
+	int connection_port;
+	strlist host_keys;   /* keys the cloud reported, if any */
+	/* Listings: our metadata (nodepool_provider_name, nodepool_node_id,
+	 * nodepool_pool_name, ...) for leak detection; owned or NULL. */
+	json_t *metadata;
+	np_quota resources;  /* what the instance uses (for unmanaged quota) */
+} np_instance;
+
+void np_instance_init(np_instance *inst);
+void np_instance_clear(np_instance *inst);
+
+/* What the launcher asks a driver to create. Everything is borrowed for
+ * the duration of the create() call only: drivers copy what they keep. */
+typedef struct np_create_args {
+	const np_provider *provider;
+	const np_pool *pool;
+	const np_pool_label *label;
+	const char *node_id;           /* "0000000123" */
+	const char *hostname;          /* "np0000000123" */
+	/* For diskimage labels: the external id of the newest ready upload;
+	 * NULL for cloud-image labels (the driver resolves label->cloud_image). */
+	const char *image_external_id;
+	const char *az;                /* chosen availability zone or NULL */
+	const json_t *metadata;        /* nodepool_node_id, nodepool_pool_name,
+					* nodepool_provider_name (+ driver extras) */
+	const np_request *request;     /* for dynamic properties; may be NULL */
+} np_create_args;
+
+/* Callbacks. Pointers passed to them are valid during the call only,
+ * except that a create callback owns INST (np_instance_clear + free). */
+typedef void (*np_create_fn)(void *arg, int status, np_instance *inst, const char *error);
+typedef void (*np_status_fn)(void *arg, int status, const char *error);
+typedef void (*np_list_fn)(void *arg, int status, const np_instance *insts, size_t n, const char *error);
+typedef void (*np_limits_fn)(void *arg, int status, const np_quota *limits, const char *error);
+typedef void (*np_upload_fn)(void *arg, int status, const char *external_id, const char *error);
+
+/* What the daemon hosting the manager offers it. Borrowed; outlives the
+ * manager. */
+typedef struct np_host {
+	evloop *loop;
+	zk *z;                   /* the daemon's ZooKeeper session */
+	const char *hostname;    /* this host's FQDN */
+	const char *app;         /* "launcher", "builder", "cli" */
+} np_host;
+
+struct np_driver {
+	const char *name;         /* the `driver:` value */
+	bool pauses_at_quota;     /* every driver but static */
+
+	/* Start a manager for provider P of CFG. NULL and *err on failure. */
+	np_manager *(*start)(const np_host *host, const np_config *cfg,
+			     const np_provider *p, char **err);
+	/* Cancel everything in flight (no callback runs) and free M. */
+	void (*stop)(np_manager *m);
+
+	/* Launching (NULL for static-style drivers). */
+	np_op *(*create)(np_manager *m, const np_create_args *a, np_create_fn cb, void *arg);
+	/* Delete an instance; NP_DRV_NOTFOUND counts as success. */
+	np_op *(*delete_instance)(np_manager *m, const char *external_id, np_status_fn cb, void *arg);
+	void (*cancel)(np_op *op);
+
+	/* Every instance visible to this provider's account (unmanaged quota
+	 * and leak detection). */
+	np_op *(*list_instances)(np_manager *m, np_list_fn cb, void *arg);
+	/* The cloud's limits (unlimited where it has none); the launcher
+	 * caches them (5 min) and invalidates the cache on NP_DRV_QUOTA. */
+	np_op *(*quota_limits)(np_manager *m, np_limits_fn cb, void *arg);
+	/* What one node of LABEL needs (cores, instances, ram, ...). Synchronous:
+	 * drivers answer from what they cached at start (e.g. flavors). */
+	void (*label_quota)(np_manager *m, const np_pool_label *label, np_quota *out);
+	/* Availability zones to pick from when the pool names none; may leave
+	 * OUT empty (no AZs). */
+	void (*azs)(np_manager *m, strlist *out);
+	/* False when LABEL cannot be served at all (cloud image or flavor
+	 * missing): requests are declined with "node type(s) not available". */
+	bool (*label_ready)(np_manager *m, const np_pool_label *label);
+
+	/* ---- optional hooks for drivers of pre-existing hosts (static) ---- */
+	/* Bring ZooKeeper in line with the configured hosts: register missing
+	 * slots as ready nodes, update changed ones, deregister removed ones.
+	 * Called at start and on every cleanup pass. */
+	void (*sync_nodes)(np_manager *m);
+	/* Before a ready node is reused: probe it; CB gets NP_DRV_OK or an
+	 * error (the driver then deregisters the node). */
+	np_op *(*check_reusable)(np_manager *m, const np_node *node, np_status_fn cb, void *arg);
+	/* After the launcher deleted NODE's znode: re-register its slot. */
+	void (*node_deleted)(np_manager *m, const np_node *node);
+
+	/* ---- images (the builder; NULL when the driver manages none) ---- */
+	/* Upload FILENAME (streamed, constant memory) as NAME; CB gets the
+	 * cloud's id for the image. */
+	np_op *(*upload_image)(np_manager *m, const char *name, const char *filename,
+			       const char *format, const json_t *metadata,
+			       np_upload_fn cb, void *arg);
+	np_op *(*delete_image)(np_manager *m, const char *external_id, np_status_fn cb, void *arg);
+};
+
+/* The registry: "fake", "static", ... NULL for drivers not implemented
+ * here (the daemons say so and serve the other providers). */
+const struct np_driver *driver_find(const char *name);
+/* Names of the drivers implemented here, for messages. */
+const char *driver_names(void);
+
+#endif
