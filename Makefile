@@ -1,6 +1,7 @@
 # Makefile: builds the library (lib/ -> libnodepool.a), the programs on top
-# of it (cli/ -> nodepool) and the tests. Every lib/*.c and cli/*.c file is
-# picked up by wildcard, so adding a subsystem or a subcommand needs no edit
+# of it (cli/ -> nodepool; programs/X.c -> X, e.g. nodepool-launcher) and the
+# tests. Every lib/*.c, cli/*.c and programs/*.c file is picked up by
+# wildcard, so adding a subsystem, a subcommand or a daemon needs no edit
 # here.
 #
 #   make            release-ish build in build/
@@ -37,11 +38,13 @@ CLI_OBJ   := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC  := $(wildcard tests/unit/test_*.c)
 TEST_BIN  := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TESTLIB   := $(BUILD)/tests/unit/testlib.o
+PROG_SRC  := $(wildcard programs/*.c)
+PROG_BIN  := $(PROG_SRC:programs/%.c=$(BUILD)/%)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
 .PHONY: all test unit integration bench clean
-all: $(BUILD)/nodepool $(TEST_BIN) $(BENCH_BIN)
+all: $(BUILD)/nodepool $(PROG_BIN) $(TEST_BIN) $(BENCH_BIN)
 
 $(BUILD)/libnodepool.a: $(LIB_OBJ)
 	@rm -f $@
@@ -49,6 +52,9 @@ $(BUILD)/libnodepool.a: $(LIB_OBJ)
 
 $(BUILD)/nodepool: $(CLI_OBJ) $(BUILD)/libnodepool.a
 	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libnodepool.a $(LIBS)
+
+$(BUILD)/%: $(BUILD)/programs/%.o $(BUILD)/libnodepool.a
+	$(CC) $(LDFLAGS) -o $@ $< $(BUILD)/libnodepool.a $(LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(TESTLIB) $(BUILD)/libnodepool.a
 	@mkdir -p $(dir $@)
