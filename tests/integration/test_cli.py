@@ -420,6 +420,23 @@ def test_export_erase_import(e):
     check(int(new.rsplit("/", 1)[1]) > 2, "sequence bumped: %s" % new)
 
 
+def test_config_validate(e):
+    rc, _, err = e.run("config-validate")
+    check(rc == 0, "config-validate of a valid config: %d %r" % (rc, err))
+    bad = os.path.join(e.tmp, "unknown-key.yaml")
+    with open(e.config) as f:
+        lines = f.read().split("\n")
+    # An unknown key inside the first label, at a line we know.
+    at = lines.index("  - name: small") + 1
+    lines.insert(at, "    min-redy: 2")
+    with open(bad, "w") as f:
+        f.write("\n".join(lines))
+    rc, _, err = e.run("config-validate", config=bad)
+    check(rc == 1, "config-validate of an unknown key exits 1: %d" % rc)
+    check("%s:%d" % (bad, at + 1) in err and "min-redy" in err,
+          "the error names file, line and key: %r" % err)
+
+
 def test_errors(e):
     bad = os.path.join(e.tmp, "notls.yaml")
     with open(e.config) as f:
@@ -429,8 +446,7 @@ def test_errors(e):
     rc, _, err = e.run("list", config=bad)
     check(rc == 1 and "A TLS ZooKeeper connection is required" in err,
           "TLS required: %r" % err)
-    rc, _, _ = e.run("config-validate")
-    check(rc == 0, "config-validate")
+    test_config_validate(e)
     rc, out, _ = e.run("--version")
     check(rc == 0 and out.startswith("Nodepool version: "), "version")
     p = subprocess.run([e.nodepool], capture_output=True, text=True)
