@@ -1020,6 +1020,95 @@ static bool load_os_provider(loader *l, np_provider *pr, const char *p)
 	    get_str(l, n, p, "post-upload-hook", NULL, &pr->post_upload_hook);
 }
 
+/* A fraction (0..1) or a non-negative number of seconds. */
+static bool get_bounded(loader *l, const yt_node *map, const char *path,
+    const char *key, double max, double *out)
+{
+	if (!get_float(l, map, path, key, 0, out))
+		return false;
+	if (*out >= 0 && *out <= max)
+		return true;
+	char *p = subpath(path, key);
+	failf(l, yt_get(map, key), p, max == 1 ? "must be between 0 and 1" :
+	    "must not be negative");
+	free(p);
+	return false;
+}
+
+/* STATE-DIR relative to the directory of the main config file, so that
+ * the daemons (which change to "/") and the CLI agree on it. */
+static char *abs_state_dir(const loader *l, const char *dir)
+{
+	const char *slash = strrchr(l->c->path, '/');
+
+	if (dir[0] == '/' || !slash)
+		return xstrdup(dir);
+	return xasprintf("%.*s/%s", (int)(slash - l->c->path), l->c->path,
+	    dir);
+}
+
+/* fake.quota: the simulated cloud's limits. */
+static bool load_fake_quota(loader *l, np_fake_options *f, const yt_node *n,
+    const char *path)
+{
+	const yt_node *q = opt(n, "quota");
+	char *p = subpath(path, "quota");
+	bool ok = !q || (need_map(l, q, p) &&
+	    get_int(l, q, p, "instances", NP_UNLIMITED, &f->quota_instances) &&
+	    get_int(l, q, p, "cores", NP_UNLIMITED, &f->quota_cores) &&
+	    get_int(l, q, p, "ram", NP_UNLIMITED, &f->quota_ram));
+
+	free(p);
+	return ok;
+}
+
+static bool load_fake_map(loader *l, np_fake_options *f, const yt_node *n,
+    const char *p)
+{
+	char *dir = NULL, *style = NULL;
+	bool ok = need_map(l, n, p) && load_fake_quota(l, f, n, p) &&
+	    get_bounded(l, n, p, "launch-delay", 1e9, &f->launch_delay) &&
+	    get_bounded(l, n, p, "delete-delay", 1e9, &f->delete_delay) &&
+	    get_bounded(l, n, p, "failure-rate", 1, &f->failure_rate) &&
+	    get_bounded(l, n, p, "quota-failure-rate", 1,
+	    &f->quota_failure_rate) &&
+	    get_int(l, n, p, "seed", 0, &f->seed) &&
+	    get_str(l, n, p, "state-dir", NULL, &dir) &&
+	    get_str(l, n, p, "ip-style", "fake", &style);
+
+	if (ok && strcmp(style, "loopback") == 0)
+		f->ip_style = NP_FAKE_IP_LOOPBACK;
+	else if (ok && strcmp(style, "fake") != 0)
+		ok = failf(l, yt_get(n, "ip-style"), p, "ip-style must be "
+		    "fake or loopback, not '%s'", style);
+	if (ok && f->failure_rate + f->quota_failure_rate > 1)
+		ok = failf(l, n, p, "failure-rate and quota-failure-rate add "
+		    "up to more than 1");
+	if (ok && dir && *dir)
+		f->state_dir = abs_state_dir(l, dir);
+	free(dir);
+	free(style);
+	return ok;
+}
+
+/* The fake driver's `fake:` mapping (np_fake_options); absent means an
+ * instant, unlimited, in-memory cloud like upstream's. */
+static bool load_fake_options(loader *l, np_provider *pr, const char *pp)
+{
+	const yt_node *n = opt(pr->raw, "fake");
+	char *p;
+	bool ok;
+
+	pr->fake.quota_instances = pr->fake.quota_cores = NP_UNLIMITED;
+	pr->fake.quota_ram = NP_UNLIMITED;
+	if (!n)
+		return true;
+	p = subpath(pp, "fake");
+	ok = load_fake_map(l, &pr->fake, n, p);
+	free(p);
+	return ok;
+}
+
 /* Image type of the image-managing drivers. OpenStack's comes from
  * clouds.yaml's image_format, whose default is qcow2. */
 static bool set_image_type(loader *l, np_provider *pr, const char *p)
@@ -1080,6 +1169,8 @@ static bool load_provider(loader *l, np_provider *pr, const char *p)
 		return false;
 	if (pr->kind == NP_DRIVER_OPENSTACK || pr->kind == NP_DRIVER_FAKE) {
 		if (!load_os_provider(l, pr, p))
+			return false;
+		if (pr->kind == NP_DRIVER_FAKE && !load_fake_options(l, pr, p))
 			return false;
 	} else {
 		/* The timeouts every state-machine driver has, with
@@ -1442,6 +1533,7 @@ static void provider_free(np_provider *pr)
 	free(pr->region_name);
 	free(pr->image_name_format);
 	free(pr->post_upload_hook);
+	free(pr->fake.state_dir);
 	for (size_t i = 0; i < pr->ndiskimages; i++) {
 		free(pr->diskimages[i].name);
 		json_decref(pr->diskimages[i].meta);

@@ -133,6 +133,26 @@ typedef struct np_static_node {
 
 struct np_provider;
 
+/* The fake driver's own options: the provider's `fake:` mapping (accepted
+ * on fake providers only; see docs/drivers.md). */
+enum np_fake_ip_style {
+	NP_FAKE_IP_FAKE,		/* "fake": like upstream's fake cloud */
+	NP_FAKE_IP_LOOPBACK,		/* one 127.10.0.x per instance */
+};
+
+typedef struct np_fake_options {
+	double launch_delay;		/* seconds until ACTIVE; 0 */
+	double delete_delay;		/* seconds until gone; 0 */
+	double failure_rate;		/* 0..1 of creates -> NP_DRV_ERROR */
+	double quota_failure_rate;	/* 0..1 of creates -> NP_DRV_QUOTA */
+	long long seed;			/* of the failure draws; 0 */
+	long long quota_instances;	/* the cloud's limits; NP_UNLIMITED */
+	long long quota_cores;
+	long long quota_ram;
+	char *state_dir;		/* absolute; NULL: in memory */
+	enum np_fake_ip_style ip_style;
+} np_fake_options;
+
 typedef struct np_pool {
 	char *name;
 	struct np_provider *provider;	/* borrowed: owner */
@@ -164,7 +184,7 @@ typedef struct np_pool {
 	np_static_node *nodes;
 } np_pool;
 
-enum np_driver {
+enum np_driver_kind {
 	NP_DRIVER_OPENSTACK,
 	NP_DRIVER_FAKE,
 	NP_DRIVER_STATIC,
@@ -174,7 +194,7 @@ enum np_driver {
 typedef struct np_provider {
 	char *name;
 	char *driver;			/* the effective driver name */
-	enum np_driver kind;
+	enum np_driver_kind kind;
 	bool implemented;		/* false for NP_DRIVER_OTHER */
 	const struct yt_node *raw;	/* the provider's YAML mapping */
 	long long max_concurrency;	/* -1 = unlimited, 0 = stopped */
@@ -200,6 +220,7 @@ typedef struct np_provider {
 	np_cloud_image *cloud_images;
 	size_t npools;
 	np_pool *pools;
+	np_fake_options fake;		/* fake driver only */
 } np_provider;
 
 /* One tenant-resource-limits entry. Known keys are renamed as upstream

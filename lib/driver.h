@@ -96,7 +96,11 @@ typedef struct np_create_args {
 } np_create_args;
 
 /* Callbacks. Pointers passed to them are valid during the call only,
- * except that a create callback owns INST (np_instance_clear + free). */
+ * except that a create callback owns INST (np_instance_clear + free).
+ * INST is NULL unless STATUS is NP_DRV_OK, or a failed create left an
+ * instance behind in the cloud: then INST carries at least its
+ * external_id and the launcher deletes it (upstream tears down what a
+ * failed attempt started). */
 typedef void (*np_create_fn)(void *arg, int status, np_instance *inst, const char *error);
 typedef void (*np_status_fn)(void *arg, int status, const char *error);
 typedef void (*np_list_fn)(void *arg, int status, const np_instance *insts, size_t n, const char *error);
@@ -154,6 +158,10 @@ struct np_driver {
 	np_op *(*check_reusable)(np_manager *m, const np_node *node, np_status_fn cb, void *arg);
 	/* After the launcher deleted NODE's znode: re-register its slot. */
 	void (*node_deleted)(np_manager *m, const np_node *node);
+	/* True while work the driver started by itself (a sync_nodes pass, a
+	 * re-registration) is still in flight, so tests and an orderly
+	 * shutdown can wait for it. NULL: never busy. */
+	bool (*busy)(np_manager *m);
 
 	/* ---- images (the builder; NULL when the driver manages none) ---- */
 	/* Upload FILENAME (streamed, constant memory) as NAME; CB gets the
@@ -169,5 +177,28 @@ struct np_driver {
 const struct np_driver *driver_find(const char *name);
 /* Names of the drivers implemented here, for messages. */
 const char *driver_names(void);
+
+/* The drivers (one file each: driver_<name>.c). */
+extern const struct np_driver np_driver_fake;
+extern const struct np_driver np_driver_static;
+
+/* ---- helpers shared by drivers ---- */
+
+/* The metadata an OpenStack-shaped driver puts on a server, built as
+ * upstream does: {"groups": "<provider>,<image>,<label>"} (image: the
+ * diskimage's name, or the cloud image's), then the label's
+ * instance-properties, then its dynamic-instance-properties formatted
+ * over the request ("{request.tenant_name}", ...; a property that does
+ * not format is logged and left out), then A->metadata (the nodepool_*
+ * keys) last. New reference. */
+json_t *driver_server_metadata(const np_create_args *a);
+
+/* Python's str.format() of FMT with one argument `request` holding
+ * upstream's safe request attributes (id, labels, requestor,
+ * requestor_data, relative_priority, event_id, created_time, tenant_name;
+ * REQ may be NULL: every attribute is then None). Supports {request.X},
+ * {request.X[key]} and {{ }}. NULL (and *ERR, caller frees) when FMT
+ * names anything else. */
+char *driver_format_request(const char *fmt, const np_request *req, char **err);
 
 #endif

@@ -31,11 +31,14 @@
 /* A pool: the driver's keys win over the common ones (dict.update). */
 #define S_POOL(...) S_MAPX(pool_common, __VA_ARGS__)
 
+#define PROVIDER_COMMON_FIELDS \
+	REQ("name", S_STR), \
+	OPT("driver", S_STR), \
+	OPT("max-concurrency", S_INT), \
+	OPT("priority", S_INT)
+
 static const schema_field provider_common[] = {
-	REQ("name", S_STR),
-	OPT("driver", S_STR),
-	OPT("max-concurrency", S_INT),
-	OPT("priority", S_INT),
+	PROVIDER_COMMON_FIELDS,
 	{NULL, 0, NULL, NULL},
 };
 
@@ -107,7 +110,7 @@ static int os_label_check(const yt_node *n, const char *path, strlist *errors)
 	return errs;
 }
 
-static const schema *const openstack_schema = S_PROVIDER(
+static const schema_field openstack_fields[] = {
 	OPT("region-name", S_STR),
 	REQ("cloud", S_STR),
 	OPT("boot-timeout", S_INT),
@@ -164,7 +167,66 @@ static const schema *const openstack_schema = S_PROVIDER(
 	    OPT("username", S_STR),
 	    OPT("python-path", S_STR),
 	    OPT("shell-type", S_STR)))),
-	OPT("post-upload-hook", S_STR));
+	OPT("post-upload-hook", S_STR),
+	{NULL, 0, NULL, NULL},
+};
+
+static const schema *const openstack_schema = &(const schema){
+	.kind = SK_MAP, .fields = provider_common, .base = openstack_fields};
+
+/* fake: openstack's keys plus our own `fake:` mapping (lib/driver_fake.c),
+ * which upstream does not have, so it is accepted on fake providers only. */
+static int fake_options_check(const yt_node *n, const char *path,
+    strlist *errors)
+{
+	static const char *const fractions[] = {"failure-rate",
+	    "quota-failure-rate", NULL};
+	static const char *const delays[] = {"launch-delay", "delete-delay",
+	    NULL};
+	double sum = 0;
+	int errs = 0;
+
+	for (const char *const *k = fractions; *k; k++) {
+		const yt_node *v = yt_get(n, *k);
+		double d = !v ? 0 : v->type == YT_INT ? (double)v->ival :
+		    v->type == YT_FLOAT ? v->fval : 0;
+		if (d < 0 || d > 1)
+			errs += schema_error(errors, v, path, "%s: must be "
+			    "between 0 and 1", *k);
+		sum += d;
+	}
+	if (!errs && sum > 1)
+		errs += schema_error(errors, n, path, "failure-rate and "
+		    "quota-failure-rate add up to more than 1");
+	for (const char *const *k = delays; *k; k++) {
+		const yt_node *v = yt_get(n, *k);
+		if (v && ((v->type == YT_INT && v->ival < 0) ||
+		    (v->type == YT_FLOAT && v->fval < 0)))
+			errs += schema_error(errors, v, path, "%s: must not be "
+			    "negative", *k);
+	}
+	return errs;
+}
+
+static const schema_field fake_provider_fields[] = {
+	PROVIDER_COMMON_FIELDS,
+	OPT("fake", (&(const schema){.kind = SK_MAP,
+	    .check = fake_options_check, .fields = FIELDS(
+	    OPT("launch-delay", S_NUMBER),
+	    OPT("delete-delay", S_NUMBER),
+	    OPT("failure-rate", S_NUMBER),
+	    OPT("quota-failure-rate", S_NUMBER),
+	    OPT("seed", S_INT),
+	    OPT("quota", S_MAP(OPT("instances", S_INT), OPT("cores", S_INT),
+		OPT("ram", S_INT))),
+	    OPT("state-dir", S_STR),
+	    OPT("ip-style", S_CHOICE("fake", "loopback")))})),
+	{NULL, 0, NULL, NULL},
+};
+
+static const schema *const fake_schema = &(const schema){
+	.kind = SK_MAP, .fields = fake_provider_fields,
+	.base = openstack_fields};
 
 /* ---- static ---- */
 
@@ -590,7 +652,7 @@ static const struct driver_schema {
 	const schema *const *s;
 } driver_schemas[] = {
 	{"openstack", &openstack_schema},
-	{"fake", &openstack_schema},
+	{"fake", &fake_schema},
 	{"static", &static_schema},
 	{"aws", &aws_schema},
 	{"azure", &azure_schema},
