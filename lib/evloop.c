@@ -1,8 +1,10 @@
 /* evloop.c: the event loop behind every I/O thread (see evloop.h).
  *
  * epoll for file descriptors, a binary min-heap of one-shot timers keyed by
- * monotonic milliseconds, and a mutex-protected FIFO of posted closures that
- * other threads fill and wake us for through an eventfd.
+ * monotonic milliseconds (each timer knows its heap position, so deleting
+ * one is O(log n)), a mutex-protected FIFO of posted closures that other
+ * threads fill and wake us for through an eventfd, and evloop_call(), the
+ * one way any thread makes a synchronous call out of an asynchronous one.
  *
  * The loop is re-entrant: a callback may call evloop_run_once() again (the
  * synchronous ZooKeeper calls do exactly that when used on the loop thread).
@@ -39,12 +41,28 @@ struct fd_slot {
 	bool used;
 };
 
-struct timer {
-	long long when;
-	uint64_t id;
+/* Timers. A timer lives in a slot of loop->slots and is keyed in the heap
+ * by its slot number; the slot records where in the heap it sits, so that
+ * deleting it by id is O(log n) (the launcher keeps tens of thousands of
+ * timeouts armed). Its id is the slot number with the slot's generation in
+ * the high half: a slot is reused once its timer fired or was deleted, and
+ * the generation tells a stale id from the timer now in that slot. */
+struct timer_slot {
 	ev_timer_fn fn;
 	void *arg;
+	size_t pos;         /* index in the heap while armed */
+	uint32_t gen;       /* bumped on every use; never 0 */
+	uint32_t next_free; /* free-list link while free */
+	bool armed;
 };
+
+struct heap_ent {
+	long long when;     /* monotonic ms */
+	uint64_t seq;       /* order of addition: ties and the round limit */
+	uint32_t slot;
+};
+
+#define NO_SLOT UINT32_MAX
 
 struct post {
 	struct post *next;
@@ -58,9 +76,11 @@ struct evloop {
 	struct fd_slot *fds; /* indexed by fd */
 	int nfds;
 	uint32_t next_gen;
-	struct timer *heap;
-	size_t nheap, capheap;
-	uint64_t next_timer_id;
+	struct heap_ent *heap;  /* capslots entries, nheap in use */
+	size_t nheap;
+	struct timer_slot *slots;
+	uint32_t nslots, capslots, free_slot;
+	uint64_t next_seq;
 	pthread_mutex_t mu; /* guards posts and owner */
 	struct post *post_head, *post_tail;
 	pthread_t owner;
@@ -84,7 +104,8 @@ evloop *evloop_new(void)
 		abort();
 	pthread_mutex_init(&loop->mu, NULL);
 	loop->owner = pthread_self();
-	loop->next_timer_id = 1;
+	loop->next_seq = 1;
+	loop->free_slot = NO_SLOT;
 	loop->next_gen = 1;
 	return loop;
 }
@@ -104,6 +125,7 @@ void evloop_free(evloop *loop)
 	pthread_mutex_destroy(&loop->mu);
 	free(loop->fds);
 	free(loop->heap);
+	free(loop->slots);
 	free(loop);
 }
 
@@ -174,89 +196,129 @@ void evloop_del_fd(evloop *loop, int fd)
 	loop->fds[fd].used = false;
 }
 
-/* ---- timers: a binary min-heap on (when, id) ---- */
+/* ---- timers: a binary min-heap on (when, seq) ---- */
 
-static bool timer_less(const struct timer *a, const struct timer *b)
+static bool ent_less(const struct heap_ent *a, const struct heap_ent *b)
 {
-	return a->when < b->when || (a->when == b->when && a->id < b->id);
+	return a->when < b->when || (a->when == b->when && a->seq < b->seq);
 }
 
-static void heap_swap(evloop *loop, size_t i, size_t j)
+/* Every heap write goes through here, so the slot always knows its place. */
+static void heap_set(evloop *loop, size_t i, struct heap_ent e)
 {
-	struct timer t = loop->heap[i];
-
-	loop->heap[i] = loop->heap[j];
-	loop->heap[j] = t;
+	loop->heap[i] = e;
+	loop->slots[e.slot].pos = i;
 }
 
 static void sift_up(evloop *loop, size_t i)
 {
+	struct heap_ent e = loop->heap[i];
+
 	while (i > 0) {
 		size_t parent = (i - 1) / 2;
-		if (!timer_less(&loop->heap[i], &loop->heap[parent]))
+		if (!ent_less(&e, &loop->heap[parent]))
 			break;
-		heap_swap(loop, i, parent);
+		heap_set(loop, i, loop->heap[parent]);
 		i = parent;
 	}
+	heap_set(loop, i, e);
 }
 
 static void sift_down(evloop *loop, size_t i)
 {
+	struct heap_ent e = loop->heap[i];
+
 	for (;;) {
-		size_t l = 2 * i + 1, r = l + 1, m = i;
-		if (l < loop->nheap && timer_less(&loop->heap[l], &loop->heap[m]))
-			m = l;
-		if (r < loop->nheap && timer_less(&loop->heap[r], &loop->heap[m]))
+		size_t l = 2 * i + 1, r = l + 1, m = l;
+		if (l >= loop->nheap)
+			break;
+		if (r < loop->nheap && ent_less(&loop->heap[r], &loop->heap[l]))
 			m = r;
-		if (m == i)
-			return;
-		heap_swap(loop, i, m);
+		if (!ent_less(&loop->heap[m], &e))
+			break;
+		heap_set(loop, i, loop->heap[m]);
 		i = m;
 	}
+	heap_set(loop, i, e);
 }
 
+/* Fill hole I with the last entry and move that one down or up. */
 static void heap_remove(evloop *loop, size_t i)
 {
+	uint32_t moved;
+
 	loop->nheap--;
 	if (i == loop->nheap)
 		return;
-	loop->heap[i] = loop->heap[loop->nheap];
+	moved = loop->heap[loop->nheap].slot;
+	heap_set(loop, i, loop->heap[loop->nheap]);
 	sift_down(loop, i);
-	sift_up(loop, i);
+	sift_up(loop, loop->slots[moved].pos);
+}
+
+static uint32_t slot_alloc(evloop *loop)
+{
+	uint32_t s = loop->free_slot;
+
+	if (s != NO_SLOT) {
+		loop->free_slot = loop->slots[s].next_free;
+		return s;
+	}
+	if (loop->nslots == loop->capslots) {
+		/* Every armed timer has a slot: the heap never outgrows them. */
+		loop->capslots = loop->capslots ? loop->capslots * 2 : 16;
+		loop->slots = xrealloc(loop->slots, loop->capslots * sizeof(*loop->slots));
+		loop->heap = xrealloc(loop->heap, loop->capslots * sizeof(*loop->heap));
+	}
+	s = loop->nslots++;
+	loop->slots[s].gen = 0;
+	return s;
+}
+
+/* The slot's id is dead from here on: not armed, and the next timer in
+ * the slot gets a new generation (evloop_add_timer). */
+static void slot_free(evloop *loop, uint32_t s)
+{
+	struct timer_slot *t = &loop->slots[s];
+
+	t->armed = false;
+	t->next_free = loop->free_slot;
+	loop->free_slot = s;
+}
+
+static uint64_t slot_id(const evloop *loop, uint32_t s)
+{
+	return (uint64_t)loop->slots[s].gen << 32 | s;
 }
 
 uint64_t evloop_add_timer(evloop *loop, long ms, ev_timer_fn fn, void *arg)
 {
-	struct timer *t;
-	uint64_t id;
+	uint32_t s = slot_alloc(loop);
+	struct timer_slot *t = &loop->slots[s];
 
 	if (ms < 0)
 		ms = 0;
-	if (loop->nheap == loop->capheap) {
-		loop->capheap = loop->capheap ? loop->capheap * 2 : 16;
-		loop->heap = xrealloc(loop->heap, loop->capheap * sizeof(*loop->heap));
-	}
-	t = &loop->heap[loop->nheap];
-	t->when = now_ms() + ms;
-	id = t->id = loop->next_timer_id++;
+	if (++t->gen == 0)
+		t->gen = 1; /* ids are never 0 */
 	t->fn = fn;
 	t->arg = arg;
-	loop->nheap++;
-	/* sift_up may move another timer into *t's slot: return the saved id. */
-	sift_up(loop, loop->nheap - 1);
-	return id;
+	t->armed = true;
+	loop->heap[loop->nheap] = (struct heap_ent){ now_ms() + ms, loop->next_seq++, s };
+	sift_up(loop, loop->nheap++);
+	return slot_id(loop, s);
 }
 
-/* Linear search: a loop holds a handful of timers (per connection, per
- * waiter), so a second index is not worth its bookkeeping. */
+/* O(log n). An id that already fired or was deleted is ignored, even if
+ * its slot now holds another timer. */
 void evloop_del_timer(evloop *loop, uint64_t id)
 {
-	for (size_t i = 0; i < loop->nheap; i++) {
-		if (loop->heap[i].id == id) {
-			heap_remove(loop, i);
-			return;
-		}
-	}
+	uint32_t s = (uint32_t)id;
+
+	if (s >= loop->nslots || !loop->slots[s].armed ||
+	    loop->slots[s].gen != (uint32_t)(id >> 32))
+		return;
+	heap_remove(loop, loop->slots[s].pos);
+	slot_free(loop, s);
 }
 
 /* Run every timer that is due; returns how many ran. A timer added by a
@@ -265,14 +327,20 @@ void evloop_del_timer(evloop *loop, uint64_t id)
 static int run_timers(evloop *loop)
 {
 	long long now = now_ms();
-	uint64_t limit = loop->next_timer_id;
+	uint64_t limit = loop->next_seq;
 	int n = 0;
 
 	while (loop->nheap > 0 && loop->heap[0].when <= now &&
-	       loop->heap[0].id < limit) {
-		struct timer t = loop->heap[0];
+	       loop->heap[0].seq < limit) {
+		uint32_t s = loop->heap[0].slot;
+		struct timer_slot t = loop->slots[s];
+		uint64_t id = slot_id(loop, s);
+
+		/* Unlinked before the call: the callback may add or delete
+		 * timers, including deleting this id (a no-op now). */
 		heap_remove(loop, 0);
-		t.fn(loop, t.id, t.arg);
+		slot_free(loop, s);
+		t.fn(loop, id, t.arg);
 		n++;
 	}
 	return n;
@@ -333,6 +401,63 @@ static int run_posts(evloop *loop)
 		n++;
 	}
 	return n;
+}
+
+/* ---- synchronous calls into the loop ---- */
+
+struct ev_call {
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	bool done;
+	ev_call_fn fn;
+	void *arg;
+};
+
+static void call_start(void *arg)
+{
+	struct ev_call *c = arg;
+
+	c->fn(c, c->arg);
+}
+
+static bool call_finished(struct ev_call *c)
+{
+	bool d;
+
+	pthread_mutex_lock(&c->mu);
+	d = c->done;
+	pthread_mutex_unlock(&c->mu);
+	return d;
+}
+
+void evloop_call(evloop *loop, ev_call_fn fn, void *arg)
+{
+	struct ev_call c = { .done = false, .fn = fn, .arg = arg };
+
+	pthread_mutex_init(&c.mu, NULL);
+	pthread_cond_init(&c.cond, NULL);
+	if (evloop_on_loop_thread(loop)) {
+		/* Nobody else runs this loop: drive it until done. */
+		fn(&c, arg);
+		while (!call_finished(&c))
+			evloop_run_once(loop, -1);
+	} else {
+		evloop_post(loop, call_start, &c);
+		pthread_mutex_lock(&c.mu);
+		while (!c.done)
+			pthread_cond_wait(&c.cond, &c.mu);
+		pthread_mutex_unlock(&c.mu);
+	}
+	pthread_cond_destroy(&c.cond);
+	pthread_mutex_destroy(&c.mu);
+}
+
+void evloop_call_done(ev_call *c)
+{
+	pthread_mutex_lock(&c->mu);
+	c->done = true;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->mu); /* C may be gone after this */
 }
 
 /* ---- running ---- */

@@ -26,12 +26,27 @@ int evloop_add_fd(evloop *loop, int fd, int events, ev_fd_fn fn, void *arg);
 int evloop_mod_fd(evloop *loop, int fd, int events);
 void evloop_del_fd(evloop *loop, int fd);
 
-/* One-shot timer after MS milliseconds; returns an id (never 0). */
+/* One-shot timer after MS milliseconds; returns an id (never 0). Timers
+ * due at the same millisecond fire in the order they were added. */
 uint64_t evloop_add_timer(evloop *loop, long ms, ev_timer_fn fn, void *arg);
+/* O(log n). Ids of timers that already fired or were deleted are ignored
+ * (they never name another timer). */
 void evloop_del_timer(evloop *loop, uint64_t id);
 
 /* Thread-safe: run FN(ARG) on the loop thread soon. */
 void evloop_post(evloop *loop, ev_post_fn fn, void *arg);
+
+/* A synchronous call built from an asynchronous one, from any thread:
+ * FN(CALL, ARG) runs on the loop thread and starts the work; whoever ends
+ * it (FN itself or a later callback on the loop) calls
+ * evloop_call_done(CALL) exactly once. evloop_call() returns after that:
+ * on the loop thread it runs the loop meanwhile (so never use it from
+ * inside a callback that the work waits for), elsewhere it posts FN and
+ * sleeps. CALL is valid until evloop_call_done() returns. */
+typedef struct ev_call ev_call;
+typedef void (*ev_call_fn)(ev_call *call, void *arg);
+void evloop_call(evloop *loop, ev_call_fn fn, void *arg);
+void evloop_call_done(ev_call *call);
 
 /* Wait up to TIMEOUT_MS (-1: until something happens) and dispatch. */
 int evloop_run_once(evloop *loop, int timeout_ms);

@@ -1,6 +1,9 @@
-/* test_evloop.c: the event loop's timers (order, deletion), fd dispatch,
- * cross-thread posts and stop, and re-entrant run_once. */
+/* test_evloop.c: the event loop's timers (order, deletion, 100,000 of
+ * them, stale ids), fd dispatch, cross-thread posts and stop, re-entrant
+ * run_once, and evloop_call() from the loop thread and from another. */
 #include <pthread.h>
+#include <stdint.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "evloop.h"
@@ -171,8 +174,6 @@ TEST(posts_left_at_free_are_released)
 	CHECK_INT(c.count, 0);
 }
 
-RUN_TESTS()
-
 /* Regression: evloop_add_timer returned the id of whichever timer sift_up
  * had moved into the new timer's slot, so deleting "the new timer" deleted
  * another one (seen as a cancelled lock attempt firing anyway). */
@@ -194,3 +195,179 @@ TEST(add_timer_returns_its_own_id_when_heap_reorders)
 	CHECK_INT(order[1], 5);
 	evloop_free(loop);
 }
+
+/* ---- many timers: the launcher arms one per launch and per lock ---- */
+
+#define NTIMERS 100000
+
+static struct {
+	long long lo[NTIMERS], hi[NTIMERS]; /* bounds of each due time */
+	uint64_t id[NTIMERS];
+	bool deleted[NTIMERS];
+	int fired[NTIMERS];
+	int last;       /* the timer that fired before, -1 at first */
+	int nfired;
+	int out_of_order, early, wrong_id;
+} M;
+
+static void many_timer(evloop *loop, uint64_t id, void *arg)
+{
+	int i = (int)(intptr_t)arg;
+	int p = M.last;
+
+	M.fired[i]++;
+	M.nfired++;
+	if (id != M.id[i])
+		M.wrong_id++;
+	if (now_ms() < M.lo[i])
+		M.early++;
+	/* Due times never go down; equal ones keep the order of adding
+	 * (only decidable when both due times are known to the ms). */
+	if (p >= 0 && (M.lo[p] > M.hi[i] ||
+		       (M.lo[p] == M.hi[p] && M.lo[i] == M.hi[i] &&
+			M.lo[p] == M.lo[i] && p > i)))
+		M.out_of_order++;
+	M.last = i;
+}
+
+TEST(hundred_thousand_timers_half_deleted)
+{
+	evloop *loop = evloop_new();
+	int ndel = 0, left;
+	long long end;
+
+	memset(&M, 0, sizeof(M));
+	M.last = -1;
+	for (int i = 0; i < NTIMERS; i++) {
+		long ms = (long)((unsigned)i * 7919u % 200u);
+		M.lo[i] = now_ms() + ms;
+		M.id[i] = evloop_add_timer(loop, ms, many_timer, (void *)(intptr_t)i);
+		M.hi[i] = now_ms() + ms;
+	}
+	/* Delete a scattered half, so holes open all over the heap. */
+	for (int k = 0; k < NTIMERS / 2; k++) {
+		int j = (int)((unsigned)k * 48271u % NTIMERS);
+		evloop_del_timer(loop, M.id[j]);
+		evloop_del_timer(loop, M.id[j]); /* twice: a no-op */
+		M.deleted[j] = true;
+		ndel++;
+	}
+	left = NTIMERS - ndel;
+	end = now_ms() + 20000;
+	while (M.nfired < left && now_ms() < end)
+		evloop_run_once(loop, 100);
+	evloop_run_once(loop, 0);
+	CHECK_INT(M.nfired, left);
+	for (int i = 0; i < NTIMERS; i++) {
+		if (M.fired[i] != (M.deleted[i] ? 0 : 1)) {
+			CHECK_INT(M.fired[i], M.deleted[i] ? 0 : 1);
+			break;
+		}
+	}
+	CHECK_INT(M.out_of_order, 0);
+	CHECK_INT(M.early, 0);
+	CHECK_INT(M.wrong_id, 0);
+	evloop_free(loop);
+}
+
+/* A slot is reused once its timer fired: the old id must not delete the
+ * new timer in that slot. */
+TEST(stale_id_does_not_delete_a_new_timer)
+{
+	evloop *loop = evloop_new();
+	long long end = now_ms() + 2000;
+	uint64_t a, b;
+
+	norder = 0;
+	a = evloop_add_timer(loop, 0, record_timer, (void *)1L);
+	while (norder < 1 && now_ms() < end)
+		evloop_run_once(loop, 50);
+	REQUIRE(norder == 1);
+	b = evloop_add_timer(loop, 5, record_timer, (void *)2L);
+	CHECK(a != b && b != 0);
+	evloop_del_timer(loop, a);
+	evloop_del_timer(loop, 0);
+	while (norder < 2 && now_ms() < end)
+		evloop_run_once(loop, 50); /* bounded: a lost timer must fail */
+	CHECK_INT(norder, 2);
+	CHECK_INT(order[1], 2);
+	evloop_free(loop);
+}
+
+/* ---- evloop_call ---- */
+
+struct call_ctx {
+	evloop *loop;
+	ev_call *call;
+	bool started_on_loop;
+	int finished;
+};
+
+static void call_finish_timer(evloop *loop, uint64_t id, void *arg)
+{
+	struct call_ctx *c = arg;
+
+	c->finished++;
+	evloop_call_done(c->call);
+}
+
+/* Starts work that a timer ends later, as zk requests end on a reply. */
+static void call_later(ev_call *call, void *arg)
+{
+	struct call_ctx *c = arg;
+
+	c->call = call;
+	c->started_on_loop = evloop_on_loop_thread(c->loop);
+	evloop_add_timer(c->loop, 10, call_finish_timer, c);
+}
+
+/* Work that is over as soon as it starts (a refused request). */
+static void call_at_once(ev_call *call, void *arg)
+{
+	struct call_ctx *c = arg;
+
+	c->started_on_loop = evloop_on_loop_thread(c->loop);
+	c->finished++;
+	evloop_call_done(call);
+}
+
+TEST(call_on_loop_thread_runs_the_loop)
+{
+	struct call_ctx c = { .loop = evloop_new() };
+
+	evloop_call(c.loop, call_later, &c);
+	CHECK(c.started_on_loop);
+	CHECK_INT(c.finished, 1);
+	c.finished = 0;
+	evloop_call(c.loop, call_at_once, &c);
+	CHECK_INT(c.finished, 1);
+	evloop_free(c.loop);
+}
+
+static void *caller_thread(void *arg)
+{
+	struct call_ctx *c = arg;
+
+	evloop_call(c->loop, call_later, c);
+	if (c->finished == 1 && c->started_on_loop) {
+		c->started_on_loop = false;
+		evloop_call(c->loop, call_at_once, c);
+	}
+	evloop_stop(c->loop);
+	return NULL;
+}
+
+TEST(call_from_other_thread_waits)
+{
+	struct call_ctx c = { .loop = evloop_new() };
+	pthread_t th;
+
+	pthread_create(&th, NULL, caller_thread, &c);
+	evloop_run(c.loop);
+	pthread_join(th, NULL);
+	CHECK_INT(c.finished, 2);
+	CHECK(c.started_on_loop);
+	evloop_free(c.loop);
+}
+
+RUN_TESTS()
