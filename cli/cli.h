@@ -66,6 +66,13 @@ int cli_zk_error(const char *what, int rc);
 /* Print the node list row(s) of ID as `list` does (used after delete and
  * hold). */
 int cli_print_node(struct cli *c, const char *id);
+/* Print listing L when RC is ZOK, else a one-line error about WHAT; frees
+ * L. Returns the exit code. */
+int cli_print_listing(status_list *l, int rc, const char *what);
+/* Report the result of a store_mark_*_deleting() call: NOT_FOUND or BUSY
+ * printed as upstream does (exit code 0), or an error about WHAT. */
+int cli_mark_result(int rc, const char *not_found, const char *busy,
+		    const char *what);
 
 /* Subcommands. */
 int cmd_list(struct cli *c);

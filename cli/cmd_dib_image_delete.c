@@ -11,8 +11,7 @@ int cmd_dib_image_delete(struct cli *c)
 {
 	const char *id = cli_arg(c, "id");
 	const char *dash = strrchr(id, '-');
-	char *image;
-	np_build b;
+	char *image, *not_found;
 	int rc;
 
 	if (!dash) {
@@ -21,22 +20,11 @@ int cmd_dib_image_delete(struct cli *c)
 		return 1;
 	}
 	image = xstrndup(id, (size_t)(dash - id));
-	rc = np_valid_name(image) && np_valid_name(dash + 1) ?
-	     store_build(c->z, image, dash + 1, &b) : ZNONODE;
+	rc = store_mark_build_deleting(c->z, image, dash + 1);
 	free(image);
-	if (rc == ZNONODE) {
-		printf("Build %s not found\n", id);
-		return 0;
-	}
-	if (rc != ZOK)
-		return cli_zk_error("Reading the build", rc);
-	if (b.state && strcmp(b.state, NP_IMG_BUILDING) == 0) {
-		printf("Cannot delete a build in progress\n");
-		np_build_clear(&b);
-		return 0;
-	}
-	np_build_set_state(&b, NP_IMG_DELETING);
-	rc = store_build_save(c->z, &b);
-	np_build_clear(&b);
-	return rc == ZOK ? 0 : cli_zk_error("Updating the build", rc);
+	not_found = xasprintf("Build %s not found", id);
+	rc = cli_mark_result(rc, not_found, "Cannot delete a build in progress",
+			     "Marking the build deleting");
+	free(not_found);
+	return rc;
 }

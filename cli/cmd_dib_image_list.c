@@ -3,31 +3,11 @@
  * status.dib_image_list). */
 #include "cli.h"
 
-#include <stdio.h>
-#include <stdlib.h>
-
 int cmd_dib_image_list(struct cli *c)
 {
-	np_build *builds;
-	status_result r;
-	strlist paused;
-	size_t n;
-	char *out;
-	int rc;
+	status_list *l = status_list_new(STATUS_DIB_IMAGES, STATUS_TABLE, NULL,
+					 now_wall());
 
-	strlist_init(&paused);
-	rc = store_builds(c->z, &builds, &n, &paused);
-	if (rc != ZOK) {
-		store_free_builds(builds, n);
-		strlist_free(&paused);
-		return cli_zk_error("Listing image builds", rc);
-	}
-	status_dib_image_list(&r, builds, n, &paused);
-	out = status_pretty(&r, NULL, now_wall());
-	printf("%s\n", out);
-	free(out);
-	status_result_free(&r);
-	store_free_builds(builds, n);
-	strlist_free(&paused);
-	return 0;
+	return cli_print_listing(l, store_each_build(c->z, status_add_record,
+			l), "Listing image builds");
 }

@@ -18,8 +18,10 @@ static char *read_answer(void)
 	return xstrdup(buf);
 }
 
+/* IDS: the provider's node ids. Each node is read again just before it
+ * goes: upstream deletes what is there now. */
 static int do_erase(struct cli *c, const char *provider,
-		    const strlist *builds, np_node *nodes, size_t n)
+		    const strlist *builds, const strlist *ids)
 {
 	int rc;
 
@@ -30,12 +32,9 @@ static int do_erase(struct cli *c, const char *provider,
 		return cli_zk_error("Erasing build data", rc);
 	printf("Erasing node data for %s...\n", provider);
 	fflush(stdout);
-	for (size_t i = 0; i < n; i++) {
-		if (!nodes[i].provider || strcmp(nodes[i].provider, provider))
-			continue;
-		/* Re-read: listed records lack the keys we do not know. */
+	for (size_t i = 0; i < ids->n; i++) {
 		np_node node;
-		rc = store_node(c->z, nodes[i].id, &node);
+		rc = store_node(c->z, ids->v[i], &node);
 		if (rc == ZNONODE)
 			continue;
 		if (rc == ZOK) {
@@ -48,24 +47,34 @@ static int do_erase(struct cli *c, const char *provider,
 	return 0;
 }
 
+struct provider_nodes {
+	const char *provider;
+	strlist ids;
+};
+
+static void add_id(void *arg, np_record *rec, bool flag)
+{
+	struct provider_nodes *pn = arg;
+
+	if (rec->node.provider && !strcmp(rec->node.provider, pn->provider))
+		strlist_add(&pn->ids, rec->node.id);
+}
+
 int cmd_erase(struct cli *c)
 {
 	const char *provider = cli_arg(c, "PROVIDER");
+	struct provider_nodes pn = { provider, { NULL, 0, 0 } };
 	strlist builds;
-	np_node *nodes = NULL;
-	size_t n = 0;
 	int rc;
 
 	strlist_init(&builds);
 	rc = store_provider_builds(c->z, provider, &builds);
 	if (rc == ZOK)
-		rc = store_nodes(c->z, &nodes, &n, NULL);
+		rc = store_each_node(c->z, false, add_id, &pn);
 	if (rc != ZOK) {
-		strlist_free(&builds);
-		return cli_zk_error("Reading provider data", rc);
-	}
-	if (cli_arg(c, "force")) {
-		rc = do_erase(c, provider, &builds, nodes, n);
+		rc = cli_zk_error("Reading provider data", rc);
+	} else if (cli_arg(c, "force")) {
+		rc = do_erase(c, provider, &builds, &pn.ids);
 	} else {
 		printf("\nWARNING! This action is not reversible!\n");
 		printf("Erase ZooKeeper data for provider %s? [N/y] ", provider);
@@ -73,7 +82,7 @@ int cmd_erase(struct cli *c)
 		char *answer = read_answer();
 		if (answer && (strcmp(answer, "y") == 0 ||
 			       strcmp(answer, "Y") == 0)) {
-			rc = do_erase(c, provider, &builds, nodes, n);
+			rc = do_erase(c, provider, &builds, &pn.ids);
 		} else {
 			printf("%sAborting. No data erased.\n", answer ? "" : "\n");
 			rc = answer ? 0 : 1;
@@ -81,6 +90,6 @@ int cmd_erase(struct cli *c)
 		free(answer);
 	}
 	strlist_free(&builds);
-	store_free_nodes(nodes, n, NULL);
+	strlist_free(&pn.ids);
 	return rc;
 }

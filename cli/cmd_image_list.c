@@ -2,27 +2,11 @@
  * (upstream's status.image_list). */
 #include "cli.h"
 
-#include <stdio.h>
-#include <stdlib.h>
-
 int cmd_image_list(struct cli *c)
 {
-	np_upload *ups;
-	status_result r;
-	size_t n;
-	char *out;
-	int rc;
+	status_list *l = status_list_new(STATUS_IMAGES, STATUS_TABLE, NULL,
+					 now_wall());
 
-	rc = store_uploads(c->z, NULL, &ups, &n);
-	if (rc != ZOK) {
-		store_free_uploads(ups, n);
-		return cli_zk_error("Listing image uploads", rc);
-	}
-	status_image_list(&r, ups, n);
-	out = status_pretty(&r, NULL, now_wall());
-	printf("%s\n", out);
-	free(out);
-	status_result_free(&r);
-	store_free_uploads(ups, n);
-	return 0;
+	return cli_print_listing(l, store_each_upload(c->z, NULL,
+			status_add_record, l), "Listing image uploads");
 }

@@ -19,18 +19,18 @@ static int cmp_rows(const void *a, const void *b)
 	return c ? c : strcmp(x->build, y->build);
 }
 
-/* Comma-joined sorted upload ids of one build. */
-static char *upload_ids(const np_upload *ups, size_t n,
-			const struct build_row *row)
+/* Comma-joined sorted upload ids of one build; UPS holds (image, build,
+ * upload id) triples. */
+static char *upload_ids(const strlist *ups, const struct build_row *row)
 {
 	strlist ids;
 	sbuf sb;
 
 	strlist_init(&ids);
-	for (size_t i = 0; i < n; i++)
-		if (!strcmp(ups[i].image, row->image) &&
-		    !strcmp(ups[i].build_id, row->build))
-			strlist_add(&ids, ups[i].id);
+	for (size_t i = 0; i + 2 < ups->n; i += 3)
+		if (!strcmp(ups->v[i], row->image) &&
+		    !strcmp(ups->v[i + 1], row->build))
+			strlist_add(&ids, ups->v[i + 2]);
 	strlist_sort(&ids);
 	sbuf_init(&sb);
 	for (size_t i = 0; i < ids.n; i++)
@@ -39,23 +39,37 @@ static char *upload_ids(const np_upload *ups, size_t n,
 	return sbuf_detach(&sb);
 }
 
+static void add_upload(void *arg, np_record *rec, bool flag)
+{
+	strlist_add(arg, rec->upload.image);
+	strlist_add(arg, rec->upload.build_id);
+	strlist_add(arg, rec->upload.id);
+}
+
+static void print_table(const char *title, table *t)
+{
+	printf("%s", title);
+	table_print(t, stdout);
+	table_free(t);
+}
+
 static int print_images(struct cli *c, const char *provider)
 {
 	static const char *const hdr[] = { "Image Name", "Build ID",
 					   "Upload IDs" };
-	strlist builds;
-	np_upload *ups = NULL;
-	size_t n = 0, nrows;
+	strlist builds, ups;
+	size_t nrows;
 	struct build_row *rows;
 	int rc;
 
 	strlist_init(&builds);
+	strlist_init(&ups);
 	rc = store_provider_builds(c->z, provider, &builds);
 	if (rc == ZOK)
-		rc = store_uploads(c->z, provider, &ups, &n);
+		rc = store_each_upload(c->z, provider, add_upload, &ups);
 	if (rc != ZOK) {
 		strlist_free(&builds);
-		store_free_uploads(ups, n);
+		strlist_free(&ups);
 		return cli_zk_error("Reading image data", rc);
 	}
 	nrows = builds.n / 2;
@@ -67,45 +81,48 @@ static int print_images(struct cli *c, const char *provider)
 	qsort(rows, nrows, sizeof(*rows), cmp_rows);
 	table *t = table_new(hdr, 3);
 	for (size_t i = 0; i < nrows; i++) {
-		char *ids = upload_ids(ups, n, &rows[i]);
+		char *ids = upload_ids(&ups, &rows[i]);
 		const char *cells[] = { rows[i].image, rows[i].build, ids };
 		table_add_row(t, cells);
 		free(ids);
 	}
-	char *out = table_render(t);
-	printf("Image data:\n%s\n", out);
-	free(out);
-	table_free(t);
+	print_table("Image data:\n", t);
 	free(rows);
 	strlist_free(&builds);
-	store_free_uploads(ups, n);
+	strlist_free(&ups);
 	return 0;
+}
+
+struct node_rows {
+	const char *provider;
+	table *t;
+};
+
+static void add_node(void *arg, np_record *rec, bool flag)
+{
+	struct node_rows *nr = arg;
+	const np_node *n = &rec->node;
+
+	if (!n->provider || strcmp(n->provider, nr->provider) != 0)
+		return;
+	char *sid = status_cell(n->external_id);
+	const char *cells[] = { n->id, sid };
+	table_add_row(nr->t, cells);
+	free(sid);
 }
 
 static int print_nodes(struct cli *c, const char *provider)
 {
 	static const char *const hdr[] = { "ID", "Server ID" };
-	np_node *nodes;
-	size_t n;
+	struct node_rows nr = { provider, table_new(hdr, 2) };
 	int rc;
 
-	rc = store_nodes(c->z, &nodes, &n, NULL);
-	if (rc != ZOK)
+	rc = store_each_node(c->z, false, add_node, &nr);
+	if (rc != ZOK) {
+		table_free(nr.t);
 		return cli_zk_error("Reading nodes", rc);
-	table *t = table_new(hdr, 2);
-	for (size_t i = 0; i < n; i++) {
-		if (!nodes[i].provider || strcmp(nodes[i].provider, provider))
-			continue;
-		char *sid = status_cell(nodes[i].external_id);
-		const char *cells[] = { nodes[i].id, sid };
-		table_add_row(t, cells);
-		free(sid);
 	}
-	char *out = table_render(t);
-	printf("\nNodes:\n%s\n", out);
-	free(out);
-	table_free(t);
-	store_free_nodes(nodes, n, NULL);
+	print_table("\nNodes:\n", nr.t);
 	return 0;
 }
 

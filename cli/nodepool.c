@@ -464,6 +464,28 @@ int cli_zk_error(const char *what, int rc)
 	return 1;
 }
 
+int cli_print_listing(status_list *l, int rc, const char *what)
+{
+	if (rc == ZOK && status_list_print(l, stdout) < 0) {
+		fprintf(stderr, "Cannot write the listing\n");
+		rc = 1;
+	} else if (rc != ZOK) {
+		rc = cli_zk_error(what, rc);
+	}
+	status_list_free(l);
+	return rc;
+}
+
+int cli_mark_result(int rc, const char *not_found, const char *busy,
+		    const char *what)
+{
+	if (rc == ZNONODE || rc == STORE_IN_PROGRESS) {
+		printf("%s\n", rc == ZNONODE ? not_found : busy);
+		return 0;
+	}
+	return rc == ZOK ? 0 : cli_zk_error(what, rc);
+}
+
 static int run(struct cli *c, int argc, char **argv)
 {
 	char *err = NULL;

@@ -147,12 +147,13 @@ static const struct field component_fields[] = {
 #define MEMBER(rec, f, T) ((T *)((char *)(rec) + (f)->off))
 #define CMEMBER(rec, f, T) ((const T *)((const char *)(rec) + (f)->off))
 
-static bool is_known(const struct field *tab, const char *key)
+static const struct field *find_field(const struct field *tab,
+				      const char *key)
 {
 	for (; tab->key; tab++)
 		if (strcmp(tab->key, key) == 0)
-			return true;
-	return false;
+			return tab;
+	return NULL;
 }
 
 /* Constructor defaults (Python __init__), not reader defaults. */
@@ -430,12 +431,12 @@ static int rec_decode(const struct field *tab, void *rec, json_t **rawp,
 
 /* ---- encoding ---- */
 
-static json_t *str_or_null(const char *s)
+json_t *np_json_str(const char *s)
 {
 	return s ? json_string(s) : json_null();
 }
 
-static json_t *list_json(const strlist *l)
+json_t *np_json_strlist(const strlist *l)
 {
 	json_t *a = json_array();
 
@@ -496,7 +497,7 @@ static json_t *encode_field(const struct field *f, const void *rec,
 		return NULL;
 	switch (f->kind) {
 	case F_STR:
-		return str_or_null(*CMEMBER(rec, f, char *));
+		return np_json_str(*CMEMBER(rec, f, char *));
 	case F_STR_OMIT:
 		s = *CMEMBER(rec, f, char *);
 		return s ? json_string(s) : NULL;
@@ -511,7 +512,7 @@ static json_t *encode_field(const struct field *f, const void *rec,
 		return json_boolean(*CMEMBER(rec, f, bool));
 	case F_LIST:
 	case F_LABELS:
-		return list_json(CMEMBER(rec, f, strlist));
+		return np_json_strlist(CMEMBER(rec, f, strlist));
 	case F_FORMATS:
 		if (CMEMBER(rec, f, strlist)->n == 0)
 			return NULL;
@@ -540,7 +541,7 @@ static char *rec_encode(const struct field *tab, const void *rec,
 	/* Keys we do not know go after ours, in the order we read them. */
 	if (raw) {
 		json_object_foreach((json_t *)raw, key, v) {
-			if (!is_known(tab, key))
+			if (!find_field(tab, key))
 				json_object_set(obj, key, v);
 		}
 	}
@@ -549,95 +550,223 @@ static char *rec_encode(const struct field *tab, const void *rec,
 	return out;
 }
 
-static char *dup_or_null(const char *s)
+/* ---- record types ----
+ *
+ * What differs between record types besides their fields: the members
+ * named by the znode path (not part of the JSON), and where the source
+ * document and the znode version live. Everything else (init, decode,
+ * clear, state changes) is one generic function over this table. */
+
+struct rec_type {
+	const struct field *fields;
+	size_t size;
+	size_t nids;
+	size_t ids[4];  /* offsets of the char * members named by the path */
+	size_t raw;     /* offset of the json_t *raw member */
+	size_t version; /* offset of the int version member */
+};
+
+#define REC_TYPE(T, tab, n, ...) { tab, sizeof(T), n, { __VA_ARGS__ }, \
+	offsetof(T, raw), offsetof(T, version) }
+
+/* Indexed by np_kind; components come last (they are not an np_kind:
+ * the store never lists them). */
+#define NP_KIND_COMPONENT (NP_KIND_UPLOAD + 1)
+static const struct rec_type rec_types[] = {
+	[NP_KIND_REQUEST] = REC_TYPE(np_request, request_fields, 1,
+				     offsetof(np_request, id)),
+	[NP_KIND_NODE] = REC_TYPE(np_node, node_fields, 1,
+				  offsetof(np_node, id)),
+	[NP_KIND_BUILD] = REC_TYPE(np_build, build_fields, 2,
+				   offsetof(np_build, image),
+				   offsetof(np_build, id)),
+	[NP_KIND_UPLOAD] = REC_TYPE(np_upload, upload_fields, 4,
+				    offsetof(np_upload, image),
+				    offsetof(np_upload, build_id),
+				    offsetof(np_upload, provider),
+				    offsetof(np_upload, id)),
+	[NP_KIND_COMPONENT] = REC_TYPE(np_component, component_fields, 1,
+				       offsetof(np_component, path_name)),
+};
+
+#define AT(rec, off, T) ((T *)((char *)(rec) + (off)))
+
+static void type_init(int kind, void *rec)
 {
-	return s ? xstrdup(s) : NULL;
+	const struct rec_type *t = &rec_types[kind];
+
+	memset(rec, 0, t->size);
+	rec_init(t->fields, rec);
+	*AT(rec, t->version, int) = -1;
 }
 
-static void set_state(char **state, double *state_time, const char *value)
+/* Frees what REC owns and leaves it zeroed (not re-initialised: a node's
+ * default port would be a new allocation). A zeroed record clears and
+ * decodes like an initialised one. */
+static void type_clear(int kind, void *rec)
 {
+	const struct rec_type *t = &rec_types[kind];
+
+	rec_clear(t->fields, rec);
+	for (size_t i = 0; i < t->nids; i++)
+		free(*AT(rec, t->ids[i], char *));
+	json_decref(*AT(rec, t->raw, json_t *));
+	memset(rec, 0, t->size);
+	*AT(rec, t->version, int) = -1;
+}
+
+static int type_decode(int kind, void *rec, const char *const *ids,
+		       const char *data, size_t len, char **err)
+{
+	const struct rec_type *t = &rec_types[kind];
+
+	type_init(kind, rec);
+	if (rec_decode(t->fields, rec, AT(rec, t->raw, json_t *), data, len,
+		       err) < 0) {
+		type_clear(kind, rec);
+		return -1;
+	}
+	for (size_t i = 0; i < t->nids; i++)
+		if (ids && ids[i])
+			*AT(rec, t->ids[i], char *) = xstrdup(ids[i]);
+	return 0;
+}
+
+static char *type_encode(int kind, const void *rec, bool is_pool,
+			 bool sort_keys)
+{
+	const struct rec_type *t = &rec_types[kind];
+
+	return rec_encode(t->fields, rec, *AT(rec, t->raw, json_t *), is_pool,
+			  sort_keys);
+}
+
+/* state and state_time, as upstream's `state` property setter does. */
+static void type_set_state(int kind, void *rec, const char *value)
+{
+	const struct field *tab = rec_types[kind].fields;
+	char **state = AT(rec, find_field(tab, "state")->off, char *);
+
 	free(*state);
 	*state = xstrdup(value);
-	*state_time = now_wall();
+	*AT(rec, find_field(tab, "state_time")->off, double) = now_wall();
 }
 
-/* ---- node requests ---- */
+/* ---- every kind alike ---- */
+
+size_t np_kind_nids(np_kind kind)
+{
+	return rec_types[kind].nids;
+}
+
+int np_record_decode(np_kind kind, np_record *rec, const char *const *ids,
+		     const char *data, size_t len, int version, char **err)
+{
+	if (type_decode(kind, rec, ids, data, len, err) < 0)
+		return -1;
+	*AT(rec, rec_types[kind].version, int) = version;
+	return 0;
+}
+
+char *np_record_encode(np_kind kind, const np_record *rec)
+{
+	return type_encode(kind, rec, false, false);
+}
+
+void np_record_clear(np_kind kind, np_record *rec)
+{
+	type_clear(kind, rec);
+}
+
+const char *np_record_state(np_kind kind, const np_record *rec)
+{
+	const struct field *f = find_field(rec_types[kind].fields, "state");
+
+	return *AT(rec, f->off, char *);
+}
+
+void np_record_set_state(np_kind kind, np_record *rec, const char *state)
+{
+	type_set_state(kind, rec, state);
+}
+
+char *np_kind_path(np_kind kind, const char *const *ids)
+{
+	switch (kind) {
+	case NP_KIND_REQUEST:
+		return np_path_request(ids[0]);
+	case NP_KIND_NODE:
+		return np_path_node(ids[0]);
+	case NP_KIND_BUILD:
+		return np_path_build(ids[0], ids[1]);
+	case NP_KIND_UPLOAD:
+		break;
+	}
+	return np_path_upload(ids[0], ids[1], ids[2], ids[3]);
+}
+
+char *np_record_path(np_kind kind, const np_record *rec)
+{
+	const struct rec_type *t = &rec_types[kind];
+	const char *ids[4] = { NULL, NULL, NULL, NULL };
+
+	for (size_t i = 0; i < t->nids; i++)
+		ids[i] = *AT(rec, t->ids[i], char *);
+	return np_kind_path(kind, ids);
+}
+
+/* ---- typed wrappers ---- */
 
 void np_request_init(np_request *r)
 {
-	memset(r, 0, sizeof(*r));
-	rec_init(request_fields, r);
-	r->version = -1;
+	type_init(NP_KIND_REQUEST, r);
 }
 
 int np_request_decode(np_request *r, const char *id, const char *data,
 		      size_t len, char **err)
 {
-	np_request_init(r);
-	if (rec_decode(request_fields, r, &r->raw, data, len, err) < 0) {
-		np_request_clear(r);
-		return -1;
-	}
-	r->id = dup_or_null(id);
-	return 0;
+	return type_decode(NP_KIND_REQUEST, r, &id, data, len, err);
 }
 
 char *np_request_encode(const np_request *r)
 {
-	return rec_encode(request_fields, r, r->raw, false, false);
+	return type_encode(NP_KIND_REQUEST, r, false, false);
 }
 
 void np_request_clear(np_request *r)
 {
-	rec_clear(request_fields, r);
-	free(r->id);
-	json_decref(r->raw);
-	np_request_init(r);
+	type_clear(NP_KIND_REQUEST, r);
 }
 
 void np_request_set_state(np_request *r, const char *state)
 {
-	set_state(&r->state, &r->state_time, state);
+	type_set_state(NP_KIND_REQUEST, r, state);
 }
-
-/* ---- nodes ---- */
 
 void np_node_init(np_node *n)
 {
-	memset(n, 0, sizeof(*n));
-	rec_init(node_fields, n);
-	n->version = -1;
+	type_init(NP_KIND_NODE, n);
 }
 
 int np_node_decode(np_node *n, const char *id, const char *data, size_t len,
 		   char **err)
 {
-	np_node_init(n);
-	if (rec_decode(node_fields, n, &n->raw, data, len, err) < 0) {
-		np_node_clear(n);
-		return -1;
-	}
-	n->id = dup_or_null(id);
-	return 0;
+	return type_decode(NP_KIND_NODE, n, &id, data, len, err);
 }
 
 char *np_node_encode(const np_node *n)
 {
-	return rec_encode(node_fields, n, n->raw, false, false);
+	return type_encode(NP_KIND_NODE, n, false, false);
 }
 
 void np_node_clear(np_node *n)
 {
-	rec_clear(node_fields, n);
-	free(n->id);
-	json_decref(n->raw);
-	memset(n, 0, sizeof(*n));
-	n->version = -1;
+	type_clear(NP_KIND_NODE, n);
 }
 
 void np_node_set_state(np_node *n, const char *state)
 {
-	set_state(&n->state, &n->state_time, state);
+	type_set_state(NP_KIND_NODE, n, state);
 }
 
 long long np_node_port(const np_node *n)
@@ -649,133 +778,91 @@ long long np_node_port(const np_node *n)
 	return py_int(n->connection_port, &v) ? v : -1;
 }
 
-/* ---- image builds ---- */
-
 void np_build_init(np_build *b)
 {
-	memset(b, 0, sizeof(*b));
-	rec_init(build_fields, b);
-	b->version = -1;
+	type_init(NP_KIND_BUILD, b);
 }
 
 int np_build_decode(np_build *b, const char *image, const char *id,
 		    const char *data, size_t len, char **err)
 {
-	np_build_init(b);
-	if (rec_decode(build_fields, b, &b->raw, data, len, err) < 0) {
-		np_build_clear(b);
-		return -1;
-	}
-	b->image = dup_or_null(image);
-	b->id = dup_or_null(id);
-	return 0;
+	const char *ids[] = { image, id };
+
+	return type_decode(NP_KIND_BUILD, b, ids, data, len, err);
 }
 
 char *np_build_encode(const np_build *b)
 {
-	return rec_encode(build_fields, b, b->raw, false, false);
+	return type_encode(NP_KIND_BUILD, b, false, false);
 }
 
 void np_build_clear(np_build *b)
 {
-	rec_clear(build_fields, b);
-	free(b->image);
-	free(b->id);
-	json_decref(b->raw);
-	np_build_init(b);
+	type_clear(NP_KIND_BUILD, b);
 }
 
 void np_build_set_state(np_build *b, const char *state)
 {
-	set_state(&b->state, &b->state_time, state);
+	type_set_state(NP_KIND_BUILD, b, state);
 }
-
-/* ---- image uploads ---- */
 
 void np_upload_init(np_upload *u)
 {
-	memset(u, 0, sizeof(*u));
-	rec_init(upload_fields, u);
-	u->version = -1;
+	type_init(NP_KIND_UPLOAD, u);
 }
 
 int np_upload_decode(np_upload *u, const char *image, const char *build_id,
 		     const char *provider, const char *id, const char *data,
 		     size_t len, char **err)
 {
-	np_upload_init(u);
-	if (rec_decode(upload_fields, u, &u->raw, data, len, err) < 0) {
-		np_upload_clear(u);
-		return -1;
-	}
-	u->image = dup_or_null(image);
-	u->build_id = dup_or_null(build_id);
-	u->provider = dup_or_null(provider);
-	u->id = dup_or_null(id);
-	return 0;
+	const char *ids[] = { image, build_id, provider, id };
+
+	return type_decode(NP_KIND_UPLOAD, u, ids, data, len, err);
 }
 
 char *np_upload_encode(const np_upload *u)
 {
-	return rec_encode(upload_fields, u, u->raw, false, false);
+	return type_encode(NP_KIND_UPLOAD, u, false, false);
 }
 
 void np_upload_clear(np_upload *u)
 {
-	rec_clear(upload_fields, u);
-	free(u->image);
-	free(u->build_id);
-	free(u->provider);
-	free(u->id);
-	json_decref(u->raw);
-	np_upload_init(u);
+	type_clear(NP_KIND_UPLOAD, u);
 }
 
 void np_upload_set_state(np_upload *u, const char *state)
 {
-	set_state(&u->state, &u->state_time, state);
+	type_set_state(NP_KIND_UPLOAD, u, state);
 }
 
 /* ---- components ---- */
 
 void np_component_init(np_component *c, const char *kind)
 {
-	memset(c, 0, sizeof(*c));
-	rec_init(component_fields, c);
+	type_init(NP_KIND_COMPONENT, c);
 	c->state = xstrdup("stopped");
-	c->kind = dup_or_null(kind);
+	c->kind = kind ? xstrdup(kind) : NULL;
 	c->is_pool = kind && strcmp(kind, "pool") == 0;
-	c->version = -1;
 }
 
 int np_component_decode(np_component *c, const char *path_name,
 			const char *data, size_t len, char **err)
 {
-	memset(c, 0, sizeof(*c));
-	rec_init(component_fields, c);
-	c->version = -1;
-	if (rec_decode(component_fields, c, &c->raw, data, len, err) < 0) {
-		np_component_clear(c);
+	if (type_decode(NP_KIND_COMPONENT, c, &path_name, data, len, err) < 0)
 		return -1;
-	}
 	c->is_pool = (c->kind && strcmp(c->kind, "pool") == 0) ||
 		     json_object_get(c->raw, "supported_labels");
-	c->path_name = dup_or_null(path_name);
 	return 0;
 }
 
 char *np_component_encode(const np_component *c)
 {
-	return rec_encode(component_fields, c, c->raw, c->is_pool, true);
+	return type_encode(NP_KIND_COMPONENT, c, c->is_pool, true);
 }
 
 void np_component_clear(np_component *c)
 {
-	rec_clear(component_fields, c);
-	free(c->path_name);
-	json_decref(c->raw);
-	memset(c, 0, sizeof(*c));
-	c->version = -1;
+	type_clear(NP_KIND_COMPONENT, c);
 }
 
 /* ---- Python-compatible JSON text ---- */

@@ -167,7 +167,8 @@ typedef struct np_component {
  *   record initialised here; 0, or -1 with *ERR (caller frees) saying what
  *   is wrong. On error the record is left cleared.
  * encode: the JSON text (caller frees).
- * clear: free what the record owns (it may then be decoded again). */
+ * clear: free what the record owns and zero it (it may then be decoded or
+ *   cleared again; a zeroed record is cleared like an initialised one). */
 void np_request_init(np_request *r);
 int np_request_decode(np_request *r, const char *id, const char *data,
 		      size_t len, char **err);
@@ -204,6 +205,41 @@ int np_component_decode(np_component *c, const char *path_name,
 			const char *data, size_t len, char **err);
 char *np_component_encode(const np_component *c);
 void np_component_clear(np_component *c);
+
+/* ---- every kind alike ----
+ * For code that handles the store's record kinds the same way (listing,
+ * reading one, marking one deleting). IDS are the path components that
+ * name a record: request and node: id; build: image, id; upload: image,
+ * build id, provider, id (np_kind_nids() of them). */
+typedef enum np_kind {
+	NP_KIND_REQUEST,
+	NP_KIND_NODE,
+	NP_KIND_BUILD,
+	NP_KIND_UPLOAD,
+} np_kind;
+
+typedef union np_record {
+	np_request request;
+	np_node node;
+	np_build build;
+	np_upload upload;
+} np_record;
+
+size_t np_kind_nids(np_kind kind);
+/* The record's znode path from IDS, or from the record's own ids. */
+char *np_kind_path(np_kind kind, const char *const *ids);
+char *np_record_path(np_kind kind, const np_record *rec);
+/* np_*_decode() of KIND, also setting the znode VERSION. */
+int np_record_decode(np_kind kind, np_record *rec, const char *const *ids,
+		     const char *data, size_t len, int version, char **err);
+char *np_record_encode(np_kind kind, const np_record *rec);
+void np_record_clear(np_kind kind, np_record *rec);
+const char *np_record_state(np_kind kind, const np_record *rec);
+void np_record_set_state(np_kind kind, np_record *rec, const char *state);
+
+/* JSON string or null; JSON array of strings (new references). */
+json_t *np_json_str(const char *s);
+json_t *np_json_strlist(const strlist *l);
 
 /* Python json.dumps(V) (or json.dumps(V, sort_keys=True)): ", " and ": "
  * separators, non-ASCII escaped as \uXXXX, floats as Python's repr.

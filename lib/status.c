@@ -1,6 +1,8 @@
-/* status.c: upstream's status listings as rows of field -> JSON value, and
- * their PrettyTable / JSON renderings (see status.h). Keeping the rows as
- * JSON lets the web app serve exactly what the CLI prints. */
+/* status.c: upstream's status listings (see status.h). Each record is
+ * turned into upstream's row, a JSON object of field -> value, because
+ * upstream's cell conversions and the web app's JSON are both defined on
+ * those values; the row lives only until it is converted into the
+ * listing's output form (table cells or JSON text). */
 #include "status.h"
 #include "table.h"
 #include "util.h"
@@ -9,6 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* A column: the row's field name and the table header. */
+typedef struct status_col {
+	const char *key;
+	const char *header;
+} status_col;
 
 static const status_col node_cols[] = {
 	{ "id", "ID" },
@@ -80,20 +88,6 @@ static const status_col request_cols[] = {
 #define NCOLS(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ---- value helpers ---- */
-
-static json_t *jstr(const char *s)
-{
-	return s ? json_string(s) : json_null();
-}
-
-static json_t *jlist(const strlist *l)
-{
-	json_t *a = json_array();
-
-	for (size_t i = 0; i < l->n; i++)
-		json_array_append_new(a, json_string(l->v[i]));
-	return a;
-}
 
 static json_t *jcopy(const json_t *v)
 {
@@ -248,46 +242,31 @@ char *status_cell(const json_t *v)
 	return sbuf_detach(&sb);
 }
 
-/* ---- listings ---- */
+/* ---- rows ---- */
 
-static void result_init(status_result *r, const status_col *cols, size_t n)
+struct status_list {
+	enum status_listing what;
+	enum status_format fmt;
+	const status_col *cols; /* the shown columns */
+	size_t ncols;
+	status_col *shown;      /* owned copy when FIELDS selects columns */
+	double now;
+	table *t;               /* STATUS_TABLE */
+	sbuf json;              /* STATUS_JSON: "[row, row, ..." */
+	size_t nrows;
+};
+
+static void node_row(json_t *o, const np_node *n, bool locked, double now)
 {
-	r->cols = cols;
-	r->ncols = n;
-	r->rows = json_array();
-}
-
-static bool wanted(const char *key, const char *const *fields);
-
-/* Drop the keys FIELDS does not list: a 10,000-node listing keeps every
- * row in memory until the table is measured, so unused cells matter. */
-static void keep_fields(json_t *o, const char *const *fields)
-{
-	const char *key;
-	json_t *v;
-	void *tmp;
-
-	if (!fields)
-		return;
-	json_object_foreach_safe(o, tmp, key, v) {
-		if (!wanted(key, fields))
-			json_object_del(o, key);
-	}
-}
-
-static json_t *node_row(const np_node *n, bool locked, double now)
-{
-	json_t *o = json_object();
 	char age[48];
-	long long port = np_node_port(n);
 
-	json_object_set_new(o, "id", jstr(n->id));
-	json_object_set_new(o, "provider", jstr(n->provider));
-	json_object_set_new(o, "label", jlist(&n->type));
+	json_object_set_new(o, "id", np_json_str(n->id));
+	json_object_set_new(o, "provider", np_json_str(n->provider));
+	json_object_set_new(o, "label", np_json_strlist(&n->type));
 	json_object_set_new(o, "server_id", jcopy(n->external_id));
-	json_object_set_new(o, "public_ipv4", jstr(n->public_ipv4));
-	json_object_set_new(o, "ipv6", jstr(n->public_ipv6));
-	json_object_set_new(o, "state", jstr(n->state));
+	json_object_set_new(o, "public_ipv4", np_json_str(n->public_ipv4));
+	json_object_set_new(o, "ipv6", np_json_str(n->public_ipv6));
+	json_object_set_new(o, "state", np_json_str(n->state));
 	if (isnan(n->state_time)) {
 		json_object_set_new(o, "age", json_null());
 	} else {
@@ -296,35 +275,24 @@ static json_t *node_row(const np_node *n, bool locked, double now)
 	}
 	json_object_set_new(o, "locked",
 			    json_string(locked ? "locked" : "unlocked"));
-	json_object_set_new(o, "pool", jstr(n->pool));
-	json_object_set_new(o, "hostname", jstr(n->hostname));
-	json_object_set_new(o, "private_ipv4", jstr(n->private_ipv4));
-	json_object_set_new(o, "AZ", jstr(n->az));
-	json_object_set_new(o, "username", jstr(n->username));
+	json_object_set_new(o, "pool", np_json_str(n->pool));
+	json_object_set_new(o, "hostname", np_json_str(n->hostname));
+	json_object_set_new(o, "private_ipv4", np_json_str(n->private_ipv4));
+	json_object_set_new(o, "AZ", np_json_str(n->az));
+	json_object_set_new(o, "username", np_json_str(n->username));
 	/* Credentials carried in the port field are never shown. */
-	if (port >= 0 || json_is_integer(n->connection_port))
-		json_object_set_new(o, "connection_port", jcopy(n->connection_port));
+	if (np_node_port(n) >= 0 || json_is_integer(n->connection_port))
+		json_object_set_new(o, "connection_port",
+				    jcopy(n->connection_port));
 	else
-		json_object_set_new(o, "connection_port", json_string("redacted"));
-	json_object_set_new(o, "launcher", jstr(n->launcher));
-	json_object_set_new(o, "allocated_to", jstr(n->allocated_to));
-	json_object_set_new(o, "hold_job", jstr(n->hold_job));
-	json_object_set_new(o, "comment", jstr(n->comment));
+		json_object_set_new(o, "connection_port",
+				    json_string("redacted"));
+	json_object_set_new(o, "launcher", np_json_str(n->launcher));
+	json_object_set_new(o, "allocated_to", np_json_str(n->allocated_to));
+	json_object_set_new(o, "hold_job", np_json_str(n->hold_job));
+	json_object_set_new(o, "comment", np_json_str(n->comment));
 	json_object_set_new(o, "user_data", jcopy(n->user_data));
 	json_object_set_new(o, "driver_data", jcopy(n->driver_data));
-	return o;
-}
-
-void status_node_list(status_result *r, const np_node *nodes, size_t n,
-		      const bool *locked, double now,
-		      const char *const *fields)
-{
-	result_init(r, node_cols, NCOLS(node_cols));
-	for (size_t i = 0; i < n; i++) {
-		json_t *row = node_row(&nodes[i], locked && locked[i], now);
-		keep_fields(row, fields);
-		json_array_append_new(r->rows, row);
-	}
 }
 
 /* ImageBuild.formats is a sorted list in upstream. */
@@ -337,97 +305,78 @@ static json_t *sorted_list(const strlist *l)
 	for (size_t i = 0; i < l->n; i++)
 		strlist_add(&sorted, l->v[i]);
 	strlist_sort(&sorted);
-	a = jlist(&sorted);
+	a = np_json_strlist(&sorted);
 	strlist_free(&sorted);
 	return a;
 }
 
-void status_dib_image_list(status_result *r, const np_build *builds,
-			   size_t n, const strlist *paused)
+static void build_row(json_t *o, const np_build *b, bool paused)
 {
-	result_init(r, dib_cols, NCOLS(dib_cols));
-	for (size_t i = 0; i < n; i++) {
-		const np_build *b = &builds[i];
-		json_t *o = json_object();
-		bool is_paused = paused && strlist_contains(paused, b->image);
-		char *id = xasprintf("%s-%s", b->image, b->id);
+	char *id = xasprintf("%s-%s", b->image, b->id);
 
-		json_object_set_new(o, "id", json_string(id));
-		json_object_set_new(o, "image", jstr(b->image));
-		json_object_set_new(o, "builder", jstr(b->builder));
-		json_object_set_new(o, "formats", sorted_list(&b->formats));
-		json_object_set_new(o, "state",
-				    jstr(is_paused ? "paused" : b->state));
-		json_object_set_new(o, "age", jtrunc(b->state_time));
-		json_array_append_new(r->rows, o);
-		free(id);
+	json_object_set_new(o, "id", json_string(id));
+	free(id);
+	json_object_set_new(o, "image", np_json_str(b->image));
+	json_object_set_new(o, "builder", np_json_str(b->builder));
+	json_object_set_new(o, "formats", sorted_list(&b->formats));
+	json_object_set_new(o, "state",
+			    np_json_str(paused ? "paused" : b->state));
+	json_object_set_new(o, "age", jtrunc(b->state_time));
+}
+
+static void upload_row(json_t *o, const np_upload *u)
+{
+	json_object_set_new(o, "id", np_json_str(u->build_id));
+	json_object_set_new(o, "upload_id", np_json_str(u->id));
+	json_object_set_new(o, "provider", np_json_str(u->provider));
+	json_object_set_new(o, "image", np_json_str(u->image));
+	json_object_set_new(o, "external_name", np_json_str(u->external_name));
+	json_object_set_new(o, "external_id", np_json_str(u->external_id));
+	json_object_set_new(o, "state", np_json_str(u->state));
+	json_object_set_new(o, "age", jtrunc(u->state_time));
+}
+
+static void request_row(json_t *o, const np_request *q)
+{
+	json_object_set_new(o, "id", np_json_str(q->id));
+	json_object_set_new(o, "relative_priority",
+		q->relative_priority == NP_INT_NULL ? json_null() :
+		json_integer(q->relative_priority));
+	json_object_set_new(o, "state", np_json_str(q->state));
+	json_object_set_new(o, "requestor", np_json_str(q->requestor));
+	json_object_set_new(o, "node_types", np_json_strlist(&q->node_types));
+	json_object_set_new(o, "nodes", np_json_strlist(&q->nodes));
+	json_object_set_new(o, "declined_by", np_json_strlist(&q->declined_by));
+	json_object_set_new(o, "event_id", np_json_str(q->event_id));
+}
+
+static void image_row(json_t *o, const status_image *im)
+{
+	json_object_set_new(o, "image", np_json_str(im->name));
+	json_object_set_new(o, "paused", json_boolean(im->paused));
+	if (im->has_request) {
+		json_object_set_new(o, "build_request", json_string(
+			im->request_pending ? "pending" : "building"));
+		json_object_set_new(o, "build_request_age",
+				    jtrunc(im->request_ctime));
+	} else {
+		json_object_set_new(o, "build_request", json_null());
+		json_object_set_new(o, "build_request_age", json_null());
 	}
 }
 
-void status_image_list(status_result *r, const np_upload *uploads, size_t n)
-{
-	result_init(r, image_cols, NCOLS(image_cols));
-	for (size_t i = 0; i < n; i++) {
-		const np_upload *u = &uploads[i];
-		json_t *o = json_object();
+/* ---- listings ---- */
 
-		json_object_set_new(o, "id", jstr(u->build_id));
-		json_object_set_new(o, "upload_id", jstr(u->id));
-		json_object_set_new(o, "provider", jstr(u->provider));
-		json_object_set_new(o, "image", jstr(u->image));
-		json_object_set_new(o, "external_name", jstr(u->external_name));
-		json_object_set_new(o, "external_id", jstr(u->external_id));
-		json_object_set_new(o, "state", jstr(u->state));
-		json_object_set_new(o, "age", jtrunc(u->state_time));
-		json_array_append_new(r->rows, o);
-	}
-}
-
-void status_image_status(status_result *r, const status_image *images,
-			 size_t n)
-{
-	result_init(r, image_status_cols, NCOLS(image_status_cols));
-	for (size_t i = 0; i < n; i++) {
-		const status_image *im = &images[i];
-		json_t *o = json_object();
-
-		json_object_set_new(o, "image", jstr(im->name));
-		json_object_set_new(o, "paused", json_boolean(im->paused));
-		if (im->has_request) {
-			json_object_set_new(o, "build_request", json_string(
-				im->request_pending ? "pending" : "building"));
-			json_object_set_new(o, "build_request_age",
-					    jtrunc(im->request_ctime));
-		} else {
-			json_object_set_new(o, "build_request", json_null());
-			json_object_set_new(o, "build_request_age", json_null());
-		}
-		json_array_append_new(r->rows, o);
-	}
-}
-
-void status_request_list(status_result *r, const np_request *reqs, size_t n)
-{
-	result_init(r, request_cols, NCOLS(request_cols));
-	for (size_t i = 0; i < n; i++) {
-		const np_request *q = &reqs[i];
-		json_t *o = json_object();
-
-		json_object_set_new(o, "id", jstr(q->id));
-		json_object_set_new(o, "relative_priority",
-			q->relative_priority == NP_INT_NULL ? json_null() :
-			json_integer(q->relative_priority));
-		json_object_set_new(o, "state", jstr(q->state));
-		json_object_set_new(o, "requestor", jstr(q->requestor));
-		json_object_set_new(o, "node_types", jlist(&q->node_types));
-		json_object_set_new(o, "nodes", jlist(&q->nodes));
-		json_object_set_new(o, "declined_by", jlist(&q->declined_by));
-		json_object_set_new(o, "event_id", jstr(q->event_id));
-		json_array_append_new(r->rows, o);
-	}
-}
-
-/* ---- rendering ---- */
+static const struct {
+	const status_col *cols;
+	size_t ncols;
+} listings[] = {
+	[STATUS_NODES] = { node_cols, NCOLS(node_cols) },
+	[STATUS_DIB_IMAGES] = { dib_cols, NCOLS(dib_cols) },
+	[STATUS_IMAGES] = { image_cols, NCOLS(image_cols) },
+	[STATUS_IMAGE_STATUS] = { image_status_cols, NCOLS(image_status_cols) },
+	[STATUS_REQUESTS] = { request_cols, NCOLS(request_cols) },
+};
 
 static bool wanted(const char *key, const char *const *fields)
 {
@@ -437,6 +386,41 @@ static bool wanted(const char *key, const char *const *fields)
 		if (strcmp(*fields, key) == 0)
 			return true;
 	return false;
+}
+
+status_list *status_list_new(enum status_listing what,
+			     enum status_format fmt,
+			     const char *const *fields, double now)
+{
+	status_list *l = xcalloc(1, sizeof(*l));
+	const status_col *all = listings[what].cols;
+	const char **headers;
+
+	l->what = what;
+	l->fmt = fmt;
+	l->now = now;
+	l->cols = all;
+	l->ncols = listings[what].ncols;
+	sbuf_init(&l->json);
+	if (fmt == STATUS_JSON) {
+		sbuf_addc(&l->json, '[');
+		return l;
+	}
+	if (fields) {
+		l->shown = xcalloc(l->ncols, sizeof(status_col));
+		size_t n = 0;
+		for (size_t j = 0; j < l->ncols; j++)
+			if (wanted(all[j].key, fields))
+				l->shown[n++] = all[j];
+		l->cols = l->shown;
+		l->ncols = n;
+	}
+	headers = xcalloc(l->ncols ? l->ncols : 1, sizeof(char *));
+	for (size_t j = 0; j < l->ncols; j++)
+		headers[j] = l->cols[j].header;
+	l->t = table_new(headers, l->ncols);
+	free(headers);
+	return l;
 }
 
 /* Age fields hold an int timestamp (formatted here) or, for the node list,
@@ -452,50 +436,91 @@ static char *age_cell(const json_t *v, double now)
 	return status_cell(v);
 }
 
-char *status_pretty(const status_result *r, const char *const *fields,
-		    double now)
+/* Takes ROW: its output form is added to L and the row freed. */
+static void add_row(status_list *l, json_t *row)
 {
-	const char **headers = xcalloc(r->ncols, sizeof(char *));
-	const char **keys = xcalloc(r->ncols, sizeof(char *));
-	char **cells = xcalloc(r->ncols, sizeof(char *));
-	size_t nc = 0, i;
-	json_t *row;
-	table *t;
-	char *out;
+	char *cells[NCOLS(node_cols)]; /* the widest listing */
 
-	for (size_t j = 0; j < r->ncols; j++) {
-		if (!wanted(r->cols[j].key, fields))
-			continue;
-		keys[nc] = r->cols[j].key;
-		headers[nc++] = r->cols[j].header;
-	}
-	t = table_new(headers, nc);
-	json_array_foreach(r->rows, i, row) {
-		for (size_t j = 0; j < nc; j++) {
-			json_t *v = json_object_get(row, keys[j]);
-			bool is_age = strcmp(keys[j], "age") == 0 ||
-				      str_ends_with(keys[j], "_age");
-			cells[j] = is_age ? age_cell(v, now) : status_cell(v);
+	if (l->fmt == STATUS_JSON) {
+		char *text = np_json_dumps(row, false);
+		if (l->nrows)
+			sbuf_adds(&l->json, ", ");
+		sbuf_adds(&l->json, text);
+		free(text);
+	} else {
+		for (size_t j = 0; j < l->ncols; j++) {
+			const char *key = l->cols[j].key;
+			json_t *v = json_object_get(row, key);
+			bool is_age = strcmp(key, "age") == 0 ||
+				      str_ends_with(key, "_age");
+			cells[j] = is_age ? age_cell(v, l->now) : status_cell(v);
 		}
-		table_add_row(t, (const char *const *)cells);
-		for (size_t j = 0; j < nc; j++)
+		table_add_row(l->t, (const char *const *)cells);
+		for (size_t j = 0; j < l->ncols; j++)
 			free(cells[j]);
 	}
-	out = table_render(t);
-	table_free(t);
-	free(cells);
-	free(keys);
-	free(headers);
-	return out;
+	json_decref(row);
+	l->nrows++;
 }
 
-char *status_json(const status_result *r)
+void status_add_record(void *list, np_record *rec, bool flag)
 {
-	return np_json_dumps(r->rows, false);
+	status_list *l = list;
+	json_t *row = json_object();
+
+	switch (l->what) {
+	case STATUS_NODES:
+		node_row(row, &rec->node, flag, l->now);
+		break;
+	case STATUS_DIB_IMAGES:
+		build_row(row, &rec->build, flag);
+		break;
+	case STATUS_IMAGES:
+		upload_row(row, &rec->upload);
+		break;
+	case STATUS_REQUESTS:
+		request_row(row, &rec->request);
+		break;
+	case STATUS_IMAGE_STATUS: /* not records: status_add_image() */
+		json_decref(row);
+		return;
+	}
+	add_row(l, row);
 }
 
-void status_result_free(status_result *r)
+void status_add_image(status_list *l, const status_image *im)
 {
-	json_decref(r->rows);
-	r->rows = NULL;
+	json_t *row = json_object();
+
+	image_row(row, im);
+	add_row(l, row);
+}
+
+size_t status_list_rows(const status_list *l)
+{
+	return l->nrows;
+}
+
+char *status_list_text(const status_list *l)
+{
+	if (l->fmt == STATUS_TABLE)
+		return table_render(l->t);
+	return xasprintf("%s]", l->json.buf);
+}
+
+int status_list_print(const status_list *l, FILE *f)
+{
+	if (l->fmt == STATUS_TABLE)
+		return table_print(l->t, f);
+	return fprintf(f, "%s]\n", l->json.buf) < 0 ? -1 : 0;
+}
+
+void status_list_free(status_list *l)
+{
+	if (!l)
+		return;
+	table_free(l->t);
+	sbuf_free(&l->json);
+	free(l->shown);
+	free(l);
 }

@@ -2,32 +2,70 @@
  * image list, dib image list, image status, request list), shared by the
  * CLI (tables) and the web app (tables or JSON).
  *
- * A listing is a column set (field name + header, in upstream's order) and
- * rows as JSON objects from field name to value, with the values upstream
- * puts there: strings, ints, lists, null, booleans, and for the node list
- * an already formatted age string. status_pretty() turns that into the
- * PrettyTable text with upstream's conversions (lists comma-joined, null
- * empty, *_age fields as DD:HH:MM:SS); status_json() gives the JSON form.
- */
+ * A listing has a column set (field name + header, in upstream's order).
+ * Records are added one at a time, as the store reads them: each becomes
+ * upstream's row (field -> value: strings, ints, lists, null, booleans, and
+ * for the node list an already formatted age string) only for as long as
+ * it takes to turn it into its output form, which is all the listing keeps:
+ * the PrettyTable cells with upstream's conversions (lists comma-joined,
+ * null empty, *_age fields as DD:HH:MM:SS), or the row's json.dumps text.
+ * So a listing costs about the size of its output, not of its records. */
 #ifndef NP_STATUS_H
 #define NP_STATUS_H
 
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include "model.h"
 
-typedef struct status_col {
-	const char *key;
-	const char *header;
-} status_col;
+enum status_listing {
+	STATUS_NODES,        /* node_list; add np_node records */
+	STATUS_DIB_IMAGES,   /* dib_image_list; np_build */
+	STATUS_IMAGES,       /* image_list; np_upload */
+	STATUS_IMAGE_STATUS, /* image_status; status_add_image() */
+	STATUS_REQUESTS,     /* request_list; np_request */
+};
 
-typedef struct status_result {
-	const status_col *cols;
-	size_t ncols;
-	json_t *rows; /* array of objects; owned */
-} status_result;
+enum status_format {
+	STATUS_TABLE, /* PrettyTable text */
+	STATUS_JSON,  /* json.dumps of the list of rows (every field) */
+};
+
+typedef struct status_list status_list;
+
+/* The basic `nodepool list` columns (the rest are --detail). */
+extern const char *const STATUS_NODE_BASIC_FIELDS[];
+
+/* FIELDS: NULL-terminated subset of the field names to show, or NULL for
+ * all (tables only: JSON rows always carry every field, as upstream). NOW
+ * is the time ages are computed against. */
+status_list *status_list_new(enum status_listing what,
+			     enum status_format fmt,
+			     const char *const *fields, double now);
+/* Add the row of REC (the record kind of the listing). FLAG: for nodes,
+ * whether the lock has contenders; for builds, whether the image is
+ * paused. The signature is a store_visit_fn's, LIST the status_list, so a
+ * store listing can feed a status listing directly. */
+void status_add_record(void *list, np_record *rec, bool flag);
+
+typedef struct status_image {
+	const char *name;
+	bool paused;
+	bool has_request;      /* request-build marker exists */
+	bool request_pending;  /* see store_image_states() */
+	double request_ctime;  /* marker ctime, seconds */
+} status_image;
+void status_add_image(status_list *l, const status_image *im);
+
+size_t status_list_rows(const status_list *l);
+/* The text without a trailing newline. Caller frees. */
+char *status_list_text(const status_list *l);
+/* The text and a newline to F, written piece by piece. 0, or -1 on a
+ * write error. */
+int status_list_print(const status_list *l, FILE *f);
+void status_list_free(status_list *l);
 
 /* Python status.age(): "DD:HH:MM:SS" for NOW - TS, with Python's floor
  * division semantics (so a future timestamp prints like upstream's). */
@@ -37,36 +75,5 @@ void status_age(double ts, double now, char out[48]);
  * (dicts as {'k': 'v'}, true as True, null as None). Caller frees. */
 char *status_pyrepr(const json_t *v);
 char *status_cell(const json_t *v);
-
-/* LOCKED[i] tells whether node i's lock has contenders (may be NULL:
- * all unlocked). Columns: the full detail set; the basic listing selects
- * with STATUS_NODE_BASIC_FIELDS. FIELDS (NULL: all) limits the keys the
- * rows carry, to save memory on large listings. */
-void status_node_list(status_result *r, const np_node *nodes, size_t n,
-		      const bool *locked, double now,
-		      const char *const *fields);
-extern const char *const STATUS_NODE_BASIC_FIELDS[];
-/* PAUSED: image names whose pause marker exists. */
-void status_dib_image_list(status_result *r, const np_build *builds,
-			   size_t n, const strlist *paused);
-void status_image_list(status_result *r, const np_upload *uploads, size_t n);
-
-typedef struct status_image {
-	const char *name;
-	bool paused;
-	bool has_request;      /* request-build marker exists */
-	bool request_pending;  /* see store_image_state() */
-	double request_ctime;  /* marker ctime, seconds */
-} status_image;
-void status_image_status(status_result *r, const status_image *images,
-			 size_t n);
-void status_request_list(status_result *r, const np_request *reqs, size_t n);
-
-/* FIELDS: NULL-terminated subset of keys to show, or NULL for all.
- * Caller frees the text (no trailing newline). */
-char *status_pretty(const status_result *r, const char *const *fields,
-		    double now);
-char *status_json(const status_result *r);
-void status_result_free(status_result *r);
 
 #endif

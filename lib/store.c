@@ -1,10 +1,15 @@
 /* store.c: Nodepool's znode tree over zk.h (see store.h).
  *
- * The heart is a small pipelined batch: a list of paths, each fetched with
- * zk_aget (data) or zk_aget_children (children), at most WINDOW requests in
- * flight, the loop run until all have answered. Listings walk the tree one
- * level at a time with such batches, so the number of round-trips is the
- * depth of the tree, not the number of znodes. */
+ * The heart is one read engine, the batch: a list of paths, each read with
+ * zk_aget (data) or zk_aget_children (children), at most WINDOW reads in
+ * flight, and every answer handed to a callback in list order as soon as
+ * it and all before it are in. Replies arrive in request order (one
+ * session, FIFO), so nearly every answer is handed over straight from the
+ * client's buffer; only answers that overtake a node still waiting for its
+ * lock check are copied and held, at most WINDOW of them. Listings walk
+ * the tree one level at a time with such batches, so the number of
+ * round-trips is the depth of the tree, not the number of znodes, and the
+ * memory is what the callback keeps. */
 #include "store.h"
 #include "log.h"
 
@@ -16,147 +21,47 @@
 
 enum batch_kind { BATCH_DATA, BATCH_CHILDREN };
 
+/* One answered read, as handed to the batch's callback. */
+struct reply {
+	size_t i;                /* index in the batch */
+	const char *path;
+	int rc;
+	const char *data;        /* BATCH_DATA */
+	size_t len;
+	const zk_stat *st;
+	const strlist *children; /* BATCH_CHILDREN */
+	bool locked;             /* lock checks: the lock has contenders */
+};
+
+typedef void (*reply_fn)(void *ctx, const struct reply *r);
+
 struct batch;
 
-struct item {
+/* A read in flight or answered ahead of its turn. */
+struct slot {
 	struct batch *b;
-	char *path;       /* owned */
+	size_t i;
+	unsigned due;     /* answers still to come: the read, a lock check */
 	int rc;
-	char *data;       /* BATCH_DATA: owned, NUL-terminated */
-	int len;
+	bool locked;
+	char *data;       /* held answer; owned */
+	size_t len;
 	zk_stat st;
-	strlist children; /* BATCH_CHILDREN */
+	strlist children; /* held answer */
 };
 
 struct batch {
 	zk *z;
 	enum batch_kind kind;
-	struct item *items;
-	size_t n, cap, next, done;
+	bool lock_checks; /* BATCH_DATA: also read <path>/lock's children */
+	const strlist *paths;
+	reply_fn fn;
+	void *ctx;
+	size_t issued, delivered;
+	struct slot *ring; /* read i uses ring[i % nring] */
+	size_t nring;
+	int rc;            /* first error other than ZNONODE */
 };
-
-static void batch_init(struct batch *b, zk *z, enum batch_kind kind)
-{
-	memset(b, 0, sizeof(*b));
-	b->z = z;
-	b->kind = kind;
-}
-
-/* Takes PATH. */
-static void batch_add(struct batch *b, char *path)
-{
-	if (b->n == b->cap) {
-		b->cap = b->cap ? b->cap * 2 : 64;
-		b->items = xrealloc(b->items, b->cap * sizeof(*b->items));
-	}
-	struct item *it = &b->items[b->n++];
-	memset(it, 0, sizeof(*it));
-	it->path = path;
-	strlist_init(&it->children);
-}
-
-static void batch_free(struct batch *b)
-{
-	for (size_t i = 0; i < b->n; i++) {
-		free(b->items[i].path);
-		free(b->items[i].data);
-		strlist_free(&b->items[i].children);
-	}
-	free(b->items);
-	b->items = NULL;
-	b->n = 0;
-}
-
-static void batch_issue(struct batch *b);
-
-static void on_data(zk *z, int rc, const char *data, int len,
-		    const zk_stat *st, void *arg)
-{
-	struct item *it = arg;
-
-	it->rc = rc;
-	if (rc == ZOK) {
-		it->data = xmalloc((size_t)(len > 0 ? len : 0) + 1);
-		if (len > 0)
-			memcpy(it->data, data, (size_t)len);
-		it->data[len > 0 ? len : 0] = '\0';
-		it->len = len > 0 ? len : 0;
-		if (st)
-			it->st = *st;
-	}
-	it->b->done++;
-	batch_issue(it->b);
-}
-
-static void on_children(zk *z, int rc, const strlist *children,
-			const zk_stat *st, void *arg)
-{
-	struct item *it = arg;
-
-	it->rc = rc;
-	if (rc == ZOK && children)
-		for (size_t i = 0; i < children->n; i++)
-			strlist_add(&it->children, children->v[i]);
-	it->b->done++;
-	batch_issue(it->b);
-}
-
-/* Keep up to WINDOW requests in flight. */
-static void batch_issue(struct batch *b)
-{
-	while (b->next < b->n && b->next - b->done < WINDOW) {
-		struct item *it = &b->items[b->next++];
-		int rc;
-
-		it->b = b;
-		if (b->kind == BATCH_DATA)
-			rc = zk_aget(b->z, it->path, NULL, NULL, on_data, it);
-		else
-			rc = zk_aget_children(b->z, it->path, NULL, NULL,
-					      on_children, it);
-		if (rc != ZOK) {
-			it->rc = rc;
-			b->done++;
-		}
-	}
-}
-
-/* Run the batch to completion. Returns the first error other than
- * ZNONODE (a znode deleted under us is normal), else ZOK. */
-static int batch_run(struct batch *b)
-{
-	evloop *loop = zk_loop(b->z);
-
-	batch_issue(b);
-	while (b->done < b->n)
-		evloop_run_once(loop, 1000);
-	for (size_t i = 0; i < b->n; i++)
-		if (b->items[i].rc != ZOK && b->items[i].rc != ZNONODE)
-			return b->items[i].rc;
-	return ZOK;
-}
-
-int store_children(zk *z, const char *path, strlist *out)
-{
-	int rc = zk_get_children(z, path, out, NULL);
-
-	return rc == ZNONODE ? ZOK : rc;
-}
-
-/* Children minus the "lock" directory some levels carry. */
-static int children_no_lock(zk *z, const char *path, strlist *out)
-{
-	strlist all;
-	int rc;
-
-	strlist_init(&all);
-	rc = store_children(z, path, &all);
-	for (size_t i = 0; rc == ZOK && i < all.n; i++)
-		if (strcmp(all.v[i], "lock") != 0)
-			strlist_add(out, all.v[i]);
-	strlist_free(&all);
-	return rc;
-}
 
 static void log_bad(const char *path, const char *err)
 {
@@ -181,109 +86,488 @@ static bool is_contender(const char *name)
 
 static bool has_contenders(const strlist *children)
 {
-	for (size_t i = 0; i < children->n; i++)
+	for (size_t i = 0; children && i < children->n; i++)
 		if (is_contender(children->v[i]))
 			return true;
 	return false;
 }
 
-/* ---- nodes ---- */
+/* ---- the batch ---- */
 
-/* Decode node I of the batch into OUT[*N]; frees the raw data at once so
- * that a 10,000-node listing never holds text and records together. */
-static void take_node(struct item *it, const char *id, np_node *out,
-		      size_t *n)
+/* Hand read S to the callback (DATA/CHILDREN: the answer, or NULL for
+ * what S holds) and free what S held. */
+static void deliver(struct batch *b, struct slot *s, const char *data,
+		    size_t len, const strlist *children)
 {
-	char *err = NULL;
+	struct reply r = {
+		.i = s->i, .path = b->paths->v[s->i], .rc = s->rc,
+		.data = data ? data : s->data, .len = data ? len : s->len,
+		.st = &s->st, .children = children ? children : &s->children,
+		.locked = s->locked,
+	};
 
-	/* upstream's getNode: gone or empty means no node */
-	if (it->rc != ZOK || it->len == 0)
-		return;
-	if (np_node_decode(&out[*n], id, it->data, (size_t)it->len,
-			   &err) < 0) {
-		log_bad(it->path, err);
-		free(err);
-	} else {
-		/* Listed records are for reading: without their source
-		 * document they are a fifth of the size. */
-		json_decref(out[*n].raw);
-		out[*n].raw = NULL;
-		out[*n].version = it->st.version;
-		(*n)++;
-	}
-	free(it->data);
-	it->data = NULL;
+	if (s->rc != ZOK && s->rc != ZNONODE && b->rc == ZOK)
+		b->rc = s->rc;
+	b->fn(b->ctx, &r);
+	free(s->data);
+	s->data = NULL;
+	strlist_free(&s->children);
+	b->delivered++;
 }
 
-int store_nodes(zk *z, np_node **out, size_t *n, bool **locked)
+static void deliver_ready(struct batch *b)
 {
-	struct batch data, locks;
-	strlist ids;
-	size_t *which;
+	while (b->delivered < b->issued) {
+		struct slot *s = &b->ring[b->delivered % b->nring];
+		if (s->due)
+			break;
+		deliver(b, s, NULL, 0, NULL);
+	}
+}
+
+static void on_data(zk *z, int rc, const char *data, int len,
+		    const zk_stat *st, void *arg);
+static void on_children(zk *z, int rc, const strlist *children,
+			const zk_stat *st, void *arg);
+
+/* Keep up to nring reads in flight or held; hand over what a refused
+ * request completes at once. */
+static void issue(struct batch *b)
+{
+	size_t before;
+
+	do {
+		while (b->issued < b->paths->n &&
+		       b->issued - b->delivered < b->nring) {
+			struct slot *s = &b->ring[b->issued % b->nring];
+			const char *path = b->paths->v[b->issued];
+			int rc;
+
+			memset(s, 0, sizeof(*s));
+			s->b = b;
+			s->i = b->issued++;
+			s->due = 1;
+			if (b->kind == BATCH_DATA)
+				rc = zk_aget(b->z, path, NULL, NULL, on_data, s);
+			else
+				rc = zk_aget_children(b->z, path, NULL, NULL,
+						      on_children, s);
+			if (rc != ZOK) {
+				s->rc = rc;
+				s->due = 0;
+			}
+		}
+		before = b->delivered;
+		deliver_ready(b);
+	} while (b->delivered != before);
+}
+
+static void on_lock(zk *z, int rc, const strlist *children,
+		    const zk_stat *st, void *arg)
+{
+	struct slot *s = arg;
+
+	s->locked = rc == ZOK && has_contenders(children);
+	s->due--;
+	issue(s->b);
+}
+
+/* Only a node with children can have a lock directory: the stat of the
+ * data read saves a request per unlocked node. */
+static void check_lock(struct batch *b, struct slot *s)
+{
+	char *path;
+
+	if (!b->lock_checks || s->rc != ZOK || s->st.num_children == 0)
+		return;
+	path = xasprintf("%s/lock", b->paths->v[s->i]);
+	if (zk_aget_children(b->z, path, NULL, NULL, on_lock, s) == ZOK)
+		s->due++;
+	free(path);
+}
+
+static void on_data(zk *z, int rc, const char *data, int len,
+		    const zk_stat *st, void *arg)
+{
+	struct slot *s = arg;
+	struct batch *b = s->b;
+	size_t n = rc == ZOK && len > 0 ? (size_t)len : 0;
+
+	s->rc = rc;
+	if (rc == ZOK && st)
+		s->st = *st;
+	s->due--;
+	check_lock(b, s);
+	if (s->due == 0 && s->i == b->delivered) {
+		deliver(b, s, data ? data : "", n, NULL);
+	} else {
+		s->data = xmalloc(n + 1);
+		memcpy(s->data, data ? data : "", n);
+		s->data[n] = '\0';
+		s->len = n;
+	}
+	issue(b);
+}
+
+static void on_children(zk *z, int rc, const strlist *children,
+			const zk_stat *st, void *arg)
+{
+	struct slot *s = arg;
+	struct batch *b = s->b;
+	static const strlist none;
+
+	s->rc = rc;
+	s->due--;
+	if (rc != ZOK || !children)
+		children = &none;
+	if (s->i == b->delivered) {
+		deliver(b, s, NULL, 0, children);
+	} else {
+		for (size_t i = 0; i < children->n; i++)
+			strlist_add(&s->children, children->v[i]);
+	}
+	issue(b);
+}
+
+/* Read every path of PATHS, FN called for each in order. Returns the first
+ * error other than ZNONODE (a znode deleted under us is normal), else
+ * ZOK; FN sees every answer either way. */
+static int batch_read(zk *z, enum batch_kind kind, bool lock_checks,
+		      const strlist *paths, reply_fn fn, void *ctx)
+{
+	struct batch b = {
+		.z = z, .kind = kind, .lock_checks = lock_checks,
+		.paths = paths, .fn = fn, .ctx = ctx,
+	};
+
+	if (!paths->n)
+		return ZOK;
+	b.nring = paths->n < WINDOW ? paths->n : WINDOW;
+	b.ring = xcalloc(b.nring, sizeof(*b.ring));
+	issue(&b);
+	while (b.delivered < paths->n)
+		evloop_run_once(zk_loop(z), 1000);
+	free(b.ring);
+	return b.rc;
+}
+
+/* ---- walking the tree ---- */
+
+int store_children(zk *z, const char *path, strlist *out)
+{
+	int rc = zk_get_children(z, path, out, NULL);
+
+	return rc == ZNONODE ? ZOK : rc;
+}
+
+/* Children minus the "lock" directory some levels carry. */
+static int children_no_lock(zk *z, const char *path, strlist *out)
+{
+	strlist all;
 	int rc;
 
-	*out = NULL;
-	*n = 0;
-	if (locked)
-		*locked = NULL;
+	strlist_init(&all);
+	rc = store_children(z, path, &all);
+	for (size_t i = 0; rc == ZOK && i < all.n; i++)
+		if (strcmp(all.v[i], "lock") != 0)
+			strlist_add(out, all.v[i]);
+	strlist_free(&all);
+	return rc;
+}
+
+/* Path builders for tuples of ids, one per level of the image tree. */
+static char *builds_dir(const char *const *t)
+{
+	return np_path_builds(t[0]);
+}
+
+static char *providers_dir(const char *const *t)
+{
+	return np_path_build_providers(t[0], t[1]);
+}
+
+static char *uploads_dir(const char *const *t)
+{
+	return np_path_uploads(t[0], t[1], t[2]);
+}
+
+enum {
+	SKIP_LOCK = 1, /* leave out the "lock" child some levels carry */
+	SORTED = 2,    /* children sorted (providers), else server order */
+};
+
+struct descend {
+	const strlist *parents;
+	size_t k;
+	unsigned flags;
+	const char *only; /* keep only this child name (NULL: all) */
+	strlist *out;
+};
+
+static void descend_reply(void *ctx, const struct reply *r)
+{
+	struct descend *d = ctx;
+	strlist kids;
+
+	strlist_init(&kids);
+	for (size_t j = 0; j < r->children->n; j++) {
+		const char *c = r->children->v[j];
+		if ((d->flags & SKIP_LOCK) && strcmp(c, "lock") == 0)
+			continue;
+		if (!d->only || strcmp(c, d->only) == 0)
+			strlist_add(&kids, c);
+	}
+	if (d->flags & SORTED)
+		strlist_sort(&kids);
+	for (size_t j = 0; j < kids.n; j++) {
+		for (size_t m = 0; m < d->k; m++)
+			strlist_add(d->out, d->parents->v[r->i * d->k + m]);
+		strlist_add(d->out, kids.v[j]);
+	}
+	strlist_free(&kids);
+}
+
+/* One level down the tree: for each K-tuple of ids in PARENTS, the
+ * children of DIR(tuple) become (K+1)-tuples in OUT. */
+static int descend(zk *z, const strlist *parents, size_t k,
+		   char *(*dir)(const char *const *t), unsigned flags,
+		   const char *only, strlist *out)
+{
+	struct descend d = { parents, k, flags, only, out };
+	strlist paths;
+	int rc;
+
+	strlist_init(&paths);
+	for (size_t i = 0; i + k <= parents->n; i += k)
+		strlist_add_owned(&paths,
+				  dir((const char *const *)parents->v + i));
+	rc = batch_read(z, BATCH_CHILDREN, false, &paths, descend_reply, &d);
+	strlist_free(&paths);
+	return rc;
+}
+
+/* (image, build id) pairs of every build: 2 strings per build in OUT. */
+static int list_build_ids(zk *z, strlist *out)
+{
+	strlist names;
+	int rc;
+
+	strlist_init(&names);
+	rc = store_image_names(z, &names);
+	if (rc == ZOK)
+		rc = descend(z, &names, 1, builds_dir, SKIP_LOCK, NULL, out);
+	strlist_free(&names);
+	return rc;
+}
+
+/* Provider PROVIDER (NULL: every provider) of every build, as (image,
+ * build, provider) triples in OUT. */
+static int list_build_providers(zk *z, const char *provider, strlist *out)
+{
+	strlist pairs;
+	int rc;
+
+	strlist_init(&pairs);
+	rc = list_build_ids(z, &pairs);
+	if (rc == ZOK)
+		rc = descend(z, &pairs, 2, providers_dir, SORTED, provider,
+			     out);
+	strlist_free(&pairs);
+	return rc;
+}
+
+/* Upload ids as 4-tuples (image, build, provider, upload) in OUT. */
+static int list_upload_ids(zk *z, const char *provider, strlist *out)
+{
+	strlist triples;
+	int rc;
+
+	strlist_init(&triples);
+	rc = list_build_providers(z, provider, &triples);
+	if (rc == ZOK)
+		rc = descend(z, &triples, 3, uploads_dir, SKIP_LOCK, NULL,
+			     out);
+	strlist_free(&triples);
+	return rc;
+}
+
+struct filter {
+	const strlist *names;
+	strlist *out;
+};
+
+static void add_if_exists(void *ctx, const struct reply *r)
+{
+	struct filter *f = ctx;
+
+	if (r->rc == ZOK)
+		strlist_add(f->out, f->names->v[r->i]);
+}
+
+/* Names of the images whose pause marker exists. */
+static int list_paused(zk *z, strlist *out)
+{
+	strlist names, paths;
+	struct filter ctx = { &names, out };
+	int rc;
+
+	strlist_init(&names);
+	strlist_init(&paths);
+	rc = store_image_names(z, &names);
+	for (size_t i = 0; i < names.n; i++)
+		strlist_add_owned(&paths, np_path_image_pause(names.v[i]));
+	if (rc == ZOK)
+		rc = batch_read(z, BATCH_DATA, false, &paths, add_if_exists,
+				&ctx);
+	strlist_free(&paths);
+	strlist_free(&names);
+	return rc;
+}
+
+/* ---- records ---- */
+
+struct walk {
+	np_kind kind;
+	const strlist *ids;    /* np_kind_nids(kind) per record */
+	const strlist *paused; /* builds: paused image names (the flag) */
+	store_visit_fn fn;
+	void *arg;
+};
+
+static void record_reply(void *ctx, const struct reply *r)
+{
+	struct walk *w = ctx;
+	const char *const *ids = (const char *const *)w->ids->v +
+				 r->i * np_kind_nids(w->kind);
+	bool flag = r->locked;
+	np_record rec;
+	char *err = NULL;
+
+	/* Gone, or an empty node (upstream's getNode: no node). */
+	if (r->rc != ZOK || (w->kind == NP_KIND_NODE && r->len == 0))
+		return;
+	if (np_record_decode(w->kind, &rec, ids, r->data, r->len,
+			     r->st->version, &err) < 0) {
+		log_bad(r->path, err);
+		free(err);
+		return;
+	}
+	if (w->paused)
+		flag = strlist_contains(w->paused, ids[0]);
+	w->fn(w->arg, &rec, flag);
+	np_record_clear(w->kind, &rec);
+}
+
+/* Read the records named by the id tuples IDS and visit them in order. */
+static int walk_records(zk *z, np_kind kind, const strlist *ids,
+			bool lock_checks, const strlist *paused,
+			store_visit_fn fn, void *arg)
+{
+	struct walk w = { kind, ids, paused, fn, arg };
+	size_t k = np_kind_nids(kind);
+	strlist paths;
+	int rc;
+
+	strlist_init(&paths);
+	for (size_t i = 0; i + k <= ids->n; i += k)
+		strlist_add_owned(&paths, np_kind_path(kind,
+				  (const char *const *)ids->v + i));
+	rc = batch_read(z, BATCH_DATA, lock_checks, &paths, record_reply, &w);
+	strlist_free(&paths);
+	return rc;
+}
+
+struct one {
+	void *out;
+	size_t size;
+	bool found;
+};
+
+static void take_record(void *arg, np_record *rec, bool flag)
+{
+	struct one *o = arg;
+
+	memcpy(o->out, rec, o->size);
+	memset(rec, 0, sizeof(*rec));
+	o->found = true;
+}
+
+/* The record named by IDS into OUT (SIZE bytes: the kind's struct).
+ * ZNONODE when it does not exist, does not decode, or an id is not a
+ * name we may put in a path. */
+static int read_one(zk *z, np_kind kind, const char *const *ids, void *out,
+		    size_t size)
+{
+	struct one o = { out, size, false };
+	strlist l;
+	int rc;
+
+	for (size_t i = 0; i < np_kind_nids(kind); i++)
+		if (!np_valid_name(ids[i]))
+			return ZNONODE;
+	strlist_init(&l);
+	for (size_t i = 0; i < np_kind_nids(kind); i++)
+		strlist_add(&l, ids[i]);
+	rc = walk_records(z, kind, &l, false, NULL, take_record, &o);
+	strlist_free(&l);
+	if (rc == ZOK && !o.found)
+		rc = ZNONODE;
+	return rc;
+}
+
+/* Write JSON to PATH unconditionally, as upstream's store* methods do.
+ * Takes both strings. */
+static int put(zk *z, char *path, char *json)
+{
+	int rc = zk_set(z, path, json, (int)strlen(json), -1, NULL);
+
+	free(json);
+	free(path);
+	return rc;
+}
+
+/* Set the record's state to deleting unless it is BUSY. */
+static int mark_deleting(zk *z, np_kind kind, const char *const *ids,
+			 const char *busy)
+{
+	np_record rec;
+	const char *state;
+	int rc;
+
+	rc = read_one(z, kind, ids, &rec, sizeof(rec));
+	if (rc != ZOK)
+		return rc;
+	state = np_record_state(kind, &rec);
+	if (state && strcmp(state, busy) == 0) {
+		rc = STORE_IN_PROGRESS;
+	} else {
+		np_record_set_state(kind, &rec, NP_IMG_DELETING);
+		rc = put(z, np_record_path(kind, &rec),
+			 np_record_encode(kind, &rec));
+	}
+	np_record_clear(kind, &rec);
+	return rc;
+}
+
+/* ---- nodes ---- */
+
+int store_each_node(zk *z, bool check_locks, store_visit_fn fn, void *arg)
+{
+	strlist ids;
+	int rc;
+
 	strlist_init(&ids);
 	rc = store_children(z, NP_NODE_ROOT, &ids);
-	if (rc != ZOK) {
-		strlist_free(&ids);
-		return rc;
-	}
-	batch_init(&data, z, BATCH_DATA);
-	batch_init(&locks, z, BATCH_CHILDREN);
-	for (size_t i = 0; i < ids.n; i++)
-		batch_add(&data, np_path_node(ids.v[i]));
-	rc = batch_run(&data);
-	*out = xcalloc(ids.n ? ids.n : 1, sizeof(np_node));
-	which = xcalloc(ids.n ? ids.n : 1, sizeof(size_t));
-	for (size_t i = 0; rc == ZOK && i < ids.n; i++) {
-		size_t before = *n;
-		take_node(&data.items[i], ids.v[i], *out, n);
-		/* Only a node with children can have a lock directory: the
-		 * stat we already have saves a request per unlocked node. */
-		if (locked && *n > before && data.items[i].st.num_children > 0) {
-			which[locks.n] = before;
-			batch_add(&locks, np_path_node_lock(ids.v[i]));
-		}
-	}
-	if (rc == ZOK && locked) {
-		rc = batch_run(&locks);
-		*locked = xcalloc(ids.n ? ids.n : 1, sizeof(bool));
-		for (size_t i = 0; rc == ZOK && i < locks.n; i++)
-			(*locked)[which[i]] = locks.items[i].rc == ZOK &&
-				has_contenders(&locks.items[i].children);
-	}
-	free(which);
-	batch_free(&data);
-	batch_free(&locks);
+	if (rc == ZOK)
+		rc = walk_records(z, NP_KIND_NODE, &ids, check_locks, NULL,
+				  fn, arg);
 	strlist_free(&ids);
 	return rc;
 }
 
 int store_node(zk *z, const char *id, np_node *out)
 {
-	char *path = np_path_node(id), *data = NULL, *err = NULL;
-	zk_stat st;
-	int len = 0, rc;
-
-	rc = zk_get(z, path, &data, &len, &st);
-	if (rc == ZOK && len == 0)
-		rc = ZNONODE;
-	if (rc == ZOK) {
-		if (np_node_decode(out, id, data, (size_t)len, &err) < 0) {
-			log_bad(path, err);
-			free(err);
-			rc = ZNONODE;
-		} else {
-			out->version = st.version;
-		}
-	}
-	free(data);
-	free(path);
-	return rc;
+	return read_one(z, NP_KIND_NODE, &id, out, sizeof(*out));
 }
 
 bool store_node_locked(zk *z, const char *id)
@@ -302,12 +586,7 @@ bool store_node_locked(zk *z, const char *id)
 
 int store_node_save(zk *z, const np_node *n)
 {
-	char *path = np_path_node(n->id), *json = np_node_encode(n);
-	int rc = zk_set(z, path, json, (int)strlen(json), -1, NULL);
-
-	free(json);
-	free(path);
-	return rc;
+	return put(z, np_path_node(n->id), np_node_encode(n));
 }
 
 int store_node_delete(zk *z, np_node *n)
@@ -340,63 +619,21 @@ int store_node_lock(zk *z, const char *id, double timeout, zk_lock **lock)
 	return rc;
 }
 
-void store_free_nodes(np_node *v, size_t n, bool *locked)
-{
-	for (size_t i = 0; i < n; i++)
-		np_node_clear(&v[i]);
-	free(v);
-	free(locked);
-}
-
 /* ---- requests ---- */
 
-int store_requests(zk *z, np_request **out, size_t *n)
+int store_each_request(zk *z, store_visit_fn fn, void *arg)
 {
-	struct batch data;
 	strlist ids;
 	int rc;
 
-	*out = NULL;
-	*n = 0;
 	strlist_init(&ids);
 	rc = store_children(z, NP_REQUEST_ROOT, &ids);
-	if (rc != ZOK) {
-		strlist_free(&ids);
-		return rc;
-	}
 	strlist_sort(&ids);
-	batch_init(&data, z, BATCH_DATA);
-	for (size_t i = 0; i < ids.n; i++)
-		batch_add(&data, np_path_request(ids.v[i]));
-	rc = batch_run(&data);
-	if (rc == ZOK) {
-		*out = xcalloc(ids.n ? ids.n : 1, sizeof(np_request));
-		for (size_t i = 0; i < ids.n; i++) {
-			struct item *it = &data.items[i];
-			char *err = NULL;
-
-			if (it->rc != ZOK)
-				continue;
-			if (np_request_decode(&(*out)[*n], ids.v[i], it->data,
-					      (size_t)it->len, &err) < 0) {
-				log_bad(it->path, err);
-				free(err);
-				continue;
-			}
-			(*out)[*n].version = it->st.version;
-			(*n)++;
-		}
-	}
-	batch_free(&data);
+	if (rc == ZOK)
+		rc = walk_records(z, NP_KIND_REQUEST, &ids, false, NULL, fn,
+				  arg);
 	strlist_free(&ids);
 	return rc;
-}
-
-void store_free_requests(np_request *v, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		np_request_clear(&v[i]);
-	free(v);
 }
 
 /* ---- images ---- */
@@ -513,275 +750,84 @@ void store_free_image_states(status_image *v, size_t n)
 	free(v);
 }
 
-/* (image, build) pairs of every build: 2 strings per build in OUT. Also
- * the paused image names when PAUSED is non-NULL. */
-static int list_build_ids(zk *z, strlist *out, strlist *paused)
+
+int store_each_build(zk *z, store_visit_fn fn, void *arg)
 {
-	struct batch kids, pauses;
-	strlist names;
+	strlist pairs, paused;
 	int rc;
 
-	strlist_init(&names);
-	rc = store_image_names(z, &names);
-	batch_init(&kids, z, BATCH_CHILDREN);
-	batch_init(&pauses, z, BATCH_DATA);
-	for (size_t i = 0; i < names.n; i++) {
-		batch_add(&kids, np_path_builds(names.v[i]));
-		if (paused)
-			batch_add(&pauses, np_path_image_pause(names.v[i]));
-	}
-	if (rc == ZOK) {
-		batch_issue(&pauses);
-		rc = batch_run(&kids);
-		int prc = batch_run(&pauses);
-		if (rc == ZOK)
-			rc = prc;
-	}
-	for (size_t i = 0; rc == ZOK && i < names.n; i++) {
-		const strlist *c = &kids.items[i].children;
-		for (size_t j = 0; j < c->n; j++) {
-			if (strcmp(c->v[j], "lock") == 0)
-				continue;
-			strlist_add(out, names.v[i]);
-			strlist_add(out, c->v[j]);
-		}
-		if (paused && pauses.items[i].rc == ZOK)
-			strlist_add(paused, names.v[i]);
-	}
-	batch_free(&kids);
-	batch_free(&pauses);
-	strlist_free(&names);
-	return rc;
-}
-
-int store_builds(zk *z, np_build **out, size_t *n, strlist *paused)
-{
-	struct batch data;
-	strlist pairs;
-	int rc;
-
-	*out = NULL;
-	*n = 0;
 	strlist_init(&pairs);
-	rc = list_build_ids(z, &pairs, paused);
-	batch_init(&data, z, BATCH_DATA);
-	for (size_t i = 0; rc == ZOK && i + 1 < pairs.n; i += 2)
-		batch_add(&data, np_path_build(pairs.v[i], pairs.v[i + 1]));
+	strlist_init(&paused);
+	rc = list_build_ids(z, &pairs);
 	if (rc == ZOK)
-		rc = batch_run(&data);
-	*out = xcalloc(data.n ? data.n : 1, sizeof(np_build));
-	for (size_t i = 0; rc == ZOK && i < data.n; i++) {
-		struct item *it = &data.items[i];
-		char *err = NULL;
-
-		if (it->rc != ZOK)
-			continue;
-		if (np_build_decode(&(*out)[*n], pairs.v[2 * i],
-				    pairs.v[2 * i + 1], it->data,
-				    (size_t)it->len, &err) < 0) {
-			log_bad(it->path, err);
-			free(err);
-			continue;
-		}
-		(*out)[*n].version = it->st.version;
-		(*n)++;
-	}
-	batch_free(&data);
+		rc = list_paused(z, &paused);
+	if (rc == ZOK)
+		rc = walk_records(z, NP_KIND_BUILD, &pairs, false, &paused, fn,
+				  arg);
 	strlist_free(&pairs);
+	strlist_free(&paused);
 	return rc;
 }
 
 int store_build(zk *z, const char *image, const char *build_id,
 		np_build *out)
 {
-	char *path = np_path_build(image, build_id), *data = NULL, *err = NULL;
-	zk_stat st;
-	int len = 0, rc;
+	const char *ids[] = { image, build_id };
 
-	rc = zk_get(z, path, &data, &len, &st);
-	if (rc == ZOK) {
-		if (np_build_decode(out, image, build_id, data, (size_t)len,
-				    &err) < 0) {
-			log_bad(path, err);
-			free(err);
-			rc = ZNONODE;
-		} else {
-			out->version = st.version;
-		}
-	}
-	free(data);
-	free(path);
-	return rc;
+	return read_one(z, NP_KIND_BUILD, ids, out, sizeof(*out));
 }
 
-int store_build_save(zk *z, const np_build *b)
+int store_mark_build_deleting(zk *z, const char *image, const char *build_id)
 {
-	char *path = np_path_build(b->image, b->id), *json = np_build_encode(b);
-	int rc = zk_set(z, path, json, (int)strlen(json), -1, NULL);
+	const char *ids[] = { image, build_id };
 
-	free(json);
-	free(path);
-	return rc;
+	return mark_deleting(z, NP_KIND_BUILD, ids, NP_IMG_BUILDING);
 }
 
-void store_free_builds(np_build *v, size_t n)
+int store_each_upload(zk *z, const char *provider, store_visit_fn fn,
+		      void *arg)
 {
-	for (size_t i = 0; i < n; i++)
-		np_build_clear(&v[i]);
-	free(v);
-}
-
-/* Upload paths as 4-tuples (image, build, provider, upload) in OUT. */
-static int list_upload_ids(zk *z, const char *only, strlist *out)
-{
-	struct batch provs, ups;
-	strlist pairs, triples;
+	strlist quads;
 	int rc;
 
-	strlist_init(&pairs);
-	strlist_init(&triples);
-	rc = list_build_ids(z, &pairs, NULL);
-	batch_init(&provs, z, BATCH_CHILDREN);
-	batch_init(&ups, z, BATCH_CHILDREN);
-	for (size_t i = 0; rc == ZOK && i + 1 < pairs.n; i += 2)
-		batch_add(&provs, np_path_build_providers(pairs.v[i],
-							  pairs.v[i + 1]));
+	strlist_init(&quads);
+	rc = list_upload_ids(z, provider, &quads);
 	if (rc == ZOK)
-		rc = batch_run(&provs);
-	for (size_t i = 0; rc == ZOK && i < provs.n; i++) {
-		strlist *p = &provs.items[i].children;
-		strlist_sort(p);
-		for (size_t j = 0; j < p->n; j++) {
-			if (only && strcmp(only, p->v[j]) != 0)
-				continue;
-			strlist_add(&triples, pairs.v[2 * i]);
-			strlist_add(&triples, pairs.v[2 * i + 1]);
-			strlist_add(&triples, p->v[j]);
-			batch_add(&ups, np_path_uploads(pairs.v[2 * i],
-				pairs.v[2 * i + 1], p->v[j]));
-		}
-	}
-	if (rc == ZOK)
-		rc = batch_run(&ups);
-	for (size_t i = 0; rc == ZOK && i < ups.n; i++) {
-		const strlist *u = &ups.items[i].children;
-		for (size_t j = 0; j < u->n; j++) {
-			if (strcmp(u->v[j], "lock") == 0)
-				continue;
-			for (int k = 0; k < 3; k++)
-				strlist_add(out, triples.v[3 * i + (size_t)k]);
-			strlist_add(out, u->v[j]);
-		}
-	}
-	batch_free(&provs);
-	batch_free(&ups);
-	strlist_free(&pairs);
-	strlist_free(&triples);
-	return rc;
-}
-
-int store_uploads(zk *z, const char *provider, np_upload **out, size_t *n)
-{
-	struct batch data;
-	strlist ids;
-	int rc;
-
-	*out = NULL;
-	*n = 0;
-	strlist_init(&ids);
-	rc = list_upload_ids(z, provider, &ids);
-	batch_init(&data, z, BATCH_DATA);
-	for (size_t i = 0; rc == ZOK && i + 3 < ids.n; i += 4)
-		batch_add(&data, np_path_upload(ids.v[i], ids.v[i + 1],
-						 ids.v[i + 2], ids.v[i + 3]));
-	if (rc == ZOK)
-		rc = batch_run(&data);
-	*out = xcalloc(data.n ? data.n : 1, sizeof(np_upload));
-	for (size_t i = 0; rc == ZOK && i < data.n; i++) {
-		struct item *it = &data.items[i];
-		char **t = &ids.v[4 * i];
-		char *err = NULL;
-
-		if (it->rc != ZOK)
-			continue;
-		if (np_upload_decode(&(*out)[*n], t[0], t[1], t[2], t[3],
-				     it->data, (size_t)it->len, &err) < 0) {
-			log_bad(it->path, err);
-			free(err);
-			continue;
-		}
-		(*out)[*n].version = it->st.version;
-		(*n)++;
-	}
-	batch_free(&data);
-	strlist_free(&ids);
+		rc = walk_records(z, NP_KIND_UPLOAD, &quads, false, NULL, fn,
+				  arg);
+	strlist_free(&quads);
 	return rc;
 }
 
 int store_upload(zk *z, const char *image, const char *build_id,
 		 const char *provider, const char *upload_id, np_upload *out)
 {
-	char *path = np_path_upload(image, build_id, provider, upload_id);
-	char *data = NULL, *err = NULL;
-	zk_stat st;
-	int len = 0, rc;
+	const char *ids[] = { image, build_id, provider, upload_id };
 
-	rc = zk_get(z, path, &data, &len, &st);
-	if (rc == ZOK) {
-		if (np_upload_decode(out, image, build_id, provider, upload_id,
-				     data, (size_t)len, &err) < 0) {
-			log_bad(path, err);
-			free(err);
-			rc = ZNONODE;
-		} else {
-			out->version = st.version;
-		}
-	}
-	free(data);
-	free(path);
-	return rc;
+	return read_one(z, NP_KIND_UPLOAD, ids, out, sizeof(*out));
 }
 
-int store_upload_save(zk *z, const np_upload *u)
+int store_mark_upload_deleting(zk *z, const char *image,
+			       const char *build_id, const char *provider,
+			       const char *upload_id)
 {
-	char *path = np_path_upload(u->image, u->build_id, u->provider, u->id);
-	char *json = np_upload_encode(u);
-	int rc = zk_set(z, path, json, (int)strlen(json), -1, NULL);
+	const char *ids[] = { image, build_id, provider, upload_id };
 
-	free(json);
-	free(path);
-	return rc;
-}
-
-void store_free_uploads(np_upload *v, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		np_upload_clear(&v[i]);
-	free(v);
+	return mark_deleting(z, NP_KIND_UPLOAD, ids, NP_IMG_UPLOADING);
 }
 
 int store_provider_builds(zk *z, const char *provider, strlist *out)
 {
-	struct batch provs;
-	strlist pairs;
+	strlist triples;
 	int rc;
 
-	strlist_init(&pairs);
-	rc = list_build_ids(z, &pairs, NULL);
-	batch_init(&provs, z, BATCH_CHILDREN);
-	for (size_t i = 0; rc == ZOK && i + 1 < pairs.n; i += 2)
-		batch_add(&provs, np_path_build_providers(pairs.v[i],
-							  pairs.v[i + 1]));
-	if (rc == ZOK)
-		rc = batch_run(&provs);
-	for (size_t i = 0; rc == ZOK && i < provs.n; i++) {
-		if (!strlist_contains(&provs.items[i].children, provider))
-			continue;
-		strlist_add(out, pairs.v[2 * i]);
-		strlist_add(out, pairs.v[2 * i + 1]);
+	strlist_init(&triples);
+	rc = list_build_providers(z, provider, &triples);
+	for (size_t i = 0; rc == ZOK && i + 2 < triples.n; i += 3) {
+		strlist_add(out, triples.v[i]);
+		strlist_add(out, triples.v[i + 1]);
 	}
-	batch_free(&provs);
-	strlist_free(&pairs);
+	strlist_free(&triples);
 	return rc;
 }
 
@@ -803,49 +849,54 @@ int store_erase_provider_builds(zk *z, const char *provider,
 
 /* ---- export / import ---- */
 
+static void export_reply(void *ctx, const struct reply *r)
+{
+	json_t *s;
+
+	if (r->rc != ZOK)
+		return;
+	s = json_stringn(r->data, r->len);
+	if (!s) {
+		log_bad(r->path, "data is not UTF-8");
+		return;
+	}
+	json_object_set_new(ctx, r->path, s);
+}
+
 int store_export_image_data(zk *z, json_t **out)
 {
-	struct batch data;
-	strlist pairs, ups, paused;
+	strlist pairs, quads, paused, paths;
 	int rc;
 
 	*out = json_object();
 	strlist_init(&pairs);
-	strlist_init(&ups);
+	strlist_init(&quads);
 	strlist_init(&paused);
-	rc = list_build_ids(z, &pairs, &paused);
+	strlist_init(&paths);
+	rc = list_build_ids(z, &pairs);
 	if (rc == ZOK)
-		rc = list_upload_ids(z, NULL, &ups);
-	batch_init(&data, z, BATCH_DATA);
-	for (size_t i = 0; rc == ZOK && i + 1 < pairs.n; i += 2)
-		batch_add(&data, np_path_build(pairs.v[i], pairs.v[i + 1]));
-	for (size_t i = 0; rc == ZOK && i + 3 < ups.n; i += 4)
-		batch_add(&data, np_path_upload(ups.v[i], ups.v[i + 1],
-						ups.v[i + 2], ups.v[i + 3]));
+		rc = list_upload_ids(z, NULL, &quads);
 	if (rc == ZOK)
-		rc = batch_run(&data);
-	for (size_t i = 0; rc == ZOK && i < paused.n; i++) {
+		rc = list_paused(z, &paused);
+	for (size_t i = 0; i < paused.n; i++) {
 		char *p = np_path_image_pause(paused.v[i]);
 		json_object_set_new(*out, p, json_string(""));
 		free(p);
 	}
-	for (size_t i = 0; rc == ZOK && i < data.n; i++) {
-		struct item *it = &data.items[i];
-		json_t *s;
-
-		if (it->rc != ZOK)
-			continue;
-		s = json_stringn(it->data, (size_t)it->len);
-		if (!s) {
-			log_bad(it->path, "data is not UTF-8");
-			continue;
-		}
-		json_object_set_new(*out, it->path, s);
-	}
-	batch_free(&data);
+	for (size_t i = 0; i + 1 < pairs.n; i += 2)
+		strlist_add_owned(&paths, np_path_build(pairs.v[i],
+							pairs.v[i + 1]));
+	for (size_t i = 0; i + 3 < quads.n; i += 4)
+		strlist_add_owned(&paths, np_path_upload(quads.v[i],
+				  quads.v[i + 1], quads.v[i + 2],
+				  quads.v[i + 3]));
+	if (rc == ZOK)
+		rc = batch_read(z, BATCH_DATA, false, &paths, export_reply,
+				*out);
 	strlist_free(&pairs);
-	strlist_free(&ups);
+	strlist_free(&quads);
 	strlist_free(&paused);
+	strlist_free(&paths);
 	return rc;
 }
 

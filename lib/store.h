@@ -3,17 +3,17 @@
  * request-build markers; node locks; the writes the CLI (and later the
  * launcher, builder and web app) make.
  *
- * Listings are fast: one get_children, then every child's data (and, for
- * nodes, the lock directory) fetched with pipelined asynchronous requests,
- * so 10,000 nodes cost a few round-trips' worth of latency, not 10,000.
+ * Listings are fast and small: one get_children per tree level, then every
+ * record's data (and, for nodes, the lock directory) fetched with
+ * pipelined asynchronous requests, so 10,000 nodes cost a few round-trips'
+ * worth of latency, not 10,000. Each record is decoded as its reply
+ * arrives and handed to a visitor in listing order; nothing of it is kept
+ * afterwards unless the visitor keeps it.
  *
  * All functions are synchronous and must run on the zk handle's loop
  * thread (the CLI's main thread). They return ZOK or a ZooKeeper error
  * code (zk.h). A record that does not decode (bad JSON, wrong types) is
  * logged with its path and left out; it is never fatal.
- *
- * Arrays returned through OUT parameters are owned by the caller and
- * released with the matching store_free_*() function.
  */
 #ifndef NP_STORE_H
 #define NP_STORE_H
@@ -27,16 +27,28 @@
 #include "zk.h"
 #include "zk_lock.h"
 
+/* Returned by the store_mark_*_deleting() functions when the record is
+ * still being built or uploaded and was left alone (not a zk error). */
+#define STORE_IN_PROGRESS 1
+
+/* A listing visitor. REC is the record just read (REC->node for
+ * store_each_node(), ...), FLAG is whether the node's lock has contenders
+ * (nodes) or whether the build's image is paused (builds). The store
+ * clears REC when FN returns; FN may keep it by copying *REC and zeroing
+ * REC. FN runs inside a ZooKeeper callback: it must not make synchronous
+ * zk calls. */
+typedef void (*store_visit_fn)(void *arg, np_record *rec, bool flag);
+
 /* Children of PATH in server order; ZNONODE gives ZOK and nothing. */
 int store_children(zk *z, const char *path, strlist *out);
 
 /* ---- nodes ---- */
-/* Every node in get_children order (upstream's nodeIterator). The records
- * carry no `raw` document (so no unknown keys): re-read a node with
- * store_node() before writing it back. With
- * LOCKED non-NULL, also (*LOCKED)[i]: node i's lock has contenders. */
-int store_nodes(zk *z, np_node **out, size_t *n, bool **locked);
-/* ZNONODE when the node does not exist (or its data is empty or bad). */
+/* Every node in get_children order (upstream's nodeIterator); with
+ * CHECK_LOCKS the flag tells whether the node is locked, else it is
+ * false. */
+int store_each_node(zk *z, bool check_locks, store_visit_fn fn, void *arg);
+/* ZNONODE when the node does not exist (or its data is empty or bad, or
+ * ID is not a valid name). */
 int store_node(zk *z, const char *id, np_node *out);
 bool store_node_locked(zk *z, const char *id);
 /* Write N back (unconditional set, as upstream's storeNode). */
@@ -47,12 +59,10 @@ int store_node_delete(zk *z, np_node *n);
 /* Blocking kazoo lock on the node (TIMEOUT seconds); *LOCK is released
  * and freed by the caller with zk_lock_free(). ZLOCKTIMEOUT on timeout. */
 int store_node_lock(zk *z, const char *id, double timeout, zk_lock **lock);
-void store_free_nodes(np_node *v, size_t n, bool *locked);
 
 /* ---- requests ---- */
 /* Every request, sorted by id like upstream's getNodeRequests(). */
-int store_requests(zk *z, np_request **out, size_t *n);
-void store_free_requests(np_request *v, size_t n);
+int store_each_request(zk *z, store_visit_fn fn, void *arg);
 
 /* ---- images ---- */
 int store_image_names(zk *z, strlist *out); /* sorted */
@@ -65,28 +75,33 @@ int store_request_build(zk *z, const char *image);
 int store_image_states(zk *z, status_image **out, size_t *n);
 void store_free_image_states(status_image *v, size_t n);
 
-/* Every build of every image (images sorted, builds in server order);
- * PAUSED (may be NULL) receives the names of paused images. */
-int store_builds(zk *z, np_build **out, size_t *n, strlist *paused);
+/* Every build of every image (images sorted, builds in server order); the
+ * flag tells whether the image is paused. */
+int store_each_build(zk *z, store_visit_fn fn, void *arg);
 int store_build(zk *z, const char *image, const char *build_id,
 		np_build *out);
-int store_build_save(zk *z, const np_build *b);
-void store_free_builds(np_build *v, size_t n);
+/* Upstream's dib-image-delete: the build's state becomes "deleting",
+ * unless it is "building" (STORE_IN_PROGRESS). ZNONODE when there is no
+ * such build. */
+int store_mark_build_deleting(zk *z, const char *image, const char *build_id);
 
 /* Every upload of every build (images sorted, builds in server order,
  * providers sorted, uploads in server order). With PROVIDER non-NULL only
  * that provider's uploads. */
-int store_uploads(zk *z, const char *provider, np_upload **out, size_t *n);
+int store_each_upload(zk *z, const char *provider, store_visit_fn fn,
+		      void *arg);
 int store_upload(zk *z, const char *image, const char *build_id,
 		 const char *provider, const char *upload_id, np_upload *out);
-int store_upload_save(zk *z, const np_upload *u);
-void store_free_uploads(np_upload *v, size_t n);
+/* Upstream's image-delete: the upload's state becomes "deleting", unless
+ * it is "uploading" (STORE_IN_PROGRESS). ZNONODE when there is none. */
+int store_mark_upload_deleting(zk *z, const char *image,
+			       const char *build_id, const char *provider,
+			       const char *upload_id);
 
 /* Builds that have PROVIDER under providers/: pairs image, build_id
  * appended to OUT (2 strings per build). */
 int store_provider_builds(zk *z, const char *provider, strlist *out);
-/* `nodepool erase`: delete each build's providers/<PROVIDER> subtree, then
- * every node of that provider (upstream's deleteNode, without a lock). */
+/* `nodepool erase`: delete each build's providers/<PROVIDER> subtree. */
 int store_erase_provider_builds(zk *z, const char *provider,
 				const strlist *builds);
 

@@ -1,47 +1,32 @@
-/* table.c: PrettyTable-compatible rendering (see table.h). Cells are kept
- * as owned strings; rendering measures every column first, then writes
- * the borders, the header and the rows in one buffer. */
+/* table.c: PrettyTable-compatible rendering (see table.h).
+ *
+ * Memory is what a 10,000-row listing is about: every row is one block of
+ * NUL-separated cells carved from 64 KiB arena chunks (no per-cell
+ * allocation, no per-row malloc header), and widths are measured once,
+ * when the row is added. Rendering goes through one small buffer that is
+ * flushed to the stream after each row. */
 #include "table.h"
 #include "util.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-struct table {
-	size_t ncols;
-	char **headers;
-	char ***rows; /* rows[i][j], owned */
-	size_t nrows, cap;
+#define CHUNK_SIZE 65536
+
+struct chunk {
+	struct chunk *next;
+	size_t used, cap;
+	char data[];
 };
 
-table *table_new(const char *const *headers, size_t ncols)
-{
-	table *t = xcalloc(1, sizeof(*t));
-
-	t->ncols = ncols;
-	t->headers = xcalloc(ncols, sizeof(char *));
-	for (size_t j = 0; j < ncols; j++)
-		t->headers[j] = xstrdup(headers[j] ? headers[j] : "");
-	return t;
-}
-
-void table_add_row(table *t, const char *const *cells)
-{
-	char **row = xcalloc(t->ncols, sizeof(char *));
-
-	for (size_t j = 0; j < t->ncols; j++)
-		row[j] = xstrdup(cells[j] ? cells[j] : "");
-	if (t->nrows == t->cap) {
-		t->cap = t->cap ? t->cap * 2 : 16;
-		t->rows = xrealloc(t->rows, t->cap * sizeof(*t->rows));
-	}
-	t->rows[t->nrows++] = row;
-}
-
-size_t table_rows(const table *t)
-{
-	return t->nrows;
-}
+struct table {
+	size_t ncols;
+	char *headers;    /* packed like a row; owned */
+	size_t *widths;   /* widest line of each column so far */
+	char **rows;      /* rows[i]: packed cells inside the arena */
+	size_t nrows, cap;
+	struct chunk *arena;
+};
 
 /* Characters in S[0..n), counting UTF-8 continuation bytes as nothing. */
 static size_t text_width(const char *s, size_t n)
@@ -76,6 +61,69 @@ static size_t cell_width(const char *s, size_t *lines)
 	return w;
 }
 
+/* LEN bytes from the arena (never freed one by one). */
+static char *arena_alloc(table *t, size_t len)
+{
+	struct chunk *c = t->arena;
+
+	if (!c || c->cap - c->used < len) {
+		size_t cap = len > CHUNK_SIZE ? len : CHUNK_SIZE;
+		c = xmalloc(sizeof(*c) + cap);
+		c->cap = cap;
+		c->used = 0;
+		c->next = t->arena;
+		t->arena = c;
+	}
+	c->used += len;
+	return c->data + c->used - len;
+}
+
+/* CELLS packed as "c0\0c1\0...": into the arena, or a malloc'd block when
+ * T is NULL. Widths of T's columns grow to fit. */
+static char *pack(table *t, size_t ncols, const char *const *cells,
+		  size_t *widths)
+{
+	size_t len = 0, off = 0;
+	char *p;
+
+	for (size_t j = 0; j < ncols; j++)
+		len += strlen(cells[j] ? cells[j] : "") + 1;
+	p = t ? arena_alloc(t, len) : xmalloc(len);
+	for (size_t j = 0; j < ncols; j++) {
+		const char *s = cells[j] ? cells[j] : "";
+		size_t n = strlen(s) + 1, w = cell_width(s, NULL);
+		memcpy(p + off, s, n);
+		off += n;
+		if (w > widths[j])
+			widths[j] = w;
+	}
+	return p;
+}
+
+table *table_new(const char *const *headers, size_t ncols)
+{
+	table *t = xcalloc(1, sizeof(*t));
+
+	t->ncols = ncols;
+	t->widths = xcalloc(ncols ? ncols : 1, sizeof(size_t));
+	t->headers = pack(NULL, ncols, headers, t->widths);
+	return t;
+}
+
+void table_add_row(table *t, const char *const *cells)
+{
+	if (t->nrows == t->cap) {
+		t->cap = t->cap ? t->cap * 2 : 64;
+		t->rows = xrealloc(t->rows, t->cap * sizeof(*t->rows));
+	}
+	t->rows[t->nrows++] = pack(t, t->ncols, cells, t->widths);
+}
+
+size_t table_rows(const table *t)
+{
+	return t->nrows;
+}
+
 static void add_rule(sbuf *sb, const size_t *widths, size_t ncols)
 {
 	sbuf_addc(sb, '+');
@@ -106,15 +154,22 @@ static void cell_line(const char *s, size_t line, const char **start,
 	*len = eol ? (size_t)(eol - s) : strlen(s);
 }
 
-static void add_row(sbuf *sb, char *const *cells, const size_t *widths,
+/* Cell J of the packed row P. */
+static const char *cell_at(const char *p, size_t j)
+{
+	while (j--)
+		p += strlen(p) + 1;
+	return p;
+}
+
+static void add_row(sbuf *sb, const char *row, const size_t *widths,
 		    size_t ncols)
 {
-	size_t height = 1, h;
-	const char *s;
-	size_t len;
+	size_t height = 1, h, len;
+	const char *s, *cell;
 
 	for (size_t j = 0; j < ncols; j++) {
-		cell_width(cells[j], &h);
+		cell_width(cell_at(row, j), &h);
 		if (h > height)
 			height = h;
 	}
@@ -122,58 +177,89 @@ static void add_row(sbuf *sb, char *const *cells, const size_t *widths,
 		if (line)
 			sbuf_addc(sb, '\n');
 		sbuf_addc(sb, '|');
+		cell = row;
 		for (size_t j = 0; j < ncols; j++) {
-			cell_line(cells[j], line, &s, &len);
+			cell_line(cell, line, &s, &len);
 			sbuf_addc(sb, ' ');
 			sbuf_add(sb, s, len);
 			for (size_t k = text_width(s, len); k < widths[j]; k++)
 				sbuf_addc(sb, ' ');
 			sbuf_adds(sb, " |");
+			cell += strlen(cell) + 1;
 		}
 	}
 }
 
+/* Write what SB holds to F (when F is set) and empty it. */
+static int flush(sbuf *sb, FILE *f)
+{
+	int rc = 0;
+
+	if (!f)
+		return 0;
+	if (sb->len && fwrite(sb->buf, 1, sb->len, f) != sb->len)
+		rc = -1;
+	sb->len = 0;
+	if (sb->buf)
+		sb->buf[0] = '\0';
+	return rc;
+}
+
+/* The table into SB, flushed to F after every row when F is set. */
+static int render(const table *t, sbuf *sb, FILE *f)
+{
+	int rc = 0;
+
+	add_rule(sb, t->widths, t->ncols);
+	sbuf_addc(sb, '\n');
+	add_row(sb, t->headers, t->widths, t->ncols);
+	sbuf_addc(sb, '\n');
+	add_rule(sb, t->widths, t->ncols);
+	for (size_t i = 0; i < t->nrows; i++) {
+		sbuf_addc(sb, '\n');
+		add_row(sb, t->rows[i], t->widths, t->ncols);
+		if (flush(sb, f) < 0)
+			rc = -1;
+	}
+	sbuf_addc(sb, '\n');
+	add_rule(sb, t->widths, t->ncols);
+	return rc;
+}
+
 char *table_render(const table *t)
 {
-	size_t *widths = xcalloc(t->ncols ? t->ncols : 1, sizeof(size_t));
 	sbuf sb;
 
-	for (size_t j = 0; j < t->ncols; j++) {
-		widths[j] = cell_width(t->headers[j], NULL);
-		for (size_t i = 0; i < t->nrows; i++) {
-			size_t w = cell_width(t->rows[i][j], NULL);
-			if (w > widths[j])
-				widths[j] = w;
-		}
-	}
 	sbuf_init(&sb);
-	add_rule(&sb, widths, t->ncols);
-	sbuf_addc(&sb, '\n');
-	add_row(&sb, t->headers, widths, t->ncols);
-	sbuf_addc(&sb, '\n');
-	add_rule(&sb, widths, t->ncols);
-	for (size_t i = 0; i < t->nrows; i++) {
-		sbuf_addc(&sb, '\n');
-		add_row(&sb, t->rows[i], widths, t->ncols);
-	}
-	sbuf_addc(&sb, '\n');
-	add_rule(&sb, widths, t->ncols);
-	free(widths);
+	render(t, &sb, NULL);
 	return sbuf_detach(&sb);
+}
+
+int table_print(const table *t, FILE *f)
+{
+	sbuf sb;
+	int rc;
+
+	sbuf_init(&sb);
+	rc = render(t, &sb, f);
+	sbuf_addc(&sb, '\n');
+	if (flush(&sb, f) < 0)
+		rc = -1;
+	sbuf_free(&sb);
+	return rc;
 }
 
 void table_free(table *t)
 {
 	if (!t)
 		return;
-	for (size_t i = 0; i < t->nrows; i++) {
-		for (size_t j = 0; j < t->ncols; j++)
-			free(t->rows[i][j]);
-		free(t->rows[i]);
+	while (t->arena) {
+		struct chunk *next = t->arena->next;
+		free(t->arena);
+		t->arena = next;
 	}
-	for (size_t j = 0; j < t->ncols; j++)
-		free(t->headers[j]);
 	free(t->headers);
+	free(t->widths);
 	free(t->rows);
 	free(t);
 }

@@ -313,18 +313,19 @@ TEST(age_format)
 
 TEST(status_node_rows)
 {
-	np_node n;
-	status_result r;
-	bool locked = true;
+	np_record rec;
+	status_list *l;
 	char *out;
 
-	REQUIRE(decode_node(&n, "0000000001",
+	REQUIRE(decode_node(&rec.node, "0000000001",
 		"{\"state\": \"ready\", \"state_time\": 1000, \"provider\": \"p\","
 		" \"type\": [\"a\", \"b\"], \"external_id\": \"srv\","
 		" \"connection_port\": {\"t\": 1},"
 		" \"user_data\": {\"k\": \"it's\", \"n\": null}}") == 0);
-	status_node_list(&r, &n, 1, &locked, 1062, NULL);
-	out = status_pretty(&r, STATUS_NODE_BASIC_FIELDS, 1062);
+	l = status_list_new(STATUS_NODES, STATUS_TABLE,
+			    STATUS_NODE_BASIC_FIELDS, 1062);
+	status_add_record(l, &rec, true);
+	out = status_list_text(l);
 	CHECK_STR(out,
 		"+------------+----------+-------+-----------+-------------+------+-------+-------------+--------+\n"
 		"| ID         | Provider | Label | Server ID | Public IPv4 | IPv6 | State | Age         | Locked |\n"
@@ -332,12 +333,97 @@ TEST(status_node_rows)
 		"| 0000000001 | p        | a,b   | srv       |             |      | ready | 00:00:01:02 | locked |\n"
 		"+------------+----------+-------+-----------+-------------+------+-------+-------------+--------+");
 	free(out);
-	out = status_pretty(&r, NULL, 1062);
+	status_list_free(l);
+
+	l = status_list_new(STATUS_NODES, STATUS_TABLE, NULL, 1062);
+	status_add_record(l, &rec, false);
+	out = status_list_text(l);
 	CHECK(strstr(out, "| redacted |") != NULL);
 	CHECK(strstr(out, "| {'k': \"it's\", 'n': None} |") != NULL);
+	CHECK(strstr(out, "| unlocked |") != NULL);
 	free(out);
-	status_result_free(&r);
-	np_node_clear(&n);
+	status_list_free(l);
+
+	/* The web app's JSON: every field, upstream's values and order. */
+	l = status_list_new(STATUS_NODES, STATUS_JSON,
+			    STATUS_NODE_BASIC_FIELDS, 1062);
+	status_add_record(l, &rec, true);
+	status_add_record(l, &rec, false);
+	CHECK_INT(status_list_rows(l), 2);
+	out = status_list_text(l);
+	CHECK(strncmp(out, "[{\"id\": \"0000000001\", \"provider\": \"p\", "
+		      "\"label\": [\"a\", \"b\"], \"server_id\": \"srv\", "
+		      "\"public_ipv4\": null, \"ipv6\": null, \"state\": "
+		      "\"ready\", \"age\": \"00:00:01:02\", \"locked\": "
+		      "\"locked\", \"pool\": null, ", 180) == 0);
+	CHECK(strstr(out, "\"connection_port\": \"redacted\"") != NULL);
+	CHECK(strstr(out, "}, {\"id\": \"0000000001\"") != NULL);
+	CHECK(out[strlen(out) - 1] == ']');
+	free(out);
+	status_list_free(l);
+	np_node_clear(&rec.node);
+}
+
+TEST(status_other_listings)
+{
+	const char *bj = "{\"state\": \"ready\", \"state_time\": 1000, "
+			 "\"builder\": \"nb01\", \"formats\": \"raw,qcow2\"}";
+	const char *rj = "{\"state\": \"pending\", \"node_types\": [\"x\"], "
+			 "\"declined_by\": [\"l1\", \"l2\"], "
+			 "\"relative_priority\": null}";
+	const char *ids[] = { "img", "0123" };
+	const char *rid = "100-0000000001";
+	status_image im = { "img", true, true, false, 1000 };
+	np_record rec;
+	status_list *l;
+	char *out, *err = NULL;
+
+	REQUIRE(np_record_decode(NP_KIND_BUILD, &rec, ids, bj, strlen(bj), 3,
+				 &err) == 0);
+	CHECK_INT(rec.build.version, 3);
+	l = status_list_new(STATUS_DIB_IMAGES, STATUS_TABLE, NULL, 1062);
+	status_add_record(l, &rec, true);
+	out = status_list_text(l);
+	CHECK(strstr(out, "| img-0123 | img   | nb01    | qcow2,raw | "
+			  "paused | 00:00:01:02 |") != NULL);
+	free(out);
+	status_list_free(l);
+	l = status_list_new(STATUS_DIB_IMAGES, STATUS_JSON, NULL, 1062);
+	status_add_record(l, &rec, false);
+	out = status_list_text(l);
+	CHECK_STR(out, "[{\"id\": \"img-0123\", \"image\": \"img\", "
+		       "\"builder\": \"nb01\", \"formats\": [\"qcow2\", "
+		       "\"raw\"], \"state\": \"ready\", \"age\": 1000}]");
+	free(out);
+	status_list_free(l);
+	np_record_clear(NP_KIND_BUILD, &rec);
+
+	REQUIRE(np_record_decode(NP_KIND_REQUEST, &rec, &rid, rj, strlen(rj),
+				 0, &err) == 0);
+	l = status_list_new(STATUS_REQUESTS, STATUS_TABLE, NULL, 1062);
+	status_add_record(l, &rec, false);
+	out = status_list_text(l);
+	CHECK(strstr(out, "| 100-0000000001 |          | pending |           "
+			  "| x          |       | l1,l2       |          |")
+	      != NULL);
+	free(out);
+	status_list_free(l);
+	np_record_clear(NP_KIND_REQUEST, &rec);
+
+	l = status_list_new(STATUS_IMAGE_STATUS, STATUS_TABLE, NULL, 1062);
+	status_add_image(l, &im);
+	out = status_list_text(l);
+	CHECK(strstr(out, "| img   | True   | building      | 00:00:01:02   "
+			  "    |") != NULL);
+	free(out);
+	status_list_free(l);
+
+	/* An empty listing: the table closes, the JSON is an empty list. */
+	l = status_list_new(STATUS_IMAGES, STATUS_JSON, NULL, 1062);
+	out = status_list_text(l);
+	CHECK_STR(out, "[]");
+	free(out);
+	status_list_free(l);
 }
 
 RUN_TESTS()
