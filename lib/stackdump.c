@@ -1,0 +1,805 @@
+/* stackdump.c: the SIGUSR2 report of every thread's stack and every
+ * worker's status (see stackdump.h).
+ *
+ * Capturing another thread's stack needs that thread's cooperation: the
+ * dumping thread sends each registered thread STACKDUMP_SIGNAL with
+ * tgkill(), and the handler, running on that thread, records its own
+ * backtrace into the thread's slot and posts a semaphore. Only
+ * async-signal-safe work happens there: a scan of the slot table by
+ * thread id, backtrace() into preallocated memory (libgcc's unwinder is
+ * loaded by one backtrace() call at initialisation, so the handler never
+ * dlopen()s or allocates), atomics and sem_post(). Everything else, naming
+ * frames and logging, happens afterwards on the dumping thread.
+ *
+ * Frames are named from the modules' ELF symbol tables, read from the
+ * files on disk (.symtab, so static functions of our own binary get their
+ * names without -rdynamic; for a stripped library such as libc, the
+ * separate debug file of a -dbg package when one is installed), falling
+ * back to dladdr() (exported symbols), and always carry "module+offset",
+ * which addr2line turns into a source line.
+ *
+ * The registry lock is held while a dump collects stacks, so a registered
+ * thread that exits meanwhile waits (at most STACKDUMP_TIMEOUT_MS) before
+ * leaving, and a slot is never reused under a dump. */
+#include "stackdump.h"
+
+#include <dirent.h>
+#include <dlfcn.h>
+#include <elf.h>
+#include <errno.h>
+#include <execinfo.h>
+#include <fcntl.h>
+#include <link.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define MAX_THREADS 128
+#define MAX_FRAMES 48
+#define NAME_LEN 64
+#define MAX_MODULES 64
+
+/* ---- the thread registry ---- */
+
+/* One registered thread. TID is what the signal handler matches on; WANT
+ * is the dump generation asked of the thread and DONE the one its frames
+ * belong to. */
+struct slot {
+	atomic_int tid;                 /* 0: free */
+	atomic_uint want;
+	atomic_uint done;
+	char name[NAME_LEN];
+	void *frames[MAX_FRAMES];
+	int nframes;
+	uintptr_t pc;                   /* where the signal interrupted it */
+};
+
+static struct slot slots[MAX_THREADS];
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned generation;             /* under reg_lock */
+static pthread_once_t init_done = PTHREAD_ONCE_INIT;
+static pthread_key_t slot_key;          /* a thread's slot, freed at exit */
+static sem_t answered;                  /* posted by each captured thread */
+
+static uintptr_t context_pc(void *ucv)
+{
+	ucontext_t *uc = ucv;
+
+#if defined(__x86_64__)
+	return (uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
+#elif defined(__aarch64__)
+	return (uintptr_t)uc->uc_mcontext.pc;
+#else
+	(void)uc;
+	return 0;
+#endif
+}
+
+/* The signal handler: async-signal-safe only (see the top). */
+static void on_capture_signal(int signo, siginfo_t *si, void *uc)
+{
+	int saved = errno;
+	int me = gettid();
+
+	for (int i = 0; i < MAX_THREADS; i++) {
+		struct slot *s = &slots[i];
+		unsigned g;
+
+		if (atomic_load(&s->tid) != me)
+			continue;
+		g = atomic_load(&s->want);
+		if (g != atomic_load(&s->done)) {
+			s->nframes = backtrace(s->frames, MAX_FRAMES);
+			s->pc = context_pc(uc);
+			atomic_store(&s->done, g);
+			sem_post(&answered);
+		}
+		break;
+	}
+	errno = saved;
+}
+
+static void release_slot(struct slot *s)
+{
+	pthread_mutex_lock(&reg_lock);
+	atomic_store(&s->tid, 0);
+	s->name[0] = '\0';
+	pthread_mutex_unlock(&reg_lock);
+}
+
+static void on_thread_exit(void *slot)
+{
+	release_slot(slot);
+}
+
+static void init_once(void)
+{
+	struct sigaction sa;
+	void *warm[4];
+
+	/* Loads libgcc_s now, so that backtrace() in the handler is only a
+	 * walk over the stack. */
+	backtrace(warm, 4);
+	sem_init(&answered, 0, 0);
+	pthread_key_create(&slot_key, on_thread_exit);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_capture_signal;
+	sa.sa_flags = SA_SIGINFO | SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	sigaction(STACKDUMP_SIGNAL, &sa, NULL);
+}
+
+bool stackdump_register_thread(const char *name)
+{
+	struct slot *s;
+	int tid = gettid();
+	sigset_t set;
+	char kname[16];
+
+	pthread_once(&init_done, init_once);
+	s = pthread_getspecific(slot_key);
+	pthread_mutex_lock(&reg_lock);
+	for (int i = 0; !s && i < MAX_THREADS; i++)
+		if (atomic_load(&slots[i].tid) == 0)
+			s = &slots[i];
+	if (s) {
+		snprintf(s->name, sizeof(s->name), "%s", name);
+		atomic_store(&s->tid, tid);
+	}
+	pthread_mutex_unlock(&reg_lock);
+	if (!s)
+		return false;
+	pthread_setspecific(slot_key, s);
+	sigemptyset(&set);
+	sigaddset(&set, STACKDUMP_SIGNAL);
+	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+	/* The main thread's kernel name is the process name that ps,
+	 * pgrep and init scripts look for: leave it alone. */
+	if (tid != getpid()) {
+		snprintf(kname, sizeof(kname), "%s", name);
+		pthread_setname_np(pthread_self(), kname);
+	}
+	return true;
+}
+
+void stackdump_unregister_thread(void)
+{
+	struct slot *s;
+
+	pthread_once(&init_done, init_once);
+	s = pthread_getspecific(slot_key);
+	if (!s)
+		return;
+	pthread_setspecific(slot_key, NULL);
+	release_slot(s);
+}
+
+/* ---- capturing ---- */
+
+/* One thread's stack as the dump reports it. */
+struct stack {
+	int tid;
+	char name[NAME_LEN];
+	void *frames[MAX_FRAMES];
+	int nframes;
+	int first;              /* index of the first frame worth showing */
+	bool exact_first;       /* frames[first] is an exact pc, not a
+				 * return address */
+	bool captured;
+};
+
+/* Our own stack, for a registered thread that dumps itself. */
+static __attribute__((noinline)) void capture_self(struct slot *s, unsigned g)
+{
+	s->nframes = backtrace(s->frames, MAX_FRAMES);
+	s->pc = 0;
+	atomic_store(&s->done, g);
+}
+
+/* Where the interrupted code starts in a handler's backtrace: after the
+ * handler's own frame and the kernel's signal trampoline. */
+static void locate_first_frame(struct stack *st, uintptr_t pc)
+{
+	st->first = st->nframes > 2 ? 2 : 0;
+	st->exact_first = false;
+	if (!pc) {
+		st->first = st->nframes > 1 ? 1 : 0;    /* capture_self */
+		return;
+	}
+	for (int i = 0; i < st->nframes; i++) {
+		if ((uintptr_t)st->frames[i] == pc) {
+			st->first = i;
+			st->exact_first = true;
+			return;
+		}
+	}
+}
+
+static size_t count_unanswered(const bool *asked, unsigned g)
+{
+	size_t n = 0;
+
+	for (int i = 0; i < MAX_THREADS; i++)
+		if (asked[i] && atomic_load(&slots[i].done) != g)
+			n++;
+	return n;
+}
+
+/* Ask every registered thread for its stack and wait for the answers
+ * (until STACKDUMP_TIMEOUT_MS). Fills OUT (MAX_THREADS entries); returns
+ * how many. */
+static size_t capture_all(struct stack *out)
+{
+	bool asked[MAX_THREADS] = { false };
+	int self = gettid(), tid;
+	struct timespec deadline;
+	size_t n = 0;
+	unsigned g;
+
+	pthread_mutex_lock(&reg_lock);
+	if (++generation == 0)
+		++generation;
+	g = generation;
+	while (sem_trywait(&answered) == 0)
+		;
+	for (int i = 0; i < MAX_THREADS; i++) {
+		tid = atomic_load(&slots[i].tid);
+		if (tid == 0)
+			continue;
+		if (tid == self) {
+			capture_self(&slots[i], g);
+			continue;
+		}
+		atomic_store(&slots[i].want, g);
+		asked[i] = tgkill(getpid(), tid, STACKDUMP_SIGNAL) == 0;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	deadline.tv_sec += STACKDUMP_TIMEOUT_MS / 1000;
+	deadline.tv_nsec += (STACKDUMP_TIMEOUT_MS % 1000) * 1000000L;
+	if (deadline.tv_nsec >= 1000000000L) {
+		deadline.tv_sec++;
+		deadline.tv_nsec -= 1000000000L;
+	}
+	/* Recount on each wake-up rather than trust the number of posts:
+	 * a late answer to an earlier dump may post too. */
+	while (count_unanswered(asked, g) > 0) {
+		if (sem_clockwait(&answered, CLOCK_MONOTONIC, &deadline) < 0 &&
+		    errno != EINTR)
+			break;
+	}
+	for (int i = 0; i < MAX_THREADS; i++) {
+		struct slot *s = &slots[i];
+		struct stack *st = &out[n];
+
+		tid = atomic_load(&s->tid);
+		if (tid == 0)
+			continue;
+		st->tid = tid;
+		memcpy(st->name, s->name, sizeof(st->name));
+		st->captured = atomic_load(&s->done) == g;
+		if (st->captured) {
+			st->nframes = s->nframes;
+			memcpy(st->frames, s->frames,
+			       sizeof(void *) * (size_t)s->nframes);
+			locate_first_frame(st, s->pc);
+		}
+		n++;
+	}
+	pthread_mutex_unlock(&reg_lock);
+	return n;
+}
+
+/* ---- naming frames ---- */
+
+struct sym {
+	uintptr_t addr;         /* run-time address */
+	size_t size;
+	const char *name;       /* in the module's mapped file */
+};
+
+struct module {
+	const struct link_map *lm;
+	char *path;             /* for display */
+	void *map[2];           /* the file, and its separate debug file */
+	size_t maplen[2];
+	struct sym *syms;
+	size_t nsyms, cap;
+};
+
+struct symbolizer {
+	struct module mods[MAX_MODULES];
+	int nmods;
+};
+
+static int cmp_sym(const void *a, const void *b)
+{
+	const struct sym *x = a, *y = b;
+
+	return x->addr < y->addr ? -1 : x->addr > y->addr;
+}
+
+/* The section headers of the ELF image MAP (LEN bytes), or NULL if it is
+ * not one we can read. Every offset taken from the file is checked
+ * against its size: the file is untrusted input. */
+static const ElfW(Shdr) *section_headers(const unsigned char *map, size_t len,
+					 int *count)
+{
+	const ElfW(Ehdr) *eh = (const ElfW(Ehdr) *)map;
+
+	if (len < sizeof(*eh) || memcmp(eh->e_ident, ELFMAG, SELFMAG) ||
+	    eh->e_shentsize != sizeof(ElfW(Shdr)) || eh->e_shoff > len ||
+	    eh->e_shoff % _Alignof(ElfW(Shdr)) != 0 ||
+	    eh->e_shnum > (len - eh->e_shoff) / sizeof(ElfW(Shdr)))
+		return NULL;
+	*count = eh->e_shnum;
+	return (const ElfW(Shdr) *)(map + eh->e_shoff);
+}
+
+/* SH lies within the file and starts aligned for its entries. */
+static bool section_in_file(const ElfW(Shdr) *sh, size_t len, size_t align)
+{
+	return sh->sh_offset <= len && sh->sh_size <= len - sh->sh_offset &&
+	       sh->sh_offset % align == 0;
+}
+
+/* Add the function symbols of .symtab (which has the static functions
+ * that .dynsym lacks) of the image MAP to M, at BIAS. */
+static void read_symtab(struct module *m, const unsigned char *map,
+			size_t len, uintptr_t bias)
+{
+	const ElfW(Shdr) *sh;
+	int nsh;
+
+	if (!(sh = section_headers(map, len, &nsh)))
+		return;
+	for (int i = 0; i < nsh; i++) {
+		const ElfW(Shdr) *str;
+		const ElfW(Sym) *syms;
+		size_t n;
+
+		if (sh[i].sh_type != SHT_SYMTAB || sh[i].sh_link >= (unsigned)nsh ||
+		    !section_in_file(&sh[i], len, _Alignof(ElfW(Sym))))
+			continue;
+		str = &sh[sh[i].sh_link];
+		if (!section_in_file(str, len, 1) || str->sh_size == 0 ||
+		    map[str->sh_offset + str->sh_size - 1] != '\0')
+			continue;
+		syms = (const ElfW(Sym) *)(map + sh[i].sh_offset);
+		n = sh[i].sh_size / sizeof(ElfW(Sym));
+		for (size_t k = 0; k < n; k++) {
+			int type = ELF64_ST_TYPE(syms[k].st_info); /* ELF32 alike */
+
+			if ((type != STT_FUNC && type != STT_GNU_IFUNC) ||
+			    syms[k].st_shndx == SHN_UNDEF ||
+			    syms[k].st_value == 0 ||
+			    syms[k].st_name >= str->sh_size)
+				continue;
+			if (m->nsyms == m->cap) {
+				m->cap = m->cap ? m->cap * 2 : 256;
+				m->syms = xrealloc(m->syms,
+						   m->cap * sizeof(*m->syms));
+			}
+			m->syms[m->nsyms++] = (struct sym){
+				.addr = bias + syms[k].st_value,
+				.size = syms[k].st_size,
+				.name = (const char *)map + str->sh_offset +
+					syms[k].st_name,
+			};
+		}
+	}
+}
+
+/* Where Debian's -dbg packages put the symbols stripped from MAP:
+ * /usr/lib/debug/.build-id/xx/yyyy.debug, named by its GNU build id.
+ * NULL if MAP has no build id. Caller frees. */
+static char *debug_file_path(const unsigned char *map, size_t len)
+{
+	const ElfW(Shdr) *sh;
+	int nsh;
+
+	if (!(sh = section_headers(map, len, &nsh)))
+		return NULL;
+	for (int i = 0; i < nsh; i++) {
+		const unsigned char *p = map + sh[i].sh_offset, *end;
+
+		if (sh[i].sh_type != SHT_NOTE ||
+		    !section_in_file(&sh[i], len, _Alignof(ElfW(Nhdr))))
+			continue;
+		end = p + sh[i].sh_size;
+		while ((size_t)(end - p) >= sizeof(ElfW(Nhdr))) {
+			const ElfW(Nhdr) *nh = (const ElfW(Nhdr) *)p;
+			size_t namesz = ((size_t)nh->n_namesz + 3) & ~(size_t)3;
+			size_t descsz = ((size_t)nh->n_descsz + 3) & ~(size_t)3;
+			const unsigned char *name = p + sizeof(*nh);
+			const unsigned char *desc = name + namesz;
+			sbuf path;
+
+			if (namesz > (size_t)(end - name) ||
+			    descsz > (size_t)(end - desc))
+				break;
+			p = desc + descsz;
+			if (nh->n_type != NT_GNU_BUILD_ID || nh->n_namesz != 4 ||
+			    memcmp(name, "GNU", 4) != 0 || nh->n_descsz < 2)
+				continue;
+			sbuf_init(&path);
+			sbuf_addf(&path, "/usr/lib/debug/.build-id/%02x/", desc[0]);
+			for (size_t k = 1; k < nh->n_descsz; k++)
+				sbuf_addf(&path, "%02x", desc[k]);
+			sbuf_adds(&path, ".debug");
+			return sbuf_detach(&path);
+		}
+	}
+	return NULL;
+}
+
+static void *map_file(const char *path, size_t *len)
+{
+	struct stat st;
+	void *map = NULL;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return NULL;
+	if (fstat(fd, &st) == 0 && st.st_size > 0) {
+		map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+		if (map == MAP_FAILED)
+			map = NULL;
+		else
+			*len = (size_t)st.st_size;
+	}
+	close(fd);
+	return map;
+}
+
+/* Load the symbols of the module LM: its own .symtab, or else that of its
+ * separate debug file, if installed. */
+static void load_symbols(struct module *m, const char *file)
+{
+	uintptr_t bias = (uintptr_t)m->lm->l_addr;
+	char *dbg;
+
+	if (!(m->map[0] = map_file(file, &m->maplen[0])))
+		return;
+	read_symtab(m, m->map[0], m->maplen[0], bias);
+	if (m->nsyms == 0 &&
+	    (dbg = debug_file_path(m->map[0], m->maplen[0]))) {
+		if ((m->map[1] = map_file(dbg, &m->maplen[1])))
+			read_symtab(m, m->map[1], m->maplen[1], bias);
+		free(dbg);
+	}
+	qsort(m->syms, m->nsyms, sizeof(*m->syms), cmp_sym);
+}
+
+static struct module *module_for(struct symbolizer *sy,
+				 const struct link_map *lm)
+{
+	struct module *m;
+	char exe[4096];
+	ssize_t n;
+
+	for (int i = 0; i < sy->nmods; i++)
+		if (sy->mods[i].lm == lm)
+			return &sy->mods[i];
+	if (sy->nmods == MAX_MODULES)
+		return NULL;
+	m = &sy->mods[sy->nmods++];
+	memset(m, 0, sizeof(*m));
+	m->lm = lm;
+	if (lm->l_name && lm->l_name[0]) {
+		m->path = xstrdup(lm->l_name);
+		load_symbols(m, lm->l_name);
+	} else {
+		/* The main program has no name in the link map. */
+		n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+		exe[n > 0 ? n : 0] = '\0';
+		m->path = xstrdup(n > 0 ? exe : "(main program)");
+		load_symbols(m, "/proc/self/exe");
+	}
+	return m;
+}
+
+static void symbolizer_free(struct symbolizer *sy)
+{
+	for (int i = 0; i < sy->nmods; i++) {
+		for (int k = 0; k < 2; k++)
+			if (sy->mods[i].map[k])
+				munmap(sy->mods[i].map[k], sy->mods[i].maplen[k]);
+		free(sy->mods[i].syms);
+		free(sy->mods[i].path);
+	}
+	sy->nmods = 0;
+}
+
+/* The symbol of M that contains ADDR, or NULL. */
+static const struct sym *find_sym(const struct module *m, uintptr_t addr)
+{
+	size_t lo = 0, hi = m->nsyms;
+	const struct sym *s;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (m->syms[mid].addr <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == 0)
+		return NULL;
+	s = &m->syms[lo - 1];
+	return s->size == 0 || addr < s->addr + s->size ? s : NULL;
+}
+
+/* "#N function+0xoff in /path/module+0xoff" for one frame. LOOKUP is the
+ * address to name: a return address minus one, so that a call that ends
+ * its function is still named after the caller. */
+static void describe_frame(struct symbolizer *sy, sbuf *out, int n,
+			   uintptr_t addr, uintptr_t lookup)
+{
+	struct link_map *lm = NULL;
+	const struct module *m;
+	const struct sym *s;
+	Dl_info info;
+
+	sbuf_addf(out, "\n#%d ", n);
+	if (!dladdr1((void *)lookup, &info, (void **)&lm, RTLD_DL_LINKMAP) ||
+	    !lm || !(m = module_for(sy, lm))) {
+		sbuf_addf(out, "0x%lx", (unsigned long)addr);
+		return;
+	}
+	if ((s = find_sym(m, lookup)))
+		sbuf_addf(out, "%s+0x%lx", s->name,
+			  (unsigned long)(addr - s->addr));
+	else if (info.dli_sname && info.dli_saddr)
+		sbuf_addf(out, "%s+0x%lx", info.dli_sname,
+			  (unsigned long)(addr - (uintptr_t)info.dli_saddr));
+	else
+		sbuf_adds(out, "??");
+	sbuf_addf(out, " in %s+0x%lx", m->path,
+		  (unsigned long)(addr - (uintptr_t)lm->l_addr));
+}
+
+static void log_stack(struct symbolizer *sy, const struct stack *st)
+{
+	sbuf msg;
+
+	sbuf_init(&msg);
+	sbuf_addf(&msg, "Thread: %d %s", st->tid, st->name);
+	if (!st->captured)
+		sbuf_addf(&msg, " (no stack captured: no answer within %d ms)",
+			  STACKDUMP_TIMEOUT_MS);
+	for (int i = st->first; st->captured && i < st->nframes; i++) {
+		uintptr_t a = (uintptr_t)st->frames[i];
+		bool exact = i == st->first && st->exact_first;
+
+		describe_frame(sy, &msg, i - st->first, a, exact ? a : a - 1);
+	}
+	log_info(STACKDUMP_LOGGER, "%s", msg.buf);
+	sbuf_free(&msg);
+}
+
+/* Threads in /proc/self/task that are neither in ST nor the dumper. */
+static void log_unregistered(const struct stack *st, size_t n)
+{
+	int self = gettid(), tid;
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	char path[64], comm[64];
+	bool known;
+	FILE *f;
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		tid = atoi(e->d_name);
+		known = tid <= 0 || tid == self;
+		for (size_t i = 0; !known && i < n; i++)
+			known = st[i].tid == tid;
+		if (known)
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%d/comm", tid);
+		comm[0] = '\0';
+		if ((f = fopen(path, "r"))) {
+			if (fgets(comm, sizeof(comm), f))
+				comm[strcspn(comm, "\n")] = '\0';
+			fclose(f);
+		}
+		log_info(STACKDUMP_LOGGER,
+			 "Thread: %d %s (not registered: no stack captured)",
+			 tid, comm);
+	}
+	closedir(d);
+}
+
+/* ---- worker status ---- */
+
+struct reporter {
+	char *name;
+	void (*fn)(sbuf *out, void *arg);
+	void *arg;
+};
+
+static pthread_mutex_t rep_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct reporter *reporters;
+static size_t nreporters, capreporters;
+
+void stackdump_add_reporter(const char *name,
+			    void (*fn)(sbuf *out, void *arg), void *arg)
+{
+	pthread_mutex_lock(&rep_lock);
+	if (nreporters == capreporters) {
+		capreporters = capreporters ? capreporters * 2 : 16;
+		reporters = xrealloc(reporters,
+				     capreporters * sizeof(*reporters));
+	}
+	reporters[nreporters++] = (struct reporter){ xstrdup(name), fn, arg };
+	pthread_mutex_unlock(&rep_lock);
+}
+
+void stackdump_remove_reporter(void (*fn)(sbuf *out, void *arg), void *arg)
+{
+	pthread_mutex_lock(&rep_lock);
+	for (size_t i = 0; i < nreporters; i++) {
+		if (reporters[i].fn != fn || reporters[i].arg != arg)
+			continue;
+		free(reporters[i].name);
+		memmove(&reporters[i], &reporters[i + 1],
+			(nreporters - i - 1) * sizeof(*reporters));
+		nreporters--;
+		break;
+	}
+	if (nreporters == 0) {
+		free(reporters);
+		reporters = NULL;
+		capreporters = 0;
+	}
+	pthread_mutex_unlock(&rep_lock);
+}
+
+/* Every reporter's lines, each as "name: line\n". */
+static void collect_status(sbuf *out)
+{
+	sbuf lines;
+	char *line, *save = NULL;
+
+	sbuf_init(&lines);
+	pthread_mutex_lock(&rep_lock);
+	for (size_t i = 0; i < nreporters; i++) {
+		lines.len = 0;
+		reporters[i].fn(&lines, reporters[i].arg);
+		if (lines.len == 0)
+			continue;
+		for (line = strtok_r(lines.buf, "\n", &save); line;
+		     line = strtok_r(NULL, "\n", &save))
+			sbuf_addf(out, "%s: %s\n", reporters[i].name, line);
+	}
+	pthread_mutex_unlock(&rep_lock);
+	sbuf_free(&lines);
+}
+
+/* ---- dumps ---- */
+
+static pthread_mutex_t busy_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t busy_cond = PTHREAD_COND_INITIALIZER;
+static bool busy;
+
+static bool dump_begin(void)
+{
+	bool ok;
+
+	pthread_mutex_lock(&busy_lock);
+	ok = !busy;
+	busy = true;
+	pthread_mutex_unlock(&busy_lock);
+	if (!ok)
+		log_info(STACKDUMP_LOGGER,
+			 "Stack dump already in progress; request ignored");
+	return ok;
+}
+
+static void dump_end(void)
+{
+	pthread_mutex_lock(&busy_lock);
+	busy = false;
+	pthread_cond_broadcast(&busy_cond);
+	pthread_mutex_unlock(&busy_lock);
+}
+
+void stackdump_wait(void)
+{
+	pthread_mutex_lock(&busy_lock);
+	while (busy)
+		pthread_cond_wait(&busy_cond, &busy_lock);
+	pthread_mutex_unlock(&busy_lock);
+}
+
+/* Gather and log the stacks, then STATUS (reporters' lines). */
+static void dump_and_log(const sbuf *status)
+{
+	struct stack *st = xcalloc(MAX_THREADS, sizeof(*st));
+	struct symbolizer *sy = xcalloc(1, sizeof(*sy));
+	size_t n;
+
+	log_info(STACKDUMP_LOGGER, "Beginning stack dump");
+	n = capture_all(st);
+	for (size_t i = 0; i < n; i++)
+		log_stack(sy, &st[i]);
+	log_unregistered(st, n);
+	if (status->len > 0)
+		log_info(STACKDUMP_LOGGER, "Worker status:\n%s", status->buf);
+	log_info(STACKDUMP_LOGGER, "End stack dump");
+	symbolizer_free(sy);
+	free(sy);
+	free(st);
+}
+
+bool stackdump_dump(void)
+{
+	sbuf status;
+
+	pthread_once(&init_done, init_once);
+	if (!dump_begin())
+		return false;
+	sbuf_init(&status);
+	collect_status(&status);
+	dump_and_log(&status);
+	sbuf_free(&status);
+	dump_end();
+	return true;
+}
+
+static void *dump_thread(void *arg)
+{
+	sbuf *status = arg;
+
+	pthread_setname_np(pthread_self(), "stack-dump");
+	dump_and_log(status);
+	sbuf_free(status);
+	free(status);
+	dump_end();
+	return NULL;
+}
+
+bool stackdump_request(void)
+{
+	pthread_attr_t attr;
+	pthread_t t;
+	sbuf *status;
+	int rc;
+
+	pthread_once(&init_done, init_once);
+	if (!dump_begin())
+		return false;
+	status = xmalloc(sizeof(*status));
+	sbuf_init(status);
+	collect_status(status);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	rc = pthread_create(&t, &attr, dump_thread, status);
+	pthread_attr_destroy(&attr);
+	if (rc != 0) {
+		log_error(STACKDUMP_LOGGER, "Cannot start the stack dump "
+			  "thread: %s", strerror(rc));
+		sbuf_free(status);
+		free(status);
+		dump_end();
+		return false;
+	}
+	return true;
+}
+
+void stackdump_on_signal(int signo, void *arg)
+{
+	stackdump_request();
+}
