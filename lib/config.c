@@ -1074,7 +1074,8 @@ static bool load_fake_map(loader *l, np_fake_options *f, const yt_node *n,
 	    &f->quota_failure_rate) &&
 	    get_int(l, n, p, "seed", 0, &f->seed) &&
 	    get_str(l, n, p, "state-dir", NULL, &dir) &&
-	    get_str(l, n, p, "ip-style", "fake", &style);
+	    get_str(l, n, p, "ip-style", "fake", &style) &&
+	    get_strlist(l, n, p, "images", false, false, &f->images);
 
 	if (ok && strcmp(style, "loopback") == 0)
 		f->ip_style = NP_FAKE_IP_LOOPBACK;
@@ -1534,6 +1535,7 @@ static void provider_free(np_provider *pr)
 	free(pr->image_name_format);
 	free(pr->post_upload_hook);
 	free(pr->fake.state_dir);
+	strlist_free(&pr->fake.images);
 	for (size_t i = 0; i < pr->ndiskimages; i++) {
 		free(pr->diskimages[i].name);
 		json_decref(pr->diskimages[i].meta);

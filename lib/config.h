@@ -151,6 +151,7 @@ typedef struct np_fake_options {
 	long long quota_ram;
 	char *state_dir;		/* absolute; NULL: in memory */
 	enum np_fake_ip_style ip_style;
+	strlist images;			/* cloud images the cloud starts with */
 } np_fake_options;
 
 typedef struct np_pool {

@@ -220,7 +220,8 @@ static const schema_field fake_provider_fields[] = {
 	    OPT("quota", S_MAP(OPT("instances", S_INT), OPT("cores", S_INT),
 		OPT("ram", S_INT))),
 	    OPT("state-dir", S_STR),
-	    OPT("ip-style", S_CHOICE("fake", "loopback")))})),
+	    OPT("ip-style", S_CHOICE("fake", "loopback")),
+	    OPT("images", S_STRLIST))})),
 	{NULL, 0, NULL, NULL},
 };
 
