@@ -541,6 +541,20 @@ int daemon_on_signal(evloop *loop, int signo,
 	return 0;
 }
 
+void daemon_signal_default(int signo, void *arg)
+{
+	sigset_t one;
+
+	daemon_pidfile_remove();
+	signal(signo, SIG_DFL);
+	sigemptyset(&one);
+	sigaddset(&one, signo);
+	/* Raised at this thread, where it is now unblocked: the default
+	 * action ends the whole process. */
+	pthread_sigmask(SIG_UNBLOCK, &one, NULL);
+	raise(signo);
+}
+
 void daemon_signals_close(void)
 {
 	if (sig.fd >= 0) {

@@ -101,7 +101,10 @@ int daemon_setup_logging(const char *app, enum daemon_mode mode,
 /* Block SIGINT, SIGTERM, SIGUSR1 and SIGUSR2 in the calling thread (and so
  * in every thread it starts later) so that they are only ever read from
  * the signalfd, and ignore SIGPIPE (a peer closing a socket is an error
- * return, not a death). Call first thing in main(). */
+ * return, not a death). Call first thing in main(). A blocked signal
+ * without a callback stays pending forever, i.e. is ignored: give each of
+ * the four a callback, daemon_signal_default where upstream leaves the
+ * signal alone (the builder's SIGTERM and SIGUSR1). */
 void daemon_block_signals(void);
 
 /* Run FN(SIGNO, ARG) on LOOP's thread whenever SIGNO arrives (FN NULL:
@@ -111,6 +114,10 @@ void daemon_block_signals(void);
  * -1 with errno set. */
 int daemon_on_signal(evloop *loop, int signo,
 		     void (*fn)(int signo, void *arg), void *arg);
+/* A daemon_on_signal() callback for "as if not handled": the signal's
+ * default action, which for these four is to terminate the process. Our
+ * pidfile is removed first, as python-daemon does on its way out. */
+void daemon_signal_default(int signo, void *arg);
 /* Stop reading signals (they stay blocked) and forget every callback. */
 void daemon_signals_close(void);
 

@@ -537,6 +537,34 @@ TEST(signals_reach_the_loop)
 	evloop_free(other);
 }
 
+TEST(default_action_when_asked)
+{
+	int ready[2], status;
+	evloop *loop;
+	pid_t pid;
+	char c;
+
+	REQUIRE(pipe(ready) == 0);
+	fflush(NULL);
+	pid = fork();
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		/* Dies by the signal: no exit handlers run in this copy. */
+		daemon_block_signals();
+		loop = evloop_new();
+		daemon_on_signal(loop, SIGUSR1, daemon_signal_default, NULL);
+		(void)!write(ready[1], "r", 1);
+		evloop_run(loop);
+		_exit(0);
+	}
+	REQUIRE(read(ready[0], &c, 1) == 1);
+	kill(pid, SIGUSR1);
+	REQUIRE(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGUSR1);
+	close(ready[0]);
+	close(ready[1]);
+}
+
 /* The SigBlk and SigIgn masks a child exec'd after fork sees. */
 static char *child_signal_state(bool reset)
 {
