@@ -1,0 +1,661 @@
+/* deleter.c: the DeletedNodeWorker and node deleter (see deleter.h).
+ *
+ * Each node worth acting on gets one small operation object:
+ *
+ *   dealloc: LOCK -> READ -> (request gone?) clear allocated_to -> unlock
+ *   delete:  LOCK -> READ -> deleting -> driver delete_instance ->
+ *            deleted + znode removed (lock included) -> node_deleted()
+ *
+ * Operations are keyed by node id so a node is never worked on twice at
+ * once. The trigger is the node cache (a node changed or lost its last lock
+ * contender), with a full pass over the cache every 5 s as upstream runs it.
+ * Removing the znode tries one multi (deleted, our contender, the lock
+ * directory, the node) and falls back to upstream's write-then-recursive-
+ * delete when the tree holds anything else (someone waiting on the lock). */
+#include "deleter.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "zk_lock.h"
+
+#define LOGGER "nodepool.DeletedNodeWorker"
+#define DELETE_TIMEOUT_MS (600 * 1000)
+
+enum op_kind { OP_DEALLOC, OP_DELETE };
+enum op_state { OS_LOCK, OS_READ, OS_CHECK_REQ, OS_CLOUD, OS_REMOVE, OS_DONE };
+
+typedef struct delop {
+	np_deleter *d;
+	struct delop *next;
+	enum op_kind kind;
+	enum op_state state;
+	char *id;
+	np_provmgr *pm;
+	zk_lock *lock;
+	np_node node;
+	bool have_node;
+	np_op *op;
+	uint64_t timer;
+	int busy;            /* zk replies due */
+	bool dead;
+	zk_op ops[4];        /* the removal multi */
+	int nops;
+	char *paths[4];
+	char *json;
+	bool tree_failed;    /* recursive removal hit an error */
+	long long start_ms;
+} delop;
+
+struct np_deleter {
+	np_launcher *l;
+	long interval_ms;
+	uint64_t timer;
+	uint64_t kick_timer;
+	delop *ops;
+	bool stopping;
+};
+
+bool deleter_cleanup_state(const char *s)
+{
+	static const char *const states[] = {
+		NP_NODE_USED, NP_NODE_IN_USE, NP_NODE_BUILDING, NP_NODE_FAILED,
+		NP_NODE_DELETING, NP_NODE_DELETED, NP_NODE_ABORTED,
+	};
+
+	if (!s)
+		return false;
+	for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++)
+		if (strcmp(s, states[i]) == 0)
+			return true;
+	return false;
+}
+
+/* ---- operation lifetime ---- */
+
+static delop *find_op(np_deleter *d, const char *id)
+{
+	for (delop *o = d->ops; o; o = o->next)
+		if (strcmp(o->id, id) == 0)
+			return o;
+	return NULL;
+}
+
+static void op_free(delop *o)
+{
+	if (o->have_node)
+		np_node_clear(&o->node);
+	for (int i = 0; i < 4; i++)
+		free(o->paths[i]);
+	free(o->json);
+	free(o->id);
+	free(o);
+}
+
+/* Finish O: unlink it, release what it holds, free it once idle. */
+static void op_end(delop *o)
+{
+	np_deleter *d = o->d;
+
+	if (o->dead)
+		return;
+	for (delop **pp = &d->ops; *pp; pp = &(*pp)->next) {
+		if (*pp == o) {
+			*pp = o->next;
+			break;
+		}
+	}
+	if (o->timer)
+		evloop_del_timer(launcher_loop(d->l), o->timer);
+	o->timer = 0;
+	if (o->op && o->pm && o->pm->drv->cancel)
+		o->pm->drv->cancel(o->op);
+	o->op = NULL;
+	zk_lock_free(o->lock);
+	o->lock = NULL;
+	provmgr_unref(o->pm);
+	o->pm = NULL;
+	o->state = OS_DONE;
+	o->dead = true;
+	if (o->busy == 0)
+		op_free(o);
+}
+
+static bool unbusy(delop *o)
+{
+	o->busy--;
+	if (!o->dead)
+		return false;
+	if (o->busy == 0)
+		op_free(o);
+	return true;
+}
+
+/* ---- removal of the znode ---- */
+
+static void removed(delop *o)
+{
+	log_info(LOGGER, "Deleted ZK node id=%s, state=%s", o->id,
+		 o->node.state ? o->node.state : "None");
+	/* The lock went with the tree. */
+	if (o->pm && o->pm->drv->node_deleted && o->node.provider)
+		o->pm->drv->node_deleted(o->pm->m, &o->node);
+	op_end(o);
+}
+
+/* A directory of the tree being removed, depth first: its children go
+ * first, then it. */
+typedef struct tnode {
+	delop *o;
+	struct tnode *parent;
+	char *path;
+	int pending;         /* children not removed yet */
+} tnode;
+
+static void tnode_start(delop *o, tnode *parent, const char *path);
+static void tnode_delete(tnode *t);
+
+/* T is gone (or given up): free it and tell its parent. With the op dead
+ * (session closing) nothing new is sent: the tree is only unwound. */
+static void tnode_done(tnode *t, bool ok)
+{
+	delop *o = t->o;
+	tnode *parent = t->parent;
+
+	if (!ok)
+		o->tree_failed = true;
+	free(t->path);
+	free(t);
+	if (parent) {
+		if (--parent->pending == 0) {
+			if (o->dead)
+				tnode_done(parent, false);
+			else
+				tnode_delete(parent);
+		}
+		return;
+	}
+	if (o->dead)
+		return;
+	if (o->tree_failed)
+		log_error(LOGGER, "Error deleting znode of node %s", o->id);
+	removed(o);
+}
+
+static void tnode_deleted(zk *z, int rc, void *arg)
+{
+	tnode *t = arg;
+	delop *o = t->o;
+
+	o->busy--;
+	tnode_done(t, rc == ZOK || rc == ZNONODE);
+	if (o->dead && o->busy == 0)
+		op_free(o);
+}
+
+static void tnode_delete(tnode *t)
+{
+	if (zk_adelete(launcher_zk(t->o->d->l), t->path, -1, tnode_deleted,
+		       t) == ZOK)
+		t->o->busy++;
+	else
+		tnode_done(t, false);
+}
+
+static void tnode_listed(zk *z, int rc, const strlist *children,
+			 const zk_stat *st, void *arg)
+{
+	tnode *t = arg;
+	delop *o = t->o;
+
+	o->busy--;
+	if (o->dead || rc != ZOK || children->n == 0) {
+		if (o->dead || rc == ZNONODE || rc != ZOK)
+			tnode_done(t, rc == ZNONODE);
+		else
+			tnode_delete(t);
+		if (o->dead && o->busy == 0)
+			op_free(o);
+		return;
+	}
+	t->pending = (int)children->n;
+	for (size_t i = 0; i < children->n; i++) {
+		char *p = xasprintf("%s/%s", t->path, children->v[i]);
+
+		tnode_start(o, t, p);
+		free(p);
+	}
+}
+
+static void tnode_start(delop *o, tnode *parent, const char *path)
+{
+	tnode *t = xcalloc(1, sizeof(*t));
+
+	t->o = o;
+	t->parent = parent;
+	t->path = xstrdup(path);
+	if (zk_aget_children(launcher_zk(o->d->l), path, NULL, NULL,
+			     tnode_listed, t) == ZOK)
+		o->busy++;
+	else
+		tnode_done(t, false);
+}
+
+static void deleted_written(zk *z, int rc, const zk_stat *st, void *arg)
+{
+	delop *o = arg;
+	char *path;
+
+	if (unbusy(o))
+		return;
+	if (rc == ZNONODE) {
+		removed(o);
+		return;
+	}
+	path = np_path_node(o->id);
+	tnode_start(o, NULL, path);
+	free(path);
+}
+
+/* Upstream's deleteNode: `deleted` first, then the tree. */
+static void remove_slowly(delop *o)
+{
+	char *path = np_path_node(o->id);
+	char *json;
+
+	np_node_set_state(&o->node, NP_NODE_DELETED);
+	json = np_node_encode(&o->node);
+	if (zk_aset(launcher_zk(o->d->l), path, json, (int)strlen(json), -1,
+		    deleted_written, o) == ZOK)
+		o->busy++;
+	else
+		op_end(o);
+	free(json);
+	free(path);
+}
+
+static void multi_done(zk *z, int rc, void *arg)
+{
+	delop *o = arg;
+
+	if (unbusy(o))
+		return;
+	if (rc == ZOK) {
+		removed(o);
+		return;
+	}
+	if (rc == ZCONNECTIONLOSS || rc == ZSESSIONEXPIRED || rc == ZCLOSING) {
+		op_end(o);
+		return;
+	}
+	/* Other children (a waiter on the lock): the slow way. */
+	remove_slowly(o);
+}
+
+/* One transaction: deleted, our contender, the lock dir, the node. The
+ * state write makes the transaction look like upstream's sequence to
+ * anyone who reads the node. */
+static void remove_node(delop *o)
+{
+	const char *mine = o->lock ? zk_lock_node(o->lock) : NULL;
+
+	o->state = OS_REMOVE;
+	if (!mine) {
+		remove_slowly(o);
+		return;
+	}
+	np_node_set_state(&o->node, NP_NODE_DELETED);
+	o->json = np_node_encode(&o->node);
+	o->paths[0] = np_path_node(o->id);
+	o->paths[1] = xstrdup(mine);
+	o->paths[2] = np_path_node_lock(o->id);
+	o->paths[3] = np_path_node(o->id);
+	memset(o->ops, 0, sizeof(o->ops));
+	o->ops[0].type = ZK_OP_SET;
+	o->ops[0].path = o->paths[0];
+	o->ops[0].data = o->json;
+	o->ops[0].len = (int)strlen(o->json);
+	o->ops[0].version = -1;
+	for (int i = 1; i < 4; i++) {
+		o->ops[i].type = ZK_OP_DELETE;
+		o->ops[i].path = o->paths[i];
+		o->ops[i].version = -1;
+	}
+	o->nops = 4;
+	if (zk_amulti(launcher_zk(o->d->l), o->ops, 4, multi_done, o) == ZOK)
+		o->busy++;
+	else
+		op_end(o);
+}
+
+/* ---- the cloud ---- */
+
+static void cloud_deleted(void *arg, int status, const char *error)
+{
+	delop *o = arg;
+
+	o->op = NULL;
+	if (o->timer)
+		evloop_del_timer(launcher_loop(o->d->l), o->timer);
+	o->timer = 0;
+	if (status == NP_DRV_NOTFOUND) {
+		log_info(LOGGER, "Instance %s not found in provider %s",
+			 json_is_string(o->node.external_id) ?
+			 json_string_value(o->node.external_id) : "None",
+			 o->node.provider);
+	} else if (status != NP_DRV_OK) {
+		/* Left deleting and unlocked for a later retry. */
+		log_warning(LOGGER, "Failure deleting instance %s from %s: %s",
+			    json_is_string(o->node.external_id) ?
+			    json_string_value(o->node.external_id) : "None",
+			    o->node.provider, error ? error : "");
+		op_end(o);
+		return;
+	}
+	remove_node(o);
+}
+
+static void on_delete_timeout(evloop *loop, uint64_t id, void *arg)
+{
+	delop *o = arg;
+
+	o->timer = 0;
+	if (o->op && o->pm->drv->cancel)
+		o->pm->drv->cancel(o->op);
+	o->op = NULL;
+	cloud_deleted(o, NP_DRV_TIMEOUT, "Timeout waiting for instance deletion");
+}
+
+static void deleting_written(zk *z, int rc, const zk_stat *st, void *arg)
+{
+	delop *o = arg;
+
+	if (unbusy(o))
+		return;
+	if (rc != ZOK)
+		log_error(LOGGER, "Unable to mark node %s deleting: %s", o->id,
+			  zk_strerror(rc));
+}
+
+static void start_delete(delop *o)
+{
+	const char *ext = json_is_string(o->node.external_id) ?
+			  json_string_value(o->node.external_id) : NULL;
+	char *path, *json;
+
+	log_info(LOGGER, "Deleting %s instance %s from %s", o->node.state,
+		 ext ? ext : "None", o->node.provider);
+	np_node_set_state(&o->node, NP_NODE_DELETING);
+	path = np_path_node(o->id);
+	json = np_node_encode(&o->node);
+	if (zk_aset(launcher_zk(o->d->l), path, json, (int)strlen(json), -1,
+		    deleting_written, o) == ZOK)
+		o->busy++;
+	free(json);
+	free(path);
+	o->state = OS_CLOUD;
+	if (ext && o->pm->drv->delete_instance) {
+		o->op = o->pm->drv->delete_instance(o->pm->m, ext, cloud_deleted, o);
+		if (o->op) {
+			o->timer = evloop_add_timer(launcher_loop(o->d->l),
+						    DELETE_TIMEOUT_MS,
+						    on_delete_timeout, o);
+			return;
+		}
+	}
+	remove_node(o);
+}
+
+/* ---- lock, read, decide ---- */
+
+static void dealloc_written(zk *z, int rc, const zk_stat *st, void *arg)
+{
+	delop *o = arg;
+
+	if (unbusy(o))
+		return;
+	if (rc != ZOK)
+		log_error(LOGGER, "Failed to deallocate node %s: %s", o->id,
+			  zk_strerror(rc));
+	op_end(o); /* unlock after the write */
+}
+
+static void request_checked(zk *z, int rc, const zk_stat *st, void *arg)
+{
+	delop *o = arg;
+	char *path, *json, *old;
+
+	if (unbusy(o))
+		return;
+	if (rc != ZNONODE) {
+		op_end(o);
+		return;
+	}
+	old = o->node.allocated_to;
+	o->node.allocated_to = NULL;
+	log_debug(LOGGER, "Deallocated node %s with missing request %s", o->id,
+		  old);
+	free(old);
+	path = np_path_node(o->id);
+	json = np_node_encode(&o->node);
+	if (zk_aset(z, path, json, (int)strlen(json), -1, dealloc_written,
+		    o) == ZOK)
+		o->busy++;
+	else
+		op_end(o);
+	free(json);
+	free(path);
+}
+
+static void node_read(zk *z, int rc, const char *data, int len,
+		      const zk_stat *st, void *arg)
+{
+	delop *o = arg;
+	char *err = NULL, *rpath;
+
+	if (unbusy(o))
+		return;
+	if (rc != ZOK || len == 0 ||
+	    np_node_decode(&o->node, o->id, data, (size_t)len, &err) < 0) {
+		/* Gone, or empty (the lock recreated it): the cleanup
+		 * worker's empty-node pass removes empty ones. */
+		free(err);
+		op_end(o);
+		return;
+	}
+	o->have_node = true;
+	if (o->kind == OP_DEALLOC) {
+		if (!o->node.state || strcmp(o->node.state, NP_NODE_READY) ||
+		    !o->node.allocated_to) {
+			op_end(o);
+			return;
+		}
+		/* Authoritative: does the request exist? */
+		o->state = OS_CHECK_REQ;
+		rpath = np_path_request(o->node.allocated_to);
+		if (zk_aexists(z, rpath, NULL, NULL, request_checked, o) == ZOK)
+			o->busy++;
+		else
+			op_end(o);
+		free(rpath);
+		return;
+	}
+	if ((o->node.state && strcmp(o->node.state, NP_NODE_DELETED) == 0) ||
+	    !o->node.provider) {
+		/* Half deleted already: finish removing the znode. */
+		remove_node(o);
+		return;
+	}
+	if (!deleter_cleanup_state(o->node.state)) {
+		op_end(o);
+		return;
+	}
+	log_debug(LOGGER, "Marking for deletion unlocked node %s (state: %s, "
+		  "allocated_to: %s)", o->id, o->node.state,
+		  o->node.allocated_to ? o->node.allocated_to : "None");
+	start_delete(o);
+}
+
+static void op_locked(zk_lock *l, int rc, void *arg)
+{
+	delop *o = arg;
+	char *path;
+
+	if (rc != ZOK) {
+		op_end(o);
+		return;
+	}
+	o->state = OS_READ;
+	path = np_path_node(o->id);
+	if (zk_aget(launcher_zk(o->d->l), path, NULL, NULL, node_read, o) == ZOK)
+		o->busy++;
+	else
+		op_end(o);
+	free(path);
+}
+
+static void start_op(np_deleter *d, const char *id, np_provmgr *pm,
+		     enum op_kind kind)
+{
+	delop *o = xcalloc(1, sizeof(*o));
+	char *dir = np_path_node_lock(id);
+
+	o->d = d;
+	o->kind = kind;
+	o->id = xstrdup(id);
+	o->pm = provmgr_ref(pm);
+	o->start_ms = now_ms();
+	np_node_init(&o->node);
+	o->next = d->ops;
+	d->ops = o;
+	o->lock = zk_lock_new(launcher_zk(d->l), dir, NULL);
+	free(dir);
+	(void)zk_lock_acquire_async(o->lock, false, 0, op_locked, o);
+}
+
+/* ---- deciding from the cache ---- */
+
+static bool consider_node(np_deleter *d, const char *id, const np_node *n)
+{
+	np_launcher *l = d->l;
+	np_provmgr *pm;
+
+	if (!n->provider || find_op(d, id))
+		return true;
+	pm = launcher_find_mgr(l, n->provider);
+	if (!pm)
+		return true; /* not ours to clean */
+	if (zkc_node_locked(launcher_nodes(l), id))
+		return true; /* probably locked */
+	if (n->state && strcmp(n->state, NP_NODE_READY) == 0 && n->allocated_to &&
+	    !launcher_cached_request(l, n->allocated_to)) {
+		start_op(d, id, pm, OP_DEALLOC);
+		return true;
+	}
+	if (deleter_cleanup_state(n->state))
+		start_op(d, id, pm, OP_DELETE);
+	return true;
+}
+
+void deleter_consider(np_deleter *d, const char *id)
+{
+	const np_node *n;
+
+	if (d->stopping || zk_state(launcher_zk(d->l)) != ZK_STATE_CONNECTED)
+		return;
+	n = zkc_node(launcher_nodes(d->l), id);
+	if (n)
+		consider_node(d, id, n);
+}
+
+static bool each_node(const char *id, const void *obj, void *arg)
+{
+	return consider_node(arg, id, obj);
+}
+
+static void full_pass(np_deleter *d)
+{
+	if (d->stopping || zk_state(launcher_zk(d->l)) != ZK_STATE_CONNECTED ||
+	    !zkc_ready(launcher_nodes(d->l)))
+		return;
+	zkc_foreach(launcher_nodes(d->l), ZKC_NODE, each_node, d);
+}
+
+static void on_timer(evloop *loop, uint64_t id, void *arg)
+{
+	np_deleter *d = arg;
+
+	d->timer = evloop_add_timer(loop, d->interval_ms, on_timer, d);
+	full_pass(d);
+}
+
+static void on_kick(evloop *loop, uint64_t id, void *arg)
+{
+	np_deleter *d = arg;
+
+	d->kick_timer = 0;
+	full_pass(d);
+}
+
+void deleter_kick(np_deleter *d)
+{
+	if (!d->kick_timer && !d->stopping)
+		d->kick_timer = evloop_add_timer(launcher_loop(d->l), 0, on_kick, d);
+}
+
+np_deleter *deleter_new(np_launcher *l, long interval_ms)
+{
+	np_deleter *d = xcalloc(1, sizeof(*d));
+
+	d->l = l;
+	d->interval_ms = interval_ms > 0 ? interval_ms : 5000;
+	d->timer = evloop_add_timer(launcher_loop(l), d->interval_ms, on_timer, d);
+	log_info(LOGGER, "Starting");
+	return d;
+}
+
+void deleter_abandon_all(np_deleter *d, bool session_lost)
+{
+	while (d->ops)
+		op_end(d->ops);
+}
+
+void deleter_free(np_deleter *d)
+{
+	evloop *loop;
+
+	if (!d)
+		return;
+	loop = launcher_loop(d->l);
+	d->stopping = true;
+	deleter_abandon_all(d, false);
+	if (d->timer)
+		evloop_del_timer(loop, d->timer);
+	if (d->kick_timer)
+		evloop_del_timer(loop, d->kick_timer);
+	free(d);
+}
+
+int deleter_active(const np_deleter *d)
+{
+	int n = 0;
+
+	for (const delop *o = d->ops; o; o = o->next)
+		n++;
+	return n;
+}
+
+void deleter_status(const np_deleter *d, sbuf *out)
+{
+	static const char *const names[] = {
+		"locking", "reading", "checking request", "deleting instance",
+		"removing znode", "done",
+	};
+
+	sbuf_addf(out, "DeletedNodeWorker: %d operations\n", deleter_active(d));
+	for (const delop *o = d->ops; o; o = o->next)
+		sbuf_addf(out, "  node %s: %s %s, %.1fs\n", o->id,
+			  o->kind == OP_DEALLOC ? "deallocate" : "delete",
+			  names[o->state], (now_ms() - o->start_ms) / 1000.0);
+}

@@ -1,0 +1,706 @@
+/* nodelaunch.c: one node's launch (see nodelaunch.h).
+ *
+ * The machine moves on four kinds of callback: ZooKeeper replies (create,
+ * set), the node lock, the driver's create/delete callbacks and the
+ * keyscan callback; plus timers for launch-timeout and for the progress
+ * write. `busy` counts ZooKeeper replies still due (they always come, on
+ * close with ZCLOSING); driver ops, scans, lock attempts and timers are
+ * cancelled instead, so a released launch is freed when `busy` is 0.
+ *
+ * Writes are kept few: the building write carries the image attributes
+ * and resources; the instance's addresses are written with the final
+ * state unless the host-key scan takes longer than a second, when they are
+ * written at once so a crash leaves a node the deleter can clean up. */
+#include "nodelaunch.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+#define PROGRESS_WRITE_MS 1000
+
+#define NLOG(nl, lvl, fmt, ...)                                           \
+	log_msg(lvl, (nl)->logger, "%s[node: %s] " fmt, (nl)->prefix,      \
+		(nl)->node.id ? (nl)->node.id : "None", ##__VA_ARGS__)
+
+static void start_attempt(np_nodelaunch *nl);
+static void attempt_failed(np_nodelaunch *nl, const char *error,
+			   const char *external_id);
+static void finish(np_nodelaunch *nl, const char *state);
+
+static void nl_free(np_nodelaunch *nl)
+{
+	np_node_clear(&nl->node);
+	free(nl->label);
+	free(nl->pool_name);
+	free(nl->logger);
+	free(nl->prefix);
+	free(nl);
+}
+
+static bool unbusy(np_nodelaunch *nl)
+{
+	nl->busy--;
+	if (!nl->dead)
+		return false;
+	if (nl->busy == 0)
+		nl_free(nl);
+	return true;
+}
+
+static const np_pool *nl_pool(const np_nodelaunch *nl)
+{
+	return config_find_pool(nl->pm->prov, nl->pool_name);
+}
+
+static const np_pool_label *nl_label(const np_nodelaunch *nl)
+{
+	const np_pool *pool = nl_pool(nl);
+
+	return pool ? config_find_pool_label(pool, nl->label) : NULL;
+}
+
+static void stop_timer(np_nodelaunch *nl)
+{
+	if (nl->timer) {
+		evloop_del_timer(launcher_loop(nl->l), nl->timer);
+		nl->timer = 0;
+	}
+}
+
+/* Stop whatever runs in the cloud or the scanner for us. */
+static void cancel_work(np_nodelaunch *nl)
+{
+	stop_timer(nl);
+	if (nl->op && nl->pm->drv->cancel)
+		nl->pm->drv->cancel(nl->op);
+	nl->op = NULL;
+	if (nl->scan)
+		keyscan_cancel(nl->scan);
+	nl->scan = NULL;
+}
+
+/* The launch no longer counts against max-concurrency or quota. */
+static void uncount(np_nodelaunch *nl)
+{
+	if (nl->counted) {
+		nl->pm->launching--;
+		nl->counted = false;
+	}
+	if (nl->resv && nl->h) {
+		poolworker_unreserve(nl->h->pw, nl->resv);
+		nl->resv = NULL;
+	}
+}
+
+/* ---- writes ---- */
+
+static void written(zk *z, int rc, const zk_stat *st, void *arg)
+{
+	np_nodelaunch *nl = arg;
+
+	if (rc != ZOK && rc != ZCLOSING && !nl->dead)
+		NLOG(nl, LOG_ERROR, "Unable to store node: %s", zk_strerror(rc));
+	unbusy(nl);
+}
+
+void nodelaunch_write(np_nodelaunch *nl)
+{
+	char *path = np_path_node(nl->node.id);
+	char *json = np_node_encode(&nl->node);
+
+	if (zk_aset(launcher_zk(nl->l), path, json, (int)strlen(json), -1,
+		    written, nl) == ZOK)
+		nl->busy++;
+	free(json);
+	free(path);
+}
+
+static void final_written(zk *z, int rc, const zk_stat *st, void *arg)
+{
+	np_nodelaunch *nl = arg;
+	np_handler *h;
+
+	if (unbusy(nl))
+		return;
+	if (rc != ZOK) {
+		NLOG(nl, LOG_ERROR, "Unable to store node: %s", zk_strerror(rc));
+		np_node_set_state(&nl->node, NP_NODE_FAILED);
+	}
+	nl->state = NL_DONE;
+	uncount(nl);
+	h = nl->h;
+	if (h)
+		handler_launch_done(h);
+}
+
+static void finish(np_nodelaunch *nl, const char *state)
+{
+	char *path, *json;
+
+	cancel_work(nl);
+	np_node_set_state(&nl->node, state);
+	nl->state = NL_FINAL;
+	path = np_path_node(nl->node.id);
+	json = np_node_encode(&nl->node);
+	if (zk_aset(launcher_zk(nl->l), path, json, (int)strlen(json), -1,
+		    final_written, nl) == ZOK)
+		nl->busy++;
+	free(json);
+	free(path);
+}
+
+/* A launch that never got a znode of its own: done, failed. */
+static void fail_unstored(np_nodelaunch *nl, const char *why)
+{
+	NLOG(nl, LOG_ERROR, "Launch failed: %s", why);
+	np_node_set_state(&nl->node, NP_NODE_FAILED);
+	nl->state = NL_DONE;
+	uncount(nl);
+	if (nl->h)
+		handler_launch_done(nl->h);
+}
+
+/* ---- keyscan ---- */
+
+static void set_host_keys(np_nodelaunch *nl, const strlist *keys)
+{
+	if (!keys->n)
+		return;
+	strlist_free(&nl->node.host_keys);
+	strlist_init(&nl->node.host_keys);
+	for (size_t i = 0; i < keys->n; i++)
+		strlist_add(&nl->node.host_keys, keys->v[i]);
+}
+
+static void scanned(void *arg, int status, const strlist *keys,
+		    const char *error)
+{
+	np_nodelaunch *nl = arg;
+
+	nl->scan = NULL;
+	stop_timer(nl);
+	if (status != KEYSCAN_OK) {
+		NLOG(nl, LOG_WARNING, "Error scanning keys: %s",
+		     error ? error : keyscan_status_name(status));
+		attempt_failed(nl, "Can't scan instance key", NULL);
+		return;
+	}
+	NLOG(nl, LOG_DEBUG, "Scanned keys in %lld",
+	     (now_ms() - nl->attempt_ms) / 1000);
+	set_host_keys(nl, keys);
+	NLOG(nl, LOG_DEBUG, "Node %s is ready", nl->node.id);
+	finish(nl, NP_NODE_READY);
+}
+
+/* The scan takes a while: record the instance now. */
+static void on_progress_timer(evloop *loop, uint64_t id, void *arg)
+{
+	np_nodelaunch *nl = arg;
+
+	nl->timer = 0;
+	if (!nl->wrote_progress) {
+		nl->wrote_progress = true;
+		nodelaunch_write(nl);
+	}
+}
+
+static void start_scan(np_nodelaunch *nl, const np_pool_label *pl)
+{
+	long long port = np_node_port(&nl->node);
+
+	if (pl && !pl->host_key_checking) {
+		NLOG(nl, LOG_DEBUG, "Node %s is ready", nl->node.id);
+		finish(nl, NP_NODE_READY);
+		return;
+	}
+	if (!nl->node.interface_ip) {
+		attempt_failed(nl, "Instance has no address to scan", NULL);
+		return;
+	}
+	NLOG(nl, LOG_DEBUG, "Submitting nodescan request for %s",
+	     nl->node.interface_ip);
+	nl->state = NL_SCAN;
+	nl->scan = keyscan_start(nl->pm->ks, nl->node.interface_ip,
+				 port > 0 ? (int)port : 22,
+				 nl->node.connection_type,
+				 (double)nl->pm->prov->boot_timeout, scanned, nl);
+	if (!nl->scan) {
+		attempt_failed(nl, "Unable to start the host-key scan", NULL);
+		return;
+	}
+	keyscan_req_set_node_id(nl->scan, nl->node.id);
+	nl->timer = evloop_add_timer(launcher_loop(nl->l), PROGRESS_WRITE_MS,
+				     on_progress_timer, nl);
+}
+
+/* ---- the cloud ---- */
+
+static void set_str(char **dst, const char *src)
+{
+	if (!src)
+		return;
+	free(*dst);
+	*dst = xstrdup(src);
+}
+
+static void set_opt_str(char **dst, const char *src)
+{
+	free(*dst);
+	*dst = src ? xstrdup(src) : NULL;
+}
+
+/* updateNodeFromInstance */
+static void update_from_instance(np_nodelaunch *nl, const np_instance *inst)
+{
+	np_node *n = &nl->node;
+
+	if (inst->external_id) {
+		json_decref(n->external_id);
+		n->external_id = json_string(inst->external_id);
+	}
+	set_opt_str(&n->interface_ip, inst->interface_ip);
+	set_opt_str(&n->public_ipv4, inst->public_ipv4);
+	set_opt_str(&n->private_ipv4, inst->private_ipv4);
+	set_opt_str(&n->public_ipv6, inst->public_ipv6);
+	set_opt_str(&n->host_id, inst->host_id);
+	set_opt_str(&n->cloud, inst->cloud);
+	set_opt_str(&n->region, inst->region);
+	set_opt_str(&n->az, inst->az);
+	json_decref(n->driver_data);
+	n->driver_data = inst->driver_data ? json_incref(inst->driver_data) : NULL;
+	json_decref(n->slot);
+	n->slot = inst->slot == NP_INT_NULL ? NULL : json_integer(inst->slot);
+	if (inst->resources.n) {
+		json_decref(n->resources);
+		n->resources = quota_to_json(&inst->resources);
+	}
+	set_str(&n->username, inst->username);
+	set_str(&n->connection_type, inst->connection_type);
+	if (inst->connection_port > 0) {
+		json_decref(n->connection_port);
+		n->connection_port = json_integer(inst->connection_port);
+	}
+	if (inst->host_keys.n)
+		set_host_keys(nl, &inst->host_keys);
+}
+
+static void created(void *arg, int status, np_instance *inst, const char *error)
+{
+	np_nodelaunch *nl = arg;
+	char *ext = NULL;
+
+	nl->op = NULL;
+	stop_timer(nl);
+	if (status == NP_DRV_OK && inst) {
+		update_from_instance(nl, inst);
+		np_instance_clear(inst);
+		free(inst);
+		start_scan(nl, nl_label(nl));
+		return;
+	}
+	if (inst && inst->external_id)
+		ext = xstrdup(inst->external_id);
+	if (inst) {
+		np_instance_clear(inst);
+		free(inst);
+	}
+	if (status == NP_DRV_QUOTA) {
+		NLOG(nl, LOG_INFO, "Aborting node %s due to quota failure: %s",
+		     nl->node.id, error ? error : "");
+		if (ext) {
+			json_decref(nl->node.external_id);
+			nl->node.external_id = json_string(ext);
+		}
+		provmgr_invalidate_quota(nl->pm);
+		finish(nl, NP_NODE_ABORTED);
+	} else {
+		attempt_failed(nl, error ? error : "launch failed", ext);
+	}
+	free(ext);
+}
+
+static void on_launch_timeout(evloop *loop, uint64_t id, void *arg)
+{
+	np_nodelaunch *nl = arg;
+
+	nl->timer = 0;
+	if (nl->op && nl->pm->drv->cancel)
+		nl->pm->drv->cancel(nl->op);
+	nl->op = NULL;
+	attempt_failed(nl, "Timeout waiting for instance creation", NULL);
+}
+
+static void torn_down(void *arg, int status, const char *error)
+{
+	np_nodelaunch *nl = arg;
+
+	nl->op = NULL;
+	if (status != NP_DRV_OK && status != NP_DRV_NOTFOUND) {
+		/* Never two servers for one node: give up this node and let
+		 * the deleted-node worker retry the delete. */
+		NLOG(nl, LOG_ERROR, "Unable to delete instance before retrying: %s",
+		     error ? error : "");
+		finish(nl, NP_NODE_FAILED);
+		return;
+	}
+	json_decref(nl->node.external_id);
+	nl->node.external_id = NULL;
+	start_attempt(nl);
+}
+
+static void attempt_failed(np_nodelaunch *nl, const char *error,
+			   const char *external_id)
+{
+	const char *ext;
+
+	cancel_work(nl);
+	NLOG(nl, LOG_WARNING, "Launch attempt %d/%d for node %s, failed: %s",
+	     nl->attempts, nl->retries, nl->node.id, error);
+	if (external_id) {
+		json_decref(nl->node.external_id);
+		nl->node.external_id = json_string(external_id);
+	}
+	if (nl->attempts >= nl->retries) {
+		finish(nl, NP_NODE_FAILED);
+		return;
+	}
+	/* Tear down what this attempt started, then try again. */
+	ext = json_is_string(nl->node.external_id) ?
+	      json_string_value(nl->node.external_id) : NULL;
+	if (ext && nl->pm->drv->delete_instance) {
+		nl->state = NL_TEARDOWN;
+		nl->op = nl->pm->drv->delete_instance(nl->pm->m, ext, torn_down, nl);
+		if (nl->op)
+			return;
+	}
+	start_attempt(nl);
+}
+
+/* The image, the connection attributes and resources (startStateMachine),
+ * then the driver's create. */
+static void start_attempt(np_nodelaunch *nl)
+{
+	const np_pool_label *pl = nl_label(nl);
+	const np_pool *pool = nl_pool(nl);
+	np_provmgr *pm = nl->pm;
+	const char *image_ext = NULL;
+	np_create_args a;
+	json_t *meta;
+	char *hostname;
+	np_quota need;
+
+	nl->attempts++;
+	nl->attempt_ms = now_ms();
+	nl->state = NL_LAUNCH;
+	nl->wrote_progress = false;
+	if (!pl || !pool) {
+		nl->attempts = nl->retries; /* no config: no point retrying */
+		attempt_failed(nl, "label no longer configured", NULL);
+		return;
+	}
+	if (pl->diskimage) {
+		const np_upload *up = zkc_latest_upload(launcher_images(nl->l),
+							pl->diskimage->name,
+							pm->name);
+		const np_provider_diskimage *pdi =
+			config_find_provider_diskimage(pm->prov,
+						       pl->diskimage->name);
+
+		if (!up) {
+			if (nl->attempts == 1)
+				nodelaunch_write(nl); /* building, as upstream */
+			attempt_failed(nl, "Unable to find current cloud image",
+				       NULL);
+			return;
+		}
+		image_ext = up->external_id;
+		free(nl->node.image_id);
+		nl->node.image_id = np_path_upload(up->image, up->build_id,
+						   up->provider, up->id);
+		if (pdi) {
+			set_opt_str(&nl->node.username, pdi->username);
+			set_opt_str(&nl->node.python_path, pdi->python_path);
+			set_opt_str(&nl->node.shell_type, pdi->shell_type);
+			set_opt_str(&nl->node.connection_type,
+				    pdi->connection_type);
+			json_decref(nl->node.connection_port);
+			nl->node.connection_port =
+				json_integer(pdi->connection_port);
+		}
+	} else if (pl->cloud_image) {
+		const np_cloud_image *ci = pl->cloud_image;
+
+		set_opt_str(&nl->node.image_id, ci->name);
+		set_opt_str(&nl->node.username, ci->username);
+		set_opt_str(&nl->node.python_path, ci->python_path);
+		set_opt_str(&nl->node.shell_type, ci->shell_type);
+		set_opt_str(&nl->node.connection_type, ci->connection_type);
+		json_decref(nl->node.connection_port);
+		nl->node.connection_port = json_integer(ci->connection_port);
+	}
+	provmgr_label_quota(pm, pl, &need);
+	json_decref(nl->node.resources);
+	nl->node.resources = quota_to_json(&need);
+	nodelaunch_write(nl);
+
+	hostname = xasprintf("np%s", nl->node.id);
+	meta = json_pack("{s:s, s:s, s:s}", "nodepool_node_id", nl->node.id,
+			 "nodepool_pool_name", pool->name,
+			 "nodepool_provider_name", pm->name);
+	memset(&a, 0, sizeof(a));
+	a.provider = pm->prov;
+	a.pool = pool;
+	a.label = pl;
+	a.node_id = nl->node.id;
+	a.hostname = hostname;
+	a.image_external_id = image_ext;
+	a.az = nl->h ? nl->h->chosen_az : NULL;
+	a.metadata = meta;
+	a.request = nl->h && nl->h->have_req ? &nl->h->req : NULL;
+	nl->op = pm->drv->create ? pm->drv->create(pm->m, &a, created, nl) : NULL;
+	json_decref(meta);
+	free(hostname);
+	if (!nl->op) {
+		attempt_failed(nl, "the driver refused to create", NULL);
+		return;
+	}
+	nl->timer = evloop_add_timer(launcher_loop(nl->l),
+				     pm->prov->launch_timeout * 1000,
+				     on_launch_timeout, nl);
+}
+
+/* ---- znode, lock, building ---- */
+
+static void locked(zk_lock *l, int rc, void *arg)
+{
+	np_nodelaunch *nl = arg;
+
+	if (rc != ZOK) {
+		zk_lock_free(nl->lock);
+		nl->lock = NULL;
+		/* The init node is ours alone: mark it failed so the
+		 * deleted-node worker removes it. */
+		NLOG(nl, LOG_ERROR, "Unable to lock new node: %s", zk_strerror(rc));
+		finish(nl, NP_NODE_FAILED);
+		return;
+	}
+	NLOG(nl, LOG_DEBUG, "Locked building node %s for request", nl->node.id);
+	/* Building only after the lock: unlocked building nodes are deleted. */
+	np_node_set_state(&nl->node, NP_NODE_BUILDING);
+	nl->state = NL_BUILDING;
+	start_attempt(nl);
+}
+
+static void create_node(np_nodelaunch *nl);
+
+static void ensured(zk *z, int rc, void *arg)
+{
+	np_nodelaunch *nl = arg;
+
+	if (unbusy(nl))
+		return;
+	if (rc != ZOK) {
+		fail_unstored(nl, zk_strerror(rc));
+		return;
+	}
+	create_node(nl);
+}
+
+static void node_created(zk *z, int rc, const char *path, const zk_stat *st,
+			 void *arg)
+{
+	np_nodelaunch *nl = arg;
+	const char *id;
+	char *dir;
+
+	if (nl->dead) {
+		/* Released before the node existed: nobody else knows it. */
+		if (rc == ZOK)
+			zk_adelete(z, path, -1, NULL, NULL);
+		unbusy(nl);
+		return;
+	}
+	nl->busy--;
+	if (rc == ZNONODE) {
+		/* First node ever: create /nodepool/nodes. */
+		if (zk_aensure_path(z, NP_NODE_ROOT, ensured, nl) == ZOK)
+			nl->busy++;
+		else
+			fail_unstored(nl, "cannot create " NP_NODE_ROOT);
+		return;
+	}
+	if (rc != ZOK) {
+		fail_unstored(nl, zk_strerror(rc));
+		return;
+	}
+	id = strrchr(path, '/') + 1;
+	nl->node.id = xstrdup(id);
+	if (nl->resv)
+		poolworker_reservation_set_id(nl->resv, id);
+	nl->state = NL_LOCK;
+	dir = np_path_node_lock(id);
+	nl->lock = zk_lock_new(z, dir, NULL);
+	free(dir);
+	(void)zk_lock_acquire_async(nl->lock, false, 0, locked, nl);
+}
+
+static void create_node(np_nodelaunch *nl)
+{
+	char *json = np_node_encode(&nl->node);
+
+	nl->state = NL_CREATE;
+	if (zk_acreate(launcher_zk(nl->l), NP_NODE_ROOT "/", json,
+		       (int)strlen(json), ZK_SEQUENTIAL, node_created, nl) == ZOK)
+		nl->busy++;
+	else
+		fail_unstored(nl, "session closing");
+	free(json);
+}
+
+static np_nodelaunch *nl_alloc(np_handler *h, const char *label)
+{
+	np_nodelaunch *nl = xcalloc(1, sizeof(*nl));
+
+	nl->h = h;
+	nl->l = h->pw->l;
+	nl->pm = provmgr_ref(h->pm);
+	nl->label = xstrdup(label);
+	nl->pool_name = xstrdup(h->pw->pool_name);
+	nl->logger = xasprintf("nodepool.StateMachineNodeLauncher.%s",
+			       h->pm->name);
+	nl->prefix = xasprintf("[e: %s] [node_request: %s] ",
+			       h->event_id ? h->event_id : "", h->id);
+	nl->retries = (int)h->pm->prov->launch_retries;
+	nl->start_ms = now_ms();
+	return nl;
+}
+
+np_nodelaunch *nodelaunch_new(np_handler *h, const char *label)
+{
+	np_nodelaunch *nl = nl_alloc(h, label);
+	const np_pool *pool = nl_pool(nl);
+	const np_pool_label *pl = nl_label(nl);
+	np_node *n = &nl->node;
+	np_quota need;
+	strlist azs;
+
+	np_node_init(n);
+	np_node_set_state(n, NP_NODE_INIT);
+	n->created_time = n->state_time;
+	strlist_add(&n->type, label);
+	n->provider = xstrdup(h->pm->name);
+	n->pool = xstrdup(h->pw->pool_name);
+	n->launcher = xstrdup(h->pw->launcher_id);
+	n->allocated_to = xstrdup(h->id);
+	n->tenant_name = h->req.tenant_name ? xstrdup(h->req.tenant_name) : NULL;
+	n->requestor = h->req.requestor ? xstrdup(h->req.requestor) : NULL;
+	if (pool && pool->node_attributes)
+		n->attributes = json_deep_copy(pool->node_attributes);
+	/* setNodeMetadata: one AZ per request, the pool's or the cloud's. */
+	if (!h->chosen_az && pool) {
+		strlist_init(&azs);
+		if (pool->azs.n)
+			for (size_t i = 0; i < pool->azs.n; i++)
+				strlist_add(&azs, pool->azs.v[i]);
+		else if (h->pm->drv->azs)
+			h->pm->drv->azs(h->pm->m, &azs);
+		if (azs.n)
+			h->chosen_az = xstrdup(azs.v[(size_t)random() % azs.n]);
+		strlist_free(&azs);
+	}
+	if (pl) {
+		provmgr_label_quota(h->pm, pl, &need);
+		nl->resv = poolworker_reserve(h->pw, &need);
+	}
+	nl->pm->launching++;
+	nl->counted = true;
+	create_node(nl);
+	return nl;
+}
+
+np_nodelaunch *nodelaunch_reused(np_handler *h, const char *label,
+				 np_node *node, zk_lock *lock)
+{
+	np_nodelaunch *nl = nl_alloc(h, label);
+
+	nl->node = *node;
+	memset(node, 0, sizeof(*node));
+	nl->lock = lock;
+	nl->reused = true;
+	nl->state = NL_DONE;
+	return nl;
+}
+
+/* ---- the handler's side ---- */
+
+bool nodelaunch_complete(const np_nodelaunch *nl)
+{
+	return nl->state == NL_DONE;
+}
+
+void nodelaunch_release(np_nodelaunch *nl, bool clear_allocation)
+{
+	bool in_flight = nl->state != NL_DONE;
+
+	cancel_work(nl);
+	if (in_flight && nl->state != NL_CREATE && nl->node.id)
+		NLOG(nl, LOG_INFO, "Abandoning launch of node %s in state %s",
+		     nl->node.id, nodelaunch_state_name(nl));
+	if (nl->state == NL_LOCK && nl->node.id) {
+		/* The lock attempt is dropped (no callback): the node is an
+		 * unlocked init node nobody else will touch; mark it failed so
+		 * the deleted-node worker removes it. */
+		np_node_set_state(&nl->node, NP_NODE_FAILED);
+		nodelaunch_write(nl);
+	} else if (clear_allocation && nl->node.id && nl->lock &&
+		   nl->state != NL_CREATE) {
+		free(nl->node.allocated_to);
+		nl->node.allocated_to = NULL;
+		nodelaunch_write(nl);
+	}
+	zk_lock_free(nl->lock); /* queued after the write above */
+	nl->lock = NULL;
+	uncount(nl);
+	nl->h = NULL;
+	nl->dead = true;
+	provmgr_unref(nl->pm);
+	nl->pm = NULL;
+	if (nl->busy == 0)
+		nl_free(nl);
+}
+
+void nodelaunch_abandon(np_nodelaunch *nl)
+{
+	if (nl->state != NL_DONE && nl->node.id)
+		NLOG(nl, LOG_ERROR, "Lost ZooKeeper session trying to launch "
+		     "for node %s", nl->node.id);
+	cancel_work(nl);
+	if (nl->state != NL_DONE)
+		np_node_set_state(&nl->node, NP_NODE_FAILED);
+	zk_lock_free(nl->lock);
+	nl->lock = NULL;
+	uncount(nl);
+	nl->h = NULL;
+	nl->dead = true;
+	provmgr_unref(nl->pm);
+	nl->pm = NULL;
+	if (nl->busy == 0)
+		nl_free(nl);
+}
+
+const char *nodelaunch_state_name(const np_nodelaunch *nl)
+{
+	switch (nl->state) {
+	case NL_CREATE: return "creating znode";
+	case NL_LOCK: return "locking";
+	case NL_BUILDING: return "building";
+	case NL_LAUNCH: return "launching";
+	case NL_SCAN: return "scanning keys";
+	case NL_TEARDOWN: return "tearing down";
+	case NL_FINAL: return "storing";
+	case NL_DONE: return nl->node.state ? nl->node.state : "done";
+	}
+	return "?";
+}

@@ -1,0 +1,81 @@
+/* nodelaunch.h: one node of a request, upstream's StateMachineNodeLauncher
+ * as a state machine on the loop:
+ *
+ *   CREATE (init znode) -> LOCK -> BUILDING -> LAUNCH (driver create,
+ *   launch-timeout) -> SCAN (host keys, boot-timeout) -> READY
+ *
+ * A quota refusal marks the node aborted (the handler relaunches it
+ * without counting an attempt); any other failure tears the instance down
+ * and tries again until launch-retries attempts are spent, then the node
+ * is failed. A node reused from the ready pool is represented by a
+ * complete launch that only holds the node and its lock.
+ *
+ * Ownership: the handler owns its launches. A launch owns its node record
+ * and its node lock until nodelaunch_release(). */
+#ifndef NP_NODELAUNCH_H
+#define NP_NODELAUNCH_H
+
+#include <stdbool.h>
+
+#include "handler.h"
+#include "model.h"
+#include "zk_lock.h"
+
+enum nl_state {
+	NL_CREATE,
+	NL_LOCK,
+	NL_BUILDING,
+	NL_LAUNCH,
+	NL_SCAN,
+	NL_TEARDOWN,
+	NL_FINAL,    /* writing the final state */
+	NL_DONE,
+};
+
+struct np_nodelaunch {
+	np_handler *h;           /* NULL once released */
+	np_launcher *l;
+	char *pool_name;
+	char *logger;            /* nodepool.StateMachineNodeLauncher.<provider> */
+	char *prefix;            /* "[e: ..] [node_request: ..] " */
+	np_provmgr *pm;          /* referenced while in flight */
+	char *label;
+	np_node node;
+	zk_lock *lock;
+	enum nl_state state;
+	bool reused;
+	int attempts;
+	int retries;
+	np_op *op;
+	keyscan_req *scan;
+	uint64_t timer;
+	struct pw_reservation *resv;
+	long long start_ms;
+	long long attempt_ms;
+	int busy;
+	bool dead;
+	bool counted;            /* counted in pm->launching */
+	bool wrote_progress;     /* external id written before the scan */
+};
+
+/* Start launching a node of LABEL for H. */
+np_nodelaunch *nodelaunch_new(np_handler *h, const char *label);
+/* A reused node, already locked, re-read and allocated. Takes NODE's
+ * contents and LOCK. */
+np_nodelaunch *nodelaunch_reused(np_handler *h, const char *label,
+				 np_node *node, zk_lock *lock);
+/* Write the node record (unconditional set, as upstream's storeNode). */
+void nodelaunch_write(np_nodelaunch *nl);
+/* READY, FAILED or ABORTED reached (or never building). */
+bool nodelaunch_complete(const np_nodelaunch *nl);
+/* Unlock the node (writing allocated_to = null first when CLEAR) and
+ * free the launch once nothing is due. A launch still in flight is
+ * cancelled (its node stays building and unlocked: the deleted-node
+ * worker removes it). */
+void nodelaunch_release(np_nodelaunch *nl, bool clear_allocation);
+/* The session is gone: cancel everything, mark the node failed in memory,
+ * free. */
+void nodelaunch_abandon(np_nodelaunch *nl);
+const char *nodelaunch_state_name(const np_nodelaunch *nl);
+
+#endif

@@ -1,0 +1,112 @@
+/* poolworker.h: one pool worker per provider-pool (upstream's PoolWorker):
+ * registers the pool component, picks requests in priority order with
+ * upstream's _assignHandlers rules and starts a request handler for each
+ * one it takes, keeps its paused handlers going, and publishes `paused`.
+ *
+ * Event-driven: a pass over the requests in `requested` state runs when
+ * the request cache, the registry, the node cache or a handler says
+ * something changed (coalesced into one pass per loop iteration), and once
+ * a second as a safety net. The decision helpers at the end are pure
+ * functions so the unit tests can check them without ZooKeeper. */
+#ifndef NP_POOLWORKER_H
+#define NP_POOLWORKER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "launcher.h"
+#include "model.h"
+
+struct np_regcomp;
+typedef struct np_handler np_handler;
+typedef struct np_poolworker np_poolworker;
+
+/* A quota reservation: a node a handler decided to launch whose znode the
+ * node cache may not show yet. */
+typedef struct pw_reservation {
+	struct pw_reservation *next;
+	char *node_id;          /* NULL until the znode exists */
+	np_quota need;
+} pw_reservation;
+
+struct np_poolworker {
+	np_launcher *l;
+	np_poolworker *next;
+	np_provmgr *pm;         /* referenced */
+	char *provider_name;
+	char *pool_name;
+	char *name;             /* "PoolWorker.<provider>-<pool>" */
+	char *logger;           /* "nodepool.PoolWorker.<provider>-<pool>" */
+	char *launcher_id;      /* "<fqdn>-PoolWorker.<p>-<pool>-<uuid hex>" */
+	struct np_regcomp *comp;
+	np_handler *handlers;   /* active, newest first */
+	pw_reservation *reserved;
+	uint64_t pass_timer;    /* a pass is scheduled */
+	uint64_t tick_timer;    /* the 1 s safety net */
+	bool stopping;
+};
+
+np_poolworker *poolworker_new(np_launcher *l, np_provmgr *pm,
+			      const char *pool_name);
+/* The provider was restarted with a new manager (same pool name). */
+void poolworker_set_mgr(np_poolworker *pw, np_provmgr *pm);
+/* This pool's configuration (in the manager's config), NULL if gone. */
+const np_pool *poolworker_pool(const np_poolworker *pw);
+/* Schedule a pass soon (coalesced). */
+void poolworker_kick(np_poolworker *pw);
+/* Stop: abandon every handler (their locks are released), unregister the
+ * component and free the worker. */
+void poolworker_stop(np_poolworker *pw);
+/* The session was lost: every lock is gone; drop every handler. */
+void poolworker_session_lost(np_poolworker *pw);
+/* Called by a handler that has finished (removes and frees it). */
+void poolworker_handler_done(np_poolworker *pw, np_handler *h);
+int poolworker_active_launches(const np_poolworker *pw);
+bool poolworker_paused(const np_poolworker *pw);
+void poolworker_status(const np_poolworker *pw, sbuf *out);
+
+/* Quota of nodes this worker's handlers launch that the node cache does
+ * not show yet (added to the used quota). */
+pw_reservation *poolworker_reserve(np_poolworker *pw, const np_quota *need);
+void poolworker_reservation_set_id(pw_reservation *r, const char *node_id);
+void poolworker_unreserve(np_poolworker *pw, pw_reservation *r);
+void poolworker_reserved(np_poolworker *pw, np_quota *out);
+
+/* ---- pure decision logic (unit-tested) ---- */
+
+/* Upstream's sort key: (number of requested labels LABELS lacks,
+ * precedence prefix as a string, relative_priority, sequence as a
+ * string). */
+int pw_request_cmp(const np_request *a, const np_request *b,
+		   const strlist *labels);
+/* Request priority only (the key paused handlers are retried in). */
+int pw_priority_cmp(const np_request *a, const np_request *b);
+int pw_missing_labels(const np_request *req, const strlist *labels);
+
+enum pw_verdict {
+	PW_CONSIDER,        /* go on: decline reasons, then lock */
+	PW_SKIP_STATE,      /* not `requested` */
+	PW_SKIP_DECLINED,   /* we declined it already */
+	PW_YIELD_PROVIDER,  /* a candidate pool of the requested provider */
+	PW_YIELD_PRIORITY,  /* an unpaused candidate with a lower number */
+	PW_DEFER_LABELS,    /* we lack labels that candidates have */
+};
+
+struct pw_self {
+	const char *launcher_id;
+	const char *provider;
+	long long priority;
+	const strlist *labels;
+};
+
+/* _assignHandlers' checks before the quota ones. POOLS are the registered
+ * pool components (NULL entries are skipped). */
+enum pw_verdict pw_assess(const np_request *req, const struct pw_self *self,
+			  const np_component *const *pools, size_t npools);
+/* True when every registered pool id is in DECLINED (the request fails). */
+bool pw_all_declined(const strlist *declined,
+		     const np_component *const *pools, size_t npools);
+/* The pool's priority: its own, else the provider's, else 100. */
+long long pw_pool_priority(const np_pool *pool);
+
+#endif
