@@ -111,7 +111,11 @@ struct np_registry *launcher_registry(const np_launcher *l) { return l->reg; }
 statsd *launcher_statsd(const np_launcher *l) { return l->sd; }
 const char *launcher_hostname(const np_launcher *l) { return l->hostname; }
 const char *launcher_fqdn(const np_launcher *l) { return l->fqdn; }
-bool launcher_ready(const np_launcher *l) { return l->ready; }
+bool launcher_ready(const np_launcher *l)
+{
+	/* Read by the web app's threads. */
+	return __atomic_load_n(&l->ready, __ATOMIC_RELAXED);
+}
 
 const np_request *launcher_cached_request(np_launcher *l, const char *id)
 {
@@ -835,7 +839,7 @@ static void main_pass(evloop *loop, uint64_t id, void *arg)
 	min_ready(l);
 	/* Providers and pool workers are up: /ready may say so. */
 	if (zkc_ready(l->requests) && zkc_ready(l->nodes))
-		l->ready = true;
+		__atomic_store_n(&l->ready, true, __ATOMIC_RELAXED);
 }
 
 /* ---- events ---- */
@@ -1054,7 +1058,7 @@ void launcher_stop(np_launcher *l, void (*done)(void *arg), void *arg)
 		return;
 	log_info(LOGGER, "Stopping");
 	l->stopping = true;
-	l->ready = false;
+	__atomic_store_n(&l->ready, false, __ATOMIC_RELAXED);
 	if (l->main_timer)
 		evloop_del_timer(l->loop, l->main_timer);
 	l->main_timer = 0;
