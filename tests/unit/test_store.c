@@ -1,0 +1,685 @@
+/* test_store.c: the store (store.h) against a real ZooKeeper, each test in
+ * its own chroot: pipelined listings of nodes (more than one window, with
+ * lock checks answered out of turn), requests, builds and uploads; bad
+ * records skipped and logged with their path; node locks; the pause and
+ * request-build markers; marking builds and uploads deleting; the export /
+ * import round trip with its sequence bump; erasing one provider.
+ * Skipped when NP_TEST_ZK is not set. */
+#include "testlib.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "store.h"
+
+/* ---- fixture ---- */
+
+struct fx {
+	evloop *loop;
+	zk *root; /* no chroot: creates and removes ours */
+	zk *z;    /* inside the chroot, as the CLI would be */
+	char chroot[64];
+};
+
+static zk *connect_to(evloop *loop, const char *hosts)
+{
+	zk_options o = { .hosts = hosts, .session_timeout = 10 };
+	char *err = NULL;
+	zk *z = zk_new(loop, &o, &err);
+
+	if (!z) {
+		testlib_fail(__FILE__, __LINE__, "zk_new: %s", err ? err : "?");
+		free(err);
+		return NULL;
+	}
+	if (zk_wait_connected(z, 10) != ZOK) {
+		testlib_fail(__FILE__, __LINE__, "cannot connect to %s", hosts);
+		zk_close(z);
+		return NULL;
+	}
+	return z;
+}
+
+static bool fx_open(struct fx *f)
+{
+	char *hosts;
+
+	memset(f, 0, sizeof(*f));
+	if (!test_zk_hosts()) {
+		testlib_skip("NP_TEST_ZK not set");
+		return false;
+	}
+	snprintf(f->chroot, sizeof(f->chroot), "%s", test_chroot());
+	f->loop = evloop_new();
+	f->root = connect_to(f->loop, test_zk_hosts());
+	if (!f->root || zk_ensure_path(f->root, f->chroot) != ZOK)
+		return false;
+	hosts = xasprintf("%s%s", test_zk_hosts(), f->chroot);
+	f->z = connect_to(f->loop, hosts);
+	free(hosts);
+	return f->z != NULL;
+}
+
+static void fx_close(struct fx *f)
+{
+	if (f->z)
+		zk_close(f->z);
+	if (f->root) {
+		zk_delete_recursive(f->root, f->chroot);
+		zk_close(f->root);
+	}
+	if (f->loop)
+		evloop_free(f->loop);
+}
+
+/* Create PATH with DATA and any missing parents. */
+static void put(zk *z, const char *path, const char *data)
+{
+	char *parent = xstrndup(path, (size_t)(strrchr(path, '/') - path));
+	int rc = parent[0] ? zk_ensure_path(z, parent) : ZOK;
+
+	if (rc == ZOK)
+		rc = zk_create(z, path, data, (int)strlen(data), ZK_PERSISTENT,
+			       NULL);
+	if (rc != ZOK)
+		testlib_fail(__FILE__, __LINE__, "create %s: %s", path,
+			     zk_strerror(rc));
+	free(parent);
+}
+
+/* The data at PATH (caller frees), NULL when it cannot be read. */
+static char *get(zk *z, const char *path)
+{
+	char *data = NULL;
+	int len;
+
+	if (zk_get(z, path, &data, &len, NULL) != ZOK)
+		return NULL;
+	return data;
+}
+
+static char *node_json(const char *provider, int i)
+{
+	return xasprintf("{\"state\": \"ready\", \"state_time\": 1000, "
+			 "\"provider\": \"%s\", \"type\": [\"small\"], "
+			 "\"external_id\": \"srv-%d\"}", provider, i);
+}
+
+/* Log lines written while the test runs, for checking what was logged. */
+struct logcap {
+	char *buf;
+	size_t len;
+	FILE *f;
+};
+
+static void log_capture(struct logcap *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->f = open_memstream(&c->buf, &c->len);
+	log_set_stream(c->f);
+}
+
+/* Stop capturing; the text stays in C->buf (caller frees). */
+static void log_release(struct logcap *c)
+{
+	log_set_stream(stderr);
+	fclose(c->f);
+}
+
+/* ---- visitors (they run inside zk callbacks: no sync calls) ---- */
+
+struct seen {
+	strlist ids;   /* node / request ids, "image-build", upload paths */
+	strlist extra; /* provider, state ... per record */
+	strlist flags; /* "1" / "0" per record */
+	int versions;  /* sum of versions seen */
+};
+
+static void seen_init(struct seen *s)
+{
+	memset(s, 0, sizeof(*s));
+}
+
+static void seen_free(struct seen *s)
+{
+	strlist_free(&s->ids);
+	strlist_free(&s->extra);
+	strlist_free(&s->flags);
+}
+
+static void see_node(void *arg, np_record *rec, bool flag)
+{
+	struct seen *s = arg;
+
+	strlist_add(&s->ids, rec->node.id);
+	strlist_add(&s->extra, rec->node.provider ? rec->node.provider : "");
+	strlist_add(&s->flags, flag ? "1" : "0");
+	s->versions += rec->node.version;
+}
+
+static void see_request(void *arg, np_record *rec, bool flag)
+{
+	struct seen *s = arg;
+
+	strlist_add(&s->ids, rec->request.id);
+	strlist_add(&s->extra, rec->request.state);
+}
+
+static void see_build(void *arg, np_record *rec, bool flag)
+{
+	struct seen *s = arg;
+
+	strlist_add_owned(&s->ids, xasprintf("%s-%s", rec->build.image,
+					     rec->build.id));
+	strlist_add(&s->extra, rec->build.state);
+	strlist_add(&s->flags, flag ? "1" : "0");
+}
+
+static void see_upload(void *arg, np_record *rec, bool flag)
+{
+	struct seen *s = arg;
+	const np_upload *u = &rec->upload;
+
+	strlist_add_owned(&s->ids, xasprintf("%s/%s/%s/%s", u->image,
+					     u->build_id, u->provider, u->id));
+	strlist_add(&s->extra, u->state);
+}
+
+/* ---- listings ---- */
+
+#define NNODES 1500 /* more than the store's window of 1024 reads */
+
+/* Every node in server order with its lock state, across more than one
+ * window; locked nodes answer their lock check after later nodes'
+ * data and must still come out in order. */
+TEST(list_nodes_pipelined)
+{
+	struct fx f;
+	struct seen s;
+	strlist order;
+	char path[96];
+	int nlocked = 0;
+
+	if (!fx_open(&f))
+		goto out;
+	for (int i = 0; i < NNODES; i++) {
+		char *json = node_json(i % 2 ? "p1" : "p2", i);
+		snprintf(path, sizeof(path), "/nodepool/nodes/%010d", i);
+		put(f.z, path, json);
+		free(json);
+		if (i % 7 == 3) { /* a kazoo contender: locked */
+			snprintf(path, sizeof(path), "/nodepool/nodes/%010d/"
+				 "lock/3f2a__lock__0000000000", i);
+			put(f.z, path, "");
+			nlocked++;
+		} else if (i % 7 == 5) { /* a lock dir left empty: unlocked */
+			snprintf(path, sizeof(path),
+				 "/nodepool/nodes/%010d/lock", i);
+			zk_ensure_path(f.z, path);
+		}
+	}
+	/* Empty data is no node (upstream's getNode), silently. */
+	put(f.z, "/nodepool/nodes/0000099999", "");
+
+	strlist_init(&order);
+	REQUIRE(zk_get_children(f.z, "/nodepool/nodes", &order, NULL) == ZOK);
+	seen_init(&s);
+	CHECK_INT(store_each_node(f.z, true, see_node, &s), ZOK);
+	CHECK_INT(s.ids.n, NNODES);
+	int locked = 0;
+	size_t j = 0;
+	for (size_t i = 0; i < order.n && j < s.ids.n; i++) {
+		if (strcmp(order.v[i], "0000099999") == 0)
+			continue;
+		CHECK_STR(s.ids.v[j], order.v[i]);
+		int n = atoi(order.v[i]);
+		CHECK_STR(s.flags.v[j], n % 7 == 3 ? "1" : "0");
+		CHECK_STR(s.extra.v[j], n % 2 ? "p1" : "p2");
+		locked += s.flags.v[j][0] == '1';
+		j++;
+	}
+	CHECK_INT(locked, nlocked);
+	CHECK_INT(s.versions, 0);
+	seen_free(&s);
+
+	/* Without lock checks every flag is false. */
+	seen_init(&s);
+	CHECK_INT(store_each_node(f.z, false, see_node, &s), ZOK);
+	CHECK_INT(s.ids.n, NNODES);
+	CHECK(!strlist_contains(&s.flags, "1"));
+	seen_free(&s);
+	strlist_free(&order);
+out:
+	fx_close(&f);
+}
+
+TEST(list_empty_tree)
+{
+	struct fx f;
+	struct seen s;
+
+	if (!fx_open(&f))
+		goto out;
+	seen_init(&s);
+	CHECK_INT(store_each_node(f.z, true, see_node, &s), ZOK);
+	CHECK_INT(store_each_request(f.z, see_request, &s), ZOK);
+	CHECK_INT(store_each_build(f.z, see_build, &s), ZOK);
+	CHECK_INT(store_each_upload(f.z, NULL, see_upload, &s), ZOK);
+	CHECK_INT(s.ids.n, 0);
+	seen_free(&s);
+out:
+	fx_close(&f);
+}
+
+TEST(list_requests_sorted)
+{
+	struct fx f;
+	struct seen s;
+
+	if (!fx_open(&f))
+		goto out;
+	put(f.z, "/nodepool/requests/200-0000000001",
+	    "{\"state\": \"requested\", \"node_types\": [\"small\"]}");
+	put(f.z, "/nodepool/requests/100-0000000003",
+	    "{\"state\": \"pending\"}");
+	put(f.z, "/nodepool/requests/100-0000000002",
+	    "{\"state\": \"fulfilled\"}");
+	seen_init(&s);
+	CHECK_INT(store_each_request(f.z, see_request, &s), ZOK);
+	REQUIRE(s.ids.n == 3);
+	CHECK_STR(s.ids.v[0], "100-0000000002");
+	CHECK_STR(s.ids.v[1], "100-0000000003");
+	CHECK_STR(s.ids.v[2], "200-0000000001");
+	CHECK_STR(s.extra.v[2], "requested");
+	seen_free(&s);
+out:
+	fx_close(&f);
+}
+
+#define B "/nodepool/images/img-a/builds"
+
+static void populate_images(zk *z)
+{
+	put(z, B "/0001", "{\"state\": \"ready\", \"state_time\": 5}");
+	put(z, B "/0002", "{\"state\": \"building\", \"state_time\": 6}");
+	zk_ensure_path(z, B "/lock");
+	put(z, "/nodepool/images/img-b/builds/0003",
+	    "{\"state\": \"ready\", \"state_time\": 7}");
+	put(z, "/nodepool/images/img-b/pause", "");
+	put(z, B "/0001/providers/p2/images/0000000001",
+	    "{\"state\": \"ready\", \"external_id\": \"x1\"}");
+	put(z, B "/0001/providers/p1/images/0000000002",
+	    "{\"state\": \"uploading\"}");
+	put(z, B "/0001/providers/p1/images/0000000003",
+	    "{\"state\": \"ready\"}");
+	zk_ensure_path(z, B "/0001/providers/p1/images/lock");
+}
+
+TEST(list_builds_and_uploads)
+{
+	struct fx f;
+	struct seen s;
+
+	if (!fx_open(&f))
+		goto out;
+	populate_images(f.z);
+	seen_init(&s);
+	CHECK_INT(store_each_build(f.z, see_build, &s), ZOK);
+	REQUIRE(s.ids.n == 3);
+	/* images sorted; the "lock" child is not a build */
+	CHECK(strcmp(s.ids.v[0], "img-a-0001") == 0 ||
+	      strcmp(s.ids.v[0], "img-a-0002") == 0);
+	CHECK_STR(s.ids.v[2], "img-b-0003");
+	CHECK_STR(s.flags.v[0], "0");
+	CHECK_STR(s.flags.v[2], "1"); /* img-b is paused */
+	seen_free(&s);
+
+	seen_init(&s);
+	CHECK_INT(store_each_upload(f.z, NULL, see_upload, &s), ZOK);
+	REQUIRE(s.ids.n == 3);
+	/* providers sorted (p1 before p2), uploads in server order */
+	CHECK(strstr(s.ids.v[0], "img-a/0001/p1/") == s.ids.v[0]);
+	CHECK(strstr(s.ids.v[1], "img-a/0001/p1/") == s.ids.v[1]);
+	CHECK_STR(s.ids.v[2], "img-a/0001/p2/0000000001");
+	seen_free(&s);
+
+	seen_init(&s);
+	CHECK_INT(store_each_upload(f.z, "p2", see_upload, &s), ZOK);
+	REQUIRE(s.ids.n == 1);
+	CHECK_STR(s.ids.v[0], "img-a/0001/p2/0000000001");
+	seen_free(&s);
+out:
+	fx_close(&f);
+}
+
+/* Bad JSON, a non-object and wrong types are skipped and logged with
+ * their path; the good records around them are listed. */
+TEST(malformed_records_skipped)
+{
+	struct fx f;
+	struct seen s;
+	struct logcap cap;
+
+	if (!fx_open(&f))
+		goto out;
+	char *good = node_json("p1", 1);
+	put(f.z, "/nodepool/nodes/0000000001", good);
+	put(f.z, "/nodepool/nodes/0000000002", "{broken json");
+	put(f.z, "/nodepool/nodes/0000000003", "{\"provider\": 5}");
+	put(f.z, "/nodepool/nodes/0000000004", "[1, 2]");
+	put(f.z, "/nodepool/nodes/0000000005", good);
+	free(good);
+	put(f.z, "/nodepool/requests/100-0000000001",
+	    "{\"node_types\": [1]}");
+	put(f.z, "/nodepool/requests/100-0000000002", "{\"state\": \"x\"}");
+	put(f.z, B "/0001", "{\"state_time\": \"soon\"}");
+	put(f.z, B "/0002", "{\"state\": \"ready\"}");
+	put(f.z, B "/0002/providers/p1/images/0000000001", "nope");
+
+	log_capture(&cap);
+	seen_init(&s);
+	CHECK_INT(store_each_node(f.z, true, see_node, &s), ZOK);
+	CHECK_INT(s.ids.n, 2);
+	CHECK_INT(store_each_request(f.z, see_request, &s), ZOK);
+	CHECK_INT(store_each_build(f.z, see_build, &s), ZOK);
+	CHECK_INT(store_each_upload(f.z, NULL, see_upload, &s), ZOK);
+	CHECK_INT(s.ids.n, 4); /* 2 nodes, 1 request, 1 build, 0 uploads */
+	np_node n;
+	CHECK_INT(store_node(f.z, "0000000003", &n), ZNONODE);
+	log_release(&cap);
+	for (int i = 2; i <= 4; i++) {
+		char p[64];
+		snprintf(p, sizeof(p), "/nodepool/nodes/%010d", i);
+		CHECK(strstr(cap.buf, p) != NULL);
+	}
+	CHECK(strstr(cap.buf, "field \"provider\" has the wrong type"));
+	CHECK(strstr(cap.buf, "/nodepool/requests/100-0000000001"));
+	CHECK(strstr(cap.buf, B "/0001:"));
+	CHECK(strstr(cap.buf, B "/0002/providers/p1/images/0000000001"));
+	CHECK(!strstr(cap.buf, "/nodepool/nodes/0000000001:")); /* quiet */
+	free(cap.buf);
+	seen_free(&s);
+out:
+	fx_close(&f);
+}
+
+/* ---- single records and writes ---- */
+
+TEST(single_reads)
+{
+	struct fx f;
+	np_node n;
+	np_build b;
+	np_upload u;
+
+	if (!fx_open(&f))
+		goto out;
+	populate_images(f.z);
+	put(f.z, "/nodepool/nodes/0000000001", "{\"state\": \"ready\", "
+	    "\"zuul_private\": 1}");
+	put(f.z, "/nodepool/nodes/0000000002", "");
+	REQUIRE(store_node(f.z, "0000000001", &n) == ZOK);
+	CHECK_STR(n.id, "0000000001");
+	CHECK_INT(n.version, 0);
+	np_node_set_state(&n, NP_NODE_HOLD);
+	CHECK_INT(store_node_save(f.z, &n), ZOK);
+	np_node_clear(&n);
+	char *data = get(f.z, "/nodepool/nodes/0000000001");
+	CHECK(data && strstr(data, "{\"state\": \"hold\", "));
+	CHECK(data && strstr(data, "\"zuul_private\": 1}")); /* kept */
+	free(data);
+	REQUIRE(store_node(f.z, "0000000001", &n) == ZOK);
+	CHECK_INT(n.version, 1);
+	np_node_clear(&n);
+	CHECK_INT(store_node(f.z, "0000000002", &n), ZNONODE); /* empty */
+	CHECK_INT(store_node(f.z, "0000000009", &n), ZNONODE);
+	CHECK_INT(store_node(f.z, "../requests", &n), ZNONODE);
+	CHECK_INT(store_node(f.z, "", &n), ZNONODE);
+
+	REQUIRE(store_build(f.z, "img-a", "0001", &b) == ZOK);
+	CHECK_STR(b.image, "img-a");
+	CHECK_STR(b.state, "ready");
+	np_build_clear(&b);
+	CHECK_INT(store_build(f.z, "img-a", "lock", &b), ZNONODE);
+	REQUIRE(store_upload(f.z, "img-a", "0001", "p2", "0000000001", &u)
+		== ZOK);
+	CHECK_STR(u.external_id, "x1");
+	CHECK_STR(u.provider, "p2");
+	np_upload_clear(&u);
+	CHECK_INT(store_upload(f.z, "img-a", "0001", "p2/../p1", "0000000002",
+			       &u), ZNONODE);
+out:
+	fx_close(&f);
+}
+
+TEST(mark_deleting)
+{
+	struct fx f;
+	char *data;
+
+	if (!fx_open(&f))
+		goto out;
+	populate_images(f.z);
+	CHECK_INT(store_mark_build_deleting(f.z, "img-a", "0001"), ZOK);
+	data = get(f.z, B "/0001");
+	CHECK(data && strstr(data, "{\"state\": \"deleting\", "));
+	free(data);
+	CHECK_INT(store_mark_build_deleting(f.z, "img-a", "0002"),
+		  STORE_IN_PROGRESS);
+	data = get(f.z, B "/0002");
+	CHECK_STR(data, "{\"state\": \"building\", \"state_time\": 6}");
+	free(data);
+	CHECK_INT(store_mark_build_deleting(f.z, "img-a", "0009"), ZNONODE);
+	CHECK_INT(store_mark_build_deleting(f.z, "..", "0001"), ZNONODE);
+
+	CHECK_INT(store_mark_upload_deleting(f.z, "img-a", "0001", "p1",
+					     "0000000003"), ZOK);
+	data = get(f.z, B "/0001/providers/p1/images/0000000003");
+	CHECK(data && strstr(data, "{\"state\": \"deleting\", "));
+	free(data);
+	CHECK_INT(store_mark_upload_deleting(f.z, "img-a", "0001", "p1",
+					     "0000000002"), STORE_IN_PROGRESS);
+	CHECK_INT(store_mark_upload_deleting(f.z, "img-a", "0001", "p9",
+					     "0000000002"), ZNONODE);
+out:
+	fx_close(&f);
+}
+
+TEST(node_lock_and_locked)
+{
+	struct fx f;
+	zk *other = NULL;
+	zk_lock *lock = NULL, *second = NULL;
+	np_node n;
+
+	if (!fx_open(&f))
+		goto out;
+	put(f.z, "/nodepool/nodes/0000000001", "{\"state\": \"ready\"}");
+	CHECK(!store_node_locked(f.z, "0000000001"));
+	REQUIRE(store_node_lock(f.z, "0000000001", 5, &lock) == ZOK);
+	CHECK(store_node_locked(f.z, "0000000001"));
+	/* Another session times out on it. */
+	char *hosts = xasprintf("%s%s", test_zk_hosts(), f.chroot);
+	other = connect_to(f.loop, hosts);
+	free(hosts);
+	REQUIRE(other);
+	CHECK_INT(store_node_lock(other, "0000000001", 0.3, &second),
+		  ZLOCKTIMEOUT);
+	CHECK(second == NULL);
+	zk_lock_free(lock);
+	CHECK(!store_node_locked(f.z, "0000000001"));
+
+	/* deleteNode: "deleted" written, then the znode and its lock gone */
+	REQUIRE(store_node(f.z, "0000000001", &n) == ZOK);
+	CHECK_INT(store_node_delete(f.z, &n), ZOK);
+	CHECK_STR(n.state, NP_NODE_DELETED);
+	np_node_clear(&n);
+	CHECK_INT(zk_exists(f.z, "/nodepool/nodes/0000000001", NULL), ZNONODE);
+	zk_close(other);
+out:
+	fx_close(&f);
+}
+
+TEST(pause_and_request_build_markers)
+{
+	struct fx f;
+	status_image *im = NULL;
+	bool paused;
+	size_t n = 0;
+
+	if (!fx_open(&f))
+		goto out;
+	zk_ensure_path(f.z, "/nodepool/images/img-a");
+	CHECK_INT(store_set_image_paused(f.z, "img-a", true), ZOK);
+	CHECK_INT(store_set_image_paused(f.z, "img-a", true), ZOK);
+	char *data = get(f.z, "/nodepool/images/img-a/pause");
+	CHECK_STR(data, "");
+	free(data);
+	CHECK_INT(store_image_paused(f.z, "img-a", &paused), ZOK);
+	CHECK(paused);
+	CHECK_INT(store_set_image_paused(f.z, "img-a", false), ZOK);
+	CHECK_INT(store_set_image_paused(f.z, "img-a", false), ZOK);
+	CHECK_INT(store_image_paused(f.z, "img-a", &paused), ZOK);
+	CHECK(!paused);
+
+	CHECK_INT(store_request_build(f.z, "img-b"), ZOK);
+	CHECK_INT(store_request_build(f.z, "img-b"), ZOK);
+	CHECK_INT(zk_exists(f.z, "/nodepool/images/img-b/request-build",
+			    NULL), ZOK);
+	CHECK_INT(store_image_states(f.z, &im, &n), ZOK);
+	REQUIRE(n == 2);
+	CHECK_STR(im[0].name, "img-a");
+	CHECK(!im[0].has_request && !im[0].paused);
+	CHECK_STR(im[1].name, "img-b");
+	CHECK(im[1].has_request && im[1].request_pending);
+	store_free_image_states(im, n);
+out:
+	fx_close(&f);
+}
+
+/* ---- export / import / erase ---- */
+
+static const char *const exported[] = {
+	B "/0001", B "/0002", "/nodepool/images/img-b/builds/0003",
+	B "/0001/providers/p2/images/0000000001",
+	B "/0001/providers/p1/images/0000000002",
+	B "/0001/providers/p1/images/0000000003",
+};
+
+TEST(export_import_roundtrip)
+{
+	struct fx f;
+	json_t *data = NULL;
+	strlist kids;
+	char *err = NULL, *created = NULL;
+
+	if (!fx_open(&f))
+		goto out;
+	populate_images(f.z);
+	/* A gap: upload 5 exists, so later ones must come after it. */
+	put(f.z, B "/0001/providers/p2/images/0000000005",
+	    "{\"state\": \"ready\"}");
+	REQUIRE(store_export_image_data(f.z, &data) == ZOK);
+	CHECK_INT(json_object_size(data), 8);
+	CHECK_STR(json_string_value(json_object_get(data,
+		  "/nodepool/images/img-b/pause")), "");
+	for (size_t i = 0; i < sizeof(exported) / sizeof(*exported); i++) {
+		char *want = get(f.z, exported[i]);
+		CHECK_STR(json_string_value(json_object_get(data, exported[i])),
+			  want);
+		free(want);
+	}
+
+	REQUIRE(zk_delete_recursive(f.z, "/nodepool/images") == ZOK);
+	CHECK_INT(store_import_image_data(f.z, data, &err), ZOK);
+	CHECK(err == NULL);
+	const char *path;
+	json_t *v;
+	json_object_foreach(data, path, v) {
+		char *got = get(f.z, path);
+		CHECK_STR(got, json_string_value(v));
+		free(got);
+	}
+	/* Sequence numbers were consumed up to the highest imported
+	 * upload, and the placeholders are gone again. */
+	strlist_init(&kids);
+	CHECK_INT(zk_get_children(f.z, B "/0001/providers/p2/images", &kids,
+				  NULL), ZOK);
+	CHECK_INT(kids.n, 2);
+	strlist_free(&kids);
+	CHECK_INT(zk_create(f.z, B "/0001/providers/p2/images/", "", 0,
+			    ZK_SEQUENTIAL, &created), ZOK);
+	CHECK(created && strcmp(strrchr(created, '/') + 1, "0000000005") > 0);
+	free(created);
+	json_decref(data);
+
+	/* A document that is not path -> string is refused untouched. */
+	data = json_pack("{s:i}", "/nodepool/images/x", 1);
+	CHECK_INT(store_import_image_data(f.z, data, &err), ZBADARGUMENTS);
+	CHECK(err && strstr(err, "/nodepool/images/x"));
+	free(err);
+	json_decref(data);
+	CHECK_INT(zk_exists(f.z, "/nodepool/images/x", NULL), ZNONODE);
+out:
+	fx_close(&f);
+}
+
+static void collect_provider(void *arg, np_record *rec, bool flag)
+{
+	if (rec->node.provider && strcmp(rec->node.provider, "p1") == 0)
+		strlist_add(arg, rec->node.id);
+}
+
+/* `nodepool erase p1`: p1's upload subtrees and nodes go, p2's stay. */
+TEST(erase_one_provider)
+{
+	struct fx f;
+	strlist builds, ids, left;
+	struct seen s;
+
+	if (!fx_open(&f))
+		goto out;
+	populate_images(f.z);
+	for (int i = 1; i <= 4; i++) {
+		char path[64], *json = node_json(i % 2 ? "p1" : "p2", i);
+		snprintf(path, sizeof(path), "/nodepool/nodes/%010d", i);
+		put(f.z, path, json);
+		free(json);
+	}
+	strlist_init(&builds);
+	strlist_init(&ids);
+	CHECK_INT(store_provider_builds(f.z, "p1", &builds), ZOK);
+	REQUIRE(builds.n == 2);
+	CHECK_STR(builds.v[0], "img-a");
+	CHECK_STR(builds.v[1], "0001");
+	CHECK_INT(store_erase_provider_builds(f.z, "p1", &builds), ZOK);
+	CHECK_INT(store_each_node(f.z, false, collect_provider, &ids), ZOK);
+	CHECK_INT(ids.n, 2);
+	for (size_t i = 0; i < ids.n; i++) {
+		np_node n;
+		REQUIRE(store_node(f.z, ids.v[i], &n) == ZOK);
+		CHECK_INT(store_node_delete(f.z, &n), ZOK);
+		np_node_clear(&n);
+	}
+	CHECK_INT(zk_exists(f.z, B "/0001/providers/p1", NULL), ZNONODE);
+	seen_init(&s);
+	CHECK_INT(store_each_upload(f.z, NULL, see_upload, &s), ZOK);
+	REQUIRE(s.ids.n == 1);
+	CHECK_STR(s.ids.v[0], "img-a/0001/p2/0000000001");
+	seen_free(&s);
+	strlist_init(&left);
+	CHECK_INT(zk_get_children(f.z, "/nodepool/nodes", &left, NULL), ZOK);
+	strlist_sort(&left);
+	CHECK_INT(left.n, 2);
+	CHECK(strlist_contains(&left, "0000000002"));
+	CHECK(strlist_contains(&left, "0000000004"));
+	strlist_free(&left);
+	strlist_free(&builds);
+	strlist_free(&ids);
+out:
+	fx_close(&f);
+}
+
+RUN_TESTS()
