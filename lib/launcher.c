@@ -623,7 +623,10 @@ static void mr_complete(np_launcher *l, const np_request *r)
 	mr_finish_step(f);
 }
 
-static void remove_completed(np_launcher *l)
+/* LABELS gets the labels whose request completed now: their nodes are
+ * being deallocated and the cache does not show it yet, so they are not
+ * counted again in this pass. */
+static void remove_completed(np_launcher *l, strlist *labels)
 {
 	for (mr_req *m = l->minready, *next; m; m = next) {
 		const np_request *r;
@@ -638,6 +641,7 @@ static void remove_completed(np_launcher *l)
 		}
 		if (r->state && strcmp(r->state, NP_REQ_FULFILLED) == 0) {
 			mr_complete(l, r);
+			strlist_add(labels, m->label);
 			mr_drop(l, m);
 		} else if (r->state && strcmp(r->state, NP_REQ_FAILED) == 0) {
 			char *path = np_path_request(m->id);
@@ -794,18 +798,21 @@ static void min_ready(np_launcher *l)
 {
 	const np_config *cfg = l->cur->cfg;
 	ready_count rc = { .cfg = cfg };
+	strlist done;
 
 	if (!zkc_ready(l->nodes) || !zkc_ready(l->requests) ||
 	    !zkc_ready(l->images))
 		return;
-	remove_completed(l);
+	strlist_init(&done);
+	remove_completed(l, &done);
 	rc.count = xcalloc(cfg->nlabels + 1, sizeof(*rc.count));
 	zkc_foreach(l->nodes, ZKC_NODE, count_ready, &rc);
 	for (size_t i = 0; i < cfg->nlabels; i++) {
 		const np_label *label = &cfg->labels[i];
 		long long need;
 
-		if (label->min_ready <= 0 || mr_outstanding(l, label->name))
+		if (label->min_ready <= 0 || mr_outstanding(l, label->name) ||
+		    strlist_contains(&done, label->name))
 			continue;
 		need = label->min_ready - rc.count[i];
 		if (need <= 0 || !image_available(l, label))
@@ -815,6 +822,7 @@ static void min_ready(np_launcher *l)
 		for (long long k = 0; k < need; k++)
 			create_request(l, label->name);
 	}
+	strlist_free(&done);
 	free(rc.count);
 }
 
