@@ -1,0 +1,1547 @@
+/* zkcache.c: watch-driven caches of /nodepool/nodes, /nodepool/requests
+ * and /nodepool/images (see zkcache.h).
+ *
+ * How it stays exact without polling:
+ *
+ *   - One persistent recursive watch on the root reports every created,
+ *     changed and deleted znode below it. Each report becomes an item in a
+ *     FIFO queue: a changed object gets an asynchronous get, a deletion or
+ *     a marker needs no read and is complete at once.
+ *   - A walk (at start and after every reconnect) lists the tree with
+ *     get_children and reads every object, at most WALK_WINDOW reads in
+ *     flight. Its reads are items in the same queue.
+ *   - Items are applied strictly in queue order. Our client pipelines
+ *     requests and the server answers in order and sends a watch event
+ *     before the reply to any later read, so a queued read reflects the
+ *     tree at or after the moment it was queued, and every change after
+ *     that has its own event behind it in the queue. Applying in order
+ *     therefore converges on the tree as it is; the mzxid check keeps an
+ *     object from going back in time.
+ *   - Every entry is stamped with the generation of the walk that was
+ *     current when the item that last confirmed it was queued. What the
+ *     latest complete walk did not see, and no later event confirmed, is
+ *     gone (its deletion happened while we were not listening) and is
+ *     swept when the walk completes.
+ *
+ * Entries live in one hash table keyed by the path below the root ("<id>",
+ * "<id>/lock/<contender>", "<image>/pause", ...), each allocation holding
+ * the header, the decoded record and the key together. Records are kept
+ * without their source JSON, and a node's resources and attributes (the
+ * same few values over thousands of nodes) share one interned JSON value.
+ */
+#include "zkcache.h"
+#include "log.h"
+
+#include <stdalign.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LOGGER "nodepool.zk.ZooKeeper"
+#define WALK_WINDOW 1024 /* walk reads in flight: bounds the walk's memory */
+#define RETRY_MS 1000    /* a walk that failed with the session up */
+#define MAXSEG 8         /* path components below a root we ever look at */
+
+/* Entry kinds besides the public enum zkc_what. */
+enum {
+	W_CONTENDER = ZKC_BUILD_REQUEST + 1, /* <id>/lock/<child> */
+	W_JSON,                              /* interned JSON value */
+	W_STR,                               /* interned string */
+	W_NKINDS,
+};
+
+static bool is_marker(int what)
+{
+	return what == ZKC_IMAGE || what == ZKC_PAUSE ||
+	       what == ZKC_BUILD_REQUEST || what == W_CONTENDER;
+}
+
+/* ---- what a path is to a cache ---- */
+
+enum act { A_NONE, A_DATA, A_MARK };
+enum walk { W_NO, W_SELF, W_CHILD };
+
+struct cls {
+	enum act act;
+	int what;
+	/* On a walk: W_SELF lists the path itself; W_CHILD lists its child
+	 * CHILD after the object is read, if it has children at all. */
+	enum walk walk;
+	const char *child;
+};
+
+struct segs {
+	int n; /* MAXSEG + 1 when deeper */
+	const char *p[MAXSEG];
+	size_t len[MAXSEG];
+};
+
+static void segs_split(const char *rel, struct segs *s)
+{
+	s->n = 0;
+	for (;;) {
+		const char *slash = strchr(rel, '/');
+		size_t len = slash ? (size_t)(slash - rel) : strlen(rel);
+
+		if (s->n == MAXSEG) {
+			s->n++;
+			return;
+		}
+		s->p[s->n] = rel;
+		s->len[s->n++] = len;
+		if (!slash)
+			return;
+		rel = slash + 1;
+	}
+}
+
+static bool seg_is(const struct segs *s, int i, const char *word)
+{
+	return s->len[i] == strlen(word) && memcmp(s->p[i], word, s->len[i]) == 0;
+}
+
+/* Upstream's _parseNodePath/_parseNodeLockPath: /nodepool/nodes/<id> (not
+ * "lock") and any child of its lock directory. */
+static struct cls classify_node(const struct segs *s)
+{
+	if (s->n == 1 && !seg_is(s, 0, "lock"))
+		return (struct cls){ A_DATA, ZKC_NODE, W_CHILD, "lock" };
+	if (s->n == 2 && seg_is(s, 1, "lock"))
+		return (struct cls){ A_NONE, 0, W_SELF, NULL };
+	if (s->n == 3 && seg_is(s, 1, "lock"))
+		return (struct cls){ A_MARK, W_CONTENDER, W_NO, NULL };
+	return (struct cls){ A_NONE, 0, W_NO, NULL };
+}
+
+static struct cls classify_request(const struct segs *s)
+{
+	if (s->n == 1 && !seg_is(s, 0, "lock"))
+		return (struct cls){ A_DATA, ZKC_REQUEST, W_NO, NULL };
+	return (struct cls){ A_NONE, 0, W_NO, NULL };
+}
+
+/* Upstream's ImageCache paths: <image>, <image>/pause,
+ * <image>/builds/<build> and
+ * <image>/builds/<build>/providers/<provider>/images/<upload>, never a
+ * "lock"; plus <image>/request-build, which upstream reads uncached. */
+static struct cls classify_image(const struct segs *s)
+{
+	struct cls none = { A_NONE, 0, W_NO, NULL };
+	bool builds = s->n >= 2 && seg_is(s, 1, "builds");
+
+	if (s->n >= 1 && s->n <= MAXSEG && seg_is(s, s->n - 1, "lock"))
+		return none;
+	switch (s->n) {
+	case 1:
+		return (struct cls){ A_MARK, ZKC_IMAGE, W_SELF, NULL };
+	case 2:
+		if (seg_is(s, 1, "pause"))
+			return (struct cls){ A_MARK, ZKC_PAUSE, W_NO, NULL };
+		if (seg_is(s, 1, "request-build"))
+			return (struct cls){ A_MARK, ZKC_BUILD_REQUEST, W_NO, NULL };
+		if (builds)
+			return (struct cls){ A_NONE, 0, W_SELF, NULL };
+		return none;
+	case 3:
+		if (builds)
+			return (struct cls){ A_DATA, ZKC_BUILD, W_CHILD, "providers" };
+		return none;
+	case 4: /* .../providers */
+	case 5: /* .../providers/<provider> */
+		if (builds && seg_is(s, 3, "providers"))
+			return (struct cls){ A_NONE, 0, W_SELF, NULL };
+		return none;
+	case 6:
+	case 7:
+		if (!builds || !seg_is(s, 3, "providers") || !seg_is(s, 5, "images"))
+			return none;
+		if (s->n == 6)
+			return (struct cls){ A_NONE, 0, W_SELF, NULL };
+		return (struct cls){ A_DATA, ZKC_UPLOAD, W_NO, NULL };
+	default:
+		return none;
+	}
+}
+
+/* ---- entries ---- */
+
+struct ent {
+	struct ent *next; /* hash chain */
+	int64_t mzxid;    /* of the record's data */
+	uint32_t hash;
+	uint32_t gen;     /* walk generation that last confirmed it */
+	uint32_t nlock;   /* nodes: lock contenders (also on a placeholder);
+			   * interned strings: references */
+	uint8_t what;
+	bool has_obj;     /* false: a node placeholder holding nlock only */
+	/* the record (obj_size(what) bytes), then the NUL-terminated key */
+	max_align_t body[];
+};
+
+/* A record of any kind, for moving one in and out of an entry. */
+union obj {
+	np_node node;
+	np_request request;
+	np_build build;
+	np_upload upload;
+	json_t *json;
+};
+
+struct table {
+	struct ent **b;
+	size_t nb; /* power of two, or 0 */
+	size_t n;
+};
+
+static size_t obj_size(int what)
+{
+	switch (what) {
+	case ZKC_NODE: return sizeof(np_node);
+	case ZKC_REQUEST: return sizeof(np_request);
+	case ZKC_BUILD: return sizeof(np_build);
+	case ZKC_UPLOAD: return sizeof(np_upload);
+	case W_JSON: return sizeof(json_t *);
+	default: return 0;
+	}
+}
+
+static void *ent_obj(struct ent *e)
+{
+	return e->body;
+}
+
+static const char *ent_key(const struct ent *e)
+{
+	return (const char *)e->body + obj_size(e->what);
+}
+
+/* FNV-1a */
+static uint32_t hash_str(const char *s)
+{
+	uint32_t h = 2166136261u;
+
+	while (*s)
+		h = (h ^ (unsigned char)*s++) * 16777619u;
+	return h;
+}
+
+static struct ent *tab_find(const struct table *t, const char *key)
+{
+	uint32_t h;
+
+	if (!t->nb)
+		return NULL;
+	h = hash_str(key);
+	for (struct ent *e = t->b[h & (t->nb - 1)]; e; e = e->next)
+		if (e->hash == h && strcmp(ent_key(e), key) == 0)
+			return e;
+	return NULL;
+}
+
+static void tab_resize(struct table *t, size_t nb)
+{
+	struct ent **b = xcalloc(nb, sizeof(*b));
+
+	for (size_t i = 0; i < t->nb; i++) {
+		struct ent *e = t->b[i], *next;
+		for (; e; e = next) {
+			next = e->next;
+			e->next = b[e->hash & (nb - 1)];
+			b[e->hash & (nb - 1)] = e;
+		}
+	}
+	free(t->b);
+	t->b = b;
+	t->nb = nb;
+}
+
+/* A new entry for KEY (which must not exist) with a zeroed record. */
+static struct ent *tab_add(struct table *t, const char *key, int what)
+{
+	size_t osz = obj_size(what), klen = strlen(key);
+	struct ent *e = xcalloc(1, sizeof(*e) + osz + klen + 1);
+
+	e->what = (uint8_t)what;
+	e->hash = hash_str(key);
+	memcpy((char *)e->body + osz, key, klen + 1);
+	if (t->n >= t->nb)
+		tab_resize(t, t->nb ? t->nb * 2 : 64);
+	e->next = t->b[e->hash & (t->nb - 1)];
+	t->b[e->hash & (t->nb - 1)] = e;
+	t->n++;
+	return e;
+}
+
+static void tab_unlink(struct table *t, struct ent *e)
+{
+	struct ent **pp = &t->b[e->hash & (t->nb - 1)];
+
+	while (*pp != e)
+		pp = &(*pp)->next;
+	*pp = e->next;
+	t->n--;
+}
+
+
+/* ---- the cache ---- */
+
+enum op { OP_FETCH, OP_LIST, OP_PRESENT, OP_GONE };
+
+/* One queued change: a read in flight or done, or a marker event. */
+struct item {
+	struct item *next;
+	zkc *c;
+	uint32_t stamp;     /* c->gen when queued */
+	uint8_t op;
+	uint8_t what;
+	bool walk;          /* part of the walk of generation STAMP */
+	bool done;
+	bool data_owned;
+	int rc;
+	zk_stat st;
+	const char *data;   /* OP_FETCH: reply (borrowed while being applied) */
+	int len;
+	const strlist *kids; /* OP_LIST: reply */
+	strlist kids_copy;
+	char rel[];         /* path below the root */
+};
+
+/* Children of BASE still to be read by the walk (names NUL-separated). */
+struct todo {
+	struct todo *next;
+	sbuf names;
+	size_t off;
+	char base[];
+};
+
+struct listener {
+	zkc_listener_fn fn;
+	void *arg;
+	bool removed;
+};
+
+struct zkc {
+	zk *z;
+	evloop *loop;
+	enum zkc_tree tree;
+	const char *root;
+	size_t rootlen;
+	struct table tab;
+	size_t count[W_NKINDS];
+	/* interned JSON values: their compact text -> the shared value */
+	struct table json;
+	size_t json_live;
+	/* interned strings of records (keys only, counted references) */
+	struct table strs;
+
+	struct item *head, *tail;
+	size_t qlen;
+	struct item *borrowed; /* its reply data is the zk client's */
+	unsigned draining, iterating;
+	size_t inflight;       /* zk callbacks still to come */
+	bool closed;           /* zkc_free() ran; freed when INFLIGHT is 0 */
+
+	bool clear_pending;    /* session lost: entries to drop */
+	bool watching;         /* our persistent watch is set */
+	bool ready;
+	uint32_t gen;          /* current walk generation */
+	uint32_t min_stamp;    /* items queued before a session loss are void */
+	bool walking, walk_failed, walk_ok;
+	size_t walk_inflight;
+	struct todo *todo, *todo_tail;
+	uint64_t retry_timer;
+	unsigned long walks;
+
+	struct listener *ls;
+	size_t nls, capls;
+	unsigned dispatching;
+};
+
+static void drain(zkc *c);
+static void walk_refill(zkc *c);
+static void walk_maybe_done(zkc *c);
+
+static struct cls classify(const zkc *c, const char *rel)
+{
+	struct segs s;
+
+	segs_split(rel, &s);
+	switch (c->tree) {
+	case ZKC_NODES: return classify_node(&s);
+	case ZKC_REQUESTS: return classify_request(&s);
+	default: return classify_image(&s);
+	}
+}
+
+static char *full_path(const zkc *c, const char *rel)
+{
+	return *rel ? xasprintf("%s/%s", c->root, rel) : xstrdup(c->root);
+}
+
+/* ---- listeners ---- */
+
+static void fire(zkc *c, enum zkc_change change, int what, const char *id,
+		 const void *obj, const void *old)
+{
+	zkc_event ev = { change, (enum zkc_what)what, id, obj, old };
+	size_t n = c->nls;
+
+	/* Listeners added meanwhile hear from the next change on. */
+	c->dispatching++;
+	for (size_t i = 0; i < n; i++)
+		if (!c->ls[i].removed)
+			c->ls[i].fn(c, &ev, c->ls[i].arg);
+	if (--c->dispatching == 0) {
+		size_t j = 0;
+		for (size_t i = 0; i < c->nls; i++)
+			if (!c->ls[i].removed)
+				c->ls[j++] = c->ls[i];
+		c->nls = j;
+	}
+}
+
+/* Markers below an image report the image's name. */
+static void fire_marker(zkc *c, enum zkc_change change, int what,
+			const char *rel)
+{
+	char *image = xstrndup(rel, strcspn(rel, "/"));
+
+	fire(c, change, what, image, NULL, NULL);
+	free(image);
+}
+
+/* ---- JSON interning ---- */
+
+/* Drop interned values nobody but the pool holds any more, once the pool
+ * has doubled since the last time. */
+static void json_prune(zkc *c)
+{
+	struct table *t = &c->json;
+
+	if (t->n < 2 * c->json_live + 64)
+		return;
+	for (size_t i = 0; i < t->nb; i++) {
+		struct ent **pp = &t->b[i], *e;
+		while ((e = *pp)) {
+			json_t *v = *(json_t **)ent_obj(e);
+			if (v->refcount == 1) {
+				*pp = e->next;
+				t->n--;
+				json_decref(v);
+				free(e);
+			} else {
+				pp = &e->next;
+			}
+		}
+	}
+	c->json_live = t->n;
+}
+
+/* Replace *SLOT (an object, array or integer) by the pool's equal value
+ * (same text, same key order), adding it to the pool if new. Records are
+ * read-only, so sharing is invisible to readers. */
+static void json_intern(zkc *c, json_t **slot)
+{
+	json_t *v = *slot;
+	struct ent *e;
+	char *text;
+
+	if (!v || !(json_is_object(v) || json_is_array(v) || json_is_integer(v)))
+		return;
+	text = np_json_dumps(v, false);
+	e = tab_find(&c->json, text);
+	if (e) {
+		json_t *shared = *(json_t **)ent_obj(e);
+		json_decref(v);
+		*slot = json_incref(shared);
+	} else {
+		json_prune(c);
+		e = tab_add(&c->json, text, W_JSON);
+		*(json_t **)ent_obj(e) = json_incref(v);
+		e->has_obj = true;
+	}
+	free(text);
+}
+
+/* A record's strings with few distinct values (states, providers, pools,
+ * labels, users, ...) point into one pool of counted strings, as its id
+ * points to its entry's key: with thousands of nodes that is a third of
+ * their memory. Such records are released with obj_release(), which gives
+ * the pooled strings back before model.c frees the rest. The offsetof
+ * macros check at compile time that the members are still strings and
+ * string lists. */
+#define STR_MEMBER(T, m) (offsetof(T, m) + \
+	0 * sizeof(char[_Generic(((T *)0)->m, char *: 1, default: -1)]))
+#define LIST_MEMBER(T, m) (offsetof(T, m) + \
+	0 * sizeof(char[_Generic(((T *)0)->m, strlist: 1, default: -1)]))
+
+static const size_t node_strs[] = {
+	STR_MEMBER(np_node, state), STR_MEMBER(np_node, cloud),
+	STR_MEMBER(np_node, provider), STR_MEMBER(np_node, pool),
+	STR_MEMBER(np_node, az), STR_MEMBER(np_node, region),
+	STR_MEMBER(np_node, image_id), STR_MEMBER(np_node, launcher),
+	STR_MEMBER(np_node, hold_job), STR_MEMBER(np_node, username),
+	STR_MEMBER(np_node, connection_type), STR_MEMBER(np_node, shell_type),
+	STR_MEMBER(np_node, python_path), STR_MEMBER(np_node, tenant_name),
+	STR_MEMBER(np_node, requestor),
+};
+static const size_t node_lists[] = { LIST_MEMBER(np_node, type) };
+static const size_t node_fit[] = { LIST_MEMBER(np_node, host_keys) };
+static const size_t request_strs[] = {
+	STR_MEMBER(np_request, state), STR_MEMBER(np_request, requestor),
+	STR_MEMBER(np_request, provider), STR_MEMBER(np_request, tenant_name),
+};
+static const size_t request_lists[] = {
+	LIST_MEMBER(np_request, node_types), LIST_MEMBER(np_request, declined_by),
+};
+
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+#define AT(rec, off, T) ((T *)((char *)(rec) + (off)))
+
+/* Which members of a record of kind WHAT are pooled. */
+struct pooled {
+	const size_t *strs, *lists, *fit;
+	size_t nstrs, nlists, nfit;
+	size_t id; /* offset of the id member, or SIZE_MAX */
+};
+
+static struct pooled pooled_of(int what)
+{
+	struct pooled p = { NULL, NULL, NULL, 0, 0, 0, SIZE_MAX };
+
+	if (what == ZKC_NODE)
+		p = (struct pooled){ node_strs, node_lists, node_fit,
+				     NELEM(node_strs), NELEM(node_lists),
+				     NELEM(node_fit), offsetof(np_node, id) };
+	else if (what == ZKC_REQUEST)
+		p = (struct pooled){ request_strs, request_lists, NULL,
+				     NELEM(request_strs), NELEM(request_lists),
+				     0, offsetof(np_request, id) };
+	return p;
+}
+
+/* Takes S; returns the pool's copy. */
+static char *str_intern(zkc *c, char *s)
+{
+	struct ent *e = tab_find(&c->strs, s);
+
+	if (!e)
+		e = tab_add(&c->strs, s, W_STR);
+	e->nlock++;
+	free(s);
+	return (char *)ent_key(e);
+}
+
+static void str_release(zkc *c, char *s)
+{
+	/* S is the key of its pool entry, which starts the entry's body. */
+	struct ent *e = (struct ent *)(void *)(s - offsetof(struct ent, body));
+
+	if (--e->nlock == 0) {
+		tab_unlink(&c->strs, e);
+		free(e);
+	}
+}
+
+/* A string list with room for exactly its strings. */
+static void list_fit(strlist *l)
+{
+	if (l->n == l->cap)
+		return;
+	if (l->n == 0) {
+		free(l->v);
+		strlist_init(l);
+		return;
+	}
+	l->v = xrealloc(l->v, l->n * sizeof(*l->v));
+	l->cap = l->n;
+}
+
+/* Pool the strings of REC (kind WHAT), which is about to live in E. */
+static void obj_intern(zkc *c, int what, void *rec, struct ent *e)
+{
+	struct pooled p = pooled_of(what);
+
+	for (size_t i = 0; i < p.nstrs; i++) {
+		char **s = AT(rec, p.strs[i], char *);
+		if (*s)
+			*s = str_intern(c, *s);
+	}
+	for (size_t i = 0; i < p.nlists; i++) {
+		strlist *l = AT(rec, p.lists[i], strlist);
+		for (size_t j = 0; j < l->n; j++)
+			l->v[j] = str_intern(c, l->v[j]);
+		list_fit(l);
+	}
+	for (size_t i = 0; i < p.nfit; i++)
+		list_fit(AT(rec, p.fit[i], strlist));
+	if (p.id != SIZE_MAX) {
+		char **id = AT(rec, p.id, char *);
+		free(*id);
+		*id = (char *)ent_key(e);
+	}
+}
+
+/* Free a record that lived in an entry. */
+static void obj_release(zkc *c, int what, void *rec)
+{
+	struct pooled p = pooled_of(what);
+
+	for (size_t i = 0; i < p.nstrs; i++) {
+		char **s = AT(rec, p.strs[i], char *);
+		if (*s)
+			str_release(c, *s);
+		*s = NULL;
+	}
+	for (size_t i = 0; i < p.nlists; i++) {
+		strlist *l = AT(rec, p.lists[i], strlist);
+		for (size_t j = 0; j < l->n; j++) {
+			str_release(c, l->v[j]);
+			l->v[j] = NULL;
+		}
+	}
+	if (p.id != SIZE_MAX)
+		*AT(rec, p.id, char *) = NULL;
+	switch (what) {
+	case ZKC_NODE: np_node_clear(rec); break;
+	case ZKC_REQUEST: np_request_clear(rec); break;
+	case ZKC_BUILD: np_build_clear(rec); break;
+	case ZKC_UPLOAD: np_upload_clear(rec); break;
+	case W_JSON: json_decref(*(json_t **)rec); break;
+	default: break;
+	}
+}
+
+/* Free every entry of T and its buckets. */
+static void tab_clear(zkc *c, struct table *t)
+{
+	for (size_t i = 0; i < t->nb; i++) {
+		struct ent *e = t->b[i], *next;
+		for (; e; e = next) {
+			next = e->next;
+			if (e->has_obj)
+				obj_release(c, e->what, ent_obj(e));
+			free(e);
+		}
+	}
+	free(t->b);
+	memset(t, 0, sizeof(*t));
+}
+
+/* ---- decoding ---- */
+
+/* Path components I..: copies for the decoders' id arguments. */
+static char *seg_dup(const struct segs *s, int i)
+{
+	return xstrndup(s->p[i], s->len[i]);
+}
+
+/* Decode a record of kind WHAT at REL into O, without its source document
+ * (a cache is for reading; writers re-read under the lock). */
+static int decode(zkc *c, int what, const char *rel, const char *data,
+		  int len, const zk_stat *st, union obj *o, char **err)
+{
+	struct segs s;
+	json_t **raw;
+	int *version;
+	int rc;
+
+	segs_split(rel, &s);
+	switch (what) {
+	case ZKC_NODE:
+		rc = np_node_decode(&o->node, rel, data, (size_t)len, err);
+		raw = &o->node.raw;
+		version = &o->node.version;
+		break;
+	case ZKC_REQUEST:
+		rc = np_request_decode(&o->request, rel, data, (size_t)len, err);
+		raw = &o->request.raw;
+		version = &o->request.version;
+		break;
+	case ZKC_BUILD: {
+		char *image = seg_dup(&s, 0), *id = seg_dup(&s, 2);
+		rc = np_build_decode(&o->build, image, id, data, (size_t)len, err);
+		free(image);
+		free(id);
+		raw = &o->build.raw;
+		version = &o->build.version;
+		break;
+	}
+	default: { /* ZKC_UPLOAD */
+		char *image = seg_dup(&s, 0), *build = seg_dup(&s, 2),
+		     *provider = seg_dup(&s, 4), *id = seg_dup(&s, 6);
+		rc = np_upload_decode(&o->upload, image, build, provider, id,
+				      data, (size_t)len, err);
+		free(image);
+		free(build);
+		free(provider);
+		free(id);
+		raw = &o->upload.raw;
+		version = &o->upload.version;
+		break;
+	}
+	}
+	if (rc < 0)
+		return -1;
+	json_decref(*raw);
+	*raw = NULL;
+	*version = st->version;
+	if (what == ZKC_NODE) {
+		json_intern(c, &o->node.resources);
+		json_intern(c, &o->node.attributes);
+		json_intern(c, &o->node.connection_port);
+	}
+	return 0;
+}
+
+/* ---- applying changes ---- */
+
+static void stamp(struct ent *e, uint32_t gen)
+{
+	if (e->gen < gen)
+		e->gen = gen;
+}
+
+/* The record of E is gone; E itself too unless it still counts lock
+ * contenders. Listeners see it removed from the table already. */
+static void drop_obj(zkc *c, struct ent *e)
+{
+	union obj old;
+	bool free_it = e->nlock == 0;
+
+	if (!e->has_obj)
+		return;
+	memcpy(&old, ent_obj(e), obj_size(e->what));
+	memset(ent_obj(e), 0, obj_size(e->what));
+	e->has_obj = false;
+	c->count[e->what]--;
+	if (free_it)
+		tab_unlink(&c->tab, e);
+	fire(c, ZKC_REMOVED, e->what, ent_key(e), NULL, &old);
+	obj_release(c, e->what, &old);
+	if (free_it)
+		free(e);
+}
+
+/* A read of REL answered: DATA NULL (no znode) or LEN bytes. */
+static void apply_data(zkc *c, const char *rel, int what, const char *data,
+		       int len, const zk_stat *st, uint32_t gen)
+{
+	struct ent *e = tab_find(&c->tab, rel);
+	union obj o, old;
+	char *err = NULL;
+	bool had;
+
+	if (e)
+		stamp(e, gen);
+	if (!data || len <= 0) {
+		if (e)
+			drop_obj(c, e);
+		return;
+	}
+	if (e && e->has_obj && st->mzxid <= e->mzxid)
+		return; /* not newer than what we have */
+	if (decode(c, what, rel, data, len, st, &o, &err) < 0) {
+		char *path = full_path(c, rel);
+		log_error(LOGGER, "Error loading json data from %s: %s", path, err);
+		free(path);
+		free(err);
+		if (e)
+			drop_obj(c, e);
+		return;
+	}
+	if (!e) {
+		e = tab_add(&c->tab, rel, what);
+		e->gen = gen;
+	}
+	obj_intern(c, what, &o, e);
+	had = e->has_obj;
+	if (had)
+		memcpy(&old, ent_obj(e), obj_size(what));
+	else
+		c->count[what]++;
+	memcpy(ent_obj(e), &o, obj_size(what));
+	e->has_obj = true;
+	e->mzxid = st->mzxid;
+	fire(c, had ? ZKC_CHANGED : ZKC_ADDED, what, rel, ent_obj(e),
+	     had ? &old : NULL);
+	if (had)
+		obj_release(c, what, &old);
+}
+
+/* A node's contender count moved by DELTA. The node entry holds the count
+ * even while the node has no record (a lock on an empty znode); such a
+ * placeholder goes with its last contender. */
+static void contender_changed(zkc *c, const char *rel, int delta,
+			      uint32_t gen)
+{
+	char *id = xstrndup(rel, strcspn(rel, "/"));
+	struct ent *e = tab_find(&c->tab, id);
+
+	if (!e && delta < 0) {
+		free(id); /* cannot happen: a contender keeps its node entry */
+		return;
+	}
+	if (!e)
+		e = tab_add(&c->tab, id, ZKC_NODE);
+	stamp(e, gen);
+	e->nlock += delta;
+	if (delta > 0 && e->nlock == 1) {
+		fire(c, ZKC_LOCKED, ZKC_NODE, id, e->has_obj ? ent_obj(e) : NULL,
+		     NULL);
+	} else if (e->nlock == 0) {
+		bool free_it = !e->has_obj;
+		if (free_it)
+			tab_unlink(&c->tab, e);
+		fire(c, ZKC_UNLOCKED, ZKC_NODE, id,
+		     e->has_obj ? ent_obj(e) : NULL, NULL);
+		if (free_it)
+			free(e);
+	}
+	free(id);
+}
+
+static void apply_mark(zkc *c, const char *rel, int what, bool present,
+		       uint32_t gen)
+{
+	struct ent *e = tab_find(&c->tab, rel);
+
+	if (present) {
+		if (e) {
+			stamp(e, gen);
+			return;
+		}
+		e = tab_add(&c->tab, rel, what);
+		e->gen = gen;
+		c->count[what]++;
+		if (what == W_CONTENDER)
+			contender_changed(c, rel, 1, gen);
+		else
+			fire_marker(c, ZKC_ADDED, what, rel);
+	} else if (e) {
+		tab_unlink(&c->tab, e);
+		c->count[e->what]--;
+		if (e->what == W_CONTENDER)
+			contender_changed(c, rel, -1, 0);
+		else
+			fire_marker(c, ZKC_REMOVED, e->what, rel);
+		free(e);
+	}
+}
+
+static void clear_now(zkc *c)
+{
+	c->clear_pending = false;
+	tab_clear(c, &c->tab);
+	memset(c->count, 0, sizeof(c->count));
+	log_debug(LOGGER, "Cache at %s cleared: session lost", c->root);
+	fire(c, ZKC_CLEARED, 0, NULL, NULL, NULL);
+}
+
+/* ---- the walk ---- */
+
+static void todo_free_all(zkc *c)
+{
+	struct todo *t, *next;
+
+	for (t = c->todo; t; t = next) {
+		next = t->next;
+		sbuf_free(&t->names);
+		free(t);
+	}
+	c->todo = c->todo_tail = NULL;
+}
+
+static struct todo *todo_new(zkc *c, const char *base)
+{
+	size_t n = strlen(base);
+	struct todo *t = xcalloc(1, sizeof(*t) + n + 1);
+
+	memcpy(t->base, base, n + 1);
+	sbuf_init(&t->names);
+	if (c->todo_tail)
+		c->todo_tail->next = t;
+	else
+		c->todo = t;
+	c->todo_tail = t;
+	return t;
+}
+
+static void todo_add(struct todo *t, const char *name)
+{
+	sbuf_add(&t->names, name, strlen(name) + 1);
+}
+
+/* The next path the walk has to read, into REL. */
+static bool todo_next(zkc *c, sbuf *rel)
+{
+	struct todo *t;
+
+	while ((t = c->todo) && t->off >= t->names.len) {
+		c->todo = t->next;
+		if (!c->todo)
+			c->todo_tail = NULL;
+		sbuf_free(&t->names);
+		free(t);
+	}
+	if (!t)
+		return false;
+	rel->len = 0;
+	if (*t->base)
+		sbuf_addf(rel, "%s/", t->base);
+	sbuf_adds(rel, t->names.buf + t->off);
+	t->off += strlen(t->names.buf + t->off) + 1;
+	return true;
+}
+
+static void walk_fail(zkc *c, const struct item *it)
+{
+	char *path = full_path(c, it->rel);
+
+	log_debug(LOGGER, "Cache walk at %s: reading %s: %s", c->root, path,
+		  zk_strerror(it->rc));
+	free(path);
+	c->walk_failed = true;
+	todo_free_all(c);
+}
+
+/* ---- the queue ---- */
+
+static struct item *item_new(zkc *c, int op, int what, const char *rel,
+			     bool walk)
+{
+	size_t n = strlen(rel);
+	struct item *it = xcalloc(1, sizeof(*it) + n + 1);
+
+	memcpy(it->rel, rel, n + 1);
+	it->c = c;
+	it->op = (uint8_t)op;
+	it->what = (uint8_t)what;
+	it->walk = walk;
+	it->stamp = c->gen;
+	strlist_init(&it->kids_copy);
+	if (c->tail)
+		c->tail->next = it;
+	else
+		c->head = it;
+	c->tail = it;
+	c->qlen++;
+	if (walk)
+		c->walk_inflight++;
+	return it;
+}
+
+static void item_free(struct item *it)
+{
+	if (it->data_owned)
+		free((char *)it->data);
+	strlist_free(&it->kids_copy);
+	free(it);
+}
+
+/* Free an item whose callback came after zkc_free(), and the cache with
+ * the last one. */
+static bool orphaned(struct item *it)
+{
+	zkc *c = it->c;
+
+	if (!c->closed)
+		return false;
+	item_free(it);
+	if (--c->inflight == 0)
+		free(c);
+	return true;
+}
+
+static void on_data(zk *z, int rc, const char *data, int len,
+		    const zk_stat *st, void *arg)
+{
+	struct item *it = arg, *saved;
+	zkc *c = it->c;
+
+	if (orphaned(it))
+		return;
+	c->inflight--;
+	it->rc = rc;
+	if (st)
+		it->st = *st;
+	it->data = rc == ZOK ? data : NULL;
+	it->len = rc == ZOK ? len : 0;
+	it->done = true;
+	/* Usually it is at the head and applied at once from the client's
+	 * buffer; if it has to wait, it keeps a copy. */
+	saved = c->borrowed;
+	c->borrowed = it;
+	drain(c);
+	if (c->borrowed == it && it->data) {
+		char *copy = xmalloc((size_t)(len > 0 ? len : 0) + 1);
+		memcpy(copy, data, (size_t)(len > 0 ? len : 0));
+		it->data = copy;
+		it->data_owned = true;
+	}
+	c->borrowed = saved;
+}
+
+static void on_children(zk *z, int rc, const strlist *children,
+			const zk_stat *st, void *arg)
+{
+	struct item *it = arg, *saved;
+	zkc *c = it->c;
+
+	if (orphaned(it))
+		return;
+	c->inflight--;
+	it->rc = rc;
+	it->kids = rc == ZOK ? children : NULL;
+	it->done = true;
+	saved = c->borrowed;
+	c->borrowed = it;
+	drain(c);
+	if (c->borrowed == it && it->kids) {
+		for (size_t i = 0; i < children->n; i++)
+			strlist_add(&it->kids_copy, children->v[i]);
+		it->kids = &it->kids_copy;
+	}
+	c->borrowed = saved;
+}
+
+/* Queue a read of REL (OP_FETCH: data, OP_LIST: children). */
+static void issue(zkc *c, int op, int what, const char *rel, bool walk)
+{
+	struct item *it = item_new(c, op, what, rel, walk);
+	char *path = full_path(c, rel);
+	int rc = ZCLOSING;
+
+	if (c->z && op == OP_FETCH)
+		rc = zk_aget(c->z, path, NULL, NULL, on_data, it);
+	else if (c->z)
+		rc = zk_aget_children(c->z, path, NULL, NULL, on_children, it);
+	free(path);
+	if (rc == ZOK) {
+		c->inflight++;
+	} else {
+		it->rc = rc;
+		it->done = true;
+		drain(c);
+	}
+}
+
+/* Queue a change that needs no read. */
+static void enqueue_now(zkc *c, int op, int what, const char *rel)
+{
+	struct item *it = item_new(c, op, what, rel, false);
+
+	it->rc = ZOK;
+	it->done = true;
+	drain(c);
+}
+
+static void apply_fetch(zkc *c, struct item *it, bool current)
+{
+	struct cls k;
+
+	if (it->rc != ZOK && it->rc != ZNONODE) {
+		if (current)
+			walk_fail(c, it);
+		return; /* a lost connection: the walk after it catches up */
+	}
+	apply_data(c, it->rel, it->what, it->data, it->len, &it->st, it->stamp);
+	if (!current || it->rc != ZOK || it->st.num_children <= 0)
+		return;
+	k = classify(c, it->rel);
+	if (k.walk == W_CHILD) {
+		/* Issued at once rather than via the to-do list: it replaces
+		 * the read that just finished, so the window still holds. */
+		char *below = xasprintf("%s/%s", it->rel, k.child);
+		issue(c, OP_LIST, 0, below, true);
+		free(below);
+	}
+}
+
+/* A listing of the walk: markers are applied here, in order; what needs
+ * a read goes to the walk's to-do list. */
+static void apply_list(zkc *c, struct item *it)
+{
+	struct todo *t = NULL;
+	sbuf rel;
+
+	if (it->rc == ZNONODE)
+		return;
+	if (it->rc != ZOK) {
+		walk_fail(c, it);
+		return;
+	}
+	sbuf_init(&rel);
+	for (size_t i = 0; i < it->kids->n; i++) {
+		const char *name = it->kids->v[i];
+		struct cls k;
+
+		rel.len = 0;
+		if (*it->rel)
+			sbuf_addf(&rel, "%s/", it->rel);
+		sbuf_adds(&rel, name);
+		k = classify(c, rel.buf);
+		if (k.act == A_MARK)
+			apply_mark(c, rel.buf, k.what, true, it->stamp);
+		if (k.act == A_DATA || k.walk == W_SELF) {
+			if (!t)
+				t = todo_new(c, it->rel);
+			todo_add(t, name);
+		}
+	}
+	sbuf_free(&rel);
+}
+
+static void apply(zkc *c, struct item *it)
+{
+	bool current = it->walk && c->walking && it->stamp == c->gen;
+
+	if (it->stamp < c->min_stamp)
+		return; /* from before the session was lost */
+	switch (it->op) {
+	case OP_FETCH:
+		apply_fetch(c, it, current);
+		break;
+	case OP_LIST:
+		if (current)
+			apply_list(c, it);
+		break;
+	case OP_PRESENT:
+		apply_mark(c, it->rel, it->what, true, it->stamp);
+		break;
+	case OP_GONE:
+		if (is_marker(it->what)) {
+			apply_mark(c, it->rel, it->what, false, it->stamp);
+		} else {
+			struct ent *e = tab_find(&c->tab, it->rel);
+			if (e)
+				drop_obj(c, e);
+		}
+		break;
+	}
+	if (current) {
+		c->walk_inflight--;
+		walk_refill(c);
+		walk_maybe_done(c);
+	}
+}
+
+/* Apply the items at the head that are complete, in order. Not re-entered
+ * (a listener that runs the loop defers the rest to us) and held back
+ * while a zkc_foreach() is running. */
+static void drain(zkc *c)
+{
+	struct item *it;
+
+	if (c->draining || c->iterating || c->closed)
+		return;
+	c->draining++;
+	while ((it = c->head) && it->done) {
+		c->head = it->next;
+		if (!c->head)
+			c->tail = NULL;
+		c->qlen--;
+		if (c->borrowed == it)
+			c->borrowed = NULL;
+		apply(c, it);
+		item_free(it);
+		if (c->clear_pending && !c->iterating)
+			clear_now(c);
+	}
+	c->draining--;
+}
+
+/* ---- walking ---- */
+
+static void walk_refill(zkc *c)
+{
+	sbuf rel;
+
+	sbuf_init(&rel);
+	while (c->walking && !c->walk_failed &&
+	       c->walk_inflight < WALK_WINDOW && todo_next(c, &rel)) {
+		struct cls k = classify(c, rel.buf);
+		issue(c, k.act == A_DATA ? OP_FETCH : OP_LIST, k.what, rel.buf,
+		      true);
+	}
+	sbuf_free(&rel);
+}
+
+/* Remove what the walk did not see (and no later event confirmed):
+ * markers first, so that node placeholders go with their contenders. */
+static void sweep(zkc *c)
+{
+	strlist stale;
+
+	strlist_init(&stale);
+	for (int pass = 0; pass < 2; pass++) {
+		for (size_t i = 0; i < c->tab.nb; i++)
+			for (struct ent *e = c->tab.b[i]; e; e = e->next)
+				if (e->gen != c->gen &&
+				    (pass == 0 ? is_marker(e->what) : e->has_obj))
+					strlist_add(&stale, ent_key(e));
+		for (size_t i = 0; i < stale.n; i++) {
+			struct ent *e = tab_find(&c->tab, stale.v[i]);
+			if (!e)
+				continue;
+			if (pass == 0)
+				apply_mark(c, stale.v[i], e->what, false, 0);
+			else
+				drop_obj(c, e);
+		}
+		if (stale.n)
+			log_debug(LOGGER, "Cache at %s: %zu entries gone while "
+				  "not watched", c->root, stale.n);
+		strlist_free(&stale);
+		strlist_init(&stale);
+	}
+}
+
+static void on_retry(evloop *loop, uint64_t id, void *arg);
+
+static void walk_maybe_done(zkc *c)
+{
+	if (!c->walking || c->walk_inflight > 0 || c->todo)
+		return;
+	c->walking = false;
+	c->walk_ok = !c->walk_failed;
+	if (!c->walk_ok) {
+		/* A lost connection starts a new walk on reconnect; anything
+		 * else is retried shortly, as upstream does. */
+		if (!c->retry_timer)
+			c->retry_timer = evloop_add_timer(c->loop, RETRY_MS,
+							  on_retry, c);
+		return;
+	}
+	sweep(c);
+	c->walks++;
+	if (!c->ready) {
+		c->ready = true;
+		log_debug(LOGGER, "Cache at %s is ready", c->root);
+		fire(c, ZKC_READY, 0, NULL, NULL, NULL);
+	}
+}
+
+static void walk_start(zkc *c)
+{
+	if (c->retry_timer) {
+		evloop_del_timer(c->loop, c->retry_timer);
+		c->retry_timer = 0;
+	}
+	log_debug(LOGGER, "Initialize cache at %s", c->root);
+	todo_free_all(c);
+	c->gen++;
+	c->walking = true;
+	c->walk_failed = false;
+	c->walk_inflight = 0;
+	issue(c, OP_LIST, 0, "", true);
+}
+
+static void on_retry(evloop *loop, uint64_t id, void *arg)
+{
+	zkc *c = arg;
+
+	c->retry_timer = 0;
+	if (c->z && c->watching && !c->walking && !c->walk_ok &&
+	    zk_state(c->z) == ZK_STATE_CONNECTED)
+		walk_start(c);
+}
+
+/* ---- ZooKeeper events ---- */
+
+static void on_watch(zk *z, int type, const char *path, void *arg)
+{
+	zkc *c = arg;
+	const char *rel;
+	struct cls k;
+
+	if (strncmp(path, c->root, c->rootlen) != 0 || path[c->rootlen] != '/')
+		return; /* the root itself: we cache nothing there */
+	rel = path + c->rootlen + 1;
+	k = classify(c, rel);
+	if (k.act == A_NONE)
+		return;
+	if (type == ZK_EVENT_DELETED)
+		enqueue_now(c, OP_GONE, k.what, rel);
+	else if (type != ZK_EVENT_CREATED && type != ZK_EVENT_CHANGED)
+		return;
+	else if (k.act == A_DATA)
+		issue(c, OP_FETCH, k.what, rel, false);
+	else
+		enqueue_now(c, OP_PRESENT, k.what, rel);
+}
+
+/* Watch (if the session has none of ours) and walk. */
+static void start(zkc *c)
+{
+	if (!c->watching) {
+		int rc = zk_add_persistent_watch(c->z, c->root, true, on_watch, c);
+		if (rc != ZOK) {
+			log_error(LOGGER, "Cache at %s: cannot watch: %s", c->root,
+				  zk_strerror(rc));
+			return;
+		}
+		c->watching = true;
+	}
+	walk_start(c);
+}
+
+/* The session is gone with its watch: start afresh in the next one. The
+ * entries go at once, or as soon as no iteration or change is under way
+ * (if a callback ran the loop), before anything newer is applied. */
+static void lost(zkc *c)
+{
+	c->watching = false;
+	c->gen++;
+	c->min_stamp = c->gen;
+	c->walking = false;
+	c->walk_ok = false;
+	todo_free_all(c);
+	c->ready = false;
+	c->clear_pending = true;
+	if (!c->iterating && !c->draining)
+		clear_now(c);
+}
+
+static void on_state(zk *z, enum zk_state st, void *arg)
+{
+	zkc *c = arg;
+
+	switch (st) {
+	case ZK_STATE_CONNECTED:
+		start(c);
+		break;
+	case ZK_STATE_LOST:
+		lost(c);
+		break;
+	case ZK_STATE_CLOSED:
+		/* The handle is freed right after: forget it. */
+		if (c->retry_timer)
+			evloop_del_timer(c->loop, c->retry_timer);
+		c->retry_timer = 0;
+		c->z = NULL;
+		c->watching = false;
+		break;
+	default:
+		break;
+	}
+}
+
+/* ---- public API ---- */
+
+zkc *zkc_new(zk *z, enum zkc_tree tree)
+{
+	zkc *c = xcalloc(1, sizeof(*c));
+
+	c->z = z;
+	c->loop = zk_loop(z);
+	c->tree = tree;
+	c->root = tree == ZKC_NODES ? NP_NODE_ROOT :
+		  tree == ZKC_REQUESTS ? NP_REQUEST_ROOT : NP_IMAGE_ROOT;
+	c->rootlen = strlen(c->root);
+	c->gen = 1;
+	c->min_stamp = 1;
+	zk_add_state_listener(z, on_state, c);
+	if (zk_state(z) == ZK_STATE_CONNECTED)
+		start(c);
+	return c;
+}
+
+void zkc_free(zkc *c)
+{
+	struct item *it, *next;
+
+	if (!c)
+		return;
+	if (c->z) {
+		zk_remove_state_listener(c->z, on_state, c);
+		if (c->watching)
+			zk_remove_persistent_watch(c->z, c->root);
+	}
+	if (c->retry_timer)
+		evloop_del_timer(c->loop, c->retry_timer);
+	c->closed = true;
+	/* Items still waiting for a reply are freed by their callbacks. */
+	for (it = c->head; it; it = next) {
+		next = it->next;
+		it->next = NULL;
+		if (it->done)
+			item_free(it);
+	}
+	c->head = c->tail = NULL;
+	todo_free_all(c);
+	tab_clear(c, &c->tab);
+	tab_clear(c, &c->json);
+	tab_clear(c, &c->strs);
+	free(c->ls);
+	c->ls = NULL;
+	c->nls = 0;
+	if (c->inflight == 0)
+		free(c);
+}
+
+void zkc_add_listener(zkc *c, zkc_listener_fn fn, void *arg)
+{
+	if (c->nls == c->capls) {
+		c->capls = c->capls ? c->capls * 2 : 4;
+		c->ls = xrealloc(c->ls, c->capls * sizeof(*c->ls));
+	}
+	c->ls[c->nls++] = (struct listener){ fn, arg, false };
+}
+
+void zkc_remove_listener(zkc *c, zkc_listener_fn fn, void *arg)
+{
+	for (size_t i = 0; i < c->nls; i++) {
+		if (c->ls[i].fn != fn || c->ls[i].arg != arg || c->ls[i].removed)
+			continue;
+		if (c->dispatching) {
+			c->ls[i].removed = true; /* compacted after dispatch */
+		} else {
+			memmove(&c->ls[i], &c->ls[i + 1],
+				(c->nls - i - 1) * sizeof(*c->ls));
+			c->nls--;
+		}
+		return;
+	}
+}
+
+bool zkc_ready(const zkc *c)
+{
+	return c->ready;
+}
+
+int zkc_wait_ready(zkc *c, double timeout)
+{
+	long long end = now_ms() + (long long)(timeout * 1000);
+
+	while (!c->ready) {
+		long long left = end - now_ms();
+		if (left <= 0)
+			return ZOPERATIONTIMEOUT;
+		evloop_run_once(c->loop, left > 100 ? 100 : (int)left);
+	}
+	return ZOK;
+}
+
+unsigned long zkc_walks(const zkc *c)
+{
+	return c->walks;
+}
+
+size_t zkc_queue_len(const zkc *c)
+{
+	return c->qlen;
+}
+
+size_t zkc_count(const zkc *c, enum zkc_what what)
+{
+	return (unsigned)what < W_NKINDS ? c->count[what] : 0;
+}
+
+static bool entry_is(const struct ent *e, int what)
+{
+	return e->what == what && (e->has_obj || is_marker(what));
+}
+
+void zkc_foreach(zkc *c, enum zkc_what what, zkc_each_fn fn, void *arg)
+{
+	bool go = true;
+
+	c->iterating++;
+	for (size_t i = 0; go && i < c->tab.nb; i++)
+		for (struct ent *e = c->tab.b[i]; go && e; e = e->next)
+			if (entry_is(e, what))
+				go = fn(ent_key(e), e->has_obj ? ent_obj(e) : NULL,
+					arg);
+	c->iterating--;
+	if (c->clear_pending && !c->iterating && !c->draining)
+		clear_now(c);
+	drain(c);
+}
+
+void zkc_ids(const zkc *c, enum zkc_what what, strlist *out)
+{
+	strlist ids;
+
+	strlist_init(&ids);
+	for (size_t i = 0; i < c->tab.nb; i++)
+		for (struct ent *e = c->tab.b[i]; e; e = e->next)
+			if (entry_is(e, what))
+				strlist_add(&ids, ent_key(e));
+	strlist_sort(&ids);
+	for (size_t i = 0; i < ids.n; i++)
+		strlist_add_owned(out, ids.v[i]);
+	free(ids.v);
+}
+
+static const void *lookup(const zkc *c, const char *id, int what)
+{
+	struct ent *e = tab_find(&c->tab, id);
+
+	return e && e->what == what && e->has_obj ? ent_obj(e) : NULL;
+}
+
+const np_node *zkc_node(const zkc *c, const char *id)
+{
+	return lookup(c, id, ZKC_NODE);
+}
+
+bool zkc_node_locked(const zkc *c, const char *id)
+{
+	struct ent *e = tab_find(&c->tab, id);
+
+	return e && e->what == ZKC_NODE && e->nlock > 0;
+}
+
+const np_request *zkc_request(const zkc *c, const char *id)
+{
+	return lookup(c, id, ZKC_REQUEST);
+}
+
+static bool has_marker(const zkc *c, const char *image, const char *name,
+		       int what)
+{
+	char *key = xasprintf("%s/%s", image, name);
+	struct ent *e = tab_find(&c->tab, key);
+
+	free(key);
+	return e && e->what == what;
+}
+
+bool zkc_image_paused(const zkc *c, const char *image)
+{
+	return has_marker(c, image, "pause", ZKC_PAUSE);
+}
+
+bool zkc_image_build_requested(const zkc *c, const char *image)
+{
+	return has_marker(c, image, "request-build", ZKC_BUILD_REQUEST);
+}
+
+const np_upload *zkc_latest_upload(const zkc *c, const char *image,
+				   const char *provider)
+{
+	const struct ent *best = NULL;
+	const np_upload *b = NULL;
+
+	for (size_t i = 0; i < c->tab.nb; i++) {
+		for (struct ent *e = c->tab.b[i]; e; e = e->next) {
+			const np_upload *u = ent_obj(e);
+			if (e->what != ZKC_UPLOAD || !e->has_obj ||
+			    !u->state || strcmp(u->state, NP_IMG_READY) != 0 ||
+			    strcmp(u->image, image) != 0 ||
+			    strcmp(u->provider, provider) != 0)
+				continue;
+			/* Newest first; on a tie the first in upstream's
+			 * sorted order, so the answer never depends on hash
+			 * order. */
+			if (!b || u->state_time > b->state_time ||
+			    (u->state_time == b->state_time &&
+			     strcmp(ent_key(e), ent_key(best)) < 0)) {
+				best = e;
+				b = u;
+			}
+		}
+	}
+	return b;
+}

@@ -1,0 +1,142 @@
+/* zkcache.h: watch-driven in-memory copies of Nodepool's trees in
+ * ZooKeeper, for the launcher: /nodepool/nodes (with each node's lock
+ * contenders), /nodepool/requests and /nodepool/images (builds, uploads,
+ * pause and request-build markers).
+ *
+ * A cache sets one persistent recursive watch on its root, walks the tree
+ * with pipelined reads and then applies every change the watch reports, in
+ * the order ZooKeeper reported it, so a new request is seen within a round
+ * trip of its creation, not on the next poll. It behaves like upstream's
+ * NodepoolTreeCache (NodeCache, RequestCache, ImageCache):
+ *   - an update is applied only when its mzxid is newer than the cached one;
+ *   - empty data, a missing znode or a record that does not decode (logged
+ *     with its path) removes the entry;
+ *   - any child of /nodepool/nodes/<id>/lock counts as a lock contender;
+ *   - after a reconnect within the session the tree is walked again (events
+ *     during the disconnect are lost) and entries that are gone are removed;
+ *     the cache stays ready meanwhile;
+ *   - when the session is lost the cache is emptied and not ready until the
+ *     walk in the new session is complete.
+ *
+ * Records are decoded by model.c but kept without their source document
+ * (`raw` is NULL): the cache is for reading. Whoever writes a node or a
+ * request locks it and re-reads it (store_node) first, as upstream does, and
+ * keeps that copy as long as it holds the lock. The cache never keeps a
+ * caller's copy: it always mirrors ZooKeeper, including our own writes,
+ * which come back through the watch. (Upstream instead skips cache updates
+ * of objects this process has locked, because there the cached object and
+ * the locked one are the same Python object.)
+ *
+ * Threading and lifetime: a cache belongs to its zk handle's loop thread;
+ * every function here must be called on that thread. Listeners run on it
+ * too, from inside zk callbacks: they may issue asynchronous zk calls and
+ * read the caches, but must not call synchronous zk functions, zk_close()
+ * or zkc_free(). Free caches before zk_close() (or after it, but before the
+ * loop is freed). At most one cache per tree per zk handle: removing the
+ * persistent watch removes every persistent watch on that path.
+ *
+ * Pointers returned by lookups and passed to listeners or foreach callbacks
+ * stay valid until the cache applies its next change, that is until control
+ * returns to the event loop. While a zkc_foreach() is running, changes are
+ * held back (the callback may even run the loop), so iteration sees a
+ * stable snapshot.
+ */
+#ifndef NP_ZKCACHE_H
+#define NP_ZKCACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "model.h"
+#include "util.h"
+#include "zk.h"
+
+typedef struct zkc zkc;
+
+/* Which tree a cache mirrors. */
+enum zkc_tree {
+	ZKC_NODES,    /* /nodepool/nodes */
+	ZKC_REQUESTS, /* /nodepool/requests */
+	ZKC_IMAGES,   /* /nodepool/images */
+};
+
+/* What an entry is. Objects carry a decoded record; markers only exist. */
+enum zkc_what {
+	ZKC_NODE,          /* np_node; id "<seq10>" */
+	ZKC_REQUEST,       /* np_request; id "<prio>-<seq10>" */
+	ZKC_BUILD,         /* np_build; id "<image>/builds/<build-id>" */
+	ZKC_UPLOAD,        /* np_upload; id "<image>/builds/<build-id>/providers/<provider>/images/<upload-id>" */
+	ZKC_IMAGE,         /* marker /nodepool/images/<image>; id "<image>" */
+	ZKC_PAUSE,         /* marker <image>/pause; id "<image>" */
+	ZKC_BUILD_REQUEST, /* marker <image>/request-build; id "<image>" */
+};
+
+enum zkc_change {
+	ZKC_ADDED,    /* OBJ is the new record (NULL for markers) */
+	ZKC_CHANGED,  /* OBJ is the new record, OLD the previous one */
+	ZKC_REMOVED,  /* OLD is the record that was cached (NULL for markers) */
+	ZKC_LOCKED,   /* node ID got its first lock contender; OBJ the node or NULL */
+	ZKC_UNLOCKED, /* node ID lost its last lock contender; OBJ the node or NULL */
+	ZKC_READY,    /* a complete walk made the cache ready (ID, OBJ NULL) */
+	ZKC_CLEARED,  /* session lost: everything dropped, not ready (ID, OBJ NULL) */
+};
+
+typedef struct zkc_event {
+	enum zkc_change change;
+	enum zkc_what what; /* meaningless for ZKC_READY and ZKC_CLEARED */
+	const char *id;
+	const void *obj;    /* np_node, np_request, np_build or np_upload */
+	const void *old;
+} zkc_event;
+
+/* Everything in EV is valid only during the call. */
+typedef void (*zkc_listener_fn)(zkc *c, const zkc_event *ev, void *arg);
+
+/* Start mirroring TREE over Z: at once if Z is connected, else when it
+ * connects. zkc_ready() turns true once the first walk is complete. */
+zkc *zkc_new(zk *z, enum zkc_tree tree);
+/* Remove the watch and free everything (requests still in flight are
+ * let go; their replies are dropped). NULL is fine. */
+void zkc_free(zkc *c);
+
+/* Listeners hear about every applied change, in ZooKeeper's order. A
+ * listener may add or remove listeners (itself too) from its callback. */
+void zkc_add_listener(zkc *c, zkc_listener_fn fn, void *arg);
+void zkc_remove_listener(zkc *c, zkc_listener_fn fn, void *arg);
+
+/* True once a walk has completed in the current session. */
+bool zkc_ready(const zkc *c);
+/* Run the loop until the cache is ready or TIMEOUT seconds pass (never
+ * from inside a callback). ZOK or ZOPERATIONTIMEOUT. */
+int zkc_wait_ready(zkc *c, double timeout);
+/* Walks completed since creation (tests and diagnostics). */
+unsigned long zkc_walks(const zkc *c);
+/* Changes received but not yet applied (upstream's cache queue gauges). */
+size_t zkc_queue_len(const zkc *c);
+
+/* Number of cached objects or markers of kind WHAT. */
+size_t zkc_count(const zkc *c, enum zkc_what what);
+/* Call FN for every entry of kind WHAT (hash order) until it returns
+ * false. OBJ is the record, NULL for markers. */
+typedef bool (*zkc_each_fn)(const char *id, const void *obj, void *arg);
+void zkc_foreach(zkc *c, enum zkc_what what, zkc_each_fn fn, void *arg);
+/* The ids of kind WHAT, sorted, appended to OUT (a snapshot to keep). */
+void zkc_ids(const zkc *c, enum zkc_what what, strlist *out);
+
+/* ---- nodes ---- */
+const np_node *zkc_node(const zkc *c, const char *id);
+/* Whether /nodepool/nodes/ID/lock has any child (anyone's contender). */
+bool zkc_node_locked(const zkc *c, const char *id);
+
+/* ---- requests ---- */
+const np_request *zkc_request(const zkc *c, const char *id);
+
+/* ---- images ---- */
+bool zkc_image_paused(const zkc *c, const char *image);
+bool zkc_image_build_requested(const zkc *c, const char *image);
+/* The READY upload of IMAGE to PROVIDER with the newest state_time
+ * (upstream's getMostRecentImageUpload(cached=True)), or NULL. */
+const np_upload *zkc_latest_upload(const zkc *c, const char *image,
+				   const char *provider);
+
+#endif

@@ -1,0 +1,1187 @@
+/* test_zkcache.c: the launcher's watch-driven caches against a real
+ * ZooKeeper, each test in its own chroot: the initial walk, live changes
+ * and their listener events, lock contenders (kazoo recipe and foreign
+ * children), updates that are not newer, malformed records, the image
+ * tree, a reconnect within the session (through a loopback proxy we can
+ * cut) and a forced session expiry, both of which change the tree while
+ * the cache cannot hear it; freeing with reads in flight; and 10,000 nodes
+ * (time to sync and memory per node are printed). */
+#include <arpa/inet.h>
+#include <malloc.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "testlib.h"
+#include "zk.h"
+#include "zk_lock.h"
+#include "zkcache.h"
+
+/* ---- helpers ---- */
+
+/* Run LOOP until COND holds or 20 s pass (never a timing assertion: the
+ * test checks COND afterwards). */
+#define WAIT_FOR(loop, cond)                                               \
+	do {                                                               \
+		long long end_ = now_ms() + 20000;                         \
+		while (!(cond) && now_ms() < end_)                         \
+			evloop_run_once((loop), 20);                       \
+	} while (0)
+
+static zk *connect_to(evloop *loop, const char *hosts, const zk_options *extra)
+{
+	zk_options o = { 0 };
+	char *err = NULL;
+	zk *z;
+
+	if (extra)
+		o = *extra;
+	o.hosts = hosts;
+	o.session_timeout = 10;
+	z = zk_new(loop, &o, &err);
+	if (!z) {
+		testlib_fail(__FILE__, __LINE__, "zk_new: %s", err ? err : "?");
+		free(err);
+		return NULL;
+	}
+	if (zk_wait_connected(z, 10) != ZOK) {
+		testlib_fail(__FILE__, __LINE__, "cannot connect to %s", hosts);
+		zk_close(z);
+		return NULL;
+	}
+	return z;
+}
+
+struct env {
+	evloop *loop;
+	zk *z;           /* client in the chroot */
+	char chroot[64];
+	char hosts[128]; /* server + chroot */
+};
+
+/* A fresh chroot and a client in it; false (skipped or failed) without a
+ * server. */
+static bool env_open(struct env *e)
+{
+	zk *root;
+
+	memset(e, 0, sizeof(*e));
+	if (!test_zk_hosts()) {
+		testlib_skip("no ZooKeeper (NP_TEST_ZK unset)");
+		return false;
+	}
+	snprintf(e->chroot, sizeof(e->chroot), "%s", test_chroot());
+	snprintf(e->hosts, sizeof(e->hosts), "%s%s", test_zk_hosts(), e->chroot);
+	e->loop = evloop_new();
+	root = connect_to(e->loop, test_zk_hosts(), NULL);
+	if (!root) {
+		evloop_free(e->loop);
+		return false;
+	}
+	CHECK_INT(zk_ensure_path(root, e->chroot), ZOK);
+	zk_close(root);
+	e->z = connect_to(e->loop, e->hosts, NULL);
+	if (!e->z) {
+		evloop_free(e->loop);
+		return false;
+	}
+	return true;
+}
+
+static void env_close(struct env *e)
+{
+	zk *root;
+
+	zk_close(e->z);
+	root = connect_to(e->loop, test_zk_hosts(), NULL);
+	if (root) {
+		CHECK_INT(zk_delete_recursive(root, e->chroot), ZOK);
+		zk_close(root);
+	}
+	evloop_free(e->loop);
+}
+
+static char *node_json(const char *state)
+{
+	return xasprintf("{\"state\": \"%s\", \"state_time\": 1726600000.5, "
+			 "\"provider\": \"fake\", \"pool\": \"main\", "
+			 "\"type\": [\"small\"], \"resources\": {\"cores\": 2, "
+			 "\"instances\": 1, \"ram\": 1024}}", state);
+}
+
+/* Create a node in STATE; its id (caller frees). */
+static char *mk_node(zk *z, const char *state)
+{
+	char *data = node_json(state), *created = NULL, *id;
+
+	CHECK_INT(zk_create(z, "/nodepool/nodes/", data, (int)strlen(data),
+			    ZK_SEQUENTIAL, &created), ZOK);
+	free(data);
+	id = xstrdup(created ? strrchr(created, '/') + 1 : "?");
+	free(created);
+	return id;
+}
+
+static int set_node(zk *z, const char *id, const char *data)
+{
+	char *path = np_path_node(id);
+	int rc = zk_set(z, path, data, (int)strlen(data), -1, NULL);
+
+	free(path);
+	return rc;
+}
+
+static int set_node_state(zk *z, const char *id, const char *state)
+{
+	char *data = node_json(state);
+	int rc = set_node(z, id, data);
+
+	free(data);
+	return rc;
+}
+
+/* A kazoo-style contender under the node's lock directory, created by Z
+ * (ephemeral: it goes with Z's session). Its path (caller frees). */
+static char *mk_contender(zk *z, const char *id)
+{
+	char hex[33], *dir = np_path_node_lock(id), *path, *created = NULL;
+
+	uuid4_hex(hex);
+	CHECK_INT(zk_ensure_path(z, dir), ZOK);
+	path = xasprintf("%s/%s__lock__", dir, hex);
+	CHECK_INT(zk_create(z, path, "", 0, ZK_EPHEMERAL_SEQUENTIAL, &created),
+		  ZOK);
+	free(path);
+	free(dir);
+	return created;
+}
+
+static char *mk_request(zk *z, const char *state)
+{
+	char *data = xasprintf("{\"state\": \"%s\", \"node_types\": [\"small\"], "
+			       "\"requestor\": \"zuul\", \"reuse\": true}", state);
+	char *created = NULL, *id;
+
+	CHECK_INT(zk_create(z, "/nodepool/requests/100-", data, (int)strlen(data),
+			    ZK_SEQUENTIAL, &created), ZOK);
+	free(data);
+	id = xstrdup(created ? strrchr(created, '/') + 1 : "?");
+	free(created);
+	return id;
+}
+
+/* ---- a listener that records what it hears ---- */
+
+struct seen {
+	int change;
+	int what;
+	char id[128];
+	char state[24]; /* of the new record, "" if none */
+	char old[24];   /* of the old record, "" if none */
+};
+
+struct rec {
+	int n;
+	struct seen v[512];
+	int ready, cleared;
+};
+
+static const char *state_of(int what, const void *obj)
+{
+	if (!obj)
+		return "";
+	if (what == ZKC_NODE)
+		return ((const np_node *)obj)->state;
+	if (what == ZKC_REQUEST)
+		return ((const np_request *)obj)->state;
+	if (what == ZKC_BUILD)
+		return ((const np_build *)obj)->state;
+	if (what == ZKC_UPLOAD)
+		return ((const np_upload *)obj)->state;
+	return "";
+}
+
+static void record(zkc *c, const zkc_event *ev, void *arg)
+{
+	struct rec *r = arg;
+	struct seen *s;
+
+	if (ev->change == ZKC_READY)
+		r->ready++;
+	if (ev->change == ZKC_CLEARED)
+		r->cleared++;
+	if (r->n == (int)(sizeof(r->v) / sizeof(r->v[0])))
+		return;
+	s = &r->v[r->n++];
+	s->change = ev->change;
+	s->what = ev->what;
+	snprintf(s->id, sizeof(s->id), "%s", ev->id ? ev->id : "");
+	snprintf(s->state, sizeof(s->state), "%s", state_of(ev->what, ev->obj));
+	snprintf(s->old, sizeof(s->old), "%s", state_of(ev->what, ev->old));
+}
+
+/* How many events CHANGE about ID were recorded; *LAST gets the last. */
+static int count_ev(const struct rec *r, int change, const char *id,
+		    const struct seen **last)
+{
+	int n = 0;
+
+	for (int i = 0; i < r->n; i++) {
+		if (r->v[i].change == change && strcmp(r->v[i].id, id) == 0) {
+			n++;
+			if (last)
+				*last = &r->v[i];
+		}
+	}
+	return n;
+}
+
+/* How many events CHANGE about WHAT ID were recorded. */
+static int count_what(const struct rec *r, int change, int what, const char *id)
+{
+	int n = 0;
+
+	for (int i = 0; i < r->n; i++)
+		if (r->v[i].change == change && r->v[i].what == what &&
+		    strcmp(r->v[i].id, id) == 0)
+			n++;
+	return n;
+}
+
+/* Capture log lines in a temporary file. */
+static FILE *log_capture(void)
+{
+	FILE *f = tmpfile();
+
+	if (f)
+		log_set_stream(f);
+	return f;
+}
+
+/* Stop capturing; true if the captured text contains NEEDLE. */
+static bool log_release(FILE *f, const char *needle)
+{
+	char buf[8192];
+	size_t n;
+
+	log_set_stream(stderr);
+	if (!f)
+		return false;
+	rewind(f);
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	buf[n] = '\0';
+	fclose(f);
+	return strstr(buf, needle) != NULL;
+}
+
+static bool count_each(const char *id, const void *obj, void *arg)
+{
+	(*(int *)arg)++;
+	return true;
+}
+
+/* ---- tests ---- */
+
+TEST(initial_walk_sees_existing_tree)
+{
+	struct env e;
+	char *n1, *n2, *n3, *r1, *r2, *cont;
+	const np_node *node;
+	const np_request *req;
+	zkc *nodes, *reqs;
+	strlist ids;
+	FILE *lf;
+	int n = 0;
+
+	if (!env_open(&e))
+		return;
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/requests"), ZOK);
+	n1 = mk_node(e.z, "ready");
+	n2 = mk_node(e.z, "building");
+	n3 = mk_node(e.z, "in-use");
+	cont = mk_contender(e.z, n3);
+	/* garbage, an empty node with a lock directory but no contender,
+	 * and a "lock" child of the root: none of them is a node */
+	CHECK_INT(zk_create(e.z, "/nodepool/nodes/0000009999", "{not json", 9,
+			    0, NULL), ZOK);
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes/0000009998/lock"), ZOK);
+	CHECK_INT(zk_create(e.z, "/nodepool/nodes/lock", "{}", 2, 0, NULL), ZOK);
+	r1 = mk_request(e.z, "requested");
+	r2 = mk_request(e.z, "pending");
+
+	lf = log_capture();
+	nodes = zkc_new(e.z, ZKC_NODES);
+	reqs = zkc_new(e.z, ZKC_REQUESTS);
+	CHECK(!zkc_ready(nodes) || zkc_count(nodes, ZKC_NODE) == 3);
+	CHECK_INT(zkc_wait_ready(nodes, 10), ZOK);
+	CHECK_INT(zkc_wait_ready(reqs, 10), ZOK);
+	CHECK(log_release(lf, "/nodepool/nodes/0000009999"));
+
+	CHECK_INT(zkc_count(nodes, ZKC_NODE), 3);
+	CHECK_INT(zkc_walks(nodes), 1);
+	node = zkc_node(nodes, n1);
+	REQUIRE(node);
+	CHECK_STR(node->id, n1);
+	CHECK_STR(node->state, "ready");
+	CHECK_STR(node->provider, "fake");
+	CHECK(node->raw == NULL);
+	CHECK_INT(node->version, 0);
+	CHECK_STR(zkc_node(nodes, n2)->state, "building");
+	/* equal resources are one shared value */
+	CHECK(zkc_node(nodes, n1)->resources != NULL);
+	CHECK(zkc_node(nodes, n1)->resources == zkc_node(nodes, n2)->resources);
+	CHECK(zkc_node_locked(nodes, n3));
+	CHECK(!zkc_node_locked(nodes, n1));
+	CHECK(!zkc_node(nodes, "0000009999"));
+	CHECK(!zkc_node(nodes, "0000009998"));
+	CHECK(!zkc_node_locked(nodes, "0000009998"));
+	CHECK(!zkc_node(nodes, "lock"));
+	CHECK(!zkc_request(nodes, n1));
+
+	strlist_init(&ids);
+	zkc_ids(nodes, ZKC_NODE, &ids);
+	REQUIRE(ids.n == 3);
+	CHECK_STR(ids.v[0], n1);
+	CHECK_STR(ids.v[1], n2);
+	CHECK_STR(ids.v[2], n3);
+	strlist_free(&ids);
+	zkc_foreach(nodes, ZKC_NODE, count_each, &n);
+	CHECK_INT(n, 3);
+
+	CHECK_INT(zkc_count(reqs, ZKC_REQUEST), 2);
+	req = zkc_request(reqs, r1);
+	REQUIRE(req);
+	CHECK_STR(req->state, "requested");
+	CHECK_STR(req->node_types.v[0], "small");
+	CHECK_STR(zkc_request(reqs, r2)->state, "pending");
+	CHECK(!zkc_node(reqs, r1));
+
+	zkc_free(nodes);
+	zkc_free(reqs);
+	free(n1);
+	free(n2);
+	free(n3);
+	free(r1);
+	free(r2);
+	free(cont);
+	env_close(&e);
+}
+
+static void remove_self(zkc *c, const zkc_event *ev, void *arg)
+{
+	(*(int *)arg)++;
+	zkc_remove_listener(c, remove_self, arg);
+}
+
+TEST(live_changes_reach_listeners)
+{
+	struct env e;
+	struct rec *r = xcalloc(1, sizeof(*r));
+	const struct seen *s = NULL;
+	zkc *nodes, *reqs;
+	char *n1, *req, *path;
+	long long t0;
+	FILE *lf;
+	int once = 0;
+
+	if (!env_open(&e))
+		return;
+	/* The roots do not exist yet: the caches are ready and empty, and
+	 * see them appear. */
+	nodes = zkc_new(e.z, ZKC_NODES);
+	reqs = zkc_new(e.z, ZKC_REQUESTS);
+	zkc_add_listener(nodes, record, r);
+	zkc_add_listener(reqs, record, r);
+	zkc_add_listener(nodes, remove_self, &once);
+	CHECK_INT(zkc_wait_ready(nodes, 10), ZOK);
+	CHECK_INT(zkc_wait_ready(reqs, 10), ZOK);
+	CHECK_INT(r->ready, 2);
+	CHECK_INT(zkc_count(nodes, ZKC_NODE), 0);
+
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
+	n1 = mk_node(e.z, "building");
+	WAIT_FOR(e.loop, zkc_node(nodes, n1));
+	REQUIRE(zkc_node(nodes, n1));
+	CHECK_INT(count_ev(r, ZKC_ADDED, n1, &s), 1);
+	CHECK_STR(s->state, "building");
+	CHECK_INT(once, 1); /* removed itself from its first call */
+
+	CHECK_INT(set_node_state(e.z, n1, "ready"), ZOK);
+	WAIT_FOR(e.loop, count_ev(r, ZKC_CHANGED, n1, NULL) == 1);
+	CHECK_INT(count_ev(r, ZKC_CHANGED, n1, &s), 1);
+	CHECK_STR(s->state, "ready");
+	CHECK_STR(s->old, "building");
+	CHECK_STR(zkc_node(nodes, n1)->state, "ready");
+	CHECK_INT(zkc_node(nodes, n1)->version, 1);
+
+	/* garbage removes the entry, logged with its path */
+	lf = log_capture();
+	CHECK_INT(set_node(e.z, n1, "[1, 2"), ZOK);
+	WAIT_FOR(e.loop, !zkc_node(nodes, n1));
+	path = np_path_node(n1);
+	CHECK(log_release(lf, path));
+	free(path);
+	CHECK(!zkc_node(nodes, n1));
+	CHECK_INT(count_ev(r, ZKC_REMOVED, n1, &s), 1);
+	CHECK_STR(s->old, "ready");
+	/* good data brings it back; empty data removes it again */
+	CHECK_INT(set_node_state(e.z, n1, "used"), ZOK);
+	WAIT_FOR(e.loop, zkc_node(nodes, n1));
+	CHECK_INT(count_ev(r, ZKC_ADDED, n1, NULL), 2);
+	CHECK_INT(set_node(e.z, n1, ""), ZOK);
+	WAIT_FOR(e.loop, !zkc_node(nodes, n1));
+	CHECK_INT(count_ev(r, ZKC_REMOVED, n1, NULL), 2);
+	CHECK_INT(set_node_state(e.z, n1, "used"), ZOK);
+	WAIT_FOR(e.loop, zkc_node(nodes, n1));
+	path = np_path_node(n1);
+	CHECK_INT(zk_delete(e.z, path, -1), ZOK);
+	free(path);
+	WAIT_FOR(e.loop, !zkc_node(nodes, n1));
+	CHECK_INT(count_ev(r, ZKC_REMOVED, n1, &s), 3);
+	CHECK_STR(s->old, "used");
+	CHECK_INT(zkc_count(nodes, ZKC_NODE), 0);
+
+	/* a new request is there one round trip after its creation */
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/requests"), ZOK);
+	t0 = now_ms();
+	req = mk_request(e.z, "requested");
+	WAIT_FOR(e.loop, zkc_request(reqs, req));
+	REQUIRE(zkc_request(reqs, req));
+	printf("    request seen %lld ms after the create call began\n",
+	       now_ms() - t0);
+	CHECK_INT(count_ev(r, ZKC_ADDED, req, &s), 1);
+	CHECK_INT(s->what, ZKC_REQUEST);
+	CHECK_STR(s->state, "requested");
+	CHECK_INT(zkc_queue_len(reqs), 0);
+
+	zkc_free(nodes);
+	zkc_free(reqs);
+	free(n1);
+	free(req);
+	free(r);
+	env_close(&e);
+}
+
+TEST(lock_contenders)
+{
+	struct env e;
+	struct rec *r = xcalloc(1, sizeof(*r));
+	char *n1, *lockdir, *foo, *path;
+	zk_lock *l;
+	zkc *c;
+
+	if (!env_open(&e))
+		return;
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
+	n1 = mk_node(e.z, "ready");
+	c = zkc_new(e.z, ZKC_NODES);
+	zkc_add_listener(c, record, r);
+	CHECK_INT(zkc_wait_ready(c, 10), ZOK);
+	CHECK(!zkc_node_locked(c, n1));
+
+	/* the kazoo recipe, as the launcher and Zuul take node locks */
+	lockdir = np_path_node_lock(n1);
+	l = zk_lock_new(e.z, lockdir, NULL);
+	CHECK_INT(zk_lock_acquire(l, false, 0), ZOK);
+	WAIT_FOR(e.loop, zkc_node_locked(c, n1));
+	CHECK(zkc_node_locked(c, n1));
+	CHECK_INT(count_ev(r, ZKC_LOCKED, n1, NULL), 1);
+	CHECK_INT(zk_lock_release(l), ZOK);
+	WAIT_FOR(e.loop, !zkc_node_locked(c, n1));
+	CHECK(!zkc_node_locked(c, n1));
+	CHECK_INT(count_ev(r, ZKC_UNLOCKED, n1, NULL), 1);
+	zk_lock_free(l);
+
+	/* any child counts, as upstream's cache has it */
+	foo = xasprintf("%s/foo", lockdir);
+	CHECK_INT(zk_create(e.z, foo, "", 0, 0, NULL), ZOK);
+	WAIT_FOR(e.loop, zkc_node_locked(c, n1));
+	CHECK(zkc_node_locked(c, n1));
+	CHECK_INT(zk_delete(e.z, foo, -1), ZOK);
+	WAIT_FOR(e.loop, !zkc_node_locked(c, n1));
+	CHECK(!zkc_node_locked(c, n1));
+	CHECK_INT(count_ev(r, ZKC_CHANGED, n1, NULL), 0);
+
+	/* a lock on an empty node znode (what locking a deleted node
+	 * leaves): locked, but no node until it has data */
+	free(mk_contender(e.z, "0000000777"));
+	WAIT_FOR(e.loop, zkc_node_locked(c, "0000000777"));
+	CHECK(zkc_node_locked(c, "0000000777"));
+	CHECK(!zkc_node(c, "0000000777"));
+	CHECK_INT(zkc_count(c, ZKC_NODE), 1);
+	CHECK_INT(set_node_state(e.z, "0000000777", "deleting"), ZOK);
+	WAIT_FOR(e.loop, zkc_node(c, "0000000777"));
+	CHECK(zkc_node_locked(c, "0000000777"));
+	CHECK_INT(zkc_count(c, ZKC_NODE), 2);
+	/* deleting a locked node takes its contenders along */
+	path = np_path_node("0000000777");
+	CHECK_INT(zk_delete_recursive(e.z, path), ZOK);
+	free(path);
+	WAIT_FOR(e.loop, !zkc_node(c, "0000000777") &&
+			 !zkc_node_locked(c, "0000000777"));
+	CHECK(!zkc_node(c, "0000000777"));
+	CHECK(!zkc_node_locked(c, "0000000777"));
+	CHECK_INT(count_ev(r, ZKC_UNLOCKED, "0000000777", NULL), 1);
+
+	zkc_free(c);
+	free(foo);
+	free(lockdir);
+	free(n1);
+	free(r);
+	env_close(&e);
+}
+
+static void count_done(zk *z, int rc, const zk_stat *st, void *arg)
+{
+	(*(int *)arg)++;
+}
+
+TEST(updates_not_newer_are_ignored)
+{
+	struct env e;
+	struct rec *r = xcalloc(1, sizeof(*r));
+	char *n1, *path, *v2, *v3;
+	int done = 0;
+	zkc *c;
+
+	if (!env_open(&e))
+		return;
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
+	n1 = mk_node(e.z, "building");
+	c = zkc_new(e.z, ZKC_NODES);
+	zkc_add_listener(c, record, r);
+	CHECK_INT(zkc_wait_ready(c, 10), ZOK);
+
+	/* Two writes leave in one packet, so the server has done both
+	 * before it sees the read either change event causes: both reads
+	 * return the second version, and the second read's mzxid is not
+	 * newer than the first's. One change must come out, not two. */
+	path = np_path_node(n1);
+	v2 = node_json("testing");
+	v3 = node_json("ready");
+	CHECK_INT(zk_aset(e.z, path, v2, (int)strlen(v2), -1, count_done, &done), ZOK);
+	CHECK_INT(zk_aset(e.z, path, v3, (int)strlen(v3), -1, count_done, &done), ZOK);
+	WAIT_FOR(e.loop, done == 2 && zkc_node(c, n1)->version == 2 &&
+			 zkc_queue_len(c) == 0);
+	CHECK_INT(zk_sync(e.z, "/"), ZOK);
+	CHECK_STR(zkc_node(c, n1)->state, "ready");
+	CHECK_INT(zkc_node(c, n1)->version, 2);
+	CHECK_INT(count_ev(r, ZKC_CHANGED, n1, NULL), 1);
+	CHECK_INT(count_ev(r, ZKC_ADDED, n1, NULL), 1);
+
+	zkc_free(c);
+	free(v2);
+	free(v3);
+	free(path);
+	free(n1);
+	free(r);
+	env_close(&e);
+}
+
+static int mk_image_rec(zk *z, const char *path, const char *state,
+			double state_time)
+{
+	char *data = xasprintf("{\"state\": \"%s\", \"state_time\": %.1f, "
+			       "\"external_id\": \"ext\"}", state, state_time);
+	int rc = zk_ensure_path(z, path);
+
+	if (rc == ZOK)
+		rc = zk_set(z, path, data, (int)strlen(data), -1, NULL);
+	free(data);
+	return rc;
+}
+
+#define UP(b, p, u) "/nodepool/images/img1/builds/" b "/providers/" p "/images/" u
+
+TEST(image_tree)
+{
+	struct env e;
+	struct rec *r = xcalloc(1, sizeof(*r));
+	const np_upload *u;
+	const struct seen *s = NULL;
+	zkc *c;
+
+	if (!env_open(&e))
+		return;
+	CHECK_INT(mk_image_rec(e.z, "/nodepool/images/img1/builds/0000000001",
+			       "ready", 10), ZOK);
+	CHECK_INT(mk_image_rec(e.z, UP("0000000001", "p1", "0000000001"),
+			       "ready", 100), ZOK);
+	CHECK_INT(mk_image_rec(e.z, UP("0000000001", "p1", "0000000002"),
+			       "ready", 200), ZOK);
+	CHECK_INT(mk_image_rec(e.z, UP("0000000001", "p1", "0000000003"),
+			       "uploading", 300), ZOK);
+	CHECK_INT(mk_image_rec(e.z, UP("0000000001", "p2", "0000000004"),
+			       "ready", 50), ZOK);
+	CHECK_INT(zk_ensure_path(e.z, UP("0000000001", "p1", "lock")), ZOK);
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/images/img1/builds/lock/x__lock__0000000001"), ZOK);
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/images/img1/pause"), ZOK);
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/images/img2/request-build"), ZOK);
+
+	c = zkc_new(e.z, ZKC_IMAGES);
+	zkc_add_listener(c, record, r);
+	CHECK_INT(zkc_wait_ready(c, 10), ZOK);
+	CHECK_INT(zkc_count(c, ZKC_IMAGE), 2);
+	CHECK_INT(zkc_count(c, ZKC_BUILD), 1);
+	CHECK_INT(zkc_count(c, ZKC_UPLOAD), 4);
+	CHECK(zkc_image_paused(c, "img1"));
+	CHECK(!zkc_image_paused(c, "img2"));
+	CHECK(zkc_image_build_requested(c, "img2"));
+	CHECK(!zkc_image_build_requested(c, "img1"));
+	u = zkc_latest_upload(c, "img1", "p1");
+	REQUIRE(u);
+	CHECK_STR(u->id, "0000000002");
+	CHECK_STR(u->build_id, "0000000001");
+	CHECK_STR(u->provider, "p1");
+	CHECK_STR(u->image, "img1");
+	CHECK_STR(u->external_id, "ext");
+	u = zkc_latest_upload(c, "img1", "p2");
+	REQUIRE(u);
+	CHECK_STR(u->id, "0000000004");
+	CHECK(!zkc_latest_upload(c, "img1", "p3"));
+	CHECK(!zkc_latest_upload(c, "img2", "p1"));
+
+	/* live: the uploading one becomes ready and newest; pause moves */
+	CHECK_INT(mk_image_rec(e.z, UP("0000000001", "p1", "0000000003"),
+			       "ready", 400), ZOK);
+	WAIT_FOR(e.loop, zkc_latest_upload(c, "img1", "p1") &&
+			 strcmp(zkc_latest_upload(c, "img1", "p1")->id,
+				"0000000003") == 0);
+	CHECK_STR(zkc_latest_upload(c, "img1", "p1")->id, "0000000003");
+	CHECK_INT(zk_delete(e.z, "/nodepool/images/img1/pause", -1), ZOK);
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/images/img2/pause"), ZOK);
+	WAIT_FOR(e.loop, !zkc_image_paused(c, "img1") &&
+			 zkc_image_paused(c, "img2"));
+	CHECK(!zkc_image_paused(c, "img1"));
+	CHECK(zkc_image_paused(c, "img2"));
+	CHECK_INT(count_what(r, ZKC_REMOVED, ZKC_PAUSE, "img1"), 1);
+	CHECK_INT(count_what(r, ZKC_ADDED, ZKC_PAUSE, "img2"), 1);
+	/* from the walk */
+	CHECK_INT(count_what(r, ZKC_ADDED, ZKC_IMAGE, "img1"), 1);
+	CHECK_INT(count_what(r, ZKC_ADDED, ZKC_IMAGE, "img2"), 1);
+	CHECK_INT(count_what(r, ZKC_ADDED, ZKC_BUILD_REQUEST, "img2"), 1);
+	CHECK_INT(count_what(r, ZKC_ADDED, ZKC_UPLOAD,
+			     "img1/builds/0000000001/providers/p1/images/0000000002"), 1);
+	/* a new build and the build request going away */
+	CHECK_INT(mk_image_rec(e.z, "/nodepool/images/img2/builds/abc",
+			       "building", 5), ZOK);
+	CHECK_INT(zk_delete(e.z, "/nodepool/images/img2/request-build", -1), ZOK);
+	WAIT_FOR(e.loop, zkc_count(c, ZKC_BUILD) == 2 &&
+			 !zkc_image_build_requested(c, "img2"));
+	CHECK_INT(zkc_count(c, ZKC_BUILD), 2);
+	CHECK(!zkc_image_build_requested(c, "img2"));
+	CHECK_INT(count_ev(r, ZKC_ADDED, "img2/builds/abc", &s), 1);
+	CHECK_STR(s->state, "building");
+
+	zkc_free(c);
+	free(r);
+	env_close(&e);
+}
+
+/* ---- a loopback proxy we can cut, for reconnects within a session ---- */
+
+#define PROXY_PAIRS 8
+
+struct proxy {
+	int lfd, port, target;
+	pthread_t th;
+	atomic_int hold; /* close new connections at once */
+	atomic_int cut;  /* close the live ones */
+	atomic_int stop;
+	int a[PROXY_PAIRS], b[PROXY_PAIRS], n;
+};
+
+static int connect_local(int port)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	sa.sin_port = htons((uint16_t)port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		close(fd);
+		fd = -1;
+	}
+	return fd;
+}
+
+/* Copy what FROM has to TO; false when either side is done. */
+static bool pump(int from, int to)
+{
+	char buf[65536];
+	ssize_t n = read(from, buf, sizeof(buf)), off = 0;
+
+	if (n <= 0)
+		return false;
+	while (off < n) {
+		ssize_t w = write(to, buf + off, (size_t)(n - off));
+		if (w <= 0)
+			return false;
+		off += w;
+	}
+	return true;
+}
+
+static void proxy_drop(struct proxy *p, int i)
+{
+	close(p->a[i]);
+	close(p->b[i]);
+	p->n--;
+	p->a[i] = p->a[p->n];
+	p->b[i] = p->b[p->n];
+}
+
+static void *proxy_main(void *arg)
+{
+	struct proxy *p = arg;
+
+	while (!atomic_load(&p->stop)) {
+		struct pollfd fds[1 + 2 * PROXY_PAIRS];
+		int n = p->n;
+
+		if (atomic_exchange(&p->cut, 0))
+			while (p->n)
+				proxy_drop(p, 0);
+		n = p->n;
+		fds[0] = (struct pollfd){ p->lfd, POLLIN, 0 };
+		for (int i = 0; i < n; i++) {
+			fds[1 + 2 * i] = (struct pollfd){ p->a[i], POLLIN, 0 };
+			fds[2 + 2 * i] = (struct pollfd){ p->b[i], POLLIN, 0 };
+		}
+		if (poll(fds, (nfds_t)(1 + 2 * n), 20) <= 0)
+			continue;
+		for (int i = 0; i < n; i++) {
+			bool ok = true;
+			if (fds[1 + 2 * i].revents)
+				ok = pump(p->a[i], p->b[i]);
+			if (ok && fds[2 + 2 * i].revents)
+				ok = pump(p->b[i], p->a[i]);
+			if (!ok) {
+				proxy_drop(p, i);
+				break; /* indices moved: poll again */
+			}
+		}
+		if (fds[0].revents & POLLIN) {
+			int cfd = accept(p->lfd, NULL, NULL), sfd = -1;
+			if (cfd < 0)
+				continue;
+			if (!atomic_load(&p->hold) && p->n < PROXY_PAIRS)
+				sfd = connect_local(p->target);
+			if (sfd < 0) {
+				close(cfd);
+				continue;
+			}
+			p->a[p->n] = cfd;
+			p->b[p->n++] = sfd;
+		}
+	}
+	while (p->n)
+		proxy_drop(p, 0);
+	return NULL;
+}
+
+static bool proxy_start(struct proxy *p, int target)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	socklen_t len = sizeof(sa);
+
+	memset(p, 0, sizeof(*p));
+	p->target = target;
+	p->lfd = socket(AF_INET, SOCK_STREAM, 0);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (p->lfd < 0 || bind(p->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    listen(p->lfd, 8) < 0 ||
+	    getsockname(p->lfd, (struct sockaddr *)&sa, &len) < 0)
+		return false;
+	p->port = ntohs(sa.sin_port);
+	return pthread_create(&p->th, NULL, proxy_main, p) == 0;
+}
+
+static void proxy_stop(struct proxy *p)
+{
+	atomic_store(&p->stop, 1);
+	pthread_join(p->th, NULL);
+	close(p->lfd);
+}
+
+TEST(reconnect_rewalks_without_dropping)
+{
+	struct env e;
+	struct rec *r = xcalloc(1, sizeof(*r));
+	struct proxy px;
+	char hosts[160], *n1, *n2, *n3, *n4, *c3, *path;
+	const char *colon;
+	int64_t session;
+	zk *a;
+	zkc *c;
+
+	if (!env_open(&e))
+		return;
+	colon = strrchr(test_zk_hosts(), ':');
+	REQUIRE(colon && proxy_start(&px, atoi(colon + 1)));
+	snprintf(hosts, sizeof(hosts), "127.0.0.1:%d%s", px.port, e.chroot);
+	a = connect_to(e.loop, hosts, NULL);
+	if (!a) {
+		proxy_stop(&px);
+		env_close(&e);
+		free(r);
+		return;
+	}
+	session = zk_session_id(a);
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
+	n1 = mk_node(e.z, "ready");
+	n2 = mk_node(e.z, "ready");
+	n3 = mk_node(e.z, "in-use");
+	c3 = mk_contender(e.z, n3);
+	c = zkc_new(a, ZKC_NODES);
+	CHECK_INT(zkc_wait_ready(c, 10), ZOK);
+	CHECK(zkc_node_locked(c, n3));
+	zkc_add_listener(c, record, r);
+
+	/* Cut the cache's connection and keep it down while the tree
+	 * changes: the cache hears nothing of it. */
+	atomic_store(&px.hold, 1);
+	atomic_store(&px.cut, 1);
+	WAIT_FOR(e.loop, zk_state(a) != ZK_STATE_CONNECTED);
+	CHECK(zk_state(a) != ZK_STATE_CONNECTED);
+	path = np_path_node(n1);
+	CHECK_INT(zk_delete(e.z, path, -1), ZOK);
+	free(path);
+	CHECK_INT(set_node_state(e.z, n2, "deleting"), ZOK);
+	n4 = mk_node(e.z, "building");
+	CHECK_INT(zk_delete(e.z, c3, -1), ZOK);
+	free(mk_contender(e.z, n2));
+	CHECK(zkc_ready(c));
+	CHECK(zkc_node(c, n1) != NULL); /* stale until we are back */
+	atomic_store(&px.hold, 0);
+
+	WAIT_FOR(e.loop, zkc_walks(c) == 2);
+	CHECK_INT(zkc_walks(c), 2);
+	CHECK(zk_session_id(a) == session);
+	CHECK(!zkc_node(c, n1));
+	CHECK(zkc_node(c, n2) && strcmp(zkc_node(c, n2)->state, "deleting") == 0);
+	CHECK(zkc_node(c, n4) != NULL);
+	CHECK(!zkc_node_locked(c, n3));
+	CHECK(zkc_node_locked(c, n2));
+	CHECK_INT(zkc_count(c, ZKC_NODE), 3);
+	/* as deltas: nothing was cleared, the unchanged node is quiet */
+	CHECK_INT(r->cleared, 0);
+	CHECK_INT(r->ready, 0);
+	CHECK_INT(count_ev(r, ZKC_REMOVED, n1, NULL), 1);
+	CHECK_INT(count_ev(r, ZKC_CHANGED, n2, NULL), 1);
+	CHECK_INT(count_ev(r, ZKC_LOCKED, n2, NULL), 1);
+	CHECK_INT(count_ev(r, ZKC_ADDED, n4, NULL), 1);
+	CHECK_INT(count_ev(r, ZKC_UNLOCKED, n3, NULL), 1);
+	CHECK_INT(count_ev(r, ZKC_CHANGED, n3, NULL), 0);
+
+	/* and it keeps listening */
+	CHECK_INT(set_node_state(e.z, n3, "used"), ZOK);
+	WAIT_FOR(e.loop, strcmp(zkc_node(c, n3)->state, "used") == 0);
+	CHECK_STR(zkc_node(c, n3)->state, "used");
+
+	zkc_free(c);
+	zk_close(a);
+	proxy_stop(&px);
+	free(n1);
+	free(n2);
+	free(n3);
+	free(n4);
+	free(c3);
+	free(r);
+	env_close(&e);
+}
+
+TEST(session_expiry_clears_and_rewalks)
+{
+	struct env e;
+	struct rec *r = xcalloc(1, sizeof(*r));
+	zk_options o = { 0 };
+	char pw[16], *n1, *n2, *n3, *path;
+	int64_t old;
+	zk *a, *b;
+	zkc *c;
+
+	if (!env_open(&e))
+		return;
+	a = connect_to(e.loop, e.hosts, NULL);
+	if (!a) {
+		env_close(&e);
+		free(r);
+		return;
+	}
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
+	n1 = mk_node(e.z, "in-use");
+	n2 = mk_node(e.z, "ready");
+	free(mk_contender(a, n1)); /* goes with A's session */
+	c = zkc_new(a, ZKC_NODES);
+	zkc_add_listener(c, record, r);
+	CHECK_INT(zkc_wait_ready(c, 10), ZOK);
+	CHECK(zkc_node_locked(c, n1));
+
+	/* Another client takes A's session and closes it: expired. */
+	old = zk_session_id(a);
+	zk_session_passwd(a, pw);
+	o.session_id = old;
+	o.session_passwd = pw;
+	b = connect_to(e.loop, e.hosts, &o);
+	if (b)
+		zk_close(b);
+	path = np_path_node(n2);
+	CHECK_INT(zk_delete(e.z, path, -1), ZOK);
+	free(path);
+	n3 = mk_node(e.z, "building");
+
+	WAIT_FOR(e.loop, r->cleared == 1 && r->ready == 2 && zkc_ready(c) &&
+			 zkc_node(c, n3) && !zkc_node_locked(c, n1));
+	CHECK_INT(r->cleared, 1);
+	CHECK_INT(r->ready, 2);
+	CHECK(zkc_ready(c));
+	CHECK(zk_session_id(a) != old);
+	CHECK(zkc_node(c, n1) != NULL);
+	CHECK(!zkc_node_locked(c, n1));
+	CHECK(!zkc_node(c, n2));
+	CHECK(zkc_node(c, n3) != NULL);
+	CHECK_INT(zkc_count(c, ZKC_NODE), 2);
+	CHECK(zkc_walks(c) >= 2);
+
+	/* the new session's watch works */
+	CHECK_INT(set_node_state(e.z, n3, "ready"), ZOK);
+	WAIT_FOR(e.loop, strcmp(zkc_node(c, n3)->state, "ready") == 0);
+	CHECK_STR(zkc_node(c, n3)->state, "ready");
+
+	zkc_free(c);
+	zk_close(a);
+	free(n1);
+	free(n2);
+	free(n3);
+	free(r);
+	env_close(&e);
+}
+
+struct create_ctx {
+	int done, failed;
+};
+
+static void created_cb(zk *z, int rc, const char *path, const zk_stat *st,
+		       void *arg)
+{
+	struct create_ctx *x = arg;
+
+	x->done++;
+	if (rc != ZOK)
+		x->failed++;
+}
+
+/* N nodes with JSON like upstream's, a lock directory under every one
+ * (nodes that were ever locked keep it) and a contender under every
+ * LOCKEVERY-th; all pipelined. */
+static void populate(evloop *loop, zk *z, int n, int lockevery)
+{
+	struct create_ctx x = { 0, 0 };
+	int want = 0;
+
+	CHECK_INT(zk_ensure_path(z, "/nodepool/nodes"), ZOK);
+	for (int i = 0; i < n; i++) {
+		char *d = xasprintf(
+			"{\"state\": \"ready\", \"state_time\": 1726600000.%d, "
+			"\"cloud\": \"fake\", \"provider\": \"fake-provider\", "
+			"\"pool\": \"main\", \"type\": [\"small\"], "
+			"\"allocated_to\": null, \"az\": \"nova\", \"region\": null, "
+			"\"public_ipv4\": \"203.0.113.%d\", \"private_ipv4\": "
+			"\"10.0.%d.%d\", \"public_ipv6\": null, \"host_id\": "
+			"\"host-%d\", \"interface_ip\": \"203.0.113.%d\", "
+			"\"connection_port\": 22, \"ssh_port\": 22, \"image_id\": "
+			"\"fake-image\", \"launcher\": \"nl01\", \"created_time\": "
+			"1726600000.0, \"external_id\": \"srv-%08d\", \"hostname\": "
+			"\"node-%d\", \"comment\": null, \"user_data\": null, "
+			"\"hold_job\": null, \"host_keys\": [\"ssh-ed25519 AAAAC3Nza\"], "
+			"\"username\": \"zuul\", \"connection_type\": \"ssh\", "
+			"\"shell_type\": null, \"hold_expiration\": null, "
+			"\"resources\": {\"cores\": 8, \"instances\": 1, \"ram\": 8192}, "
+			"\"slot\": null, \"attributes\": null, \"python_path\": \"auto\", "
+			"\"tenant_name\": \"tenant\", \"driver_data\": null, "
+			"\"requestor\": \"zuul\"}",
+			i, i % 250, i / 250 % 250, i % 250, i, i % 250, i, i);
+		char *p = xasprintf("/nodepool/nodes/%010d", i);
+		CHECK_INT(zk_acreate(z, p, d, (int)strlen(d), 0, created_cb, &x), ZOK);
+		want++;
+		free(p);
+		free(d);
+	}
+	WAIT_FOR(loop, x.done == want);
+	for (int i = 0; i < n; i++) {
+		char *p = xasprintf("/nodepool/nodes/%010d/lock", i);
+		CHECK_INT(zk_acreate(z, p, "", 0, 0, created_cb, &x), ZOK);
+		want++;
+		free(p);
+		if (i % lockevery == 0) {
+			char hex[33];
+			uuid4_hex(hex);
+			p = xasprintf("/nodepool/nodes/%010d/lock/%s__lock__", i, hex);
+			CHECK_INT(zk_acreate(z, p, "", 0, ZK_EPHEMERAL_SEQUENTIAL,
+					     created_cb, &x), ZOK);
+			want++;
+			free(p);
+		}
+	}
+	WAIT_FOR(loop, x.done == want);
+	CHECK_INT(x.failed, 0);
+}
+
+static long rss_kb(void)
+{
+	FILE *f = fopen("/proc/self/statm", "r");
+	long pages = 0, rss = 0;
+
+	if (f) {
+		if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+			rss = 0;
+		fclose(f);
+	}
+	return rss * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+static bool count_locked(const char *id, const void *obj, void *arg)
+{
+	struct { zkc *c; int n; } *x = arg;
+
+	if (zkc_node_locked(x->c, id))
+		x->n++;
+	return true;
+}
+
+TEST(ten_thousand_nodes)
+{
+	enum { N = 10000, LOCKEVERY = 20 };
+	struct env e;
+	struct { zkc *c; int n; } x = { NULL, 0 };
+	struct mallinfo2 m0, m1;
+	long long t0, t1;
+	long rss0, rss1;
+	zk *a;
+
+	if (!env_open(&e))
+		return;
+	populate(e.loop, e.z, N, LOCKEVERY);
+	/* a client of its own, so that only the cache's memory counts */
+	malloc_trim(0);
+	m0 = mallinfo2();
+	rss0 = rss_kb();
+	t0 = now_ms();
+	a = connect_to(e.loop, e.hosts, NULL);
+	REQUIRE(a);
+	x.c = zkc_new(a, ZKC_NODES);
+	CHECK_INT(zkc_wait_ready(x.c, 60), ZOK);
+	t1 = now_ms();
+	m1 = mallinfo2();
+	rss1 = rss_kb();
+	CHECK_INT(zkc_count(x.c, ZKC_NODE), N);
+	zkc_foreach(x.c, ZKC_NODE, count_locked, &x);
+	CHECK_INT(x.n, N / LOCKEVERY);
+	CHECK_STR(zkc_node(x.c, "0000000042")->hostname, "node-42");
+	printf("    %d nodes (%d locked): ready in %lld ms (connect included); "
+	       "heap %.0f bytes/node, RSS +%ld KiB (%.0f bytes/node)\n",
+	       N, N / LOCKEVERY, t1 - t0,
+	       ((double)m1.uordblks - (double)m0.uordblks) / N, rss1 - rss0,
+	       (double)(rss1 - rss0) * 1024 / N);
+	zkc_free(x.c);
+	zk_close(a);
+	env_close(&e);
+}
+
+/* Free with reads in flight (their replies must be let go), and the other
+ * order: the client closed first. ASan checks that nothing leaks. */
+TEST(free_while_busy)
+{
+	struct env e;
+	zkc *c;
+	zk *a;
+
+	if (!env_open(&e))
+		return;
+	populate(e.loop, e.z, 300, 7);
+	a = connect_to(e.loop, e.hosts, NULL);
+	REQUIRE(a);
+	c = zkc_new(a, ZKC_NODES);
+	evloop_run_once(e.loop, 0);
+	zkc_free(c);
+	CHECK_INT(zk_sync(a, "/"), ZOK);
+
+	c = zkc_new(a, ZKC_NODES);
+	for (int i = 0; i < 3; i++)
+		evloop_run_once(e.loop, 1);
+	zk_close(a);
+	zkc_free(c);
+
+	a = connect_to(e.loop, e.hosts, NULL);
+	REQUIRE(a);
+	c = zkc_new(a, ZKC_NODES);
+	CHECK_INT(zkc_wait_ready(c, 10), ZOK);
+	CHECK_INT(zkc_count(c, ZKC_NODE), 300);
+	zkc_free(c);
+	zk_close(a);
+	env_close(&e);
+}
+
+/* While zkc_foreach runs, changes wait, even if the callback runs the
+ * loop (here through a synchronous create). */
+struct during {
+	zk *z;
+	zkc *c;
+	int calls;
+	size_t count_after; /* cached nodes seen on the second call */
+	char *made;
+};
+
+static bool create_during(const char *id, const void *obj, void *arg)
+{
+	struct during *d = arg;
+
+	if (d->calls++ == 0) {
+		d->made = mk_node(d->z, "ready");
+		CHECK_INT(zk_sync(d->z, "/"), ZOK);
+	} else {
+		d->count_after = zkc_count(d->c, ZKC_NODE);
+	}
+	return true;
+}
+
+TEST(foreach_sees_a_stable_snapshot)
+{
+	struct env e;
+	struct during d = { 0 };
+	char *n1, *n2;
+	zkc *c;
+
+	if (!env_open(&e))
+		return;
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
+	n1 = mk_node(e.z, "ready");
+	n2 = mk_node(e.z, "ready");
+	c = zkc_new(e.z, ZKC_NODES);
+	CHECK_INT(zkc_wait_ready(c, 10), ZOK);
+	d.z = e.z;
+	d.c = c;
+	zkc_foreach(c, ZKC_NODE, create_during, &d);
+	CHECK_INT(d.calls, 2);
+	CHECK_INT(d.count_after, 2);
+	REQUIRE(d.made);
+	/* applied right after the iteration (the reply had arrived) */
+	WAIT_FOR(e.loop, zkc_node(c, d.made));
+	CHECK(zkc_node(c, d.made) != NULL);
+	CHECK_INT(zkc_count(c, ZKC_NODE), 3);
+	zkc_free(c);
+	free(d.made);
+	free(n1);
+	free(n2);
+	env_close(&e);
+}
+
+RUN_TESTS()
