@@ -1,0 +1,599 @@
+#!/usr/bin/python3
+# test_launcher.py: nodepool-launcher end to end against a real TLS
+# ZooKeeper and the fake driver (its cloud kept in a state-dir, so the test
+# can see instances come and go). Requests are written the way Zuul-2025
+# writes them (kazoo, persistent sequential /nodepool/requests/100-), and
+# the test then plays Zuul: lock the nodes, delete the request, in-use,
+# used, unlock; the launcher must delete the nodes and their instances.
+#
+# Each scenario runs in its own chroot with its own launcher process(es),
+# stopped with SIGINT (graceful: exit 0, components unregistered).
+#
+# env: NP_BUILD (build dir with nodepool-launcher); NP_TEST_ZK_TLS and
+# NP_TEST_ZK_CA/_CERT/_KEY for a running TLS ZooKeeper, else one is started
+# through tests/harness and stopped at the end.
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+
+from kazoo.client import KazooClient
+from kazoo.recipe.lock import Lock
+
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.environ.get("NP_BUILD", os.path.join(TOP, "build"))
+LAUNCHER = os.path.join(BUILD, "nodepool-launcher")
+WAIT = 30.0
+
+PASSED = 0
+FAILED = 0
+
+# Upstream's Node.toDict keys (zookeeper-protocol.md §3.2).
+NODE_KEYS = ["state", "state_time", "cloud", "provider", "pool", "type",
+             "allocated_to", "az", "region", "public_ipv4", "private_ipv4",
+             "public_ipv6", "host_id", "interface_ip", "connection_port",
+             "ssh_port", "image_id", "launcher", "created_time",
+             "external_id", "hostname", "comment", "user_data", "hold_job",
+             "host_keys", "username", "connection_type", "shell_type",
+             "hold_expiration", "resources", "slot", "attributes",
+             "python_path", "tenant_name", "driver_data", "requestor"]
+REQUEST_KEYS = ["state", "state_time", "declined_by", "node_types", "nodes",
+                "reuse", "requestor", "requestor_data", "provider",
+                "relative_priority", "event_id", "created_time",
+                "tenant_name"]
+
+
+def check(cond, what):
+    global PASSED, FAILED
+    if cond:
+        PASSED += 1
+    else:
+        FAILED += 1
+        print("FAIL: %s" % what, file=sys.stderr)
+    return cond
+
+
+def wait_for(fn, timeout=WAIT, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            v = fn()
+        except Exception:
+            v = None
+        if v:
+            return v
+        time.sleep(0.05)
+    print("timed out waiting for %s" % what, file=sys.stderr)
+    return None
+
+
+class ZK:
+    """The TLS ZooKeeper: the environment's, or one we start."""
+
+    def __init__(self):
+        self.own = None
+        if os.environ.get("NP_TEST_ZK_TLS"):
+            self.hosts = os.environ["NP_TEST_ZK_TLS"]
+            self.ca = os.environ["NP_TEST_ZK_CA"]
+            self.cert = os.environ["NP_TEST_ZK_CERT"]
+            self.key = os.environ["NP_TEST_ZK_KEY"]
+            return
+        self.own = tempfile.mkdtemp(prefix="np-launcher-zk.")
+        out = subprocess.check_output(
+            ["bash", "-c", 'source "$1/tests/harness/lib.sh"; '
+             'zk_start "$2" >/dev/null; echo "$ZK_PORT $ZK_TLS_PORT"',
+             "-", TOP, self.own + "/zk"], text=True).split()
+        self.port = out[0]
+        self.hosts = "127.0.0.1:%s" % out[1]
+        tls = self.own + "/zk/tls"
+        self.ca, self.cert, self.key = (tls + "/ca.pem", tls + "/client.pem",
+                                        tls + "/client.key")
+
+    def client(self, chroot=""):
+        c = KazooClient(hosts=self.hosts + chroot, use_ssl=True, ca=self.ca,
+                        certfile=self.cert, keyfile=self.key,
+                        verify_certs=True)
+        c.start()
+        return c
+
+    def stop(self):
+        if self.own:
+            subprocess.call(["bash", "-c", 'source "$1/tests/harness/lib.sh";'
+                             ' zk_stop "$2" "$3"', "-", TOP,
+                             self.own + "/zk", self.port])
+            shutil.rmtree(self.own, ignore_errors=True)
+
+
+def config_text(zk, chroot, state_dir, providers, labels, extra=""):
+    host, port = zk.hosts.split(":")
+    lines = ["zookeeper-servers:", "  - host: %s" % host,
+             "    port: %s" % port, "    chroot: %s" % chroot,
+             "zookeeper-tls:", "  ca: %s" % zk.ca, "  cert: %s" % zk.cert,
+             "  key: %s" % zk.key, "labels:"]
+    for name, min_ready in labels:
+        lines += ["  - name: %s" % name, "    min-ready: %d" % min_ready]
+    lines.append("providers:")
+    for p in providers:
+        lines += ["  - name: %s" % p["name"], "    cloud: fake",
+                  "    launch-retries: %d" % p.get("retries", 3),
+                  "    fake:", "      state-dir: %s" % state_dir]
+        for k, v in p.get("fake", {}).items():
+            lines.append("      %s: %s" % (k, v))
+        lines += ["    cloud-images:", "      - name: fake-image",
+                  "        image-name: Fake Precise", "    pools:"]
+        for pool in p["pools"]:
+            lines += ["      - name: %s" % pool["name"],
+                      "        max-servers: %d" % pool.get("max", 100)]
+            if "priority" in pool:
+                lines.append("        priority: %d" % pool["priority"])
+            lines.append("        node-attributes: {executor-zone: z1}")
+            lines.append("        labels:")
+            for label in pool["labels"]:
+                lines += ["          - name: %s" % label,
+                          "            cloud-image: fake-image",
+                          "            min-ram: 1024"]
+    return "\n".join(lines) + "\n" + extra
+
+
+class Scenario:
+    """A chroot, a state dir, config files and launcher processes."""
+
+    def __init__(self, zk, name):
+        self.zk = zk
+        self.name = name
+        self.chroot = "/t-%s-%s" % (name, uuid.uuid4().hex[:8])
+        self.dir = tempfile.mkdtemp(prefix="np-launcher-%s." % name)
+        self.state_dir = os.path.join(self.dir, "cloud")
+        os.makedirs(self.state_dir)
+        root = zk.client()
+        root.ensure_path(self.chroot)
+        root.stop()
+        self.kz = zk.client(self.chroot)
+        self.procs = []
+
+    def write_config(self, providers, labels, fname="nodepool.yaml"):
+        path = os.path.join(self.dir, fname)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(config_text(self.zk, self.chroot, self.state_dir,
+                                providers, labels))
+        os.rename(tmp, path)
+        return path
+
+    def start(self, config):
+        log = open(os.path.join(self.dir, "launcher-%d.log" % len(self.procs)),
+                   "w")
+        p = subprocess.Popen([LAUNCHER, "-f", "--no-webapp", "-c", config],
+                             stdout=log, stderr=subprocess.STDOUT)
+        p.logfile = log.name
+        self.procs.append(p)
+        return p
+
+    def stop(self, p):
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            try:
+                rc = p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                rc = p.wait()
+            check(rc == 0, "%s: launcher exits 0 on SIGINT (rc %s)"
+                  % (self.name, rc))
+
+    def log(self, p):
+        with open(p.logfile) as f:
+            return f.read()
+
+    def close(self):
+        for p in self.procs:
+            self.stop(p)
+        try:
+            self.kz.stop()
+        except Exception:
+            pass
+        if FAILED == 0:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            print("kept %s" % self.dir, file=sys.stderr)
+
+    # ---- Zuul's side ----
+
+    def request(self, labels, **kw):
+        d = {"requestor_data": {"job_name": "j"}, "node_types": labels,
+             "requestor": "zuul-system-id", "created_time": time.time(),
+             "provider": None, "state": "requested",
+             "state_time": time.time(), "relative_priority": 0,
+             "event_id": uuid.uuid4().hex, "tenant_name": "tenant"}
+        d.update(kw)
+        path = self.kz.create("/nodepool/requests/100-",
+                              json.dumps(d).encode("utf8"), sequence=True,
+                              makepath=True)
+        return path.split("/")[-1]
+
+    def get_request(self, rid):
+        try:
+            data, _ = self.kz.get("/nodepool/requests/" + rid)
+        except Exception:
+            return None
+        return json.loads(data.decode("utf8"))
+
+    def wait_request(self, rid, states=("fulfilled", "failed"),
+                     timeout=WAIT):
+        return wait_for(lambda: (lambda r: r if r and r["state"] in states
+                                 else None)(self.get_request(rid)),
+                        timeout, "request %s in %s" % (rid, states))
+
+    def get_node(self, nid):
+        try:
+            data, _ = self.kz.get("/nodepool/nodes/" + nid)
+        except Exception:
+            return None
+        return json.loads(data.decode("utf8")) if data else None
+
+    def nodes(self):
+        out = {}
+        if not self.kz.exists("/nodepool/nodes"):
+            return out
+        for nid in self.kz.get_children("/nodepool/nodes"):
+            n = self.get_node(nid)
+            if n:
+                out[nid] = n
+        return out
+
+    def instances(self):
+        d = os.path.join(self.state_dir, "instances")
+        if not os.path.isdir(d):
+            return []
+        return [f for f in os.listdir(d) if f.endswith(".json")]
+
+    def use_and_return(self, rid, req):
+        """Zuul's executor: lock, delete request, in-use, used, unlock."""
+        locks = []
+        for nid in req["nodes"]:
+            lock = Lock(self.kz, "/nodepool/nodes/%s/lock" % nid)
+            check(lock.acquire(timeout=10), "%s: lock node %s"
+                  % (self.name, nid))
+            locks.append((nid, lock))
+        self.kz.delete("/nodepool/requests/" + rid)
+        for state in ("in-use", "used"):
+            for nid, _ in locks:
+                data, _ = self.kz.get("/nodepool/nodes/" + nid)
+                n = json.loads(data.decode("utf8"))
+                n["state"] = state
+                n["state_time"] = time.time()
+                self.kz.set("/nodepool/nodes/" + nid,
+                            json.dumps(n).encode("utf8"))
+        for _, lock in locks:
+            lock.release()
+
+    def registered_pools(self):
+        out = []
+        path = "/nodepool/components/pool"
+        if not self.kz.exists(path):
+            return out
+        for c in self.kz.get_children(path):
+            try:
+                data, _ = self.kz.get(path + "/" + c)
+                out.append(json.loads(data.decode("utf8")))
+            except Exception:
+                pass
+        return out
+
+
+PROVIDER = {"name": "fake-provider",
+            "pools": [{"name": "main", "labels": ["small", "big"]}]}
+
+
+def test_fulfil_and_delete(zk):
+    s = Scenario(zk, "basic")
+    try:
+        cfg = s.write_config([PROVIDER], [("small", 0), ("big", 0)])
+        p = s.start(cfg)
+        wait_for(lambda: s.registered_pools(), what="pool registered")
+        pools = s.registered_pools()
+        check(len(pools) == 1, "basic: one pool component")
+        if pools:
+            c = pools[0]
+            check(sorted(c) == ["hostname", "id", "kind", "model_api", "name",
+                                "paused", "priority", "provider_name",
+                                "state", "supported_labels", "version"],
+                  "basic: pool component keys")
+            check(c["kind"] == "pool" and c["state"] == "running" and
+                  c["supported_labels"] == ["small", "big"] and
+                  c["priority"] == 100 and c["paused"] is False,
+                  "basic: pool component values")
+            check("-PoolWorker.fake-provider-main-" in c["id"],
+                  "basic: launcher id format")
+        rid = s.request(["big", "small", "big"])
+        req = s.wait_request(rid)
+        check(req and req["state"] == "fulfilled", "basic: fulfilled")
+        if not req:
+            return
+        check(list(req.keys())[:len(REQUEST_KEYS)] == REQUEST_KEYS,
+              "basic: request keys in upstream order")
+        check(req["requestor_data"] == {"job_name": "j"},
+              "basic: requestor_data kept")
+        check(len(req["nodes"]) == 3 and len(set(req["nodes"])) == 3,
+              "basic: three distinct nodes")
+        types = []
+        for nid in req["nodes"]:
+            n = s.get_node(nid)
+            types.append(n["type"][0] if n else None)
+            if not n:
+                continue
+            check(list(n.keys())[:len(NODE_KEYS)] == NODE_KEYS,
+                  "basic: node %s keys in upstream order" % nid)
+            check(n["state"] == "ready" and n["allocated_to"] == rid,
+                  "basic: node ready and allocated")
+            check(n["provider"] == "fake-provider" and n["pool"] == "main",
+                  "basic: node provider/pool")
+            check(n["launcher"] == pools[0]["id"] if pools else False,
+                  "basic: node launcher is the pool id")
+            check(n["tenant_name"] == "tenant" and
+                  n["requestor"] == "zuul-system-id",
+                  "basic: tenant and requestor copied")
+            check(n["hostname"] is None or n["hostname"].startswith("np"),
+                  "basic: hostname")
+            check(n["image_id"] == "fake-image" and n["external_id"],
+                  "basic: image and external id")
+            check(n["connection_port"] == 22 and n["ssh_port"] == 22 and
+                  n["connection_type"] == "ssh",
+                  "basic: connection attributes")
+            check(n["host_keys"] == ["ssh-rsa FAKEKEY"], "basic: host keys")
+            check(n["attributes"] == {"executor-zone": "z1"},
+                  "basic: node attributes")
+            check(isinstance(n["resources"], dict) and
+                  n["resources"].get("instances") == 1, "basic: resources")
+            check(n["created_time"] <= n["state_time"],
+                  "basic: created_time")
+            check(n["az"] in ("az1", "az2"), "basic: az")
+        check(types == ["big", "small", "big"], "basic: nodes in node_types "
+              "order (%s)" % types)
+        azs = set((s.get_node(nid) or {}).get("az") for nid in req["nodes"])
+        check(len(azs) == 1, "basic: one AZ per request")
+        check(len(s.instances()) == 3, "basic: three instances")
+        s.use_and_return(rid, req)
+        gone = wait_for(lambda: all(not s.kz.exists("/nodepool/nodes/" + n)
+                                    for n in req["nodes"]),
+                        what="nodes deleted")
+        check(gone, "basic: used nodes deleted")
+        check(wait_for(lambda: len(s.instances()) == 0,
+                       what="instances deleted"), "basic: instances deleted")
+        s.stop(p)
+        check(s.registered_pools() == [], "basic: components unregistered")
+        lock_dir = "/nodepool/requests-lock/%s" % rid
+        check(not s.kz.exists(lock_dir) or
+              s.kz.get_children(lock_dir) == [], "basic: request unlocked")
+    finally:
+        s.close()
+
+
+def test_min_ready(zk):
+    s = Scenario(zk, "minready")
+    try:
+        cfg = s.write_config([PROVIDER], [("small", 2), ("big", 0)])
+        p = s.start(cfg)
+
+        def ready_small():
+            return [n for n in s.nodes().values() if n["state"] == "ready"
+                    and n["type"] == ["small"] and not n["allocated_to"]]
+        check(wait_for(lambda: len(ready_small()) >= 2,
+                       what="min-ready nodes"), "minready: 2 ready nodes")
+        # The min-ready requests are gone once done.
+        check(wait_for(lambda: not [r for r in (s.kz.get_children(
+            "/nodepool/requests") if s.kz.exists("/nodepool/requests")
+            else []) if r.startswith("900-")], what="min-ready requests "
+            "removed"), "minready: requests removed")
+        time.sleep(2)
+        check(len(ready_small()) == 2, "minready: no overshoot (%d)"
+              % len(ready_small()))
+        # A Zuul request reuses a ready node.
+        before = set(n for n, v in s.nodes().items() if v["state"] == "ready")
+        rid = s.request(["small"])
+        req = s.wait_request(rid)
+        check(req and req["state"] == "fulfilled" and
+              req["nodes"][0] in before, "minready: ready node reused")
+        s.stop(p)
+    finally:
+        s.close()
+
+
+def test_decline_unknown_and_malformed(zk):
+    s = Scenario(zk, "decline")
+    try:
+        cfg = s.write_config([PROVIDER], [("small", 0), ("big", 0),
+                                          ("other", 0)])
+        p = s.start(cfg)
+        wait_for(lambda: s.registered_pools(), what="pool registered")
+        bad = s.kz.create("/nodepool/requests/100-", b"{not json",
+                          sequence=True, makepath=True).split("/")[-1]
+        rid = s.request(["other"])
+        req = s.wait_request(rid)
+        check(req and req["state"] == "failed", "decline: unknown label fails")
+        if req:
+            pools = s.registered_pools()
+            check(pools and req["declined_by"] == [pools[0]["id"]],
+                  "decline: declined_by is our pool id")
+        ok = s.request(["small"])
+        req = s.wait_request(ok)
+        check(req and req["state"] == "fulfilled",
+              "decline: good request served after a malformed one")
+        check(s.kz.get("/nodepool/requests/" + bad)[0] == b"{not json",
+              "decline: malformed request left alone")
+        check("node type(s) [other] not available" in s.log(p),
+              "decline: reason logged")
+        s.stop(p)
+    finally:
+        s.close()
+
+
+def test_cancel_mid_launch(zk):
+    s = Scenario(zk, "cancel")
+    try:
+        prov = dict(PROVIDER, fake={"launch-delay": 2})
+        cfg = s.write_config([prov], [("small", 0), ("big", 0)])
+        p = s.start(cfg)
+        rid = s.request(["small"])
+        wait_for(lambda: (s.get_request(rid) or {}).get("state") == "pending",
+                 what="pending")
+        wait_for(lambda: any(n["allocated_to"] == rid
+                             for n in s.nodes().values()), what="node")
+        s.kz.delete("/nodepool/requests/" + rid)
+
+        def settled():
+            ns = s.nodes()
+            return ns and all(n["state"] == "ready" and not n["allocated_to"]
+                              for n in ns.values())
+        check(wait_for(settled, what="node freed"),
+              "cancel: node ends ready and unallocated")
+        check(len(s.instances()) == len(s.nodes()),
+              "cancel: no instance leaked")
+        s.stop(p)
+    finally:
+        s.close()
+
+
+def test_quota_pause(zk):
+    s = Scenario(zk, "quota")
+    try:
+        prov = {"name": "fake-provider",
+                "pools": [{"name": "main", "max": 1, "labels": ["small"]}]}
+        cfg = s.write_config([prov], [("small", 0)])
+        p = s.start(cfg)
+        r1 = s.request(["small"])
+        req1 = s.wait_request(r1)
+        check(req1 and req1["state"] == "fulfilled", "quota: first fulfilled")
+        r2 = s.request(["small"])
+        check(wait_for(lambda: any(c["paused"] for c in s.registered_pools()),
+                       what="paused"), "quota: pool paused at max-servers")
+        check((s.get_request(r2) or {}).get("state") == "pending",
+              "quota: second request waits pending")
+        s.use_and_return(r1, req1)
+        req2 = s.wait_request(r2)
+        check(req2 and req2["state"] == "fulfilled",
+              "quota: second fulfilled after a node was deleted")
+        check(wait_for(lambda: not any(c["paused"]
+                                       for c in s.registered_pools()),
+                       what="unpaused"), "quota: pool unpaused")
+        s.stop(p)
+    finally:
+        s.close()
+
+
+def test_launch_failure(zk):
+    s = Scenario(zk, "failure")
+    try:
+        prov = dict(PROVIDER, fake={"failure-rate": 1.0}, retries=2)
+        cfg = s.write_config([prov], [("small", 0), ("big", 0)])
+        p = s.start(cfg)
+        rid = s.request(["small"])
+        req = s.wait_request(rid)
+        check(req and req["state"] == "failed", "failure: request failed")
+        log = s.log(p)
+        check("Launch attempt 2/2" in log and "Launch attempt 3/2" not in log,
+              "failure: launch-retries attempts")
+        check(wait_for(lambda: not s.nodes(), what="failed node deleted"),
+              "failure: failed node deleted")
+        check(len(s.instances()) == 0, "failure: nothing leaked")
+        s.stop(p)
+    finally:
+        s.close()
+
+
+def test_two_launchers(zk):
+    s = Scenario(zk, "two")
+    try:
+        pa = {"name": "fake-a", "pools": [{"name": "main",
+                                           "labels": ["small", "big"]}]}
+        pb = {"name": "fake-b", "pools": [{"name": "main",
+                                           "labels": ["small", "other"]}]}
+        labels = [("small", 0), ("big", 0), ("other", 0)]
+        ca = s.write_config([pa], labels, "a.yaml")
+        cb = s.write_config([pb], labels, "b.yaml")
+        p1 = s.start(ca)
+        p2 = s.start(cb)
+        wait_for(lambda: len(s.registered_pools()) == 2, what="two pools")
+        rids = []
+        for i in range(30):
+            rids.append(s.request([["small"], ["big"], ["other"],
+                                   ["small", "small"]][i % 4]))
+        seen = {}
+        ok = True
+        for rid in rids:
+            req = s.wait_request(rid)
+            if not req or req["state"] != "fulfilled":
+                ok = False
+                continue
+            for nid in req["nodes"]:
+                if nid in seen:
+                    ok = False
+                seen[nid] = rid
+                n = s.get_node(nid)
+                if not n or n["allocated_to"] != rid:
+                    ok = False
+        check(ok, "two: every request fulfilled with its own nodes")
+        s.stop(p1)
+        s.stop(p2)
+    finally:
+        s.close()
+
+
+def test_reload(zk):
+    s = Scenario(zk, "reload")
+    try:
+        cfg = s.write_config([PROVIDER], [("small", 0), ("big", 0)])
+        p = s.start(cfg)
+        wait_for(lambda: s.registered_pools(), what="pool registered")
+        time.sleep(1.1)  # a new mtime
+        prov2 = {"name": "fake-second",
+                 "pools": [{"name": "p2", "labels": ["extra"]}]}
+        s.write_config([PROVIDER, prov2], [("small", 0), ("big", 0),
+                                           ("extra", 0)])
+        check(wait_for(lambda: len(s.registered_pools()) == 2,
+                       what="second pool"), "reload: new provider's pool")
+        rid = s.request(["extra"])
+        req = s.wait_request(rid)
+        check(req and req["state"] == "fulfilled",
+              "reload: new label served without restart")
+        if req:
+            n = s.get_node(req["nodes"][0])
+            check(n and n["provider"] == "fake-second",
+                  "reload: by the new provider")
+        s.stop(p)
+    finally:
+        s.close()
+
+
+TESTS = [test_fulfil_and_delete, test_min_ready,
+         test_decline_unknown_and_malformed, test_cancel_mid_launch,
+         test_quota_pause, test_launch_failure, test_two_launchers,
+         test_reload]
+
+
+def main():
+    global FAILED
+    only = sys.argv[1:]
+    zk = ZK()
+    try:
+        for t in TESTS:
+            if only and t.__name__ not in only:
+                continue
+            try:
+                t(zk)
+            except Exception:
+                traceback.print_exc()
+                check(False, "%s raised" % t.__name__)
+    finally:
+        zk.stop()
+    print("%d passed, %d failed" % (PASSED, FAILED))
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
