@@ -526,7 +526,6 @@ static void start_op(np_deleter *d, const char *id, np_provmgr *pm,
 	o->id = xstrdup(id);
 	o->pm = provmgr_ref(pm);
 	o->start_ms = now_ms();
-	np_node_init(&o->node);
 	o->next = d->ops;
 	d->ops = o;
 	o->lock = zk_lock_new(launcher_zk(d->l), dir, NULL);
