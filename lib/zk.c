@@ -110,6 +110,7 @@ struct state_listener {
 	struct state_listener *next;
 	void (*fn)(zk *z, enum zk_state state, void *arg);
 	void *arg;
+	bool removed;          /* removed during a dispatch; freed after it */
 };
 
 struct zk {
@@ -122,6 +123,7 @@ struct zk {
 	int timeout_ms;        /* requested */
 	SSL_CTX *ssl_ctx;
 	struct state_listener *listeners;
+	int dispatching;       /* set_state() calls under way (they nest) */
 	/* session */
 	enum zk_state state;
 	int64_t session_id;
@@ -135,13 +137,16 @@ struct zk {
 	SSL *ssl;
 	bool ssl_want_write;
 	unsigned conn_gen;     /* bumped on every drop */
-	char *cur_server;      /* "host:port" while connected */
+	char *cur_server;      /* "host:port" of the current host */
+	struct addrinfo *addrs;      /* the current host's addresses */
+	struct addrinfo *next_addr;  /* next one to try; NULL: next host */
+	char cur_addr[INET6_ADDRSTRLEN]; /* the address being tried */
 	sbuf wbuf;
 	size_t woff;
 	unsigned char *rbuf;
 	size_t rlen, rcap;
 	long long last_recv, last_send, conn_deadline;
-	int failures;          /* connection attempts since the last success */
+	int failures;          /* hosts that failed in a row since the last session */
 	uint64_t tick_timer, retry_timer;
 	/* requests */
 	struct reqq sendq, pendq;
@@ -263,9 +268,29 @@ static bool path_ok(const char *path, bool trailing_ok)
 	return trailing_ok || path[n - 1] != '/';
 }
 
+/* Free the listeners removed while a dispatch was under way. */
+static void listeners_sweep(zk *z)
+{
+	struct state_listener **pp = &z->listeners, *l;
+
+	while ((l = *pp)) {
+		if (l->removed) {
+			*pp = l->next;
+			free(l);
+		} else {
+			pp = &l->next;
+		}
+	}
+}
+
+/* A listener may add or remove any listener, itself included, from its
+ * callback: during a dispatch a removal only marks the entry (skipped from
+ * then on) and the list is swept once the outermost dispatch is over, so
+ * no entry we stand on is ever freed. A listener added during a dispatch
+ * hears from the next change on. */
 static void set_state(zk *z, enum zk_state st)
 {
-	struct state_listener *l, *next;
+	struct state_listener *l, *last = NULL;
 
 	if (z->state == st)
 		return;
@@ -273,10 +298,17 @@ static void set_state(zk *z, enum zk_state st)
 	z->state = st;
 	pthread_cond_broadcast(&z->cond);
 	pthread_mutex_unlock(&z->mu);
-	for (l = z->listeners; l; l = next) {
-		next = l->next; /* a listener may remove itself */
-		l->fn(z, st, l->arg);
+	for (l = z->listeners; l; l = l->next)
+		last = l;
+	z->dispatching++;
+	for (l = z->listeners; l; l = l->next) {
+		if (!l->removed)
+			l->fn(z, st, l->arg);
+		if (l == last)
+			break;
 	}
+	if (--z->dispatching == 0)
+		listeners_sweep(z);
 }
 
 /* ---- watches ---- */
@@ -637,54 +669,54 @@ static int submit(zk *z, struct req *r)
 	return ZOK;
 }
 
-int zk_aget(zk *z, const char *path, zk_watch_fn watch, void *warg,
-	    zk_data_fn cb, void *arg)
+/* The reads (get, exists, get_children): a path and maybe a watch, which
+ * complete() installs once the reply is in. NULL for a bad path. */
+static struct req *read_req(zk *z, enum req_kind kind, int32_t op, const char *path,
+			    zk_watch_fn watch, void *warg, void *arg)
 {
 	struct req *r;
 
 	if (!path_ok(path, false))
-		return ZBADARGUMENTS;
-	r = req_new(z, RK_GET, ZOP_GETDATA);
+		return NULL;
+	r = req_new(z, kind, op);
 	jute_write_path_watch(&r->pkt, z->chroot, path, watch != NULL);
-	r->cb.data = cb;
 	r->arg = arg;
 	r->watch = watch;
 	r->warg = warg;
 	r->path = xstrdup(path);
+	return r;
+}
+
+int zk_aget(zk *z, const char *path, zk_watch_fn watch, void *warg,
+	    zk_data_fn cb, void *arg)
+{
+	struct req *r = read_req(z, RK_GET, ZOP_GETDATA, path, watch, warg, arg);
+
+	if (!r)
+		return ZBADARGUMENTS;
+	r->cb.data = cb;
 	return submit(z, r);
 }
 
 int zk_aexists(zk *z, const char *path, zk_watch_fn watch, void *warg,
 	       zk_stat_fn cb, void *arg)
 {
-	struct req *r;
+	struct req *r = read_req(z, RK_EXISTS, ZOP_EXISTS, path, watch, warg, arg);
 
-	if (!path_ok(path, false))
+	if (!r)
 		return ZBADARGUMENTS;
-	r = req_new(z, RK_EXISTS, ZOP_EXISTS);
-	jute_write_path_watch(&r->pkt, z->chroot, path, watch != NULL);
 	r->cb.stat = cb;
-	r->arg = arg;
-	r->watch = watch;
-	r->warg = warg;
-	r->path = xstrdup(path);
 	return submit(z, r);
 }
 
 int zk_aget_children(zk *z, const char *path, zk_watch_fn watch, void *warg,
 		     zk_children_fn cb, void *arg)
 {
-	struct req *r;
+	struct req *r = read_req(z, RK_CHILDREN, ZOP_GETCHILDREN2, path, watch, warg, arg);
 
-	if (!path_ok(path, false))
+	if (!r)
 		return ZBADARGUMENTS;
-	r = req_new(z, RK_CHILDREN, ZOP_GETCHILDREN2);
-	jute_write_path_watch(&r->pkt, z->chroot, path, watch != NULL);
 	r->cb.children = cb;
-	r->arg = arg;
-	r->watch = watch;
-	r->warg = warg;
-	r->path = xstrdup(path);
 	return submit(z, r);
 }
 
@@ -803,6 +835,94 @@ void zk_ops_free(zk_op *ops, int n)
 	}
 }
 
+/* ---- ensure_path: exists, then create what is missing ---- */
+
+/* How often an ancestor deleted under us makes us start again. */
+#define ENSURE_RESTARTS 8
+
+struct ensure {
+	char *path;
+	size_t pos;    /* length of the prefix being created */
+	int restarts;
+	zk_done_fn cb;
+	void *arg;
+};
+
+static void ensure_end(zk *z, struct ensure *e, int rc)
+{
+	zk_done_fn cb = e->cb;
+	void *arg = e->arg;
+
+	free(e->path);
+	free(e);
+	if (cb)
+		cb(z, rc, arg);
+}
+
+static void ensure_created(zk *z, int rc, const char *path, const zk_stat *st,
+			   void *arg);
+
+/* Create the next ancestor, shortest first as kazoo does, or PATH itself. */
+static void ensure_next(zk *z, struct ensure *e)
+{
+	const char *slash = strchr(e->path + e->pos + 1, '/');
+	char *prefix;
+	int rc;
+
+	e->pos = slash ? (size_t)(slash - e->path) : strlen(e->path);
+	prefix = xstrndup(e->path, e->pos);
+	rc = zk_acreate(z, prefix, NULL, 0, ZK_PERSISTENT, ensure_created, e);
+	free(prefix);
+	if (rc != ZOK)
+		ensure_end(z, e, rc);
+}
+
+static void ensure_created(zk *z, int rc, const char *path, const zk_stat *st,
+			   void *arg)
+{
+	struct ensure *e = arg;
+
+	if (rc == ZNONODE && e->restarts++ < ENSURE_RESTARTS) {
+		/* An ancestor was deleted under us: again from the top. */
+		e->pos = 0;
+		ensure_next(z, e);
+	} else if ((rc == ZOK || rc == ZNODEEXISTS) && e->path[e->pos] != '\0') {
+		ensure_next(z, e); /* someone else creating it is fine */
+	} else {
+		ensure_end(z, e, rc == ZNODEEXISTS ? ZOK : rc);
+	}
+}
+
+static void ensure_exists(zk *z, int rc, const zk_stat *st, void *arg)
+{
+	struct ensure *e = arg;
+
+	if (rc == ZNONODE)
+		ensure_next(z, e);
+	else
+		ensure_end(z, e, rc);
+}
+
+int zk_aensure_path(zk *z, const char *path, zk_done_fn cb, void *arg)
+{
+	struct ensure *e;
+	int rc;
+
+	if (!path_ok(path, false))
+		return ZBADARGUMENTS;
+	e = xcalloc(1, sizeof(*e));
+	e->path = xstrdup(path);
+	e->cb = cb;
+	e->arg = arg;
+	/* One round trip when it exists, which is the common case. */
+	rc = zk_aexists(z, path, NULL, NULL, ensure_exists, e);
+	if (rc != ZOK) {
+		free(e->path);
+		free(e);
+	}
+	return rc;
+}
+
 int zk_add_persistent_watch(zk *z, const char *path, bool recursive,
 			    zk_watch_fn fn, void *arg)
 {
@@ -872,6 +992,20 @@ static void flush_sendq(zk *z)
 	update_io_interest(z);
 }
 
+/* Once closeSession is out (or we are closing), the server hanging up,
+ * with or without a TLS close_notify, is the expected end: not news. */
+static enum log_level hangup_level(const zk *z)
+{
+	return z->bye_sent || z->closing ? LOG_DEBUG : LOG_WARNING;
+}
+
+/* A failed attempt on one address is only worth a warning when the host
+ * has no other address left to try. */
+static enum log_level attempt_level(const zk *z)
+{
+	return z->next_addr ? LOG_INFO : LOG_WARNING;
+}
+
 static void log_ssl_error(zk *z, const char *what)
 {
 	unsigned long e = ERR_get_error();
@@ -879,7 +1013,8 @@ static void log_ssl_error(zk *z, const char *what)
 
 	if (e) {
 		ERR_error_string_n(e, buf, sizeof(buf));
-		log_warning(LOGGER, "%s with %s: %s", what, z->cur_server, buf);
+		log_msg(hangup_level(z), LOGGER, "%s with %s: %s", what,
+			z->cur_server, buf);
 	}
 	ERR_clear_error();
 }
@@ -1284,7 +1419,8 @@ static void on_connected_tcp(zk *z)
 	if (getsockopt(z->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
 		err = errno;
 	if (err) {
-		log_warning(LOGGER, "cannot connect to %s: %s", z->cur_server, strerror(err));
+		log_msg(attempt_level(z), LOGGER, "cannot connect to %s at %s: %s",
+			z->cur_server, z->cur_addr, strerror(err));
 		conn_drop(z, NULL);
 		return;
 	}
@@ -1319,32 +1455,58 @@ static void on_io(evloop *loop, int fd, int events, void *arg)
 	}
 }
 
-static int open_socket(zk *z, const struct host *h)
+/* Move on to the next host and resolve it. The lookup blocks the loop
+ * thread (plain getaddrinfo): it happens once per host and round, and
+ * ZooKeeper hosts are usually addresses or names in /etc/hosts. */
+static int next_host(zk *z)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
-	struct addrinfo *res = NULL, *ai;
-	int fd = -1, one = 1, rc;
+	const struct host *h;
+	int rc;
 
-	rc = getaddrinfo(h->name, h->port, &hints, &res);
+	if (z->addrs)
+		freeaddrinfo(z->addrs);
+	z->addrs = z->next_addr = NULL;
+	z->host_idx = (z->host_idx + 1) % z->nhosts;
+	h = &z->hosts[z->host_idx];
+	free(z->cur_server);
+	z->cur_server = strchr(h->name, ':') ? xasprintf("[%s]:%s", h->name, h->port)
+					     : xasprintf("%s:%s", h->name, h->port);
+	rc = getaddrinfo(h->name, h->port, &hints, &z->addrs);
 	if (rc != 0) {
 		log_warning(LOGGER, "cannot resolve %s: %s", h->name, gai_strerror(rc));
+		z->addrs = NULL;
 		return -1;
 	}
-	/* First address only: the non-blocking connect's outcome is known
-	 * later, and other hosts in the list are the fallback. */
-	ai = res;
+	z->next_addr = z->addrs;
+	return 0;
+}
+
+/* Start a non-blocking connect to the host's next address; -1 when it
+ * failed at once. Its outcome is known when the socket turns writable. */
+static int open_socket(zk *z)
+{
+	const struct addrinfo *ai = z->next_addr;
+	int fd, one = 1;
+
+	z->next_addr = ai->ai_next;
+	if (getnameinfo(ai->ai_addr, ai->ai_addrlen, z->cur_addr, sizeof(z->cur_addr),
+			NULL, 0, NI_NUMERICHOST) != 0)
+		snprintf(z->cur_addr, sizeof(z->cur_addr), "?");
 	fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
 		    ai->ai_protocol);
-	if (fd >= 0) {
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
-			log_warning(LOGGER, "cannot connect to %s:%s: %s", h->name,
-				    h->port, strerror(errno));
-			close(fd);
-			fd = -1;
-		}
+	if (fd < 0) {
+		log_msg(attempt_level(z), LOGGER, "cannot connect to %s at %s: %s",
+			z->cur_server, z->cur_addr, strerror(errno));
+		return -1;
 	}
-	freeaddrinfo(res);
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
+		log_msg(attempt_level(z), LOGGER, "cannot connect to %s at %s: %s",
+			z->cur_server, z->cur_addr, strerror(errno));
+		close(fd);
+		return -1;
+	}
 	return fd;
 }
 
@@ -1355,18 +1517,16 @@ static int connect_timeout_ms(const zk *z)
 	return t < 1000 ? 1000 : t;
 }
 
+/* Try the current host's next address, or the next host's first. */
 static void conn_start(zk *z)
 {
-	const struct host *h;
-
 	if (z->closing || z->phase != PH_IDLE)
 		return;
-	z->host_idx = (z->host_idx + 1) % z->nhosts;
-	h = &z->hosts[z->host_idx];
-	free(z->cur_server);
-	z->cur_server = strchr(h->name, ':') ? xasprintf("[%s]:%s", h->name, h->port)
-					     : xasprintf("%s:%s", h->name, h->port);
-	z->fd = open_socket(z, h);
+	if (!z->next_addr && next_host(z) < 0) {
+		conn_drop(z, NULL);
+		return;
+	}
+	z->fd = open_socket(z);
 	if (z->fd < 0) {
 		conn_drop(z, NULL);
 		return;
@@ -1394,8 +1554,9 @@ static void schedule_retry(zk *z, long ms)
 
 /* Close the current connection (if any). WHY non-NULL: log it. Pending
  * requests fail with ZCONNECTIONLOSS; the session goes SUSPENDED if it was
- * connected; a new attempt is scheduled (at once for the next host, with
- * a growing pause once every host has failed in a row). */
+ * connected; a new attempt is scheduled: at once for the host's next
+ * address or the next host, with a growing pause once every host has
+ * failed in a row. */
 static void conn_drop(zk *z, const char *why)
 {
 	bool was_open = z->phase == PH_OPEN;
@@ -1409,10 +1570,9 @@ static void conn_drop(zk *z, const char *why)
 		close(z->fd);
 		z->fd = -1;
 	}
-	if (z->bye_sent)
-		why = NULL;
 	if (why && z->cur_server)
-		log_warning(LOGGER, "dropping connection to %s: %s", z->cur_server, why);
+		log_msg(hangup_level(z), LOGGER, "dropping connection to %s: %s",
+			z->cur_server, why);
 	z->phase = PH_IDLE;
 	z->conn_gen++;
 	z->ssl_want_write = false;
@@ -1422,8 +1582,15 @@ static void conn_drop(zk *z, const char *why)
 	fail_queue(z, &z->pendq, ZCONNECTIONLOSS);
 	if (z->closing || z->bye_sent)
 		return;
-	if (was_open)
+	if (was_open) {
+		/* This host's address worked: go on with the next host. */
+		z->next_addr = NULL;
 		set_state(z, ZK_STATE_SUSPENDED);
+	}
+	if (z->next_addr) {
+		schedule_retry(z, 0);
+		return;
+	}
 	z->failures++;
 	if (z->failures < z->nhosts) {
 		schedule_retry(z, 0);
@@ -1445,7 +1612,8 @@ static void on_tick(evloop *loop, uint64_t id, void *arg)
 					 on_tick, z);
 	if (z->phase == PH_TCP || z->phase == PH_TLS || z->phase == PH_HANDSHAKE) {
 		if (now > z->conn_deadline) {
-			log_warning(LOGGER, "connection to %s timed out", z->cur_server);
+			log_msg(attempt_level(z), LOGGER, "connection to %s at %s timed out",
+				z->cur_server, z->cur_addr);
 			conn_drop(z, NULL);
 		}
 	} else if (z->phase == PH_OPEN) {
@@ -1591,6 +1759,8 @@ static void zk_free(zk *z)
 	free(z->hosts);
 	free(z->chroot);
 	free(z->cur_server);
+	if (z->addrs)
+		freeaddrinfo(z->addrs);
 	free(z->rbuf);
 	sbuf_free(&z->wbuf);
 	watches_clear(z);
@@ -1607,6 +1777,7 @@ void zk_add_state_listener(zk *z, void (*fn)(zk *, enum zk_state, void *), void 
 
 	l->fn = fn;
 	l->arg = arg;
+	l->removed = false;
 	l->next = NULL;
 	while (*pp)
 		pp = &(*pp)->next;
@@ -1618,9 +1789,13 @@ void zk_remove_state_listener(zk *z, void (*fn)(zk *, enum zk_state, void *), vo
 	struct state_listener **pp = &z->listeners, *l;
 
 	while ((l = *pp)) {
-		if (l->fn == fn && l->arg == arg) {
-			*pp = l->next;
-			free(l);
+		if (l->fn == fn && l->arg == arg && !l->removed) {
+			if (z->dispatching) {
+				l->removed = true; /* set_state() frees it */
+			} else {
+				*pp = l->next;
+				free(l);
+			}
 			return;
 		}
 		pp = &l->next;
@@ -1709,65 +1884,15 @@ evloop *zk_loop(const zk *z)
 
 /* ---- synchronous layer ---- */
 
-struct waiter {
-	pthread_mutex_t mu;
-	pthread_cond_t cond;
-	bool done;
-};
-
-static void waiter_init(struct waiter *w)
-{
-	pthread_mutex_init(&w->mu, NULL);
-	pthread_cond_init(&w->cond, NULL);
-	w->done = false;
-}
-
-static void waiter_destroy(struct waiter *w)
-{
-	pthread_mutex_destroy(&w->mu);
-	pthread_cond_destroy(&w->cond);
-}
-
-static void waiter_signal(struct waiter *w)
-{
-	pthread_mutex_lock(&w->mu);
-	w->done = true;
-	pthread_cond_broadcast(&w->cond);
-	pthread_mutex_unlock(&w->mu);
-}
-
-static bool waiter_done(struct waiter *w)
-{
-	bool d;
-
-	pthread_mutex_lock(&w->mu);
-	d = w->done;
-	pthread_mutex_unlock(&w->mu);
-	return d;
-}
-
-/* Wait for W: on the loop thread by running the loop, elsewhere by
- * sleeping on the condition variable. */
-static void waiter_wait(evloop *loop, struct waiter *w)
-{
-	if (evloop_on_loop_thread(loop)) {
-		while (!waiter_done(w))
-			evloop_run_once(loop, -1);
-		return;
-	}
-	pthread_mutex_lock(&w->mu);
-	while (!w->done)
-		pthread_cond_wait(&w->cond, &w->mu);
-	pthread_mutex_unlock(&w->mu);
-}
-
+/* Each synchronous call is its asynchronous twin run through evloop_call(),
+ * which starts it on the loop thread and waits (see evloop.h). */
 enum sync_kind { SK_GET, SK_EXISTS, SK_CHILDREN, SK_CREATE, SK_SET, SK_DELETE,
-		 SK_MULTI, SK_SYNC, SK_CLOSE };
+		 SK_MULTI, SK_SYNC, SK_ENSURE, SK_CLOSE };
 
 struct sync_call {
 	zk *z;
 	enum sync_kind kind;
-	struct waiter w;
+	ev_call *call;
 	int rc;
 	/* arguments */
 	const char *path;
@@ -1785,7 +1910,7 @@ struct sync_call {
 static void sync_finish(struct sync_call *c, int rc)
 {
 	c->rc = rc;
-	waiter_signal(&c->w);
+	evloop_call_done(c->call);
 }
 
 static void sync_data_cb(zk *z, int rc, const char *data, int len,
@@ -1844,12 +1969,13 @@ static void sync_done_cb(zk *z, int rc, void *arg)
 static void close_now(zk *z);
 
 /* On the loop thread: start the asynchronous call behind C. */
-static void sync_start(void *arg)
+static void sync_start(ev_call *call, void *arg)
 {
 	struct sync_call *c = arg;
 	zk *z = c->z;
 	int rc = ZOK;
 
+	c->call = call;
 	switch (c->kind) {
 	case SK_GET:
 		rc = zk_aget(z, c->path, NULL, NULL, sync_data_cb, c);
@@ -1875,6 +2001,9 @@ static void sync_start(void *arg)
 	case SK_SYNC:
 		rc = zk_async_sync(z, c->path, sync_done_cb, c);
 		break;
+	case SK_ENSURE:
+		rc = zk_aensure_path(z, c->path, sync_done_cb, c);
+		break;
 	case SK_CLOSE:
 		close_now(z);
 		sync_finish(c, ZOK);
@@ -1887,16 +2016,8 @@ static void sync_start(void *arg)
 
 static int sync_run(zk *z, struct sync_call *c)
 {
-	evloop *loop = z->loop; /* Z is gone after a close */
-
 	c->z = z;
-	waiter_init(&c->w);
-	if (evloop_on_loop_thread(loop))
-		sync_start(c);
-	else
-		evloop_post(loop, sync_start, c);
-	waiter_wait(loop, &c->w);
-	waiter_destroy(&c->w);
+	evloop_call(z->loop, sync_start, c);
 	return c->rc;
 }
 
@@ -1964,30 +2085,9 @@ int zk_sync(zk *z, const char *path)
 
 int zk_ensure_path(zk *z, const char *path)
 {
-	char *p;
-	int rc;
+	struct sync_call c = { .kind = SK_ENSURE, .path = path };
 
-	if (!path_ok(path, false))
-		return ZBADARGUMENTS;
-	rc = zk_exists(z, path, NULL);
-	if (rc != ZNONODE)
-		return rc;
-	/* Create each missing ancestor, shortest first, as kazoo does;
-	 * someone else creating one at the same time is fine. */
-	p = xstrdup(path);
-	for (char *s = strchr(p + 1, '/');; s = strchr(s + 1, '/')) {
-		if (s)
-			*s = '\0';
-		rc = zk_create(z, p, NULL, 0, ZK_PERSISTENT, NULL);
-		if (rc == ZNODEEXISTS)
-			rc = ZOK;
-		if (s)
-			*s = '/';
-		if (rc != ZOK || !s)
-			break;
-	}
-	free(p);
-	return rc;
+	return sync_run(z, &c);
 }
 
 int zk_delete_recursive(zk *z, const char *path)

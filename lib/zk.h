@@ -185,6 +185,12 @@ int zk_aset(zk *z, const char *path, const char *data, int len, int version,
 	    zk_stat_fn cb, void *arg);
 int zk_adelete(zk *z, const char *path, int version, zk_done_fn cb, void *arg);
 int zk_async_sync(zk *z, const char *path, zk_done_fn cb, void *arg);
+/* kazoo's ensure_path: PATH and its missing ancestors are created as empty
+ * persistent znodes, shortest first; ZNODEEXISTS on the way is fine (and
+ * an ancestor deleted meanwhile makes it start again, a few times). CB
+ * gets ZOK once PATH exists, else the first error (ZCONNECTIONLOSS and the
+ * like are the caller's to retry). */
+int zk_aensure_path(zk *z, const char *path, zk_done_fn cb, void *arg);
 
 /* Persistent recursive watch (addWatch mode 1): FN is called for every
  * created/changed/deleted znode at or below PATH until removed or the
@@ -225,8 +231,7 @@ int zk_set(zk *z, const char *path, const char *data, int len, int version,
 int zk_delete(zk *z, const char *path, int version);
 int zk_multi(zk *z, zk_op *ops, int n);
 int zk_sync(zk *z, const char *path);
-/* Create PATH and missing ancestors as empty persistent znodes; ZOK if it
- * already exists (kazoo's ensure_path). */
+/* zk_aensure_path(), synchronously: ZOK if PATH exists afterwards. */
 int zk_ensure_path(zk *z, const char *path);
 /* Delete PATH and everything below it; ZOK if already gone. */
 int zk_delete_recursive(zk *z, const char *path);

@@ -79,7 +79,6 @@ struct zk_lock {
 	bool blocking;
 	double timeout;        /* seconds, < 0: none */
 	int last_err;
-	int ensure_pos;        /* ensure_path: length of the created prefix */
 	long retry_ms;
 	uint64_t deadline_timer;
 	uint64_t aux_timer;    /* start, backoff or retry */
@@ -391,6 +390,16 @@ static void progressed(zk_lock *l)
 	l->last_err = ZOK;
 }
 
+/* A request failed with RC: try again later if that may help, else end
+ * the attempt. */
+static void failed(zk_lock *l, int rc)
+{
+	if (is_transient(rc))
+		retry_later(l, rc);
+	else
+		finish(l, rc);
+}
+
 static void on_deadline(evloop *loop, uint64_t id, void *arg)
 {
 	zk_lock *l = arg;
@@ -414,79 +423,25 @@ static void on_deadline(evloop *loop, uint64_t id, void *arg)
 
 /* ---- step 1: ensure the directory (kazoo's ensure_path) ---- */
 
-static void ensure_next(zk_lock *l);
-
-static void ensure_created(zk *z, int rc, const char *path, const zk_stat *st,
-			   void *arg)
+static void ensured(zk *z, int rc, void *arg)
 {
 	zk_lock *l = arg;
 
-	if (rc == ZNONODE) {
-		/* An ancestor vanished under us: start again from the top. */
-		l->ensure_pos = 0;
-		advance(l);
-		return;
-	}
-	if (rc != ZOK && rc != ZNODEEXISTS) {
-		if (is_transient(rc))
-			retry_later(l, rc);
-		else
-			finish(l, rc);
-		return;
-	}
-	progressed(l);
-	if (l->dir[l->ensure_pos] == '\0') {
-		l->assured_path = true;
-		advance(l);
-		return;
-	}
-	ensure_next(l);
-}
-
-/* Create the next ancestor (or the directory itself) as an empty
- * persistent znode; NodeExists is fine. */
-static void ensure_next(zk_lock *l)
-{
-	const char *slash = strchr(l->dir + l->ensure_pos + 1, '/');
-	char *path;
-	int rc;
-
-	l->ensure_pos = slash ? (int)(slash - l->dir) : (int)strlen(l->dir);
-	path = xstrndup(l->dir, (size_t)l->ensure_pos);
-	rc = zk_acreate(l->z, path, "", 0, ZK_PERSISTENT, ensure_created, l);
-	free(path);
-	if (rc != ZOK)
-		finish(l, rc);
-}
-
-static void ensure_exists(zk *z, int rc, const zk_stat *st, void *arg)
-{
-	zk_lock *l = arg;
-
+	/* ZNONODE here means ancestors kept vanishing (or the chroot is
+	 * missing): zk_aensure_path() has tried again already. */
 	if (rc == ZOK) {
 		progressed(l);
 		l->assured_path = true;
 		advance(l);
-	} else if (rc == ZNONODE) {
-		l->ensure_pos = 0;
-		ensure_next(l);
-	} else if (is_transient(rc)) {
-		retry_later(l, rc);
 	} else {
-		finish(l, rc);
+		failed(l, rc);
 	}
 }
 
 static void ensure_start(zk_lock *l)
 {
-	int rc;
+	int rc = zk_aensure_path(l->z, l->dir, ensured, l);
 
-	if (strcmp(l->dir, "/") == 0) {
-		l->assured_path = true;
-		advance(l);
-		return;
-	}
-	rc = zk_aexists(l->z, l->dir, NULL, NULL, ensure_exists, l);
 	if (rc != ZOK)
 		finish(l, rc);
 }
@@ -508,10 +463,8 @@ static void created(zk *z, int rc, const char *path, const zk_stat *st,
 		/* The directory was deleted since we ensured it. */
 		l->assured_path = false;
 		advance(l);
-	} else if (is_transient(rc)) {
-		retry_later(l, rc);
 	} else {
-		finish(l, rc);
+		failed(l, rc);
 	}
 }
 
@@ -534,26 +487,34 @@ static const char *find_ours(const zk_lock *l, const strlist *children)
 	return NULL;
 }
 
+/* The common part of every listing's reply: true when RC is ZOK. A
+ * missing directory means starting over (nothing of ours can exist
+ * without it); other errors are retried or end the attempt. */
+static bool listed_ok(zk_lock *l, int rc)
+{
+	if (rc == ZNONODE) {
+		l->assured_path = false;
+		set_node(l, NULL);
+		l->create_tried = false;
+		advance(l);
+		return false;
+	}
+	if (rc != ZOK) {
+		failed(l, rc);
+		return false;
+	}
+	progressed(l);
+	return true;
+}
+
 static void found(zk *z, int rc, const strlist *children, const zk_stat *st,
 		  void *arg)
 {
 	zk_lock *l = arg;
 	const char *mine;
 
-	if (rc == ZNONODE) {
-		l->assured_path = false;
-		l->create_tried = false; /* nothing can exist without the dir */
-		advance(l);
+	if (!listed_ok(l, rc))
 		return;
-	}
-	if (rc != ZOK) {
-		if (is_transient(rc))
-			retry_later(l, rc);
-		else
-			finish(l, rc);
-		return;
-	}
-	progressed(l);
 	mine = find_ours(l, children);
 	if (mine) {
 		set_node(l, mine);
@@ -622,10 +583,8 @@ static void got_predecessor(zk *z, int rc, const char *data, int len,
 			return;
 		}
 		l->state = ST_WAIT; /* the watch, the listener or a timer wakes us */
-	} else if (is_transient(rc)) {
-		retry_later(l, rc);
 	} else {
-		finish(l, rc);
+		failed(l, rc);
 	}
 }
 
@@ -637,21 +596,8 @@ static void listed(zk *z, int rc, const strlist *children, const zk_stat *st,
 	char *pred_path;
 	bool missing;
 
-	if (rc == ZNONODE) {
-		l->assured_path = false;
-		set_node(l, NULL);
-		l->create_tried = false;
-		advance(l);
+	if (!listed_ok(l, rc))
 		return;
-	}
-	if (rc != ZOK) {
-		if (is_transient(rc))
-			retry_later(l, rc);
-		else
-			finish(l, rc);
-		return;
-	}
-	progressed(l);
 	if (l->cancel_req) {
 		finish(l, ZLOCKCANCELLED);
 		return;
@@ -996,12 +942,9 @@ static void lock_on_state(zk_lock *l, enum zk_state st)
 
 /* ---- synchronous wrappers ---- */
 
-/* One synchronous call: started on the loop thread, waited for by the
- * caller (which runs the loop itself when it is the loop thread). */
+/* One synchronous call: the asynchronous one run through evloop_call(). */
 struct sync_call {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	bool done;
+	ev_call *call;
 	int rc;
 	zk_lock *l;
 	bool release;
@@ -1011,11 +954,8 @@ struct sync_call {
 
 static void sync_complete(struct sync_call *sc, int rc)
 {
-	pthread_mutex_lock(&sc->mu);
 	sc->rc = rc;
-	sc->done = true;
-	pthread_cond_signal(&sc->cv);
-	pthread_mutex_unlock(&sc->mu); /* SC may be gone after this */
+	evloop_call_done(sc->call);
 }
 
 static void sync_acquired(zk_lock *l, int rc, void *arg)
@@ -1028,11 +968,12 @@ static void sync_released(zk *z, int rc, void *arg)
 	sync_complete(arg, rc);
 }
 
-static void sync_start(void *arg)
+static void sync_start(ev_call *call, void *arg)
 {
 	struct sync_call *sc = arg;
 	int rc;
 
+	sc->call = call;
 	if (sc->release)
 		rc = zk_lock_release_async(sc->l, sync_released, sc);
 	else
@@ -1044,31 +985,7 @@ static void sync_start(void *arg)
 
 static int sync_run(struct sync_call *sc)
 {
-	evloop *loop = sc->l->loop;
-	bool done = false;
-
-	pthread_mutex_init(&sc->mu, NULL);
-	pthread_cond_init(&sc->cv, NULL);
-	sc->done = false;
-	if (evloop_on_loop_thread(loop)) {
-		sync_start(sc);
-		for (;;) {
-			pthread_mutex_lock(&sc->mu);
-			done = sc->done;
-			pthread_mutex_unlock(&sc->mu);
-			if (done)
-				break;
-			evloop_run_once(loop, -1);
-		}
-	} else {
-		evloop_post(loop, sync_start, sc);
-		pthread_mutex_lock(&sc->mu);
-		while (!sc->done)
-			pthread_cond_wait(&sc->cv, &sc->mu);
-		pthread_mutex_unlock(&sc->mu);
-	}
-	pthread_cond_destroy(&sc->cv);
-	pthread_mutex_destroy(&sc->mu);
+	evloop_call(sc->l->loop, sync_start, sc);
 	return sc->rc;
 }
 

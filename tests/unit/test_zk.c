@@ -1,11 +1,19 @@
 /* test_zk.c: the ZooKeeper client against a real server (NP_TEST_ZK and
  * NP_TEST_ZK_TLS from tests/run-all.sh), each test in its own chroot:
- * every operation plain and over TLS, versions, multi, watches of each
- * kind, the sync API from a second thread, ephemerals after close, forced
- * session expiry; and, against a fake server on a loopback port, malformed
- * and truncated frames. */
+ * every operation plain and over TLS, versions, multi, ensure_path,
+ * watches of each kind, the sync API from a second thread, ephemerals
+ * after close, forced session expiry, no warnings on a clean close; and,
+ * against a fake server on a loopback port (plain or TLS, with its own
+ * certificate), malformed and truncated frames, a server that hangs up on
+ * closeSession, state listeners that change the listener list, and a host
+ * name with several addresses (getaddrinfo is replaced here for names
+ * ending in ".test"). */
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <sys/time.h>
 #include <netdb.h>
 #include <signal.h>
@@ -123,6 +131,36 @@ static void run_until(struct client *c, const int *flag, long ms)
 		evloop_run_once(c->loop, 50);
 }
 
+/* Capture log lines (all levels that are on) while a test runs. */
+struct logcap {
+	FILE *f;
+	char *buf;
+	size_t len;
+};
+
+static void logcap_start(struct logcap *c)
+{
+	c->buf = NULL;
+	c->len = 0;
+	c->f = open_memstream(&c->buf, &c->len);
+	log_set_stream(c->f);
+}
+
+/* Stop capturing; the lines are in C->buf (caller frees). False, with
+ * the lines echoed to stderr, if any is a WARNING or worse. */
+static bool logcap_stop_quiet(struct logcap *c)
+{
+	bool quiet;
+
+	log_set_stream(stderr);
+	fclose(c->f);
+	quiet = !strstr(c->buf, " WARNING ") && !strstr(c->buf, " ERROR ") &&
+		!strstr(c->buf, " CRITICAL ");
+	if (!quiet)
+		fprintf(stderr, "%s", c->buf);
+	return quiet;
+}
+
 /* ---- plain operations ---- */
 
 static void ops_roundtrip(bool tls)
@@ -206,13 +244,20 @@ TEST(ops_plain)
 	ops_roundtrip(false);
 }
 
-TEST(ops_tls)
+/* False (and the test skipped) without a TLS server. */
+static bool need_tls(void)
 {
 	if (!test_zk_tls_hosts()) {
 		testlib_skip("no TLS ZooKeeper");
-		return;
+		return false;
 	}
-	ops_roundtrip(true);
+	return true;
+}
+
+TEST(ops_tls)
+{
+	if (need_tls())
+		ops_roundtrip(true);
 }
 
 /* A server whose certificate does not chain to our CA is refused, and so
@@ -334,6 +379,49 @@ TEST(multi_success_and_failure)
 	zk_ops_free(ops, 3);
 	CHECK_INT(zk_exists(c.z, "/n", NULL), ZNONODE);
 	CHECK_INT(zk_exists(c.z, "/m", &st), ZOK);
+	close_client(&c);
+}
+
+/* ---- ensure_path, asynchronously ---- */
+
+static void count_done(zk *z, int rc, void *arg)
+{
+	int *r = arg;
+
+	r[0]++;
+	r[1] = rc;
+}
+
+TEST(aensure_path_async)
+{
+	struct client c;
+	int a[2] = { 0, -1 }, b[2] = { 0, -1 }, root[2] = { 0, -1 };
+	int eph[2] = { 0, -1 }, bad[2] = { 0, -1 };
+
+	if (!open_client(&c, false))
+		return;
+	CHECK_INT(zk_create(c.z, "/ae", "", 0, 0, NULL), ZOK);
+	CHECK_INT(zk_create(c.z, "/ae/eph", "", 0, ZK_EPHEMERAL, NULL), ZOK);
+	/* Two at once on the same path: the second meets the first's nodes
+	 * (ZNODEEXISTS) all the way down, which is fine. */
+	CHECK_INT(zk_aensure_path(c.z, "/ae/b/c/d", count_done, a), ZOK);
+	CHECK_INT(zk_aensure_path(c.z, "/ae/b/c/d", count_done, b), ZOK);
+	CHECK_INT(zk_aensure_path(c.z, "/", count_done, root), ZOK);
+	CHECK_INT(zk_aensure_path(c.z, "/ae/eph/x", count_done, eph), ZOK);
+	CHECK_INT(zk_aensure_path(c.z, "ae", count_done, bad), ZBADARGUMENTS);
+	for (long long end = now_ms() + 5000;
+	     !(a[0] && b[0] && root[0] && eph[0]) && now_ms() < end;)
+		evloop_run_once(c.loop, 50);
+	CHECK_INT(a[0], 1);
+	CHECK_INT(a[1], ZOK);
+	CHECK_INT(b[0], 1);
+	CHECK_INT(b[1], ZOK);
+	CHECK_INT(root[0], 1);
+	CHECK_INT(root[1], ZOK);
+	CHECK_INT(eph[0], 1);
+	CHECK_INT(eph[1], ZNOCHILDRENFOREPHEMERALS);
+	CHECK_INT(bad[0], 0); /* refused: no callback */
+	CHECK_INT(zk_exists(c.z, "/ae/b/c/d", NULL), ZOK);
 	close_client(&c);
 }
 
@@ -588,14 +676,26 @@ TEST(session_expiry_and_recovery)
 
 /* ---- malformed servers ---- */
 
-enum fake_mode { FAKE_GARBAGE, FAKE_TRUNCATED, FAKE_HUGE, FAKE_UNKNOWN_XID, FAKE_SILENT };
+enum fake_mode {
+	FAKE_GARBAGE, FAKE_TRUNCATED, FAKE_HUGE, FAKE_UNKNOWN_XID, FAKE_SILENT,
+	FAKE_BYE_EOF,       /* hang up on closeSession without answering */
+	FAKE_BYE_REPLY_EOF, /* answer closeSession and hang up at once */
+};
 
 struct fake {
 	int lfd;
 	int port;
 	enum fake_mode mode;
+	SSL_CTX *tls;         /* NULL: plaintext */
 	int closed_by_client; /* the client hung up on us */
+	int saw_close;        /* closeSession arrived */
 	pthread_t th;
+};
+
+/* One accepted connection, plain or TLS. */
+struct fconn {
+	int fd;
+	SSL *ssl;
 };
 
 static void put32(unsigned char *p, uint32_t v)
@@ -604,6 +704,51 @@ static void put32(unsigned char *p, uint32_t v)
 	p[1] = v >> 16;
 	p[2] = v >> 8;
 	p[3] = v;
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* read(2) semantics: 0 on an orderly end, -1 (errno) otherwise. */
+static ssize_t fk_read(struct fconn *c, void *buf, size_t n)
+{
+	int r;
+
+	if (!c->ssl)
+		return read(c->fd, buf, n);
+	errno = 0;
+	r = SSL_read(c->ssl, buf, (int)n);
+	if (r > 0)
+		return r;
+	return SSL_get_error(c->ssl, r) == SSL_ERROR_ZERO_RETURN ? 0 : -1;
+}
+
+static bool fk_write(struct fconn *c, const void *buf, size_t n)
+{
+	if (c->ssl)
+		return SSL_write(c->ssl, buf, (int)n) == (int)n;
+	return write(c->fd, buf, n) == (ssize_t)n;
+}
+
+/* One whole frame into BUF (at most CAP bytes); its length or -1. */
+static int fk_frame(struct fconn *c, unsigned char *buf, size_t cap)
+{
+	size_t got = 0, want = 4;
+
+	while (got < want) {
+		ssize_t r = fk_read(c, buf + got, want - got);
+		if (r <= 0)
+			return -1;
+		got += (size_t)r;
+		if (got == 4 && want == 4) {
+			want = 4 + get32(buf);
+			if (want > cap)
+				return -1;
+		}
+	}
+	return (int)got;
 }
 
 /* A valid ConnectResponse frame: timeout 10000, session 0x1234, zero
@@ -618,23 +763,50 @@ static size_t connect_response(unsigned char *b)
 	return 41;
 }
 
+/* After the handshake: answer pings, and end at closeSession (answered
+ * or not, as the mode says) by hanging up without a TLS close_notify,
+ * as ZooKeeper does. */
+static void fake_until_bye(struct fake *f, struct fconn *c)
+{
+	unsigned char buf[4096], reply[20];
+	int n;
+
+	while ((n = fk_frame(c, buf, sizeof(buf))) >= 12) {
+		int32_t xid = (int32_t)get32(buf + 4), type = (int32_t)get32(buf + 8);
+		memset(reply, 0, sizeof(reply));
+		put32(reply, 16);
+		put32(reply + 4, (uint32_t)xid);
+		if (type == -11) { /* closeSession */
+			f->saw_close = 1;
+			if (f->mode == FAKE_BYE_REPLY_EOF)
+				fk_write(c, reply, sizeof(reply));
+			return;
+		}
+		if (xid == -2 && !fk_write(c, reply, sizeof(reply)))
+			return;
+	}
+}
+
 static void *fake_server(void *arg)
 {
 	struct fake *f = arg;
 	unsigned char buf[4096];
 	size_t n = 0;
-	int fd = accept(f->lfd, NULL, NULL);
-
+	struct fconn c = { accept(f->lfd, NULL, NULL), NULL };
 	struct timeval tv = { 8, 0 };
 
-	if (fd < 0)
+	if (c.fd < 0)
 		return NULL;
 	/* never hang the test, whatever the client does */
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	if (read(fd, buf, sizeof(buf)) <= 0) { /* the ConnectRequest */
-		close(fd);
-		return NULL;
+	setsockopt(c.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (f->tls) {
+		c.ssl = SSL_new(f->tls);
+		SSL_set_fd(c.ssl, c.fd);
+		if (SSL_accept(c.ssl) != 1)
+			goto out;
 	}
+	if (fk_frame(&c, buf, sizeof(buf)) < 0) /* the ConnectRequest */
+		goto out;
 	switch (f->mode) {
 	case FAKE_GARBAGE:
 		memcpy(buf, "\x00\x00\x00\x08garbage!", 12);
@@ -659,14 +831,18 @@ static void *fake_server(void *arg)
 	case FAKE_SILENT:
 		/* accept, read, never answer: the connect deadline must fire */
 		break;
+	case FAKE_BYE_EOF:
+	case FAKE_BYE_REPLY_EOF:
+		n = connect_response(buf);
+		if (fk_write(&c, buf, n))
+			fake_until_bye(f, &c);
+		goto out;
 	}
-	if (n > 0 && write(fd, buf, n) != (ssize_t)n) {
-		close(fd);
-		return NULL;
-	}
+	if (n > 0 && !fk_write(&c, buf, n))
+		goto out;
 	/* The client must hang up on us. */
 	for (int i = 0; i < 50; i++) {
-		ssize_t r = read(fd, buf, sizeof(buf));
+		ssize_t r = fk_read(&c, buf, sizeof(buf));
 		if (r < 0 && errno == EAGAIN)
 			break; /* timed out: the client never hung up */
 		if (r <= 0) {
@@ -674,17 +850,81 @@ static void *fake_server(void *arg)
 			break;
 		}
 	}
-	close(fd);
+out:
+	SSL_free(c.ssl); /* no SSL_shutdown: no close_notify */
+	close(c.fd);
 	return NULL;
 }
 
-static int fake_start(struct fake *f, enum fake_mode mode)
+/* A throw-away self-signed certificate for 127.0.0.1, and its key: the
+ * fake server's identity, and the client's CA, certificate and key too
+ * (the fake server asks for no client certificate). */
+static const char *fake_cert, *fake_key;
+
+static bool fake_tls_files(void)
+{
+	static char cert[512], key[512];
+	EVP_PKEY *pk;
+	X509 *x;
+	X509V3_CTX ctx;
+	X509_EXTENSION *ext;
+	FILE *fc, *fk;
+	bool ok;
+
+	if (fake_cert)
+		return true;
+	snprintf(cert, sizeof(cert), "%s/fake-cert.pem", test_tmpdir());
+	snprintf(key, sizeof(key), "%s/fake-key.pem", test_tmpdir());
+	pk = EVP_EC_gen("P-256");
+	x = X509_new();
+	if (!pk || !x)
+		return false;
+	X509_set_version(x, 2);
+	ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+	X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+	X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+	X509_set_pubkey(x, pk);
+	X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+				   (const unsigned char *)"fake", -1, -1, 0);
+	X509_set_issuer_name(x, X509_get_subject_name(x));
+	X509V3_set_ctx_nodb(&ctx);
+	X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
+	ext = X509V3_EXT_conf_nid(NULL, &ctx, NID_subject_alt_name, "IP:127.0.0.1");
+	X509_add_ext(x, ext, -1);
+	X509_EXTENSION_free(ext);
+	X509_sign(x, pk, EVP_sha256());
+	fc = fopen(cert, "w");
+	fk = fopen(key, "w");
+	ok = fc && fk && PEM_write_X509(fc, x) && PEM_write_PrivateKey(fk, pk, NULL, NULL,
+								       0, NULL, NULL);
+	if (fc)
+		fclose(fc);
+	if (fk)
+		fclose(fk);
+	X509_free(x);
+	EVP_PKEY_free(pk);
+	if (ok) {
+		fake_cert = cert;
+		fake_key = key;
+	}
+	return ok;
+}
+
+static int fake_start_tls(struct fake *f, enum fake_mode mode, bool tls)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET };
 	socklen_t len = sizeof(a);
 
 	memset(f, 0, sizeof(*f));
 	f->mode = mode;
+	if (tls) {
+		if (!fake_tls_files())
+			return -1;
+		f->tls = SSL_CTX_new(TLS_server_method());
+		if (!f->tls || SSL_CTX_use_certificate_file(f->tls, fake_cert, SSL_FILETYPE_PEM) != 1 ||
+		    SSL_CTX_use_PrivateKey_file(f->tls, fake_key, SSL_FILETYPE_PEM) != 1)
+			return -1;
+	}
 	f->lfd = socket(AF_INET, SOCK_STREAM, 0);
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	if (f->lfd < 0 || bind(f->lfd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
@@ -695,21 +935,49 @@ static int fake_start(struct fake *f, enum fake_mode mode)
 	return 0;
 }
 
+static int fake_start(struct fake *f, enum fake_mode mode)
+{
+	return fake_start_tls(f, mode, false);
+}
+
+static void fake_stop(struct fake *f)
+{
+	pthread_join(f->th, NULL);
+	close(f->lfd);
+	SSL_CTX_free(f->tls);
+}
+
+/* A client of the fake server F (nothing but the hosts set), on LOOP. */
+static zk *fake_client(const struct fake *f, evloop *loop, const char *name)
+{
+	zk_options o = { .session_timeout = 2 };
+	char *err = NULL, hosts[300];
+	zk *z;
+
+	snprintf(hosts, sizeof(hosts), "%s:%d", name, f->port);
+	o.hosts = hosts;
+	if (f->tls) {
+		o.tls_ca = o.tls_cert = fake_cert;
+		o.tls_key = fake_key;
+	}
+	z = zk_new(loop, &o, &err);
+	if (!z) {
+		testlib_fail(__FILE__, __LINE__, "zk_new: %s", err);
+		free(err);
+	}
+	return z;
+}
+
 static void fake_case(enum fake_mode mode)
 {
 	struct fake f;
 	evloop *loop;
 	zk *z;
-	zk_options o = { 0 };
-	char *err = NULL, hosts[64];
 	long long end;
 
 	REQUIRE(fake_start(&f, mode) == 0);
-	snprintf(hosts, sizeof(hosts), "127.0.0.1:%d", f.port);
-	o.hosts = hosts;
-	o.session_timeout = 2;
 	loop = evloop_new();
-	z = zk_new(loop, &o, &err);
+	z = fake_client(&f, loop, "127.0.0.1");
 	REQUIRE(z);
 	end = now_ms() + 5000;
 	while (!f.closed_by_client && now_ms() < end)
@@ -717,8 +985,7 @@ static void fake_case(enum fake_mode mode)
 	CHECK(f.closed_by_client);
 	if (mode != FAKE_UNKNOWN_XID)
 		CHECK(zk_state(z) != ZK_STATE_CONNECTED);
-	pthread_join(f.th, NULL);
-	close(f.lfd);
+	fake_stop(&f);
 	zk_close(z);
 	evloop_free(loop);
 }
@@ -746,6 +1013,304 @@ TEST(fake_server_unknown_xid)
 TEST(fake_server_silent)
 {
 	fake_case(FAKE_SILENT);
+}
+
+/* ---- a clean close is quiet ---- */
+
+/* Regression: after closeSession, the server hanging up is the normal
+ * end, yet over TLS it was logged as a WARNING ("TLS read with ...:
+ * unexpected eof while reading", seen on every CLI run that happened to
+ * read the hang-up along with the answer). The fake server hangs up
+ * without a close_notify, like ZooKeeper: once without answering, once
+ * right after its answer. Nothing above INFO may be logged. */
+static void bye_case(enum fake_mode mode, bool tls)
+{
+	struct fake f;
+	struct logcap lc;
+	evloop *loop;
+	zk *z;
+
+	REQUIRE(fake_start_tls(&f, mode, tls) == 0);
+	loop = evloop_new();
+	logcap_start(&lc);
+	z = fake_client(&f, loop, "127.0.0.1");
+	if (z) {
+		CHECK_INT(zk_wait_connected(z, 5), ZOK);
+		zk_close(z);
+	}
+	CHECK(logcap_stop_quiet(&lc));
+	free(lc.buf);
+	fake_stop(&f);
+	CHECK(f.saw_close);
+	evloop_free(loop);
+}
+
+TEST(hangup_after_close_is_quiet_plain)
+{
+	bye_case(FAKE_BYE_EOF, false);
+	bye_case(FAKE_BYE_REPLY_EOF, false);
+}
+
+TEST(hangup_after_close_is_quiet_tls)
+{
+	bye_case(FAKE_BYE_EOF, true);
+	bye_case(FAKE_BYE_REPLY_EOF, true);
+}
+
+/* The same against the real server, a few times (the hang-up races with
+ * the answer). */
+static void quiet_open_close(bool tls)
+{
+	for (int i = 0; i < 5; i++) {
+		struct client c;
+		struct logcap lc;
+
+		logcap_start(&lc);
+		if (open_client_opts(&c, tls, NULL, NULL)) {
+			CHECK_INT(zk_sync(c.z, "/"), ZOK);
+			zk_close(c.z);
+			evloop_free(c.loop);
+		}
+		CHECK(logcap_stop_quiet(&lc));
+		free(lc.buf);
+	}
+}
+
+TEST(clean_close_is_quiet_plain)
+{
+	quiet_open_close(false);
+}
+
+TEST(clean_close_is_quiet_tls)
+{
+	if (need_tls())
+		quiet_open_close(true);
+}
+
+/* ---- state listeners that change the listener list ---- */
+
+static struct {
+	int a, b, c, d, e;
+	int e_state;
+	int *b_arg; /* B's argument, freed by A */
+} L;
+
+static void lsn_b(zk *z, enum zk_state st, void *arg)
+{
+	(*(int *)arg)++;
+	L.b++;
+}
+
+/* Removes the listener after it and frees that one's argument. */
+static void lsn_a(zk *z, enum zk_state st, void *arg)
+{
+	L.a++;
+	if (L.b_arg) {
+		zk_remove_state_listener(z, lsn_b, L.b_arg);
+		free(L.b_arg);
+		L.b_arg = NULL;
+	}
+}
+
+static void lsn_c(zk *z, enum zk_state st, void *arg)
+{
+	L.c++;
+	zk_remove_state_listener(z, lsn_c, arg);
+}
+
+static void lsn_e(zk *z, enum zk_state st, void *arg)
+{
+	L.e++;
+	L.e_state = st;
+}
+
+static void lsn_d(zk *z, enum zk_state st, void *arg)
+{
+	if (L.d++ == 0)
+		zk_add_state_listener(z, lsn_e, NULL);
+}
+
+/* Regression: set_state() kept a pointer to the next listener across
+ * the callback, so a listener that removed (and freed) the next one made
+ * it call freed memory. */
+TEST(state_listeners_may_change_the_list)
+{
+	struct fake f;
+	evloop *loop;
+	zk *z;
+
+	REQUIRE(fake_start(&f, FAKE_BYE_REPLY_EOF) == 0);
+	memset(&L, 0, sizeof(L));
+	L.b_arg = xcalloc(1, sizeof(int));
+	loop = evloop_new();
+	z = fake_client(&f, loop, "127.0.0.1");
+	REQUIRE(z);
+	zk_add_state_listener(z, lsn_a, NULL);
+	zk_add_state_listener(z, lsn_b, L.b_arg);
+	zk_add_state_listener(z, lsn_c, NULL);
+	zk_add_state_listener(z, lsn_d, NULL);
+	CHECK_INT(zk_wait_connected(z, 5), ZOK);
+	CHECK_INT(L.a, 1);
+	CHECK_INT(L.b, 0);
+	CHECK_INT(L.c, 1);
+	CHECK_INT(L.d, 1);
+	CHECK_INT(L.e, 0); /* added during the dispatch: from the next one on */
+	zk_close(z);
+	CHECK_INT(L.a, 2);
+	CHECK_INT(L.b, 0);
+	CHECK_INT(L.c, 1);
+	CHECK_INT(L.d, 2);
+	CHECK_INT(L.e, 1);
+	CHECK_INT(L.e_state, ZK_STATE_CLOSED);
+	fake_stop(&f);
+	evloop_free(loop);
+}
+
+/* ---- a host name with several addresses ---- */
+
+/* getaddrinfo() and freeaddrinfo() are replaced in this binary: names
+ * ending in ".test" resolve to 127.0.0.1 on the ports listed here, in
+ * this order (the port in the host string is ignored); everything else
+ * goes to the C library. */
+static struct {
+	const char *name;
+	int ports[4];
+	int nports;
+	int lookups;
+} resolv[2];
+static char resolv_tag[] = "test-resolver";
+
+typedef int (*gai_fn)(const char *, const char *, const struct addrinfo *,
+		      struct addrinfo **);
+typedef void (*fai_fn)(struct addrinfo *);
+
+static int fake_resolve(int r, struct addrinfo **res)
+{
+	struct addrinfo **tail = res;
+
+	resolv[r].lookups++;
+	*res = NULL;
+	for (int i = 0; i < resolv[r].nports; i++) {
+		struct addrinfo *ai = xcalloc(1, sizeof(*ai));
+		struct sockaddr_in *sa = xcalloc(1, sizeof(*sa));
+		sa->sin_family = AF_INET;
+		sa->sin_port = htons((uint16_t)resolv[r].ports[i]);
+		sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		ai->ai_family = AF_INET;
+		ai->ai_socktype = SOCK_STREAM;
+		ai->ai_protocol = IPPROTO_TCP;
+		ai->ai_addr = (struct sockaddr *)sa;
+		ai->ai_addrlen = sizeof(*sa);
+		ai->ai_canonname = resolv_tag; /* marks ours for freeaddrinfo */
+		*tail = ai;
+		tail = &ai->ai_next;
+	}
+	return *res ? 0 : EAI_NONAME;
+}
+
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+		struct addrinfo **res)
+{
+	static gai_fn real;
+
+	for (int r = 0; node && r < 2; r++)
+		if (resolv[r].name && strcmp(node, resolv[r].name) == 0)
+			return fake_resolve(r, res);
+	if (!real)
+		real = (gai_fn)dlsym(RTLD_NEXT, "getaddrinfo");
+	return real(node, service, hints, res);
+}
+
+void freeaddrinfo(struct addrinfo *ai)
+{
+	static fai_fn real;
+
+	if (ai && ai->ai_canonname == resolv_tag) {
+		while (ai) {
+			struct addrinfo *next = ai->ai_next;
+			free(ai->ai_addr);
+			free(ai);
+			ai = next;
+		}
+		return;
+	}
+	if (!real)
+		real = (fai_fn)dlsym(RTLD_NEXT, "freeaddrinfo");
+	real(ai);
+}
+
+/* A loopback port nothing listens on: connecting there is refused. */
+static int closed_port(void)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t len = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+		port = ntohs(a.sin_port);
+	close(fd);
+	return port;
+}
+
+/* Connect through NAME ("host" or "host:port,host") to a fresh fake
+ * server whose port is the last address of "np-multi.test"; QUIET: no
+ * warning may be logged. */
+static void multi_case(const char *name, bool quiet)
+{
+	struct fake f;
+	struct logcap lc;
+	evloop *loop;
+	zk *z;
+	char want[64];
+
+	REQUIRE(fake_start(&f, FAKE_BYE_REPLY_EOF) == 0);
+	resolv[0].ports[2] = f.port;
+	resolv[0].lookups = resolv[1].lookups = 0;
+	snprintf(want, sizeof(want), "np-multi.test:%d", f.port);
+	loop = evloop_new();
+	logcap_start(&lc);
+	z = fake_client(&f, loop, name);
+	if (z) {
+		CHECK_INT(zk_wait_connected(z, 5), ZOK);
+		CHECK_STR(zk_current_server(z), want);
+		zk_close(z);
+	}
+	CHECK(logcap_stop_quiet(&lc) || !quiet);
+	free(lc.buf);
+	CHECK_INT(resolv[0].lookups, 1);
+	CHECK(resolv[1].lookups <= 1);
+	fake_stop(&f);
+	evloop_free(loop);
+}
+
+/* Regression: only the first address of each host was tried, so a name
+ * whose first address is dead (say ::1 when the server listens on IPv4
+ * only) never connected. "np-multi.test" resolves to two dead addresses
+ * and then the fake server; "np-dead.test" only to dead ones. Each name
+ * is resolved once per round. A dead address with another one after it
+ * is no warning; once a whole host has failed, it is. */
+TEST(every_address_of_a_host_is_tried)
+{
+	int dead1 = closed_port(), dead2 = closed_port();
+
+	REQUIRE(dead1 > 0 && dead2 > 0);
+	memset(resolv, 0, sizeof(resolv));
+	resolv[0].name = "np-multi.test";
+	resolv[0].nports = 3;
+	resolv[0].ports[0] = dead1;
+	resolv[0].ports[1] = dead2;
+	resolv[1].name = "np-dead.test";
+	resolv[1].nports = 2;
+	resolv[1].ports[0] = dead2;
+	resolv[1].ports[1] = dead1;
+	multi_case("np-multi.test", true);
+	/* Shuffled: when the dead host comes first, all its addresses fail
+	 * before the next host is tried. */
+	for (int i = 0; i < 4; i++)
+		multi_case("np-dead.test:2181,np-multi.test", false);
+	memset(resolv, 0, sizeof(resolv));
 }
 
 TEST(bad_options)

@@ -1,8 +1,8 @@
 /* test_zk_lock.c: the kazoo Lock recipe against a real ZooKeeper: busy and
  * free, ordered hand-off without a herd, timeouts and cancels that leave
  * nothing behind, the directory surviving release, a dead holder session,
- * foreign children, contenders(), Election, and a thousand locks driven by
- * one loop.
+ * foreign children, a lock directory that cannot be made, contenders(),
+ * Election, and a thousand locks driven by one loop.
  *
  * With NP_ZK_LOCK_HELPER=1 the binary instead becomes the line-driven lock
  * server that tests/integration/test_lock_kazoo.py pits against kazoo (see
@@ -681,6 +681,36 @@ TEST(thousand_locks_one_loop)
 	for (i = 0; i < 4; i++)
 		zk_close(z[i]);
 	evloop_free(many.loop);
+}
+
+/* Regression: a lock directory that cannot be made because a parent never
+ * exists (here the client's chroot is missing) made the attempt start
+ * over for ever, even a non-blocking one. zk_aensure_path() already tries
+ * again when an ancestor vanishes, so the lock gives up with ZNONODE. */
+TEST(missing_parent_fails_instead_of_spinning)
+{
+	zk_options o = { .session_timeout = 10 };
+	struct result r = { 0 };
+	evloop *loop;
+	char *err = NULL;
+	zk_lock *l;
+	zk *z;
+
+	if (!need_zk())
+		return;
+	o.hosts = xasprintf("%s%s/never-made", test_zk_hosts(), base);
+	loop = evloop_new();
+	z = zk_new(loop, &o, &err);
+	free((char *)o.hosts);
+	REQUIRE(z);
+	REQUIRE(zk_wait_connected(z, 10) == ZOK);
+	l = zk_lock_new(z, "/a/lock", NULL);
+	CHECK_INT(zk_lock_acquire_async(l, false, 0, on_acquired, &r), ZOK);
+	CHECK(run_until(loop, &r.done));
+	CHECK_INT(r.rc, ZNONODE);
+	zk_lock_free(l);
+	zk_close(z);
+	evloop_free(loop);
 }
 
 /* ---- Election, driven from threads other than the loop's ---- */
