@@ -326,6 +326,10 @@ static void report_to_parent(const char *status, const char *msg)
 
 void daemon_ready(const char *errmsg)
 {
+	if (ready_fd < 0)
+		return;
+	if (errmsg)
+		daemon_pidfile_remove();
 	report_to_parent(errmsg ? "1" : "0", errmsg);
 }
 
@@ -457,13 +461,13 @@ int daemon_start(const struct daemon_opts *o, char **err)
 		rc = daemon_setup_logging(o->app, o->mode, o->log_dir, err);
 	if (o->mode != DAEMON_DETACH)
 		return rc;
-	/* Detached: the terminal is gone, the waiting parent reports. The
-	 * pidfile goes first, so that it is gone when the command returns. */
-	if (rc < 0)
-		daemon_pidfile_remove();
-	daemon_ready(rc == 0 ? NULL : *err);
-	if (rc < 0)
+	/* Detached: the terminal is gone, the waiting parent reports. */
+	if (rc < 0) {
+		daemon_ready(*err);
 		exit(1);
+	}
+	if (!o->defer_ready)
+		daemon_ready(NULL);
 	return 0;
 }
 

@@ -38,14 +38,19 @@ struct daemon_opts {
 	const char *logconfig;  /* -l, or NULL for the defaults */
 	enum daemon_mode mode;
 	const char *log_dir;    /* NULL: DAEMON_LOG_DIR (tests pass their own) */
+	bool defer_ready;       /* the program calls daemon_ready() itself */
 };
 
 /* Upstream's start-up sequence. Detaching: take the pidfile (its errors
  * still reach the terminal), detach, set up logging, then let the waiting
- * parent exit 0 (or print the error and exit 1). In the foreground: only
- * logging; no pidfile, as upstream. Returns 0, or -1 with *ERR (caller
- * frees) while still attached to the terminal. After a failure once
- * detached the daemon exits 1 and the parent prints the error. */
+ * parent exit 0 (or print the error and exit 1). With DEFER_READY the
+ * parent goes on waiting after a successful set-up, until the program has
+ * done more of its start-up (loaded its config, say) and calls
+ * daemon_ready() with the outcome: it must then call it on every path. In
+ * the foreground: only logging; no pidfile, as upstream. Returns 0, or -1
+ * with *ERR (caller frees) while still attached to the terminal. After a
+ * failure once detached the daemon exits 1 and the parent prints the
+ * error. */
 int daemon_start(const struct daemon_opts *o, char **err);
 
 /* ~ expanded and made absolute (lexically, like os.path.abspath), as
@@ -81,8 +86,10 @@ void daemon_pidfile_remove(void);
  * thread is started. Returns 0 in the daemon, -1 and *ERR if the first
  * fork fails. */
 int daemon_detach(char **err);
-/* In the daemon: start-up is over (ERRMSG NULL) or failed with ERRMSG.
- * Later calls and calls without daemon_detach() do nothing. */
+/* In the daemon: start-up is over (ERRMSG NULL) or failed with ERRMSG;
+ * after a failure the caller is expected to exit, and the pidfile is
+ * removed now, so that it is gone when the command returns. Later calls
+ * and calls without daemon_detach() do nothing. */
 void daemon_ready(const char *errmsg);
 
 /* ---- logging ---- */

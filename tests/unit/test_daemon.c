@@ -56,6 +56,11 @@ static void write_text(const char *path, const char *text)
 	}
 }
 
+static bool has_text(const char *hay, const char *needle)
+{
+	return hay && strstr(hay, needle) != NULL;
+}
+
 static long pid_in(const char *path)
 {
 	char *s = read_text(path);
@@ -253,12 +258,14 @@ static int leak_check(void)
 
 /* The detached daemon: write what the test checks, serve SIGTERM, exit
  * through exit() so that the pidfile is removed as in production. */
-static void __attribute__((noreturn)) daemon_helper(const char *dir, bool fail)
+static void __attribute__((noreturn)) daemon_helper(const char *dir,
+						    const char *mode)
 {
 	struct daemon_opts o = {
 		.app = "np-test",
 		.mode = DAEMON_DETACH,
-		.log_dir = fail ? "/nonexistent/logs" : dir,
+		.log_dir = strcmp(mode, "fail") ? dir : "/nonexistent/logs",
+		.defer_ready = strcmp(mode, "ok") != 0,
 	};
 	char *pidfile = xasprintf("%s/np-test.pid", dir);
 	char *info = xasprintf("%s/info", dir), *tmp, *fd0;
@@ -272,6 +279,14 @@ static void __attribute__((noreturn)) daemon_helper(const char *dir, bool fail)
 		fprintf(stderr, "%s\n", err);
 		_exit(2);
 	}
+	/* The program's own start-up, after logging is up: here the
+	 * "late-fail" daemon finds its configuration bad. */
+	if (strcmp(mode, "late-fail") == 0) {
+		log_error("nodepool.test", "bad config");
+		daemon_ready("Unable to load config file /etc/np.yaml");
+		exit(1);
+	}
+	daemon_ready(NULL);
 	log_info("nodepool.test", "daemon up");
 	loop = evloop_new();
 	daemon_on_signal(loop, SIGTERM, on_term, loop);
@@ -302,8 +317,7 @@ __attribute__((constructor)) static void maybe_daemon_helper(void)
 	const char *mode = getenv("NP_TEST_DAEMON");
 
 	if (mode)
-		daemon_helper(getenv("NP_TEST_DAEMON_DIR"),
-			      strcmp(mode, "fail") == 0);
+		daemon_helper(getenv("NP_TEST_DAEMON_DIR"), mode);
 }
 
 /* Run the helper as a command would be run; stderr to STDERR_PATH. Returns
@@ -399,6 +413,19 @@ TEST(detach_failure_is_reported_by_the_command)
 		  "np-test.log: No such file or directory\n");
 	free(text);
 	CHECK(access(pidfile, F_OK) < 0);
+
+	/* The same for a failure the program reports itself, after
+	 * set-up, when it asked to defer the verdict. */
+	CHECK_INT(run_daemon_command(dir, "late-fail", errfile), 1);
+	text = read_text(errfile);
+	CHECK_STR(text, "Unable to load config file /etc/np.yaml\n");
+	free(text);
+	CHECK(access(pidfile, F_OK) < 0);
+	text = xasprintf("%s/np-test.log", dir);
+	free(errfile);
+	errfile = read_text(text);
+	CHECK(has_text(errfile, " ERROR nodepool.test: bad config\n"));
+	free(text);
 	free(pidfile);
 	free(errfile);
 	free(dir);
