@@ -7,7 +7,9 @@
  * Works in its own chroot (/cache-bench-<pid>), removed at the end. The
  * nodes look like upstream's (bench/populate.py's JSON), every one has a
  * lock directory (nodes that were ever locked keep it) and one in twenty
- * has a contender. */
+ * has a contender. The syncs run in a fresh process (this program again,
+ * with --sync), so that its peak RSS is that of a process holding nothing
+ * but a client and the cache. */
 #include <malloc.h>
 #include <sys/resource.h>
 #include <stdio.h>
@@ -99,7 +101,9 @@ static void populate(evloop *loop, zk *z, int n)
 			char hex[33];
 			uuid4_hex(hex);
 			p = xasprintf("/nodepool/nodes/%010d/lock/%s__lock__", i, hex);
-			zk_acreate(z, p, "", 0, ZK_EPHEMERAL_SEQUENTIAL, count_cb, &left);
+			/* persistent (like metastatic's locks), so that
+			 * they outlive the populating session */
+			zk_acreate(z, p, "", 0, ZK_SEQUENTIAL, count_cb, &left);
 			left++;
 			free(p);
 		}
@@ -223,31 +227,49 @@ static void latency(evloop *loop, const char *hosts)
 	zk_close(b);
 }
 
+/* cache-bench --sync HOSTS N: the syncs, in a process of their own. */
+static int sync_main(const char *hosts, int n)
+{
+	evloop *loop = evloop_new();
+
+	for (int r = 1; r <= ROUNDS; r++)
+		one_sync(loop, hosts, n, r);
+	printf("peak RSS of the syncing process: %ld KiB\n", status_kb("VmHWM:"));
+	evloop_free(loop);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
-	char chroot[64], *hosts;
+	char chroot[64], *hosts, *cmd;
 	evloop *loop;
 	int n;
 	zk *root, *w;
 
+	log_set_logger_level("nodepool.zk", LOG_WARNING);
+	if (argc == 4 && strcmp(argv[1], "--sync") == 0)
+		return sync_main(argv[2], atoi(argv[3]));
 	if (argc < 2) {
 		fprintf(stderr, "usage: %s HOST:PORT [N]\n", argv[0]);
 		return 2;
 	}
 	n = argc > 2 ? atoi(argv[2]) : 10000;
-	log_set_logger_level("nodepool.zk", LOG_WARNING);
 	loop = evloop_new();
 	snprintf(chroot, sizeof(chroot), "/cache-bench-%d", (int)getpid());
 	root = open_zk(loop, argv[1]);
 	zk_ensure_path(root, chroot);
+	zk_close(root);
 	hosts = xasprintf("%s%s", argv[1], chroot);
 	w = open_zk(loop, hosts);
 	populate(loop, w, n);
-	for (int r = 1; r <= ROUNDS; r++)
-		one_sync(loop, hosts, n, r);
-	latency(loop, hosts);
-	printf("peak RSS of this process: %ld KiB\n", status_kb("VmHWM:"));
 	zk_close(w);
+	fflush(stdout);
+	cmd = xasprintf("/proc/%d/exe --sync '%s' %d", (int)getpid(), hosts, n);
+	if (system(cmd) != 0)
+		fprintf(stderr, "%s failed\n", cmd);
+	free(cmd);
+	latency(loop, hosts);
+	root = open_zk(loop, argv[1]);
 	zk_delete_recursive(root, chroot);
 	zk_close(root);
 	free(hosts);

@@ -23,16 +23,18 @@
  *     gone (its deletion happened while we were not listening) and is
  *     swept when the walk completes.
  *
- * Entries live in one hash table keyed by the path below the root ("<id>",
- * "<id>/lock/<contender>", "<image>/pause", ...), each allocation holding
- * the header, the decoded record and the key together. Records are kept
- * without their source JSON, and a node's resources and attributes (the
- * same few values over thousands of nodes) share one interned JSON value.
+ * Memory: entries live in one hash table keyed by the path below the root
+ * ("<id>", "<id>/lock/<contender>", "<image>/pause", ...), one allocation
+ * holding the header, the decoded record and the key. Records are kept
+ * without their source JSON; the strings and JSON values that thousands
+ * of nodes have in common (state, provider, label, resources, ...) are
+ * interned, and a record's id is its entry's key. A node costs about 800
+ * bytes instead of 7 KB with its source document.
  */
 #include "zkcache.h"
 #include "log.h"
 
-#include <stdalign.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,10 +78,11 @@ struct segs {
 	size_t len[MAXSEG];
 };
 
+/* REL's components; "" has none. */
 static void segs_split(const char *rel, struct segs *s)
 {
 	s->n = 0;
-	for (;;) {
+	while (*rel) {
 		const char *slash = strchr(rel, '/');
 		size_t len = slash ? (size_t)(slash - rel) : strlen(rel);
 
@@ -1036,14 +1039,32 @@ static void enqueue_now(zkc *c, int op, int what, const char *rel)
 	drain(c);
 }
 
+/* A read failed. Without a connection, the walk after the reconnect
+ * catches up (a walk under way has failed). A znode we may not read (an
+ * ACL) is left out, but the root must be readable. */
+static void read_failed(zkc *c, const struct item *it, bool current)
+{
+	bool conn = it->rc == ZCONNECTIONLOSS || it->rc == ZSESSIONEXPIRED ||
+		    it->rc == ZSESSIONMOVED || it->rc == ZOPERATIONTIMEOUT ||
+		    it->rc == ZCLOSING;
+
+	if (!conn) {
+		char *path = full_path(c, it->rel);
+		log_warning(LOGGER, "Cache at %s: cannot read %s: %s", c->root,
+			    path, zk_strerror(it->rc));
+		free(path);
+	}
+	if (current && (conn || !*it->rel))
+		walk_fail(c, it);
+}
+
 static void apply_fetch(zkc *c, struct item *it, bool current)
 {
 	struct cls k;
 
 	if (it->rc != ZOK && it->rc != ZNONODE) {
-		if (current)
-			walk_fail(c, it);
-		return; /* a lost connection: the walk after it catches up */
+		read_failed(c, it, current);
+		return;
 	}
 	apply_data(c, it->rel, it->what, it->data, it->len, &it->st, it->stamp);
 	if (!current || it->rc != ZOK || it->st.num_children <= 0)
@@ -1068,7 +1089,7 @@ static void apply_list(zkc *c, struct item *it)
 	if (it->rc == ZNONODE)
 		return;
 	if (it->rc != ZOK) {
-		walk_fail(c, it);
+		read_failed(c, it, true);
 		return;
 	}
 	sbuf_init(&rel);
