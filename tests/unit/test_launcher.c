@@ -1,0 +1,264 @@
+/* test_launcher.c: the launcher's pure decision logic, without ZooKeeper:
+ * upstream's request sort key, the candidate/yield/defer checks of
+ * _assignHandlers, the "every pool declined" rule, the quota arithmetic of
+ * the decline and launch checks, and the deleter's cleanup states. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "deleter.h"
+#include "handler.h"
+#include "model.h"
+#include "poolworker.h"
+#include "testlib.h"
+
+static void req(np_request *r, const char *id, long long rel,
+		const char *types)
+{
+	char *copy = xstrdup(types), *save = NULL;
+
+	np_request_init(r);
+	free(r->id);
+	r->id = xstrdup(id);
+	r->relative_priority = rel;
+	np_request_set_state(r, NP_REQ_REQUESTED);
+	for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+		strlist_add(&r->node_types, t);
+	free(copy);
+}
+
+static void pool(np_component *c, const char *id, const char *provider,
+		 long long priority, bool paused, const char *labels)
+{
+	char *copy = xstrdup(labels), *save = NULL;
+
+	np_component_init(c, "pool");
+	c->id = xstrdup(id);
+	c->provider_name = xstrdup(provider);
+	c->priority = priority;
+	c->paused = paused;
+	for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+		strlist_add(&c->supported_labels, t);
+	free(copy);
+}
+
+static void list(strlist *l, const char *labels)
+{
+	char *copy = xstrdup(labels), *save = NULL;
+
+	strlist_init(l);
+	for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+		strlist_add(l, t);
+	free(copy);
+}
+
+TEST(sort_key)
+{
+	np_request a, b, c, d;
+	strlist labels;
+
+	list(&labels, "small");
+	req(&a, "100-0000000005", 0, "small");
+	req(&b, "100-0000000003", 0, "small");
+	req(&c, "099-0000000009", 0, "small");
+	req(&d, "100-0000000001", 0, "big");
+	/* precedence prefix first, compared as a string */
+	CHECK(pw_request_cmp(&c, &a, &labels) < 0);
+	/* then sequence */
+	CHECK(pw_request_cmp(&b, &a, &labels) < 0);
+	/* missing labels come last, whatever the priority */
+	CHECK(pw_request_cmp(&a, &d, &labels) < 0);
+	CHECK_INT(pw_missing_labels(&d, &labels), 1);
+	/* relative_priority between prefix and sequence */
+	a.relative_priority = 0;
+	b.relative_priority = 2;
+	CHECK(pw_request_cmp(&a, &b, &labels) < 0);
+	CHECK(pw_priority_cmp(&b, &a) > 0);
+	np_request_clear(&a);
+	np_request_clear(&b);
+	np_request_clear(&c);
+	np_request_clear(&d);
+	strlist_free(&labels);
+}
+
+TEST(missing_labels_distinct)
+{
+	np_request r;
+	strlist labels;
+
+	list(&labels, "a");
+	req(&r, "100-0000000001", 0, "b,b,c,a");
+	CHECK_INT(pw_missing_labels(&r, &labels), 2);
+	np_request_clear(&r);
+	strlist_free(&labels);
+}
+
+TEST(assess)
+{
+	np_component p_self, p_other, p_high, p_paused;
+	const np_component *pools[4];
+	strlist labels;
+	struct pw_self self = { .launcher_id = "me", .provider = "prov",
+				.priority = 100, .labels = &labels };
+	np_request r;
+
+	list(&labels, "small,big");
+	pool(&p_self, "me", "prov", 100, false, "small,big");
+	pool(&p_other, "other", "prov2", 100, false, "small,gpu");
+	pool(&p_high, "high", "prov3", 50, false, "big");
+	pool(&p_paused, "paused", "prov4", 10, true, "small");
+	pools[0] = &p_self;
+	pools[1] = &p_other;
+	pools[2] = &p_high;
+	pools[3] = &p_paused;
+
+	req(&r, "100-0000000001", 0, "small");
+	CHECK_INT(pw_assess(&r, &self, pools, 4), PW_CONSIDER);
+	/* a paused higher-priority pool does not take it away */
+	np_request_set_state(&r, NP_REQ_PENDING);
+	CHECK_INT(pw_assess(&r, &self, pools, 4), PW_SKIP_STATE);
+	np_request_set_state(&r, NP_REQ_REQUESTED);
+	strlist_add(&r.declined_by, "me");
+	CHECK_INT(pw_assess(&r, &self, pools, 4), PW_SKIP_DECLINED);
+	np_request_clear(&r);
+
+	/* an unpaused lower number wins */
+	req(&r, "100-0000000002", 0, "big");
+	CHECK_INT(pw_assess(&r, &self, pools, 4), PW_YIELD_PRIORITY);
+	/* ... unless it declined already */
+	strlist_add(&r.declined_by, "high");
+	CHECK_INT(pw_assess(&r, &self, pools, 4), PW_CONSIDER);
+	np_request_clear(&r);
+
+	/* provider preference: yield while a candidate of it is online */
+	req(&r, "100-0000000003", 0, "small");
+	r.provider = xstrdup("prov2");
+	CHECK_INT(pw_assess(&r, &self, pools, 4), PW_YIELD_PROVIDER);
+	strlist_add(&r.declined_by, "other");
+	CHECK_INT(pw_assess(&r, &self, pools, 4), PW_CONSIDER);
+	np_request_clear(&r);
+
+	/* labels we lack: defer to candidates, else consider (to decline) */
+	req(&r, "100-0000000004", 0, "gpu");
+	CHECK_INT(pw_assess(&r, &self, pools, 4), PW_DEFER_LABELS);
+	strlist_add(&r.declined_by, "other");
+	CHECK_INT(pw_assess(&r, &self, pools, 4), PW_CONSIDER);
+	np_request_clear(&r);
+
+	np_component_clear(&p_self);
+	np_component_clear(&p_other);
+	np_component_clear(&p_high);
+	np_component_clear(&p_paused);
+	strlist_free(&labels);
+}
+
+TEST(all_declined)
+{
+	np_component a, b;
+	const np_component *pools[3];
+	strlist declined;
+
+	pool(&a, "a", "p", 100, false, "x");
+	pool(&b, "b", "p", 100, false, "x");
+	pools[0] = &a;
+	pools[1] = NULL; /* an entry still being read */
+	pools[2] = &b;
+	list(&declined, "a");
+	CHECK(!pw_all_declined(&declined, pools, 3));
+	strlist_add(&declined, "b");
+	CHECK(pw_all_declined(&declined, pools, 3));
+	/* nobody registered: vacuously all */
+	CHECK(pw_all_declined(&declined, pools, 0));
+	strlist_free(&declined);
+	np_component_clear(&a);
+	np_component_clear(&b);
+}
+
+static void test_pool(np_pool *p)
+{
+	memset(p, 0, sizeof(*p));
+	p->max_servers = NP_UNLIMITED;
+	p->max_cores = NP_UNLIMITED;
+	p->max_ram = NP_UNLIMITED;
+	p->max_volumes = NP_UNLIMITED;
+	p->max_volume_gb = NP_UNLIMITED;
+}
+
+TEST(quota_total)
+{
+	np_pool p;
+	np_quota provider, need;
+
+	test_pool(&p);
+	p.max_servers = 2;
+	quota_zero(&need);
+	quota_set(&need, "instances", 1);
+	quota_set(&need, "cores", 4);
+	quota_unlimited(&provider);
+	quota_set(&provider, "cores", 8);
+	CHECK(handler_fits_total(&p, &provider, &need));
+	quota_set(&need, "instances", 3);
+	CHECK(!handler_fits_total(&p, &provider, &need)); /* max-servers */
+	quota_set(&need, "instances", 1);
+	quota_set(&need, "cores", 9);
+	CHECK(!handler_fits_total(&p, &provider, &need)); /* cloud */
+	CHECK(handler_fits_total(&p, NULL, &need));       /* ignored */
+	p.max_cores = 8;
+	CHECK(!handler_fits_total(&p, NULL, &need));      /* max-cores */
+}
+
+TEST(quota_remaining)
+{
+	np_pool p;
+	np_quota provider, used, pool_used, need;
+
+	test_pool(&p);
+	p.max_servers = 3;
+	quota_unlimited(&provider);
+	quota_zero(&used);
+	quota_zero(&pool_used);
+	quota_zero(&need);
+	quota_set(&need, "instances", 1);
+	quota_set(&pool_used, "instances", 2);
+	CHECK(handler_fits_remaining(&p, &provider, &used, &pool_used, &need));
+	quota_set(&pool_used, "instances", 3);
+	CHECK(!handler_fits_remaining(&p, &provider, &used, &pool_used, &need));
+	quota_set(&pool_used, "instances", 0);
+	quota_set(&provider, "instances", 5);
+	quota_set(&used, "instances", 5);
+	CHECK(!handler_fits_remaining(&p, &provider, &used, &pool_used, &need));
+	CHECK(handler_fits_remaining(&p, NULL, &used, &pool_used, &need));
+}
+
+TEST(pool_limits_spelling)
+{
+	np_pool p;
+	np_quota q;
+
+	test_pool(&p);
+	p.max_volume_gb = 100;
+	p.max_volumes = 0; /* zero means "not set", as upstream's truthiness */
+	handler_pool_limits(&p, "volume_gb", &q);
+	CHECK(quota_get(&q, "volume_gb") == 100);
+	CHECK(isinf(quota_get(&q, "volume-gb")));
+	CHECK(isinf(quota_get(&q, "volumes")));
+	CHECK(isinf(quota_get(&q, "cores")));
+	handler_pool_limits(&p, "volume-gb", &q);
+	CHECK(quota_get(&q, "volume-gb") == 100);
+}
+
+TEST(cleanup_states)
+{
+	const char *yes[] = { "used", "in-use", "building", "failed",
+			      "deleting", "deleted", "aborted" };
+	const char *no[] = { "ready", "hold", "init", "testing" };
+
+	for (size_t i = 0; i < sizeof(yes) / sizeof(*yes); i++)
+		CHECK(deleter_cleanup_state(yes[i]));
+	for (size_t i = 0; i < sizeof(no) / sizeof(*no); i++)
+		CHECK(!deleter_cleanup_state(no[i]));
+	CHECK(!deleter_cleanup_state(NULL));
+}
+
+RUN_TESTS()
