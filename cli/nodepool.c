@@ -7,6 +7,7 @@
  * usage errors (argparse's code). */
 #include "cli.h"
 #include "log.h"
+#include "logconfig.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -392,18 +393,29 @@ static int parse_global(struct cli *c, int argc, char **argv)
 
 /* ---- setup ---- */
 
-static void setup_logging(const struct cli *c)
+/* As upstream: --debug wins over -l; -l replaces the defaults. */
+static int setup_logging(const struct cli *c)
 {
+	char *err = NULL;
+
 	log_set_stream(stderr);
 	if (c->debug) {
 		log_set_level(LOG_DEBUG);
-		return;
+		return 0;
+	}
+	if (c->logconfig) {
+		if (logconfig_setup(c->logconfig, &err) == 0)
+			return 0;
+		fprintf(stderr, "%s\n", err);
+		free(err);
+		return 1;
 	}
 	log_set_level(LOG_INFO);
 	/* As upstream: the ZooKeeper library's chatter only from WARNING. */
 	log_set_logger_level("kazoo", LOG_WARNING);
 	log_set_logger_level("nodepool.zk", LOG_WARNING);
 	log_set_logger_level("nodepool.ComponentRegistry", LOG_WARNING);
+	return 0;
 }
 
 static int connect_zk(struct cli *c)
@@ -513,11 +525,9 @@ static int run(struct cli *c, int argc, char **argv)
 	rc = parse_sub(c, c->cmd, argc - i - 1, argv + i + 1);
 	if (rc)
 		return rc < 0 ? 0 : rc;
-	setup_logging(c);
-	if (c->logconfig && access(c->logconfig, R_OK) != 0) {
-		fprintf(stderr, "Cannot read log config %s\n", c->logconfig);
-		return 1;
-	}
+	rc = setup_logging(c);
+	if (rc)
+		return rc;
 	if (c->cmd->flags & CLI_NO_CONFIG)
 		return c->cmd->run(c);
 	c->config = config_load(c->config_path, c->secure_path, &err);

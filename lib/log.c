@@ -25,9 +25,16 @@ static enum log_level log_level = LOG_INFO;
 static struct logger_rule rules[16];
 static int nrules;
 
+/* A stream replaces a file opened by log_open_file(): the file is closed
+ * and no longer reopened by path (it used to be, taking the place of F at
+ * the next line). */
 void log_set_stream(FILE *f)
 {
 	pthread_mutex_lock(&log_lock);
+	if (log_path && log_stream && log_stream != f)
+		fclose(log_stream);
+	free(log_path);
+	log_path = NULL;
 	log_stream = f;
 	pthread_mutex_unlock(&log_lock);
 }
@@ -77,6 +84,13 @@ out:
 	pthread_mutex_unlock(&log_lock);
 }
 
+void log_reset_logger_levels(void)
+{
+	pthread_mutex_lock(&log_lock);
+	nrules = 0;
+	pthread_mutex_unlock(&log_lock);
+}
+
 static const char *level_name(enum log_level level)
 {
 	switch (level) {
@@ -88,13 +102,22 @@ static const char *level_name(enum log_level level)
 	}
 }
 
+/* Python's effective level: the one set on the logger or on its nearest
+ * dotted ancestor ("nodepool.zk" for "nodepool.zk.ZooKeeper", not for
+ * "nodepool.zkx"), else the global (root) level. */
 static bool enabled(enum log_level level, const char *logger)
 {
 	enum log_level min = log_level;
+	size_t best = 0;
 
-	for (int i = 0; i < nrules; i++)
-		if (str_starts_with(logger, rules[i].prefix) && rules[i].level > min)
+	for (int i = 0; i < nrules; i++) {
+		size_t n = strlen(rules[i].prefix);
+		if (n > best && strncmp(logger, rules[i].prefix, n) == 0 &&
+		    (logger[n] == '\0' || logger[n] == '.')) {
+			best = n;
 			min = rules[i].level;
+		}
+	}
 	return level >= min;
 }
 

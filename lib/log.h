@@ -22,9 +22,13 @@ void log_set_stream(FILE *f);
 int log_open_file(const char *path);
 void log_set_level(enum log_level level);
 enum log_level log_get_level(void);
-/* Loggers whose name starts with PREFIX are held at LEVEL at least
- * (e.g. "nodepool.zk" at WARNING for the CLI). At most 16 such rules. */
+/* Python's logger.setLevel(): logger PREFIX and those below it (dotted
+ * names) log from LEVEL on, e.g. "nodepool.zk" at WARNING for the CLI, or
+ * "nodepool" at DEBUG under a WARNING root. The most specific rule wins;
+ * loggers without one follow log_set_level(). At most 16 rules;
+ * log_reset_logger_levels() drops them all. */
 void log_set_logger_level(const char *prefix, enum log_level level);
+void log_reset_logger_levels(void);
 
 void log_msg(enum log_level level, const char *logger, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));

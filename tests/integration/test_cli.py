@@ -437,6 +437,50 @@ def test_config_validate(e):
           "the error names file, line and key: %r" % err)
 
 
+def test_logconfig(e):
+    rc, _, err = e.run("-l", os.path.join(e.tmp, "missing.conf"), "list")
+    check(rc == 1 and "Unable to read logging config file at" in err,
+          "-l with a missing file: %d %r" % (rc, err))
+    log = os.path.join(e.tmp, "np.log")
+    ini = os.path.join(e.tmp, "logging.conf")
+    with open(ini, "w") as f:
+        f.write("[loggers]\nkeys=root,nodepool\n[handlers]\nkeys=file\n"
+                "[formatters]\nkeys=simple\n"
+                "[logger_root]\nlevel=WARNING\nhandlers=file\n"
+                "[logger_nodepool]\nlevel=DEBUG\nhandlers=file\n"
+                "qualname=nodepool\n"
+                "[handler_file]\nclass=handlers.WatchedFileHandler\n"
+                "level=DEBUG\nformatter=simple\nargs=('%s',)\n"
+                "[formatter_simple]\nformat=%%(message)s\n" % log)
+    rc, out, err = e.run("-l", ini, "request-list")
+    check(rc == 0 and out.startswith("+-"), "-l ini: listing works")
+    with open(log) as f:
+        text = f.read()
+    check(" INFO nodepool.zk: connected to " in text,
+          "-l ini: nodepool.zk INFO reaches the file: %r" % text)
+    check("WARNING nodepool.logconfig: %s: ignored: formatter simple" % ini
+          in text, "-l ini: the ignored formatter is named: %r" % text)
+    check("connected to" not in err, "-l ini: nothing on stderr %r" % err)
+    yml = os.path.join(e.tmp, "logging.yaml")
+    with open(yml, "w") as f:
+        f.write("version: 1\nhandlers:\n  console:\n"
+                "    class: logging.StreamHandler\n"
+                "    stream: ext://sys.stderr\n"
+                "loggers:\n  nodepool:\n    handlers: [console]\n"
+                "    level: INFO\n")
+    rc, out, err = e.run("-l", yml, "request-list")
+    check(rc == 0 and " INFO nodepool.zk: connected to " in err,
+          "-l yaml: nodepool INFO on stderr: %r" % err)
+    quiet = os.path.join(e.tmp, "quiet.yaml")
+    with open(quiet, "w") as f:
+        f.write("version: 1\nroot: {level: CRITICAL}\n")
+    rc, out, err = e.run("-l", quiet, "request-list")
+    check(rc == 0 and err == "", "-l quiet: nothing logged: %r" % err)
+    rc, out, err = e.run("--debug", "-l", quiet, "request-list")
+    check(rc == 0 and " INFO nodepool.zk: connected to " in err,
+          "--debug wins over -l: %r" % err)
+
+
 def test_errors(e):
     bad = os.path.join(e.tmp, "notls.yaml")
     with open(e.config) as f:
@@ -463,7 +507,7 @@ def main():
     try:
         populate(e)
         for t in (test_listings, test_node_writes, test_image_writes,
-                  test_export_erase_import, test_errors):
+                  test_export_erase_import, test_logconfig, test_errors):
             try:
                 t(e)
             except Exception as ex:
