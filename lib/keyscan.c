@@ -91,7 +91,8 @@ struct rq_list {
 
 struct keyscan_req {
 	keyscan *ks;
-	keyscan_req *prev, *next;  /* in ks->queue or ks->active */
+	keyscan_req *prev, *next;  /* in LIST */
+	struct rq_list *list;      /* &ks->queue or &ks->active */
 	char *host;
 	int port;
 	char *node_id;             /* log annotation, may be NULL */
@@ -153,6 +154,7 @@ const char *keyscan_status_name(int status)
 
 static void list_append(struct rq_list *l, keyscan_req *r)
 {
+	r->list = l;
 	r->next = NULL;
 	r->prev = l->tail;
 	if (l->tail)
@@ -174,6 +176,7 @@ static void list_remove(struct rq_list *l, keyscan_req *r)
 	else
 		l->tail = r->prev;
 	r->prev = r->next = NULL;
+	r->list = NULL;
 	l->n--;
 }
 
@@ -201,9 +204,13 @@ static const char *state_name(const keyscan_req *r)
 	return "?";
 }
 
+/* What the scan is at: "init" for the probe, else the key type (upstream
+ * logs the same). */
 static const char *iteration(const keyscan_req *r)
 {
-	return r->phase == PHASE_PROBE ? "init" : keytypes[r->phase].name;
+	if (r->phase == PHASE_PROBE)
+		return "init";
+	return r->phase < NKEYTYPES ? keytypes[r->phase].name : "done";
 }
 
 static void set_state(keyscan_req *r, enum rq_state st)
@@ -817,11 +824,10 @@ static void req_free(keyscan_req *r)
 /* Take R off its list and release what it holds; true if it held a slot. */
 static bool detach(keyscan_req *r)
 {
-	keyscan *ks = r->ks;
-	bool active = r->state != RQ_QUEUED;
+	bool active = r->list == &r->ks->active;
 
 	cleanup(r);
-	list_remove(active ? &ks->active : &ks->queue, r);
+	list_remove(r->list, r);
 	return active;
 }
 

@@ -18,6 +18,7 @@
 #   SSHD_KEY_TYPES  host key types to generate, default "ed25519 ecdsa rsa"
 #   SSHD_RSA_BITS   RSA host key size, default 2048 (3072 costs ~1.5 s more)
 #   SSHD_WAIT       seconds to wait for sshd to listen, default 10
+#   SSHD_REEXEC=1   let sshd re-exec itself per connection (default: -r)
 #
 # Existing host keys in DIR are kept, so a restart on the same DIR serves the
 # same keys. sshd runs in the foreground (-D) in its own session (setsid), so
@@ -90,7 +91,7 @@ wait_listening() {
 
 start() {
 	local dir=${1:?usage: sshd.sh start DIR [ADDR] [PORT]}
-	local addr=${2:-127.0.0.1} want_port=${3:-} port pid try
+	local addr=${2:-127.0.0.1} want_port=${3:-} port pid try rflag
 
 	[ -x "$SSHD" ] || die "$SSHD is not installed"
 	mkdir -p "$dir"
@@ -111,7 +112,12 @@ start() {
 		write_config "$dir" "$addr" "$port"
 		"$SSHD" -t -f "$dir/sshd_config" || die "sshd -t rejected $dir/sshd_config"
 		: >"$dir/sshd.log"
-		setsid "$SSHD" -D -e -f "$dir/sshd_config" </dev/null >>"$dir/sshd.log" 2>&1 &
+		# -r: no re-exec per connection. A fork is all a connection costs
+		# then, which matters when tests open hundreds of them (exec is
+		# slow, the more so under gVisor). SSHD_REEXEC=1 keeps re-exec.
+		rflag=-r
+		[ "${SSHD_REEXEC:-0}" = 1 ] && rflag=
+		setsid "$SSHD" -D -e $rflag -f "$dir/sshd_config" </dev/null >>"$dir/sshd.log" 2>&1 &
 		pid=$!
 		echo "$pid" >"$dir/sshd.run.pid"
 		if wait_listening "$dir" "$pid"; then
