@@ -146,8 +146,9 @@ void zk_session_passwd(const zk *z, char out[16]);
 const char *zk_current_server(const zk *z);
 /* The chroot from the host string ("" for none). */
 const char *zk_chroot(const zk *z);
-/* More state callbacks beside zk_options.on_state (loop thread only; a
- * listener may remove itself from its callback). */
+/* More state callbacks beside zk_options.on_state (loop thread only). A
+ * listener may add or remove any listener, itself included, from its
+ * callback; one added there hears from the next state change on. */
 void zk_add_state_listener(zk *z, void (*fn)(zk *z, enum zk_state state, void *arg),
 			   void *arg);
 void zk_remove_state_listener(zk *z, void (*fn)(zk *z, enum zk_state state, void *arg),

@@ -7,11 +7,11 @@
  * asynchronous ones. The steps mirror kazoo's Lock._inner_acquire so that
  * the two interleave correctly on the same directory:
  *
- *   ensure dir -> create "<uuid>__lock__" EPHEMERAL|SEQUENTIAL (or, after
- *   a lost reply, find it by its uuid prefix) -> list children -> hold if
- *   no smaller sequence, else (blocking) get the immediate predecessor with
- *   a watch and wait for it, the session to change, the deadline or a
- *   cancel, then list again.
+ *   ensure dir (zk_aensure_path) -> create "<uuid>__lock__"
+ *   EPHEMERAL|SEQUENTIAL (or, after a lost reply, find it by its uuid
+ *   prefix) -> list children -> hold if no smaller sequence, else
+ *   (blocking) get the immediate predecessor with a watch and wait for it,
+ *   the session to change, the deadline or a cancel, then list again.
  *
  * At most one request per lock is outstanding; replies always come back
  * (with an error when the connection drops), so their callbacks get the
@@ -21,12 +21,13 @@
  *
  * Transient errors (connection loss, operation timeout, session expiry)
  * are retried with backoff until the deadline, as kazoo's KazooRetry does.
- * One session listener per zk handle (not one per lock: a listener must
- * not free its neighbours) wakes waiting locks when the session is back,
- * like kazoo's _watch_session: after a reconnect or with a new session
- * they list again (and re-create a contender the dead session took
- * along). When the handle closes it ends every attempt and retry still
- * pending on it, so no timer outlives the handle.
+ * One session listener per zk handle (not one per lock: with thousands of
+ * locks, every state change would walk thousands of listeners) wakes
+ * waiting locks when the session is back, like kazoo's _watch_session:
+ * after a reconnect or with a new session they list again (and re-create
+ * a contender the dead session took along). When the handle closes it
+ * ends every attempt and retry still pending on it, so no timer outlives
+ * the handle. The synchronous calls go through evloop_call(), like zk.c's.
  */
 #include "zk_lock.h"
 
