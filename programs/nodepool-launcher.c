@@ -121,6 +121,8 @@ int main(int argc, char **argv)
 		.app = "nodepool",
 		.pidfile = DEFAULT_PIDFILE,
 		.mode = DAEMON_DETACH,
+		/* a bad config or TLS setup reaches the starting command */
+		.defer_ready = true,
 	};
 	struct np_launcher_opts lo = { .config_path = DEFAULT_CONFIG };
 	np_launcher_ext ext = { .name = "webapp" };
