@@ -988,76 +988,86 @@ static void dump_string(sbuf *sb, const char *s, size_t len)
 	sbuf_addc(sb, '"');
 }
 
-static void dump_value(sbuf *sb, const json_t *v, bool sort_keys);
+static void dump_value(sbuf *sb, const json_t *v, const np_pystyle *st);
 
-static void dump_object(sbuf *sb, const json_t *v, bool sort_keys)
+static void dump_object(sbuf *sb, const json_t *v, const np_pystyle *st)
 {
 	size_t n = json_object_size(v), i = 0;
-	const char **keys = xmalloc(n * sizeof(*keys));
+	const char **keys = xmalloc((n ? n : 1) * sizeof(*keys));
 	const char *key;
 	json_t *val;
 
 	json_object_foreach((json_t *)v, key, val)
 		keys[i++] = key;
-	if (sort_keys)
+	if (st->sort_keys)
 		qsort(keys, n, sizeof(*keys), cmp_str);
 	sbuf_addc(sb, '{');
 	for (i = 0; i < n; i++) {
 		if (i)
 			sbuf_adds(sb, ", ");
-		dump_string(sb, keys[i], strlen(keys[i]));
+		st->string(sb, keys[i], strlen(keys[i]));
 		sbuf_adds(sb, ": ");
-		dump_value(sb, json_object_get(v, keys[i]), sort_keys);
+		dump_value(sb, json_object_get(v, keys[i]), st);
 	}
 	sbuf_addc(sb, '}');
 	free(keys);
 }
 
-static void dump_value(sbuf *sb, const json_t *v, bool sort_keys)
+static void dump_value(sbuf *sb, const json_t *v, const np_pystyle *st)
 {
 	size_t i;
 	json_t *e;
 
 	switch (json_typeof(v)) {
 	case JSON_OBJECT:
-		dump_object(sb, v, sort_keys);
+		dump_object(sb, v, st);
 		break;
 	case JSON_ARRAY:
 		sbuf_addc(sb, '[');
 		json_array_foreach(v, i, e) {
 			if (i)
 				sbuf_adds(sb, ", ");
-			dump_value(sb, e, sort_keys);
+			dump_value(sb, e, st);
 		}
 		sbuf_addc(sb, ']');
 		break;
 	case JSON_STRING:
-		dump_string(sb, json_string_value(v), json_string_length(v));
+		st->string(sb, json_string_value(v), json_string_length(v));
 		break;
 	case JSON_INTEGER:
 		sbuf_addf(sb, "%lld", (long long)json_integer_value(v));
 		break;
 	case JSON_REAL:
-		np_float_repr(sb, json_real_value(v));
+		st->real(sb, json_real_value(v));
 		break;
 	case JSON_TRUE:
-		sbuf_adds(sb, "true");
+		sbuf_adds(sb, st->true_);
 		break;
 	case JSON_FALSE:
-		sbuf_adds(sb, "false");
+		sbuf_adds(sb, st->false_);
 		break;
 	case JSON_NULL:
-		sbuf_adds(sb, "null");
+		sbuf_adds(sb, st->null_);
 		break;
 	}
 }
 
+void np_py_format(sbuf *sb, const json_t *v, const np_pystyle *style)
+{
+	dump_value(sb, v, style);
+}
+
 char *np_json_dumps(const json_t *v, bool sort_keys)
 {
+	const np_pystyle st = {
+		.string = dump_string, .real = np_float_repr,
+		.true_ = "true", .false_ = "false", .null_ = "null",
+		.sort_keys = sort_keys,
+	};
 	sbuf sb;
 
 	sbuf_init(&sb);
-	dump_value(&sb, v, sort_keys);
+	dump_value(&sb, v, &st);
 	return sbuf_detach(&sb);
 }
 

@@ -245,6 +245,15 @@ json_t *np_json_strlist(const strlist *l);
  * separators, non-ASCII escaped as \uXXXX, floats as Python's repr.
  * Caller frees. */
 char *np_json_dumps(const json_t *v, bool sort_keys);
+/* How np_py_format() writes a JSON value: Python's json.dumps and its
+ * repr()/str() share the walk and differ in these. */
+typedef struct np_pystyle {
+	void (*string)(sbuf *sb, const char *s, size_t len);
+	void (*real)(sbuf *sb, double d);
+	const char *true_, *false_, *null_;
+	bool sort_keys;
+} np_pystyle;
+void np_py_format(sbuf *sb, const json_t *v, const np_pystyle *style);
 /* Append Python's repr() of a float to SB ("1726600000.123456", "1e+16",
  * "NaN" and "Infinity" as json.dumps writes them). */
 void np_float_repr(sbuf *sb, double d);

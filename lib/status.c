@@ -149,67 +149,29 @@ static void repr_string(sbuf *sb, const char *s, size_t len)
 	sbuf_addc(sb, q);
 }
 
-static void repr_value(sbuf *sb, const json_t *v)
+/* repr() of a float inside a container: nan and inf as Python spells
+ * them (json.dumps would write NaN and Infinity). */
+static void repr_real(sbuf *sb, double d)
 {
-	const char *key;
-	json_t *e;
-	size_t i = 0;
-	double d;
-
-	switch (json_typeof(v)) {
-	case JSON_OBJECT:
-		sbuf_addc(sb, '{');
-		json_object_foreach((json_t *)v, key, e) {
-			if (i++)
-				sbuf_adds(sb, ", ");
-			repr_string(sb, key, strlen(key));
-			sbuf_adds(sb, ": ");
-			repr_value(sb, e);
-		}
-		sbuf_addc(sb, '}');
-		break;
-	case JSON_ARRAY:
-		sbuf_addc(sb, '[');
-		json_array_foreach(v, i, e) {
-			if (i)
-				sbuf_adds(sb, ", ");
-			repr_value(sb, e);
-		}
-		sbuf_addc(sb, ']');
-		break;
-	case JSON_STRING:
-		repr_string(sb, json_string_value(v), json_string_length(v));
-		break;
-	case JSON_INTEGER:
-		sbuf_addf(sb, "%lld", (long long)json_integer_value(v));
-		break;
-	case JSON_REAL:
-		d = json_real_value(v);
-		if (isnan(d))
-			sbuf_adds(sb, "nan");
-		else if (isinf(d))
-			sbuf_adds(sb, d < 0 ? "-inf" : "inf");
-		else
-			np_float_repr(sb, d);
-		break;
-	case JSON_TRUE:
-		sbuf_adds(sb, "True");
-		break;
-	case JSON_FALSE:
-		sbuf_adds(sb, "False");
-		break;
-	case JSON_NULL:
-		sbuf_adds(sb, "None");
-		break;
-	}
+	if (isnan(d))
+		sbuf_adds(sb, "nan");
+	else if (isinf(d))
+		sbuf_adds(sb, d < 0 ? "-inf" : "inf");
+	else
+		np_float_repr(sb, d);
 }
 
 char *status_pyrepr(const json_t *v)
 {
+	static const np_pystyle repr = {
+		.string = repr_string, .real = repr_real,
+		.true_ = "True", .false_ = "False", .null_ = "None",
+		.sort_keys = false,
+	};
 	sbuf sb;
 
 	sbuf_init(&sb);
-	repr_value(&sb, v);
+	np_py_format(&sb, v, &repr);
 	return sbuf_detach(&sb);
 }
 

@@ -311,6 +311,28 @@ TEST(age_format)
 	CHECK_STR(a, "-1:23:59:55");
 }
 
+/* Python's str() of what a cell may hold, and json.dumps of the same:
+ * one walk, two spellings. */
+TEST(python_repr_and_dumps)
+{
+	json_t *v = json_pack("[b, b, n, f, s, s, {s:i}]", 1, 0, 1.5, "a'b",
+			      "a'b\"c", "k", 2);
+	char *out;
+
+	out = status_pyrepr(v);
+	CHECK_STR(out, "[True, False, None, 1.5, \"a'b\", 'a\\'b\"c', "
+		       "{'k': 2}]");
+	free(out);
+	out = status_cell(v);
+	CHECK_STR(out, "True,False,None,1.5,a'b,a'b\"c,{'k': 2}");
+	free(out);
+	out = np_json_dumps(v, false);
+	CHECK_STR(out, "[true, false, null, 1.5, \"a'b\", \"a'b\\\"c\", "
+		       "{\"k\": 2}]");
+	free(out);
+	json_decref(v);
+}
+
 TEST(status_node_rows)
 {
 	np_record rec;
