@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "logconfig.h"
 #include "util.h"
 
 #define PIDFILE_POLL_MS 100
@@ -405,23 +406,40 @@ int daemon_detach(char **err)
 
 /* ---- logging ---- */
 
+/* Upstream's default config holds these at WARN whatever -d says.
+ * "nodepool.zk" is our ZooKeeper client, the stand-in for kazoo. */
+static const char *const quiet_loggers[] = {
+	"kazoo", "requests", "openstack", "nodepool.zk",
+};
+/* ... but these, below it, are upstream's own nodepool.zk.* loggers,
+ * which follow the "nodepool" level. */
+static const char *const zk_app_loggers[] = {
+	"nodepool.zk.ZooKeeper", "nodepool.zk.ZooKeeperClient",
+	"nodepool.zk.cache",
+};
+
+static void set_default_levels(enum log_level level)
+{
+	size_t i;
+
+	log_reset_logger_levels();
+	log_set_level(level);
+	for (i = 0; i < sizeof(quiet_loggers) / sizeof(quiet_loggers[0]); i++)
+		log_set_logger_level(quiet_loggers[i], LOG_WARNING);
+	for (i = 0; i < sizeof(zk_app_loggers) / sizeof(zk_app_loggers[0]); i++)
+		log_set_logger_level(zk_app_loggers[i], level);
+}
+
 int daemon_setup_logging(const char *app, enum daemon_mode mode,
 			 const char *log_dir, char **err)
 {
 	char *path;
 
-	/* Upstream's default config holds these loggers at WARN whatever
-	 * -d says; "nodepool.zk" is our kazoo. */
-	log_set_logger_level("kazoo", LOG_WARNING);
-	log_set_logger_level("requests", LOG_WARNING);
-	log_set_logger_level("openstack", LOG_WARNING);
-	log_set_logger_level("nodepool.zk", LOG_WARNING);
+	set_default_levels(mode == DAEMON_DEBUG ? LOG_DEBUG : LOG_INFO);
 	if (mode != DAEMON_DETACH) {
 		log_set_stream(stdout);
-		log_set_level(mode == DAEMON_DEBUG ? LOG_DEBUG : LOG_INFO);
 		return 0;
 	}
-	log_set_level(LOG_INFO);
 	path = xasprintf("%s/%s.log", log_dir ? log_dir : DAEMON_LOG_DIR, app);
 	if (log_open_file(path) < 0) {
 		*err = xasprintf("Unable to open log file %s: %s", path,
@@ -431,16 +449,6 @@ int daemon_setup_logging(const char *app, enum daemon_mode mode,
 	}
 	free(path);
 	return 0;
-}
-
-/* A logging config file (-l). lib/logconfig.c, being written now, will
- * apply it; until it is linked in here a -l is refused rather than
- * silently ignored. */
-static int apply_logconfig(const char *path, char **err)
-{
-	*err = xasprintf("Logging config files (-l %s) are not supported yet",
-			 path);
-	return -1;
 }
 
 int daemon_start(const struct daemon_opts *o, char **err)
@@ -456,7 +464,7 @@ int daemon_start(const struct daemon_opts *o, char **err)
 		}
 	}
 	if (o->logconfig)
-		rc = apply_logconfig(o->logconfig, err);
+		rc = logconfig_setup(o->logconfig, err);
 	else
 		rc = daemon_setup_logging(o->app, o->mode, o->log_dir, err);
 	if (o->mode != DAEMON_DETACH)

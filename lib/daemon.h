@@ -98,8 +98,10 @@ void daemon_ready(const char *errmsg);
  * is given: DEBUG (-d) or INFO (-f) to stdout in the foreground,
  * otherwise INFO appended to <LOG_DIR>/<APP>.log, reopened when rotated;
  * the ZooKeeper client's chatter ("nodepool.zk", upstream's kazoo) and
- * "kazoo", "requests", "openstack" at WARNING. LOG_DIR NULL means
- * DAEMON_LOG_DIR. Returns 0, or -1 and *ERR. */
+ * "kazoo", "requests", "openstack" at WARNING, while upstream's own
+ * loggers under it (nodepool.zk.ZooKeeper, ...) keep the nodepool level.
+ * LOG_DIR NULL means DAEMON_LOG_DIR. With -l, daemon_start() applies the
+ * file instead (logconfig.h). Returns 0, or -1 and *ERR. */
 int daemon_setup_logging(const char *app, enum daemon_mode mode,
 			 const char *log_dir, char **err);
 

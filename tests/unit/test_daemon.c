@@ -445,6 +445,7 @@ static char *capture_stdout_logs(void)
 	log_debug("nodepool.test", "a debug line");
 	log_info("nodepool.test", "an info line");
 	log_info("nodepool.zk", "zk info chatter");
+	log_info("nodepool.zk.ZooKeeper", "zk layer info");
 	log_warning("nodepool.zk", "zk warning");
 	log_info("kazoo.client", "kazoo info chatter");
 	fflush(stdout);
@@ -473,6 +474,8 @@ TEST(foreground_logging_levels)
 	CHECK(!strstr(text, "zk info chatter"));
 	CHECK(strstr(text, " WARNING nodepool.zk: zk warning\n"));
 	CHECK(!strstr(text, "kazoo info chatter"));
+	/* Upstream's own nodepool.zk.* loggers are not the client's. */
+	CHECK(strstr(text, " INFO nodepool.zk.ZooKeeper: zk layer info\n"));
 	free(text);
 
 	/* -d: DEBUG, but the library loggers stay at WARNING. */
@@ -486,9 +489,43 @@ TEST(foreground_logging_levels)
 	CHECK(!strstr(text, "zk info chatter"));
 	free(text);
 
-	log_set_stream(stderr);
-	log_set_level(LOG_INFO);
 	free(pidfile);
+}
+
+TEST(logging_config_file)
+{
+	struct daemon_opts o = { .app = "np", .mode = DAEMON_FOREGROUND };
+	char *cfg = tmp_path("logging.yaml"), *err = NULL, *text;
+
+	/* -l replaces the defaults: DEBUG although -f says INFO. */
+	write_text(cfg, "version: 1\n"
+		   "handlers:\n"
+		   "  console:\n"
+		   "    class: logging.StreamHandler\n"
+		   "    stream: ext://sys.stdout\n"
+		   "loggers:\n"
+		   "  nodepool:\n"
+		   "    handlers: [console]\n"
+		   "    level: DEBUG\n"
+		   "root:\n"
+		   "  level: WARNING\n");
+	o.logconfig = cfg;
+	REQUIRE(daemon_start(&o, &err) == 0);
+	text = capture_stdout_logs();
+	CHECK(has_text(text, " DEBUG nodepool.test: a debug line\n"));
+	CHECK(!has_text(text, "kazoo info chatter"));
+	free(text);
+
+	/* A -l file that does not exist is an error, as upstream. */
+	o.logconfig = "/nonexistent/logging.conf";
+	CHECK(daemon_start(&o, &err) == -1);
+	CHECK(err != NULL);
+	free(err);
+
+	log_set_stream(stderr);
+	log_reset_logger_levels();
+	log_set_level(LOG_INFO);
+	free(cfg);
 }
 
 /* ---- signals ---- */
