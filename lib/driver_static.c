@@ -237,7 +237,6 @@ static struct host *node_host(np_manager *m, const np_node *n)
  * and updateNodeFromConfig; we also keep `attributes` current). */
 static void host_fill(const struct host *h, np_node *n)
 {
-	strlist_free(&n->type);
 	list_copy(&n->type, &h->labels);
 	free(n->username);
 	n->username = xstrdup(h->username);
@@ -475,12 +474,16 @@ static void deregister(np_manager *m, struct pass *p, const np_node *n)
 
 /* ---- host checks: resolve, then scan ---- */
 
-static void check_done(struct host *h, bool ok, const char *why)
+/* The end of a host's check. WHY says what failed; a host-key mismatch
+ * is a configuration error (LEVEL error), an unreachable host may come
+ * back (warning). */
+static void check_done(struct host *h, bool ok, enum log_level level,
+    const char *why)
 {
 	h->check = ok ? CHECK_OK : CHECK_FAILED;
 	if (!ok) {
 		char *t = tuple_str(h->name, h->username, h->port);
-		log_warning(LOGGER, "Couldn't sync static node: %s: %s", t,
+		log_msg(level, LOGGER, "Couldn't sync static node: %s: %s", t,
 		    why);
 		free(t);
 	}
@@ -510,11 +513,12 @@ static void scanned(void *arg, int status, const strlist *keys,
 
 	h->scan = NULL;
 	if (status != KEYSCAN_OK) {
-		check_done(h, false, error ? error : "host unreachable");
+		check_done(h, false, LOG_WARNING, error ? error :
+		    "host unreachable");
 		return;
 	}
 	if (!gathers_keys(h)) {
-		check_done(h, true, NULL);
+		check_done(h, true, LOG_DEBUG, NULL);
 		return;
 	}
 	for (size_t i = 0; i < h->host_keys.n; i++) {
@@ -525,13 +529,13 @@ static void scanned(void *arg, int status, const strlist *keys,
 			for (size_t k = 0; k < keys->n; k++)
 				sbuf_addf(&sb, " '%s'", keys->v[k]);
 			sbuf_addc(&sb, ')');
-			check_done(h, false, sb.buf);
+			check_done(h, false, LOG_ERROR, sb.buf);
 			sbuf_free(&sb);
 			return;
 		}
 	}
 	list_copy(&h->keys, keys);
-	check_done(h, true, NULL);
+	check_done(h, true, LOG_DEBUG, NULL);
 }
 
 static void scan_start(struct host *h)
@@ -541,7 +545,7 @@ static void scan_start(struct host *h)
 	 * connected to once, as upstream does. */
 	if (gathers_keys(h) && !h->hkc) {
 		list_copy(&h->keys, &h->host_keys);
-		check_done(h, true, NULL);
+		check_done(h, true, LOG_DEBUG, NULL);
 		return;
 	}
 	if (fake_host(h->name)) {
@@ -556,7 +560,8 @@ static void scan_start(struct host *h)
 	h->scan = keyscan_start(h->m->ks, addr, h->port, h->connection_type,
 	    (double)h->timeout, scanned, h);
 	if (!h->scan)
-		check_done(h, false, "cannot start the host-key scan");
+		check_done(h, false, LOG_ERROR, "cannot start the host-key "
+		    "scan");
 }
 
 static void resolve_free(struct resolve *r)
@@ -598,7 +603,7 @@ static void resolve_poll(evloop *loop, uint64_t id, void *arg)
 		char *why = xasprintf("cannot resolve %s: %s", h->name,
 		    gai_strerror(rc));
 		resolve_free(r);
-		check_done(h, false, why);
+		check_done(h, false, LOG_WARNING, why);
 		free(why);
 		return;
 	}
@@ -633,7 +638,7 @@ static void resolve_start(struct host *h)
 		char *why = xasprintf("cannot resolve %s: %s", h->name,
 		    gai_strerror(rc));
 		resolve_free(r);
-		check_done(h, false, why);
+		check_done(h, false, LOG_WARNING, why);
 		free(why);
 		return;
 	}
