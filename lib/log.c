@@ -41,7 +41,7 @@ void log_set_stream(FILE *f)
 
 int log_open_file(const char *path)
 {
-	FILE *f = fopen(path, "a");
+	FILE *f = fopen(path, "ae");
 
 	if (!f)
 		return -1;
@@ -131,7 +131,7 @@ static void reopen_if_rotated(void)
 	if (stat(log_path, &a) == 0 && fstat(fileno(log_stream), &b) == 0 &&
 	    a.st_ino == b.st_ino && a.st_dev == b.st_dev)
 		return;
-	FILE *f = fopen(log_path, "a");
+	FILE *f = fopen(log_path, "ae");
 	if (!f)
 		return;
 	setvbuf(f, NULL, _IOLBF, 0);
