@@ -403,14 +403,25 @@ static void fire(zkc *c, enum zkc_change change, int what, const char *id,
 	}
 }
 
-/* Markers below an image report the image's name. */
+/* The id callers see for the entry at KEY: markers below an image go by
+ * the image's name (in TMP), everything else by its key. */
+static const char *public_id(int what, const char *key, sbuf *tmp)
+{
+	if (what != ZKC_PAUSE && what != ZKC_BUILD_REQUEST)
+		return key;
+	tmp->len = 0;
+	sbuf_add(tmp, key, strcspn(key, "/"));
+	return tmp->buf;
+}
+
 static void fire_marker(zkc *c, enum zkc_change change, int what,
 			const char *rel)
 {
-	char *image = xstrndup(rel, strcspn(rel, "/"));
+	sbuf tmp;
 
-	fire(c, change, what, image, NULL, NULL);
-	free(image);
+	sbuf_init(&tmp);
+	fire(c, change, what, public_id(what, rel, &tmp), NULL, NULL);
+	sbuf_free(&tmp);
 }
 
 /* ---- JSON interning ---- */
@@ -1467,14 +1478,17 @@ static bool entry_is(const struct ent *e, int what)
 void zkc_foreach(zkc *c, enum zkc_what what, zkc_each_fn fn, void *arg)
 {
 	bool go = true;
+	sbuf tmp;
 
+	sbuf_init(&tmp);
 	c->iterating++;
 	for (size_t i = 0; go && i < c->tab.nb; i++)
 		for (struct ent *e = c->tab.b[i]; go && e; e = e->next)
 			if (entry_is(e, what))
-				go = fn(ent_key(e), e->has_obj ? ent_obj(e) : NULL,
-					arg);
+				go = fn(public_id(what, ent_key(e), &tmp),
+					e->has_obj ? ent_obj(e) : NULL, arg);
 	c->iterating--;
+	sbuf_free(&tmp);
 	if (c->clear_pending && !c->iterating && !c->draining)
 		clear_now(c);
 	drain(c);
@@ -1483,12 +1497,15 @@ void zkc_foreach(zkc *c, enum zkc_what what, zkc_each_fn fn, void *arg)
 void zkc_ids(const zkc *c, enum zkc_what what, strlist *out)
 {
 	strlist ids;
+	sbuf tmp;
 
 	strlist_init(&ids);
+	sbuf_init(&tmp);
 	for (size_t i = 0; i < c->tab.nb; i++)
 		for (struct ent *e = c->tab.b[i]; e; e = e->next)
 			if (entry_is(e, what))
-				strlist_add(&ids, ent_key(e));
+				strlist_add(&ids, public_id(what, ent_key(e), &tmp));
+	sbuf_free(&tmp);
 	strlist_sort(&ids);
 	for (size_t i = 0; i < ids.n; i++)
 		strlist_add_owned(out, ids.v[i]);

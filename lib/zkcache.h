@@ -117,7 +117,9 @@ size_t zkc_queue_len(const zkc *c);
 /* Number of cached objects or markers of kind WHAT. */
 size_t zkc_count(const zkc *c, enum zkc_what what);
 /* Call FN for every entry of kind WHAT (hash order) until it returns
- * false. OBJ is the record, NULL for markers. */
+ * false. ID is as in events; OBJ is the record, NULL for markers. The
+ * callback may run the loop (changes wait until the iteration is over)
+ * but must not free the cache. */
 typedef bool (*zkc_each_fn)(const char *id, const void *obj, void *arg);
 void zkc_foreach(zkc *c, enum zkc_what what, zkc_each_fn fn, void *arg);
 /* The ids of kind WHAT, sorted, appended to OUT (a snapshot to keep). */

@@ -4,8 +4,10 @@
  * children), updates that are not newer, malformed records, the image
  * tree, a reconnect within the session (through a loopback proxy we can
  * cut) and a forced session expiry, both of which change the tree while
- * the cache cannot hear it; freeing with reads in flight; and 10,000 nodes
- * (time to sync and memory per node are printed). */
+ * the cache cannot hear it; bursts of writes racing with the walk and
+ * with events, checked against the tree read directly; freeing with reads
+ * in flight; iteration while the loop runs; and 10,000 nodes (time to sync
+ * and memory per node are printed). */
 #include <arpa/inet.h>
 #include <malloc.h>
 #include <netinet/in.h>
@@ -606,6 +608,7 @@ TEST(image_tree)
 	struct rec *r = xcalloc(1, sizeof(*r));
 	const np_upload *u;
 	const struct seen *s = NULL;
+	strlist ids;
 	zkc *c;
 
 	if (!env_open(&e))
@@ -635,6 +638,15 @@ TEST(image_tree)
 	CHECK(!zkc_image_paused(c, "img2"));
 	CHECK(zkc_image_build_requested(c, "img2"));
 	CHECK(!zkc_image_build_requested(c, "img1"));
+	strlist_init(&ids);
+	zkc_ids(c, ZKC_PAUSE, &ids);
+	CHECK_INT(ids.n, 1);
+	CHECK_STR(ids.n ? ids.v[0] : NULL, "img1");
+	zkc_ids(c, ZKC_IMAGE, &ids);
+	CHECK_INT(ids.n, 3);
+	CHECK_STR(ids.n == 3 ? ids.v[1] : NULL, "img1");
+	CHECK_STR(ids.n == 3 ? ids.v[2] : NULL, "img2");
+	strlist_free(&ids);
 	u = zkc_latest_upload(c, "img1", "p1");
 	REQUIRE(u);
 	CHECK_STR(u->id, "0000000002");
@@ -979,6 +991,12 @@ static void created_cb(zk *z, int rc, const char *path, const zk_stat *st,
 		x->failed++;
 }
 
+static void created_cb_count(zk *z, int rc, const char *path,
+			     const zk_stat *st, void *arg)
+{
+	(*(int *)arg)++;
+}
+
 /* N nodes with JSON like upstream's, a lock directory under every one
  * (nodes that were ever locked keep it) and a contender under every
  * LOCKEVERY-th; all pipelined. */
@@ -1092,6 +1110,161 @@ TEST(ten_thousand_nodes)
 	       ((double)m1.uordblks - (double)m0.uordblks) / N, rss1 - rss0,
 	       (double)(rss1 - rss0) * 1024 / N);
 	zkc_free(x.c);
+	zk_close(a);
+	env_close(&e);
+}
+
+/* The cache against the tree read directly: same nodes, same states,
+ * same lock status. */
+static void check_against_tree(zk *z, zkc *c)
+{
+	strlist ids;
+	size_t n = 0;
+
+	strlist_init(&ids);
+	CHECK_INT(zk_get_children(z, "/nodepool/nodes", &ids, NULL), ZOK);
+	for (size_t i = 0; i < ids.n; i++) {
+		char *path = np_path_node(ids.v[i]), *lock = np_path_node_lock(ids.v[i]);
+		char *data = NULL;
+		int len = 0;
+		strlist kids;
+		np_node want;
+		const np_node *got = zkc_node(c, ids.v[i]);
+
+		strlist_init(&kids);
+		if (zk_get(z, path, &data, &len, NULL) == ZOK && len > 0 &&
+		    np_node_decode(&want, ids.v[i], data, (size_t)len, NULL) == 0) {
+			n++;
+			if (!got || strcmp(got->state, want.state) != 0)
+				testlib_fail(__FILE__, __LINE__, "node %s: cache has %s, "
+					     "tree has %s", ids.v[i],
+					     got ? got->state : "nothing", want.state);
+			np_node_clear(&want);
+		} else if (got) {
+			testlib_fail(__FILE__, __LINE__, "node %s cached, not in tree",
+				     ids.v[i]);
+		}
+		zk_get_children(z, lock, &kids, NULL);
+		if ((kids.n > 0) != zkc_node_locked(c, ids.v[i]))
+			testlib_fail(__FILE__, __LINE__, "node %s: locked %d in cache, "
+				     "%zu contenders in tree", ids.v[i],
+				     zkc_node_locked(c, ids.v[i]), kids.n);
+		strlist_free(&kids);
+		free(data);
+		free(lock);
+		free(path);
+	}
+	CHECK_INT(zkc_count(c, ZKC_NODE), n);
+	strlist_free(&ids);
+}
+
+static void count_rc(zk *z, int rc, void *arg)
+{
+	(*(int *)arg)++;
+}
+
+/* Pipelined writes on node I, by I % 5: delete it (lock directory
+ * first), change its state, lock it (a persistent contender named after
+ * ROUND), empty its data, or create a new node beside it. */
+static void write_one(zk *w, int i, int round, int *done, int *want)
+{
+	char *p = xasprintf("/nodepool/nodes/%010d", i);
+	char *d = node_json(round ? "hold" : "used");
+
+	switch (i % 5) {
+	case 0: {
+		char *lock = xasprintf("%s/lock", p);
+		CHECK_INT(zk_adelete(w, lock, -1, count_rc, done), ZOK);
+		CHECK_INT(zk_adelete(w, p, -1, count_rc, done), ZOK);
+		*want += 2;
+		free(lock);
+		break;
+	}
+	case 1:
+		CHECK_INT(zk_aset(w, p, d, (int)strlen(d), -1, count_done, done), ZOK);
+		(*want)++;
+		break;
+	case 2: {
+		char *lk = xasprintf("%s/lock/r%d__lock__%010d", p, round, i);
+		CHECK_INT(zk_acreate(w, lk, "", 0, 0, created_cb_count, done), ZOK);
+		(*want)++;
+		free(lk);
+		break;
+	}
+	case 3:
+		CHECK_INT(zk_aset(w, p, "", 0, -1, count_done, done), ZOK);
+		(*want)++;
+		break;
+	default: {
+		char *q = xasprintf("/nodepool/nodes/%010d", i + 100000 * (round + 1));
+		CHECK_INT(zk_acreate(w, q, d, (int)strlen(d), 0, created_cb_count,
+				     done), ZOK);
+		(*want)++;
+		free(q);
+		break;
+	}
+	}
+	free(d);
+	free(p);
+}
+
+/* Round 0 writes on the first half of N nodes; round 1 releases round
+ * 0's contenders, changes round 0's changed nodes again and writes on
+ * the second half. */
+static void write_burst(evloop *loop, zk *w, int n, int round)
+{
+	int done = 0, want = 0;
+
+	for (int i = 0; i < (round ? n : n / 2); i++) {
+		if (round && i < n / 2) {
+			char *p;
+			if (i % 5 == 2) {
+				p = xasprintf("/nodepool/nodes/%010d/lock/r0__lock__%010d",
+					      i, i);
+				CHECK_INT(zk_adelete(w, p, -1, count_rc, &done), ZOK);
+				want++;
+				free(p);
+			} else if (i % 5 == 1) {
+				char *d = node_json("in-use");
+				p = xasprintf("/nodepool/nodes/%010d", i);
+				CHECK_INT(zk_aset(w, p, d, (int)strlen(d), -1,
+						  count_done, &done), ZOK);
+				want++;
+				free(p);
+				free(d);
+			}
+			continue;
+		}
+		write_one(w, i, round, &done, &want);
+	}
+	WAIT_FOR(loop, done == want);
+	CHECK_INT(done, want);
+}
+
+TEST(walk_and_events_race_with_writes)
+{
+	enum { N = 2000 };
+	struct env e;
+	zk *a;
+	zkc *c;
+
+	if (!env_open(&e))
+		return;
+	populate(e.loop, e.z, N, 1000000);
+	a = connect_to(e.loop, e.hosts, NULL);
+	REQUIRE(a);
+	c = zkc_new(a, ZKC_NODES);
+	/* the walk is under way: the first burst races with it */
+	write_burst(e.loop, e.z, N, 0);
+	printf("    walk %s when the first burst was done\n",
+	       zkc_ready(c) ? "already complete" : "still under way");
+	CHECK_INT(zkc_wait_ready(c, 30), ZOK);
+	/* and the second one with plain events */
+	write_burst(e.loop, e.z, N, 1);
+	CHECK_INT(zk_sync(a, "/"), ZOK);
+	WAIT_FOR(e.loop, zkc_queue_len(c) == 0);
+	check_against_tree(e.z, c);
+	zkc_free(c);
 	zk_close(a);
 	env_close(&e);
 }
