@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# cli-bench.sh: time `nodepool list` and `nodepool request-list` on 10,000
-# nodes and 1,000 requests (wall time and peak RSS); prints, never asserts.
+# cli-bench.sh: time `nodepool list`, `list --detail` and `request-list` on
+# 10,000 nodes and 1,000 requests (wall time and peak RSS, best of 3, from
+# /usr/bin/time); prints, never asserts.
 # Starts its own ZooKeeper (TLS) and stops it at the end. If upstream's
 # Python CLI can run here (bench/upstream-nodepool.py and its Debian
 # dependencies), it is timed on the same data for comparison.
@@ -63,10 +64,12 @@ measure() {
 
 NP="$TOP/$BUILD/nodepool"
 measure "C nodepool list" "$NP" -c "$WORK/nodepool.yaml" list
+measure "C nodepool list --detail" "$NP" -c "$WORK/nodepool.yaml" list --detail
 measure "C nodepool request-list" "$NP" -c "$WORK/nodepool.yaml" request-list
 if /usr/bin/python3 -c 'import prettytable, openstack, voluptuous' 2>/dev/null; then
 	UP="bench/upstream-nodepool.py"
 	measure "upstream nodepool list" /usr/bin/python3 "$UP" -c "$WORK/nodepool.yaml" list
+	measure "upstream nodepool list --detail" /usr/bin/python3 "$UP" -c "$WORK/nodepool.yaml" list --detail
 	measure "upstream nodepool request-list" /usr/bin/python3 "$UP" -c "$WORK/nodepool.yaml" request-list
 else
 	echo "upstream CLI not run: its Python dependencies are not installed" \
