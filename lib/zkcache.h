@@ -60,25 +60,28 @@ enum zkc_tree {
 	ZKC_IMAGES,   /* /nodepool/images */
 };
 
-/* What an entry is. Objects carry a decoded record; markers only exist. */
+/* What an entry is. Objects carry a decoded record; markers only exist.
+ * Ids are paths below the tree's root, except that markers below an image
+ * go by the image's name. */
 enum zkc_what {
-	ZKC_NODE,          /* np_node; id "<seq10>" */
-	ZKC_REQUEST,       /* np_request; id "<prio>-<seq10>" */
-	ZKC_BUILD,         /* np_build; id "<image>/builds/<build-id>" */
-	ZKC_UPLOAD,        /* np_upload; id "<image>/builds/<build-id>/providers/<provider>/images/<upload-id>" */
-	ZKC_IMAGE,         /* marker /nodepool/images/<image>; id "<image>" */
-	ZKC_PAUSE,         /* marker <image>/pause; id "<image>" */
-	ZKC_BUILD_REQUEST, /* marker <image>/request-build; id "<image>" */
+	ZKC_NODE,          /* np_node; "<seq10>" */
+	ZKC_REQUEST,       /* np_request; "<prio>-<seq10>" */
+	ZKC_BUILD,         /* np_build; "<image>/builds/<build-id>" */
+	ZKC_UPLOAD,        /* np_upload; "<image>/builds/<build-id>/providers/
+			    * <provider>/images/<upload-id>" */
+	ZKC_IMAGE,         /* marker /nodepool/images/<image>; "<image>" */
+	ZKC_PAUSE,         /* marker <image>/pause; "<image>" */
+	ZKC_BUILD_REQUEST, /* marker <image>/request-build; "<image>" */
 };
 
 enum zkc_change {
-	ZKC_ADDED,    /* OBJ is the new record (NULL for markers) */
-	ZKC_CHANGED,  /* OBJ is the new record, OLD the previous one */
-	ZKC_REMOVED,  /* OLD is the record that was cached (NULL for markers) */
-	ZKC_LOCKED,   /* node ID got its first lock contender; OBJ the node or NULL */
-	ZKC_UNLOCKED, /* node ID lost its last lock contender; OBJ the node or NULL */
-	ZKC_READY,    /* a complete walk made the cache ready (ID, OBJ NULL) */
-	ZKC_CLEARED,  /* session lost: everything dropped, not ready (ID, OBJ NULL) */
+	ZKC_ADDED,    /* OBJ: the new record (NULL for markers) */
+	ZKC_CHANGED,  /* OBJ: the new record, OLD: the previous one */
+	ZKC_REMOVED,  /* OLD: the record that was cached (NULL for markers) */
+	ZKC_LOCKED,   /* node ID got its first contender; OBJ: node or NULL */
+	ZKC_UNLOCKED, /* node ID lost its last contender; OBJ: node or NULL */
+	ZKC_READY,    /* a complete walk made the cache ready (no ID, OBJ) */
+	ZKC_CLEARED,  /* session lost: all dropped, not ready (no ID, OBJ) */
 };
 
 typedef struct zkc_event {
