@@ -497,10 +497,9 @@ static bool gathers_keys(const struct host *h)
 	    strcmp(h->connection_type, "network_cli") == 0;
 }
 
-/* Upstream's test hosts: a name with "fake" in it is not scanned and
- * has the one key "ssh-rsa FAKEKEY" (keyscan knows the rule too, but a
- * scan that ends before it starts confuses its queue, so we do not ask
- * it for these). */
+/* Upstream's test hosts: a name with "fake" in it is not resolved
+ * (set_node_ip), and keyscan answers "ssh-rsa FAKEKEY" for it without
+ * connecting. */
 static bool fake_host(const char *name)
 {
 	return strstr(name, "fake") != NULL;
@@ -546,14 +545,6 @@ static void scan_start(struct host *h)
 	if (gathers_keys(h) && !h->hkc) {
 		list_copy(&h->keys, &h->host_keys);
 		check_done(h, true, LOG_DEBUG, NULL);
-		return;
-	}
-	if (fake_host(h->name)) {
-		strlist keys;
-		strlist_init(&keys);
-		strlist_add(&keys, "ssh-rsa FAKEKEY");
-		scanned(h, KEYSCAN_OK, &keys, NULL);
-		strlist_free(&keys);
 		return;
 	}
 	const char *addr = h->ipv4 ? h->ipv4 : h->ipv6 ? h->ipv6 : h->name;
@@ -1107,7 +1098,7 @@ static np_op *static_check_reusable(np_manager *m, const np_node *node,
 		op->status = NP_DRV_ERROR;
 		op->error = xasprintf("%s: %s is not configured", m->name,
 		    op->tuple);
-	} else if (h->hkc && !fake_host(h->name)) {
+	} else if (h->hkc) {
 		/* A TCP connect proves the host is up (no key exchange, as
 		 * upstream's probe gathers no keys). */
 		op->scan = keyscan_start(m->ks, h->name, h->port, "tcp",
@@ -1118,8 +1109,7 @@ static np_op *static_check_reusable(np_manager *m, const np_node *node,
 		op->error = xasprintf("%s: cannot probe %s", m->name,
 		    op->tuple);
 	}
-	/* Without host-key-checking the host is assumed to be up (and a
-	 * fake host always is). */
+	/* Without host-key-checking the host is assumed to be up. */
 	op->timer = evloop_add_timer(m->loop, 0, probe_fire, op);
 	return op;
 }
