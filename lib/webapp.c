@@ -26,7 +26,6 @@
 #include "webapp.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -43,6 +42,7 @@
 
 #include "log.h"
 #include "model.h"
+#include "stackdump.h"
 #include "store.h"
 #include "table.h"
 
@@ -50,7 +50,7 @@
 
 #define CACHE_TTL 1             /* seconds (upstream's cache_expiry) */
 #define CACHE_MAX 256           /* answers kept at most */
-#define CONN_LIMIT 256          /* connections (and their threads) */
+#define CONN_LIMIT 64           /* connections (and their threads) */
 #define CONN_TIMEOUT 30         /* seconds a connection may stay idle */
 #define CONN_MEMORY (128 * 1024) /* request line and headers, per connection */
 #define THREAD_STACK (1024 * 1024)
@@ -1140,13 +1140,15 @@ static const struct endpoint *find_endpoint(const char *path)
 	return NULL;
 }
 
-/* Name MHD's connection threads for ps, gdb and stack dumps. */
+/* MHD's connection threads join the SIGUSR2 stack dump (and get a name
+ * in ps and gdb) when they first handle a request; they leave it when
+ * they exit. Their blocking calls (poll, send, recv) retry on EINTR. */
 static void name_thread(void)
 {
 	static _Thread_local bool named;
 
 	if (!named) {
-		pthread_setname_np(pthread_self(), "webapp");
+		stackdump_register_thread("webapp");
 		named = true;
 	}
 }
@@ -1183,6 +1185,24 @@ static enum MHD_Result dispatch(webapp *w, struct MHD_Connection *c,
 	return ret;
 }
 
+/* "GET /path" at DEBUG, with anything unprintable in the (unquoted) path
+ * escaped so that a request cannot forge log lines. */
+static void log_request(const char *method, const char *url)
+{
+	sbuf sb;
+
+	sbuf_init(&sb);
+	for (const char *p = url; *p && sb.len < 300; p++) {
+		unsigned char ch = (unsigned char)*p;
+		if (ch < 0x20 || ch == 0x7f || ch == '\\')
+			sbuf_addf(&sb, "\\x%02x", ch);
+		else
+			sbuf_addc(&sb, (char)ch);
+	}
+	log_debug(LOGGER, "%.10s %s", method, sb.buf ? sb.buf : "");
+	sbuf_free(&sb);
+}
+
 /* MHD's access handler: called once the headers are in; we answer at
  * once (a body, if any, is not wanted). */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
@@ -1194,10 +1214,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
 	enum MHD_Result ret;
 
 	name_thread();
+	if (log_get_level() <= LOG_DEBUG)
+		log_request(method, url);
 	accept = header_value(c, MHD_HTTP_HEADER_ACCEPT);
 	ret = dispatch(cls, c, url, method, accept);
 	free(accept);
-	log_debug(LOGGER, "%s %s", method, url);
 	return ret;
 }
 

@@ -7,7 +7,10 @@
  * good and bad requests from several threads (run under ASan for leaks).
  *
  * The HTTP client is a few lines of plain sockets: one request per
- * connection ("Connection: close"), read until the server closes. */
+ * connection ("Connection: close"), read until the server closes.
+ *
+ * With NP_WEBAPP_HELPER=1 the binary is a plain server for
+ * tests/integration/test_webapp_accept.py (helper_main at the bottom). */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -1475,6 +1478,51 @@ TEST(start_errors)
 	free(err);
 	webapp_stop(a);
 	webapp_stop(NULL);
+}
+
+/* ---- helper mode ----
+ *
+ * With NP_WEBAPP_HELPER=1 the binary serves empty listings (and one
+ * label) on 127.0.0.1, prints its port and runs until stdin closes:
+ * tests/integration/test_webapp_accept.py holds our Accept negotiation
+ * against webob's own code that way. */
+
+static status_list *empty_listing(void *ctx, const struct webapp_query *q)
+{
+	return status_list_new(q->what, q->fmt, q->fields, now_wall());
+}
+
+static int one_label(void *ctx, strlist *out)
+{
+	strlist_add(out, "label");
+	return 0;
+}
+
+static int helper_main(void)
+{
+	struct webapp_source src = {
+		.listing = empty_listing, .labels = one_label,
+	};
+	char *err = NULL, buf[256];
+	webapp *w = webapp_start("127.0.0.1", 0, &src, &err);
+
+	if (!w) {
+		fprintf(stderr, "%s\n", err);
+		free(err);
+		return 1;
+	}
+	printf("%d\n", webapp_port(w));
+	fflush(stdout);
+	while (fgets(buf, sizeof(buf), stdin))
+		;
+	webapp_stop(w);
+	return 0;
+}
+
+__attribute__((constructor)) static void maybe_helper(void)
+{
+	if (getenv("NP_WEBAPP_HELPER"))
+		exit(helper_main());
 }
 
 RUN_TESTS()
