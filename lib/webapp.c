@@ -455,6 +455,10 @@ static bool parse_clock(char *tm, long long hms[3])
 	return true;
 }
 
+/* What Python's str.split() splits on, among latin-1 characters (header
+ * values reach webob as latin-1 text). */
+#define DATE_SPACE " \t\r\n\v\f\x1c\x1d\x1e\x1f\x85\xa0"
+
 /* An HTTP date as webob reads If-Modified-Since (email.utils.parsedate_tz
  * then timegm): RFC 1123, RFC 850 and asctime forms and the usual
  * liberties. Seconds since the epoch, or false. */
@@ -468,8 +472,8 @@ static bool parse_http_date(const char *value, long long *out)
 	if (strlen(value) >= sizeof(buf) - 32) /* room to split a zone off */
 		return false;
 	strcpy(buf, value);
-	for (char *tok = strtok_r(buf, " \t\r\n", &c); tok && n < 7;
-	     tok = strtok_r(NULL, " \t\r\n", &c))
+	for (char *tok = strtok_r(buf, DATE_SPACE, &c); tok && n < 7;
+	     tok = strtok_r(NULL, DATE_SPACE, &c))
 		w[n++] = tok;
 	if (n == 0)
 		return false;
