@@ -8,9 +8,11 @@
  * Also the registry and driver.c's request formatting. */
 #include <dirent.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -648,6 +650,52 @@ TEST(state_dir_shared_by_two_managers)
 	strlist_free(&nodes);
 	free(opts);
 	free(inst_dir);
+	env_stop(&e);
+}
+
+TEST(killed_launcher_leaves_its_servers)
+{
+	struct env e;
+	char *opts = xasprintf("{state-dir: %s/killed, launch-delay: 60}",
+	    test_tmpdir());
+	int fds[2];
+	char c;
+	pid_t pid;
+
+	REQUIRE(env_start(&e, opts));
+	REQUIRE(pipe(fds) == 0);
+	pid = fork();
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		/* Another launcher process on the same cloud: it starts a
+		 * create, says so, and is killed while the server builds. */
+		struct env child = e;
+		struct created pending = {0};
+		char *err = NULL;
+		child.loop = evloop_new();
+		child.host.loop = child.loop;
+		child.m = D->start(&child.host, e.cfg, &e.cfg->providers[0],
+		    &err);
+		if (!child.m)
+			_exit(2);
+		start_create(&child, "small", "0000000042", NULL, &pending);
+		if (write(fds[1], "x", 1) != 1)
+			_exit(3);
+		for (;;)
+			evloop_run_once(child.loop, 1000);
+	}
+	close(fds[1]);
+	CHECK(read(fds[0], &c, 1) == 1);
+	close(fds[0]);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+
+	strlist nodes;
+	strlist_init(&nodes);
+	CHECK_INT(list_sync(&e, e.m, &nodes), 1);
+	CHECK(strlist_contains(&nodes, "0000000042"));
+	strlist_free(&nodes);
+	free(opts);
 	env_stop(&e);
 }
 

@@ -715,6 +715,48 @@ out:
 	sshd_stop(&s);
 }
 
+TEST(winrm_hosts_need_only_a_tcp_connection)
+{
+	struct env e;
+	struct nodes ns;
+	struct sshd s;
+	char *cfg;
+
+	if (!have_sshd() || !test_zk_hosts()) {
+		if (!test_zk_hosts())
+			testlib_skip("NP_TEST_ZK not set");
+		return;
+	}
+	/* Any listening port will do: the sshd's. No keys are recorded,
+	 * even with host-key-checking off (upstream still connects). */
+	REQUIRE(sshd_start(&s, "winrm"));
+	cfg = sshd_config(&s, "[]", "            connection-type: winrm\n"
+	    "            host-key-checking: false\n");
+	if (!env_start(&e, cfg))
+		goto out;
+	sync_pass(&e);
+	read_nodes(e.z, &ns);
+	const np_node *n = find(&ns, "127.0.0.1", 0, "ready");
+	REQUIRE(n);
+	CHECK_STR(n->connection_type, "winrm");
+	CHECK_INT(n->host_keys.n, 0);
+	free_nodes(&ns);
+	env_stop(&e);
+
+	/* Nothing listening: not registered. */
+	sshd_stop(&s);
+	if (!env_start(&e, cfg))
+		goto out;
+	sync_pass(&e);
+	read_nodes(e.z, &ns);
+	CHECK_INT(ns.n, 0);
+	free_nodes(&ns);
+out:
+	env_stop(&e);
+	free(cfg);
+	sshd_stop(&s);
+}
+
 struct probe_res {
 	int done;
 	int status;
