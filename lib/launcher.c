@@ -21,8 +21,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "cleanup.h"
 #include "components.h"
 #include "deleter.h"
+#include "launcher_stats.h"
 #include "log.h"
 #include "model.h"
 #include "poolworker.h"
@@ -1024,6 +1026,9 @@ void launcher_start(np_launcher *l)
 	regcomp_register(l->comp);
 	l->del = deleter_new(l, l->delete_ms);
 	apply_config(l, l->cur);
+	/* Upstream's CleanupWorker and StatsWorker, as extensions. */
+	cleanup_attach(l);
+	lstats_attach(l);
 	for (size_t i = 0; i < l->nexts; i++)
 		if (l->exts[i].start)
 			l->exts[i].start(l, l->exts[i].arg);

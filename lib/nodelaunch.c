@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "launcher_stats.h"
 #include "log.h"
 
 #define PROGRESS_WRITE_MS 1000
@@ -26,8 +27,17 @@
 
 static void start_attempt(np_nodelaunch *nl);
 static void attempt_failed(np_nodelaunch *nl, const char *error,
-			   const char *external_id);
+			   const char *external_id, const char *result);
 static void finish(np_nodelaunch *nl, const char *state);
+
+/* Launch statistics (launcher_stats.c), upstream's recordLaunchStats:
+ * each failed attempt, and the end of a launch that is not a failure
+ * already counted. */
+static void record(np_nodelaunch *nl, const char *result)
+{
+	lstats_launch(nl->l, nl->pm->name, nl->node.az, nl->node.requestor,
+		      result, now_ms() - nl->start_ms);
+}
 
 static void nl_free(np_nodelaunch *nl)
 {
@@ -140,6 +150,10 @@ static void finish(np_nodelaunch *nl, const char *state)
 	char *path, *json;
 
 	cancel_work(nl);
+	if (strcmp(state, NP_NODE_READY) == 0)
+		record(nl, LSTATS_READY);
+	else if (strcmp(state, NP_NODE_ABORTED) == 0)
+		record(nl, LSTATS_QUOTA);
 	np_node_set_state(&nl->node, state);
 	nl->state = NL_FINAL;
 	path = np_path_node(nl->node.id);
@@ -184,7 +198,8 @@ static void scanned(void *arg, int status, const strlist *keys,
 	if (status != KEYSCAN_OK) {
 		NLOG(nl, LOG_WARNING, "Error scanning keys: %s",
 		     error ? error : keyscan_status_name(status));
-		attempt_failed(nl, "Can't scan instance key", NULL);
+		attempt_failed(nl, "Can't scan instance key", NULL,
+			       LSTATS_KEYSCAN);
 		return;
 	}
 	NLOG(nl, LOG_DEBUG, "Scanned keys in %lld",
@@ -216,7 +231,8 @@ static void start_scan(np_nodelaunch *nl, const np_pool_label *pl)
 		return;
 	}
 	if (!nl->node.interface_ip) {
-		attempt_failed(nl, "Instance has no address to scan", NULL);
+		attempt_failed(nl, "Instance has no address to scan", NULL,
+			       LSTATS_KEYSCAN);
 		return;
 	}
 	NLOG(nl, LOG_DEBUG, "Submitting nodescan request for %s",
@@ -227,7 +243,8 @@ static void start_scan(np_nodelaunch *nl, const np_pool_label *pl)
 				 nl->node.connection_type,
 				 (double)nl->pm->prov->boot_timeout, scanned, nl);
 	if (!nl->scan) {
-		attempt_failed(nl, "Unable to start the host-key scan", NULL);
+		attempt_failed(nl, "Unable to start the host-key scan", NULL,
+			       LSTATS_KEYSCAN);
 		return;
 	}
 	keyscan_req_set_node_id(nl->scan, nl->node.id);
@@ -316,7 +333,9 @@ static void created(void *arg, int status, np_instance *inst, const char *error)
 		provmgr_invalidate_quota(nl->pm);
 		finish(nl, NP_NODE_ABORTED);
 	} else {
-		attempt_failed(nl, error ? error : "launch failed", ext);
+		attempt_failed(nl, error ? error : "launch failed", ext,
+			       status == NP_DRV_TIMEOUT ? LSTATS_CREATE_TIMEOUT :
+			       LSTATS_UNKNOWN);
 	}
 	free(ext);
 }
@@ -329,7 +348,8 @@ static void on_launch_timeout(evloop *loop, uint64_t id, void *arg)
 	if (nl->op && nl->pm->drv->cancel)
 		nl->pm->drv->cancel(nl->op);
 	nl->op = NULL;
-	attempt_failed(nl, "Timeout waiting for instance creation", NULL);
+	attempt_failed(nl, "Timeout waiting for instance creation", NULL,
+		       LSTATS_CREATE_TIMEOUT);
 }
 
 static void torn_down(void *arg, int status, const char *error)
@@ -351,11 +371,12 @@ static void torn_down(void *arg, int status, const char *error)
 }
 
 static void attempt_failed(np_nodelaunch *nl, const char *error,
-			   const char *external_id)
+			   const char *external_id, const char *result)
 {
 	const char *ext;
 
 	cancel_work(nl);
+	record(nl, result);
 	NLOG(nl, LOG_WARNING, "Launch attempt %d/%d for node %s, failed: %s",
 	     nl->attempts, nl->retries, nl->node.id, error);
 	if (external_id) {
@@ -397,7 +418,8 @@ static void start_attempt(np_nodelaunch *nl)
 	nl->wrote_progress = false;
 	if (!pl || !pool) {
 		nl->attempts = nl->retries; /* no config: no point retrying */
-		attempt_failed(nl, "label no longer configured", NULL);
+		attempt_failed(nl, "label no longer configured", NULL,
+			       LSTATS_UNKNOWN);
 		return;
 	}
 	if (pl->diskimage) {
@@ -412,7 +434,7 @@ static void start_attempt(np_nodelaunch *nl)
 			if (nl->attempts == 1)
 				nodelaunch_write(nl); /* building, as upstream */
 			attempt_failed(nl, "Unable to find current cloud image",
-				       NULL);
+				       NULL, LSTATS_NODEPOOL);
 			return;
 		}
 		image_ext = up->external_id;
@@ -463,7 +485,8 @@ static void start_attempt(np_nodelaunch *nl)
 	json_decref(meta);
 	free(hostname);
 	if (!nl->op) {
-		attempt_failed(nl, "the driver refused to create", NULL);
+		attempt_failed(nl, "the driver refused to create", NULL,
+			       LSTATS_UNKNOWN);
 		return;
 	}
 	nl->timer = evloop_add_timer(launcher_loop(nl->l),
@@ -676,6 +699,8 @@ void nodelaunch_abandon(np_nodelaunch *nl)
 	if (nl->state != NL_DONE && nl->node.id)
 		NLOG(nl, LOG_ERROR, "Lost ZooKeeper session trying to launch "
 		     "for node %s", nl->node.id);
+	if (nl->state != NL_DONE && nl->attempts > 0)
+		record(nl, LSTATS_ZKSESSION);
 	cancel_work(nl);
 	if (nl->state != NL_DONE)
 		np_node_set_state(&nl->node, NP_NODE_FAILED);

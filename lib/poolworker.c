@@ -14,6 +14,7 @@
 
 #include "components.h"
 #include "handler.h"
+#include "launcher_stats.h"
 #include "log.h"
 
 #define TICK_MS 1000
@@ -207,6 +208,10 @@ static void on_tick(evloop *loop, uint64_t id, void *arg)
 	np_poolworker *pw = arg;
 
 	pw->tick_timer = evloop_add_timer(loop, TICK_MS, on_tick, pw);
+	/* Upstream reports the limits on every loop of its pool worker:
+	 * once a second here, not on every (event-driven) pass. */
+	if (zk_state(launcher_zk(pw->l)) == ZK_STATE_CONNECTED)
+		lstats_pool_limits(pw->l, pw->provider_name);
 	pass(pw);
 }
 

@@ -1,0 +1,427 @@
+# launcherlib.py: what the launcher's integration tests share: the TLS
+# ZooKeeper (the environment's or one started through tests/harness), a
+# Scenario (its own chroot, fake-cloud state dir, config files and
+# nodepool-launcher processes, started and stopped), Zuul's side of the
+# protocol (requests, node locks), a real UDP statsd listener, and the
+# check/wait_for/run helpers that print "N passed, N failed".
+#
+# env: NP_BUILD (build dir with nodepool-launcher); NP_TEST_ZK_TLS and
+# NP_TEST_ZK_CA/_CERT/_KEY for a running TLS ZooKeeper, else one is started
+# and stopped at the end.
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+
+from kazoo.client import KazooClient
+from kazoo.recipe.lock import Lock
+
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.environ.get("NP_BUILD", os.path.join(TOP, "build"))
+LAUNCHER = os.path.join(BUILD, "nodepool-launcher")
+WAIT = 30.0
+
+PASSED = 0
+FAILED = 0
+
+# Upstream's Node.toDict keys (zookeeper-protocol.md §3.2).
+NODE_KEYS = ["state", "state_time", "cloud", "provider", "pool", "type",
+             "allocated_to", "az", "region", "public_ipv4", "private_ipv4",
+             "public_ipv6", "host_id", "interface_ip", "connection_port",
+             "ssh_port", "image_id", "launcher", "created_time",
+             "external_id", "hostname", "comment", "user_data", "hold_job",
+             "host_keys", "username", "connection_type", "shell_type",
+             "hold_expiration", "resources", "slot", "attributes",
+             "python_path", "tenant_name", "driver_data", "requestor"]
+REQUEST_KEYS = ["state", "state_time", "declined_by", "node_types", "nodes",
+                "reuse", "requestor", "requestor_data", "provider",
+                "relative_priority", "event_id", "created_time",
+                "tenant_name"]
+
+PROVIDER = {"name": "fake-provider",
+            "pools": [{"name": "main", "labels": ["small", "big"]}]}
+
+
+def check(cond, what):
+    global PASSED, FAILED
+    if cond:
+        PASSED += 1
+    else:
+        FAILED += 1
+        print("FAIL: %s" % what, file=sys.stderr)
+    return cond
+
+
+def wait_for(fn, timeout=WAIT, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            v = fn()
+        except Exception:
+            v = None
+        if v:
+            return v
+        time.sleep(0.05)
+    print("timed out waiting for %s" % what, file=sys.stderr)
+    return None
+
+
+class ZK:
+    """The TLS ZooKeeper: the environment's, or one we start."""
+
+    def __init__(self):
+        self.own = None
+        if os.environ.get("NP_TEST_ZK_TLS"):
+            self.hosts = os.environ["NP_TEST_ZK_TLS"]
+            self.ca = os.environ["NP_TEST_ZK_CA"]
+            self.cert = os.environ["NP_TEST_ZK_CERT"]
+            self.key = os.environ["NP_TEST_ZK_KEY"]
+            return
+        self.own = tempfile.mkdtemp(prefix="np-launcher-zk.")
+        out = subprocess.check_output(
+            ["bash", "-c", 'source "$1/tests/harness/lib.sh"; '
+             'zk_start "$2" >/dev/null; echo "$ZK_PORT $ZK_TLS_PORT"',
+             "-", TOP, self.own + "/zk"], text=True).split()
+        self.port = out[0]
+        self.hosts = "127.0.0.1:%s" % out[1]
+        tls = self.own + "/zk/tls"
+        self.ca, self.cert, self.key = (tls + "/ca.pem", tls + "/client.pem",
+                                        tls + "/client.key")
+
+    def client(self, chroot=""):
+        c = KazooClient(hosts=self.hosts + chroot, use_ssl=True, ca=self.ca,
+                        certfile=self.cert, keyfile=self.key,
+                        verify_certs=True)
+        c.start()
+        return c
+
+    def stop(self):
+        if self.own:
+            subprocess.call(["bash", "-c", 'source "$1/tests/harness/lib.sh";'
+                             ' zk_stop "$2" "$3"', "-", TOP,
+                             self.own + "/zk", self.port])
+            shutil.rmtree(self.own, ignore_errors=True)
+
+
+def config_text(zk, chroot, state_dir, providers, labels, extra=""):
+    """LABELS: (name, min_ready) or (name, min_ready, {key: value}) for
+    more label keys (max-ready-age). A provider may carry "keys" (more
+    provider keys, e.g. launch-timeout) and "fake" (fake: options)."""
+    host, port = zk.hosts.split(":")
+    lines = ["zookeeper-servers:", "  - host: %s" % host,
+             "    port: %s" % port, "    chroot: %s" % chroot,
+             "zookeeper-tls:", "  ca: %s" % zk.ca, "  cert: %s" % zk.cert,
+             "  key: %s" % zk.key, "labels:"]
+    for label in labels:
+        name, min_ready = label[0], label[1]
+        lines += ["  - name: %s" % name, "    min-ready: %d" % min_ready]
+        for k, v in (label[2] if len(label) > 2 else {}).items():
+            lines.append("    %s: %s" % (k, v))
+    lines.append("providers:")
+    for p in providers:
+        lines += ["  - name: %s" % p["name"], "    cloud: fake",
+                  "    launch-retries: %d" % p.get("retries", 3)]
+        for k, v in p.get("keys", {}).items():
+            lines.append("    %s: %s" % (k, v))
+        lines += ["    fake:", "      state-dir: %s" % state_dir]
+        for k, v in p.get("fake", {}).items():
+            lines.append("      %s: %s" % (k, v))
+        lines += ["    cloud-images:", "      - name: fake-image",
+                  "        image-name: Fake Precise", "    pools:"]
+        for pool in p["pools"]:
+            lines += ["      - name: %s" % pool["name"],
+                      "        max-servers: %d" % pool.get("max", 100)]
+            if "priority" in pool:
+                lines.append("        priority: %d" % pool["priority"])
+            if "azs" in pool:
+                lines.append("        availability-zones: [%s]"
+                             % ", ".join(pool["azs"]))
+            lines.append("        node-attributes: {executor-zone: z1}")
+            lines.append("        labels:")
+            for label in pool["labels"]:
+                lines += ["          - name: %s" % label,
+                          "            cloud-image: fake-image",
+                          "            min-ram: 1024"]
+    return "\n".join(lines) + "\n" + extra
+
+
+class Scenario:
+    """A chroot, a state dir, config files and launcher processes."""
+
+    def __init__(self, zk, name):
+        self.zk = zk
+        self.name = name
+        self.chroot = "/t-%s-%s" % (name, uuid.uuid4().hex[:8])
+        self.dir = tempfile.mkdtemp(prefix="np-launcher-%s." % name)
+        self.state_dir = os.path.join(self.dir, "cloud")
+        os.makedirs(self.state_dir)
+        root = zk.client()
+        root.ensure_path(self.chroot)
+        root.stop()
+        self.kz = zk.client(self.chroot)
+        self.procs = []
+
+    def write_config(self, providers, labels, fname="nodepool.yaml",
+                     extra=""):
+        path = os.path.join(self.dir, fname)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(config_text(self.zk, self.chroot, self.state_dir,
+                                providers, labels, extra))
+        os.rename(tmp, path)
+        return path
+
+    def start(self, config, env=None, debug=False):
+        """ENV: more environment variables (STATSD_HOST, test knobs).
+        DEBUG: -d (debug log lines, e.g. the cleanup passes)."""
+        log = open(os.path.join(self.dir, "launcher-%d.log" % len(self.procs)),
+                   "w")
+        e = dict(os.environ)
+        for k in ("STATSD_HOST", "STATSD_PORT", "STATSD_PREFIX"):
+            e.pop(k, None)
+        e.update(env or {})
+        args = [LAUNCHER, "-d" if debug else "-f", "--no-webapp", "-c", config]
+        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                             env=e)
+        p.logfile = log.name
+        self.procs.append(p)
+        return p
+
+    def stop(self, p):
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            try:
+                rc = p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                rc = p.wait()
+            check(rc == 0, "%s: launcher exits 0 on SIGINT (rc %s)"
+                  % (self.name, rc))
+
+    def kill(self, p):
+        """SIGKILL: the process dies holding its locks; its ZooKeeper
+        session lives on until it expires."""
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+    def log(self, p):
+        with open(p.logfile) as f:
+            return f.read()
+
+    def close(self):
+        for p in self.procs:
+            self.stop(p)
+        try:
+            self.kz.stop()
+        except Exception:
+            pass
+        if FAILED == 0:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            print("kept %s" % self.dir, file=sys.stderr)
+
+    # ---- Zuul's side ----
+
+    def request(self, labels, **kw):
+        d = {"requestor_data": {"job_name": "j"}, "node_types": labels,
+             "requestor": "zuul-system-id", "created_time": time.time(),
+             "provider": None, "state": "requested",
+             "state_time": time.time(), "relative_priority": 0,
+             "event_id": uuid.uuid4().hex, "tenant_name": "tenant"}
+        d.update(kw)
+        path = self.kz.create("/nodepool/requests/100-",
+                              json.dumps(d).encode("utf8"), sequence=True,
+                              makepath=True)
+        return path.split("/")[-1]
+
+    def get_request(self, rid):
+        try:
+            data, _ = self.kz.get("/nodepool/requests/" + rid)
+        except Exception:
+            return None
+        return json.loads(data.decode("utf8"))
+
+    def wait_request(self, rid, states=("fulfilled", "failed"),
+                     timeout=WAIT):
+        return wait_for(lambda: (lambda r: r if r and r["state"] in states
+                                 else None)(self.get_request(rid)),
+                        timeout, "request %s in %s" % (rid, states))
+
+    def get_node(self, nid):
+        try:
+            data, _ = self.kz.get("/nodepool/nodes/" + nid)
+        except Exception:
+            return None
+        return json.loads(data.decode("utf8")) if data else None
+
+    def set_node(self, nid, **fields):
+        """Rewrite node NID with FIELDS (the caller holds its lock)."""
+        data, _ = self.kz.get("/nodepool/nodes/" + nid)
+        n = json.loads(data.decode("utf8"))
+        n.update(fields)
+        self.kz.set("/nodepool/nodes/" + nid, json.dumps(n).encode("utf8"))
+        return n
+
+    def nodes(self):
+        out = {}
+        if not self.kz.exists("/nodepool/nodes"):
+            return out
+        for nid in self.kz.get_children("/nodepool/nodes"):
+            n = self.get_node(nid)
+            if n:
+                out[nid] = n
+        return out
+
+    def instances(self):
+        d = os.path.join(self.state_dir, "instances")
+        if not os.path.isdir(d):
+            return []
+        return [f for f in os.listdir(d) if f.endswith(".json")]
+
+    def instance_records(self):
+        """{instance id: record} of the fake cloud."""
+        out = {}
+        d = os.path.join(self.state_dir, "instances")
+        for f in self.instances():
+            try:
+                with open(os.path.join(d, f)) as fh:
+                    out[f[:-5]] = json.load(fh)
+            except (OSError, ValueError):
+                pass
+        return out
+
+    def add_instance(self, metadata):
+        """An instance the fake cloud holds that no launcher created,
+        with METADATA; returns its id."""
+        iid = uuid.uuid4().hex
+        d = os.path.join(self.state_dir, "instances")
+        os.makedirs(d, exist_ok=True)
+        rec = {"id": iid, "name": "np-leak", "flavor": "Fake Flavor",
+               "az": "az1", "cloud": "fake", "region": None,
+               "addresses": "fake", "loopback": 0, "volume_gb": 0,
+               "active_at": time.time(), "metadata": metadata}
+        tmp = os.path.join(d, ".%s.tmp" % iid)
+        with open(tmp, "w") as f:
+            json.dump(rec, f)
+        os.rename(tmp, os.path.join(d, iid + ".json"))
+        return iid
+
+    def lock_node(self, nid, timeout=10):
+        lock = Lock(self.kz, "/nodepool/nodes/%s/lock" % nid)
+        check(lock.acquire(timeout=timeout), "%s: lock node %s"
+              % (self.name, nid))
+        return lock
+
+    def use_and_return(self, rid, req):
+        """Zuul's executor: lock, delete request, in-use, used, unlock."""
+        locks = []
+        for nid in req["nodes"]:
+            locks.append((nid, self.lock_node(nid)))
+        self.kz.delete("/nodepool/requests/" + rid)
+        for state in ("in-use", "used"):
+            for nid, _ in locks:
+                self.set_node(nid, state=state, state_time=time.time())
+        for _, lock in locks:
+            lock.release()
+
+    def registered_pools(self):
+        out = []
+        path = "/nodepool/components/pool"
+        if not self.kz.exists(path):
+            return out
+        for c in self.kz.get_children(path):
+            try:
+                data, _ = self.kz.get(path + "/" + c)
+                out.append(json.loads(data.decode("utf8")))
+            except Exception:
+                pass
+        return out
+
+
+class Statsd:
+    """A real statsd server's socket: every datagram received on a UDP
+    port of 127.0.0.1, split into metric lines."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.lines = []
+        self.mu = threading.Lock()
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def env(self):
+        return {"STATSD_HOST": "127.0.0.1", "STATSD_PORT": str(self.port)}
+
+    def _run(self):
+        while self.running:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            with self.mu:
+                self.lines.extend(data.decode("utf8").split("\n"))
+
+    def snapshot(self):
+        with self.mu:
+            return list(self.lines)
+
+    def clear(self):
+        with self.mu:
+            self.lines = []
+
+    def values(self, key, kind):
+        """Every value sent for KEY as KIND ("g", "c", "ms"), in order."""
+        out = []
+        for line in self.snapshot():
+            name, _, rest = line.partition(":")
+            val, _, k = rest.partition("|")
+            if name == key and k == kind:
+                out.append(float(val))
+        return out
+
+    def last(self, key, kind="g"):
+        v = self.values(key, kind)
+        return v[-1] if v else None
+
+    def keys(self):
+        return set(line.partition(":")[0] for line in self.snapshot())
+
+    def close(self):
+        self.running = False
+        self.thread.join()
+        self.sock.close()
+
+
+def run(tests):
+    """Run TESTS (functions taking the ZK), or those named on the command
+    line, and print the totals; the exit code says whether all passed."""
+    only = sys.argv[1:]
+    zk = ZK()
+    try:
+        for t in tests:
+            if only and t.__name__ not in only:
+                continue
+            try:
+                t(zk)
+            except Exception:
+                traceback.print_exc()
+                check(False, "%s raised" % t.__name__)
+    finally:
+        zk.stop()
+    print("%d passed, %d failed" % (PASSED, FAILED))
+    return 1 if FAILED else 0
