@@ -3,8 +3,9 @@
  * 127.0.0.1: every endpoint as text and JSON, fields= and node_id=, Accept
  * negotiation as webob does it, webob's error pages, /ready, the
  * one-second cache (one listing per key, counted through a wrapping
- * source), conditional GET, a loop that does not answer, and a flood of
- * good and bad requests from several threads (run under ASan for leaks).
+ * source, and its bound), conditional GET, a loop that does not answer,
+ * a stop on the loop's own thread, and a flood of good and bad requests
+ * from several threads (run under ASan for leaks).
  *
  * The HTTP client is a few lines of plain sockets: one request per
  * connection ("Connection: close"), read until the server closes.
@@ -1111,6 +1112,31 @@ done:
 	return;
 out:
 	fixture_close(&f);
+}
+
+/* More distinct answers in a second than the cache keeps: the rest are
+ * made per request, and every one is still right. */
+static status_list *empty_listing(void *ctx, const struct webapp_query *q);
+
+TEST(cache_bound)
+{
+	struct webapp_source src = { .listing = empty_listing };
+	char *err = NULL;
+	webapp *w = webapp_start("127.0.0.1", 0, &src, &err);
+	int ok = 0;
+
+	REQUIRE(w);
+	for (int i = 0; i < 300; i++) {
+		char *path = xasprintf("/node-list?fields=id,x%d", i);
+		struct http_resp r;
+		if (http(webapp_port(w), "GET", path, NULL, &r) &&
+		    r.status == 200 && strstr(r.body, "| ID |"))
+			ok++;
+		http_resp_free(&r);
+		free(path);
+	}
+	CHECK_INT(ok, 300);
+	webapp_stop(w);
 }
 
 /* ---- conditional GET ---- */
