@@ -13,6 +13,13 @@
  *   (blocking) get the immediate predecessor with a watch and wait for it,
  *   the session to change, the deadline or a cancel, then list again.
  *
+ * A "fresh" attempt (zk_lock_acquire_fresh_async) starts with one multi
+ * instead: create the directory and our contender together, plus the
+ * caller's own ops. A contender created in the same transaction as its
+ * directory is the only child there, so nothing needs listing; the result
+ * on the wire is what kazoo's four requests leave. Any other outcome falls
+ * back to the steps above.
+ *
  * At most one request per lock is outstanding; replies always come back
  * (with an error when the connection drops), so their callbacks get the
  * lock itself. Watches may never fire (the session can die first), so a
@@ -72,6 +79,10 @@ struct zk_lock {
 	bool acquired;
 	int64_t session;       /* session that acquired the lock */
 	bool assured_path;     /* dir known to exist */
+	bool fresh_try;        /* begin with the directory+contender multi */
+	bool fresh_won;        /* the last attempt was won by that multi */
+	zk_op *fresh_ops;      /* that multi while it is outstanding */
+	int fresh_nops;
 	bool create_tried;     /* a create may have reached the server */
 	bool cancel_sticky;    /* cancel() with no attempt: fails the next */
 	bool cancel_req;
@@ -292,6 +303,7 @@ static void lock_destroy(zk_lock *l)
 	if (l->aux_timer)
 		evloop_del_timer(l->loop, l->aux_timer);
 	set_node(l, NULL);
+	free(l->fresh_ops);
 	free(l->dir);
 	free(l->data);
 	free(l->prefix);
@@ -419,6 +431,72 @@ static void on_deadline(evloop *loop, uint64_t id, void *arg)
 	} else if (l->state == ST_BACKOFF) {
 		stop_aux(l);
 		finish(l, l->blocking ? ZLOCKTIMEOUT : l->last_err);
+	}
+}
+
+/* ---- step 0 (fresh attempts): directory and contender in one multi ---- */
+
+static void fresh_clear(zk_lock *l)
+{
+	if (!l->fresh_ops)
+		return;
+	zk_ops_free(l->fresh_ops, l->fresh_nops);
+	free(l->fresh_ops);
+	l->fresh_ops = NULL;
+	l->fresh_nops = 0;
+}
+
+static void fresh_done(zk *z, int rc, void *arg)
+{
+	zk_lock *l = arg;
+	const char *path, *base;
+	int bad = 0;
+
+	if (rc == ZOK) {
+		path = l->fresh_ops[1].created_path;
+		base = path ? strrchr(path, '/') : NULL;
+		set_node(l, base ? base + 1 : path);
+		fresh_clear(l);
+		progressed(l);
+		l->assured_path = true;
+		l->fresh_won = l->node != NULL;
+		/* The only child of a directory made in the same transaction. */
+		finish(l, !l->node ? ZSYSTEMERROR :
+			  l->cancel_req ? ZLOCKCANCELLED : ZOK);
+		return;
+	}
+	while (bad < l->fresh_nops && l->fresh_ops[bad].rc == ZOK)
+		bad++;
+	fresh_clear(l);
+	if (is_transient(rc)) {
+		/* It may have been applied: ensure, then look for our
+		 * contender by its prefix (create_tried stays set). */
+		l->assured_path = false;
+		failed(l, rc);
+	} else if (bad == 0 && (rc == ZNODEEXISTS || rc == ZNONODE)) {
+		/* The directory exists (or its parent does not): nothing
+		 * was applied; the usual way from here. */
+		l->create_tried = false;
+		l->assured_path = rc == ZNODEEXISTS;
+		advance(l);
+	} else {
+		/* One of the caller's ops failed: nothing was applied. */
+		l->create_tried = false;
+		finish(l, rc);
+	}
+}
+
+static void fresh_start(zk_lock *l)
+{
+	int rc;
+
+	l->fresh_try = false;
+	l->create_tried = true;
+	rc = zk_amulti(l->z, l->fresh_ops, l->fresh_nops, fresh_done, l);
+	if (rc != ZOK) {
+		fresh_clear(l);
+		l->create_tried = false;
+		finish(l, rc);
 	}
 }
 
@@ -654,6 +732,8 @@ static void advance(zk_lock *l)
 		finish(l, l->blocking ? ZLOCKTIMEOUT : l->last_err);
 	} else if (zk_state(l->z) == ZK_STATE_CLOSED) {
 		finish(l, ZCLOSING);
+	} else if (l->fresh_try) {
+		fresh_start(l);
 	} else if (!l->assured_path) {
 		ensure_start(l);
 	} else if (!l->node) {
@@ -677,6 +757,8 @@ static void deliver(zk_lock *l, int rc)
 	l->state = ST_IDLE;
 	l->cancel_req = false;
 	l->timed_out = false;
+	l->fresh_try = false; /* a fresh attempt that never started */
+	fresh_clear(l);
 	l->cb = NULL;
 	if (!l->acquired) {
 		set_node(l, NULL);
@@ -794,6 +876,7 @@ int zk_lock_acquire_async(zk_lock *l, bool blocking, double timeout,
 		l->create_tried = false;
 	}
 	l->active = true;
+	l->fresh_won = false;
 	l->blocking = blocking;
 	l->cb = cb;
 	l->cb_arg = arg;
@@ -806,6 +889,56 @@ int zk_lock_acquire_async(zk_lock *l, bool blocking, double timeout,
 	l->state = ST_STARTING;
 	l->aux_timer = evloop_add_timer(l->loop, 0, on_start, l);
 	return ZOK;
+}
+
+int zk_lock_acquire_fresh_async(zk_lock *l, zk_op *extra, int nextra,
+				zk_lock_fn cb, void *arg)
+{
+	zk_op *ops;
+	int rc;
+
+	if (nextra < 0 || (nextra > 0 && !extra))
+		return ZBADARGUMENTS;
+	rc = zk_lock_acquire_async(l, false, 0, cb, arg);
+	if (rc != ZOK || l->acquired)
+		return rc; /* held already: fails as any second attempt does */
+	ops = xcalloc((size_t)nextra + 2, sizeof(*ops));
+	ops[0].type = ZK_OP_CREATE;
+	ops[0].path = l->dir;
+	ops[0].data = "";
+	ops[0].flags = ZK_PERSISTENT;
+	ops[1].type = ZK_OP_CREATE;
+	ops[1].path = l->create_path;
+	ops[1].data = l->data;
+	ops[1].len = (int)strlen(l->data);
+	ops[1].flags = ZK_EPHEMERAL_SEQUENTIAL;
+	for (int i = 0; i < nextra; i++) {
+		ops[i + 2] = extra[i];
+		ops[i + 2].created_path = NULL;
+	}
+	l->fresh_ops = ops;
+	l->fresh_nops = nextra + 2;
+	l->fresh_try = true;
+	return ZOK;
+}
+
+bool zk_lock_fresh(const zk_lock *l)
+{
+	return l->fresh_won;
+}
+
+void zk_lock_assume_dir(zk_lock *l)
+{
+	l->assured_path = true;
+}
+
+void zk_lock_forget(zk_lock *l)
+{
+	if (l->active || l->state != ST_IDLE || !l->acquired)
+		return;
+	l->acquired = false;
+	l->create_tried = false;
+	set_node(l, NULL);
 }
 
 void zk_lock_cancel(zk_lock *l)

@@ -58,6 +58,40 @@ int zk_lock_release_async(zk_lock *l, zk_done_fn cb, void *arg);
  * progress, the next attempt does (kazoo's cancel()). */
 void zk_lock_cancel(zk_lock *l);
 
+/* ---- fewer round trips (the launcher's hot paths) ----
+ *
+ * These change how many requests an attempt costs, never what ends up in
+ * ZooKeeper: the same directory, the same contender, the same ownership
+ * rule. */
+
+/* A non-blocking attempt on a lock whose directory is expected not to
+ * exist yet (a request or node nobody has locked): one multi creates the
+ * directory (persistent, empty) and our contender, followed by EXTRA ops
+ * (may be NULL/0; their paths and data must stay valid until CB runs).
+ * The contender of a directory created in the same transaction is its
+ * only child, so the lock is ours without listing: 1 request instead of
+ * kazoo's 4 (exists, create dir, create contender, list).
+ * If the directory exists already (or its parent does not), nothing was
+ * applied and the attempt goes on as zk_lock_acquire_async(l, false, 0):
+ * ZOK or ZLOCKBUSY. If an EXTRA op fails, nothing was applied and CB gets
+ * that op's error. zk_lock_fresh() then tells whether the extras were
+ * applied with the lock; after a connection loss they may have been even
+ * when it says false, so extras must be safe to repeat (set, check). */
+int zk_lock_acquire_fresh_async(zk_lock *l, zk_op *extra, int nextra,
+				zk_lock_fn cb, void *arg);
+/* True when the last successful attempt was won by the single multi of
+ * zk_lock_acquire_fresh_async() (its EXTRA ops were applied). */
+bool zk_lock_fresh(const zk_lock *l);
+/* The directory is known to exist (a node's lock directory): attempts
+ * skip kazoo's `exists` and create the contender at once. A missing
+ * directory costs one failed create, then the usual ensure_path. */
+void zk_lock_assume_dir(zk_lock *l);
+/* Our contender was deleted by a transaction of the caller's (a multi
+ * that unlocks or removes the locked object): the lock is no longer held
+ * and neither release nor free deletes anything. Only for a held lock
+ * with no attempt or release in progress. */
+void zk_lock_forget(zk_lock *l);
+
 /* Like kazoo's Lock.contenders(): the identifiers (data, "" when empty) of
  * the contenders in lock order, appended to OUT. A missing directory has
  * no contenders. Synchronous. */

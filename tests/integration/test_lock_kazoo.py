@@ -93,6 +93,9 @@ class Ours:
         check(self.cmd("acq %d %d %g" % (slot, int(blocking), timeout)) == "ok",
               "acquire started")
 
+    def fresh(self, slot):
+        check(self.cmd("fresh %d" % slot) == "ok", "fresh acquire started")
+
     def release(self, slot):
         check(self.cmd("rel %d" % slot) == "ok", "release started")
         return self.event("rel", slot)
@@ -206,6 +209,35 @@ def t_mixed_order(zk, ours, base):
     check(zk.get_children(path) == [], "nothing left")
 
 
+def t_fresh_lock_against_kazoo(zk, ours, base):
+    # Ours makes the directory and its contender in one multi: kazoo
+    # must see it held, and wait for it in order.
+    path = base + "/d"
+    ours.new(4, path, "ours-4")
+    ours.fresh(4)
+    check(ours.event("acq", 4) == ZOK, "ours takes a new lock in one multi")
+    check(zk.get(path)[0] == b"", "the directory is empty, as kazoo makes it")
+    kl = zk.Lock(path, "kazoo")
+    check(kl.acquire(blocking=False) is False, "kazoo sees the fresh lock held")
+    check(kl.contenders() == ["ours-4"], "kazoo sees our identifier")
+    w = KazooWaiter(kl)
+    w.start()
+    check(wait_children(zk, path, 2), "kazoo contender queued")
+    check(ours.release(4) == ZOK, "ours releases")
+    check(w.got.wait(WAIT) and w.result is True, "kazoo gets it after release")
+    # Kazoo holds an existing directory: our fresh attempt falls back to
+    # the recipe and is busy, leaving nothing behind.
+    ours.fresh(4)
+    check(ours.event("acq", 4) == ZLOCKBUSY, "fresh attempt on kazoo's lock is busy")
+    check(len(zk.get_children(path)) == 1, "our failed attempt left nothing")
+    kl.release()
+    ours.fresh(4)
+    check(ours.event("acq", 4) == ZOK, "fresh attempt on a free existing lock")
+    check(kl.acquire(blocking=False) is False, "kazoo sees it taken")
+    check(ours.release(4) == ZOK, "ours releases")
+    check(zk.get_children(path) == [], "nothing left")
+
+
 def main():
     global passed
     hosts = os.environ.get("NP_TEST_ZK")
@@ -219,7 +251,8 @@ def main():
     zk.start(timeout=WAIT)
     ours = Ours(build)
     try:
-        for t in (t_we_hold_kazoo_waits, t_kazoo_holds_we_wait, t_mixed_order):
+        for t in (t_we_hold_kazoo_waits, t_kazoo_holds_we_wait, t_mixed_order,
+                  t_fresh_lock_against_kazoo):
             print("- %s" % t.__name__, file=sys.stderr)
             try:
                 t(zk, ours, base)

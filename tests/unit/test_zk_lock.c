@@ -2,7 +2,9 @@
  * free, ordered hand-off without a herd, timeouts and cancels that leave
  * nothing behind, the directory surviving release, a dead holder session,
  * foreign children, a lock directory that cannot be made, contenders(),
- * Election, and a thousand locks driven by one loop.
+ * Election, a thousand locks driven by one loop, and the launcher's
+ * shortcuts: fresh locks (directory, contender and the caller's ops in one
+ * multi), assumed directories and forgotten contenders.
  *
  * With NP_ZK_LOCK_HELPER=1 the binary instead becomes the line-driven lock
  * server that tests/integration/test_lock_kazoo.py pits against kazoo (see
@@ -713,6 +715,217 @@ TEST(missing_parent_fails_instead_of_spinning)
 	evloop_free(loop);
 }
 
+/* ---- fewer round trips: fresh locks, assumed directories, forget ---- */
+
+/* Run one asynchronous attempt to its end; its result code. */
+static int fresh_acquire(evloop *loop, zk_lock *l, zk_op *extra, int n)
+{
+	struct result r = { 0 };
+
+	CHECK_INT(zk_lock_acquire_fresh_async(l, extra, n, on_acquired, &r), ZOK);
+	CHECK(run_until(loop, &r.done));
+	return r.rc;
+}
+
+static char *get_str(zk *z, const char *path)
+{
+	char *data = NULL;
+	int len = 0;
+
+	if (zk_get(z, path, &data, &len, NULL) != ZOK)
+		return NULL;
+	return data;
+}
+
+TEST(fresh_lock_is_one_multi_and_falls_back)
+{
+	evloop *loop;
+	zk *z1, *z2;
+	zk_lock *l1, *l2, *l3;
+	zk_op set = { .type = ZK_OP_SET, .version = -1 };
+	char *obj, *dir, *data;
+
+	if (!need_zk())
+		return;
+	loop = evloop_new();
+	z1 = connect_zk(loop);
+	z2 = connect_zk(loop);
+	REQUIRE(z1 && z2);
+	obj = xasprintf("%s/obj", base);
+	dir = xasprintf("%s/obj/lock", base);
+	CHECK_INT(zk_ensure_path(z1, base), ZOK);
+	CHECK_INT(zk_create(z1, obj, "init", 4, ZK_PERSISTENT, NULL), ZOK);
+
+	/* A directory nobody made yet: dir, contender and our write at once. */
+	l1 = zk_lock_new(z1, dir, "first");
+	set.path = obj;
+	set.data = "building";
+	set.len = 8;
+	CHECK_INT(fresh_acquire(loop, l1, &set, 1), ZOK);
+	CHECK(zk_lock_held(l1));
+	CHECK(zk_lock_fresh(l1));
+	CHECK_INT(zk_lock_checks(l1), 0); /* nothing listed */
+	REQUIRE(zk_lock_node(l1) != NULL);
+	CHECK(str_starts_with(zk_lock_node(l1), dir));
+	CHECK_INT(strlen(zk_lock_node(l1)), strlen(dir) + 1 + 32 + 8 + 10);
+	data = get_str(z1, zk_lock_node(l1));
+	CHECK_STR(data, "first");
+	free(data);
+	data = get_str(z1, dir);
+	CHECK_STR(data, ""); /* an empty persistent directory, as kazoo's */
+	free(data);
+	data = get_str(z1, obj);
+	CHECK_STR(data, "building");
+	free(data);
+	CHECK_INT(nchildren(z1, dir), 1);
+
+	/* The directory exists now: a second fresh attempt applies nothing
+	 * and loses the usual way, leaving nothing behind. */
+	l2 = zk_lock_new(z2, dir, NULL);
+	set.data = "other";
+	set.len = 5;
+	CHECK_INT(fresh_acquire(loop, l2, &set, 1), ZLOCKBUSY);
+	CHECK(!zk_lock_fresh(l2));
+	data = get_str(z1, obj);
+	CHECK_STR(data, "building");
+	free(data);
+	CHECK_INT(nchildren(z1, dir), 1);
+	/* A plain attempt sees the fresh holder too. */
+	l3 = zk_lock_new(z2, dir, NULL);
+	CHECK_INT(zk_lock_acquire(l3, false, 0), ZLOCKBUSY);
+
+	/* Released as any lock: the directory stays, then others get it. */
+	CHECK_INT(zk_lock_release(l1), ZOK);
+	CHECK_INT(nchildren(z1, dir), 0);
+	CHECK_INT(fresh_acquire(loop, l2, NULL, 0), ZOK);
+	CHECK(!zk_lock_fresh(l2));
+	CHECK(zk_lock_held(l2));
+	/* Not re-entrant, fresh or not. */
+	CHECK_INT(fresh_acquire(loop, l2, NULL, 0), ZLOCKBUSY);
+	CHECK(zk_lock_held(l2));
+	zk_lock_free(l2);
+	zk_lock_free(l3);
+	zk_lock_free(l1);
+
+	zk_delete_recursive(z1, base);
+	free(obj);
+	free(dir);
+	zk_close(z1);
+	zk_close(z2);
+	evloop_free(loop);
+}
+
+TEST(fresh_lock_failing_op_or_missing_parent)
+{
+	evloop *loop;
+	zk *z;
+	zk_lock *l;
+	zk_op set = { .type = ZK_OP_SET, .version = -1, .data = "x", .len = 1 };
+	char *dir, *missing;
+
+	if (!need_zk())
+		return;
+	loop = evloop_new();
+	z = connect_zk(loop);
+	REQUIRE(z);
+	CHECK_INT(zk_ensure_path(z, base), ZOK);
+
+	/* The caller's op fails: nothing at all was made. */
+	dir = xasprintf("%s/lock1", base);
+	missing = xasprintf("%s/gone", base);
+	set.path = missing;
+	l = zk_lock_new(z, dir, NULL);
+	CHECK_INT(fresh_acquire(loop, l, &set, 1), ZNONODE);
+	CHECK(!zk_lock_held(l));
+	CHECK(zk_lock_node(l) == NULL);
+	CHECK_INT(zk_exists(z, dir, NULL), ZNONODE);
+	zk_lock_free(l);
+	free(dir);
+
+	/* The directory's parent is missing: kazoo's way (ensure_path). */
+	dir = xasprintf("%s/x/y/lock", base);
+	l = zk_lock_new(z, dir, NULL);
+	CHECK_INT(fresh_acquire(loop, l, NULL, 0), ZOK);
+	CHECK(zk_lock_held(l));
+	CHECK(!zk_lock_fresh(l));
+	CHECK_INT(nchildren(z, dir), 1);
+	zk_lock_free(l);
+	CHECK_INT(nchildren(z, dir), 0);
+	free(dir);
+
+	free(missing);
+	zk_delete_recursive(z, base);
+	zk_close(z);
+	evloop_free(loop);
+}
+
+TEST(assumed_dir_and_forgotten_contender)
+{
+	evloop *loop;
+	zk *z;
+	zk_lock *l, *l2;
+	zk_op ops[2];
+	char *dir, *obj, *contender;
+
+	if (!need_zk())
+		return;
+	loop = evloop_new();
+	z = connect_zk(loop);
+	REQUIRE(z);
+	obj = xasprintf("%s/obj", base);
+	dir = xasprintf("%s/obj/lock", base);
+	CHECK_INT(zk_ensure_path(z, dir), ZOK);
+
+	/* An existing directory: create and list, no exists. */
+	l = zk_lock_new(z, dir, NULL);
+	zk_lock_assume_dir(l);
+	CHECK_INT(zk_lock_acquire(l, false, 0), ZOK);
+	CHECK_INT(zk_lock_checks(l), 1);
+
+	/* The holder removes its contender and the object in one multi,
+	 * as the deleter does, and forgets the lock. */
+	contender = xstrdup(zk_lock_node(l));
+	memset(ops, 0, sizeof(ops));
+	ops[0].type = ZK_OP_DELETE;
+	ops[0].path = contender;
+	ops[0].version = -1;
+	ops[1].type = ZK_OP_SET;
+	ops[1].path = obj;
+	ops[1].data = "done";
+	ops[1].len = 4;
+	ops[1].version = -1;
+	CHECK_INT(zk_multi(z, ops, 2), ZOK);
+	zk_ops_free(ops, 2);
+	zk_lock_forget(l);
+	CHECK(!zk_lock_held(l));
+	CHECK(zk_lock_node(l) == NULL);
+	/* Someone else takes it; our release and free touch nothing. */
+	l2 = zk_lock_new(z, dir, NULL);
+	CHECK_INT(zk_lock_acquire(l2, false, 0), ZOK);
+	CHECK_INT(zk_lock_release(l), ZOK);
+	zk_lock_free(l);
+	CHECK_INT(nchildren(z, dir), 1);
+	CHECK(zk_lock_held(l2));
+	zk_lock_free(l2);
+	free(contender);
+
+	/* An assumed directory that is not there: one failed create, then
+	 * ensure_path as usual. */
+	free(dir);
+	dir = xasprintf("%s/other/lock", base);
+	l = zk_lock_new(z, dir, NULL);
+	zk_lock_assume_dir(l);
+	CHECK_INT(zk_lock_acquire(l, false, 0), ZOK);
+	CHECK_INT(nchildren(z, dir), 1);
+	zk_lock_free(l);
+
+	zk_delete_recursive(z, base);
+	free(obj);
+	free(dir);
+	zk_close(z);
+	evloop_free(loop);
+}
+
 /* ---- Election, driven from threads other than the loop's ---- */
 
 struct elect {
@@ -889,8 +1102,9 @@ static void helper_contenders(const char *dir)
 	strlist_free(&names);
 }
 
-/* One command line: "new N DIR IDENT|-", "acq N 0|1 TIMEOUT", "rel N",
- * "cancel N", "held N", "node N", "contenders 0 DIR", "quit". Replies
+/* One command line: "new N DIR IDENT|-", "acq N 0|1 TIMEOUT", "fresh N"
+ * (zk_lock_acquire_fresh_async, no extra ops), "rel N", "cancel N",
+ * "held N", "node N", "contenders 0 DIR", "quit". Replies
  * come at once; "acq N RC" and "rel N RC" (RC a zk_err) when done. */
 static void helper_command(char *line)
 {
@@ -926,6 +1140,11 @@ static void helper_command(char *line)
 		int rc = zk_lock_acquire_async(H.slot[n], atoi(argv[2]) != 0,
 					       atof(argv[3]), helper_acquired,
 					       (void *)(intptr_t)n);
+		say(rc == ZOK ? "ok" : "error %s", zk_strerror(rc));
+	} else if (strcmp(argv[0], "fresh") == 0) {
+		int rc = zk_lock_acquire_fresh_async(H.slot[n], NULL, 0,
+						     helper_acquired,
+						     (void *)(intptr_t)n);
 		say(rc == ZOK ? "ok" : "error %s", zk_strerror(rc));
 	} else if (strcmp(argv[0], "rel") == 0) {
 		int rc = zk_lock_release_async(H.slot[n], helper_released,
