@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# launcher-bench.sh: what one node request costs our launcher. Starts a
+# standalone ZooKeeper (tests/harness, TLS, forceSync=no) and
+# nodepool-launcher -f with one fake provider (no launch delay, no host-key
+# scan, max-servers 20000), then runs bench/launcher-bench.c (the load
+# generator playing Zuul) over the matrix N x concurrency, prints a table
+# and stops everything. Prints figures; asserts nothing.
+#
+# usage: bench/launcher-bench.sh [N... ]      (default: 1000 10000)
+# env:   BUILD=build        build dir (built here if the binaries are missing)
+#        CONC="10 100 1000" concurrencies
+#        HOLD=10000         N of the hold run (all fulfilled before any is
+#                           consumed: the launcher's memory with N nodes);
+#                           0 skips it
+#        PERF=0             1: record the launcher with `perf record -g`
+#                           into $PERF_OUT (default /tmp/launcher-bench.perf)
+#        KEEP=0             1: keep the work dir (launcher log, ZooKeeper)
+#
+# Columns: req/s (first create to last fulfilment or consumption), latency
+# percentiles from create to fulfilled seen, ZooKeeper requests per request
+# sent by the launcher (zk/req) and by the generator (gen/req), CPU seconds
+# of the launcher and of the ZooKeeper server over the run (to the last node
+# deleted), the launcher's CPU as a % of the server's, launcher CPU ms per
+# request, the generator's CPU, the launcher's peak RSS (VmHWM; hold run: with
+# N nodes present) and the 1-minute load average when the run started.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+TOP=$(pwd)
+. tests/harness/lib.sh
+BUILD=${BUILD:-build}
+CONC=${CONC:-10 100 1000}
+HOLD=${HOLD:-10000}
+NS=${*:-1000 10000}
+GEN=$BUILD/bench/launcher-bench
+LAUNCHER=$BUILD/nodepool-launcher
+
+if [ ! -x "$GEN" ] || [ ! -x "$LAUNCHER" ]; then
+	make -s -j2 BUILD="$BUILD" "$GEN" "$LAUNCHER" || exit 1
+fi
+
+WORK=$(mktemp -d /tmp/np-launcher-bench.XXXXXX)
+LPID=
+cleanup() {
+	if [ -n "$LPID" ] && kill -0 "$LPID" 2>/dev/null; then
+		kill -INT "$LPID"
+		for _ in $(seq 100); do
+			kill -0 "$LPID" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$LPID" 2>/dev/null
+	fi
+	zk_stop "$WORK/zk" "${ZK_PORT:-0}"
+	if [ "${KEEP:-0}" = 1 ]; then
+		echo "kept $WORK"
+	else
+		rm -rf "$WORK"
+	fi
+}
+trap cleanup EXIT INT TERM
+
+zk_start "$WORK/zk" || { echo "could not start ZooKeeper"; exit 1; }
+ZKPID=$(cat "$WORK/zk/zk.pid")
+TLS=$WORK/zk/tls
+cat >"$WORK/nodepool.yaml" <<YAML
+zookeeper-servers:
+  - host: 127.0.0.1
+    port: $ZK_TLS_PORT
+    chroot: /bench
+zookeeper-tls:
+  ca: $TLS/ca.pem
+  cert: $TLS/client.pem
+  key: $TLS/client.key
+labels:
+  - name: bench
+    min-ready: 0
+providers:
+  - name: fake-bench
+    cloud: fake
+    launch-retries: 3
+    cloud-images:
+      - name: fake-image
+        image-name: Fake Precise
+    pools:
+      - name: main
+        max-servers: 20000
+        host-key-checking: false
+        labels:
+          - name: bench
+            cloud-image: fake-image
+            min-ram: 1024
+YAML
+
+# The chroot must exist before the launcher connects.
+"$GEN" -z "127.0.0.1:$ZK_PORT" -E /bench 2>/dev/null
+
+if [ "${PERF:-0}" = 1 ]; then
+	perf record -g -o "${PERF_OUT:-/tmp/launcher-bench.perf}" -- \
+		"$LAUNCHER" -f --no-webapp -c "$WORK/nodepool.yaml" \
+		>"$WORK/launcher.log" 2>&1 &
+	sleep 1
+	LPID=$(pgrep -P $! -x nodepool-launch || echo $!)
+else
+	"$LAUNCHER" -f --no-webapp -c "$WORK/nodepool.yaml" \
+		>"$WORK/launcher.log" 2>&1 &
+	LPID=$!
+fi
+
+gen() {
+	"$GEN" -z "127.0.0.1:$ZK_PORT/bench" -p "$ZK_PORT" -Z "$ZKPID" \
+		-L "$LPID" "$@" 2>>"$WORK/gen.log"
+}
+
+echo "ZooKeeper $(echo srvr | nc -q1 127.0.0.1 "$ZK_PORT" | head -1 | \
+	sed 's/.*version: //; s/-.*//') pid $ZKPID, launcher pid $LPID," \
+	"$(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+"$GEN" -H
+# Warm-up: the server's JIT and the launcher's caches; shown, not compared.
+gen -n 2000 -c 100 | sed 's/^consume/warm-up/'
+for n in $NS; do
+	for c in $CONC; do
+		gen -n "$n" -c "$c"
+	done
+done
+if [ "$HOLD" -gt 0 ]; then
+	gen -n "$HOLD" -c 1000 -m hold
+fi
+echo "launcher VmHWM $(awk '/VmHWM/ {print $2 " " $3}' /proc/"$LPID"/status)," \
+	"VmRSS $(awk '/VmRSS/ {print $2 " " $3}' /proc/"$LPID"/status) at the end"
+if grep -q "errors=[1-9]\|failed=[1-9]" "$WORK/gen.log"; then
+	echo "some runs had errors or failed requests:"
+	grep "errors=[1-9]\|failed=[1-9]" "$WORK/gen.log"
+fi
