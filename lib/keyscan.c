@@ -476,8 +476,7 @@ static void next_key(keyscan_req *r)
 	attempt_connect(r);
 }
 
-/* A probe attempt failed: try again after a pause (unless the pause is
- * pointless because the attempt itself used up its full time). */
+/* A probe attempt failed: try again after PAUSE_MS. */
 static void retry_probe(keyscan_req *r, long pause_ms)
 {
 	drop_attempt(r);
@@ -611,7 +610,10 @@ static bool quiet_errno(int err)
 	return err == ECONNREFUSED || err == EHOSTUNREACH || err == ETIMEDOUT;
 }
 
-static void connect_failed(keyscan_req *r, int err)
+/* A TCP connect failed with ERR. PAUSE_MS: how long to wait before the
+ * next probe attempt (refusals come back at once, so they wait; a connect
+ * that used its whole 10 s has waited enough). */
+static void connect_failed(keyscan_req *r, int err, long pause_ms)
 {
 	char tb[96];
 
@@ -627,9 +629,7 @@ static void connect_failed(keyscan_req *r, int err)
 			    tag(r, tb, sizeof(tb)), err, r->host, r->port, strerror(err));
 	note_failure(r, err == ETIMEDOUT ? KEYSCAN_ETIMEDOUT : KEYSCAN_EREFUSED,
 		     "%s", strerror(err));
-	/* Refusals come back at once, so pause; a connect that ran for its
-	 * whole 10 s has waited enough. */
-	retry_probe(r, err == ETIMEDOUT ? 0 : RETRY_MS);
+	retry_probe(r, pause_ms);
 }
 
 static void attempt_connect(keyscan_req *r)
@@ -654,7 +654,7 @@ static void attempt_connect(keyscan_req *r)
 	err = errno;
 	if (err != EINPROGRESS) {
 		drop_attempt(r);
-		connect_failed(r, err);
+		connect_failed(r, err, RETRY_MS);
 		return;
 	}
 	if (!watch_fd(r, EV_WRITE)) {
@@ -675,7 +675,7 @@ static void connect_ready(keyscan_req *r)
 		err = errno;
 	if (err) {
 		drop_attempt(r);
-		connect_failed(r, err);
+		connect_failed(r, err, RETRY_MS);
 		return;
 	}
 	clear_step(r);
@@ -706,7 +706,7 @@ static void on_step(evloop *loop, uint64_t id, void *arg)
 		break;
 	case RQ_CONNECTING:
 		drop_attempt(r);
-		connect_failed(r, ETIMEDOUT);
+		connect_failed(r, ETIMEDOUT, 0);
 		break;
 	case RQ_NEGOTIATING:
 		handshake_failed(r, "no answer within 10 s");
