@@ -47,6 +47,26 @@
  * key algorithm in common: expected whenever the server lacks a key type. */
 #define NO_HOSTKEY_MATCH "no match for method server host key algo"
 
+/* Everything else we offer in a handshake. Only the server's public key
+ * is read over these connections, so weak algorithms cannot leak anything,
+ * and network devices (network_cli) often speak nothing newer than
+ * diffie-hellman-group14-sha1, aes128-cbc and hmac-sha1. paramiko, which
+ * upstream uses, offers them too; libssh's defaults do not. Names libssh
+ * does not know are dropped by ssh_options_set(). Modern ones come first,
+ * so a current sshd negotiates exactly what it would anyway. */
+#define OFFER_KEX "curve25519-sha256,curve25519-sha256@libssh.org," \
+	"ecdh-sha2-nistp256,ecdh-sha2-nistp384,ecdh-sha2-nistp521," \
+	"diffie-hellman-group18-sha512,diffie-hellman-group16-sha512," \
+	"diffie-hellman-group-exchange-sha256,diffie-hellman-group14-sha256," \
+	"diffie-hellman-group-exchange-sha1,diffie-hellman-group14-sha1," \
+	"diffie-hellman-group1-sha1"
+#define OFFER_CIPHERS "chacha20-poly1305@openssh.com," \
+	"aes256-gcm@openssh.com,aes128-gcm@openssh.com," \
+	"aes256-ctr,aes192-ctr,aes128-ctr," \
+	"aes256-cbc,aes192-cbc,aes128-cbc,3des-cbc"
+#define OFFER_MACS "hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com," \
+	"hmac-sha2-256,hmac-sha2-512,hmac-sha1-etm@openssh.com,hmac-sha1"
+
 /* Host key types, one handshake each, in paramiko's order. Upstream asks
  * for rsa-sha2-512, rsa-sha2-256 and ssh-rsa one by one and so records the
  * same RSA key up to three times; one handshake offering all three gets the
@@ -569,6 +589,11 @@ static ssh_session new_session(keyscan_req *r)
 	    ssh_options_set(s, SSH_OPTIONS_KNOWNHOSTS, "/dev/null") < 0 ||
 	    ssh_options_set(s, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null") < 0 ||
 	    ssh_options_set(s, SSH_OPTIONS_HOSTKEYS, algos) < 0 ||
+	    ssh_options_set(s, SSH_OPTIONS_KEY_EXCHANGE, OFFER_KEX) < 0 ||
+	    ssh_options_set(s, SSH_OPTIONS_CIPHERS_C_S, OFFER_CIPHERS) < 0 ||
+	    ssh_options_set(s, SSH_OPTIONS_CIPHERS_S_C, OFFER_CIPHERS) < 0 ||
+	    ssh_options_set(s, SSH_OPTIONS_HMAC_C_S, OFFER_MACS) < 0 ||
+	    ssh_options_set(s, SSH_OPTIONS_HMAC_S_C, OFFER_MACS) < 0 ||
 	    ssh_options_set(s, SSH_OPTIONS_FD, &fd) < 0) {
 		log_error(LOGGER_WORKER, "libssh rejected an option: %s", ssh_get_error(s));
 		ssh_free(s);

@@ -19,6 +19,8 @@
 #   SSHD_RSA_BITS   RSA host key size, default 2048 (3072 costs ~1.5 s more)
 #   SSHD_WAIT       seconds to wait for sshd to listen, default 10
 #   SSHD_REEXEC=1   let sshd re-exec itself per connection (default: -r)
+#   SSHD_EXTRA_CONFIG  more sshd_config lines ("\n" separates them), e.g.
+#                   "KexAlgorithms diffie-hellman-group14-sha1\nMACs hmac-sha1"
 #
 # Existing host keys in DIR are kept, so a restart on the same DIR serves the
 # same keys. sshd runs in the foreground (-D) in its own session (setsid), so
@@ -73,6 +75,10 @@ LogLevel VERBOSE
 MaxStartups 1000
 LoginGraceTime 30
 CFG
+		# Extra sshd_config lines, e.g. to restrict algorithms.
+		if [ -n "${SSHD_EXTRA_CONFIG:-}" ]; then
+			printf '%b\n' "$SSHD_EXTRA_CONFIG"
+		fi
 	} >"$dir/sshd_config"
 }
 

@@ -429,6 +429,38 @@ TEST(single_key_type_servers)
 	evloop_free(loop);
 }
 
+/* An sshd that speaks only old algorithms, as many network devices do
+ * (network_cli): libssh's defaults would find nothing in common with it;
+ * paramiko, and so upstream, would. */
+TEST(legacy_algorithms_server)
+{
+	struct sshd s;
+	struct result res = { 0 };
+	strlist want;
+	evloop *loop;
+	keyscan *ks;
+
+	if (!have_sshd())
+		return;
+	setenv("SSHD_EXTRA_CONFIG", "KexAlgorithms diffie-hellman-group14-sha1\n"
+	       "Ciphers aes128-cbc\nMACs hmac-sha1", 1);
+	REQUIRE(sshd_start(&s, "legacy", 0));
+	unsetenv("SSHD_EXTRA_CONFIG");
+	loop = evloop_new();
+	ks = keyscan_new(loop, 0);
+	keyscan_start(ks, "127.0.0.1", s.port, "network_cli", 60, on_result, &res);
+	CHECK(run_until(loop, &res.calls, 1));
+	CHECK_INT(res.status, KEYSCAN_OK);
+	strlist_init(&want);
+	expected_keys(&s, &want);
+	check_keys_are(&res.keys, &want);
+	strlist_free(&want);
+	result_free(&res);
+	keyscan_free(ks);
+	evloop_free(loop);
+	sshd_stop(&s);
+}
+
 /* Upstream's nodeutils.nodescan() (paramiko) against the same sshd: the
  * same distinct keys. Upstream records the RSA key once per RSA signature
  * algorithm the server accepts; we record it once. Dev-time check: skipped
