@@ -55,9 +55,9 @@ run_one() {
 	out=$("$@" 2>"$WORK/stderr.log"); rc=$?
 	line=$(printf '%s\n' "$out" | grep -E '[0-9]+ passed, [0-9]+ failed' | tail -1)
 	local p f s
-	p=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$line")
-	f=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$line")
-	s=$(sed -nE 's/.* ([0-9]+) skipped.*/\1/p' <<<"$line")
+	p=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+')
+	f=$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '[0-9]+')
+	s=$(grep -oE '[0-9]+ skipped' <<<"$line" | grep -oE '[0-9]+')
 	p=${p:-0}; f=${f:-0}; s=${s:-0}
 	if [ "$rc" != 0 ] && [ "$f" = 0 ]; then f=1; fi
 	total_pass=$((total_pass + p)); total_fail=$((total_fail + f)); total_skip=$((total_skip + s))
