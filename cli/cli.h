@@ -21,10 +21,17 @@ struct cli_opt {
 	bool required;
 };
 
+/* How many values a positional takes (argparse's nargs). */
+enum cli_nargs {
+	CLI_ONE,      /* exactly one */
+	CLI_OPTIONAL, /* nargs='?' */
+	CLI_MANY,     /* nargs='+': the last positional; see cli.many */
+};
+
 struct cli_pos {
 	const char *name; /* also the metavar */
 	const char *help;
-	bool optional;    /* nargs='?' */
+	enum cli_nargs nargs;
 };
 
 enum {
@@ -54,6 +61,10 @@ struct cli {
 	const char *arg_names[CLI_MAX_ARGS];
 	const char *arg_values[CLI_MAX_ARGS];
 	size_t nargs;
+	/* Every value of a CLI_MANY positional (argv pointers; cli_arg()
+	 * gives the first). */
+	const char **many;
+	size_t nmany;
 	np_config *config;
 	evloop *loop;
 	zk *z;
@@ -66,6 +77,16 @@ int cli_zk_error(const char *what, int rc);
 /* Print the node list row(s) of ID as `list` does (used after delete and
  * hold). */
 int cli_print_node(struct cli *c, const char *id);
+/* The same table for the nodes IDS (N of them), in that order; missing
+ * nodes are left out. */
+int cli_print_nodes(struct cli *c, const char *const *ids, size_t n);
+/* Upstream's node lookup and lock of delete and hold: "Node id ... not
+ * found" printed (returns -1: exit 0), or the node locked within 5 s into
+ * *LOCK (returns 0), or a one-line error printed (returns 1). */
+int cli_lock_node(struct cli *c, const char *id, zk_lock **lock);
+/* `delete --now` (cmd_delete_now.c): ID is locked by LOCK, which the
+ * function takes over. Returns the exit code. */
+int cli_delete_now(struct cli *c, const char *id, zk_lock *lock);
 /* Print listing L when RC is ZOK, else a one-line error about WHAT; frees
  * L. Returns the exit code. */
 int cli_print_listing(status_list *l, int rc, const char *what);
@@ -93,5 +114,6 @@ int cmd_image_pause(struct cli *c);
 int cmd_image_unpause(struct cli *c);
 int cmd_export_image_data(struct cli *c);
 int cmd_import_image_data(struct cli *c);
+int cmd_request(struct cli *c);
 
 #endif

@@ -22,19 +22,31 @@ static const struct cli_opt list_opts[] = {
 	{ NULL, NULL, NULL, false },
 };
 static const struct cli_pos image_pos[] = {
-	{ "image", "image name", false },
-	{ NULL, NULL, false },
+	{ "image", "image name", CLI_ONE },
+	{ NULL, NULL, CLI_ONE },
 };
 static const struct cli_pos alien_pos[] = {
-	{ "provider", "provider name", true },
-	{ NULL, NULL, false },
+	{ "provider", "provider name", CLI_OPTIONAL },
+	{ NULL, NULL, CLI_ONE },
 };
 static const struct cli_pos id_pos[] = {
-	{ "id", "node id", false },
-	{ NULL, NULL, false },
+	{ "id", "node id", CLI_ONE },
+	{ NULL, NULL, CLI_ONE },
 };
 static const struct cli_opt delete_opts[] = {
 	{ "--now", NULL, "delete the node in the foreground", false },
+	{ NULL, NULL, NULL, false },
+};
+static const struct cli_pos request_pos[] = {
+	{ "label", "node label (one node each; repeat a label for more)",
+	  CLI_MANY },
+	{ NULL, NULL, CLI_ONE },
+};
+static const struct cli_opt request_opts[] = {
+	{ "--timeout", "SECONDS", "give up after this long (default: 300)",
+	  false },
+	{ "--hold", NULL, "leave the nodes in the hold state instead of "
+	  "returning them", false },
 	{ NULL, NULL, NULL, false },
 };
 static const struct cli_opt image_delete_opts[] = {
@@ -45,27 +57,27 @@ static const struct cli_opt image_delete_opts[] = {
 	{ NULL, NULL, NULL, false },
 };
 static const struct cli_pos dib_id_pos[] = {
-	{ "id", "dib image id", false },
-	{ NULL, NULL, false },
+	{ "id", "dib image id", CLI_ONE },
+	{ NULL, NULL, CLI_ONE },
 };
 static const struct cli_pos provider_pos[] = {
-	{ "PROVIDER", "Provider name", false },
-	{ NULL, NULL, false },
+	{ "PROVIDER", "Provider name", CLI_ONE },
+	{ NULL, NULL, CLI_ONE },
 };
 static const struct cli_opt erase_opts[] = {
 	{ "--force", NULL, "Bypass the warning prompt", false },
 	{ NULL, NULL, NULL, false },
 };
 static const struct cli_pos export_pos[] = {
-	{ "path", "Export file path", false },
-	{ NULL, NULL, false },
+	{ "path", "Export file path", CLI_ONE },
+	{ NULL, NULL, CLI_ONE },
 };
 static const struct cli_pos import_pos[] = {
-	{ "path", "Import file path", false },
-	{ NULL, NULL, false },
+	{ "path", "Import file path", CLI_ONE },
+	{ NULL, NULL, CLI_ONE },
 };
 
-/* Upstream's subparser order (it is also the help order). */
+/* Upstream's subparser order (it is also the help order), then ours. */
 static const struct cli_command commands[] = {
 	{ "list", "list nodes", NULL, list_opts, CLI_NEEDS_ZK, cmd_list },
 	{ "image-list", "list images from providers", NULL, NULL,
@@ -103,6 +115,10 @@ static const struct cli_command commands[] = {
 	  NULL, CLI_NEEDS_ZK, cmd_export_image_data },
 	{ "import-image-data", "Import image data to ZooKeeper", import_pos,
 	  NULL, CLI_NEEDS_ZK, cmd_import_image_data },
+	/* Ours, after upstream's. */
+	{ "request", "request nodes as Zuul does, print them, return them "
+	  "(nodepool-c extension)", request_pos, request_opts, CLI_NEEDS_ZK,
+	  cmd_request },
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -176,8 +192,13 @@ static void sub_usage(FILE *f, const struct cli_command *cmd)
 		else
 			fprintf(f, " [%s]", o->name);
 	}
-	for (const struct cli_pos *p = cmd->pos; p && p->name; p++)
-		fprintf(f, p->optional ? " [%s]" : " %s", p->name);
+	for (const struct cli_pos *p = cmd->pos; p && p->name; p++) {
+		if (p->nargs == CLI_MANY)
+			fprintf(f, " %s [%s ...]", p->name, p->name);
+		else
+			fprintf(f, p->nargs == CLI_OPTIONAL ? " [%s]" : " %s",
+				p->name);
+	}
 	fprintf(f, "\n");
 }
 
@@ -264,7 +285,7 @@ static int missing_args(const struct cli *c, const struct cli_command *cmd)
 		if (o->required && !cli_arg(c, opt_key(o->name)))
 			sbuf_addf(&sb, "%s%s", sb.len ? ", " : "", o->name);
 	for (const struct cli_pos *p = cmd->pos; p && p->name; p++)
-		if (!p->optional && !cli_arg(c, p->name))
+		if (p->nargs != CLI_OPTIONAL && !cli_arg(c, p->name))
 			sbuf_addf(&sb, "%s%s", sb.len ? ", " : "", p->name);
 	if (!sb.len) {
 		sbuf_free(&sb);
@@ -331,8 +352,18 @@ static int parse_sub(struct cli *c, const struct cli_command *cmd, int argc,
 			free(msg);
 			return rc;
 		}
-		set_arg(c, pos->name, a);
-		pos++;
+		if (pos->nargs != CLI_MANY) {
+			set_arg(c, pos->name, a);
+			pos++;
+			continue;
+		}
+		/* nargs='+': it takes every later positional (argv outlives
+		 * the command). */
+		if (!c->many) {
+			set_arg(c, pos->name, a);
+			c->many = xcalloc((size_t)argc, sizeof(*c->many));
+		}
+		c->many[c->nmany++] = a;
 	}
 	return missing_args(c, cmd);
 }
@@ -462,6 +493,7 @@ static int connect_zk(struct cli *c)
 
 static void cleanup(struct cli *c)
 {
+	free(c->many);
 	if (c->z)
 		zk_close(c->z);
 	if (c->loop)

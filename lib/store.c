@@ -604,6 +604,72 @@ int store_node_delete(zk *z, np_node *n)
 	return rc;
 }
 
+/* A session error: nothing more can be done now, and it is not a reason
+ * to try the slow way. */
+static bool session_error(int rc)
+{
+	return rc == ZCONNECTIONLOSS || rc == ZSESSIONEXPIRED ||
+	       rc == ZCLOSING || rc == ZOPERATIONTIMEOUT;
+}
+
+/* One transaction: `deleted`, our contender, the lock dir, the node. */
+static int remove_in_one(zk *z, np_node *n, const char *contender)
+{
+	char *path = np_path_node(n->id), *dir = np_path_node_lock(n->id);
+	char *json = np_node_encode(n);
+	zk_op ops[4];
+	int rc;
+
+	memset(ops, 0, sizeof(ops));
+	ops[0].type = ZK_OP_SET;
+	ops[0].path = path;
+	ops[0].data = json;
+	ops[0].len = (int)strlen(json);
+	ops[0].version = -1;
+	ops[1].path = contender;
+	ops[2].path = dir;
+	ops[3].path = path;
+	for (int i = 1; i < 4; i++) {
+		ops[i].type = ZK_OP_DELETE;
+		ops[i].version = -1;
+	}
+	rc = zk_multi(z, ops, 4);
+	zk_ops_free(ops, 4);
+	free(json);
+	free(dir);
+	free(path);
+	return rc;
+}
+
+int store_node_remove_locked(zk *z, np_node *n, zk_lock *lock)
+{
+	const char *mine = lock && zk_lock_held(lock) ? zk_lock_node(lock) :
+			   NULL;
+	int rc = ZNOTEMPTY;
+
+	np_node_set_state(n, NP_NODE_DELETED);
+	if (mine) {
+		rc = remove_in_one(z, n, mine);
+		if (rc == ZOK) {
+			zk_lock_forget(lock);
+			return ZOK;
+		}
+		if (session_error(rc))
+			return rc;
+	}
+	/* Someone waits on the lock: upstream's write-then-delete, again if
+	 * a contender appears while the tree goes (the `deleted` state tells
+	 * whoever gets the lock to finish the job). */
+	for (int i = 0; i < 3; i++) {
+		rc = store_node_delete(z, n);
+		if (rc != ZNOTEMPTY)
+			break;
+	}
+	if (rc == ZOK && mine)
+		zk_lock_forget(lock);
+	return rc;
+}
+
 int store_node_lock(zk *z, const char *id, double timeout, zk_lock **lock)
 {
 	char *path = np_path_node_lock(id);

@@ -56,6 +56,13 @@ int store_node_save(zk *z, const np_node *n);
 /* Upstream's deleteNode: state "deleted" written first, then the znode
  * and everything below it (its lock) removed. */
 int store_node_delete(zk *z, np_node *n);
+/* The final removal of a node whose LOCK we hold, as the launcher's
+ * deleter does it: one multi {state "deleted", our contender, the lock
+ * directory, the node}, so nobody sees the node unlocked before it is
+ * gone; when the tree holds more (someone waits on the lock),
+ * store_node_delete(). N's state becomes "deleted". On ZOK the lock is
+ * forgotten (its contender went with the node); free it as usual. */
+int store_node_remove_locked(zk *z, np_node *n, zk_lock *lock);
 /* Blocking kazoo lock on the node (TIMEOUT seconds); *LOCK is released
  * and freed by the caller with zk_lock_free(). ZLOCKTIMEOUT on timeout. */
 int store_node_lock(zk *z, const char *id, double timeout, zk_lock **lock);

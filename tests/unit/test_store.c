@@ -522,6 +522,65 @@ out:
 	fx_close(&f);
 }
 
+/* The deleter's final removal (delete --now): one multi when we are the
+ * only contender; upstream's write-then-delete when someone waits. */
+TEST(node_remove_locked)
+{
+	struct fx f;
+	zk *other = NULL;
+	zk_lock *lock = NULL, *waiter = NULL;
+	np_node n;
+	char *hosts;
+	bool waiting = false;
+
+	if (!fx_open(&f))
+		goto out;
+	put(f.z, "/nodepool/nodes/0000000002", "{\"state\": \"deleting\"}");
+	put(f.z, "/nodepool/nodes/0000000003", "{\"state\": \"deleting\"}");
+
+	REQUIRE(store_node_lock(f.z, "0000000002", 5, &lock) == ZOK);
+	REQUIRE(store_node(f.z, "0000000002", &n) == ZOK);
+	CHECK_INT(store_node_remove_locked(f.z, &n, lock), ZOK);
+	CHECK_STR(n.state, NP_NODE_DELETED);
+	CHECK(!zk_lock_held(lock));
+	zk_lock_free(lock);
+	np_node_clear(&n);
+	CHECK_INT(zk_exists(f.z, "/nodepool/nodes/0000000002", NULL), ZNONODE);
+
+	/* A second session waits on the lock: its contender keeps the lock
+	 * directory from going in one transaction. */
+	hosts = xasprintf("%s%s", test_zk_hosts(), f.chroot);
+	other = connect_to(f.loop, hosts);
+	free(hosts);
+	REQUIRE(other);
+	REQUIRE(store_node_lock(f.z, "0000000003", 5, &lock) == ZOK);
+	waiter = zk_lock_new(other, "/nodepool/nodes/0000000003/lock", NULL);
+	REQUIRE(zk_lock_acquire_async(waiter, true, 30, NULL, NULL) == ZOK);
+	for (int i = 0; i < 200; i++) {
+		strlist kids;
+		size_t nkids;
+
+		strlist_init(&kids);
+		zk_get_children(f.z, "/nodepool/nodes/0000000003/lock", &kids,
+				NULL);
+		nkids = kids.n;
+		strlist_free(&kids);
+		if ((waiting = nkids == 2))
+			break;
+		evloop_run_once(f.loop, 10);
+	}
+	CHECK(waiting);
+	REQUIRE(store_node(f.z, "0000000003", &n) == ZOK);
+	CHECK_INT(store_node_remove_locked(f.z, &n, lock), ZOK);
+	zk_lock_free(lock);
+	np_node_clear(&n);
+	CHECK_INT(zk_exists(f.z, "/nodepool/nodes/0000000003", NULL), ZNONODE);
+	zk_lock_free(waiter);
+	zk_close(other);
+out:
+	fx_close(&f);
+}
+
 TEST(pause_and_request_build_markers)
 {
 	struct fx f;
