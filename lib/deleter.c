@@ -11,7 +11,10 @@
  * contender), with a full pass over the cache every 5 s as upstream runs it.
  * Removing the znode tries one multi (deleted, our contender, the lock
  * directory, the node) and falls back to upstream's write-then-recursive-
- * delete when the tree holds anything else (someone waiting on the lock). */
+ * delete when the tree holds anything else (someone waiting on the lock).
+ * Either way our contender goes with the tree, so the lock is forgotten,
+ * not released; and a node's lock directory is assumed to exist, which
+ * saves kazoo's `exists` on every lock. */
 #include "deleter.h"
 
 #include <stdlib.h>
@@ -138,7 +141,9 @@ static void removed(delop *o)
 {
 	log_info(LOGGER, "Deleted ZK node id=%s, state=%s", o->id,
 		 o->node.state ? o->node.state : "None");
-	/* The lock went with the tree. */
+	/* The lock went with the tree: nothing left to release. */
+	if (o->lock && !o->tree_failed)
+		zk_lock_forget(o->lock);
 	if (o->pm && o->pm->drv->node_deleted && o->node.provider)
 		o->pm->drv->node_deleted(o->pm->m, &o->node);
 	op_end(o);
@@ -529,6 +534,7 @@ static void start_op(np_deleter *d, const char *id, np_provmgr *pm,
 	o->next = d->ops;
 	d->ops = o;
 	o->lock = zk_lock_new(launcher_zk(d->l), dir, NULL);
+	zk_lock_assume_dir(o->lock); /* made with the node */
 	free(dir);
 	(void)zk_lock_acquire_async(o->lock, false, 0, op_locked, o);
 }

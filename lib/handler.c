@@ -5,7 +5,13 @@
  * that must be ordered on the wire (nodes, then the request, then the
  * request lock) are simply issued in that order: our ZooKeeper client
  * pipelines requests in order on one session, and zk_lock_free() queues
- * its delete at once, so nothing waits a round trip in between. */
+ * its delete at once, so nothing waits a round trip in between.
+ *
+ * ZooKeeper requests are kept few where the outcome is the same: a new
+ * request's lock is one multi (zk_lock's fresh attempt: its directory
+ * cannot exist yet), and a completed request is unlocked in one multi
+ * (node contenders, request write, request contender), atomic and so in
+ * upstream's order for every reader. */
 #include "handler.h"
 
 #include <math.h>
@@ -400,8 +406,10 @@ np_handler *handler_new(np_poolworker *pw, const np_request *req,
 	h->lock = zk_lock_new(launcher_zk(pw->l), dir, NULL);
 	free(dir);
 	HLOG(h, LOG_DEBUG, "Locking request");
-	/* A new lock has no attempt in progress: this cannot be refused. */
-	(void)zk_lock_acquire_async(h->lock, false, 0, locked, h);
+	/* A new lock has no attempt in progress: this cannot be refused.
+	 * Its directory is usually not there yet (nobody has locked the
+	 * request): directory and contender in one multi. */
+	(void)zk_lock_acquire_fresh_async(h->lock, NULL, 0, locked, h);
 	return h;
 }
 
@@ -595,6 +603,7 @@ static void oldest_next(oldest_op *op)
 	}
 	dir = np_path_node_lock(op->ids.v[op->next++]);
 	op->lock = zk_lock_new(launcher_zk(op->l), dir, NULL);
+	zk_lock_assume_dir(op->lock); /* a ready node's lock dir exists */
 	free(dir);
 	if (zk_lock_acquire_async(op->lock, false, 0, oldest_locked, op) != ZOK)
 		oldest_free(op);
@@ -730,6 +739,7 @@ static void reuse_lock(np_handler *h)
 	char *dir = np_path_node_lock(h->reuse_id);
 
 	h->reuse_lock = zk_lock_new(launcher_zk(h->pw->l), dir, NULL);
+	zk_lock_assume_dir(h->reuse_lock); /* a ready node's lock dir exists */
 	free(dir);
 	if (zk_lock_acquire_async(h->reuse_lock, false, 0, reuse_locked, h) != ZOK)
 		reuse_next(h);
@@ -885,6 +895,125 @@ static void fulfil(np_handler *h)
 	np_request_set_state(&h->req, NP_REQ_FULFILLED);
 }
 
+/* ---- completion in one transaction ---- */
+
+/* The multi that ends a request, and what it needs if it fails. */
+typedef struct completion {
+	zk_op *ops;
+	int n;
+	int pending;        /* replies due */
+	char *id;
+	char *logger;
+} completion;
+
+static void completion_unref(completion *c)
+{
+	if (--c->pending > 0)
+		return;
+	for (int i = 0; i < c->n; i++) {
+		free((char *)c->ops[i].path);
+		free((char *)c->ops[i].data);
+	}
+	zk_ops_free(c->ops, c->n);
+	free(c->ops);
+	free(c->id);
+	free(c->logger);
+	free(c);
+}
+
+static void completion_deleted(zk *z, int rc, void *arg)
+{
+	completion_unref(arg);
+}
+
+static void completion_stored(zk *z, int rc, const zk_stat *st, void *arg)
+{
+	completion *c = arg;
+
+	if (rc != ZOK && rc != ZCLOSING)
+		log_error(c->logger, "[node_request: %s] Unable to store "
+			  "request: %s", c->id, zk_strerror(rc));
+	completion_unref(c);
+}
+
+/* The transaction failed (the request is gone, a contender went with a
+ * lost connection, or the reply was lost): the same steps one by one, in
+ * the same order, as upstream sends them. Deleting a contender that is
+ * gone and writing the same request twice are both harmless. */
+static void completion_done(zk *z, int rc, void *arg)
+{
+	completion *c = arg;
+
+	if (rc != ZOK && rc != ZCLOSING && rc != ZSESSIONEXPIRED) {
+		log_debug(c->logger, "[node_request: %s] Completing one step "
+			  "at a time: %s", c->id, zk_strerror(rc));
+		for (int i = 0; i < c->n; i++) {
+			zk_op *op = &c->ops[i];
+
+			if (op->type == ZK_OP_DELETE &&
+			    zk_adelete(z, op->path, -1, completion_deleted,
+				       c) == ZOK)
+				c->pending++;
+			else if (op->type == ZK_OP_SET &&
+				 zk_aset(z, op->path, op->data, op->len, -1,
+					 completion_stored, c) == ZOK)
+				c->pending++;
+		}
+	}
+	completion_unref(c);
+}
+
+static void completion_add(completion *c, enum zk_op_type type,
+			   char *path, char *data)
+{
+	zk_op *op = &c->ops[c->n++];
+
+	op->type = type;
+	op->path = path;
+	op->data = data;
+	op->len = data ? (int)strlen(data) : 0;
+	op->version = -1;
+}
+
+/* upstream's order (nodes unlocked, request written, request unlocked)
+ * as one multi. The locks are forgotten, not released: the multi deletes
+ * their contenders. */
+static void complete(np_handler *h)
+{
+	completion *c = xcalloc(1, sizeof(*c));
+	const char *mine;
+
+	c->ops = xcalloc(h->nset + 2, sizeof(*c->ops));
+	c->id = xstrdup(h->id);
+	c->logger = xstrdup(h->logger);
+	for (size_t i = 0; i < h->nset; i++) {
+		np_nodelaunch *nl = h->set[i];
+
+		mine = nl->lock ? zk_lock_node(nl->lock) : NULL;
+		if (mine) {
+			completion_add(c, ZK_OP_DELETE, xstrdup(mine), NULL);
+			zk_lock_forget(nl->lock);
+		}
+		if (nl->node.id)
+			HLOG(h, LOG_DEBUG, "Unlocked node %s", nl->node.id);
+		nodelaunch_release(nl, false);
+	}
+	h->nset = 0;
+	completion_add(c, ZK_OP_SET, np_path_request(h->id),
+		       np_request_encode(&h->req));
+	mine = h->lock ? zk_lock_node(h->lock) : NULL;
+	if (mine) {
+		completion_add(c, ZK_OP_DELETE, xstrdup(mine), NULL);
+		zk_lock_forget(h->lock);
+	}
+	unlock_request(h);
+	c->pending = 1;
+	if (zk_amulti(launcher_zk(h->pw->l), c->ops, c->n, completion_done,
+		      c) != ZOK)
+		completion_unref(c); /* closing: the contenders go with it */
+	finish(h);
+}
+
 static void maybe_complete(np_handler *h)
 {
 	bool aborted = false, failed = false;
@@ -926,12 +1055,7 @@ static void maybe_complete(np_handler *h)
 	} else {
 		fulfil(h);
 	}
-	/* The order on the wire: nodes unlocked, request written, request
-	 * unlocked. */
-	unlock_set(h, false);
-	store_request(h);
-	unlock_request(h);
-	finish(h);
+	complete(h);
 }
 
 void handler_launch_done(np_handler *h)

@@ -41,6 +41,7 @@ static void record(np_nodelaunch *nl, const char *result)
 
 static void nl_free(np_nodelaunch *nl)
 {
+	free(nl->building_json);
 	np_node_clear(&nl->node);
 	free(nl->label);
 	free(nl->pool_name);
@@ -115,16 +116,22 @@ static void written(zk *z, int rc, const zk_stat *st, void *arg)
 	unbusy(nl);
 }
 
-void nodelaunch_write(np_nodelaunch *nl)
+static void write_json(np_nodelaunch *nl, const char *json)
 {
 	char *path = np_path_node(nl->node.id);
-	char *json = np_node_encode(&nl->node);
 
 	if (zk_aset(launcher_zk(nl->l), path, json, (int)strlen(json), -1,
 		    written, nl) == ZOK)
 		nl->busy++;
-	free(json);
 	free(path);
+}
+
+void nodelaunch_write(np_nodelaunch *nl)
+{
+	char *json = np_node_encode(&nl->node);
+
+	write_json(nl, json);
+	free(json);
 }
 
 static void final_written(zk *z, int rc, const zk_stat *st, void *arg)
@@ -399,29 +406,22 @@ static void attempt_failed(np_nodelaunch *nl, const char *error,
 	start_attempt(nl);
 }
 
-/* The image, the connection attributes and resources (startStateMachine),
- * then the driver's create. */
-static void start_attempt(np_nodelaunch *nl)
+enum attr_result { ATTR_OK, ATTR_NO_LABEL, ATTR_NO_IMAGE };
+
+/* startStateMachine's attributes, set on the record: the image (the
+ * newest ready upload's path for diskimages, the cloud image's name
+ * otherwise), username, python_path, shell_type, connection_* and
+ * resources. *IMAGE_EXT gets the image's external id. */
+static enum attr_result set_attributes(np_nodelaunch *nl,
+				       const char **image_ext)
 {
 	const np_pool_label *pl = nl_label(nl);
-	const np_pool *pool = nl_pool(nl);
 	np_provmgr *pm = nl->pm;
-	const char *image_ext = NULL;
-	np_create_args a;
-	json_t *meta;
-	char *hostname;
 	np_quota need;
 
-	nl->attempts++;
-	nl->attempt_ms = now_ms();
-	nl->state = NL_LAUNCH;
-	nl->wrote_progress = false;
-	if (!pl || !pool) {
-		nl->attempts = nl->retries; /* no config: no point retrying */
-		attempt_failed(nl, "label no longer configured", NULL,
-			       LSTATS_UNKNOWN);
-		return;
-	}
+	*image_ext = NULL;
+	if (!pl || !nl_pool(nl))
+		return ATTR_NO_LABEL;
 	if (pl->diskimage) {
 		const np_upload *up = zkc_latest_upload(launcher_images(nl->l),
 							pl->diskimage->name,
@@ -430,14 +430,9 @@ static void start_attempt(np_nodelaunch *nl)
 			config_find_provider_diskimage(pm->prov,
 						       pl->diskimage->name);
 
-		if (!up) {
-			if (nl->attempts == 1)
-				nodelaunch_write(nl); /* building, as upstream */
-			attempt_failed(nl, "Unable to find current cloud image",
-				       NULL, LSTATS_NODEPOOL);
-			return;
-		}
-		image_ext = up->external_id;
+		if (!up)
+			return ATTR_NO_IMAGE;
+		*image_ext = up->external_id;
 		free(nl->node.image_id);
 		nl->node.image_id = np_path_upload(up->image, up->build_id,
 						   up->provider, up->id);
@@ -465,7 +460,54 @@ static void start_attempt(np_nodelaunch *nl)
 	provmgr_label_quota(pm, pl, &need);
 	json_decref(nl->node.resources);
 	nl->node.resources = quota_to_json(&need);
-	nodelaunch_write(nl);
+	return ATTR_OK;
+}
+
+/* Write the record building, unless the lock's multi wrote exactly this
+ * already (see lock_and_build). */
+static void write_building(np_nodelaunch *nl)
+{
+	char *json = np_node_encode(&nl->node);
+
+	if (!nl->building_json || strcmp(json, nl->building_json) != 0)
+		write_json(nl, json);
+	free(json);
+	free(nl->building_json);
+	nl->building_json = NULL;
+}
+
+/* The image, the connection attributes and resources (startStateMachine),
+ * then the driver's create. */
+static void start_attempt(np_nodelaunch *nl)
+{
+	const np_pool_label *pl = nl_label(nl);
+	const np_pool *pool = nl_pool(nl);
+	np_provmgr *pm = nl->pm;
+	const char *image_ext = NULL;
+	np_create_args a;
+	json_t *meta;
+	char *hostname;
+
+	nl->attempts++;
+	nl->attempt_ms = now_ms();
+	nl->state = NL_LAUNCH;
+	nl->wrote_progress = false;
+	switch (set_attributes(nl, &image_ext)) {
+	case ATTR_NO_LABEL:
+		nl->attempts = nl->retries; /* no config: no point retrying */
+		attempt_failed(nl, "label no longer configured", NULL,
+			       LSTATS_UNKNOWN);
+		return;
+	case ATTR_NO_IMAGE:
+		if (nl->attempts == 1)
+			write_building(nl); /* building, as upstream */
+		attempt_failed(nl, "Unable to find current cloud image",
+			       NULL, LSTATS_NODEPOOL);
+		return;
+	case ATTR_OK:
+		break;
+	}
+	write_building(nl);
 
 	hostname = xasprintf("np%s", nl->node.id);
 	meta = json_pack("{s:s, s:s, s:s}", "nodepool_node_id", nl->node.id,
@@ -510,10 +552,41 @@ static void locked(zk_lock *l, int rc, void *arg)
 		return;
 	}
 	NLOG(nl, LOG_DEBUG, "Locked building node %s for request", nl->node.id);
-	/* Building only after the lock: unlocked building nodes are deleted. */
-	np_node_set_state(&nl->node, NP_NODE_BUILDING);
+	if (!zk_lock_fresh(l)) {
+		/* Locked the long way: building is written after the lock
+		 * (unlocked building nodes are deleted). */
+		free(nl->building_json);
+		nl->building_json = NULL;
+		np_node_set_state(&nl->node, NP_NODE_BUILDING);
+	}
 	nl->state = NL_BUILDING;
 	start_attempt(nl);
+}
+
+/* Lock the new node and write it building, with the first attempt's
+ * attributes, in one transaction: its lock directory cannot exist yet, so
+ * zk_lock's fresh attempt creates the directory and our contender and
+ * applies our write with them. Upstream locks (4 requests), then writes;
+ * everyone sees the same records, the node never building unlocked. */
+static void lock_and_build(np_nodelaunch *nl)
+{
+	const char *image_ext;
+	zk_op op = { .type = ZK_OP_SET, .version = -1 };
+	char *path;
+
+	np_node_set_state(&nl->node, NP_NODE_BUILDING);
+	if (set_attributes(nl, &image_ext) != ATTR_OK) {
+		/* start_attempt() reports it once locked. */
+		(void)zk_lock_acquire_async(nl->lock, false, 0, locked, nl);
+		return;
+	}
+	path = np_path_node(nl->node.id);
+	nl->building_json = np_node_encode(&nl->node);
+	op.path = path;
+	op.data = nl->building_json;
+	op.len = (int)strlen(nl->building_json);
+	(void)zk_lock_acquire_fresh_async(nl->lock, &op, 1, locked, nl);
+	free(path);
 }
 
 static void create_node(np_nodelaunch *nl);
@@ -566,7 +639,7 @@ static void node_created(zk *z, int rc, const char *path, const zk_stat *st,
 	dir = np_path_node_lock(id);
 	nl->lock = zk_lock_new(z, dir, NULL);
 	free(dir);
-	(void)zk_lock_acquire_async(nl->lock, false, 0, locked, nl);
+	lock_and_build(nl);
 }
 
 static void create_node(np_nodelaunch *nl)

@@ -56,6 +56,8 @@ struct np_nodelaunch {
 	bool dead;
 	bool counted;            /* counted in pm->launching */
 	bool wrote_progress;     /* external id written before the scan */
+	char *building_json;     /* what the lock's multi wrote, until the
+				  * first attempt compares it */
 };
 
 /* Start launching a node of LABEL for H. */

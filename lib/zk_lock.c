@@ -105,6 +105,7 @@ struct zk_lock {
 
 static void advance(zk_lock *l);
 static void finish(zk_lock *l, int rc);
+static void fresh_clear(zk_lock *l);
 static void release_step(zk_lock *l);
 
 /* ---- registry: lock id -> lock, for watches that outlive their lock ---- */
@@ -303,7 +304,7 @@ static void lock_destroy(zk_lock *l)
 	if (l->aux_timer)
 		evloop_del_timer(l->loop, l->aux_timer);
 	set_node(l, NULL);
-	free(l->fresh_ops);
+	fresh_clear(l);
 	free(l->dir);
 	free(l->data);
 	free(l->prefix);
@@ -441,6 +442,11 @@ static void fresh_clear(zk_lock *l)
 	if (!l->fresh_ops)
 		return;
 	zk_ops_free(l->fresh_ops, l->fresh_nops);
+	/* The caller's ops are copies of ours (see acquire_fresh_async). */
+	for (int i = 2; i < l->fresh_nops; i++) {
+		free((char *)l->fresh_ops[i].path);
+		free((char *)l->fresh_ops[i].data);
+	}
 	free(l->fresh_ops);
 	l->fresh_ops = NULL;
 	l->fresh_nops = 0;
@@ -912,9 +918,21 @@ int zk_lock_acquire_fresh_async(zk_lock *l, zk_op *extra, int nextra,
 	ops[1].data = l->data;
 	ops[1].len = (int)strlen(l->data);
 	ops[1].flags = ZK_EPHEMERAL_SEQUENTIAL;
+	/* Copied: a lock freed during the attempt lives on until the
+	 * reply, longer than its caller's buffers. */
 	for (int i = 0; i < nextra; i++) {
-		ops[i + 2] = extra[i];
-		ops[i + 2].created_path = NULL;
+		zk_op *op = &ops[i + 2];
+		char *data = NULL;
+
+		*op = extra[i];
+		op->created_path = NULL;
+		op->path = xstrdup(extra[i].path);
+		if (extra[i].data) {
+			data = xmalloc((size_t)extra[i].len + 1);
+			memcpy(data, extra[i].data, (size_t)extra[i].len);
+			data[extra[i].len] = '\0';
+		}
+		op->data = data;
 	}
 	l->fresh_ops = ops;
 	l->fresh_nops = nextra + 2;
