@@ -403,14 +403,16 @@ static void rl_compare(rl_scan *s)
 {
 	cleanup *c = s->c;
 
-	qsort(s->requests.v, s->requests.n, sizeof(char *), str_cmp);
+	/* (qsort and bsearch want a real array even when it is empty) */
+	if (s->requests.n)
+		qsort(s->requests.v, s->requests.n, sizeof(char *), str_cmp);
 	for (size_t i = 0; i < s->locks.n && !c->stopping; i++) {
 		const char *id = s->locks.v[i];
 		rl_check *k;
 
-		if (!np_valid_name(id) ||
+		if (!np_valid_name(id) || (s->requests.n &&
 		    bsearch(&id, s->requests.v, s->requests.n, sizeof(char *),
-			    str_cmp))
+			    str_cmp)))
 			continue;
 		k = xcalloc(1, sizeof(*k));
 		k->c = c;

@@ -7,7 +7,8 @@
 #
 # env: NP_BUILD (build dir with nodepool-launcher); NP_TEST_ZK_TLS and
 # NP_TEST_ZK_CA/_CERT/_KEY for a running TLS ZooKeeper, else one is started
-# and stopped at the end.
+# and stopped at the end; NP_TEST_KEEP=1 keeps every scenario's directory
+# (configs, launcher logs, fake cloud), not only those of failed runs.
 import json
 import os
 import shutil
@@ -224,7 +225,7 @@ class Scenario:
             self.kz.stop()
         except Exception:
             pass
-        if FAILED == 0:
+        if FAILED == 0 and not os.environ.get("NP_TEST_KEEP"):
             shutil.rmtree(self.dir, ignore_errors=True)
         else:
             print("kept %s" % self.dir, file=sys.stderr)
