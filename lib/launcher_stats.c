@@ -147,13 +147,28 @@ void lstats_map_add(lstats_map *m, const char *key, double d)
 
 /* ---- the leader's gauges ---- */
 
+/* KEY from FMT with A and B into BUF, or into a malloc'd string when it
+ * does not fit (*HEAP then owns it): a report formats a few keys per node,
+ * so the common case allocates nothing. */
+static const char *format_key(char *buf, size_t size, char **heap,
+			      const char *fmt, const char *a, const char *b)
+{
+	int n = snprintf(buf, size, fmt, a, b);
+
+	*heap = NULL;
+	if (n >= 0 && (size_t)n < size)
+		return buf;
+	*heap = xasprintf(fmt, a, b);
+	return *heap;
+}
+
 static void set_zero(lstats_map *m, const char *fmt, const char *a,
 		     const char *b)
 {
-	char *key = xasprintf(fmt, a, b);
+	char buf[256], *heap;
 
-	lstats_map_set(m, key, 0);
-	free(key);
+	lstats_map_set(m, format_key(buf, sizeof(buf), &heap, fmt, a, b), 0);
+	free(heap);
 }
 
 static bool seen_provider(const np_component *const *pools, size_t i)
@@ -193,10 +208,10 @@ void lstats_nodes_begin(lstats_map *m, const np_component *const *pools,
 static void add_one(lstats_map *m, const char *fmt, const char *a,
 		    const char *b)
 {
-	char *key = xasprintf(fmt, a, b);
+	char buf[256], *heap;
 
-	lstats_map_add(m, key, 1);
-	free(key);
+	lstats_map_add(m, format_key(buf, sizeof(buf), &heap, fmt, a, b), 1);
+	free(heap);
 }
 
 void lstats_nodes_count(lstats_map *m, const np_node *n)
@@ -212,45 +227,53 @@ void lstats_nodes_count(lstats_map *m, const np_node *n)
 		n->provider ? n->provider : "None", n->state);
 }
 
-/* The key of a pool's addressable_requests gauge. */
-static char *request_key(const np_component *c)
-{
-	return xasprintf("nodepool.provider.%s.pool.%s.addressable_requests",
-			 c->provider_name ? c->provider_name : "None", c->name);
-}
-
 /* Upstream keys its table by (provider, pool): a pool registered twice
  * (two launchers with the same provider) counts once, with the labels of
- * the registration met last. */
-static bool counts_for_key(const np_component *const *pools, size_t npools,
-			   size_t i)
+ * the registration met last; pools without a name (old registrations)
+ * are left out. */
+static bool same_pool(const np_component *a, const np_component *b)
 {
-	const np_component *c = pools[i];
+	return strcmp(a->name, b->name) == 0 &&
+	       strcmp(a->provider_name ? a->provider_name : "",
+		      b->provider_name ? b->provider_name : "") == 0;
+}
 
-	if (!c || !c->name)
-		return false;
-	for (size_t j = i + 1; j < npools; j++) {
-		const np_component *d = pools[j];
+size_t lstats_unique_pools(const np_component **pools, size_t npools)
+{
+	size_t n = 0;
 
-		if (d && d->name && strcmp(d->name, c->name) == 0 &&
-		    strcmp(d->provider_name ? d->provider_name : "",
-			   c->provider_name ? c->provider_name : "") == 0)
-			return false;
+	for (size_t i = 0; i < npools; i++) {
+		const np_component *c = pools[i];
+		bool later = false;
+
+		if (!c || !c->name)
+			continue;
+		for (size_t j = i + 1; j < npools && !later; j++)
+			later = pools[j] && pools[j]->name &&
+				same_pool(pools[j], c);
+		if (!later)
+			pools[n++] = c;
 	}
-	return true;
+	return n;
+}
+
+static const char *request_key(char *buf, size_t size, char **heap,
+			       const np_component *c)
+{
+	return format_key(buf, size, heap,
+			  "nodepool.provider.%s.pool.%s.addressable_requests",
+			  c->provider_name ? c->provider_name : "None", c->name);
 }
 
 void lstats_requests_begin(lstats_map *m, const np_component *const *pools,
 			   size_t npools)
 {
 	for (size_t i = 0; i < npools; i++) {
-		char *key;
+		char buf[256], *heap;
 
-		if (!counts_for_key(pools, npools, i))
-			continue;
-		key = request_key(pools[i]);
-		lstats_map_set(m, key, 0);
-		free(key);
+		lstats_map_set(m, request_key(buf, sizeof(buf), &heap, pools[i]),
+			       0);
+		free(heap);
 	}
 }
 
@@ -259,18 +282,16 @@ void lstats_requests_count(lstats_map *m, const np_component *const *pools,
 {
 	for (size_t i = 0; i < npools; i++) {
 		bool all = true;
-		char *key;
+		char buf[256], *heap;
 
-		if (!counts_for_key(pools, npools, i))
-			continue;
 		for (size_t k = 0; k < r->node_types.n && all; k++)
 			all = strlist_contains(&pools[i]->supported_labels,
 					       r->node_types.v[k]);
 		if (!all)
 			continue;
-		key = request_key(pools[i]);
-		lstats_map_add(m, key, 1);
-		free(key);
+		lstats_map_add(m, request_key(buf, sizeof(buf), &heap, pools[i]),
+			       1);
+		free(heap);
 	}
 }
 
@@ -419,10 +440,10 @@ static void report(lstats *s)
 	lstats_map_free(&m);
 
 	lstats_map_init(&m);
-	lstats_requests_begin(&m, pools, npools);
 	rc.m = &m;
 	rc.pools = pools;
-	rc.npools = npools;
+	rc.npools = lstats_unique_pools(pools, npools);
+	lstats_requests_begin(&m, pools, rc.npools);
 	zkc_foreach(launcher_requests(l), ZKC_REQUEST, collect_request, &rc);
 	send_map(s->sd, &m);
 	lstats_map_free(&m);

@@ -78,8 +78,12 @@ long lstats_map_find(const lstats_map *m, const char *key);
 void lstats_nodes_begin(lstats_map *m, const np_component *const *pools,
 			size_t npools);
 void lstats_nodes_count(lstats_map *m, const np_node *n);
-/* Upstream's updateNodeRequestStats: per registered pool with a name,
- * the requests whose every node type the pool supports. */
+/* Upstream's updateNodeRequestStats: per registered pool, the requests
+ * whose every node type the pool supports. POOLS must first go through
+ * lstats_unique_pools(), which compacts them in place to one entry per
+ * (provider, pool name) (the last registration met, as upstream's dict)
+ * without the nameless ones, and returns how many are left. */
+size_t lstats_unique_pools(const np_component **pools, size_t npools);
 void lstats_requests_begin(lstats_map *m, const np_component *const *pools,
 			   size_t npools);
 void lstats_requests_count(lstats_map *m, const np_component *const *pools,

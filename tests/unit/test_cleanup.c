@@ -328,6 +328,7 @@ TEST(request_gauges)
 	const np_component *pools[4];
 	lstats_map m;
 	np_request r;
+	size_t n;
 
 	pool(&a, "p1", "main", "small,big");
 	pool(&b, "p2", "main", "small");
@@ -340,27 +341,30 @@ TEST(request_gauges)
 	pools[1] = &b;
 	pools[2] = &again;
 	pools[3] = &anon;
+	n = lstats_unique_pools(pools, 4);
+	CHECK_INT(n, 2);
+	CHECK(pools[0] == &b && pools[1] == &again);
 	lstats_map_init(&m);
-	lstats_requests_begin(&m, pools, 4);
+	lstats_requests_begin(&m, pools, n);
 	CHECK_INT(m.n, 2);
 	CHECK(val(&m, "nodepool.provider.p1.pool.main.addressable_requests") == 0);
 	CHECK(val(&m, "nodepool.provider.p2.pool.main.addressable_requests") == 0);
 
 	request(&r, "small,small");
-	lstats_requests_count(&m, pools, 4, &r);
+	lstats_requests_count(&m, pools, n, &r);
 	np_request_clear(&r);
 	request(&r, "small,big");
-	lstats_requests_count(&m, pools, 4, &r);
+	lstats_requests_count(&m, pools, n, &r);
 	np_request_clear(&r);
 	request(&r, "huge");
-	lstats_requests_count(&m, pools, 4, &r);
+	lstats_requests_count(&m, pools, n, &r);
 	np_request_clear(&r);
 	request(&r, "unknown");
-	lstats_requests_count(&m, pools, 4, &r);
+	lstats_requests_count(&m, pools, n, &r);
 	np_request_clear(&r);
 	/* no node types: every pool (all() of nothing) */
 	request(&r, "");
-	lstats_requests_count(&m, pools, 4, &r);
+	lstats_requests_count(&m, pools, n, &r);
 	np_request_clear(&r);
 
 	CHECK(val(&m, "nodepool.provider.p1.pool.main.addressable_requests") == 4);
