@@ -730,8 +730,11 @@ int zk_acreate(zk *z, const char *path, const char *data, int len, int flags,
 {
 	struct req *r;
 
+	/* "/" is the server's root, which exists; under a chroot it names the
+	 * chroot node, which may not (see ensure_root_created). */
 	if (!flags_ok(flags) || !path_ok(path, flags & ZK_SEQUENTIAL) ||
-	    strcmp(path, "/") == 0 || len < 0 || (len > 0 && !data))
+	    (strcmp(path, "/") == 0 && !z->chroot[0]) || len < 0 ||
+	    (len > 0 && !data))
 		return ZBADARGUMENTS;
 	r = req_new(z, RK_CREATE, flags == ZK_CONTAINER ? ZOP_CREATECONTAINER : ZOP_CREATE2);
 	jute_write_create(&r->pkt, z->chroot, path, data, len, flags);
@@ -844,6 +847,7 @@ struct ensure {
 	char *path;
 	size_t pos;    /* length of the prefix being created */
 	int restarts;
+	bool root_tried; /* created the chroot node itself once */
 	zk_done_fn cb;
 	void *arg;
 };
@@ -877,12 +881,35 @@ static void ensure_next(zk *z, struct ensure *e)
 		ensure_end(z, e, rc);
 }
 
+/* The chroot node itself was missing (a fresh ensemble): kazoo's
+ * ensure_path creates it by creating "/", which the server sees as the
+ * chroot path; so do we, then start again from the top. A chroot whose own
+ * parent is missing cannot be made this way (nor by kazoo). */
+static void ensure_root_created(zk *z, int rc, const char *path,
+				const zk_stat *st, void *arg)
+{
+	struct ensure *e = arg;
+
+	if (rc != ZOK && rc != ZNODEEXISTS) {
+		ensure_end(z, e, rc);
+		return;
+	}
+	e->pos = 0;
+	ensure_next(z, e);
+}
+
 static void ensure_created(zk *z, int rc, const char *path, const zk_stat *st,
 			   void *arg)
 {
 	struct ensure *e = arg;
 
-	if (rc == ZNONODE && e->restarts++ < ENSURE_RESTARTS) {
+	if (rc == ZNONODE && z->chroot[0] && !e->root_tried &&
+	    !memchr(e->path + 1, '/', e->pos - 1)) {
+		e->root_tried = true;
+		rc = zk_acreate(z, "/", NULL, 0, ZK_PERSISTENT, ensure_root_created, e);
+		if (rc != ZOK)
+			ensure_end(z, e, rc);
+	} else if (rc == ZNONODE && e->restarts++ < ENSURE_RESTARTS) {
 		/* An ancestor was deleted under us: again from the top. */
 		e->pos = 0;
 		ensure_next(z, e);

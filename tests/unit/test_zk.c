@@ -425,6 +425,22 @@ TEST(aensure_path_async)
 	close_client(&c);
 }
 
+/* Regression: under a chroot that did not exist yet (a fresh ensemble),
+ * ensure_path failed with ZNONODE for ever; kazoo creates the chroot node
+ * itself, and so must we (the launcher could not create requests). */
+TEST(ensure_path_creates_a_missing_chroot)
+{
+	struct client c;
+
+	if (!open_client_opts(&c, false, test_chroot(), NULL))
+		return;
+	CHECK_INT(zk_exists(c.z, "/", NULL), ZNONODE);
+	CHECK_INT(zk_ensure_path(c.z, "/nodepool/requests"), ZOK);
+	CHECK_INT(zk_exists(c.z, "/", NULL), ZOK);
+	CHECK_INT(zk_exists(c.z, "/nodepool/requests", NULL), ZOK);
+	close_client(&c);
+}
+
 /* ---- async pipelining ---- */
 
 struct pipe_ctx {
