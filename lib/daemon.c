@@ -536,6 +536,11 @@ int daemon_on_signal(evloop *loop, int signo,
 	sigemptyset(&one);
 	sigaddset(&one, signo);
 	pthread_sigmask(SIG_BLOCK, &one, NULL);
+	/* A signal whose disposition is SIG_IGN is discarded by the kernel
+	 * before a signalfd can read it, and a shell starts background jobs
+	 * with SIGINT ignored; Python's handlers override that, so do we.
+	 * While blocked, the default disposition never runs. */
+	signal(signo, SIG_DFL);
 	sigaddset(&sig.mask, signo);
 	fd = signalfd(sig.fd, &sig.mask, SFD_NONBLOCK | SFD_CLOEXEC);
 	if (fd < 0)

@@ -601,6 +601,26 @@ TEST(signals_reach_the_loop)
 	evloop_free(other);
 }
 
+/* Regression: a launcher started in the background by a script inherits
+ * SIGINT ignored, and the kernel discarded the signal before the signalfd
+ * could read it, so it could not be stopped gracefully. */
+TEST(signals_ignored_at_start_still_reach_the_loop)
+{
+	struct sigcount c;
+	evloop *loop;
+
+	memset(&c, 0, sizeof(c));
+	signal(SIGINT, SIG_IGN);
+	daemon_block_signals();
+	loop = evloop_new();
+	REQUIRE(daemon_on_signal(loop, SIGINT, count_signal, &c) == 0);
+	kill(getpid(), SIGINT);
+	run_until(loop, &c.n[SIGINT], 1);
+	CHECK_INT(c.n[SIGINT], 1);
+	daemon_signals_close();
+	evloop_free(loop);
+}
+
 TEST(default_action_when_asked)
 {
 	int ready[2], status;
