@@ -11,7 +11,7 @@ libmicrohttpd-dev libssh-dev
 zookeeper libnetty-java libslf4j-java default-jre-headless
 python3 python3-kazoo python3-yaml
 openssl procps iproute2 time
-openssh-server openssh-client
+openssh-server openssh-client curl
 "
 
 missing=""
