@@ -13,6 +13,7 @@
 #                           consumed: the launcher's memory with N nodes);
 #                           0 skips it
 #        PERF=0             1: record the launcher with `perf record -g`
+#                           (PERF_ARGS replaces -g, e.g. "--call-graph dwarf")
 #                           into $PERF_OUT (default /tmp/launcher-bench.perf)
 #        KEEP=0             1: keep the work dir (launcher log, ZooKeeper)
 #
@@ -40,6 +41,7 @@ fi
 
 WORK=$(mktemp -d /tmp/np-launcher-bench.XXXXXX)
 LPID=
+PERF_PID=
 cleanup() {
 	if [ -n "$LPID" ] && kill -0 "$LPID" 2>/dev/null; then
 		kill -INT "$LPID"
@@ -49,6 +51,8 @@ cleanup() {
 		done
 		kill -KILL "$LPID" 2>/dev/null
 	fi
+	# perf writes its data once the launcher is gone.
+	[ -n "$PERF_PID" ] && wait "$PERF_PID" 2>/dev/null
 	zk_stop "$WORK/zk" "${ZK_PORT:-0}"
 	if [ "${KEEP:-0}" = 1 ]; then
 		echo "kept $WORK"
@@ -94,11 +98,12 @@ YAML
 "$GEN" -z "127.0.0.1:$ZK_PORT" -E /bench 2>/dev/null
 
 if [ "${PERF:-0}" = 1 ]; then
-	perf record -g -o "${PERF_OUT:-/tmp/launcher-bench.perf}" -- \
+	perf record ${PERF_ARGS:--g} -o "${PERF_OUT:-/tmp/launcher-bench.perf}" -- \
 		"$LAUNCHER" -f --no-webapp -c "$WORK/nodepool.yaml" \
 		>"$WORK/launcher.log" 2>&1 &
+	PERF_PID=$!
 	sleep 1
-	LPID=$(pgrep -P $! -x nodepool-launch || echo $!)
+	LPID=$(pgrep -P "$PERF_PID" -x nodepool-launch || echo "$PERF_PID")
 else
 	"$LAUNCHER" -f --no-webapp -c "$WORK/nodepool.yaml" \
 		>"$WORK/launcher.log" 2>&1 &

@@ -31,6 +31,7 @@ enum op_state { OS_LOCK, OS_READ, OS_CHECK_REQ, OS_CLOUD, OS_REMOVE, OS_DONE };
 
 typedef struct delop {
 	np_deleter *d;
+	np_launcher *l;      /* outlives the deleter: for late replies */
 	struct delop *next;
 	enum op_kind kind;
 	enum op_state state;
@@ -271,8 +272,8 @@ static void remove_slowly(delop *o)
 
 	np_node_set_state(&o->node, NP_NODE_DELETED);
 	json = np_node_encode(&o->node);
-	if (zk_aset(launcher_zk(o->d->l), path, json, (int)strlen(json), -1,
-		    deleted_written, o) == ZOK)
+	if (launcher_aset(o->d->l, path, json, (int)strlen(json),
+			  deleted_written, o) == ZOK)
 		o->busy++;
 	else
 		op_end(o);
@@ -284,6 +285,8 @@ static void multi_done(zk *z, int rc, void *arg)
 {
 	delop *o = arg;
 
+	/* The node went with it (or, failed, the cache reads it). */
+	zkc_write_done(launcher_nodes(o->l), o->paths[0], rc, NULL, 0, NULL);
 	if (unbusy(o))
 		return;
 	if (rc == ZOK) {
@@ -328,10 +331,14 @@ static void remove_node(delop *o)
 		o->ops[i].version = -1;
 	}
 	o->nops = 4;
-	if (zk_amulti(launcher_zk(o->d->l), o->ops, 4, multi_done, o) == ZOK)
+	zkc_write_begin(launcher_nodes(o->d->l), o->paths[0]);
+	if (zk_amulti(launcher_zk(o->d->l), o->ops, 4, multi_done, o) == ZOK) {
 		o->busy++;
-	else
+	} else {
+		zkc_write_done(launcher_nodes(o->d->l), o->paths[0], ZCLOSING,
+			       NULL, 0, NULL);
 		op_end(o);
+	}
 }
 
 /* ---- the cloud ---- */
@@ -394,8 +401,8 @@ static void start_delete(delop *o)
 	np_node_set_state(&o->node, NP_NODE_DELETING);
 	path = np_path_node(o->id);
 	json = np_node_encode(&o->node);
-	if (zk_aset(launcher_zk(o->d->l), path, json, (int)strlen(json), -1,
-		    deleting_written, o) == ZOK)
+	if (launcher_aset(o->d->l, path, json, (int)strlen(json),
+			  deleting_written, o) == ZOK)
 		o->busy++;
 	free(json);
 	free(path);
@@ -444,8 +451,8 @@ static void request_checked(zk *z, int rc, const zk_stat *st, void *arg)
 	free(old);
 	path = np_path_node(o->id);
 	json = np_node_encode(&o->node);
-	if (zk_aset(z, path, json, (int)strlen(json), -1, dealloc_written,
-		    o) == ZOK)
+	if (launcher_aset(o->d->l, path, json, (int)strlen(json),
+			  dealloc_written, o) == ZOK)
 		o->busy++;
 	else
 		op_end(o);
@@ -527,6 +534,7 @@ static void start_op(np_deleter *d, const char *id, np_provmgr *pm,
 	char *dir = np_path_node_lock(id);
 
 	o->d = d;
+	o->l = d->l;
 	o->kind = kind;
 	o->id = xstrdup(id);
 	o->pm = provmgr_ref(pm);

@@ -236,8 +236,8 @@ static void store_request(np_handler *h)
 	char *path = np_path_request(h->id);
 	char *json = np_request_encode(&h->req);
 
-	if (zk_aset(launcher_zk(h->pw->l), path, json, (int)strlen(json), -1,
-		    stored, h) == ZOK)
+	if (launcher_aset(h->pw->l, path, json, (int)strlen(json), stored,
+			  h) == ZOK)
 		h->busy++;
 	free(json);
 	free(path);
@@ -567,8 +567,8 @@ static void oldest_read(zk *z, int rc, const char *data, int len,
 	np_node_set_state(&op->node, NP_NODE_DELETING);
 	path = np_path_node(id);
 	json = np_node_encode(&op->node);
-	if (zk_aset(z, path, json, (int)strlen(json), -1, oldest_written,
-		    op) != ZOK)
+	if (launcher_aset(op->l, path, json, (int)strlen(json),
+			  oldest_written, op) != ZOK)
 		oldest_free(op);
 	free(json);
 	free(path);
@@ -765,6 +765,9 @@ static bool try_reuse(np_handler *h, const char *label)
 	reuse_find f = { .h = h, .label = label };
 	const np_node *n;
 
+	/* Most of the time there is no spare node at all: no walk. */
+	if (!provmgr_reusable(h->pm, h->pw->pool_name))
+		return false;
 	zkc_foreach(launcher_nodes(h->pw->l), ZKC_NODE, reuse_each, &f);
 	if (!f.found)
 		return false;
@@ -899,8 +902,10 @@ static void fulfil(np_handler *h)
 
 /* The multi that ends a request, and what it needs if it fails. */
 typedef struct completion {
+	np_launcher *l;
 	zk_op *ops;
 	int n;
+	int set;            /* the request write among OPS */
 	int pending;        /* replies due */
 	char *id;
 	char *logger;
@@ -943,7 +948,11 @@ static void completion_stored(zk *z, int rc, const zk_stat *st, void *arg)
 static void completion_done(zk *z, int rc, void *arg)
 {
 	completion *c = arg;
+	zk_op *set = &c->ops[c->set];
 
+	/* The request cache takes the request from us (failed: reads it). */
+	zkc_write_done(launcher_requests(c->l), set->path, rc, set->data,
+		       set->len, &set->stat);
 	if (rc != ZOK && rc != ZCLOSING && rc != ZSESSIONEXPIRED) {
 		log_debug(c->logger, "[node_request: %s] Completing one step "
 			  "at a time: %s", c->id, zk_strerror(rc));
@@ -955,8 +964,9 @@ static void completion_done(zk *z, int rc, void *arg)
 				       c) == ZOK)
 				c->pending++;
 			else if (op->type == ZK_OP_SET &&
-				 zk_aset(z, op->path, op->data, op->len, -1,
-					 completion_stored, c) == ZOK)
+				 launcher_aset(c->l, op->path, op->data,
+					       op->len, completion_stored,
+					       c) == ZOK)
 				c->pending++;
 		}
 	}
@@ -983,6 +993,7 @@ static void complete(np_handler *h)
 	completion *c = xcalloc(1, sizeof(*c));
 	const char *mine;
 
+	c->l = h->pw->l;
 	c->ops = xcalloc(h->nset + 2, sizeof(*c->ops));
 	c->id = xstrdup(h->id);
 	c->logger = xstrdup(h->logger);
@@ -999,6 +1010,7 @@ static void complete(np_handler *h)
 		nodelaunch_release(nl, false);
 	}
 	h->nset = 0;
+	c->set = c->n;
 	completion_add(c, ZK_OP_SET, np_path_request(h->id),
 		       np_request_encode(&h->req));
 	mine = h->lock ? zk_lock_node(h->lock) : NULL;
@@ -1008,9 +1020,14 @@ static void complete(np_handler *h)
 	}
 	unlock_request(h);
 	c->pending = 1;
+	zkc_write_begin(launcher_requests(c->l), c->ops[c->set].path);
 	if (zk_amulti(launcher_zk(h->pw->l), c->ops, c->n, completion_done,
-		      c) != ZOK)
-		completion_unref(c); /* closing: the contenders go with it */
+		      c) != ZOK) {
+		/* closing: the contenders go with the session */
+		zkc_write_done(launcher_requests(c->l), c->ops[c->set].path,
+			       ZCLOSING, NULL, 0, NULL);
+		completion_unref(c);
+	}
 	finish(h);
 }
 

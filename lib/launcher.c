@@ -148,6 +148,8 @@ static char *get_fqdn(const char *hostname)
 
 /* ---- provider managers ---- */
 
+static void usage_clear(np_provmgr *pm);
+
 np_provmgr *provmgr_ref(np_provmgr *pm)
 {
 	pm->refs++;
@@ -163,6 +165,7 @@ void provmgr_unref(np_provmgr *pm)
 		pm->drv->cancel(pm->quota_op);
 	pm->drv->stop(pm->m);
 	keyscan_free(pm->ks);
+	usage_clear(pm);
 	cfgref_put(pm->cfg);
 	free(pm->fingerprint);
 	free(pm->logger);
@@ -254,6 +257,7 @@ static void retire_mgr(np_launcher *l, np_provmgr *pm)
 	}
 	pm->next = NULL;
 	pm->retired = true;
+	usage_clear(pm); /* no events reach it any more */
 	provmgr_unref(pm);
 }
 
@@ -358,6 +362,209 @@ void provmgr_label_quota(np_provmgr *pm, const np_pool_label *label,
 		pm->drv->label_quota(pm->m, label, out);
 }
 
+/* ---- our writes of nodes and requests ----
+ *
+ * Every write goes through the cache that mirrors the record
+ * (zkc_write_begin/done), so that our own writes cost the cache no read:
+ * it takes the data from us and the Stat from the reply. */
+
+typedef struct own_set {
+	np_launcher *l;
+	char *path;
+	char *data;
+	int len;
+	zk_stat_fn cb;
+	void *arg;
+} own_set;
+
+zkc *launcher_cache_of(np_launcher *l, const char *path)
+{
+	size_t nl = strlen(NP_NODE_ROOT), rl = strlen(NP_REQUEST_ROOT);
+
+	if (strncmp(path, NP_NODE_ROOT "/", nl + 1) == 0)
+		return l->nodes;
+	if (strncmp(path, NP_REQUEST_ROOT "/", rl + 1) == 0)
+		return l->requests;
+	return NULL;
+}
+
+static void own_set_done(zk *z, int rc, const zk_stat *st, void *arg)
+{
+	own_set *o = arg;
+
+	/* The writer first, the cache after it, as when the cache read. */
+	if (o->cb)
+		o->cb(z, rc, st, o->arg);
+	zkc_write_done(launcher_cache_of(o->l, o->path), o->path, rc, o->data,
+		       o->len, st);
+	free(o->path);
+	free(o->data);
+	free(o);
+}
+
+int launcher_aset(np_launcher *l, const char *path, const char *data,
+		  int len, zk_stat_fn cb, void *arg)
+{
+	zkc *c = launcher_cache_of(l, path);
+	own_set *o = xcalloc(1, sizeof(*o));
+	int rc;
+
+	o->l = l;
+	o->path = xstrdup(path);
+	o->data = xmalloc((size_t)len + 1);
+	memcpy(o->data, data, (size_t)len);
+	o->data[len] = '\0';
+	o->len = len;
+	o->cb = cb;
+	o->arg = arg;
+	zkc_write_begin(c, path);
+	rc = zk_aset(l->z, path, data, len, -1, own_set_done, o);
+	if (rc != ZOK) {
+		zkc_write_done(c, path, rc, NULL, 0, NULL);
+		free(o->path);
+		free(o->data);
+		free(o);
+	}
+	return rc;
+}
+
+/* ---- nodes in use, summed as the node cache changes ----
+ *
+ * provmgr_used() is asked twice for every launch. Upstream's
+ * estimatedNodepoolQuotaUsed walks every node each time, and so did we:
+ * with thousands of nodes that walk (and the JSON of each node's
+ * resources) was most of the launcher's CPU. A running manager instead
+ * keeps per-pool sums, made by one walk on first use and then moved by
+ * the node cache's events: a node's old share out, its new share in. The
+ * sums are of small integers (cores, ram, instances), so adding and
+ * taking away is exact. A retired manager (replaced by a reload, still
+ * finishing launches) hears no events: it walks as before. */
+
+struct pool_usage {
+	struct pool_usage *next;
+	char *pool;
+	np_quota used;
+	int ready_free;		/* ready and unallocated: reuse candidates */
+};
+
+/* N's share of PM's quota in use (upstream's rules); false when it has
+ * none (another provider's node, or a funny node not counted). */
+static bool node_share(np_provmgr *pm, const np_node *n, np_quota *q)
+{
+	const np_pool *pool;
+	const np_pool_label *pl;
+
+	if (!n->provider || strcmp(n->provider, pm->name) || !n->pool)
+		return false;
+	pool = config_find_pool(pm->prov, n->pool);
+	if (!pool || !n->type.n || !strlist_contains(&pool->label_names,
+						      n->type.v[0]))
+		return false; /* funny node: not counted, as upstream */
+	if (n->resources && json_object_size(n->resources)) {
+		quota_from_json(q, n->resources);
+	} else {
+		pl = config_find_pool_label(pool, n->type.v[0]);
+		quota_zero(q);
+		if (pl)
+			provmgr_label_quota(pm, pl, q);
+	}
+	return true;
+}
+
+static struct pool_usage *usage_pool(np_provmgr *pm, const char *pool)
+{
+	struct pool_usage *u;
+
+	for (u = pm->usage; u; u = u->next)
+		if (strcmp(u->pool, pool) == 0)
+			return u;
+	u = xcalloc(1, sizeof(*u));
+	u->pool = xstrdup(pool);
+	quota_zero(&u->used);
+	u->next = pm->usage;
+	pm->usage = u;
+	return u;
+}
+
+static void usage_clear(np_provmgr *pm)
+{
+	while (pm->usage) {
+		struct pool_usage *u = pm->usage;
+
+		pm->usage = u->next;
+		free(u->pool);
+		free(u);
+	}
+	pm->usage_valid = false;
+}
+
+/* Move N's share in (SIGN 1) or out (-1). */
+static void usage_move(np_provmgr *pm, const np_node *n, int sign)
+{
+	struct pool_usage *u;
+	np_quota q;
+
+	if (!n || !n->provider || !n->pool || strcmp(n->provider, pm->name))
+		return;
+	u = usage_pool(pm, n->pool);
+	if (n->state && strcmp(n->state, NP_NODE_READY) == 0 && !n->allocated_to)
+		u->ready_free += sign;
+	if (!node_share(pm, n, &q))
+		return;
+	if (sign > 0) {
+		quota_add(&u->used, &q);
+		quota_add(&pm->usage_total, &q);
+	} else {
+		quota_sub(&u->used, &q);
+		quota_sub(&pm->usage_total, &q);
+	}
+}
+
+static bool usage_each(const char *id, const void *obj, void *arg)
+{
+	usage_move(arg, obj, 1);
+	return true;
+}
+
+static void usage_build(np_provmgr *pm)
+{
+	usage_clear(pm);
+	quota_zero(&pm->usage_total);
+	zkc_foreach(pm->l->nodes, ZKC_NODE, usage_each, pm);
+	pm->usage_valid = true;
+}
+
+/* A node cache event: move the node's share in its provider's sums. */
+static void usage_event(np_launcher *l, const zkc_event *ev)
+{
+	const np_node *n = ev->obj, *old = ev->old;
+	const char *prov = n && n->provider ? n->provider :
+			   old && old->provider ? old->provider : NULL;
+	np_provmgr *pm;
+
+	if (ev->change == ZKC_CLEARED) {
+		for (pm = l->mgrs; pm; pm = pm->next)
+			usage_clear(pm);
+		return;
+	}
+	if (ev->change != ZKC_ADDED && ev->change != ZKC_CHANGED &&
+	    ev->change != ZKC_REMOVED)
+		return;
+	/* A node moving between providers is not a thing; both sides are
+	 * handled anyway. */
+	for (pm = l->mgrs; pm; pm = pm->next) {
+		if (!pm->usage_valid)
+			continue;
+		if ((!prov || strcmp(pm->name, prov)) &&
+		    (!old || !old->provider || strcmp(pm->name, old->provider)))
+			continue;
+		if (ev->change != ZKC_ADDED)
+			usage_move(pm, old, -1);
+		if (ev->change != ZKC_REMOVED)
+			usage_move(pm, n, 1);
+	}
+}
+
 typedef struct used_ctx {
 	np_provmgr *pm;
 	const char *pool;
@@ -368,36 +575,48 @@ static bool used_each(const char *id, const void *obj, void *arg)
 {
 	used_ctx *c = arg;
 	const np_node *n = obj;
-	const np_pool *pool;
-	const np_pool_label *pl;
 	np_quota q;
 
-	if (!n->provider || strcmp(n->provider, c->pm->name) || !n->pool)
+	if (c->pool && (!n->pool || strcmp(n->pool, c->pool)))
 		return true;
-	if (c->pool && strcmp(n->pool, c->pool))
-		return true;
-	pool = config_find_pool(c->pm->prov, n->pool);
-	if (!pool || !n->type.n || !strlist_contains(&pool->label_names,
-						      n->type.v[0]))
-		return true; /* funny node: not counted, as upstream */
-	if (n->resources && json_object_size(n->resources)) {
-		quota_from_json(&q, n->resources);
-	} else {
-		pl = config_find_pool_label(pool, n->type.v[0]);
-		quota_zero(&q);
-		if (pl)
-			provmgr_label_quota(c->pm, pl, &q);
-	}
-	quota_add(c->out, &q);
+	if (node_share(c->pm, n, &q))
+		quota_add(c->out, &q);
 	return true;
 }
 
 void provmgr_used(np_provmgr *pm, const char *pool, np_quota *out)
 {
 	used_ctx c = { .pm = pm, .pool = pool, .out = out };
+	struct pool_usage *u;
 
 	quota_zero(out);
-	zkc_foreach(pm->l->nodes, ZKC_NODE, used_each, &c);
+	if (pm->retired) {
+		zkc_foreach(pm->l->nodes, ZKC_NODE, used_each, &c);
+		return;
+	}
+	if (!pm->usage_valid)
+		usage_build(pm);
+	if (!pool) {
+		*out = pm->usage_total;
+		return;
+	}
+	for (u = pm->usage; u; u = u->next)
+		if (strcmp(u->pool, pool) == 0)
+			*out = u->used;
+}
+
+bool provmgr_reusable(np_provmgr *pm, const char *pool)
+{
+	struct pool_usage *u;
+
+	if (pm->retired)
+		return true; /* unknown: look */
+	if (!pm->usage_valid)
+		usage_build(pm);
+	for (u = pm->usage; u; u = u->next)
+		if (strcmp(u->pool, pool) == 0)
+			return u->ready_free > 0;
+	return false;
 }
 
 /* ---- pool workers ---- */
@@ -880,6 +1099,7 @@ static void on_nodes(zkc *c, const zkc_event *ev, void *arg)
 	np_launcher *l = arg;
 	const np_node *n = ev->obj, *old = ev->old;
 
+	usage_event(l, ev);
 	if (l->stopping || !l->del)
 		return;
 	switch (ev->change) {

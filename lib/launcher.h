@@ -126,6 +126,11 @@ struct np_provmgr {
 	np_op *quota_op;		/* a refresh in flight */
 	np_quota quota_limits;		/* kept while the listing runs */
 	char *logger;			/* nodepool.StateMachineProvider.<name> */
+	/* Nodes in use, kept up to date from the node cache's events
+	 * (see provmgr_used in launcher.c). */
+	struct pool_usage *usage;
+	np_quota usage_total;
+	bool usage_valid;
 };
 
 np_provmgr *provmgr_ref(np_provmgr *pm);
@@ -145,14 +150,27 @@ void provmgr_invalidate_quota(np_provmgr *pm);
 void provmgr_label_quota(np_provmgr *pm, const np_pool_label *label,
 			 np_quota *out);
 /* Sum of node resources of this provider (POOL NULL: every pool) over the
- * node cache, in any state (upstream's estimatedNodepoolQuotaUsed). */
+ * node cache, in any state (upstream's estimatedNodepoolQuotaUsed). O(1):
+ * kept up to date from the node cache's events. */
 void provmgr_used(np_provmgr *pm, const char *pool, np_quota *out);
+/* False when POOL of this provider has no ready, unallocated node, so a
+ * search for a node to reuse would find none. */
+bool provmgr_reusable(np_provmgr *pm, const char *pool);
 
 /* Wake every pool worker (of provider NAME, or all with NULL): something
  * they wait for (quota, a node, a slot) may be there now. */
 void launcher_kick_pools(np_launcher *l, const char *provider);
 /* Active launches of every pool worker of a provider (max-concurrency). */
 int launcher_active_launches(np_launcher *l, const char *provider);
+
+/* Our unconditional set of a node or request record (upstream's
+ * storeNode/storeNodeRequest): zk_aset(), with the cache that mirrors
+ * the record told (zkc_write_begin/done) so it need not read it back.
+ * CB (may be NULL) as zk_aset's, run before the cache takes the data. */
+int launcher_aset(np_launcher *l, const char *path, const char *data,
+		  int len, zk_stat_fn cb, void *arg);
+/* The cache holding PATH's record (nodes or requests), or NULL. */
+zkc *launcher_cache_of(np_launcher *l, const char *path);
 
 /* The request cache entry, or NULL (cache is ready or not). */
 const np_request *launcher_cached_request(np_launcher *l, const char *id);

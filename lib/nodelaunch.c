@@ -120,8 +120,8 @@ static void write_json(np_nodelaunch *nl, const char *json)
 {
 	char *path = np_path_node(nl->node.id);
 
-	if (zk_aset(launcher_zk(nl->l), path, json, (int)strlen(json), -1,
-		    written, nl) == ZOK)
+	if (launcher_aset(nl->l, path, json, (int)strlen(json), written,
+			  nl) == ZOK)
 		nl->busy++;
 	free(path);
 }
@@ -165,8 +165,8 @@ static void finish(np_nodelaunch *nl, const char *state)
 	nl->state = NL_FINAL;
 	path = np_path_node(nl->node.id);
 	json = np_node_encode(&nl->node);
-	if (zk_aset(launcher_zk(nl->l), path, json, (int)strlen(json), -1,
-		    final_written, nl) == ZOK)
+	if (launcher_aset(nl->l, path, json, (int)strlen(json), final_written,
+			  nl) == ZOK)
 		nl->busy++;
 	free(json);
 	free(path);
@@ -538,10 +538,32 @@ static void start_attempt(np_nodelaunch *nl)
 
 /* ---- znode, lock, building ---- */
 
+/* The building write that rode on the lock's multi is over (or will
+ * never be known): hand the node cache what was written, or let it read. */
+static void build_done(np_nodelaunch *nl, int rc)
+{
+	char *path;
+	zk_stat st;
+
+	if (!nl->build_pending)
+		return;
+	nl->build_pending = false;
+	path = np_path_node(nl->node.id);
+	if (rc == ZOK && nl->lock && nl->building_json &&
+	    zk_lock_fresh_stat(nl->lock, 0, &st))
+		zkc_write_done(launcher_nodes(nl->l), path, ZOK, nl->building_json,
+			       (int)strlen(nl->building_json), &st);
+	else
+		zkc_write_done(launcher_nodes(nl->l), path,
+			       rc == ZOK ? ZNOTHING : rc, NULL, 0, NULL);
+	free(path);
+}
+
 static void locked(zk_lock *l, int rc, void *arg)
 {
 	np_nodelaunch *nl = arg;
 
+	build_done(nl, rc);
 	if (rc != ZOK) {
 		zk_lock_free(nl->lock);
 		nl->lock = NULL;
@@ -585,6 +607,9 @@ static void lock_and_build(np_nodelaunch *nl)
 	op.path = path;
 	op.data = nl->building_json;
 	op.len = (int)strlen(nl->building_json);
+	/* Our write: the node cache takes it from us (build_done). */
+	zkc_write_begin(launcher_nodes(nl->l), path);
+	nl->build_pending = true;
 	(void)zk_lock_acquire_fresh_async(nl->lock, &op, 1, locked, nl);
 	free(path);
 }
@@ -741,6 +766,7 @@ void nodelaunch_release(np_nodelaunch *nl, bool clear_allocation)
 	bool in_flight = nl->state != NL_DONE;
 
 	cancel_work(nl);
+	build_done(nl, ZCLOSING); /* the lock attempt ends without a word */
 	if (in_flight && nl->state != NL_CREATE && nl->node.id)
 		NLOG(nl, LOG_INFO, "Abandoning launch of node %s in state %s",
 		     nl->node.id, nodelaunch_state_name(nl));
@@ -775,6 +801,7 @@ void nodelaunch_abandon(np_nodelaunch *nl)
 	if (nl->state != NL_DONE && nl->attempts > 0)
 		record(nl, LSTATS_ZKSESSION);
 	cancel_work(nl);
+	build_done(nl, ZCLOSING);
 	if (nl->state != NL_DONE)
 		np_node_set_state(&nl->node, NP_NODE_FAILED);
 	zk_lock_free(nl->lock);

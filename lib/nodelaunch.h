@@ -58,6 +58,7 @@ struct np_nodelaunch {
 	bool wrote_progress;     /* external id written before the scan */
 	char *building_json;     /* what the lock's multi wrote, until the
 				  * first attempt compares it */
+	bool build_pending;      /* the node cache awaits that write */
 };
 
 /* Start launching a node of LABEL for H. */

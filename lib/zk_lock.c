@@ -83,6 +83,8 @@ struct zk_lock {
 	bool fresh_won;        /* the last attempt was won by that multi */
 	zk_op *fresh_ops;      /* that multi while it is outstanding */
 	int fresh_nops;
+	zk_stat *fresh_stats;  /* the extra ops' stats when it was won */
+	int fresh_nstats;
 	bool create_tried;     /* a create may have reached the server */
 	bool cancel_sticky;    /* cancel() with no attempt: fails the next */
 	bool cancel_req;
@@ -305,6 +307,7 @@ static void lock_destroy(zk_lock *l)
 		evloop_del_timer(l->loop, l->aux_timer);
 	set_node(l, NULL);
 	fresh_clear(l);
+	free(l->fresh_stats);
 	free(l->dir);
 	free(l->data);
 	free(l->prefix);
@@ -462,6 +465,12 @@ static void fresh_done(zk *z, int rc, void *arg)
 		path = l->fresh_ops[1].created_path;
 		base = path ? strrchr(path, '/') : NULL;
 		set_node(l, base ? base + 1 : path);
+		free(l->fresh_stats);
+		l->fresh_nstats = l->fresh_nops - 2;
+		l->fresh_stats = xcalloc((size_t)l->fresh_nstats + 1,
+					 sizeof(*l->fresh_stats));
+		for (int i = 0; i < l->fresh_nstats; i++)
+			l->fresh_stats[i] = l->fresh_ops[i + 2].stat;
 		fresh_clear(l);
 		progressed(l);
 		l->assured_path = true;
@@ -943,6 +952,14 @@ int zk_lock_acquire_fresh_async(zk_lock *l, zk_op *extra, int nextra,
 bool zk_lock_fresh(const zk_lock *l)
 {
 	return l->fresh_won;
+}
+
+bool zk_lock_fresh_stat(const zk_lock *l, int i, zk_stat *st)
+{
+	if (!l->fresh_won || i < 0 || i >= l->fresh_nstats)
+		return false;
+	*st = l->fresh_stats[i];
+	return true;
 }
 
 void zk_lock_assume_dir(zk_lock *l)

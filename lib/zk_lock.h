@@ -82,6 +82,9 @@ int zk_lock_acquire_fresh_async(zk_lock *l, zk_op *extra, int nextra,
 /* True when the last successful attempt was won by the single multi of
  * zk_lock_acquire_fresh_async() (its EXTRA ops were applied). */
 bool zk_lock_fresh(const zk_lock *l);
+/* The Stat of the fresh attempt's EXTRA op I (a set's new Stat), when
+ * zk_lock_fresh() is true; else false. */
+bool zk_lock_fresh_stat(const zk_lock *l, int i, zk_stat *st);
 /* The directory is known to exist (a node's lock directory): attempts
  * skip kazoo's `exists` and create the contender at once. A missing
  * directory costs one failed create, then the usual ensure_path. */

@@ -299,6 +299,7 @@ struct item {
 	uint8_t what;
 	bool walk;          /* part of the walk of generation STAMP */
 	bool done;
+	bool held;          /* stands in for an own write's reply (no read) */
 	bool data_owned;
 	int rc;
 	zk_stat st;
@@ -358,9 +359,16 @@ struct zkc {
 	struct listener *ls;
 	size_t nls, capls;
 	unsigned dispatching;
+
+	/* our own writes in flight, by path below the root */
+	struct own **owns;
+	size_t nowns_b;     /* buckets: power of two, or 0 */
+	size_t nholds;      /* stand-ins waiting for a reply */
+	uint64_t hold_timer;
 };
 
 static void drain(zkc *c);
+static bool own_hold(zkc *c, int what, const char *rel);
 static void walk_refill(zkc *c);
 static void walk_maybe_done(zkc *c);
 
@@ -1297,10 +1305,204 @@ static void on_watch(zk *z, int type, const char *path, void *arg)
 		enqueue_now(c, OP_GONE, k.what, rel);
 	else if (type != ZK_EVENT_CREATED && type != ZK_EVENT_CHANGED)
 		return;
+	else if (k.act == A_DATA && own_hold(c, k.what, rel))
+		return; /* our own write: its reply has the data */
 	else if (k.act == A_DATA)
 		issue(c, OP_FETCH, k.what, rel, false);
 	else
 		enqueue_now(c, OP_PRESENT, k.what, rel);
+}
+
+/* ---- our own writes ----
+ *
+ * A write of ours to a cached record comes back through the watch like
+ * anyone's, and the cache would read the record we just wrote. Instead
+ * the writer says so before sending it (zkc_write_begin) and hands over
+ * the reply (zkc_write_done). An event for that path in between gets a
+ * stand-in item in the queue, in the event's place, filled from the reply:
+ * the reply comes after every event up to our write and before any event
+ * after it (one session, in zxid order), so what we wrote is exactly what
+ * a read at that point would find. A failed write turns the stand-in into
+ * the read the event asked for. */
+
+struct own {
+	struct own *next;
+	int pending;         /* writes in flight */
+	struct item *hold;   /* the stand-in, once an event came */
+	long long hold_ms;   /* when it came */
+	char rel[];
+};
+
+/* How long a stand-in may wait for its reply before it is read instead:
+ * a writer that never reports back must not stall the queue. */
+#define HOLD_MAX_MS 5000
+
+static void hold_read(zkc *c, struct item *it);
+
+static struct own **own_slot(zkc *c, const char *rel)
+{
+	struct own **pp;
+
+	if (!c->nowns_b)
+		return NULL;
+	for (pp = &c->owns[hash_str(rel) & (c->nowns_b - 1)]; *pp;
+	     pp = &(*pp)->next)
+		if (strcmp((*pp)->rel, rel) == 0)
+			return pp;
+	return pp;
+}
+
+/* REL below the root when PATH is a record this cache reads, else NULL. */
+static const char *own_rel(zkc *c, const char *path)
+{
+	const char *rel;
+
+	if (!c || c->closed || !path || strncmp(path, c->root, c->rootlen) != 0 ||
+	    path[c->rootlen] != '/')
+		return NULL;
+	rel = path + c->rootlen + 1;
+	return classify(c, rel).act == A_DATA ? rel : NULL;
+}
+
+/* Stand-ins that waited too long are read after all. */
+static void on_hold_timer(evloop *loop, uint64_t id, void *arg)
+{
+	zkc *c = arg;
+	long long old = now_ms() - HOLD_MAX_MS;
+
+	c->hold_timer = 0;
+	for (size_t i = 0; i < c->nowns_b; i++) {
+		for (struct own *o = c->owns[i]; o; o = o->next) {
+			if (o->hold && o->hold_ms <= old) {
+				struct item *it = o->hold;
+
+				o->hold = NULL;
+				c->nholds--;
+				log_warning(LOGGER, "Cache at %s: no reply to our "
+					    "write of %s yet; reading it",
+					    c->root, it->rel);
+				hold_read(c, it);
+			}
+		}
+	}
+	if (c->nholds && !c->closed)
+		c->hold_timer = evloop_add_timer(loop, HOLD_MAX_MS,
+						 on_hold_timer, c);
+}
+
+static bool own_hold(zkc *c, int what, const char *rel)
+{
+	struct own **pp = own_slot(c, rel);
+
+	if (!pp || !*pp || (*pp)->pending <= 0)
+		return false;
+	/* One stand-in covers every event before our reply. */
+	if (!(*pp)->hold) {
+		(*pp)->hold = item_new(c, OP_FETCH, what, rel, false);
+		(*pp)->hold->held = true;
+		(*pp)->hold_ms = now_ms();
+		c->nholds++;
+		if (!c->hold_timer)
+			c->hold_timer = evloop_add_timer(c->loop, HOLD_MAX_MS,
+							 on_hold_timer, c);
+	}
+	return true;
+}
+
+void zkc_write_begin(zkc *c, const char *path)
+{
+	const char *rel = own_rel(c, path);
+	struct own **pp;
+	size_t n;
+
+	if (!rel)
+		return;
+	if (!c->nowns_b) {
+		c->nowns_b = 1024;
+		c->owns = xcalloc(c->nowns_b, sizeof(*c->owns));
+	}
+	pp = own_slot(c, rel);
+	if (!*pp) {
+		n = strlen(rel);
+		*pp = xcalloc(1, sizeof(**pp) + n + 1);
+		memcpy((*pp)->rel, rel, n + 1);
+	}
+	(*pp)->pending++;
+}
+
+void zkc_write_done(zkc *c, const char *path, int rc, const char *data,
+		    int len, const zk_stat *st)
+{
+	const char *rel = own_rel(c, path);
+	struct own **pp = rel ? own_slot(c, rel) : NULL;
+	struct own *o = pp ? *pp : NULL;
+	struct item *it;
+
+	if (!o)
+		return;
+	if (--o->pending > 0)
+		return; /* the last reply tells the newest state */
+	*pp = o->next;
+	it = o->hold;
+	free(o);
+	if (!it)
+		return;
+	c->nholds--;
+	if (rc == ZOK) {
+		it->held = false;
+		/* Our data, or (DATA NULL) the record went with the write. */
+		it->rc = data && st ? ZOK : ZNONODE;
+		if (it->rc == ZOK) {
+			char *copy = xmalloc((size_t)(len > 0 ? len : 0) + 1);
+
+			memcpy(copy, data, (size_t)(len > 0 ? len : 0));
+			copy[len > 0 ? len : 0] = '\0';
+			it->data = copy;
+			it->len = len;
+			it->data_owned = true;
+			it->st = *st;
+		}
+		it->done = true;
+		drain(c);
+		return;
+	}
+	/* Failed: read it after all, in the event's place. */
+	hold_read(c, it);
+}
+
+static void hold_read(zkc *c, struct item *it)
+{
+	char *full = full_path(c, it->rel);
+	int rc = c->z ? zk_aget(c->z, full, NULL, NULL, on_data, it) : ZCLOSING;
+
+	free(full);
+	it->held = false;
+	if (rc == ZOK) {
+		c->inflight++;
+	} else {
+		it->rc = rc;
+		it->done = true;
+		drain(c);
+	}
+}
+
+static void own_free_all(zkc *c)
+{
+	for (size_t i = 0; i < c->nowns_b; i++) {
+		while (c->owns[i]) {
+			struct own *o = c->owns[i];
+
+			c->owns[i] = o->next;
+			free(o);
+		}
+	}
+	free(c->owns);
+	c->owns = NULL;
+	c->nowns_b = 0;
+	c->nholds = 0;
+	if (c->hold_timer)
+		evloop_del_timer(c->loop, c->hold_timer);
+	c->hold_timer = 0;
 }
 
 /* Watch (if the session has none of ours) and walk. */
@@ -1397,9 +1599,10 @@ void zkc_free(zkc *c)
 	for (it = c->head; it; it = next) {
 		next = it->next;
 		it->next = NULL;
-		if (it->done)
+		if (it->done || it->held)
 			item_free(it);
 	}
+	own_free_all(c);
 	c->head = c->tail = NULL;
 	todo_free_all(c);
 	tab_clear(c, &c->tab);

@@ -128,6 +128,20 @@ void zkc_foreach(zkc *c, enum zkc_what what, zkc_each_fn fn, void *arg);
 /* The ids of kind WHAT, sorted, appended to OUT (a snapshot to keep). */
 void zkc_ids(const zkc *c, enum zkc_what what, strlist *out);
 
+/* ---- our own writes ----
+ * A write of ours (a set, or a multi with a set) to a record this cache
+ * holds would come back through the watch and be read again. Tell the
+ * cache before sending it and give it the reply instead: no read. PATH is
+ * the full znode path (others are ignored, as is C NULL). RC is the
+ * write's result; DATA/LEN what was written and ST the reply's stat, or
+ * DATA NULL when the znode went with the write (a multi that deletes it).
+ * Every zkc_write_begin() needs its zkc_write_done(), also when the write
+ * was refused or abandoned (then with an error code: anything seen
+ * meanwhile is read as usual). */
+void zkc_write_begin(zkc *c, const char *path);
+void zkc_write_done(zkc *c, const char *path, int rc, const char *data,
+		    int len, const zk_stat *st);
+
 /* ---- nodes ---- */
 const np_node *zkc_node(const zkc *c, const char *id);
 /* Whether /nodepool/nodes/ID/lock has any child (anyone's contender). */

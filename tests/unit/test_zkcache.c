@@ -6,8 +6,9 @@
  * cut) and a forced session expiry, both of which change the tree while
  * the cache cannot hear it; bursts of writes racing with the walk and
  * with events, checked against the tree read directly; freeing with reads
- * in flight; iteration while the loop runs; and 10,000 nodes (time to sync
- * and memory per node are printed). */
+ * in flight; iteration while the loop runs; our own writes taken from
+ * their replies instead of read back; and 10,000 nodes (time to sync and
+ * memory per node are printed). */
 #include <arpa/inet.h>
 #include <malloc.h>
 #include <netinet/in.h>
@@ -584,6 +585,138 @@ TEST(updates_not_newer_are_ignored)
 	free(path);
 	free(n1);
 	free(r);
+	env_close(&e);
+}
+
+/* ---- our own writes: zkc_write_begin/done ---- */
+
+struct own_reply {
+	int done;
+	int rc;
+	zk_stat st;
+};
+
+static void own_replied(zk *z, int rc, const zk_stat *st, void *arg)
+{
+	struct own_reply *o = arg;
+
+	o->rc = rc;
+	if (st)
+		o->st = *st;
+	o->done = 1;
+}
+
+static void own_multi_done(zk *z, int rc, void *arg)
+{
+	struct own_reply *o = arg;
+
+	o->rc = rc;
+	o->done = 1;
+}
+
+TEST(own_writes_are_not_read_back)
+{
+	struct env e;
+	struct rec *r = xcalloc(1, sizeof(*r));
+	struct own_reply o = { 0 };
+	zk_op del = { .type = ZK_OP_DELETE, .version = -1 };
+	char *n1, *n2, *path, *path2, *ready, *claim, *used;
+	zk *z2;
+	zkc *c;
+
+	if (!env_open(&e))
+		return;
+	z2 = connect_to(e.loop, e.hosts, NULL);
+	REQUIRE(z2);
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
+	n1 = mk_node(e.z, "building");
+	n2 = mk_node(e.z, "building");
+	c = zkc_new(e.z, ZKC_NODES);
+	zkc_add_listener(c, record, r);
+	CHECK_INT(zkc_wait_ready(c, 10), ZOK);
+	path = np_path_node(n1);
+	path2 = np_path_node(n2);
+	ready = node_json("ready");
+	claim = node_json("testing");
+	used = node_json("used");
+
+	/* Our write: the cache takes what we say we wrote, with the reply's
+	 * Stat. (We say "testing" while writing "ready": what the cache
+	 * shows proves it did not read.) */
+	zkc_write_begin(c, path);
+	CHECK_INT(zk_aset(e.z, path, ready, (int)strlen(ready), -1, own_replied,
+			  &o), ZOK);
+	WAIT_FOR(e.loop, o.done);
+	CHECK_INT(o.rc, ZOK);
+	zkc_write_done(c, path, o.rc, claim, (int)strlen(claim), &o.st);
+	WAIT_FOR(e.loop, zkc_queue_len(c) == 0);
+	CHECK_STR(zkc_node(c, n1)->state, "testing");
+	CHECK_INT(zkc_node(c, n1)->version, 1);
+	CHECK_INT(count_ev(r, ZKC_CHANGED, n1, NULL), 1);
+
+	/* Someone else's write after ours is read as usual. */
+	CHECK_INT(set_node(z2, n1, used), ZOK);
+	WAIT_FOR(e.loop, strcmp(zkc_node(c, n1)->state, "used") == 0);
+	CHECK_STR(zkc_node(c, n1)->state, "used");
+	CHECK_INT(zkc_node(c, n1)->version, 2);
+
+	/* A write of ours that failed: whatever the event was, it is read. */
+	zkc_write_begin(c, path);
+	CHECK_INT(set_node(z2, n1, ready), ZOK);
+	WAIT_FOR(e.loop, zkc_queue_len(c) > 0);
+	CHECK_STR(zkc_node(c, n1)->state, "used"); /* held for our reply */
+	zkc_write_done(c, path, ZBADVERSION, NULL, 0, NULL);
+	WAIT_FOR(e.loop, strcmp(zkc_node(c, n1)->state, "ready") == 0);
+	CHECK_STR(zkc_node(c, n1)->state, "ready");
+
+	/* A write of ours that removed the node: gone, without a read. */
+	o.done = 0;
+	del.path = path;
+	zkc_write_begin(c, path);
+	CHECK_INT(zk_amulti(e.z, &del, 1, own_multi_done, &o), ZOK);
+	WAIT_FOR(e.loop, o.done);
+	CHECK_INT(o.rc, ZOK);
+	zkc_write_done(c, path, ZOK, NULL, 0, NULL);
+	WAIT_FOR(e.loop, zkc_node(c, n1) == NULL && zkc_queue_len(c) == 0);
+	CHECK(zkc_node(c, n1) == NULL);
+	CHECK_INT(count_ev(r, ZKC_REMOVED, n1, NULL), 1);
+
+	/* A writer that never reports back does not stall the cache: the
+	 * stand-in is read after a few seconds. */
+	zkc_write_begin(c, path2);
+	CHECK_INT(set_node(z2, n2, used), ZOK);
+	{
+		long long end = now_ms() + 20000;
+
+		while (strcmp(zkc_node(c, n2)->state, "used") != 0 &&
+		       now_ms() < end)
+			evloop_run_once(e.loop, 100);
+	}
+	CHECK_STR(zkc_node(c, n2)->state, "used");
+	zkc_write_done(c, path2, ZOK, claim, (int)strlen(claim), &o.st);
+	WAIT_FOR(e.loop, zkc_queue_len(c) == 0);
+	CHECK_STR(zkc_node(c, n2)->state, "used"); /* a late reply is moot */
+
+	/* Paths the cache does not hold and a NULL cache are ignored. */
+	zkc_write_begin(c, "/elsewhere/x");
+	zkc_write_done(c, "/elsewhere/x", ZOK, NULL, 0, NULL);
+	zkc_write_begin(NULL, path);
+	zkc_write_done(NULL, path, ZOK, NULL, 0, NULL);
+	/* Freed with a write still announced. */
+	zkc_write_begin(c, path2);
+	CHECK_INT(set_node(z2, n2, ready), ZOK);
+	WAIT_FOR(e.loop, zkc_queue_len(c) > 0);
+	zkc_free(c);
+
+	free(ready);
+	free(claim);
+	free(used);
+	free(path);
+	free(path2);
+	free(n1);
+	free(n2);
+	free(r);
+	zk_close(z2);
 	env_close(&e);
 }
 
