@@ -905,7 +905,6 @@ typedef struct completion {
 	np_launcher *l;
 	zk_op *ops;
 	int n;
-	int set;            /* the request write among OPS */
 	int pending;        /* replies due */
 	char *id;
 	char *logger;
@@ -948,11 +947,13 @@ static void completion_stored(zk *z, int rc, const zk_stat *st, void *arg)
 static void completion_done(zk *z, int rc, void *arg)
 {
 	completion *c = arg;
-	zk_op *set = &c->ops[c->set];
 
-	/* The request cache takes the request from us (failed: reads it). */
-	zkc_write_done(launcher_requests(c->l), set->path, rc, set->data,
-		       set->len, &set->stat);
+	/* The caches take the records from us (failed: they read them). */
+	for (int i = 0; i < c->n; i++)
+		if (c->ops[i].type == ZK_OP_SET)
+			zkc_write_done(launcher_cache_of(c->l, c->ops[i].path),
+				       c->ops[i].path, rc, c->ops[i].data,
+				       c->ops[i].len, &c->ops[i].stat);
 	if (rc != ZOK && rc != ZCLOSING && rc != ZSESSIONEXPIRED) {
 		log_debug(c->logger, "[node_request: %s] Completing one step "
 			  "at a time: %s", c->id, zk_strerror(rc));
@@ -985,21 +986,26 @@ static void completion_add(completion *c, enum zk_op_type type,
 	op->version = -1;
 }
 
-/* upstream's order (nodes unlocked, request written, request unlocked)
- * as one multi. The locks are forgotten, not released: the multi deletes
- * their contenders. */
+/* upstream's order (the last node written ready, nodes unlocked, request
+ * written, request unlocked) as one multi. The locks are forgotten, not
+ * released: the multi deletes their contenders. */
 static void complete(np_handler *h)
 {
 	completion *c = xcalloc(1, sizeof(*c));
 	const char *mine;
 
 	c->l = h->pw->l;
-	c->ops = xcalloc(h->nset + 2, sizeof(*c->ops));
+	c->ops = xcalloc(2 * h->nset + 2, sizeof(*c->ops));
 	c->id = xstrdup(h->id);
 	c->logger = xstrdup(h->logger);
 	for (size_t i = 0; i < h->nset; i++) {
 		np_nodelaunch *nl = h->set[i];
 
+		if (nl->final_deferred) {
+			completion_add(c, ZK_OP_SET, np_path_node(nl->node.id),
+				       np_node_encode(&nl->node));
+			nl->final_deferred = false;
+		}
 		mine = nl->lock ? zk_lock_node(nl->lock) : NULL;
 		if (mine) {
 			completion_add(c, ZK_OP_DELETE, xstrdup(mine), NULL);
@@ -1010,7 +1016,6 @@ static void complete(np_handler *h)
 		nodelaunch_release(nl, false);
 	}
 	h->nset = 0;
-	c->set = c->n;
 	completion_add(c, ZK_OP_SET, np_path_request(h->id),
 		       np_request_encode(&h->req));
 	mine = h->lock ? zk_lock_node(h->lock) : NULL;
@@ -1020,14 +1025,13 @@ static void complete(np_handler *h)
 	}
 	unlock_request(h);
 	c->pending = 1;
-	zkc_write_begin(launcher_requests(c->l), c->ops[c->set].path);
+	for (int i = 0; i < c->n; i++)
+		if (c->ops[i].type == ZK_OP_SET)
+			zkc_write_begin(launcher_cache_of(c->l, c->ops[i].path),
+					c->ops[i].path);
 	if (zk_amulti(launcher_zk(h->pw->l), c->ops, c->n, completion_done,
-		      c) != ZOK) {
-		/* closing: the contenders go with the session */
-		zkc_write_done(launcher_requests(c->l), c->ops[c->set].path,
-			       ZCLOSING, NULL, 0, NULL);
-		completion_unref(c);
-	}
+		      c) != ZOK)
+		completion_done(launcher_zk(h->pw->l), ZCLOSING, c);
 	finish(h);
 }
 
@@ -1078,6 +1082,26 @@ static void maybe_complete(np_handler *h)
 void handler_launch_done(np_handler *h)
 {
 	maybe_complete(h);
+}
+
+bool handler_completes_with(const np_handler *h, const np_nodelaunch *nl)
+{
+	bool member = false;
+
+	if (h->state != H_WAITING || h->paused || h->reusing)
+		return false;
+	for (size_t i = 0; i < h->nset; i++) {
+		const np_nodelaunch *o = h->set[i];
+
+		if (o == nl) {
+			member = true;
+			continue;
+		}
+		if (!nodelaunch_complete(o) || (o->node.state &&
+		    strcmp(o->node.state, NP_NODE_ABORTED) == 0))
+			return false;
+	}
+	return member && launcher_cached_request(h->pw->l, h->id) != NULL;
 }
 
 /* ---- stopping ---- */

@@ -70,6 +70,10 @@ np_handler *handler_new(np_poolworker *pw, const np_request *req,
 void handler_run(np_handler *h);
 /* A launch of ours finished (ready, failed or aborted). */
 void handler_launch_done(np_handler *h);
+/* True when NL becoming ready now completes H at once (every other
+ * launch is complete, none aborted, nothing paused, the request still
+ * there): its ready write can then go in the completion's multi. */
+bool handler_completes_with(const np_handler *h, const np_nodelaunch *nl);
 /* Stop now: cancel launches, release every lock (node allocations of a
  * paused handler cleared, as upstream's PoolWorker does on exit). */
 void handler_abandon(np_handler *h, bool session_lost);

@@ -162,6 +162,16 @@ static void finish(np_nodelaunch *nl, const char *state)
 	else if (strcmp(state, NP_NODE_ABORTED) == 0)
 		record(nl, LSTATS_QUOTA);
 	np_node_set_state(&nl->node, state);
+	if (strcmp(state, NP_NODE_READY) == 0 && nl->h && nl->lock &&
+	    handler_completes_with(nl->h, nl)) {
+		/* The last node of its request: the ready write goes in the
+		 * completion's multi (handler.c), one request fewer. */
+		nl->final_deferred = true;
+		nl->state = NL_DONE;
+		uncount(nl);
+		handler_launch_done(nl->h);
+		return;
+	}
 	nl->state = NL_FINAL;
 	path = np_path_node(nl->node.id);
 	json = np_node_encode(&nl->node);
@@ -770,6 +780,12 @@ void nodelaunch_release(np_nodelaunch *nl, bool clear_allocation)
 	if (in_flight && nl->state != NL_CREATE && nl->node.id)
 		NLOG(nl, LOG_INFO, "Abandoning launch of node %s in state %s",
 		     nl->node.id, nodelaunch_state_name(nl));
+	if (nl->final_deferred && !clear_allocation) {
+		/* Released without the completion that was to write it. */
+		nl->final_deferred = false;
+		nodelaunch_write(nl);
+	}
+	nl->final_deferred = false;
 	if (nl->state == NL_LOCK && nl->node.id) {
 		/* The lock attempt is dropped (no callback): the node is an
 		 * unlocked init node nobody else will touch; mark it failed so

@@ -59,6 +59,7 @@ struct np_nodelaunch {
 	char *building_json;     /* what the lock's multi wrote, until the
 				  * first attempt compares it */
 	bool build_pending;      /* the node cache awaits that write */
+	bool final_deferred;     /* ready: the handler's completion writes it */
 };
 
 /* Start launching a node of LABEL for H. */
