@@ -478,7 +478,11 @@ static void load_symbols(struct module *m, const char *file)
 			read_symtab(m, m->map[1], m->maplen[1], bias);
 		free(dbg);
 	}
-	qsort(m->syms, m->nsyms, sizeof(*m->syms), cmp_sym);
+	/* A module without symbols (stripped, no debug file: libmicrohttpd
+	 * under a web app thread) has no array to sort; qsort(NULL, 0) is
+	 * undefined and UBSan stops the daemon on it. */
+	if (m->nsyms > 1)
+		qsort(m->syms, m->nsyms, sizeof(*m->syms), cmp_sym);
 }
 
 static struct module *module_for(struct symbolizer *sy,

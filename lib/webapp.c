@@ -1207,16 +1207,38 @@ static void log_request(const char *method, const char *url)
 	sbuf_free(&sb);
 }
 
-/* MHD's access handler: called once the headers are in; we answer at
- * once (a body, if any, is not wanted). */
+/* Whether the request announces a body. */
+static bool has_body(struct MHD_Connection *c)
+{
+	const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+			MHD_HTTP_HEADER_CONTENT_LENGTH);
+
+	return (cl && strcmp(cl, "0") != 0) ||
+	       MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+			MHD_HTTP_HEADER_TRANSFER_ENCODING);
+}
+
+/* MHD's access handler: called once the headers are in, then again at
+ * the end of the request. A request without a body is answered at the
+ * second call: libmicrohttpd (0.9.75) takes a response queued at the
+ * first one for a refusal of the rest of the request and closes the
+ * connection ("Connection: close"), so every client would reconnect for
+ * every request. One with a body (not wanted: no endpoint takes one) is
+ * answered at once, as upstream's server does, and the connection
+ * closed. */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
 				  const char *url, const char *method,
 				  const char *version, const char *upload_data,
 				  size_t *upload_data_size, void **req_cls)
 {
+	static char headers_seen;
 	char *accept;
 	enum MHD_Result ret;
 
+	if (!*req_cls && !has_body(c)) {
+		*req_cls = &headers_seen;
+		return MHD_YES;
+	}
 	name_thread();
 	if (log_get_level() <= LOG_DEBUG)
 		log_request(method, url);

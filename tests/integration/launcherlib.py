@@ -5,6 +5,11 @@
 # protocol (requests, node locks), a real UDP statsd listener, and the
 # check/wait_for/run helpers that print "N passed, N failed".
 #
+# Every launcher log is checked for sanitizer reports when the launcher is
+# stopped or killed (the ASan+UBSan build's findings fail the test even
+# when the process exits 0). OwnZK is a ZooKeeper of a test's own, which it
+# may stop and start again on the same ports and data directory.
+#
 # env: NP_BUILD (build dir with nodepool-launcher); NP_TEST_ZK_TLS and
 # NP_TEST_ZK_CA/_CERT/_KEY for a running TLS ZooKeeper, else one is started
 # and stopped at the end; NP_TEST_KEEP=1 keeps every scenario's directory
@@ -75,6 +80,35 @@ def wait_for(fn, timeout=WAIT, what="condition"):
     return None
 
 
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                   "runtime error:", "SUMMARY: UndefinedBehaviorSanitizer",
+                   "WARNING: ThreadSanitizer")
+
+
+def sanitizer_report(text):
+    """The first line of a sanitizer report in TEXT, else None."""
+    for line in text.splitlines():
+        if any(m in line for m in SANITIZER_MARKS):
+            return line
+    return None
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def harness(script, *args):
+    """Run a bash snippet with tests/harness/lib.sh sourced; its stdout."""
+    return subprocess.check_output(
+        ["bash", "-c", 'source "$1/tests/harness/lib.sh"; shift; ' + script,
+         "-", TOP] + list(args), text=True)
+
+
 class ZK:
     """The TLS ZooKeeper: the environment's, or one we start."""
 
@@ -86,12 +120,14 @@ class ZK:
             self.cert = os.environ["NP_TEST_ZK_CERT"]
             self.key = os.environ["NP_TEST_ZK_KEY"]
             return
+        self._start_own()
+
+    def _start_own(self):
         self.own = tempfile.mkdtemp(prefix="np-launcher-zk.")
-        out = subprocess.check_output(
-            ["bash", "-c", 'source "$1/tests/harness/lib.sh"; '
-             'zk_start "$2" >/dev/null; echo "$ZK_PORT $ZK_TLS_PORT"',
-             "-", TOP, self.own + "/zk"], text=True).split()
+        out = harness('zk_start "$1" >/dev/null; echo "$ZK_PORT $ZK_TLS_PORT"',
+                      self.own + "/zk").split()
         self.port = out[0]
+        self.tls_port = out[1]
         self.hosts = "127.0.0.1:%s" % out[1]
         tls = self.own + "/zk/tls"
         self.ca, self.cert, self.key = (tls + "/ca.pem", tls + "/client.pem",
@@ -112,10 +148,30 @@ class ZK:
             shutil.rmtree(self.own, ignore_errors=True)
 
 
+class OwnZK(ZK):
+    """A ZooKeeper of the test's own, whatever the environment offers:
+    halt() stops the server (zk_stop), resume() starts it again on the
+    same ports and data directory (sessions and znodes survive)."""
+
+    def __init__(self):
+        self._start_own()
+
+    def halt(self):
+        harness('zk_stop "$1" "$2"', self.own + "/zk", self.port)
+
+    def resume(self):
+        subprocess.check_call(
+            ["bash", os.path.join(TOP, "tests/harness/zk-start.sh"),
+             self.port, self.own + "/zk", self.tls_port],
+            stdout=subprocess.DEVNULL)
+
+
 def config_text(zk, chroot, state_dir, providers, labels, extra=""):
     """LABELS: (name, min_ready) or (name, min_ready, {key: value}) for
     more label keys (max-ready-age). A provider may carry "keys" (more
-    provider keys, e.g. launch-timeout) and "fake" (fake: options)."""
+    provider keys, e.g. launch-timeout), "fake" (fake: options) and
+    "image" (more cloud-image keys, e.g. connection-port); a pool "keys"
+    (more pool keys) and "label-keys" (more keys of each pool label)."""
     host, port = zk.hosts.split(":")
     lines = ["zookeeper-servers:", "  - host: %s" % host,
              "    port: %s" % port, "    chroot: %s" % chroot,
@@ -136,7 +192,10 @@ def config_text(zk, chroot, state_dir, providers, labels, extra=""):
         for k, v in p.get("fake", {}).items():
             lines.append("      %s: %s" % (k, v))
         lines += ["    cloud-images:", "      - name: fake-image",
-                  "        image-name: Fake Precise", "    pools:"]
+                  "        image-name: Fake Precise"]
+        for k, v in p.get("image", {}).items():
+            lines.append("        %s: %s" % (k, v))
+        lines.append("    pools:")
         for pool in p["pools"]:
             lines += ["      - name: %s" % pool["name"],
                       "        max-servers: %d" % pool.get("max", 100)]
@@ -145,12 +204,16 @@ def config_text(zk, chroot, state_dir, providers, labels, extra=""):
             if "azs" in pool:
                 lines.append("        availability-zones: [%s]"
                              % ", ".join(pool["azs"]))
+            for k, v in pool.get("keys", {}).items():
+                lines.append("        %s: %s" % (k, v))
             lines.append("        node-attributes: {executor-zone: z1}")
             lines.append("        labels:")
             for label in pool["labels"]:
                 lines += ["          - name: %s" % label,
                           "            cloud-image: fake-image",
                           "            min-ram: 1024"]
+                for k, v in pool.get("label-keys", {}).items():
+                    lines.append("            %s: %s" % (k, v))
     return "\n".join(lines) + "\n" + extra
 
 
@@ -180,16 +243,19 @@ class Scenario:
         os.rename(tmp, path)
         return path
 
-    def start(self, config, env=None, debug=False):
+    def start(self, config, env=None, debug=False, webapp=False):
         """ENV: more environment variables (STATSD_HOST, test knobs).
-        DEBUG: -d (debug log lines, e.g. the cleanup passes)."""
+        DEBUG: -d (debug log lines, e.g. the cleanup passes). WEBAPP: run
+        the web app (the config's webapp: section says where)."""
         log = open(os.path.join(self.dir, "launcher-%d.log" % len(self.procs)),
                    "w")
         e = dict(os.environ)
         for k in ("STATSD_HOST", "STATSD_PORT", "STATSD_PREFIX"):
             e.pop(k, None)
         e.update(env or {})
-        args = [LAUNCHER, "-d" if debug else "-f", "--no-webapp", "-c", config]
+        args = [LAUNCHER, "-d" if debug else "-f", "-c", config]
+        if not webapp:
+            args.insert(2, "--no-webapp")
         p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                              env=e)
         p.logfile = log.name
@@ -206,6 +272,7 @@ class Scenario:
                 rc = p.wait()
             check(rc == 0, "%s: launcher exits 0 on SIGINT (rc %s)"
                   % (self.name, rc))
+        self.check_sanitizer(p)
 
     def kill(self, p):
         """SIGKILL: the process dies holding its locks; its ZooKeeper
@@ -213,6 +280,17 @@ class Scenario:
         if p.poll() is None:
             p.kill()
             p.wait()
+        self.check_sanitizer(p)
+
+    def check_sanitizer(self, p):
+        """A sanitizer report in P's log fails the test (once per
+        process)."""
+        if getattr(p, "san_checked", False):
+            return
+        p.san_checked = True
+        rep = sanitizer_report(self.log(p))
+        check(rep is None, "%s: sanitizer report in %s: %s"
+              % (self.name, p.logfile, rep))
 
     def log(self, p):
         with open(p.logfile) as f:
