@@ -25,8 +25,11 @@
  * words themselves, is the launcher's.
  *
  * Modes: consume (each fulfilled request is consumed at once, keeping C
- * requests outstanding) and hold (all N are fulfilled and kept, so N ready
- * nodes exist when the launcher's memory is read; then all are consumed).
+ * requests outstanding), hold (each fulfilled request is taken the way an
+ * executor starts a long job: node locked, request deleted, node in-use;
+ * once all N are, the launcher's memory is read with N nodes present, and
+ * then every job ends: used, unlocked) and fill (hold without the end:
+ * the nodes stay, for profiling).
  * It prints figures and never asserts. */
 #include <arpa/inet.h>
 #include <getopt.h>
@@ -53,7 +56,7 @@ enum rstate {
 	R_CREATING,	/* create sent */
 	R_WAITING,	/* waiting for a change event */
 	R_READING,	/* get of the request in flight */
-	R_HELD,		/* fulfilled, kept (hold mode) */
+	R_HELD,		/* node locked and in-use, request gone (hold) */
 	R_NODE,		/* reading the node */
 	R_LOCKING,	/* locking the node */
 	R_USING,	/* delete request, in-use, used in flight */
@@ -85,9 +88,10 @@ typedef struct bench {
 	int zk_pid, launcher_pid;
 	int n, conc, timeout;
 	bool hold;
+	bool fill;		/* hold, then leave the nodes (profiling) */
 	const char *label;
 
-	int issued, fulfilled, consumed, failed, errors;
+	int issued, fulfilled, consumed, failed, errors, nheld;
 	int in_flight;		/* window: created, not yet consumed (hold
 				 * mode: not yet fulfilled) */
 	int consuming;		/* hold mode: being consumed */
@@ -313,37 +317,79 @@ static void used_step(zk *z, int rc, const zk_stat *st, void *arg)
 		finish(r);
 }
 
-static void request_deleted(zk *z, int rc, void *arg)
+static void set_state(breq *r, const char *state, zk_stat_fn cb)
 {
-	used_step(z, rc, NULL, arg);
+	char *path = xasprintf(NODE_ROOT "/%s", r->node_id);
+	char *json;
+
+	json_object_set_new(r->node, "state", json_string(state));
+	json_object_set_new(r->node, "state_time", json_real(now_wall()));
+	json = json_dumps(r->node, JSON_COMPACT);
+	if (zk_aset(r->b->z, path, json, (int)strlen(json), -1, cb, r) == ZOK)
+		r->pending++;
+	free(json);
+	free(path);
 }
 
-/* Zuul's executor: the request goes, the node is in-use, then used. The
- * three are pipelined; the server applies them in this order. */
+/* Hold mode: the node is locked and in-use, the request gone, as while a
+ * long job runs; release_held() finishes it. */
+static void in_use_step(zk *z, int rc, const zk_stat *st, void *arg)
+{
+	breq *r = arg;
+	bench *b = r->b;
+
+	if (rc != ZOK)
+		b->errors++;
+	if (--r->pending > 0)
+		return;
+	r->state = R_HELD;
+	r->consuming = false;
+	b->consuming--;
+	b->nheld++;
+	if (b->held_tail)
+		b->held_tail->qnext = r;
+	else
+		b->held = r;
+	b->held_tail = r;
+}
+
+static void request_gone(zk *z, int rc, void *arg)
+{
+	breq *r = arg;
+
+	if (r->b->hold)
+		in_use_step(z, rc, NULL, arg);
+	else
+		used_step(z, rc, NULL, arg);
+}
+
+/* Zuul's executor: the request goes, the node is in-use, then used (hold
+ * mode: later). They are pipelined; the server applies them in order. */
 static void use_node(breq *r)
 {
 	bench *b = r->b;
-	char *path = xasprintf(NODE_ROOT "/%s", r->node_id);
-	static const char *const states[] = { "in-use", "used" };
 
 	r->state = R_USING;
 	r->pending = 0;
-	if (zk_adelete(b->z, r->path, -1, request_deleted, r) == ZOK)
+	if (zk_adelete(b->z, r->path, -1, request_gone, r) == ZOK)
 		r->pending++;
 	json_object_set_new(r->node, "user_data", json_pack(
 		"{s:s, s:s}", "zuul_system", "bench", "project_name", "bench"));
-	for (int i = 0; i < 2; i++) {
-		char *json;
+	set_state(r, "in-use", b->hold ? in_use_step : used_step);
+	if (!b->hold)
+		set_state(r, "used", used_step);
+	if (r->pending == 0)
+		finish(r);
+}
 
-		json_object_set_new(r->node, "state", json_string(states[i]));
-		json_object_set_new(r->node, "state_time", json_real(now_wall()));
-		json = json_dumps(r->node, JSON_COMPACT);
-		if (zk_aset(b->z, path, json, (int)strlen(json), -1, used_step,
-			    r) == ZOK)
-			r->pending++;
-		free(json);
-	}
-	free(path);
+/* Hold mode, the job's end: used, then unlocked. */
+static void release_one(breq *r)
+{
+	r->consuming = true;
+	r->b->consuming++;
+	r->state = R_USING;
+	r->pending = 0;
+	set_state(r, "used", used_step);
 	if (r->pending == 0)
 		finish(r);
 }
@@ -422,18 +468,12 @@ static void request_read(zk *z, int rc, const char *data, int len,
 		r->node_id = xstrdup(json_string_value(json_array_get(nodes, 0)));
 		json_decref(doc);
 		if (b->hold) {
-			r->state = R_HELD;
+			/* The window counts requests not yet fulfilled. */
 			r->counted = false;
 			b->in_flight--;
 			issue_more(b);
-			if (b->held_tail)
-				b->held_tail->qnext = r;
-			else
-				b->held = r;
-			b->held_tail = r;
-		} else {
-			consume(r);
 		}
+		consume(r);
 		return;
 	}
 	json_decref(doc);
@@ -556,7 +596,7 @@ static void release_held(bench *b)
 			b->held = r->qnext;
 			if (!b->held)
 				b->held_tail = NULL;
-			consume(r);
+			release_one(r);
 		}
 		evloop_run_once(b->loop, 100);
 	}
@@ -589,9 +629,9 @@ static bool run_until(bench *b, bool (*cond)(bench *b), double deadline)
 	return true;
 }
 
-static bool all_fulfilled(bench *b)
+static bool all_held(bench *b)
 {
-	return b->fulfilled + b->failed + b->errors >= b->n;
+	return b->nheld + b->failed + b->errors >= b->n;
 }
 
 static bool all_consumed(bench *b)
@@ -618,7 +658,7 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: launcher-bench -z HOSTS[/chroot] -p FOURLW_PORT -Z ZK_PID\n"
 		"                      -L LAUNCHER_PID -n N -c CONCURRENCY\n"
-		"                      [-m consume|hold] [-l LABEL] [-t TIMEOUT_S]\n"
+		"                      [-m consume|hold|fill] [-l LABEL] [-t TIMEOUT_S]\n"
 		"       launcher-bench -H | -z HOSTS -E PATH\n"
 		"  -H       print the table header and exit\n"
 		"  -E PATH  create PATH (e.g. the launcher's chroot) and exit\n");
@@ -674,7 +714,10 @@ int main(int argc, char **argv)
 		case 'L': b->launcher_pid = atoi(optarg); break;
 		case 'n': b->n = atoi(optarg); break;
 		case 'c': b->conc = atoi(optarg); break;
-		case 'm': b->hold = strcmp(optarg, "hold") == 0; break;
+		case 'm':
+			b->fill = strcmp(optarg, "fill") == 0;
+			b->hold = b->fill || strcmp(optarg, "hold") == 0;
+			break;
 		case 'l': b->label = optarg; break;
 		case 't': b->timeout = atoi(optarg); break;
 		case 'E': ensure = optarg; break;
@@ -714,17 +757,20 @@ int main(int argc, char **argv)
 
 	issue_more(b);
 	if (b->hold) {
-		if (run_until(b, all_fulfilled, deadline)) {
+		if (run_until(b, all_held, deadline)) {
 			/* Let the launcher settle with N nodes present. */
 			for (double until = mono() + 1; mono() < until;)
 				evloop_run_once(b->loop, 100);
 			hwm_held = proc_mem(b->launcher_pid, "VmHWM");
 		}
-		release_held(b);
+		if (b->fill)
+			b->consumed = b->n; /* left as they are */
+		else
+			release_held(b);
 	}
 	run_until(b, all_consumed, deadline);
 	/* The launcher deletes the nodes: wait until they are gone. */
-	while (mono() < deadline && count_nodes(b) > nodes0) {
+	while (!b->fill && mono() < deadline && count_nodes(b) > nodes0) {
 		for (double until = mono() + DRAIN_POLL_MS / 1000.0; mono() < until;)
 			evloop_run_once(b->loop, DRAIN_POLL_MS);
 	}
@@ -762,6 +808,12 @@ int main(int argc, char **argv)
 		proc_mem(b->launcher_pid, "VmRSS"),
 		proc_mem(b->launcher_pid, "VmHWM"));
 	fflush(stdout);
+	while (b->held) {
+		breq *r = b->held;
+
+		b->held = r->qnext;
+		breq_free(r);
+	}
 	zk_remove_persistent_watch(b->z, REQ_ROOT);
 	zk_close(b->z);
 	evloop_free(b->loop);

@@ -11,10 +11,13 @@
 #        CONC="10 100 1000" concurrencies
 #        HOLD=10000         N of the hold run (all fulfilled before any is
 #                           consumed: the launcher's memory with N nodes);
-#                           0 skips it
+#                           0 skips it; HOLD_MODE=fill leaves the nodes
+#                           (for profiling the launcher's memory)
 #        PERF=0             1: record the launcher with `perf record -g`
 #                           (PERF_ARGS replaces -g, e.g. "--call-graph dwarf")
 #                           into $PERF_OUT (default /tmp/launcher-bench.perf)
+#        WRAP=              a command to run the launcher under, e.g.
+#                           "heaptrack -o /tmp/lb" (PERF=1 sets it to perf)
 #        KEEP=0             1: keep the work dir (launcher log, ZooKeeper)
 #
 # Columns: req/s (first create to last fulfilment or consumption), latency
@@ -41,7 +44,7 @@ fi
 
 WORK=$(mktemp -d /tmp/np-launcher-bench.XXXXXX)
 LPID=
-PERF_PID=
+WRAP_PID=
 cleanup() {
 	if [ -n "$LPID" ] && kill -0 "$LPID" 2>/dev/null; then
 		kill -INT "$LPID"
@@ -51,8 +54,8 @@ cleanup() {
 		done
 		kill -KILL "$LPID" 2>/dev/null
 	fi
-	# perf writes its data once the launcher is gone.
-	[ -n "$PERF_PID" ] && wait "$PERF_PID" 2>/dev/null
+	# perf and the like write their data once the launcher is gone.
+	[ -n "$WRAP_PID" ] && wait "$WRAP_PID" 2>/dev/null
 	zk_stop "$WORK/zk" "${ZK_PORT:-0}"
 	if [ "${KEEP:-0}" = 1 ]; then
 		echo "kept $WORK"
@@ -97,13 +100,27 @@ YAML
 # The chroot must exist before the launcher connects.
 "$GEN" -z "127.0.0.1:$ZK_PORT" -E /bench 2>/dev/null
 
+WRAP=${WRAP:-}
 if [ "${PERF:-0}" = 1 ]; then
-	perf record ${PERF_ARGS:--g} -o "${PERF_OUT:-/tmp/launcher-bench.perf}" -- \
-		"$LAUNCHER" -f --no-webapp -c "$WORK/nodepool.yaml" \
+	WRAP="perf record ${PERF_ARGS:--g} -o ${PERF_OUT:-/tmp/launcher-bench.perf} --"
+fi
+if [ -n "$WRAP" ]; then
+	# shellcheck disable=SC2086 # WRAP is a command line
+	$WRAP "$LAUNCHER" -f --no-webapp -c "$WORK/nodepool.yaml" \
 		>"$WORK/launcher.log" 2>&1 &
-	PERF_PID=$!
-	sleep 1
-	LPID=$(pgrep -P "$PERF_PID" -x nodepool-launch || echo "$PERF_PID")
+	WRAP_PID=$!
+	# The launcher itself, wherever the wrapper started it.
+	for _ in $(seq 50); do
+		for p in $(pgrep -x nodepool-launch); do
+			if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | \
+			   grep -q -- "-c $WORK/nodepool.yaml"; then
+				LPID=$p
+			fi
+		done
+		[ -n "$LPID" ] && break
+		sleep 0.2
+	done
+	[ -n "$LPID" ] || { echo "launcher did not start"; exit 1; }
 else
 	"$LAUNCHER" -f --no-webapp -c "$WORK/nodepool.yaml" \
 		>"$WORK/launcher.log" 2>&1 &
@@ -127,7 +144,7 @@ for n in $NS; do
 	done
 done
 if [ "$HOLD" -gt 0 ]; then
-	gen -n "$HOLD" -c 1000 -m hold
+	gen -n "$HOLD" -c 1000 -m "${HOLD_MODE:-hold}"
 fi
 echo "launcher VmHWM $(awk '/VmHWM/ {print $2 " " $3}' /proc/"$LPID"/status)," \
 	"VmRSS $(awk '/VmRSS/ {print $2 " " $3}' /proc/"$LPID"/status) at the end"

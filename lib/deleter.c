@@ -25,6 +25,10 @@
 
 #define LOGGER "nodepool.DeletedNodeWorker"
 #define DELETE_TIMEOUT_MS (600 * 1000)
+/* Operations at once. Each holds its node record (a few KB of JSON) and a
+ * lock: ten thousand nodes used at once must not mean ten thousand of
+ * them in memory and in the send queue. The rest wait for a pass. */
+#define MAX_OPS 128
 
 enum op_kind { OP_DEALLOC, OP_DELETE };
 enum op_state { OS_LOCK, OS_READ, OS_CHECK_REQ, OS_CLOUD, OS_REMOVE, OS_DONE };
@@ -58,6 +62,8 @@ struct np_deleter {
 	uint64_t timer;
 	uint64_t kick_timer;
 	delop *ops;
+	int nops;
+	bool more;           /* nodes were left for lack of room */
 	bool stopping;
 };
 
@@ -109,6 +115,12 @@ static void op_end(delop *o)
 			*pp = o->next;
 			break;
 		}
+	}
+	d->nops--;
+	if (d->more && d->nops <= MAX_OPS / 2) {
+		/* Room again: a pass finds what was left. */
+		d->more = false;
+		deleter_kick(d);
 	}
 	if (o->timer)
 		evloop_del_timer(launcher_loop(d->l), o->timer);
@@ -541,6 +553,7 @@ static void start_op(np_deleter *d, const char *id, np_provmgr *pm,
 	o->start_ms = now_ms();
 	o->next = d->ops;
 	d->ops = o;
+	d->nops++;
 	o->lock = zk_lock_new(launcher_zk(d->l), dir, NULL);
 	zk_lock_assume_dir(o->lock); /* made with the node */
 	free(dir);
@@ -553,6 +566,7 @@ static bool consider_node(np_deleter *d, const char *id, const np_node *n)
 {
 	np_launcher *l = d->l;
 	np_provmgr *pm;
+	enum op_kind kind;
 
 	if (!n->provider || find_op(d, id))
 		return true;
@@ -562,12 +576,17 @@ static bool consider_node(np_deleter *d, const char *id, const np_node *n)
 	if (zkc_node_locked(launcher_nodes(l), id))
 		return true; /* probably locked */
 	if (n->state && strcmp(n->state, NP_NODE_READY) == 0 && n->allocated_to &&
-	    !launcher_cached_request(l, n->allocated_to)) {
-		start_op(d, id, pm, OP_DEALLOC);
+	    !launcher_cached_request(l, n->allocated_to))
+		kind = OP_DEALLOC;
+	else if (deleter_cleanup_state(n->state))
+		kind = OP_DELETE;
+	else
 		return true;
+	if (d->nops >= MAX_OPS) {
+		d->more = true;
+		return false; /* a full pass stops here */
 	}
-	if (deleter_cleanup_state(n->state))
-		start_op(d, id, pm, OP_DELETE);
+	start_op(d, id, pm, kind);
 	return true;
 }
 

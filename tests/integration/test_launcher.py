@@ -302,10 +302,47 @@ def test_reload(zk):
         s.close()
 
 
+def test_many_at_once(zk):
+    # More requests and deletions at once than the deleter runs at a time
+    # (128): every request is fulfilled with its own node, and once the
+    # nodes are used all of them and their instances go.
+    n = 300
+    s = Scenario(zk, "many")
+    try:
+        prov = {"name": "fake-provider",
+                "pools": [{"name": "main", "max": n + 10,
+                           "labels": ["small"]}]}
+        cfg = s.write_config([prov], [("small", 0)])
+        p = s.start(cfg)
+        rids = [s.request(["small"]) for _ in range(n)]
+        reqs = [s.wait_request(r) for r in rids]
+        ok = [r for r in reqs if r and r["state"] == "fulfilled"]
+        check(len(ok) == n, "many: all %d fulfilled (%d)" % (n, len(ok)))
+        ids = [r["nodes"][0] for r in ok if len(r["nodes"]) == 1]
+        check(len(set(ids)) == n, "many: one node each, none shared")
+        locks = []
+        for rid, req in zip(rids, reqs):
+            if not req or req["state"] != "fulfilled":
+                continue
+            nid = req["nodes"][0]
+            locks.append(s.lock_node(nid))
+            s.kz.delete("/nodepool/requests/" + rid)
+            s.set_node(nid, state="in-use", state_time=time.time())
+            s.set_node(nid, state="used", state_time=time.time())
+        for lock in locks:
+            lock.release()
+        check(wait_for(lambda: not s.nodes() and not s.instances(),
+                       timeout=60, what="all nodes deleted"),
+              "many: every node and instance deleted")
+        s.stop(p)
+    finally:
+        s.close()
+
+
 TESTS = [test_fulfil_and_delete, test_min_ready,
          test_decline_unknown_and_malformed, test_cancel_mid_launch,
          test_quota_pause, test_launch_failure, test_two_launchers,
-         test_reload]
+         test_reload, test_many_at_once]
 
 
 if __name__ == "__main__":
