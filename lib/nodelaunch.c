@@ -42,6 +42,7 @@ static void record(np_nodelaunch *nl, const char *result)
 static void nl_free(np_nodelaunch *nl)
 {
 	free(nl->building_json);
+	free(nl->building_image);
 	np_node_clear(&nl->node);
 	free(nl->label);
 	free(nl->pool_name);
@@ -473,17 +474,23 @@ static enum attr_result set_attributes(np_nodelaunch *nl,
 	return ATTR_OK;
 }
 
-/* Write the record building, unless the lock's multi wrote exactly this
- * already (see lock_and_build). */
+/* Write the record building, unless the lock's multi wrote it already
+ * (see lock_and_build). set_attributes() gives the same record again but
+ * for the image: the configuration and the flavors are the manager's and
+ * do not change under it, while a newer upload may have landed. */
 static void write_building(np_nodelaunch *nl)
 {
-	char *json = np_node_encode(&nl->node);
+	bool same = nl->building_json &&
+		    (nl->node.image_id && nl->building_image ?
+		     strcmp(nl->node.image_id, nl->building_image) == 0 :
+		     nl->node.image_id == nl->building_image);
 
-	if (!nl->building_json || strcmp(json, nl->building_json) != 0)
-		write_json(nl, json);
-	free(json);
+	if (!same)
+		nodelaunch_write(nl);
 	free(nl->building_json);
+	free(nl->building_image);
 	nl->building_json = NULL;
+	nl->building_image = NULL;
 }
 
 /* The image, the connection attributes and resources (startStateMachine),
@@ -588,7 +595,9 @@ static void locked(zk_lock *l, int rc, void *arg)
 		/* Locked the long way: building is written after the lock
 		 * (unlocked building nodes are deleted). */
 		free(nl->building_json);
+		free(nl->building_image);
 		nl->building_json = NULL;
+		nl->building_image = NULL;
 		np_node_set_state(&nl->node, NP_NODE_BUILDING);
 	}
 	nl->state = NL_BUILDING;
@@ -614,6 +623,8 @@ static void lock_and_build(np_nodelaunch *nl)
 	}
 	path = np_path_node(nl->node.id);
 	nl->building_json = np_node_encode(&nl->node);
+	nl->building_image = nl->node.image_id ? xstrdup(nl->node.image_id) :
+			     NULL;
 	op.path = path;
 	op.data = nl->building_json;
 	op.len = (int)strlen(nl->building_json);

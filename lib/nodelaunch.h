@@ -57,7 +57,8 @@ struct np_nodelaunch {
 	bool counted;            /* counted in pm->launching */
 	bool wrote_progress;     /* external id written before the scan */
 	char *building_json;     /* what the lock's multi wrote, until the
-				  * first attempt compares it */
+				  * first attempt */
+	char *building_image;    /* its image_id */
 	bool build_pending;      /* the node cache awaits that write */
 	bool final_deferred;     /* ready: the handler's completion writes it */
 };
