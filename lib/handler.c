@@ -858,6 +858,17 @@ void handler_run(np_handler *h)
 
 	if (h->state != H_WAITING || !h->paused)
 		return;
+	/* A reload restarted our provider (max-servers changed, say): go on
+	 * with its new manager and configuration, as upstream's handler
+	 * reads them through its pool worker. The retired manager would
+	 * keep the old limits, and a request paused at them would wait for
+	 * ever. */
+	if (h->pm != h->pw->pm) {
+		np_provmgr *old = h->pm;
+
+		h->pm = provmgr_ref(h->pw->pm);
+		provmgr_unref(old);
+	}
 	reason = handler_decline_reason(h->pw, &h->req, &defer);
 	if (reason) {
 		HLOG(h, LOG_INFO, "Declining node request because %s", reason);

@@ -30,6 +30,7 @@
 # Test names on the command line run only those.
 import http.client
 import json
+import logging
 import os
 import re
 import signal
@@ -166,7 +167,309 @@ def test_stack_dump(zk):
         s.close()
 
 
-TESTS = [test_stack_dump]
+# ---- 2. ZooKeeper restarted under load ----
+
+def test_zk_restart(zk):
+    """ZK is not used: the scenario stops and starts a server of its own."""
+    ozk = L.OwnZK()
+    s = None
+    try:
+        s = Scenario(ozk, "zkrestart")
+        prov = dict(PROVIDER, fake={"launch-delay": 2})
+        cfg = s.write_config([prov], [("small", 0), ("big", 0)])
+        p = s.start(cfg, env=FAST, debug=True)
+        check(wait_for(lambda: s.registered_pools(), what="pool"),
+              "zkrestart: pool registered")
+        rids = [s.request([["small"], ["big"], ["small", "big"]][i % 3])
+                for i in range(50)]
+        check(wait_for(lambda: len([n for n in s.nodes().values()
+                                    if n["state"] == "building"]) >= 10,
+                       what="launches in flight"),
+              "zkrestart: launches in flight")
+        # (Both lines are logged once at start, before the session.)
+        sus = s.log(p).count("ZooKeeper suspended. Waiting")
+        res = s.log(p).count("ZooKeeper available. Resuming")
+        quiet = logging.getLogger("kazoo.client")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)  # its reconnect attempts
+        try:
+            ozk.halt()
+            check(wait_for(lambda: s.log(p).count(
+                "ZooKeeper suspended. Waiting") > sus, what="suspended"),
+                "zkrestart: suspended logged")
+            ozk.resume()
+            check(wait_for(lambda: s.log(p).count(
+                "ZooKeeper available. Resuming") > res, what="resumed"),
+                "zkrestart: resumed logged")
+            wait_for(lambda: s.kz.connected, what="test client reconnected")
+        finally:
+            quiet.setLevel(level)
+        states = {}
+        for rid in rids:
+            req = s.wait_request(rid, timeout=120)
+            states[rid] = req["state"] if req else None
+        check(all(v in ("fulfilled", "failed") for v in states.values()),
+              "zkrestart: every request fulfilled or failed (%s)"
+              % sorted(set(states.values()), key=str))
+        check(list(states.values()).count("fulfilled") > 0,
+              "zkrestart: requests fulfilled after the restart")
+        n0 = s.log(p).count("Finished cleanup")
+        check(wait_for(lambda: s.log(p).count("Finished cleanup") >= n0 + 2,
+                       what="cleanup passes"), "zkrestart: cleanup passes")
+        check(wait_for(lambda: consistent_cloud(s), timeout=60,
+                       what="consistent cloud"),
+              "zkrestart: every instance has a node and every node an "
+              "instance (%d instances, %d nodes)"
+              % (len(s.instances()), len(s.nodes())))
+        ok = True
+        for rid, st in states.items():
+            req = s.get_request(rid)
+            if st != "fulfilled" or not req:
+                continue
+            for nid in req["nodes"]:
+                n = s.get_node(nid)
+                ok = ok and n and n["state"] == "ready" and \
+                    n["allocated_to"] == rid
+        check(ok, "zkrestart: the fulfilled requests' nodes are ready and "
+              "theirs")
+        # Everything returned: nothing may stay behind.
+        for rid, st in states.items():
+            req = s.get_request(rid)
+            if st == "fulfilled" and req:
+                s.use_and_return(rid, req)
+            elif req:
+                s.kz.delete("/nodepool/requests/" + rid)
+        check(wait_for(lambda: not s.nodes() and not s.instances(),
+                       timeout=60, what="all deleted"),
+              "zkrestart: returned nodes and their instances deleted "
+              "(%d nodes, %d instances left)"
+              % (len(s.nodes()), len(s.instances())))
+        s.stop(p)
+    finally:
+        if s:
+            s.close()
+        ozk.stop()
+
+
+# ---- 3. Zuul-2019 requests ----
+
+def zuul2019_request(kz, labels, priority="100"):
+    """A request as Zuul's NodeRequest.toDict() and submitNodeRequest()
+    wrote it in 2019: fewer keys, EPHEMERAL|SEQUENCE, on the requestor's
+    own session KZ."""
+    now = time.time()
+    d = {"node_types": labels, "requestor": "zuul-2019.example.org",
+         "created_time": now, "provider": None, "state": "requested",
+         "state_time": now, "relative_priority": 0}
+    path = kz.create("/nodepool/requests/%s-" % priority,
+                     json.dumps(d).encode("utf8"), makepath=True,
+                     sequence=True, ephemeral=True)
+    return path.split("/")[-1]
+
+
+def test_zuul2019(zk):
+    s = Scenario(zk, "zuul2019")
+    zuuls = []
+    try:
+        prov = dict(PROVIDER, fake={"launch-delay": 1})
+        cfg = s.write_config([prov], [("small", 0), ("big", 0)])
+        p = s.start(cfg)
+        zuul = zk.client(s.chroot)
+        zuuls.append(zuul)
+        rid = zuul2019_request(zuul, ["small", "big"])
+        req = s.wait_request(rid)
+        check(req and req["state"] == "fulfilled",
+              "zuul2019: fulfilled (%r)" % req)
+        if not req:
+            return
+        check(req["node_types"] == ["small", "big"] and
+              req["requestor"] == "zuul-2019.example.org" and
+              req["relative_priority"] == 0 and len(req["nodes"]) == 2,
+              "zuul2019: the request's fields kept: %r" % req)
+        _, st = s.kz.get("/nodepool/requests/" + rid)
+        check(st.ephemeralOwner == zuul.client_id[0],
+              "zuul2019: still the requestor's ephemeral znode")
+        for nid, label in zip(req["nodes"], ["small", "big"]):
+            n = s.get_node(nid)
+            check(n and n["state"] == "ready" and n["type"] == [label] and
+                  n["allocated_to"] == rid and n["tenant_name"] is None and
+                  n["requestor"] == "zuul-2019.example.org",
+                  "zuul2019: node %s: %r" % (nid, n))
+        # The requestor goes away before it locked its nodes: the request
+        # vanishes with its session and the nodes are released.
+        zuul.stop()
+        zuul.close()
+        check(wait_for(lambda: s.get_request(rid) is None,
+                       what="ephemeral request gone"),
+              "zuul2019: request gone with the session")
+        check(wait_for(lambda: all(
+            (s.get_node(n) or {}).get("allocated_to", 1) is None
+            for n in req["nodes"]), what="deallocated"),
+            "zuul2019: fulfilled nodes deallocated")
+        check(all((s.get_node(n) or {}).get("state") == "ready"
+                  for n in req["nodes"]),
+              "zuul2019: and kept ready for reuse")
+
+        # Gone mid-launch: the launcher finishes the nodes for nobody.
+        zuul = zk.client(s.chroot)
+        zuuls.append(zuul)
+        rid = zuul2019_request(zuul, ["big", "big", "small", "small",
+                                      "small"])
+        check(wait_for(lambda: (s.get_request(rid) or {}).get("state") ==
+                       "pending", what="pending"), "zuul2019: pending")
+        wait_for(lambda: len([n for n in s.nodes().values()
+                              if n["allocated_to"] == rid]) >= 3,
+                 what="nodes allocated")
+        zuul.stop()
+        zuul.close()
+
+        def released():
+            ns = s.nodes()
+            return ns and all(n["state"] == "ready" and
+                              not n["allocated_to"] for n in ns.values())
+        check(wait_for(released, what="released"),
+              "zuul2019: every node ready and unallocated after the "
+              "requestor vanished mid-launch (%r)"
+              % [(n["state"], n["allocated_to"])
+                 for n in s.nodes().values()])
+        check(wait_for(lambda: consistent_cloud(s), what="consistent"),
+              "zuul2019: nothing leaked")
+        check(requests_of(s) == [], "zuul2019: no request left")
+        s.stop(p)
+    finally:
+        for z in zuuls:
+            try:
+                z.stop()
+                z.close()
+            except Exception:
+                pass
+        s.close()
+
+
+# ---- 6. configuration changes while running ----
+
+def pool_ids(s):
+    return sorted(c["id"] for c in s.registered_pools())
+
+
+def test_reload_max_servers(zk):
+    s = Scenario(zk, "reloadmax")
+    try:
+        prov = {"name": "fake-provider",
+                "pools": [{"name": "main", "max": 1, "labels": ["small"]}]}
+        cfg = s.write_config([prov], [("small", 0)])
+        p = s.start(cfg)
+        r1 = s.request(["small"])
+        req1 = s.wait_request(r1)
+        check(req1 and req1["state"] == "fulfilled", "reloadmax: first")
+        r2 = s.request(["small"])
+        check(wait_for(lambda: any(c["paused"] for c in s.registered_pools()),
+                       what="paused"), "reloadmax: paused at max-servers 1")
+        before = pool_ids(s)
+        # More room: the provider restarts and the waiting request is
+        # served while the first node is still in use.
+        prov["pools"][0]["max"] = 3
+        s.write_config([prov], [("small", 0)])
+        req2 = s.wait_request(r2)
+        check(req2 and req2["state"] == "fulfilled",
+              "reloadmax: the waiting request fulfilled after max-servers "
+              "went up")
+        check("Provider fake-provider changed; restarting it" in s.log(p),
+              "reloadmax: provider restarted")
+        r3 = s.request(["small"])
+        req3 = s.wait_request(r3)
+        check(req3 and req3["state"] == "fulfilled",
+              "reloadmax: the restarted provider keeps serving")
+        check(pool_ids(s) == before, "reloadmax: the same pool component "
+              "(%r, %r)" % (before, pool_ids(s)))
+        check(wait_for(lambda: not any(c["paused"]
+                                       for c in s.registered_pools()),
+                       what="unpaused"), "reloadmax: unpaused")
+        # And less: at 3 nodes in use with max-servers 2, a fourth waits.
+        prov["pools"][0]["max"] = 2
+        s.write_config([prov], [("small", 0)])
+        wait_for(lambda: s.log(p).count("Provider fake-provider changed")
+                 >= 2, what="second reload")
+        r4 = s.request(["small"])
+        check(wait_for(lambda: any(c["paused"] for c in s.registered_pools()),
+                       what="paused"), "reloadmax: paused at the lower max")
+        check((s.get_request(r4) or {}).get("state") == "pending",
+              "reloadmax: fourth request waits")
+        check(len(s.instances()) == 3, "reloadmax: no fourth instance")
+        for rid, req in ((r1, req1), (r2, req2)):
+            s.use_and_return(rid, req)
+        req4 = s.wait_request(r4)
+        check(req4 and req4["state"] == "fulfilled",
+              "reloadmax: fourth fulfilled once two nodes were returned")
+        s.stop(p)
+    finally:
+        s.close()
+
+
+def test_reload_remove_provider(zk):
+    s = Scenario(zk, "reloaddel")
+    try:
+        pa = {"name": "fake-a", "pools": [{"name": "main",
+                                           "labels": ["small"]}]}
+        pb = {"name": "fake-b", "pools": [{"name": "main",
+                                           "labels": ["other"]}]}
+        labels = [("small", 0), ("other", 0)]
+        cfg = s.write_config([pa, pb], labels)
+        p = s.start(cfg)
+        check(wait_for(lambda: len(s.registered_pools()) == 2,
+                       what="two pools"), "reloaddel: two pools")
+        req = s.wait_request(s.request(["other"]))
+        check(req and req["state"] == "fulfilled", "reloaddel: b serves")
+        ids = {c["provider_name"]: c["id"] for c in s.registered_pools()}
+        s.write_config([pa], labels)
+        check(wait_for(lambda: [c["provider_name"]
+                                for c in s.registered_pools()] == ["fake-a"],
+                       what="b unregistered"),
+              "reloaddel: b's pool component unregistered")
+        check("Provider fake-b removed" in s.log(p),
+              "reloaddel: removal logged")
+        rid = s.request(["other"])
+        req = s.wait_request(rid)
+        check(req and req["state"] == "failed" and
+              req["declined_by"] == [ids["fake-a"]],
+              "reloaddel: b's label no longer taken (%r)" % req)
+        req = s.wait_request(s.request(["small"]))
+        check(req and req["state"] == "fulfilled",
+              "reloaddel: a keeps serving")
+        s.stop(p)
+    finally:
+        s.close()
+
+
+def test_reload_remove_label(zk):
+    s = Scenario(zk, "reloadlabel")
+    try:
+        prov = {"name": "fake-provider",
+                "pools": [{"name": "main", "labels": ["small", "big"]}]}
+        cfg = s.write_config([prov], [("small", 0), ("big", 0)])
+        p = s.start(cfg)
+        req = s.wait_request(s.request(["big"]))
+        check(req and req["state"] == "fulfilled", "reloadlabel: big served")
+        prov["pools"][0]["labels"] = ["small"]
+        s.write_config([prov], [("small", 0)])
+        check(wait_for(lambda: [c["supported_labels"]
+                                for c in s.registered_pools()] == [["small"]],
+                       what="labels published"),
+              "reloadlabel: the pool publishes the remaining label")
+        req = s.wait_request(s.request(["big"]))
+        check(req and req["state"] == "failed",
+              "reloadlabel: the removed label is declined")
+        req = s.wait_request(s.request(["small"]))
+        check(req and req["state"] == "fulfilled",
+              "reloadlabel: the other label is served")
+        s.stop(p)
+    finally:
+        s.close()
+
+
+TESTS = [test_stack_dump, test_zk_restart, test_zuul2019,
+         test_reload_max_servers, test_reload_remove_provider,
+         test_reload_remove_label]
 
 if __name__ == "__main__":
     sys.exit(L.run(TESTS))
