@@ -9,7 +9,8 @@
 # usage: bench/launcher-bench.sh [N... ]      (default: 1000 10000)
 # env:   BUILD=build        build dir (built here if the binaries are missing)
 #        CONC="10 100 1000" concurrencies
-#        HOLD=10000         N of the hold run (all fulfilled before any is
+#        HOLD=10000         N of the hold run (HOLD_CONC=1000 at a time; all
+#                           fulfilled and in use before any is
 #                           consumed: the launcher's memory with N nodes);
 #                           0 skips it; HOLD_MODE=fill leaves the nodes
 #                           (for profiling the launcher's memory)
@@ -19,6 +20,7 @@
 #        WRAP=              a command to run the launcher under, e.g.
 #                           "heaptrack -o /tmp/lb" (PERF=1 sets it to perf)
 #        KEEP=0             1: keep the work dir (launcher log, ZooKeeper)
+#        TIMEOUT=900        seconds one run may take before it gives up
 #
 # Columns: req/s (first create to last fulfilment or consumption), latency
 # percentiles from create to fulfilled seen, ZooKeeper requests per request
@@ -129,7 +131,7 @@ fi
 
 gen() {
 	"$GEN" -z "127.0.0.1:$ZK_PORT/bench" -p "$ZK_PORT" -Z "$ZKPID" \
-		-L "$LPID" "$@" 2>>"$WORK/gen.log"
+		-L "$LPID" -t "${TIMEOUT:-900}" "$@" 2>>"$WORK/gen.log"
 }
 
 echo "ZooKeeper $(echo srvr | nc -q1 127.0.0.1 "$ZK_PORT" | head -1 | \
@@ -144,7 +146,7 @@ for n in $NS; do
 	done
 done
 if [ "$HOLD" -gt 0 ]; then
-	gen -n "$HOLD" -c 1000 -m "${HOLD_MODE:-hold}"
+	gen -n "$HOLD" -c "${HOLD_CONC:-1000}" -m "${HOLD_MODE:-hold}"
 fi
 echo "launcher VmHWM $(awk '/VmHWM/ {print $2 " " $3}' /proc/"$LPID"/status)," \
 	"VmRSS $(awk '/VmRSS/ {print $2 " " $3}' /proc/"$LPID"/status) at the end"
