@@ -170,8 +170,11 @@ static void apply(np_registry *r, int k, const char *name, const char *data,
 	if (e && e->valid && version <= e->version)
 		return;
 	if (np_component_decode(&rec, name, data, len, &err) < 0) {
-		log_error(LOGGER, "Bad %s component %s: %s", kind_names[k],
-			  name, err);
+		/* The whole path, as for the other records: an operator
+		 * looks it up with zkCli. */
+		log_error(LOGGER, "Bad %s component %s/%s/%s: %s",
+			  kind_names[k], NP_COMPONENT_ROOT, kind_names[k], name,
+			  err);
 		free(err);
 		return;
 	}

@@ -628,14 +628,9 @@ void launcher_kick_pools(np_launcher *l, const char *provider)
 			poolworker_kick(pw);
 }
 
-int launcher_active_launches(np_launcher *l, const char *provider)
+np_poolworker *launcher_pools(np_launcher *l)
 {
-	int n = 0;
-
-	for (np_poolworker *pw = l->pools; pw; pw = pw->next)
-		if (strcmp(pw->provider_name, provider) == 0)
-			n += poolworker_active_launches(pw);
-	return n;
+	return l->pools;
 }
 
 static void stop_pool(np_launcher *l, np_poolworker *pw)

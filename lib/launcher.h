@@ -160,8 +160,8 @@ bool provmgr_reusable(np_provmgr *pm, const char *pool);
 /* Wake every pool worker (of provider NAME, or all with NULL): something
  * they wait for (quota, a node, a slot) may be there now. */
 void launcher_kick_pools(np_launcher *l, const char *provider);
-/* Active launches of every pool worker of a provider (max-concurrency). */
-int launcher_active_launches(np_launcher *l, const char *provider);
+/* The first pool worker; the others follow through its `next`. */
+struct np_poolworker *launcher_pools(np_launcher *l);
 
 /* Our unconditional set of a node or request record (upstream's
  * storeNode/storeNodeRequest): zk_aset(), with the cache that mirrors

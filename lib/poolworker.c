@@ -448,11 +448,57 @@ static void label_quota_free(lq_ctx *c)
 }
 
 /* Tenant resource limits: the tenant's nodes everywhere plus this
- * request's need (labels of this pool only) must stay within the limits. */
+ * request's need (labels of this pool only) must stay within the limits.
+ *
+ * A request one of our handlers is working on counts with its whole need
+ * instead of its nodes. Upstream's handler has stored its nodes (with
+ * tenant and resources) before its pool worker looks at the next
+ * request; ours gets there a few ZooKeeper round trips later, and every
+ * request of a burst would pass the check before the first node existed
+ * (a tenant at max-servers 2 got all four of its requests served). */
 typedef struct tenant_ctx {
 	const char *tenant;
+	strlist handled;	/* its requests our handlers work on */
 	np_quota used;
 } tenant_ctx;
+
+/* What REQ needs of POOL (labels the pool does not have: nothing). */
+static void request_need(np_provmgr *pm, const np_pool *pool,
+			 const np_request *req, np_quota *need)
+{
+	np_quota q;
+
+	quota_zero(need);
+	for (size_t i = 0; i < req->node_types.n; i++) {
+		const np_pool_label *pl =
+			config_find_pool_label(pool, req->node_types.v[i]);
+
+		if (!pl)
+			continue;
+		provmgr_label_quota(pm, pl, &q);
+		quota_add(need, &q);
+	}
+}
+
+/* The needs of the tenant's requests in our handlers (every pool). */
+static void tenant_handled(np_launcher *l, tenant_ctx *c)
+{
+	for (np_poolworker *pw = launcher_pools(l); pw; pw = pw->next) {
+		const np_pool *pool = poolworker_pool(pw);
+
+		for (np_handler *h = pw->handlers; h && pool; h = h->next) {
+			const np_request *r = launcher_cached_request(l, h->id);
+			np_quota need;
+
+			if (h->decline_reason || !r || !r->tenant_name ||
+			    strcmp(r->tenant_name, c->tenant))
+				continue;
+			request_need(pw->pm, pool, r, &need);
+			quota_add(&c->used, &need);
+			strlist_add(&c->handled, h->id);
+		}
+	}
+}
 
 static bool tenant_sum(const char *id, const void *obj, void *arg)
 {
@@ -462,6 +508,8 @@ static bool tenant_sum(const char *id, const void *obj, void *arg)
 
 	if (!n->resources || !n->tenant_name || strcmp(n->tenant_name, c->tenant))
 		return true;
+	if (n->allocated_to && strlist_contains(&c->handled, n->allocated_to))
+		return true; /* counted with its request */
 	quota_from_json(&q, n->resources);
 	quota_add(&c->used, &q);
 	return true;
@@ -471,20 +519,14 @@ static bool tenant_ok(np_poolworker *pw, const np_pool *pool,
 		      const np_tenant_limit *t, const np_request *req)
 {
 	tenant_ctx c = { .tenant = req->tenant_name };
-	np_quota limit, need, q;
+	np_quota limit, need;
 
 	quota_zero(&c.used);
-	quota_zero(&need);
-	for (size_t i = 0; i < req->node_types.n; i++) {
-		const np_pool_label *pl =
-			config_find_pool_label(pool, req->node_types.v[i]);
-
-		if (!pl)
-			continue;
-		provmgr_label_quota(pw->pm, pl, &q);
-		quota_add(&need, &q);
-	}
+	strlist_init(&c.handled);
+	request_need(pw->pm, pool, req, &need);
+	tenant_handled(pw->l, &c);
 	zkc_foreach(launcher_nodes(pw->l), ZKC_NODE, tenant_sum, &c);
+	strlist_free(&c.handled);
 	quota_unlimited(&limit);
 	for (size_t i = 0; i < t->n; i++)
 		quota_set(&limit, t->keys[i], t->values[i] == NP_UNLIMITED ?
@@ -515,6 +557,34 @@ static const np_component **snapshot_pools(np_launcher *l, size_t *n)
 		v[i] = registry_pool(reg, i);
 	*n = np;
 	return v;
+}
+
+/* max-concurrency's count: launches of this provider's handlers in
+ * flight, plus those a handler still locking or re-reading its request
+ * is about to start (as many as the request has nodes). Upstream's
+ * handler has started its launches before its pool worker looks at the
+ * next request; ours gets there a few ZooKeeper round trips later, and a
+ * burst of requests all passed max-concurrency 1 at once. */
+static int launches_due(np_poolworker *self)
+{
+	int n = 0;
+
+	for (np_poolworker *pw = launcher_pools(self->l); pw; pw = pw->next) {
+		if (strcmp(pw->provider_name, self->provider_name) != 0)
+			continue;
+		for (const np_handler *h = pw->handlers; h; h = h->next) {
+			const np_request *r;
+
+			if (h->decline_reason || (h->state != H_LOCKING &&
+						  h->state != H_REREAD)) {
+				n += handler_active_launches(h);
+				continue;
+			}
+			r = launcher_cached_request(pw->l, h->id);
+			n += r && r->node_types.n ? (int)r->node_types.n : 1;
+		}
+	}
+	return n;
 }
 
 static void assign(np_poolworker *pw, const np_pool *pool)
@@ -580,8 +650,7 @@ static void assign(np_poolworker *pw, const np_pool *pool)
 			continue;
 		}
 		if (!reason && prov->max_concurrency > 0 &&
-		    launcher_active_launches(pw->l, pw->provider_name) >=
-		    prov->max_concurrency) {
+		    launches_due(pw) >= prov->max_concurrency) {
 			log_debug(pw->logger, "Request handling limited: max "
 				  "concurrency of %lld reached",
 				  prov->max_concurrency);

@@ -467,7 +467,208 @@ def test_reload_remove_label(zk):
         s.close()
 
 
+# ---- 7. tenant-resource-limits ----
+
+TENANT_LIMITS = """tenant-resource-limits:
+  - tenant-name: tenant-a
+    max-servers: 2
+"""
+
+
+def test_tenant_limits(zk):
+    s = Scenario(zk, "tenant")
+    try:
+        prov = dict(PROVIDER, fake={"launch-delay": 1})
+        cfg = s.write_config([prov], [("small", 0), ("big", 0)],
+                             extra=TENANT_LIMITS)
+        p = s.start(cfg, debug=True)
+        check(wait_for(lambda: s.registered_pools(), what="pool"),
+              "tenant: pool registered")
+        a = [s.request(["small"], tenant_name="tenant-a") for _ in range(4)]
+        b = s.request(["big", "small"], tenant_name="tenant-b")
+        reqb = s.wait_request(b)
+        check(reqb and reqb["state"] == "fulfilled",
+              "tenant: another tenant is not blocked")
+
+        def states():
+            return [(s.get_request(r) or {}).get("state") for r in a]
+        check(wait_for(lambda: states().count("fulfilled") == 2,
+                       what="two of tenant-a"),
+              "tenant: two of tenant-a's requests fulfilled")
+        # Let the pool pass over the others a few times.
+        n0 = s.log(p).count("it would exceed tenant quota")
+        check(wait_for(lambda: s.log(p).count(
+            "it would exceed tenant quota") >= n0 + 4, what="deferrals"),
+            "tenant: the rest deferred for tenant quota")
+        st = states()
+        check(st.count("fulfilled") == 2 and st.count("requested") == 2,
+              "tenant: tenant-a's others wait, not served (%r)" % st)
+        mine = [n for n in s.nodes().values()
+                if n["tenant_name"] == "tenant-a"]
+        check(len(mine) == 2, "tenant: tenant-a holds two nodes (%d)"
+              % len(mine))
+        check(len(s.instances()) == 4, "tenant: four instances in all "
+              "(%d)" % len(s.instances()))
+        # One returned: one more served.
+        done = [r for r in a if (s.get_request(r) or {}).get("state") ==
+                "fulfilled"]
+        s.use_and_return(done[0], s.get_request(done[0]))
+        check(wait_for(lambda: states().count("fulfilled") == 2 and
+                       states().count("requested") == 1,
+                       what="third of tenant-a"),
+              "tenant: one more served after a node was returned (%r)"
+              % states())
+        check(len([n for n in s.nodes().values()
+                   if n["tenant_name"] == "tenant-a"]) <= 2,
+              "tenant: never more than two")
+        s.stop(p)
+    finally:
+        s.close()
+
+
+# ---- 8. max-concurrency ----
+
+def test_max_concurrency_zero(zk):
+    s = Scenario(zk, "maxconc0")
+    try:
+        pa = {"name": "fake-a", "keys": {"max-concurrency": 0},
+              "pools": [{"name": "main", "labels": ["small"]}]}
+        pb = {"name": "fake-b", "pools": [{"name": "main",
+                                           "labels": ["other"]}]}
+        labels = [("small", 0), ("other", 0)]
+        cfg = s.write_config([pa, pb], labels)
+        p = s.start(cfg)
+        check(wait_for(lambda: len(s.registered_pools()) == 2,
+                       what="pools"), "maxconc0: both pools registered")
+        held = s.request(["small"])
+        req = s.wait_request(s.request(["other"]))
+        check(req and req["state"] == "fulfilled",
+              "maxconc0: the other provider serves")
+        # Two more served by b: a has had many passes meanwhile.
+        for _ in range(2):
+            s.wait_request(s.request(["other"]))
+        r = s.get_request(held)
+        check(r and r["state"] == "requested" and
+              not r.get("declined_by"),
+              "maxconc0: the request for a is neither taken nor declined "
+              "(%r)" % r)
+        check(not [n for n in s.nodes().values()
+                   if n["provider"] == "fake-a"], "maxconc0: a launches "
+              "nothing")
+        pa["keys"]["max-concurrency"] = 1
+        s.write_config([pa, pb], labels)
+        req = s.wait_request(held)
+        check(req and req["state"] == "fulfilled",
+              "maxconc0: served once max-concurrency is 1")
+        s.stop(p)
+    finally:
+        s.close()
+
+
+def test_max_concurrency_one(zk):
+    s = Scenario(zk, "maxconc1")
+    delay = 1
+    try:
+        prov = dict(PROVIDER, keys={"max-concurrency": 1},
+                    fake={"launch-delay": delay})
+        cfg = s.write_config([prov], [("small", 0), ("big", 0)])
+        p = s.start(cfg, debug=True)
+        rids = [s.request(["small"]) for _ in range(3)]
+        reqs = [s.wait_request(r, timeout=60) for r in rids]
+        check(all(r and r["state"] == "fulfilled" for r in reqs),
+              "maxconc1: every request fulfilled")
+        # One launch at a time: each instance was created (launch-delay
+        # before it became active) after the previous one was active.
+        act = sorted(i["active_at"] for i in s.instance_records().values())
+        check(len(act) == 3, "maxconc1: three instances")
+        gaps = [b - a for a, b in zip(act, act[1:])]
+        check(all(g >= delay - 0.05 for g in gaps),
+              "maxconc1: launches did not overlap (gaps %r)" % gaps)
+        check("Request handling limited: max concurrency of 1 reached"
+              in s.log(p), "maxconc1: the limit logged")
+        s.stop(p)
+    finally:
+        s.close()
+
+
+# ---- 9. malformed data written by others ----
+
+def test_malformed(zk):
+    s = Scenario(zk, "malformed")
+    try:
+        cfg = s.write_config([PROVIDER], [("small", 0), ("big", 0)])
+        p = s.start(cfg)
+        check(wait_for(lambda: s.registered_pools(), what="pool"),
+              "malformed: pool registered")
+        bad = {}
+        bad["node"] = s.kz.create("/nodepool/nodes/0000077777",
+                                  b"{garbage", makepath=True)
+        bad["node list"] = s.kz.create("/nodepool/nodes/0000077778",
+                                       b"[\"ready\"]")
+        req = {"node_types": "small", "requestor": "x", "state":
+               "requested", "state_time": time.time(), "created_time":
+               time.time(), "provider": None, "relative_priority": 0}
+        bad["request node_types"] = s.kz.create(
+            "/nodepool/requests/100-", json.dumps(req).encode("utf8"),
+            sequence=True, makepath=True)
+        req = dict(req, node_types=["small"], state=5)
+        bad["request state"] = s.kz.create(
+            "/nodepool/requests/100-", json.dumps(req).encode("utf8"),
+            sequence=True)
+        bad["request list"] = s.kz.create(
+            "/nodepool/requests/100-", b"[1, 2]", sequence=True)
+        bad["component"] = s.kz.create(
+            "/nodepool/components/pool/garbage-", b"\xff\x00{", sequence=True,
+            makepath=True)
+        bad["component type"] = s.kz.create(
+            "/nodepool/components/pool/garbage-", json.dumps(
+                {"kind": "pool", "supported_labels": "small",
+                 "priority": "high"}).encode("utf8"), sequence=True)
+        good = s.request(["small", "big"])
+        req = s.wait_request(good)
+        check(req and req["state"] == "fulfilled",
+              "malformed: a good request is served among bad data")
+        for what, path in bad.items():
+            check(wait_for(lambda: re.search(
+                r"(ERROR|WARNING) .*%s" % re.escape(path), s.log(p)),
+                what=what), "malformed: %s logged with its path %s"
+                % (what, path))
+            check(s.kz.exists(path), "malformed: %s left alone" % what)
+        # The launcher lives on: more requests, a return, a deletion.
+        r2 = s.request(["small"])
+        req2 = s.wait_request(r2)
+        check(req2 and req2["state"] == "fulfilled",
+              "malformed: still serving")
+        s.use_and_return(good, req)
+        check(wait_for(lambda: all(not s.get_node(n) for n in req["nodes"]),
+                       what="deleted"), "malformed: still deleting")
+        check(p.poll() is None, "malformed: the launcher is running")
+        # The listings skip what does not decode.
+        rc, out, err = nodepool_cli(cfg, "list")
+        check(rc == 0 and req2["nodes"][0] in out and
+              "0000077777" not in out and "0000077778" not in out,
+              "malformed: nodepool list skips the garbage node (%d %r)"
+              % (rc, out))
+        rc, out, err = nodepool_cli(cfg, "request-list")
+        badreqs = [v.split("/")[-1] for k, v in bad.items()
+                   if k.startswith("request")]
+        check(rc == 0 and not [r for r in badreqs if r in out] and
+              r2 in out,
+              "malformed: nodepool request-list works (%d %r)" % (rc, out))
+        s.stop(p)
+    finally:
+        s.close()
+
+
+def nodepool_cli(cfg, *args):
+    r = subprocess.run([NODEPOOL, "-c", cfg] + list(args),
+                       capture_output=True, text=True, timeout=120)
+    return r.returncode, r.stdout, r.stderr
+
+
 TESTS = [test_stack_dump, test_zk_restart, test_zuul2019,
+         test_tenant_limits, test_max_concurrency_zero,
+         test_max_concurrency_one, test_malformed,
          test_reload_max_servers, test_reload_remove_provider,
          test_reload_remove_label]
 
