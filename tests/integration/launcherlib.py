@@ -8,7 +8,8 @@
 # Every launcher log is checked for sanitizer reports when the launcher is
 # stopped or killed (the ASan+UBSan build's findings fail the test even
 # when the process exits 0). OwnZK is a ZooKeeper of a test's own, which it
-# may stop and start again on the same ports and data directory.
+# may stop and start again on the same ports and data directory; TcpGate
+# holds a launcher's connections to it until the test lets them through.
 #
 # env: NP_BUILD (build dir with nodepool-launcher); NP_TEST_ZK_TLS and
 # NP_TEST_ZK_CA/_CERT/_KEY for a running TLS ZooKeeper, else one is started
@@ -107,6 +108,81 @@ def harness(script, *args):
     return subprocess.check_output(
         ["bash", "-c", 'source "$1/tests/harness/lib.sh"; shift; ' + script,
          "-", TOP] + list(args), text=True)
+
+
+class TcpGate:
+    """A TCP forwarder from a port of 127.0.0.1 to TARGET (host, port)
+    that holds every connection it accepts until open(): a ZooKeeper a
+    launcher cannot reach yet, for as long as a test wants."""
+
+    def __init__(self, target):
+        self.target = target
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.opened = threading.Event()
+        self.closing = False
+        self.socks = []
+        self.mu = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _keep(self, sk):
+        with self.mu:
+            self.socks.append(sk)
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self._keep(c)
+            threading.Thread(target=self._serve, args=(c,),
+                             daemon=True).start()
+
+    def _serve(self, c):
+        while not self.opened.wait(0.1):
+            if self.closing:
+                return
+        try:
+            u = socket.create_connection(self.target)
+        except OSError:
+            c.close()
+            return
+        self._keep(u)
+        threading.Thread(target=self._pump, args=(u, c),
+                         daemon=True).start()
+        self._pump(c, u)
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def open(self):
+        self.opened.set()
+
+    def close(self):
+        self.closing = True
+        self.sock.close()
+        with self.mu:
+            for sk in self.socks:
+                try:
+                    sk.close()
+                except OSError:
+                    pass
 
 
 class ZK:

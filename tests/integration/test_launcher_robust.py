@@ -666,9 +666,95 @@ def nodepool_cli(cfg, *args):
     return r.returncode, r.stdout, r.stderr
 
 
+# ---- 10. the web app inside the launcher ----
+
+def table_rows(out):
+    """The data rows of the first table in OUT, as lists of cells."""
+    rows, seps = [], 0
+    for line in out.splitlines():
+        if line.startswith("+"):
+            seps += 1
+            if seps == 3:
+                break
+            continue
+        if seps == 2 and line.startswith("|"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def list_matches(cfg, port):
+    """/node-list's JSON and `nodepool list` show the same nodes."""
+    st, body = http_get(port, "/node-list", accept="application/json")
+    rc, out, _ = nodepool_cli(cfg, "list")
+    if st != 200 or rc != 0:
+        return None
+    web = sorted([n["id"], n["provider"], ",".join(n["label"]),
+                  n["server_id"] or "", n["public_ipv4"] or "",
+                  n["ipv6"] or "", n["state"], n["locked"]]
+                 for n in json.loads(body))
+    cli = sorted(r[:7] + r[8:9] for r in table_rows(out))
+    return web if web and web == cli else None
+
+
+def test_webapp(zk):
+    s = Scenario(zk, "webapp")
+    port = L.free_port()
+    host, zkport = zk.hosts.split(":")
+    gate = L.TcpGate((host, int(zkport)))
+    try:
+        cfg = s.write_config([PROVIDER], [("small", 1), ("big", 0)],
+                             extra=webapp_extra(port))
+        # The launcher reaches ZooKeeper only through the gate.
+        with open(cfg) as f:
+            text = f.read()
+        with open(cfg, "w") as f:
+            f.write(text.replace("    port: %s\n" % zkport,
+                                 "    port: %d\n" % gate.port))
+        p = s.start(cfg, webapp=True)
+        st = wait_for(lambda: http_get(port, "/ready")[0],
+                      what="web app up")
+        check(st == 503, "webapp: /ready 503 before the first pass (%r)"
+              % st)
+        gate.open()
+        check(wait_for(lambda: http_get(port, "/ready") == (200, "OK"),
+                       what="ready"), "webapp: /ready 200 OK after it")
+        req = s.wait_request(s.request(["small", "big"]))
+        check(req and req["state"] == "fulfilled", "webapp: fulfilled")
+        wait_for(lambda: [n for n in s.nodes().values()
+                          if n["state"] == "ready" and
+                          not n["allocated_to"]], what="min-ready")
+        web = wait_for(lambda: list_matches(cfg, port), what="same lists")
+        check(web and len(web) == 3, "webapp: /node-list JSON is what "
+              "`nodepool list` shows (%r)" % web)
+        st, body = http_get(port, "/label-list", accept="application/json")
+        check(st == 200 and json.loads(body) ==
+              [{"label": "big"}, {"label": "small"}],
+              "webapp: /label-list JSON (%d %r)" % (st, body))
+        st, body = http_get(port, "/label-list")
+        check(st == 200 and [r[0] for r in table_rows(body)] ==
+              ["big", "small"], "webapp: /label-list table %r" % body)
+        # One connection for many requests (kept alive), and a stop with
+        # such a connection open.
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        heads = []
+        for path in ("/ready", "/label-list", "/node-list", "/nope"):
+            c.request("GET", path)
+            r = c.getresponse()
+            r.read()
+            heads.append((r.status, r.getheader("Connection")))
+        check(heads == [(200, None), (200, None), (200, None),
+                        (404, None)],
+              "webapp: one kept-alive connection (%r)" % heads)
+        s.stop(p)
+        c.close()
+    finally:
+        s.close()
+        gate.close()
+
+
 TESTS = [test_stack_dump, test_zk_restart, test_zuul2019,
          test_tenant_limits, test_max_concurrency_zero,
-         test_max_concurrency_one, test_malformed,
+         test_max_concurrency_one, test_malformed, test_webapp,
          test_reload_max_servers, test_reload_remove_provider,
          test_reload_remove_label]
 
