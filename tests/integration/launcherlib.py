@@ -174,6 +174,18 @@ class TcpGate:
     def open(self):
         self.opened.set()
 
+    def cut(self):
+        """Drop every connection and hold new ones until open()."""
+        self.opened.clear()
+        with self.mu:
+            socks, self.socks = self.socks, []
+        for sk in socks:
+            try:
+                sk.shutdown(socket.SHUT_RDWR)
+                sk.close()
+            except OSError:
+                pass
+
     def close(self):
         self.closing = True
         self.sock.close()

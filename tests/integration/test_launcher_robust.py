@@ -251,6 +251,79 @@ def test_zk_restart(zk):
         ozk.stop()
 
 
+def gated_config(s, gate, zkport, providers, labels, extra=""):
+    """A config whose ZooKeeper is reached through GATE only."""
+    cfg = s.write_config(providers, labels, extra=extra)
+    with open(cfg) as f:
+        text = f.read()
+    with open(cfg, "w") as f:
+        f.write(text.replace("    port: %s\n" % zkport,
+                             "    port: %d\n" % gate.port))
+    return cfg
+
+
+def test_session_expiry(zk):
+    """The launcher cut off from ZooKeeper for longer than its session
+    timeout, launches in flight: its session expires (locks and
+    ephemerals gone); once back it must leave nothing behind."""
+    s = Scenario(zk, "expiry")
+    host, zkport = zk.hosts.split(":")
+    gate = L.TcpGate((host, int(zkport)))
+    gate.open()
+    try:
+        prov = dict(PROVIDER, fake={"launch-delay": 2})
+        cfg = gated_config(s, gate, zkport, [prov],
+                           [("small", 0), ("big", 0)],
+                           extra="zookeeper-timeout: 4\n")
+        p = s.start(cfg, env=FAST, debug=True)
+        check(wait_for(lambda: s.registered_pools(), what="pool"),
+              "expiry: pool registered")
+        rids = [s.request([["small"], ["big", "small"]][i % 2])
+                for i in range(16)]
+        check(wait_for(lambda: len([n for n in s.nodes().values()
+                                    if n["state"] == "building"]) >= 4,
+                       what="launches in flight"),
+              "expiry: launches in flight")
+        gate.cut()
+        # The server expires the session: our ephemerals go.
+        check(wait_for(lambda: not s.registered_pools(), timeout=60,
+                       what="session expired"),
+              "expiry: the session expired on the server")
+        gate.open()
+        check(wait_for(lambda: "ZooKeeper session lost" in s.log(p),
+                       what="lost"), "expiry: session loss logged")
+        check(wait_for(lambda: s.registered_pools(), what="re-registered"),
+              "expiry: pool registered again")
+        states = {}
+        for rid in rids:
+            req = s.wait_request(rid, timeout=120)
+            states[rid] = req["state"] if req else None
+        check(all(v in ("fulfilled", "failed") for v in states.values()),
+              "expiry: every request fulfilled or failed (%r)"
+              % sorted(set(states.values()), key=str))
+        check(wait_for(lambda: consistent_cloud(s) and all(
+            n["state"] in ("ready", "deleting") for n in s.nodes().values()),
+            timeout=60, what="consistent"),
+            "expiry: every instance has a node, every node an instance, "
+            "nothing half built (%r)" % sorted(
+                (n["state"], n["allocated_to"]) for n in
+                s.nodes().values()))
+        for rid, st in states.items():
+            req = s.get_request(rid)
+            if st == "fulfilled" and req:
+                s.use_and_return(rid, req)
+            elif req:
+                s.kz.delete("/nodepool/requests/" + rid)
+        check(wait_for(lambda: not s.nodes() and not s.instances(),
+                       timeout=60, what="all deleted"),
+              "expiry: everything returned is deleted (%d nodes, %d "
+              "instances)" % (len(s.nodes()), len(s.instances())))
+        s.stop(p)
+    finally:
+        s.close()
+        gate.close()
+
+
 # ---- 3. Zuul-2019 requests ----
 
 def zuul2019_request(kz, labels, priority="100"):
@@ -617,6 +690,10 @@ def test_malformed(zk):
             sequence=True)
         bad["request list"] = s.kz.create(
             "/nodepool/requests/100-", b"[1, 2]", sequence=True)
+        req = dict(req, state="requested", relative_priority="high")
+        bad["request priority"] = s.kz.create(
+            "/nodepool/requests/100-", json.dumps(req).encode("utf8"),
+            sequence=True)
         bad["component"] = s.kz.create(
             "/nodepool/components/pool/garbage-", b"\xff\x00{", sequence=True,
             makepath=True)
@@ -635,6 +712,11 @@ def test_malformed(zk):
                 % (what, path))
             check(s.kz.exists(path), "malformed: %s left alone" % what)
         # The launcher lives on: more requests, a return, a deletion.
+        # Nothing asked, nothing given (upstream fulfils it too).
+        empty = s.wait_request(s.request([]))
+        check(empty and empty["state"] == "fulfilled" and
+              empty["nodes"] == [], "malformed: an empty request (%r)"
+              % empty)
         r2 = s.request(["small"])
         req2 = s.wait_request(r2)
         check(req2 and req2["state"] == "fulfilled",
@@ -752,7 +834,8 @@ def test_webapp(zk):
         gate.close()
 
 
-TESTS = [test_stack_dump, test_zk_restart, test_zuul2019,
+TESTS = [test_stack_dump, test_zk_restart, test_session_expiry,
+         test_zuul2019,
          test_tenant_limits, test_max_concurrency_zero,
          test_max_concurrency_one, test_malformed, test_webapp,
          test_reload_max_servers, test_reload_remove_provider,
