@@ -96,7 +96,9 @@ def test_stack_dump(zk):
     s = Scenario(zk, "stackdump")
     port = L.free_port()
     try:
-        prov = dict(PROVIDER, fake={"launch-delay": 3})
+        # Long enough for the dump to find the launches still going on
+        # a loaded machine.
+        prov = dict(PROVIDER, fake={"launch-delay": 5})
         cfg = s.write_config([prov], [("small", 0), ("big", 0)],
                              extra=webapp_extra(port))
         p = s.start(cfg, webapp=True)
@@ -834,12 +836,56 @@ def test_webapp(zk):
         gate.close()
 
 
+def test_reload_bad_config(zk):
+    """A broken configuration written while running: refused, logged,
+    the running one kept; a good one after it is taken."""
+    s = Scenario(zk, "reloadbad")
+    try:
+        prov = {"name": "fake-provider",
+                "pools": [{"name": "main", "labels": ["small"]}]}
+        cfg = s.write_config([prov], [("small", 0)])
+        p = s.start(cfg)
+        check(wait_for(lambda: s.registered_pools(), what="pool"),
+              "reloadbad: pool registered")
+        with open(cfg) as f:
+            good = f.read()
+        broken = [("YAML", good + "providers: [\n"),
+                  ("schema", good.replace("cloud-image: fake-image",
+                                          "cloud-image: no-such-image"))]
+        for what, text in broken:
+            n0 = s.log(p).count("Unable to load config")
+            with open(cfg + ".tmp", "w") as f:
+                f.write(text)
+            os.rename(cfg + ".tmp", cfg)
+            check(wait_for(lambda: s.log(p).count("Unable to load config")
+                           > n0, what="refused"),
+                  "reloadbad: %s error logged" % what)
+            req = s.wait_request(s.request(["small"]))
+            check(req and req["state"] == "fulfilled",
+                  "reloadbad: still serving after a %s error" % what)
+        check([c["supported_labels"] for c in s.registered_pools()] ==
+              [["small"]], "reloadbad: the pool unchanged")
+        prov["pools"][0]["labels"] = ["small", "big"]
+        s.write_config([prov], [("small", 0), ("big", 0)])
+        check(wait_for(lambda: [c["supported_labels"] for c in
+                                s.registered_pools()] == [["small", "big"]],
+                       what="new labels"),
+              "reloadbad: a good config after it is taken")
+        req = s.wait_request(s.request(["big"]))
+        check(req and req["state"] == "fulfilled",
+              "reloadbad: and served")
+        check(p.poll() is None, "reloadbad: running")
+        s.stop(p)
+    finally:
+        s.close()
+
+
 TESTS = [test_stack_dump, test_zk_restart, test_session_expiry,
          test_zuul2019,
          test_tenant_limits, test_max_concurrency_zero,
          test_max_concurrency_one, test_malformed, test_webapp,
          test_reload_max_servers, test_reload_remove_provider,
-         test_reload_remove_label]
+         test_reload_remove_label, test_reload_bad_config]
 
 if __name__ == "__main__":
     sys.exit(L.run(TESTS))
