@@ -283,8 +283,61 @@ def test_static_sshd(zk):
         shutil.rmtree(sdir, ignore_errors=True)
 
 
+def test_static_host_down(zk):
+    """The static host's sshd stops: the reuse probe fails, the slot is
+    deregistered and the request waits; the sshd starts again (same
+    port, same keys): the slot comes back and the request is served."""
+    s = Scenario(zk, "staticdown")
+    sdir = tempfile.mkdtemp(prefix="np-sshd.")
+    sshd = os.path.join(L.TOP, "tests/harness/sshd.sh")
+    try:
+        out = subprocess.check_output(["bash", sshd, "start", sdir,
+                                       "127.0.0.1"], text=True)
+        port = int(out.split()[1])
+        keys = sshd_keys(sdir)
+        extra = """  - name: static-provider
+    driver: static
+    pools:
+      - name: main
+        nodes:
+          - name: 127.0.0.1
+            labels: [static]
+            connection-port: %d
+            timeout: 2
+""" % port
+        cfg = s.write_config([], [("static", 0)], extra=extra)
+        p = s.start(cfg, env=FAST)
+        first = wait_for(lambda: static_ready(s), what="slot")
+        check(first, "staticdown: slot registered")
+        subprocess.call(["bash", sshd, "stop", sdir])
+        rid = s.request(["static"])
+        check(wait_for(lambda: "is not reusable" in s.log(p),
+                       what="probe"), "staticdown: the probe failed")
+        check(wait_for(lambda: not s.nodes(), what="deregistered"),
+              "staticdown: the dead host's slot deregistered")
+        r = s.get_request(rid)
+        check(r and r["state"] in ("requested", "pending") and
+              not r.get("nodes"), "staticdown: the request waits (%r)" % r)
+        subprocess.check_call(["bash", sshd, "start", sdir, "127.0.0.1",
+                               str(port)], stdout=subprocess.DEVNULL)
+        req = s.wait_request(rid, timeout=60)
+        check(req and req["state"] == "fulfilled",
+              "staticdown: served once the host is back (%r)" % req)
+        if req:
+            n = s.get_node(req["nodes"][0])
+            check(n and set(n["host_keys"]) == keys and
+                  n["allocated_to"] == rid,
+                  "staticdown: by the re-registered slot (%r)" % n)
+        s.stop(p)
+    finally:
+        s.close()
+        subprocess.call(["bash", sshd, "stop", sdir])
+        shutil.rmtree(sdir, ignore_errors=True)
+
+
 TESTS = [test_quota_failures, test_launch_timeout, test_keyscan_failure,
-         test_no_host_key_checking, test_static_sshd]
+         test_no_host_key_checking, test_static_sshd,
+         test_static_host_down]
 
 if __name__ == "__main__":
     sys.exit(L.run(TESTS))
