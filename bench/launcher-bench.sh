@@ -21,6 +21,8 @@
 #                           "heaptrack -o /tmp/lb" (PERF=1 sets it to perf)
 #        KEEP=0             1: keep the work dir (launcher log, ZooKeeper)
 #        TIMEOUT=900        seconds one run may take before it gives up
+#        CLOUD_DIR=0        1: the fake cloud in files (fake: state-dir), not
+#                           in the launcher's memory
 #
 # Columns: req/s (first create to last fulfilment or consumption), latency
 # percentiles from create to fulfilled seen, ZooKeeper requests per request
@@ -44,7 +46,8 @@ if [ ! -x "$GEN" ] || [ ! -x "$LAUNCHER" ]; then
 	make -s -j2 BUILD="$BUILD" "$GEN" "$LAUNCHER" || exit 1
 fi
 
-WORK=$(mktemp -d /tmp/np-launcher-bench.XXXXXX)
+# Not /tmp/np-launcher-*: test clean-ups of other runs remove those.
+WORK=$(mktemp -d /tmp/np-lbench.XXXXXX)
 LPID=
 WRAP_PID=
 cleanup() {
@@ -69,6 +72,14 @@ trap cleanup EXIT INT TERM
 
 zk_start "$WORK/zk" || { echo "could not start ZooKeeper"; exit 1; }
 ZKPID=$(cat "$WORK/zk/zk.pid")
+# The simulated cloud lives in the launcher's memory unless CLOUD_DIR=1
+# puts it in files (as a real cloud, it is then not the launcher's).
+FAKE_OPTS=
+if [ "${CLOUD_DIR:-0}" = 1 ]; then
+	mkdir -p "$WORK/cloud"
+	FAKE_OPTS="    fake:
+      state-dir: $WORK/cloud"
+fi
 TLS=$WORK/zk/tls
 cat >"$WORK/nodepool.yaml" <<YAML
 zookeeper-servers:
@@ -86,6 +97,7 @@ providers:
   - name: fake-bench
     cloud: fake
     launch-retries: 3
+$FAKE_OPTS
     cloud-images:
       - name: fake-image
         image-name: Fake Precise
