@@ -726,7 +726,7 @@ static void task_leaked(cleanup *c)
 typedef struct lostreq {
 	cop op;
 	char *id;
-	char *prefix;           /* "[e: ..] [node_request: ..] " */
+	char *prefix;           /* "[e: ..] [node_request: ..] " ([e:] if any) */
 	np_request req;
 	bool have_req;
 	int nodes_due;
@@ -931,8 +931,8 @@ static void lost_read(zk *z, int rc, const char *data, int len,
 		return;
 	}
 	free(r->prefix);
-	r->prefix = xasprintf("[e: %s] [node_request: %s] ",
-			      r->req.event_id ? r->req.event_id : "None", r->id);
+	r->prefix = xasprintf(LOG_EVENT_FMT "[node_request: %s] ",
+			      LOG_EVENT_ARGS(r->req.event_id), r->id);
 	/* Nodes from the cache, as upstream: a node allocated to this
 	 * request was written before its launcher died, long enough ago for
 	 * the cache (the lock only freed when the session expired). Each is
@@ -985,8 +985,8 @@ static bool lost_each(const char *id, const void *obj, void *arg)
 	r = xcalloc(1, sizeof(*r));
 	op_add(c, &r->op, lost_fini);
 	r->id = xstrdup(id);
-	r->prefix = xasprintf("[e: %s] [node_request: %s] ",
-			      req->event_id ? req->event_id : "None", id);
+	r->prefix = xasprintf(LOG_EVENT_FMT "[node_request: %s] ",
+			      LOG_EVENT_ARGS(req->event_id), id);
 	/* Non-blocking: a live handler (ours included) holds it. */
 	dir = np_path_request_lock(id);
 	op_lock(&r->op, dir, false, 0, lost_locked);

@@ -28,8 +28,8 @@ static void fill(np_handler *h);
 static void maybe_complete(np_handler *h);
 
 #define HLOG(h, lvl, fmt, ...)                                              \
-	log_msg(lvl, (h)->logger, "[e: %s] [node_request: %s] " fmt,       \
-		(h)->event_id ? (h)->event_id : "", (h)->id, ##__VA_ARGS__)
+	log_msg(lvl, (h)->logger, LOG_EVENT_FMT "[node_request: %s] " fmt, \
+		LOG_EVENT_ARGS((h)->event_id), (h)->id, ##__VA_ARGS__)
 
 /* ---- quota arithmetic ---- */
 

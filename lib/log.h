@@ -33,6 +33,13 @@ void log_reset_logger_levels(void);
 void log_msg(enum log_level level, const char *logger, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/* Upstream's annotated loggers write "[e: <event id>] " only when there
+ * is an event id (Zuul before 2020 sent none): LOG_EVENT_FMT in a format,
+ * LOG_EVENT_ARGS(id) (evaluated thrice) for its arguments. */
+#define LOG_EVENT_FMT "%s%s%s"
+#define LOG_EVENT_ARGS(id) (id) ? "[e: " : "", (id) ? (id) : "", \
+	(id) ? "] " : ""
+
 #define log_debug(lg, ...) log_msg(LOG_DEBUG, lg, __VA_ARGS__)
 #define log_info(lg, ...) log_msg(LOG_INFO, lg, __VA_ARGS__)
 #define log_warning(lg, ...) log_msg(LOG_WARNING, lg, __VA_ARGS__)

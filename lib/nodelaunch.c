@@ -712,8 +712,8 @@ static np_nodelaunch *nl_alloc(np_handler *h, const char *label)
 	nl->pool_name = xstrdup(h->pw->pool_name);
 	nl->logger = xasprintf("nodepool.StateMachineNodeLauncher.%s",
 			       h->pm->name);
-	nl->prefix = xasprintf("[e: %s] [node_request: %s] ",
-			       h->event_id ? h->event_id : "", h->id);
+	nl->prefix = xasprintf(LOG_EVENT_FMT "[node_request: %s] ",
+			       LOG_EVENT_ARGS(h->event_id), h->id);
 	nl->retries = (int)h->pm->prov->launch_retries;
 	nl->start_ms = now_ms();
 	return nl;

@@ -621,9 +621,10 @@ static void assign(np_poolworker *pw, const np_pool *pool)
 
 		if (v != PW_CONSIDER) {
 			if (v == PW_YIELD_PROVIDER || v == PW_YIELD_PRIORITY)
-				log_debug(pw->logger, "[e: %s] [node_request: %s] "
+				log_debug(pw->logger, LOG_EVENT_FMT
+					  "[node_request: %s] "
 					  "Yielding request to %s",
-					  req->event_id ? req->event_id : "",
+					  LOG_EVENT_ARGS(req->event_id),
 					  req->id, v == PW_YIELD_PROVIDER ?
 					  "its provider" :
 					  "higher priority providers");

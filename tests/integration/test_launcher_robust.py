@@ -348,7 +348,7 @@ def test_zuul2019(zk):
     try:
         prov = dict(PROVIDER, fake={"launch-delay": 1})
         cfg = s.write_config([prov], [("small", 0), ("big", 0)])
-        p = s.start(cfg)
+        p = s.start(cfg, debug=True)
         zuul = zk.client(s.chroot)
         zuuls.append(zuul)
         rid = zuul2019_request(zuul, ["small", "big"])
@@ -410,6 +410,12 @@ def test_zuul2019(zk):
         check(wait_for(lambda: consistent_cloud(s), what="consistent"),
               "zuul2019: nothing leaked")
         check(requests_of(s) == [], "zuul2019: no request left")
+        # No event id: upstream's log lines have no "[e: ...]" then.
+        lines = [ln for ln in s.log(p).splitlines()
+                 if "[node_request: 100-" in ln]
+        check(lines and not [ln for ln in lines if "[e:" in ln],
+              "zuul2019: request log lines without an event id %r"
+              % [ln for ln in lines if "[e:" in ln][:2])
         s.stop(p)
     finally:
         for z in zuuls:
