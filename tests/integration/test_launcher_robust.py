@@ -8,13 +8,15 @@
 #  - ZooKeeper stopped and started again (same ports, same data) while
 #    requests are in flight: each ends fulfilled or failed, every fake
 #    instance has a node and every node an instance after the cleanup
-#    passes, suspended/resumed logged;
+#    passes, suspended/resumed logged; the session expired under load
+#    (the launcher cut off through a TcpGate); SIGINT without ZooKeeper;
 #  - requests written as Zuul-2019 did (ephemeral sequential, fewer keys):
 #    fulfilled, and the requestor's session closing (before and after the
 #    request is fulfilled) leaves no node allocated and nothing leaked;
 #  - configuration changes while running: max-servers changed (the
 #    restarted provider keeps serving), a provider removed (its pool
-#    unregistered, its label's requests no longer taken), a label removed;
+#    unregistered, its label's requests no longer taken), a label removed,
+#    a broken configuration (refused, the running one kept);
 #  - tenant-resource-limits: a tenant at its max-servers waits for nodes to
 #    be returned, another tenant is served meanwhile;
 #  - max-concurrency 0 (no request taken) and 1 (one launch at a time);
@@ -321,6 +323,31 @@ def test_session_expiry(zk):
               "expiry: everything returned is deleted (%d nodes, %d "
               "instances)" % (len(s.nodes()), len(s.instances())))
         s.stop(p)
+    finally:
+        s.close()
+        gate.close()
+
+
+def test_stop_without_zookeeper(zk):
+    """SIGINT while ZooKeeper cannot be reached (never was; was and is
+    no more): a clean exit 0 all the same."""
+    s = Scenario(zk, "stopnozk")
+    host, zkport = zk.hosts.split(":")
+    gate = L.TcpGate((host, int(zkport)))
+    try:
+        cfg = gated_config(s, gate, zkport, [PROVIDER],
+                           [("small", 0), ("big", 0)])
+        p = s.start(cfg)
+        check(wait_for(lambda: "ZooKeeper suspended" in s.log(p),
+                       what="started"), "stopnozk: started")
+        s.stop(p)
+        gate.open()
+        p = s.start(cfg)
+        req = s.wait_request(s.request(["small"]))
+        check(req and req["state"] == "fulfilled", "stopnozk: served")
+        gate.cut()
+        s.stop(p)
+        check("Finished stopping" in s.log(p), "stopnozk: stopped")
     finally:
         s.close()
         gate.close()
@@ -887,7 +914,7 @@ def test_reload_bad_config(zk):
 
 
 TESTS = [test_stack_dump, test_zk_restart, test_session_expiry,
-         test_zuul2019,
+         test_stop_without_zookeeper, test_zuul2019,
          test_tenant_limits, test_max_concurrency_zero,
          test_max_concurrency_one, test_malformed, test_webapp,
          test_reload_max_servers, test_reload_remove_provider,
