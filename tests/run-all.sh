@@ -52,7 +52,11 @@ failed_tests=()
 run_one() {
 	local name=$1; shift
 	local out rc line
-	out=$("$@" 2>"$WORK/stderr.log"); rc=$?
+	# A hung test must fail the run, not stall it: 15 minutes each at most.
+	out=$(timeout -k 10 "${NP_TEST_TIMEOUT:-900}" "$@" 2>"$WORK/stderr.log"); rc=$?
+	if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+		echo "TIMEOUT after ${NP_TEST_TIMEOUT:-900} s: $name" >>"$WORK/stderr.log"
+	fi
 	line=$(printf '%s\n' "$out" | grep -E '[0-9]+ passed, [0-9]+ failed' | tail -1)
 	local p f s
 	p=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+')
