@@ -11,6 +11,7 @@
  * helper_main at the bottom): one binary, built plain and with sanitizers,
  * covers both. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -942,6 +943,26 @@ static void *loop_thread(void *arg)
 	return NULL;
 }
 
+static void mark_running(void *arg)
+{
+	atomic_store((atomic_bool *)arg, true);
+}
+
+/* Regression (a hang under load): until the new thread has run the loop
+ * once, the loop still counts the creating thread as its own, so the
+ * creator's synchronous calls drove the loop themselves, concurrently
+ * with the loop thread starting up, and a wake-up was lost. Start the
+ * thread and wait until the loop runs there. */
+static void start_loop_thread(pthread_t *t, evloop *loop)
+{
+	atomic_bool running = false;
+
+	pthread_create(t, NULL, loop_thread, loop);
+	evloop_post(loop, mark_running, &running);
+	while (!atomic_load(&running))
+		usleep(1000);
+}
+
 static void second_leader(void *arg)
 {
 	struct elect *x = arg;
@@ -1023,7 +1044,7 @@ TEST(election_run_cancel_and_succession)
 	memset(x, 0, sizeof(x));
 	for (int i = 0; i < 3; i++)
 		x[i].e = zk_election_new(z[i], dir, ids[i]);
-	pthread_create(&lt, NULL, loop_thread, loop);
+	start_loop_thread(&lt, loop);
 
 	/* Cancelled before it runs: returns at once, once. */
 	zk_election_cancel(x[0].e);
