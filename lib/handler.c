@@ -173,6 +173,8 @@ char *handler_decline_reason(np_poolworker *pw, const np_request *req,
 
 static void free_handler(np_handler *h)
 {
+	if (h->pre_timer)
+		evloop_del_timer(launcher_loop(h->pw->l), h->pre_timer);
 	for (size_t i = 0; i < h->nset; i++)
 		nodelaunch_release(h->set[i], false);
 	free(h->set);
@@ -361,11 +363,52 @@ static void reread(zk *z, int rc, const char *data, int len,
 	fill(h);
 }
 
+/* The re-read sent right behind the lock's multi (see handler_new). It
+ * is the re-read after locking when the multi won the lock, since one
+ * session's requests are applied in order; otherwise it came too early
+ * and is dropped. Its reply comes after the multi's, so locked() has
+ * decided by then. */
+static void prefetched(zk *z, int rc, const char *data, int len,
+		       const zk_stat *st, void *arg)
+{
+	np_handler *h = arg;
+
+	h->pre_sent = false;
+	if (h->pre_wanted) {
+		h->pre_wanted = false;
+		reread(z, rc, data, len, st, h);
+		return;
+	}
+	unbusy(h);
+}
+
+static void on_pre_timer(evloop *loop, uint64_t id, void *arg)
+{
+	np_handler *h = arg;
+	char *path;
+
+	h->pre_timer = 0;
+	if (h->dead)
+		return;
+	path = np_path_request(h->id);
+	if (zk_aget(launcher_zk(h->pw->l), path, NULL, NULL, prefetched,
+		    h) == ZOK) {
+		h->busy++;
+		h->pre_sent = true;
+	}
+	free(path);
+}
+
 static void locked(zk_lock *l, int rc, void *arg)
 {
 	np_handler *h = arg;
 	char *path;
 
+	if (h->pre_timer) {
+		/* Decided before the read went out: no use for it now. */
+		evloop_del_timer(launcher_loop(h->pw->l), h->pre_timer);
+		h->pre_timer = 0;
+	}
 	if (rc != ZOK) {
 		HLOG(h, LOG_DEBUG, "%s", rc == ZLOCKBUSY ?
 		     "Request is locked by someone else" :
@@ -375,6 +418,10 @@ static void locked(zk_lock *l, int rc, void *arg)
 		return;
 	}
 	h->state = H_REREAD;
+	if (h->pre_sent && zk_lock_fresh(l)) {
+		h->pre_wanted = true; /* its reply is next */
+		return;
+	}
 	path = np_path_request(h->id);
 	if (zk_aget(launcher_zk(h->pw->l), path, NULL, NULL, reread, h) == ZOK)
 		h->busy++;
@@ -410,6 +457,11 @@ np_handler *handler_new(np_poolworker *pw, const np_request *req,
 	 * Its directory is usually not there yet (nobody has locked the
 	 * request): directory and contender in one multi. */
 	(void)zk_lock_acquire_fresh_async(h->lock, NULL, 0, locked, h);
+	/* The re-read goes right behind that multi, not a round trip after
+	 * it: the lock sends its multi from a zero-delay timer, and timers
+	 * due together fire in the order they were added. */
+	h->pre_timer = evloop_add_timer(launcher_loop(pw->l), 0, on_pre_timer,
+					h);
 	return h;
 }
 

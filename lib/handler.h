@@ -60,6 +60,9 @@ struct np_handler {
 	int busy;                /* callbacks due that reference us */
 	bool dead;               /* finished: free when busy drops to 0 */
 	long long start_ms;
+	uint64_t pre_timer;      /* sends the re-read behind the lock's multi */
+	bool pre_sent;           /* that read is in flight */
+	bool pre_wanted;         /* the lock was won by the multi: it is ours */
 };
 
 /* Take REQ (a cache entry): start locking it. DECLINE_REASON (copied; NULL
