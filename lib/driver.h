@@ -107,6 +107,15 @@ typedef void (*np_list_fn)(void *arg, int status, const np_instance *insts, size
 typedef void (*np_limits_fn)(void *arg, int status, const np_quota *limits, const char *error);
 typedef void (*np_upload_fn)(void *arg, int status, const char *external_id, const char *error);
 
+/* An image as the cloud lists it (the janitor's leaked-image pass). */
+typedef struct np_image_info {
+	char *external_id;
+	char *name;
+	json_t *metadata;	/* nodepool_build_id, nodepool_upload_id,
+				 * nodepool_provider_name, ...; NULL if none */
+} np_image_info;
+typedef void (*np_image_list_fn)(void *arg, int status, const np_image_info *imgs, size_t n, const char *error);
+
 /* What the daemon hosting the manager offers it. Borrowed; outlives the
  * manager. */
 typedef struct np_host {
@@ -170,6 +179,8 @@ struct np_driver {
 			       const char *format, const json_t *metadata,
 			       np_upload_fn cb, void *arg);
 	np_op *(*delete_image)(np_manager *m, const char *external_id, np_status_fn cb, void *arg);
+	/* Every image of this provider's account, with its metadata. */
+	np_op *(*list_images)(np_manager *m, np_image_list_fn cb, void *arg);
 };
 
 /* The registry: "fake", "static", ... NULL for drivers not implemented
