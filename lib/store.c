@@ -61,6 +61,7 @@ struct batch {
 	struct slot *ring; /* read i uses ring[i % nring] */
 	size_t nring;
 	int rc;            /* first error other than ZNONODE */
+	ev_call *call;     /* run for another thread: ended when all are in */
 };
 
 static void log_bad(const char *path, const char *err)
@@ -160,6 +161,9 @@ static void issue(struct batch *b)
 		before = b->delivered;
 		deliver_ready(b);
 	} while (b->delivered != before);
+	/* The waiting thread owns B: nothing may touch it after this. */
+	if (b->call && b->delivered == b->paths->n)
+		evloop_call_done(b->call);
 }
 
 static void on_lock(zk *z, int rc, const strlist *children,
@@ -229,9 +233,19 @@ static void on_children(zk *z, int rc, const strlist *children,
 	issue(b);
 }
 
+static void batch_start(ev_call *call, void *arg)
+{
+	struct batch *b = arg;
+
+	b->call = call;
+	issue(b);
+}
+
 /* Read every path of PATHS, FN called for each in order. Returns the first
  * error other than ZNONODE (a znode deleted under us is normal), else
- * ZOK; FN sees every answer either way. */
+ * ZOK; FN sees every answer either way. On the loop thread the loop runs
+ * here until all are in; another thread (a builder worker) hands the
+ * batch to the loop and sleeps, FN then running on the loop thread. */
 static int batch_read(zk *z, enum batch_kind kind, bool lock_checks,
 		      const strlist *paths, reply_fn fn, void *ctx)
 {
@@ -244,9 +258,13 @@ static int batch_read(zk *z, enum batch_kind kind, bool lock_checks,
 		return ZOK;
 	b.nring = paths->n < WINDOW ? paths->n : WINDOW;
 	b.ring = xcalloc(b.nring, sizeof(*b.ring));
-	issue(&b);
-	while (b.delivered < paths->n)
-		evloop_run_once(zk_loop(z), 1000);
+	if (evloop_on_loop_thread(zk_loop(z))) {
+		issue(&b);
+		while (b.delivered < paths->n)
+			evloop_run_once(zk_loop(z), 1000);
+	} else {
+		evloop_call(zk_loop(z), batch_start, &b);
+	}
 	free(b.ring);
 	return b.rc;
 }

@@ -10,8 +10,11 @@
  * arrives and handed to a visitor in listing order; nothing of it is kept
  * afterwards unless the visitor keeps it.
  *
- * All functions are synchronous and must run on the zk handle's loop
- * thread (the CLI's main thread). They return ZOK or a ZooKeeper error
+ * All functions are synchronous and work from any thread, like zk.h's
+ * synchronous calls: on the zk handle's loop thread (the CLI's main
+ * thread) they run the loop, elsewhere (a builder worker) they hand the
+ * reads to the loop and wait; a visitor then runs on the loop thread.
+ * They return ZOK or a ZooKeeper error
  * code (zk.h). A record that does not decode (bad JSON, wrong types) is
  * logged with its path and left out; it is never fatal.
  */

@@ -315,10 +315,21 @@ static void lock_destroy(zk_lock *l)
 	free(l);
 }
 
+static void free_on_loop(ev_call *call, void *arg)
+{
+	zk_lock_free(arg);
+	evloop_call_done(call);
+}
+
 void zk_lock_free(zk_lock *l)
 {
 	if (!l)
 		return;
+	if (!evloop_on_loop_thread(l->loop)) {
+		/* A worker thread's lock: its state belongs to the loop. */
+		evloop_call(l->loop, free_on_loop, l);
+		return;
+	}
 	l->freeing = true;
 	l->cb = NULL;
 	l->rel_cb = NULL;

@@ -10,10 +10,11 @@
  * never the directory. Usable for kazoo's Election too (same recipe).
  *
  * Threading follows zk.h: a lock belongs to its zk handle's loop. The
- * asynchronous calls, zk_lock_cancel() and zk_lock_free() are for the loop
- * thread; the synchronous calls work from any thread (on the loop thread
- * they run the loop, never call them from inside a callback). Free every
- * lock before zk_close().
+ * asynchronous calls and zk_lock_cancel() are for the loop thread; the
+ * synchronous calls, zk_lock_new() and zk_lock_free() work from any thread
+ * (on the loop thread they run the loop, never call them from inside a
+ * callback; elsewhere they wait for the loop). Free every lock before
+ * zk_close().
  */
 #ifndef NP_ZK_LOCK_H
 #define NP_ZK_LOCK_H

@@ -7,6 +7,7 @@
  * Skipped when NP_TEST_ZK is not set. */
 #include "testlib.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -350,6 +351,64 @@ TEST(list_builds_and_uploads)
 	REQUIRE(s.ids.n == 1);
 	CHECK_STR(s.ids.v[0], "img-a/0001/p2/0000000001");
 	seen_free(&s);
+out:
+	fx_close(&f);
+}
+
+/* A builder worker's way: listings, single reads and a lock from a thread
+ * other than the loop's, while the loop runs on its own thread. */
+struct worker_run {
+	struct fx *f;
+	struct seen s;
+	int rc_list, rc_one, rc_lock, rc_busy;
+	np_build b;
+};
+
+static void *worker_thread(void *arg)
+{
+	struct worker_run *w = arg;
+	zk_lock *l, *l2;
+
+	w->rc_list = store_each_build(w->f->z, see_build, &w->s);
+	w->rc_one = store_build(w->f->z, "img-b", "0003", &w->b);
+	l = zk_lock_new(w->f->z, B "/lock", NULL);
+	l2 = zk_lock_new(w->f->z, B "/lock", NULL);
+	w->rc_lock = zk_lock_acquire(l, false, 0);
+	w->rc_busy = zk_lock_acquire(l2, false, 0);
+	zk_lock_free(l2);
+	zk_lock_free(l); /* releases it */
+	evloop_stop(w->f->loop);
+	return NULL;
+}
+
+TEST(store_from_another_thread)
+{
+	struct fx f;
+	struct worker_run w;
+	pthread_t t;
+	strlist kids;
+
+	memset(&w, 0, sizeof(w));
+	if (!fx_open(&f))
+		goto out;
+	populate_images(f.z);
+	w.f = &f;
+	REQUIRE(pthread_create(&t, NULL, worker_thread, &w) == 0);
+	evloop_run(f.loop);
+	pthread_join(t, NULL);
+	CHECK_INT(w.rc_list, ZOK);
+	CHECK_INT(w.s.ids.n, 3);
+	CHECK_INT(w.rc_one, ZOK);
+	CHECK_STR(w.b.state, "ready");
+	CHECK_INT(w.rc_lock, ZOK);
+	CHECK_INT(w.rc_busy, ZLOCKBUSY);
+	/* the lock was released by the free */
+	strlist_init(&kids);
+	CHECK_INT(zk_get_children(f.z, B "/lock", &kids, NULL), ZOK);
+	CHECK_INT(kids.n, 0);
+	strlist_free(&kids);
+	np_build_clear(&w.b);
+	seen_free(&w.s);
 out:
 	fx_close(&f);
 }
