@@ -10,7 +10,7 @@
 #   make bench      benchmarks (print figures)
 
 CC      ?= gcc
-PKGS    := jansson yaml-0.1 openssl libssh libmicrohttpd
+PKGS    := jansson yaml-0.1 openssl libssh libmicrohttpd libcurl
 CFLAGS_BASE := -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
 	-Wno-unused-parameter -Wstrict-prototypes -Wmissing-prototypes \
 	-Ilib $(shell pkg-config --cflags $(PKGS))
