@@ -900,6 +900,213 @@ int store_mark_upload_deleting(zk *z, const char *image,
 	return mark_deleting(z, NP_KIND_UPLOAD, ids, NP_IMG_UPLOADING);
 }
 
+/* ---- the newest records (upstream's getMostRecent*) ---- */
+
+/* Records of one kind kept by a listing: those in STATE (NULL: any). */
+struct recent {
+	np_kind kind;
+	size_t size;       /* sizeof(np_build) or sizeof(np_upload) */
+	const char *state;
+	char *v;           /* n records of SIZE bytes */
+	size_t n, cap;
+};
+
+static void keep_recent(void *arg, np_record *rec, bool flag)
+{
+	struct recent *r = arg;
+	const char *state = np_record_state(r->kind, rec);
+
+	(void)flag;
+	if (r->state && (!state || strcmp(state, r->state) != 0))
+		return;
+	if (r->n == r->cap) {
+		r->cap = r->cap ? 2 * r->cap : 4;
+		r->v = xrealloc(r->v, r->cap * r->size);
+	}
+	memcpy(r->v + r->n++ * r->size, rec, r->size);
+	memset(rec, 0, sizeof(*rec));
+}
+
+static double state_time(np_kind kind, const void *rec)
+{
+	return kind == NP_KIND_BUILD ? ((const np_build *)rec)->state_time :
+	       ((const np_upload *)rec)->state_time;
+}
+
+/* Newest state_time first; equal times keep listing order, as Python's
+ * stable sort does. (Insertion sort: a build has a handful of records.) */
+static void sort_newest(struct recent *r)
+{
+	char *tmp = xmalloc(r->size);
+
+	for (size_t i = 1; i < r->n; i++) {
+		size_t j = i;
+		memcpy(tmp, r->v + i * r->size, r->size);
+		while (j > 0 && state_time(r->kind, r->v + (j - 1) * r->size) <
+				state_time(r->kind, tmp)) {
+			memcpy(r->v + j * r->size, r->v + (j - 1) * r->size,
+			       r->size);
+			j--;
+		}
+		memcpy(r->v + j * r->size, tmp, r->size);
+	}
+	free(tmp);
+}
+
+/* Read the records under DIR (children but "lock"), whose ids are PREFIX
+ * (np_kind_nids(KIND) - 1 of them) plus the child's name; keep the COUNT
+ * newest in STATE. */
+static int recent(zk *z, np_kind kind, const char *const *prefix,
+		  const char *dir, struct recent *r, size_t count)
+{
+	size_t k = np_kind_nids(kind);
+	strlist kids, ids;
+	int rc;
+
+	strlist_init(&kids);
+	strlist_init(&ids);
+	rc = children_no_lock(z, dir, &kids);
+	for (size_t i = 0; rc == ZOK && i < kids.n; i++) {
+		for (size_t j = 0; j + 1 < k; j++)
+			strlist_add(&ids, prefix[j]);
+		strlist_add(&ids, kids.v[i]);
+	}
+	if (rc == ZOK)
+		rc = walk_records(z, kind, &ids, false, NULL, keep_recent, r);
+	sort_newest(r);
+	while (count && r->n > count) {
+		void *last = r->v + --r->n * r->size;
+		if (kind == NP_KIND_BUILD)
+			np_build_clear(last);
+		else
+			np_upload_clear(last);
+	}
+	strlist_free(&ids);
+	strlist_free(&kids);
+	return rc;
+}
+
+int store_recent_builds(zk *z, const char *image, const char *state,
+			size_t count, np_build **out, size_t *n)
+{
+	struct recent r = { NP_KIND_BUILD, sizeof(np_build), state, NULL, 0,
+			    0 };
+	int rc = ZOK;
+
+	if (np_valid_name(image)) {
+		char *dir = np_path_builds(image);
+		rc = recent(z, NP_KIND_BUILD, &image, dir, &r, count);
+		free(dir);
+	}
+	*out = (np_build *)(void *)r.v;
+	*n = r.n;
+	return rc;
+}
+
+void store_free_builds(np_build *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		np_build_clear(&v[i]);
+	free(v);
+}
+
+int store_recent_uploads(zk *z, const char *image, const char *build_id,
+			 const char *provider, const char *state, size_t count,
+			 np_upload **out, size_t *n)
+{
+	struct recent r = { NP_KIND_UPLOAD, sizeof(np_upload), state, NULL,
+			    0, 0 };
+	const char *ids[] = { image, build_id, provider };
+	int rc = ZOK;
+
+	if (np_valid_name(image) && np_valid_name(build_id) &&
+	    np_valid_name(provider)) {
+		char *dir = np_path_uploads(image, build_id, provider);
+		rc = recent(z, NP_KIND_UPLOAD, ids, dir, &r, count);
+		free(dir);
+	}
+	*out = (np_upload *)(void *)r.v;
+	*n = r.n;
+	return rc;
+}
+
+void store_free_uploads(np_upload *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		np_upload_clear(&v[i]);
+	free(v);
+}
+
+/* ---- writing uploads ---- */
+
+int store_upload_create(zk *z, np_upload *u)
+{
+	char *builds, *dir, *path, *json, *created = NULL;
+	int rc;
+
+	if (!np_valid_name(u->image) || !np_valid_name(u->build_id) ||
+	    !np_valid_name(u->provider))
+		return ZBADARGUMENTS;
+	/* Upstream's check: the image's builds must exist. */
+	builds = np_path_builds(u->image);
+	rc = zk_exists(z, builds, NULL);
+	free(builds);
+	if (rc != ZOK)
+		return rc;
+	dir = np_path_uploads(u->image, u->build_id, u->provider);
+	path = xasprintf("%s/", dir);
+	json = np_upload_encode(u);
+	rc = zk_create(z, path, json, (int)strlen(json), ZK_SEQUENTIAL,
+		       &created);
+	if (rc == ZNONODE) {
+		/* kazoo's makepath: the provider's directory is new. */
+		rc = zk_ensure_path(z, dir);
+		if (rc == ZOK)
+			rc = zk_create(z, path, json, (int)strlen(json),
+				       ZK_SEQUENTIAL, &created);
+	}
+	if (rc == ZOK) {
+		free(u->id);
+		u->id = xstrdup(strrchr(created, '/') + 1);
+	}
+	free(created);
+	free(json);
+	free(path);
+	free(dir);
+	return rc;
+}
+
+int store_upload_save(zk *z, const np_upload *u)
+{
+	if (!np_valid_name(u->image) || !np_valid_name(u->build_id) ||
+	    !np_valid_name(u->provider) || !u->id || !np_valid_name(u->id))
+		return ZBADARGUMENTS;
+	return put(z, np_path_upload(u->image, u->build_id, u->provider,
+				     u->id), np_upload_encode(u));
+}
+
+int store_upload_lock(zk *z, const char *image, const char *build_id,
+		      const char *provider, bool blocking, double timeout,
+		      zk_lock **lock)
+{
+	char *path;
+	int rc;
+
+	*lock = NULL;
+	if (!np_valid_name(image) || !np_valid_name(build_id) ||
+	    !np_valid_name(provider))
+		return ZBADARGUMENTS;
+	path = np_path_uploads_lock(image, build_id, provider);
+	*lock = zk_lock_new(z, path, NULL);
+	free(path);
+	rc = zk_lock_acquire(*lock, blocking, timeout);
+	if (rc != ZOK) {
+		zk_lock_free(*lock);
+		*lock = NULL;
+	}
+	return rc;
+}
+
 int store_provider_builds(zk *z, const char *provider, strlist *out)
 {
 	strlist triples;

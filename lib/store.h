@@ -108,6 +108,32 @@ int store_mark_upload_deleting(zk *z, const char *image,
 			       const char *build_id, const char *provider,
 			       const char *upload_id);
 
+/* Upstream's getMostRecentBuilds: IMAGE's builds in STATE (NULL: any),
+ * newest state_time first, at most COUNT of them (0: all). *OUT is an
+ * array of *N (NULL when none) freed with store_free_builds(). */
+int store_recent_builds(zk *z, const char *image, const char *state,
+			size_t count, np_build **out, size_t *n);
+void store_free_builds(np_build *v, size_t n);
+/* Upstream's getMostRecentBuildImageUploads: the uploads of one build to
+ * one provider, as store_recent_builds(). */
+int store_recent_uploads(zk *z, const char *image, const char *build_id,
+			 const char *provider, const char *state, size_t count,
+			 np_upload **out, size_t *n);
+void store_free_uploads(np_upload *v, size_t n);
+/* Upstream's storeImageUpload without a number: a new sequential record
+ * (10 digits) under U's image, build and provider, whose directories are
+ * created when missing; U->id is set. ZNONODE when the image has no
+ * builds directory. */
+int store_upload_create(zk *z, np_upload *u);
+/* storeImageUpload with a number: U written over its record. */
+int store_upload_save(zk *z, const np_upload *u);
+/* The upload lock of a build and provider (.../providers/<p>/images/lock):
+ * non-blocking (ZOK or ZLOCKBUSY) or blocking for TIMEOUT seconds (< 0:
+ * for ever; ZLOCKTIMEOUT). *LOCK: release and free with zk_lock_free(). */
+int store_upload_lock(zk *z, const char *image, const char *build_id,
+		      const char *provider, bool blocking, double timeout,
+		      zk_lock **lock);
+
 /* Builds that have PROVIDER under providers/: pairs image, build_id
  * appended to OUT (2 strings per build). */
 int store_provider_builds(zk *z, const char *provider, strlist *out);

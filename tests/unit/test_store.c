@@ -800,4 +800,97 @@ out:
 	fx_close(&f);
 }
 
+/* The newest builds and uploads (upstream's getMostRecent*): filtered by
+ * state, newest state_time first, cut to a count; a new upload record gets
+ * the next 10-digit number (its provider's directory made on the way) and
+ * is written over in place; the upload lock excludes a second taker. */
+TEST(recent_records_and_upload_writes)
+{
+	struct fx f;
+	np_build *b = NULL;
+	np_upload *u = NULL, up, back;
+	size_t n = 0;
+	zk_lock *l1 = NULL, *l2 = NULL;
+
+	if (!fx_open(&f))
+		goto out;
+	put(f.z, "/nodepool/images/img/builds/lock", "");
+	put(f.z, "/nodepool/images/img/builds/aa",
+	    "{\"state\": \"ready\", \"state_time\": 10}");
+	put(f.z, "/nodepool/images/img/builds/bb",
+	    "{\"state\": \"failed\", \"state_time\": 30}");
+	put(f.z, "/nodepool/images/img/builds/cc",
+	    "{\"state\": \"ready\", \"state_time\": 20, \"username\": \"u\"}");
+	CHECK_INT(store_recent_builds(f.z, "img", NP_IMG_READY, 0, &b, &n),
+		  ZOK);
+	REQUIRE(n == 2);
+	CHECK_STR(b[0].id, "cc");
+	CHECK_STR(b[1].id, "aa");
+	store_free_builds(b, n);
+	CHECK_INT(store_recent_builds(f.z, "img", NULL, 1, &b, &n), ZOK);
+	REQUIRE(n == 1);
+	CHECK_STR(b[0].id, "bb");
+	store_free_builds(b, n);
+	CHECK_INT(store_recent_builds(f.z, "none", NULL, 0, &b, &n), ZOK);
+	CHECK(n == 0 && b == NULL);
+	CHECK_INT(store_recent_builds(f.z, "..", NULL, 0, &b, &n), ZOK);
+	CHECK(n == 0);
+
+	/* No upload yet: an empty answer. */
+	CHECK_INT(store_recent_uploads(f.z, "img", "cc", "p", NULL, 0, &u, &n),
+		  ZOK);
+	CHECK(n == 0);
+	CHECK_INT(store_upload_lock(f.z, "img", "cc", "p", false, 0, &l1),
+		  ZOK);
+	CHECK_INT(store_upload_lock(f.z, "img", "cc", "p", false, 0, &l2),
+		  ZLOCKBUSY);
+	CHECK(l2 == NULL);
+	np_upload_init(&up);
+	up.image = xstrdup("img");
+	up.build_id = xstrdup("cc");
+	up.provider = xstrdup("p");
+	np_upload_set_state(&up, NP_IMG_UPLOADING);
+	CHECK_INT(store_upload_create(f.z, &up), ZOK);
+	/* The lock directory was the images directory's first child. */
+	CHECK_STR(up.id, "0000000001");
+	np_upload_set_state(&up, NP_IMG_READY);
+	up.external_id = xstrdup("ext");
+	CHECK_INT(store_upload_save(f.z, &up), ZOK);
+	CHECK_INT(store_upload(f.z, "img", "cc", "p", "0000000001", &back),
+		  ZOK);
+	CHECK_STR(back.state, NP_IMG_READY);
+	CHECK_STR(back.external_id, "ext");
+	np_upload_clear(&back);
+	free(up.id);
+	up.id = NULL;
+	np_upload_set_state(&up, NP_IMG_FAILED);
+	CHECK_INT(store_upload_create(f.z, &up), ZOK);
+	CHECK_STR(up.id, "0000000002");
+	CHECK_INT(store_recent_uploads(f.z, "img", "cc", "p", NP_IMG_READY, 0,
+				       &u, &n), ZOK);
+	REQUIRE(n == 1);
+	CHECK_STR(u[0].id, "0000000001");
+	CHECK_STR(u[0].provider, "p");
+	store_free_uploads(u, n);
+	CHECK_INT(store_recent_uploads(f.z, "img", "cc", "p", NULL, 0, &u, &n),
+		  ZOK);
+	REQUIRE(n == 2);
+	CHECK_STR(u[0].id, "0000000002");
+	store_free_uploads(u, n);
+	/* An image without builds gets no upload record. */
+	free(up.image);
+	up.image = xstrdup("other");
+	CHECK_INT(store_upload_create(f.z, &up), ZNONODE);
+	free(up.id);
+	up.id = xstrdup("../x");
+	CHECK_INT(store_upload_save(f.z, &up), ZBADARGUMENTS);
+	np_upload_clear(&up);
+	zk_lock_free(l1);
+	CHECK_INT(store_upload_lock(f.z, "img", "cc", "p", false, 0, &l2),
+		  ZOK);
+	zk_lock_free(l2);
+out:
+	fx_close(&f);
+}
+
 RUN_TESTS()
