@@ -125,6 +125,31 @@ void worker_set_status(np_worker *w, const char *fmt, ...)
 /* Wake every worker of KIND now (a marker or build appeared). Any thread. */
 void builder_wake(np_builder *b, enum np_worker_kind kind);
 
+/* What a worker does with an image, for the janitor's state gauges
+ * (upstream's _image_status, nodepool-behaviour.md §6):
+ * nodepool.builder.<fqdn>.image.<image>.build.state is the highest status
+ * any BuildWorker reports for the image, ...provider.<p>.upload.state the
+ * highest any UploadWorker reports for it and provider P. */
+enum np_image_status {
+	NP_STATUS_IDLE = 0,
+	NP_STATUS_BUILDING = 1,
+	NP_STATUS_UPLOADING = 2,
+	NP_STATUS_PAUSED = 3,
+};
+/* W reports ST for IMAGE (PROVIDER: an UploadWorker's provider, NULL for
+ * a BuildWorker). Any thread. */
+void worker_set_image_status(np_worker *w, const char *image,
+			     const char *provider, enum np_image_status st);
+/* Drop what the janitor keeps for B across passes (the workers' statuses,
+ * the images that looked leaked); builder_free() calls it. */
+void janitor_forget(np_builder *b);
+/* Upstream's CleanupWorker.deleteLocalBuild: the build's files in
+ * IMAGES_DIR, <image>-<id>.<ext> with their .md5/.sha256 and the
+ * <image>-<id>.d manifest directory. Safe to call when none exist (a
+ * BuildWorker that cannot record its build uses it too). */
+void janitor_delete_local_build(const char *images_dir, const char *image,
+				const char *build_id);
+
 /* One pass of each kind; each returns when the pass is done (or the
  * builder stops). */
 void buildworker_pass(np_worker *w);

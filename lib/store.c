@@ -688,19 +688,26 @@ int store_node_remove_locked(zk *z, np_node *n, zk_lock *lock)
 	return rc;
 }
 
-int store_node_lock(zk *z, const char *id, double timeout, zk_lock **lock)
+/* A kazoo lock on the directory PATH (taken): *LOCK when acquired, else
+ * NULL with ZLOCKBUSY, ZLOCKTIMEOUT or a ZooKeeper error. */
+static int lock_at(zk *z, char *path, bool blocking, double timeout,
+		   zk_lock **lock)
 {
-	char *path = np_path_node_lock(id);
 	int rc;
 
 	*lock = zk_lock_new(z, path, NULL);
 	free(path);
-	rc = zk_lock_acquire(*lock, true, timeout);
+	rc = zk_lock_acquire(*lock, blocking, timeout);
 	if (rc != ZOK) {
 		zk_lock_free(*lock);
 		*lock = NULL;
 	}
 	return rc;
+}
+
+int store_node_lock(zk *z, const char *id, double timeout, zk_lock **lock)
+{
+	return lock_at(z, np_path_node_lock(id), true, timeout, lock);
 }
 
 /* ---- requests ---- */
@@ -1136,6 +1143,105 @@ int store_erase_provider_builds(zk *z, const char *provider,
 		free(p);
 	}
 	return rc;
+}
+
+/* ---- the janitor's reads and writes ---- */
+
+int store_build_providers(zk *z, const char *image, const char *build_id,
+			  strlist *out)
+{
+	char *path;
+	int rc;
+
+	if (!np_valid_name(image) || !np_valid_name(build_id))
+		return ZOK;
+	path = np_path_build_providers(image, build_id);
+	rc = store_children(z, path, out);
+	free(path);
+	strlist_sort(out);
+	return rc;
+}
+
+int store_build_save(zk *z, const np_build *b)
+{
+	if (!np_valid_name(b->image) || !b->id || !np_valid_name(b->id))
+		return ZBADARGUMENTS;
+	return put(z, np_path_build(b->image, b->id), np_build_encode(b));
+}
+
+int store_delete_build(zk *z, const char *image, const char *build_id)
+{
+	strlist provs;
+	char *path;
+	int rc;
+
+	strlist_init(&provs);
+	rc = store_build_providers(z, image, build_id, &provs);
+	for (size_t i = 0; rc == ZOK && i < provs.n; i++) {
+		strlist ups;
+
+		strlist_init(&ups);
+		path = np_path_uploads(image, build_id, provs.v[i]);
+		rc = children_no_lock(z, path, &ups);
+		free(path);
+		if (rc == ZOK && ups.n)
+			rc = ZNOTEMPTY;
+		strlist_free(&ups);
+	}
+	strlist_free(&provs);
+	if (rc != ZOK)
+		return rc;
+	if (!np_valid_name(image) || !np_valid_name(build_id))
+		return ZBADARGUMENTS;
+	/* recursively: the build's lock and provider directories go too */
+	path = np_path_build(image, build_id);
+	rc = zk_delete_recursive(z, path);
+	free(path);
+	return rc;
+}
+
+int store_delete_upload(zk *z, const np_upload *u)
+{
+	char *path;
+	int rc;
+
+	if (!np_valid_name(u->image) || !np_valid_name(u->build_id) ||
+	    !np_valid_name(u->provider) || !u->id || !np_valid_name(u->id))
+		return ZBADARGUMENTS;
+	path = np_path_upload(u->image, u->build_id, u->provider, u->id);
+	rc = zk_delete_recursive(z, path);
+	free(path);
+	return rc;
+}
+
+int store_image_build_lock(zk *z, const char *image, bool blocking,
+			   double timeout, zk_lock **lock)
+{
+	*lock = NULL;
+	if (!np_valid_name(image))
+		return ZBADARGUMENTS;
+	return lock_at(z, np_path_builds_lock(image), blocking, timeout, lock);
+}
+
+int store_build_id_lock(zk *z, const char *image, const char *build_id,
+			zk_lock **lock)
+{
+	*lock = NULL;
+	if (!np_valid_name(image) || !np_valid_name(build_id))
+		return ZBADARGUMENTS;
+	return lock_at(z, np_path_build_lock(image, build_id), false, 0,
+		       lock);
+}
+
+int store_upload_number_lock(zk *z, const np_upload *u, zk_lock **lock)
+{
+	*lock = NULL;
+	if (!np_valid_name(u->image) || !np_valid_name(u->build_id) ||
+	    !np_valid_name(u->provider) || !u->id || !np_valid_name(u->id))
+		return ZBADARGUMENTS;
+	return lock_at(z, np_path_upload_lock(u->image, u->build_id,
+					      u->provider, u->id),
+		       false, 0, lock);
 }
 
 /* ---- export / import ---- */

@@ -141,6 +141,33 @@ int store_provider_builds(zk *z, const char *provider, strlist *out);
 int store_erase_provider_builds(zk *z, const char *provider,
 				const strlist *builds);
 
+/* ---- the janitor's (CleanupWorker's) reads and writes ---- */
+/* Upstream's getBuildProviders: the provider directories under a build,
+ * sorted, appended to OUT. */
+int store_build_providers(zk *z, const char *image, const char *build_id,
+			  strlist *out);
+/* storeBuild with an id: B written over its record. */
+int store_build_save(zk *z, const np_build *b);
+/* Upstream's deleteBuild: ZNOTEMPTY (nothing deleted) while any upload
+ * record remains under the build; else the build and everything below it
+ * (its lock, provider directories) is deleted. ZOK if it is gone. */
+int store_delete_build(zk *z, const char *image, const char *build_id);
+/* Upstream's deleteUpload: the record and its lock, recursively (the
+ * caller's upload-number lock contender goes with it). */
+int store_delete_upload(zk *z, const np_upload *u);
+/* The per-image build lock (builds/lock) the BuildWorker holds for a
+ * whole build; the janitor probes it non-blocking. Like
+ * store_upload_lock(): ZOK and *LOCK, or ZLOCKBUSY/ZLOCKTIMEOUT. */
+int store_image_build_lock(zk *z, const char *image, bool blocking,
+			   double timeout, zk_lock **lock);
+/* Non-blocking: the build-id lock (builds/<id>/lock) the janitor holds
+ * while it marks a build deleting, and the upload-number lock
+ * (.../images/<upload>/lock) it holds while it marks an upload deleting
+ * and deletes its record. ZOK and *LOCK, or ZLOCKBUSY. */
+int store_build_id_lock(zk *z, const char *image, const char *build_id,
+			zk_lock **lock);
+int store_upload_number_lock(zk *z, const np_upload *u, zk_lock **lock);
+
 /* ---- export / import (upstream's exportImageData/importImageData) ---- */
 /* Object: znode path -> data as a string; pause markers map to "". */
 int store_export_image_data(zk *z, json_t **out);

@@ -413,6 +413,73 @@ out:
 	fx_close(&f);
 }
 
+/* The janitor's writes: provider directories listed sorted; a build with
+ * an upload left is not deleted; an upload goes with its lock (and our
+ * contender in it); then the build goes with its lock and providers; the
+ * build-id and upload-number locks exclude a second taker. */
+TEST(janitor_writes)
+{
+	struct fx f;
+	strlist provs;
+	np_build b;
+	np_upload u;
+	zk_lock *l1, *l2;
+
+	if (!fx_open(&f))
+		goto out;
+	populate_images(f.z);
+	strlist_init(&provs);
+	CHECK_INT(store_build_providers(f.z, "img-a", "0001", &provs), ZOK);
+	REQUIRE(provs.n == 2);
+	CHECK_STR(provs.v[0], "p1");
+	CHECK_STR(provs.v[1], "p2");
+	strlist_free(&provs);
+
+	REQUIRE(store_build(f.z, "img-a", "0001", &b) == ZOK);
+	np_build_set_state(&b, "deleting");
+	CHECK_INT(store_build_save(f.z, &b), ZOK);
+	np_build_clear(&b);
+	REQUIRE(store_build(f.z, "img-a", "0001", &b) == ZOK);
+	CHECK_STR(b.state, "deleting");
+	np_build_clear(&b);
+	CHECK_INT(store_build_id_lock(f.z, "img-a", "0001", &l1), ZOK);
+	CHECK_INT(store_build_id_lock(f.z, "img-a", "0001", &l2), ZLOCKBUSY);
+	CHECK(l2 == NULL);
+	zk_lock_free(l1);
+	CHECK_INT(store_delete_build(f.z, "img-a", "0001"), ZNOTEMPTY);
+
+	REQUIRE(store_upload(f.z, "img-a", "0001", "p2", "0000000001", &u) ==
+		ZOK);
+	CHECK_INT(store_upload_number_lock(f.z, &u, &l1), ZOK);
+	CHECK_INT(store_upload_number_lock(f.z, &u, &l2), ZLOCKBUSY);
+	CHECK_INT(store_delete_upload(f.z, &u), ZOK);
+	zk_lock_forget(l1);
+	zk_lock_free(l1);
+	CHECK_INT(zk_exists(f.z, B "/0001/providers/p2/images/0000000001",
+			    NULL), ZNONODE);
+	np_upload_clear(&u);
+	for (int i = 2; i <= 3; i++) {
+		char id[16];
+		snprintf(id, sizeof(id), "%010d", i);
+		REQUIRE(store_upload(f.z, "img-a", "0001", "p1", id, &u) ==
+			ZOK);
+		CHECK_INT(store_delete_upload(f.z, &u), ZOK);
+		np_upload_clear(&u);
+	}
+	CHECK_INT(store_delete_build(f.z, "img-a", "0001"), ZOK);
+	CHECK_INT(zk_exists(f.z, B "/0001", NULL), ZNONODE);
+	CHECK_INT(store_delete_build(f.z, "img-a", "0001"), ZOK);
+
+	CHECK_INT(store_image_build_lock(f.z, "img-a", false, 0, &l1), ZOK);
+	CHECK_INT(store_image_build_lock(f.z, "img-a", false, 0, &l2),
+		  ZLOCKBUSY);
+	zk_lock_free(l1);
+	CHECK_INT(store_image_build_lock(f.z, "../x", false, 0, &l2),
+		  ZBADARGUMENTS);
+out:
+	fx_close(&f);
+}
+
 /* Bad JSON, a non-object and wrong types are skipped and logged with
  * their path; the good records around them are listed. */
 TEST(malformed_records_skipped)
