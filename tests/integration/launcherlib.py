@@ -103,6 +103,31 @@ def free_port():
     return port
 
 
+NODEPOOL = os.path.join(BUILD, "nodepool")
+
+
+def nodepool(cfg, *args, timeout=120):
+    """Run our CLI with config CFG: (returncode, stdout, stderr)."""
+    p = subprocess.run([NODEPOOL, "-c", cfg] + list(args),
+                       capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def table_rows(out):
+    """The data rows of the first PrettyTable in OUT, as lists of cells
+    (the header and any later table left out)."""
+    rows, seps = [], 0
+    for line in out.splitlines():
+        if line.startswith("+"):
+            seps += 1
+            if seps == 3:
+                break
+            continue
+        if seps == 2 and line.startswith("|"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
 def harness(script, *args):
     """Run a bash snippet with tests/harness/lib.sh sourced; its stdout."""
     return subprocess.check_output(

@@ -23,9 +23,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import launcherlib as L  # noqa: E402
-from launcherlib import check, wait_for  # noqa: E402
+from launcherlib import (NODEPOOL, check, nodepool, table_rows,  # noqa: E402
+                         wait_for)
 
-NODEPOOL = os.path.join(L.BUILD, "nodepool")
 ZUUL_REQUEST_KEYS = ["requestor_data", "node_types", "requestor",
                      "created_time", "provider", "state", "state_time",
                      "relative_priority", "event_id", "tenant_name"]
@@ -46,30 +46,10 @@ STATIC = """  - name: static-provider
 """ % STATIC_KEY
 
 
-def nodepool(cfg, *args, timeout=120):
-    p = subprocess.run([NODEPOOL, "-c", cfg] + list(args),
-                       capture_output=True, text=True, timeout=timeout)
-    return p.returncode, p.stdout, p.stderr
-
-
 def start_nodepool(cfg, *args):
     return subprocess.Popen([NODEPOOL, "-c", cfg] + list(args),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-
-
-def table_rows(out):
-    """The data rows of the first table in OUT, as lists of cells."""
-    rows, seps = [], 0
-    for line in out.splitlines():
-        if line.startswith("+"):
-            seps += 1
-            if seps == 3:
-                break
-            continue
-        if seps == 2 and line.startswith("|"):
-            rows.append([c.strip() for c in line.strip("|").split("|")])
-    return rows
 
 
 def ready_nodes(s, label):

@@ -36,15 +36,14 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import launcherlib as L  # noqa: E402
-from launcherlib import PROVIDER, Scenario, check, wait_for  # noqa: E402
+from launcherlib import (PROVIDER, Scenario, check, nodepool,  # noqa: E402
+                         table_rows, wait_for)
 
-NODEPOOL = os.path.join(L.BUILD, "nodepool")
 FAST = {"NODEPOOL_CLEANUP_INTERVAL": "1"}
 
 
@@ -761,12 +760,12 @@ def test_malformed(zk):
                        what="deleted"), "malformed: still deleting")
         check(p.poll() is None, "malformed: the launcher is running")
         # The listings skip what does not decode.
-        rc, out, err = nodepool_cli(cfg, "list")
+        rc, out, err = nodepool(cfg, "list")
         check(rc == 0 and req2["nodes"][0] in out and
               "0000077777" not in out and "0000077778" not in out,
               "malformed: nodepool list skips the garbage node (%d %r)"
               % (rc, out))
-        rc, out, err = nodepool_cli(cfg, "request-list")
+        rc, out, err = nodepool(cfg, "request-list")
         badreqs = [v.split("/")[-1] for k, v in bad.items()
                    if k.startswith("request")]
         check(rc == 0 and not [r for r in badreqs if r in out] and
@@ -777,32 +776,12 @@ def test_malformed(zk):
         s.close()
 
 
-def nodepool_cli(cfg, *args):
-    r = subprocess.run([NODEPOOL, "-c", cfg] + list(args),
-                       capture_output=True, text=True, timeout=120)
-    return r.returncode, r.stdout, r.stderr
-
-
 # ---- 10. the web app inside the launcher ----
-
-def table_rows(out):
-    """The data rows of the first table in OUT, as lists of cells."""
-    rows, seps = [], 0
-    for line in out.splitlines():
-        if line.startswith("+"):
-            seps += 1
-            if seps == 3:
-                break
-            continue
-        if seps == 2 and line.startswith("|"):
-            rows.append([c.strip() for c in line.strip("|").split("|")])
-    return rows
-
 
 def list_matches(cfg, port):
     """/node-list's JSON and `nodepool list` show the same nodes."""
     st, body = http_get(port, "/node-list", accept="application/json")
-    rc, out, _ = nodepool_cli(cfg, "list")
+    rc, out, _ = nodepool(cfg, "list")
     if st != 200 or rc != 0:
         return None
     web = sorted([n["id"], n["provider"], ",".join(n["label"]),
