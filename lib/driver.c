@@ -18,6 +18,7 @@
 
 static const struct np_driver *const drivers[] = {
 	&np_driver_fake,
+	&np_driver_openstack,
 	&np_driver_static,
 	NULL,
 };

@@ -191,6 +191,7 @@ const char *driver_names(void);
 
 /* The drivers (one file each: driver_<name>.c). */
 extern const struct np_driver np_driver_fake;
+extern const struct np_driver np_driver_openstack;
 extern const struct np_driver np_driver_static;
 
 /* ---- helpers shared by drivers ---- */
