@@ -52,6 +52,8 @@
 #define SETWATCHES_MAX (128 * 1024)
 #define WATCH_BUCKETS 256
 #define READ_CHUNK 65536
+/* OpenSSL's read-ahead buffer: several replies per read(). */
+#define TLS_READ_BUFFER (64 * 1024)
 
 enum req_kind {
 	RK_GET, RK_EXISTS, RK_CHILDREN, RK_CREATE, RK_SET, RK_DELETE,
@@ -1750,6 +1752,12 @@ static SSL_CTX *tls_context(const zk_options *opt, char **err)
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
 			 SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	/* Read as much as the socket holds into one large buffer and take
+	 * the records from there: without this OpenSSL reads every record
+	 * in two system calls (header, then body), and a busy server sends
+	 * one record per reply (about 70 reads per launcher request). */
+	SSL_CTX_set_read_ahead(ctx, 1);
+	SSL_CTX_set_default_read_buffer_len(ctx, TLS_READ_BUFFER);
 	if (SSL_CTX_load_verify_locations(ctx, opt->tls_ca, NULL) != 1) {
 		ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
 		*err = xasprintf("cannot load ZooKeeper TLS CA %s: %s", opt->tls_ca, buf);
