@@ -2,6 +2,7 @@
  * See util.h for why allocation failure aborts. */
 #include "util.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -229,12 +230,45 @@ static void random_bytes(uint8_t *b, size_t n)
 	}
 }
 
+/* uuids come from a per-thread pool of random bytes filled 32 uuids at a
+ * time: the launcher makes several per request (lock contenders, request
+ * handlers, servers of the fake cloud) and each getrandom() is a system
+ * call. A forked child empties its pool, so that it never hands out the
+ * parent's uuids. */
+#define RANDOM_POOL 512
+static _Thread_local uint8_t rnd_pool[RANDOM_POOL];
+static _Thread_local size_t rnd_left;
+static pthread_once_t rnd_once = PTHREAD_ONCE_INIT;
+
+static void rnd_forget(void)
+{
+	rnd_left = 0;
+}
+
+static void rnd_register(void)
+{
+	pthread_atfork(NULL, NULL, rnd_forget);
+}
+
+static void pooled_random(uint8_t *b, size_t n)
+{
+	pthread_once(&rnd_once, rnd_register);
+	if (rnd_left < n) {
+		random_bytes(rnd_pool, sizeof(rnd_pool));
+		rnd_left = sizeof(rnd_pool);
+	}
+	memcpy(b, rnd_pool + sizeof(rnd_pool) - rnd_left, n);
+	/* Bytes handed out are not kept around. */
+	memset(rnd_pool + sizeof(rnd_pool) - rnd_left, 0, n);
+	rnd_left -= n;
+}
+
 void uuid4_hex(char out[33])
 {
 	static const char hex[] = "0123456789abcdef";
 	uint8_t b[16];
 
-	random_bytes(b, sizeof(b));
+	pooled_random(b, sizeof(b));
 	b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
 	b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
 	for (int i = 0; i < 16; i++) {
