@@ -3,8 +3,10 @@
  * epoll for file descriptors, a binary min-heap of one-shot timers keyed by
  * monotonic milliseconds (each timer knows its heap position, so deleting
  * one is O(log n)), a mutex-protected FIFO of posted closures that other
- * threads fill and wake us for through an eventfd, and evloop_call(), the
- * one way any thread makes a synchronous call out of an asynchronous one.
+ * threads fill and wake us for through an eventfd, work deferred to the end
+ * of a turn (how the ZooKeeper client sends everything a turn queued in one
+ * write), and evloop_call(), the one way any thread makes a synchronous
+ * call out of an asynchronous one.
  *
  * The loop is re-entrant: a callback may call evloop_run_once() again (the
  * synchronous ZooKeeper calls do exactly that when used on the loop thread).
@@ -81,6 +83,7 @@ struct evloop {
 	struct timer_slot *slots;
 	uint32_t nslots, capslots, free_slot;
 	uint64_t next_seq;
+	ev_defer *defer_head, *defer_tail; /* loop thread only */
 	pthread_mutex_t mu; /* guards posts and owner */
 	struct post *post_head, *post_tail;
 	pthread_t owner;
@@ -360,6 +363,56 @@ static int next_timeout(const evloop *loop, int timeout_ms)
 	return timeout_ms;
 }
 
+/* ---- deferred work ---- */
+
+void evloop_defer(evloop *loop, ev_defer *d)
+{
+	if (d->queued)
+		return;
+	d->queued = true;
+	d->next = NULL;
+	if (loop->defer_tail)
+		loop->defer_tail->next = d;
+	else
+		loop->defer_head = d;
+	loop->defer_tail = d;
+}
+
+void evloop_undefer(evloop *loop, ev_defer *d)
+{
+	ev_defer **pp, *prev = NULL;
+
+	if (!d->queued)
+		return;
+	for (pp = &loop->defer_head; *pp; prev = *pp, pp = &(*pp)->next) {
+		if (*pp == d) {
+			*pp = d->next;
+			if (loop->defer_tail == d)
+				loop->defer_tail = prev;
+			break;
+		}
+	}
+	d->queued = false;
+}
+
+/* Each entry is unlinked before its call: it may queue itself again. */
+static int run_deferred(evloop *loop)
+{
+	int n = 0;
+
+	while (loop->defer_head) {
+		ev_defer *d = loop->defer_head;
+
+		loop->defer_head = d->next;
+		if (!loop->defer_head)
+			loop->defer_tail = NULL;
+		d->queued = false;
+		d->fn(loop, d->arg);
+		n++;
+	}
+	return n;
+}
+
 /* ---- posted closures ---- */
 
 void evloop_post(evloop *loop, ev_post_fn fn, void *arg)
@@ -489,10 +542,16 @@ int evloop_run_once(evloop *loop, int timeout_ms)
 	pthread_mutex_lock(&loop->mu);
 	loop->owner = pthread_self();
 	pthread_mutex_unlock(&loop->mu);
+	/* Deferred by code outside a turn (a synchronous call made on the
+	 * loop thread, set-up): that work may be what the caller waits
+	 * for, so only look for events then. */
+	done = run_deferred(loop);
+	if (done)
+		timeout_ms = 0;
 	n = epoll_wait(loop->epfd, evs, MAX_EVENTS, next_timeout(loop, timeout_ms));
 	if (n < 0) {
 		if (errno == EINTR)
-			return 0;
+			return done;
 		log_error(LOGGER, "epoll_wait: %s", strerror(errno));
 		return -1;
 	}
@@ -504,6 +563,8 @@ int evloop_run_once(evloop *loop, int timeout_ms)
 	}
 	done += n;
 	done += run_timers(loop);
+	/* The end of the turn: what its callbacks deferred. */
+	done += run_deferred(loop);
 	return done;
 }
 

@@ -33,6 +33,22 @@ uint64_t evloop_add_timer(evloop *loop, long ms, ev_timer_fn fn, void *arg);
  * (they never name another timer). */
 void evloop_del_timer(evloop *loop, uint64_t id);
 
+/* Work deferred to the end of the current loop turn: FN(LOOP, ARG) runs
+ * once, on the loop thread, after the callbacks of this turn and before the
+ * loop waits again (so that, e.g., every packet queued by this turn's
+ * callbacks goes out in one write). The entry is the caller's (embed it,
+ * set fn and arg, leave the rest zero); queuing it again while it is queued
+ * does nothing; evloop_undefer() takes it off (O(entries queued), a few).
+ * Entries queued while deferred work runs also run before the wait. */
+typedef struct ev_defer {
+	struct ev_defer *next;
+	void (*fn)(evloop *loop, void *arg);
+	void *arg;
+	bool queued;
+} ev_defer;
+void evloop_defer(evloop *loop, ev_defer *d);
+void evloop_undefer(evloop *loop, ev_defer *d);
+
 /* Thread-safe: run FN(ARG) on the loop thread soon. */
 void evloop_post(evloop *loop, ev_post_fn fn, void *arg);
 

@@ -138,6 +138,8 @@ struct zk {
 	int fd;
 	SSL *ssl;
 	bool ssl_want_write;
+	bool write_wants_read; /* SSL_write waits for a read (renegotiation) */
+	ev_defer flush;        /* sends the output at the end of the turn */
 	unsigned conn_gen;     /* bumped on every drop */
 	char *cur_server;      /* "host:port" of the current host */
 	struct addrinfo *addrs;      /* the current host's addresses */
@@ -165,6 +167,7 @@ static void conn_drop(zk *z, const char *why);
 static void conn_start(zk *z);
 static void flush_sendq(zk *z);
 static void update_io_interest(zk *z);
+static void schedule_flush(zk *z);
 
 const char *zk_strerror(int err)
 {
@@ -477,7 +480,7 @@ static void send_raw(zk *z, int32_t xid, int32_t op, const sbuf *body)
 	jw_frame_end(&pkt, fr);
 	out_append(z, &pkt);
 	sbuf_free(&pkt);
-	update_io_interest(z);
+	schedule_flush(z);
 }
 
 /* ---- request completion ---- */
@@ -1018,7 +1021,7 @@ static void flush_sendq(zk *z)
 		sbuf_free(&r->pkt);
 		reqq_push(&z->pendq, r);
 	}
-	update_io_interest(z);
+	schedule_flush(z);
 }
 
 /* Once closeSession is out (or we are closing), the server hanging up,
@@ -1086,6 +1089,7 @@ static ssize_t conn_write(zk *z, const void *buf, size_t n)
 			z->ssl_want_write = true;
 			return 0;
 		case SSL_ERROR_WANT_READ:
+			z->write_wants_read = true;
 			return 0;
 		default:
 			log_ssl_error(z, "TLS write");
@@ -1105,6 +1109,7 @@ static ssize_t conn_write(zk *z, const void *buf, size_t n)
 static int do_write(zk *z)
 {
 	z->ssl_want_write = false;
+	z->write_wants_read = false;
 	while (z->woff < z->wbuf.len) {
 		ssize_t n = conn_write(z, z->wbuf.buf + z->woff, z->wbuf.len - z->woff);
 		if (n < 0) {
@@ -1122,6 +1127,25 @@ static int do_write(zk *z)
 	}
 	update_io_interest(z);
 	return 0;
+}
+
+/* Output is not written when queued but once per loop turn, after every
+ * callback of the turn has queued its requests: one TLS write for all of
+ * them, and no wait for writability (no epoll_ctl) unless the socket
+ * does not take it all. */
+static void on_flush(evloop *loop, void *arg)
+{
+	zk *z = arg;
+
+	if ((z->phase == PH_HANDSHAKE || z->phase == PH_OPEN) &&
+	    z->woff < z->wbuf.len)
+		do_write(z);
+}
+
+static void schedule_flush(zk *z)
+{
+	if (z->fd >= 0)
+		evloop_defer(z->loop, &z->flush);
 }
 
 /* ---- connection: frames ---- */
@@ -1252,6 +1276,8 @@ static int do_read(zk *z)
 			z->rcap = 0;
 		}
 	}
+	if (z->write_wants_read)
+		schedule_flush(z);
 	return 0;
 }
 
@@ -1471,14 +1497,17 @@ static void on_io(evloop *loop, int fd, int events, void *arg)
 		tls_handshake(z);
 		return;
 	case PH_HANDSHAKE:
-	case PH_OPEN:
-		if (do_write(z) < 0)
+	case PH_OPEN: {
+		/* A read that stalled on writability goes on once writable. */
+		bool read_too = z->ssl_want_write;
+
+		if ((events & EV_WRITE) && do_write(z) < 0)
 			return;
-		if (do_read(z) < 0)
-			return;
-		if (z->phase != PH_IDLE && z->woff < z->wbuf.len)
-			do_write(z);
+		if (events & EV_READ || read_too)
+			do_read(z);
+		/* What the replies queued goes out at the end of the turn. */
 		return;
+	}
 	case PH_IDLE:
 		return;
 	}
@@ -1605,6 +1634,7 @@ static void conn_drop(zk *z, const char *why)
 	z->phase = PH_IDLE;
 	z->conn_gen++;
 	z->ssl_want_write = false;
+	z->write_wants_read = false;
 	z->wbuf.len = 0;
 	z->woff = 0;
 	z->rlen = 0;
@@ -1796,6 +1826,7 @@ static void zk_free(zk *z)
 	free(z->cur_server);
 	if (z->addrs)
 		freeaddrinfo(z->addrs);
+	evloop_undefer(z->loop, &z->flush);
 	free(z->rbuf);
 	sbuf_free(&z->wbuf);
 	watches_clear(z);
@@ -1845,6 +1876,8 @@ zk *zk_new(evloop *loop, const zk_options *opt, char **err)
 	*err = NULL;
 	z->loop = loop;
 	z->fd = -1;
+	z->flush.fn = on_flush;
+	z->flush.arg = z;
 	z->state = ZK_STATE_CONNECTING;
 	z->next_xid = 1;
 	sbuf_init(&z->wbuf);
