@@ -1,6 +1,7 @@
 /* test_evloop.c: the event loop's timers (order, deletion, 100,000 of
  * them, stale ids), fd dispatch, cross-thread posts and stop, re-entrant
- * run_once, and evloop_call() from the loop thread and from another. */
+ * run_once, evloop_call() from the loop thread and from another, and work
+ * deferred to the end of a turn. */
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
@@ -368,6 +369,101 @@ TEST(call_from_other_thread_waits)
 	CHECK_INT(c.finished, 2);
 	CHECK(c.started_on_loop);
 	evloop_free(c.loop);
+}
+
+/* ---- deferred work ---- */
+
+struct defer_ctx {
+	evloop *loop;
+	ev_defer a, b, c;
+	char log[16];
+	int n;
+	bool requeue_b; /* a queues b while deferred work runs */
+};
+
+static void defer_note(struct defer_ctx *d, char what)
+{
+	if (d->n < 15)
+		d->log[d->n++] = what;
+}
+
+static void deferred_a(evloop *loop, void *arg)
+{
+	struct defer_ctx *d = arg;
+
+	defer_note(d, 'a');
+	if (d->requeue_b)
+		evloop_defer(loop, &d->b);
+}
+
+static void deferred_b(evloop *loop, void *arg)
+{
+	defer_note(arg, 'b');
+}
+
+static void deferred_c(evloop *loop, void *arg)
+{
+	defer_note(arg, 'c');
+}
+
+/* A timer of the turn queues a twice, then b, then c, and takes c off. */
+static void defer_from_timer(evloop *loop, uint64_t id, void *arg)
+{
+	struct defer_ctx *d = arg;
+
+	defer_note(d, 't');
+	evloop_defer(loop, &d->a);
+	evloop_defer(loop, &d->a);
+	evloop_defer(loop, &d->b);
+	evloop_defer(loop, &d->c);
+	evloop_undefer(loop, &d->c);
+}
+
+static void never(evloop *loop, uint64_t id, void *arg)
+{
+	defer_note(arg, 'X');
+}
+
+TEST(deferred_work_runs_at_the_end_of_the_turn)
+{
+	struct defer_ctx d = { .loop = evloop_new() };
+	uint64_t guard;
+
+	d.a = (ev_defer){ .fn = deferred_a, .arg = &d };
+	d.b = (ev_defer){ .fn = deferred_b, .arg = &d };
+	d.c = (ev_defer){ .fn = deferred_c, .arg = &d };
+	evloop_add_timer(d.loop, 0, defer_from_timer, &d);
+	while (d.n == 0)
+		evloop_run_once(d.loop, -1);
+	/* Once each, in order, within the turn of the timer; c taken off. */
+	CHECK_STR(d.log, "tab");
+	CHECK(!d.a.queued && !d.b.queued && !d.c.queued);
+
+	/* Queued outside a turn: runs at the start of the next one, which
+	 * then does not wait (the guard timer is far away). */
+	d.n = 0;
+	memset(d.log, 0, sizeof(d.log));
+	guard = evloop_add_timer(d.loop, 5000, never, &d);
+	d.requeue_b = true;
+	evloop_defer(d.loop, &d.c);
+	evloop_defer(d.loop, &d.a);
+	evloop_run_once(d.loop, -1);
+	/* b, queued by a while deferred work ran, ran in the same pass. */
+	CHECK_STR(d.log, "cab");
+	evloop_del_timer(d.loop, guard);
+
+	/* Taken off before the turn ends: never runs. */
+	d.n = 0;
+	memset(d.log, 0, sizeof(d.log));
+	d.requeue_b = false;
+	evloop_defer(d.loop, &d.a);
+	evloop_defer(d.loop, &d.b);
+	evloop_undefer(d.loop, &d.a);
+	evloop_undefer(d.loop, &d.b);
+	evloop_undefer(d.loop, &d.b); /* not queued: nothing */
+	evloop_run_once(d.loop, 0);
+	CHECK_INT(d.n, 0);
+	evloop_free(d.loop);
 }
 
 RUN_TESTS()
