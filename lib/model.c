@@ -525,8 +525,238 @@ static json_t *encode_field(const struct field *f, const void *rec,
 	return NULL;
 }
 
-static char *rec_encode(const struct field *tab, const void *rec,
-			const json_t *raw, bool is_pool, bool sort_keys)
+/* ---- encoding without a JSON tree ----
+ *
+ * What rec_encode_tree() below would write, written straight from the
+ * record: building a jansson object of some 36 members only to walk it
+ * again was a quarter of the launcher's CPU. The output must stay byte
+ * for byte the same, including what jansson does quietly: a string that
+ * is not valid UTF-8 cannot become a JSON string, so its key (or, in a
+ * list, the element) is left out; so is a number that is infinite. */
+
+static void dump_string(sbuf *sb, const char *s, size_t len);
+static void dump_value(sbuf *sb, const json_t *v, const np_pystyle *st);
+static const np_pystyle json_style;
+
+/* jansson's UTF-8 rules (utf8_check_string): no overlong forms, no
+ * surrogates, nothing above U+10FFFF. */
+static bool utf8_valid(const char *str, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)str;
+	const unsigned char *end = p + len;
+
+	while (p < end) {
+		unsigned c = *p, v;
+		size_t n;
+
+		if (c < 0x80) {
+			p++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf) {
+			n = 2;
+			v = c & 0x1f;
+		} else if (c >= 0xe0 && c <= 0xef) {
+			n = 3;
+			v = c & 0x0f;
+		} else if (c >= 0xf0 && c <= 0xf4) {
+			n = 4;
+			v = c & 0x07;
+		} else {
+			return false;
+		}
+		if ((size_t)(end - p) < n)
+			return false;
+		for (size_t i = 1; i < n; i++) {
+			if (p[i] < 0x80 || p[i] > 0xbf)
+				return false;
+			v = (v << 6) | (p[i] & 0x3f);
+		}
+		if (v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff) ||
+		    (n == 3 && v < 0x800) || (n == 4 && v < 0x10000))
+			return false;
+		p += n;
+	}
+	return true;
+}
+
+static void add_int(sbuf *sb, long long v)
+{
+	char buf[24], *p = buf + sizeof(buf);
+	unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v :
+				       (unsigned long long)v;
+
+	do {
+		*--p = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	if (v < 0)
+		*--p = '-';
+	sbuf_add(sb, p, (size_t)(buf + sizeof(buf) - p));
+}
+
+/* ", " between members, then the key. */
+static void put_key(sbuf *sb, bool *first, const char *key)
+{
+	if (!*first)
+		sbuf_add(sb, ", ", 2);
+	*first = false;
+	dump_string(sb, key, strlen(key));
+	sbuf_add(sb, ": ", 2);
+}
+
+static void put_strlist(sbuf *sb, const strlist *l)
+{
+	bool first = true;
+
+	sbuf_addc(sb, '[');
+	for (size_t i = 0; i < l->n; i++) {
+		size_t len = strlen(l->v[i]);
+
+		if (!utf8_valid(l->v[i], len))
+			continue;
+		if (!first)
+			sbuf_add(sb, ", ", 2);
+		first = false;
+		dump_string(sb, l->v[i], len);
+	}
+	sbuf_addc(sb, ']');
+}
+
+/* Writes field F's member, when it is written at all. */
+static void put_field(sbuf *sb, bool *first, const struct field *f,
+		      const void *rec, const json_t *raw)
+{
+	const char *s;
+	const json_t *v, *old;
+	double d;
+	long long i;
+
+	switch (f->kind) {
+	case F_STR:
+	case F_STR_OMIT:
+		s = *CMEMBER(rec, f, char *);
+		if (!s) {
+			if (f->kind == F_STR) {
+				put_key(sb, first, f->key);
+				sbuf_add(sb, "null", 4);
+			}
+			return;
+		}
+		if (!utf8_valid(s, strlen(s)))
+			return;
+		put_key(sb, first, f->key);
+		dump_string(sb, s, strlen(s));
+		return;
+	case F_NUM:
+		d = *CMEMBER(rec, f, double);
+		if (isinf(d))
+			return;
+		put_key(sb, first, f->key);
+		if (isnan(d)) {
+			sbuf_add(sb, "null", 4);
+			return;
+		}
+		old = raw ? json_object_get(raw, f->key) : NULL;
+		if (json_is_integer(old) && (double)json_integer_value(old) == d)
+			add_int(sb, json_integer_value(old));
+		else
+			np_float_repr(sb, d);
+		return;
+	case F_INT:
+	case F_HOLDEXP:
+		put_key(sb, first, f->key);
+		i = *CMEMBER(rec, f, long long);
+		if (i == NP_INT_NULL)
+			sbuf_add(sb, "null", 4);
+		else
+			add_int(sb, i);
+		return;
+	case F_BOOL:
+		put_key(sb, first, f->key);
+		sbuf_adds(sb, *CMEMBER(rec, f, bool) ? "true" : "false");
+		return;
+	case F_LIST:
+	case F_LABELS:
+		put_key(sb, first, f->key);
+		put_strlist(sb, CMEMBER(rec, f, strlist));
+		return;
+	case F_FORMATS: {
+		const strlist *l = CMEMBER(rec, f, strlist);
+		json_t *j;
+
+		if (l->n == 0)
+			return;
+		/* Rare (builds only): the tree's own way. */
+		j = formats_json(l);
+		if (j) {
+			put_key(sb, first, f->key);
+			dump_value(sb, j, &json_style);
+			json_decref(j);
+		}
+		return;
+	}
+	case F_JSON:
+	case F_PORT:
+	case F_SSHPORT:
+		v = *CMEMBER(rec, f, json_t *);
+		put_key(sb, first, f->key);
+		if (v)
+			dump_value(sb, v, &json_style);
+		else
+			sbuf_add(sb, "null", 4);
+		return;
+	}
+}
+
+/* Whether KEY is one of TAB's. Records we wrote ourselves list the known
+ * keys first, in table order: *HINT follows along, so that the usual
+ * look-up is one comparison instead of a walk of the table. */
+static bool known_key(const struct field *tab, const char *key,
+		      const struct field **hint)
+{
+	if (*hint && (*hint)->key && strcmp((*hint)->key, key) == 0) {
+		(*hint)++;
+		return true;
+	}
+	const struct field *f = find_field(tab, key);
+	if (f)
+		*hint = f + 1;
+	return f != NULL;
+}
+
+static char *rec_encode_direct(const struct field *tab, const void *rec,
+			       const json_t *raw, bool is_pool)
+{
+	const struct field *hint = tab;
+	bool first = true;
+	const char *key;
+	json_t *v;
+	sbuf sb;
+
+	sbuf_init(&sb);
+	sbuf_reserve(&sb, 1024);
+	sbuf_addc(&sb, '{');
+	for (const struct field *f = tab; f->key; f++)
+		if (!f->pool_only || is_pool)
+			put_field(&sb, &first, f, rec, raw);
+	/* Keys we do not know go after ours, in the order we read them. */
+	if (raw) {
+		json_object_foreach((json_t *)raw, key, v) {
+			if (!known_key(tab, key, &hint)) {
+				put_key(&sb, &first, key);
+				dump_value(&sb, v, &json_style);
+			}
+		}
+	}
+	sbuf_addc(&sb, '}');
+	return sbuf_detach(&sb);
+}
+
+/* The reference: the record as a jansson object, dumped. Components
+ * (sorted keys) still go this way. */
+static char *rec_encode_tree(const struct field *tab, const void *rec,
+			     const json_t *raw, bool is_pool, bool sort_keys)
 {
 	json_t *obj = json_object();
 	const char *key;
@@ -548,6 +778,14 @@ static char *rec_encode(const struct field *tab, const void *rec,
 	out = np_json_dumps(obj, sort_keys);
 	json_decref(obj);
 	return out;
+}
+
+static char *rec_encode(const struct field *tab, const void *rec,
+			const json_t *raw, bool is_pool, bool sort_keys)
+{
+	if (sort_keys)
+		return rec_encode_tree(tab, rec, raw, is_pool, sort_keys);
+	return rec_encode_direct(tab, rec, raw, is_pool);
 }
 
 /* ---- record types ----
@@ -1045,7 +1283,7 @@ static void dump_value(sbuf *sb, const json_t *v, const np_pystyle *st)
 		st->string(sb, json_string_value(v), json_string_length(v));
 		break;
 	case JSON_INTEGER:
-		sbuf_addf(sb, "%lld", (long long)json_integer_value(v));
+		add_int(sb, (long long)json_integer_value(v));
 		break;
 	case JSON_REAL:
 		st->real(sb, json_real_value(v));
@@ -1067,15 +1305,18 @@ void np_py_format(sbuf *sb, const json_t *v, const np_pystyle *style)
 	dump_value(sb, v, style);
 }
 
+static const np_pystyle json_style = {
+	.string = dump_string, .real = np_float_repr,
+	.true_ = "true", .false_ = "false", .null_ = "null",
+	.sort_keys = false,
+};
+
 char *np_json_dumps(const json_t *v, bool sort_keys)
 {
-	const np_pystyle st = {
-		.string = dump_string, .real = np_float_repr,
-		.true_ = "true", .false_ = "false", .null_ = "null",
-		.sort_keys = sort_keys,
-	};
+	np_pystyle st = json_style;
 	sbuf sb;
 
+	st.sort_keys = sort_keys;
 	sbuf_init(&sb);
 	dump_value(&sb, v, &st);
 	return sbuf_detach(&sb);

@@ -124,6 +124,37 @@ TEST(unknown_keys_kept)
 	np_node_clear(&n);
 }
 
+/* What jansson cannot hold never was written (the encoder built a
+ * jansson tree once; it writes directly now and must not differ): a
+ * string that is not UTF-8 drops its key or list element, an infinite
+ * number its key. Integers read stay integers. */
+TEST(encode_drops_what_json_cannot_hold)
+{
+	np_node n;
+	char *out;
+
+	REQUIRE(decode_node(&n, "0000000008",
+		"{\"state\": \"ready\", \"created_time\": 1726600000, "
+		"\"x\": -12}") == 0);
+	n.state_time = INFINITY;
+	n.hostname = xstrdup("bad\xff");
+	n.comment = xstrdup("\xed\xa0\x80"); /* a surrogate */
+	n.az = xstrdup("caf\xc3\xa9");
+	strlist_add(&n.type, "\xc0\x80"); /* overlong */
+	strlist_add(&n.type, "label");
+	strlist_add(&n.host_keys, "\xf4\x90\x80\x80"); /* above U+10FFFF */
+	out = np_node_encode(&n);
+	CHECK(strstr(out, "{\"state\": \"ready\", \"cloud\": null, ") == out);
+	CHECK(strstr(out, "\"type\": [\"label\"], ") != NULL);
+	CHECK(strstr(out, "\"az\": \"caf\\u00e9\", ") != NULL);
+	CHECK(strstr(out, "\"created_time\": 1726600000, ") != NULL);
+	CHECK(strstr(out, "\"external_id\": null, \"user_data\": null, ") != NULL);
+	CHECK(strstr(out, "\"host_keys\": [], ") != NULL);
+	CHECK(strstr(out, "\"requestor\": null, \"x\": -12}") != NULL);
+	free(out);
+	np_node_clear(&n);
+}
+
 TEST(bad_documents)
 {
 	np_node n;
