@@ -86,6 +86,12 @@ statsd *builder_statsd(np_builder *b);	/* may be NULL */
 const char *builder_id(const np_builder *b);	/* the UUID */
 const char *builder_fqdn(const np_builder *b);	/* socket.getfqdn() */
 bool builder_stopping(const np_builder *b);
+/* The session is connected (workers wait while it is not, as upstream's
+ * "ZooKeeper suspended. Waiting"). */
+bool builder_connected(const np_builder *b);
+/* How many times the session was lost so far: a worker that saw it change
+ * during a build knows its locks went with the session. */
+unsigned long builder_session_losses(const np_builder *b);
 
 /* Driver operations for worker threads: run on the builder loop against
  * PROVIDER's manager; the calling thread waits for the callback. They
@@ -110,7 +116,10 @@ enum np_worker_kind { NP_BUILD_WORKER, NP_UPLOAD_WORKER, NP_CLEANUP_WORKER };
 struct np_worker {
 	np_builder *b;
 	enum np_worker_kind kind;
+	int index;		/* 0.. within its kind */
 	char name[48];		/* "BuildWorker.0", "UploadWorker.2", "CleanupWorker" */
+	char logger[80];	/* "nodepool.builder.BuildWorker.0", ...,
+				 * "nodepool.builder.CleanupWorker.0" */
 	pthread_t thread;
 	long interval_ms;
 	/* Guarded by the builder's worker lock: */
@@ -124,6 +133,13 @@ void worker_set_status(np_worker *w, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 /* Wake every worker of KIND now (a marker or build appeared). Any thread. */
 void builder_wake(np_builder *b, enum np_worker_kind kind);
+/* Sleep up to MS milliseconds (a worker's own wait, e.g. between polls of
+ * a child process); returns early, true, when the builder stops. */
+bool worker_sleep(np_worker *w, long ms);
+
+/* One line per worker (what it does), for the SIGUSR2 dump and tests.
+ * Any thread. */
+void builder_status(np_builder *b, sbuf *out);
 
 /* What a worker does with an image, for the janitor's state gauges
  * (upstream's _image_status, nodepool-behaviour.md §6):

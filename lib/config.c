@@ -1600,3 +1600,28 @@ void config_free(np_config *c)
 	free(c->tenant_limits);
 	free(c);
 }
+
+/* ---- shared references ---- */
+
+np_cfgref *cfgref_new(np_config *cfg)
+{
+	np_cfgref *r = xcalloc(1, sizeof(*r));
+
+	r->cfg = cfg;
+	r->refs = 1;
+	return r;
+}
+
+np_cfgref *cfgref_get(np_cfgref *r)
+{
+	r->refs++;
+	return r;
+}
+
+void cfgref_put(np_cfgref *r)
+{
+	if (r && --r->refs == 0) {
+		config_free(r->cfg);
+		free(r);
+	}
+}

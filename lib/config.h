@@ -298,4 +298,20 @@ np_cloud_image *config_find_cloud_image(const np_provider *p,
  * placeholders stay literal. Returns a malloc'd string. */
 char *config_substitute_env(const char *text);
 
+/* A configuration shared by whoever still runs on it: a daemon holds the
+ * current one; each provider manager holds the one it was started with,
+ * so a reload that leaves a provider unchanged frees nothing it uses.
+ * Not thread-safe by itself: the launcher uses it on its loop thread only,
+ * the builder under its own mutex. */
+typedef struct np_cfgref {
+	np_config *cfg;
+	int refs;
+} np_cfgref;
+
+/* Takes CFG; one reference. */
+np_cfgref *cfgref_new(np_config *cfg);
+np_cfgref *cfgref_get(np_cfgref *r);
+/* The last put frees the configuration. NULL is fine. */
+void cfgref_put(np_cfgref *r);
+
 #endif

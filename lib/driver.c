@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "yamltree.h"
 
 #define LOGGER "nodepool.driver"
 
@@ -327,4 +328,25 @@ json_t *driver_server_metadata(const np_create_args *a)
 	}
 	merge_copy(meta, a->metadata);
 	return meta;
+}
+
+char *driver_provider_fingerprint(const np_provider *p)
+{
+	json_t *o = json_object(), *imgs = json_object();
+	char *s;
+
+	json_object_set_new(o, "provider", p->raw ? yt_to_json(p->raw) :
+			    json_null());
+	for (size_t i = 0; i < p->ndiskimages; i++) {
+		const np_provider_diskimage *d = &p->diskimages[i];
+
+		json_object_set_new(imgs, d->name, json_pack(
+			"{s:s?, s:s?, s:s?}", "username", d->username,
+			"python_path", d->python_path,
+			"shell_type", d->shell_type));
+	}
+	json_object_set_new(o, "diskimages", imgs);
+	s = np_json_dumps(o, true);
+	json_decref(o);
+	return s;
 }

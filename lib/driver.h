@@ -213,4 +213,10 @@ json_t *driver_server_metadata(const np_create_args *a);
  * names anything else. */
 char *driver_format_request(const char *fmt, const np_request *req, char **err);
 
+/* The provider's configuration by value, canonical JSON (caller frees):
+ * its YAML mapping plus the top-level diskimage attributes its images
+ * borrow. A daemon restarts a provider's manager on reload only when this
+ * changes. */
+char *driver_provider_fingerprint(const np_provider *p);
+
 #endif

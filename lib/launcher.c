@@ -15,10 +15,8 @@
  * deletion ends. */
 #include "launcher.h"
 
-#include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "cleanup.h"
@@ -80,29 +78,6 @@ struct np_launcher {
 
 /* ---- small helpers ---- */
 
-np_cfgref *cfgref_get(np_cfgref *r)
-{
-	r->refs++;
-	return r;
-}
-
-void cfgref_put(np_cfgref *r)
-{
-	if (r && --r->refs == 0) {
-		config_free(r->cfg);
-		free(r);
-	}
-}
-
-static np_cfgref *cfgref_new(np_config *cfg)
-{
-	np_cfgref *r = xcalloc(1, sizeof(*r));
-
-	r->cfg = cfg;
-	r->refs = 1;
-	return r;
-}
-
 evloop *launcher_loop(const np_launcher *l) { return l->loop; }
 zk *launcher_zk(const np_launcher *l) { return l->z; }
 const np_config *launcher_config(const np_launcher *l) { return l->cur->cfg; }
@@ -128,22 +103,6 @@ void launcher_add_extension(np_launcher *l, const np_launcher_ext *ext)
 {
 	l->exts = xrealloc(l->exts, (l->nexts + 1) * sizeof(*l->exts));
 	l->exts[l->nexts++] = *ext;
-}
-
-/* socket.getfqdn(): the canonical name of our host name, else the name. */
-static char *get_fqdn(const char *hostname)
-{
-	struct addrinfo hints = { .ai_flags = AI_CANONNAME }, *res = NULL;
-	char *out;
-
-	if (getaddrinfo(hostname, NULL, &hints, &res) == 0 && res &&
-	    res->ai_canonname)
-		out = xstrdup(res->ai_canonname);
-	else
-		out = xstrdup(hostname);
-	if (res)
-		freeaddrinfo(res);
-	return out;
 }
 
 /* ---- provider managers ---- */
@@ -188,29 +147,6 @@ void launcher_for_each_manager(np_launcher *l,
 		fn(pm, arg);
 }
 
-/* The provider's configuration by value: its YAML mapping plus the
- * top-level diskimage attributes its images borrow. */
-static char *fingerprint(const np_provider *p)
-{
-	json_t *o = json_object(), *imgs = json_object();
-	char *s;
-
-	json_object_set_new(o, "provider", p->raw ? yt_to_json(p->raw) :
-			    json_null());
-	for (size_t i = 0; i < p->ndiskimages; i++) {
-		const np_provider_diskimage *d = &p->diskimages[i];
-
-		json_object_set_new(imgs, d->name, json_pack(
-			"{s:s?, s:s?, s:s?}", "username", d->username,
-			"python_path", d->python_path,
-			"shell_type", d->shell_type));
-	}
-	json_object_set_new(o, "diskimages", imgs);
-	s = np_json_dumps(o, true);
-	json_decref(o);
-	return s;
-}
-
 static np_provmgr *start_mgr(np_launcher *l, np_cfgref *cfg,
 			     const np_provider *p)
 {
@@ -239,7 +175,7 @@ static np_provmgr *start_mgr(np_launcher *l, np_cfgref *cfg,
 	pm->m = m;
 	pm->cfg = cfgref_get(cfg);
 	pm->prov = p;
-	pm->fingerprint = fingerprint(p);
+	pm->fingerprint = driver_provider_fingerprint(p);
 	pm->refs = 1;
 	pm->ks = keyscan_new(l->loop, 0);
 	pm->logger = xasprintf("nodepool.StateMachineProvider.%s", p->name);
@@ -690,7 +626,7 @@ static void apply_config(np_launcher *l, np_cfgref *cfg)
 			retire_mgr(l, pm);
 			continue;
 		}
-		fp = fingerprint(p);
+		fp = driver_provider_fingerprint(p);
 		if (strcmp(fp, pm->fingerprint) != 0) {
 			np_provmgr *fresh;
 
@@ -1199,7 +1135,7 @@ np_launcher *launcher_new(evloop *loop, const struct np_launcher_opts *o,
 		snprintf(host, sizeof(host), "localhost");
 	host[sizeof(host) - 1] = '\0';
 	l->hostname = xstrdup(host);
-	l->fqdn = get_fqdn(host);
+	l->fqdn = host_fqdn(host);
 	hosts = config_zk_hosts(cfg);
 	memset(&zo, 0, sizeof(zo));
 	zo.hosts = hosts;

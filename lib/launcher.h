@@ -87,18 +87,6 @@ void launcher_status(np_launcher *l, sbuf *out);
 
 /* ---- shared by the launcher's parts ---- */
 
-/* A configuration shared by whoever still runs on it: the launcher holds
- * the current one; each provider manager holds the one it was started
- * with, so a reload that leaves a provider unchanged frees nothing it
- * uses. */
-typedef struct np_cfgref {
-	np_config *cfg;
-	int refs;
-} np_cfgref;
-
-np_cfgref *cfgref_get(np_cfgref *r);
-void cfgref_put(np_cfgref *r);
-
 /* One running provider: the driver's manager plus what the launcher keeps
  * per provider (quota cache, keyscan slots, launches in flight).
  * Refcounted: the launcher's table holds one reference, every launch and

@@ -2,6 +2,7 @@
  * See util.h for why allocation failure aborts. */
 #include "util.h"
 
+#include <netdb.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -290,4 +291,19 @@ void uuid4_dashed(char out[37])
 		out[j++] = h[i];
 	}
 	out[36] = '\0';
+}
+
+char *host_fqdn(const char *hostname)
+{
+	struct addrinfo hints = { .ai_flags = AI_CANONNAME }, *res = NULL;
+	char *out;
+
+	if (getaddrinfo(hostname, NULL, &hints, &res) == 0 && res &&
+	    res->ai_canonname)
+		out = xstrdup(res->ai_canonname);
+	else
+		out = xstrdup(hostname);
+	if (res)
+		freeaddrinfo(res);
+	return out;
 }

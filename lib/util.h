@@ -61,4 +61,8 @@ void uuid4_hex(char out[33]);
 /* Dashed uuid4, 36 characters. */
 void uuid4_dashed(char out[37]);
 
+/* socket.getfqdn() of HOSTNAME: its canonical name, else HOSTNAME;
+ * malloc'd. */
+char *host_fqdn(const char *hostname);
+
 #endif

@@ -1,0 +1,189 @@
+/* nodepool-builder: the image builder daemon. Option parsing and wiring
+ * only: the work is lib/builder.c's and its workers'. Options, defaults
+ * and exit codes are upstream's (nodepool/cmd/builder.py and
+ * NodepoolDaemonApp):
+ *   SIGINT, SIGTERM  graceful stop: no new build or upload starts, running
+ *                    builds finish (their DIB processes are waited for),
+ *                    uploads are abandoned (the janitor cleans them), then
+ *                    the session is closed and the process exits 0.
+ *                    (Upstream leaves SIGTERM to its default action.)
+ *   SIGUSR2          stack dump with every worker's status
+ *   SIGUSR1          default action (upstream does not handle it) */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "builder.h"
+#include "daemon.h"
+#include "log.h"
+#include "stackdump.h"
+#include "statsd.h"
+
+#ifndef NODEPOOL_VERSION
+#define NODEPOOL_VERSION "0.0.0"
+#endif
+
+#define LOGGER "nodepool.builder.NodePoolBuilder"
+#define DEFAULT_CONFIG "/etc/nodepool/nodepool.yaml"
+#define DEFAULT_PIDFILE "/var/run/nodepool/nodepool-builder.pid"
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: nodepool-builder [-h] [-l LOGCONFIG] [-p PIDFILE] [-d] [-f]\n"
+		"                        [--version] [-c CONFIG] [-s SECURE]\n"
+		"                        [--build-workers BUILD_WORKERS]\n"
+		"                        [--upload-workers UPLOAD_WORKERS]\n"
+		"\n"
+		"NodePool Image Builder.\n"
+		"\n"
+		"options:\n"
+		"  -h, --help            show this help message and exit\n"
+		"  -l LOGCONFIG          path to log config file\n"
+		"  -p PIDFILE            path to pid file (default: %s)\n"
+		"  -d                    do not run as a daemon with debug logging\n"
+		"  -f                    do not run as a daemon\n"
+		"  --version             show version\n"
+		"  -c CONFIG             path to config file (default: %s)\n"
+		"  -s SECURE             path to secure config file\n"
+		"  --build-workers BUILD_WORKERS\n"
+		"                        number of build workers (default: 1)\n"
+		"  --upload-workers UPLOAD_WORKERS\n"
+		"                        number of upload workers (default: 4)\n",
+		DEFAULT_PIDFILE, DEFAULT_CONFIG);
+}
+
+/* argparse's type=int: an optional sign and digits, nothing else. */
+static bool parse_count(const char *opt, const char *s, int *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (!*s || *end || errno || v < 0 || v > 1000) {
+		usage(stderr);
+		fprintf(stderr, "nodepool-builder: error: argument %s: invalid "
+			"count: '%s'\n", opt, s);
+		return false;
+	}
+	*out = (int)v;
+	return true;
+}
+
+static void on_stopped(void *arg)
+{
+	evloop_stop(arg);
+}
+
+static void on_stop_signal(int signo, void *arg)
+{
+	np_builder *b = arg;
+
+	log_info(LOGGER, "Received %s: stopping after the running builds",
+		 daemon_signal_name(signo));
+	builder_stop(b, on_stopped, builder_loop(b));
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "build-workers", required_argument, NULL, 'B' },
+		{ "upload-workers", required_argument, NULL, 'U' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct daemon_opts dopts = {
+		.app = "nodepool-builder",
+		.pidfile = DEFAULT_PIDFILE,
+		.mode = DAEMON_DETACH,
+		/* a bad config or TLS setup reaches the starting command */
+		.defer_ready = true,
+	};
+	struct np_builder_opts bo = {
+		.config_path = DEFAULT_CONFIG,
+		.build_workers = 1,
+		.upload_workers = 4,
+	};
+	char *config = NULL, *secure = NULL, *logcfg = NULL, *pidfile = NULL;
+	char *err = NULL;
+	np_builder *b;
+	evloop *loop;
+	statsd *sd;
+	int c, rc = 0;
+
+	daemon_block_signals();
+	while ((c = getopt_long(argc, argv, "hc:s:l:p:df", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'h': usage(stdout); return 0;
+		case 'V': printf("Nodepool version: %s\n", NODEPOOL_VERSION); return 0;
+		case 'B':
+			if (!parse_count("--build-workers", optarg, &bo.build_workers))
+				return 2;
+			break;
+		case 'U':
+			if (!parse_count("--upload-workers", optarg, &bo.upload_workers))
+				return 2;
+			break;
+		case 'c': free(config); config = daemon_abspath(optarg); break;
+		case 's': free(secure); secure = daemon_abspath(optarg); break;
+		case 'l': free(logcfg); logcfg = daemon_abspath(optarg); break;
+		case 'p': free(pidfile); pidfile = daemon_abspath(optarg); break;
+		case 'd': dopts.mode = DAEMON_DEBUG; break;
+		case 'f': if (dopts.mode != DAEMON_DEBUG) dopts.mode = DAEMON_FOREGROUND; break;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind < argc) {
+		usage(stderr);
+		fprintf(stderr, "nodepool-builder: error: unrecognized arguments: %s\n",
+			argv[optind]);
+		return 2;
+	}
+	if (config)
+		bo.config_path = config;
+	bo.secure_path = secure;
+	if (pidfile)
+		dopts.pidfile = pidfile;
+	dopts.logconfig = logcfg;
+	if (daemon_start(&dopts, &err) < 0) {
+		fprintf(stderr, "%s\n", err);
+		free(err);
+		return 1;
+	}
+	stackdump_register_thread("NodePoolBuilder");
+	loop = evloop_new();
+	sd = statsd_from_env();
+	bo.sd = sd;
+	b = builder_new(loop, &bo, &err);
+	if (!b) {
+		log_error(LOGGER, "%s", err);
+		daemon_ready(err);
+		free(err);
+		rc = 1;
+		goto out;
+	}
+	daemon_ready(NULL);
+	daemon_on_signal(loop, SIGINT, on_stop_signal, b);
+	daemon_on_signal(loop, SIGTERM, on_stop_signal, b);
+	daemon_on_signal(loop, SIGUSR1, daemon_signal_default, NULL);
+	daemon_on_signal(loop, SIGUSR2, stackdump_on_signal, NULL);
+	builder_start(b);
+	evloop_run(loop);
+	stackdump_wait();
+	daemon_signals_close();
+	builder_free(b);
+out:
+	evloop_free(loop);
+	statsd_free(sd);
+	free(config);
+	free(secure);
+	free(logcfg);
+	free(pidfile);
+	return rc;
+}
