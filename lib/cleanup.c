@@ -700,6 +700,8 @@ static void leak_start(np_provmgr *pm, void *arg)
 
 	if (pm->drv->sync_nodes)
 		pm->drv->sync_nodes(pm->m);
+	if (pm->drv->cleanup_leaked)
+		pm->drv->cleanup_leaked(pm->m);
 	if (!pm->drv->create || !pm->drv->list_instances)
 		return;
 	ll = xcalloc(1, sizeof(*ll));

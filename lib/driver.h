@@ -172,6 +172,13 @@ struct np_driver {
 	 * shutdown can wait for it. NULL: never busy. */
 	bool (*busy)(np_manager *m);
 
+	/* ---- optional: the driver's own leak cleanup ---- */
+	/* Leaked resources the launcher cannot see as instances (OpenStack:
+	 * DOWN ports, unattached floating IPs), cleaned by the driver in the
+	 * background. Called on every leaked-resource cleanup pass; no
+	 * callback (stop() cancels what is in flight). */
+	void (*cleanup_leaked)(np_manager *m);
+
 	/* ---- images (the builder; NULL when the driver manages none) ---- */
 	/* Upload FILENAME (streamed, constant memory) as NAME; CB gets the
 	 * cloud's id for the image. */

@@ -40,7 +40,7 @@
 #define MISSING_LISTS 5		/* a created server absent this often: gone */
 
 enum op_kind { OP_CREATE, OP_DELETE, OP_LIST, OP_LIMITS, OP_UPLOAD,
-	       OP_DELETE_IMAGE, OP_LIST_IMAGES };
+	       OP_DELETE_IMAGE, OP_LIST_IMAGES, OP_MAINT };
 
 enum create_state { C_WARM, C_SUBMIT, C_ACTIVE, C_FIP, C_FIP_WAIT, C_DONE };
 
@@ -112,6 +112,11 @@ struct np_manager {
 	os_session *s;
 	statsd *sd;
 	long long image_upload_timeout;
+	long long port_cleanup_interval;	/* s; 0: off */
+	bool clean_floating_ips;
+	bool maint;			/* a cleanup_leaked pass in flight */
+	long long last_port_cleanup;	/* ms; 0: never */
+	strlist down_ports;		/* DOWN at the last port pass */
 	np_op *ops;
 	/* what the warm-up resolves, copied from the config at start */
 	strlist want_images;
@@ -254,8 +259,10 @@ static void on_finish_timer(evloop *loop, uint64_t id, void *arg)
 	op->timer = 0;
 	op_unlink(op);
 	op->inst = NULL;
+	if (op->kind == OP_MAINT)
+		op->m->maint = false;
 	if (op->detached) {
-		/* A cancelled create: nobody is told. */
+		/* A cancelled create or a cleanup pass: nobody is told. */
 		if (inst) {
 			np_instance_clear(inst);
 			free(inst);
@@ -284,6 +291,8 @@ static void on_finish_timer(evloop *loop, uint64_t id, void *arg)
 		break;
 	case OP_LIST_IMAGES:
 		op->icb(op->arg, op->status, op->imgs, op->nimgs, op->error);
+		break;
+	case OP_MAINT:
 		break;
 	}
 	op_free(op);
@@ -1773,6 +1782,173 @@ static np_op *os_list_images(np_manager *m, np_image_list_fn cb, void *arg)
 	return op;
 }
 
+/* ---- leak cleanup of floating IPs and ports ----
+ *
+ * Neutron keeps no metadata of ours on these, so, as upstream: floating
+ * IPs attached to no port are deleted (clean-floating-ips), and compute
+ * ports (or ports without an owner) found DOWN on two passes at least
+ * port-cleanup-interval apart are deleted. One pass at a time; nobody
+ * waits for it. */
+
+static void maint_ports(np_op *op);
+
+static void maint_port_deleted(np_op *op, const os_result *r)
+{
+	if (r->ok || r->status == 404) {
+		if (r->ok) {
+			log_debug(op->m->logger, "Removed DOWN port %s in %s",
+			    op->ports.v[op->idx], op->m->name);
+			count(op->m, "leaked.ports");
+		}
+	} else {
+		log_error(op->m->logger, "Exception deleting port %s in %s: %s",
+		    op->ports.v[op->idx], op->m->name, r->message);
+	}
+	op->idx++;
+	if (op->idx < op->ports.n) {
+		char *path = xasprintf("ports/%s", op->ports.v[op->idx]);
+
+		op_call(op, OS_NETWORK, "DELETE", path, NULL, maint_port_deleted);
+		free(path);
+		return;
+	}
+	op->m->last_port_cleanup = now_ms();
+	op_finish(op, NP_DRV_OK, NULL);
+}
+
+static void maint_got_ports(np_op *op, const os_result *r)
+{
+	np_manager *m = op->m;
+	strlist now_down;
+	size_t i;
+	json_t *p;
+
+	if (!r->ok) {
+		op_finish(op, fail_status(r), fail_msg(op, "listing DOWN ports", r));
+		return;
+	}
+	strlist_init(&now_down);
+	json_array_foreach(json_object_get(r->json, "ports"), i, p) {
+		const char *owner = jstr(p, "device_owner");
+
+		if (jstr(p, "id") && (!owner || !*owner ||
+		    str_starts_with(owner, "compute:")))
+			strlist_add(&now_down, jstr(p, "id"));
+	}
+	/* Down on the last pass too: delete. */
+	if (m->last_port_cleanup)
+		for (i = 0; i < now_down.n; i++)
+			if (strlist_contains(&m->down_ports, now_down.v[i]))
+				strlist_add(&op->ports, now_down.v[i]);
+	strlist_free(&m->down_ports);
+	m->down_ports = now_down;
+	for (i = 0; i < op->ports.n; i++) {
+		/* What we delete is not DOWN any more. */
+		for (size_t j = 0; j < m->down_ports.n; j++) {
+			if (strcmp(m->down_ports.v[j], op->ports.v[i]) == 0) {
+				free(m->down_ports.v[j]);
+				m->down_ports.v[j] = m->down_ports.v[--m->down_ports.n];
+				break;
+			}
+		}
+	}
+	if (!op->ports.n) {
+		m->last_port_cleanup = now_ms();
+		op_finish(op, NP_DRV_OK, NULL);
+		return;
+	}
+	op->idx = 0;
+	{
+		char *path = xasprintf("ports/%s", op->ports.v[0]);
+
+		op_call(op, OS_NETWORK, "DELETE", path, NULL, maint_port_deleted);
+		free(path);
+	}
+}
+
+static void maint_ports(np_op *op)
+{
+	np_manager *m = op->m;
+
+	if (!m->port_cleanup_interval || (m->last_port_cleanup &&
+	    now_ms() - m->last_port_cleanup <= m->port_cleanup_interval * 1000)) {
+		op_finish(op, NP_DRV_OK, NULL);
+		return;
+	}
+	op_call(op, OS_NETWORK, "GET", "ports?status=DOWN", NULL, maint_got_ports);
+}
+
+static void maint_fip_deleted(np_op *op, const os_result *r)
+{
+	if (r->ok) {
+		count(op->m, "leaked.floatingips");
+		log_info(op->m->logger, "Deleted unattached floating IP %s in %s",
+		    op->fips.v[op->idx], op->m->name);
+	} else if (r->status != 404) {
+		log_error(op->m->logger, "Unable to delete floating IP %s in %s: %s",
+		    op->fips.v[op->idx], op->m->name, r->message);
+	}
+	op->idx++;
+	if (op->idx < op->fips.n) {
+		char *path = xasprintf("floatingips/%s", op->fips.v[op->idx]);
+
+		op_call(op, OS_NETWORK, "DELETE", path, NULL, maint_fip_deleted);
+		free(path);
+		return;
+	}
+	maint_ports(op);
+}
+
+static void maint_got_fips(np_op *op, const os_result *r)
+{
+	size_t i;
+	json_t *f;
+	char *path;
+
+	if (!r->ok) {
+		log_error(op->m->logger, "Unable to list floating IPs of %s: %s",
+		    op->m->name, r->message);
+		maint_ports(op);
+		return;
+	}
+	json_array_foreach(json_object_get(r->json, "floatingips"), i, f)
+		if (jstr(f, "id") && json_is_null(json_object_get(f, "port_id")))
+			strlist_add(&op->fips, jstr(f, "id"));
+	if (!op->fips.n) {
+		maint_ports(op);
+		return;
+	}
+	op->idx = 0;
+	path = xasprintf("floatingips/%s", op->fips.v[0]);
+	op_call(op, OS_NETWORK, "DELETE", path, NULL, maint_fip_deleted);
+	free(path);
+}
+
+static void os_cleanup_leaked(np_manager *m)
+{
+	np_op *op;
+	char *path;
+
+	if (m->maint || (!m->clean_floating_ips && !m->port_cleanup_interval))
+		return;
+	/* Not before we know our project (an admin sees everyone's) and
+	 * whether there is a Neutron at all. */
+	if (!os_session_project_id(m->s) ||
+	    !os_session_has_service(m->s, OS_NETWORK))
+		return;
+	op = op_new(m, OP_MAINT, NULL);
+	op->detached = true; /* nobody is told */
+	m->maint = true;
+	if (!m->clean_floating_ips) {
+		maint_ports(op);
+		return;
+	}
+	/* Our project's only. */
+	path = xasprintf("floatingips?project_id=%s", os_session_project_id(m->s));
+	op_call(op, OS_NETWORK, "GET", path, NULL, maint_got_fips);
+	free(path);
+}
+
 /* ---- start and stop ---- */
 
 static void os_stop(np_manager *m);
@@ -1822,6 +1998,10 @@ static np_manager *os_start(const np_host *host, const np_config *cfg,
 	m->sd = statsd_from_env();
 	m->image_upload_timeout = p->image_upload_timeout > 0 ?
 	    p->image_upload_timeout : 3600;
+	m->port_cleanup_interval = p->port_cleanup_interval > 0 ?
+	    p->port_cleanup_interval : 0;
+	m->clean_floating_ips = p->clean_floating_ips;
+	strlist_init(&m->down_ports);
 	strlist_init(&m->want_images);
 	strlist_init(&m->want_nets);
 	strlist_init(&m->azs);
@@ -1858,6 +2038,7 @@ static void os_stop(np_manager *m)
 	strlist_free(&m->want_images);
 	strlist_free(&m->want_nets);
 	strlist_free(&m->azs);
+	strlist_free(&m->down_ports);
 	json_decref(m->flavors);
 	json_decref(m->images);
 	json_decref(m->nets);
@@ -1882,6 +2063,7 @@ const struct np_driver np_driver_openstack = {
 	.label_quota = os_label_quota,
 	.azs = os_azs,
 	.label_ready = os_label_ready,
+	.cleanup_leaked = os_cleanup_leaked,
 	.upload_image = os_upload_image,
 	.delete_image = os_delete_image,
 	.list_images = os_list_images,

@@ -41,6 +41,8 @@ static struct {
 		 bool fip; json_t *meta; } servers[64];
 	int deletes;
 	int fip_deletes;
+	int port_deletes;
+	char last_fip_deleted[40];
 	int creates;
 	json_t *last_create;
 	long long upload_size;
@@ -224,6 +226,10 @@ static void handle(void *arg, const th_request *rq, th_answer *an)
 	} else if (strncmp(u, "/network/v2.0/networks/", 23) == 0) {
 		an->status = 404;
 		an->body = xstrdup("{\"NeutronError\": {\"message\": \"Network not found\"}}");
+	} else if (strcmp(u, "/network/v2.0/ports") == 0 && th_query(rq, "status")) {
+		an->body = xstrdup("{\"ports\": [{\"id\": \"port-down\","
+		    " \"device_owner\": \"compute:az1\"}, {\"id\": \"port-router\","
+		    " \"device_owner\": \"network:router_interface\"}]}");
 	} else if (strcmp(u, "/network/v2.0/ports") == 0) {
 		an->body = xasprintf("{\"ports\": [{\"id\": \"port-%s\"}]}",
 		    th_query(rq, "device_id") ? th_query(rq, "device_id") : "x");
@@ -241,9 +247,18 @@ static void handle(void *arg, const th_request *rq, th_answer *an)
 		an->body = xstrdup("{\"floatingip\": {\"id\": \"fip-1\","
 		    " \"floating_ip_address\": \"203.0.113.5\"}}");
 	} else if (strcmp(u, "/network/v2.0/floatingips") == 0) {
-		an->body = xstrdup("{\"floatingips\": [{\"id\": \"fip-1\"}]}");
+		an->body = th_query(rq, "project_id") ?
+		    xstrdup("{\"floatingips\": [{\"id\": \"fip-1\", \"port_id\": \"p\"},"
+		    " {\"id\": \"fip-loose\", \"port_id\": null}]}") :
+		    xstrdup("{\"floatingips\": [{\"id\": \"fip-1\", \"port_id\": \"p\"}]}");
 	} else if (strncmp(u, "/network/v2.0/floatingips/", 26) == 0) {
 		cloud.fip_deletes++;
+		snprintf(cloud.last_fip_deleted, sizeof(cloud.last_fip_deleted),
+		    "%s", u + 26);
+		an->status = 204;
+	} else if (strncmp(u, "/network/v2.0/ports/", 20) == 0 &&
+		   strcmp(rq->method, "DELETE") == 0) {
+		cloud.port_deletes++;
 		an->status = 204;
 	} else if (strcmp(u, "/image/v2/images") == 0 && strcmp(rq->method, "GET") == 0) {
 		const char *name = th_query(rq, "name");
@@ -537,6 +552,7 @@ static void reset_cloud(void)
 	cloud.never_active = false;
 	cloud.revoke_next = 0;
 	cloud.deletes = cloud.fip_deletes = cloud.creates = 0;
+	cloud.port_deletes = 0;
 	pthread_mutex_unlock(&cloud.mu);
 }
 
@@ -979,6 +995,48 @@ TEST(glance_upload_list_delete)
 	CHECK_INT(o.status, NP_DRV_OK);
 	outcome_clear(&o);
 	json_decref(meta);
+	drv->stop(m);
+	config_free(c);
+}
+
+TEST(leaked_floating_ips_and_ports)
+{
+	np_config *c;
+	np_manager *m;
+	const struct np_driver *drv = driver_find("openstack");
+	long long t0;
+	int fips = 0, ports = 0;
+
+	setup();
+	reset_cloud();
+	c = load_config("    port-cleanup-interval: 1\n", NULL);
+	REQUIRE(c);
+	m = start(drv, c);
+	REQUIRE(m);
+	REQUIRE(drv->cleanup_leaked);
+	/* Before the first authentication: nothing (no project yet). */
+	drv->cleanup_leaked(m);
+	wait_for(&fips, 1, 500);
+	/* Pass 1: the loose floating IP goes, DOWN ports are noted. Pass 2,
+	 * over a second later: the compute port still DOWN goes too. */
+	drv->cleanup_leaked(m);
+	t0 = now_ms();
+	while (now_ms() - t0 < 1500)
+		evloop_run_once(loop, 50);
+	drv->cleanup_leaked(m);
+	t0 = now_ms();
+	while ((fips < 2 || ports < 1) && now_ms() - t0 < 5000) {
+		evloop_run_once(loop, 50);
+		pthread_mutex_lock(&cloud.mu);
+		fips = cloud.fip_deletes;
+		ports = cloud.port_deletes;
+		pthread_mutex_unlock(&cloud.mu);
+	}
+	pthread_mutex_lock(&cloud.mu);
+	CHECK_INT(cloud.fip_deletes, 2);	/* fip-loose, on each pass */
+	CHECK_STR(cloud.last_fip_deleted, "fip-loose");
+	CHECK_INT(cloud.port_deletes, 1);	/* port-down, not the router's */
+	pthread_mutex_unlock(&cloud.mu);
 	drv->stop(m);
 	config_free(c);
 }
