@@ -1069,6 +1069,9 @@ static bool load_fake_map(loader *l, np_fake_options *f, const yt_node *n,
 	bool ok = need_map(l, n, p) && load_fake_quota(l, f, n, p) &&
 	    get_bounded(l, n, p, "launch-delay", 1e9, &f->launch_delay) &&
 	    get_bounded(l, n, p, "delete-delay", 1e9, &f->delete_delay) &&
+	    get_bounded(l, n, p, "upload-delay", 1e9, &f->upload_delay) &&
+	    get_bounded(l, n, p, "upload-failure-rate", 1,
+	    &f->upload_failure_rate) &&
 	    get_bounded(l, n, p, "failure-rate", 1, &f->failure_rate) &&
 	    get_bounded(l, n, p, "quota-failure-rate", 1,
 	    &f->quota_failure_rate) &&

@@ -143,6 +143,9 @@ enum np_fake_ip_style {
 typedef struct np_fake_options {
 	double launch_delay;		/* seconds until ACTIVE; 0 */
 	double delete_delay;		/* seconds until gone; 0 */
+	double upload_delay;		/* seconds an image takes beyond its
+					 * copy; 0 */
+	double upload_failure_rate;	/* 0..1 of uploads -> NP_DRV_ERROR */
 	double failure_rate;		/* 0..1 of creates -> NP_DRV_ERROR */
 	double quota_failure_rate;	/* 0..1 of creates -> NP_DRV_QUOTA */
 	long long seed;			/* of the failure draws; 0 */

@@ -29,10 +29,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <openssl/evp.h>
 
 #include "log.h"
 
@@ -67,7 +66,14 @@ static const char *const cloud_azs[] = {"az1", "az2", NULL};
 #define LOOPBACK_PREFIX "127.10.0."
 #define LOOPBACK_MAX 254
 
-#define UPLOAD_CHUNK (256 * 1024)
+/* An upload copies at most this much per loop turn: large enough that
+ * the copy runs at the disk's speed (the kernel's copy_file_range, no
+ * data through user space), small enough that the loop is never blocked
+ * for more than a few tens of milliseconds. */
+#define COPY_CHUNK (32 * 1024 * 1024)
+/* The read/write fallback's buffer (file systems without an in-kernel
+ * copy; memory mode, which reads the file and keeps nothing). */
+#define READ_CHUNK (1024 * 1024)
 /* How long a scan of the state-dir's images serves label_ready. */
 #define IMAGE_CACHE_MS 1000
 
@@ -104,12 +110,12 @@ struct image {
 	char *name;
 	char *format;
 	long long size;
-	char sha256[65];
+	json_t *metadata;
 	struct image *next;
 };
 
-/* An upload in progress: the file is read and hashed in chunks, one per
- * loop turn, with constant memory. */
+/* An upload in progress: the file is copied in chunks, one per loop turn,
+ * with constant memory. */
 struct upload {
 	int in;
 	int out;			/* -1 in memory mode */
@@ -117,9 +123,14 @@ struct upload {
 	char *name;
 	char *format;
 	json_t *metadata;
-	EVP_MD_CTX *sha;
-	long long size;
-	char *buf;
+	long long size;			/* the file's size */
+	long long pos;			/* done up to here */
+	long long copied;		/* bytes of data copied (holes are not) */
+	bool plain;			/* read/write instead of copy_file_range */
+	char *buf;			/* READ_CHUNK, for read/write only */
+	uint64_t deadline;		/* image-upload-timeout's timer */
+	double timeout;			/* its seconds */
+	long long started_ms;
 };
 
 enum op_kind {
@@ -129,6 +140,7 @@ enum op_kind {
 	OP_LIMITS,
 	OP_UPLOAD,
 	OP_DELETE_IMAGE,
+	OP_LIST_IMAGES,
 };
 
 struct np_op {
@@ -142,6 +154,7 @@ struct np_op {
 		np_list_fn list;
 		np_limits_fn limits;
 		np_upload_fn upload;
+		np_image_list_fn images;
 	} cb;
 	void *arg;
 	int status;			/* decided when the op started */
@@ -167,6 +180,7 @@ struct np_manager {
 	double used_cores, used_ram;
 	unsigned char lo_used[LOOPBACK_MAX + 1];
 	struct image *images;
+	double upload_timeout;		/* image-upload-timeout, seconds */
 	/* state-dir mode */
 	char *inst_dir, *img_dir, *addr_dir;
 	int lock_fd;
@@ -669,10 +683,12 @@ static struct np_op *op_new(np_manager *m, enum op_kind kind, void *arg)
 	return op;
 }
 
-static void upload_free(struct upload *up)
+static void upload_free(np_manager *m, struct upload *up)
 {
 	if (!up)
 		return;
+	if (up->deadline)
+		evloop_del_timer(m->loop, up->deadline);
 	if (up->in >= 0)
 		close(up->in);
 	if (up->out >= 0)
@@ -684,7 +700,6 @@ static void upload_free(struct upload *up)
 	free(up->name);
 	free(up->format);
 	json_decref(up->metadata);
-	EVP_MD_CTX_free(up->sha);
 	free(up->buf);
 	free(up);
 }
@@ -700,7 +715,7 @@ static void op_free(struct np_op *op)
 		m->ops = op->next;
 	if (op->next)
 		op->next->prev = op->prev;
-	upload_free(op->up);
+	upload_free(m, op->up);
 	free(op->error);
 	free(op);
 }
@@ -1024,59 +1039,68 @@ static char *img_path(const np_manager *m, const char *id, const char *ext)
 	return xasprintf("%s/%s.%s", m->img_dir, id, ext);
 }
 
+/* Every image record of the state-dir (images/<id>.json), in directory
+ * order. */
+static void each_image_record(np_manager *m,
+    void (*fn)(void *arg, const json_t *rec), void *arg)
+{
+	DIR *d = opendir(m->img_dir);
+	struct dirent *e;
+
+	while (d && (e = readdir(d))) {
+		if (strlen(e->d_name) != 37 || !str_ends_with(e->d_name, ".json"))
+			continue;
+		char *path = xasprintf("%s/%s", m->img_dir, e->d_name);
+		json_t *o = json_load_file(path, 0, NULL);
+		if (json_is_object(o))
+			fn(arg, o);
+		json_decref(o);
+		free(path);
+	}
+	if (d)
+		closedir(d);
+}
+
+static void cache_image(void *arg, const json_t *rec)
+{
+	np_manager *m = arg;
+	const char *name = json_string_value(json_object_get(rec, "name"));
+	const char *id = json_string_value(json_object_get(rec, "id"));
+
+	if (name)
+		strlist_add(&m->img_cache, name);
+	if (id)
+		strlist_add(&m->img_cache, id);
+}
+
 static void refresh_image_cache(np_manager *m)
 {
 	long long now = now_ms();
-	DIR *d;
-	struct dirent *e;
 
 	if (m->img_cache_ms && now - m->img_cache_ms < IMAGE_CACHE_MS)
 		return;
 	strlist_free(&m->img_cache);
 	m->img_cache_ms = now;
-	if (!(d = opendir(m->img_dir)))
-		return;
-	while ((e = readdir(d))) {
-		if (strlen(e->d_name) != 37 || !str_ends_with(e->d_name, ".json"))
-			continue;
-		char *path = xasprintf("%s/%s", m->img_dir, e->d_name);
-		json_t *o = json_load_file(path, 0, NULL);
-		const char *name = json_string_value(json_object_get(o, "name"));
-		const char *id = json_string_value(json_object_get(o, "id"));
-		if (name)
-			strlist_add(&m->img_cache, name);
-		if (id)
-			strlist_add(&m->img_cache, id);
-		json_decref(o);
-		free(path);
-	}
-	closedir(d);
+	each_image_record(m, cache_image, m);
 }
 
-static void hex(const unsigned char *in, size_t n, char *out)
-{
-	for (size_t i = 0; i < n; i++)
-		snprintf(out + 2 * i, 3, "%02x", in[i]);
-}
-
-/* The upload is read: record the image. */
+/* The upload is copied (and the cloud's processing, upload-delay, is
+ * over): record the image. The data is not fsync'ed: the fake cloud needs
+ * atomicity between processes (the rename), not durability across a
+ * machine crash, and a sync would make a 4 GiB upload wait for the disk
+ * where `cp` does not. */
 static int upload_finish(struct np_op *op)
 {
 	np_manager *m = op->m;
 	struct upload *up = op->up;
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int mdlen = 0;
-	char sha[65] = "";
 
-	EVP_DigestFinal_ex(up->sha, md, &mdlen);
-	hex(md, mdlen, sha);
 	if (!on_disk(m)) {
 		struct image *im = xcalloc(1, sizeof(*im));
 		memcpy(im->id, op->id, sizeof(im->id));
 		im->name = xstrdup(up->name);
 		im->format = xstrdup(up->format);
 		im->size = up->size;
-		memcpy(im->sha256, sha, sizeof(im->sha256));
+		im->metadata = up->metadata ? json_incref(up->metadata) : NULL;
 		im->next = m->images;
 		m->images = im;
 		return 0;
@@ -1084,7 +1108,7 @@ static int upload_finish(struct np_op *op)
 	char *data = img_path(m, op->id, up->format);
 	char *rec = img_path(m, op->id, "json");
 	json_t *o = json_object();
-	int rc = fsync(up->out) < 0 || rename(up->part, data) < 0 ? -1 : 0;
+	int rc = rename(up->part, data) < 0 ? -1 : 0;
 	if (rc == 0) {
 		free(up->part);
 		up->part = NULL;
@@ -1093,7 +1117,7 @@ static int upload_finish(struct np_op *op)
 		json_object_set_new(o, "status", json_string("READY"));
 		json_object_set_new(o, "format", json_string(up->format));
 		json_object_set_new(o, "size", json_integer(up->size));
-		json_object_set_new(o, "sha256", json_string(sha));
+		json_object_set_new(o, "created_at", json_real(now_wall()));
 		json_object_set_new(o, "metadata", up->metadata ?
 		    json_incref(up->metadata) : json_object());
 		rc = write_json_file(rec, o);
@@ -1107,19 +1131,124 @@ static int upload_finish(struct np_op *op)
 	return rc;
 }
 
-/* Write all of BUF; false on an error. */
-static bool write_all(int fd, const char *buf, size_t n)
+/* Errors of copy_file_range that mean "not between these files": copy
+ * through user space instead. */
+static bool no_kernel_copy(int err)
 {
-	while (n > 0) {
-		ssize_t w = write(fd, buf, n);
-		if (w < 0 && errno == EINTR)
+	return err == EXDEV || err == EINVAL || err == ENOSYS ||
+	    err == EOPNOTSUPP || err == EBADF;
+}
+
+/* Copy N bytes at OFF (the same offset in both files) through user space;
+ * in memory (no OUT) just read them. Bytes done, or -1. */
+static ssize_t copy_plain(struct upload *up, off_t off, size_t n)
+{
+	ssize_t r, w = 0;
+
+	if (!up->buf)
+		up->buf = xmalloc(READ_CHUNK);
+	if (n > READ_CHUNK)
+		n = READ_CHUNK;
+	do
+		r = pread(up->in, up->buf, n, off);
+	while (r < 0 && errno == EINTR);
+	while (r > 0 && up->out >= 0 && w < r) {
+		ssize_t k = pwrite(up->out, up->buf + w, (size_t)(r - w),
+		    off + w);
+		if (k < 0 && errno == EINTR)
 			continue;
-		if (w <= 0)
-			return false;
-		buf += w;
-		n -= (size_t)w;
+		if (k <= 0)
+			return -1;
+		w += k;
 	}
-	return true;
+	return r;
+}
+
+/* Copy the next chunk of data: bytes done, 0 at the end of the file, -1
+ * on an error (errno). As `cp` does, holes are skipped (SEEK_DATA) and
+ * left holes in the copy, and the data is copied by the kernel
+ * (copy_file_range: page cache to page cache, or shared extents where the
+ * file system can reflink), so an upload costs what `cp` costs. */
+static ssize_t upload_chunk(struct upload *up)
+{
+	off_t data, hole, in_off, out_off;
+	size_t n;
+	ssize_t done = -1;
+
+	if (up->pos >= up->size)
+		return 0;
+	data = lseek(up->in, up->pos, SEEK_DATA);
+	if (data < 0 && errno == ENXIO)
+		data = up->size;	/* only a hole is left */
+	else if (data < 0)
+		data = up->pos;		/* no SEEK_DATA here: copy it all */
+	if (data >= up->size) {
+		up->pos = up->size;
+		return 0;
+	}
+	hole = lseek(up->in, data, SEEK_HOLE);
+	if (hole < 0 || hole > up->size)
+		hole = up->size;
+	n = (size_t)(hole - data) < COPY_CHUNK ? (size_t)(hole - data) :
+	    COPY_CHUNK;
+	if (up->out >= 0 && !up->plain) {
+		in_off = out_off = data;
+		do
+			done = copy_file_range(up->in, &in_off, up->out,
+			    &out_off, n, 0);
+		while (done < 0 && errno == EINTR);
+		if (done < 0 && no_kernel_copy(errno))
+			up->plain = true;	/* nothing was copied */
+		else if (done < 0)
+			return -1;
+	}
+	if (up->out < 0 || up->plain)
+		done = copy_plain(up, data, n);
+	if (done == 0)
+		up->size = data;	/* the file shrank under us */
+	else if (done > 0)
+		up->copied += done;
+	up->pos = data + (done > 0 ? done : 0);
+	return done < 0 ? -1 : up->pos < up->size ? 1 : 0;
+}
+
+/* Hand the upload's result to its callback and forget the op. */
+static void upload_end(struct np_op *op)
+{
+	np_upload_fn cb = op->cb.upload;
+	void *cbarg = op->arg;
+	int status = op->status;
+	char *error = op->error;
+	char image_id[33];
+
+	memcpy(image_id, op->id, sizeof(image_id));
+	op->error = NULL;
+	op_drop(op);
+	cb(cbarg, status, status == NP_DRV_OK ? image_id : NULL, error);
+	free(error);
+}
+
+/* The copy is done and upload-delay has passed: the image is ready, or
+ * fails as upload-failure-rate draws. */
+static void upload_done(evloop *loop, uint64_t id, void *arg)
+{
+	struct np_op *op = arg;
+	np_manager *m = op->m;
+	struct upload *up = op->up;
+
+	op->timer = 0;
+	if (m->opt.upload_failure_rate > 0 &&
+	    draw(m) < m->opt.upload_failure_rate)
+		op_fail(op, NP_DRV_ERROR, xasprintf("%s: upload of %s failed "
+		    "(upload-failure-rate)", m->name, up->name));
+	else if (upload_finish(op) < 0)
+		op_fail(op, NP_DRV_ERROR, xasprintf("%s: upload of %s failed: "
+		    "%s", m->name, up->name, strerror(errno)));
+	else
+		log_info(m->logger, "Uploaded image %s as %s (%lld bytes, "
+		    "%lld of them data, in %lld ms)", up->name, op->id,
+		    up->size, up->copied, now_ms() - up->started_ms);
+	upload_end(op);
 }
 
 /* One chunk per loop turn, so a multi-gigabyte image neither blocks the
@@ -1132,49 +1261,44 @@ static void upload_step(evloop *loop, uint64_t id, void *arg)
 	ssize_t n;
 
 	op->timer = 0;
-	do
-		n = read(up->in, up->buf, UPLOAD_CHUNK);
-	while (n < 0 && errno == EINTR);
+	n = upload_chunk(up);
 	if (n > 0) {
-		EVP_DigestUpdate(up->sha, up->buf, (size_t)n);
-		up->size += n;
-		if (up->out < 0 || write_all(up->out, up->buf, (size_t)n)) {
-			op_arm(op, 0, upload_step);
-			return;
-		}
+		op_arm(op, 0, upload_step);
+		return;
 	}
-	/* Here: end of file (n == 0), or a read or write error. */
-	if (n != 0 || upload_finish(op) < 0)
-		op_fail(op, NP_DRV_ERROR, xasprintf("%s: upload of %s failed: "
-		    "%s", m->name, up->name, strerror(errno)));
-	else
-		log_info(m->logger, "Uploaded image %s as %s (%lld bytes)",
-		    up->name, op->id, up->size);
+	/* A trailing hole: the copy gets its full size. */
+	if (n == 0 && up->out >= 0 && ftruncate(up->out, up->size) < 0)
+		n = -1;
+	if (n == 0) {
+		op_arm(op, m->opt.upload_delay, upload_done);
+		return;
+	}
+	op_fail(op, NP_DRV_ERROR, xasprintf("%s: upload of %s failed: %s",
+	    m->name, up->name, strerror(errno)));
+	upload_end(op);
+}
 
-	np_upload_fn cb = op->cb.upload;
-	void *cbarg = op->arg;
-	int status = op->status;
-	char *error = op->error;
-	char image_id[33];
-	memcpy(image_id, op->id, sizeof(image_id));
-	op->error = NULL;
-	op_free(op);
-	cb(cbarg, status, status == NP_DRV_OK ? image_id : NULL, error);
-	free(error);
+/* image-upload-timeout: the upload is abandoned (its partial data goes
+ * with it), as the SDK's wait for the image gives up. */
+static void upload_timeout(evloop *loop, uint64_t id, void *arg)
+{
+	struct np_op *op = arg;
+	struct upload *up = op->up;
+
+	up->deadline = 0;
+	op_fail(op, NP_DRV_TIMEOUT, xasprintf("%s: Timeout waiting for image "
+	    "%s to upload after %g seconds", op->m->name, up->name,
+	    up->timeout));
+	upload_end(op);
 }
 
 /* An op that fails at once (bad file): finish on the next loop turn. */
 static void upload_fail_fire(evloop *loop, uint64_t id, void *arg)
 {
 	struct np_op *op = arg;
-	np_upload_fn cb = op->cb.upload;
-	void *cbarg = op->arg;
-	char *error = op->error;
 
-	op->error = NULL;
-	op_free(op);
-	cb(cbarg, NP_DRV_ERROR, NULL, error);
-	free(error);
+	op->timer = 0;
+	upload_end(op);
 }
 
 static np_op *fake_upload(np_manager *m, const char *name,
@@ -1191,8 +1315,7 @@ static np_op *fake_upload(np_manager *m, const char *name,
 	up->name = xstrdup(name);
 	up->format = xstrdup(format && *format ? format : "raw");
 	up->metadata = metadata ? json_deep_copy(metadata) : NULL;
-	up->sha = EVP_MD_CTX_new();
-	EVP_DigestInit_ex(up->sha, EVP_sha256(), NULL);
+	up->started_ms = now_ms();
 	up->in = open(filename, O_RDONLY | O_CLOEXEC);
 	if (up->in >= 0 && on_disk(m)) {
 		up->part = xasprintf("%s/.%s.part", m->img_dir, op->id);
@@ -1206,9 +1329,25 @@ static np_op *fake_upload(np_manager *m, const char *name,
 		op_arm(op, 0, upload_fail_fire);
 		return op;
 	}
-	up->buf = xmalloc(UPLOAD_CHUNK);
+	struct stat st;
+	if (fstat(up->in, &st) == 0)
+		up->size = st.st_size;
+	posix_fadvise(up->in, 0, 0, POSIX_FADV_SEQUENTIAL);
+	if (m->upload_timeout > 0) {
+		up->timeout = m->upload_timeout;
+		up->deadline = evloop_add_timer(m->loop,
+		    (long)ceil(up->timeout * 1000.0), upload_timeout, op);
+	}
 	op_arm(op, 0, upload_step);
 	return op;
+}
+
+static void image_free(struct image *im)
+{
+	free(im->name);
+	free(im->format);
+	json_decref(im->metadata);
+	free(im);
 }
 
 static bool image_remove(np_manager *m, const char *id)
@@ -1219,9 +1358,7 @@ static bool image_remove(np_manager *m, const char *id)
 			if (strcmp(im->id, id) != 0)
 				continue;
 			*p = im->next;
-			free(im->name);
-			free(im->format);
-			free(im);
+			image_free(im);
 			return true;
 		}
 		return false;
@@ -1269,6 +1406,72 @@ static np_op *fake_delete_image(np_manager *m, const char *external_id,
 	op->cb.status = cb;
 	snprintf(op->id, sizeof(op->id), "%s", external_id ? external_id : "");
 	op_arm(op, 0, delete_image_fire);
+	return op;
+}
+
+/* ---- listing images (the builder's leaked-image cleanup) ---- */
+
+struct image_listing {
+	np_image_info *v;
+	size_t n, cap;
+};
+
+static void listing_add(struct image_listing *l, const char *id,
+    const char *name, const json_t *metadata)
+{
+	if (l->n == l->cap) {
+		l->cap = l->cap ? l->cap * 2 : 16;
+		l->v = xrealloc(l->v, l->cap * sizeof(*l->v));
+	}
+	l->v[l->n].external_id = xstrdup(id);
+	l->v[l->n].name = xstrdup(name ? name : id);
+	l->v[l->n].metadata = json_is_object(metadata) ?
+	    json_deep_copy(metadata) : NULL;
+	l->n++;
+}
+
+static void list_image_record(void *arg, const json_t *rec)
+{
+	const char *id = json_string_value(json_object_get(rec, "id"));
+
+	if (id)
+		listing_add(arg, id, json_string_value(json_object_get(rec,
+		    "name")), json_object_get(rec, "metadata"));
+}
+
+static void list_images_fire(evloop *loop, uint64_t id, void *arg)
+{
+	struct np_op *op = arg;
+	np_manager *m = op->m;
+	np_image_list_fn cb = op->cb.images;
+	void *cbarg = op->arg;
+	struct image_listing l = {NULL, 0, 0};
+
+	/* The cloud's own images first, as upstream's fake lists them. */
+	listing_add(&l, BUILTIN_IMAGE_ID, BUILTIN_IMAGE_NAME, NULL);
+	for (size_t i = 0; i < m->opt.images.n; i++)
+		listing_add(&l, m->opt.images.v[i], m->opt.images.v[i], NULL);
+	if (on_disk(m))
+		each_image_record(m, list_image_record, &l);
+	for (struct image *im = m->images; im; im = im->next)
+		listing_add(&l, im->id, im->name, im->metadata);
+	op_free(op);
+	cb(cbarg, NP_DRV_OK, l.v, l.n, NULL);
+	for (size_t i = 0; i < l.n; i++) {
+		free(l.v[i].external_id);
+		free(l.v[i].name);
+		json_decref(l.v[i].metadata);
+	}
+	free(l.v);
+}
+
+static np_op *fake_list_images(np_manager *m, np_image_list_fn cb,
+    void *arg)
+{
+	struct np_op *op = op_new(m, OP_LIST_IMAGES, arg);
+
+	op->cb.images = cb;
+	op_arm(op, 0, list_images_fire);
 	return op;
 }
 
@@ -1323,6 +1526,7 @@ static np_manager *fake_start(const np_host *host, const np_config *cfg,
 	for (size_t i = 0; i < p->fake.images.n; i++)
 		strlist_add(&m->opt.images, p->fake.images.v[i]);
 	m->rng = (uint64_t)p->fake.seed;
+	m->upload_timeout = (double)p->image_upload_timeout;
 	strlist_init(&m->img_cache);
 	if (on_disk(m) && open_state_dir(m, err) < 0) {
 		fake_stop(m);
@@ -1352,9 +1556,7 @@ static void fake_stop(np_manager *m)
 	while (m->images) {
 		struct image *im = m->images;
 		m->images = im->next;
-		free(im->name);
-		free(im->format);
-		free(im);
+		image_free(im);
 	}
 	if (m->lock_fd >= 0)
 		close(m->lock_fd);
@@ -1386,4 +1588,5 @@ const struct np_driver np_driver_fake = {
 	.label_ready = fake_label_ready,
 	.upload_image = fake_upload,
 	.delete_image = fake_delete_image,
+	.list_images = fake_list_images,
 };

@@ -180,9 +180,9 @@ static int fake_options_check(const yt_node *n, const char *path,
     strlist *errors)
 {
 	static const char *const fractions[] = {"failure-rate",
-	    "quota-failure-rate", NULL};
+	    "quota-failure-rate", "upload-failure-rate", NULL};
 	static const char *const delays[] = {"launch-delay", "delete-delay",
-	    NULL};
+	    "upload-delay", NULL};
 	double sum = 0;
 	int errs = 0;
 
@@ -193,7 +193,8 @@ static int fake_options_check(const yt_node *n, const char *path,
 		if (d < 0 || d > 1)
 			errs += schema_error(errors, v, path, "%s: must be "
 			    "between 0 and 1", *k);
-		sum += d;
+		if (strcmp(*k, "upload-failure-rate") != 0)
+			sum += d;
 	}
 	if (!errs && sum > 1)
 		errs += schema_error(errors, n, path, "failure-rate and "
@@ -214,6 +215,8 @@ static const schema_field fake_provider_fields[] = {
 	    .check = fake_options_check, .fields = FIELDS(
 	    OPT("launch-delay", S_NUMBER),
 	    OPT("delete-delay", S_NUMBER),
+	    OPT("upload-delay", S_NUMBER),
+	    OPT("upload-failure-rate", S_NUMBER),
 	    OPT("failure-rate", S_NUMBER),
 	    OPT("quota-failure-rate", S_NUMBER),
 	    OPT("seed", S_INT),

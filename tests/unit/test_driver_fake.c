@@ -7,6 +7,7 @@
  * creates in flight on one loop (time and memory printed, not asserted).
  * Also the registry and driver.c's request formatting. */
 #include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -925,6 +926,59 @@ static void on_upload(void *arg, int status, const char *external_id,
 	snprintf(r->id, sizeof(r->id), "%s", external_id ? external_id : "");
 }
 
+struct images_res {
+	int done;
+	int status;
+	strlist ids, names, meta_build_ids;
+};
+
+static void on_images(void *arg, int status, const np_image_info *imgs,
+    size_t n, const char *error)
+{
+	struct images_res *r = arg;
+
+	r->done++;
+	r->status = status;
+	for (size_t i = 0; i < n; i++) {
+		const char *b = json_string_value(json_object_get(
+		    imgs[i].metadata, "nodepool_build_id"));
+		strlist_add(&r->ids, imgs[i].external_id);
+		strlist_add(&r->names, imgs[i].name);
+		if (b)
+			strlist_add(&r->meta_build_ids, b);
+	}
+}
+
+static void images_res_free(struct images_res *r)
+{
+	strlist_free(&r->ids);
+	strlist_free(&r->names);
+	strlist_free(&r->meta_build_ids);
+}
+
+static long rss_kb(const char *key);
+
+/* A sparse file of SIZE bytes: 1 MiB of data every 64 MiB (so an upload
+ * copies data in several chunks and skips holes), "tail" at the end. */
+static char *sparse_file(const char *name, long long size)
+{
+	char *path = xasprintf("%s/%s", test_tmpdir(), name);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	char *mib = xmalloc(1 << 20);
+	bool ok = fd >= 0;
+
+	for (int i = 0; i < (1 << 20); i++)
+		mib[i] = (char)(i % 251);
+	for (long long off = 0; ok && off + (1 << 20) < size; off += 64 << 20)
+		ok = pwrite(fd, mib, 1 << 20, off) == 1 << 20;
+	if (!ok || pwrite(fd, "tail", 4, size - 4) != 4)
+		testlib_fail(__FILE__, __LINE__, "cannot write %s", path);
+	if (fd >= 0)
+		close(fd);
+	free(mib);
+	return path;
+}
+
 static void image_case(const char *opts, const char *dir)
 {
 	struct env e;
@@ -958,11 +1012,32 @@ static void image_case(const char *opts, const char *dir)
 		json_t *o = json_load_file(rec, 0, NULL);
 		CHECK(o && json_integer_value(json_object_get(o, "size")) ==
 		    (1 << 20) + 123);
-		CHECK(o && strlen(json_string_value(json_object_get(o,
-		    "sha256"))) == 64);
+		CHECK_STR(json_string_value(json_object_get(json_object_get(o,
+		    "metadata"), "nodepool_build_id")), "abc");
 		json_decref(o);
 		free(rec);
+		/* A second manager on the state-dir (another process) lists
+		 * it too. */
+		np_manager *twin = env_twin(&e);
+		struct images_res t = {0};
+		REQUIRE(twin);
+		D->list_images(twin, on_images, &t);
+		REQUIRE(run_until(e.loop, &t.done, 1));
+		CHECK(strlist_contains(&t.ids, u.id));
+		images_res_free(&t);
+		D->stop(twin);
 	}
+	/* The listing has the cloud's own image and ours with its metadata. */
+	struct images_res li = {0};
+	D->list_images(e.m, on_images, &li);
+	CHECK_INT(li.done, 0);
+	REQUIRE(run_until(e.loop, &li.done, 1));
+	CHECK_INT(li.status, NP_DRV_OK);
+	CHECK(strlist_contains(&li.ids, "fake-image-id"));
+	CHECK(strlist_contains(&li.ids, u.id));
+	CHECK(strlist_contains(&li.names, "missing-image"));
+	CHECK(strlist_contains(&li.meta_build_ids, "abc"));
+	images_res_free(&li);
 	D->delete_image(e.m, u.id, on_status, &r);
 	REQUIRE(run_until(e.loop, &r.done, 1));
 	CHECK_INT(r.status, NP_DRV_OK);
@@ -970,6 +1045,11 @@ static void image_case(const char *opts, const char *dir)
 	D->delete_image(e.m, u.id, on_status, &r);
 	REQUIRE(run_until(e.loop, &r.done, 1));
 	CHECK_INT(r.status, NP_DRV_NOTFOUND);
+	memset(&li, 0, sizeof(li));
+	D->list_images(e.m, on_images, &li);
+	REQUIRE(run_until(e.loop, &li.done, 1));
+	CHECK(!strlist_contains(&li.ids, u.id));
+	images_res_free(&li);
 	if (dir) {
 		char *images = xasprintf("%s/images", dir);
 		CHECK_INT(count_files(images, ".qcow2") +
@@ -995,6 +1075,102 @@ TEST(upload_and_delete_image)
 	image_case(opts, dir);
 	free(opts);
 	free(dir);
+}
+
+/* image-upload-timeout: an upload that takes longer (upload-delay) ends
+ * with NP_DRV_TIMEOUT and leaves nothing in the cloud; upload-failure-rate
+ * 1 fails every upload, leaving nothing either. */
+TEST(upload_timeout_and_failure)
+{
+	struct env e;
+	struct upload_res u = {0};
+	struct images_res li = {0};
+	char *dir = xasprintf("%s/img-timeout", test_tmpdir());
+	char *opts = xasprintf("{state-dir: %s, upload-delay: 3}\n"
+	    "    image-upload-timeout: 1", dir);
+	char *src = sparse_file("t.raw", 1 << 20);
+	char *images = xasprintf("%s/images", dir);
+	long long t0;
+
+	REQUIRE(env_start(&e, opts));
+	t0 = now_ms();
+	D->upload_image(e.m, "slow", src, "raw", NULL, on_upload, &u);
+	REQUIRE(run_until(e.loop, &u.done, 1));
+	CHECK_INT(u.status, NP_DRV_TIMEOUT);
+	CHECK(now_ms() - t0 >= 1000);
+	CHECK_INT(count_files(images, ".raw") + count_files(images, ".json") +
+	    count_files(images, ".part"), 0);
+	D->list_images(e.m, on_images, &li);
+	REQUIRE(run_until(e.loop, &li.done, 1));
+	CHECK(!strlist_contains(&li.names, "slow"));
+	images_res_free(&li);
+	env_stop(&e);
+	free(opts);
+
+	opts = xasprintf("{state-dir: %s, upload-failure-rate: 1}", dir);
+	REQUIRE(env_start(&e, opts));
+	memset(&u, 0, sizeof(u));
+	D->upload_image(e.m, "bad", src, "raw", NULL, on_upload, &u);
+	REQUIRE(run_until(e.loop, &u.done, 1));
+	CHECK_INT(u.status, NP_DRV_ERROR);
+	CHECK_INT(count_files(images, ".raw") + count_files(images, ".json") +
+	    count_files(images, ".part"), 0);
+	/* A cancelled upload (the builder stopping) leaves nothing. */
+	memset(&u, 0, sizeof(u));
+	np_op *op = D->upload_image(e.m, "gone", src, "raw", NULL, on_upload,
+	    &u);
+	D->cancel(op);
+	evloop_run_once(e.loop, 10);
+	CHECK_INT(u.done, 0);
+	CHECK_INT(count_files(images, ".part"), 0);
+	env_stop(&e);
+	free(images);
+	free(src);
+	free(opts);
+	free(dir);
+}
+
+/* A large (sparse) image streams with constant memory: the copy is whole
+ * and the resident set grows by far less than the file. */
+TEST(upload_large_sparse_image)
+{
+	struct env e;
+	struct upload_res u = {0};
+	char *dir = xasprintf("%s/img-big", test_tmpdir());
+	char *opts = xasprintf("{state-dir: %s}", dir);
+	long long size = 1LL << 30;
+	char *src = sparse_file("big.raw", size);
+	long before, after;
+
+	REQUIRE(env_start(&e, opts));
+	before = rss_kb("VmRSS:");
+	D->upload_image(e.m, "big", src, "raw", NULL, on_upload, &u);
+	REQUIRE(run_until(e.loop, &u.done, 1));
+	after = rss_kb("VmHWM:");
+	CHECK_INT(u.status, NP_DRV_OK);
+	char *data = xasprintf("%s/images/%s.raw", dir, u.id);
+	struct stat st;
+	char tail[5] = "";
+	int fd = open(data, O_RDONLY);
+	CHECK(stat(data, &st) == 0 && st.st_size == size);
+	CHECK(fd >= 0 && pread(fd, tail, 4, size - 4) == 4);
+	CHECK_STR(tail, "tail");
+	CHECK(fd >= 0 && pread(fd, tail, 4, (64 << 20) + 251) == 4);
+	CHECK(memcmp(tail, "\0\1\2\3", 4) == 0);
+	/* Holes stay holes: about 17 MiB of data, not 1 GiB. */
+	CHECK(st.st_blocks * 512LL < 64LL << 20);
+	if (fd >= 0)
+		close(fd);
+	printf("upload of a %lld MiB sparse file: VmRSS %ld kB before, "
+	    "VmHWM %ld kB after\n", size >> 20, before, after);
+	CHECK(after - before < 64 * 1024);
+	unlink(data);
+	unlink(src);
+	free(data);
+	free(src);
+	free(opts);
+	free(dir);
+	env_stop(&e);
 }
 
 /* ---- scale ---- */
