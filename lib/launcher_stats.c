@@ -563,11 +563,10 @@ static void local_gauges(lstats *s)
 	char *key;
 
 	statsd_pipe_init(&p, s->sd);
-	/* Our client has no send queue of its own to measure (requests are
-	 * written to the socket as they are made); 0 until zk.c exposes
-	 * its count of requests awaiting replies. */
+	/* Requests not on the wire yet, as kazoo's client._queue (those
+	 * awaiting a reply are not counted, as upstream does not). */
 	key = xasprintf("%s.zk.client.connection_queue", root);
-	statsd_pipe_gauge(&p, key, 0);
+	statsd_pipe_gauge(&p, key, (double)zk_queue_len(launcher_zk(l)));
 	free(key);
 	for (int i = 0; i < 3; i++) {
 		/* event_queue: changes seen but not applied yet; there is no

@@ -66,6 +66,7 @@ struct req {
 	int32_t xid;
 	sbuf pkt;            /* framed request, freed once copied out */
 	long long deadline;  /* monotonic ms; only while unsent */
+	unsigned long long out_end; /* z->out_queued with its packet in */
 	union {
 		zk_data_fn data;
 		zk_stat_fn stat;
@@ -147,6 +148,9 @@ struct zk {
 	char cur_addr[INET6_ADDRSTRLEN]; /* the address being tried */
 	sbuf wbuf;
 	size_t woff;
+	/* Bytes ever put in wbuf, and written or discarded: a request whose
+	 * out_end is past out_sent is not on the wire yet (zk_queue_len). */
+	unsigned long long out_queued, out_sent;
 	unsigned char *rbuf;
 	size_t rlen, rcap;
 	long long last_recv, last_send, conn_deadline;
@@ -464,6 +468,7 @@ static void out_append(zk *z, const sbuf *pkt)
 		z->woff = 0;
 	}
 	sbuf_add(&z->wbuf, pkt->buf, pkt->len);
+	z->out_queued += pkt->len;
 }
 
 /* Internal packet with no pending entry (ping, setWatches). */
@@ -1018,6 +1023,7 @@ static void flush_sendq(zk *z)
 
 	while ((r = reqq_pop(&z->sendq))) {
 		out_append(z, &r->pkt);
+		r->out_end = z->out_queued;
 		sbuf_free(&r->pkt);
 		reqq_push(&z->pendq, r);
 	}
@@ -1119,6 +1125,7 @@ static int do_write(zk *z)
 		if (n == 0)
 			break;
 		z->woff += (size_t)n;
+		z->out_sent += (unsigned long long)n;
 		z->last_send = now_ms();
 	}
 	if (z->woff == z->wbuf.len) {
@@ -1303,6 +1310,7 @@ static void send_connect_request(zk *z)
 	/* Anything left from a previous connection is meaningless now. */
 	z->wbuf.len = 0;
 	z->woff = 0;
+	z->out_sent = z->out_queued;
 	out_append(z, &pkt);
 	sbuf_free(&pkt);
 	z->phase = PH_HANDSHAKE;
@@ -1637,6 +1645,7 @@ static void conn_drop(zk *z, const char *why)
 	z->write_wants_read = false;
 	z->wbuf.len = 0;
 	z->woff = 0;
+	z->out_sent = z->out_queued;
 	z->rlen = 0;
 	fail_queue(z, &z->pendq, ZCONNECTIONLOSS);
 	if (z->closing || z->bye_sent)
@@ -1943,6 +1952,17 @@ const char *zk_current_server(const zk *z)
 const char *zk_chroot(const zk *z)
 {
 	return z->chroot;
+}
+
+size_t zk_queue_len(const zk *z)
+{
+	size_t n = 0;
+
+	for (const struct req *r = z->sendq.head; r; r = r->next)
+		n++;
+	for (const struct req *r = z->pendq.head; r; r = r->next)
+		n += r->out_end > z->out_sent;
+	return n;
 }
 
 evloop *zk_loop(const zk *z)

@@ -146,6 +146,11 @@ void zk_session_passwd(const zk *z, char out[16]);
 const char *zk_current_server(const zk *z);
 /* The chroot from the host string ("" for none). */
 const char *zk_chroot(const zk *z);
+/* Requests made and not on the wire yet: queued while there is no
+ * connection, or not yet (wholly) written to the socket. kazoo's
+ * client._queue, upstream's zk.client.connection_queue gauge. Loop
+ * thread only. */
+size_t zk_queue_len(const zk *z);
 /* More state callbacks beside zk_options.on_state (loop thread only). A
  * listener may add or remove any listener, itself included, from its
  * callback; one added there hears from the next state change on. */

@@ -500,6 +500,52 @@ static void noop_data(zk *z, int rc, const char *d, int l, const zk_stat *s, voi
 static void noop_stat(zk *z, int rc, const zk_stat *s, void *a) {}
 static void noop_kids(zk *z, int rc, const strlist *k, const zk_stat *s, void *a) {}
 
+/* zk_queue_len: requests not on the wire yet, whether for want of a
+ * connection or because the loop has not written them out yet. */
+TEST(queue_len)
+{
+	struct client c;
+	struct pipe_ctx p = { 0, 0, 0 };
+	zk_options o = { .hosts = test_zk_hosts(), .session_timeout = 10 };
+	evloop *loop;
+	zk *z;
+	char *err = NULL;
+
+	if (!open_client(&c, false))
+		return;
+	CHECK_INT(zk_create(c.z, "/q", "v", 1, 0, NULL), ZOK);
+	CHECK_INT((int)zk_queue_len(c.z), 0);
+	for (int i = 0; i < 50; i++)
+		CHECK_INT(zk_aget(c.z, "/q", NULL, NULL, pipe_get_cb, &p), ZOK);
+	/* in the output buffer, not written: the loop has not run */
+	CHECK_INT((int)zk_queue_len(c.z), 50);
+	for (long long end = now_ms() + 10000; p.done < 50 && now_ms() < end;)
+		evloop_run_once(c.loop, 100);
+	CHECK_INT(p.done, 50);
+	CHECK_INT((int)zk_queue_len(c.z), 0);
+
+	/* no connection yet: the send queue */
+	loop = evloop_new();
+	z = zk_new(loop, &o, &err);
+	CHECK(z != NULL);
+	if (z) {
+		p.done = 0;
+		for (int i = 0; i < 3; i++)
+			CHECK_INT(zk_aexists(z, "/", NULL, NULL, NULL, NULL),
+				  ZOK);
+		CHECK_INT((int)zk_queue_len(z), 3);
+		CHECK_INT(zk_wait_connected(z, 15), ZOK);
+		for (long long end = now_ms() + 10000;
+		     zk_queue_len(z) && now_ms() < end;)
+			evloop_run_once(loop, 100);
+		CHECK_INT((int)zk_queue_len(z), 0);
+		zk_close(z);
+	}
+	free(err);
+	evloop_free(loop);
+	close_client(&c);
+}
+
 TEST(one_shot_watches)
 {
 	struct client c;
