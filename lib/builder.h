@@ -159,6 +159,10 @@ void worker_set_image_status(np_worker *w, const char *image,
 /* Drop what the janitor keeps for B across passes (the workers' statuses,
  * the images that looked leaked); builder_free() calls it. */
 void janitor_forget(np_builder *b);
+/* How many janitor passes of B have started and ended (tests wait for a
+ * whole pass that started after their change). Any thread. */
+void janitor_passes(np_builder *b, unsigned long *started,
+		    unsigned long *done);
 /* Upstream's CleanupWorker.deleteLocalBuild: the build's files in
  * IMAGES_DIR, <image>-<id>.<ext> with their .md5/.sha256 and the
  * <image>-<id>.d manifest directory. Safe to call when none exist (a
