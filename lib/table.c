@@ -154,22 +154,16 @@ static void cell_line(const char *s, size_t line, const char **start,
 	*len = eol ? (size_t)(eol - s) : strlen(s);
 }
 
-/* Cell J of the packed row P. */
-static const char *cell_at(const char *p, size_t j)
-{
-	while (j--)
-		p += strlen(p) + 1;
-	return p;
-}
-
 static void add_row(sbuf *sb, const char *row, const size_t *widths,
 		    size_t ncols)
 {
 	size_t height = 1, h, len;
-	const char *s, *cell;
+	const char *s, *cell = row;
 
-	for (size_t j = 0; j < ncols; j++) {
-		cell_width(cell_at(row, j), &h);
+	/* the packed cells in turn (finding each from the row's start made
+	 * wide tables quadratic in their columns) */
+	for (size_t j = 0; j < ncols; j++, cell += strlen(cell) + 1) {
+		cell_width(cell, &h);
 		if (h > height)
 			height = h;
 	}

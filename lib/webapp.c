@@ -40,11 +40,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "components.h"
 #include "log.h"
 #include "model.h"
 #include "stackdump.h"
 #include "store.h"
 #include "table.h"
+#include "zkcache.h"
 
 #define LOGGER "nodepool.WebApp"
 
@@ -1674,4 +1676,170 @@ void webapp_zk_fill(struct webapp_loop_fill *fill, zk *z)
 	fill->fill = zk_fill;
 	fill->labels = zk_labels;
 	fill->ctx = z;
+}
+
+/* ---- reading the launcher's caches (on their loop thread) ----
+ *
+ * Upstream's web app lists from its launcher's caches too. The rows come
+ * in the order the ZooKeeper reading gives where that order is ours
+ * (requests by id; images by name, providers by name), and sorted by id
+ * where ZooKeeper's is only its hash order (nodes, builds, uploads).
+ * /image-status reads ZooKeeper, as upstream's does: it needs the build
+ * request's ctime and the build lock, which no cache keeps. A cache that
+ * is not ready (starting, or refilling after the session was lost) is
+ * not listed from: that listing reads ZooKeeper. */
+
+struct cached {
+	const void **v;
+	size_t n, cap;
+};
+
+static bool collect(const char *id, const void *obj, void *arg)
+{
+	struct cached *c = arg;
+
+	if (!obj)
+		return true;
+	if (c->n == c->cap) {
+		c->cap = c->cap ? 2 * c->cap : 256;
+		c->v = xrealloc(c->v, c->cap * sizeof(*c->v));
+	}
+	c->v[c->n++] = obj;
+	return true;
+}
+
+/* strcmp over up to four key strings, the first that differs deciding. */
+static int cmp_keys(const char *const *a, const char *const *b, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		int d = strcmp(a[i] ? a[i] : "", b[i] ? b[i] : "");
+		if (d)
+			return d;
+	}
+	return 0;
+}
+
+static int cmp_node(const void *x, const void *y)
+{
+	const np_node *a = *(const np_node *const *)x;
+	const np_node *b = *(const np_node *const *)y;
+
+	return strcmp(a->id, b->id);
+}
+
+static int cmp_request(const void *x, const void *y)
+{
+	const np_request *a = *(const np_request *const *)x;
+	const np_request *b = *(const np_request *const *)y;
+
+	return strcmp(a->id, b->id);
+}
+
+static int cmp_build(const void *x, const void *y)
+{
+	const np_build *a = *(const np_build *const *)x;
+	const np_build *b = *(const np_build *const *)y;
+	const char *ka[] = { a->image, a->id }, *kb[] = { b->image, b->id };
+
+	return cmp_keys(ka, kb, 2);
+}
+
+static int cmp_upload(const void *x, const void *y)
+{
+	const np_upload *a = *(const np_upload *const *)x;
+	const np_upload *b = *(const np_upload *const *)y;
+	const char *ka[] = { a->image, a->build_id, a->provider, a->id };
+	const char *kb[] = { b->image, b->build_id, b->provider, b->id };
+
+	return cmp_keys(ka, kb, 4);
+}
+
+/* The cached records of kind WHAT in listing order (valid until control
+ * returns to the loop). */
+static void cached_sorted(zkc *c, enum zkc_what what, struct cached *out)
+{
+	static int (*const cmp[])(const void *, const void *) = {
+		[ZKC_NODE] = cmp_node, [ZKC_REQUEST] = cmp_request,
+		[ZKC_BUILD] = cmp_build, [ZKC_UPLOAD] = cmp_upload,
+	};
+
+	memset(out, 0, sizeof(*out));
+	zkc_foreach(c, what, collect, out);
+	if (out->n)
+		qsort(out->v, out->n, sizeof(*out->v), cmp[what]);
+}
+
+/* status_add_record() only reads the record; the cache's copy is const. */
+static void add_cached(status_list *l, const void *obj, bool flag)
+{
+	status_add_record(l, (np_record *)obj, flag);
+}
+
+static int cache_fill_nodes(zkc *c, const char *node_id, status_list *l)
+{
+	struct cached all;
+
+	if (node_id) {
+		const np_node *n = zkc_node(c, node_id);
+		if (n)
+			add_cached(l, n, zkc_node_locked(c, node_id));
+		return ZOK;
+	}
+	cached_sorted(c, ZKC_NODE, &all);
+	for (size_t i = 0; i < all.n; i++) {
+		const np_node *n = all.v[i];
+		add_cached(l, n, zkc_node_locked(c, n->id));
+	}
+	free(all.v);
+	return ZOK;
+}
+
+static int cache_fill(void *ctx, enum status_listing what,
+		      const char *node_id, status_list *l)
+{
+	const struct webapp_caches *wc = ctx;
+	zkc *c = what == STATUS_NODES ? wc->nodes
+	       : what == STATUS_REQUESTS ? wc->requests
+	       : what == STATUS_IMAGE_STATUS ? NULL : wc->images;
+	enum zkc_what kind = what == STATUS_REQUESTS ? ZKC_REQUEST
+			   : what == STATUS_DIB_IMAGES ? ZKC_BUILD : ZKC_UPLOAD;
+	struct cached all;
+
+	if (!c || !zkc_ready(c))
+		return zk_fill(wc->z, what, node_id, l);
+	if (what == STATUS_NODES)
+		return cache_fill_nodes(c, node_id, l);
+	cached_sorted(c, kind, &all);
+	for (size_t i = 0; i < all.n; i++) {
+		bool paused = kind == ZKC_BUILD &&
+			zkc_image_paused(c, ((const np_build *)all.v[i])->image);
+		add_cached(l, all.v[i], paused);
+	}
+	free(all.v);
+	return ZOK;
+}
+
+/* The registry's pool components: the same set zk_labels reads. */
+static int cache_labels(void *ctx, strlist *out)
+{
+	const struct webapp_caches *wc = ctx;
+
+	if (!wc->reg || !registry_synced(wc->reg))
+		return zk_labels(wc->z, out);
+	for (size_t i = 0; i < registry_npools(wc->reg); i++) {
+		const np_component *p = registry_pool(wc->reg, i);
+		for (size_t k = 0; k < p->supported_labels.n; k++)
+			strlist_add(out, p->supported_labels.v[k]);
+	}
+	return ZOK;
+}
+
+void webapp_cache_fill(struct webapp_loop_fill *fill,
+		       const struct webapp_caches *caches)
+{
+	memset(fill, 0, sizeof(*fill));
+	fill->loop = zk_loop(caches->z);
+	fill->fill = cache_fill;
+	fill->labels = cache_labels;
+	fill->ctx = (void *)caches;
 }

@@ -32,6 +32,7 @@
 #include "status.h"
 #include "util.h"
 #include "zk.h"
+#include "zkcache.h"
 
 typedef struct webapp webapp;
 
@@ -111,5 +112,23 @@ void webapp_source_on_loop(struct webapp_source *src,
  * node's lock checked, the pool components under
  * /nodepool/components/pool for the labels. */
 void webapp_zk_fill(struct webapp_loop_fill *fill, zk *z);
+
+/* Loop-side functions reading a launcher's caches instead (upstream's web
+ * app lists from them too): /node-list, /request-list, /image-list,
+ * /dib-image-list from the node, request and image caches, /label-list
+ * from the component registry. /image-status, a cache that is not ready
+ * and a NULL cache or registry read ZooKeeper through Z as
+ * webapp_zk_fill() does. Rows come sorted by id where ZooKeeper's own
+ * order is only its hash order (nodes, builds, uploads). CACHES must
+ * outlive the server; its members are read on the loop's thread at each
+ * listing. */
+struct np_registry;
+struct webapp_caches {
+	zk *z;
+	zkc *nodes, *requests, *images;
+	struct np_registry *reg;
+};
+void webapp_cache_fill(struct webapp_loop_fill *fill,
+		       const struct webapp_caches *caches);
 
 #endif

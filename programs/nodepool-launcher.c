@@ -49,6 +49,7 @@ static void usage(FILE *f)
 
 struct web {
 	webapp *w;
+	struct webapp_caches caches;
 	struct webapp_loop_fill fill;
 	struct webapp_source src;
 };
@@ -64,7 +65,14 @@ static void web_start(np_launcher *l, void *arg)
 	const np_config *cfg = launcher_config(l);
 	char *err = NULL;
 
-	webapp_zk_fill(&web->fill, launcher_zk(l));
+	web->caches = (struct webapp_caches){
+		.z = launcher_zk(l),
+		.nodes = launcher_nodes(l),
+		.requests = launcher_requests(l),
+		.images = launcher_images(l),
+		.reg = launcher_registry(l),
+	};
+	webapp_cache_fill(&web->fill, &web->caches);
 	webapp_source_on_loop(&web->src, &web->fill);
 	web->src.ready = web_ready;
 	web->src.ready_ctx = l;

@@ -31,3 +31,18 @@ zk_start() {
 zk_stop() {
 	"$HARNESS_DIR/zk-stop.sh" "$2" "$1" >/dev/null 2>&1 || true
 }
+
+# zk_yaml CHROOT: the zookeeper-servers and zookeeper-tls sections of a
+# nodepool.yaml for the TLS port of the ZooKeeper zk_start started.
+zk_yaml() {
+	cat <<YAML
+zookeeper-servers:
+  - host: 127.0.0.1
+    port: $ZK_TLS_PORT
+    chroot: $1
+zookeeper-tls:
+  ca: $ZK_DIR/tls/ca.pem
+  cert: $ZK_DIR/tls/client.pem
+  key: $ZK_DIR/tls/client.key
+YAML
+}

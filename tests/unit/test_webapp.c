@@ -26,9 +26,11 @@
 
 #include <jansson.h>
 
+#include "components.h"
 #include "testlib.h"
 #include "webapp.h"
 #include "zk.h"
+#include "zkcache.h"
 
 /* ---- a minimal HTTP client ---- */
 
@@ -199,6 +201,15 @@ struct fixture {
 	struct webapp_source src;
 	webapp *w;
 	int port;
+	/* fixture_open_caches(): the launcher's caches and a second server
+	 * listing from them */
+	zkc *nodes, *requests, *images;
+	np_registry *reg;
+	struct webapp_caches caches;
+	struct webapp_loop_fill cfill;
+	struct webapp_source csrc;
+	webapp *cw;
+	int cport;
 };
 
 static zk *connect_zk(evloop *loop, const char *chroot)
@@ -371,9 +382,50 @@ static bool serve(struct fixture *f)
 	return true;
 }
 
+static bool fixture_setup(struct fixture *f, bool start, bool caches);
+
 /* Records in a fresh chroot, the loop on its own thread, and a server
  * with the ZooKeeper source (SERVE false: the caller starts it). */
 static bool fixture_open(struct fixture *f, bool start)
+{
+	return fixture_setup(f, start, false);
+}
+
+/* Run the loop on this thread until the caches and the registry are
+ * ready (before the loop thread starts). */
+static bool caches_ready(struct fixture *f)
+{
+	double end = now_wall() + 30;
+
+	while (now_wall() < end) {
+		if (zkc_ready(f->nodes) && zkc_ready(f->requests) &&
+		    zkc_ready(f->images) && registry_synced(f->reg))
+			return true;
+		evloop_run_once(f->loop, 100);
+	}
+	testlib_fail(__FILE__, __LINE__, "caches not ready");
+	return false;
+}
+
+/* fixture_open() plus the launcher's caches over the same records and a
+ * second server (f->cw, f->cport) listing from them. */
+static bool fixture_open_caches(struct fixture *f)
+{
+	char *err = NULL;
+
+	if (!fixture_setup(f, true, true))
+		return false;
+	f->cw = webapp_start("127.0.0.1", 0, &f->csrc, &err);
+	if (!f->cw) {
+		testlib_fail(__FILE__, __LINE__, "webapp_start: %s", err);
+		free(err);
+		return false;
+	}
+	f->cport = webapp_port(f->cw);
+	return true;
+}
+
+static bool fixture_setup(struct fixture *f, bool start, bool caches)
 {
 	memset(f, 0, sizeof(*f));
 	if (!test_zk_hosts()) {
@@ -390,6 +442,18 @@ static bool fixture_open(struct fixture *f, bool start)
 	if (!f->z)
 		return false;
 	put_records(f->z);
+	if (caches) {
+		f->nodes = zkc_new(f->z, ZKC_NODES);
+		f->requests = zkc_new(f->z, ZKC_REQUESTS);
+		f->images = zkc_new(f->z, ZKC_IMAGES);
+		f->reg = registry_new(f->z, "host-t", "10.0.0");
+		if (!caches_ready(f))
+			return false;
+		f->caches = (struct webapp_caches){ f->z, f->nodes,
+			f->requests, f->images, f->reg };
+		webapp_cache_fill(&f->cfill, &f->caches);
+		webapp_source_on_loop(&f->csrc, &f->cfill);
+	}
 	start_loop_thread(f);
 	webapp_zk_fill(&f->fill, f->z);
 	webapp_source_on_loop(&f->src, &f->fill);
@@ -399,11 +463,16 @@ static bool fixture_open(struct fixture *f, bool start)
 static void fixture_close(struct fixture *f)
 {
 	webapp_stop(f->w);
+	webapp_stop(f->cw);
 	stop_loop_thread(f);
+	zkc_free(f->nodes);
+	zkc_free(f->requests);
+	zkc_free(f->images);
 	if (f->root && f->chroot[0])
 		zk_delete_recursive(f->root, f->chroot);
 	if (f->z)
 		zk_close(f->z);
+	registry_free(f->reg);
 	if (f->root)
 		zk_close(f->root);
 	if (f->loop)
@@ -693,6 +762,105 @@ TEST(request_and_label_list)
 	body = get_body(f.port, "/label-list?fields=nothing", NULL, 200, NULL);
 	CHECK(body != NULL);
 	free(body);
+out:
+	fixture_close(&f);
+}
+
+/* ---- listing from the launcher's caches ---- */
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* BODY's lines (a table) or rows (JSON, each dumped again), sorted and
+ * joined: the same set of rows whatever their order. Ages masked. */
+static char *rows_sorted(const char *body, bool json)
+{
+	strlist rows;
+	sbuf out;
+	char *copy = xstrdup(body ? body : "");
+
+	strlist_init(&rows);
+	mask_ages(copy);
+	if (json) {
+		json_t *j = json_loads(copy, 0, NULL), *row;
+		size_t i;
+		json_array_foreach(j, i, row)
+			strlist_add_owned(&rows, json_dumps(row,
+				JSON_PRESERVE_ORDER | JSON_COMPACT));
+		json_decref(j);
+	} else {
+		for (char *line = strtok(copy, "\n"); line;
+		     line = strtok(NULL, "\n"))
+			strlist_add(&rows, line);
+	}
+	qsort(rows.v, rows.n, sizeof(char *), cmp_str);
+	sbuf_init(&out);
+	for (size_t i = 0; i < rows.n; i++) {
+		sbuf_adds(&out, rows.v[i]);
+		sbuf_addc(&out, '\n');
+	}
+	strlist_free(&rows);
+	free(copy);
+	return out.buf ? out.buf : xstrdup("");
+}
+
+/* The same answer from both sources: byte for byte where both orders are
+ * ours (requests, labels, image status), else the same rows, with the
+ * cache's rows in id order. */
+TEST(cache_source_same_answers)
+{
+	static const struct {
+		const char *path;
+		bool same_order;
+	} paths[] = {
+		{ "/node-list", false }, { "/node-list?node_id=0000000001",
+		true }, { "/node-list?fields=id,locked", false },
+		{ "/request-list", true }, { "/label-list", true },
+		{ "/image-list", false }, { "/dib-image-list", false },
+		{ "/image-status", true },
+	};
+	struct fixture f;
+
+	if (!fixture_open_caches(&f))
+		goto out;
+	for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+		for (int json = 0; json < 2; json++) {
+			const char *acc = json ? "application/json" : NULL;
+			char *a = get_body(f.port, paths[i].path, acc, 200,
+					   NULL);
+			char *b = get_body(f.cport, paths[i].path, acc, 200,
+					   NULL);
+			char *ra = rows_sorted(a, json), *rb = rows_sorted(b,
+								       json);
+			if (a && b)
+				CHECK(strlen(a) > 2);
+			if (paths[i].same_order && a && b) {
+				mask_ages(a);
+				mask_ages(b);
+				CHECK_STR(b, a);
+			}
+			CHECK_STR(rb, ra);
+			free(ra);
+			free(rb);
+			free(a);
+			free(b);
+		}
+	}
+	/* rows in id order, locks from the cache */
+	{
+		char *b = get_body(f.cport, "/node-list?fields=id,locked", NULL,
+				   200, NULL);
+		CHECK_STR(b, "+------------+----------+\n"
+			     "| ID         | Locked   |\n"
+			     "+------------+----------+\n"
+			     "| 0000000000 | unlocked |\n"
+			     "| 0000000001 | locked   |\n"
+			     "| 0000000002 | unlocked |\n"
+			     "+------------+----------+");
+		free(b);
+	}
 out:
 	fixture_close(&f);
 }
