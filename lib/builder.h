@@ -170,6 +170,16 @@ void janitor_passes(np_builder *b, unsigned long *started,
 void janitor_delete_local_build(const char *images_dir, const char *image,
 				const char *build_id);
 
+/* The checksums of a built image file PATH (<images-dir>/<image>-<id>.<ext>)
+ * as upstream's DibImageFile reads them: the first 32 characters of
+ * PATH.md5 and the first 64 of PATH.sha256. A missing file (DIB writes
+ * none for tar) is made first, both digests from one streaming pass over
+ * PATH (OpenSSL EVP), in md5sum's format as DIB's --checksum does. The
+ * BuildWorker calls it once a build succeeded, so the files exist for the
+ * UploadWorkers. 0, or -1 and *ERR (caller frees). */
+int build_checksums(const char *path, char md5[33], char sha256[65],
+		    char **err);
+
 /* One pass of each kind; each returns when the pass is done (or the
  * builder stops). */
 void buildworker_pass(np_worker *w);

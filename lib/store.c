@@ -1401,3 +1401,69 @@ int store_import_image_data(zk *z, const json_t *data, char **err)
 	}
 	return rc;
 }
+
+/* ---- the BuildWorker's writes ---- */
+
+int store_build_create(zk *z, np_build *b)
+{
+	char hex[33], *path, *dir, *json;
+	int rc;
+
+	if (!np_valid_name(b->image))
+		return ZBADARGUMENTS;
+	uuid4_hex(hex);
+	dir = np_path_builds(b->image);
+	path = np_path_build(b->image, hex);
+	json = np_build_encode(b);
+	rc = zk_create(z, path, json, (int)strlen(json), ZK_PERSISTENT, NULL);
+	if (rc == ZNONODE) {
+		rc = zk_ensure_path(z, dir);
+		if (rc == ZOK)
+			rc = zk_create(z, path, json, (int)strlen(json),
+				       ZK_PERSISTENT, NULL);
+	}
+	if (rc == ZOK) {
+		free(b->id);
+		b->id = xstrdup(hex);
+	}
+	free(json);
+	free(path);
+	free(dir);
+	return rc;
+}
+
+int store_build_requested(zk *z, const char *image, bool *requested,
+			  long long *ctime_ms)
+{
+	char *path;
+	zk_stat st;
+	int rc;
+
+	*requested = false;
+	if (!np_valid_name(image))
+		return ZBADARGUMENTS;
+	path = np_path_build_request(image);
+	rc = zk_exists(z, path, &st);
+	free(path);
+	if (rc == ZNONODE)
+		return ZOK;
+	if (rc == ZOK) {
+		*requested = true;
+		if (ctime_ms)
+			*ctime_ms = st.ctime;
+	}
+	return rc;
+}
+
+int store_remove_build_request(zk *z, const char *image)
+{
+	char *path;
+	int rc;
+
+	if (!np_valid_name(image))
+		return ZBADARGUMENTS;
+	path = np_path_build_request(image);
+	rc = zk_delete(z, path, -1);
+	free(path);
+	return rc == ZNONODE ? ZOK : rc;
+}

@@ -168,6 +168,18 @@ int store_build_id_lock(zk *z, const char *image, const char *build_id,
 			zk_lock **lock);
 int store_upload_number_lock(zk *z, const np_upload *u, zk_lock **lock);
 
+/* ---- the BuildWorker's writes ---- */
+/* Upstream's storeBuild without an id: a new record under B's image with
+ * a uuid4 hex id (not sequential), its directories created when missing
+ * (kazoo's makepath); B->id is set. */
+int store_build_create(zk *z, np_build *b);
+/* Whether IMAGE's request-build marker exists; *CTIME_MS (may be NULL) is
+ * its creation time (ms since the epoch) when it does. */
+int store_build_requested(zk *z, const char *image, bool *requested,
+			  long long *ctime_ms);
+/* Upstream's removeBuildRequest: the marker deleted; ZOK if it is gone. */
+int store_remove_build_request(zk *z, const char *image);
+
 /* ---- export / import (upstream's exportImageData/importImageData) ---- */
 /* Object: znode path -> data as a string; pause markers map to "". */
 int store_export_image_data(zk *z, json_t **out);

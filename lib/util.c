@@ -307,3 +307,59 @@ char *host_fqdn(const char *hostname)
 		freeaddrinfo(res);
 	return out;
 }
+
+int str_shell_split(const char *s, strlist *out, char **err)
+{
+	sbuf w;
+	bool in_word = false;
+	char quote = 0;
+
+	sbuf_init(&w);
+	for (const char *p = s;; p++) {
+		char c = *p;
+
+		if (!c) {
+			if (quote) {
+				*err = xstrdup("No closing quotation");
+				sbuf_free(&w);
+				return -1;
+			}
+			break;
+		}
+		if (quote == '\'') {
+			if (c == '\'')
+				quote = 0;
+			else
+				sbuf_addc(&w, c);
+		} else if (quote == '"') {
+			if (c == '"')
+				quote = 0;
+			else if (c == '\\' && (p[1] == '"' || p[1] == '\\'))
+				sbuf_addc(&w, *++p);
+			else
+				sbuf_addc(&w, c);
+		} else if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+			if (in_word)
+				strlist_add_owned(out, sbuf_detach(&w));
+			in_word = false;
+		} else {
+			in_word = true;
+			if (c == '\'' || c == '"') {
+				quote = c;
+			} else if (c == '\\') {
+				if (!p[1]) {
+					*err = xstrdup("No escaped character");
+					sbuf_free(&w);
+					return -1;
+				}
+				sbuf_addc(&w, *++p);
+			} else {
+				sbuf_addc(&w, c);
+			}
+		}
+	}
+	if (in_word)
+		strlist_add_owned(out, sbuf_detach(&w));
+	sbuf_free(&w);
+	return 0;
+}

@@ -65,4 +65,11 @@ void uuid4_dashed(char out[37]);
  * malloc'd. */
 char *host_fqdn(const char *hostname);
 
+/* Python's shlex.split(S) (POSIX mode, no comments): words split on
+ * whitespace, '...' literal, "..." with \\ and \" escaped, a backslash
+ * outside quotes escaping the next character. Words are appended to OUT.
+ * 0, or -1 and *ERR (caller frees: "No closing quotation", "No escaped
+ * character"). */
+int str_shell_split(const char *s, strlist *out, char **err);
+
 #endif

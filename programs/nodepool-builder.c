@@ -145,6 +145,11 @@ int main(int argc, char **argv)
 			argv[optind]);
 		return 2;
 	}
+	/* Test knob: shorter build and upload intervals (ms), so tests of
+	 * scheduled work need not wait upstream's 10 s. */
+	if (getenv("NODEPOOL_BUILDER_TEST_INTERVAL_MS"))
+		bo.build_interval_ms = bo.upload_interval_ms =
+			atol(getenv("NODEPOOL_BUILDER_TEST_INTERVAL_MS"));
 	if (config)
 		bo.config_path = config;
 	bo.secure_path = secure;
