@@ -262,7 +262,22 @@ static void on_finish_timer(evloop *loop, uint64_t id, void *arg)
 	if (op->kind == OP_MAINT)
 		op->m->maint = false;
 	if (op->detached) {
-		/* A cancelled create or a cleanup pass: nobody is told. */
+		/* A cancelled create or a cleanup pass: nobody is told. One
+		 * line ends each cancelled launch's clean-up (tests count
+		 * them against the "cleaning up" lines). */
+		if (op->node_id) {
+			if (!op->id)
+				log_info(op->m->logger, "Cancelled launch of node %s: "
+				    "no server was made", op->node_id);
+			else if (op->status == NP_DRV_OK ||
+				 op->status == NP_DRV_NOTFOUND)
+				log_info(op->m->logger, "Cancelled launch of node %s: "
+				    "server %s deleted", op->node_id, op->id);
+			else
+				log_warning(op->m->logger, "Cancelled launch of node "
+				    "%s: deleting server %s failed: %s", op->node_id,
+				    op->id, op->error ? op->error : "");
+		}
 		if (inst) {
 			np_instance_clear(inst);
 			free(inst);
@@ -1457,6 +1472,8 @@ static void os_cancel_op(np_op *op)
 		 * delete: the server is ours to remove, in the background.
 		 * Without an id yet, the create's answer brings it. */
 		op->detached = true;
+		log_info(op->m->logger, "Cancelled launch of node %s: cleaning "
+		    "up its server", op->node_id ? op->node_id : "?");
 		if (op->id)
 			create_delete_orphan(op);
 		return;
@@ -2011,8 +2028,10 @@ static np_manager *os_start(const np_host *host, const np_config *cfg,
 	log_info(m->logger, "Starting provider %s on cloud %s (%s, region %s)",
 	    p->name, cloud->name, cloud->file,
 	    cloud->region_name ? cloud->region_name : "any");
-	/* Load the caches now, so the first requests find them. */
-	warm_start(m);
+	/* Load the caches now, so the first requests find them (the
+	 * builder and the CLI launch nothing: creates would warm lazily). */
+	if (!host->app || strcmp(host->app, "launcher") == 0)
+		warm_start(m);
 	return m;
 }
 

@@ -545,6 +545,10 @@ static void call_done(void *arg, const http_resp *r)
 		return;
 	}
 	list_del(&s->sent, c);
+	/* Upstream's Timer lines: every API call and its time, at DEBUG. */
+	log_msg(LOG_DEBUG, LOGGER, "cloud %s: API call %s %s %s: %ld in %.3f s",
+	    s->cloud->name, svc_names[c->svc], c->method, c->path, r->status,
+	    r->seconds);
 	memset(&res, 0, sizeof(res));
 	res.err = r->err;
 	res.status = r->status;
