@@ -256,6 +256,33 @@ static bool has_state(const char *state, const char *want)
 	return state && strcmp(state, want) == 0;
 }
 
+/* A lock attempt on a record someone deleted after our listing makes its
+ * directory again (kazoo's recipe ensure_paths the lock's parents): an
+ * empty znode, which upstream then keeps for ever (an empty upload holds
+ * its build: "uploads still remain"). True when the record named by IDS is
+ * such an empty znode. */
+static bool recreated(struct pass *p, np_kind kind, const char *const *ids)
+{
+	char *path = np_kind_path(kind, ids);
+	zk_stat st;
+	bool empty = zk_exists(p->z, path, &st) == ZOK && st.data_length == 0;
+
+	free(path);
+	return empty;
+}
+
+/* Drop the empty build znode our lock L made (see recreated()), with L's
+ * contender in it; nothing when uploads are under it. */
+static void drop_recreated_build(struct pass *p, const char *image,
+				 const char *build_id, zk_lock *l)
+{
+	const char *ids[] = { image, build_id };
+
+	if (recreated(p, NP_KIND_BUILD, ids) &&
+	    store_delete_build(p->z, image, build_id) == ZOK)
+		zk_lock_forget(l);
+}
+
 /* Upstream's _inProgressUpload: an `uploading` record whose upload lock
  * is held (its UploadWorker is alive). */
 static bool upload_in_progress(struct pass *p, const np_upload *u)
@@ -267,18 +294,20 @@ static bool upload_in_progress(struct pass *p, const np_upload *u)
 		return false;
 	rc = store_upload_lock(p->z, u->image, u->build_id, u->provider, false,
 			       0, &l);
+	if (rc == ZOK)
+		drop_recreated_build(p, u->image, u->build_id, l);
 	zk_lock_free(l);
 	return rc != ZOK;
 }
 
-/* Someone deleted U between our listing and our lock, whose attempt
- * made its directory again (kazoo's recipe ensure_paths the lock's
- * parents): an empty znode that would hold its build for ever. It goes,
- * with our contender in it. */
-static void forget_recreated_upload(struct pass *p, const np_upload *u,
-				    zk_lock *l)
+/* The same for an upload record under its upload-number lock L. */
+static void drop_recreated_upload(struct pass *p, const np_upload *u,
+				  zk_lock *l)
 {
-	if (store_delete_upload(p->z, u) == ZOK)
+	const char *ids[] = { u->image, u->build_id, u->provider, u->id };
+
+	if (recreated(p, NP_KIND_UPLOAD, ids) &&
+	    store_delete_upload(p->z, u) == ZOK)
 		zk_lock_forget(l);
 }
 
@@ -310,7 +339,7 @@ static void delete_upload(struct pass *p, const np_upload *u)
 			np_upload_set_state(&fresh, NP_IMG_DELETING);
 			rc = store_upload_save(p->z, &fresh);
 		} else if (rc == ZNONODE) {
-			forget_recreated_upload(p, u, l);
+			drop_recreated_upload(p, u, l);
 		}
 		zk_lock_free(l);
 		if (rc != ZOK) {
@@ -585,11 +614,8 @@ static void mark_build_deleting(struct pass *p, const np_build *build)
 	if (rc == ZOK) {
 		np_build_set_state(&fresh, NP_IMG_DELETING);
 		rc = store_build_save(p->z, &fresh);
-	} else if (rc == ZNONODE &&
-		   store_delete_build(p->z, build->image, build->id) == ZOK) {
-		/* Deleted meanwhile; our lock attempt made an empty build
-		 * znode (see forget_recreated_upload). */
-		zk_lock_forget(l);
+	} else if (rc == ZNONODE) {
+		drop_recreated_build(p, build->image, build->id, l);
 	}
 	np_build_clear(&fresh);
 	if (rc != ZOK && rc != ZNONODE)
