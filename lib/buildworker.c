@@ -1,10 +1,11 @@
 /* buildworker.c: a BuildWorker's pass (upstream's BuildWorker): which
  * images need a build, and running diskimage-builder for them.
  *
- * A pass walks the configured diskimages twice, as upstream does: first
- * for scheduled builds (no ready build, the newest ready build older than
- * rebuild-age, or lacking a format now required), then for manual ones
- * (the request-build marker). Either way the worker takes the image's
+ * A pass walks the configured diskimages twice, as upstream does: for
+ * manual builds (the request-build marker) and for scheduled ones (no
+ * ready build, the newest ready build older than rebuild-age, or lacking
+ * a format now required); requests first, where upstream looks at the
+ * schedule first. Either way the worker takes the image's
  * build lock without blocking (kazoo's recipe, so several builders on
  * several hosts share the work), checks again under the lock, writes a
  * `building` record, runs DIB and rewrites the record `ready` or `failed`.
@@ -799,11 +800,14 @@ void buildworker_pass(np_worker *w)
 {
 	const np_config *cfg = builder_config_get(w->b);
 
-	log_debug(w->logger, "Checking for scheduled image updates");
-	for (size_t i = 0; i < cfg->ndiskimages && go_on(w, cfg); i++)
-		scheduled(w, cfg, &cfg->diskimages[i]);
+	/* Upstream checks the schedule first; requests first serve the one
+	 * that woke us sooner, and a build they make is fresh when the
+	 * schedule is looked at. */
 	log_debug(w->logger, "Checking for manual image build requests");
 	for (size_t i = 0; i < cfg->ndiskimages && go_on(w, cfg); i++)
 		manual(w, cfg, &cfg->diskimages[i]);
+	log_debug(w->logger, "Checking for scheduled image updates");
+	for (size_t i = 0; i < cfg->ndiskimages && go_on(w, cfg); i++)
+		scheduled(w, cfg, &cfg->diskimages[i]);
 	builder_config_put(w->b, cfg);
 }

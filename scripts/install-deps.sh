@@ -12,6 +12,7 @@ zookeeper libnetty-java libslf4j-java default-jre-headless
 python3 python3-kazoo python3-yaml
 openssl procps iproute2 time
 openssh-server openssh-client curl
+python3-diskimage-builder debootstrap qemu-utils
 "
 
 missing=""
