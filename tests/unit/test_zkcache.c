@@ -115,7 +115,8 @@ static char *node_json(const char *state)
 	return xasprintf("{\"state\": \"%s\", \"state_time\": 1726600000.5, "
 			 "\"provider\": \"fake\", \"pool\": \"main\", "
 			 "\"type\": [\"small\"], \"resources\": {\"cores\": 2, "
-			 "\"instances\": 1, \"ram\": 1024}}", state);
+			 "\"instances\": 1, \"ram\": 1024}, "
+			 "\"user_data\": {\"zuul_system\": \"z\"}}", state);
 }
 
 /* Create a node in STATE; its id (caller frees). */
@@ -340,6 +341,8 @@ TEST(initial_walk_sees_existing_tree)
 	/* equal resources are one shared value */
 	CHECK(zkc_node(nodes, n1)->resources != NULL);
 	CHECK(zkc_node(nodes, n1)->resources == zkc_node(nodes, n2)->resources);
+	CHECK(zkc_node(nodes, n1)->user_data != NULL);
+	CHECK(zkc_node(nodes, n1)->user_data == zkc_node(nodes, n2)->user_data);
 	CHECK(zkc_node_locked(nodes, n3));
 	CHECK(!zkc_node_locked(nodes, n1));
 	CHECK(!zkc_node(nodes, "0000009999"));
