@@ -1131,6 +1131,11 @@ static int do_write(zk *z)
 	if (z->woff == z->wbuf.len) {
 		z->wbuf.len = 0;
 		z->woff = 0;
+		/* A burst (1,000 launches' writes at once) grows the buffer
+		 * to megabytes; give that back once it is written, as the
+		 * input buffer does. */
+		if (z->wbuf.cap > 4 * READ_CHUNK)
+			sbuf_free(&z->wbuf);
 	}
 	update_io_interest(z);
 	return 0;
