@@ -14,7 +14,16 @@ PKGS    := jansson yaml-0.1 openssl libssh libmicrohttpd libcurl
 CFLAGS_BASE := -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
 	-Wno-unused-parameter -Wstrict-prototypes -Wmissing-prototypes \
 	-Ilib $(shell pkg-config --cflags $(PKGS))
-LIBS    := $(shell pkg-config --libs $(PKGS)) -lpthread -lm
+# libmicrohttpd is not linked: lib/webapp.c loads it when a web app starts
+# (by the soname found here), so that programs and runs without one do not
+# map and initialise it and GnuTLS.
+LIBS    := $(shell pkg-config --libs $(filter-out libmicrohttpd,$(PKGS))) \
+	-lpthread -lm
+MHD_SONAME := $(shell objdump -p $$(pkg-config --variable=libdir \
+	libmicrohttpd)/libmicrohttpd.so 2>/dev/null | awk '/SONAME/ {print $$2}')
+ifneq ($(MHD_SONAME),)
+CFLAGS_BASE += -DMHD_SONAME='"$(MHD_SONAME)"'
+endif
 
 ifeq ($(SAN),1)
 BUILD   ?= build-san

@@ -1,7 +1,9 @@
-/* util.c: checked allocation, string buffers, string lists, clocks, uuids.
- * See util.h for why allocation failure aborts. */
+/* util.c: checked allocation, string buffers, string lists, clocks, uuids,
+ * libraries loaded on first use. See util.h for why allocation failure
+ * aborts. */
 #include "util.h"
 
+#include <dlfcn.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -361,5 +363,26 @@ int str_shell_split(const char *s, strlist *out, char **err)
 	if (in_word)
 		strlist_add_owned(out, sbuf_detach(&w));
 	sbuf_free(&w);
+	return 0;
+}
+
+int dl_bind(const char *soname, const struct dl_sym *syms, char **err)
+{
+	void *h = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
+
+	if (!h) {
+		*err = xasprintf("cannot load %s: %s", soname, dlerror());
+		return -1;
+	}
+	for (const struct dl_sym *s = syms; s->name; s++) {
+		void *f = dlsym(h, s->name);
+		if (!f) {
+			*err = xasprintf("%s has no %s", soname, s->name);
+			dlclose(h);
+			return -1;
+		}
+		/* POSIX lets a function's address travel as a void *. */
+		memcpy(s->slot, &f, sizeof(f));
+	}
 	return 0;
 }

@@ -72,4 +72,17 @@ char *host_fqdn(const char *hostname);
  * character"). */
 int str_shell_split(const char *s, strlist *out, char **err);
 
+/* A function of a library loaded at run time: NAME's address is stored
+ * at SLOT, the storage of a function pointer of the right type. */
+struct dl_sym {
+	const char *name;
+	void *slot;
+};
+/* Load the shared library SONAME (dlopen counts: loading it again costs
+ * nothing) and fill the slots of SYMS, which end with a NULL name. 0, or
+ * -1 with *ERR (caller frees) naming the library or the missing function.
+ * For libraries only some runs need: linked, a library is mapped and
+ * initialised by every run of every program. */
+int dl_bind(const char *soname, const struct dl_sym *syms, char **err);
+
 #endif

@@ -57,6 +57,52 @@
 #define CONN_MEMORY (128 * 1024) /* request line and headers, per connection */
 #define THREAD_STACK (1024 * 1024)
 
+/* ---- libmicrohttpd, loaded when the first web app starts ----
+ *
+ * Linked at build time, libmicrohttpd and what it pulls in (GnuTLS,
+ * p11-kit, nettle, ...) would be mapped and initialised at start-up by
+ * every program: 2.9 MB of resident memory of a launcher that runs
+ * without the web app (docs/benchmarks.md), and of every CLI command. */
+#ifndef MHD_SONAME
+#define MHD_SONAME "libmicrohttpd.so.12"
+#endif
+
+static struct {
+	__typeof__(MHD_add_response_header) *add_response_header;
+	__typeof__(MHD_create_response_from_buffer) *create_response_from_buffer;
+	__typeof__(MHD_create_response_from_buffer_with_free_callback)
+		*create_response_from_buffer_with_free_callback;
+	__typeof__(MHD_destroy_response) *destroy_response;
+	__typeof__(MHD_get_connection_values) *get_connection_values;
+	__typeof__(MHD_lookup_connection_value) *lookup_connection_value;
+	__typeof__(MHD_queue_response) *queue_response;
+	__typeof__(MHD_start_daemon) *start_daemon;
+	__typeof__(MHD_stop_daemon) *stop_daemon;
+} mhd;
+static pthread_once_t mhd_once = PTHREAD_ONCE_INIT;
+static char *mhd_err; /* why it could not be loaded */
+
+static void mhd_load(void)
+{
+	static const struct dl_sym syms[] = {
+		{ "MHD_add_response_header", &mhd.add_response_header },
+		{ "MHD_create_response_from_buffer",
+		  &mhd.create_response_from_buffer },
+		{ "MHD_create_response_from_buffer_with_free_callback",
+		  &mhd.create_response_from_buffer_with_free_callback },
+		{ "MHD_destroy_response", &mhd.destroy_response },
+		{ "MHD_get_connection_values", &mhd.get_connection_values },
+		{ "MHD_lookup_connection_value",
+		  &mhd.lookup_connection_value },
+		{ "MHD_queue_response", &mhd.queue_response },
+		{ "MHD_start_daemon", &mhd.start_daemon },
+		{ "MHD_stop_daemon", &mhd.stop_daemon },
+		{ NULL, NULL },
+	};
+
+	dl_bind(MHD_SONAME, syms, &mhd_err);
+}
+
 /* ---- Accept negotiation (webob's Accept.acceptable_offers) ----
  *
  * The header is checked against RFC 7231's grammar exactly as webob's
@@ -684,7 +730,7 @@ static bool expired(const struct centry *e, double now)
 static void answer_free(struct answer *a)
 {
 	if (a->resp)
-		MHD_destroy_response(a->resp);
+		mhd.destroy_response(a->resp);
 	a->resp = NULL;
 }
 
@@ -777,14 +823,14 @@ static struct MHD_Response *body_response(char *body, const char *ctype)
 {
 	struct MHD_Response *r;
 
-	r = MHD_create_response_from_buffer_with_free_callback(strlen(body),
+	r = mhd.create_response_from_buffer_with_free_callback(strlen(body),
 							       body, free);
 	if (!r) {
 		free(body);
 		return NULL;
 	}
 	if (ctype)
-		MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+		mhd.add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
 	return r;
 }
 
@@ -797,10 +843,10 @@ static void add_cache_headers(struct MHD_Response *r, double stamp)
 	http_date(stamp + CACHE_TTL, ex);
 	/* webob writes Cache-Control directives sorted by name. */
 	snprintf(cc, sizeof(cc), "max-age=%d, public", CACHE_TTL);
-	MHD_add_response_header(r, "Access-Control-Allow-Origin", "*");
-	MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, cc);
-	MHD_add_response_header(r, MHD_HTTP_HEADER_LAST_MODIFIED, lm);
-	MHD_add_response_header(r, MHD_HTTP_HEADER_EXPIRES, ex);
+	mhd.add_response_header(r, "Access-Control-Allow-Origin", "*");
+	mhd.add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, cc);
+	mhd.add_response_header(r, MHD_HTTP_HEADER_LAST_MODIFIED, lm);
+	mhd.add_response_header(r, MHD_HTTP_HEADER_EXPIRES, ex);
 }
 
 static const char *content_type(enum status_format fmt)
@@ -816,8 +862,8 @@ static enum MHD_Result queue(struct MHD_Connection *c, unsigned status,
 
 	if (!r)
 		return MHD_NO; /* out of memory in MHD: drop the connection */
-	ret = MHD_queue_response(c, status, r);
-	MHD_destroy_response(r);
+	ret = mhd.queue_response(c, status, r);
+	mhd.destroy_response(r);
 	return ret;
 }
 
@@ -889,7 +935,7 @@ static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned code,
 	struct MHD_Response *r = error_response(code, accept);
 
 	if (r && code == MHD_HTTP_METHOD_NOT_ALLOWED)
-		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+		mhd.add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
 	return queue(c, code, r);
 }
 
@@ -897,7 +943,7 @@ static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned code,
  * the Last-Modified it wrote). */
 static bool not_modified(struct MHD_Connection *c, double stamp)
 {
-	const char *ims = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+	const char *ims = mhd.lookup_connection_value(c, MHD_HEADER_KIND,
 			MHD_HTTP_HEADER_IF_MODIFIED_SINCE);
 	long long t;
 
@@ -912,8 +958,8 @@ static enum MHD_Result send_answer(struct MHD_Connection *c,
 	struct MHD_Response *r;
 
 	if (a->status != MHD_HTTP_OK || !not_modified(c, a->stamp))
-		return MHD_queue_response(c, a->status, a->resp);
-	r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+		return mhd.queue_response(c, a->status, a->resp);
+	r = mhd.create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
 	if (r)
 		add_cache_headers(r, a->stamp);
 	return queue(c, MHD_HTTP_NOT_MODIFIED, r);
@@ -1111,7 +1157,7 @@ static char *header_value(struct MHD_Connection *c, const char *name)
 	struct header_join h = { .name = name, .found = false };
 
 	sbuf_init(&h.value);
-	MHD_get_connection_values(c, MHD_HEADER_KIND, join_header, &h);
+	mhd.get_connection_values(c, MHD_HEADER_KIND, join_header, &h);
 	if (!h.found) {
 		sbuf_free(&h.value);
 		return NULL;
@@ -1181,7 +1227,7 @@ static enum MHD_Result dispatch(webapp *w, struct MHD_Connection *c,
 	} else if (!(r.ep = find_endpoint(path))) {
 		ret = reply_error(c, MHD_HTTP_NOT_FOUND, accept);
 	} else {
-		MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, take_param,
+		mhd.get_connection_values(c, MHD_GET_ARGUMENT_KIND, take_param,
 					  &p);
 		r.node_id = r.ep->what == STATUS_NODES ? p.node_id : "";
 		r.fields = r.fmt == STATUS_TABLE ? p.fields : "";
@@ -1212,11 +1258,11 @@ static void log_request(const char *method, const char *url)
 /* Whether the request announces a body. */
 static bool has_body(struct MHD_Connection *c)
 {
-	const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+	const char *cl = mhd.lookup_connection_value(c, MHD_HEADER_KIND,
 			MHD_HTTP_HEADER_CONTENT_LENGTH);
 
 	return (cl && strcmp(cl, "0") != 0) ||
-	       MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+	       mhd.lookup_connection_value(c, MHD_HEADER_KIND,
 			MHD_HTTP_HEADER_TRANSFER_ENCODING);
 }
 
@@ -1313,6 +1359,11 @@ webapp *webapp_start(const char *listen_address, int port,
 	int fd, bound;
 
 	*err = NULL;
+	pthread_once(&mhd_once, mhd_load);
+	if (mhd_err) {
+		*err = xasprintf("webapp: %s", mhd_err);
+		return NULL;
+	}
 	fd = listen_on(address, port, &bound, err);
 	if (fd < 0)
 		return NULL;
@@ -1321,7 +1372,7 @@ webapp *webapp_start(const char *listen_address, int port,
 	w->port = bound;
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_cond_init(&w->filled, NULL);
-	w->d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION |
+	w->d = mhd.start_daemon(MHD_USE_THREAD_PER_CONNECTION |
 				MHD_USE_INTERNAL_POLLING_THREAD |
 				MHD_USE_AUTO | MHD_USE_ERROR_LOG,
 				0, NULL, NULL, on_request, w,
@@ -1369,7 +1420,7 @@ static void *stopper_main(void *arg)
 {
 	struct stopper *s = arg;
 
-	MHD_stop_daemon(s->d);
+	mhd.stop_daemon(s->d);
 	atomic_store(&s->done, true);
 	evloop_post(s->loop, wake, NULL);
 	return NULL;
@@ -1386,7 +1437,7 @@ static void stop_daemon(webapp *w)
 
 	if (!s.loop || !evloop_on_loop_thread(s.loop) ||
 	    pthread_create(&t, NULL, stopper_main, &s) != 0) {
-		MHD_stop_daemon(w->d);
+		mhd.stop_daemon(w->d);
 		return;
 	}
 	while (!atomic_load(&s.done))
