@@ -14,15 +14,24 @@ PKGS    := jansson yaml-0.1 openssl libssh libmicrohttpd libcurl
 CFLAGS_BASE := -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
 	-Wno-unused-parameter -Wstrict-prototypes -Wmissing-prototypes \
 	-Ilib $(shell pkg-config --cflags $(PKGS))
-# libmicrohttpd is not linked: lib/webapp.c loads it when a web app starts
-# (by the soname found here), so that programs and runs without one do not
-# map and initialise it and GnuTLS.
-LIBS    := $(shell pkg-config --libs $(filter-out libmicrohttpd,$(PKGS))) \
+# libmicrohttpd and libcurl are not linked: lib/webapp.c loads the one
+# when a web app starts, lib/http.c the other when a cloud driver makes its
+# first HTTP client (by the sonames found here), so that programs and runs
+# without them do not map and initialise them and what they pull in
+# (GnuTLS, LDAP, ...). The tests' own HTTP server links libmicrohttpd.
+DLOPENED := libmicrohttpd libcurl
+LIBS    := $(shell pkg-config --libs $(filter-out $(DLOPENED),$(PKGS))) \
 	-lpthread -lm
-MHD_SONAME := $(shell objdump -p $$(pkg-config --variable=libdir \
-	libmicrohttpd)/libmicrohttpd.so 2>/dev/null | awk '/SONAME/ {print $$2}')
+TEST_LIBS := $(LIBS) $(shell pkg-config --libs libmicrohttpd)
+soname = $(shell objdump -p $$(pkg-config --variable=libdir $(1))/$(2) \
+	2>/dev/null | awk '/SONAME/ {print $$2}')
+MHD_SONAME := $(call soname,libmicrohttpd,libmicrohttpd.so)
+CURL_SONAME := $(call soname,libcurl,libcurl.so)
 ifneq ($(MHD_SONAME),)
 CFLAGS_BASE += -DMHD_SONAME='"$(MHD_SONAME)"'
+endif
+ifneq ($(CURL_SONAME),)
+CFLAGS_BASE += -DCURL_SONAME='"$(CURL_SONAME)"'
 endif
 
 ifeq ($(SAN),1)
@@ -67,7 +76,7 @@ $(BUILD)/%: $(BUILD)/programs/%.o $(BUILD)/libnodepool.a
 
 $(BUILD)/tests/%: tests/unit/%.c $(TESTLIB) $(BUILD)/libnodepool.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(TESTLIB) $(BUILD)/libnodepool.a $(LIBS)
+	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(TESTLIB) $(BUILD)/libnodepool.a $(TEST_LIBS)
 
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libnodepool.a
 	@mkdir -p $(dir $@)

@@ -3,7 +3,7 @@
  * curl owns the connections; we own the waiting. Its socket callback tells
  * us which descriptor to watch for what (we register it on the loop), its
  * timer callback when it next wants to be called without I/O (one loop
- * timer). Readiness and expiry go back to curl_multi_socket_action(), and
+ * timer). Readiness and expiry go back to curlf.multi_socket_action(), and
  * after each call we collect the transfers curl finished and run their
  * callbacks. User callbacks run only from that collection, never from
  * inside curl or from http_request(), so a callback may start, cancel or
@@ -24,6 +24,67 @@
 
 #define LOGGER "nodepool.http"
 #define DEFAULT_TIMEOUT_MS 60000L
+
+/* ---- libcurl, loaded when the first client is made ----
+ *
+ * Linked at build time, libcurl and what Debian's build pulls in (GnuTLS
+ * through librtmp, libssh2, LDAP, SASL, nghttp2, ...) would be mapped and
+ * initialised at start-up by every program, cloud driver or not: 3.4 MB
+ * of a launcher's resident memory (docs/benchmarks.md). */
+#ifndef CURL_SONAME
+#define CURL_SONAME "libcurl.so.4"
+#endif
+
+static struct {
+	__typeof__(curl_easy_cleanup) *easy_cleanup;
+	__typeof__(curl_easy_getinfo) *easy_getinfo;
+	__typeof__(curl_easy_init) *easy_init;
+	__typeof__(curl_easy_setopt) *easy_setopt;
+	__typeof__(curl_easy_strerror) *easy_strerror;
+	__typeof__(curl_global_init) *global_init;
+	__typeof__(curl_multi_add_handle) *multi_add_handle;
+	__typeof__(curl_multi_assign) *multi_assign;
+	__typeof__(curl_multi_cleanup) *multi_cleanup;
+	__typeof__(curl_multi_info_read) *multi_info_read;
+	__typeof__(curl_multi_init) *multi_init;
+	__typeof__(curl_multi_remove_handle) *multi_remove_handle;
+	__typeof__(curl_multi_setopt) *multi_setopt;
+	__typeof__(curl_multi_socket_action) *multi_socket_action;
+	__typeof__(curl_multi_strerror) *multi_strerror;
+	__typeof__(curl_slist_append) *slist_append;
+	__typeof__(curl_slist_free_all) *slist_free_all;
+} curlf;
+
+static void curl_load(void)
+{
+	static const struct dl_sym syms[] = {
+		{ "curl_easy_cleanup", &curlf.easy_cleanup },
+		{ "curl_easy_getinfo", &curlf.easy_getinfo },
+		{ "curl_easy_init", &curlf.easy_init },
+		{ "curl_easy_setopt", &curlf.easy_setopt },
+		{ "curl_easy_strerror", &curlf.easy_strerror },
+		{ "curl_global_init", &curlf.global_init },
+		{ "curl_multi_add_handle", &curlf.multi_add_handle },
+		{ "curl_multi_assign", &curlf.multi_assign },
+		{ "curl_multi_cleanup", &curlf.multi_cleanup },
+		{ "curl_multi_info_read", &curlf.multi_info_read },
+		{ "curl_multi_init", &curlf.multi_init },
+		{ "curl_multi_remove_handle", &curlf.multi_remove_handle },
+		{ "curl_multi_setopt", &curlf.multi_setopt },
+		{ "curl_multi_socket_action", &curlf.multi_socket_action },
+		{ "curl_multi_strerror", &curlf.multi_strerror },
+		{ "curl_slist_append", &curlf.slist_append },
+		{ "curl_slist_free_all", &curlf.slist_free_all },
+		{ NULL, NULL },
+	};
+	char *err = NULL;
+
+	if (dl_bind(CURL_SONAME, syms, &err) < 0) {
+		/* As if the dynamic linker had not found it at start-up. */
+		log_error(LOGGER, "%s", err);
+		abort();
+	}
+}
 
 struct http_req {
 	http_client *c;
@@ -79,7 +140,7 @@ static void on_fd(evloop *loop, int fd, int events, void *arg)
 		mask |= CURL_CSELECT_IN;
 	if (events & EV_WRITE)
 		mask |= CURL_CSELECT_OUT;
-	curl_multi_socket_action(c->multi, fd, mask, &running);
+	curlf.multi_socket_action(c->multi, fd, mask, &running);
 	check_done(c);
 }
 
@@ -100,7 +161,7 @@ static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp,
 			if (w->next)
 				w->next->prev = w->prev;
 			free(w);
-			curl_multi_assign(c->multi, s, NULL);
+			curlf.multi_assign(c->multi, s, NULL);
 		}
 		return 0;
 	}
@@ -120,7 +181,7 @@ static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp,
 	if (c->socks)
 		c->socks->prev = w;
 	c->socks = w;
-	curl_multi_assign(c->multi, s, w);
+	curlf.multi_assign(c->multi, s, w);
 	return 0;
 }
 
@@ -130,7 +191,7 @@ static void on_timer(evloop *loop, uint64_t id, void *arg)
 	int running;
 
 	c->timer = 0;
-	curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	curlf.multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
 	check_done(c);
 }
 
@@ -226,12 +287,12 @@ static void unlink_req(http_req *r)
 static void free_req(http_req *r)
 {
 	if (r->easy) {
-		curl_multi_remove_handle(r->c->multi, r->easy);
-		curl_easy_cleanup(r->easy);
+		curlf.multi_remove_handle(r->c->multi, r->easy);
+		curlf.easy_cleanup(r->easy);
 	}
 	if (r->fail_timer)
 		evloop_del_timer(r->c->loop, r->fail_timer);
-	curl_slist_free_all(r->hdrs);
+	curlf.slist_free_all(r->hdrs);
 	free(r->sent);
 	if (r->upload)
 		fclose(r->upload);
@@ -274,7 +335,7 @@ static void finish(http_req *r, int err, const char *msg)
 	resp.body_len = r->body.len;
 	resp.seconds = (double)(now_ms() - r->start_ms) / 1000.0;
 	if (err == HTTP_OK) {
-		curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &resp.status);
+		curlf.easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &resp.status);
 		if (resp.body_len) {
 			resp.json = json_loadb(resp.body, resp.body_len, 0, &jerr);
 			if (!resp.json) {
@@ -302,19 +363,19 @@ static void check_done(http_client *c)
 	int left;
 
 	c->depth++;
-	while (!c->dying && (m = curl_multi_info_read(c->multi, &left))) {
+	while (!c->dying && (m = curlf.multi_info_read(c->multi, &left))) {
 		http_req *r = NULL;
 		int err;
 
 		if (m->msg != CURLMSG_DONE)
 			continue;
-		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+		curlf.easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
 		if (!r)
 			continue;
 		err = map_error(r, m->data.result);
 		unlink_req(r);
 		finish(r, err, r->errbuf[0] ? r->errbuf :
-		       curl_easy_strerror(m->data.result));
+		       curlf.easy_strerror(m->data.result));
 	}
 	c->depth--;
 	if (c->dying && c->depth == 0)
@@ -347,23 +408,23 @@ static void set_method(http_req *r, const http_opts *o, const char *method)
 	CURL *e = r->easy;
 
 	if (o->upload_file) {
-		curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+		curlf.easy_setopt(e, CURLOPT_UPLOAD, 1L);
 		if (strcmp(method, "PUT") != 0)
-			curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+			curlf.easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
 		return;
 	}
 	if (r->sent || o->body) {
-		curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->sent ? r->sent : o->body);
-		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)
+		curlf.easy_setopt(e, CURLOPT_POSTFIELDS, r->sent ? r->sent : o->body);
+		curlf.easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)
 		    (r->sent ? strlen(r->sent) : o->body_len));
 		if (strcmp(method, "POST") != 0)
-			curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+			curlf.easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
 		return;
 	}
 	if (strcmp(method, "HEAD") == 0)
-		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+		curlf.easy_setopt(e, CURLOPT_NOBODY, 1L);
 	else if (strcmp(method, "GET") != 0)
-		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+		curlf.easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
 }
 
 /* Open the upload and set its size; a message on failure. */
@@ -377,9 +438,9 @@ static char *open_upload(http_req *r, const char *path)
 	if (fseek(r->upload, 0, SEEK_END) < 0 || (size = ftell(r->upload)) < 0 ||
 	    fseek(r->upload, 0, SEEK_SET) < 0)
 		return xasprintf("cannot size %s: %s", path, strerror(errno));
-	curl_easy_setopt(r->easy, CURLOPT_READFUNCTION, read_cb);
-	curl_easy_setopt(r->easy, CURLOPT_READDATA, r);
-	curl_easy_setopt(r->easy, CURLOPT_INFILESIZE_LARGE, (curl_off_t)size);
+	curlf.easy_setopt(r->easy, CURLOPT_READFUNCTION, read_cb);
+	curlf.easy_setopt(r->easy, CURLOPT_READDATA, r);
+	curlf.easy_setopt(r->easy, CURLOPT_INFILESIZE_LARGE, (curl_off_t)size);
 	return NULL;
 }
 
@@ -406,53 +467,53 @@ http_req *http_request(http_client *c, const http_opts *o, http_done_fn cb,
 	c->reqs = r;
 	c->nreqs++;
 
-	r->easy = e = curl_easy_init();
+	r->easy = e = curlf.easy_init();
 	if (!e) {
 		fail_later(r, HTTP_EOTHER, xstrdup("curl_easy_init failed"));
 		return r;
 	}
-	curl_easy_setopt(e, CURLOPT_URL, o->url);
-	curl_easy_setopt(e, CURLOPT_PRIVATE, r);
-	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
-	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
-	curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
-	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
-	curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
-	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
+	curlf.easy_setopt(e, CURLOPT_URL, o->url);
+	curlf.easy_setopt(e, CURLOPT_PRIVATE, r);
+	curlf.easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curlf.easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+	curlf.easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+	curlf.easy_setopt(e, CURLOPT_WRITEDATA, r);
+	curlf.easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+	curlf.easy_setopt(e, CURLOPT_HEADERDATA, r);
+	curlf.easy_setopt(e, CURLOPT_TIMEOUT_MS,
 	    o->timeout_ms > 0 ? o->timeout_ms : DEFAULT_TIMEOUT_MS);
-	curl_easy_setopt(e, CURLOPT_USERAGENT, "nodepool/" NODEPOOL_VERSION);
-	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, c->verify ? 1L : 0L);
-	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, c->verify ? 2L : 0L);
+	curlf.easy_setopt(e, CURLOPT_USERAGENT, "nodepool/" NODEPOOL_VERSION);
+	curlf.easy_setopt(e, CURLOPT_SSL_VERIFYPEER, c->verify ? 1L : 0L);
+	curlf.easy_setopt(e, CURLOPT_SSL_VERIFYHOST, c->verify ? 2L : 0L);
 	if (c->cafile)
-		curl_easy_setopt(e, CURLOPT_CAINFO, c->cafile);
+		curlf.easy_setopt(e, CURLOPT_CAINFO, c->cafile);
 	if (c->cert)
-		curl_easy_setopt(e, CURLOPT_SSLCERT, c->cert);
+		curlf.easy_setopt(e, CURLOPT_SSLCERT, c->cert);
 	if (c->key)
-		curl_easy_setopt(e, CURLOPT_SSLKEY, c->key);
+		curlf.easy_setopt(e, CURLOPT_SSLKEY, c->key);
 
 	for (const char *const *h = o->headers; h && *h; h++)
-		r->hdrs = curl_slist_append(r->hdrs, *h);
+		r->hdrs = curlf.slist_append(r->hdrs, *h);
 	/* No "Expect: 100-continue" round trip before bodies. */
-	r->hdrs = curl_slist_append(r->hdrs, "Expect:");
+	r->hdrs = curlf.slist_append(r->hdrs, "Expect:");
 	if (o->json) {
 		r->sent = json_dumps(o->json, JSON_COMPACT);
 		if (!r->sent)
 			r->sent = xstrdup("null");
-		r->hdrs = curl_slist_append(r->hdrs, "Content-Type: application/json");
+		r->hdrs = curlf.slist_append(r->hdrs, "Content-Type: application/json");
 	}
-	curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
+	curlf.easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
 	if (o->upload_file && (msg = open_upload(r, o->upload_file))) {
 		fail_later(r, HTTP_EOTHER, msg);
 		return r;
 	}
 	set_method(r, o, method);
-	mc = curl_multi_add_handle(c->multi, e);
+	mc = curlf.multi_add_handle(c->multi, e);
 	if (mc != CURLM_OK) {
-		curl_easy_cleanup(e);
+		curlf.easy_cleanup(e);
 		r->easy = NULL;
 		fail_later(r, HTTP_EOTHER, xasprintf("curl_multi_add_handle: %s",
-		    curl_multi_strerror(mc)));
+		    curlf.multi_strerror(mc)));
 	}
 	return r;
 }
@@ -475,21 +536,22 @@ http_client *http_client_new(evloop *loop)
 	if (!inited) {
 		/* Thread-unsafe once, before any thread uses curl; the
 		 * daemons create their first client on the main thread. */
-		curl_global_init(CURL_GLOBAL_DEFAULT);
+		curl_load();
+		curlf.global_init(CURL_GLOBAL_DEFAULT);
 		inited = true;
 	}
 	c = xcalloc(1, sizeof(*c));
 	c->loop = loop;
 	c->verify = true;
-	c->multi = curl_multi_init();
+	c->multi = curlf.multi_init();
 	if (!c->multi) {
 		log_error(LOGGER, "curl_multi_init failed");
 		abort();
 	}
-	curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
-	curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
-	curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-	curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+	curlf.multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+	curlf.multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
+	curlf.multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+	curlf.multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
 	return c;
 }
 
@@ -522,9 +584,9 @@ static void really_free(http_client *c)
 	if (c->timer)
 		evloop_del_timer(c->loop, c->timer);
 	/* No more callbacks into C from curl. */
-	curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, NULL);
-	curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, NULL);
-	curl_multi_cleanup(c->multi);
+	curlf.multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, NULL);
+	curlf.multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, NULL);
+	curlf.multi_cleanup(c->multi);
 	free(c->cafile);
 	free(c->cert);
 	free(c->key);
