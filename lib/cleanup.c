@@ -142,6 +142,7 @@ typedef struct leak_list {
 	cleanup *c;
 	np_provmgr *pm;
 	np_op *op;
+	strlist fresh;		/* suspects seen so far in this listing */
 } leak_list;
 
 /* A leaked instance's deletion in flight (not part of any task: a slow
@@ -625,14 +626,14 @@ static void leak_delete(cleanup *c, np_provmgr *pm, const char *external_id,
  * that no node of this provider has is a suspect; a suspect of the
  * previous pass too is deleted (one pass could race with a launch whose
  * node the cache does not show yet). */
+/* One batch of a listing: suspects go to FRESH; the ones the last pass
+ * suspected already are deleted. */
 static void leak_check(cleanup *c, np_provmgr *pm, const np_instance *insts,
-		       size_t n)
+		       size_t n, strlist *fresh)
 {
 	leak_prov *lp = leak_prov_get(c, pm->name);
 	zkc *nodes = launcher_nodes(c->l);
-	strlist fresh;
 
-	strlist_init(&fresh);
 	for (size_t i = 0; i < n; i++) {
 		const char *id = cleanup_instance_node_id(&insts[i], pm->name);
 		const np_node *node;
@@ -642,8 +643,8 @@ static void leak_check(cleanup *c, np_provmgr *pm, const np_instance *insts,
 		node = zkc_node(nodes, id);
 		if (node && node->provider && strcmp(node->provider, pm->name) == 0)
 			continue;
-		if (!strlist_contains(&fresh, id))
-			strlist_add(&fresh, id);
+		if (!strlist_contains(fresh, id))
+			strlist_add(fresh, id);
 		if (strlist_contains(&lp->ids, id))
 			leak_delete(c, pm, insts[i].external_id, id);
 		else
@@ -652,8 +653,6 @@ static void leak_check(cleanup *c, np_provmgr *pm, const np_instance *insts,
 				  insts[i].external_id ? insts[i].external_id :
 				  "None", pm->name, id);
 	}
-	strlist_free(&lp->ids);
-	lp->ids = fresh;
 }
 
 static void leak_list_end(leak_list *ll)
@@ -669,6 +668,7 @@ static void leak_list_end(leak_list *ll)
 	if (ll->op && ll->pm->drv->cancel)
 		ll->pm->drv->cancel(ll->op);
 	provmgr_unref(ll->pm);
+	strlist_free(&ll->fresh);
 	free(ll);
 	task_op_done(c);
 }
@@ -678,7 +678,13 @@ static void leak_listed(void *arg, int status, const np_instance *insts,
 {
 	leak_list *ll = arg;
 	cleanup *c = ll->c;
+	leak_prov *lp;
 
+	if (status == NP_DRV_MORE) {
+		if (zkc_ready(launcher_nodes(c->l)) && !c->stopping)
+			leak_check(c, ll->pm, insts, n, &ll->fresh);
+		return;
+	}
 	ll->op = NULL;
 	if (status != NP_DRV_OK) {
 		log_error(LOGGER, "Failure during resource cleanup for provider "
@@ -688,7 +694,11 @@ static void leak_listed(void *arg, int status, const np_instance *insts,
 		 * over once it is back. */
 		strlist_free(&leak_prov_get(c, ll->pm->name)->ids);
 	} else if (!c->stopping) {
-		leak_check(c, ll->pm, insts, n);
+		leak_check(c, ll->pm, insts, n, &ll->fresh);
+		lp = leak_prov_get(c, ll->pm->name);
+		strlist_free(&lp->ids);
+		lp->ids = ll->fresh;
+		strlist_init(&ll->fresh);
 	}
 	leak_list_end(ll);
 }

@@ -48,6 +48,7 @@ enum np_drv_status {
 	NP_DRV_ERROR = -3,    /* anything else; counts as a failed attempt */
 	NP_DRV_NOTFOUND = -4, /* delete of something already gone: success for deletes */
 	NP_DRV_CONFIG = -5,   /* permanent for this label (bad flavor, missing image): decline */
+	NP_DRV_MORE = 1,      /* list_instances: one batch of the listing, more follow */
 };
 
 /* An instance as a driver reports it (after a create, or in a listing).
@@ -142,7 +143,13 @@ struct np_driver {
 	void (*cancel)(np_op *op);
 
 	/* Every instance visible to this provider's account (unmanaged quota
-	 * and leak detection). */
+	 * and leak detection). A driver may report them in batches: calls
+	 * with NP_DRV_MORE, each with a batch valid during the call, then the
+	 * last call, NP_DRV_OK with the last batch (maybe empty) or an error
+	 * (the listing is incomplete: drop what the batches gave). The op
+	 * stays valid until that last call; cancelling it from a batch's call
+	 * ends the listing without another call. (The fake driver's 10,000
+	 * instances in one array took 15 MB, twice the launcher's memory.) */
 	np_op *(*list_instances)(np_manager *m, np_list_fn cb, void *arg);
 	/* The cloud's limits (unlimited where it has none); the launcher
 	 * caches them (5 min) and invalidates the cache on NP_DRV_QUOTA. */

@@ -161,6 +161,8 @@ struct np_op {
 	char *error;
 	char id[33];			/* instance or image */
 	bool created;			/* create: the instance exists */
+	bool listing;			/* list: handing out batches */
+	bool cancelled;			/* list: cancelled from a batch's call */
 	struct upload *up;
 };
 
@@ -929,39 +931,64 @@ static void fake_cancel(np_op *op)
 	 * a cancelled launch (launch-timeout) leaves nothing behind. */
 	if (op->kind == OP_CREATE && op->created)
 		inst_remove(op->m, op->id);
+	if (op->listing) {
+		op->cancelled = true; /* list_fire frees it */
+		return;
+	}
 	op_drop(op);
 }
 
 /* ---- list, limits ---- */
 
+/* Instances per batch of a listing: an np_instance is about 1 KB (its
+ * quota vector), so a listing costs 256 KB however big the cloud. */
+#define LIST_BATCH 256
+
 struct listing {
+	struct np_op *op;
 	np_instance *v;
-	size_t n, cap;
+	size_t n;
 };
+
+static void list_flush(struct listing *l, int status)
+{
+	struct np_op *op = l->op;
+
+	op->cb.list(op->arg, status, l->v, l->n, NULL);
+	for (size_t i = 0; i < l->n; i++)
+		np_instance_clear(&l->v[i]);
+	l->n = 0;
+}
 
 static void list_add(void *arg, const struct inst *in)
 {
 	struct listing *l = arg;
 
-	if (l->n == l->cap) {
-		l->cap = l->cap ? l->cap * 2 : 64;
-		l->v = xrealloc(l->v, l->cap * sizeof(*l->v));
-	}
+	if (l->op->cancelled)
+		return;
 	inst_report(in, &l->v[l->n++]);
+	if (l->n == LIST_BATCH)
+		list_flush(l, NP_DRV_MORE);
 }
 
 static void list_fire(evloop *loop, uint64_t id, void *arg)
 {
 	struct np_op *op = arg;
-	np_list_fn cb = op->cb.list;
-	void *cbarg = op->arg;
-	struct listing l = {NULL, 0, 0};
+	struct listing l = { op, xcalloc(LIST_BATCH, sizeof(*l.v)), 0 };
 
+	op->listing = true;
 	inst_foreach(op->m, list_add, &l);
-	op_free(op);
-	cb(cbarg, NP_DRV_OK, l.v, l.n, NULL);
-	for (size_t i = 0; i < l.n; i++)
-		np_instance_clear(&l.v[i]);
+	if (op->cancelled) {
+		op_free(op); /* its batch was cleared after the call */
+	} else {
+		/* The op is over before its last call, as every op's. */
+		np_list_fn cb = op->cb.list;
+		void *cbarg = op->arg;
+		op_free(op);
+		cb(cbarg, NP_DRV_OK, l.v, l.n, NULL);
+		for (size_t i = 0; i < l.n; i++)
+			np_instance_clear(&l.v[i]);
+	}
 	free(l.v);
 }
 

@@ -208,17 +208,16 @@ static void quota_listed(void *arg, int status, const np_instance *insts,
 			 size_t n, const char *error)
 {
 	np_provmgr *pm = arg;
-	np_quota used;
 
-	pm->quota_op = NULL;
-	if (status != NP_DRV_OK) {
+	if (status != NP_DRV_MORE)
+		pm->quota_op = NULL;
+	if (status != NP_DRV_OK && status != NP_DRV_MORE) {
 		log_error(pm->logger, "Unable to list instances for quota: %s",
 			  error ? error : "");
 		pm->quota_time_ms = now_ms() - QUOTA_MAX_AGE_MS + QUOTA_RETRY_MS;
 		return;
 	}
 	/* unmanagedQuotaUsed: anything not ours, or ours but leaked. */
-	quota_zero(&used);
 	for (size_t i = 0; i < n; i++) {
 		json_t *pn = insts[i].metadata ?
 			json_object_get(insts[i].metadata, "nodepool_provider_name") :
@@ -231,10 +230,12 @@ static void quota_listed(void *arg, int status, const np_instance *insts,
 		    json_is_string(nid) &&
 		    zkc_node(pm->l->nodes, json_string_value(nid)))
 			continue;
-		quota_add(&used, &insts[i].resources);
+		quota_add(&pm->quota_unmanaged, &insts[i].resources);
 	}
+	if (status == NP_DRV_MORE)
+		return;
 	pm->quota = pm->quota_limits;
-	quota_sub(&pm->quota, &used);
+	quota_sub(&pm->quota, &pm->quota_unmanaged);
 	pm->quota_valid = true;
 	pm->quota_time_ms = now_ms();
 	launcher_kick_pools(pm->l, pm->name);
@@ -254,6 +255,7 @@ static void quota_limited(void *arg, int status, const np_quota *limits,
 		return;
 	}
 	pm->quota_limits = *limits;
+	quota_zero(&pm->quota_unmanaged);
 	if (pm->drv->list_instances) {
 		pm->quota_op = pm->drv->list_instances(pm->m, quota_listed, pm);
 		if (pm->quota_op)

@@ -113,6 +113,7 @@ struct np_provmgr {
 	long long quota_time_ms;
 	np_op *quota_op;		/* a refresh in flight */
 	np_quota quota_limits;		/* kept while the listing runs */
+	np_quota quota_unmanaged;	/* summed over the listing's batches */
 	char *logger;			/* nodepool.StateMachineProvider.<name> */
 	/* Nodes in use, kept up to date from the node cache's events
 	 * (see provmgr_used in launcher.c). */

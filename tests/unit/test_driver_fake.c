@@ -239,6 +239,9 @@ static int delete_sync(struct env *e, np_manager *m, const char *id)
 
 struct listed {
 	int done;
+	int status;		/* of the last call */
+	int calls;		/* batches included */
+	np_op *cancel;		/* cancelled from the first batch's call */
 	strlist ids;
 	strlist node_ids;
 };
@@ -254,7 +257,15 @@ static void on_list(void *arg, int status, const np_instance *insts,
 		strlist_add(&l->ids, insts[i].external_id);
 		strlist_add(&l->node_ids, nid ? nid : "");
 	}
-	l->done++;
+	l->calls++;
+	if (status == NP_DRV_MORE && l->cancel) {
+		D->cancel(l->cancel);
+		l->cancel = NULL;
+	}
+	if (status != NP_DRV_MORE) {
+		l->done++;
+		l->status = status;
+	}
 }
 
 /* Number of instances M lists; their node ids go to NODE_IDS if given. */
@@ -761,6 +772,62 @@ TEST(cancel_every_kind_of_op)
 	CHECK_INT(l.done, 0);
 	CHECK_INT(list_sync(&e, e.m, NULL), 1);	/* the delete never ran */
 	created_clear(&c2);
+	env_stop(&e);
+}
+
+/* A big cloud is listed in batches of 256 (an array of all its instances
+ * took 15 MB at 10,000); cancelling from a batch's call ends the listing. */
+TEST(list_in_batches)
+{
+	enum { N = 600 };
+	struct env e;
+	struct created *c = xcalloc(N, sizeof(*c));
+	struct listed l = {0};
+	int done = 0, listed;
+	long long end = now_ms() + 30000;
+
+	REQUIRE(env_start(&e, "{}"));
+	for (int i = 0; i < N; i++) {
+		char nid[16];
+		snprintf(nid, sizeof(nid), "%010d", i);
+		start_create(&e, "small", nid, NULL, &c[i]);
+	}
+	while (done < N && now_ms() < end) {
+		evloop_run_once(e.loop, 50);
+		done = 0;
+		for (int i = 0; i < N; i++)
+			done += c[i].done;
+	}
+	CHECK_INT(done, N);
+	D->list_instances(e.m, on_list, &l);
+	run_until(e.loop, &l.done, 1);
+	CHECK_INT(l.done, 1);
+	CHECK_INT(l.status, NP_DRV_OK);
+	CHECK_INT(l.calls, 3);	/* 256, 256 and the last 88 */
+	CHECK_INT((int)l.ids.n, N);
+	strlist_sort(&l.ids);
+	for (size_t i = 1; i < l.ids.n; i++)
+		CHECK(strcmp(l.ids.v[i - 1], l.ids.v[i]) != 0);
+	for (int i = 0; i < N; i++)
+		CHECK(c[i].inst && strlist_contains(&l.ids,
+						    c[i].inst->external_id));
+	strlist_free(&l.ids);
+	strlist_free(&l.node_ids);
+
+	memset(&l, 0, sizeof(l));
+	l.cancel = D->list_instances(e.m, on_list, &l);
+	for (int i = 0; i < 5; i++)
+		evloop_run_once(e.loop, 10);
+	CHECK_INT(l.calls, 1);	/* the first batch, then nothing */
+	CHECK_INT(l.done, 0);
+	CHECK_INT((int)l.ids.n, 256);
+	strlist_free(&l.ids);
+	strlist_free(&l.node_ids);
+	listed = list_sync(&e, e.m, NULL);
+	CHECK_INT(listed, N);	/* and the next listing is whole */
+	for (int i = 0; i < N; i++)
+		created_clear(&c[i]);
+	free(c);
 	env_stop(&e);
 }
 
