@@ -211,25 +211,34 @@ static const json_t *py_index(const json_t *v, const char *idx, size_t len)
 }
 
 /* Resolve the field name F (LEN bytes, e.g. "request.labels[0]") against
- * ATTRS; NULL when it names anything we do not have. */
-static const json_t *resolve_field(const json_t *attrs, const char *f,
+ * the keyword arguments KW: the first name is a key of KW, then each
+ * ".attr" a key of the object reached and each "[index]" an item; NULL
+ * when it names anything we do not have. */
+static const json_t *resolve_field(const json_t *kw, const char *f,
     size_t len)
 {
-	const char *end = f + len, *p;
+	const char *end = f + len, *p = f;
 	const json_t *v;
-	size_t n;
+	size_t n = strcspn(p, ".[");
 
-	if (len < 8 || strncmp(f, "request.", 8) != 0)
-		return NULL;
-	p = f + 8;
-	n = strcspn(p, ".[");
 	if (p + n > end)
 		n = (size_t)(end - p);
-	char *attr = xstrndup(p, n);
-	v = json_object_get(attrs, attr);
-	free(attr);
+	char *name = xstrndup(p, n);
+	v = n ? json_object_get(kw, name) : NULL;
+	free(name);
 	for (p += n; v && p < end; ) {
 		const char *close;
+		if (*p == '.') {
+			n = strcspn(p + 1, ".[");
+			if (p + 1 + n > end)
+				n = (size_t)(end - p - 1);
+			char *attr = xstrndup(p + 1, n);
+			v = n && json_is_object(v) ? json_object_get(v, attr) :
+			    NULL;
+			free(attr);
+			p += 1 + n;
+			continue;
+		}
 		if (*p != '[' || !(close = memchr(p, ']', (size_t)(end - p))))
 			return NULL;
 		v = py_index(v, p + 1, (size_t)(close - p - 1));
@@ -238,10 +247,8 @@ static const json_t *resolve_field(const json_t *attrs, const char *f,
 	return v;
 }
 
-char *driver_format_request(const char *fmt, const np_request *req,
-    char **err)
+char *driver_py_format(const char *fmt, const json_t *kw, char **err)
 {
-	json_t *attrs = request_attributes(req);
 	sbuf out;
 	const char *p = fmt;
 
@@ -265,7 +272,7 @@ char *driver_format_request(const char *fmt, const np_request *req,
 			/* field[!conversion]; no format specs. */
 			size_t flen = strcspn(p + 1, "!:}");
 			const char *conv = p[1 + flen] == '!' ? p + 2 + flen : NULL;
-			const json_t *v = resolve_field(attrs, p + 1, flen);
+			const json_t *v = resolve_field(kw, p + 1, flen);
 			if (!v || p[1 + flen] == ':' || (conv && (conv + 1 != close ||
 			    (*conv != 's' && *conv != 'r'))))
 				*err = xasprintf("cannot format '%.*s'",
@@ -277,12 +284,23 @@ char *driver_format_request(const char *fmt, const np_request *req,
 			p = close + 1;
 		}
 	}
-	json_decref(attrs);
 	if (*err) {
 		sbuf_free(&out);
 		return NULL;
 	}
 	return sbuf_detach(&out);
+}
+
+char *driver_format_request(const char *fmt, const np_request *req,
+    char **err)
+{
+	json_t *kw = json_object();
+	char *s;
+
+	json_object_set_new(kw, "request", request_attributes(req));
+	s = driver_py_format(fmt, kw, err);
+	json_decref(kw);
+	return s;
 }
 
 /* ---- server metadata of OpenStack-shaped drivers ---- */

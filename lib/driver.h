@@ -226,6 +226,12 @@ json_t *driver_server_metadata(const np_create_args *a);
  * {request.X[key]} and {{ }}. NULL (and *ERR, caller frees) when FMT
  * names anything else. */
 char *driver_format_request(const char *fmt, const np_request *req, char **err);
+/* Python's str.format(**KW) for the same subset: {name}, {name.key},
+ * {name[key]}, !s and !r, {{ }}; KW maps names to JSON values (a string
+ * formats as itself). The builder's image-name-format uses it with
+ * image_name, upload_id and timestamp. NULL and *ERR (caller frees) when
+ * FMT names anything KW lacks or is malformed. */
+char *driver_py_format(const char *fmt, const json_t *kw, char **err);
 
 /* The provider's configuration by value, canonical JSON (caller frees):
  * its YAML mapping plus the top-level diskimage attributes its images
