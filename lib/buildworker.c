@@ -212,7 +212,8 @@ static void prune_logs(np_worker *w, const np_config *cfg, const char *name)
 		n++;
 	}
 	closedir(d);
-	qsort(v, n, sizeof(*v), by_mtime);
+	if (n)
+		qsort(v, n, sizeof(*v), by_mtime);
 	for (size_t i = 0; i < n; i++) {
 		if ((long long)(n - i) > keep) {
 			log_info(w->logger, "Deleting old build log %s",

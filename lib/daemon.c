@@ -113,6 +113,45 @@ char *daemon_abspath(const char *path)
 	return result;
 }
 
+static void set_path(char **dst, const char *arg)
+{
+	free(*dst);
+	*dst = daemon_abspath(arg);
+}
+
+bool daemon_common_option(int c, const char *arg, struct daemon_args *a,
+			  struct daemon_opts *o)
+{
+	switch (c) {
+	case 'c': set_path(&a->config, arg); return true;
+	case 's': set_path(&a->secure, arg); return true;
+	case 'l': set_path(&a->logconfig, arg); return true;
+	case 'p': set_path(&a->pidfile, arg); return true;
+	case 'd': o->mode = DAEMON_DEBUG; return true;
+	case 'f':
+		if (o->mode != DAEMON_DEBUG)
+			o->mode = DAEMON_FOREGROUND;
+		return true;
+	default: return false;
+	}
+}
+
+void daemon_args_apply(const struct daemon_args *a, struct daemon_opts *o)
+{
+	if (a->pidfile)
+		o->pidfile = a->pidfile;
+	o->logconfig = a->logconfig;
+}
+
+void daemon_args_free(struct daemon_args *a)
+{
+	free(a->config);
+	free(a->secure);
+	free(a->logconfig);
+	free(a->pidfile);
+	memset(a, 0, sizeof(*a));
+}
+
 /* ---- pidfile ---- */
 
 static char *pidfile_path;      /* the pidfile we hold, or NULL */

@@ -57,6 +57,24 @@ int daemon_start(const struct daemon_opts *o, char **err);
  * upstream does for -c, -s, -l and -p: the daemon changes to "/". */
 char *daemon_abspath(const char *path);
 
+/* The options every daemon takes alike (NodepoolDaemonApp's and the
+ * -c/-s both daemons add): -c CONFIG -s SECURE -l LOGCONFIG -p PIDFILE
+ * (each made absolute with daemon_abspath), -d and -f. */
+#define DAEMON_COMMON_OPTS "c:s:l:p:df"
+struct daemon_args {
+	char *config;		/* NULL: the program's default */
+	char *secure;
+	char *logconfig;
+	char *pidfile;		/* NULL: the program's default */
+};
+/* getopt's C (and ARG) when it is one of DAEMON_COMMON_OPTS: recorded in
+ * A (and the mode in O), true. False for any other option. */
+bool daemon_common_option(int c, const char *arg, struct daemon_args *a,
+			  struct daemon_opts *o);
+/* A's paths into O (logconfig; pidfile unless NULL). */
+void daemon_args_apply(const struct daemon_args *a, struct daemon_opts *o);
+void daemon_args_free(struct daemon_args *a);
+
 /* ---- pidfile ---- */
 
 /* Take PATH as upstream's lock-file pidfile (python-lockfile): create it

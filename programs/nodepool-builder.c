@@ -110,7 +110,7 @@ int main(int argc, char **argv)
 		.build_workers = 1,
 		.upload_workers = 4,
 	};
-	char *config = NULL, *secure = NULL, *logcfg = NULL, *pidfile = NULL;
+	struct daemon_args da = { 0 };
 	char *err = NULL;
 	np_builder *b;
 	evloop *loop;
@@ -118,7 +118,10 @@ int main(int argc, char **argv)
 	int c, rc = 0;
 
 	daemon_block_signals();
-	while ((c = getopt_long(argc, argv, "hc:s:l:p:df", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "h" DAEMON_COMMON_OPTS, longopts,
+				NULL)) != -1) {
+		if (daemon_common_option(c, optarg, &da, &dopts))
+			continue;
 		switch (c) {
 		case 'h': usage(stdout); return 0;
 		case 'V': printf("Nodepool version: %s\n", NODEPOOL_VERSION); return 0;
@@ -130,12 +133,6 @@ int main(int argc, char **argv)
 			if (!parse_count("--upload-workers", optarg, &bo.upload_workers))
 				return 2;
 			break;
-		case 'c': free(config); config = daemon_abspath(optarg); break;
-		case 's': free(secure); secure = daemon_abspath(optarg); break;
-		case 'l': free(logcfg); logcfg = daemon_abspath(optarg); break;
-		case 'p': free(pidfile); pidfile = daemon_abspath(optarg); break;
-		case 'd': dopts.mode = DAEMON_DEBUG; break;
-		case 'f': if (dopts.mode != DAEMON_DEBUG) dopts.mode = DAEMON_FOREGROUND; break;
 		default: usage(stderr); return 2;
 		}
 	}
@@ -150,15 +147,14 @@ int main(int argc, char **argv)
 	if (getenv("NODEPOOL_BUILDER_TEST_INTERVAL_MS"))
 		bo.build_interval_ms = bo.upload_interval_ms =
 			atol(getenv("NODEPOOL_BUILDER_TEST_INTERVAL_MS"));
-	if (config)
-		bo.config_path = config;
-	bo.secure_path = secure;
-	if (pidfile)
-		dopts.pidfile = pidfile;
-	dopts.logconfig = logcfg;
+	if (da.config)
+		bo.config_path = da.config;
+	bo.secure_path = da.secure;
+	daemon_args_apply(&da, &dopts);
 	if (daemon_start(&dopts, &err) < 0) {
 		fprintf(stderr, "%s\n", err);
 		free(err);
+		daemon_args_free(&da);
 		return 1;
 	}
 	stackdump_register_thread("NodePoolBuilder");
@@ -186,9 +182,6 @@ int main(int argc, char **argv)
 out:
 	evloop_free(loop);
 	statsd_free(sd);
-	free(config);
-	free(secure);
-	free(logcfg);
-	free(pidfile);
+	daemon_args_free(&da);
 	return rc;
 }

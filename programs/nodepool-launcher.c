@@ -134,7 +134,7 @@ int main(int argc, char **argv)
 	};
 	struct np_launcher_opts lo = { .config_path = DEFAULT_CONFIG };
 	np_launcher_ext ext = { .name = "webapp" };
-	char *config = NULL, *secure = NULL, *logcfg = NULL, *pidfile = NULL;
+	struct daemon_args da = { 0 };
 	char *err = NULL;
 	bool with_webapp = true;
 	struct web web = { 0 };
@@ -144,17 +144,14 @@ int main(int argc, char **argv)
 	int c;
 
 	daemon_block_signals();
-	while ((c = getopt_long(argc, argv, "hc:s:l:p:df", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "h" DAEMON_COMMON_OPTS, longopts,
+				NULL)) != -1) {
+		if (daemon_common_option(c, optarg, &da, &dopts))
+			continue;
 		switch (c) {
 		case 'h': usage(stdout); return 0;
 		case 'V': printf("Nodepool version: %s\n", NODEPOOL_VERSION); return 0;
 		case 'W': with_webapp = false; break;
-		case 'c': free(config); config = daemon_abspath(optarg); break;
-		case 's': free(secure); secure = daemon_abspath(optarg); break;
-		case 'l': free(logcfg); logcfg = daemon_abspath(optarg); break;
-		case 'p': free(pidfile); pidfile = daemon_abspath(optarg); break;
-		case 'd': dopts.mode = DAEMON_DEBUG; break;
-		case 'f': if (dopts.mode != DAEMON_DEBUG) dopts.mode = DAEMON_FOREGROUND; break;
 		default: usage(stderr); return 2;
 		}
 	}
@@ -164,12 +161,10 @@ int main(int argc, char **argv)
 			argv[optind]);
 		return 2;
 	}
-	if (config)
-		lo.config_path = config;
-	lo.secure_path = secure;
-	if (pidfile)
-		dopts.pidfile = pidfile;
-	dopts.logconfig = logcfg;
+	if (da.config)
+		lo.config_path = da.config;
+	lo.secure_path = da.secure;
+	daemon_args_apply(&da, &dopts);
 	if (daemon_start(&dopts, &err) < 0) {
 		fprintf(stderr, "%s\n", err);
 		return 1;
@@ -204,9 +199,6 @@ int main(int argc, char **argv)
 	launcher_free(l);
 	evloop_free(loop);
 	statsd_free(sd);
-	free(config);
-	free(secure);
-	free(logcfg);
-	free(pidfile);
+	daemon_args_free(&da);
 	return 0;
 }
