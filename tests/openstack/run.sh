@@ -9,7 +9,8 @@
 # machine's CPU while it runs: it is never left running.
 #
 # usage: tests/openstack/run.sh [--keep-cloud]   (--keep-cloud: do not stop it)
-# env:   NP_BUILD (default build), OSL_DIR (default /tmp/osl), NP_TEST_KEEP=1
+# env:   NP_BUILD (default build), OSL_DIR (default /tmp/osl), NP_OS_WAIT
+#        (seconds any one cloud step may take, default 900), NP_TEST_KEEP=1
 #        keeps the scenarios' directories.
 # Output ends with "N passed, N failed" (the tests' own line).
 set -uo pipefail
