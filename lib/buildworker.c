@@ -12,8 +12,8 @@
  *
  * DIB runs as a child in a process group of its own, its stdout and
  * stderr merged into the build log. The worker's thread waits for it,
- * polling once a second, and kills the whole group when build-timeout
- * passes. A build in progress is never interrupted by a stop: the
+ * polling once a second, and ends the whole group when build-timeout
+ * passes (SIGTERM, then SIGKILL 10 s later). A build in progress is never interrupted by a stop: the
  * builder's stop waits for it.
  *
  * One addition to upstream: a scheduled build that succeeds also removes
@@ -42,6 +42,7 @@
 
 #define QEMU_IMG_OPTIONS "--qemu-img-options 'compat=0.10'"
 #define POLL_MS 1000
+#define KILL_GRACE_MS 10000
 
 extern char **environ;
 
@@ -396,6 +397,36 @@ static void reap(run *r, int status)
 	r->pid = 0;
 }
 
+/* At build-timeout: SIGTERM to the whole process group, so DIB's own
+ * traps unmount its chroot, then after KILL_GRACE_MS SIGKILL to whatever
+ * of the group is left (upstream SIGKILLs the DIB process alone and
+ * leaves its children). The output keeps going to the log meanwhile, so
+ * a cleanup that writes is not blocked on a full pipe. */
+static void kill_group(run *r, int fd)
+{
+	char buf[1 << 14];
+	long long until = now_ms() + KILL_GRACE_MS;
+	int status;
+	pid_t got = 0;
+
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	kill(-r->pid, SIGTERM);
+	while (now_ms() < until &&
+	       (got = waitpid(r->pid, &status, WNOHANG)) == 0) {
+		ssize_t n = read(fd, buf, sizeof(buf));
+
+		if (n > 0)
+			log_write(r, buf, (size_t)n);
+		else
+			usleep(50 * 1000);
+	}
+	kill(-r->pid, SIGKILL);
+	if (got != r->pid)
+		while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR)
+			;
+	r->pid = 0;
+}
+
 /* Copy the child's output to the log until it ends or times out. */
 static void wait_child(run *r, int fd)
 {
@@ -414,11 +445,7 @@ static void wait_child(run *r, int fd)
 			log_error(r->w->logger, "Build timeout for image %s, "
 				  "build %s (log: %s)", r->di->name,
 				  r->build_id, r->log_path);
-			kill(-r->pid, SIGKILL);
-			while (waitpid(r->pid, &status, 0) < 0 &&
-			       errno == EINTR)
-				;
-			r->pid = 0;
+			kill_group(r, fd);
 			break;
 		}
 		if (!eof && poll(&p, 1, left < POLL_MS ? (int)left : POLL_MS) > 0) {

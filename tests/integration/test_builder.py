@@ -326,7 +326,7 @@ def test_full_disk(zk):
                         s.images_dir], capture_output=True, text=True)
     if r.returncode != 0:
         print("SKIP full disk: cannot mount a tmpfs here: %s"
-              % r.stderr.strip())
+              % r.stderr.strip(), file=sys.stderr)
         s.close()
         return
     try:
