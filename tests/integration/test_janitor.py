@@ -1,77 +1,47 @@
 #!/usr/bin/python3
 # test_janitor.py: the builder's janitor end to end, with real processes:
-# a nodepool-builder (no build or upload workers: only its janitor works),
-# records written by kazoo as upstream's Python builder writes them, kazoo
-# holding an upload lock as a live Python uploader would, our nodepool CLI
-# marking builds and uploads deleting (which wakes the janitor through the
-# builder's watch), the fake cloud in a state directory shared by all of
-# them, and image files in the builder's images-dir.
+# nodepool-builder (with no build or upload workers only its janitor
+# works), records written by kazoo as upstream's Python builder writes
+# them, kazoo holding an upload lock as a live Python uploader would, our
+# nodepool CLI marking builds and uploads deleting (which wakes the janitor
+# through the builder's watch), the fake cloud in a state directory shared
+# by all of them, image files in the builder's images-dir; and, last, real
+# builds by the BuildWorker (fake-dib-cmd) cleaned up by the janitor.
 #
 # A pass is seen through the builder's debug log ("Cleanup pass done");
 # a pass is made to happen by writing a `deleting` record, which wakes the
 # janitor at once (the 60 s timer never has to run).
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import launcherlib  # noqa: E402
-from launcherlib import (BUILD, check, nodepool, run, sanitizer_report,  # noqa: E402
-                         wait_for)
+from builderlib import BuilderScenario, image_yaml  # noqa: E402
+from launcherlib import check, run, wait_for  # noqa: E402
 from kazoo.recipe.lock import Lock  # noqa: E402
 
-BUILDER = os.path.join(BUILD, "nodepool-builder")
 PASS_DONE = "CleanupWorker.0: Cleanup pass done"
 
 
-class Builder:
-    """A chroot, an images-dir, a fake cloud, a config and one
-    nodepool-builder."""
+class Janitor(BuilderScenario):
+    """A builder scenario with image img listed by provider fake-a, and
+    what the janitor's tests write and look at."""
 
     def __init__(self, zk, name):
-        self.zk = zk
-        self.name = name
-        self.chroot = "/t-janitor-%s-%s" % (name, uuid.uuid4().hex[:8])
-        self.dir = tempfile.mkdtemp(prefix="np-janitor-%s." % name)
-        self.images = os.path.join(self.dir, "images")
-        self.cloud = os.path.join(self.dir, "cloud")
-        os.makedirs(self.images)
-        os.makedirs(os.path.join(self.cloud, "images"))
-        root = zk.client()
-        root.ensure_path(self.chroot)
-        root.stop()
-        self.kz = zk.client(self.chroot)
-        self.config = os.path.join(self.dir, "nodepool.yaml")
-        host, port = zk.hosts.split(":")
-        with open(self.config, "w") as f:
-            f.write("""zookeeper-servers:
-  - host: %s
-    port: %s
-    chroot: %s
-zookeeper-tls:
-  ca: %s
-  cert: %s
-  key: %s
-images-dir: %s
-build-log-dir: %s/logs
-diskimages:
-  - name: img
-providers:
-  - name: fake-a
-    cloud: fake
-    fake:
-      state-dir: %s
-    diskimages:
-      - name: img
-""" % (host, port, self.chroot, zk.ca, zk.cert, zk.key, self.images,
-                self.dir, self.cloud))
+        super().__init__(zk, "janitor-" + name)
+        os.makedirs(self.images_dir, exist_ok=True)
+        self.cloud = self.state_dir
+        os.makedirs(os.path.join(self.cloud, "images"), exist_ok=True)
+        self.write_config([image_yaml("img", formats=("qcow2",))],
+                          providers=[("fake-a", ["img"], None)])
         self.proc = None
-        self.logfile = os.path.join(self.dir, "builder.log")
+
+    def start_janitor(self, build_workers=0):
+        self.proc = self.start(args=("--build-workers", str(build_workers),
+                                     "--upload-workers", "0"),
+                               interval_ms=200)
+        return self.proc
 
     # ---- records, as upstream's builder writes them ----
 
@@ -116,29 +86,21 @@ providers:
                                            iid + ".json"))
 
     def touch(self, name):
-        path = os.path.join(self.images, name)
+        path = os.path.join(self.images_dir, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             f.write("x")
 
     def local(self, name):
-        return os.path.exists(os.path.join(self.images, name))
+        return os.path.exists(os.path.join(self.images_dir, name))
 
     # ---- the process ----
 
-    def start(self):
-        log = open(self.logfile, "w")
-        self.proc = subprocess.Popen(
-            [BUILDER, "-d", "-c", self.config, "--build-workers", "0",
-             "--upload-workers", "0"],
-            stdout=log, stderr=subprocess.STDOUT)
-
-    def log(self):
-        with open(self.logfile) as f:
-            return f.read()
+    def blog(self):
+        return self.log(self.proc)
 
     def passes(self):
-        return self.log().count(PASS_DONE)
+        return self.blog().count(PASS_DONE)
 
     def wait_passes(self, n, what):
         return wait_for(lambda: self.passes() >= n, what="%s: %s"
@@ -149,39 +111,17 @@ providers:
         far, and wait for its end: a `deleting` record wakes the janitor;
         the pass that deletes it is done at the first "pass done" after
         its deletion in the log. Returns the number of passes done then."""
-        uid = "%010d" % (9000000000 + len(self.log()) % 999999)
+        uid = "%010d" % (9000000000 + len(self.blog()) % 999999)
         path = self.upload_path(bid, uid)
         line = "Deleting image upload: img/%s/fake-a/%s" % (bid, uid)
         self.kz.create(path, json.dumps({"state": "deleting",
                                          "state_time": 1}).encode(),
                        makepath=True)
-        wait_for(lambda: line in self.log(), what="%s: the kick record "
+        wait_for(lambda: line in self.blog(), what="%s: the kick record "
                  "deleted" % self.name)
-        wait_for(lambda: PASS_DONE in self.log().split(line, 1)[1],
+        wait_for(lambda: PASS_DONE in self.blog().split(line, 1)[1],
                  what="%s: the kicked pass done" % self.name)
         return self.passes()
-
-    def close(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                rc = self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                rc = self.proc.wait()
-            check(rc == 0, "%s: builder exits 0 on SIGINT (rc %s)"
-                  % (self.name, rc))
-        if self.proc:
-            rep = sanitizer_report(self.log())
-            check(rep is None, "%s: sanitizer report: %s" % (self.name, rep))
-        try:
-            self.kz.stop()
-        except Exception:
-            pass
-        if launcherlib.FAILED == 0 and not os.environ.get("NP_TEST_KEEP"):
-            shutil.rmtree(self.dir, ignore_errors=True)
-        else:
-            print("kept %s" % self.dir, file=sys.stderr)
 
 
 def test_kazoo_records_and_locks(zk):
@@ -191,7 +131,7 @@ def test_kazoo_records_and_locks(zk):
     uploads. After the pass at start: the oldest build is gone (record,
     cloud image, files), the dead upload's record is gone, the live one
     stays, the two newest builds and their images stay."""
-    b = Builder(zk, "kazoo")
+    b = Janitor(zk, "kazoo")
     try:
         b.build("aa1", "ready", 1)
         b.build("aa2", "ready", 2)
@@ -207,7 +147,7 @@ def test_kazoo_records_and_locks(zk):
         for n in ("img-aa1.qcow2", "img-aa1.qcow2.md5", "img-aa1.d/m",
                   "img-aa3.qcow2"):
             b.touch(n)
-        b.start()
+        b.start_janitor()
         check(b.wait_passes(1, "the first pass"), "a pass at start")
         check(not b.has("/nodepool/images/img/builds/aa1"),
               "the oldest READY build is deleted")
@@ -235,18 +175,18 @@ def test_cli_deletes_and_leaks(zk):
     deleting: the janitor, woken, deletes them in the cloud, in ZooKeeper
     and on disk. A cloud image with our metadata and no record survives
     the first pass that sees it and is deleted by the second."""
-    b = Builder(zk, "cli")
+    b = Janitor(zk, "cli")
     try:
         b.build("bb1", "ready", 1)
         b.build("bb2", "ready", 2)
         i1 = b.upload("bb1", "0000000001", "ready", 1)
         i2 = b.upload("bb2", "0000000001", "ready", 2)
         b.touch("img-bb1.qcow2")
-        b.start()
+        b.start_janitor()
         b.wait_passes(1, "the first pass")
         check(b.in_cloud(i1) and b.in_cloud(i2), "both builds kept")
 
-        rc, out, err = nodepool(b.config, "dib-image-delete", "img-bb1")
+        rc, out, err = b.cli("dib-image-delete", "img-bb1")
         check(rc == 0, "dib-image-delete exits 0 (%s %s)" % (out, err))
         check(wait_for(lambda: not b.has("/nodepool/images/img/builds/bb1"),
                        what="bb1 deleted"),
@@ -255,9 +195,9 @@ def test_cli_deletes_and_leaks(zk):
         check(wait_for(lambda: not b.local("img-bb1.qcow2"),
                        what="bb1's file deleted"), "and its local file")
 
-        rc, out, err = nodepool(b.config, "image-delete", "--provider",
-                                "fake-a", "--image", "img", "--build-id",
-                                "bb2", "--upload-id", "0000000001")
+        rc, out, err = b.cli("image-delete", "--provider", "fake-a",
+                             "--image", "img", "--build-id", "bb2",
+                             "--upload-id", "0000000001")
         check(rc == 0, "image-delete exits 0 (%s %s)" % (out, err))
         check(wait_for(lambda: not b.has(b.upload_path("bb2", "0000000001")),
                        what="bb2's upload deleted"),
@@ -279,5 +219,37 @@ def test_cli_deletes_and_leaks(zk):
         b.close()
 
 
+def test_real_builds(zk):
+    """Three builds by the BuildWorker (nodepool image-build, fake-dib-cmd):
+    the janitor keeps the two newest with their files and deletes the
+    oldest's record, image files, checksums and manifest."""
+    b = Janitor(zk, "builds")
+    try:
+        b.start_janitor(build_workers=1)
+        for n in (1, 2, 3):
+            rc, out, err = b.cli("image-build", "img")
+            check(rc == 0, "image-build exits 0 (%s %s)" % (out, err))
+            check(b.wait_builds("img", "ready", n), "build %d ready" % n)
+            wait_for(lambda: not b.requested("img"), what="request done")
+        ready = sorted(b.builds_in("img", "ready").items(),
+                       key=lambda kv: kv[1]["state_time"])
+        oldest = ready[0][0]
+        files = b.image_files("img", oldest)
+        check("img-%s.qcow2" % oldest in files and
+              "img-%s.d" % oldest in files,
+              "the oldest build has its files (%s)" % files)
+        b.kick(ready[-1][0])
+        check(oldest not in b.builds("img"), "the oldest build is deleted")
+        check(b.image_files("img", oldest) == [],
+              "with its files (%s)" % b.image_files("img", oldest))
+        for bid, _ in ready[1:]:
+            check(bid in b.builds_in("img", "ready") and
+                  "img-%s.qcow2" % bid in b.image_files("img", bid),
+                  "a newer build stays with its files")
+    finally:
+        b.close()
+
+
 if __name__ == "__main__":
-    sys.exit(run([test_kazoo_records_and_locks, test_cli_deletes_and_leaks]))
+    sys.exit(run([test_kazoo_records_and_locks, test_cli_deletes_and_leaks,
+                  test_real_builds]))
