@@ -83,8 +83,12 @@ def test_real_dib_tar(zk):
     s.write_config([bl.image_yaml(
         "debian", formats=("tar",), elements=("debian-minimal",),
         dib_cmd="disk-image-create",
+        # DIB's cache (its apt archives are bind-mounted into the chroot,
+        # with apt's lock) is the test's own: two runs on one machine
+        # otherwise wait on each other's apt lock and one fails.
         env={"DIB_DEBIAN_SECURITY_MIRROR": mirror + "/debian-security",
-             "DIB_DEBIAN_SECURITY_SUBPATH": "-security"},
+             "DIB_DEBIAN_SECURITY_SUBPATH": "-security",
+             "DIB_IMAGE_CACHE": os.path.join(s.dir, "dib-cache")},
         extra={"release": "bookworm", "build-timeout": BUILD_TIMEOUT})])
     # Our elements-dir holds only the fake's element: DIB's own elements
     # are found without ELEMENTS_PATH.
