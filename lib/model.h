@@ -11,9 +11,10 @@
  * Zuul keeps private keys in these records and must not lose them.
  *
  * Ownership: every record owns its strings, lists and JSON values; *_clear
- * frees them. The `raw` member is the document the record was decoded from
- * (NULL for a record built in memory); it supplies the unknown keys and
- * whether a number was an integer when the record is encoded again.
+ * frees them. The `raw` member is what encoding needs of the document the
+ * record was decoded from (NULL for a record built in memory, or when the
+ * document needs nothing kept): the unknown keys, in their order, and
+ * whether a number was an integer. It is model.c's business only.
  */
 #ifndef NP_MODEL_H
 #define NP_MODEL_H

@@ -155,6 +155,81 @@ TEST(encode_drops_what_json_cannot_hold)
 	np_node_clear(&n);
 }
 
+/* The decoder reads common documents itself and hands the rest to
+ * jansson: either way the record (and the error) is what jansson's
+ * reading gave. */
+TEST(decoding_matches_jansson)
+{
+	np_node n;
+	np_request r;
+	char *out, *err = NULL;
+	const char *bad[] = {
+		"{\"state\": \"ready\"} x", "{\"state_time\": 1e400}",
+		"{\"state\": \"ready\",}", "{\"state\" \"ready\"}",
+		"{\"state\": \"a\tb\"}", "{\"state\": \"\xff\"}",
+		"{\"type\": [\"a\", 1]}", "{\"state_time\": 01}",
+		"{\"state_time\": \"1\"}", "{\"cloud\": 99999999999999999999}",
+	};
+
+	REQUIRE(decode_node(&n, "1", "{\"state\": \"a\", \"state\": \"b\"}") == 0);
+	CHECK_STR(n.state, "b");
+	np_node_clear(&n);
+	REQUIRE(decode_node(&n, "1", "{\"hostname\": \"a\\\"b\\u00e9\", "
+			    "\"st\\u0061te\": \"ready\"}") == 0);
+	CHECK_STR(n.hostname, "a\"b\xc3\xa9");
+	CHECK_STR(n.state, "ready");
+	np_node_clear(&n);
+	REQUIRE(decode_node(&n, "1", " {\n\"state\"\t:\"ready\" ,\"type\":[ ] } \r\n") == 0);
+	CHECK_STR(n.state, "ready");
+	CHECK_INT(n.type.n, 0);
+	np_node_clear(&n);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+		CHECK(np_node_decode(&n, "1", bad[i], strlen(bad[i]), &err) < 0);
+		CHECK(err != NULL);
+		free(err);
+		err = NULL;
+	}
+
+	/* Integers stay integers, unknown keys keep their order. */
+	REQUIRE(decode_node(&n, "1", "{\"state_time\": 5, \"zz\": 1, "
+			    "\"state\": \"ready\", \"yy\": [1, {\"a\": null}], "
+			    "\"created_time\": 2.5}") == 0);
+	out = np_node_encode(&n);
+	CHECK(strstr(out, "{\"state\": \"ready\", \"state_time\": 5, ") == out);
+	CHECK(strstr(out, "\"created_time\": 2.5, ") != NULL);
+	CHECK(strstr(out, "\"requestor\": null, \"zz\": 1, "
+			  "\"yy\": [1, {\"a\": null}]}") != NULL);
+	free(out);
+	np_node_clear(&n);
+
+	/* A null port is kept (not a port), ssh_port ignored then. */
+	REQUIRE(decode_node(&n, "1", "{\"connection_port\": null, "
+			    "\"ssh_port\": 2022}") == 0);
+	CHECK_INT(np_node_port(&n), -1);
+	out = np_node_encode(&n);
+	CHECK(strstr(out, "\"connection_port\": null, \"ssh_port\": null, ") != NULL);
+	free(out);
+	np_node_clear(&n);
+	REQUIRE(decode_node(&n, "1", "{\"ssh_port\": \"2022\"}") == 0);
+	CHECK_INT(np_node_port(&n), 2022);
+	np_node_clear(&n);
+
+	/* Booleans from integers; integers must be integers. */
+	REQUIRE(np_request_decode(&r, "100-0000000001", "{\"reuse\": 0}", 12,
+				  &err) == 0);
+	CHECK(!r.reuse);
+	np_request_clear(&r);
+	CHECK(np_request_decode(&r, "100-0000000001", "{\"reuse\": 1.0}", 14,
+				&err) < 0);
+	CHECK(err && strstr(err, "reuse"));
+	free(err);
+	err = NULL;
+	CHECK(np_request_decode(&r, "100-0000000001",
+				"{\"relative_priority\": 2.0}", 26, &err) < 0);
+	CHECK(err && strstr(err, "relative_priority"));
+	free(err);
+}
+
 TEST(bad_documents)
 {
 	np_node n;
