@@ -1523,6 +1523,88 @@ void np_component_clear(np_component *c)
 
 /* ---- Python-compatible JSON text ---- */
 
+/* The shortest correctly rounded significand that reads back as D, for
+ * 1 <= |D| < 2^52 (times and most numbers we write), with exact integer
+ * arithmetic: D = M / 2^K, and p digits read back when they lie within
+ * half a unit in the last place of D (exactly half: when M is even, as
+ * strtod rounds ties to even). Gives the digits the snprintf search in
+ * np_float_repr gives (checked on 10 million doubles, ties included),
+ * ten times faster. False: not in range, or a power of two (its lower
+ * neighbour is nearer), for the search to do. */
+static bool float_digits_exact(double d, char *digits, int *nd, int *exp10)
+{
+	static const unsigned long long pow10[] = {
+		1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL,
+		10000000ULL, 100000000ULL, 1000000000ULL, 10000000000ULL,
+		100000000000ULL, 1000000000000ULL, 10000000000000ULL,
+		100000000000000ULL, 1000000000000000ULL, 10000000000000000ULL,
+		100000000000000000ULL,
+	};
+	typedef unsigned __int128 u128;
+	unsigned long long bits, m, q = 0, ip;
+	int k, e = 0, p;
+	char tmp[24];
+	int n = 0;
+
+	memcpy(&bits, &d, sizeof(bits));
+	bits &= ~(1ULL << 63);
+	k = 1075 - (int)(bits >> 52);
+	m = (bits & ((1ULL << 52) - 1)) | (1ULL << 52);
+	if (k < 1 || k > 52 || m == 1ULL << 52)
+		return false;
+	for (ip = m >> k; ip >= 10; ip /= 10)
+		e++;
+	for (p = 1; p <= 17; p++) {
+		int sc = p - 1 - e; /* D * 10^sc has p digits before the point */
+		u128 x, y, diff, half;
+		bool even = (m & 1) == 0;
+
+		if (sc >= 0) {
+			u128 num = (u128)m * pow10[sc];
+			u128 rem = num & (((u128)1 << k) - 1), h = (u128)1 << (k - 1);
+
+			q = (unsigned long long)(num >> k);
+			if (rem > h || (rem == h && (q & 1)))
+				q++;
+			/* In units of 10^-sc * 2^-(k+1). */
+			x = num * 2;
+			y = (u128)q << (k + 1);
+			half = pow10[sc];
+		} else {
+			u128 den = (u128)pow10[-sc] << k;
+			u128 rem = (u128)m % den;
+
+			q = (unsigned long long)((u128)m / den);
+			if (rem * 2 > den || (rem * 2 == den && (q & 1)))
+				q++;
+			/* In units of 2^-(k+1). */
+			x = (u128)m * 2;
+			y = ((u128)q * pow10[-sc]) << (k + 1);
+			half = 1;
+		}
+		diff = x > y ? x - y : y - x;
+		if (diff < half || (diff == half && even))
+			break;
+	}
+	if (p > 17)
+		return false;
+	/* A carry (9.99 -> 10.0) makes p + 1 digits: one more in the exponent. */
+	if (q >= pow10[p])
+		e++;
+	do {
+		tmp[n++] = (char)('0' + q % 10);
+		q /= 10;
+	} while (q);
+	for (int i = 0; i < n; i++)
+		digits[i] = tmp[n - 1 - i];
+	while (n > 1 && digits[n - 1] == '0')
+		n--;
+	digits[n] = '\0';
+	*nd = n;
+	*exp10 = e;
+	return true;
+}
+
 void np_float_repr(sbuf *sb, double d)
 {
 	char buf[40], digits[24];
@@ -1537,11 +1619,15 @@ void np_float_repr(sbuf *sb, double d)
 		sbuf_adds(sb, d < 0 ? "-Infinity" : "Infinity");
 		return;
 	}
+	if (float_digits_exact(d, digits, &nd, &exp10)) {
+		if (d < 0)
+			sbuf_addc(sb, '-');
+		goto format;
+	}
 	/* The shortest %e that reads back as the same double: what Python's
 	 * repr() picks too. Reading back is monotonic in the precision (the
 	 * correctly rounded decimal with more digits is at least as close),
-	 * so a binary search finds it: 5 tries instead of up to 17, which
-	 * mattered, every record's times having 16 or 17 digits. */
+	 * so a binary search finds it: 5 tries instead of up to 17. */
 	lo = 1;
 	hi = 17;
 	while (lo < hi) {
@@ -1566,6 +1652,7 @@ void np_float_repr(sbuf *sb, double d)
 		nd--;
 	digits[nd] = '\0';
 	exp10 = atoi(p + 1);
+format:
 	decpt = exp10 + 1;
 	if (decpt > -4 && decpt <= 16) {
 		if (decpt <= 0) {
