@@ -374,6 +374,19 @@ TEST(python_floats_and_strings)
 	check_float(-2.5, "-2.5");
 	check_float(1.5e300, "1.5e+300");
 	check_float(NAN, "NaN");
+	/* The exact integer path (1 <= |x| < 2^52) and its edges. */
+	check_float(1726600000.5, "1726600000.5");
+	check_float(-1726600000.5, "-1726600000.5");
+	check_float(4503599627370495.5, "4503599627370495.5");
+	check_float(1.0, "1.0");
+	check_float(2.0, "2.0");
+	check_float(9.999999999999998, "9.999999999999998");
+	check_float(1764327456.1234567, "1764327456.1234567");
+	check_float(1764327456.123, "1764327456.123");
+	check_float(99999.99999999999, "99999.99999999999");
+	check_float(1e15 + 0.3, "1000000000000000.2");
+	check_float(3.0000000000000004, "3.0000000000000004");
+	check_float(1234567890123456.8, "1234567890123456.8");
 
 	v = json_pack("{s:s}", "k", "caf\xc3\xa9 \xf0\x9f\x98\x80 \"/\\\n\x01\x7f");
 	out = np_json_dumps(v, false);
