@@ -331,7 +331,7 @@ static np_config *load_config(const char *path, const char *secure,
 
 static void reload(np_builder *b)
 {
-	char *err = NULL, *old_hosts, *new_hosts;
+	char *err = NULL;
 	np_config *cfg;
 	np_cfgref *ref, *old;
 
@@ -346,13 +346,18 @@ static void reload(np_builder *b)
 		return;
 	}
 	log_info(LOGGER, "Configuration changed; reloading");
-	old_hosts = config_zk_hosts(b->cur->cfg);
-	new_hosts = config_zk_hosts(cfg);
-	if (strcmp(old_hosts, new_hosts) != 0)
-		log_warning(LOGGER, "Detected ZooKeeper server changes; they "
-			    "take effect at the next restart");
-	free(old_hosts);
-	free(new_hosts);
+	switch (config_zk_reconfigure(b->cur->cfg, cfg, b->z, &err)) {
+	case -1:
+		log_error(LOGGER, "Unable to apply config: %s; still running "
+			  "on the previous one", err);
+		free(err);
+		config_free(cfg);
+		b->cur->cfg->mtime_ns = -1;
+		return;
+	case 1:
+		log_info(LOGGER, "Detected ZooKeeper server changes");
+		break;
+	}
 	ref = cfgref_new(cfg);
 	pthread_mutex_lock(&b->mu);
 	live_add(b, ref);

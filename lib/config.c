@@ -415,6 +415,20 @@ char *config_zk_hosts(const np_config *c)
 	return sbuf_detach(&sb);
 }
 
+int config_zk_reconfigure(const np_config *old, const np_config *new,
+			  zk *z, char **err)
+{
+	char *was = config_zk_hosts(old), *now = config_zk_hosts(new);
+	int rc = 0;
+
+	*err = NULL;
+	if (strcmp(was, now) != 0)
+		rc = zk_set_hosts(z, now, err) == 0 ? 1 : -1;
+	free(was);
+	free(now);
+	return rc;
+}
+
 /* ---- diskimages ---- */
 
 static void diskimage_init(np_diskimage *d, const char *name)
@@ -1296,7 +1310,7 @@ static bool load_tenant_limits(loader *l, const yt_node *root)
 static bool load_top(loader *l, const yt_node *root)
 {
 	np_config *c = l->c;
-	const yt_node *web = opt(root, "webapp"), *zk;
+	const yt_node *web = opt(root, "webapp"), *servers;
 	long long port = 8005;
 	if (web && !need_map(l, web, "webapp"))
 		return false;
@@ -1316,9 +1330,10 @@ static bool load_top(loader *l, const yt_node *root)
 	c->webapp_port = (int)port;
 	if (c->max_hold_age <= 0)
 		c->max_hold_age = NP_UNLIMITED;
-	if (!get_list(l, root, "", "zookeeper-servers", &zk))
+	if (!get_list(l, root, "", "zookeeper-servers", &servers))
 		return false;
-	if (zk && zk->n && !load_zk_servers(l, zk, "zookeeper-servers"))
+	if (servers && servers->n &&
+	    !load_zk_servers(l, servers, "zookeeper-servers"))
 		return false;
 	return load_diskimages(l, root) && load_labels(l, root) &&
 	    load_providers(l, root) && load_zk_tls(l, root) &&
@@ -1328,15 +1343,16 @@ static bool load_top(loader *l, const yt_node *root)
 static bool load_secure(loader *l, const yt_node *root)
 {
 	np_config *c = l->c;
-	const yt_node *zk, *images;
+	const yt_node *servers, *images;
 	if (root->type == YT_NULL)
 		return true;		/* an empty secure file is ignored */
 	if (!need_map(l, root, ""))
 		return false;
-	if (!get_list(l, root, "", "zookeeper-servers", &zk) ||
+	if (!get_list(l, root, "", "zookeeper-servers", &servers) ||
 	    !get_list(l, root, "", "diskimages", &images))
 		return false;
-	if (zk && zk->n && !load_zk_servers(l, zk, "zookeeper-servers"))
+	if (servers && servers->n &&
+	    !load_zk_servers(l, servers, "zookeeper-servers"))
 		return false;
 	for (size_t i = 0; i < list_len(images); i++) {
 		const yt_node *n = images->items[i], *env;

@@ -21,6 +21,7 @@
 #include <jansson.h>
 
 #include "util.h"
+#include "zk.h"
 
 struct yt_node;			/* yamltree.h */
 struct yt_doc;
@@ -286,6 +287,15 @@ bool config_changed(const np_config *c);
 
 /* "h:p,[v6]:p/chroot" in kazoo's form; malloc'd. "" with no servers. */
 char *config_zk_hosts(const np_config *c);
+/* Upstream's reconfigureZooKeeper on a reload: when NEW's
+ * zookeeper-servers differ from OLD's, Z uses NEW's from its next
+ * connection on (zk_set_hosts; the connection in use is kept, as kazoo's
+ * set_hosts keeps it). 1 when they changed, 0 when not, -1 and *ERR
+ * (caller frees) when NEW's cannot be used (another chroot): the caller
+ * keeps running on OLD, as upstream does. zookeeper-tls and
+ * zookeeper-timeout changes are not applied (upstream ignores them too). */
+int config_zk_reconfigure(const np_config *old, const np_config *new,
+			  zk *z, char **err);
 
 np_provider *config_find_provider(const np_config *c, const char *name);
 np_diskimage *config_find_diskimage(const np_config *c, const char *name);

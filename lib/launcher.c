@@ -52,6 +52,7 @@ struct np_launcher {
 	char *config_path;
 	char *secure_path;
 	np_cfgref *cur;
+	np_config *refused;	/* a reload we could not apply (see reload) */
 	char *hostname;
 	char *fqdn;
 	np_host host;
@@ -660,12 +661,17 @@ static void apply_config(np_launcher *l, np_cfgref *cfg)
 
 static void reload(np_launcher *l)
 {
-	char *err = NULL, *old_hosts, *new_hosts;
+	char *err = NULL;
 	np_config *cfg;
 	np_cfgref *ref;
 
 	if (!config_changed(l->cur->cfg))
 		return;
+	/* A file we refused stays refused until it changes again. */
+	if (l->refused && !config_changed(l->refused))
+		return;
+	config_free(l->refused);
+	l->refused = NULL;
 	cfg = config_load(l->config_path, l->secure_path, &err);
 	if (!cfg) {
 		log_error(LOGGER, "Unable to load config: %s", err);
@@ -673,13 +679,17 @@ static void reload(np_launcher *l)
 		return;
 	}
 	log_info(LOGGER, "Configuration changed; reloading");
-	old_hosts = config_zk_hosts(l->cur->cfg);
-	new_hosts = config_zk_hosts(cfg);
-	if (strcmp(old_hosts, new_hosts) != 0)
-		log_warning(LOGGER, "Detected ZooKeeper server changes; they "
-			    "take effect at the next restart");
-	free(old_hosts);
-	free(new_hosts);
+	switch (config_zk_reconfigure(l->cur->cfg, cfg, l->z, &err)) {
+	case -1:
+		log_error(LOGGER, "Unable to apply config: %s; still running "
+			  "on the previous one", err);
+		free(err);
+		l->refused = cfg;
+		return;
+	case 1:
+		log_info(LOGGER, "Detected ZooKeeper server changes");
+		break;
+	}
 	ref = cfgref_new(cfg);
 	apply_config(l, ref);
 	cfgref_put(l->cur);
@@ -1263,6 +1273,7 @@ void launcher_free(np_launcher *l)
 	while (l->minready)
 		mr_drop(l, l->minready);
 	cfgref_put(l->cur);
+	config_free(l->refused);
 	free(l->exts);
 	free(l->config_path);
 	free(l->secure_path);

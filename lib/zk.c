@@ -143,6 +143,7 @@ struct zk {
 	ev_defer flush;        /* sends the output at the end of the turn */
 	unsigned conn_gen;     /* bumped on every drop */
 	char *cur_server;      /* "host:port" of the current host */
+	char *cur_name;        /* its name, for TLS (the list may change) */
 	struct addrinfo *addrs;      /* the current host's addresses */
 	struct addrinfo *next_addr;  /* next one to try; NULL: next host */
 	char cur_addr[INET6_ADDRSTRLEN]; /* the address being tried */
@@ -1457,10 +1458,10 @@ static int tls_handshake(zk *z)
 
 static int tls_begin(zk *z)
 {
-	const struct host *h = &z->hosts[z->host_idx];
+	const char *name = z->cur_name;
 	unsigned char tmp[16];
-	bool is_ip = inet_pton(AF_INET, h->name, tmp) == 1 ||
-		     inet_pton(AF_INET6, h->name, tmp) == 1;
+	bool is_ip = inet_pton(AF_INET, name, tmp) == 1 ||
+		     inet_pton(AF_INET6, name, tmp) == 1;
 
 	z->ssl = SSL_new(z->ssl_ctx);
 	SSL_set_fd(z->ssl, z->fd);
@@ -1468,10 +1469,10 @@ static int tls_begin(zk *z)
 	 * address against the IP SANs, a name against the DNS names (and
 	 * send it as SNI). */
 	if (is_ip) {
-		X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(z->ssl), h->name);
+		X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(z->ssl), name);
 	} else {
-		SSL_set_tlsext_host_name(z->ssl, h->name);
-		SSL_set1_host(z->ssl, h->name);
+		SSL_set_tlsext_host_name(z->ssl, name);
+		SSL_set1_host(z->ssl, name);
 	}
 	z->phase = PH_TLS;
 	return tls_handshake(z);
@@ -1540,6 +1541,8 @@ static int next_host(zk *z)
 	z->addrs = z->next_addr = NULL;
 	z->host_idx = (z->host_idx + 1) % z->nhosts;
 	h = &z->hosts[z->host_idx];
+	free(z->cur_name);
+	z->cur_name = xstrdup(h->name);
 	free(z->cur_server);
 	z->cur_server = strchr(h->name, ':') ? xasprintf("[%s]:%s", h->name, h->port)
 					     : xasprintf("%s:%s", h->name, h->port);
@@ -1707,25 +1710,44 @@ static void on_tick(evloop *loop, uint64_t id, void *arg)
 
 /* ---- creation ---- */
 
-static int parse_hosts(zk *z, const char *spec, char **err)
+/* A host list in its own right: what zk_new() and zk_set_hosts() parse. */
+struct hostlist {
+	struct host *v;
+	int n;
+	char *chroot;	/* "" for none */
+};
+
+static void hostlist_free(struct hostlist *hl)
+{
+	for (int i = 0; i < hl->n; i++) {
+		free(hl->v[i].name);
+		free(hl->v[i].port);
+	}
+	free(hl->v);
+	free(hl->chroot);
+	memset(hl, 0, sizeof(*hl));
+}
+
+/* "h1:p1,[v6]:p2/chroot" into HL. -1 and *ERR on a bad spec (HL freed). */
+static int parse_hosts(const char *spec, struct hostlist *hl, char **err)
 {
 	char *copy = xstrdup(spec), *slash, *tok, *save = NULL;
 
+	memset(hl, 0, sizeof(*hl));
 	slash = strchr(copy, '/');
 	if (slash) {
-		z->chroot = xstrdup(slash);
+		hl->chroot = xstrdup(slash);
 		*slash = '\0';
 		/* "/" alone and a trailing slash mean no chroot / the same. */
-		size_t n = strlen(z->chroot);
-		while (n > 0 && z->chroot[n - 1] == '/')
-			z->chroot[--n] = '\0';
-		if (n > 0 && !path_ok(z->chroot, false)) {
+		size_t n = strlen(hl->chroot);
+		while (n > 0 && hl->chroot[n - 1] == '/')
+			hl->chroot[--n] = '\0';
+		if (n > 0 && !path_ok(hl->chroot, false)) {
 			*err = xasprintf("bad chroot in ZooKeeper hosts \"%s\"", spec);
-			free(copy);
-			return -1;
+			goto fail;
 		}
 	} else {
-		z->chroot = xstrdup("");
+		hl->chroot = xstrdup("");
 	}
 	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 		char *name = tok, *port = NULL, *end;
@@ -1737,8 +1759,7 @@ static int parse_hosts(zk *z, const char *spec, char **err)
 			end = strchr(name, ']');
 			if (!end) {
 				*err = xasprintf("bad host \"%s\" in ZooKeeper hosts", tok);
-				free(copy);
-				return -1;
+				goto fail;
 			}
 			*end = '\0';
 			name++;
@@ -1753,20 +1774,24 @@ static int parse_hosts(zk *z, const char *spec, char **err)
 		if (port && (strspn(port, "0123456789") != strlen(port) || !*port ||
 			     atoi(port) <= 0 || atoi(port) > 65535)) {
 			*err = xasprintf("bad port in ZooKeeper host \"%s\"", tok);
-			free(copy);
-			return -1;
+			goto fail;
 		}
-		z->hosts = xrealloc(z->hosts, (size_t)(z->nhosts + 1) * sizeof(*z->hosts));
-		z->hosts[z->nhosts].name = xstrdup(name);
-		z->hosts[z->nhosts].port = xstrdup(port ? port : "2181");
-		z->nhosts++;
+		hl->v = xrealloc(hl->v, (size_t)(hl->n + 1) * sizeof(*hl->v));
+		hl->v[hl->n].name = xstrdup(name);
+		hl->v[hl->n].port = xstrdup(port ? port : "2181");
+		hl->n++;
 	}
 	free(copy);
-	if (z->nhosts == 0) {
+	if (hl->n == 0) {
 		*err = xasprintf("no hosts in ZooKeeper hosts \"%s\"", spec);
+		hostlist_free(hl);
 		return -1;
 	}
 	return 0;
+fail:
+	free(copy);
+	hostlist_free(hl);
+	return -1;
 }
 
 static void shuffle_hosts(zk *z)
@@ -1827,16 +1852,14 @@ static void zk_free(zk *z)
 {
 	struct state_listener *l, *next;
 
-	for (int i = 0; i < z->nhosts; i++) {
-		free(z->hosts[i].name);
-		free(z->hosts[i].port);
-	}
+	struct hostlist hl = { z->hosts, z->nhosts, z->chroot };
+
+	hostlist_free(&hl);
 	for (l = z->listeners; l; l = next) {
 		next = l->next;
 		free(l);
 	}
-	free(z->hosts);
-	free(z->chroot);
+	free(z->cur_name);
 	free(z->cur_server);
 	if (z->addrs)
 		freeaddrinfo(z->addrs);
@@ -1885,6 +1908,7 @@ void zk_remove_state_listener(zk *z, void (*fn)(zk *, enum zk_state, void *), vo
 zk *zk_new(evloop *loop, const zk_options *opt, char **err)
 {
 	zk *z = xcalloc(1, sizeof(*z));
+	struct hostlist hl;
 	int ntls;
 
 	*err = NULL;
@@ -1898,12 +1922,15 @@ zk *zk_new(evloop *loop, const zk_options *opt, char **err)
 	pthread_mutex_init(&z->mu, NULL);
 	pthread_cond_init(&z->cond, NULL);
 	z->timeout_ms = (int)((opt->session_timeout > 0 ? opt->session_timeout : 10.0) * 1000);
-	if (!opt->hosts || parse_hosts(z, opt->hosts, err) < 0) {
+	if (!opt->hosts || parse_hosts(opt->hosts, &hl, err) < 0) {
 		if (!*err)
 			*err = xstrdup("no ZooKeeper hosts given");
 		zk_free(z);
 		return NULL;
 	}
+	z->hosts = hl.v;
+	z->nhosts = hl.n;
+	z->chroot = hl.chroot;
 	ntls = !!opt->tls_ca + !!opt->tls_cert + !!opt->tls_key;
 	if (ntls != 0 && ntls != 3) {
 		*err = xstrdup("ZooKeeper TLS needs a CA, a certificate and a key");
@@ -1957,6 +1984,35 @@ const char *zk_current_server(const zk *z)
 const char *zk_chroot(const zk *z)
 {
 	return z->chroot;
+}
+
+int zk_set_hosts(zk *z, const char *spec, char **err)
+{
+	struct hostlist hl, old;
+
+	*err = NULL;
+	if (parse_hosts(spec, &hl, err) < 0)
+		return -1;
+	if (strcmp(hl.chroot, z->chroot) != 0) {
+		*err = xasprintf("changing the ZooKeeper chroot at runtime is "
+				 "not supported (\"%s\", now \"%s\")", z->chroot,
+				 hl.chroot);
+		hostlist_free(&hl);
+		return -1;
+	}
+	old = (struct hostlist){ z->hosts, z->nhosts, NULL };
+	hostlist_free(&old);
+	free(hl.chroot);
+	z->hosts = hl.v;
+	z->nhosts = hl.n;
+	shuffle_hosts(z);
+	/* The attempt under way (or the connection) keeps its host; the
+	 * next one starts at the new list's first. */
+	z->host_idx = -1;
+	z->failures = 0;
+	log_info(LOGGER, "hosts are now %s (from the next connection on)",
+		 spec);
+	return 0;
 }
 
 size_t zk_queue_len(const zk *z)

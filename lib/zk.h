@@ -146,6 +146,12 @@ void zk_session_passwd(const zk *z, char out[16]);
 const char *zk_current_server(const zk *z);
 /* The chroot from the host string ("" for none). */
 const char *zk_chroot(const zk *z);
+/* A new host list ("h1:p1,[v6]:p2/chroot", as zk_options.hosts) for
+ * the next connection on, as kazoo's set_hosts: the connection in use (or
+ * the attempt under way) is kept. The chroot cannot change (-1 and *ERR,
+ * caller frees, as for a bad spec; the old list stays). Loop thread
+ * only. */
+int zk_set_hosts(zk *z, const char *spec, char **err);
 /* Requests made and not on the wire yet: queued while there is no
  * connection, or not yet (wholly) written to the socket. kazoo's
  * client._queue, upstream's zk.client.connection_queue gauge. Loop

@@ -16,7 +16,9 @@
 #  - configuration changes while running: max-servers changed (the
 #    restarted provider keeps serving), a provider removed (its pool
 #    unregistered, its label's requests no longer taken), a label removed,
-#    a broken configuration (refused, the running one kept);
+#    a broken configuration (refused, the running one kept),
+#    zookeeper-servers changed (the next connection goes to the new list,
+#    in the same session) and a changed chroot (refused);
 #  - tenant-resource-limits: a tenant at its max-servers waits for nodes to
 #    be returned, another tenant is served meanwhile;
 #  - max-concurrency 0 (no request taken) and 1 (one launch at a time);
@@ -892,12 +894,93 @@ def test_reload_bad_config(zk):
         s.close()
 
 
+def test_reload_zk_hosts(zk):
+    """zookeeper-servers changed while running, as upstream's
+    reconfigureZooKeeper (kazoo's set_hosts): the connection in use is
+    kept, the next one goes to the new list, in the same session. A
+    changed chroot is refused (the running config kept), as upstream
+    refuses it."""
+    s = Scenario(zk, "reloadzk")
+    host, zkport = zk.hosts.split(":")
+    old = L.TcpGate((host, int(zkport)))
+    new = L.TcpGate((host, int(zkport)))
+    old.open()
+    new.open()
+
+    def owners():
+        """{component path: the session that owns it}."""
+        out = {}
+        for kind in ("launcher", "pool"):
+            d = "/nodepool/components/" + kind
+            for c in s.kz.get_children(d) if s.kz.exists(d) else []:
+                st = s.kz.exists(d + "/" + c)
+                if st:
+                    out[d + "/" + c] = st.ephemeralOwner
+        return out
+    try:
+        prov = {"name": "fake-provider",
+                "pools": [{"name": "main", "labels": ["small"]}]}
+        cfg = gated_config(s, old, zkport, [prov], [("small", 0)])
+        p = s.start(cfg)
+        check(wait_for(lambda: s.registered_pools(), what="pool"),
+              "reloadzk: pool registered")
+        session = owners()
+        check(len(old.socks) > 0 and len(session) == 2,
+              "reloadzk: connected through the first port")
+        time.sleep(1.1)  # a new mtime
+        gated_config(s, new, zkport, [prov], [("small", 0)])
+        check(wait_for(lambda: "Detected ZooKeeper server changes"
+                       in s.log(p), what="reload"),
+              "reloadzk: change detected")
+        req = s.wait_request(s.request(["small"]))
+        check(req and req["state"] == "fulfilled",
+              "reloadzk: served on the connection in use")
+        check(len(new.socks) == 0,
+              "reloadzk: the connection in use kept (as kazoo)")
+        old.cut()       # drops the connection, holds new ones
+        check(wait_for(lambda: len(new.socks) > 0, what="reconnected"),
+              "reloadzk: reconnected to the new host")
+        req = s.wait_request(s.request(["small"]))
+        check(req and req["state"] == "fulfilled",
+              "reloadzk: served through the new host")
+        check(owners() == session,
+              "reloadzk: the same session (components not registered "
+              "again: %s, then %s)" % (session, owners()))
+
+        # another chroot: refused once, the running config kept
+        time.sleep(1.1)
+        with open(cfg) as f:
+            text = f.read()
+        with open(cfg + ".tmp", "w") as f:
+            f.write(text.replace("chroot: %s" % s.chroot,
+                                 "chroot: %s-other" % s.chroot))
+        os.rename(cfg + ".tmp", cfg)
+        check(wait_for(lambda: "changing the ZooKeeper chroot at runtime "
+                       "is not supported" in s.log(p), what="refused"),
+              "reloadzk: chroot change refused, logged")
+        req = s.wait_request(s.request(["small"]))
+        check(req and req["state"] == "fulfilled",
+              "reloadzk: still serving in the old chroot")
+        # the refusal is not repeated while the file stays as it is
+        n = s.log(p).count("Unable to apply config")
+        req = s.wait_request(s.request(["small"]))
+        check(s.log(p).count("Unable to apply config") == n == 1,
+              "reloadzk: refused once per file change")
+        check(p.poll() is None, "reloadzk: running")
+        s.stop(p)
+    finally:
+        old.close()
+        new.close()
+        s.close()
+
+
 TESTS = [test_stack_dump, test_zk_restart, test_session_expiry,
          test_stop_without_zookeeper, test_zuul2019,
          test_tenant_limits, test_max_concurrency_zero,
          test_max_concurrency_one, test_malformed, test_webapp,
          test_reload_max_servers, test_reload_remove_provider,
-         test_reload_remove_label, test_reload_bad_config]
+         test_reload_remove_label, test_reload_bad_config,
+         test_reload_zk_hosts]
 
 if __name__ == "__main__":
     sys.exit(L.run(TESTS))

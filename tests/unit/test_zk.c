@@ -546,6 +546,34 @@ TEST(queue_len)
 	close_client(&c);
 }
 
+/* zk_set_hosts: a bad list or another chroot is refused (the old list
+ * kept, the session goes on); a good one is taken for the next
+ * connection, the one in use kept. */
+TEST(set_hosts)
+{
+	struct client c;
+	char *err = NULL, *spec;
+
+	if (!open_client(&c, false))
+		return;
+	CHECK_INT(zk_set_hosts(c.z, "127.0.0.1:99999", &err), -1);
+	CHECK(err && strstr(err, "bad port"));
+	free(err);
+	spec = xasprintf("%s/elsewhere", test_zk_hosts());
+	CHECK_INT(zk_set_hosts(c.z, spec, &err), -1);
+	CHECK(err && strstr(err, "chroot"));
+	free(err);
+	free(spec);
+	spec = xasprintf("%s,%s%s", test_zk_hosts(), test_zk_hosts(),
+			 c.chroot);
+	CHECK_INT(zk_set_hosts(c.z, spec, &err), 0);
+	CHECK(err == NULL);
+	free(spec);
+	CHECK_INT(zk_state(c.z), ZK_STATE_CONNECTED);
+	CHECK_INT(zk_create(c.z, "/after", "", 0, 0, NULL), ZOK);
+	close_client(&c);
+}
+
 TEST(one_shot_watches)
 {
 	struct client c;
