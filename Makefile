@@ -14,12 +14,13 @@ PKGS    := jansson yaml-0.1 openssl libssh libmicrohttpd libcurl
 CFLAGS_BASE := -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
 	-Wno-unused-parameter -Wstrict-prototypes -Wmissing-prototypes \
 	-Ilib $(shell pkg-config --cflags $(PKGS))
-# libmicrohttpd and libcurl are not linked: lib/webapp.c loads the one
-# when a web app starts, lib/http.c the other when a cloud driver makes its
-# first HTTP client (by the sonames found here), so that programs and runs
-# without them do not map and initialise them and what they pull in
-# (GnuTLS, LDAP, ...). The tests' own HTTP server links libmicrohttpd.
-DLOPENED := libmicrohttpd libcurl
+# libmicrohttpd, libcurl and libssh are not linked: lib/webapp.c loads the
+# first when a web app starts, lib/http.c the second when a cloud driver
+# makes its first HTTP client, lib/keyscan.c the third for its first scan
+# (by the sonames found here), so that programs and runs without them do
+# not map and initialise them and what they pull in (GnuTLS, LDAP,
+# Kerberos, ...). The tests' own HTTP server links libmicrohttpd.
+DLOPENED := libmicrohttpd libcurl libssh
 LIBS    := $(shell pkg-config --libs $(filter-out $(DLOPENED),$(PKGS))) \
 	-lpthread -lm
 TEST_LIBS := $(LIBS) $(shell pkg-config --libs libmicrohttpd)
@@ -27,11 +28,15 @@ soname = $(shell objdump -p $$(pkg-config --variable=libdir $(1))/$(2) \
 	2>/dev/null | awk '/SONAME/ {print $$2}')
 MHD_SONAME := $(call soname,libmicrohttpd,libmicrohttpd.so)
 CURL_SONAME := $(call soname,libcurl,libcurl.so)
+LIBSSH_SONAME := $(call soname,libssh,libssh.so)
 ifneq ($(MHD_SONAME),)
 CFLAGS_BASE += -DMHD_SONAME='"$(MHD_SONAME)"'
 endif
 ifneq ($(CURL_SONAME),)
 CFLAGS_BASE += -DCURL_SONAME='"$(CURL_SONAME)"'
+endif
+ifneq ($(LIBSSH_SONAME),)
+CFLAGS_BASE += -DLIBSSH_SONAME='"$(LIBSSH_SONAME)"'
 endif
 
 ifeq ($(SAN),1)

@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,10 +150,72 @@ struct keyscan {
 	uint64_t kick_timer;
 	struct resolve *orphans;
 	uint64_t reap_timer;
+	bool ready;                /* libssh loaded and asked (first scan) */
 	bool supported[NKEYTYPES];
 	char *probe_algos;         /* every supported type, for the probe */
 	keyscan_stats st;
 };
+
+/* ---- libssh, loaded for the first scan ----
+ *
+ * Linked at build time, libssh and what it pulls in (Kerberos, GSSAPI,
+ * zlib) would be mapped and initialised by every program at start-up,
+ * host-key-checking or not: 1 MB of a launcher's resident memory
+ * (docs/benchmarks.md). */
+#ifndef LIBSSH_SONAME
+#define LIBSSH_SONAME "libssh.so.4"
+#endif
+
+static struct {
+	__typeof__(ssh_connect) *connect;
+	__typeof__(ssh_finalize) *finalize;
+	__typeof__(ssh_free) *free;
+	__typeof__(ssh_get_error) *get_error;
+	__typeof__(ssh_get_poll_flags) *get_poll_flags;
+	__typeof__(ssh_get_server_publickey) *get_server_publickey;
+	__typeof__(ssh_get_status) *get_status;
+	__typeof__(ssh_init) *init;
+	__typeof__(ssh_key_free) *key_free;
+	__typeof__(ssh_key_type) *key_type;
+	__typeof__(ssh_key_type_to_char) *key_type_to_char;
+	__typeof__(ssh_new) *new;
+	__typeof__(ssh_options_set) *options_set;
+	__typeof__(ssh_pki_export_pubkey_base64) *pki_export_pubkey_base64;
+	__typeof__(ssh_set_blocking) *set_blocking;
+	__typeof__(ssh_string_free_char) *string_free_char;
+} sshf;
+static pthread_once_t sshf_once = PTHREAD_ONCE_INIT;
+
+static void sshf_load(void)
+{
+	static const struct dl_sym syms[] = {
+		{ "ssh_connect", &sshf.connect },
+		{ "ssh_finalize", &sshf.finalize },
+		{ "ssh_free", &sshf.free },
+		{ "ssh_get_error", &sshf.get_error },
+		{ "ssh_get_poll_flags", &sshf.get_poll_flags },
+		{ "ssh_get_server_publickey", &sshf.get_server_publickey },
+		{ "ssh_get_status", &sshf.get_status },
+		{ "ssh_init", &sshf.init },
+		{ "ssh_key_free", &sshf.key_free },
+		{ "ssh_key_type", &sshf.key_type },
+		{ "ssh_key_type_to_char", &sshf.key_type_to_char },
+		{ "ssh_new", &sshf.new },
+		{ "ssh_options_set", &sshf.options_set },
+		{ "ssh_pki_export_pubkey_base64",
+		  &sshf.pki_export_pubkey_base64 },
+		{ "ssh_set_blocking", &sshf.set_blocking },
+		{ "ssh_string_free_char", &sshf.string_free_char },
+		{ NULL, NULL },
+	};
+	char *err = NULL;
+
+	if (dl_bind(LIBSSH_SONAME, syms, &err) < 0) {
+		/* As if the dynamic linker had not found it at start-up. */
+		log_error(LOGGER_WORKER, "%s", err);
+		abort();
+	}
+}
 
 static void attempt_connect(keyscan_req *r);
 static void finish(keyscan_req *r, int status, const char *error);
@@ -406,7 +469,7 @@ static void drop_attempt(keyscan_req *r)
 		r->fd_watched = false;
 	}
 	if (r->ssh) {
-		ssh_free(r->ssh);
+		sshf.free(r->ssh);
 		r->ssh = NULL;
 	}
 	if (r->fd >= 0 && !r->ssh_owns_fd)
@@ -435,7 +498,7 @@ static void cleanup(keyscan_req *r)
  * the key itself, not what we asked for. */
 static const char *key_name(ssh_key key, int *slot)
 {
-	switch (ssh_key_type(key)) {
+	switch (sshf.key_type(key)) {
 	case SSH_KEYTYPE_ED25519: *slot = 0; break;
 	case SSH_KEYTYPE_ECDSA_P256: *slot = 1; break;
 	case SSH_KEYTYPE_ECDSA_P384: *slot = 2; break;
@@ -444,7 +507,7 @@ static const char *key_name(ssh_key key, int *slot)
 	case SSH_KEYTYPE_DSS: *slot = 5; break;
 	default:
 		*slot = -1;
-		return ssh_key_type_to_char(ssh_key_type(key));
+		return sshf.key_type_to_char(sshf.key_type(key));
 	}
 	return keytypes[*slot].name;
 }
@@ -458,13 +521,13 @@ static int record_key(keyscan_req *r)
 	const char *name;
 	int slot = -1;
 
-	if (ssh_get_server_publickey(r->ssh, &key) != SSH_OK || !key) {
+	if (sshf.get_server_publickey(r->ssh, &key) != SSH_OK || !key) {
 		log_warning(LOGGER, "%sNo host key from %s on port %d after a handshake",
 			    tag(r, tb, sizeof(tb)), r->host, r->port);
 		return -1;
 	}
 	name = key_name(key, &slot);
-	if (name && ssh_pki_export_pubkey_base64(key, &b64) == SSH_OK && b64) {
+	if (name && sshf.pki_export_pubkey_base64(key, &b64) == SSH_OK && b64) {
 		char *line = xasprintf("%s %s", name, b64);
 		if (strlist_contains(&r->keys, line)) {
 			free(line);
@@ -472,9 +535,9 @@ static int record_key(keyscan_req *r)
 			strlist_add_owned(&r->keys, line);
 			log_debug(LOGGER, "%sAdded ssh host key: %s", tag(r, tb, sizeof(tb)), name);
 		}
-		ssh_string_free_char(b64);
+		sshf.string_free_char(b64);
 	}
-	ssh_key_free(key);
+	sshf.key_free(key);
 	return slot;
 }
 
@@ -538,7 +601,7 @@ static void handshake_done(keyscan_req *r)
 /* Let libssh make progress; called whenever the socket is ready. */
 static void drive_ssh(keyscan_req *r)
 {
-	int rc = ssh_connect(r->ssh);
+	int rc = sshf.connect(r->ssh);
 	char why[512];
 
 	if (!r->ssh_started) {
@@ -546,11 +609,11 @@ static void drive_ssh(keyscan_req *r)
 		 * session untouched; any later one marks it closed or failed. */
 		r->ssh_started = true;
 		r->ssh_owns_fd = !(rc == SSH_ERROR &&
-				   !(ssh_get_status(r->ssh) & (SSH_CLOSED | SSH_CLOSED_ERROR)));
+				   !(sshf.get_status(r->ssh) & (SSH_CLOSED | SSH_CLOSED_ERROR)));
 	}
 	if (rc == SSH_AGAIN) {
 		int ev = EV_READ;
-		if (ssh_get_poll_flags(r->ssh) & SSH_WRITE_PENDING)
+		if (sshf.get_poll_flags(r->ssh) & SSH_WRITE_PENDING)
 			ev |= EV_WRITE;
 		if (!watch_fd(r, ev)) {
 			handshake_failed(r, "cannot watch the socket");
@@ -563,7 +626,7 @@ static void drive_ssh(keyscan_req *r)
 		return;
 	}
 	/* Copied: the message lives in the session we are about to free. */
-	snprintf(why, sizeof(why), "%s", ssh_get_error(r->ssh));
+	snprintf(why, sizeof(why), "%s", sshf.get_error(r->ssh));
 	handshake_failed(r, why);
 }
 
@@ -571,7 +634,7 @@ static ssh_session new_session(keyscan_req *r)
 {
 	const char *algos = r->phase == PHASE_PROBE ? r->ks->probe_algos
 						    : keytypes[r->phase].algos;
-	ssh_session s = ssh_new();
+	ssh_session s = sshf.new();
 	unsigned int port = (unsigned int)r->port;
 	bool no = false;
 	socket_t fd = r->fd;
@@ -581,25 +644,25 @@ static ssh_session new_session(keyscan_req *r)
 	/* Nothing from the user's ssh config or known_hosts files may change
 	 * what we negotiate, and nothing may need a passwd lookup (a blocking
 	 * call, and one that fails for uids without an entry). */
-	if (ssh_options_set(s, SSH_OPTIONS_PROCESS_CONFIG, &no) < 0 ||
-	    ssh_options_set(s, SSH_OPTIONS_HOST, r->host) < 0 ||
-	    ssh_options_set(s, SSH_OPTIONS_PORT, &port) < 0 ||
-	    ssh_options_set(s, SSH_OPTIONS_USER, "nodepool") < 0 ||
-	    ssh_options_set(s, SSH_OPTIONS_SSH_DIR, "/nonexistent/.ssh") < 0 ||
-	    ssh_options_set(s, SSH_OPTIONS_KNOWNHOSTS, "/dev/null") < 0 ||
-	    ssh_options_set(s, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null") < 0 ||
-	    ssh_options_set(s, SSH_OPTIONS_HOSTKEYS, algos) < 0 ||
-	    ssh_options_set(s, SSH_OPTIONS_KEY_EXCHANGE, OFFER_KEX) < 0 ||
-	    ssh_options_set(s, SSH_OPTIONS_CIPHERS_C_S, OFFER_CIPHERS) < 0 ||
-	    ssh_options_set(s, SSH_OPTIONS_CIPHERS_S_C, OFFER_CIPHERS) < 0 ||
-	    ssh_options_set(s, SSH_OPTIONS_HMAC_C_S, OFFER_MACS) < 0 ||
-	    ssh_options_set(s, SSH_OPTIONS_HMAC_S_C, OFFER_MACS) < 0 ||
-	    ssh_options_set(s, SSH_OPTIONS_FD, &fd) < 0) {
-		log_error(LOGGER_WORKER, "libssh rejected an option: %s", ssh_get_error(s));
-		ssh_free(s);
+	if (sshf.options_set(s, SSH_OPTIONS_PROCESS_CONFIG, &no) < 0 ||
+	    sshf.options_set(s, SSH_OPTIONS_HOST, r->host) < 0 ||
+	    sshf.options_set(s, SSH_OPTIONS_PORT, &port) < 0 ||
+	    sshf.options_set(s, SSH_OPTIONS_USER, "nodepool") < 0 ||
+	    sshf.options_set(s, SSH_OPTIONS_SSH_DIR, "/nonexistent/.ssh") < 0 ||
+	    sshf.options_set(s, SSH_OPTIONS_KNOWNHOSTS, "/dev/null") < 0 ||
+	    sshf.options_set(s, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null") < 0 ||
+	    sshf.options_set(s, SSH_OPTIONS_HOSTKEYS, algos) < 0 ||
+	    sshf.options_set(s, SSH_OPTIONS_KEY_EXCHANGE, OFFER_KEX) < 0 ||
+	    sshf.options_set(s, SSH_OPTIONS_CIPHERS_C_S, OFFER_CIPHERS) < 0 ||
+	    sshf.options_set(s, SSH_OPTIONS_CIPHERS_S_C, OFFER_CIPHERS) < 0 ||
+	    sshf.options_set(s, SSH_OPTIONS_HMAC_C_S, OFFER_MACS) < 0 ||
+	    sshf.options_set(s, SSH_OPTIONS_HMAC_S_C, OFFER_MACS) < 0 ||
+	    sshf.options_set(s, SSH_OPTIONS_FD, &fd) < 0) {
+		log_error(LOGGER_WORKER, "libssh rejected an option: %s", sshf.get_error(s));
+		sshf.free(s);
 		return NULL;
 	}
-	ssh_set_blocking(s, 0);
+	sshf.set_blocking(s, 0);
 	return s;
 }
 
@@ -886,33 +949,42 @@ static void finish(keyscan_req *r, int status, const char *error)
 
 /* ---- public ---- */
 
-keyscan *keyscan_new(evloop *loop, int max_concurrent)
+/* Load libssh and ask it which types it can negotiate (its build may lack
+ * DSA, and FIPS mode removes more); the probe offers all of them.
+ * ssh_init() is counted, and keyscan_free() undoes it. */
+static void ks_ready(keyscan *ks)
 {
-	keyscan *ks = xcalloc(1, sizeof(*ks));
 	ssh_session probe;
 	sbuf algos;
 
-	ks->loop = loop;
-	ks->max = max_concurrent > 0 ? max_concurrent : KEYSCAN_MAX_CONCURRENT;
-	/* Ask libssh which types it can negotiate (its build may lack DSA,
-	 * and FIPS mode removes more); the probe offers all of them.
-	 * ssh_init() is counted, and keyscan_free() undoes it. */
-	ssh_init();
+	if (ks->ready)
+		return;
+	pthread_once(&sshf_once, sshf_load);
+	ks->ready = true;
+	sshf.init();
 	sbuf_init(&algos);
-	probe = ssh_new();
+	probe = sshf.new();
 	for (int i = 0; i < NKEYTYPES; i++) {
 		ks->supported[i] = probe &&
-			ssh_options_set(probe, SSH_OPTIONS_HOSTKEYS, keytypes[i].algos) == 0;
+			sshf.options_set(probe, SSH_OPTIONS_HOSTKEYS, keytypes[i].algos) == 0;
 		if (!ks->supported[i])
 			continue;
 		if (algos.len)
 			sbuf_addc(&algos, ',');
 		sbuf_adds(&algos, keytypes[i].algos);
 	}
-	ssh_free(probe);
+	sshf.free(probe);
 	ks->probe_algos = sbuf_detach(&algos);
 	if (!ks->probe_algos[0])
 		log_error(LOGGER_WORKER, "libssh supports none of the host key types");
+}
+
+keyscan *keyscan_new(evloop *loop, int max_concurrent)
+{
+	keyscan *ks = xcalloc(1, sizeof(*ks));
+
+	ks->loop = loop;
+	ks->max = max_concurrent > 0 ? max_concurrent : KEYSCAN_MAX_CONCURRENT;
 	return ks;
 }
 
@@ -939,8 +1011,9 @@ void keyscan_free(keyscan *ks)
 		resolve_free(res);
 	}
 	free(ks->probe_algos);
+	if (ks->ready)
+		sshf.finalize(); /* balances ks_ready's ssh_init (counted) */
 	free(ks);
-	ssh_finalize(); /* balances keyscan_new's ssh_init (counted) */
 }
 
 keyscan_req *keyscan_start(keyscan *ks, const char *host, int port,
@@ -950,6 +1023,7 @@ keyscan_req *keyscan_start(keyscan *ks, const char *host, int port,
 	keyscan_req *r = xcalloc(1, sizeof(*r));
 	double ms = timeout_s * 1000.0;
 
+	ks_ready(ks);
 	r->ks = ks;
 	r->host = xstrdup(host ? host : "");
 	r->port = port;
