@@ -100,6 +100,9 @@ struct inst {
 	int lo;				/* loopback host part, 0: none */
 	long long volume_gb;		/* boot-from-volume size, 0: none */
 	double active_at;		/* wall clock time it becomes ACTIVE */
+	char *image;			/* what it boots: the upload's external
+					 * id, or the cloud image's name or id;
+					 * NULL: unknown (foreign record) */
 	json_t *metadata;
 	struct inst *hnext;		/* memory mode: hash chain */
 };
@@ -277,6 +280,7 @@ static void inst_free(struct inst *in)
 	free(in->az);
 	free(in->cloud);
 	free(in->region);
+	free(in->image);
 	json_decref(in->metadata);
 	free(in);
 }
@@ -298,6 +302,8 @@ static json_t *inst_to_json(const struct inst *in)
 	json_object_set_new(o, "loopback", json_integer(in->lo));
 	json_object_set_new(o, "volume_gb", json_integer(in->volume_gb));
 	json_object_set_new(o, "active_at", json_real(in->active_at));
+	json_object_set_new(o, "image", in->image ? json_string(in->image) :
+	    json_null());
 	json_object_set_new(o, "metadata", in->metadata ?
 	    json_deep_copy(in->metadata) : json_object());
 	return o;
@@ -330,6 +336,7 @@ static struct inst *inst_from_json(const json_t *o)
 	in->lo = (int)json_integer_value(json_object_get(o, "loopback"));
 	in->volume_gb = json_integer_value(json_object_get(o, "volume_gb"));
 	in->active_at = json_number_value(json_object_get(o, "active_at"));
+	in->image = dup_or_null(json_object_get(o, "image"));
 	in->metadata = json_deep_copy(json_object_get(o, "metadata"));
 	return in;
 }
@@ -830,6 +837,8 @@ static double create_start(struct np_op *op, const np_create_args *a)
 	in->cloud = m->cloud ? xstrdup(m->cloud) : NULL;
 	in->region = m->region ? xstrdup(m->region) : NULL;
 	in->volume_gb = l->boot_from_volume ? l->volume_size : 0;
+	in->image = a->image_external_id ? xstrdup(a->image_external_id) :
+	    image ? xstrdup(image) : NULL;
 	in->active_at = now_wall() + m->opt.launch_delay;
 	in->metadata = driver_server_metadata(a);
 	if (m->opt.ip_style == NP_FAKE_IP_LOOPBACK)

@@ -147,6 +147,11 @@ int main(int argc, char **argv)
 	if (getenv("NODEPOOL_BUILDER_TEST_INTERVAL_MS"))
 		bo.build_interval_ms = bo.upload_interval_ms =
 			atol(getenv("NODEPOOL_BUILDER_TEST_INTERVAL_MS"));
+	/* And the janitor's (upstream: 60 s), for end-to-end tests that wait
+	 * for old builds to go, or want failed records kept for longer. */
+	if (getenv("NODEPOOL_BUILDER_TEST_CLEANUP_MS"))
+		bo.cleanup_interval_ms =
+			atol(getenv("NODEPOOL_BUILDER_TEST_CLEANUP_MS"));
 	if (da.config)
 		bo.config_path = da.config;
 	bo.secure_path = da.secure;
