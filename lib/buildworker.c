@@ -707,6 +707,14 @@ static bool build_wrapper(np_worker *w, const np_config *cfg,
 		ready = false;
 	} else {
 		ready = strcmp(fin.state, NP_IMG_READY) == 0;
+		/* What a failed build left (a partial image, the manifest
+		 * directory) is never uploaded: it goes now, not at the
+		 * janitor's next pass as upstream, so a build that fills the
+		 * disk and is retried does not starve the other images. The
+		 * build log stays. */
+		if (!ready)
+			janitor_delete_local_build(cfg->images_dir, di->name,
+						   rec.id);
 	}
 	np_build_clear(&fin);
 	np_build_clear(&rec);
