@@ -24,9 +24,12 @@ class _MockFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         top = name.split('.')[0]
         if top == 'nodepool':
             return None
-        # Submodules of real packages (six.moves and friends) are theirs.
-        if top in sys.modules and not isinstance(sys.modules[top],
-                                                 mock.MagicMock):
+        # Submodules of real packages (six.moves and friends) are theirs,
+        # except in a namespace package (google.*, when some Debian
+        # package installed google.protobuf but not google.auth).
+        real = sys.modules.get(top)
+        if real is not None and not isinstance(real, mock.MagicMock) and \
+                getattr(real, '__file__', None) is not None:
             return None
         # Only imports made by upstream's own code are mocked: a library's
         # "try: import simplejson" must keep failing normally.
