@@ -213,7 +213,10 @@ class E2E(bl.BuilderScenario):
         return nid, self.get_node(nid)
 
     def instance_image(self, node):
-        """What the fake cloud says node NODE boots."""
+        """What the fake cloud says node NODE boots (as seen before the
+        node was returned, when launch_one gave it)."""
+        if "_booted" in node:
+            return node["_booted"]
         rec = self.instance_records().get(node.get("external_id") or "")
         return rec.get("image") if rec else None
 
@@ -227,8 +230,12 @@ class E2E(bl.BuilderScenario):
         if not req or req["state"] != "fulfilled":
             return {}
         _, node = self.node_of(rid, req)
+        node = node or {}
+        # Read the server now: once the node is used the launcher deletes
+        # it.
+        node["_booted"] = self.instance_image(node)
         self.use_and_return(rid, req)
-        return node or {}
+        return node
 
 
 def kill_group(pgid):
