@@ -217,26 +217,18 @@ static bmgr *mgr_find(np_builder *b, const char *name)
 	return NULL;
 }
 
-static bmgr *mgr_start(np_builder *b, np_cfgref *cfg, const np_provider *p)
+/* np_provider_table.start: a manager for P, at the head of the table. */
+static void mgr_start(void *ctx, np_cfgref *cfg, const np_provider *p)
 {
-	const struct np_driver *drv = driver_find(p->driver);
+	np_builder *b = ctx;
+	const struct np_driver *drv;
 	np_manager *m;
 	bmgr *pm;
-	char *err = NULL;
 
-	if (!drv) {
-		log_warning(LOGGER, "provider %s uses driver %s, which this "
-			    "builder does not implement; serving the others",
-			    p->name, p->driver);
-		return NULL;
-	}
-	m = drv->start(&b->host, cfg->cfg, p, &err);
-	if (!m) {
-		log_error(LOGGER, "Unable to start provider %s: %s", p->name,
-			  err ? err : "unknown error");
-		free(err);
-		return NULL;
-	}
+	m = driver_start_manager(&b->host, cfg->cfg, p, LOGGER, "builder",
+				 &drv);
+	if (!m)
+		return;
 	pm = xcalloc(1, sizeof(*pm));
 	pm->name = xstrdup(p->name);
 	pm->drv = drv;
@@ -244,12 +236,16 @@ static bmgr *mgr_start(np_builder *b, np_cfgref *cfg, const np_provider *p)
 	pm->cfg = cfg_ref(b, cfg);
 	pm->fingerprint = driver_provider_fingerprint(p);
 	pm->refs = 1;
-	log_info(LOGGER, "Starting provider %s", p->name);
-	return pm;
+	pm->next = b->mgrs;
+	b->mgrs = pm;
 }
 
-static void mgr_retire(np_builder *b, bmgr *pm)
+/* np_provider_table.retire */
+static void mgr_retire(void *ctx, void *mgr)
 {
+	np_builder *b = ctx;
+	bmgr *pm = mgr;
+
 	for (bmgr **pp = &b->mgrs; *pp; pp = &(*pp)->next) {
 		if (*pp == pm) {
 			*pp = pm->next;
@@ -260,48 +256,34 @@ static void mgr_retire(np_builder *b, bmgr *pm)
 	mgr_unref(b, pm);
 }
 
+/* np_provider_table.next */
+static void *mgr_next(void *ctx, void *mgr, const char **name,
+		      const char **fingerprint)
+{
+	np_builder *b = ctx;
+	bmgr *pm = mgr ? ((bmgr *)mgr)->next : b->mgrs;
+
+	if (pm) {
+		*name = pm->name;
+		*fingerprint = pm->fingerprint;
+	}
+	return pm;
+}
+
 /* Only providers whose driver manages images run in the builder. */
+static bool mgr_wanted(const np_provider *p)
+{
+	return p->manage_images;
+}
+
 static void apply_config(np_builder *b, np_cfgref *cfg)
 {
-	const np_config *c = cfg->cfg;
+	np_provider_table t = {
+		.ctx = b, .logger = LOGGER, .next = mgr_next,
+		.wants = mgr_wanted, .start = mgr_start, .retire = mgr_retire,
+	};
 
-	for (bmgr *pm = b->mgrs, *next; pm; pm = next) {
-		const np_provider *p = config_find_provider(c, pm->name);
-		char *fp;
-
-		next = pm->next;
-		if (!p || !p->manage_images) {
-			log_info(LOGGER, "Provider %s removed", pm->name);
-			mgr_retire(b, pm);
-			continue;
-		}
-		fp = driver_provider_fingerprint(p);
-		if (strcmp(fp, pm->fingerprint) != 0) {
-			bmgr *fresh;
-
-			log_info(LOGGER, "Provider %s changed; restarting it",
-				 pm->name);
-			mgr_retire(b, pm);
-			fresh = mgr_start(b, cfg, p);
-			if (fresh) {
-				fresh->next = b->mgrs;
-				b->mgrs = fresh;
-			}
-		}
-		free(fp);
-	}
-	for (size_t i = 0; i < c->nproviders; i++) {
-		const np_provider *p = &c->providers[i];
-		bmgr *pm;
-
-		if (!p->manage_images || mgr_find(b, p->name))
-			continue;
-		pm = mgr_start(b, cfg, p);
-		if (pm) {
-			pm->next = b->mgrs;
-			b->mgrs = pm;
-		}
-	}
+	driver_sync_providers(&t, cfg);
 }
 
 /* ---- configuration ---- */

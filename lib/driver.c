@@ -368,3 +368,71 @@ char *driver_provider_fingerprint(const np_provider *p)
 	json_decref(o);
 	return s;
 }
+
+/* ---- the daemons' tables of running providers ---- */
+
+np_manager *driver_start_manager(const np_host *host, const np_config *cfg,
+				 const np_provider *p, const char *logger,
+				 const char *program, const struct np_driver **drv)
+{
+	np_manager *m;
+	char *err = NULL;
+
+	*drv = driver_find(p->driver);
+	if (!*drv) {
+		log_warning(logger, "provider %s uses driver %s, which this "
+			    "%s does not implement; serving the others",
+			    p->name, p->driver, program);
+		return NULL;
+	}
+	m = (*drv)->start(host, cfg, p, &err);
+	if (!m) {
+		log_error(logger, "Unable to start provider %s: %s", p->name,
+			  err ? err : "unknown error");
+		free(err);
+		return NULL;
+	}
+	log_info(logger, "Starting provider %s", p->name);
+	return m;
+}
+
+static bool sync_wants(const np_provider_table *t, const np_provider *p)
+{
+	return p && (!t->wants || t->wants(p));
+}
+
+void driver_sync_providers(const np_provider_table *t, np_cfgref *cfg)
+{
+	const np_config *c = cfg->cfg;
+	/* Providers of C that had a manager: kept or restarted above. */
+	bool *had = xcalloc(c->nproviders + 1, sizeof(*had));
+	const char *name, *fp, *next_name, *next_fp;
+	void *mgr, *next;
+
+	for (mgr = t->next(t->ctx, NULL, &name, &fp); mgr;
+	    mgr = next, name = next_name, fp = next_fp) {
+		const np_provider *p = config_find_provider(c, name);
+		char *now;
+
+		/* Read before MGR may go. */
+		next = t->next(t->ctx, mgr, &next_name, &next_fp);
+		if (!sync_wants(t, p)) {
+			log_info(t->logger, "Provider %s removed", name);
+			t->retire(t->ctx, mgr);
+			continue;
+		}
+		had[p - c->providers] = true;
+		now = driver_provider_fingerprint(p);
+		if (strcmp(now, fp) != 0) {
+			log_info(t->logger, "Provider %s changed; restarting it",
+				 name);
+			t->retire(t->ctx, mgr);
+			t->start(t->ctx, cfg, p);
+		}
+		free(now);
+	}
+	for (size_t i = 0; i < c->nproviders; i++)
+		if (!had[i] && sync_wants(t, &c->providers[i]))
+			t->start(t->ctx, cfg, &c->providers[i]);
+	free(had);
+}

@@ -239,4 +239,41 @@ char *driver_py_format(const char *fmt, const json_t *kw, char **err);
  * changes. */
 char *driver_provider_fingerprint(const np_provider *p);
 
+/* ---- the daemons' tables of running providers ---- */
+
+/* Starts a manager for provider P of CFG on HOST through its driver
+ * (stored in *DRV). NULL when it does not start: a driver not
+ * implemented here (a warning: PROGRAM serves the other providers) or
+ * the driver's error, both logged under LOGGER. */
+np_manager *driver_start_manager(const np_host *host, const np_config *cfg,
+				 const np_provider *p, const char *logger,
+				 const char *program, const struct np_driver **drv);
+
+/* A daemon's table of running provider managers, as
+ * driver_sync_providers sees it: the table and the managers are the
+ * caller's, reached through these callbacks (loop thread). */
+typedef struct np_provider_table {
+	void *ctx;
+	const char *logger;
+	/* The manager after MGR in the table (the first when MGR is NULL;
+	 * NULL after the last), with its provider's name and the
+	 * driver_provider_fingerprint it was started with. */
+	void *(*next)(void *ctx, void *mgr, const char **name,
+		      const char **fingerprint);
+	/* Whether the daemon runs provider P at all (NULL: every one). */
+	bool (*wants)(const np_provider *p);
+	/* Starts a manager for P of CFG and adds it to the table, where
+	 * next() need not find it during this pass; on failure logs why and
+	 * adds nothing. */
+	void (*start)(void *ctx, np_cfgref *cfg, const np_provider *p);
+	/* Takes MGR out of the table; it stops once nothing uses it. */
+	void (*retire)(void *ctx, void *mgr);
+} np_provider_table;
+
+/* Brings table T in line with configuration CFG after a reload: a
+ * provider whose fingerprint is unchanged keeps its manager (and what it
+ * has in flight), a changed one is retired and started afresh, one no
+ * longer configured (or wanted) is retired, a new one is started. */
+void driver_sync_providers(const np_provider_table *t, np_cfgref *cfg);
+
 #endif

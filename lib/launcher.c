@@ -148,27 +148,18 @@ void launcher_for_each_manager(np_launcher *l,
 		fn(pm, arg);
 }
 
-static np_provmgr *start_mgr(np_launcher *l, np_cfgref *cfg,
-			     const np_provider *p)
+/* np_provider_table.start: a manager for P, at the head of the table. */
+static void start_mgr(void *ctx, np_cfgref *cfg, const np_provider *p)
 {
-	const struct np_driver *drv = driver_find(p->driver);
+	np_launcher *l = ctx;
+	const struct np_driver *drv;
 	np_provmgr *pm;
 	np_manager *m;
-	char *err = NULL;
 
-	if (!drv) {
-		log_warning(LOGGER, "provider %s uses driver %s, which this "
-			    "launcher does not implement; serving the others",
-			    p->name, p->driver);
-		return NULL;
-	}
-	m = drv->start(&l->host, cfg->cfg, p, &err);
-	if (!m) {
-		log_error(LOGGER, "Unable to start provider %s: %s", p->name,
-			  err ? err : "unknown error");
-		free(err);
-		return NULL;
-	}
+	m = driver_start_manager(&l->host, cfg->cfg, p, LOGGER, "launcher",
+				 &drv);
+	if (!m)
+		return;
 	pm = xcalloc(1, sizeof(*pm));
 	pm->l = l;
 	pm->name = xstrdup(p->name);
@@ -180,12 +171,16 @@ static np_provmgr *start_mgr(np_launcher *l, np_cfgref *cfg,
 	pm->refs = 1;
 	pm->ks = keyscan_new(l->loop, 0);
 	pm->logger = xasprintf("nodepool.StateMachineProvider.%s", p->name);
-	log_info(LOGGER, "Starting provider %s", p->name);
-	return pm;
+	pm->next = l->mgrs;
+	l->mgrs = pm;
 }
 
-static void retire_mgr(np_launcher *l, np_provmgr *pm)
+/* np_provider_table.retire */
+static void retire_mgr(void *ctx, void *mgr)
 {
+	np_launcher *l = ctx;
+	np_provmgr *pm = mgr;
+
 	for (np_provmgr **pp = &l->mgrs; *pp; pp = &(*pp)->next) {
 		if (*pp == pm) {
 			*pp = pm->next;
@@ -614,48 +609,29 @@ static void sync_pools(np_launcher *l)
 	}
 }
 
+/* np_provider_table.next */
+static void *next_mgr(void *ctx, void *mgr, const char **name,
+		      const char **fingerprint)
+{
+	np_launcher *l = ctx;
+	np_provmgr *pm = mgr ? ((np_provmgr *)mgr)->next : l->mgrs;
+
+	if (pm) {
+		*name = pm->name;
+		*fingerprint = pm->fingerprint;
+	}
+	return pm;
+}
+
 /* Bring the running providers in line with configuration CFG. */
 static void apply_config(np_launcher *l, np_cfgref *cfg)
 {
-	const np_config *c = cfg->cfg;
+	np_provider_table t = {
+		.ctx = l, .logger = LOGGER, .next = next_mgr,
+		.start = start_mgr, .retire = retire_mgr,
+	};
 
-	for (np_provmgr *pm = l->mgrs, *next; pm; pm = next) {
-		const np_provider *p = config_find_provider(c, pm->name);
-		char *fp;
-
-		next = pm->next;
-		if (!p) {
-			log_info(LOGGER, "Provider %s removed", pm->name);
-			retire_mgr(l, pm);
-			continue;
-		}
-		fp = driver_provider_fingerprint(p);
-		if (strcmp(fp, pm->fingerprint) != 0) {
-			np_provmgr *fresh;
-
-			log_info(LOGGER, "Provider %s changed; restarting it",
-				 pm->name);
-			retire_mgr(l, pm);
-			fresh = start_mgr(l, cfg, p);
-			if (fresh) {
-				fresh->next = l->mgrs;
-				l->mgrs = fresh;
-			}
-		}
-		free(fp);
-	}
-	for (size_t i = 0; i < c->nproviders; i++) {
-		const np_provider *p = &c->providers[i];
-		np_provmgr *pm;
-
-		if (launcher_find_mgr(l, p->name))
-			continue;
-		pm = start_mgr(l, cfg, p);
-		if (pm) {
-			pm->next = l->mgrs;
-			l->mgrs = pm;
-		}
-	}
+	driver_sync_providers(&t, cfg);
 	sync_pools(l);
 }
 
