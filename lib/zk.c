@@ -1456,6 +1456,60 @@ static int tls_handshake(zk *z)
 	return 0;
 }
 
+/* OpenSSL's socket BIO (what SSL_set_fd makes) writes with write(2), and
+ * a write to a peer that has gone raises SIGPIPE: that kills a program
+ * which does not ignore it (the CLI, a library user; the daemons do), as
+ * soon as the server goes while something is being written (zk_close
+ * saying goodbye). This BIO is the socket BIO with its writes made by
+ * send(MSG_NOSIGNAL), as the plaintext path makes them: the write fails
+ * with EPIPE instead and the connection is dropped as any other. */
+static BIO_METHOD *nosigpipe_meth;
+static pthread_once_t nosigpipe_once = PTHREAD_ONCE_INIT;
+
+static int nosigpipe_write(BIO *b, const char *buf, int len)
+{
+	ssize_t r;
+
+	errno = 0; /* BIO_sock_should_retry reads it, also after 0 */
+	r = send((int)BIO_get_fd(b, NULL), buf, (size_t)len, MSG_NOSIGNAL);
+	BIO_clear_retry_flags(b);
+	if (r <= 0 && BIO_sock_should_retry((int)r))
+		BIO_set_retry_write(b);
+	return (int)r;
+}
+
+static void nosigpipe_init(void)
+{
+	const BIO_METHOD *sock = BIO_s_socket();
+	BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK |
+				     BIO_TYPE_DESCRIPTOR, "socket (no SIGPIPE)");
+
+	if (!m)
+		return;
+	BIO_meth_set_write(m, nosigpipe_write);
+	BIO_meth_set_read(m, BIO_meth_get_read(sock));
+	BIO_meth_set_ctrl(m, BIO_meth_get_ctrl(sock));
+	BIO_meth_set_create(m, BIO_meth_get_create(sock));
+	BIO_meth_set_destroy(m, BIO_meth_get_destroy(sock));
+	nosigpipe_meth = m;
+}
+
+/* SSL_set_fd(SSL, FD) with that BIO. False when out of memory. */
+static bool ssl_set_socket(SSL *ssl, int fd)
+{
+	BIO *bio;
+
+	pthread_once(&nosigpipe_once, nosigpipe_init);
+	bio = nosigpipe_meth ? BIO_new(nosigpipe_meth) : NULL;
+	if (!ssl || !bio) {
+		BIO_free(bio);
+		return false;
+	}
+	BIO_set_fd(bio, fd, BIO_NOCLOSE);
+	SSL_set_bio(ssl, bio, bio);
+	return true;
+}
+
 static int tls_begin(zk *z)
 {
 	const char *name = z->cur_name;
@@ -1464,7 +1518,10 @@ static int tls_begin(zk *z)
 		     inet_pton(AF_INET6, name, tmp) == 1;
 
 	z->ssl = SSL_new(z->ssl_ctx);
-	SSL_set_fd(z->ssl, z->fd);
+	if (!ssl_set_socket(z->ssl, z->fd)) {
+		conn_drop(z, "out of memory for TLS");
+		return -1;
+	}
 	/* Check the certificate against the address we were given: an IP
 	 * address against the IP SANs, a name against the DNS names (and
 	 * send it as SNI). */

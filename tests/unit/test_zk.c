@@ -5,7 +5,8 @@
  * after close, forced session expiry, no warnings on a clean close; and,
  * against a fake server on a loopback port (plain or TLS, with its own
  * certificate), malformed and truncated frames, a server that hangs up on
- * closeSession, state listeners that change the listener list, and a host
+ * closeSession or goes while the client writes (no SIGPIPE may kill us),
+ * state listeners that change the listener list, and a host
  * name with several addresses (getaddrinfo is replaced here for names
  * ending in ".test"). */
 #include <arpa/inet.h>
@@ -770,6 +771,7 @@ enum fake_mode {
 	FAKE_GARBAGE, FAKE_TRUNCATED, FAKE_HUGE, FAKE_UNKNOWN_XID, FAKE_SILENT,
 	FAKE_BYE_EOF,       /* hang up on closeSession without answering */
 	FAKE_BYE_REPLY_EOF, /* answer closeSession and hang up at once */
+	FAKE_GONE,          /* hang up once told to (write to go[1]) */
 };
 
 struct fake {
@@ -779,6 +781,7 @@ struct fake {
 	SSL_CTX *tls;         /* NULL: plaintext */
 	int closed_by_client; /* the client hung up on us */
 	int saw_close;        /* closeSession arrived */
+	int go[2];            /* FAKE_GONE: hang up when this is written */
 	pthread_t th;
 };
 
@@ -927,6 +930,11 @@ static void *fake_server(void *arg)
 		if (fk_write(&c, buf, n))
 			fake_until_bye(f, &c);
 		goto out;
+	case FAKE_GONE:
+		n = connect_response(buf);
+		if (fk_write(&c, buf, n))
+			(void)!read(f->go[0], buf, 1);
+		goto out;
 	}
 	if (n > 0 && !fk_write(&c, buf, n))
 		goto out;
@@ -1007,6 +1015,9 @@ static int fake_start_tls(struct fake *f, enum fake_mode mode, bool tls)
 
 	memset(f, 0, sizeof(*f));
 	f->mode = mode;
+	f->go[0] = f->go[1] = -1;
+	if (mode == FAKE_GONE && pipe(f->go) < 0)
+		return -1;
 	if (tls) {
 		if (!fake_tls_files())
 			return -1;
@@ -1034,6 +1045,10 @@ static void fake_stop(struct fake *f)
 {
 	pthread_join(f->th, NULL);
 	close(f->lfd);
+	if (f->go[0] >= 0) {
+		close(f->go[0]);
+		close(f->go[1]);
+	}
 	SSL_CTX_free(f->tls);
 }
 
@@ -1175,6 +1190,58 @@ TEST(clean_close_is_quiet_tls)
 {
 	if (need_tls())
 		quiet_open_close(true);
+}
+
+/* ---- a server that has gone: no SIGPIPE ---- */
+
+static void gone_created(zk *z, int rc, const char *path,
+			 const zk_stat *st, void *arg)
+{
+	*(int *)arg = rc;
+}
+
+/* Regression: over TLS the client wrote with OpenSSL's socket BIO, that
+ * is write(2), and a write to a server that had gone raised SIGPIPE,
+ * which kills a program that does not ignore it (the CLI does not; nor
+ * does this test). The server hangs up while the client, on its own loop
+ * thread as the CLI, is not looking; then zk_close flushes a large create
+ * and its goodbye: the server's end answers the first records with a
+ * reset and the next write fails with EPIPE. The client must drop the
+ * connection (the create fails) and close, alive. */
+static void gone_case(bool tls)
+{
+	enum { BIG = 512 * 1024 };
+	struct fake f;
+	evloop *loop;
+	char *big = calloc(1, BIG);
+	int rc = 1;
+	zk *z;
+
+	REQUIRE(big);
+	REQUIRE(signal(SIGPIPE, SIG_DFL) != SIG_ERR);
+	REQUIRE(fake_start_tls(&f, FAKE_GONE, tls) == 0);
+	loop = evloop_new();
+	z = fake_client(&f, loop, "127.0.0.1");
+	REQUIRE(z);
+	CHECK_INT(zk_wait_connected(z, 5), ZOK);
+	/* The server goes; the client's loop has not run since. */
+	CHECK_INT(write(f.go[1], "x", 1), 1);
+	fake_stop(&f);
+	CHECK_INT(zk_acreate(z, "/big", big, BIG, 0, gone_created, &rc), ZOK);
+	zk_close(z);
+	CHECK(rc != ZOK && rc != 1);
+	evloop_free(loop);
+	free(big);
+}
+
+TEST(server_gone_no_sigpipe_plain)
+{
+	gone_case(false);
+}
+
+TEST(server_gone_no_sigpipe_tls)
+{
+	gone_case(true);
 }
 
 /* ---- state listeners that change the listener list ---- */
