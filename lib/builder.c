@@ -62,8 +62,8 @@ typedef struct drv_call {
 	bmgr *pm;
 	np_op *op;
 	/* in */
-	const char *provider, *name, *filename, *format, *external_id;
-	const json_t *metadata;
+	const char *provider, *external_id;
+	const np_upload_args *upload;
 	/* out */
 	int status;
 	char *out_id;
@@ -635,10 +635,8 @@ static void call_start(ev_call *call, void *arg)
 	switch (c->kind) {
 	case DRV_UPLOAD:
 		if (pm->drv->upload_image)
-			c->op = pm->drv->upload_image(pm->m, c->name,
-						      c->filename, c->format,
-						      c->metadata, on_uploaded,
-						      c);
+			c->op = pm->drv->upload_image(pm->m, c->upload,
+						      on_uploaded, c);
 		break;
 	case DRV_DELETE:
 		if (pm->drv->delete_image)
@@ -669,13 +667,11 @@ static int run_call(np_builder *b, drv_call *c, char **err)
 	return c->status;
 }
 
-int builder_upload(np_builder *b, const char *provider, const char *name,
-		   const char *filename, const char *format,
-		   const json_t *metadata, char **external_id, char **err)
+int builder_upload(np_builder *b, const char *provider,
+		   const np_upload_args *a, char **external_id, char **err)
 {
 	drv_call c = {
-		.kind = DRV_UPLOAD, .provider = provider, .name = name,
-		.filename = filename, .format = format, .metadata = metadata,
+		.kind = DRV_UPLOAD, .provider = provider, .upload = a,
 	};
 	int rc = run_call(b, &c, err);
 

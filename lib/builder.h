@@ -98,9 +98,8 @@ unsigned long builder_session_losses(const np_builder *b);
  * return an enum np_drv_status (driver.h); *ERR (caller frees) on
  * failure. NP_DRV_ERROR with "stopping" when the builder stops meanwhile
  * (the operation is cancelled). */
-int builder_upload(np_builder *b, const char *provider, const char *name,
-		   const char *filename, const char *format,
-		   const json_t *metadata, char **external_id, char **err);
+int builder_upload(np_builder *b, const char *provider,
+		   const np_upload_args *a, char **external_id, char **err);
 int builder_delete_image(np_builder *b, const char *provider,
 			 const char *external_id, char **err);
 /* Every image of PROVIDER's account (driver.h's np_image_info): *OUT is

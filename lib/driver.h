@@ -108,6 +108,18 @@ typedef void (*np_list_fn)(void *arg, int status, const np_instance *insts, size
 typedef void (*np_limits_fn)(void *arg, int status, const np_quota *limits, const char *error);
 typedef void (*np_upload_fn)(void *arg, int status, const char *external_id, const char *error);
 
+/* What an upload takes (upstream's uploadImage arguments). Borrowed for
+ * the call only. */
+typedef struct np_upload_args {
+	const char *name;	/* the image's name in the cloud */
+	const char *filename;	/* the local file */
+	const char *format;	/* disk format: qcow2, raw, vhd, ... */
+	const json_t *metadata;	/* nodepool_build_id, nodepool_upload_id,
+				 * nodepool_provider_name, the image's meta */
+	const char *md5;	/* hex digests of the file (DIB's .md5 and */
+	const char *sha256;	/* .sha256 files), or NULL */
+} np_upload_args;
+
 /* An image as the cloud lists it (the janitor's leaked-image pass). */
 typedef struct np_image_info {
 	char *external_id;
@@ -187,10 +199,9 @@ struct np_driver {
 	void (*cleanup_leaked)(np_manager *m);
 
 	/* ---- images (the builder; NULL when the driver manages none) ---- */
-	/* Upload FILENAME (streamed, constant memory) as NAME; CB gets the
-	 * cloud's id for the image. */
-	np_op *(*upload_image)(np_manager *m, const char *name, const char *filename,
-			       const char *format, const json_t *metadata,
+	/* Upload A's file (streamed, constant memory); CB gets the cloud's
+	 * id for the image. */
+	np_op *(*upload_image)(np_manager *m, const np_upload_args *a,
 			       np_upload_fn cb, void *arg);
 	np_op *(*delete_image)(np_manager *m, const char *external_id, np_status_fn cb, void *arg);
 	/* Every image of this provider's account, with its metadata. */

@@ -1337,10 +1337,12 @@ static void upload_fail_fire(evloop *loop, uint64_t id, void *arg)
 	upload_end(op);
 }
 
-static np_op *fake_upload(np_manager *m, const char *name,
-    const char *filename, const char *format, const json_t *metadata,
+static np_op *fake_upload(np_manager *m, const np_upload_args *a,
     np_upload_fn cb, void *arg)
 {
+	const char *name = a->name, *filename = a->filename;
+	const char *format = a->format;
+	const json_t *metadata = a->metadata;
 	struct np_op *op = op_new(m, OP_UPLOAD, arg);
 	struct upload *up = xcalloc(1, sizeof(*up));
 

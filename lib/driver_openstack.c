@@ -159,6 +159,28 @@ static char *xdup(const char *s)
 	return s ? xstrdup(s) : NULL;
 }
 
+/* SRC's keys that DST lacks, into DST as strings: Nova's metadata and
+ * Glance's properties take strings only, so anything else goes as its
+ * JSON text. */
+static void string_props(json_t *dst, const json_t *src)
+{
+	const char *k;
+	json_t *v;
+
+	json_object_foreach((json_t *)src, k, v) {
+		if (json_object_get(dst, k))
+			continue;
+		if (json_is_string(v)) {
+			json_object_set(dst, k, v);
+		} else {
+			char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+
+			json_object_set_new(dst, k, json_string(t ? t : ""));
+			free(t);
+		}
+	}
+}
+
 static void count(np_manager *m, const char *what)
 {
 	char *key;
@@ -1243,8 +1265,7 @@ static np_op *os_create(np_manager *m, const np_create_args *a,
 	const np_pool_label *l = a->label;
 	const np_provider_diskimage *pdi = NULL;
 	np_op *op = op_new(m, OP_CREATE, arg);
-	json_t *meta = driver_server_metadata(a), *v, *smeta;
-	const char *k;
+	json_t *meta = driver_server_metadata(a), *smeta;
 	int config_drive;
 
 	op->ccb = cb;
@@ -1298,18 +1319,8 @@ static np_op *os_create(np_manager *m, const np_create_args *a,
 		json_object_set_new(op->body, "user_data", json_string((char *)b64));
 		free(b64);
 	}
-	/* Nova's metadata values are strings. */
 	smeta = json_object();
-	json_object_foreach(meta, k, v) {
-		if (json_is_string(v)) {
-			json_object_set(smeta, k, v);
-		} else {
-			char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-
-			json_object_set_new(smeta, k, json_string(t ? t : ""));
-			free(t);
-		}
-	}
+	string_props(smeta, meta);
 	json_object_set_new(op->body, "metadata", smeta);
 	json_decref(meta);
 
@@ -1703,37 +1714,42 @@ static void image_created(np_op *op, const os_result *r)
 	free(path);
 }
 
-static np_op *os_upload_image(np_manager *m, const char *name,
-			      const char *filename, const char *format,
-			      const json_t *metadata, np_upload_fn cb, void *arg)
+/* The image record as openstacksdk's create_image makes it for upstream:
+ * the metadata as string properties, then openstacksdk's own checksum
+ * properties (the file's digests as the builder read them, else empty)
+ * and the object name it would have used in Swift. */
+static json_t *image_body(const np_upload_args *a)
+{
+	json_t *body = json_pack("{s:s, s:s, s:s, s:s}", "name", a->name,
+	    "disk_format", a->format && *a->format ? a->format : "qcow2",
+	    "container_format", "bare", "visibility", "private");
+	char *obj;
+
+	string_props(body, a->metadata);
+	json_object_set_new(body, "owner_specified.openstack.md5",
+	    json_string(a->md5 ? a->md5 : ""));
+	json_object_set_new(body, "owner_specified.openstack.sha256",
+	    json_string(a->sha256 ? a->sha256 : ""));
+	obj = xasprintf("images/%s", a->name);
+	json_object_set_new(body, "owner_specified.openstack.object",
+	    json_string(obj));
+	free(obj);
+	return body;
+}
+
+static np_op *os_upload_image(np_manager *m, const np_upload_args *a,
+			      np_upload_fn cb, void *arg)
 {
 	np_op *op = op_new(m, OP_UPLOAD, arg);
-	json_t *body = json_pack("{s:s, s:s, s:s, s:s}", "name", name,
-	    "disk_format", format ? format : "qcow2", "container_format", "bare",
-	    "visibility", "private");
-	const char *k;
-	json_t *v;
+	json_t *body = image_body(a);
 
 	op->ucb = cb;
-	op->file = xstrdup(filename);
+	op->file = xstrdup(a->filename);
 	op->md5 = EVP_MD_CTX_new();
 	op->sha512 = EVP_MD_CTX_new();
 	EVP_DigestInit_ex(op->md5, EVP_md5(), NULL);
 	EVP_DigestInit_ex(op->sha512, EVP_sha512(), NULL);
 	op->upload_deadline = now_ms() + m->image_upload_timeout * 1000;
-	/* Properties are strings in Glance. */
-	json_object_foreach((json_t *)metadata, k, v) {
-		if (json_object_get(body, k))
-			continue;
-		if (json_is_string(v)) {
-			json_object_set(body, k, v);
-		} else {
-			char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-
-			json_object_set_new(body, k, json_string(t ? t : ""));
-			free(t);
-		}
-	}
 	op_call(op, OS_IMAGE, "POST", "images", body, image_created);
 	json_decref(body);
 	return op;

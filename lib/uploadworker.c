@@ -268,6 +268,8 @@ static bool upload(const struct job *j, np_upload *u, bool *abandoned)
 	np_builder *b = j->w->b;
 	long long start_ms = now_ms();
 	char *name, *err = NULL, *ext_id = NULL;
+	char md5[33], sha256[65];
+	bool have_sums;
 	json_t *meta;
 	int rc;
 
@@ -284,11 +286,21 @@ static bool upload(const struct job *j, np_upload *u, bool *abandoned)
 	}
 	log_info(j->logger, "Uploading DIB image build %s from %s to %s",
 		 j->build->id, j->file, j->p->name);
+	/* DIB's checksum files, as upstream passes them on (the
+	 * BuildWorker made any that were missing). */
+	have_sums = build_checksums(j->file, md5, sha256, &err) == 0;
+	if (!have_sums) {
+		log_warning(j->logger, "No checksums for %s: %s", j->file, err);
+		free(err);
+		err = NULL;
+	}
 	worker_set_status(j->w, "uploading %s-%s to %s as %s", j->pd->name,
 			  j->build->id, j->p->name, name);
 	meta = image_meta(j, u->id);
-	rc = builder_upload(b, j->p->name, name, j->file, j->p->image_type,
-			    meta, &ext_id, &err);
+	rc = builder_upload(b, j->p->name, &(np_upload_args){
+		.name = name, .filename = j->file, .format = j->p->image_type,
+		.metadata = meta, .md5 = have_sums ? md5 : NULL,
+		.sha256 = have_sums ? sha256 : NULL }, &ext_id, &err);
 	json_decref(meta);
 	if (rc != NP_DRV_OK && builder_stopping(b)) {
 		log_info(j->logger, "Upload of build %s of image %s to %s "

@@ -14,8 +14,20 @@
 #  - launch-timeout shorter than the boot: every attempt times out, the
 #    request fails and the cloud keeps no server of it;
 #  - a server carrying our metadata for a node ZooKeeper does not have (a
-#    killed launcher's) is found as leaked and deleted.
+#    killed launcher's) is found as leaked and deleted;
+#  - a launcher SIGKILLed while Nova builds its server: a restarted
+#    launcher drops the dead one's node, finds the server as leaked on two
+#    consecutive passes and deletes it, and serves the request again;
+#  - the builder against Glance: nodepool-builder with the fake dib-cmd
+#    builds an image, uploads it to Glance (checksums and properties as
+#    upstream's openstacksdk call leaves them), the launcher boots
+#    servers from it through a min-ready label and a Zuul request, host
+#    keys gathered, nodes used and deleted, servers gone from Nova; a
+#    second build is booted from, a third makes the janitor delete the
+#    first's upload from Glance, and an image carrying our metadata that
+#    no upload record explains is deleted as leaked.
 # Needs OS_CLIENT_CONFIG_FILE (the cloud's clouds.yaml, cloud "osl").
+import hashlib
 import json
 import os
 import subprocess
@@ -29,6 +41,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "integration"))
 import launcherlib as L  # noqa: E402
 from launcherlib import Scenario, check, wait_for  # noqa: E402
+import builderlib as bl  # noqa: E402
+from test_builder_e2e import E2E, upload_path  # noqa: E402
 
 KEYSTONE = "http://127.0.0.1:5000/v3"
 PASSWORD = os.environ.get("OSL_PASSWORD", "secret")
@@ -322,6 +336,330 @@ def test_leak(zk, demo, port, image_id):
         s.close()
 
 
+def test_killed_launcher(zk, demo, port):
+    s = Scenario(zk, "os-kill")
+    try:
+        _killed_launcher(s, demo, port)
+    finally:
+        s.close()
+
+
+def _killed_launcher(s, demo, port):
+    cfg = config(s, "osl-kill", port)
+    p1 = s.start(cfg, env=FAST, debug=True)
+    rid = s.request(["small"])
+    # Kill as soon as Nova has the server: the launch is still waiting
+    # for ACTIVE (and then a floating IP), the node has no server id.
+    end = time.monotonic() + BOOT
+    srv = None
+    while srv is None and time.monotonic() < end and p1.poll() is None:
+        mine = ours(demo, "osl-kill")
+        srv = mine[0] if mine else None
+        if srv is None:
+            time.sleep(0.1)
+    s.kill(p1)
+    check(srv is not None, "kill: the launcher's server appeared in Nova")
+    if srv is None:
+        return
+    sid, nid = srv["id"], srv["metadata"].get("nodepool_node_id")
+    node = s.get_node(nid) or {}
+    mid = not node.get("external_id")
+    print("kill: launcher killed with server %s in %s, node %s %s, "
+          "external id %r" % (sid, srv["status"], nid, node.get("state"),
+                              node.get("external_id")))
+    p2 = s.start(cfg, env=FAST, debug=True)
+    gone = wait_cloud(lambda: sid not in [sv["id"] for sv in
+                                          demo.servers()] or None,
+                      what="the killed launcher's server deleted")
+    check(gone, "kill: the killed launcher's server is deleted")
+    log = s.log(p2)
+    if mid:
+        seen = log.find("Instance %s of osl-kill names node %s, which does "
+                        "not exist: possibly leaked" % (sid, nid))
+        deleting = log.find("Deleting leaked instance %s of node %s from "
+                            "osl-kill (seen on two consecutive passes)"
+                            % (sid, nid))
+        check(seen >= 0 and deleting > seen,
+              "kill: the restarted launcher suspected the server on one "
+              "pass and deleted it as leaked on the next (%d, %d)"
+              % (seen, deleting))
+        check("Deleted leaked instance %s of node %s" % (sid, nid) in log,
+              "kill: the leaked server's deletion is logged")
+    else:
+        # The launch ended before the kill: the node names the server
+        # and the restarted launcher deletes it through the node.
+        print("kill: the launch had ended before the kill; the server "
+              "went with its node, not as a leak")
+    req = s.wait_request(rid, timeout=BOOT)
+    check(req and req["state"] == "fulfilled" and nid not in req["nodes"],
+          "kill: the restarted launcher serves the request with a new "
+          "node (%s)" % ((req and (req["state"], req["nodes"])),))
+    if req and req["state"] == "fulfilled":
+        s.use_and_return(rid, req)
+    check(wait_cloud(lambda: not ours(demo, "osl-kill") or None,
+                     what="kill servers gone"),
+          "kill: no server of the scenario is left")
+    check(wait_for(lambda: s.get_node(nid) is None, BOOT, "dead node gone"),
+          "kill: the dead launcher's node is gone from ZooKeeper")
+    s.stop(p2)
+
+
+# ---- the builder against Glance ----
+
+IMG = "np-dib"
+BPROV = "osl-build"
+
+
+class OsBuild(E2E):
+    """test_builder_e2e's scenario (builder, launcher, Zuul's side) with
+    an OpenStack provider on the lane's cloud instead of the fake one."""
+
+    def __init__(self, zk, name, demo, port):
+        super().__init__(zk, name)
+        self.demo = demo
+        self.port = port
+
+    def os_config(self, min_ready=1):
+        host, zport = self.zk.hosts.split(":")
+        env = {"FAKE_DIB_RECORD": self.record,
+               "FAKE_DIB_SIZE": str(1 << 20)}
+        out = ["zookeeper-servers:", "  - host: %s" % host,
+               "    port: %s" % zport, "    chroot: %s" % self.chroot,
+               "zookeeper-tls:", "  ca: %s" % self.zk.ca,
+               "  cert: %s" % self.zk.cert, "  key: %s" % self.zk.key,
+               "images-dir: %s" % self.images_dir,
+               "build-log-dir: %s" % self.log_dir,
+               "elements-dir: %s" % self.elements_dir,
+               "labels:", "  - name: dib-req", "    min-ready: 0",
+               "  - name: dib-min", "    min-ready: %d" % min_ready,
+               "diskimages:",
+               # no formats: the provider's image type (clouds.yaml's
+               # image_format, else qcow2) is what DIB makes
+               bl.image_yaml(IMG, formats=None, env=env,
+                             extra={"metadata": "{distro: fake}"}),
+               "providers:", "  - name: %s" % BPROV,
+               "    driver: openstack", "    cloud: osl",
+               "    region-name: RegionOne", "    rate: 0.01",
+               "    boot-timeout: 120",
+               "    diskimages:", "      - name: %s" % IMG,
+               "        connection-port: %d" % self.port,
+               "        meta: {owner-team: ci}",
+               "    pools:", "      - name: main",
+               "        max-servers: 10", "        networks: [private]",
+               "        labels:"]
+        for lname in ("dib-req", "dib-min"):
+            out += ["          - name: %s" % lname,
+                    "            diskimage: %s" % IMG,
+                    "            min-ram: 512",
+                    "            flavor-name: osl"]
+        path = os.path.join(self.dir, "nodepool.yaml")
+        with open(path + ".tmp", "w") as f:
+            f.write("\n".join(out) + "\n")
+        os.rename(path + ".tmp", path)
+        self.config = path
+        return path
+
+    def instance_image(self, node):
+        """The image Nova says NODE's server boots."""
+        if "_booted" in node:
+            return node["_booted"]
+        for sv in self.demo.servers():
+            if sv["id"] == node.get("external_id"):
+                return (sv.get("image") or {}).get("id")
+        return None
+
+    def glance(self, iid):
+        st, img = self.demo.call("GET", "image", "/images/%s" % iid)
+        return img if st == 200 else None
+
+    def glance_ours(self):
+        st, d = self.demo.call("GET", "image", "/images?limit=1000")
+        return [i for i in (d or {}).get("images", [])
+                if i.get("nodepool_provider_name") == BPROV]
+
+
+def file_sums(path):
+    out = {}
+    for algo in ("md5", "sha256", "sha512"):
+        h = hashlib.new(algo)
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 16), b""):
+                h.update(chunk)
+        out[algo] = h.hexdigest()
+    return out
+
+
+def check_glance(sc, bid, uid, rec, what):
+    """Glance's record of upload UID of build BID is what upstream's
+    openstacksdk call leaves."""
+    ext = rec.get("external_id")
+    img = sc.glance(ext) or {}
+    path = os.path.join(sc.images_dir, "%s-%s.qcow2" % (IMG, bid))
+    sums = file_sums(path) if os.path.exists(path) else {}
+    check(img.get("status") == "active" and
+          img.get("disk_format") == "qcow2" and
+          img.get("container_format") == "bare" and
+          img.get("visibility") == "private",
+          "%s: Glance image %s active, qcow2, bare, private (%s %s %s %s)"
+          % (what, ext, img.get("status"), img.get("disk_format"),
+             img.get("container_format"), img.get("visibility")))
+    check(img.get("name") == rec.get("external_name") and
+          (img.get("name") or "").startswith(IMG + "-"),
+          "%s: the image-name-format name (%s)" % (what, img.get("name")))
+    check(sums and img.get("size") == os.path.getsize(path) and
+          img.get("checksum") == sums["md5"] and
+          img.get("os_hash_algo") == "sha512" and
+          img.get("os_hash_value") == sums["sha512"],
+          "%s: Glance's size and checksums are the file's" % what)
+    want = {"nodepool_build_id": bid, "nodepool_upload_id": uid,
+            "nodepool_provider_name": BPROV, "distro": "fake",
+            "owner-team": "ci",
+            "owner_specified.openstack.md5": sums.get("md5"),
+            "owner_specified.openstack.sha256": sums.get("sha256"),
+            "owner_specified.openstack.object": "images/%s"
+            % img.get("name")}
+    bad = {k: (v, img.get(k)) for k, v in want.items() if img.get(k) != v}
+    check(not bad, "%s: the image's properties as upstream (%s)"
+          % (what, bad))
+    return ext
+
+
+def test_builder_glance(zk, demo, port, keys):
+    sc = OsBuild(zk, "os-build", demo, port)
+    try:
+        _builder_glance(sc, demo, keys)
+    finally:
+        for img in sc.glance_ours():
+            demo.call("DELETE", "image", "/images/%s" % img["id"])
+        sc.close()
+
+
+def _builder_glance(sc, demo, keys):
+    sc.os_config(min_ready=1)
+    b = sc.start_builder(cleanup_ms=1000)
+    la = sc.start_launcher()
+    b1 = sorted(sc.wait_builds(IMG, "ready", 1, BOOT) or {"?": 0})[0]
+    check("%s-%s.qcow2" % (IMG, b1) in sc.image_files(IMG, b1),
+          "build: the qcow2 image is in images-dir (%s)"
+          % sc.image_files(IMG, b1))
+    u1, rec1 = sc.wait_upload(IMG, b1, BPROV, timeout=BOOT)
+    check(rec1.get("format") == "qcow2", "upload record: format qcow2")
+    e1 = check_glance(sc, b1, u1, rec1, "first upload")
+
+    # min-ready: a node from that upload without any request.
+    warm = wait_cloud(lambda: [n for n in sc.nodes().values()
+                               if n.get("state") == "ready" and
+                               "dib-min" in n.get("type", [])],
+                      what="a min-ready node")
+    check(bool(warm), "min-ready: a ready dib-min node")
+    if warm:
+        n = warm[0]
+        check(n.get("image_id") == upload_path(IMG, b1, u1, BPROV) and
+              sc.instance_image(n) == e1,
+              "min-ready: the node boots upload %s (Glance %s; %s)"
+              % (u1, e1, sc.instance_image(n)))
+        check(set(n.get("host_keys", [])) == keys,
+              "min-ready: host keys from the sshd")
+
+    # A request as Zuul writes it, on the first build.
+    rid = sc.request(["dib-req"])
+    req = sc.wait_request(rid, timeout=BOOT)
+    check(req and req["state"] == "fulfilled",
+          "request: fulfilled (%s)" % (req and req["state"]))
+    if req and req["state"] == "fulfilled":
+        nid = req["nodes"][0]
+        n = sc.get_node(nid)
+        ext = n.get("external_id")
+        check(n.get("image_id") == upload_path(IMG, b1, u1, BPROV) and
+              sc.instance_image(n) == e1,
+              "request: the node boots Glance image %s (%s)"
+              % (e1, sc.instance_image(n)))
+        check(set(n.get("host_keys", [])) == keys and
+              n.get("interface_ip", "").startswith("127.20.0."),
+              "request: host keys gathered over the floating IP (%s)"
+              % n.get("interface_ip"))
+        sc.use_and_return(rid, req)
+        check(wait_cloud(lambda: ext not in [sv["id"] for sv in
+                                             demo.servers()],
+                         what="used server gone"),
+              "request: the used node's server is gone from Nova")
+        check(wait_for(lambda: sc.get_node(nid) is None, BOOT,
+                       "node gone"), "request: the used node is deleted")
+
+    # A second build, booted from once the launcher sees it.
+    rc, _, _ = sc.cli("image-build", IMG)
+    check(rc == 0, "image-build exits 0")
+    builds = sc.wait_builds(IMG, "ready", 2, BOOT) or {}
+    b2 = ([k for k in builds if k != b1] + ["?"])[0]
+    u2, rec2 = sc.wait_upload(IMG, b2, BPROV, timeout=BOOT)
+    e2 = check_glance(sc, b2, u2, rec2, "second upload")
+    check(e2 and e2 != e1, "the second build is a new Glance image")
+
+    def on_second():
+        r = sc.request(["dib-req"])
+        q = sc.wait_request(r, timeout=BOOT)
+        if not q or q["state"] != "fulfilled":
+            return None
+        node = sc.get_node(q["nodes"][0]) or {}
+        node["_booted"] = sc.instance_image(node)
+        sc.use_and_return(r, q)
+        return node if node.get("image_id") == upload_path(
+            IMG, b2, u2, BPROV) else None
+    node = wait_cloud(on_second, what="a node on the second build")
+    check(node and node["_booted"] == e2,
+          "second build: a request's node boots Glance image %s (%s)"
+          % (e2, node and node["_booted"]))
+
+    # An image with our metadata that no upload record explains (a
+    # builder killed before writing its record): leaked.
+    st, leak = demo.call("POST", "image", "/images", {
+        "name": "np-dib-leaked", "disk_format": "qcow2",
+        "container_format": "bare", "nodepool_provider_name": BPROV,
+        "nodepool_build_id": "0000009999", "nodepool_upload_id": "0000000001"})
+    check(st == 201, "a leaked image is in Glance (%s)" % st)
+
+    # A third build: the janitor keeps the two newest and deletes the
+    # first's upload from Glance and its files.
+    rc, _, _ = sc.cli("image-build", IMG)
+    check(rc == 0, "third image-build exits 0")
+    check(wait_for(lambda: len(sc.dib_starts()) >= 3 and
+                   not sc.requested(IMG), BOOT, "third build"),
+          "third build done")
+    builds = sc.builds_in(IMG, "ready")
+    b3 = sorted(builds, key=lambda k: builds[k]["state_time"])[-1]
+    u3, rec3 = sc.wait_upload(IMG, b3, BPROV, timeout=BOOT)
+    e3 = rec3.get("external_id")
+
+    def cleaned():
+        return (set(sc.builds(IMG)) == {b2, b3} and sc.glance(e1) is None
+                and not sc.image_files(IMG, b1)) or None
+    check(wait_cloud(cleaned, what="old upload deleted"),
+          "janitor: build %s's upload deleted from Glance and its files "
+          "gone; builds %s left" % (b1, sorted(sc.builds(IMG))))
+    check(wait_cloud(lambda: leak and sc.glance(leak["id"]) is None,
+                     what="leaked image deleted"),
+          "janitor: the leaked image is deleted from Glance")
+    check("Deleting leaked image %s" % (leak or {}).get("id") in sc.log(b),
+          "janitor: logged the leaked image")
+    left = sorted(i["id"] for i in sc.glance_ours())
+    check(left == sorted([e2, e3]), "Glance holds the kept builds' images "
+          "only (%s, want %s)" % (left, sorted([e2, e3])))
+
+    # The min-ready node: no longer wanted, used; its server goes.
+    sc.os_config(min_ready=0)
+    time.sleep(2)
+    for nid, n in sc.nodes().items():
+        if "dib-min" in n.get("type", []) and n.get("state") == "ready":
+            lock = sc.lock_node(nid)
+            sc.set_node(nid, state="used", state_time=time.time())
+            lock.release()
+    check(wait_cloud(lambda: not ours(demo, BPROV) or None,
+                     what="servers gone"),
+          "every server of the builder test is gone from Nova")
+    sc.stop(la)
+    sc.stop(b)
+
+
 def main():
     demo = Cloud("demo", "demo")
     admin = Cloud("admin", "admin")
@@ -345,6 +683,10 @@ def main():
             ("test_launch_timeout",
              lambda: test_launch_timeout(zk, demo, port)),
             ("test_leak", lambda: test_leak(zk, demo, port, image_id)),
+            ("test_killed_launcher",
+             lambda: test_killed_launcher(zk, demo, port)),
+            ("test_builder_glance",
+             lambda: test_builder_glance(zk, demo, port, keys)),
         ]
         for name, t in tests:
             if only and name not in only:

@@ -1061,7 +1061,8 @@ static void image_case(const char *opts, const char *dir)
 	REQUIRE(env_start(&e, opts));
 	CHECK(!D->label_ready(e.m, label(e.cfg, "missing")));
 	json_t *meta = json_pack("{s:s}", "nodepool_build_id", "abc");
-	D->upload_image(e.m, "missing-image", src, "qcow2", meta, on_upload,
+	D->upload_image(e.m, &(np_upload_args){ .name = "missing-image",
+	    .filename = src, .format = "qcow2", .metadata = meta }, on_upload,
 	    &u);
 	json_decref(meta);
 	CHECK_INT(u.done, 0);
@@ -1125,8 +1126,8 @@ static void image_case(const char *opts, const char *dir)
 	}
 	/* A file that cannot be read fails the upload, later. */
 	u.done = 0;
-	D->upload_image(e.m, "x", "/nonexistent/file", "raw", NULL, on_upload,
-	    &u);
+	D->upload_image(e.m, &(np_upload_args){ .name = "x",
+	    .filename = "/nonexistent/file", .format = "raw" }, on_upload, &u);
 	CHECK_INT(u.done, 0);
 	REQUIRE(run_until(e.loop, &u.done, 1));
 	CHECK_INT(u.status, NP_DRV_ERROR);
@@ -1161,7 +1162,8 @@ TEST(upload_timeout_and_failure)
 
 	REQUIRE(env_start(&e, opts));
 	t0 = now_ms();
-	D->upload_image(e.m, "slow", src, "raw", NULL, on_upload, &u);
+	D->upload_image(e.m, &(np_upload_args){ .name = "slow",
+	    .filename = src, .format = "raw" }, on_upload, &u);
 	REQUIRE(run_until(e.loop, &u.done, 1));
 	CHECK_INT(u.status, NP_DRV_TIMEOUT);
 	CHECK(now_ms() - t0 >= 1000);
@@ -1177,14 +1179,16 @@ TEST(upload_timeout_and_failure)
 	opts = xasprintf("{state-dir: %s, upload-failure-rate: 1}", dir);
 	REQUIRE(env_start(&e, opts));
 	memset(&u, 0, sizeof(u));
-	D->upload_image(e.m, "bad", src, "raw", NULL, on_upload, &u);
+	D->upload_image(e.m, &(np_upload_args){ .name = "bad",
+	    .filename = src, .format = "raw" }, on_upload, &u);
 	REQUIRE(run_until(e.loop, &u.done, 1));
 	CHECK_INT(u.status, NP_DRV_ERROR);
 	CHECK_INT(count_files(images, ".raw") + count_files(images, ".json") +
 	    count_files(images, ".part"), 0);
 	/* A cancelled upload (the builder stopping) leaves nothing. */
 	memset(&u, 0, sizeof(u));
-	np_op *op = D->upload_image(e.m, "gone", src, "raw", NULL, on_upload,
+	np_op *op = D->upload_image(e.m, &(np_upload_args){ .name = "gone",
+	    .filename = src, .format = "raw" }, on_upload,
 	    &u);
 	D->cancel(op);
 	evloop_run_once(e.loop, 10);
@@ -1211,7 +1215,8 @@ TEST(upload_large_sparse_image)
 
 	REQUIRE(env_start(&e, opts));
 	before = rss_kb("VmRSS:");
-	D->upload_image(e.m, "big", src, "raw", NULL, on_upload, &u);
+	D->upload_image(e.m, &(np_upload_args){ .name = "big",
+	    .filename = src, .format = "raw" }, on_upload, &u);
 	REQUIRE(run_until(e.loop, &u.done, 1));
 	after = rss_kb("VmHWM:");
 	CHECK_INT(u.status, NP_DRV_OK);

@@ -47,6 +47,7 @@ static struct {
 	json_t *last_create;
 	long long upload_size;
 	int images;
+	json_t *last_image;	/* the last POST /images body */
 } cloud = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 static char *catalog(void)
@@ -286,6 +287,8 @@ static void handle(void *arg, const th_request *rq, th_answer *an)
 		}
 	} else if (strcmp(u, "/image/v2/images") == 0) {
 		cloud.images++;
+		json_decref(cloud.last_image);
+		cloud.last_image = json_loadb(rq->body, rq->body_len, 0, NULL);
 		an->status = 201;
 		an->body = xstrdup("{\"id\": \"img-new\", \"status\": \"queued\"}");
 	} else if (strcmp(u, "/image/v2/images/img-new/file") == 0) {
@@ -975,7 +978,9 @@ TEST(glance_upload_list_delete)
 	memset(&o, 0, sizeof(o));
 	snprintf(path, sizeof(path), "%s/img.qcow2", test_tmpdir());
 	write_file(path, "world");
-	drv->upload_image(m, "img-123", path, "qcow2", meta, on_upload, &o);
+	drv->upload_image(m, &(np_upload_args){ .name = "img-123",
+	    .filename = path, .format = "qcow2", .metadata = meta },
+	    on_upload, &o);
 	wait_for(&o.done, 1, 60000);
 	/* The recorded cloud's checksum is for "hello": a mismatch fails
 	 * the upload and removes the image. */
@@ -983,11 +988,38 @@ TEST(glance_upload_list_delete)
 	CHECK(o.error && strstr(o.error, "checksum"));
 	outcome_clear(&o);
 	write_file(path, "hello");
-	drv->upload_image(m, "img-123", path, "qcow2", meta, on_upload, &o);
+	drv->upload_image(m, &(np_upload_args){ .name = "img-123",
+	    .filename = path, .format = "raw", .metadata = meta,
+	    .md5 = "5d41402abc4b2a76b9719d911017c592", .sha256 = "2cf24dba"
+	    "5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824" },
+	    on_upload, &o);
 	wait_for(&o.done, 1, 60000);
 	CHECK_INT(o.status, NP_DRV_OK);
 	CHECK_STR(o.ids, "img-new");
 	outcome_clear(&o);
+	/* The record as openstacksdk's create_image makes it: properties as
+	 * strings, its checksum and object properties. */
+	pthread_mutex_lock(&cloud.mu);
+	{
+		json_t *b = cloud.last_image;
+		const char *want[][2] = {
+			{ "name", "img-123" }, { "disk_format", "raw" },
+			{ "container_format", "bare" },
+			{ "visibility", "private" },
+			{ "nodepool_build_id", "0000000001" },
+			{ "nodepool_upload_id", "1" },
+			{ "owner_specified.openstack.md5",
+			  "5d41402abc4b2a76b9719d911017c592" },
+			{ "owner_specified.openstack.sha256", "2cf24dba5fb0a30e26e"
+			  "83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824" },
+			{ "owner_specified.openstack.object", "images/img-123" },
+		};
+
+		for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+			CHECK_STR(json_string_value(json_object_get(b,
+			    want[i][0])), want[i][1]);
+	}
+	pthread_mutex_unlock(&cloud.mu);
 	drv->list_images(m, on_images, &o);
 	wait_for(&o.done, 1, 60000);
 	CHECK_INT(o.status, NP_DRV_OK);
@@ -1054,6 +1086,8 @@ TEST(zz_teardown)
 	reset_cloud();
 	json_decref(cloud.last_create);
 	cloud.last_create = NULL;
+	json_decref(cloud.last_image);
+	cloud.last_image = NULL;
 }
 
 RUN_TESTS()
