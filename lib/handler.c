@@ -963,12 +963,24 @@ static void fulfil(np_handler *h)
 
 /* ---- completion in one transaction ---- */
 
-/* The multi that ends a request, and what it needs if it fails. */
+/* The multi that ends a request, and what it needs if it fails. The
+ * locks it ends were forgotten before it was sent (their contenders go
+ * with it), so nothing else would ever delete those contenders: while
+ * the session that owns them lives, a transient failure is retried until
+ * ZooKeeper answers, however long the outage (a request locked by a live
+ * session stays pending for ever otherwise). */
 typedef struct completion {
 	np_launcher *l;
 	zk_op *ops;
 	int n;
 	int pending;        /* replies due */
+	int tries;          /* multis sent */
+	bool noted;         /* the caches heard how the first one went */
+	int64_t session;    /* the session that owns the contenders */
+	struct cstep {      /* the one-by-one steps' callback arguments */
+		struct completion *c;
+		int i;
+	} *steps;
 	char *id;
 	char *logger;
 } completion;
@@ -983,56 +995,124 @@ static void completion_unref(completion *c)
 	}
 	zk_ops_free(c->ops, c->n);
 	free(c->ops);
+	free(c->steps);
 	free(c->id);
 	free(c->logger);
 	free(c);
 }
 
+/* A failure worth sending again: the connection went (the server
+ * restarted, say) but the session, and so our contenders, live on. A
+ * request sent while there is no connection waits for one, so this
+ * does not spin. */
+static bool completion_retry(zk *z, const completion *c, int rc)
+{
+	return (rc == ZCONNECTIONLOSS || rc == ZOPERATIONTIMEOUT) &&
+	    zk_state(z) != ZK_STATE_CLOSED && zk_state(z) != ZK_STATE_LOST &&
+	    zk_session_id(z) == c->session;
+}
+
+static void completion_step(zk *z, completion *c, int i);
+
 static void completion_deleted(zk *z, int rc, void *arg)
 {
-	completion_unref(arg);
+	struct cstep *s = arg;
+	completion *c = s->c;
+
+	if (completion_retry(z, c, rc))
+		completion_step(z, c, s->i);
+	else if (rc != ZOK && rc != ZNONODE && rc != ZCLOSING)
+		log_error(c->logger, "[node_request: %s] Unable to delete "
+			  "lock %s: %s", c->id, c->ops[s->i].path,
+			  zk_strerror(rc));
+	completion_unref(c);
 }
 
 static void completion_stored(zk *z, int rc, const zk_stat *st, void *arg)
 {
-	completion *c = arg;
+	struct cstep *s = arg;
+	completion *c = s->c;
 
-	if (rc != ZOK && rc != ZCLOSING)
+	if (completion_retry(z, c, rc))
+		completion_step(z, c, s->i);
+	else if (rc != ZOK && rc != ZCLOSING)
 		log_error(c->logger, "[node_request: %s] Unable to store "
-			  "request: %s", c->id, zk_strerror(rc));
+			  "%s: %s", c->id, c->ops[s->i].path, zk_strerror(rc));
 	completion_unref(c);
 }
 
-/* The transaction failed (the request is gone, a contender went with a
- * lost connection, or the reply was lost): the same steps one by one, in
- * the same order, as upstream sends them. Deleting a contender that is
- * gone and writing the same request twice are both harmless. */
+/* Send step I on its own (again, after a transient failure). */
+static void completion_step(zk *z, completion *c, int i)
+{
+	zk_op *op = &c->ops[i];
+	struct cstep *s = &c->steps[i];
+	int rc;
+
+	s->c = c;
+	s->i = i;
+	if (op->type == ZK_OP_DELETE)
+		rc = zk_adelete(z, op->path, -1, completion_deleted, s);
+	else
+		rc = launcher_aset(c->l, op->path, op->data, op->len,
+				   completion_stored, s);
+	if (rc == ZOK)
+		c->pending++;
+}
+
+/* Did a multi sent before this one go through, its reply lost with the
+ * connection? Then the first operation to fail now is the deletion of
+ * one of our contenders, which only that multi can have deleted while
+ * our session lives. */
+static bool completion_was_applied(const completion *c, int rc)
+{
+	if (c->tries < 2 || rc != ZNONODE)
+		return false;
+	for (int i = 0; i < c->n; i++)
+		if (c->ops[i].rc != ZOK)
+			return c->ops[i].type == ZK_OP_DELETE &&
+			    c->ops[i].rc == ZNONODE;
+	return false;
+}
+
+static void completion_done(zk *z, int rc, void *arg);
+
+static void completion_send(zk *z, completion *c)
+{
+	c->tries++;
+	c->pending++;
+	if (zk_amulti(z, c->ops, c->n, completion_done, c) != ZOK)
+		completion_done(z, ZCLOSING, c);
+}
+
+/* The transaction failed. A lost connection: the same multi once
+ * ZooKeeper answers. Otherwise (the request is gone, a contender went
+ * with an expired session): the same steps one by one, in the same
+ * order, as upstream sends them; deleting a contender that is gone and
+ * writing the same request twice are both harmless. */
 static void completion_done(zk *z, int rc, void *arg)
 {
 	completion *c = arg;
 
 	/* The caches take the records from us (failed: they read them). */
-	for (int i = 0; i < c->n; i++)
+	for (int i = 0; !c->noted && i < c->n; i++)
 		if (c->ops[i].type == ZK_OP_SET)
 			zkc_write_done(launcher_cache_of(c->l, c->ops[i].path),
 				       c->ops[i].path, rc, c->ops[i].data,
 				       c->ops[i].len, &c->ops[i].stat);
-	if (rc != ZOK && rc != ZCLOSING && rc != ZSESSIONEXPIRED) {
+	c->noted = true;
+	if (completion_retry(z, c, rc)) {
+		log_debug(c->logger, "[node_request: %s] Completing again "
+			  "once ZooKeeper answers: %s", c->id, zk_strerror(rc));
+		completion_send(z, c);
+	} else if (completion_was_applied(c, rc)) {
+		log_debug(c->logger, "[node_request: %s] Completed by an "
+			  "earlier attempt", c->id);
+	} else if (rc != ZOK && rc != ZCLOSING && rc != ZSESSIONEXPIRED) {
 		log_debug(c->logger, "[node_request: %s] Completing one step "
 			  "at a time: %s", c->id, zk_strerror(rc));
-		for (int i = 0; i < c->n; i++) {
-			zk_op *op = &c->ops[i];
-
-			if (op->type == ZK_OP_DELETE &&
-			    zk_adelete(z, op->path, -1, completion_deleted,
-				       c) == ZOK)
-				c->pending++;
-			else if (op->type == ZK_OP_SET &&
-				 launcher_aset(c->l, op->path, op->data,
-					       op->len, completion_stored,
-					       c) == ZOK)
-				c->pending++;
-		}
+		c->steps = xcalloc((size_t)c->n, sizeof(*c->steps));
+		for (int i = 0; i < c->n; i++)
+			completion_step(z, c, i);
 	}
 	completion_unref(c);
 }
@@ -1087,14 +1167,12 @@ static void complete(np_handler *h)
 		zk_lock_forget(h->lock);
 	}
 	unlock_request(h);
-	c->pending = 1;
+	c->session = zk_session_id(launcher_zk(h->pw->l));
 	for (int i = 0; i < c->n; i++)
 		if (c->ops[i].type == ZK_OP_SET)
 			zkc_write_begin(launcher_cache_of(c->l, c->ops[i].path),
 					c->ops[i].path);
-	if (zk_amulti(launcher_zk(h->pw->l), c->ops, c->n, completion_done,
-		      c) != ZOK)
-		completion_done(launcher_zk(h->pw->l), ZCLOSING, c);
+	completion_send(launcher_zk(h->pw->l), c);
 	finish(h);
 }
 

@@ -18,8 +18,11 @@
 import json
 import os
 import shutil
+import select
 import signal
 import socket
+import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -135,6 +138,19 @@ def harness(script, *args):
          "-", TOP] + list(args), text=True)
 
 
+def serve_each(sock, serve, keep=None):
+    """Accept on SOCK until it is closed: SERVE(conn) on a thread of its
+    own for each connection (KEEP(conn) first, if given)."""
+    while True:
+        try:
+            c, _ = sock.accept()
+        except OSError:
+            return
+        if keep:
+            keep(c)
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+
 class TcpGate:
     """A TCP forwarder from a port of 127.0.0.1 to TARGET (host, port)
     that holds every connection it accepts until open(): a ZooKeeper a
@@ -158,14 +174,7 @@ class TcpGate:
             self.socks.append(sk)
 
     def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self._keep(c)
-            threading.Thread(target=self._serve, args=(c,),
-                             daemon=True).start()
+        serve_each(self.sock, self._serve, self._keep)
 
     def _serve(self, c):
         while not self.opened.wait(0.1):
@@ -220,6 +229,93 @@ class TcpGate:
                     sk.close()
                 except OSError:
                     pass
+
+
+class FrameTrap:
+    """A TLS man in the middle between a client and ZooKeeper's TLS port
+    (the harness's own certificates on both sides) that reads the
+    client's frames as they pass: TRAP(frame) is asked about every
+    request frame after the ConnectRequest (FRAME: the bytes after the
+    length: xid, type, body) and answers None (forward it), "drop" (cut
+    the connection without forwarding it: the request never reaches the
+    server) or "lost" (forward it, then cut the connection: the server
+    carries it out, its reply never arrives)."""
+
+    MULTI = 14
+
+    def __init__(self, zk, trap):
+        tls = os.path.dirname(zk.ca)
+        self.target = ("127.0.0.1", int(zk.tls_port))
+        self.trap = trap
+        self.server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.server_ctx.load_cert_chain(tls + "/server.crt",
+                                        tls + "/server.key")
+        self.client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.client_ctx.check_hostname = False
+        self.client_ctx.load_verify_locations(zk.ca)
+        self.client_ctx.load_cert_chain(zk.cert, zk.key)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @staticmethod
+    def op(frame):
+        return struct.unpack(">i", frame[4:8])[0] if len(frame) >= 8 \
+            else None
+
+    def _accept(self):
+        serve_each(self.sock, self._serve)
+
+    def _serve(self, c):
+        u = None
+        try:
+            c = self.server_ctx.wrap_socket(c, server_side=True)
+            u = self.client_ctx.wrap_socket(
+                socket.create_connection(self.target))
+            self._pump(c, u)
+        except (OSError, ValueError):
+            pass
+        for sk in (c, u):
+            if sk:
+                try:
+                    sk.close()
+                except OSError:
+                    pass
+
+    def _pump(self, c, u):
+        """Both directions on one thread (an SSL object is not for two
+        threads at once): read what is there, pass it on."""
+        buf = b""
+        first = True
+        while True:
+            ready = [sk for sk in (c, u) if sk.pending()] or \
+                select.select([c, u], [], [], 1.0)[0]
+            for src in ready:
+                data = src.recv(65536)
+                if not data:
+                    return
+                if src is u:
+                    c.sendall(data)
+                    continue
+                buf += data
+                while len(buf) >= 4:
+                    n = struct.unpack(">i", buf[:4])[0]
+                    if len(buf) < 4 + n:
+                        break
+                    frame, buf = buf[:4 + n], buf[4 + n:]
+                    what = None if first else self.trap(frame[4:])
+                    first = False
+                    if what == "drop":
+                        return
+                    u.sendall(frame)
+                    if what == "lost":
+                        time.sleep(0.2)  # (the server reads it first)
+                        return
+
+    def close(self):
+        self.sock.close()
 
 
 class ZK:
@@ -279,7 +375,8 @@ class OwnZK(ZK):
             stdout=subprocess.DEVNULL)
 
 
-def config_text(zk, chroot, state_dir, providers, labels, extra=""):
+def config_text(zk, chroot, state_dir, providers, labels, extra="",
+                zk_port=None):
     """LABELS: (name, min_ready) or (name, min_ready, {key: value}) for
     more label keys (max-ready-age). A provider may carry "keys" (more
     provider keys, e.g. launch-timeout), "fake" (fake: options) and
@@ -287,7 +384,7 @@ def config_text(zk, chroot, state_dir, providers, labels, extra=""):
     (more pool keys) and "label-keys" (more keys of each pool label)."""
     host, port = zk.hosts.split(":")
     lines = ["zookeeper-servers:", "  - host: %s" % host,
-             "    port: %s" % port, "    chroot: %s" % chroot,
+             "    port: %s" % (zk_port or port), "    chroot: %s" % chroot,
              "zookeeper-tls:", "  ca: %s" % zk.ca, "  cert: %s" % zk.cert,
              "  key: %s" % zk.key, "labels:"]
     for label in labels:
@@ -347,12 +444,14 @@ class Scenario:
         self.procs = []
 
     def write_config(self, providers, labels, fname="nodepool.yaml",
-                     extra=""):
+                     extra="", zk_port=None):
+        """ZK_PORT: another port of 127.0.0.1 for ZooKeeper (a
+        FrameTrap's)."""
         path = os.path.join(self.dir, fname)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             f.write(config_text(self.zk, self.chroot, self.state_dir,
-                                providers, labels, extra))
+                                providers, labels, extra, zk_port))
         os.rename(tmp, path)
         return path
 

@@ -9,7 +9,9 @@
 #    requests are in flight: each ends fulfilled or failed, every fake
 #    instance has a node and every node an instance after the cleanup
 #    passes, suspended/resumed logged; the session expired under load
-#    (the launcher cut off through a TcpGate); SIGINT without ZooKeeper;
+#    (the launcher cut off through a TcpGate); a request's completing
+#    transaction cut off (not sent, ZooKeeper then down longer than a
+#    session timeout; sent, its reply lost); SIGINT without ZooKeeper;
 #  - requests written as Zuul-2019 did (ephemeral sequential, fewer keys):
 #    fulfilled, and the requestor's session closing (before and after the
 #    request is fulfilled) leaves no node allocated and nothing leaked;
@@ -39,6 +41,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -253,6 +256,90 @@ def test_zk_restart(zk):
     finally:
         if s:
             s.close()
+        ozk.stop()
+
+
+def lock_contenders(s, rid):
+    path = "/nodepool/requests-lock/" + rid
+    return s.kz.get_children(path) if s.kz.exists(path) else []
+
+
+def test_completion_outage(zk):
+    """The multi that completes a request (nodes ready and unlocked,
+    request fulfilled and unlocked) is cut off: (1) the connection drops
+    before it reaches the server, and the server then stays down longer
+    than a session timeout (its sessions survive the restart); (2) it
+    reaches the server but the reply is lost. The request must end
+    fulfilled and unlocked both times (it once stayed pending, locked by
+    our own live session, for ever), its nodes ready and then deleted
+    once used."""
+    ozk = L.OwnZK()
+    s = None
+    trapped = []
+    actions = []
+
+    def trap(frame):
+        if L.FrameTrap.op(frame) != L.FrameTrap.MULTI or \
+                b"/nodepool/requests/" not in frame or not actions:
+            return None
+        what = actions.pop(0)
+        trapped.append(what)
+        if what == "drop":
+            # The server goes away with the request, for 13 s.
+            def outage():
+                ozk.halt()
+                time.sleep(13)
+                ozk.resume()
+            threading.Thread(target=outage, daemon=True).start()
+        return what
+
+    ftrap = L.FrameTrap(ozk, trap)
+    quiet = logging.getLogger("kazoo.client")
+    level = quiet.level
+    try:
+        s = Scenario(ozk, "complout")
+        cfg = s.write_config([PROVIDER], [("small", 0), ("big", 0)],
+                             zk_port=ftrap.port)
+        p = s.start(cfg, env=FAST, debug=True)
+        check(wait_for(lambda: s.registered_pools(), what="pool"),
+              "complout: pool registered")
+        quiet.setLevel(logging.CRITICAL)  # its reconnect attempts
+        reqs = {}
+        for what in ("drop", "lost"):
+            actions.append(what)
+            rid = s.request(["small", "big"])
+            check(wait_for(lambda: what in trapped, what="trapped"),
+                  "complout %s: the completing multi was cut off" % what)
+            req = s.wait_request(rid, timeout=90)
+            check(req and req["state"] == "fulfilled",
+                  "complout %s: request fulfilled (%s)"
+                  % (what, req and req["state"]))
+            check(wait_for(lambda: not lock_contenders(s, rid),
+                           what="unlocked"),
+                  "complout %s: request unlocked (%s)"
+                  % (what, lock_contenders(s, rid)))
+            nodes = [s.get_node(n) for n in (req or {}).get("nodes", [])]
+            check(len(nodes) == 2 and all(
+                n and n["state"] == "ready" and n["allocated_to"] == rid
+                for n in nodes), "complout %s: its two nodes ready and "
+                "allocated to it" % what)
+            reqs[rid] = req
+        check("Completing again once ZooKeeper answers" in s.log(p),
+              "complout: the completion was sent again (logged)")
+        quiet.setLevel(level)
+        for rid, req in reqs.items():
+            if req:
+                s.use_and_return(rid, req)
+        check(wait_for(lambda: not s.nodes() and not s.instances(),
+                       timeout=60, what="all deleted"),
+              "complout: used nodes and their instances deleted (%d "
+              "nodes, %d instances)" % (len(s.nodes()), len(s.instances())))
+        s.stop(p)
+    finally:
+        quiet.setLevel(level)
+        if s:
+            s.close()
+        ftrap.close()
         ozk.stop()
 
 
@@ -974,7 +1061,8 @@ def test_reload_zk_hosts(zk):
         s.close()
 
 
-TESTS = [test_stack_dump, test_zk_restart, test_session_expiry,
+TESTS = [test_stack_dump, test_zk_restart, test_completion_outage,
+         test_session_expiry,
          test_stop_without_zookeeper, test_zuul2019,
          test_tenant_limits, test_max_concurrency_zero,
          test_max_concurrency_one, test_malformed, test_webapp,
