@@ -408,15 +408,24 @@ static const char *const kind_names[] = {
 	[NP_CLEANUP_WORKER] = "CleanupWorker",
 };
 
+/* The whole text, however long (a DIB command line runs to kilobytes);
+ * formatted and freed outside the lock, swapped under it. */
 void worker_set_status(np_worker *w, const char *fmt, ...)
 {
 	va_list ap;
+	sbuf sb;
+	char *old;
 
-	pthread_mutex_lock(&w->b->mu);
+	sbuf_init(&sb);
 	va_start(ap, fmt);
-	vsnprintf(w->status, sizeof(w->status), fmt, ap);
+	sbuf_vaddf(&sb, fmt, ap);
 	va_end(ap);
+	pthread_mutex_lock(&w->b->mu);
+	old = w->status;
+	w->status = sb.len ? sbuf_detach(&sb) : NULL;
 	pthread_mutex_unlock(&w->b->mu);
+	free(old);
+	sbuf_free(&sb);
 }
 
 void builder_wake(np_builder *b, enum np_worker_kind kind)
@@ -496,7 +505,8 @@ static void *worker_main(void *arg)
 		case NP_CLEANUP_WORKER: janitor_pass(w); break;
 		}
 		pthread_mutex_lock(&b->mu);
-		w->status[0] = '\0';
+		free(w->status);
+		w->status = NULL;
 		if (!w->woken)
 			wait_locked(w, w->interval_ms, true);
 	}
@@ -801,7 +811,7 @@ void builder_status(np_builder *b, sbuf *out)
 		np_worker *w = &b->workers[i];
 
 		sbuf_addf(out, "%s: %s\n", w->name,
-			  w->status[0] ? w->status : "idle");
+			  w->status ? w->status : "idle");
 	}
 	pthread_mutex_unlock(&b->mu);
 }
@@ -1001,6 +1011,8 @@ void builder_free(np_builder *b)
 	free(b->live);
 	pthread_cond_destroy(&b->cond);
 	pthread_mutex_destroy(&b->mu);
+	for (size_t i = 0; i < b->nworkers; i++)
+		free(b->workers[i].status);
 	free(b->workers);
 	free(b->joinable);
 	free(b->id);

@@ -123,7 +123,8 @@ struct np_worker {
 	long interval_ms;
 	/* Guarded by the builder's worker lock: */
 	bool woken;
-	char status[256];	/* what it is doing now, for the SIGUSR2 dump */
+	char *status;		/* what it is doing now, for the SIGUSR2 dump
+				 * (owned, whole; NULL when idle) */
 	void *priv;		/* the kind's own state */
 };
 

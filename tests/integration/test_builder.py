@@ -16,6 +16,7 @@
 # env: as launcherlib.py.
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -269,7 +270,14 @@ def test_log_retention(zk):
 
 def test_sigusr2_and_sigint(zk):
     s = bl.BuilderScenario(zk, "signals")
-    s.write_config([bl.image_yaml("img", env={"FAKE_DIB_SLEEP": "4"})])
+    # The dib-cmd at a path of some 600 characters: the dump once cut
+    # what a worker does at 255.
+    long_dir = os.path.join(s.dir, *[c * 120 for c in "abcde"])
+    os.makedirs(long_dir)
+    dib = os.path.join(long_dir, "disk-image-create")
+    os.symlink(bl.FAKE_DIB, dib)
+    s.write_config([bl.image_yaml("img", env={"FAKE_DIB_SLEEP": "4"},
+                                  dib_cmd=dib)])
     p = s.start()
     wait_for(lambda: s.builds_in("img", "building"), 20, "building")
     time.sleep(0.5)
@@ -279,6 +287,12 @@ def test_sigusr2_and_sigint(zk):
     log = s.log(p)
     check("BuildWorker.0: building img build" in log,
           "signals: the dump says what BuildWorker.0 does")
+    line = [ln for ln in log.splitlines()
+            if "BuildWorker.0: building img build" in ln][-1:]
+    check(bool(re.search(re.escape(dib) + r" -x .* fake-base \(pid \d+\)$",
+                         line[0] if line else "")),
+          "signals: the whole DIB command line, %d characters, in the "
+          "dump (%r)" % (len(dib), line))
     check("Thread:" in log and "BuildWorker.0" in log,
           "signals: threads by name in the dump")
     check(p.poll() is None, "signals: still running after SIGUSR2")
