@@ -549,6 +549,38 @@ static void start_workers(np_builder *b, const struct np_builder_opts *o)
 	}
 }
 
+/* ---- the images cache, for workers ---- */
+
+struct marks_call {
+	np_builder *b;
+	const char *image;
+	bool ready, paused, requested;
+};
+
+static void marks_read(ev_call *call, void *arg)
+{
+	struct marks_call *m = arg;
+	const zkc *c = m->b->images;
+
+	m->ready = c && zkc_ready(c);
+	if (m->ready) {
+		m->paused = zkc_image_paused(c, m->image);
+		m->requested = zkc_image_build_requested(c, m->image);
+	}
+	evloop_call_done(call);
+}
+
+bool builder_image_marks(np_builder *b, const char *image, bool *paused,
+			 bool *requested)
+{
+	struct marks_call m = { .b = b, .image = image };
+
+	evloop_call(b->loop, marks_read, &m);
+	*paused = m.paused;
+	*requested = m.requested;
+	return m.ready;
+}
+
 /* ---- driver operations for workers ---- */
 
 static void call_finish(drv_call *c)

@@ -93,6 +93,14 @@ bool builder_connected(const np_builder *b);
  * during a build knows its locks went with the session. */
 unsigned long builder_session_losses(const np_builder *b);
 
+/* IMAGE's pause and request-build markers as the images cache has them
+ * (for worker threads: read on the builder loop). The cache has seen at
+ * least the change that woke the worker, without a round trip to
+ * ZooKeeper. False when it is not ready (a new session's walk): then the
+ * caller asks ZooKeeper. */
+bool builder_image_marks(np_builder *b, const char *image, bool *paused,
+			 bool *requested);
+
 /* Driver operations for worker threads: run on the builder loop against
  * PROVIDER's manager; the calling thread waits for the callback. They
  * return an enum np_drv_status (driver.h); *ERR (caller frees) on

@@ -723,15 +723,28 @@ static bool build_wrapper(np_worker *w, const np_config *cfg,
 
 /* ---- which images need a build ---- */
 
-/* Paused in the config or by `nodepool image-pause`; without formats
- * there is nothing to build. False when the image is not to be looked
- * at. */
-static bool buildable(np_worker *w, const np_diskimage *di)
+/* The image's pause and request-build markers: from the images cache
+ * (no round trip: the worker is woken by what the cache sees), from
+ * ZooKeeper while it is not ready. What is done with them is checked
+ * again in ZooKeeper under the build lock. False when the request could
+ * not be read (a paused marker that could not be read counts as absent,
+ * as before). */
+static bool image_marks(np_worker *w, const char *image, bool *paused,
+			bool *requested)
 {
-	bool paused = false;
+	zk *z = builder_zk(w->b);
 
-	if (!di->pause)
-		store_image_paused(builder_zk(w->b), di->name, &paused);
+	if (builder_image_marks(w->b, image, paused, requested))
+		return true;
+	store_image_paused(z, image, paused);
+	return store_build_requested(z, image, requested, NULL) == ZOK;
+}
+
+/* Paused in the config or by `nodepool image-pause` (PAUSED); without
+ * formats there is nothing to build. False when the image is not to be
+ * looked at. */
+static bool buildable(np_worker *w, const np_diskimage *di, bool paused)
+{
 	if (di->pause || paused) {
 		worker_set_image_status(w, di->name, NULL, NP_STATUS_PAUSED);
 		return false;
@@ -760,10 +773,11 @@ static void scheduled(np_worker *w, const np_config *cfg,
 	np_build *b1 = NULL, *b2 = NULL;
 	size_t n1 = 0, n2 = 0;
 	zk_lock *lock = NULL;
-	bool requested = false;
+	bool paused = false, requested = false;
 	long long req_ms = 0, start_ms;
 
-	if (!buildable(w, di))
+	image_marks(w, di->name, &paused, &requested);
+	if (!buildable(w, di, paused))
 		return;
 	if (newest_ready(z, di->name, &b1, &n1) != ZOK)
 		goto out;
@@ -793,12 +807,10 @@ static void manual(np_worker *w, const np_config *cfg, const np_diskimage *di)
 {
 	zk *z = builder_zk(w->b);
 	zk_lock *lock = NULL;
-	bool requested = false;
+	bool paused = false, requested = false;
+	bool read = image_marks(w, di->name, &paused, &requested);
 
-	if (!buildable(w, di))
-		return;
-	if (store_build_requested(z, di->name, &requested, NULL) != ZOK ||
-	    !requested)
+	if (!buildable(w, di, paused) || !read || !requested)
 		return;
 	if (store_image_build_lock(z, di->name, false, 0, &lock) != ZOK)
 		goto out;

@@ -689,20 +689,30 @@ int store_node_remove_locked(zk *z, np_node *n, zk_lock *lock)
 }
 
 /* A kazoo lock on the directory PATH (taken): *LOCK when acquired, else
- * NULL with ZLOCKBUSY, ZLOCKTIMEOUT or a ZooKeeper error. */
-static int lock_at(zk *z, char *path, bool blocking, double timeout,
-		   zk_lock **lock)
+ * NULL with ZLOCKBUSY, ZLOCKTIMEOUT or a ZooKeeper error. DIR_KNOWN: the
+ * directory usually exists, so the contender is created without an
+ * `exists` first (zk_lock_assume_dir). */
+static int lock_in(zk *z, char *path, bool blocking, double timeout,
+		   bool dir_known, zk_lock **lock)
 {
 	int rc;
 
 	*lock = zk_lock_new(z, path, NULL);
 	free(path);
+	if (dir_known)
+		zk_lock_assume_dir(*lock);
 	rc = zk_lock_acquire(*lock, blocking, timeout);
 	if (rc != ZOK) {
 		zk_lock_free(*lock);
 		*lock = NULL;
 	}
 	return rc;
+}
+
+static int lock_at(zk *z, char *path, bool blocking, double timeout,
+		   zk_lock **lock)
+{
+	return lock_in(z, path, blocking, timeout, false, lock);
 }
 
 int store_node_lock(zk *z, const char *id, double timeout, zk_lock **lock)
@@ -766,11 +776,18 @@ int store_set_image_paused(zk *z, const char *image, bool paused)
 	return rc;
 }
 
+/* Upstream's ensure_path of the marker, as one create when the image's
+ * directory exists (the usual case: `nodepool image-build` waits for this
+ * round trip), the marker there already counting as done. */
 int store_request_build(zk *z, const char *image)
 {
 	char *path = np_path_build_request(image);
-	int rc = zk_ensure_path(z, path);
+	int rc = zk_create(z, path, NULL, 0, ZK_PERSISTENT, NULL);
 
+	if (rc == ZNONODE)
+		rc = zk_ensure_path(z, path);
+	else if (rc == ZNODEEXISTS)
+		rc = ZOK;
 	free(path);
 	return rc;
 }
@@ -1220,7 +1237,10 @@ int store_image_build_lock(zk *z, const char *image, bool blocking,
 	*lock = NULL;
 	if (!np_valid_name(image))
 		return ZBADARGUMENTS;
-	return lock_at(z, np_path_builds_lock(image), blocking, timeout, lock);
+	/* builds/lock stays once the image's first build took it: one round
+	 * trip less between `nodepool image-build` and the build. */
+	return lock_in(z, np_path_builds_lock(image), blocking, timeout, true,
+		       lock);
 }
 
 int store_build_id_lock(zk *z, const char *image, const char *build_id,

@@ -851,6 +851,12 @@ void zk_ops_free(zk_op *ops, int n)
 
 /* ---- ensure_path: exists, then create what is missing ---- */
 
+/* Unlike kazoo (exists on the path, then on each parent up to one that
+ * exists, then the creates down), a missing path is created at once and
+ * the ancestors only when that fails with ZNONODE: two round trips, not
+ * three or more, when only the path itself is missing. The result is the
+ * same znodes. */
+
 /* How often an ancestor deleted under us makes us start again. */
 #define ENSURE_RESTARTS 8
 
@@ -931,14 +937,33 @@ static void ensure_created(zk *z, int rc, const char *path, const zk_stat *st,
 	}
 }
 
+/* The path itself, tried before its ancestors: usually only the last
+ * component is missing, and then this is the one create needed. */
+static void ensure_leaf_created(zk *z, int rc, const char *path,
+				const zk_stat *st, void *arg)
+{
+	struct ensure *e = arg;
+
+	if (rc == ZNONODE) {
+		e->pos = 0;
+		ensure_next(z, e); /* an ancestor is missing too */
+	} else {
+		ensure_end(z, e, rc == ZNODEEXISTS ? ZOK : rc);
+	}
+}
+
 static void ensure_exists(zk *z, int rc, const zk_stat *st, void *arg)
 {
 	struct ensure *e = arg;
 
-	if (rc == ZNONODE)
-		ensure_next(z, e);
-	else
+	if (rc == ZNONODE) {
+		rc = zk_acreate(z, e->path, NULL, 0, ZK_PERSISTENT,
+				ensure_leaf_created, e);
+		if (rc != ZOK)
+			ensure_end(z, e, rc);
+	} else {
 		ensure_end(z, e, rc);
+	}
 }
 
 int zk_aensure_path(zk *z, const char *path, zk_done_fn cb, void *arg)

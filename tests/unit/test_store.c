@@ -740,6 +740,10 @@ TEST(pause_and_request_build_markers)
 	CHECK_STR(im[1].name, "img-b");
 	CHECK(im[1].has_request && im[1].request_pending);
 	store_free_image_states(im, n);
+	/* The image's directory there: the marker is one create. */
+	CHECK_INT(store_request_build(f.z, "img-a"), ZOK);
+	CHECK_INT(zk_exists(f.z, "/nodepool/images/img-a/request-build",
+			    NULL), ZOK);
 out:
 	fx_close(&f);
 }

@@ -228,6 +228,9 @@ static void ops_roundtrip(bool tls)
 	CHECK_INT(zk_ensure_path(c.z, "/deep/er/path"), ZOK);
 	CHECK_INT(zk_ensure_path(c.z, "/deep/er/path"), ZOK);
 	CHECK_INT(zk_exists(c.z, "/deep/er", NULL), ZOK);
+	/* Only the last component missing: created in one go. */
+	CHECK_INT(zk_ensure_path(c.z, "/deep/er/leaf"), ZOK);
+	CHECK_INT(zk_exists(c.z, "/deep/er/leaf", NULL), ZOK);
 	CHECK_INT(zk_delete_recursive(c.z, "/deep"), ZOK);
 	CHECK_INT(zk_exists(c.z, "/deep", NULL), ZNONODE);
 	CHECK_INT(zk_delete_recursive(c.z, "/deep"), ZOK);
