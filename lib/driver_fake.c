@@ -1097,6 +1097,39 @@ static void each_image_record(np_manager *m,
 		closedir(d);
 }
 
+/* A real cloud forgets an upload whose client has gone; the state-dir
+ * forgets it too. An upload in progress holds a lock on its partial file
+ * (images/.<id>.part) from the moment it creates it (under the cloud's
+ * lock, which this takes too) until it ends, whatever the process; the
+ * lock goes with a killed process. A partial file whose lock is free is
+ * such a leftover: removed. Run at start and on every image listing (the
+ * builder's leak pass). */
+static void sweep_parts(np_manager *m)
+{
+	DIR *d;
+	struct dirent *e;
+
+	cloud_lock(m, true);
+	d = opendir(m->img_dir);
+	while (d && (e = readdir(d))) {
+		if (e->d_name[0] != '.' || !str_ends_with(e->d_name, ".part"))
+			continue;
+		char *path = xasprintf("%s/%s", m->img_dir, e->d_name);
+		int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+
+		if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+		    unlink(path) == 0)
+			log_info(m->logger, "Removed %s, left by an upload "
+			    "that no longer runs", path);
+		if (fd >= 0)
+			close(fd);
+		free(path);
+	}
+	if (d)
+		closedir(d);
+	cloud_lock(m, false);
+}
+
 static void cache_image(void *arg, const json_t *rec)
 {
 	np_manager *m = arg;
@@ -1357,8 +1390,14 @@ static np_op *fake_upload(np_manager *m, const np_upload_args *a,
 	up->in = open(filename, O_RDONLY | O_CLOEXEC);
 	if (up->in >= 0 && on_disk(m)) {
 		up->part = xasprintf("%s/.%s.part", m->img_dir, op->id);
+		/* Locked from birth: the file is live while the lock is held
+		 * (see sweep_parts). */
+		cloud_lock(m, true);
 		up->out = open(up->part, O_WRONLY | O_CREAT | O_TRUNC |
 		    O_CLOEXEC, 0644);
+		if (up->out >= 0)
+			flock(up->out, LOCK_EX | LOCK_NB);
+		cloud_lock(m, false);
 	}
 	if (up->in < 0 || (on_disk(m) && up->out < 0)) {
 		op_fail(op, NP_DRV_ERROR, xasprintf("%s: cannot upload %s: %s",
@@ -1489,8 +1528,10 @@ static void list_images_fire(evloop *loop, uint64_t id, void *arg)
 	listing_add(&l, BUILTIN_IMAGE_ID, BUILTIN_IMAGE_NAME, NULL);
 	for (size_t i = 0; i < m->opt.images.n; i++)
 		listing_add(&l, m->opt.images.v[i], m->opt.images.v[i], NULL);
-	if (on_disk(m))
+	if (on_disk(m)) {
+		sweep_parts(m);
 		each_image_record(m, list_image_record, &l);
+	}
 	for (struct image *im = m->images; im; im = im->next)
 		listing_add(&l, im->id, im->name, im->metadata);
 	op_free(op);
@@ -1570,6 +1611,8 @@ static np_manager *fake_start(const np_host *host, const np_config *cfg,
 		fake_stop(m);
 		return NULL;
 	}
+	if (on_disk(m))
+		sweep_parts(m);
 	log_debug(m->logger, "Started fake cloud (%s)", on_disk(m) ?
 	    m->opt.state_dir : "in memory");
 	return m;

@@ -552,6 +552,12 @@ def _kill_mid_upload(sc):
     sc.kill(b)
     check(sc.uploads(img, bid).get(uid, {}).get("state") == "uploading",
           "the killed upload's record is left `uploading`")
+    cloud_dir = os.path.join(sc.state_dir, "images")
+
+    def parts():
+        return [n for n in os.listdir(cloud_dir) if n.endswith(".part")]
+    check(len(parts()) == 1, "the killed upload's partial file is left "
+          "in the cloud (%s)" % parts())
 
     sc.e2e_config(fake_images(sc, [img]), [prov])
     b = sc.start_builder(cleanup_ms=1000)
@@ -567,6 +573,8 @@ def _kill_mid_upload(sc):
     check(sc.image_files(img, bid), "the build's files stay")
     check(len(sc.cloud_images()) == 1, "one image in the cloud (%s)"
           % sc.cloud_images())
+    check(parts() == [], "the cloud forgot the killed upload's partial "
+          "file (%s)" % parts())
     lock = "/nodepool/images/%s/builds/%s/providers/%s/images/lock" % (
         img, bid, PROVIDER)
     check(wait_for(lambda: lock_free(sc, lock), LONG, "upload lock free"),

@@ -3,7 +3,8 @@
  * in memory and in a state-dir shared by two managers, launch and delete
  * delays driven by timers, seeded failure draws, the cloud's quota,
  * cancellation, labels (flavors, images, AZs, boot-from-volume), address
- * styles, image uploads, the `fake:` config keys, and ten thousand
+ * styles, image uploads (and the partial files of killed ones), the
+ * `fake:` config keys, and ten thousand
  * creates in flight on one loop (time and memory printed, not asserted).
  * Also the registry and driver.c's request formatting. */
 #include <dirent.h>
@@ -1195,6 +1196,81 @@ TEST(upload_timeout_and_failure)
 	CHECK_INT(u.done, 0);
 	CHECK_INT(count_files(images, ".part"), 0);
 	env_stop(&e);
+	free(images);
+	free(src);
+	free(opts);
+	free(dir);
+}
+
+/* Regression: an upload killed with its process left images/.<id>.part
+ * in the state-dir for ever. A real cloud forgets an upload whose client
+ * has gone; the fake one removes a partial file nobody uploads to any
+ * more, at start and on each image listing (the builder's leak pass),
+ * and keeps those of uploads still running, here or in another process. */
+TEST(killed_upload_part_is_forgotten)
+{
+	struct env e;
+	struct upload_res u = {0};
+	struct images_res li = {0};
+	char *dir = xasprintf("%s/img-killed", test_tmpdir());
+	char *opts = xasprintf("{state-dir: %s, upload-delay: 600}", dir);
+	char *src = sparse_file("k.raw", 1 << 20);
+	char *images = xasprintf("%s/images", dir), *stale;
+	int ready[2], fd;
+	char c;
+	pid_t pid;
+	np_op *op;
+
+	/* A process whose upload is under way when it is killed. */
+	REQUIRE(pipe(ready) == 0);
+	pid = fork();
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		close(ready[0]);
+		if (env_start(&e, opts))
+			D->upload_image(e.m, &(np_upload_args){ .name = "dead",
+			    .filename = src, .format = "raw" }, on_upload, &u);
+		(void)!write(ready[1], "x", 1);
+		for (;;)
+			pause();
+	}
+	close(ready[1]);
+	CHECK_INT(read(ready[0], &c, 1), 1);
+	close(ready[0]);
+	CHECK_INT(count_files(images, ".part"), 1);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	CHECK_INT(count_files(images, ".part"), 1);
+
+	/* Start: the dead upload's file goes; one of ours runs meanwhile. */
+	REQUIRE(env_start(&e, opts));
+	CHECK_INT(count_files(images, ".part"), 0);
+	op = D->upload_image(e.m, &(np_upload_args){ .name = "live",
+	    .filename = src, .format = "raw" }, on_upload, &u);
+	CHECK_INT(count_files(images, ".part"), 1);
+
+	/* A listing: another leftover goes, the live upload's file stays,
+	 * also when another manager (another process's view) lists. */
+	stale = xasprintf("%s/.0123456789abcdef0123456789abcdef.part", images);
+	fd = open(stale, O_WRONLY | O_CREAT, 0644);
+	CHECK(fd >= 0);
+	close(fd);
+	CHECK_INT(count_files(images, ".part"), 2);
+	D->list_images(e.m, on_images, &li);
+	REQUIRE(run_until(e.loop, &li.done, 1));
+	CHECK(access(stale, F_OK) != 0);
+	CHECK_INT(count_files(images, ".part"), 1);
+	np_manager *twin = env_twin(&e);
+	CHECK(twin != NULL);
+	CHECK_INT(count_files(images, ".part"), 1);
+	D->stop(twin);
+
+	D->cancel(op);
+	CHECK_INT(u.done, 0);
+	CHECK_INT(count_files(images, ".part"), 0);
+	images_res_free(&li);
+	env_stop(&e);
+	free(stale);
 	free(images);
 	free(src);
 	free(opts);
