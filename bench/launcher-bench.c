@@ -144,8 +144,8 @@ static double proc_cpu(int pid)
 	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
-/* A "VmHWM:" style line of /proc/PID/status, in MB (0 if unreadable). */
-static double proc_mem(int pid, const char *key)
+/* The number on a "KEY:" line of /proc/PID/status (0 if unreadable). */
+static double proc_status(int pid, const char *key)
 {
 	char path[64], line[256];
 	size_t kl = strlen(key);
@@ -160,7 +160,20 @@ static double proc_mem(int pid, const char *key)
 		if (strncmp(line, key, kl) == 0 && line[kl] == ':')
 			kb = atof(line + kl + 1);
 	fclose(f);
-	return kb / 1024;
+	return kb;
+}
+
+/* A "VmHWM:" style line of /proc/PID/status, in MB (0 if unreadable). */
+static double proc_mem(int pid, const char *key)
+{
+	return proc_status(pid, key) / 1024;
+}
+
+/* How often PID went to sleep: for the launcher, its loop's waits for
+ * the next event (each costs a sleep and a wake-up). */
+static double proc_sleeps(int pid)
+{
+	return proc_status(pid, "voluntary_ctxt_switches");
 }
 
 static double loadavg(void)
@@ -686,10 +699,10 @@ static int ensure_and_exit(const char *hosts, const char *path)
 
 static void header(void)
 {
-	printf("%-7s %6s %5s %8s %8s %8s %8s %7s %7s %8s %8s %6s %7s %7s %7s %5s\n",
+	printf("%-7s %6s %5s %8s %8s %8s %8s %7s %7s %8s %8s %6s %7s %7s %7s %7s %5s\n",
 	       "mode", "N", "conc", "req/s", "p50 ms", "p95 ms", "p99 ms",
 	       "zk/req", "gen/req", "l-cpu s", "zk-cpu s", "l/zk %",
-	       "ms/req", "gen s", "HWM MB", "load");
+	       "ms/req", "wake/r", "gen s", "HWM MB", "load");
 }
 
 int main(int argc, char **argv)
@@ -698,7 +711,7 @@ int main(int argc, char **argv)
 	zk_options o = { 0 };
 	char *err = NULL;
 	const char *hosts = NULL, *ensure = NULL;
-	double l0, z0, g0, t0, l1, z1, g1, secs, deadline, load;
+	double l0, z0, g0, t0, l1, z1, g1, w0, w1, secs, deadline, load;
 	double hwm_held = 0;
 	long pk0, pk1, mine, theirs;
 	size_t nodes0;
@@ -750,6 +763,7 @@ int main(int argc, char **argv)
 	free(fourlw(b->port4lw, "crst"));
 	pk0 = mntr_value(b->port4lw, "zk_packets_received");
 	l0 = proc_cpu(b->launcher_pid);
+	w0 = proc_sleeps(b->launcher_pid);
 	z0 = proc_cpu(b->zk_pid);
 	g0 = own_cpu();
 	t0 = mono();
@@ -775,6 +789,7 @@ int main(int argc, char **argv)
 			evloop_run_once(b->loop, DRAIN_POLL_MS);
 	}
 	l1 = proc_cpu(b->launcher_pid);
+	w1 = proc_sleeps(b->launcher_pid);
 	z1 = proc_cpu(b->zk_pid);
 	g1 = own_cpu();
 	pk1 = mntr_value(b->port4lw, "zk_packets_received");
@@ -789,14 +804,14 @@ int main(int argc, char **argv)
 	if (secs <= 0)
 		secs = 1e-3;
 	qsort(b->lat, (size_t)b->fulfilled, sizeof(double), cmp_double);
-	printf("%-7s %6d %5d %8.0f %8.1f %8.1f %8.1f %7.1f %7.1f %8.2f %8.2f %6.1f %7.3f %7.2f %7.1f %5.1f\n",
+	printf("%-7s %6d %5d %8.0f %8.1f %8.1f %8.1f %7.1f %7.1f %8.2f %8.2f %6.1f %7.3f %7.2f %7.2f %7.1f %5.1f\n",
 	       b->hold ? "hold" : "consume", b->n, b->conc, b->fulfilled / secs,
 	       pct(b->lat, b->fulfilled, 0.50) * 1000,
 	       pct(b->lat, b->fulfilled, 0.95) * 1000,
 	       pct(b->lat, b->fulfilled, 0.99) * 1000,
 	       (double)theirs / b->n, (double)mine / b->n, l1 - l0, z1 - z0,
 	       z1 > z0 ? 100 * (l1 - l0) / (z1 - z0) : 0,
-	       1000 * (l1 - l0) / b->n, g1 - g0,
+	       1000 * (l1 - l0) / b->n, (w1 - w0) / b->n, g1 - g0,
 	       b->hold ? hwm_held : proc_mem(b->launcher_pid, "VmHWM"), load);
 	fprintf(stderr, "launcher-bench: %s N=%d C=%d fulfilled=%d failed=%d "
 		"errors=%d consumed=%d wall=%.2fs run=%.2fs (to last node "

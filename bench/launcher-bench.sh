@@ -19,6 +19,10 @@
 #                           into $PERF_OUT (default /tmp/launcher-bench.perf)
 #        WRAP=              a command to run the launcher under, e.g.
 #                           "heaptrack -o /tmp/lb" (PERF=1 sets it to perf)
+#        CALLGRIND=         a file prefix: run the launcher under callgrind,
+#                           zero its counts after the warm-up and dump them
+#                           after every run into PREFIX.PID.1, .2, ...
+#                           (instruction counts, whatever the machine's load)
 #        KEEP=0             1: keep the work dir (launcher log, ZooKeeper)
 #        TIMEOUT=900        seconds one run may take before it gives up
 #        CLOUD_DIR=0        1: the fake cloud in files (fake: state-dir), not
@@ -115,7 +119,10 @@ YAML
 "$GEN" -z "127.0.0.1:$ZK_PORT" -E /bench 2>/dev/null
 
 WRAP=${WRAP:-}
-if [ "${PERF:-0}" = 1 ]; then
+CALLGRIND=${CALLGRIND:-}
+if [ -n "$CALLGRIND" ]; then
+	WRAP="valgrind --tool=callgrind --callgrind-out-file=$CALLGRIND.%p"
+elif [ "${PERF:-0}" = 1 ]; then
 	WRAP="perf record ${PERF_ARGS:--g} -o ${PERF_OUT:-/tmp/launcher-bench.perf} --"
 fi
 if [ -n "$WRAP" ]; then
@@ -123,8 +130,11 @@ if [ -n "$WRAP" ]; then
 	$WRAP "$LAUNCHER" -f --no-webapp -c "$WORK/nodepool.yaml" \
 		>"$WORK/launcher.log" 2>&1 &
 	WRAP_PID=$!
+	# valgrind is the launcher (it runs it in its own process).
+	[ -n "$CALLGRIND" ] && LPID=$WRAP_PID
 	# The launcher itself, wherever the wrapper started it.
 	for _ in $(seq 50); do
+		[ -n "$LPID" ] && break
 		for p in $(pgrep -x nodepool-launch); do
 			if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | \
 			   grep -q -- "-c $WORK/nodepool.yaml"; then
@@ -152,13 +162,20 @@ echo "ZooKeeper $(echo srvr | nc -q1 127.0.0.1 "$ZK_PORT" | head -1 | \
 "$GEN" -H
 # Warm-up: the server's JIT and the launcher's caches; shown, not compared.
 gen -n 2000 -c 100 | sed 's/^consume/warm-up/'
+# Callgrind: every run's own counts.
+cg() {
+	[ -n "$CALLGRIND" ] && callgrind_control "$@" "$LPID" >/dev/null 2>&1
+}
+cg -z
 for n in $NS; do
 	for c in $CONC; do
 		gen -n "$n" -c "$c"
+		cg -d
 	done
 done
 if [ "$HOLD" -gt 0 ]; then
 	gen -n "$HOLD" -c "${HOLD_CONC:-1000}" -m "${HOLD_MODE:-hold}"
+	cg -d
 fi
 echo "launcher VmHWM $(awk '/VmHWM/ {print $2 " " $3}' /proc/"$LPID"/status)," \
 	"VmRSS $(awk '/VmRSS/ {print $2 " " $3}' /proc/"$LPID"/status) at the end"

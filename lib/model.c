@@ -420,6 +420,7 @@ struct rd {
 };
 
 static bool utf8_valid(const char *str, size_t len);
+static size_t utf8_seq(const unsigned char *p, const unsigned char *end);
 
 enum { RD_OK = 0, RD_GIVE_UP = 1 };
 
@@ -454,25 +455,114 @@ static bool rd_word(struct rd *r, const char *w, size_t n)
 	return true;
 }
 
+/* Whether any of the 8 bytes of W needs a look of its own in a JSON
+ * string: a quote, a backslash, a control character, DEL (which the
+ * writer escapes) or a byte of a multi-byte UTF-8 sequence. Strings are
+ * scanned 8 bytes at a time while it is false (a true answer only stops
+ * the fast scan). */
+static inline bool word_special(uint64_t w)
+{
+	const uint64_t ones = 0x0101010101010101ULL, high = ones * 0x80;
+	uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\'),
+		 d = w ^ (ones * 0x7f);
+
+	return ((w | ((w - ones * 0x20) & ~w) | ((q - ones) & ~q) |
+		 ((b - ones) & ~b) | ((d - ones) & ~d)) & high) != 0;
+}
+
+/* The first byte at or after P that is not plain printable ASCII (see
+ * word_special), or END. */
+static const unsigned char *skip_plain(const unsigned char *p,
+				       const unsigned char *end)
+{
+	uint64_t w;
+
+	while (end - p >= 8) {
+		memcpy(&w, p, 8);
+		if (word_special(w))
+			break;
+		p += 8;
+	}
+	return p;
+}
+
 /* A string without escapes or control characters, valid UTF-8: its
- * bytes, in place. The opening quote is next. */
+ * bytes, in place. The opening quote is next. One pass over the bytes:
+ * most are ASCII. */
 static bool rd_plain_string(struct rd *r, const char **s, size_t *len)
 {
-	const char *q;
+	const unsigned char *q, *end = (const unsigned char *)r->end;
 
 	if (!rd_char(r, '"'))
 		return false;
-	q = r->p;
-	while (q < r->end && *q != '"') {
-		if (*q == '\\' || (unsigned char)*q < 0x20)
+	q = skip_plain((const unsigned char *)r->p, end);
+	for (;;) {
+		size_t n;
+
+		if (q == end)
 			return false;
-		q++;
+		if (*q == '"')
+			break;
+		if (*q < 0x80) {
+			if (*q == '\\' || *q < 0x20)
+				return false;
+			q++;
+			continue;
+		}
+		n = utf8_seq(q, end);
+		if (!n)
+			return false;
+		q += n;
 	}
-	if (q == r->end || !utf8_valid(r->p, (size_t)(q - r->p)))
-		return false;
 	*s = r->p;
-	*len = (size_t)(q - r->p);
-	r->p = q + 1;
+	*len = (size_t)((const char *)q - r->p);
+	r->p = (const char *)q + 1;
+	return true;
+}
+
+/* The number P..END (already checked to be one) the short way, when the
+ * result is certainly what strtoll/strtod give: an integer of at most 18
+ * digits, or a decimal without exponent whose digits make an integer
+ * below 2^53 and that has at most 22 decimals (then both it and the power
+ * of ten are exact doubles, and one correctly rounded division is
+ * strtod's answer). Times and sizes in records are all such. */
+static bool number_fast(const char *p, const char *end, bool is_int,
+			long long *i, double *d)
+{
+	static const double pow10[] = {
+		1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+		1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21,
+		1e22,
+	};
+	bool neg = *p == '-';
+	unsigned long long m = 0;
+	int digits = 0, decimals = 0;
+	bool frac = false;
+
+	if (neg)
+		p++;
+	for (; p < end; p++) {
+		if (*p == '.') {
+			frac = true;
+			continue;
+		}
+		if (*p < '0' || *p > '9')
+			return false; /* an exponent */
+		if (++digits > 18)
+			return false;
+		m = m * 10 + (unsigned)(*p - '0');
+		decimals += frac;
+	}
+	if (is_int) {
+		*i = neg ? -(long long)m : (long long)m;
+		*d = (double)*i;
+		return true;
+	}
+	if (m >= 1ULL << 53 || decimals > 22)
+		return false;
+	*d = (double)m / pow10[decimals];
+	if (neg)
+		*d = -*d;
 	return true;
 }
 
@@ -513,6 +603,10 @@ static bool rd_number(struct rd *r, bool *is_int, long long *i, double *d)
 			return false;
 		while (q < r->end && *q >= '0' && *q <= '9')
 			q++;
+	}
+	if (number_fast(r->p, q, *is_int, i, d)) {
+		r->p = q;
+		return true;
 	}
 	n = (size_t)(q - r->p);
 	if (n >= sizeof(buf))
@@ -562,6 +656,66 @@ static const char *rd_skip_nested(const char *p, const char *end)
 	return NULL;
 }
 
+static json_t *rd_value(struct rd *r);
+
+/* The array or object S..E (its extent found by rd_skip_nested, so it
+ * nests at most 1000 deep) built straight from the text when it holds
+ * only what the reader takes (plain strings and keys, numbers it reads
+ * as jansson does); else jansson parses it. Duplicate keys: the last
+ * wins, as in jansson's parser. */
+static json_t *rd_container(struct rd *r, bool object);
+
+static json_t *rd_nested(const char *s, const char *e)
+{
+	struct rd r = { s, e };
+	json_t *v = rd_container(&r, *r.p++ == '{');
+
+	if (v) {
+		rd_ws(&r);
+		if (r.p == r.end)
+			return v;
+		json_decref(v);
+	}
+	return json_loadb(s, (size_t)(e - s), JSON_DECODE_ANY | JSON_ALLOW_NUL,
+			  NULL);
+}
+
+/* The members of an object or elements of an array, the opening bracket
+ * taken; NULL: not one the reader takes. */
+static json_t *rd_container(struct rd *r, bool object)
+{
+	json_t *c = object ? json_object() : json_array();
+	const char *key;
+	size_t klen;
+
+	if (rd_char(r, object ? '}' : ']'))
+		return c;
+	do {
+		json_t *v;
+
+		if (object && (!rd_plain_string(r, &key, &klen) ||
+			       !rd_char(r, ':')))
+			goto bad;
+		if (rd_char(r, '{'))
+			v = rd_container(r, true);
+		else if (rd_char(r, '['))
+			v = rd_container(r, false);
+		else
+			v = rd_value(r);
+		if (!v)
+			goto bad;
+		if (object)
+			json_object_setn_new_nocheck(c, key, klen, v);
+		else
+			json_array_append_new(c, v);
+	} while (rd_char(r, ','));
+	if (rd_char(r, object ? '}' : ']'))
+		return c;
+bad:
+	json_decref(c);
+	return NULL;
+}
+
 /* Any value, as jansson would have made it; NULL: give up. */
 static json_t *rd_value(struct rd *r)
 {
@@ -578,7 +732,7 @@ static json_t *rd_value(struct rd *r)
 	case '"':
 		if (!rd_plain_string(r, &s, &len))
 			return NULL;
-		return json_stringn(s, len);
+		return json_stringn_nocheck(s, len); /* checked */
 	case '[':
 	case '{':
 		e = rd_skip_nested(r->p, r->end);
@@ -586,8 +740,7 @@ static json_t *rd_value(struct rd *r)
 			return NULL;
 		s = r->p;
 		r->p = e;
-		return json_loadb(s, (size_t)(e - s),
-				  JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+		return rd_nested(s, e);
 	case 't':
 		return rd_word(r, "true", 4) ? json_true() : NULL;
 	case 'f':
@@ -948,42 +1101,62 @@ static void dump_string(sbuf *sb, const char *s, size_t len);
 static void dump_value(sbuf *sb, const json_t *v, const np_pystyle *st);
 static const np_pystyle json_style;
 
-/* jansson's UTF-8 rules (utf8_check_string): no overlong forms, no
- * surrogates, nothing above U+10FFFF. */
+/* The length of the valid multi-byte UTF-8 sequence at P (its first byte
+ * is >= 0x80), 0 when it is not one by jansson's rules
+ * (utf8_check_string): no overlong forms, no surrogates, nothing above
+ * U+10FFFF. */
+static size_t utf8_seq(const unsigned char *p, const unsigned char *end)
+{
+	unsigned c = *p, v;
+	size_t n;
+
+	if (c >= 0xc2 && c <= 0xdf) {
+		n = 2;
+		v = c & 0x1f;
+	} else if (c >= 0xe0 && c <= 0xef) {
+		n = 3;
+		v = c & 0x0f;
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		n = 4;
+		v = c & 0x07;
+	} else {
+		return 0;
+	}
+	if ((size_t)(end - p) < n)
+		return 0;
+	for (size_t i = 1; i < n; i++) {
+		if (p[i] < 0x80 || p[i] > 0xbf)
+			return 0;
+		v = (v << 6) | (p[i] & 0x3f);
+	}
+	if (v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff) ||
+	    (n == 3 && v < 0x800) || (n == 4 && v < 0x10000))
+		return 0;
+	return n;
+}
+
 static bool utf8_valid(const char *str, size_t len)
 {
 	const unsigned char *p = (const unsigned char *)str;
 	const unsigned char *end = p + len;
 
 	while (p < end) {
-		unsigned c = *p, v;
 		size_t n;
+		uint64_t w;
 
-		if (c < 0x80) {
+		if (end - p >= 8) {
+			memcpy(&w, p, 8);
+			if (!(w & 0x8080808080808080ULL)) {
+				p += 8;
+				continue;
+			}
+		}
+		if (*p < 0x80) {
 			p++;
 			continue;
 		}
-		if (c >= 0xc2 && c <= 0xdf) {
-			n = 2;
-			v = c & 0x1f;
-		} else if (c >= 0xe0 && c <= 0xef) {
-			n = 3;
-			v = c & 0x0f;
-		} else if (c >= 0xf0 && c <= 0xf4) {
-			n = 4;
-			v = c & 0x07;
-		} else {
-			return false;
-		}
-		if ((size_t)(end - p) < n)
-			return false;
-		for (size_t i = 1; i < n; i++) {
-			if (p[i] < 0x80 || p[i] > 0xbf)
-				return false;
-			v = (v << 6) | (p[i] & 0x3f);
-		}
-		if (v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff) ||
-		    (n == 3 && v < 0x800) || (n == 4 && v < 0x10000))
+		n = utf8_seq(p, end);
+		if (!n)
 			return false;
 		p += n;
 	}
@@ -1015,6 +1188,27 @@ static void put_key(sbuf *sb, bool *first, const char *key)
 	sbuf_add(sb, ": ", 2);
 }
 
+/* The same for a key of our field tables: plain ASCII, nothing to
+ * escape, so one copy. */
+static void put_table_key(sbuf *sb, bool *first, const char *key)
+{
+	size_t n = strlen(key);
+	char *o;
+
+	sbuf_reserve(sb, n + 6);
+	o = sb->buf + sb->len;
+	if (!*first) {
+		*o++ = ',';
+		*o++ = ' ';
+	}
+	*first = false;
+	*o++ = '"';
+	memcpy(o, key, n);
+	o += n;
+	memcpy(o, "\": ", 4); /* with the NUL */
+	sb->len = (size_t)(o + 3 - sb->buf);
+}
+
 static void put_strlist(sbuf *sb, const strlist *l)
 {
 	bool first = true;
@@ -1038,6 +1232,7 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 		      const void *rec, const json_t *raw)
 {
 	const char *s;
+	size_t len;
 	const json_t *v, *old;
 	double d;
 	long long i;
@@ -1048,21 +1243,22 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 		s = *CMEMBER(rec, f, char *);
 		if (!s) {
 			if (f->kind == F_STR) {
-				put_key(sb, first, f->key);
+				put_table_key(sb, first, f->key);
 				sbuf_add(sb, "null", 4);
 			}
 			return;
 		}
-		if (!utf8_valid(s, strlen(s)))
+		len = strlen(s);
+		if (!utf8_valid(s, len))
 			return;
-		put_key(sb, first, f->key);
-		dump_string(sb, s, strlen(s));
+		put_table_key(sb, first, f->key);
+		dump_string(sb, s, len);
 		return;
 	case F_NUM:
 		d = *CMEMBER(rec, f, double);
 		if (isinf(d))
 			return;
-		put_key(sb, first, f->key);
+		put_table_key(sb, first, f->key);
 		if (isnan(d)) {
 			sbuf_add(sb, "null", 4);
 			return;
@@ -1075,7 +1271,7 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 		return;
 	case F_INT:
 	case F_HOLDEXP:
-		put_key(sb, first, f->key);
+		put_table_key(sb, first, f->key);
 		i = *CMEMBER(rec, f, long long);
 		if (i == NP_INT_NULL)
 			sbuf_add(sb, "null", 4);
@@ -1083,12 +1279,12 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 			add_int(sb, i);
 		return;
 	case F_BOOL:
-		put_key(sb, first, f->key);
+		put_table_key(sb, first, f->key);
 		sbuf_adds(sb, *CMEMBER(rec, f, bool) ? "true" : "false");
 		return;
 	case F_LIST:
 	case F_LABELS:
-		put_key(sb, first, f->key);
+		put_table_key(sb, first, f->key);
 		put_strlist(sb, CMEMBER(rec, f, strlist));
 		return;
 	case F_FORMATS: {
@@ -1100,7 +1296,7 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 		/* Rare (builds only): the tree's own way. */
 		j = formats_json(l);
 		if (j) {
-			put_key(sb, first, f->key);
+			put_table_key(sb, first, f->key);
 			dump_value(sb, j, &json_style);
 			json_decref(j);
 		}
@@ -1110,7 +1306,7 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 	case F_PORT:
 	case F_SSHPORT:
 		v = *CMEMBER(rec, f, json_t *);
-		put_key(sb, first, f->key);
+		put_table_key(sb, first, f->key);
 		if (v)
 			dump_value(sb, v, &json_style);
 		else
@@ -1709,6 +1905,23 @@ static void dump_string(sbuf *sb, const char *s, size_t len)
 	const unsigned char *end = p + len;
 	unsigned c;
 
+	/* Mostly printable ASCII without quotes: copied whole. */
+	p = skip_plain(p, end);
+	while (p < end && *p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\')
+		p++;
+	if (p == end) {
+		char *o;
+
+		sbuf_reserve(sb, len + 2);
+		o = sb->buf + sb->len;
+		o[0] = '"';
+		memcpy(o + 1, s, len);
+		o[len + 1] = '"';
+		o[len + 2] = '\0';
+		sb->len += len + 2;
+		return;
+	}
+	p = (const unsigned char *)s;
 	sbuf_addc(sb, '"');
 	while (p < end) {
 		if (*p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\') {

@@ -19,12 +19,22 @@ void quota_unlimited(np_quota *q)
 	q->n = 0;
 }
 
-static int find(const np_quota *q, const char *name)
+/* Where NAME is in Q, or -1. Vectors of one launcher mostly share their
+ * keys in the same order, so HINT (the index in the other vector) is
+ * tried first. */
+static int find_at(const np_quota *q, const char *name, int hint)
 {
+	if (hint < q->n && strcmp(q->r[hint].name, name) == 0)
+		return hint;
 	for (int i = 0; i < q->n; i++)
 		if (strcmp(q->r[i].name, name) == 0)
 			return i;
 	return -1;
+}
+
+static int find(const np_quota *q, const char *name)
+{
+	return find_at(q, name, 0);
 }
 
 double quota_get(const np_quota *q, const char *name)
@@ -34,36 +44,53 @@ double quota_get(const np_quota *q, const char *name)
 	return i < 0 ? q->missing : q->r[i].value;
 }
 
-void quota_set(np_quota *q, const char *name, double value)
+static void set_at(np_quota *q, int i, const char *name, double value)
 {
-	int i = find(q, name);
-
 	if (i < 0) {
-		if (q->n == NP_QUOTA_MAX || strlen(name) >= NP_QUOTA_NAME) {
+		size_t len = strlen(name);
+
+		if (q->n == NP_QUOTA_MAX || len >= NP_QUOTA_NAME) {
 			log_warning("nodepool.quota", "ignoring quota key %s", name);
 			return;
 		}
 		i = q->n++;
-		snprintf(q->r[i].name, NP_QUOTA_NAME, "%s", name);
+		memcpy(q->r[i].name, name, len + 1);
 	}
 	q->r[i].value = value;
 }
 
+void quota_set(np_quota *q, const char *name, double value)
+{
+	set_at(q, find(q, name), name, value);
+}
+
 /* Applies a[k] += sign * b[k] over the union of the keys. Keys only in A
- * combine with B's default; keys only in B start from A's default. */
+ * combine with B's default; keys only in B start from A's default. In
+ * place: keys added from B go after A's own, which are all the look-ups
+ * into A see. */
 static void combine(np_quota *a, const np_quota *b, double sign)
 {
-	np_quota out = *a;
+	int na = a->n;
+	double missing = a->missing;
 
-	for (int i = 0; i < a->n; i++)
-		out.r[i].value = a->r[i].value + sign * quota_get(b, a->r[i].name);
-	for (int i = 0; i < b->n; i++)
-		if (find(a, b->r[i].name) < 0)
-			quota_set(&out, b->r[i].name, a->missing + sign * b->r[i].value);
-	out.missing = a->missing + sign * b->missing;
-	if (isnan(out.missing))
-		out.missing = a->missing;
-	*a = out;
+	for (int i = 0; i < na; i++) {
+		int j = find_at(b, a->r[i].name, i);
+
+		a->r[i].value += sign * (j < 0 ? b->missing : b->r[j].value);
+	}
+	for (int j = 0; j < b->n; j++) {
+		bool in_a = false;
+
+		if (j < na && strcmp(a->r[j].name, b->r[j].name) == 0)
+			continue;
+		for (int i = 0; i < na && !in_a; i++)
+			in_a = strcmp(a->r[i].name, b->r[j].name) == 0;
+		if (!in_a)
+			set_at(a, -1, b->r[j].name, missing + sign * b->r[j].value);
+	}
+	a->missing = missing + sign * b->missing;
+	if (isnan(a->missing))
+		a->missing = missing;
 }
 
 void quota_add(np_quota *a, const np_quota *b)

@@ -97,7 +97,8 @@ void sbuf_reserve(sbuf *sb, size_t extra)
 
 void sbuf_add(sbuf *sb, const void *data, size_t n)
 {
-	sbuf_reserve(sb, n);
+	if (sb->len + n >= sb->cap)
+		sbuf_reserve(sb, n);
 	if (n)
 		memcpy(sb->buf + sb->len, data, n);
 	sb->len += n;
@@ -111,21 +112,62 @@ void sbuf_adds(sbuf *sb, const char *s)
 
 void sbuf_addc(sbuf *sb, char c)
 {
-	sbuf_add(sb, &c, 1);
+	if (sb->len + 1 >= sb->cap)
+		sbuf_reserve(sb, 1);
+	sb->buf[sb->len++] = c;
+	sb->buf[sb->len] = '\0';
+}
+
+/* Formats made of literal text and plain %s only (paths, names: most of
+ * what the launcher formats per request) are copied without printf's
+ * machinery. False, with nothing added, for any other format. */
+static bool add_plain_s(sbuf *sb, const char *fmt, va_list ap)
+{
+	const char *p;
+	va_list ap2;
+
+	for (p = strchr(fmt, '%'); p; p = strchr(p + 2, '%'))
+		if (p[1] != 's')
+			return false;
+	va_copy(ap2, ap);
+	for (p = fmt; *p;) {
+		const char *q = strchr(p, '%');
+		size_t lit = q ? (size_t)(q - p) : strlen(p);
+
+		sbuf_add(sb, p, lit);
+		if (!q)
+			break;
+		const char *arg = va_arg(ap2, const char *);
+		sbuf_adds(sb, arg ? arg : "(null)"); /* as glibc prints it */
+		p = q + 2;
+	}
+	va_end(ap2);
+	return true;
 }
 
 void sbuf_vaddf(sbuf *sb, const char *fmt, va_list ap)
 {
 	va_list ap2;
+	size_t room;
 	int n;
 
-	va_copy(ap2, ap);
-	n = vsnprintf(NULL, 0, fmt, ap2);
-	va_end(ap2);
-	if (n < 0)
+	if (add_plain_s(sb, fmt, ap))
 		return;
-	sbuf_reserve(sb, (size_t)n);
-	vsnprintf(sb->buf + sb->len, (size_t)n + 1, fmt, ap);
+	/* One pass when the spare room holds it, which it mostly does. */
+	if (sb->cap - sb->len < 128)
+		sbuf_reserve(sb, 128);
+	room = sb->cap - sb->len;
+	va_copy(ap2, ap);
+	n = vsnprintf(sb->buf + sb->len, room, fmt, ap2);
+	va_end(ap2);
+	if (n < 0) {
+		sb->buf[sb->len] = '\0';
+		return;
+	}
+	if ((size_t)n >= room) {
+		sbuf_reserve(sb, (size_t)n);
+		vsnprintf(sb->buf + sb->len, (size_t)n + 1, fmt, ap);
+	}
 	sb->len += (size_t)n;
 }
 

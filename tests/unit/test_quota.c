@@ -33,6 +33,46 @@ TEST(remaining_quota_from_limits_usage_and_need)
 	CHECK(!quota_non_negative(&limit));
 }
 
+/* combine() works in place and tries the same index first: keys in
+ * another order, keys on one side only and a sum of many (as the pool
+ * worker adds up its reservations) must come out as key by key sums. */
+TEST(sums_over_keys_in_any_order)
+{
+	np_quota a, b, c, limit;
+
+	quota_zero(&a);
+	quota_set(&a, "cores", 1);
+	quota_set(&a, "ram", 100);
+	quota_zero(&b);
+	quota_set(&b, "ram", 10);
+	quota_set(&b, "instances", 2);
+	quota_set(&b, "cores", 3);
+	quota_add(&a, &b);
+	CHECK(quota_get(&a, "cores") == 4);
+	CHECK(quota_get(&a, "ram") == 110);
+	CHECK(quota_get(&a, "instances") == 2);
+	CHECK_INT(a.n, 3);
+	quota_sub(&a, &b);
+	CHECK(quota_get(&a, "cores") == 1);
+	CHECK(quota_get(&a, "ram") == 100);
+	CHECK(quota_get(&a, "instances") == 0);
+
+	quota_zero(&c);
+	for (int i = 0; i < 1000; i++)
+		quota_add(&c, &b);
+	CHECK(quota_get(&c, "ram") == 10000);
+	CHECK(quota_get(&c, "instances") == 2000);
+	CHECK_INT(c.n, 3);
+
+	/* Keys only in B start from A's default: unlimited stays so. */
+	quota_unlimited(&limit);
+	quota_set(&limit, "cores", 8);
+	quota_sub(&limit, &b);
+	CHECK(quota_get(&limit, "cores") == 5);
+	CHECK(isinf(quota_get(&limit, "ram")));
+	CHECK(isinf(quota_get(&limit, "volumes")));
+}
+
 TEST(usage_sums_and_json_round_trip)
 {
 	np_quota a, b;

@@ -1,0 +1,66 @@
+/* test_util.c: the string buffer's formatting: the copy path for formats
+ * of plain %s (what paths and names use), printf's path for the rest, and
+ * outputs longer than the spare room, appended to what is there. */
+#include <stdlib.h>
+
+#include "testlib.h"
+#include "util.h"
+
+TEST(plain_s_formats_are_copied)
+{
+	char *s = xasprintf("%s/%s/lock", "/nodepool/nodes", "0000000001");
+
+	CHECK_STR(s, "/nodepool/nodes/0000000001/lock");
+	free(s);
+	s = xasprintf("%s", "");
+	CHECK_STR(s, "");
+	free(s);
+	s = xasprintf("no conversion");
+	CHECK_STR(s, "no conversion");
+	free(s);
+	/* As glibc prints a NULL string (hidden from the compiler's
+	 * format check, which refuses a literal NULL). */
+	const char *volatile none = NULL;
+	s = xasprintf("[%s]", none);
+	CHECK_STR(s, "[(null)]");
+	free(s);
+}
+
+TEST(other_formats_go_through_printf)
+{
+	char *s = xasprintf("%s=%d%%", "cpu", 42);
+
+	CHECK_STR(s, "cpu=42%");
+	free(s);
+	s = xasprintf("%5s|%-3s|", "ab", "c");
+	CHECK_STR(s, "   ab|c  |");
+	free(s);
+	s = xasprintf("100%%s");
+	CHECK_STR(s, "100%s");
+	free(s);
+}
+
+TEST(long_output_and_appending)
+{
+	char big[1000];
+	sbuf sb;
+
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	sbuf_init(&sb);
+	sbuf_adds(&sb, "head ");
+	sbuf_addf(&sb, "%s:%d", big, 7);
+	CHECK_INT(sb.len, 5 + 999 + 2);
+	CHECK(strncmp(sb.buf, "head xxx", 8) == 0);
+	CHECK_STR(sb.buf + sb.len - 3, "x:7");
+	sbuf_addf(&sb, "%s", big);
+	CHECK_INT(sb.len, 5 + 999 + 2 + 999);
+	CHECK_INT(strlen(sb.buf), sb.len);
+	for (int i = 0; i < 300; i++)
+		sbuf_addc(&sb, 'y');
+	CHECK_INT(strlen(sb.buf), sb.len);
+	CHECK(sb.buf[sb.len - 1] == 'y');
+	sbuf_free(&sb);
+}
+
+RUN_TESTS()
