@@ -33,7 +33,8 @@
 # sent by the launcher (zk/req) and by the generator (gen/req), CPU seconds
 # of the launcher and of the ZooKeeper server over the run (to the last node
 # deleted), the launcher's CPU as a % of the server's, launcher CPU ms per
-# request, the generator's CPU, the launcher's peak RSS (VmHWM; hold run: with
+# request, the launcher's sleeps (waits for its next event) per request,
+# the generator's CPU, the launcher's peak RSS (VmHWM; hold run: with
 # N nodes present) and the 1-minute load average when the run started.
 set -uo pipefail
 cd "$(dirname "$0")/.."
