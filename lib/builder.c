@@ -108,6 +108,7 @@ struct np_builder {
 	bool started;
 	bool suspended_logged;
 	uint64_t reload_timer;
+	np_config_watch watch;		/* the files as the last reload saw them */
 	void (*stop_done)(void *arg);
 	void *stop_arg;
 };
@@ -317,14 +318,14 @@ static void reload(np_builder *b)
 	np_config *cfg;
 	np_cfgref *ref, *old;
 
-	if (!config_changed(b->cur->cfg))
+	/* Once per change: a file that does not load, or that we refuse,
+	 * stays so until it changes again. */
+	if (!config_watch_changed(&b->watch, b->config_path, b->secure_path))
 		return;
 	cfg = load_config(b->config_path, b->secure_path, &err);
 	if (!cfg) {
 		log_error(LOGGER, "Unable to load config: %s", err);
 		free(err);
-		/* Do not try again until the file changes once more. */
-		b->cur->cfg->mtime_ns = -1;
 		return;
 	}
 	log_info(LOGGER, "Configuration changed; reloading");
@@ -334,7 +335,6 @@ static void reload(np_builder *b)
 			  "on the previous one", err);
 		free(err);
 		config_free(cfg);
-		b->cur->cfg->mtime_ns = -1;
 		return;
 	case 1:
 		log_info(LOGGER, "Detected ZooKeeper server changes");
@@ -889,6 +889,7 @@ np_builder *builder_new(evloop *loop, const struct np_builder_opts *o,
 	pthread_cond_init(&b->cond, &ca);
 	pthread_condattr_destroy(&ca);
 	b->cur = cfgref_new(cfg);
+	config_watch_init(&b->watch, cfg);
 	live_add(b, b->cur);
 	if (gethostname(host, sizeof(host)) != 0)
 		snprintf(host, sizeof(host), "localhost");

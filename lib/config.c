@@ -1500,12 +1500,23 @@ static long long file_mtime_ns(const char *path)
 	    st.st_mtim.tv_nsec;
 }
 
-bool config_changed(const np_config *c)
+void config_watch_init(np_config_watch *w, const np_config *c)
 {
-	if (file_mtime_ns(c->path) != c->mtime_ns)
-		return true;
-	return c->secure_path &&
-	    file_mtime_ns(c->secure_path) != c->secure_mtime_ns;
+	w->mtime_ns = c->mtime_ns;
+	w->secure_mtime_ns = c->secure_path ? c->secure_mtime_ns : 0;
+}
+
+bool config_watch_changed(np_config_watch *w, const char *path,
+			  const char *secure_path)
+{
+	long long m = file_mtime_ns(path);
+	long long sm = secure_path ? file_mtime_ns(secure_path) : 0;
+
+	if (m == w->mtime_ns && sm == w->secure_mtime_ns)
+		return false;
+	w->mtime_ns = m;
+	w->secure_mtime_ns = sm;
+	return true;
 }
 
 /* ---- freeing ---- */

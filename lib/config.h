@@ -282,8 +282,22 @@ typedef struct np_config {
 np_config *config_load(const char *path, const char *secure_path, char **err);
 void config_free(np_config *c);
 
-/* True when PATH or SECURE_PATH changed (mtime) since C was loaded. */
-bool config_changed(const np_config *c);
+/* What a daemon's reload timer watches: the modification times of the
+ * configuration files when it last looked. A reload is tried once per
+ * change: a file that does not load, or that the daemon refuses, is not
+ * read (nor its error logged) again until it changes once more. */
+typedef struct np_config_watch {
+	long long mtime_ns;
+	long long secure_mtime_ns;	/* 0 with no secure file */
+} np_config_watch;
+
+/* Starts W at the files as C was loaded from them. */
+void config_watch_init(np_config_watch *w, const np_config *c);
+/* True when PATH or SECURE_PATH (may be NULL) changed (mtime; a missing
+ * file counts as one state) since W last looked; W then takes the new
+ * times, so the same change is reported once. */
+bool config_watch_changed(np_config_watch *w, const char *path,
+			  const char *secure_path);
 
 /* "h:p,[v6]:p/chroot" in kazoo's form; malloc'd. "" with no servers. */
 char *config_zk_hosts(const np_config *c);

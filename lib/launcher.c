@@ -52,7 +52,7 @@ struct np_launcher {
 	char *config_path;
 	char *secure_path;
 	np_cfgref *cur;
-	np_config *refused;	/* a reload we could not apply (see reload) */
+	np_config_watch watch;	/* the files as the last reload saw them */
 	char *hostname;
 	char *fqdn;
 	np_host host;
@@ -641,13 +641,10 @@ static void reload(np_launcher *l)
 	np_config *cfg;
 	np_cfgref *ref;
 
-	if (!config_changed(l->cur->cfg))
+	/* Once per change: a file that does not load, or that we refuse,
+	 * stays so until it changes again. */
+	if (!config_watch_changed(&l->watch, l->config_path, l->secure_path))
 		return;
-	/* A file we refused stays refused until it changes again. */
-	if (l->refused && !config_changed(l->refused))
-		return;
-	config_free(l->refused);
-	l->refused = NULL;
 	cfg = config_load(l->config_path, l->secure_path, &err);
 	if (!cfg) {
 		log_error(LOGGER, "Unable to load config: %s", err);
@@ -660,7 +657,7 @@ static void reload(np_launcher *l)
 		log_error(LOGGER, "Unable to apply config: %s; still running "
 			  "on the previous one", err);
 		free(err);
-		l->refused = cfg;
+		config_free(cfg);
 		return;
 	case 1:
 		log_info(LOGGER, "Detected ZooKeeper server changes");
@@ -1116,6 +1113,7 @@ np_launcher *launcher_new(evloop *loop, const struct np_launcher_opts *o,
 	l->config_path = xstrdup(o->config_path);
 	l->secure_path = o->secure_path ? xstrdup(o->secure_path) : NULL;
 	l->cur = cfgref_new(cfg);
+	config_watch_init(&l->watch, cfg);
 	l->sd = o->sd;
 	l->main_ms = o->main_interval_ms > 0 ? o->main_interval_ms : 1000;
 	l->delete_ms = o->delete_interval_ms > 0 ? o->delete_interval_ms : 5000;
@@ -1249,7 +1247,6 @@ void launcher_free(np_launcher *l)
 	while (l->minready)
 		mr_drop(l, l->minready);
 	cfgref_put(l->cur);
-	config_free(l->refused);
 	free(l->exts);
 	free(l->config_path);
 	free(l->secure_path);

@@ -379,10 +379,50 @@ def test_bad_config(zk):
     s.close()
 
 
+def test_reload_bad_config(zk):
+    """Regression: a configuration that failed to load on reload was read
+    again, and its error logged, every second. Now once per change of the
+    file, and a good one after it is taken."""
+    s = bl.BuilderScenario(zk, "reloadbad")
+    path = s.write_config([bl.image_yaml("img")])
+    p = s.start()
+    check(wait_for(lambda: s.builds_in("img", "ready"), 30, "first build"),
+          "reloadbad: built")
+    with open(path) as f:
+        good = f.read()
+    broken = [("YAML", good + "diskimages: [\n", "YAML parsing failed"),
+              ("builder", "\n".join(ln for ln in good.splitlines()
+                                    if not ln.startswith("images-dir")),
+               "No images-dir specified in config.")]
+    for what, text, msg in broken:
+        n0 = s.log(p).count("Unable to load config")
+        with open(path + ".tmp", "w") as f:
+            f.write(text + "\n")
+        os.rename(path + ".tmp", path)
+        check(wait_for(lambda: msg in s.log(p), 10, what),
+              "reloadbad: the %s error logged" % what)
+        # Three reload ticks (1 s each) pass with the file unchanged.
+        time.sleep(3.5)
+        n = s.log(p).count("Unable to load config") - n0
+        check(n == 1, "reloadbad: the %s error logged once, not every "
+              "second (%d times)" % (what, n))
+    check(p.poll() is None, "reloadbad: running")
+    n0 = s.log(p).count("Configuration changed; reloading")
+    s.write_config([bl.image_yaml("img"), bl.image_yaml("img2")])
+    check(wait_for(lambda: s.builds_in("img2", "ready"), 30, "img2"),
+          "reloadbad: a good config after it is taken (img2 built)")
+    check(s.log(p).count("Configuration changed; reloading") == n0 + 1,
+          "reloadbad: reloaded once")
+    s.stop(p)
+    s.check_sanitizer(p)
+    s.close()
+
+
 if __name__ == "__main__":
     sys.exit(ll.run([test_scheduled_build, test_manual_request,
                      test_scheduled_clears_older_request,
                      test_failed_keeps_request, test_pause,
                      test_rebuild_age_and_formats, test_timeout_kills_group,
                      test_log_retention, test_sigusr2_and_sigint,
-                     test_builds_that_fail, test_full_disk, test_bad_config]))
+                     test_builds_that_fail, test_full_disk, test_bad_config,
+                     test_reload_bad_config]))

@@ -964,6 +964,12 @@ def test_reload_bad_config(zk):
             req = s.wait_request(s.request(["small"]))
             check(req and req["state"] == "fulfilled",
                   "reloadbad: still serving after a %s error" % what)
+            # Regression: the file was read again, and its error logged,
+            # every second. Three reload ticks pass with it unchanged.
+            time.sleep(3.5)
+            n = s.log(p).count("Unable to load config") - n0
+            check(n == 1, "reloadbad: the %s error logged once, not every "
+                  "second (%d times)" % (what, n))
         check([c["supported_labels"] for c in s.registered_pools()] ==
               [["small"]], "reloadbad: the pool unchanged")
         prov["pools"][0]["labels"] = ["small", "big"]
