@@ -52,7 +52,7 @@
 #define SETWATCHES_MAX (128 * 1024)
 #define WATCH_BUCKETS 256
 #define READ_CHUNK 65536
-/* OpenSSL's read-ahead buffer: several replies per read(). */
+/* What one read() of a TLS connection takes in: several replies. */
 #define TLS_READ_BUFFER (64 * 1024)
 
 enum req_kind {
@@ -138,6 +138,13 @@ struct zk {
 	enum phase phase;
 	int fd;
 	SSL *ssl;
+	/* TLS input: what one read() brought in, handed to OpenSSL record
+	 * by record through our BIO (tls_in_read). */
+	unsigned char *tls_in;
+	size_t tls_in_off, tls_in_len;
+	/* The socket had no more to give at the last read: reading again
+	 * before epoll says it is readable would only return EAGAIN. */
+	bool drained;
 	bool ssl_want_write;
 	bool write_wants_read; /* SSL_write waits for a read (renegotiation) */
 	ev_defer flush;        /* sends the output at the end of the turn */
@@ -1101,11 +1108,19 @@ static ssize_t conn_read(zk *z, void *buf, size_t n)
 			return -1;
 		}
 	} else {
-		ssize_t r = read(z->fd, buf, n);
-		if (r > 0)
-			return r;
-		if (r < 0 && (errno == EAGAIN || errno == EINTR))
+		ssize_t r;
+
+		if (z->drained)
 			return 0;
+		r = read(z->fd, buf, n);
+		if (r > 0) {
+			z->drained = (size_t)r < n;
+			return r;
+		}
+		if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
+			z->drained = errno == EAGAIN;
+			return 0;
+		}
 		return -1;
 	}
 }
@@ -1519,19 +1534,104 @@ static void nosigpipe_init(void)
 	nosigpipe_meth = m;
 }
 
-/* SSL_set_fd(SSL, FD) with that BIO. False when out of memory. */
-static bool ssl_set_socket(SSL *ssl, int fd)
+/* ---- TLS input ----
+ *
+ * OpenSSL reads a record in two read()s (header, then body) unless it
+ * reads ahead, and its read-ahead moves what is left in its buffer to
+ * the front for every record taken out (quadratic in what one read
+ * brought). This BIO is its input instead: one read() of up to 64 KiB,
+ * then every record is copied out of our buffer, and a short read means
+ * the socket is empty until epoll says otherwise, so the last SSL_read
+ * of a turn costs no read() that ends in EAGAIN. Output goes through the
+ * socket BIO above. */
+
+static int tls_in_read(BIO *b, char *out, int outl)
 {
-	BIO *bio;
+	zk *z = BIO_get_data(b);
+	size_t n;
+
+	BIO_clear_retry_flags(b);
+	if (outl <= 0)
+		return 0;
+	if (z->tls_in_off == z->tls_in_len) {
+		ssize_t r;
+
+		if (z->drained) {
+			BIO_set_retry_read(b);
+			return -1;
+		}
+		if (!z->tls_in)
+			z->tls_in = xmalloc(TLS_READ_BUFFER);
+		r = read(z->fd, z->tls_in, TLS_READ_BUFFER);
+		if (r == 0)
+			return 0; /* EOF */
+		if (r < 0) {
+			if (errno != EAGAIN && errno != EINTR)
+				return -1;
+			z->drained = errno == EAGAIN;
+			BIO_set_retry_read(b);
+			return -1;
+		}
+		z->tls_in_off = 0;
+		z->tls_in_len = (size_t)r;
+		z->drained = r < TLS_READ_BUFFER;
+	}
+	n = z->tls_in_len - z->tls_in_off;
+	if (n > (size_t)outl)
+		n = (size_t)outl;
+	memcpy(out, z->tls_in + z->tls_in_off, n);
+	z->tls_in_off += n;
+	return (int)n;
+}
+
+static long tls_in_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	zk *z = BIO_get_data(b);
+
+	switch (cmd) {
+	case BIO_CTRL_FLUSH:
+		return 1;
+	case BIO_CTRL_PENDING:
+		return (long)(z->tls_in_len - z->tls_in_off);
+	default:
+		return 0;
+	}
+}
+
+static BIO_METHOD *tls_in_method;
+static pthread_once_t tls_in_once = PTHREAD_ONCE_INIT;
+
+static void tls_in_init(void)
+{
+	BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK,
+				     "zk input");
+
+	if (!m)
+		return;
+	BIO_meth_set_read(m, tls_in_read);
+	BIO_meth_set_ctrl(m, tls_in_ctrl);
+	tls_in_method = m;
+}
+
+/* Our input BIO and the no-SIGPIPE socket BIO for output on Z's SSL.
+ * False when out of memory. */
+static bool tls_set_bios(zk *z)
+{
+	BIO *in, *out;
 
 	pthread_once(&nosigpipe_once, nosigpipe_init);
-	bio = nosigpipe_meth ? BIO_new(nosigpipe_meth) : NULL;
-	if (!ssl || !bio) {
-		BIO_free(bio);
+	pthread_once(&tls_in_once, tls_in_init);
+	in = tls_in_method ? BIO_new(tls_in_method) : NULL;
+	out = nosigpipe_meth ? BIO_new(nosigpipe_meth) : NULL;
+	if (!z->ssl || !in || !out) {
+		BIO_free(in);
+		BIO_free(out);
 		return false;
 	}
-	BIO_set_fd(bio, fd, BIO_NOCLOSE);
-	SSL_set_bio(ssl, bio, bio);
+	BIO_set_data(in, z);
+	BIO_set_init(in, 1);
+	BIO_set_fd(out, z->fd, BIO_NOCLOSE);
+	SSL_set_bio(z->ssl, in, out);
 	return true;
 }
 
@@ -1543,7 +1643,7 @@ static int tls_begin(zk *z)
 		     inet_pton(AF_INET6, name, tmp) == 1;
 
 	z->ssl = SSL_new(z->ssl_ctx);
-	if (!ssl_set_socket(z->ssl, z->fd)) {
+	if (!tls_set_bios(z)) {
 		conn_drop(z, "out of memory for TLS");
 		return -1;
 	}
@@ -1585,6 +1685,8 @@ static void on_io(evloop *loop, int fd, int events, void *arg)
 {
 	zk *z = arg;
 
+	if (events & EV_READ)
+		z->drained = false;
 	switch (z->phase) {
 	case PH_TCP:
 		on_connected_tcp(z);
@@ -1726,6 +1828,10 @@ static void conn_drop(zk *z, const char *why)
 		close(z->fd);
 		z->fd = -1;
 	}
+	free(z->tls_in);
+	z->tls_in = NULL;
+	z->tls_in_off = z->tls_in_len = 0;
+	z->drained = false;
 	if (why && z->cur_server)
 		log_msg(hangup_level(z), LOGGER, "dropping connection to %s: %s",
 			z->cur_server, why);
@@ -1903,12 +2009,7 @@ static SSL_CTX *tls_context(const zk_options *opt, char **err)
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
 			 SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-	/* Read as much as the socket holds into one large buffer and take
-	 * the records from there: without this OpenSSL reads every record
-	 * in two system calls (header, then body), and a busy server sends
-	 * one record per reply (about 70 reads per launcher request). */
-	SSL_CTX_set_read_ahead(ctx, 1);
-	SSL_CTX_set_default_read_buffer_len(ctx, TLS_READ_BUFFER);
+	/* No read-ahead: our input BIO (tls_in_read) reads ahead. */
 	if (SSL_CTX_load_verify_locations(ctx, opt->tls_ca, NULL) != 1) {
 		ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
 		*err = xasprintf("cannot load ZooKeeper TLS CA %s: %s", opt->tls_ca, buf);
