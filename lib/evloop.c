@@ -542,17 +542,24 @@ int evloop_run_once(evloop *loop, int timeout_ms)
 	pthread_mutex_lock(&loop->mu);
 	loop->owner = pthread_self();
 	pthread_mutex_unlock(&loop->mu);
+	/* The turn's log lines go out in one write at its end (and before
+	 * any wait, also that of a turn run from inside this one). */
+	log_hold();
 	/* Deferred by code outside a turn (a synchronous call made on the
 	 * loop thread, set-up): that work may be what the caller waits
 	 * for, so only look for events then. */
 	done = run_deferred(loop);
 	if (done)
 		timeout_ms = 0;
+	log_flush_held();
 	n = epoll_wait(loop->epfd, evs, MAX_EVENTS, next_timeout(loop, timeout_ms));
 	if (n < 0) {
-		if (errno == EINTR)
+		if (errno == EINTR) {
+			log_unhold();
 			return done;
+		}
 		log_error(LOGGER, "epoll_wait: %s", strerror(errno));
+		log_unhold();
 		return -1;
 	}
 	for (int i = 0; i < n; i++) {
@@ -565,6 +572,7 @@ int evloop_run_once(evloop *loop, int timeout_ms)
 	done += run_timers(loop);
 	/* The end of the turn: what its callbacks deferred. */
 	done += run_deferred(loop);
+	log_unhold();
 	return done;
 }
 

@@ -139,41 +139,117 @@ static void reopen_if_rotated(void)
 	log_stream = f;
 }
 
-void log_msg(enum log_level level, const char *logger, const char *fmt, ...)
+/* ---- held lines ----
+ *
+ * An event loop logs a few lines in most turns (the launcher three per
+ * request), and a write(2) each was half of its system calls. A thread
+ * that holds (log_hold) keeps its lines in a buffer of its own and writes
+ * them all at once when it releases, or when it is about to wait
+ * (log_flush_held): evloop_run_once() holds for the length of a turn and
+ * flushes before it sleeps, so nothing waits longer than the turn that
+ * logged it. Other threads write at once, as before. */
+
+static __thread sbuf held;
+static __thread int hold_depth;
+
+void log_hold(void)
 {
-	struct timeval tv;
-	struct tm tm;
-	char ts[32], prefix[256];
-	va_list ap;
-	char *msg, *line, *save = NULL;
+	hold_depth++;
+}
+
+/* Lines to the stream, in one write. */
+static void write_lines(const char *buf, size_t len)
+{
 	FILE *out;
-
-	if (!enabled(level, logger))
-		return;
-	va_start(ap, fmt);
-	sbuf sb;
-	sbuf_init(&sb);
-	sbuf_vaddf(&sb, fmt, ap);
-	va_end(ap);
-	msg = sbuf_detach(&sb);
-
-	gettimeofday(&tv, NULL);
-	localtime_r(&tv.tv_sec, &tm);
-	strftime(ts, sizeof(ts), "%Y-%m-%d %H:%M:%S", &tm);
-	snprintf(prefix, sizeof(prefix), "%s,%03ld %s %s: ", ts,
-		 (long)(tv.tv_usec / 1000), level_name(level), logger);
 
 	pthread_mutex_lock(&log_lock);
 	reopen_if_rotated();
 	out = log_stream ? log_stream : stderr;
-	line = strtok_r(msg, "\n", &save);
-	if (!line)
-		fprintf(out, "%s\n", prefix);
-	for (bool first = true; line; line = strtok_r(NULL, "\n", &save)) {
-		fprintf(out, "%s%s%s\n", prefix, first ? "" : "  ", line);
-		first = false;
-	}
+	fwrite(buf, 1, len, out);
 	fflush(out);
 	pthread_mutex_unlock(&log_lock);
-	free(msg);
+}
+
+void log_flush_held(void)
+{
+	if (!held.len)
+		return;
+	write_lines(held.buf, held.len);
+	held.len = 0;
+}
+
+void log_unhold(void)
+{
+	if (hold_depth > 0 && --hold_depth == 0) {
+		log_flush_held();
+		sbuf_free(&held); /* nothing is left behind by a thread that ends */
+	}
+}
+
+/* "2026-11-28 14:02:01,": strftime once a second per thread. */
+static void add_time(sbuf *sb)
+{
+	static __thread time_t last;
+	static __thread char ts[32];
+	struct timeval tv;
+	struct tm tm;
+
+	gettimeofday(&tv, NULL);
+	if (tv.tv_sec != last || !ts[0]) {
+		localtime_r(&tv.tv_sec, &tm);
+		strftime(ts, sizeof(ts), "%Y-%m-%d %H:%M:%S", &tm);
+		last = tv.tv_sec;
+	}
+	sbuf_addf(sb, "%s,%03ld ", ts, (long)(tv.tv_usec / 1000));
+}
+
+void log_msg(enum log_level level, const char *logger, const char *fmt, ...)
+{
+	va_list ap;
+	sbuf msg, pre, out;
+	const char *line, *nl;
+
+	if (!enabled(level, logger))
+		return;
+	va_start(ap, fmt);
+	sbuf_init(&msg);
+	sbuf_vaddf(&msg, fmt, ap);
+	va_end(ap);
+
+	sbuf_init(&pre);
+	add_time(&pre);
+	sbuf_adds(&pre, level_name(level));
+	sbuf_addc(&pre, ' ');
+	sbuf_adds(&pre, logger);
+	sbuf_add(&pre, ": ", 2);
+	/* Every line of the message after the prefix, the ones after the
+	 * first indented by two spaces; empty lines are dropped, and no line
+	 * at all is the bare prefix. */
+	sbuf_init(&out);
+	for (line = msg.buf ? msg.buf : ""; *line; line = nl + 1) {
+		nl = strchr(line, '\n');
+		if (!nl)
+			nl = line + strlen(line);
+		if (nl > line) {
+			sbuf_add(&out, pre.buf, pre.len);
+			if (out.len > pre.len)
+				sbuf_add(&out, "  ", 2);
+			sbuf_add(&out, line, (size_t)(nl - line));
+			sbuf_addc(&out, '\n');
+		}
+		if (!*nl)
+			break;
+	}
+	if (!out.len) {
+		sbuf_add(&out, pre.buf, pre.len);
+		sbuf_addc(&out, '\n');
+	}
+	sbuf_free(&msg);
+	sbuf_free(&pre);
+
+	if (hold_depth > 0)
+		sbuf_add(&held, out.buf, out.len);
+	else
+		write_lines(out.buf, out.len);
+	sbuf_free(&out);
 }

@@ -1,7 +1,7 @@
 /* log.h: Nodepool-style logging. Lines look like Python logging's
  * "%(asctime)s %(levelname)s %(name)s: %(message)s" so that operators' log
  * filters (by logger name such as nodepool.PoolWorker.p-main) keep working.
- * Thread-safe: one mutex around each line. */
+ * Thread-safe: one mutex around each write. */
 #ifndef NP_LOG_H
 #define NP_LOG_H
 
@@ -32,6 +32,15 @@ void log_reset_logger_levels(void);
 
 void log_msg(enum log_level level, const char *logger, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+
+/* Lines this thread logs between log_hold() and the matching
+ * log_unhold() (they nest) are kept and written at once by the
+ * outermost release, or earlier by log_flush_held(). The event loop holds
+ * them for a turn (one write instead of one per line) and flushes before
+ * it waits; a crash loses what the turn held. */
+void log_hold(void);
+void log_unhold(void);
+void log_flush_held(void);
 
 /* Upstream's annotated loggers write "[e: <event id>] " only when there
  * is an event id (Zuul before 2020 sent none): LOG_EVENT_FMT in a format,

@@ -4,10 +4,12 @@
  * deferred to the end of a turn. */
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "evloop.h"
+#include "log.h"
 #include "testlib.h"
 #include "util.h"
 
@@ -162,6 +164,52 @@ TEST(run_once_is_reentrant)
 	for (int i = 0; i < 10 && !nested_done; i++)
 		evloop_run_once(loop, 100);
 	CHECK_INT(nested_done, 1);
+	evloop_free(loop);
+}
+
+/* A turn's log lines are written at its end, and before a turn run from
+ * inside it waits: a line never waits on the loop's next event. */
+static char *turn_log;
+static size_t turn_log_len;
+static FILE *turn_stream;
+static bool seen_in_turn, seen_before_wait;
+
+static void inner_log_timer(evloop *loop, uint64_t id, void *arg)
+{
+	(void)loop; (void)id; (void)arg;
+}
+
+static void log_timer(evloop *loop, uint64_t id, void *arg)
+{
+	(void)id; (void)arg;
+	log_info("np.test", "in the turn");
+	fflush(turn_stream);
+	seen_in_turn = turn_log_len && strstr(turn_log, "in the turn");
+	/* A nested turn that waits 20 ms writes it before waiting. */
+	evloop_add_timer(loop, 20, inner_log_timer, NULL);
+	evloop_run_once(loop, 100);
+	fflush(turn_stream);
+	seen_before_wait = turn_log_len && strstr(turn_log, "in the turn");
+}
+
+TEST(log_lines_go_out_at_the_end_of_the_turn)
+{
+	evloop *loop = evloop_new();
+
+	turn_stream = open_memstream(&turn_log, &turn_log_len);
+	REQUIRE(turn_stream);
+	log_set_stream(turn_stream);
+	evloop_add_timer(loop, 1, log_timer, NULL);
+	for (int i = 0; i < 10 && !seen_before_wait; i++)
+		evloop_run_once(loop, 100);
+	CHECK(!seen_in_turn);
+	CHECK(seen_before_wait);
+	log_info("np.test", "outside a turn");
+	fflush(turn_stream);
+	CHECK(strstr(turn_log, "outside a turn"));
+	log_set_stream(stderr);
+	fclose(turn_stream);
+	free(turn_log);
 	evloop_free(loop);
 }
 

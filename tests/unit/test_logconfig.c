@@ -302,4 +302,48 @@ TEST(python_like_levels)
 	free(buf);
 }
 
+/* log.h's line format: a multi-line message repeats the prefix, later
+ * lines indented, empty lines dropped, an empty message the bare prefix;
+ * held lines (an event loop's turn) reach the stream only when flushed
+ * or at the outermost release, in order. */
+TEST(lines_and_held_lines)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	REQUIRE(f);
+	log_set_stream(f);
+	log_info("np.t", "one\n\ntwo\n");
+	log_info("np.t", "%s", "");
+	fflush(f);
+	CHECK(strstr(buf, " INFO np.t: one\n"));
+	CHECK(strstr(buf, " INFO np.t:   two\n"));
+	CHECK(strstr(buf, " INFO np.t: \n"));
+
+	log_hold();
+	log_info("np.t", "held 1");
+	log_hold();
+	log_info("np.t", "held 2");
+	log_unhold();
+	fflush(f);
+	CHECK(!strstr(buf, "held 1"));
+	log_flush_held();
+	fflush(f);
+	CHECK(strstr(buf, "held 1") && strstr(buf, "held 2"));
+	CHECK(strstr(buf, "held 1") < strstr(buf, "held 2"));
+	log_info("np.t", "held 3");
+	fflush(f);
+	CHECK(!strstr(buf, "held 3"));
+	log_unhold();
+	fflush(f);
+	CHECK(strstr(buf, "held 3"));
+	log_info("np.t", "not held");
+	fflush(f);
+	CHECK(strstr(buf, "not held"));
+	log_set_stream(stderr);
+	fclose(f);
+	free(buf);
+}
+
 RUN_TESTS()
