@@ -247,33 +247,33 @@ static char *fill(np_cloud *c, json_t *e)
 	return NULL;
 }
 
-np_cloud *clouds_load(const char *name, const char *region, char **err)
+/* The entry of cloud NAME (keys normalised, secure.yaml merged over it),
+ * a new reference, and in *PATH the file it came from; NULL and *ERR
+ * (caller frees) when there is no file, it does not parse or has no such
+ * cloud. */
+static json_t *load_entry(const char *name, char **path, char **err)
 {
-	char *path = clouds_find_file("clouds");
-	char *spath = NULL, *msg = NULL;
+	char *spath;
 	json_t *root, *sroot, *entry;
-	np_cloud *c;
 
 	*err = NULL;
-	if (!path) {
+	*path = clouds_find_file("clouds");
+	if (!*path) {
 		*err = xstrdup("no clouds.yaml found (OS_CLIENT_CONFIG_FILE, "
 		    "./clouds.yaml, ~/.config/openstack/clouds.yaml, "
 		    "/etc/openstack/clouds.yaml)");
 		return NULL;
 	}
-	root = load_json(path, err);
-	if (!root) {
-		free(path);
-		return NULL;
-	}
+	root = load_json(*path, err);
+	if (!root)
+		goto fail;
 	spath = clouds_find_file("secure");
 	if (spath) {
 		sroot = load_json(spath, err);
+		free(spath);
 		if (!sroot) {
 			json_decref(root);
-			free(path);
-			free(spath);
-			return NULL;
+			goto fail;
 		}
 		if (json_is_object(json_object_get(sroot, "clouds")) &&
 		    json_is_object(json_object_get(root, "clouds")))
@@ -283,20 +283,34 @@ np_cloud *clouds_load(const char *name, const char *region, char **err)
 	}
 	entry = json_object_get(json_object_get(root, "clouds"), name ? name : "");
 	if (!json_is_object(entry)) {
-		*err = xasprintf("%s: no cloud named %s", path, name ? name : "(none)");
+		*err = xasprintf("%s: no cloud named %s", *path, name ? name : "(none)");
 		json_decref(root);
-		free(path);
-		free(spath);
-		return NULL;
+		goto fail;
 	}
+	json_incref(entry);
+	json_decref(root);
 	normalise_keys(entry);
+	return entry;
+fail:
+	free(*path);
+	*path = NULL;
+	return NULL;
+}
+
+np_cloud *clouds_load(const char *name, const char *region, char **err)
+{
+	char *path, *msg;
+	json_t *entry = load_entry(name, &path, err);
+	np_cloud *c;
+
+	if (!entry)
+		return NULL;
 	c = xcalloc(1, sizeof(*c));
 	c->name = xstrdup(name);
 	c->file = path;
 	c->region_name = region && *region ? xstrdup(region) : NULL;
 	msg = fill(c, entry);
-	json_decref(root);
-	free(spath);
+	json_decref(entry);
 	if (msg) {
 		*err = xasprintf("%s: cloud %s: %s", c->file, name, msg);
 		free(msg);
@@ -304,6 +318,25 @@ np_cloud *clouds_load(const char *name, const char *region, char **err)
 		return NULL;
 	}
 	return c;
+}
+
+char *clouds_image_format(const char *name)
+{
+	char *path, *err, *fmt;
+	json_t *entry = load_entry(name, &path, &err);
+
+	if (!entry) {
+		free(err);
+		return xstrdup("qcow2");
+	}
+	fmt = str_of(entry, "image_format");
+	json_decref(entry);
+	free(path);
+	if (!fmt || !*fmt) {
+		free(fmt);
+		fmt = xstrdup("qcow2");
+	}
+	return fmt;
 }
 
 void clouds_free(np_cloud *c)

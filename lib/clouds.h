@@ -50,6 +50,12 @@ typedef struct np_cloud {
 np_cloud *clouds_load(const char *name, const char *region, char **err);
 void clouds_free(np_cloud *c);
 
+/* Cloud NAME's image_format (openstacksdk's default disk format, which
+ * upstream's openstack provider uploads as its image type): qcow2 when the
+ * entry does not say, or there is no such cloud (the provider's start
+ * reports that). Malloc'd. */
+char *clouds_image_format(const char *name);
+
 /* The clouds.yaml that would be used (for messages), or NULL. Malloc'd. */
 char *clouds_find_file(const char *base);
 

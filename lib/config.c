@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clouds.h"
 #include "yamltree.h"
 
 /* Per-load state: the config being filled and the first error. */
@@ -1128,11 +1129,14 @@ static bool load_fake_options(loader *l, np_provider *pr, const char *pp)
 }
 
 /* Image type of the image-managing drivers. OpenStack's comes from
- * clouds.yaml's image_format, whose default is qcow2. */
+ * clouds.yaml's image_format, whose default is qcow2 (upstream reads
+ * openstacksdk's cloud config); the fake driver's is qcow2. */
 static bool set_image_type(loader *l, np_provider *pr, const char *p)
 {
 	const char *d = pr->driver;
-	if (pr->kind == NP_DRIVER_OPENSTACK || pr->kind == NP_DRIVER_FAKE)
+	if (pr->kind == NP_DRIVER_OPENSTACK)
+		pr->image_type = clouds_image_format(pr->cloud);
+	else if (pr->kind == NP_DRIVER_FAKE)
 		pr->image_type = xstrdup("qcow2");
 	else if (strcmp(d, "azure") == 0)
 		pr->image_type = xstrdup("vhd");

@@ -116,6 +116,70 @@ TEST(openstack_provider)
 	config_free(c);
 }
 
+/* An openstack provider's image type is its cloud's image_format in
+ * clouds.yaml, as openstacksdk's config gives it to upstream (default
+ * qcow2), and that format is added to its diskimages' formats. */
+TEST(openstack_image_type_from_clouds_yaml)
+{
+	char *clouds = write_tmp("clouds.yaml",
+	    "clouds:\n"
+	    "  rawcloud: {auth: {auth_url: 'http://x/v3'}, image_format: raw}\n"
+	    "  dashed: {image-format: vhd}\n"
+	    "  plain: {region_name: R1}\n");
+	char *text = xasprintf(
+	    "zookeeper-servers: [{host: zk}]\n"
+	    "labels: [{name: l}]\n"
+	    "diskimages:\n"
+	    "  - {name: img1}\n"
+	    "  - {name: img2, formats: [tar]}\n"
+	    "  - {name: img3}\n"
+	    "  - {name: img4}\n"
+	    "providers:\n"
+	    "  - {name: p-raw, cloud: rawcloud, diskimages: [{name: img1}]}\n"
+	    "  - {name: p-vhd, cloud: dashed, diskimages: [{name: img2}]}\n"
+	    "  - {name: p-plain, cloud: plain, diskimages: [{name: img3}]}\n"
+	    "  - {name: p-none, cloud: missing, diskimages: [{name: img4}]}\n");
+	char *path = write_tmp("it.yaml", text);
+	char *old = getenv("OS_CLIENT_CONFIG_FILE") ?
+	    xstrdup(getenv("OS_CLIENT_CONFIG_FILE")) : NULL;
+	char *err = NULL;
+	np_config *c;
+
+	setenv("OS_CLIENT_CONFIG_FILE", clouds, 1);
+	c = config_load(path, NULL, &err);
+	if (!c)
+		fprintf(stderr, "%s\n", err);
+	REQUIRE(c);
+	CHECK_STR(config_find_provider(c, "p-raw")->image_type, "raw");
+	CHECK_STR(config_find_provider(c, "p-vhd")->image_type, "vhd");
+	CHECK_STR(config_find_provider(c, "p-plain")->image_type, "qcow2");
+	/* A cloud clouds.yaml lacks: qcow2 here, the provider's start says
+	 * what is missing. */
+	CHECK_STR(config_find_provider(c, "p-none")->image_type, "qcow2");
+	np_diskimage *d = config_find_diskimage(c, "img1");
+	REQUIRE(d && d->formats.n == 1);
+	CHECK_STR(d->formats.v[0], "raw");
+	d = config_find_diskimage(c, "img2");
+	REQUIRE(d && d->formats.n == 2);
+	CHECK(strlist_contains(&d->formats, "tar") &&
+	    strlist_contains(&d->formats, "vhd"));
+	config_free(c);
+	/* The file gone (and no other clouds.yaml naming the cloud): qcow2. */
+	setenv("OS_CLIENT_CONFIG_FILE", "/nonexistent/clouds.yaml", 1);
+	c = config_load(path, NULL, &err);
+	REQUIRE(c);
+	CHECK_STR(config_find_provider(c, "p-raw")->image_type, "qcow2");
+	config_free(c);
+	if (old)
+		setenv("OS_CLIENT_CONFIG_FILE", old, 1);
+	else
+		unsetenv("OS_CLIENT_CONFIG_FILE");
+	free(old);
+	free(path);
+	free(text);
+	free(clouds);
+}
+
 TEST(static_and_other_providers)
 {
 	np_config *c = config_load(FIX "valid/full.yaml", NULL, NULL);
