@@ -102,6 +102,13 @@ struct np_op {
 	EVP_MD_CTX *md5, *sha512;
 	long long upload_deadline;
 	json_t *acc;
+	/* where a create's time goes (logged when it ends): the cloud's
+	 * answers (time on the wire) and the waits for listings */
+	long long t_begin;	/* ms */
+	double api_s;
+	int ncalls;
+	long long wait_since;	/* ms */
+	long long wait_ms;
 };
 
 struct np_manager {
@@ -201,6 +208,7 @@ static np_op *op_new(np_manager *m, enum op_kind kind, void *arg)
 	op->m = m;
 	op->kind = kind;
 	op->arg = arg;
+	op->t_begin = now_ms();
 	strlist_init(&op->nets);
 	strlist_init(&op->ports);
 	strlist_init(&op->fips);
@@ -373,6 +381,10 @@ static void op_called(void *arg, const os_result *r)
 
 	op->call = NULL;
 	op->then = NULL;
+	if (r->resp) {
+		op->api_s += r->resp->seconds;
+		op->ncalls++;
+	}
 	fn(op, r);
 }
 
@@ -490,6 +502,7 @@ static void warm_waiters(np_manager *m, const char *error)
 		next = op->next;
 		if (op->kind != OP_CREATE || op->state != C_WARM || op->finished)
 			continue;
+		op->wait_ms += now_ms() - op->wait_since;
 		if (error)
 			op_finish(op, NP_DRV_ERROR, xasprintf("%s: %s", m->name, error));
 		else
@@ -755,6 +768,7 @@ static void list_answer(void *arg, const os_result *r)
 		nx = op->next;
 		if (op->waiting && op->want_gen <= gen) {
 			op->waiting = false;
+			op->wait_ms += now_ms() - op->wait_since;
 			op_advance(op);
 		}
 	}
@@ -791,6 +805,7 @@ static void want_listing(np_op *op)
 
 	/* The next listing to start; one in flight started too early. */
 	op->waiting = true;
+	op->wait_since = now_ms();
 	op->want_gen = m->gen_started + 1;
 	if (m->list_call)
 		return; /* list_answer starts the next */
@@ -1031,6 +1046,12 @@ static void create_complete(np_op *op)
 	in->resources = op->quota;
 	op->inst = in;
 	op->state = C_DONE;
+	/* Where the time went (bench/openstack-bench.sh reads it). */
+	log_info(op->m->logger, "Server %s of node %s ready in %lld ms: "
+	    "%.0f ms in %d API answers, %lld ms waiting for listings and the "
+	    "warm-up", op->id, op->node_id ? op->node_id : "?",
+	    now_ms() - op->t_begin, op->api_s * 1000.0, op->ncalls,
+	    op->wait_ms);
 	op_finish(op, NP_DRV_OK, NULL);
 }
 
@@ -1329,6 +1350,7 @@ static np_op *os_create(np_manager *m, const np_create_args *a,
 	    json_is_null(json_object_get(m->images, op->image_name)) &&
 	    now_wall() - m->warm_time > IMAGE_CHECK_S)
 		m->warm = false; /* look for the image again */
+	op->wait_since = now_ms();
 	if (m->warm)
 		op_advance(op);
 	else
