@@ -30,27 +30,6 @@ struct env {
 	np_host host;
 };
 
-static zk *connect_to(evloop *loop, const char *chroot)
-{
-	char *hosts = xasprintf("%s%s", test_zk_hosts(), chroot);
-	zk_options o = { .hosts = hosts, .session_timeout = 10 };
-	char *err = NULL;
-	zk *z = zk_new(loop, &o, &err);
-
-	free(hosts);
-	if (!z) {
-		testlib_fail(__FILE__, __LINE__, "zk_new: %s", err);
-		free(err);
-		return NULL;
-	}
-	if (zk_wait_connected(z, 10) != ZOK) {
-		testlib_fail(__FILE__, __LINE__, "cannot connect to ZooKeeper");
-		zk_close(z);
-		return NULL;
-	}
-	return z;
-}
-
 static char *write_file(const char *name, const char *text)
 {
 	char *path = xasprintf("%s/%s", test_tmpdir(), name);
@@ -99,12 +78,12 @@ static bool env_start(struct env *e, const char *yaml)
 	}
 	e->loop = evloop_new();
 	snprintf(e->chroot, sizeof(e->chroot), "%s", test_chroot());
-	zk *root = connect_to(e->loop, "");
+	zk *root = test_zk_connect(e->loop, NULL, NULL, NULL);
 	if (!root)
 		return false;
 	CHECK_INT(zk_ensure_path(root, e->chroot), ZOK);
 	zk_close(root);
-	if (!(e->z = connect_to(e->loop, e->chroot)))
+	if (!(e->z = test_zk_connect(e->loop, NULL, e->chroot, NULL)))
 		return false;
 	if (!(e->cfg = load(yaml)))
 		return false;
@@ -132,7 +111,7 @@ static void env_stop(struct env *e)
 		zk_close(e->z);
 	}
 	if (e->loop && e->chroot[0]) {
-		zk *root = connect_to(e->loop, "");
+		zk *root = test_zk_connect(e->loop, NULL, NULL, NULL);
 		if (root) {
 			zk_delete_recursive(root, e->chroot);
 			zk_close(root);
@@ -594,7 +573,7 @@ TEST(two_launchers_fill_each_slot_once)
 
 	if (!env_start(&e, config_v1))
 		goto out;
-	REQUIRE((z2 = connect_to(e.loop, e.chroot)));
+	REQUIRE((z2 = test_zk_connect(e.loop, NULL, e.chroot, NULL)));
 	m2 = start_manager(&e, z2, e.cfg);
 	REQUIRE(m2);
 	for (int round = 0; round < 3; round++) {

@@ -113,24 +113,6 @@ static void write_config(struct fx *f)
 	fclose(c);
 }
 
-static zk *connect_to(evloop *loop, const char *hosts)
-{
-	zk_options o = { .hosts = hosts, .session_timeout = 10 };
-	char *err = NULL;
-	zk *z = zk_new(loop, &o, &err);
-
-	if (!z) {
-		testlib_fail(__FILE__, __LINE__, "zk_new: %s", err);
-		free(err);
-		return NULL;
-	}
-	if (zk_wait_connected(z, 10) != ZOK) {
-		zk_close(z);
-		return NULL;
-	}
-	return z;
-}
-
 static void stopped(void *arg)
 {
 	evloop_stop(arg);
@@ -146,8 +128,6 @@ static void stop_on_loop(void *arg)
 static void *body_thread(void *arg)
 {
 	struct fx *f = arg;
-	char *hosts = xasprintf("%s%s", test_zk_hosts(), f->chroot);
-
 	unsigned long started, done = 0;
 
 	/* The pass at start must not race the test's setup. */
@@ -156,14 +136,11 @@ static void *body_thread(void *arg)
 		usleep(10000);
 	}
 	f->tloop = evloop_new();
-	f->z = connect_to(f->tloop, hosts);
-	free(hosts);
-	if (f->z)
+	f->z = test_zk_connect(f->tloop, NULL, f->chroot, NULL);
+	if (f->z) {
 		f->body(f);
-	else
-		testlib_fail(__FILE__, __LINE__, "no session for the test");
-	if (f->z)
 		zk_close(f->z);
+	}
 	evloop_free(f->tloop);
 	evloop_post(f->loop, stop_on_loop, f);
 	return NULL;
@@ -220,7 +197,7 @@ static void run(void (*body)(struct fx *f), bool stats)
 	write_config(&f);
 
 	f.loop = evloop_new();
-	root = connect_to(f.loop, test_zk_hosts());
+	root = test_zk_connect(f.loop, NULL, NULL, NULL);
 	REQUIRE(root);
 	REQUIRE(zk_ensure_path(root, f.chroot) == ZOK);
 	if (stats) {

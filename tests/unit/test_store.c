@@ -24,29 +24,8 @@ struct fx {
 	char chroot[64];
 };
 
-static zk *connect_to(evloop *loop, const char *hosts)
-{
-	zk_options o = { .hosts = hosts, .session_timeout = 10 };
-	char *err = NULL;
-	zk *z = zk_new(loop, &o, &err);
-
-	if (!z) {
-		testlib_fail(__FILE__, __LINE__, "zk_new: %s", err ? err : "?");
-		free(err);
-		return NULL;
-	}
-	if (zk_wait_connected(z, 10) != ZOK) {
-		testlib_fail(__FILE__, __LINE__, "cannot connect to %s", hosts);
-		zk_close(z);
-		return NULL;
-	}
-	return z;
-}
-
 static bool fx_open(struct fx *f)
 {
-	char *hosts;
-
 	memset(f, 0, sizeof(*f));
 	if (!test_zk_hosts()) {
 		testlib_skip("NP_TEST_ZK not set");
@@ -54,12 +33,10 @@ static bool fx_open(struct fx *f)
 	}
 	snprintf(f->chroot, sizeof(f->chroot), "%s", test_chroot());
 	f->loop = evloop_new();
-	f->root = connect_to(f->loop, test_zk_hosts());
+	f->root = test_zk_connect(f->loop, NULL, NULL, NULL);
 	if (!f->root || zk_ensure_path(f->root, f->chroot) != ZOK)
 		return false;
-	hosts = xasprintf("%s%s", test_zk_hosts(), f->chroot);
-	f->z = connect_to(f->loop, hosts);
-	free(hosts);
+	f->z = test_zk_connect(f->loop, NULL, f->chroot, NULL);
 	return f->z != NULL;
 }
 
@@ -627,9 +604,7 @@ TEST(node_lock_and_locked)
 	REQUIRE(store_node_lock(f.z, "0000000001", 5, &lock) == ZOK);
 	CHECK(store_node_locked(f.z, "0000000001"));
 	/* Another session times out on it. */
-	char *hosts = xasprintf("%s%s", test_zk_hosts(), f.chroot);
-	other = connect_to(f.loop, hosts);
-	free(hosts);
+	other = test_zk_connect(f.loop, NULL, f.chroot, NULL);
 	REQUIRE(other);
 	CHECK_INT(store_node_lock(other, "0000000001", 0.3, &second),
 		  ZLOCKTIMEOUT);
@@ -656,7 +631,6 @@ TEST(node_remove_locked)
 	zk *other = NULL;
 	zk_lock *lock = NULL, *waiter = NULL;
 	np_node n;
-	char *hosts;
 	bool waiting = false;
 
 	if (!fx_open(&f))
@@ -675,9 +649,7 @@ TEST(node_remove_locked)
 
 	/* A second session waits on the lock: its contender keeps the lock
 	 * directory from going in one transaction. */
-	hosts = xasprintf("%s%s", test_zk_hosts(), f.chroot);
-	other = connect_to(f.loop, hosts);
-	free(hosts);
+	other = test_zk_connect(f.loop, NULL, f.chroot, NULL);
 	REQUIRE(other);
 	REQUIRE(store_node_lock(f.z, "0000000003", 5, &lock) == ZOK);
 	waiter = zk_lock_new(other, "/nodepool/nodes/0000000003/lock", NULL);

@@ -212,27 +212,6 @@ struct fixture {
 	int cport;
 };
 
-static zk *connect_zk(evloop *loop, const char *chroot)
-{
-	char *hosts = xasprintf("%s%s", test_zk_hosts(), chroot);
-	zk_options o = { .hosts = hosts, .session_timeout = 10 };
-	char *err = NULL;
-	zk *z = zk_new(loop, &o, &err);
-
-	free(hosts);
-	if (!z) {
-		testlib_fail(__FILE__, __LINE__, "zk_new: %s", err);
-		free(err);
-		return NULL;
-	}
-	if (zk_wait_connected(z, 10) != ZOK) {
-		testlib_fail(__FILE__, __LINE__, "cannot connect to ZooKeeper");
-		zk_close(z);
-		return NULL;
-	}
-	return z;
-}
-
 /* Create PATH with DATA, and its parents. */
 static void put(zk *z, const char *path, const char *data)
 {
@@ -434,11 +413,11 @@ static bool fixture_setup(struct fixture *f, bool start, bool caches)
 	}
 	snprintf(f->chroot, sizeof(f->chroot), "%s", test_chroot());
 	f->loop = evloop_new();
-	f->root = connect_zk(f->loop, "");
+	f->root = test_zk_connect(f->loop, NULL, NULL, NULL);
 	if (!f->root)
 		return false;
 	CHECK_INT(zk_ensure_path(f->root, f->chroot), ZOK);
-	f->z = connect_zk(f->loop, f->chroot);
+	f->z = test_zk_connect(f->loop, NULL, f->chroot, NULL);
 	if (!f->z)
 		return false;
 	put_records(f->z);

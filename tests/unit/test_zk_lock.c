@@ -24,25 +24,6 @@
 
 /* ---- helpers ---- */
 
-static zk *connect_zk(evloop *loop)
-{
-	zk_options o = { .hosts = test_zk_hosts(), .session_timeout = 10 };
-	char *err = NULL;
-	zk *z = zk_new(loop, &o, &err);
-
-	if (!z) {
-		testlib_fail(__FILE__, __LINE__, "zk_new: %s", err ? err : "?");
-		free(err);
-		return NULL;
-	}
-	if (zk_wait_connected(z, 10) != ZOK) {
-		testlib_fail(__FILE__, __LINE__, "could not connect to %s", o.hosts);
-		zk_close(z);
-		return NULL;
-	}
-	return z;
-}
-
 /* This test's own subtree (base gives a new one per call). */
 static char base[64];
 
@@ -137,8 +118,8 @@ TEST(nonblocking_busy_and_free)
 	if (!need_zk())
 		return;
 	loop = evloop_new();
-	z1 = connect_zk(loop);
-	z2 = connect_zk(loop);
+	z1 = test_zk_connect(loop, NULL, NULL, NULL);
+	z2 = test_zk_connect(loop, NULL, NULL, NULL);
 	REQUIRE(z1 && z2);
 	dir = xasprintf("%s/a/b/lock", base);
 	l1 = zk_lock_new(z1, dir, "me-1");
@@ -203,7 +184,7 @@ TEST(blocking_handoff_in_order_without_herd)
 		return;
 	loop = evloop_new();
 	for (int i = 0; i < 3; i++)
-		z[i] = connect_zk(loop);
+		z[i] = test_zk_connect(loop, NULL, NULL, NULL);
 	REQUIRE(z[0] && z[1] && z[2]);
 	dir = xasprintf("%s/lock", base);
 	for (int i = 0; i < 3; i++)
@@ -268,8 +249,8 @@ TEST(timeout_leaves_no_contender)
 	if (!need_zk())
 		return;
 	loop = evloop_new();
-	z1 = connect_zk(loop);
-	z2 = connect_zk(loop);
+	z1 = test_zk_connect(loop, NULL, NULL, NULL);
+	z2 = test_zk_connect(loop, NULL, NULL, NULL);
 	REQUIRE(z1 && z2);
 	dir = xasprintf("%s/lock", base);
 	l1 = zk_lock_new(z1, dir, NULL);
@@ -313,8 +294,8 @@ TEST(cancel_waiting_and_sticky)
 	if (!need_zk())
 		return;
 	loop = evloop_new();
-	z1 = connect_zk(loop);
-	z2 = connect_zk(loop);
+	z1 = test_zk_connect(loop, NULL, NULL, NULL);
+	z2 = test_zk_connect(loop, NULL, NULL, NULL);
 	REQUIRE(z1 && z2);
 	dir = xasprintf("%s/lock", base);
 	l1 = zk_lock_new(z1, dir, NULL);
@@ -373,8 +354,8 @@ TEST(closed_holder_session_frees_the_waiter)
 	if (!need_zk())
 		return;
 	loop = evloop_new();
-	z1 = connect_zk(loop);
-	z2 = connect_zk(loop);
+	z1 = test_zk_connect(loop, NULL, NULL, NULL);
+	z2 = test_zk_connect(loop, NULL, NULL, NULL);
 	REQUIRE(z1 && z2);
 	dir = xasprintf("%s/lock", base);
 	CHECK_INT(zk_ensure_path(z1, dir), ZOK);
@@ -439,9 +420,9 @@ TEST(session_loss_drops_the_lock_and_requeues_waiters)
 	if (!need_zk())
 		return;
 	loop = evloop_new();
-	z1 = connect_zk(loop);
-	z2 = connect_zk(loop);
-	z3 = connect_zk(loop);
+	z1 = test_zk_connect(loop, NULL, NULL, NULL);
+	z2 = test_zk_connect(loop, NULL, NULL, NULL);
+	z3 = test_zk_connect(loop, NULL, NULL, NULL);
 	REQUIRE(z1 && z2 && z3);
 	dir = xasprintf("%s/lock", base);
 	l1 = zk_lock_new(z1, dir, "1");
@@ -513,7 +494,7 @@ TEST(foreign_children_are_ignored)
 	if (!need_zk())
 		return;
 	loop = evloop_new();
-	z1 = connect_zk(loop);
+	z1 = test_zk_connect(loop, NULL, NULL, NULL);
 	REQUIRE(z1);
 	dir = xasprintf("%s/lock", base);
 	CHECK_INT(zk_ensure_path(z1, dir), ZOK);
@@ -569,8 +550,8 @@ TEST(contenders_in_lock_order)
 	if (!need_zk())
 		return;
 	loop = evloop_new();
-	z1 = connect_zk(loop);
-	z2 = connect_zk(loop);
+	z1 = test_zk_connect(loop, NULL, NULL, NULL);
+	z2 = test_zk_connect(loop, NULL, NULL, NULL);
 	REQUIRE(z1 && z2);
 	dir = xasprintf("%s/lock", base);
 	la = zk_lock_new(z1, dir, "a");
@@ -655,7 +636,7 @@ TEST(thousand_locks_one_loop)
 	memset(&many, 0, sizeof(many));
 	many.loop = evloop_new();
 	for (i = 0; i < 4; i++)
-		z[i] = connect_zk(many.loop);
+		z[i] = test_zk_connect(many.loop, NULL, NULL, NULL);
 	REQUIRE(z[0] && z[1] && z[2] && z[3]);
 	t0 = now_ms();
 	for (i = 0; i < MANY; i++) {
@@ -749,8 +730,8 @@ TEST(fresh_lock_is_one_multi_and_falls_back)
 	if (!need_zk())
 		return;
 	loop = evloop_new();
-	z1 = connect_zk(loop);
-	z2 = connect_zk(loop);
+	z1 = test_zk_connect(loop, NULL, NULL, NULL);
+	z2 = test_zk_connect(loop, NULL, NULL, NULL);
 	REQUIRE(z1 && z2);
 	obj = xasprintf("%s/obj", base);
 	dir = xasprintf("%s/obj/lock", base);
@@ -827,7 +808,7 @@ TEST(fresh_lock_failing_op_or_missing_parent)
 	if (!need_zk())
 		return;
 	loop = evloop_new();
-	z = connect_zk(loop);
+	z = test_zk_connect(loop, NULL, NULL, NULL);
 	REQUIRE(z);
 	CHECK_INT(zk_ensure_path(z, base), ZOK);
 
@@ -871,7 +852,7 @@ TEST(assumed_dir_and_forgotten_contender)
 	if (!need_zk())
 		return;
 	loop = evloop_new();
-	z = connect_zk(loop);
+	z = test_zk_connect(loop, NULL, NULL, NULL);
 	REQUIRE(z);
 	obj = xasprintf("%s/obj", base);
 	dir = xasprintf("%s/obj/lock", base);
@@ -1038,7 +1019,7 @@ TEST(election_run_cancel_and_succession)
 		return;
 	loop = evloop_new();
 	for (int i = 0; i < 3; i++)
-		z[i] = connect_zk(loop);
+		z[i] = test_zk_connect(loop, NULL, NULL, NULL);
 	REQUIRE(z[0] && z[1] && z[2]);
 	dir = xasprintf("%s/elections/stats", base);
 	memset(x, 0, sizeof(x));

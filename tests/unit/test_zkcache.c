@@ -37,30 +37,6 @@
 			evloop_run_once((loop), 20);                       \
 	} while (0)
 
-static zk *connect_to(evloop *loop, const char *hosts, const zk_options *extra)
-{
-	zk_options o = { 0 };
-	char *err = NULL;
-	zk *z;
-
-	if (extra)
-		o = *extra;
-	o.hosts = hosts;
-	o.session_timeout = 10;
-	z = zk_new(loop, &o, &err);
-	if (!z) {
-		testlib_fail(__FILE__, __LINE__, "zk_new: %s", err ? err : "?");
-		free(err);
-		return NULL;
-	}
-	if (zk_wait_connected(z, 10) != ZOK) {
-		testlib_fail(__FILE__, __LINE__, "cannot connect to %s", hosts);
-		zk_close(z);
-		return NULL;
-	}
-	return z;
-}
-
 struct env {
 	evloop *loop;
 	zk *z;           /* client in the chroot */
@@ -82,14 +58,14 @@ static bool env_open(struct env *e)
 	snprintf(e->chroot, sizeof(e->chroot), "%s", test_chroot());
 	snprintf(e->hosts, sizeof(e->hosts), "%s%s", test_zk_hosts(), e->chroot);
 	e->loop = evloop_new();
-	root = connect_to(e->loop, test_zk_hosts(), NULL);
+	root = test_zk_connect(e->loop, NULL, NULL, NULL);
 	if (!root) {
 		evloop_free(e->loop);
 		return false;
 	}
 	CHECK_INT(zk_ensure_path(root, e->chroot), ZOK);
 	zk_close(root);
-	e->z = connect_to(e->loop, e->hosts, NULL);
+	e->z = test_zk_connect(e->loop, e->hosts, NULL, NULL);
 	if (!e->z) {
 		evloop_free(e->loop);
 		return false;
@@ -102,7 +78,7 @@ static void env_close(struct env *e)
 	zk *root;
 
 	zk_close(e->z);
-	root = connect_to(e->loop, test_zk_hosts(), NULL);
+	root = test_zk_connect(e->loop, NULL, NULL, NULL);
 	if (root) {
 		CHECK_INT(zk_delete_recursive(root, e->chroot), ZOK);
 		zk_close(root);
@@ -629,7 +605,7 @@ TEST(own_writes_are_not_read_back)
 
 	if (!env_open(&e))
 		return;
-	z2 = connect_to(e.loop, e.hosts, NULL);
+	z2 = test_zk_connect(e.loop, e.hosts, NULL, NULL);
 	REQUIRE(z2);
 	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
 	n1 = mk_node(e.z, "building");
@@ -975,7 +951,7 @@ TEST(reconnect_rewalks_without_dropping)
 	colon = strrchr(test_zk_hosts(), ':');
 	REQUIRE(colon && proxy_start(&px, atoi(colon + 1)));
 	snprintf(hosts, sizeof(hosts), "127.0.0.1:%d%s", px.port, e.chroot);
-	a = connect_to(e.loop, hosts, NULL);
+	a = test_zk_connect(e.loop, hosts, NULL, NULL);
 	if (!a) {
 		proxy_stop(&px);
 		env_close(&e);
@@ -1058,7 +1034,7 @@ TEST(session_expiry_clears_and_rewalks)
 
 	if (!env_open(&e))
 		return;
-	a = connect_to(e.loop, e.hosts, NULL);
+	a = test_zk_connect(e.loop, e.hosts, NULL, NULL);
 	if (!a) {
 		env_close(&e);
 		free(r);
@@ -1078,7 +1054,7 @@ TEST(session_expiry_clears_and_rewalks)
 	zk_session_passwd(a, pw);
 	o.session_id = old;
 	o.session_passwd = pw;
-	b = connect_to(e.loop, e.hosts, &o);
+	b = test_zk_connect(e.loop, e.hosts, NULL, &o);
 	if (b)
 		zk_close(b);
 	path = np_path_node(n2);
@@ -1229,7 +1205,7 @@ TEST(ten_thousand_nodes)
 	m0 = mallinfo2();
 	rss0 = rss_kb();
 	t0 = now_ms();
-	a = connect_to(e.loop, e.hosts, NULL);
+	a = test_zk_connect(e.loop, e.hosts, NULL, NULL);
 	REQUIRE(a);
 	x.c = zkc_new(a, ZKC_NODES);
 	CHECK_INT(zkc_wait_ready(x.c, 60), ZOK);
@@ -1387,7 +1363,7 @@ TEST(walk_and_events_race_with_writes)
 	if (!env_open(&e))
 		return;
 	populate(e.loop, e.z, N, 1000000);
-	a = connect_to(e.loop, e.hosts, NULL);
+	a = test_zk_connect(e.loop, e.hosts, NULL, NULL);
 	REQUIRE(a);
 	c = zkc_new(a, ZKC_NODES);
 	/* the walk is under way: the first burst races with it */
@@ -1416,7 +1392,7 @@ TEST(free_while_busy)
 	if (!env_open(&e))
 		return;
 	populate(e.loop, e.z, 300, 7);
-	a = connect_to(e.loop, e.hosts, NULL);
+	a = test_zk_connect(e.loop, e.hosts, NULL, NULL);
 	REQUIRE(a);
 	c = zkc_new(a, ZKC_NODES);
 	evloop_run_once(e.loop, 0);
@@ -1429,7 +1405,7 @@ TEST(free_while_busy)
 	zk_close(a);
 	zkc_free(c);
 
-	a = connect_to(e.loop, e.hosts, NULL);
+	a = test_zk_connect(e.loop, e.hosts, NULL, NULL);
 	REQUIRE(a);
 	c = zkc_new(a, ZKC_NODES);
 	CHECK_INT(zkc_wait_ready(c, 10), ZOK);

@@ -49,6 +49,38 @@ const char *test_zk_ca(void) { return getenv("NP_TEST_ZK_CA"); }
 const char *test_zk_cert(void) { return getenv("NP_TEST_ZK_CERT"); }
 const char *test_zk_key(void) { return getenv("NP_TEST_ZK_KEY"); }
 
+zk *testlib_zk_connect(const char *file, int line, evloop *loop,
+		       const char *hosts, const char *chroot,
+		       const zk_options *opts)
+{
+	zk_options o = { 0 };
+	char *where, *err = NULL;
+	zk *z;
+
+	if (!hosts && !(hosts = test_zk_hosts())) {
+		testlib_fail(file, line, "no ZooKeeper (NP_TEST_ZK unset)");
+		return NULL;
+	}
+	if (opts)
+		o = *opts;
+	where = xasprintf("%s%s", hosts, chroot ? chroot : "");
+	o.hosts = where;
+	if (o.session_timeout <= 0)
+		o.session_timeout = 10;
+	z = zk_new(loop, &o, &err);
+	if (!z) {
+		testlib_fail(file, line, "zk_new(%s): %s", where,
+			     err ? err : "?");
+	} else if (zk_wait_connected(z, 10) != ZOK) {
+		testlib_fail(file, line, "cannot connect to %s", where);
+		zk_close(z);
+		z = NULL;
+	}
+	free(err);
+	free(where);
+	return z;
+}
+
 const char *test_chroot(void)
 {
 	static char buf[64];

@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "zk.h"
+
 typedef void (*test_fn)(void);
 
 void testlib_register(const char *name, test_fn fn);
@@ -25,6 +27,16 @@ const char *test_zk_tls_hosts(void);  /* TLS "127.0.0.1:port" */
 const char *test_zk_ca(void);
 const char *test_zk_cert(void);
 const char *test_zk_key(void);
+/* A client on LOOP of HOSTS (NULL: test_zk_hosts()) below CHROOT (NULL
+ * or "": none), with OPTS's other options (may be NULL; the session
+ * timeout is 10 s unless OPTS sets one), once connected (10 s at most).
+ * NULL, and the calling test failed at the caller's line, when it cannot
+ * be made or does not connect. */
+#define test_zk_connect(loop, hosts, chroot, opts) \
+	testlib_zk_connect(__FILE__, __LINE__, loop, hosts, chroot, opts)
+zk *testlib_zk_connect(const char *file, int line, evloop *loop,
+		       const char *hosts, const char *chroot,
+		       const zk_options *opts);
 /* A fresh chroot like "/t-<pid>-<n>" so tests never see each other's data. */
 const char *test_chroot(void);
 /* A fresh temporary directory, removed at exit. */
