@@ -2,8 +2,9 @@
 # tests and benchmark built on them) share: a BuilderScenario with its own
 # chroot, images dir, build-log dir, fake-cloud state dir and config, that
 # starts and stops nodepool-builder processes, reads build records with
-# kazoo and runs the CLI. The ZooKeeper, check/wait_for/run and the
-# sanitizer check are launcherlib's.
+# kazoo and runs the CLI. The ZooKeeper, check/wait_for/run, and the
+# scenario's chroot, directory and processes (ProcScenario, with the
+# sanitizer check) are launcherlib's.
 #
 # Builds use tests/fixtures/dib/fake-dib-cmd (see its header for the
 # FAKE_DIB_* variables a diskimage's env-vars pass to it).
@@ -12,12 +13,6 @@
 # NP_TEST_KEEP).
 import json
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import uuid
 
 import launcherlib as ll
 from launcherlib import check, wait_for  # noqa: F401 (re-exported)
@@ -42,42 +37,37 @@ def image_yaml(name, formats=("raw",), env=None, elements=("fake-base",),
     return "\n".join(lines)
 
 
-class BuilderScenario:
-    """A chroot, images/log/cloud dirs, a config and builder processes."""
+class BuilderScenario(ll.ProcScenario):
+    """Builder processes (launcherlib's ProcScenario: chroot, directory,
+    processes) with images, build-log and elements dirs and a config."""
+
+    KIND = "builder"
+    CHROOT_PREFIX = "/b"
+    STOP_TIMEOUT = 60
 
     def __init__(self, zk, name):
-        self.zk = zk
-        self.name = name
-        self.chroot = "/b-%s-%s" % (name, uuid.uuid4().hex[:8])
-        self.dir = tempfile.mkdtemp(prefix="np-builder-%s." % name)
+        super().__init__(zk, name)
         self.images_dir = os.path.join(self.dir, "images")
         self.log_dir = os.path.join(self.dir, "logs")
-        self.state_dir = os.path.join(self.dir, "cloud")
         self.elements_dir = os.path.join(self.dir, "elements")
-        for d in (self.state_dir, os.path.join(self.elements_dir,
-                                               "fake-base")):
-            os.makedirs(d)
-        root = zk.client()
-        root.ensure_path(self.chroot)
-        root.stop()
-        self.kz = zk.client(self.chroot)
-        self.procs = []
+        os.makedirs(os.path.join(self.elements_dir, "fake-base"))
         self.config = None
+
+    def config_head(self, images_dir=None, log_dir=None):
+        """The first lines of a builder's nodepool.yaml: ZooKeeper, the
+        images, build-log and elements dirs."""
+        return ll.zk_config_lines(self.zk, self.chroot) + [
+            "images-dir: %s" % (images_dir or self.images_dir),
+            "build-log-dir: %s" % (log_dir or self.log_dir),
+            "elements-dir: %s" % self.elements_dir]
 
     def write_config(self, images, providers=None, extra="",
                      fname="nodepool.yaml"):
         """IMAGES: image_yaml() texts. PROVIDERS: (name, [image names],
         image-type or None) of fake providers; by default none, so formats
         come from the images' own `formats`."""
-        host, port = self.zk.hosts.split(":")
-        lines = ["zookeeper-servers:", "  - host: %s" % host,
-                 "    port: %s" % port, "    chroot: %s" % self.chroot,
-                 "zookeeper-tls:", "  ca: %s" % self.zk.ca,
-                 "  cert: %s" % self.zk.cert, "  key: %s" % self.zk.key,
-                 "images-dir: %s" % self.images_dir,
-                 "build-log-dir: %s" % self.log_dir,
-                 "elements-dir: %s" % self.elements_dir,
-                 "labels:", "  - name: small", "diskimages:"]
+        lines = self.config_head() + ["labels:", "  - name: small",
+                                      "diskimages:"]
         lines += images
         if providers:
             lines.append("providers:")
@@ -91,75 +81,19 @@ class BuilderScenario:
                 lines += ["    pools:", "      - name: main",
                           "        labels:", "          - name: small",
                           "            diskimage: %s" % imgs[0]]
-        path = os.path.join(self.dir, fname)
-        with open(path + ".tmp", "w") as f:
-            f.write("\n".join(lines) + "\n" + extra)
-        os.rename(path + ".tmp", path)
-        self.config = path
-        return path
+        self.config = ll.write_file(os.path.join(self.dir, fname),
+                                    "\n".join(lines) + "\n" + extra)
+        return self.config
 
     def start(self, config=None, args=(), env=None, debug=True,
               interval_ms=None):
         """A builder in the foreground (-d by default). INTERVAL_MS: the
         build and upload workers' pass interval (test knob)."""
-        log = open(os.path.join(self.dir, "builder-%d.log" % len(self.procs)),
-                   "w")
-        e = dict(os.environ)
-        for k in ("STATSD_HOST", "STATSD_PORT", "STATSD_PREFIX"):
-            e.pop(k, None)
+        e = dict(env or {})
         if interval_ms:
             e["NODEPOOL_BUILDER_TEST_INTERVAL_MS"] = str(interval_ms)
-        e.update(env or {})
-        cmd = [BUILDER, "-d" if debug else "-f", "-c",
-               config or self.config] + list(args)
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                             env=e)
-        p.logfile = log.name
-        self.procs.append(p)
-        return p
-
-    def stop(self, p, timeout=60):
-        """SIGINT; the exit code is checked (0)."""
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-            try:
-                rc = p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                rc = p.wait()
-            check(rc == 0, "%s: builder exits 0 on SIGINT (rc %s)"
-                  % (self.name, rc))
-        self.check_sanitizer(p)
-
-    def kill(self, p):
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        self.check_sanitizer(p)
-
-    def check_sanitizer(self, p):
-        if getattr(p, "san_checked", False):
-            return
-        p.san_checked = True
-        rep = ll.sanitizer_report(self.log(p))
-        check(rep is None, "%s: sanitizer report in %s: %s"
-              % (self.name, p.logfile, rep))
-
-    def log(self, p):
-        with open(p.logfile, errors="replace") as f:
-            return f.read()
-
-    def close(self):
-        for p in self.procs:
-            self.stop(p)
-        try:
-            self.kz.stop()
-        except Exception:
-            pass
-        if ll.FAILED == 0 and not os.environ.get("NP_TEST_KEEP"):
-            shutil.rmtree(self.dir, ignore_errors=True)
-        else:
-            print("kept %s" % self.dir, file=sys.stderr)
+        return self.spawn("builder", [BUILDER, "-d" if debug else "-f", "-c",
+                                      config or self.config] + list(args), e)
 
     # ---- ZooKeeper and the CLI ----
 
@@ -168,21 +102,12 @@ class BuilderScenario:
 
     def builds(self, image):
         """{build id: record} of IMAGE."""
-        out = {}
-        base = "/nodepool/images/%s/builds" % image
-        try:
-            ids = self.kz.get_children(base)
-        except Exception:
-            return out
-        for i in ids:
-            if i == "lock":
-                continue
-            try:
-                data, _ = self.kz.get("%s/%s" % (base, i))
-                out[i] = json.loads(data.decode("utf8"))
-            except Exception:
-                pass
-        return out
+        return self.records("/nodepool/images/%s/builds" % image)
+
+    def uploads(self, image, bid, provider):
+        """{upload id: record} of build BID of IMAGE to PROVIDER."""
+        return self.records("/nodepool/images/%s/builds/%s/providers/%s/"
+                            "images" % (image, bid, provider))
 
     def builds_in(self, image, state):
         return {k: v for k, v in self.builds(image).items()

@@ -375,6 +375,25 @@ class OwnZK(ZK):
             stdout=subprocess.DEVNULL)
 
 
+def zk_config_lines(zk, chroot, port=None):
+    """The zookeeper-servers and zookeeper-tls sections of a nodepool.yaml
+    (lines): ZK's TLS server (or PORT of the same host), below CHROOT."""
+    host, zk_port = zk.hosts.split(":")
+    return ["zookeeper-servers:", "  - host: %s" % host,
+            "    port: %s" % (port or zk_port), "    chroot: %s" % chroot,
+            "zookeeper-tls:", "  ca: %s" % zk.ca, "  cert: %s" % zk.cert,
+            "  key: %s" % zk.key]
+
+
+def write_file(path, text):
+    """PATH replaced by TEXT at once (a daemon polling it never reads half
+    a file)."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.rename(path + ".tmp", path)
+    return path
+
+
 def config_text(zk, chroot, state_dir, providers, labels, extra="",
                 zk_port=None):
     """LABELS: (name, min_ready) or (name, min_ready, {key: value}) for
@@ -382,11 +401,7 @@ def config_text(zk, chroot, state_dir, providers, labels, extra="",
     provider keys, e.g. launch-timeout), "fake" (fake: options) and
     "image" (more cloud-image keys, e.g. connection-port); a pool "keys"
     (more pool keys) and "label-keys" (more keys of each pool label)."""
-    host, port = zk.hosts.split(":")
-    lines = ["zookeeper-servers:", "  - host: %s" % host,
-             "    port: %s" % (zk_port or port), "    chroot: %s" % chroot,
-             "zookeeper-tls:", "  ca: %s" % zk.ca, "  cert: %s" % zk.cert,
-             "  key: %s" % zk.key, "labels:"]
+    lines = zk_config_lines(zk, chroot, zk_port) + ["labels:"]
     for label in labels:
         name, min_ready = label[0], label[1]
         lines += ["  - name: %s" % name, "    min-ready: %d" % min_ready]
@@ -427,14 +442,24 @@ def config_text(zk, chroot, state_dir, providers, labels, extra="",
     return "\n".join(lines) + "\n" + extra
 
 
-class Scenario:
-    """A chroot, a state dir, config files and launcher processes."""
+class ProcScenario:
+    """What a scenario of daemons is, launchers or builders: its own chroot
+    (and a kazoo client in it), a directory with a fake-cloud state dir
+    (removed at the end unless a test failed or NP_TEST_KEEP is set), and
+    processes started with their output in a log there, stopped with
+    SIGINT (exit 0 checked) or killed, their logs checked for sanitizer
+    reports."""
+
+    KIND = "launcher"       # the directory's and the chroot's names
+    CHROOT_PREFIX = "/t"
+    STOP_TIMEOUT = 20       # seconds from SIGINT to the exit
 
     def __init__(self, zk, name):
         self.zk = zk
         self.name = name
-        self.chroot = "/t-%s-%s" % (name, uuid.uuid4().hex[:8])
-        self.dir = tempfile.mkdtemp(prefix="np-launcher-%s." % name)
+        self.chroot = "%s-%s-%s" % (self.CHROOT_PREFIX, name,
+                                    uuid.uuid4().hex[:8])
+        self.dir = tempfile.mkdtemp(prefix="np-%s-%s." % (self.KIND, name))
         self.state_dir = os.path.join(self.dir, "cloud")
         os.makedirs(self.state_dir)
         root = zk.client()
@@ -443,47 +468,33 @@ class Scenario:
         self.kz = zk.client(self.chroot)
         self.procs = []
 
-    def write_config(self, providers, labels, fname="nodepool.yaml",
-                     extra="", zk_port=None):
-        """ZK_PORT: another port of 127.0.0.1 for ZooKeeper (a
-        FrameTrap's)."""
-        path = os.path.join(self.dir, fname)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(config_text(self.zk, self.chroot, self.state_dir,
-                                providers, labels, extra, zk_port))
-        os.rename(tmp, path)
-        return path
-
-    def start(self, config, env=None, debug=False, webapp=False):
-        """ENV: more environment variables (STATSD_HOST, test knobs).
-        DEBUG: -d (debug log lines, e.g. the cleanup passes). WEBAPP: run
-        the web app (the config's webapp: section says where)."""
-        log = open(os.path.join(self.dir, "launcher-%d.log" % len(self.procs)),
-                   "w")
+    def spawn(self, kind, argv, env=None):
+        """ARGV started with its output in <KIND>-<n>.log; the statsd
+        variables of our environment are dropped, ENV added."""
+        path = os.path.join(self.dir, "%s-%d.log" % (kind, len(self.procs)))
         e = dict(os.environ)
         for k in ("STATSD_HOST", "STATSD_PORT", "STATSD_PREFIX"):
             e.pop(k, None)
         e.update(env or {})
-        args = [LAUNCHER, "-d" if debug else "-f", "-c", config]
-        if not webapp:
-            args.insert(2, "--no-webapp")
-        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                             env=e)
-        p.logfile = log.name
+        with open(path, "w") as log:
+            p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                 env=e)
+        p.logfile = path
+        p.kind = kind
         self.procs.append(p)
         return p
 
-    def stop(self, p):
+    def stop(self, p, timeout=None):
+        """SIGINT; the exit code is checked (0)."""
         if p.poll() is None:
             p.send_signal(signal.SIGINT)
             try:
-                rc = p.wait(20)
+                rc = p.wait(timeout or self.STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 p.kill()
                 rc = p.wait()
-            check(rc == 0, "%s: launcher exits 0 on SIGINT (rc %s)"
-                  % (self.name, rc))
+            check(rc == 0, "%s: %s exits 0 on SIGINT (rc %s)"
+                  % (self.name, p.kind, rc))
         self.check_sanitizer(p)
 
     def kill(self, p):
@@ -505,7 +516,7 @@ class Scenario:
               % (self.name, p.logfile, rep))
 
     def log(self, p):
-        with open(p.logfile) as f:
+        with open(p.logfile, errors="replace") as f:
             return f.read()
 
     def close(self):
@@ -519,6 +530,44 @@ class Scenario:
             shutil.rmtree(self.dir, ignore_errors=True)
         else:
             print("kept %s" % self.dir, file=sys.stderr)
+
+    def records(self, path):
+        """{child: JSON record} of the znodes below PATH (not `lock`)."""
+        out = {}
+        try:
+            ids = self.kz.get_children(path)
+        except Exception:
+            return out
+        for i in ids:
+            if i == "lock":
+                continue
+            try:
+                data, _ = self.kz.get("%s/%s" % (path, i))
+                out[i] = json.loads(data.decode("utf8"))
+            except Exception:
+                pass
+        return out
+
+
+class Scenario(ProcScenario):
+    """Launcher processes, their config files, and Zuul's side."""
+
+    def write_config(self, providers, labels, fname="nodepool.yaml",
+                     extra="", zk_port=None):
+        """ZK_PORT: another port of 127.0.0.1 for ZooKeeper (a
+        FrameTrap's)."""
+        return write_file(os.path.join(self.dir, fname),
+                          config_text(self.zk, self.chroot, self.state_dir,
+                                      providers, labels, extra, zk_port))
+
+    def start(self, config, env=None, debug=False, webapp=False):
+        """ENV: more environment variables (STATSD_HOST, test knobs).
+        DEBUG: -d (debug log lines, e.g. the cleanup passes). WEBAPP: run
+        the web app (the config's webapp: section says where)."""
+        args = [LAUNCHER, "-d" if debug else "-f", "-c", config]
+        if not webapp:
+            args.insert(2, "--no-webapp")
+        return self.spawn("launcher", args, env)
 
     # ---- Zuul's side ----
 

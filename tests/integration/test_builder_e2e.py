@@ -71,18 +71,11 @@ class E2E(bl.BuilderScenario):
         (names; the first one's label is LABEL), and optional keys (more
         provider keys), fake (fake: options), pdi (more keys of every
         provider diskimage)."""
-        host, port = self.zk.hosts.split(":")
-        lines = ["zookeeper-servers:", "  - host: %s" % host,
-                 "    port: %s" % port, "    chroot: %s" % self.chroot,
-                 "zookeeper-tls:", "  ca: %s" % self.zk.ca,
-                 "  cert: %s" % self.zk.cert, "  key: %s" % self.zk.key,
-                 "zookeeper-timeout: %.1f" % ZK_TIMEOUT,
-                 "images-dir: %s" % (images_dir or self.images_dir),
-                 "build-log-dir: %s" % (log_dir or self.log_dir),
-                 "elements-dir: %s" % self.elements_dir,
-                 "labels:", "  - name: %s" % LABEL, "    min-ready: 0",
-                 "  - name: %s" % MIN_LABEL,
-                 "    min-ready: %d" % min_ready, "diskimages:"]
+        lines = self.config_head(images_dir, log_dir) + [
+            "zookeeper-timeout: %.1f" % ZK_TIMEOUT,
+            "labels:", "  - name: %s" % LABEL, "    min-ready: 0",
+            "  - name: %s" % MIN_LABEL,
+            "    min-ready: %d" % min_ready, "diskimages:"]
         lines += images
         lines.append("providers:")
         for p in providers:
@@ -103,10 +96,8 @@ class E2E(bl.BuilderScenario):
                 lines += ["          - name: %s" % label,
                           "            diskimage: %s" % p["images"][0],
                           "            min-ram: 1024"]
-        path = os.path.join(self.dir, fname)
-        with open(path + ".tmp", "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.rename(path + ".tmp", path)
+        path = ll.write_file(os.path.join(self.dir, fname),
+                             "\n".join(lines) + "\n")
         if fname == "nodepool.yaml":
             self.config = path
         return path
@@ -119,38 +110,14 @@ class E2E(bl.BuilderScenario):
                           interval_ms=500)
 
     def start_launcher(self, config=None):
-        log = open(os.path.join(self.dir, "launcher-%d.log"
-                                % len(self.procs)), "w")
-        e = dict(os.environ)
-        for k in ("STATSD_HOST", "STATSD_PORT", "STATSD_PREFIX"):
-            e.pop(k, None)
-        p = subprocess.Popen([ll.LAUNCHER, "-d", "--no-webapp", "-c",
-                              config or self.config], stdout=log,
-                             stderr=subprocess.STDOUT, env=e)
-        p.logfile = log.name
-        self.procs.append(p)
-        return p
+        return self.spawn("launcher", [ll.LAUNCHER, "-d", "--no-webapp",
+                                       "-c", config or self.config])
 
     # ---- records ----
 
     def uploads(self, image, bid, provider=PROVIDER):
         """{upload id: record} of build BID of IMAGE to PROVIDER."""
-        base = "/nodepool/images/%s/builds/%s/providers/%s/images" % (
-            image, bid, provider)
-        out = {}
-        try:
-            ids = self.kz.get_children(base)
-        except Exception:
-            return out
-        for u in ids:
-            if u == "lock":
-                continue
-            try:
-                data, _ = self.kz.get("%s/%s" % (base, u))
-                out[u] = json.loads(data.decode("utf8"))
-            except Exception:
-                pass
-        return out
+        return super().uploads(image, bid, provider)
 
     def uploads_in(self, image, bid, state, provider=PROVIDER):
         return {k: v for k, v in self.uploads(image, bid, provider).items()

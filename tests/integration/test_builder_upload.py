@@ -36,15 +36,8 @@ class UploadScenario(bl.BuilderScenario):
         """PROVIDERS: dicts with name, images ([names] or {name: {keys}}),
         keys (provider keys), fake (fake: options). IMAGES: {name: {keys}}
         of diskimages (default: img). DIB: images built by fake-dib-cmd."""
-        host, port = self.zk.hosts.split(":")
-        lines = ["zookeeper-servers:", "  - host: %s" % host,
-                 "    port: %s" % port, "    chroot: %s" % self.chroot,
-                 "zookeeper-tls:", "  ca: %s" % self.zk.ca,
-                 "  cert: %s" % self.zk.cert, "  key: %s" % self.zk.key,
-                 "images-dir: %s" % self.images_dir,
-                 "build-log-dir: %s" % self.log_dir,
-                 "elements-dir: %s" % self.elements_dir,
-                 "labels:", "  - name: small", "diskimages:"]
+        lines = self.config_head() + ["labels:", "  - name: small",
+                                      "diskimages:"]
         for name, keys in (images or {"img": {}}).items():
             lines.append("  - name: %s" % name)
             if dib:
@@ -68,12 +61,9 @@ class UploadScenario(bl.BuilderScenario):
                 lines.append("      - name: %s" % name)
                 for k, v in keys.items():
                     lines.append("        %s: %s" % (k, json.dumps(v)))
-        path = os.path.join(self.dir, "nodepool.yaml")
-        with open(path + ".tmp", "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.rename(path + ".tmp", path)
-        self.config = path
-        return path
+        self.config = ll.write_file(os.path.join(self.dir, "nodepool.yaml"),
+                                    "\n".join(lines) + "\n")
+        return self.config
 
     def kick(self):
         """A new mtime: the builder reloads within a second and wakes its
@@ -104,24 +94,6 @@ class UploadScenario(bl.BuilderScenario):
                        json.dumps(rec).encode(), makepath=True)
         return bid
 
-    def uploads(self, image, bid, provider):
-        """{upload id: record}."""
-        base = ("/nodepool/images/%s/builds/%s/providers/%s/images"
-                % (image, bid, provider))
-        out = {}
-        try:
-            ids = self.kz.get_children(base)
-        except Exception:
-            return out
-        for i in ids:
-            if i == "lock":
-                continue
-            try:
-                data, _ = self.kz.get(base + "/" + i)
-                out[i] = json.loads(data.decode())
-            except Exception:
-                pass
-        return out
 
     def wait_upload(self, image, bid, provider, state="ready",
                     timeout=60):
