@@ -546,6 +546,7 @@ void daemon_block_signals(void)
 	daemon_sigset(&set);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	log_flush_on_crash();
 }
 
 static void on_signalfd(evloop *loop, int fd, int events, void *arg)

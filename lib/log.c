@@ -6,12 +6,14 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 struct logger_rule {
 	char prefix[128];
@@ -176,6 +178,51 @@ void log_flush_held(void)
 		return;
 	write_lines(held.buf, held.len);
 	held.len = 0;
+}
+
+/* ---- a crash ----
+ *
+ * The lines a loop turn held are the ones that tell why the process
+ * died in it. On a fatal signal they go out with one write(2) (safe in a
+ * signal handler; the stream's lock and stdio are not), then the handler
+ * that was there before ours (the default, or a sanitizer's with its
+ * report) gets the signal: a fault returns to the faulting instruction,
+ * which faults again; a signal sent by kill() or raise() is raised
+ * again. */
+
+static const int crash_signals[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT };
+static struct sigaction crash_old[sizeof(crash_signals) / sizeof(int)];
+
+static void on_crash(int signo, siginfo_t *si, void *uc)
+{
+	int fd = fileno(log_stream ? log_stream : stderr);
+	size_t off = 0;
+
+	while (fd >= 0 && off < held.len) {
+		ssize_t n = write(fd, held.buf + off, held.len - off);
+
+		if (n <= 0)
+			break;
+		off += (size_t)n;
+	}
+	held.len = 0;
+	for (size_t i = 0; i < sizeof(crash_signals) / sizeof(int); i++)
+		if (crash_signals[i] == signo)
+			sigaction(signo, &crash_old[i], NULL);
+	if (si->si_code <= 0)
+		raise(signo);
+}
+
+void log_flush_on_crash(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_crash;
+	sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+	sigemptyset(&sa.sa_mask);
+	for (size_t i = 0; i < sizeof(crash_signals) / sizeof(int); i++)
+		sigaction(crash_signals[i], &sa, &crash_old[i]);
 }
 
 void log_unhold(void)

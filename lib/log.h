@@ -37,10 +37,15 @@ void log_msg(enum log_level level, const char *logger, const char *fmt, ...)
  * log_unhold() (they nest) are kept and written at once by the
  * outermost release, or earlier by log_flush_held(). The event loop holds
  * them for a turn (one write instead of one per line) and flushes before
- * it waits; a crash loses what the turn held. */
+ * it waits; log_flush_on_crash() saves them from a crash. */
 void log_hold(void);
 void log_unhold(void);
 void log_flush_held(void);
+/* On SIGSEGV, SIGBUS, SIGFPE, SIGILL and SIGABRT, write the crashing
+ * thread's held lines first, then let the handler there before (the
+ * default, a sanitizer's) have the signal. The daemons call it at start
+ * (daemon_block_signals). */
+void log_flush_on_crash(void);
 
 /* Upstream's annotated loggers write "[e: <event id>] " only when there
  * is an event id (Zuul before 2020 sent none): LOG_EVENT_FMT in a format,

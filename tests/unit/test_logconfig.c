@@ -5,9 +5,12 @@
  * levels (the most specific dotted logger wins, also below the root). */
 #include "testlib.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "logconfig.h"
@@ -344,6 +347,53 @@ TEST(lines_and_held_lines)
 	log_set_stream(stderr);
 	fclose(f);
 	free(buf);
+}
+
+/* A crash in the middle of a turn: the held lines reach the log before
+ * the process dies of the signal (or of the sanitizer's report), for a
+ * signal raised and for abort(). */
+static void crash_child(const char *path, int how)
+{
+	FILE *f = fopen(path, "w");
+
+	if (!f)
+		_exit(3);
+	log_set_stream(f);
+	log_flush_on_crash();
+	log_info("np.t", "written before");
+	log_hold();
+	log_info("np.t", "held when it crashed");
+	if (how == SIGABRT)
+		abort();
+	raise(how);
+	_exit(0);
+}
+
+TEST(held_lines_survive_a_crash)
+{
+	int signals[] = { SIGSEGV, SIGABRT };
+
+	for (size_t i = 0; i < 2; i++) {
+		char path[] = "/tmp/np-test-crash.XXXXXX";
+		int fd = mkstemp(path), status = 0;
+		char *text;
+		pid_t pid;
+
+		REQUIRE(fd >= 0);
+		close(fd);
+		pid = fork();
+		REQUIRE(pid >= 0);
+		if (pid == 0)
+			crash_child(path, signals[i]);
+		REQUIRE(waitpid(pid, &status, 0) == pid);
+		CHECK(WIFSIGNALED(status) ? WTERMSIG(status) == signals[i] :
+		      WEXITSTATUS(status) != 0 && WEXITSTATUS(status) != 3);
+		text = slurp(path);
+		CHECK(text && strstr(text, "written before") &&
+		      strstr(text, "held when it crashed"));
+		free(text);
+		unlink(path);
+	}
 }
 
 RUN_TESTS()
