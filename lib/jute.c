@@ -195,9 +195,18 @@ void jute_write_path_watch(sbuf *b, const char *chroot, const char *path, bool w
 	jw_bool(b, watch);
 }
 
+/* Room for a record carrying DATA, so that the packet grows once. */
+static void reserve_for(sbuf *b, const char *chroot, const char *path,
+			int32_t len)
+{
+	sbuf_reserve(b, 64 + (chroot ? strlen(chroot) : 0) + strlen(path) +
+			(len > 0 ? (size_t)len : 0));
+}
+
 void jute_write_create(sbuf *b, const char *chroot, const char *path,
 		       const char *data, int32_t len, int32_t flags)
 {
+	reserve_for(b, chroot, path, data ? len : 0);
 	jw_path(b, chroot, path);
 	jw_buffer(b, data ? data : "", data ? len : 0);
 	jw_open_acl(b);
@@ -213,6 +222,7 @@ void jute_write_delete(sbuf *b, const char *chroot, const char *path, int32_t ve
 void jute_write_set_data(sbuf *b, const char *chroot, const char *path,
 			 const char *data, int32_t len, int32_t version)
 {
+	reserve_for(b, chroot, path, data ? len : 0);
 	jw_path(b, chroot, path);
 	jw_buffer(b, data ? data : "", data ? len : 0);
 	jw_int(b, version);

@@ -329,10 +329,9 @@ static void own_set_done(zk *z, int rc, const zk_stat *st, void *arg)
 	/* The writer first, the cache after it, as when the cache read. */
 	if (o->cb)
 		o->cb(z, rc, st, o->arg);
-	zkc_write_done(launcher_cache_of(o->l, o->path), o->path, rc, o->data,
-		       o->len, st);
+	zkc_write_done_owned(launcher_cache_of(o->l, o->path), o->path, rc,
+			     o->data, o->len, st);
 	free(o->path);
-	free(o->data);
 	free(o);
 }
 

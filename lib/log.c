@@ -260,10 +260,12 @@ void log_msg(enum log_level level, const char *logger, const char *fmt, ...)
 		return;
 	va_start(ap, fmt);
 	sbuf_init(&msg);
+	sbuf_reserve(&msg, 240); /* most lines: no reallocation */
 	sbuf_vaddf(&msg, fmt, ap);
 	va_end(ap);
 
 	sbuf_init(&pre);
+	sbuf_reserve(&pre, 120);
 	add_time(&pre);
 	sbuf_adds(&pre, level_name(level));
 	sbuf_addc(&pre, ' ');
@@ -273,6 +275,7 @@ void log_msg(enum log_level level, const char *logger, const char *fmt, ...)
 	 * first indented by two spaces; empty lines are dropped, and no line
 	 * at all is the bare prefix. */
 	sbuf_init(&out);
+	sbuf_reserve(&out, pre.len + msg.len + 2);
 	for (line = msg.buf ? msg.buf : ""; *line; line = nl + 1) {
 		nl = strchr(line, '\n');
 		if (!nl)

@@ -1341,7 +1341,7 @@ static char *rec_encode_direct(const struct field *tab, const void *rec,
 	sbuf sb;
 
 	sbuf_init(&sb);
-	sbuf_reserve(&sb, 1024);
+	sbuf_reserve(&sb, 2048); /* a node's JSON: no reallocation */
 	sbuf_addc(&sb, '{');
 	for (const struct field *f = tab; f->key; f++)
 		if (!f->pool_only || is_pool)

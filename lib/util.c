@@ -126,9 +126,19 @@ static bool add_plain_s(sbuf *sb, const char *fmt, va_list ap)
 	const char *p;
 	va_list ap2;
 
+	size_t need = strlen(fmt);
+
 	for (p = strchr(fmt, '%'); p; p = strchr(p + 2, '%'))
 		if (p[1] != 's')
 			return false;
+	va_copy(ap2, ap);
+	for (p = strchr(fmt, '%'); p; p = strchr(p + 2, '%')) {
+		const char *arg = va_arg(ap2, const char *);
+
+		need += arg ? strlen(arg) : 6;
+	}
+	va_end(ap2);
+	sbuf_reserve(sb, need);
 	va_copy(ap2, ap);
 	for (p = fmt; *p;) {
 		const char *q = strchr(p, '%');

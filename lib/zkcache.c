@@ -1436,44 +1436,62 @@ void zkc_write_begin(zkc *c, const char *path)
 	(*pp)->pending++;
 }
 
-void zkc_write_done(zkc *c, const char *path, int rc, const char *data,
-		    int len, const zk_stat *st)
+/* zkc_write_done(); OWNED: DATA is a NUL-terminated copy of ours to
+ * keep or free. */
+static void write_done(zkc *c, const char *path, int rc, const char *data,
+		       int len, const zk_stat *st, char *owned)
 {
 	const char *rel = own_rel(c, path);
 	struct own **pp = rel ? own_slot(c, rel) : NULL;
 	struct own *o = pp ? *pp : NULL;
-	struct item *it;
+	struct item *it = NULL;
 
-	if (!o)
-		return;
-	if (--o->pending > 0)
-		return; /* the last reply tells the newest state */
+	if (!o || --o->pending > 0) /* the last reply tells the newest state */
+		goto out;
 	*pp = o->next;
 	it = o->hold;
 	free(o);
 	if (!it)
-		return;
+		goto out;
 	c->nholds--;
-	if (rc == ZOK) {
-		it->held = false;
-		/* Our data, or (DATA NULL) the record went with the write. */
-		it->rc = data && st ? ZOK : ZNONODE;
-		if (it->rc == ZOK) {
-			char *copy = xmalloc((size_t)(len > 0 ? len : 0) + 1);
-
-			memcpy(copy, data, (size_t)(len > 0 ? len : 0));
-			copy[len > 0 ? len : 0] = '\0';
-			it->data = copy;
-			it->len = len;
-			it->data_owned = true;
-			it->st = *st;
-		}
-		it->done = true;
-		drain(c);
-		return;
+	if (rc != ZOK) {
+		/* Failed: read it after all, in the event's place. */
+		hold_read(c, it);
+		goto out;
 	}
-	/* Failed: read it after all, in the event's place. */
-	hold_read(c, it);
+	it->held = false;
+	/* Our data, or (DATA NULL) the record went with the write. */
+	it->rc = data && st ? ZOK : ZNONODE;
+	if (it->rc == ZOK) {
+		size_t n = len > 0 ? (size_t)len : 0;
+
+		if (!owned) {
+			owned = xmalloc(n + 1);
+			memcpy(owned, data, n);
+			owned[n] = '\0';
+		}
+		it->data = owned;
+		owned = NULL;
+		it->len = len;
+		it->data_owned = true;
+		it->st = *st;
+	}
+	it->done = true;
+	drain(c);
+out:
+	free(owned);
+}
+
+void zkc_write_done(zkc *c, const char *path, int rc, const char *data,
+		    int len, const zk_stat *st)
+{
+	write_done(c, path, rc, data, len, st, NULL);
+}
+
+void zkc_write_done_owned(zkc *c, const char *path, int rc, char *data,
+			  int len, const zk_stat *st)
+{
+	write_done(c, path, rc, data, len, st, data);
 }
 
 static void hold_read(zkc *c, struct item *it)

@@ -141,6 +141,10 @@ void zkc_ids(const zkc *c, enum zkc_what what, strlist *out);
 void zkc_write_begin(zkc *c, const char *path);
 void zkc_write_done(zkc *c, const char *path, int rc, const char *data,
 		    int len, const zk_stat *st);
+/* The same with DATA (NUL-terminated, or NULL) handed over: the cache
+ * keeps it or frees it, instead of copying. */
+void zkc_write_done_owned(zkc *c, const char *path, int rc, char *data,
+			  int len, const zk_stat *st);
 
 /* ---- nodes ---- */
 const np_node *zkc_node(const zkc *c, const char *id);
