@@ -17,13 +17,10 @@
 
 static np_config *load(const char *text)
 {
-	char *path = xasprintf("%s/cleanup.yaml", test_tmpdir());
-	FILE *f = fopen(path, "w");
+	char *path = test_tmpfile("cleanup.yaml", text);
 	char *err = NULL;
 	np_config *c;
 
-	fputs(text, f);
-	fclose(f);
 	c = config_load(path, NULL, &err);
 	if (!c)
 		fprintf(stderr, "config: %s\n", err);

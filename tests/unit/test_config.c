@@ -10,19 +10,10 @@
 
 #define FIX "tests/fixtures/config/"
 
-static char *write_tmp(const char *name, const char *text)
-{
-	char *path = xasprintf("%s/%s", test_tmpdir(), name);
-	FILE *f = fopen(path, "w");
-	fputs(text, f);
-	fclose(f);
-	return path;
-}
-
 /* Loads TEXT, expects failure, returns the error (caller frees). */
 static char *load_err(const char *text)
 {
-	char *path = write_tmp("bad.yaml", text);
+	char *path = test_tmpfile("bad.yaml", text);
 	char *err = NULL;
 	np_config *c = config_load(path, NULL, &err);
 	config_free(c);
@@ -121,7 +112,7 @@ TEST(openstack_provider)
  * qcow2), and that format is added to its diskimages' formats. */
 TEST(openstack_image_type_from_clouds_yaml)
 {
-	char *clouds = write_tmp("clouds.yaml",
+	char *clouds = test_tmpfile("clouds.yaml",
 	    "clouds:\n"
 	    "  rawcloud: {auth: {auth_url: 'http://x/v3'}, image_format: raw}\n"
 	    "  dashed: {image-format: vhd}\n"
@@ -139,7 +130,7 @@ TEST(openstack_image_type_from_clouds_yaml)
 	    "  - {name: p-vhd, cloud: dashed, diskimages: [{name: img2}]}\n"
 	    "  - {name: p-plain, cloud: plain, diskimages: [{name: img3}]}\n"
 	    "  - {name: p-none, cloud: missing, diskimages: [{name: img4}]}\n");
-	char *path = write_tmp("it.yaml", text);
+	char *path = test_tmpfile("it.yaml", text);
 	char *old = getenv("OS_CLIENT_CONFIG_FILE") ?
 	    xstrdup(getenv("OS_CLIENT_CONFIG_FILE")) : NULL;
 	char *err = NULL;
@@ -222,13 +213,13 @@ TEST(secure_file_merges)
 	CHECK_STR(json_string_value(json_object_get(d->env_vars, "A")), "1");
 	config_free(c);
 
-	char *empty = write_tmp("empty.yaml", "");
+	char *empty = test_tmpfile("empty.yaml", "");
 	c = config_load(FIX "valid/full.yaml", empty, NULL);
 	CHECK(c != NULL);
 	config_free(c);
 	free(empty);
 
-	char *unk = write_tmp("unk.yaml", "diskimages:\n  - name: nope\n"
+	char *unk = test_tmpfile("unk.yaml", "diskimages:\n  - name: nope\n"
 	    "    env-vars: {A: b}\n");
 	c = config_load(FIX "valid/full.yaml", unk, &err);
 	CHECK(c == NULL);
@@ -245,7 +236,7 @@ TEST(environment_substitution)
 	    "%(OTHER_TEST_HOST) %(NODEPOOL_UNSET_X) %(");
 	CHECK_STR(s, "a zk.sub %(OTHER_TEST_HOST) %(NODEPOOL_UNSET_X) %(");
 	free(s);
-	char *path = write_tmp("env.yaml", "zookeeper-servers:\n"
+	char *path = test_tmpfile("env.yaml", "zookeeper-servers:\n"
 	    "  - host: %(NODEPOOL_TEST_HOST)\n");
 	np_config *c = config_load(path, NULL, NULL);
 	REQUIRE(c);
@@ -312,7 +303,7 @@ TEST(structural_errors_name_the_place)
 
 TEST(fake_name_forces_fake_driver)
 {
-	char *path = write_tmp("fake.yaml", "providers:\n  - name: fake-p\n"
+	char *path = test_tmpfile("fake.yaml", "providers:\n  - name: fake-p\n"
 	    "    driver: static\n    cloud: c\n");
 	np_config *c = config_load(path, NULL, NULL);
 	REQUIRE(c);

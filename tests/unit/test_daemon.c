@@ -46,16 +46,6 @@ static char *read_text(const char *path)
 	return sbuf_detach(&sb);
 }
 
-static void write_text(const char *path, const char *text)
-{
-	FILE *f = fopen(path, "w");
-
-	if (f) {
-		fputs(text, f);
-		fclose(f);
-	}
-}
-
 static bool has_text(const char *hay, const char *needle)
 {
 	return hay && strstr(hay, needle) != NULL;
@@ -200,19 +190,19 @@ TEST(stale_pidfiles_are_broken)
 		_exit(0);
 	REQUIRE(waitpid(dead, NULL, 0) == dead);
 	snprintf(buf, sizeof(buf), "%ld\n", (long)dead);
-	write_text(path, buf);
+	test_write(path, buf);
 	CHECK(daemon_pidfile_open(path, &err) == 0);
 	CHECK_INT(pid_in(path), getpid());
 	daemon_pidfile_remove();
 
 	/* Our own pid, left by an earlier life (a restarted container). */
 	snprintf(buf, sizeof(buf), "  %ld  \n", (long)getpid());
-	write_text(path, buf);
+	test_write(path, buf);
 	CHECK(daemon_pidfile_open_timeout(path, 200, &err) == 0);
 	daemon_pidfile_remove();
 
 	/* No pid at all, and old: broken once the wait is over. */
-	write_text(path, "");
+	test_write(path, "");
 	old[0].tv_sec = old[1].tv_sec = time(NULL) - 3600;
 	old[0].tv_nsec = old[1].tv_nsec = 0;
 	REQUIRE(utimensat(AT_FDCWD, path, old, 0) == 0);
@@ -498,7 +488,7 @@ TEST(logging_config_file)
 	char *cfg = tmp_path("logging.yaml"), *err = NULL, *text;
 
 	/* -l replaces the defaults: DEBUG although -f says INFO. */
-	write_text(cfg, "version: 1\n"
+	test_write(cfg, "version: 1\n"
 		   "handlers:\n"
 		   "  console:\n"
 		   "    class: logging.StreamHandler\n"

@@ -26,16 +26,6 @@ static const struct np_driver *D = &np_driver_fake;
 
 /* ---- config ---- */
 
-static char *write_file(const char *name, const char *text)
-{
-	char *path = xasprintf("%s/%s", test_tmpdir(), name);
-	FILE *f = fopen(path, "w");
-
-	fputs(text, f);
-	fclose(f);
-	return path;
-}
-
 /* A fake provider with FAKE_OPTS as its `fake:` mapping (flow style, or
  * "{}"). Labels: small (min-ram + flavor-name substring), byid (flavor by
  * id), big (no flavor that large), bfv (boot-from-volume), v6 and noip
@@ -81,7 +71,7 @@ static np_config *load_fake(const char *fake_opts)
 	    "          - {name: dib, diskimage: fake-dib, min-ram: 1}\n"
 	    "          - {name: extra, cloud-image: extra-image, min-ram: 1}\n",
 	    fake_opts);
-	char *path = write_file(name, text);
+	char *path = test_tmpfile(name, text);
 	char *err = NULL;
 	np_config *c = config_load(path, NULL, &err);
 
@@ -336,7 +326,7 @@ static char *fake_load_error(const char *opts)
 {
 	char *text = xasprintf("labels: []\nproviders:\n  - name: fake-x\n"
 	    "    cloud: fake\n    fake: %s\n", opts);
-	char *path = write_file("bad.yaml", text);
+	char *path = test_tmpfile("bad.yaml", text);
 	char *err = NULL;
 	np_config *c = config_load(path, NULL, &err);
 
@@ -367,7 +357,7 @@ TEST(config_fake_option_errors)
 
 static int validate_text(const char *text, strlist *errors)
 {
-	char *path = write_file("validate.yaml", text);
+	char *path = test_tmpfile("validate.yaml", text);
 	int rc = config_validate(path, errors);
 
 	free(path);

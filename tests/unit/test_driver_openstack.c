@@ -311,16 +311,6 @@ out:
 static th_server httpd;
 static evloop *loop;
 
-static void write_file(const char *path, const char *text)
-{
-	FILE *f = fopen(path, "w");
-
-	if (f) {
-		fputs(text, f);
-		fclose(f);
-	}
-}
-
 static void setup(void)
 {
 	char path[512], *yaml;
@@ -351,12 +341,12 @@ static void setup(void)
 	    "  broken:\n"
 	    "    auth:\n"
 	    "      auth_url: %s\n", httpd.base, httpd.base, httpd.base);
-	write_file(path, yaml);
+	test_write(path, yaml);
 	free(yaml);
 	setenv("OS_CLIENT_CONFIG_FILE", path, 1);
 	/* The password lives in secure.yaml. */
 	snprintf(path, sizeof(path), "%s/secure.yaml", test_tmpdir());
-	write_file(path, "clouds:\n  recorded:\n    auth:\n      password: secret\n");
+	test_write(path, "clouds:\n  recorded:\n    auth:\n      password: secret\n");
 	setenv("OS_CLIENT_SECURE_FILE", path, 1);
 }
 
@@ -403,7 +393,7 @@ static np_config *load_config(const char *extra_provider, const char *pool_extra
 	    "            cloud-image: missing\n"
 	    "            flavor-name: nosuch\n",
 	    extra_provider ? extra_provider : "", pool_extra ? pool_extra : "");
-	write_file(path, yaml);
+	test_write(path, yaml);
 	free(yaml);
 	c = config_load(path, NULL, &err);
 	if (!c)
@@ -939,7 +929,7 @@ TEST(timeouts_and_unreachable)
 		yaml = xstrdup("clouds:\n  recorded:\n    auth:\n"
 		    "      auth_url: http://127.0.0.1:1/v3\n"
 		    "      username: u\n      password: p\n");
-		write_file(path, yaml);
+		test_write(path, yaml);
 		free(yaml);
 	}
 	c = load_config(NULL, NULL);
@@ -977,7 +967,7 @@ TEST(glance_upload_list_delete)
 	REQUIRE(m);
 	memset(&o, 0, sizeof(o));
 	snprintf(path, sizeof(path), "%s/img.qcow2", test_tmpdir());
-	write_file(path, "world");
+	test_write(path, "world");
 	drv->upload_image(m, &(np_upload_args){ .name = "img-123",
 	    .filename = path, .format = "qcow2", .metadata = meta },
 	    on_upload, &o);
@@ -987,7 +977,7 @@ TEST(glance_upload_list_delete)
 	CHECK_INT(o.status, NP_DRV_ERROR);
 	CHECK(o.error && strstr(o.error, "checksum"));
 	outcome_clear(&o);
-	write_file(path, "hello");
+	test_write(path, "hello");
 	drv->upload_image(m, &(np_upload_args){ .name = "img-123",
 	    .filename = path, .format = "raw", .metadata = meta,
 	    .md5 = "5d41402abc4b2a76b9719d911017c592", .sha256 = "2cf24dba"

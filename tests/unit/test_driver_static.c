@@ -30,19 +30,9 @@ struct env {
 	np_host host;
 };
 
-static char *write_file(const char *name, const char *text)
-{
-	char *path = xasprintf("%s/%s", test_tmpdir(), name);
-	FILE *f = fopen(path, "w");
-
-	fputs(text, f);
-	fclose(f);
-	return path;
-}
-
 static np_config *load(const char *yaml)
 {
-	char *path = write_file("static.yaml", yaml);
+	char *path = test_tmpfile("static.yaml", yaml);
 	char *err = NULL;
 	np_config *c = config_load(path, NULL, &err);
 
@@ -77,13 +67,7 @@ static bool env_start(struct env *e, const char *yaml)
 		return false;
 	}
 	e->loop = evloop_new();
-	snprintf(e->chroot, sizeof(e->chroot), "%s", test_chroot());
-	zk *root = test_zk_connect(e->loop, NULL, NULL, NULL);
-	if (!root)
-		return false;
-	CHECK_INT(zk_ensure_path(root, e->chroot), ZOK);
-	zk_close(root);
-	if (!(e->z = test_zk_connect(e->loop, NULL, e->chroot, NULL)))
+	if (!(e->z = test_zk_chroot_client(e->loop, e->chroot)))
 		return false;
 	if (!(e->cfg = load(yaml)))
 		return false;
@@ -110,13 +94,8 @@ static void env_stop(struct env *e)
 		zk_delete_recursive(e->z, "/nodepool");
 		zk_close(e->z);
 	}
-	if (e->loop && e->chroot[0]) {
-		zk *root = test_zk_connect(e->loop, NULL, NULL, NULL);
-		if (root) {
-			zk_delete_recursive(root, e->chroot);
-			zk_close(root);
-		}
-	}
+	if (e->loop && e->chroot[0])
+		test_zk_chroot_remove(e->loop, e->chroot);
 	if (e->loop)
 		evloop_free(e->loop);
 }

@@ -72,18 +72,6 @@ static const char *base_config =
 	"    diskimages:\n"
 	"      - name: other\n";
 
-static void write_file(const char *path, const char *text)
-{
-	FILE *f = fopen(path, "w");
-
-	if (!f) {
-		testlib_fail(__FILE__, __LINE__, "cannot write %s", path);
-		return;
-	}
-	fputs(text, f);
-	fclose(f);
-}
-
 static bool exists(const char *path)
 {
 	struct stat st;
@@ -295,7 +283,7 @@ static void cloud_image(struct fx *f, const char *provider,
 			 "\"nodepool_build_id\": \"%s\", "
 			 "\"nodepool_upload_id\": \"%s\"}}", id, upload_id,
 			 provider, build_id, upload_id);
-	write_file(path, text);
+	test_write(path, text);
 	free(text);
 	free(path);
 }
@@ -585,7 +573,7 @@ static void touch(struct fx *f, const char *name)
 {
 	char *path = xasprintf("%s/%s", f->images, name);
 
-	write_file(path, "x");
+	test_write(path, "x");
 	free(path);
 }
 
@@ -702,7 +690,7 @@ static void leaked_images_body(struct fx *f)
 	text = xasprintf("{\"id\": \"%s\", \"name\": \"plain\", \"status\": "
 			 "\"READY\", \"format\": \"qcow2\", \"metadata\": {}}",
 			 plain);
-	write_file(path, text);
+	test_write(path, text);
 	free(text);
 	free(path);
 	pass(f);

@@ -15,19 +15,6 @@
 #include "log.h"
 #include "logconfig.h"
 
-/* Write TEXT to a file NAME in the test's directory; returns its path. */
-static char *write_conf(const char *name, const char *text)
-{
-	char *path = xasprintf("%s/%s", test_tmpdir(), name);
-	FILE *f = fopen(path, "w");
-
-	if (f) {
-		fputs(text, f);
-		fclose(f);
-	}
-	return path;
-}
-
 static int level_for(const logconfig *lc, const char *name)
 {
 	for (size_t i = 0; i < lc->nloggers; i++)
@@ -57,7 +44,7 @@ static const char *upstream_ini =
 
 TEST(ini_upstream_example)
 {
-	char *path = write_conf("logging.conf", upstream_ini), *err = NULL;
+	char *path = test_tmpfile("logging.conf", upstream_ini), *err = NULL;
 	logconfig lc;
 
 	REQUIRE(logconfig_load(path, &lc, &err) == 0);
@@ -90,7 +77,7 @@ TEST(ini_file_handler_interpolation_and_extras)
 		"    'a')\n"
 		"[handler_console]\nclass = StreamHandler\nargs = ()\n"
 		"[formatter_brief]\nformat = %%(message)s\n";
-	char *path = write_conf("file.ini", text), *err = NULL;
+	char *path = test_tmpfile("file.ini", text), *err = NULL;
 	logconfig lc;
 
 	if (logconfig_load(path, &lc, &err) < 0) {
@@ -138,7 +125,7 @@ static const char *dict_yaml =
 
 TEST(dict_yaml_upstream_default)
 {
-	char *path = write_conf("logging.yaml", dict_yaml), *err = NULL;
+	char *path = test_tmpfile("logging.yaml", dict_yaml), *err = NULL;
 	logconfig lc;
 
 	REQUIRE(logconfig_load(path, &lc, &err) == 0);
@@ -164,7 +151,7 @@ TEST(dict_json_extras_noted)
 		"  \"smtp\": {\"class\": \"logging.handlers.SMTPHandler\"}},\n"
 		" \"root\": {\"level\": \"ERROR\", \"handlers\": [\"smtp\", "
 		"\"file\"]}}";
-	char *path = write_conf("logging.json", text), *err = NULL;
+	char *path = test_tmpfile("logging.json", text), *err = NULL;
 	logconfig lc;
 
 	REQUIRE(logconfig_load(path, &lc, &err) == 0);
@@ -182,7 +169,7 @@ TEST(dict_json_extras_noted)
 static void check_error(const char *name, const char *text,
 			const char *want)
 {
-	char *path = write_conf(name, text), *err = NULL;
+	char *path = test_tmpfile(name, text), *err = NULL;
 	logconfig lc;
 
 	CHECK(logconfig_load(path, &lc, &err) < 0);
@@ -250,7 +237,7 @@ TEST(applied_to_the_log)
 		"[logger_zk]\nlevel=ERROR\nhandlers=file\nqualname=nodepool.zk\n"
 		"[handler_file]\nclass=FileHandler\nlevel=INFO\n"
 		"args=('%s',)\n[handler_unused]\nclass=StreamHandler\n", log);
-	char *path = write_conf("apply.ini", text), *got;
+	char *path = test_tmpfile("apply.ini", text), *got;
 
 	log_set_logger_level("nodepool.builder", LOG_CRITICAL); /* replaced */
 	REQUIRE(logconfig_setup(path, &err) == 0);

@@ -19,7 +19,6 @@
 
 struct fx {
 	evloop *loop;
-	zk *root; /* no chroot: creates and removes ours */
 	zk *z;    /* inside the chroot, as the CLI would be */
 	char chroot[64];
 };
@@ -31,12 +30,8 @@ static bool fx_open(struct fx *f)
 		testlib_skip("NP_TEST_ZK not set");
 		return false;
 	}
-	snprintf(f->chroot, sizeof(f->chroot), "%s", test_chroot());
 	f->loop = evloop_new();
-	f->root = test_zk_connect(f->loop, NULL, NULL, NULL);
-	if (!f->root || zk_ensure_path(f->root, f->chroot) != ZOK)
-		return false;
-	f->z = test_zk_connect(f->loop, NULL, f->chroot, NULL);
+	f->z = test_zk_chroot_client(f->loop, f->chroot);
 	return f->z != NULL;
 }
 
@@ -44,12 +39,11 @@ static void fx_close(struct fx *f)
 {
 	if (f->z)
 		zk_close(f->z);
-	if (f->root) {
-		zk_delete_recursive(f->root, f->chroot);
-		zk_close(f->root);
-	}
-	if (f->loop)
+	if (f->loop) {
+		if (f->chroot[0])
+			test_zk_chroot_remove(f->loop, f->chroot);
 		evloop_free(f->loop);
+	}
 }
 
 /* Create PATH with DATA and any missing parents. */

@@ -48,24 +48,14 @@ struct env {
  * server. */
 static bool env_open(struct env *e)
 {
-	zk *root;
-
 	memset(e, 0, sizeof(*e));
 	if (!test_zk_hosts()) {
 		testlib_skip("no ZooKeeper (NP_TEST_ZK unset)");
 		return false;
 	}
-	snprintf(e->chroot, sizeof(e->chroot), "%s", test_chroot());
-	snprintf(e->hosts, sizeof(e->hosts), "%s%s", test_zk_hosts(), e->chroot);
 	e->loop = evloop_new();
-	root = test_zk_connect(e->loop, NULL, NULL, NULL);
-	if (!root) {
-		evloop_free(e->loop);
-		return false;
-	}
-	CHECK_INT(zk_ensure_path(root, e->chroot), ZOK);
-	zk_close(root);
-	e->z = test_zk_connect(e->loop, e->hosts, NULL, NULL);
+	e->z = test_zk_chroot_client(e->loop, e->chroot);
+	snprintf(e->hosts, sizeof(e->hosts), "%s%s", test_zk_hosts(), e->chroot);
 	if (!e->z) {
 		evloop_free(e->loop);
 		return false;
@@ -75,14 +65,8 @@ static bool env_open(struct env *e)
 
 static void env_close(struct env *e)
 {
-	zk *root;
-
 	zk_close(e->z);
-	root = test_zk_connect(e->loop, NULL, NULL, NULL);
-	if (root) {
-		CHECK_INT(zk_delete_recursive(root, e->chroot), ZOK);
-		zk_close(root);
-	}
+	test_zk_chroot_remove(e->loop, e->chroot);
 	evloop_free(e->loop);
 }
 

@@ -81,6 +81,60 @@ zk *testlib_zk_connect(const char *file, int line, evloop *loop,
 	return z;
 }
 
+zk *testlib_zk_chroot_client(const char *file, int line, evloop *loop,
+			     char chroot[64])
+{
+	zk *root = testlib_zk_connect(file, line, loop, NULL, NULL, NULL);
+	int rc;
+
+	snprintf(chroot, 64, "%s", test_chroot());
+	if (!root)
+		return NULL;
+	rc = zk_ensure_path(root, chroot);
+	zk_close(root);
+	if (rc != ZOK) {
+		testlib_fail(file, line, "cannot create %s: %s", chroot,
+			     zk_strerror(rc));
+		return NULL;
+	}
+	return testlib_zk_connect(file, line, loop, NULL, chroot, NULL);
+}
+
+void test_zk_chroot_remove(evloop *loop, const char *chroot)
+{
+	zk *root = test_zk_connect(loop, NULL, NULL, NULL);
+	int rc;
+
+	if (!root)
+		return;
+	rc = zk_delete_recursive(root, chroot);
+	if (rc != ZOK)
+		testlib_fail(__FILE__, __LINE__, "cannot remove %s: %s", chroot,
+			     zk_strerror(rc));
+	zk_close(root);
+}
+
+void test_write(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	bool ok = f != NULL;
+
+	if (f) {
+		ok = fputs(text, f) >= 0;
+		ok = fclose(f) == 0 && ok;
+	}
+	if (!ok)
+		testlib_fail(__FILE__, __LINE__, "cannot write %s", path);
+}
+
+char *test_tmpfile(const char *name, const char *text)
+{
+	char *path = xasprintf("%s/%s", test_tmpdir(), name);
+
+	test_write(path, text);
+	return path;
+}
+
 const char *test_chroot(void)
 {
 	static char buf[64];

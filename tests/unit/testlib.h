@@ -37,10 +37,23 @@ const char *test_zk_key(void);
 zk *testlib_zk_connect(const char *file, int line, evloop *loop,
 		       const char *hosts, const char *chroot,
 		       const zk_options *opts);
+/* A fresh chroot (test_chroot(), its path into CHROOT) made on the test
+ * server, and a client in it on LOOP; NULL, and the test failed at the
+ * caller's line, when either cannot be made. */
+#define test_zk_chroot_client(loop, chroot) \
+	testlib_zk_chroot_client(__FILE__, __LINE__, loop, chroot)
+zk *testlib_zk_chroot_client(const char *file, int line, evloop *loop,
+			     char chroot[64]);
+/* CHROOT and everything below it removed (through a client of its own). */
+void test_zk_chroot_remove(evloop *loop, const char *chroot);
 /* A fresh chroot like "/t-<pid>-<n>" so tests never see each other's data. */
 const char *test_chroot(void);
 /* A fresh temporary directory, removed at exit. */
 const char *test_tmpdir(void);
+/* PATH made to hold TEXT (the test fails if it cannot be written). */
+void test_write(const char *path, const char *text);
+/* A file NAME in test_tmpdir() holding TEXT; its path (caller frees). */
+char *test_tmpfile(const char *name, const char *text);
 
 #define TEST(name)                                                        \
 	static void name(void);                                           \
