@@ -19,6 +19,9 @@ import uuid
 from kazoo.client import KazooClient
 from kazoo.recipe.lock import Lock
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from launcherlib import NODE_KEYS  # noqa: E402
+
 PASSED = 0
 FAILED = 0
 
@@ -32,15 +35,8 @@ def check(cond, what):
         print("FAIL: %s" % what, file=sys.stderr)
 
 
-# Upstream's toDict key orders (nodepool/zk/zookeeper.py).
-NODE_KEYS = ["state", "state_time", "cloud", "provider", "pool", "type",
-             "allocated_to", "az", "region", "public_ipv4", "private_ipv4",
-             "public_ipv6", "host_id", "interface_ip", "connection_port",
-             "ssh_port", "image_id", "launcher", "created_time",
-             "external_id", "hostname", "comment", "user_data", "hold_job",
-             "host_keys", "username", "connection_type", "shell_type",
-             "hold_expiration", "resources", "slot", "attributes",
-             "python_path", "tenant_name", "driver_data", "requestor"]
+# Upstream's toDict key orders (nodepool/zk/zookeeper.py); the node's
+# are launcherlib's.
 UPLOAD_KEYS = ["state", "state_time", "external_id", "external_name",
                "format", "username", "python_path", "shell_type"]
 
