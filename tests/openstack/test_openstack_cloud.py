@@ -383,7 +383,10 @@ def _killed_launcher(s, demo, port):
               "kill: the restarted launcher suspected the server on one "
               "pass and deleted it as leaked on the next (%d, %d)"
               % (seen, deleting))
-        check("Deleted leaked instance %s of node %s" % (sid, nid) in log,
+        # Logged once the driver's own listing no longer shows the
+        # server, which may come after the test's listing.
+        check(wait_for(lambda: "Deleted leaked instance %s of node %s"
+                       % (sid, nid) in s.log(p2), BOOT, "deletion logged"),
               "kill: the leaked server's deletion is logged")
     else:
         # The launch ended before the kill: the node names the server
