@@ -24,7 +24,7 @@ import concurrent.futures
 import json
 import os
 import re
-import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -305,6 +305,7 @@ def main():
         s.close()
         zk.stop()
         subprocess.call(["bash", sshd, "stop", sdir])
+        shutil.rmtree(sdir, ignore_errors=True)
     print()
     print_table(results)
 

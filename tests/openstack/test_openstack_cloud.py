@@ -30,6 +30,7 @@
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -709,6 +710,7 @@ def main():
     finally:
         zk.stop()
         subprocess.call(["bash", sshd, "stop", sdir])
+        shutil.rmtree(sdir, ignore_errors=True)
     print("%d passed, %d failed" % (L.PASSED, L.FAILED))
     return 1 if L.FAILED else 0
 
