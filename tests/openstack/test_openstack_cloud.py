@@ -91,13 +91,27 @@ class Cloud:
         except urllib.error.HTTPError as e:
             return e.code, None
 
+    def listing(self, svc, path, key, tries=5):
+        """The list KEY of GET PATH. An error answer is not an empty
+        list (a server "gone" because Nova answered 500 would pass a
+        test that should fail): asked again up to TRIES times, then an
+        exception (wait_cloud goes on polling; elsewhere the test
+        fails)."""
+        for i in range(tries):
+            try:
+                st, d = self.call("GET", svc, path)
+            except OSError as e:  # timeouts, refused connections
+                st, d = str(e), None
+            if st == 200 and d is not None:
+                return d[key]
+            time.sleep(2)
+        raise RuntimeError("GET %s %s: %s" % (svc, path, st))
+
     def servers(self):
-        st, d = self.call("GET", "compute", "/servers/detail")
-        return d["servers"] if st == 200 else []
+        return self.listing("compute", "/servers/detail", "servers")
 
     def fips(self):
-        st, d = self.call("GET", "network", "/floatingips")
-        return d["floatingips"] if st == 200 else []
+        return self.listing("network", "/floatingips", "floatingips")
 
 
 def ours(cloud, provider):
