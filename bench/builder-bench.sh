@@ -38,18 +38,9 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 zk_start "$WORK/zk" || { echo "could not start ZooKeeper"; exit 1; }
-TLS="$WORK/zk/tls"
 mkdir -p "$WORK/elements/fake-base"
 REC="$WORK/dib.rec"
-cat >"$WORK/nodepool.yaml" <<YAML
-zookeeper-servers:
-  - host: 127.0.0.1
-    port: $ZK_TLS_PORT
-    chroot: /bench
-zookeeper-tls:
-  ca: $TLS/ca.pem
-  cert: $TLS/client.pem
-  key: $TLS/client.key
+{ zk_yaml /bench; cat <<YAML; } >"$WORK/nodepool.yaml"
 images-dir: $WORK/images
 build-log-dir: $WORK/logs
 elements-dir: $WORK/elements
