@@ -8,7 +8,8 @@
 #   build*/tests/test_*          C unit and integration tests (testlib)
 #   tests/integration/test_*.sh  shell integration tests
 #   tests/integration/test_*.py  Python tests (kazoo), run with /usr/bin/python3
-# Each prints "N passed, N failed[, N skipped]"; this script prints the sum.
+# Each prints "N passed, N failed[, N skipped]"; this script prints each
+# file's counts and seconds, then the sum and the whole run's seconds.
 #
 # usage: tests/run-all.sh [--quick]   (--quick: normal build only)
 set -uo pipefail
@@ -51,7 +52,7 @@ failed_tests=()
 
 run_one() {
 	local name=$1; shift
-	local out rc line
+	local out rc line start=$SECONDS
 	# A hung test must fail the run, not stall it: 15 minutes each at most.
 	out=$(timeout -k 10 "${NP_TEST_TIMEOUT:-900}" "$@" 2>"$WORK/stderr.log"); rc=$?
 	if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
@@ -65,7 +66,7 @@ run_one() {
 	p=${p:-0}; f=${f:-0}; s=${s:-0}
 	if [ "$rc" != 0 ] && [ "$f" = 0 ]; then f=1; fi
 	total_pass=$((total_pass + p)); total_fail=$((total_fail + f)); total_skip=$((total_skip + s))
-	printf '%-60s %3d passed %3d failed %3d skipped\n' "$name" "$p" "$f" "$s"
+	printf '%-60s %3d passed %3d failed %3d skipped %4d s\n' "$name" "$p" "$f" "$s" $((SECONDS - start))
 	if [ "$f" != 0 ]; then
 		failed_tests+=("$name")
 		sed 's/^/    | /' "$WORK/stderr.log" | tail -60
@@ -97,5 +98,5 @@ echo
 if [ ${#failed_tests[@]} -gt 0 ]; then
 	echo "failed: ${failed_tests[*]}"
 fi
-echo "total: $total_pass passed, $total_fail failed, $total_skip skipped"
+echo "total: $total_pass passed, $total_fail failed, $total_skip skipped in $SECONDS s"
 [ "$total_fail" = 0 ]
