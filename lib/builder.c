@@ -257,20 +257,6 @@ static void mgr_retire(void *ctx, void *mgr)
 	mgr_unref(b, pm);
 }
 
-/* np_provider_table.next */
-static void *mgr_next(void *ctx, void *mgr, const char **name,
-		      const char **fingerprint)
-{
-	np_builder *b = ctx;
-	bmgr *pm = mgr ? ((bmgr *)mgr)->next : b->mgrs;
-
-	if (pm) {
-		*name = pm->name;
-		*fingerprint = pm->fingerprint;
-	}
-	return pm;
-}
-
 /* Only providers whose driver manages images run in the builder. */
 static bool mgr_wanted(const np_provider *p)
 {
@@ -280,7 +266,8 @@ static bool mgr_wanted(const np_provider *p)
 static void apply_config(np_builder *b, np_cfgref *cfg)
 {
 	np_provider_table t = {
-		.ctx = b, .logger = LOGGER, .next = mgr_next,
+		.ctx = b, .logger = LOGGER,
+		NP_PROVIDER_LIST(bmgr, b->mgrs),
 		.wants = mgr_wanted, .start = mgr_start, .retire = mgr_retire,
 	};
 

@@ -401,21 +401,41 @@ static bool sync_wants(const np_provider_table *t, const np_provider *p)
 	return p && (!t->wants || t->wants(p));
 }
 
+/* The char * member at offset OFF of manager MGR. */
+static const char *table_str(const void *mgr, size_t off)
+{
+	const char *s;
+
+	memcpy(&s, (const char *)mgr + off, sizeof(s));
+	return s;
+}
+
+/* The manager after MGR in table T (NULL after the last). The link is
+ * copied out rather than read through a void * lvalue: it is a pointer
+ * to the caller's struct. */
+static void *table_next(const np_provider_table *t, const void *mgr)
+{
+	void *next;
+
+	memcpy(&next, (const char *)mgr + t->next_off, sizeof(next));
+	return next;
+}
+
 void driver_sync_providers(const np_provider_table *t, np_cfgref *cfg)
 {
 	const np_config *c = cfg->cfg;
 	/* Providers of C that had a manager: kept or restarted above. */
 	bool *had = xcalloc(c->nproviders + 1, sizeof(*had));
-	const char *name, *fp, *next_name, *next_fp;
 	void *mgr, *next;
 
-	for (mgr = t->next(t->ctx, NULL, &name, &fp); mgr;
-	    mgr = next, name = next_name, fp = next_fp) {
+	for (mgr = t->first; mgr; mgr = next) {
+		const char *name = table_str(mgr, t->name_off);
+		const char *fp = table_str(mgr, t->fingerprint_off);
 		const np_provider *p = config_find_provider(c, name);
 		char *now;
 
 		/* Read before MGR may go. */
-		next = t->next(t->ctx, mgr, &next_name, &next_fp);
+		next = table_next(t, mgr);
 		if (!sync_wants(t, p)) {
 			log_info(t->logger, "Provider %s removed", name);
 			t->retire(t->ctx, mgr);

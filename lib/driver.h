@@ -30,6 +30,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "config.h"
 #include "evloop.h"
@@ -262,15 +263,18 @@ np_manager *driver_start_manager(const np_host *host, const np_config *cfg,
 
 /* A daemon's table of running provider managers, as
  * driver_sync_providers sees it: the table and the managers are the
- * caller's, reached through these callbacks (loop thread). */
+ * caller's, a list of the caller's own structs read through the offsets
+ * below and changed through these callbacks (loop thread). Fill the list
+ * part with NP_PROVIDER_LIST. */
 typedef struct np_provider_table {
 	void *ctx;
 	const char *logger;
-	/* The manager after MGR in the table (the first when MGR is NULL;
-	 * NULL after the last), with its provider's name and the
-	 * driver_provider_fingerprint it was started with. */
-	void *(*next)(void *ctx, void *mgr, const char **name,
-		      const char **fingerprint);
+	/* The first manager (NULL: none). In each, at these offsets: the
+	 * link to the next one (a pointer to the same struct), its
+	 * provider's name and the driver_provider_fingerprint it was
+	 * started with (both char *). */
+	void *first;
+	size_t next_off, name_off, fingerprint_off;
 	/* Whether the daemon runs provider P at all (NULL: every one). */
 	bool (*wants)(const np_provider *p);
 	/* Starts a manager for P of CFG and adds it to the table, where
@@ -280,6 +284,13 @@ typedef struct np_provider_table {
 	/* Takes MGR out of the table; it stops once nothing uses it. */
 	void (*retire)(void *ctx, void *mgr);
 } np_provider_table;
+
+/* The list part of an np_provider_table whose managers are TYPE structs
+ * with members next, name and fingerprint, the first being FIRST. */
+#define NP_PROVIDER_LIST(TYPE, FIRST)					\
+	.first = (FIRST), .next_off = offsetof(TYPE, next),		\
+	.name_off = offsetof(TYPE, name),				\
+	.fingerprint_off = offsetof(TYPE, fingerprint)
 
 /* Brings table T in line with configuration CFG after a reload: a
  * provider whose fingerprint is unchanged keeps its manager (and what it

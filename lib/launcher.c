@@ -608,25 +608,12 @@ static void sync_pools(np_launcher *l)
 	}
 }
 
-/* np_provider_table.next */
-static void *next_mgr(void *ctx, void *mgr, const char **name,
-		      const char **fingerprint)
-{
-	np_launcher *l = ctx;
-	np_provmgr *pm = mgr ? ((np_provmgr *)mgr)->next : l->mgrs;
-
-	if (pm) {
-		*name = pm->name;
-		*fingerprint = pm->fingerprint;
-	}
-	return pm;
-}
-
 /* Bring the running providers in line with configuration CFG. */
 static void apply_config(np_launcher *l, np_cfgref *cfg)
 {
 	np_provider_table t = {
-		.ctx = l, .logger = LOGGER, .next = next_mgr,
+		.ctx = l, .logger = LOGGER,
+		NP_PROVIDER_LIST(np_provmgr, l->mgrs),
 		.start = start_mgr, .retire = retire_mgr,
 	};
 
