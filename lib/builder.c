@@ -301,32 +301,13 @@ static np_config *load_config(const char *path, const char *secure,
 
 static void reload(np_builder *b)
 {
-	char *err = NULL;
-	np_config *cfg;
+	np_config *cfg = config_reload(&b->watch, b->config_path,
+				       b->secure_path, b->cur->cfg, b->z,
+				       load_config, LOGGER);
 	np_cfgref *ref, *old;
 
-	/* Once per change: a file that does not load, or that we refuse,
-	 * stays so until it changes again. */
-	if (!config_watch_changed(&b->watch, b->config_path, b->secure_path))
+	if (!cfg)
 		return;
-	cfg = load_config(b->config_path, b->secure_path, &err);
-	if (!cfg) {
-		log_error(LOGGER, "Unable to load config: %s", err);
-		free(err);
-		return;
-	}
-	log_info(LOGGER, "Configuration changed; reloading");
-	switch (config_zk_reconfigure(b->cur->cfg, cfg, b->z, &err)) {
-	case -1:
-		log_error(LOGGER, "Unable to apply config: %s; still running "
-			  "on the previous one", err);
-		free(err);
-		config_free(cfg);
-		return;
-	case 1:
-		log_info(LOGGER, "Detected ZooKeeper server changes");
-		break;
-	}
 	ref = cfgref_new(cfg);
 	pthread_mutex_lock(&b->mu);
 	live_add(b, ref);
@@ -353,10 +334,8 @@ static void reload_tick(evloop *loop, uint64_t id, void *arg)
 static char *read_builder_id(const char *images_dir, char **err)
 {
 	char *path = xasprintf("%s/builder_id.txt", images_dir), uuid[37];
-	sbuf sb;
+	char *id;
 	FILE *f;
-	char buf[256];
-	size_t n;
 
 	if (mkdir(images_dir, 0755) == 0)
 		log_info(LOGGER, "Created images-dir %s", images_dir);
@@ -379,12 +358,12 @@ static char *read_builder_id(const char *images_dir, char **err)
 		free(path);
 		return NULL;
 	}
-	sbuf_init(&sb);
-	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
-		sbuf_add(&sb, buf, n);
+	id = read_stream(f, NULL);
 	fclose(f);
+	if (!id)
+		*err = xasprintf("Unable to read %s: read error", path);
 	free(path);
-	return sbuf_detach(&sb);
+	return id;
 }
 
 /* ---- workers ---- */

@@ -53,22 +53,23 @@ char *clouds_find_file(const char *base)
 static json_t *load_json(const char *path, char **err)
 {
 	FILE *f = fopen(path, "rb");
-	sbuf sb;
-	char buf[8192];
-	size_t n;
 	yt_doc *doc;
+	char *text;
+	size_t len;
 	json_t *j;
 
 	if (!f) {
 		*err = xasprintf("%s: %s", path, strerror(errno));
 		return NULL;
 	}
-	sbuf_init(&sb);
-	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
-		sbuf_add(&sb, buf, n);
+	text = read_stream(f, &len);
 	fclose(f);
-	doc = yt_parse(sb.buf ? sb.buf : "", sb.len, path, err);
-	sbuf_free(&sb);
+	if (!text) {
+		*err = xasprintf("%s: read error", path);
+		return NULL;
+	}
+	doc = yt_parse(text, len, path, err);
+	free(text);
 	if (!doc)
 		return NULL;
 	j = yt_to_json(doc->root);

@@ -543,19 +543,9 @@ void regcomp_set_priority(np_regcomp *c, long long priority)
 	comp_write(c);
 }
 
-static bool same_list(const strlist *a, const strlist *b)
-{
-	if (a->n != b->n)
-		return false;
-	for (size_t i = 0; i < a->n; i++)
-		if (strcmp(a->v[i], b->v[i]) != 0)
-			return false;
-	return true;
-}
-
 void regcomp_set_labels(np_regcomp *c, const strlist *labels)
 {
-	if (same_list(&c->content.supported_labels, labels))
+	if (strlist_eq(&c->content.supported_labels, labels))
 		return;
 	strlist_free(&c->content.supported_labels);
 	strlist_init(&c->content.supported_labels);

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "clouds.h"
+#include "log.h"
 #include "yamltree.h"
 
 /* Per-load state: the config being filled and the first error. */
@@ -307,22 +308,11 @@ static char *read_file(const char *path, long long *mtime_ns, char **err)
 	if (fstat(fileno(f), &st) == 0)
 		*mtime_ns = (long long)st.st_mtim.tv_sec * 1000000000LL +
 		    st.st_mtim.tv_nsec;
-	sbuf sb;
-	sbuf_init(&sb);
-	char buf[8192];
-	size_t n;
-	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
-		sbuf_add(&sb, buf, n);
-	bool bad = ferror(f);
+	char *text = read_stream(f, NULL);
 	fclose(f);
-	if (bad) {
-		sbuf_free(&sb);
+	if (!text)
 		*err = xasprintf("%s: read error", path);
-		return NULL;
-	}
-	if (!sb.buf)
-		sbuf_adds(&sb, "");
-	return sbuf_detach(&sb);
+	return text;
 }
 
 /* Reads, substitutes and parses one config file. */
@@ -428,6 +418,38 @@ int config_zk_reconfigure(const np_config *old, const np_config *new,
 	free(was);
 	free(now);
 	return rc;
+}
+
+np_config *config_reload(np_config_watch *w, const char *path,
+			 const char *secure_path, const np_config *cur, zk *z,
+			 np_config_loader *load, const char *logger)
+{
+	char *err = NULL;
+	np_config *cfg;
+
+	/* Once per change: a file that does not load, or that we refuse,
+	 * stays so until it changes again. */
+	if (!config_watch_changed(w, path, secure_path))
+		return NULL;
+	cfg = load(path, secure_path, &err);
+	if (!cfg) {
+		log_error(logger, "Unable to load config: %s", err);
+		free(err);
+		return NULL;
+	}
+	log_info(logger, "Configuration changed; reloading");
+	switch (config_zk_reconfigure(cur, cfg, z, &err)) {
+	case -1:
+		log_error(logger, "Unable to apply config: %s; still running "
+			  "on the previous one", err);
+		free(err);
+		config_free(cfg);
+		return NULL;
+	case 1:
+		log_info(logger, "Detected ZooKeeper server changes");
+		break;
+	}
+	return cfg;
 }
 
 /* ---- diskimages ---- */

@@ -311,6 +311,18 @@ char *config_zk_hosts(const np_config *c);
 int config_zk_reconfigure(const np_config *old, const np_config *new,
 			  zk *z, char **err);
 
+/* Loads a configuration (config_load, or a daemon's stricter loader). */
+typedef np_config *np_config_loader(const char *path, const char *secure_path,
+				    char **err);
+/* A daemon's reload check: when W sees the files change, the
+ * configuration loaded by LOAD and Z pointed at its ZooKeeper servers
+ * (config_zk_reconfigure against CUR), each step logged under LOGGER as
+ * upstream logs it. The new configuration (caller frees), or NULL when
+ * nothing changed or it cannot be used (the daemon keeps CUR). */
+np_config *config_reload(np_config_watch *w, const char *path,
+			 const char *secure_path, const np_config *cur, zk *z,
+			 np_config_loader *load, const char *logger);
+
 np_provider *config_find_provider(const np_config *c, const char *name);
 np_diskimage *config_find_diskimage(const np_config *c, const char *name);
 np_label *config_find_label(const np_config *c, const char *name);

@@ -192,21 +192,6 @@ static char *tuple_str(const char *name, const char *user, long long port)
 	    name ? name : "None", user ? user : "None", port);
 }
 
-static bool str_eq(const char *a, const char *b)
-{
-	return a == b || (a && b && strcmp(a, b) == 0);
-}
-
-static bool list_eq(const strlist *a, const strlist *b)
-{
-	if (a->n != b->n)
-		return false;
-	for (size_t i = 0; i < a->n; i++)
-		if (strcmp(a->v[i], b->v[i]) != 0)
-			return false;
-	return true;
-}
-
 static void list_copy(strlist *dst, const strlist *src)
 {
 	strlist_free(dst);
@@ -219,8 +204,8 @@ static struct host *find_host(np_manager *m, const char *name,
 {
 	for (size_t i = 0; i < m->nhosts; i++) {
 		struct host *h = &m->hosts[i];
-		if (str_eq(h->name, name) && str_eq(h->username, user) &&
-		    h->port == port)
+		if (str_eq_null(h->name, name) &&
+		    str_eq_null(h->username, user) && h->port == port)
 			return h;
 	}
 	return NULL;
@@ -259,13 +244,13 @@ static void host_fill(const struct host *h, np_node *n)
 
 static bool host_differs(const struct host *h, const np_node *n)
 {
-	return !list_eq(&n->type, &h->labels) ||
-	    !str_eq(n->username, h->username) ||
+	return !strlist_eq(&n->type, &h->labels) ||
+	    !str_eq_null(n->username, h->username) ||
 	    np_node_port(n) != h->port ||
-	    !str_eq(n->shell_type, h->shell_type) ||
-	    !str_eq(n->connection_type, h->connection_type) ||
-	    !str_eq(n->python_path, h->python_path) ||
-	    !list_eq(&n->host_keys, &h->keys) ||
+	    !str_eq_null(n->shell_type, h->shell_type) ||
+	    !str_eq_null(n->connection_type, h->connection_type) ||
+	    !str_eq_null(n->python_path, h->python_path) ||
+	    !strlist_eq(&n->host_keys, &h->keys) ||
 	    !(n->attributes ? h->attributes && json_equal(n->attributes,
 	    h->attributes) : !h->attributes || json_is_null(h->attributes));
 }
@@ -386,7 +371,7 @@ static void job_read(zk *z, int rc, const char *data, int len,
 		job_done(j);	/* gone meanwhile */
 		return;
 	}
-	bool ready = str_eq(n.state, NP_NODE_READY);
+	bool ready = str_eq_null(n.state, NP_NODE_READY);
 	if (j->kind == JOB_DEREGISTER && ready) {
 		np_node_set_state(&n, NP_NODE_DELETING);
 	} else if (j->kind == JOB_UPDATE && ready && !n.allocated_to &&
@@ -575,6 +560,17 @@ static void resolve_abandon(struct resolve *r)
 	resolve_free(r);
 }
 
+/* The lookup of H's name ended in getaddrinfo error RC: the check fails. */
+static void resolve_failed(struct host *h, struct resolve *r, int rc)
+{
+	char *why = xasprintf("cannot resolve %s: %s", h->name,
+	    gai_strerror(rc));
+
+	resolve_free(r);
+	check_done(h, false, LOG_WARNING, why);
+	free(why);
+}
+
 static void resolve_poll(evloop *loop, uint64_t id, void *arg)
 {
 	struct host *h = arg;
@@ -591,11 +587,7 @@ static void resolve_poll(evloop *loop, uint64_t id, void *arg)
 	}
 	h->res = NULL;
 	if (rc != 0) {
-		char *why = xasprintf("cannot resolve %s: %s", h->name,
-		    gai_strerror(rc));
-		resolve_free(r);
-		check_done(h, false, LOG_WARNING, why);
-		free(why);
+		resolve_failed(h, r, rc);
 		return;
 	}
 	/* Upstream's set_node_ip: the first address getaddrinfo gives. */
@@ -626,11 +618,7 @@ static void resolve_start(struct host *h)
 	r->cb.ar_request = &r->hints;
 	rc = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
 	if (rc != 0) {
-		char *why = xasprintf("cannot resolve %s: %s", h->name,
-		    gai_strerror(rc));
-		resolve_free(r);
-		check_done(h, false, LOG_WARNING, why);
-		free(why);
+		resolve_failed(h, r, rc);
 		return;
 	}
 	h->res = r;
@@ -745,8 +733,8 @@ static void assign_slots(struct pass *p, struct pnode ***orphans,
 		const np_node *n = &pn->node;
 		struct host *h;
 		long long s;
-		if (str_eq(n->state, NP_NODE_BUILDING) ||
-		    str_eq(n->state, NP_NODE_DELETING))
+		if (str_eq_null(n->state, NP_NODE_BUILDING) ||
+		    str_eq_null(n->state, NP_NODE_DELETING))
 			continue;
 		if (!(h = node_host(m, n))) {
 			(*orphans)[(*norphans)++] = pn;
@@ -781,7 +769,7 @@ static bool has_empty_slot(const struct host *h)
 
 static bool is_ready(const struct pnode *pn)
 {
-	return str_eq(pn->node.state, NP_NODE_READY);
+	return str_eq_null(pn->node.state, NP_NODE_READY);
 }
 
 /* Every host that needs it is checked: write what follows. */
@@ -886,7 +874,7 @@ static void listed_node(zk *z, int rc, const char *data, int len,
 	 * do not decode are not ours to judge; cleanup handles them. */
 	if (p->m && rc == ZOK && len > 0 &&
 	    np_node_decode(&n, r->id, data, (size_t)len, &err) == 0) {
-		if (str_eq(n.provider, p->m->name)) {
+		if (str_eq_null(n.provider, p->m->name)) {
 			if (p->nnodes == p->cap) {
 				p->cap = p->cap ? p->cap * 2 : 32;
 				p->nodes = xrealloc(p->nodes,

@@ -111,7 +111,7 @@ char *handler_decline_reason(np_poolworker *pw, const np_request *req,
 {
 	np_provmgr *pm = pw->pm;
 	const np_pool *pool = poolworker_pool(pw);
-	np_quota need, q, provider;
+	np_quota need, provider;
 	strlist invalid;
 	sbuf sb;
 
@@ -149,16 +149,7 @@ char *handler_decline_reason(np_poolworker *pw, const np_request *req,
 				       pl->diskimage->name, pm->name))
 			return xstrdup("images are not available");
 	}
-	quota_zero(&need);
-	for (size_t i = 0; i < req->node_types.n; i++) {
-		const np_pool_label *pl =
-			config_find_pool_label(pool, req->node_types.v[i]);
-
-		if (!pl)
-			continue;
-		provmgr_label_quota(pm, pl, &q);
-		quota_add(&need, &q);
-	}
+	provmgr_request_quota(pm, pool, req, &need);
 	if (!pool->ignore_provider_quota && !provmgr_quota(pm, &provider)) {
 		*defer = true;
 		return NULL;

@@ -106,11 +106,6 @@ static struct jstate *jstate_of(const np_builder *b)
 	return j;
 }
 
-static bool same(const char *a, const char *b)
-{
-	return a == b || (a && b && strcmp(a, b) == 0);
-}
-
 void worker_set_image_status(np_worker *w, const char *image,
 			     const char *provider, enum np_image_status st)
 {
@@ -118,8 +113,8 @@ void worker_set_image_status(np_worker *w, const char *image,
 
 	pthread_mutex_lock(&board.mu);
 	for (e = board.status; e; e = e->next)
-		if (e->w == w && same(e->image, image) &&
-		    same(e->provider, provider))
+		if (e->w == w && str_eq_null(e->image, image) &&
+		    str_eq_null(e->provider, provider))
 			break;
 	if (!e) {
 		e = xcalloc(1, sizeof(*e));
@@ -176,8 +171,9 @@ static int status_of(const np_builder *b, enum np_worker_kind kind,
 	int st = NP_STATUS_IDLE;
 
 	for (struct status_entry *e = board.status; e; e = e->next)
-		if (e->b == b && e->kind == kind && same(e->image, image) &&
-		    same(e->provider, provider) && e->status > st)
+		if (e->b == b && e->kind == kind &&
+		    str_eq_null(e->image, image) &&
+		    str_eq_null(e->provider, provider) && e->status > st)
 			st = e->status;
 	return st;
 }

@@ -331,15 +331,14 @@ static void note_failure(keyscan_req *r, int status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 static void note_failure(keyscan_req *r, int status, const char *fmt, ...)
 {
-	sbuf sb;
 	va_list ap;
+	char *why;
 
-	sbuf_init(&sb);
 	va_start(ap, fmt);
-	sbuf_vaddf(&sb, fmt, ap);
+	why = xvasprintf(fmt, ap);
 	va_end(ap);
 	free(r->last_error);
-	r->last_error = sbuf_detach(&sb);
+	r->last_error = why;
 	r->last_status = status;
 }
 

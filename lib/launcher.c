@@ -296,6 +296,23 @@ void provmgr_label_quota(np_provmgr *pm, const np_pool_label *label,
 		pm->drv->label_quota(pm->m, label, out);
 }
 
+void provmgr_request_quota(np_provmgr *pm, const np_pool *pool,
+			   const np_request *req, np_quota *out)
+{
+	np_quota q;
+
+	quota_zero(out);
+	for (size_t i = 0; i < req->node_types.n; i++) {
+		const np_pool_label *pl =
+			config_find_pool_label(pool, req->node_types.v[i]);
+
+		if (!pl)
+			continue;
+		provmgr_label_quota(pm, pl, &q);
+		quota_add(out, &q);
+	}
+}
+
 /* ---- our writes of nodes and requests ----
  *
  * Every write goes through the cache that mirrors the record
@@ -623,32 +640,13 @@ static void apply_config(np_launcher *l, np_cfgref *cfg)
 
 static void reload(np_launcher *l)
 {
-	char *err = NULL;
-	np_config *cfg;
+	np_config *cfg = config_reload(&l->watch, l->config_path,
+				       l->secure_path, l->cur->cfg, l->z,
+				       config_load, LOGGER);
 	np_cfgref *ref;
 
-	/* Once per change: a file that does not load, or that we refuse,
-	 * stays so until it changes again. */
-	if (!config_watch_changed(&l->watch, l->config_path, l->secure_path))
+	if (!cfg)
 		return;
-	cfg = config_load(l->config_path, l->secure_path, &err);
-	if (!cfg) {
-		log_error(LOGGER, "Unable to load config: %s", err);
-		free(err);
-		return;
-	}
-	log_info(LOGGER, "Configuration changed; reloading");
-	switch (config_zk_reconfigure(l->cur->cfg, cfg, l->z, &err)) {
-	case -1:
-		log_error(LOGGER, "Unable to apply config: %s; still running "
-			  "on the previous one", err);
-		free(err);
-		config_free(cfg);
-		return;
-	case 1:
-		log_info(LOGGER, "Detected ZooKeeper server changes");
-		break;
-	}
 	ref = cfgref_new(cfg);
 	apply_config(l, ref);
 	cfgref_put(l->cur);

@@ -138,6 +138,10 @@ void provmgr_invalidate_quota(np_provmgr *pm);
 /* What one node of LABEL needs. */
 void provmgr_label_quota(np_provmgr *pm, const np_pool_label *label,
 			 np_quota *out);
+/* What REQ's nodes need of POOL (labels the pool does not have:
+ * nothing). */
+void provmgr_request_quota(np_provmgr *pm, const np_pool *pool,
+			   const np_request *req, np_quota *out);
 /* Sum of node resources of this provider (POOL NULL: every pool) over the
  * node cache, in any state (upstream's estimatedNodepoolQuotaUsed). O(1):
  * kept up to date from the node cache's events. */

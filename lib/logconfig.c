@@ -29,22 +29,19 @@
 static char *read_file(const char *path, size_t *len, char **err)
 {
 	FILE *f = fopen(path, "rb");
-	sbuf sb;
-	char buf[4096];
-	size_t n;
+	char *text;
 
 	if (!f) {
 		*err = xasprintf("Unable to read logging config file at %s: %s",
 				 path, strerror(errno));
 		return NULL;
 	}
-	sbuf_init(&sb);
-	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
-		sbuf_add(&sb, buf, n);
+	text = read_stream(f, len);
 	fclose(f);
-	sbuf_addc(&sb, '\0'); /* an empty file still gives a string */
-	*len = sb.len - 1;
-	return sbuf_detach(&sb);
+	if (!text)
+		*err = xasprintf("Unable to read logging config file at %s: "
+				 "read error", path);
+	return text;
 }
 
 static char *trim(char *s)

@@ -782,6 +782,22 @@ bool nodelaunch_complete(const np_nodelaunch *nl)
 	return nl->state == NL_DONE;
 }
 
+/* The end of the handler's part: the lock released, the launch no longer
+ * counted or tied to its handler and provider; freed now or by the last
+ * reply it still expects. */
+static void detach(np_nodelaunch *nl)
+{
+	zk_lock_free(nl->lock);
+	nl->lock = NULL;
+	uncount(nl);
+	nl->h = NULL;
+	nl->dead = true;
+	provmgr_unref(nl->pm);
+	nl->pm = NULL;
+	if (nl->busy == 0)
+		nl_free(nl);
+}
+
 void nodelaunch_release(np_nodelaunch *nl, bool clear_allocation)
 {
 	bool in_flight = nl->state != NL_DONE;
@@ -809,15 +825,7 @@ void nodelaunch_release(np_nodelaunch *nl, bool clear_allocation)
 		nl->node.allocated_to = NULL;
 		nodelaunch_write(nl);
 	}
-	zk_lock_free(nl->lock); /* queued after the write above */
-	nl->lock = NULL;
-	uncount(nl);
-	nl->h = NULL;
-	nl->dead = true;
-	provmgr_unref(nl->pm);
-	nl->pm = NULL;
-	if (nl->busy == 0)
-		nl_free(nl);
+	detach(nl); /* the lock's release queued after the write above */
 }
 
 void nodelaunch_abandon(np_nodelaunch *nl)
@@ -831,15 +839,7 @@ void nodelaunch_abandon(np_nodelaunch *nl)
 	build_done(nl, ZCLOSING);
 	if (nl->state != NL_DONE)
 		np_node_set_state(&nl->node, NP_NODE_FAILED);
-	zk_lock_free(nl->lock);
-	nl->lock = NULL;
-	uncount(nl);
-	nl->h = NULL;
-	nl->dead = true;
-	provmgr_unref(nl->pm);
-	nl->pm = NULL;
-	if (nl->busy == 0)
-		nl_free(nl);
+	detach(nl);
 }
 
 const char *nodelaunch_state_name(const np_nodelaunch *nl)

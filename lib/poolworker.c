@@ -462,24 +462,6 @@ typedef struct tenant_ctx {
 	np_quota used;
 } tenant_ctx;
 
-/* What REQ needs of POOL (labels the pool does not have: nothing). */
-static void request_need(np_provmgr *pm, const np_pool *pool,
-			 const np_request *req, np_quota *need)
-{
-	np_quota q;
-
-	quota_zero(need);
-	for (size_t i = 0; i < req->node_types.n; i++) {
-		const np_pool_label *pl =
-			config_find_pool_label(pool, req->node_types.v[i]);
-
-		if (!pl)
-			continue;
-		provmgr_label_quota(pm, pl, &q);
-		quota_add(need, &q);
-	}
-}
-
 /* The needs of the tenant's requests in our handlers (every pool). */
 static void tenant_handled(np_launcher *l, tenant_ctx *c)
 {
@@ -493,7 +475,7 @@ static void tenant_handled(np_launcher *l, tenant_ctx *c)
 			if (h->decline_reason || !r || !r->tenant_name ||
 			    strcmp(r->tenant_name, c->tenant))
 				continue;
-			request_need(pw->pm, pool, r, &need);
+			provmgr_request_quota(pw->pm, pool, r, &need);
 			quota_add(&c->used, &need);
 			strlist_add(&c->handled, h->id);
 		}
@@ -523,7 +505,7 @@ static bool tenant_ok(np_poolworker *pw, const np_pool *pool,
 
 	quota_zero(&c.used);
 	strlist_init(&c.handled);
-	request_need(pw->pm, pool, req, &need);
+	provmgr_request_quota(pw->pm, pool, req, &need);
 	tenant_handled(pw->l, &c);
 	zkc_foreach(launcher_nodes(pw->l), ZKC_NODE, tenant_sum, &c);
 	strlist_free(&c.handled);

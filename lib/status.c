@@ -340,7 +340,7 @@ static const struct {
 	[STATUS_REQUESTS] = { request_cols, NCOLS(request_cols) },
 };
 
-static bool wanted(const char *key, const char *const *fields)
+bool status_field_wanted(const char *const *fields, const char *key)
 {
 	if (!fields)
 		return true;
@@ -372,7 +372,7 @@ status_list *status_list_new(enum status_listing what,
 		l->shown = xcalloc(l->ncols, sizeof(status_col));
 		size_t n = 0;
 		for (size_t j = 0; j < l->ncols; j++)
-			if (wanted(all[j].key, fields))
+			if (status_field_wanted(fields, all[j].key))
 				l->shown[n++] = all[j];
 		l->cols = l->shown;
 		l->ncols = n;

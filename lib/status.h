@@ -44,6 +44,8 @@ extern const char *const STATUS_NODE_BASIC_FIELDS[];
 status_list *status_list_new(enum status_listing what,
 			     enum status_format fmt,
 			     const char *const *fields, double now);
+/* Whether such a FIELDS subset shows the field named KEY. */
+bool status_field_wanted(const char *const *fields, const char *key);
 /* Add the row of REC (the record kind of the listing). FLAG: for nodes,
  * whether the lock has contenders; for builds, whether the image is
  * paused. The signature is a store_visit_fn's, LIST the status_list, so a

@@ -56,16 +56,24 @@ char *xstrndup(const char *s, size_t n)
 	return p;
 }
 
-char *xasprintf(const char *fmt, ...)
+char *xvasprintf(const char *fmt, va_list ap)
 {
 	sbuf sb;
-	va_list ap;
 
 	sbuf_init(&sb);
-	va_start(ap, fmt);
 	sbuf_vaddf(&sb, fmt, ap);
-	va_end(ap);
 	return sbuf_detach(&sb);
+}
+
+char *xasprintf(const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+
+	va_start(ap, fmt);
+	s = xvasprintf(fmt, ap);
+	va_end(ap);
+	return s;
 }
 
 void sbuf_init(sbuf *sb)
@@ -198,6 +206,25 @@ char *sbuf_detach(sbuf *sb)
 	return p;
 }
 
+char *read_stream(FILE *f, size_t *len)
+{
+	char buf[8192];
+	sbuf sb;
+	size_t n;
+
+	sbuf_init(&sb);
+	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+		sbuf_add(&sb, buf, n);
+	if (ferror(f)) {
+		sbuf_free(&sb);
+		return NULL;
+	}
+	sbuf_add(&sb, "", 0); /* a buffer even for an empty file */
+	if (len)
+		*len = sb.len;
+	return sbuf_detach(&sb);
+}
+
 void strlist_init(strlist *l)
 {
 	l->v = NULL;
@@ -235,6 +262,16 @@ bool strlist_contains(const strlist *l, const char *s)
 	return false;
 }
 
+bool strlist_eq(const strlist *a, const strlist *b)
+{
+	if (a->n != b->n)
+		return false;
+	for (size_t i = 0; i < a->n; i++)
+		if (strcmp(a->v[i], b->v[i]) != 0)
+			return false;
+	return true;
+}
+
 static int cmp_str(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
@@ -260,6 +297,11 @@ long long now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+bool str_eq_null(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
 }
 
 bool str_starts_with(const char *s, const char *prefix)

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdbool.h>
+#include <stdio.h>
 
 void *xmalloc(size_t n);
 void *xcalloc(size_t nmemb, size_t size);
@@ -15,6 +16,7 @@ void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+char *xvasprintf(const char *fmt, va_list ap);
 
 /* A growable, always NUL-terminated byte buffer. */
 typedef struct sbuf {
@@ -34,6 +36,11 @@ void sbuf_vaddf(sbuf *sb, const char *fmt, va_list ap);
 /* Give the buffer away; the sbuf is reset to empty. */
 char *sbuf_detach(sbuf *sb);
 
+/* The rest of F as a NUL-terminated string (an empty file: ""), its
+ * length in *LEN when LEN is not NULL; NULL on a read error. The caller
+ * opens and closes F, so each says in its own words what failed. */
+char *read_stream(FILE *f, size_t *len);
+
 /* A growable array of owned strings. */
 typedef struct strlist {
 	char **v;
@@ -46,6 +53,8 @@ void strlist_free(strlist *l);
 void strlist_add(strlist *l, const char *s);     /* copies s */
 void strlist_add_owned(strlist *l, char *s);     /* takes s */
 bool strlist_contains(const strlist *l, const char *s);
+/* The same strings in the same order. */
+bool strlist_eq(const strlist *a, const strlist *b);
 void strlist_sort(strlist *l);
 
 /* Seconds since the epoch as a double, like Python's time.time(). */
@@ -53,6 +62,8 @@ double now_wall(void);
 /* Monotonic milliseconds, for timeouts. */
 long long now_ms(void);
 
+/* Equal strings, or both NULL. */
+bool str_eq_null(const char *a, const char *b);
 bool str_starts_with(const char *s, const char *prefix);
 bool str_ends_with(const char *s, const char *suffix);
 

@@ -820,17 +820,14 @@ int config_validate(const char *path, strlist *errors)
 		    path));
 		return 1;
 	}
-	sbuf sb;
-	sbuf_init(&sb);
-	char buf[8192];
-	size_t n;
-	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
-		sbuf_add(&sb, buf, n);
+	char *raw = read_stream(f, NULL);
 	fclose(f);
-	if (!sb.buf)
-		sbuf_adds(&sb, "");
-	char *text = config_substitute_env(sb.buf);
-	sbuf_free(&sb);
+	if (!raw) {
+		strlist_add_owned(errors, xasprintf("%s: read error", path));
+		return 1;
+	}
+	char *text = config_substitute_env(raw);
+	free(raw);
 	char *err = NULL;
 	yt_doc *doc = yt_parse(text, strlen(text), path, &err);
 	free(text);

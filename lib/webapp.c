@@ -990,16 +990,6 @@ static char **split_fields(const char *fields)
 	return v;
 }
 
-static bool wanted(const char *const *fields, const char *key)
-{
-	if (!fields)
-		return true;
-	for (; *fields; fields++)
-		if (strcmp(*fields, key) == 0)
-			return true;
-	return false;
-}
-
 /* The label-list text: upstream's status.label_list rows ({"label": L}
  * for each distinct label), here sorted for a stable answer. Built here
  * until status.c has the listing. NULL when the source fails. */
@@ -1028,7 +1018,7 @@ static char *labels_text(const webapp *w, enum status_format fmt,
 		text = np_json_dumps(rows, false);
 		json_decref(rows);
 	} else {
-		size_t ncols = wanted(fields, "label") ? 1 : 0;
+		size_t ncols = status_field_wanted(fields, "label") ? 1 : 0;
 		table *t = table_new(header, ncols);
 		for (size_t i = 0; i < uniq.n; i++)
 			table_add_row(t, (const char *const *)&uniq.v[i]);

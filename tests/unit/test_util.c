@@ -1,6 +1,7 @@
 /* test_util.c: the string buffer's formatting: the copy path for formats
  * of plain %s (what paths and names use), printf's path for the rest, and
- * outputs longer than the spare room, appended to what is there. */
+ * outputs longer than the spare room, appended to what is there; the
+ * whole-file reader and the string comparisons the daemons share. */
 #include <stdlib.h>
 
 #include "testlib.h"
@@ -61,6 +62,61 @@ TEST(long_output_and_appending)
 	CHECK_INT(strlen(sb.buf), sb.len);
 	CHECK(sb.buf[sb.len - 1] == 'y');
 	sbuf_free(&sb);
+}
+
+TEST(read_stream_whole_and_empty)
+{
+	char *path = test_tmpfile("big", ""), *text;
+	FILE *f;
+	size_t len = 0;
+
+	/* Longer than one read, and an empty file: "" (not NULL). */
+	f = fopen(path, "w");
+	REQUIRE(f);
+	for (int i = 0; i < 3000; i++)
+		fputs("0123456789", f);
+	fclose(f);
+	f = fopen(path, "r");
+	REQUIRE(f);
+	text = read_stream(f, &len);
+	fclose(f);
+	CHECK_INT(len, 30000);
+	CHECK(text && strlen(text) == 30000 && text[29999] == '9');
+	free(text);
+	test_write(path, "");
+	f = fopen(path, "r");
+	REQUIRE(f);
+	text = read_stream(f, NULL);
+	fclose(f);
+	CHECK_STR(text, "");
+	free(text);
+	/* A stream that cannot be read: NULL. */
+	f = fopen(path, "w");
+	REQUIRE(f);
+	CHECK(read_stream(f, &len) == NULL);
+	fclose(f);
+	free(path);
+}
+
+TEST(string_comparisons)
+{
+	strlist a, b;
+
+	CHECK(str_eq_null(NULL, NULL));
+	CHECK(!str_eq_null("a", NULL) && !str_eq_null(NULL, "a"));
+	CHECK(str_eq_null("a", "a") && !str_eq_null("a", "b"));
+	strlist_init(&a);
+	strlist_init(&b);
+	CHECK(strlist_eq(&a, &b));
+	strlist_add(&a, "x");
+	CHECK(!strlist_eq(&a, &b));
+	strlist_add(&b, "x");
+	CHECK(strlist_eq(&a, &b));
+	strlist_add(&a, "y");
+	strlist_add(&b, "z");
+	CHECK(!strlist_eq(&a, &b));
+	strlist_free(&a);
+	strlist_free(&b);
 }
 
 RUN_TESTS()
