@@ -241,11 +241,13 @@ class FrameTrap:
     server) or "lost" (forward it, then cut the connection: the server
     carries it out, its reply never arrives)."""
 
+    DELETE = 2
+    SET_DATA = 5
     MULTI = 14
 
     def __init__(self, zk, trap):
         tls = os.path.dirname(zk.ca)
-        self.target = ("127.0.0.1", int(zk.tls_port))
+        self.target = ("127.0.0.1", int(zk.hosts.split(":")[1]))
         self.trap = trap
         self.server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.server_ctx.load_cert_chain(tls + "/server.crt",
@@ -264,6 +266,34 @@ class FrameTrap:
     def op(frame):
         return struct.unpack(">i", frame[4:8])[0] if len(frame) >= 8 \
             else None
+
+    @staticmethod
+    def path(frame):
+        """The path a delete or setData FRAME names."""
+        n = struct.unpack(">i", frame[8:12])[0]
+        return frame[12:12 + n].decode("utf8")
+
+    @staticmethod
+    def multi_ops(frame):
+        """[(type, path)] of a multi FRAME's delete and setData operations,
+        in order (it carries no other kind in our launcher's
+        completion)."""
+        ops, at = [], 8
+        while at + 9 <= len(frame):
+            kind = struct.unpack(">i", frame[at:at + 4])[0]
+            at += 9                 # type, done (bool), err
+            if kind == -1:
+                break
+            n = struct.unpack(">i", frame[at:at + 4])[0]
+            path = frame[at + 4:at + 4 + n].decode("utf8")
+            at += 4 + n
+            if kind == FrameTrap.SET_DATA:
+                at += 4 + max(0, struct.unpack(">i", frame[at:at + 4])[0])
+            elif kind != FrameTrap.DELETE:
+                break
+            at += 4                 # version
+            ops.append((kind, path))
+        return ops
 
     def _accept(self):
         serve_each(self.sock, self._serve)

@@ -11,7 +11,9 @@
 #    passes, suspended/resumed logged; the session expired under load
 #    (the launcher cut off through a TcpGate); a request's completing
 #    transaction cut off (not sent, ZooKeeper then down longer than a
-#    session timeout; sent, its reply lost); SIGINT without ZooKeeper;
+#    session timeout; sent, its reply lost); that transaction refused (a
+#    contender it deletes gone) so its steps go one at a time, the first
+#    of them cut off; SIGINT without ZooKeeper;
 #  - requests written as Zuul-2019 did (ephemeral sequential, fewer keys):
 #    fulfilled, and the requestor's session closing (before and after the
 #    request is fulfilled) leaves no node allocated and nothing leaked;
@@ -341,6 +343,110 @@ def test_completion_outage(zk):
             s.close()
         ftrap.close()
         ozk.stop()
+
+
+def node_lock_contenders(s, nid):
+    path = "/nodepool/nodes/%s/lock" % nid
+    return s.kz.get_children(path) if s.kz.exists(path) else []
+
+
+def test_completion_steps(zk):
+    """The multi that completes a request fails for a reason other than
+    the connection (a contender it deletes is gone: here the test deletes
+    it as the multi passes), so the launcher sends its steps one at a
+    time; the first step's setData is then cut off before it reaches the
+    server and must be sent again. Once with a node lock's contender gone
+    (a fulfilled request), once with the request lock's (a request failed
+    by its only able pool): the request ends fulfilled or failed, its
+    nodes ready, allocated to it and unlocked (or deleted when failed), no
+    lock is left, and nothing leaks once the nodes are used."""
+    s = Scenario(zk, "complsteps")
+    root = zk.client()
+    rounds = []             # which contender the next multi loses
+    seen = []               # what the trap did, in order
+    first_set = []          # the path of the first step's setData
+
+    def trap(frame):
+        op = L.FrameTrap.op(frame)
+        if op == L.FrameTrap.MULTI and rounds and \
+                b"/nodepool/requests/" in frame:
+            ops = L.FrameTrap.multi_ops(frame)
+            lock = rounds.pop(0)
+            gone = [p for k, p in ops if k == L.FrameTrap.DELETE and
+                    ("/requests-lock/" in p) == (lock == "request")]
+            sets = [p for k, p in ops if k == L.FrameTrap.SET_DATA]
+            if gone and sets:
+                root.delete(gone[0])
+                first_set.append(sets[0])
+                seen.append("multi %s, lost %s" % (ops, gone[0]))
+        elif op == L.FrameTrap.SET_DATA and first_set and \
+                L.FrameTrap.path(frame) == first_set[0]:
+            first_set.pop(0)
+            seen.append("dropped " + L.FrameTrap.path(frame))
+            return "drop"
+        return None
+
+    ftrap = L.FrameTrap(zk, trap)
+    quiet = logging.getLogger("kazoo.client")
+    level = quiet.level
+    try:
+        failing = {"name": "fake-fail", "retries": 1,
+                   "fake": {"failure-rate": 1.0},
+                   "pools": [{"name": "main", "labels": ["bad"]}]}
+        cfg = s.write_config([PROVIDER, failing],
+                             [("small", 0), ("big", 0), ("bad", 0)],
+                             zk_port=ftrap.port)
+        p = s.start(cfg, env=FAST, debug=True)
+        check(wait_for(lambda: len(s.registered_pools()) == 2,
+                       what="pools"), "complsteps: pools registered")
+        quiet.setLevel(logging.CRITICAL)
+        done = {}
+        for lock, labels, state in (("node", ["small", "big"], "fulfilled"),
+                                    ("request", ["bad"], "failed")):
+            n = len(seen)
+            rounds.append(lock)
+            rid = s.request(labels)
+            check(wait_for(lambda: len(seen) >= n + 2, what="trapped"),
+                  "complsteps %s: the multi failed, then the first step "
+                  "was cut off (%s)" % (lock, seen[n:]))
+            req = s.wait_request(rid, timeout=60)
+            check(req and req["state"] == state,
+                  "complsteps %s: request %s (%s)"
+                  % (lock, state, req and req["state"]))
+            check(wait_for(lambda: not lock_contenders(s, rid),
+                           what="unlocked"),
+                  "complsteps %s: request unlocked (%s)"
+                  % (lock, lock_contenders(s, rid)))
+            done[rid] = req
+        log = s.log(p)
+        check(log.count("Completing one step at a time") == 2,
+              "complsteps: the completions went step by step (logged)")
+        check("Unable to store" not in log,
+              "complsteps: no step given up")
+        rid, req = next(iter(done.items()))
+        nids = (req or {}).get("nodes", [])
+        nodes = [s.get_node(nid) for nid in nids]
+        check(len(nodes) == 2 and all(
+            nd and nd["state"] == "ready" and nd["allocated_to"] == rid
+            for nd in nodes), "complsteps: the fulfilled request's two "
+            "nodes ready and allocated to it (%s)" % nodes)
+        check(wait_for(lambda: not any(node_lock_contenders(s, nid)
+                                       for nid in nids), what="unlocked"),
+              "complsteps: its nodes unlocked")
+        quiet.setLevel(level)
+        if req:
+            s.use_and_return(rid, req)
+        s.kz.delete("/nodepool/requests/" + list(done)[1])
+        check(wait_for(lambda: not s.nodes() and not s.instances(),
+                       timeout=60, what="all deleted"),
+              "complsteps: every node and instance deleted (%d nodes, %d "
+              "instances)" % (len(s.nodes()), len(s.instances())))
+        s.stop(p)
+    finally:
+        quiet.setLevel(level)
+        s.close()
+        root.stop()
+        ftrap.close()
 
 
 def gated_config(s, gate, zkport, providers, labels, extra=""):
@@ -1068,6 +1174,7 @@ def test_reload_zk_hosts(zk):
 
 
 TESTS = [test_stack_dump, test_zk_restart, test_completion_outage,
+         test_completion_steps,
          test_session_expiry,
          test_stop_without_zookeeper, test_zuul2019,
          test_tenant_limits, test_max_concurrency_zero,
