@@ -95,6 +95,18 @@ typedef struct np_create_args {
 	const json_t *metadata;        /* nodepool_node_id, nodepool_pool_name,
 					* nodepool_provider_name (+ driver extras) */
 	const np_request *request;     /* for dynamic properties; may be NULL */
+	/* Optional (NULL: not wanted): the create's "id known" report.
+	 * A driver whose cloud names the instance before it is ready
+	 * (OpenStack: Nova's answer to the POST, the server still BUILD)
+	 * calls it once with that id and the create's ARG, on the loop
+	 * thread, before the create's callback and never after a cancel;
+	 * the launcher stores the id on the node at once, as upstream's
+	 * state machine does, so that a launcher killed meanwhile leaves a
+	 * node whose instance the next one deletes by id instead of
+	 * waiting for leak cleanup. It must not cancel the op. Drivers
+	 * that make their instances at once (fake, static) need not
+	 * report. */
+	void (*id_known)(void *arg, const char *external_id);
 } np_create_args;
 
 /* Callbacks. Pointers passed to them are valid during the call only,
@@ -153,6 +165,10 @@ struct np_driver {
 	np_op *(*create)(np_manager *m, const np_create_args *a, np_create_fn cb, void *arg);
 	/* Delete an instance; NP_DRV_NOTFOUND counts as success. */
 	np_op *(*delete_instance)(np_manager *m, const char *external_id, np_status_fn cb, void *arg);
+	/* No callback after this. A cancelled create removes, in the
+	 * background, the instance it made (the launcher cancels on
+	 * launch-timeout and leaves that instance to the driver, even when
+	 * id_known named it). */
 	void (*cancel)(np_op *op);
 
 	/* Every instance visible to this provider's account (unmanaged quota

@@ -60,6 +60,7 @@ struct np_op {
 	bool finished;
 	void *arg;
 	np_create_fn ccb;
+	void (*idcb)(void *arg, const char *external_id); /* "id known" */
 	np_status_fn scb;
 	np_list_fn lcb;
 	np_limits_fn qcb;
@@ -965,6 +966,11 @@ static void created_server(np_op *op, const os_result *r)
 		return;
 	}
 	op->state = C_ACTIVE;
+	/* The launcher stores the id now (upstream's state machine does
+	 * once the POST is answered): a launcher killed while the server
+	 * builds leaves a node whose server the next one deletes by id. */
+	if (op->idcb)
+		op->idcb(op->arg, op->id);
 	want_listing(op);
 }
 
@@ -1290,6 +1296,7 @@ static np_op *os_create(np_manager *m, const np_create_args *a,
 	int config_drive;
 
 	op->ccb = cb;
+	op->idcb = a->id_known;
 	op->node_id = xdup(a->node_id);
 	op->request_id = a->request ? xdup(a->request->id) : NULL;
 	op->label = xstrdup(l->name);

@@ -358,6 +358,25 @@ static void created(void *arg, int status, np_instance *inst, const char *error)
 	free(ext);
 }
 
+/* The driver's "id known" report: the cloud has named the instance and
+ * is still building it. Stored at once with one write (upstream's
+ * state machine stores the node as soon as it has an external id), so
+ * a launcher killed from now on leaves a building node whose instance
+ * the deleter removes by id. */
+static void id_known(void *arg, const char *external_id)
+{
+	np_nodelaunch *nl = arg;
+
+	if (!external_id || (json_is_string(nl->node.external_id) &&
+	    strcmp(json_string_value(nl->node.external_id), external_id) == 0))
+		return;
+	json_decref(nl->node.external_id);
+	nl->node.external_id = json_string(external_id);
+	NLOG(nl, LOG_DEBUG, "Storing external id %s of node %s", external_id,
+	     nl->node.id);
+	nodelaunch_write(nl);
+}
+
 static void on_launch_timeout(evloop *loop, uint64_t id, void *arg)
 {
 	np_nodelaunch *nl = arg;
@@ -366,6 +385,10 @@ static void on_launch_timeout(evloop *loop, uint64_t id, void *arg)
 	if (nl->op && nl->pm->drv->cancel)
 		nl->pm->drv->cancel(nl->op);
 	nl->op = NULL;
+	/* A cancelled create removes what it made (driver.h): an id the
+	 * driver reported is its to delete, not ours to delete twice. */
+	json_decref(nl->node.external_id);
+	nl->node.external_id = NULL;
 	attempt_failed(nl, "Timeout waiting for instance creation", NULL,
 		       LSTATS_CREATE_TIMEOUT);
 }
@@ -540,6 +563,7 @@ static void start_attempt(np_nodelaunch *nl)
 	a.az = nl->h ? nl->h->chosen_az : NULL;
 	a.metadata = meta;
 	a.request = nl->h && nl->h->have_req ? &nl->h->req : NULL;
+	a.id_known = id_known;
 	nl->op = pm->drv->create ? pm->drv->create(pm->m, &a, created, nl) : NULL;
 	json_decref(meta);
 	free(hostname);

@@ -422,6 +422,19 @@ static void on_create(void *arg, int status, np_instance *inst, const char *erro
 	o->inst = inst;
 }
 
+/* The create's "id known" report: what it said and whether the create
+ * had ended by then. */
+static struct { int n; char id[40]; int done_before; } known;
+
+static void on_id_known(void *arg, const char *external_id)
+{
+	outcome *o = arg;
+
+	known.n++;
+	snprintf(known.id, sizeof(known.id), "%s", external_id);
+	known.done_before = o->done;
+}
+
 static void on_status(void *arg, int status, const char *error)
 {
 	outcome *o = arg;
@@ -530,6 +543,8 @@ static np_create_args args(np_config *c, const char *label, const char *node)
 	a.hostname = node;
 	a.metadata = meta;
 	a.az = "az1";
+	a.id_known = on_id_known;
+	memset(&known, 0, sizeof(known));
 	return a;
 }
 
@@ -687,6 +702,11 @@ TEST(create_list_delete)
 	CHECK_INT(o.status, NP_DRV_OK);
 	REQUIRE(o.inst);
 	CHECK_STR(o.inst->external_id, "srv-0");
+	/* The id was reported once, as soon as Nova answered the POST,
+	 * before the create ended (the launcher stores it then). */
+	CHECK_INT(known.n, 1);
+	CHECK_STR(known.id, "srv-0");
+	CHECK_INT(known.done_before, 0);
 	CHECK_STR(o.inst->private_ipv4, "10.0.0.1");
 	CHECK_STR(o.inst->az, "az1");
 	CHECK_STR(o.inst->cloud, "recorded");
@@ -810,6 +830,7 @@ TEST(cloud_errors)
 	CHECK_INT(o.status, NP_DRV_QUOTA);
 	CHECK(o.error && strstr(o.error, "Quota exceeded for instances"));
 	CHECK(o.inst == NULL);
+	CHECK_INT(known.n, 0);	/* refused: no server, no id */
 	outcome_clear(&o);
 
 	/* A 500: an ordinary failure with the cloud's message. */
@@ -872,8 +893,12 @@ TEST(cloud_errors)
 		long long t0 = now_ms();
 		int deletes = 0;
 
+		memset(&known, 0, sizeof(known));
 		wait_for(&o.done, 1, 1500); /* BUILD for ever */
 		CHECK_INT(o.done, 0);
+		/* Still building, and the id already known. */
+		CHECK_INT(known.n, 1);
+		CHECK(strncmp(known.id, "srv-", 4) == 0);
 		drv->cancel(op);
 		while (deletes == 0 && now_ms() - t0 < 8000) {
 			evloop_run_once(loop, 50);
