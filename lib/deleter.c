@@ -201,15 +201,19 @@ static void tnode_done(tnode *t, bool ok)
 	removed(o);
 }
 
+/* The replies below keep counting in O->busy until the tree's step is
+ * done: tnode_done() may end O (removed() -> op_end()), which then
+ * leaves the freeing to the last unbusy() instead of freeing O under
+ * our feet (a double free when another contender waited on the node's
+ * lock during a slow cloud delete, so that the removal went the slow
+ * way). */
 static void tnode_deleted(zk *z, int rc, void *arg)
 {
 	tnode *t = arg;
 	delop *o = t->o;
 
-	o->busy--;
 	tnode_done(t, rc == ZOK || rc == ZNONODE);
-	if (o->dead && o->busy == 0)
-		op_free(o);
+	unbusy(o);
 }
 
 static void tnode_delete(tnode *t)
@@ -227,14 +231,12 @@ static void tnode_listed(zk *z, int rc, const strlist *children,
 	tnode *t = arg;
 	delop *o = t->o;
 
-	o->busy--;
 	if (o->dead || rc != ZOK || children->n == 0) {
 		if (o->dead || rc == ZNONODE || rc != ZOK)
 			tnode_done(t, rc == ZNONODE);
 		else
 			tnode_delete(t);
-		if (o->dead && o->busy == 0)
-			op_free(o);
+		unbusy(o);
 		return;
 	}
 	t->pending = (int)children->n;
@@ -244,6 +246,7 @@ static void tnode_listed(zk *z, int rc, const strlist *children,
 		tnode_start(o, t, p);
 		free(p);
 	}
+	unbusy(o);
 }
 
 static void tnode_start(delop *o, tnode *parent, const char *path)

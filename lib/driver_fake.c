@@ -171,6 +171,10 @@ struct np_op {
 	bool listing;			/* list: handing out batches */
 	bool cancelled;			/* list: cancelled from a batch's call */
 	struct upload *up;
+	/* create: the "id known" report still due, and the launch delay
+	 * left after it */
+	void (*id_known)(void *arg, const char *external_id);
+	double rest;
 };
 
 struct np_manager {
@@ -877,13 +881,33 @@ static double create_start(struct np_op *op, const np_create_args *a)
 	return op->created ? m->opt.launch_delay : 0;
 }
 
+/* A server that builds for a while is named at once, as Nova's answer
+ * names it: the launcher stores the id before the server is ready. */
+static void create_named(evloop *loop, uint64_t id, void *arg)
+{
+	struct np_op *op = arg;
+
+	op->timer = 0;
+	op_arm(op, op->rest, create_fire);
+	op->id_known(op->arg, op->id);
+}
+
 static np_op *fake_create(np_manager *m, const np_create_args *a,
     np_create_fn cb, void *arg)
 {
 	struct np_op *op = op_new(m, OP_CREATE, arg);
+	double delay = create_start(op, a);
 
 	op->cb.create = cb;
-	op_arm(op, create_start(op, a), create_fire);
+	if (op->created && delay > 0 && a->id_known) {
+		/* Only with a launch delay: a server ready at once costs no
+		 * extra write (the launcher bench's 15 requests a node). */
+		op->id_known = a->id_known;
+		op->rest = delay;
+		op_arm(op, 0, create_named);
+	} else {
+		op_arm(op, delay, create_fire);
+	}
 	return op;
 }
 

@@ -6,8 +6,10 @@
 #    statsd; other instances are left alone;
 #  - a launcher killed (-9) mid-launch: the other launcher resets its lost
 #    request (deallocating the ready node it had reused), which is then
-#    fulfilled; in the end every instance has a node and every node an
-#    instance; a lost request's `init` node is deleted;
+#    fulfilled; the dead launcher's building node names its instance,
+#    which the other deletes by that id (slowly, while the reset waits
+#    for the node's lock); in the end every instance has a node and every
+#    node an instance; a lost request's `init` node is deleted;
 #  - max-ready-age: a ready unallocated node goes, an allocated one stays;
 #  - hold expiry by hold_expiration and by max-hold-age;
 #  - an empty node znode (with a lock below it) is deleted;
@@ -103,7 +105,7 @@ def consistent_cloud(s):
 def test_lost_request(zk):
     s = Scenario(zk, "lost")
     try:
-        prov = dict(PROVIDER, fake={"launch-delay": 3})
+        prov = dict(PROVIDER, fake={"launch-delay": 3, "delete-delay": 2})
         cfg = s.write_config([prov], [("small", 0), ("big", 0)],
                              extra=SESSION)
         a = s.start(cfg, env=FAST, debug=True)
@@ -143,6 +145,14 @@ def test_lost_request(zk):
         check("Reset lost request" in log, "lost: reset logged")
         check("Deallocated node %s for lost request" % spare in log,
               "lost: the spare node was deallocated")
+        # The building node named its instance (the fake reports the id
+        # when a launch takes a while): b deletes it through the node,
+        # slowly (delete-delay) while the reset waits for the node's
+        # lock, so the node's tree goes the slow way (a waiter's
+        # contender in it).
+        check("Deleting building instance" in log,
+              "lost: the dead launcher's building node's instance "
+              "deleted by its id")
         check(wait_for(lambda: consistent_cloud(s), timeout=60,
                        what="consistent cloud"),
               "lost: every instance has a node and every node an "
