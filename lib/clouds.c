@@ -191,6 +191,21 @@ static char *fill(np_cloud *c, json_t *e)
 	c->cert = str_of(e, "cert");
 	c->key = str_of(e, "key");
 	c->compute_api_version = str_of(e, "compute_api_version");
+	/* openstacksdk's per-call timeout (its default is none; ours is
+	 * 60 s, so a cloud that hangs cannot hold a launch for ever). */
+	v = json_object_get(e, "api_timeout");
+	if (v && !json_is_null(v)) {
+		char *end = NULL;
+		const char *sv = json_string_value(v);
+
+		c->api_timeout = json_is_number(v) ? json_number_value(v) :
+		    sv ? strtod(sv, &end) : -1;
+		if ((sv && (end == sv || *end)) || !(c->api_timeout > 0)) {
+			free(type);
+			return xstrdup("api_timeout must be a number of "
+			    "seconds greater than 0");
+		}
+	}
 	c->private_net = truthy(json_object_get(e, "private"), false);
 	c->endpoint_overrides = json_object();
 	json_object_foreach(e, k, v) {

@@ -40,6 +40,7 @@ typedef struct np_cloud {
 	/* "<service>_endpoint_override" keys: object type -> url. */
 	json_t *endpoint_overrides;
 	char *compute_api_version;	/* NULL: negotiate */
+	double api_timeout;		/* s per API call; 0: our 60 s */
 	bool private_net;		/* `private: true`: connect to the
 					 * private address */
 } np_cloud;

@@ -734,7 +734,8 @@ os_session *os_session_new(evloop *loop, const np_cloud *cloud, double rate)
 	s->loop = loop;
 	s->cloud = cloud;
 	s->rate = rate > 0 ? rate : 0;
-	s->timeout_ms = 60000;
+	s->timeout_ms = cloud->api_timeout > 0 ?
+	    (long)(cloud->api_timeout * 1000.0) : 60000;
 	s->http = http_client_new(loop);
 	http_client_tls(s->http, cloud->cacert, cloud->verify, cloud->cert,
 	    cloud->key);
@@ -769,11 +770,6 @@ void os_session_free(os_session *s)
 	for (int k = 0; k < OS_NSERVICES; k++)
 		free(s->endpoint[k]);
 	free(s);
-}
-
-void os_session_set_timeout(os_session *s, long ms)
-{
-	s->timeout_ms = ms > 0 ? ms : 60000;
 }
 
 const char *os_session_project_id(const os_session *s)

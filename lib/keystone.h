@@ -74,9 +74,6 @@ os_call *os_upload(os_session *s, enum os_service svc, const char *path,
 		   const os_upload_opts *o, os_call_fn cb, void *arg);
 void os_cancel(os_call *c);
 
-/* Per-request timeout for ordinary calls (default 60 s). */
-void os_session_set_timeout(os_session *s, long ms);
-
 /* After the first authentication: the project's id, the negotiated Nova
  * microversion ("" when none), and whether the catalog has SVC. */
 const char *os_session_project_id(const os_session *s);

@@ -340,7 +340,15 @@ static void setup(void)
 	    "    region_name: R1\n"
 	    "  broken:\n"
 	    "    auth:\n"
-	    "      auth_url: %s\n", httpd.base, httpd.base, httpd.base);
+	    "      auth_url: %s\n"
+	    "  timed:\n"
+	    "    auth: {auth_url: %s, username: demo, password: secret}\n"
+	    "    region_name: R1\n"
+	    "    api_timeout: 0.3\n"
+	    "  badtimeout:\n"
+	    "    auth: {auth_url: %s, username: demo, password: secret}\n"
+	    "    api_timeout: soon\n", httpd.base, httpd.base, httpd.base,
+	    httpd.base, httpd.base);
 	test_write(path, yaml);
 	free(yaml);
 	setenv("OS_CLIENT_CONFIG_FILE", path, 1);
@@ -595,6 +603,15 @@ TEST(clouds_yaml_search_and_secure_merge)
 	c = clouds_load("broken", NULL, &err);
 	CHECK(c == NULL);
 	CHECK(err && strstr(err, "cloud broken: auth needs"));
+	free(err);
+	/* openstacksdk's api_timeout: seconds per call. */
+	c = clouds_load("timed", NULL, &err);
+	REQUIRE(c);
+	CHECK(c->api_timeout > 0.29 && c->api_timeout < 0.31);
+	clouds_free(c);
+	c = clouds_load("badtimeout", NULL, &err);
+	CHECK(c == NULL);
+	CHECK(err && strstr(err, "cloud badtimeout: api_timeout must be"));
 	free(err);
 }
 
@@ -926,11 +943,11 @@ TEST(timeouts_and_unreachable)
 
 	setup();
 	reset_cloud();
-	/* A session with a short timeout against a slow create. */
-	cl = clouds_load("recorded", NULL, &err);
+	/* A session with a short timeout (clouds.yaml's api_timeout: 0.3)
+	 * against a slow create. */
+	cl = clouds_load("timed", NULL, &err);
 	REQUIRE(cl);
 	s = os_session_new(loop, cl, 0);
-	os_session_set_timeout(s, 300);
 	pthread_mutex_lock(&cloud.mu);
 	cloud.slow_create = true;
 	pthread_mutex_unlock(&cloud.mu);
