@@ -25,15 +25,7 @@ trap cleanup EXIT INT TERM
 
 zk_start "$WORK/zk" || { echo "could not start ZooKeeper"; exit 1; }
 TLS="$WORK/zk/tls"
-cat >"$WORK/nodepool.yaml" <<YAML
-zookeeper-servers:
-  - host: 127.0.0.1
-    port: $ZK_TLS_PORT
-    chroot: /bench
-zookeeper-tls:
-  ca: $TLS/ca.pem
-  cert: $TLS/client.pem
-  key: $TLS/client.key
+{ zk_yaml /bench; cat <<YAML; } >"$WORK/nodepool.yaml"
 labels: []
 providers: []
 YAML

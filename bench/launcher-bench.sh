@@ -85,16 +85,7 @@ if [ "${CLOUD_DIR:-0}" = 1 ]; then
 	FAKE_OPTS="    fake:
       state-dir: $WORK/cloud"
 fi
-TLS=$WORK/zk/tls
-cat >"$WORK/nodepool.yaml" <<YAML
-zookeeper-servers:
-  - host: 127.0.0.1
-    port: $ZK_TLS_PORT
-    chroot: /bench
-zookeeper-tls:
-  ca: $TLS/ca.pem
-  cert: $TLS/client.pem
-  key: $TLS/client.key
+{ zk_yaml /bench; cat <<YAML; } >"$WORK/nodepool.yaml"
 labels:
   - name: bench
     min-ready: 0

@@ -691,6 +691,15 @@ class Scenario(ProcScenario):
               % (self.name, nid))
         return lock
 
+    def _contenders(self, path):
+        return self.kz.get_children(path) if self.kz.exists(path) else []
+
+    def node_lock_contenders(self, nid):
+        return self._contenders("/nodepool/nodes/%s/lock" % nid)
+
+    def request_lock_contenders(self, rid):
+        return self._contenders("/nodepool/requests-lock/" + rid)
+
     def use_and_return(self, rid, req):
         """Zuul's executor: lock, delete request, in-use, used, unlock."""
         locks = []
@@ -702,6 +711,47 @@ class Scenario(ProcScenario):
                 self.set_node(nid, state=state, state_time=time.time())
         for _, lock in locks:
             lock.release()
+
+    def return_all(self, rids):
+        """Zuul done with requests RIDS: a fulfilled one's nodes used and
+        returned, any other request deleted."""
+        for rid in rids:
+            req = self.get_request(rid)
+            if req and req["state"] == "fulfilled":
+                self.use_and_return(rid, req)
+            elif req:
+                self.kz.delete("/nodepool/requests/" + rid)
+
+    def check_all_deleted(self, what, timeout=60):
+        """Checks, as WHAT, that every node and every fake instance goes
+        (nothing left behind once everything is returned)."""
+        check(wait_for(lambda: not self.nodes() and not self.instances(),
+                       timeout, "all deleted"),
+              "%s: every node and instance deleted (%d nodes, %d instances "
+              "left)" % (what, len(self.nodes()), len(self.instances())))
+
+    def start_full_pool(self, what):
+        """A launcher serving label small from one pool of max-servers 1,
+        its one slot taken by a fulfilled request, a second request
+        waiting (pending) with the pool paused. (process, provider,
+        first request's id and record, second request's id)."""
+        prov = {"name": "fake-provider",
+                "pools": [{"name": "main", "max": 1, "labels": ["small"]}]}
+        p = self.start(self.write_config([prov], [("small", 0)]))
+        r1 = self.request(["small"])
+        req1 = self.wait_request(r1)
+        check(req1 and req1["state"] == "fulfilled",
+              "%s: first request fulfilled" % what)
+        r2 = self.request(["small"])
+        check(wait_for(self.pool_paused, what="paused"),
+              "%s: pool paused at max-servers 1" % what)
+        check((self.get_request(r2) or {}).get("state") == "pending",
+              "%s: second request waits pending" % what)
+        return p, prov, r1, req1, r2
+
+    def pool_paused(self):
+        """Whether a registered pool says it is paused."""
+        return any(c["paused"] for c in self.registered_pools())
 
     def registered_pools(self):
         out = []

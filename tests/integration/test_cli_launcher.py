@@ -79,11 +79,6 @@ def add_node(s, **fields):
     return path.split("/")[-1]
 
 
-def lock_contenders(s, nid):
-    path = "/nodepool/nodes/%s/lock" % nid
-    return s.kz.get_children(path) if s.kz.exists(path) else []
-
-
 # ---- delete --now ----
 
 def test_delete_now(zk):
@@ -146,7 +141,7 @@ def test_delete_now(zk):
               "this launcher" % other in out,
               "delnow unknown provider: %d %r" % (rc, out))
         check(s.get_node(other)["state"] == "ready" and
-              lock_contenders(s, other) == [],
+              s.node_lock_contenders(other) == [],
               "delnow unknown provider: node untouched and unlocked")
         s.kz.delete("/nodepool/nodes/" + other, recursive=True)
 
@@ -201,7 +196,7 @@ def test_request_hold(zk):
             return
         nid = rows[0][0]
         n = s.get_node(nid)
-        check(n["state"] == "hold" and lock_contenders(s, nid) == [],
+        check(n["state"] == "hold" and s.node_lock_contenders(nid) == [],
               "hold: the node is held and unlocked: %r" % n)
         check(our_requests(s) == [], "hold: the request is deleted")
         ext = n["external_id"]

@@ -194,25 +194,13 @@ def test_cancel_mid_launch(zk):
 def test_quota_pause(zk):
     s = Scenario(zk, "quota")
     try:
-        prov = {"name": "fake-provider",
-                "pools": [{"name": "main", "max": 1, "labels": ["small"]}]}
-        cfg = s.write_config([prov], [("small", 0)])
-        p = s.start(cfg)
-        r1 = s.request(["small"])
-        req1 = s.wait_request(r1)
-        check(req1 and req1["state"] == "fulfilled", "quota: first fulfilled")
-        r2 = s.request(["small"])
-        check(wait_for(lambda: any(c["paused"] for c in s.registered_pools()),
-                       what="paused"), "quota: pool paused at max-servers")
-        check((s.get_request(r2) or {}).get("state") == "pending",
-              "quota: second request waits pending")
+        p, _, r1, req1, r2 = s.start_full_pool("quota")
         s.use_and_return(r1, req1)
         req2 = s.wait_request(r2)
         check(req2 and req2["state"] == "fulfilled",
               "quota: second fulfilled after a node was deleted")
-        check(wait_for(lambda: not any(c["paused"]
-                                       for c in s.registered_pools()),
-                       what="unpaused"), "quota: pool unpaused")
+        check(wait_for(lambda: not s.pool_paused(), what="unpaused"),
+              "quota: pool unpaused")
         s.stop(p)
     finally:
         s.close()

@@ -243,27 +243,13 @@ def test_zk_restart(zk):
         check(ok, "zkrestart: the fulfilled requests' nodes are ready and "
               "theirs")
         # Everything returned: nothing may stay behind.
-        for rid, st in states.items():
-            req = s.get_request(rid)
-            if st == "fulfilled" and req:
-                s.use_and_return(rid, req)
-            elif req:
-                s.kz.delete("/nodepool/requests/" + rid)
-        check(wait_for(lambda: not s.nodes() and not s.instances(),
-                       timeout=60, what="all deleted"),
-              "zkrestart: returned nodes and their instances deleted "
-              "(%d nodes, %d instances left)"
-              % (len(s.nodes()), len(s.instances())))
+        s.return_all(states)
+        s.check_all_deleted("zkrestart")
         s.stop(p)
     finally:
         if s:
             s.close()
         ozk.stop()
-
-
-def lock_contenders(s, rid):
-    path = "/nodepool/requests-lock/" + rid
-    return s.kz.get_children(path) if s.kz.exists(path) else []
 
 
 def test_completion_outage(zk):
@@ -316,10 +302,10 @@ def test_completion_outage(zk):
             check(req and req["state"] == "fulfilled",
                   "complout %s: request fulfilled (%s)"
                   % (what, req and req["state"]))
-            check(wait_for(lambda: not lock_contenders(s, rid),
+            check(wait_for(lambda: not s.request_lock_contenders(rid),
                            what="unlocked"),
                   "complout %s: request unlocked (%s)"
-                  % (what, lock_contenders(s, rid)))
+                  % (what, s.request_lock_contenders(rid)))
             nodes = [s.get_node(n) for n in (req or {}).get("nodes", [])]
             check(len(nodes) == 2 and all(
                 n and n["state"] == "ready" and n["allocated_to"] == rid
@@ -329,13 +315,8 @@ def test_completion_outage(zk):
         check("Completing again once ZooKeeper answers" in s.log(p),
               "complout: the completion was sent again (logged)")
         quiet.setLevel(level)
-        for rid, req in reqs.items():
-            if req:
-                s.use_and_return(rid, req)
-        check(wait_for(lambda: not s.nodes() and not s.instances(),
-                       timeout=60, what="all deleted"),
-              "complout: used nodes and their instances deleted (%d "
-              "nodes, %d instances)" % (len(s.nodes()), len(s.instances())))
+        s.return_all(reqs)
+        s.check_all_deleted("complout")
         s.stop(p)
     finally:
         quiet.setLevel(level)
@@ -343,11 +324,6 @@ def test_completion_outage(zk):
             s.close()
         ftrap.close()
         ozk.stop()
-
-
-def node_lock_contenders(s, nid):
-    path = "/nodepool/nodes/%s/lock" % nid
-    return s.kz.get_children(path) if s.kz.exists(path) else []
 
 
 def test_completion_steps(zk):
@@ -413,10 +389,10 @@ def test_completion_steps(zk):
             check(req and req["state"] == state,
                   "complsteps %s: request %s (%s)"
                   % (lock, state, req and req["state"]))
-            check(wait_for(lambda: not lock_contenders(s, rid),
+            check(wait_for(lambda: not s.request_lock_contenders(rid),
                            what="unlocked"),
                   "complsteps %s: request unlocked (%s)"
-                  % (lock, lock_contenders(s, rid)))
+                  % (lock, s.request_lock_contenders(rid)))
             done[rid] = req
         log = s.log(p)
         check(log.count("Completing one step at a time") == 2,
@@ -430,17 +406,12 @@ def test_completion_steps(zk):
             nd and nd["state"] == "ready" and nd["allocated_to"] == rid
             for nd in nodes), "complsteps: the fulfilled request's two "
             "nodes ready and allocated to it (%s)" % nodes)
-        check(wait_for(lambda: not any(node_lock_contenders(s, nid)
+        check(wait_for(lambda: not any(s.node_lock_contenders(nid)
                                        for nid in nids), what="unlocked"),
               "complsteps: its nodes unlocked")
         quiet.setLevel(level)
-        if req:
-            s.use_and_return(rid, req)
-        s.kz.delete("/nodepool/requests/" + list(done)[1])
-        check(wait_for(lambda: not s.nodes() and not s.instances(),
-                       timeout=60, what="all deleted"),
-              "complsteps: every node and instance deleted (%d nodes, %d "
-              "instances)" % (len(s.nodes()), len(s.instances())))
+        s.return_all(done)
+        s.check_all_deleted("complsteps")
         s.stop(p)
     finally:
         quiet.setLevel(level)
@@ -506,16 +477,8 @@ def test_session_expiry(zk):
             "nothing half built (%r)" % sorted(
                 (n["state"], n["allocated_to"]) for n in
                 s.nodes().values()))
-        for rid, st in states.items():
-            req = s.get_request(rid)
-            if st == "fulfilled" and req:
-                s.use_and_return(rid, req)
-            elif req:
-                s.kz.delete("/nodepool/requests/" + rid)
-        check(wait_for(lambda: not s.nodes() and not s.instances(),
-                       timeout=60, what="all deleted"),
-              "expiry: everything returned is deleted (%d nodes, %d "
-              "instances)" % (len(s.nodes()), len(s.instances())))
+        s.return_all(states)
+        s.check_all_deleted("expiry")
         s.stop(p)
     finally:
         s.close()
@@ -657,16 +620,7 @@ def pool_ids(s):
 def test_reload_max_servers(zk):
     s = Scenario(zk, "reloadmax")
     try:
-        prov = {"name": "fake-provider",
-                "pools": [{"name": "main", "max": 1, "labels": ["small"]}]}
-        cfg = s.write_config([prov], [("small", 0)])
-        p = s.start(cfg)
-        r1 = s.request(["small"])
-        req1 = s.wait_request(r1)
-        check(req1 and req1["state"] == "fulfilled", "reloadmax: first")
-        r2 = s.request(["small"])
-        check(wait_for(lambda: any(c["paused"] for c in s.registered_pools()),
-                       what="paused"), "reloadmax: paused at max-servers 1")
+        p, prov, r1, req1, r2 = s.start_full_pool("reloadmax")
         before = pool_ids(s)
         # More room: the provider restarts and the waiting request is
         # served while the first node is still in use.
@@ -684,17 +638,16 @@ def test_reload_max_servers(zk):
               "reloadmax: the restarted provider keeps serving")
         check(pool_ids(s) == before, "reloadmax: the same pool component "
               "(%r, %r)" % (before, pool_ids(s)))
-        check(wait_for(lambda: not any(c["paused"]
-                                       for c in s.registered_pools()),
-                       what="unpaused"), "reloadmax: unpaused")
+        check(wait_for(lambda: not s.pool_paused(), what="unpaused"),
+              "reloadmax: unpaused")
         # And less: at 3 nodes in use with max-servers 2, a fourth waits.
         prov["pools"][0]["max"] = 2
         s.write_config([prov], [("small", 0)])
         wait_for(lambda: s.log(p).count("Provider fake-provider changed")
                  >= 2, what="second reload")
         r4 = s.request(["small"])
-        check(wait_for(lambda: any(c["paused"] for c in s.registered_pools()),
-                       what="paused"), "reloadmax: paused at the lower max")
+        check(wait_for(s.pool_paused, what="paused"),
+              "reloadmax: paused at the lower max")
         check((s.get_request(r4) or {}).get("state") == "pending",
               "reloadmax: fourth request waits")
         check(len(s.instances()) == 3, "reloadmax: no fourth instance")

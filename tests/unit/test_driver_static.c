@@ -148,6 +148,17 @@ static void read_nodes(zk *z, struct nodes *out)
 	strlist_free(&ids);
 }
 
+/* A manager on YAML started (env_start) and one registration pass run;
+ * the nodes it left in NS. False when the manager did not start. */
+static bool start_synced(struct env *e, const char *yaml, struct nodes *ns)
+{
+	if (!env_start(e, yaml))
+		return false;
+	sync_pass(e);
+	read_nodes(e->z, ns);
+	return true;
+}
+
 static void free_nodes(struct nodes *ns)
 {
 	for (size_t i = 0; i < ns->n; i++) {
@@ -223,6 +234,19 @@ static bool have_sshd(void)
 	if (access("/usr/sbin/sshd", X_OK) != 0 || !harness()) {
 		testlib_skip("no sshd or tests/harness/sshd.sh (run from the "
 		    "repository root)");
+		return false;
+	}
+	return true;
+}
+
+/* Whether both an sshd and ZooKeeper are there; the test is skipped
+ * otherwise. */
+static bool sshd_and_zk(void)
+{
+	if (!have_sshd())
+		return false;
+	if (!test_zk_hosts()) {
+		testlib_skip("NP_TEST_ZK not set");
 		return false;
 	}
 	return true;
@@ -433,10 +457,8 @@ TEST(config_change_updates_and_deregisters)
 	struct nodes ns;
 	zk_lock *held;
 
-	if (!env_start(&e, config_v1))
+	if (!start_synced(&e, config_v1, &ns))
 		goto out;
-	sync_pass(&e);
-	read_nodes(e.z, &ns);
 	/* A node in use (locked) of the host that goes away is left alone,
 	 * and so is a node allocated to a request. */
 	const np_node *gone = find(&ns, "fake-gone", 0, "ready");
@@ -477,10 +499,8 @@ TEST(allocated_nodes_are_not_updated)
 	struct env e;
 	struct nodes ns;
 
-	if (!env_start(&e, config_v1))
+	if (!start_synced(&e, config_v1, &ns))
 		goto out;
-	sync_pass(&e);
-	read_nodes(e.z, &ns);
 	np_node *n = (np_node *)find(&ns, "127.0.0.1", 0, "ready");
 	REQUIRE(n);
 	n->allocated_to = xstrdup("100-0000000001");
@@ -506,10 +526,8 @@ TEST(deleted_node_is_registered_again)
 	struct nodes ns;
 	char *old_id;
 
-	if (!env_start(&e, config_v1))
+	if (!start_synced(&e, config_v1, &ns))
 		goto out;
-	sync_pass(&e);
-	read_nodes(e.z, &ns);
 	const np_node *n = find(&ns, "fake-host-1", 1, "ready");
 	REQUIRE(n);
 	old_id = xstrdup(n->id);
@@ -596,16 +614,14 @@ TEST(dns_names_resolve)
 	struct env e;
 	struct nodes ns;
 
-	if (!env_start(&e, BASE_CONFIG
+	if (!start_synced(&e, BASE_CONFIG
 	    "          - name: localhost\n"
 	    "            labels: small\n"
 	    "            host-key-checking: false\n"
 	    "          - name: no-such-host.invalid\n"
 	    "            labels: small\n"
-	    "            host-key-checking: false\n"))
+	    "            host-key-checking: false\n", &ns))
 		goto out;
-	sync_pass(&e);
-	read_nodes(e.z, &ns);
 	CHECK_INT(ns.n, 1);
 	const np_node *n = find(&ns, "localhost", 0, "ready");
 	REQUIRE(n);
@@ -637,18 +653,13 @@ TEST(host_keys_must_be_a_subset_of_the_scan)
 	struct sshd s;
 	char *good, *cfg;
 
-	if (!have_sshd() || !test_zk_hosts()) {
-		if (!test_zk_hosts())
-			testlib_skip("NP_TEST_ZK not set");
+	if (!sshd_and_zk())
 		return;
-	}
 	REQUIRE(sshd_start(&s, "hk"));
 	REQUIRE((good = host_pub(&s, "ed25519")));
 	cfg = sshd_config(&s, good, "");
-	if (!env_start(&e, cfg))
+	if (!start_synced(&e, cfg, &ns))
 		goto out;
-	sync_pass(&e);
-	read_nodes(e.z, &ns);
 	const np_node *n = find(&ns, "127.0.0.1", 0, "ready");
 	REQUIRE(n);
 	/* Every key the sshd has, the configured one among them. */
@@ -660,10 +671,8 @@ TEST(host_keys_must_be_a_subset_of_the_scan)
 	/* A key the host does not have: not registered. */
 	free(cfg);
 	cfg = sshd_config(&s, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFAKE", "");
-	if (!env_start(&e, cfg))
+	if (!start_synced(&e, cfg, &ns))
 		goto out;
-	sync_pass(&e);
-	read_nodes(e.z, &ns);
 	CHECK_INT(ns.n, 0);
 	free_nodes(&ns);
 out:
@@ -680,20 +689,15 @@ TEST(winrm_hosts_need_only_a_tcp_connection)
 	struct sshd s;
 	char *cfg;
 
-	if (!have_sshd() || !test_zk_hosts()) {
-		if (!test_zk_hosts())
-			testlib_skip("NP_TEST_ZK not set");
+	if (!sshd_and_zk())
 		return;
-	}
 	/* Any listening port will do: the sshd's. No keys are recorded,
 	 * even with host-key-checking off (upstream still connects). */
 	REQUIRE(sshd_start(&s, "winrm"));
 	cfg = sshd_config(&s, "[]", "            connection-type: winrm\n"
 	    "            host-key-checking: false\n");
-	if (!env_start(&e, cfg))
+	if (!start_synced(&e, cfg, &ns))
 		goto out;
-	sync_pass(&e);
-	read_nodes(e.z, &ns);
 	const np_node *n = find(&ns, "127.0.0.1", 0, "ready");
 	REQUIRE(n);
 	CHECK_STR(n->connection_type, "winrm");
@@ -703,10 +707,8 @@ TEST(winrm_hosts_need_only_a_tcp_connection)
 
 	/* Nothing listening: not registered. */
 	sshd_stop(&s);
-	if (!env_start(&e, cfg))
+	if (!start_synced(&e, cfg, &ns))
 		goto out;
-	sync_pass(&e);
-	read_nodes(e.z, &ns);
 	CHECK_INT(ns.n, 0);
 	free_nodes(&ns);
 out:
@@ -747,18 +749,13 @@ TEST(liveness_probe_deregisters_a_dead_host)
 	struct sshd s;
 	char *key, *cfg;
 
-	if (!have_sshd() || !test_zk_hosts()) {
-		if (!test_zk_hosts())
-			testlib_skip("NP_TEST_ZK not set");
+	if (!sshd_and_zk())
 		return;
-	}
 	REQUIRE(sshd_start(&s, "live"));
 	REQUIRE((key = host_pub(&s, "rsa")));
 	cfg = sshd_config(&s, key, "");
-	if (!env_start(&e, cfg))
+	if (!start_synced(&e, cfg, &ns))
 		goto out;
-	sync_pass(&e);
-	read_nodes(e.z, &ns);
 	const np_node *n = find(&ns, "127.0.0.1", 0, "ready");
 	REQUIRE(n);
 	CHECK_INT(probe(&e, n), NP_DRV_OK);
@@ -791,10 +788,8 @@ TEST(probe_without_host_key_checking_trusts_the_host)
 	struct env e;
 	struct nodes ns;
 
-	if (!env_start(&e, config_v1))
+	if (!start_synced(&e, config_v1, &ns))
 		goto out;
-	sync_pass(&e);
-	read_nodes(e.z, &ns);
 	/* Port 2022 has nothing behind it, but checking is off. */
 	const np_node *n = find(&ns, "127.0.0.1", 0, "ready");
 	REQUIRE(n);

@@ -240,20 +240,6 @@ static void pass(struct fx *f)
 
 /* ---- records, as another builder or an operator writes them ---- */
 
-static void create(zk *z, const char *path, const char *data)
-{
-	char *parent = xstrndup(path, (size_t)(strrchr(path, '/') - path));
-	int rc = zk_ensure_path(z, parent);
-
-	if (rc == ZOK)
-		rc = zk_create(z, path, data, (int)strlen(data), ZK_PERSISTENT,
-			       NULL);
-	if (rc != ZOK)
-		testlib_fail(__FILE__, __LINE__, "create %s: %s", path,
-			     zk_strerror(rc));
-	free(parent);
-}
-
 static void build(struct fx *f, const char *image, const char *id,
 		  const char *state, double t)
 {
@@ -262,7 +248,7 @@ static void build(struct fx *f, const char *image, const char *id,
 			       "\"builder\": \"elsewhere\", \"formats\": "
 			       "\"qcow2\"}", state, t);
 
-	create(f->z, path, data);
+	test_zk_put(f->z, path, data);
 	free(data);
 	free(path);
 }
@@ -312,7 +298,7 @@ static void upload(struct fx *f, const char *image, const char *build_id,
 			 "\"external_id\": %s%s%s, \"external_name\": null, "
 			 "\"format\": \"qcow2\"}", state, t, ext ? "\"" : "",
 			 ext ? ext : "null", ext ? "\"" : "");
-	create(f->z, path, data);
+	test_zk_put(f->z, path, data);
 	free(data);
 	free(path);
 }

@@ -330,6 +330,35 @@ static void check_keys_are(const strlist *got, const strlist *want)
 		CHECK_STR(got->v[i], want->v[i]);
 }
 
+/* RES is a scan that succeeded with exactly S's host keys. */
+static void check_found_all(const struct result *res, const struct sshd *s)
+{
+	strlist want;
+
+	CHECK_INT(res->status, KEYSCAN_OK);
+	strlist_init(&want);
+	expected_keys(s, &want);
+	check_keys_are(&res->keys, &want);
+	strlist_free(&want);
+}
+
+/* One scan of HOST at S's port as CONNECTION (a node's connection-type),
+ * on a loop of its own, checked with check_found_all. */
+static void scan_finds_all(const struct sshd *s, const char *host,
+			   const char *connection)
+{
+	struct result res = { 0 };
+	evloop *loop = evloop_new();
+	keyscan *ks = keyscan_new(loop, 0);
+
+	keyscan_start(ks, host, s->port, connection, 60, on_result, &res);
+	CHECK(run_until(loop, &res.calls, 1));
+	check_found_all(&res, s);
+	result_free(&res);
+	keyscan_free(ks);
+	evloop_free(loop);
+}
+
 static bool contains(const char *hay, const char *needle)
 {
 	return hay && strstr(hay, needle);
@@ -435,10 +464,6 @@ TEST(single_key_type_servers)
 TEST(legacy_algorithms_server)
 {
 	struct sshd s;
-	struct result res = { 0 };
-	strlist want;
-	evloop *loop;
-	keyscan *ks;
 
 	if (!have_sshd())
 		return;
@@ -446,18 +471,7 @@ TEST(legacy_algorithms_server)
 	       "Ciphers aes128-cbc\nMACs hmac-sha1", 1);
 	REQUIRE(sshd_start(&s, "legacy", 0));
 	unsetenv("SSHD_EXTRA_CONFIG");
-	loop = evloop_new();
-	ks = keyscan_new(loop, 0);
-	keyscan_start(ks, "127.0.0.1", s.port, "network_cli", 60, on_result, &res);
-	CHECK(run_until(loop, &res.calls, 1));
-	CHECK_INT(res.status, KEYSCAN_OK);
-	strlist_init(&want);
-	expected_keys(&s, &want);
-	check_keys_are(&res.keys, &want);
-	strlist_free(&want);
-	result_free(&res);
-	keyscan_free(ks);
-	evloop_free(loop);
+	scan_finds_all(&s, "127.0.0.1", "network_cli");
 	sshd_stop(&s);
 }
 
@@ -528,7 +542,6 @@ TEST(port_that_opens_late_is_picked_up)
 {
 	struct sshd s;
 	struct result res = { 0 };
-	strlist want;
 	evloop *loop;
 	keyscan *ks;
 	sbuf dump;
@@ -550,12 +563,7 @@ TEST(port_that_opens_late_is_picked_up)
 
 	REQUIRE(sshd_start(&s, "late", port));
 	CHECK(run_until(loop, &res.calls, 1));
-	CHECK_INT(res.status, KEYSCAN_OK);
-	strlist_init(&want);
-	expected_keys(&s, &want);
-	check_keys_are(&res.keys, &want);
-
-	strlist_free(&want);
+	check_found_all(&res, &s);
 	result_free(&res);
 	keyscan_free(ks);
 	evloop_free(loop);
@@ -600,7 +608,6 @@ TEST(silent_server_times_out_without_wedging_others)
 	struct tcp_server srv;
 	struct sshd s;
 	struct result silent = { 0 }, good = { 0 };
-	strlist want;
 	evloop *loop;
 	keyscan *ks;
 	char where[64];
@@ -614,11 +621,7 @@ TEST(silent_server_times_out_without_wedging_others)
 	keyscan_start(ks, "127.0.0.1", srv.port, "ssh", 8, on_result, &silent);
 	keyscan_start(ks, "127.0.0.1", s.port, "ssh", 60, on_result, &good);
 	CHECK(run_until(loop, &good.calls, 1));
-	CHECK_INT(good.status, KEYSCAN_OK);
-	strlist_init(&want);
-	expected_keys(&s, &want);
-	check_keys_are(&good.keys, &want);
-	strlist_free(&want);
+	check_found_all(&good, &s);
 	CHECK_INT(silent.calls, 0); /* still waiting for a banner */
 
 	CHECK(run_until(loop, &silent.calls, 1));
@@ -735,10 +738,6 @@ TEST(bad_addresses_fail_at_once)
 TEST(host_name_is_resolved)
 {
 	struct sshd s;
-	struct result res = { 0 };
-	strlist want;
-	evloop *loop;
-	keyscan *ks;
 	FILE *p;
 	char line[256] = "";
 
@@ -755,18 +754,7 @@ TEST(host_name_is_resolved)
 		return;
 	}
 	REQUIRE(sshd_start(&s, "byname", 0));
-	loop = evloop_new();
-	ks = keyscan_new(loop, 0);
-	keyscan_start(ks, "localhost", s.port, "ssh", 60, on_result, &res);
-	CHECK(run_until(loop, &res.calls, 1));
-	CHECK_INT(res.status, KEYSCAN_OK);
-	strlist_init(&want);
-	expected_keys(&s, &want);
-	check_keys_are(&res.keys, &want);
-	strlist_free(&want);
-	result_free(&res);
-	keyscan_free(ks);
-	evloop_free(loop);
+	scan_finds_all(&s, "localhost", "ssh");
 	sshd_stop(&s);
 }
 

@@ -46,21 +46,6 @@ static void fx_close(struct fx *f)
 	}
 }
 
-/* Create PATH with DATA and any missing parents. */
-static void put(zk *z, const char *path, const char *data)
-{
-	char *parent = xstrndup(path, (size_t)(strrchr(path, '/') - path));
-	int rc = parent[0] ? zk_ensure_path(z, parent) : ZOK;
-
-	if (rc == ZOK)
-		rc = zk_create(z, path, data, (int)strlen(data), ZK_PERSISTENT,
-			       NULL);
-	if (rc != ZOK)
-		testlib_fail(__FILE__, __LINE__, "create %s: %s", path,
-			     zk_strerror(rc));
-	free(parent);
-}
-
 /* The data at PATH (caller frees), NULL when it cannot be read. */
 static char *get(zk *z, const char *path)
 {
@@ -179,12 +164,12 @@ TEST(list_nodes_pipelined)
 	for (int i = 0; i < NNODES; i++) {
 		char *json = node_json(i % 2 ? "p1" : "p2", i);
 		snprintf(path, sizeof(path), "/nodepool/nodes/%010d", i);
-		put(f.z, path, json);
+		test_zk_put(f.z, path, json);
 		free(json);
 		if (i % 7 == 3) { /* a kazoo contender: locked */
 			snprintf(path, sizeof(path), "/nodepool/nodes/%010d/"
 				 "lock/3f2a__lock__0000000000", i);
-			put(f.z, path, "");
+			test_zk_put(f.z, path, "");
 			nlocked++;
 		} else if (i % 7 == 5) { /* a lock dir left empty: unlocked */
 			snprintf(path, sizeof(path),
@@ -193,7 +178,7 @@ TEST(list_nodes_pipelined)
 		}
 	}
 	/* Empty data is no node (upstream's getNode), silently. */
-	put(f.z, "/nodepool/nodes/0000099999", "");
+	test_zk_put(f.z, "/nodepool/nodes/0000099999", "");
 
 	strlist_init(&order);
 	REQUIRE(zk_get_children(f.z, "/nodepool/nodes", &order, NULL) == ZOK);
@@ -252,11 +237,11 @@ TEST(list_requests_sorted)
 
 	if (!fx_open(&f))
 		goto out;
-	put(f.z, "/nodepool/requests/200-0000000001",
+	test_zk_put(f.z, "/nodepool/requests/200-0000000001",
 	    "{\"state\": \"requested\", \"node_types\": [\"small\"]}");
-	put(f.z, "/nodepool/requests/100-0000000003",
+	test_zk_put(f.z, "/nodepool/requests/100-0000000003",
 	    "{\"state\": \"pending\"}");
-	put(f.z, "/nodepool/requests/100-0000000002",
+	test_zk_put(f.z, "/nodepool/requests/100-0000000002",
 	    "{\"state\": \"fulfilled\"}");
 	seen_init(&s);
 	CHECK_INT(store_each_request(f.z, see_request, &s), ZOK);
@@ -274,17 +259,18 @@ out:
 
 static void populate_images(zk *z)
 {
-	put(z, B "/0001", "{\"state\": \"ready\", \"state_time\": 5}");
-	put(z, B "/0002", "{\"state\": \"building\", \"state_time\": 6}");
+	test_zk_put(z, B "/0001", "{\"state\": \"ready\", \"state_time\": 5}");
+	test_zk_put(z, B "/0002",
+	    "{\"state\": \"building\", \"state_time\": 6}");
 	zk_ensure_path(z, B "/lock");
-	put(z, "/nodepool/images/img-b/builds/0003",
+	test_zk_put(z, "/nodepool/images/img-b/builds/0003",
 	    "{\"state\": \"ready\", \"state_time\": 7}");
-	put(z, "/nodepool/images/img-b/pause", "");
-	put(z, B "/0001/providers/p2/images/0000000001",
+	test_zk_put(z, "/nodepool/images/img-b/pause", "");
+	test_zk_put(z, B "/0001/providers/p2/images/0000000001",
 	    "{\"state\": \"ready\", \"external_id\": \"x1\"}");
-	put(z, B "/0001/providers/p1/images/0000000002",
+	test_zk_put(z, B "/0001/providers/p1/images/0000000002",
 	    "{\"state\": \"uploading\"}");
-	put(z, B "/0001/providers/p1/images/0000000003",
+	test_zk_put(z, B "/0001/providers/p1/images/0000000003",
 	    "{\"state\": \"ready\"}");
 	zk_ensure_path(z, B "/0001/providers/p1/images/lock");
 }
@@ -462,18 +448,19 @@ TEST(malformed_records_skipped)
 	if (!fx_open(&f))
 		goto out;
 	char *good = node_json("p1", 1);
-	put(f.z, "/nodepool/nodes/0000000001", good);
-	put(f.z, "/nodepool/nodes/0000000002", "{broken json");
-	put(f.z, "/nodepool/nodes/0000000003", "{\"provider\": 5}");
-	put(f.z, "/nodepool/nodes/0000000004", "[1, 2]");
-	put(f.z, "/nodepool/nodes/0000000005", good);
+	test_zk_put(f.z, "/nodepool/nodes/0000000001", good);
+	test_zk_put(f.z, "/nodepool/nodes/0000000002", "{broken json");
+	test_zk_put(f.z, "/nodepool/nodes/0000000003", "{\"provider\": 5}");
+	test_zk_put(f.z, "/nodepool/nodes/0000000004", "[1, 2]");
+	test_zk_put(f.z, "/nodepool/nodes/0000000005", good);
 	free(good);
-	put(f.z, "/nodepool/requests/100-0000000001",
+	test_zk_put(f.z, "/nodepool/requests/100-0000000001",
 	    "{\"node_types\": [1]}");
-	put(f.z, "/nodepool/requests/100-0000000002", "{\"state\": \"x\"}");
-	put(f.z, B "/0001", "{\"state_time\": \"soon\"}");
-	put(f.z, B "/0002", "{\"state\": \"ready\"}");
-	put(f.z, B "/0002/providers/p1/images/0000000001", "nope");
+	test_zk_put(f.z, "/nodepool/requests/100-0000000002",
+	    "{\"state\": \"x\"}");
+	test_zk_put(f.z, B "/0001", "{\"state_time\": \"soon\"}");
+	test_zk_put(f.z, B "/0002", "{\"state\": \"ready\"}");
+	test_zk_put(f.z, B "/0002/providers/p1/images/0000000001", "nope");
 
 	log_capture(&cap);
 	seen_init(&s);
@@ -514,9 +501,9 @@ TEST(single_reads)
 	if (!fx_open(&f))
 		goto out;
 	populate_images(f.z);
-	put(f.z, "/nodepool/nodes/0000000001", "{\"state\": \"ready\", "
+	test_zk_put(f.z, "/nodepool/nodes/0000000001", "{\"state\": \"ready\", "
 	    "\"zuul_private\": 1}");
-	put(f.z, "/nodepool/nodes/0000000002", "");
+	test_zk_put(f.z, "/nodepool/nodes/0000000002", "");
 	REQUIRE(store_node(f.z, "0000000001", &n) == ZOK);
 	CHECK_STR(n.id, "0000000001");
 	CHECK_INT(n.version, 0);
@@ -593,7 +580,8 @@ TEST(node_lock_and_locked)
 
 	if (!fx_open(&f))
 		goto out;
-	put(f.z, "/nodepool/nodes/0000000001", "{\"state\": \"ready\"}");
+	test_zk_put(f.z, "/nodepool/nodes/0000000001",
+	    "{\"state\": \"ready\"}");
 	CHECK(!store_node_locked(f.z, "0000000001"));
 	REQUIRE(store_node_lock(f.z, "0000000001", 5, &lock) == ZOK);
 	CHECK(store_node_locked(f.z, "0000000001"));
@@ -629,8 +617,10 @@ TEST(node_remove_locked)
 
 	if (!fx_open(&f))
 		goto out;
-	put(f.z, "/nodepool/nodes/0000000002", "{\"state\": \"deleting\"}");
-	put(f.z, "/nodepool/nodes/0000000003", "{\"state\": \"deleting\"}");
+	test_zk_put(f.z, "/nodepool/nodes/0000000002",
+	    "{\"state\": \"deleting\"}");
+	test_zk_put(f.z, "/nodepool/nodes/0000000003",
+	    "{\"state\": \"deleting\"}");
 
 	REQUIRE(store_node_lock(f.z, "0000000002", 5, &lock) == ZOK);
 	REQUIRE(store_node(f.z, "0000000002", &n) == ZOK);
@@ -734,7 +724,7 @@ TEST(export_import_roundtrip)
 		goto out;
 	populate_images(f.z);
 	/* A gap: upload 5 exists, so later ones must come after it. */
-	put(f.z, B "/0001/providers/p2/images/0000000005",
+	test_zk_put(f.z, B "/0001/providers/p2/images/0000000005",
 	    "{\"state\": \"ready\"}");
 	REQUIRE(store_export_image_data(f.z, &data) == ZOK);
 	CHECK_INT(json_object_size(data), 8);
@@ -800,7 +790,7 @@ TEST(erase_one_provider)
 	for (int i = 1; i <= 4; i++) {
 		char path[64], *json = node_json(i % 2 ? "p1" : "p2", i);
 		snprintf(path, sizeof(path), "/nodepool/nodes/%010d", i);
-		put(f.z, path, json);
+		test_zk_put(f.z, path, json);
 		free(json);
 	}
 	strlist_init(&builds);
@@ -851,12 +841,12 @@ TEST(recent_records_and_upload_writes)
 
 	if (!fx_open(&f))
 		goto out;
-	put(f.z, "/nodepool/images/img/builds/lock", "");
-	put(f.z, "/nodepool/images/img/builds/aa",
+	test_zk_put(f.z, "/nodepool/images/img/builds/lock", "");
+	test_zk_put(f.z, "/nodepool/images/img/builds/aa",
 	    "{\"state\": \"ready\", \"state_time\": 10}");
-	put(f.z, "/nodepool/images/img/builds/bb",
+	test_zk_put(f.z, "/nodepool/images/img/builds/bb",
 	    "{\"state\": \"failed\", \"state_time\": 30}");
-	put(f.z, "/nodepool/images/img/builds/cc",
+	test_zk_put(f.z, "/nodepool/images/img/builds/cc",
 	    "{\"state\": \"ready\", \"state_time\": 20, \"username\": \"u\"}");
 	CHECK_INT(store_recent_builds(f.z, "img", NP_IMG_READY, 0, &b, &n),
 		  ZOK);

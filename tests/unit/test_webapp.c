@@ -212,24 +212,6 @@ struct fixture {
 	int cport;
 };
 
-/* Create PATH with DATA, and its parents. */
-static void put(zk *z, const char *path, const char *data)
-{
-	int rc = zk_create(z, path, data, (int)strlen(data), ZK_PERSISTENT,
-			   NULL);
-
-	if (rc == ZNONODE) {
-		char *parent = xstrndup(path, (size_t)(strrchr(path, '/') - path));
-		CHECK_INT(zk_ensure_path(z, parent), ZOK);
-		free(parent);
-		rc = zk_create(z, path, data, (int)strlen(data), ZK_PERSISTENT,
-			       NULL);
-	}
-	if (rc != ZOK)
-		testlib_fail(__FILE__, __LINE__, "create %s: %s", path,
-			     zk_strerror(rc));
-}
-
 /* Three days ago, so ages print as 03:00:00:SS. */
 static double then;
 
@@ -249,7 +231,7 @@ static void put_node(zk *z, const char *id, const char *extra)
 		"\"driver_data\": null, \"created_time\": %.3f%s}",
 		then, id, id, then, extra);
 
-	put(z, path, json);
+	test_zk_put(z, path, json);
 	free(json);
 	free(path);
 }
@@ -261,7 +243,8 @@ static void put_records(zk *z)
 	then = now_wall() - 3 * 86400;
 	put_node(z, "0000000000", ", \"connection_port\": 22");
 	put_node(z, "0000000001", ", \"connection_port\": 22");
-	put(z, "/nodepool/nodes/0000000001/lock/abcdef__lock__0000000000", "");
+	test_zk_put(z, "/nodepool/nodes/0000000001/lock/"
+	    "abcdef__lock__0000000000", "");
 	put_node(z, "0000000002",
 	     ", \"connection_port\": {\"token\": \"secret\"}");
 	json = xasprintf("{\"state\": \"ready\", \"state_time\": %.3f, "
@@ -269,18 +252,18 @@ static void put_records(zk *z)
 			 "\"formats\": \"qcow2\", \"username\": \"zuul\", "
 			 "\"python_path\": \"auto\", \"shell_type\": null}",
 			 then);
-	put(z, "/nodepool/images/fake-image/builds/0000000001", json);
-	put(z, "/nodepool/images/other-image/builds/0000000007", json);
+	test_zk_put(z, "/nodepool/images/fake-image/builds/0000000001", json);
+	test_zk_put(z, "/nodepool/images/other-image/builds/0000000007", json);
 	free(json);
-	put(z, "/nodepool/images/other-image/pause", "");
-	put(z, "/nodepool/images/fake-image/request-build", "");
+	test_zk_put(z, "/nodepool/images/other-image/pause", "");
+	test_zk_put(z, "/nodepool/images/fake-image/request-build", "");
 	json = xasprintf("{\"state\": \"ready\", \"state_time\": %.3f, "
 			 "\"external_id\": \"img-1\", "
 			 "\"external_name\": \"fake-image-1\", "
 			 "\"format\": \"qcow2\", \"username\": \"zuul\", "
 			 "\"python_path\": \"auto\", \"shell_type\": null}",
 			 then);
-	put(z, "/nodepool/images/fake-image/builds/0000000001/providers/"
+	test_zk_put(z, "/nodepool/images/fake-image/builds/0000000001/providers/"
 	       "fake-provider/images/0000000001", json);
 	free(json);
 	json = xasprintf("{\"state\": \"requested\", \"state_time\": %.3f, "
@@ -290,23 +273,23 @@ static void put_records(zk *z)
 			 "\"provider\": null, \"relative_priority\": 0, "
 			 "\"event_id\": \"ev-1\", \"created_time\": %.3f, "
 			 "\"tenant_name\": null}", then, then);
-	put(z, "/nodepool/requests/100-0000000000", json);
+	test_zk_put(z, "/nodepool/requests/100-0000000000", json);
 	free(json);
-	put(z, "/nodepool/components/pool/host-a0000000000",
+	test_zk_put(z, "/nodepool/components/pool/host-a0000000000",
 	    "{\"hostname\": \"host-a\", \"id\": \"fake-provider-main\", "
 	    "\"kind\": \"pool\", \"model_api\": 0, \"name\": \"main\", "
 	    "\"paused\": false, \"priority\": 100, "
 	    "\"provider_name\": \"fake-provider\", \"state\": \"running\", "
 	    "\"supported_labels\": [\"fake-label\", \"other-label\"], "
 	    "\"version\": \"10.0.0\"}");
-	put(z, "/nodepool/components/pool/host-b0000000001",
+	test_zk_put(z, "/nodepool/components/pool/host-b0000000001",
 	    "{\"hostname\": \"host-b\", \"id\": \"p2\", \"kind\": \"pool\", "
 	    "\"model_api\": 0, \"name\": \"p2\", \"paused\": false, "
 	    "\"priority\": 100, \"provider_name\": \"fake-provider\", "
 	    "\"state\": \"running\", "
 	    "\"supported_labels\": [\"third\", \"fake-label\"], "
 	    "\"version\": \"10.0.0\"}");
-	put(z, "/nodepool/components/launcher/host-a0000000002",
+	test_zk_put(z, "/nodepool/components/launcher/host-a0000000002",
 	    "{\"hostname\": \"host-a\", \"kind\": \"launcher\", "
 	    "\"model_api\": 0, \"state\": \"running\", "
 	    "\"version\": \"10.0.0\"}");

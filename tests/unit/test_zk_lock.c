@@ -37,6 +37,47 @@ static bool need_zk(void)
 	return true;
 }
 
+/* Two clients of their own sessions on one loop, and a lock directory
+ * in this test's subtree: what most lock tests start from. */
+struct two {
+	evloop *loop;
+	zk *z1, *z2;
+	char *dir;
+};
+
+/* The subtree removed (through a client still open: a test that closes
+ * z1 clears it), the clients closed, the loop freed. */
+static void two_clients_end(struct two *t)
+{
+	zk *z = t->z1 ? t->z1 : t->z2;
+
+	if (z)
+		zk_delete_recursive(z, base);
+	free(t->dir);
+	if (t->z1)
+		zk_close(t->z1);
+	if (t->z2)
+		zk_close(t->z2);
+	evloop_free(t->loop);
+}
+
+/* T started with its directory at base/SUB; false (the test skipped or
+ * failed) without ZooKeeper or when a client does not connect. */
+static bool two_clients(struct two *t, const char *sub)
+{
+	memset(t, 0, sizeof(*t));
+	if (!need_zk())
+		return false;
+	t->loop = evloop_new();
+	t->z1 = test_zk_connect(t->loop, NULL, NULL, NULL);
+	t->z2 = test_zk_connect(t->loop, NULL, NULL, NULL);
+	t->dir = xasprintf("%s/%s", base, sub);
+	if (t->z1 && t->z2)
+		return true;
+	two_clients_end(t);
+	return false;
+}
+
 /* Number of children of DIR (-1 on error). */
 static int nchildren(zk *z, const char *dir)
 {
@@ -109,51 +150,45 @@ static char *raw_contender(zk *z, const char *dir, const char *data)
 
 TEST(nonblocking_busy_and_free)
 {
-	evloop *loop;
-	zk *z1, *z2;
+	struct two f;
 	zk_lock *l1, *l2;
-	char *dir, *data = NULL;
+	char *data = NULL;
 	int len = 0;
 
-	if (!need_zk())
+	if (!two_clients(&f, "a/b/lock"))
 		return;
-	loop = evloop_new();
-	z1 = test_zk_connect(loop, NULL, NULL, NULL);
-	z2 = test_zk_connect(loop, NULL, NULL, NULL);
-	REQUIRE(z1 && z2);
-	dir = xasprintf("%s/a/b/lock", base);
-	l1 = zk_lock_new(z1, dir, "me-1");
-	l2 = zk_lock_new(z2, dir, NULL);
+	l1 = zk_lock_new(f.z1, f.dir, "me-1");
+	l2 = zk_lock_new(f.z2, f.dir, NULL);
 
 	CHECK(!zk_lock_held(l1));
 	CHECK(zk_lock_node(l1) == NULL);
 	CHECK_INT(zk_lock_acquire(l1, false, -1), ZOK);
 	CHECK(zk_lock_held(l1));
 	REQUIRE(zk_lock_node(l1) != NULL);
-	CHECK(str_starts_with(zk_lock_node(l1), dir));
+	CHECK(str_starts_with(zk_lock_node(l1), f.dir));
 	CHECK(strstr(zk_lock_node(l1), "__lock__") != NULL);
-	CHECK_INT(strlen(zk_lock_node(l1)), strlen(dir) + 1 + 32 + 8 + 10);
-	CHECK_INT(zk_get(z1, zk_lock_node(l1), &data, &len, NULL), ZOK);
+	CHECK_INT(strlen(zk_lock_node(l1)), strlen(f.dir) + 1 + 32 + 8 + 10);
+	CHECK_INT(zk_get(f.z1, zk_lock_node(l1), &data, &len, NULL), ZOK);
 	CHECK_STR(data, "me-1");
 	free(data);
 	/* The directory and its parents are empty persistent znodes. */
 	data = NULL;
-	CHECK_INT(zk_get(z1, dir, &data, &len, NULL), ZOK);
+	CHECK_INT(zk_get(f.z1, f.dir, &data, &len, NULL), ZOK);
 	CHECK_INT(len, 0);
 	free(data);
 
 	CHECK_INT(zk_lock_acquire(l2, false, -1), ZLOCKBUSY);
 	CHECK(!zk_lock_held(l2));
 	CHECK(zk_lock_node(l2) == NULL);
-	CHECK_INT(nchildren(z1, dir), 1); /* the loser left nothing */
+	CHECK_INT(nchildren(f.z1, f.dir), 1); /* the loser left nothing */
 	/* Not re-entrant, like kazoo. */
 	CHECK_INT(zk_lock_acquire(l1, false, -1), ZLOCKBUSY);
 	CHECK(zk_lock_held(l1));
 
 	CHECK_INT(zk_lock_release(l1), ZOK);
 	CHECK(!zk_lock_held(l1));
-	CHECK_INT(zk_exists(z1, dir, NULL), ZOK); /* the directory stays */
-	CHECK_INT(nchildren(z1, dir), 0);
+	CHECK_INT(zk_exists(f.z1, f.dir, NULL), ZOK); /* the directory stays */
+	CHECK_INT(nchildren(f.z1, f.dir), 0);
 	CHECK_INT(zk_lock_release(l1), ZOK);      /* harmless twice */
 	CHECK_INT(zk_lock_acquire(l2, false, 5), ZOK);
 	CHECK_INT(zk_lock_acquire(l1, false, -1), ZLOCKBUSY);
@@ -163,12 +198,8 @@ TEST(nonblocking_busy_and_free)
 	zk_lock_free(l1); /* held: released on the way out */
 	zk_lock_free(l2);
 	/* Same session as l1: its queued delete is seen. */
-	CHECK_INT(nchildren(z1, dir), 0);
-	zk_delete_recursive(z1, base);
-	free(dir);
-	zk_close(z1);
-	zk_close(z2);
-	evloop_free(loop);
+	CHECK_INT(nchildren(f.z1, f.dir), 0);
+	two_clients_end(&f);
 }
 
 TEST(blocking_handoff_in_order_without_herd)
@@ -240,144 +271,114 @@ TEST(blocking_handoff_in_order_without_herd)
 
 TEST(timeout_leaves_no_contender)
 {
-	evloop *loop;
-	zk *z1, *z2;
+	struct two f;
 	zk_lock *l1, *l2;
-	char *dir;
 	long long t0;
 
-	if (!need_zk())
+	if (!two_clients(&f, "lock"))
 		return;
-	loop = evloop_new();
-	z1 = test_zk_connect(loop, NULL, NULL, NULL);
-	z2 = test_zk_connect(loop, NULL, NULL, NULL);
-	REQUIRE(z1 && z2);
-	dir = xasprintf("%s/lock", base);
-	l1 = zk_lock_new(z1, dir, NULL);
-	l2 = zk_lock_new(z2, dir, NULL);
+	l1 = zk_lock_new(f.z1, f.dir, NULL);
+	l2 = zk_lock_new(f.z2, f.dir, NULL);
 
 	CHECK_INT(zk_lock_acquire(l1, true, 5), ZOK);
 	t0 = now_ms();
 	CHECK_INT(zk_lock_acquire(l2, true, 0.3), ZLOCKTIMEOUT);
 	CHECK(now_ms() - t0 >= 300);
 	CHECK(zk_lock_node(l2) == NULL);
-	CHECK_INT(nchildren(z1, dir), 1);
+	CHECK_INT(nchildren(f.z1, f.dir), 1);
 	CHECK_INT(zk_lock_acquire(l2, true, 0), ZLOCKTIMEOUT);
-	CHECK_INT(nchildren(z1, dir), 1);
+	CHECK_INT(nchildren(f.z1, f.dir), 1);
 	CHECK_INT(zk_lock_release(l1), ZOK);
 	/* A zero timeout still gets one look at a free lock. */
 	CHECK_INT(zk_lock_acquire(l2, true, 0), ZOK);
 	/* A re-entrant blocking attempt times out and keeps the lock. */
 	CHECK_INT(zk_lock_acquire(l2, true, 0.05), ZLOCKTIMEOUT);
 	CHECK(zk_lock_held(l2));
-	CHECK_INT(nchildren(z1, dir), 1);
+	CHECK_INT(nchildren(f.z1, f.dir), 1);
 	CHECK_INT(zk_lock_release(l2), ZOK);
-	CHECK_INT(nchildren(z1, dir), 0);
+	CHECK_INT(nchildren(f.z1, f.dir), 0);
 
 	zk_lock_free(l1);
 	zk_lock_free(l2);
-	zk_delete_recursive(z1, base);
-	free(dir);
-	zk_close(z1);
-	zk_close(z2);
-	evloop_free(loop);
+	two_clients_end(&f);
 }
 
 TEST(cancel_waiting_and_sticky)
 {
-	evloop *loop;
-	zk *z1, *z2;
+	struct two f;
 	zk_lock *l1, *l2;
 	struct result r = { 0 };
-	char *dir;
 
-	if (!need_zk())
+	if (!two_clients(&f, "lock"))
 		return;
-	loop = evloop_new();
-	z1 = test_zk_connect(loop, NULL, NULL, NULL);
-	z2 = test_zk_connect(loop, NULL, NULL, NULL);
-	REQUIRE(z1 && z2);
-	dir = xasprintf("%s/lock", base);
-	l1 = zk_lock_new(z1, dir, NULL);
-	l2 = zk_lock_new(z2, dir, NULL);
+	l1 = zk_lock_new(f.z1, f.dir, NULL);
+	l2 = zk_lock_new(f.z2, f.dir, NULL);
 	CHECK_INT(zk_lock_acquire(l1, false, -1), ZOK);
 
 	/* Cancel while waiting on the predecessor. */
 	CHECK_INT(zk_lock_acquire_async(l2, true, -1, on_acquired, &r), ZOK);
-	REQUIRE(run_until_children(loop, z1, dir, 2));
+	REQUIRE(run_until_children(f.loop, f.z1, f.dir, 2));
 	for (int i = 0; i < 3; i++)
-		evloop_run_once(loop, 20);
+		evloop_run_once(f.loop, 20);
 	zk_lock_cancel(l2);
-	REQUIRE(run_until(loop, &r.done));
+	REQUIRE(run_until(f.loop, &r.done));
 	CHECK_INT(r.rc, ZLOCKCANCELLED);
-	CHECK_INT(nchildren(z1, dir), 1);
+	CHECK_INT(nchildren(f.z1, f.dir), 1);
 
 	/* Cancel before the attempt has sent anything. */
 	memset(&r, 0, sizeof(r));
 	CHECK_INT(zk_lock_acquire_async(l2, true, -1, on_acquired, &r), ZOK);
 	zk_lock_cancel(l2);
-	REQUIRE(run_until(loop, &r.done));
+	REQUIRE(run_until(f.loop, &r.done));
 	CHECK_INT(r.rc, ZLOCKCANCELLED);
-	CHECK_INT(nchildren(z1, dir), 1);
+	CHECK_INT(nchildren(f.z1, f.dir), 1);
 
 	/* kazoo's cancel() with nothing in progress fails the next attempt
 	 * only. */
 	zk_lock_cancel(l2);
 	CHECK_INT(zk_lock_acquire(l2, true, -1), ZLOCKCANCELLED);
 	CHECK_INT(zk_lock_acquire(l2, false, -1), ZLOCKBUSY);
-	CHECK_INT(nchildren(z1, dir), 1);
+	CHECK_INT(nchildren(f.z1, f.dir), 1);
 
 	/* Freeing a waiting lock abandons it and deletes its contender. */
 	memset(&r, 0, sizeof(r));
 	CHECK_INT(zk_lock_acquire_async(l2, true, -1, on_acquired, &r), ZOK);
-	REQUIRE(run_until_children(loop, z1, dir, 2));
+	REQUIRE(run_until_children(f.loop, f.z1, f.dir, 2));
 	zk_lock_free(l2);
-	REQUIRE(run_until_children(loop, z1, dir, 1));
+	REQUIRE(run_until_children(f.loop, f.z1, f.dir, 1));
 	CHECK(!r.done);
 
 	zk_lock_free(l1);
-	zk_delete_recursive(z1, base);
-	free(dir);
-	zk_close(z1);
-	zk_close(z2);
-	evloop_free(loop);
+	two_clients_end(&f);
 }
 
 TEST(closed_holder_session_frees_the_waiter)
 {
-	evloop *loop;
-	zk *z1, *z2;
+	struct two f;
 	zk_lock *l2;
 	struct result r = { 0 };
-	char *dir, *raw;
+	char *raw;
 
-	if (!need_zk())
+	if (!two_clients(&f, "lock"))
 		return;
-	loop = evloop_new();
-	z1 = test_zk_connect(loop, NULL, NULL, NULL);
-	z2 = test_zk_connect(loop, NULL, NULL, NULL);
-	REQUIRE(z1 && z2);
-	dir = xasprintf("%s/lock", base);
-	CHECK_INT(zk_ensure_path(z1, dir), ZOK);
-	raw = raw_contender(z1, dir, "other");
-	l2 = zk_lock_new(z2, dir, NULL);
+	CHECK_INT(zk_ensure_path(f.z1, f.dir), ZOK);
+	raw = raw_contender(f.z1, f.dir, "other");
+	l2 = zk_lock_new(f.z2, f.dir, NULL);
 	CHECK_INT(zk_lock_acquire(l2, false, -1), ZLOCKBUSY);
 	CHECK_INT(zk_lock_acquire_async(l2, true, 30, on_acquired, &r), ZOK);
-	REQUIRE(run_until_children(loop, z2, dir, 2));
+	REQUIRE(run_until_children(f.loop, f.z2, f.dir, 2));
 	for (int i = 0; i < 3; i++)
-		evloop_run_once(loop, 20);
+		evloop_run_once(f.loop, 20);
 	CHECK(!r.done);
-	zk_close(z1); /* the holder's session ends: its ephemeral goes */
-	REQUIRE(run_until(loop, &r.done));
+	zk_close(f.z1); /* the holder's session ends: its ephemeral goes */
+	f.z1 = NULL;
+	REQUIRE(run_until(f.loop, &r.done));
 	CHECK_INT(r.rc, ZOK);
 	CHECK(zk_lock_held(l2));
 	CHECK_INT(zk_lock_release(l2), ZOK);
 	zk_lock_free(l2);
 	free(raw);
-	zk_delete_recursive(z2, base);
-	free(dir);
-	zk_close(z2);
-	evloop_free(loop);
+	two_clients_end(&f);
 }
 
 /* Expire Z's session the way kazoo's tests do: attach a second client to
@@ -540,48 +541,37 @@ TEST(foreign_children_are_ignored)
 
 TEST(contenders_in_lock_order)
 {
-	evloop *loop;
-	zk *z1, *z2;
+	struct two f;
 	zk_lock *la, *lb, *lc;
 	struct result rb = { 0 }, rc = { 0 };
 	strlist names;
-	char *dir;
 
-	if (!need_zk())
+	if (!two_clients(&f, "lock"))
 		return;
-	loop = evloop_new();
-	z1 = test_zk_connect(loop, NULL, NULL, NULL);
-	z2 = test_zk_connect(loop, NULL, NULL, NULL);
-	REQUIRE(z1 && z2);
-	dir = xasprintf("%s/lock", base);
-	la = zk_lock_new(z1, dir, "a");
-	lb = zk_lock_new(z2, dir, "b");
-	lc = zk_lock_new(z1, dir, NULL);
+	la = zk_lock_new(f.z1, f.dir, "a");
+	lb = zk_lock_new(f.z2, f.dir, "b");
+	lc = zk_lock_new(f.z1, f.dir, NULL);
 	CHECK_INT(zk_lock_acquire(la, false, -1), ZOK);
 	CHECK_INT(zk_lock_acquire_async(lb, true, 30, on_acquired, &rb), ZOK);
-	REQUIRE(run_until_children(loop, z1, dir, 2));
+	REQUIRE(run_until_children(f.loop, f.z1, f.dir, 2));
 	CHECK_INT(zk_lock_acquire_async(lc, true, 30, on_acquired, &rc), ZOK);
-	REQUIRE(run_until_children(loop, z1, dir, 3));
+	REQUIRE(run_until_children(f.loop, f.z1, f.dir, 3));
 	strlist_init(&names);
-	CHECK_INT(zk_lock_contenders(z1, dir, &names), ZOK);
+	CHECK_INT(zk_lock_contenders(f.z1, f.dir, &names), ZOK);
 	REQUIRE(names.n == 3);
 	CHECK_STR(names.v[0], "a");
 	CHECK_STR(names.v[1], "b");
 	CHECK_STR(names.v[2], "");
 	strlist_free(&names);
 	zk_lock_free(la);
-	REQUIRE(run_until(loop, &rb.done));
+	REQUIRE(run_until(f.loop, &rb.done));
 	zk_lock_free(lb);
-	REQUIRE(run_until(loop, &rc.done));
+	REQUIRE(run_until(f.loop, &rc.done));
 	CHECK_INT(rb.rc, ZOK);
 	CHECK_INT(rc.rc, ZOK);
 	zk_lock_free(lc);
-	REQUIRE(run_until_children(loop, z1, dir, 0));
-	zk_delete_recursive(z1, base);
-	free(dir);
-	zk_close(z1);
-	zk_close(z2);
-	evloop_free(loop);
+	REQUIRE(run_until_children(f.loop, f.z1, f.dir, 0));
+	two_clients_end(&f);
 }
 
 /* ---- a thousand locks, one loop ---- */
@@ -721,80 +711,70 @@ static char *get_str(zk *z, const char *path)
 
 TEST(fresh_lock_is_one_multi_and_falls_back)
 {
-	evloop *loop;
-	zk *z1, *z2;
+	struct two f;
 	zk_lock *l1, *l2, *l3;
 	zk_op set = { .type = ZK_OP_SET, .version = -1 };
-	char *obj, *dir, *data;
+	char *obj, *data;
 
-	if (!need_zk())
+	if (!two_clients(&f, "obj/lock"))
 		return;
-	loop = evloop_new();
-	z1 = test_zk_connect(loop, NULL, NULL, NULL);
-	z2 = test_zk_connect(loop, NULL, NULL, NULL);
-	REQUIRE(z1 && z2);
 	obj = xasprintf("%s/obj", base);
-	dir = xasprintf("%s/obj/lock", base);
-	CHECK_INT(zk_ensure_path(z1, base), ZOK);
-	CHECK_INT(zk_create(z1, obj, "init", 4, ZK_PERSISTENT, NULL), ZOK);
+	CHECK_INT(zk_ensure_path(f.z1, base), ZOK);
+	CHECK_INT(zk_create(f.z1, obj, "init", 4, ZK_PERSISTENT, NULL), ZOK);
 
 	/* A directory nobody made yet: dir, contender and our write at once. */
-	l1 = zk_lock_new(z1, dir, "first");
+	l1 = zk_lock_new(f.z1, f.dir, "first");
 	set.path = obj;
 	set.data = "building";
 	set.len = 8;
-	CHECK_INT(fresh_acquire(loop, l1, &set, 1), ZOK);
+	CHECK_INT(fresh_acquire(f.loop, l1, &set, 1), ZOK);
 	CHECK(zk_lock_held(l1));
 	CHECK(zk_lock_fresh(l1));
 	CHECK_INT(zk_lock_checks(l1), 0); /* nothing listed */
 	REQUIRE(zk_lock_node(l1) != NULL);
-	CHECK(str_starts_with(zk_lock_node(l1), dir));
-	CHECK_INT(strlen(zk_lock_node(l1)), strlen(dir) + 1 + 32 + 8 + 10);
-	data = get_str(z1, zk_lock_node(l1));
+	CHECK(str_starts_with(zk_lock_node(l1), f.dir));
+	CHECK_INT(strlen(zk_lock_node(l1)), strlen(f.dir) + 1 + 32 + 8 + 10);
+	data = get_str(f.z1, zk_lock_node(l1));
 	CHECK_STR(data, "first");
 	free(data);
-	data = get_str(z1, dir);
+	data = get_str(f.z1, f.dir);
 	CHECK_STR(data, ""); /* an empty persistent directory, as kazoo's */
 	free(data);
-	data = get_str(z1, obj);
+	data = get_str(f.z1, obj);
 	CHECK_STR(data, "building");
 	free(data);
-	CHECK_INT(nchildren(z1, dir), 1);
+	CHECK_INT(nchildren(f.z1, f.dir), 1);
 
 	/* The directory exists now: a second fresh attempt applies nothing
 	 * and loses the usual way, leaving nothing behind. */
-	l2 = zk_lock_new(z2, dir, NULL);
+	l2 = zk_lock_new(f.z2, f.dir, NULL);
 	set.data = "other";
 	set.len = 5;
-	CHECK_INT(fresh_acquire(loop, l2, &set, 1), ZLOCKBUSY);
+	CHECK_INT(fresh_acquire(f.loop, l2, &set, 1), ZLOCKBUSY);
 	CHECK(!zk_lock_fresh(l2));
-	data = get_str(z1, obj);
+	data = get_str(f.z1, obj);
 	CHECK_STR(data, "building");
 	free(data);
-	CHECK_INT(nchildren(z1, dir), 1);
+	CHECK_INT(nchildren(f.z1, f.dir), 1);
 	/* A plain attempt sees the fresh holder too. */
-	l3 = zk_lock_new(z2, dir, NULL);
+	l3 = zk_lock_new(f.z2, f.dir, NULL);
 	CHECK_INT(zk_lock_acquire(l3, false, 0), ZLOCKBUSY);
 
 	/* Released as any lock: the directory stays, then others get it. */
 	CHECK_INT(zk_lock_release(l1), ZOK);
-	CHECK_INT(nchildren(z1, dir), 0);
-	CHECK_INT(fresh_acquire(loop, l2, NULL, 0), ZOK);
+	CHECK_INT(nchildren(f.z1, f.dir), 0);
+	CHECK_INT(fresh_acquire(f.loop, l2, NULL, 0), ZOK);
 	CHECK(!zk_lock_fresh(l2));
 	CHECK(zk_lock_held(l2));
 	/* Not re-entrant, fresh or not. */
-	CHECK_INT(fresh_acquire(loop, l2, NULL, 0), ZLOCKBUSY);
+	CHECK_INT(fresh_acquire(f.loop, l2, NULL, 0), ZLOCKBUSY);
 	CHECK(zk_lock_held(l2));
 	zk_lock_free(l2);
 	zk_lock_free(l3);
 	zk_lock_free(l1);
 
-	zk_delete_recursive(z1, base);
 	free(obj);
-	free(dir);
-	zk_close(z1);
-	zk_close(z2);
-	evloop_free(loop);
+	two_clients_end(&f);
 }
 
 TEST(fresh_lock_failing_op_or_missing_parent)
@@ -854,8 +834,8 @@ TEST(assumed_dir_and_forgotten_contender)
 	loop = evloop_new();
 	z = test_zk_connect(loop, NULL, NULL, NULL);
 	REQUIRE(z);
-	obj = xasprintf("%s/obj", base);
 	dir = xasprintf("%s/obj/lock", base);
+	obj = xasprintf("%s/obj", base);
 	CHECK_INT(zk_ensure_path(z, dir), ZOK);
 
 	/* An existing directory: create and list, no exists. */

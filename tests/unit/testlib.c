@@ -100,6 +100,21 @@ zk *testlib_zk_chroot_client(const char *file, int line, evloop *loop,
 	return testlib_zk_connect(file, line, loop, NULL, chroot, NULL);
 }
 
+void testlib_zk_put(const char *file, int line, zk *z, const char *path,
+		    const char *data)
+{
+	char *parent = xstrndup(path, (size_t)(strrchr(path, '/') - path));
+	int rc = parent[0] ? zk_ensure_path(z, parent) : ZOK;
+
+	if (rc == ZOK)
+		rc = zk_create(z, path, data, (int)strlen(data), ZK_PERSISTENT,
+			       NULL);
+	if (rc != ZOK)
+		testlib_fail(file, line, "create %s: %s", path,
+			     zk_strerror(rc));
+	free(parent);
+}
+
 void test_zk_chroot_remove(evloop *loop, const char *chroot)
 {
 	zk *root = test_zk_connect(loop, NULL, NULL, NULL);

@@ -44,6 +44,12 @@ zk *testlib_zk_connect(const char *file, int line, evloop *loop,
 	testlib_zk_chroot_client(__FILE__, __LINE__, loop, chroot)
 zk *testlib_zk_chroot_client(const char *file, int line, evloop *loop,
 			     char chroot[64]);
+/* PATH created (persistent) with DATA, and any missing parents; the
+ * calling test fails at the caller's line when it cannot be. */
+#define test_zk_put(z, path, data) \
+	testlib_zk_put(__FILE__, __LINE__, z, path, data)
+void testlib_zk_put(const char *file, int line, zk *z, const char *path,
+		    const char *data);
 /* CHROOT and everything below it removed (through a client of its own). */
 void test_zk_chroot_remove(evloop *loop, const char *chroot);
 /* A fresh chroot like "/t-<pid>-<n>" so tests never see each other's data. */
