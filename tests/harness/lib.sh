@@ -19,6 +19,7 @@ HARNESS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # zk_start DIR: start a standalone ZooKeeper (plain + TLS) with its data in
 # DIR; sets ZK_PORT, ZK_TLS_PORT, ZK_DIR. TLS material in DIR/tls.
+# ZK_TLS_PROTOCOL=TLSv1.3 in the environment: TLS 1.3 only (zk-start.sh).
 zk_start() {
 	ZK_DIR=$1
 	mkdir -p "$ZK_DIR"
