@@ -571,7 +571,10 @@ static bool consider_node(np_deleter *d, const char *id, const np_node *n)
 	np_provmgr *pm;
 	enum op_kind kind;
 
-	if (!n->provider || find_op(d, id))
+	/* The cheap tests first: the node cache calls this for every change
+	 * of every node, and the list of operations is walked last (with
+	 * up to MAX_OPS in flight it was most of the cost). */
+	if (!n->provider)
 		return true;
 	pm = launcher_find_mgr(l, n->provider);
 	if (!pm)
@@ -584,6 +587,8 @@ static bool consider_node(np_deleter *d, const char *id, const np_node *n)
 	else if (deleter_cleanup_state(n->state))
 		kind = OP_DELETE;
 	else
+		return true;
+	if (find_op(d, id))
 		return true;
 	if (d->nops >= MAX_OPS) {
 		d->more = true;
