@@ -417,6 +417,8 @@ static int decode_field(const struct field *f, void *rec, const json_t *obj)
 
 struct rd {
 	const char *p, *end;
+	np_json_pool_fn pool; /* nested values of JSON members, or NULL */
+	void *pool_ctx;
 };
 
 static bool utf8_valid(const char *str, size_t len);
@@ -667,7 +669,7 @@ static json_t *rd_container(struct rd *r, bool object);
 
 static json_t *rd_nested(const char *s, const char *e)
 {
-	struct rd r = { s, e };
+	struct rd r = { s, e, NULL, NULL };
 	json_t *v = rd_container(&r, *r.p++ == '{');
 
 	if (v) {
@@ -854,6 +856,18 @@ static bool rd_field(struct rd *r, const struct field *f, void *rec,
 	case F_FORMATS:
 		return false; /* builds: rare, jansson's way */
 	case F_JSON:
+		if (r->pool && (*r->p == '{' || *r->p == '[')) {
+			const char *e = rd_skip_nested(r->p, r->end);
+
+			if (!e)
+				return false;
+			v = r->pool(r->pool_ctx, r->p, (size_t)(e - r->p));
+			r->p = e;
+			if (!v)
+				return false;
+			break;
+		}
+		/* FALLTHROUGH */
 	case F_PORT:
 	case F_SSHPORT:
 	case F_HOLDEXP:
@@ -905,9 +919,10 @@ static const struct field *rd_find(const struct field *tab, const char *key,
 /* REC is initialised. RD_OK, or RD_GIVE_UP with REC and *RAWP to be
  * cleared by the caller. */
 static int rec_decode_direct(const struct field *tab, void *rec,
-			     json_t **rawp, const char *data, size_t len)
+			     json_t **rawp, const char *data, size_t len,
+			     np_json_pool_fn pool, void *pool_ctx)
 {
-	struct rd r = { data, data + len };
+	struct rd r = { data, data + len, pool, pool_ctx };
 	const struct field *hint = tab, *f;
 	uint64_t seen = 0;
 	json_t *ssh_port = NULL;
@@ -1459,8 +1474,9 @@ static void type_clear(int kind, void *rec)
 	*AT(rec, t->version, int) = -1;
 }
 
-static int type_decode(int kind, void *rec, const char *const *ids,
-		       const char *data, size_t len, char **err)
+static int type_decode_pooled(int kind, void *rec, const char *const *ids,
+			      const char *data, size_t len,
+			      np_json_pool_fn pool, void *pool_ctx, char **err)
 {
 	const struct rec_type *t = &rec_types[kind];
 
@@ -1468,7 +1484,7 @@ static int type_decode(int kind, void *rec, const char *const *ids,
 	/* Components need the whole document (is_pool); they are rare. */
 	if (kind != NP_KIND_COMPONENT &&
 	    rec_decode_direct(t->fields, rec, AT(rec, t->raw, json_t *), data,
-			      len) == RD_OK)
+			      len, pool, pool_ctx) == RD_OK)
 		goto ids;
 	type_clear(kind, rec);
 	type_init(kind, rec);
@@ -1482,6 +1498,12 @@ ids:
 		if (ids && ids[i])
 			*AT(rec, t->ids[i], char *) = xstrdup(ids[i]);
 	return 0;
+}
+
+static int type_decode(int kind, void *rec, const char *const *ids,
+		       const char *data, size_t len, char **err)
+{
+	return type_decode_pooled(kind, rec, ids, data, len, NULL, NULL, err);
 }
 
 static char *type_encode(int kind, const void *rec, bool is_pool,
@@ -1518,6 +1540,27 @@ int np_record_decode(np_kind kind, np_record *rec, const char *const *ids,
 		return -1;
 	*AT(rec, rec_types[kind].version, int) = version;
 	return 0;
+}
+
+int np_record_decode_pooled(np_kind kind, np_record *rec,
+			    const char *const *ids, const char *data,
+			    size_t len, int version, np_json_pool_fn pool,
+			    void *ctx, char **err)
+{
+	if (type_decode_pooled(kind, rec, ids, data, len, pool, ctx, err) < 0)
+		return -1;
+	*AT(rec, rec_types[kind].version, int) = version;
+	return 0;
+}
+
+json_t *np_json_nested(const char *text, size_t len)
+{
+	const char *e;
+
+	if (!len || (*text != '{' && *text != '[') ||
+	    !(e = rd_skip_nested(text, text + len)) || e != text + len)
+		return NULL;
+	return rd_nested(text, e);
 }
 
 char *np_record_encode(np_kind kind, const np_record *rec)
@@ -1719,6 +1762,50 @@ void np_component_clear(np_component *c)
 
 /* ---- Python-compatible JSON text ---- */
 
+/* Whether the P-digit rounding of D = M / 2^K (E + 1 digits before the
+ * point) reads back as D; its digits in *Q. */
+static bool float_digits_try(unsigned long long m, int k, int e, int p,
+			     unsigned long long *q)
+{
+	static const unsigned long long pow10[] = {
+		1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL,
+		10000000ULL, 100000000ULL, 1000000000ULL, 10000000000ULL,
+		100000000000ULL, 1000000000000ULL, 10000000000000ULL,
+		100000000000000ULL, 1000000000000000ULL, 10000000000000000ULL,
+		100000000000000000ULL,
+	};
+	typedef unsigned __int128 u128;
+	int sc = p - 1 - e; /* D * 10^sc has p digits before the point */
+	u128 x, y, diff, half;
+	bool even = (m & 1) == 0;
+
+	if (sc >= 0) {
+		u128 num = (u128)m * pow10[sc];
+		u128 rem = num & (((u128)1 << k) - 1), h = (u128)1 << (k - 1);
+
+		*q = (unsigned long long)(num >> k);
+		if (rem > h || (rem == h && (*q & 1)))
+			(*q)++;
+		/* In units of 10^-sc * 2^-(k+1). */
+		x = num * 2;
+		y = (u128)*q << (k + 1);
+		half = pow10[sc];
+	} else {
+		u128 den = (u128)pow10[-sc] << k;
+		u128 rem = (u128)m % den;
+
+		*q = (unsigned long long)((u128)m / den);
+		if (rem * 2 > den || (rem * 2 == den && (*q & 1)))
+			(*q)++;
+		/* In units of 2^-(k+1). */
+		x = (u128)m * 2;
+		y = ((u128)*q * pow10[-sc]) << (k + 1);
+		half = 1;
+	}
+	diff = x > y ? x - y : y - x;
+	return diff < half || (diff == half && even);
+}
+
 /* The shortest correctly rounded significand that reads back as D, for
  * 1 <= |D| < 2^52 (times and most numbers we write), with exact integer
  * arithmetic: D = M / 2^K, and p digits read back when they lie within
@@ -1729,16 +1816,8 @@ void np_component_clear(np_component *c)
  * neighbour is nearer), for the search to do. */
 static bool float_digits_exact(double d, char *digits, int *nd, int *exp10)
 {
-	static const unsigned long long pow10[] = {
-		1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL,
-		10000000ULL, 100000000ULL, 1000000000ULL, 10000000000ULL,
-		100000000000ULL, 1000000000000ULL, 10000000000000ULL,
-		100000000000000ULL, 1000000000000000ULL, 10000000000000000ULL,
-		100000000000000000ULL,
-	};
-	typedef unsigned __int128 u128;
-	unsigned long long bits, m, q = 0, ip;
-	int k, e = 0, p;
+	unsigned long long bits, m, q = 0, ip, pw = 1;
+	int k, e = 0, p, lo, hi;
 	char tmp[24];
 	int n = 0;
 
@@ -1750,42 +1829,27 @@ static bool float_digits_exact(double d, char *digits, int *nd, int *exp10)
 		return false;
 	for (ip = m >> k; ip >= 10; ip /= 10)
 		e++;
-	for (p = 1; p <= 17; p++) {
-		int sc = p - 1 - e; /* D * 10^sc has p digits before the point */
-		u128 x, y, diff, half;
-		bool even = (m & 1) == 0;
-
-		if (sc >= 0) {
-			u128 num = (u128)m * pow10[sc];
-			u128 rem = num & (((u128)1 << k) - 1), h = (u128)1 << (k - 1);
-
-			q = (unsigned long long)(num >> k);
-			if (rem > h || (rem == h && (q & 1)))
-				q++;
-			/* In units of 10^-sc * 2^-(k+1). */
-			x = num * 2;
-			y = (u128)q << (k + 1);
-			half = pow10[sc];
-		} else {
-			u128 den = (u128)pow10[-sc] << k;
-			u128 rem = (u128)m % den;
-
-			q = (unsigned long long)((u128)m / den);
-			if (rem * 2 > den || (rem * 2 == den && (q & 1)))
-				q++;
-			/* In units of 2^-(k+1). */
-			x = (u128)m * 2;
-			y = ((u128)q * pow10[-sc]) << (k + 1);
-			half = 1;
-		}
-		diff = x > y ? x - y : y - x;
-		if (diff < half || (diff == half && even))
-			break;
-	}
-	if (p > 17)
+	/* The fewest digits that read back: more digits are never further
+	 * from D (each is the correctly rounded decimal), so a binary search
+	 * finds it in 5 tries, where times need 16 or 17 digits. */
+	if (!float_digits_try(m, k, e, 17, &q))
 		return false;
+	for (lo = 1, hi = 17; lo < hi;) {
+		int mid = (lo + hi) / 2;
+		unsigned long long qm;
+
+		if (float_digits_try(m, k, e, mid, &qm)) {
+			hi = mid;
+			q = qm; /* the digits of the fewest that read back */
+		} else {
+			lo = mid + 1;
+		}
+	}
+	p = hi;
+	for (int i = 0; i < p; i++)
+		pw *= 10;
 	/* A carry (9.99 -> 10.0) makes p + 1 digits: one more in the exponent. */
-	if (q >= pow10[p])
+	if (q >= pw)
 		e++;
 	do {
 		tmp[n++] = (char)('0' + q % 10);
