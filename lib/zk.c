@@ -420,14 +420,16 @@ static bool triggers(enum wkind kind, int type)
 	}
 }
 
-/* Collect watchers on exactly PATH for event TYPE, unlinking one-shots. */
-static void collect_exact(zk *z, const char *path, int type, bool recursive_only,
-			  struct fire_list *out)
+/* Collect watchers on exactly the LEN bytes of PATH (its bucket H) for
+ * event TYPE, unlinking one-shots. */
+static void collect_exact(zk *z, const char *path, size_t len, unsigned h,
+			  int type, bool recursive_only, struct fire_list *out)
 {
-	struct watcher **pp = &z->watches[path_hash(path)], *w;
+	struct watcher **pp = &z->watches[h], *w;
 
 	while ((w = *pp)) {
-		bool match = strcmp(w->path, path) == 0 && triggers(w->kind, type) &&
+		bool match = strncmp(w->path, path, len) == 0 && !w->path[len] &&
+			     triggers(w->kind, type) &&
 			     (!recursive_only || w->kind == W_RECURSIVE);
 		if (!match) {
 			pp = &w->next;
@@ -443,23 +445,50 @@ static void collect_exact(zk *z, const char *path, int type, bool recursive_only
 	}
 }
 
+#define MAX_DEPTH 32 /* ancestors hashed in the one pass over a path */
+
 static void dispatch_event(zk *z, int type, const char *path)
 {
 	struct fire_list f = { NULL, 0, 0 };
-	char *anc = xstrdup(path);
-	collect_exact(z, path, type, false, &f);
-	/* Recursive watches on every ancestor. */
-	for (;;) {
-		char *slash = strrchr(anc, '/');
-		if (!slash || strcmp(anc, "/") == 0)
-			break;
-		if (slash == anc)
-			slash[1] = '\0';
-		else
-			*slash = '\0';
-		collect_exact(z, anc, type, true, &f);
+	size_t plen[MAX_DEPTH], len;
+	unsigned phash[MAX_DEPTH], h = 5381;
+	int n = 0;
+
+	/* Every ancestor's bucket in one pass (path_hash of each prefix):
+	 * "/" and each prefix before a later slash. */
+	for (len = 0; path[len]; len++) {
+		if (path[len] == '/' && n < MAX_DEPTH) {
+			plen[n] = len ? len : 1;
+			phash[n++] = (len ? h : h * 33 + '/') % WATCH_BUCKETS;
+		}
+		h = h * 33 + (unsigned char)path[len];
 	}
-	free(anc);
+	collect_exact(z, path, len, h % WATCH_BUCKETS, type, false, &f);
+	if (n == MAX_DEPTH) {
+		/* Deeper than we hash in one pass: each ancestor on its own. */
+		char *anc = xstrdup(path);
+
+		for (;;) {
+			char *slash = strrchr(anc, '/');
+
+			if (!slash || strcmp(anc, "/") == 0)
+				break;
+			if (slash == anc)
+				slash[1] = '\0';
+			else
+				*slash = '\0';
+			collect_exact(z, anc, strlen(anc), path_hash(anc), type,
+				      true, &f);
+		}
+		free(anc);
+	} else {
+		/* Recursive watches on every ancestor, the nearest first; a
+		 * path ending in a slash is not its own ancestor. */
+		for (int i = n - 1; i >= 0; i--)
+			if (plen[i] < len)
+				collect_exact(z, path, plen[i], phash[i], type,
+					      true, &f);
+	}
 	/* Called only now: a watcher may add or remove watches. */
 	for (size_t i = 0; i < f.n; i++)
 		f.v[i].fn(z, type, path, f.v[i].arg);
