@@ -233,6 +233,19 @@ char *np_record_path(np_kind kind, const np_record *rec);
 /* np_*_decode() of KIND, also setting the znode VERSION. */
 int np_record_decode(np_kind kind, np_record *rec, const char *const *ids,
 		     const char *data, size_t len, int version, char **err);
+/* A pool of nested JSON values (the caches'): given the text (LEN bytes,
+ * not NUL-terminated) of an array or object that a record member keeps
+ * as JSON, a new reference to the value it reads as (np_json_nested()),
+ * or NULL when it is not valid JSON. */
+typedef json_t *(*np_json_pool_fn)(void *ctx, const char *text, size_t len);
+/* np_record_decode() taking the values of JSON members that are arrays or
+ * objects from POOL (when the document is a common one: see model.c) */
+int np_record_decode_pooled(np_kind kind, np_record *rec,
+			    const char *const *ids, const char *data,
+			    size_t len, int version, np_json_pool_fn pool,
+			    void *ctx, char **err);
+/* The array or object TEXT (LEN bytes) as jansson reads it, or NULL. */
+json_t *np_json_nested(const char *text, size_t len);
 char *np_record_encode(np_kind kind, const np_record *rec);
 void np_record_clear(np_kind kind, np_record *rec);
 const char *np_record_state(np_kind kind, const np_record *rec);

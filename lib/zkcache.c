@@ -219,26 +219,39 @@ static const char *ent_key(const struct ent *e)
 }
 
 /* FNV-1a */
-static uint32_t hash_str(const char *s)
+static uint32_t hash_strn(const char *s, size_t len)
 {
 	uint32_t h = 2166136261u;
 
-	while (*s)
+	while (len--)
 		h = (h ^ (unsigned char)*s++) * 16777619u;
 	return h;
 }
 
-static struct ent *tab_find(const struct table *t, const char *key)
+static uint32_t hash_str(const char *s)
+{
+	return hash_strn(s, strlen(s));
+}
+
+/* The entry whose key is the LEN bytes of KEY (no NUL among them). */
+static struct ent *tab_findn(const struct table *t, const char *key,
+			     size_t len)
 {
 	uint32_t h;
 
 	if (!t->nb)
 		return NULL;
-	h = hash_str(key);
+	h = hash_strn(key, len);
 	for (struct ent *e = t->b[h & (t->nb - 1)]; e; e = e->next)
-		if (e->hash == h && strcmp(ent_key(e), key) == 0)
+		if (e->hash == h && strncmp(ent_key(e), key, len) == 0 &&
+		    !ent_key(e)[len])
 			return e;
 	return NULL;
+}
+
+static struct ent *tab_find(const struct table *t, const char *key)
+{
+	return tab_findn(t, key, strlen(key));
 }
 
 static void tab_resize(struct table *t, size_t nb)
@@ -258,21 +271,28 @@ static void tab_resize(struct table *t, size_t nb)
 	t->nb = nb;
 }
 
-/* A new entry for KEY (which must not exist) with a zeroed record. */
-static struct ent *tab_add(struct table *t, const char *key, int what)
+/* A new entry for the KLEN bytes of KEY (which must not exist) with a
+ * zeroed record. */
+static struct ent *tab_addn(struct table *t, const char *key, size_t klen,
+			    int what)
 {
-	size_t osz = obj_size(what), klen = strlen(key);
+	size_t osz = obj_size(what);
 	struct ent *e = xcalloc(1, sizeof(*e) + osz + klen + 1);
 
 	e->what = (uint8_t)what;
-	e->hash = hash_str(key);
-	memcpy((char *)e->body + osz, key, klen + 1);
+	e->hash = hash_strn(key, klen);
+	memcpy((char *)e->body + osz, key, klen);
 	if (t->n >= t->nb)
 		tab_resize(t, t->nb ? t->nb * 2 : 64);
 	e->next = t->b[e->hash & (t->nb - 1)];
 	t->b[e->hash & (t->nb - 1)] = e;
 	t->n++;
 	return e;
+}
+
+static struct ent *tab_add(struct table *t, const char *key, int what)
+{
+	return tab_addn(t, key, strlen(key), what);
 }
 
 static void tab_unlink(struct table *t, struct ent *e)
@@ -461,14 +481,18 @@ static void json_prune(zkc *c)
 
 /* Replace *SLOT (an object, array or integer) by the pool's equal value
  * (same text, same key order), adding it to the pool if new. Records are
- * read-only, so sharing is invisible to readers. */
+ * read-only, so sharing is invisible to readers. A value the reader took
+ * from the pool (json_pooled) is shared already: only the pool and the
+ * records hold references to a pooled value, and a value just read has
+ * one. */
 static void json_intern(zkc *c, json_t **slot)
 {
 	json_t *v = *slot;
 	struct ent *e;
 	char *text;
 
-	if (!v || !(json_is_object(v) || json_is_array(v) || json_is_integer(v)))
+	if (!v || !(json_is_object(v) || json_is_array(v) || json_is_integer(v)) ||
+	    v->refcount > 1)
 		return;
 	text = np_json_dumps(v, false);
 	e = tab_find(&c->json, text);
@@ -483,6 +507,30 @@ static void json_intern(zkc *c, json_t **slot)
 		e->has_obj = true;
 	}
 	free(text);
+}
+
+/* The reader's pool of a node's nested values (np_json_pool_fn), keyed
+ * by their text as written: the value is built only the first time, not
+ * built, written out again and thrown away for every node read. */
+static json_t *json_pooled(void *ctx, const char *text, size_t len)
+{
+	zkc *c = ctx;
+	struct ent *e;
+	json_t *v;
+
+	if (memchr(text, '\0', len))
+		return np_json_nested(text, len); /* not a key; invalid anyway */
+	e = tab_findn(&c->json, text, len);
+	if (e)
+		return json_incref(*(json_t **)ent_obj(e));
+	v = np_json_nested(text, len);
+	if (!v)
+		return NULL;
+	json_prune(c);
+	e = tab_addn(&c->json, text, len, W_JSON);
+	*(json_t **)ent_obj(e) = json_incref(v);
+	e->has_obj = true;
+	return v;
 }
 
 /* A record's strings with few distinct values (states, providers, pools,
@@ -671,7 +719,9 @@ static int decode(zkc *c, int what, const char *rel, const char *data,
 	segs_split(rel, &s);
 	switch (what) {
 	case ZKC_NODE:
-		rc = np_node_decode(&o->node, rel, data, (size_t)len, err);
+		rc = np_record_decode_pooled(NP_KIND_NODE, (np_record *)&o->node,
+					     &rel, data, (size_t)len, st->version,
+					     json_pooled, c, err);
 		raw = &o->node.raw;
 		version = &o->node.version;
 		break;

@@ -230,6 +230,74 @@ TEST(decoding_matches_jansson)
 	free(err);
 }
 
+/* The pool given to np_record_decode_pooled: counts its calls and hands
+ * back the one value it keeps for each text seen. */
+struct test_pool {
+	int calls;
+	char *text[4];
+	json_t *v[4];
+	int n;
+};
+
+static json_t *test_pool_fn(void *ctx, const char *text, size_t len)
+{
+	struct test_pool *p = ctx;
+
+	p->calls++;
+	for (int i = 0; i < p->n; i++)
+		if (strlen(p->text[i]) == len && memcmp(p->text[i], text, len) == 0)
+			return json_incref(p->v[i]);
+	if (p->n == 4)
+		return np_json_nested(text, len);
+	p->text[p->n] = strndup(text, len);
+	p->v[p->n] = np_json_nested(text, len);
+	return json_incref(p->v[p->n++]);
+}
+
+TEST(decoding_with_a_pool)
+{
+	const char *doc = "{\"state\": \"ready\", \"resources\": {\"cores\": 2, "
+		"\"ram\": 8192}, \"user_data\": [1, {\"a\": \"b\"}], "
+		"\"attributes\": null, \"external_id\": \"x\", \"zz\": {\"k\": 1}}";
+	const char *bad = "{\"resources\": {\"cores\": 2,}}";
+	struct test_pool pool = { 0 };
+	np_record a, b, c;
+	char *ea, *eb, *err = NULL;
+	const char *id = "0000000001";
+
+	REQUIRE(np_record_decode(NP_KIND_NODE, &a, &id, doc, strlen(doc), 3,
+				 &err) == 0);
+	REQUIRE(np_record_decode_pooled(NP_KIND_NODE, &b, &id, doc, strlen(doc),
+					3, test_pool_fn, &pool, &err) == 0);
+	REQUIRE(np_record_decode_pooled(NP_KIND_NODE, &c, &id, doc, strlen(doc),
+					3, test_pool_fn, &pool, &err) == 0);
+	/* The JSON members that are arrays or objects, not unknown keys. */
+	CHECK_INT(pool.calls, 4);
+	CHECK_INT(pool.n, 2);
+	CHECK(b.node.resources == c.node.resources);
+	CHECK(b.node.user_data == c.node.user_data);
+	CHECK_INT(b.node.version, 3);
+	ea = np_record_encode(NP_KIND_NODE, &a);
+	eb = np_record_encode(NP_KIND_NODE, &b);
+	CHECK_STR(eb, ea);
+	free(ea);
+	free(eb);
+	np_record_clear(NP_KIND_NODE, &a);
+	np_record_clear(NP_KIND_NODE, &b);
+	np_record_clear(NP_KIND_NODE, &c);
+	/* Invalid inside a pooled member: the same error as without a pool. */
+	CHECK(np_record_decode_pooled(NP_KIND_NODE, &a, &id, bad, strlen(bad), 0,
+				      test_pool_fn, &pool, &err) < 0);
+	CHECK(err != NULL);
+	free(err);
+	CHECK(np_json_nested("{\"a\": 1} ", 9) == NULL);
+	CHECK(np_json_nested("1", 1) == NULL);
+	for (int i = 0; i < pool.n; i++) {
+		free(pool.text[i]);
+		json_decref(pool.v[i]);
+	}
+}
+
 TEST(bad_documents)
 {
 	np_node n;
