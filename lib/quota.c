@@ -4,6 +4,7 @@
 #include "log.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -72,22 +73,21 @@ static void combine(np_quota *a, const np_quota *b, double sign)
 {
 	int na = a->n;
 	double missing = a->missing;
+	uint32_t found = 0; /* B's keys found in A */
+	_Static_assert(NP_QUOTA_MAX <= 32, "a bit per key");
 
 	for (int i = 0; i < na; i++) {
 		int j = find_at(b, a->r[i].name, i);
 
 		a->r[i].value += sign * (j < 0 ? b->missing : b->r[j].value);
+		if (j >= 0)
+			found |= 1u << j;
 	}
-	for (int j = 0; j < b->n; j++) {
-		bool in_a = false;
-
-		if (j < na && strcmp(a->r[j].name, b->r[j].name) == 0)
-			continue;
-		for (int i = 0; i < na && !in_a; i++)
-			in_a = strcmp(a->r[i].name, b->r[j].name) == 0;
-		if (!in_a)
+	/* Keys are unique in a vector: what no key of A found is not in A
+	 * (the pool worker adds up some 50 reservations per launch). */
+	for (int j = 0; j < b->n; j++)
+		if (!(found & (1u << j)))
 			set_at(a, -1, b->r[j].name, missing + sign * b->r[j].value);
-	}
 	a->missing = missing + sign * b->missing;
 	if (isnan(a->missing))
 		a->missing = missing;
