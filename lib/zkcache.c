@@ -533,6 +533,15 @@ static json_t *json_pooled(void *ctx, const char *text, size_t len)
 	return v;
 }
 
+int zkc_decode_node(zkc *c, np_node *n, const char *id, const char *data,
+		    size_t len, char **err)
+{
+	if (!c || c->closed)
+		return np_node_decode(n, id, data, len, err);
+	return np_record_decode_pooled(NP_KIND_NODE, (np_record *)n, &id, data,
+				       len, -1, json_pooled, c, err);
+}
+
 /* A record's strings with few distinct values (states, providers, pools,
  * labels, users, ...) point into one pool of counted strings, as its id
  * points to its entry's key: with thousands of nodes that is a third of

@@ -128,6 +128,13 @@ void zkc_foreach(zkc *c, enum zkc_what what, zkc_each_fn fn, void *arg);
 /* The ids of kind WHAT, sorted, appended to OUT (a snapshot to keep). */
 void zkc_ids(const zkc *c, enum zkc_what what, strlist *out);
 
+/* np_node_decode() of a node of C's tree with its nested JSON values
+ * (resources, user_data, ...) shared with the cache's copies instead of
+ * built again: for a writer's re-read under the lock. The values are
+ * read-only (encoding and clearing the record are fine). */
+int zkc_decode_node(zkc *c, np_node *n, const char *id, const char *data,
+		    size_t len, char **err);
+
 /* ---- our own writes ----
  * A write of ours (a set, or a multi with a set) to a record this cache
  * holds would come back through the watch and be read again. Tell the
