@@ -416,8 +416,9 @@ static void start_delete(delop *o)
 	np_node_set_state(&o->node, NP_NODE_DELETING);
 	path = np_path_node(o->id);
 	json = np_node_encode(&o->node);
-	if (launcher_aset(o->d->l, path, json, (int)strlen(json),
-			  deleting_written, o) == ZOK)
+	if (launcher_aset_record(o->d->l, path, json, (int)strlen(json),
+				 NP_KIND_NODE, (const np_record *)&o->node,
+				 deleting_written, o) == ZOK)
 		o->busy++;
 	free(json);
 	free(path);

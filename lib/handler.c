@@ -229,8 +229,9 @@ static void store_request(np_handler *h)
 	char *path = np_path_request(h->id);
 	char *json = np_request_encode(&h->req);
 
-	if (launcher_aset(h->pw->l, path, json, (int)strlen(json), stored,
-			  h) == ZOK)
+	if (launcher_aset_record(h->pw->l, path, json, (int)strlen(json),
+				 NP_KIND_REQUEST, (const np_record *)&h->req,
+				 stored, h) == ZOK)
 		h->busy++;
 	free(json);
 	free(path);
@@ -974,6 +975,8 @@ typedef struct completion {
 	} *steps;
 	char *id;
 	char *logger;
+	np_record **recs;   /* per op: a set's record for its cache, or NULL */
+	np_kind *kinds;
 } completion;
 
 static void completion_unref(completion *c)
@@ -983,7 +986,12 @@ static void completion_unref(completion *c)
 	for (int i = 0; i < c->n; i++) {
 		free((char *)c->ops[i].path);
 		free((char *)c->ops[i].data);
+		if (c->recs[i])
+			np_record_clear(c->kinds[i], c->recs[i]);
+		free(c->recs[i]);
 	}
+	free(c->recs);
+	free(c->kinds);
 	zk_ops_free(c->ops, c->n);
 	free(c->ops);
 	free(c->steps);
@@ -1085,11 +1093,20 @@ static void completion_done(zk *z, int rc, void *arg)
 	completion *c = arg;
 
 	/* The caches take the records from us (failed: they read them). */
-	for (int i = 0; !c->noted && i < c->n; i++)
-		if (c->ops[i].type == ZK_OP_SET)
+	for (int i = 0; !c->noted && i < c->n; i++) {
+		if (c->ops[i].type != ZK_OP_SET)
+			continue;
+		if (c->recs[i])
+			zkc_write_done_record(launcher_cache_of(c->l,
+								c->ops[i].path),
+					      c->ops[i].path, rc,
+					      &c->ops[i].stat, c->kinds[i],
+					      c->recs[i]);
+		else
 			zkc_write_done(launcher_cache_of(c->l, c->ops[i].path),
 				       c->ops[i].path, rc, c->ops[i].data,
 				       c->ops[i].len, &c->ops[i].stat);
+	}
 	c->noted = true;
 	if (completion_retry(z, c, rc)) {
 		log_debug(c->logger, "[node_request: %s] Completing again "
@@ -1108,16 +1125,28 @@ static void completion_done(zk *z, int rc, void *arg)
 	completion_unref(c);
 }
 
+/* An op; a set's DATA is np_record_encode(KIND, REC), and the cache gets
+ * a copy of REC (see zkc_write_done_record). */
 static void completion_add(completion *c, enum zk_op_type type,
-			   char *path, char *data)
+			   char *path, char *data, np_kind kind,
+			   const np_record *rec)
 {
-	zk_op *op = &c->ops[c->n++];
+	zk_op *op = &c->ops[c->n];
 
 	op->type = type;
 	op->path = path;
 	op->data = data;
 	op->len = data ? (int)strlen(data) : 0;
 	op->version = -1;
+	c->kinds[c->n] = kind;
+	if (rec) {
+		c->recs[c->n] = xmalloc(sizeof(np_record));
+		if (!np_record_copy(kind, c->recs[c->n], rec)) {
+			free(c->recs[c->n]);
+			c->recs[c->n] = NULL;
+		}
+	}
+	c->n++;
 }
 
 /* upstream's order (the last node written ready, nodes unlocked, request
@@ -1130,6 +1159,8 @@ static void complete(np_handler *h)
 
 	c->l = h->pw->l;
 	c->ops = xcalloc(2 * h->nset + 2, sizeof(*c->ops));
+	c->recs = xcalloc(2 * h->nset + 2, sizeof(*c->recs));
+	c->kinds = xcalloc(2 * h->nset + 2, sizeof(*c->kinds));
 	c->id = xstrdup(h->id);
 	c->logger = xstrdup(h->logger);
 	for (size_t i = 0; i < h->nset; i++) {
@@ -1137,12 +1168,14 @@ static void complete(np_handler *h)
 
 		if (nl->final_deferred) {
 			completion_add(c, ZK_OP_SET, np_path_node(nl->node.id),
-				       np_node_encode(&nl->node));
+				       np_node_encode(&nl->node), NP_KIND_NODE,
+				       (const np_record *)&nl->node);
 			nl->final_deferred = false;
 		}
 		mine = nl->lock ? zk_lock_node(nl->lock) : NULL;
 		if (mine) {
-			completion_add(c, ZK_OP_DELETE, xstrdup(mine), NULL);
+			completion_add(c, ZK_OP_DELETE, xstrdup(mine), NULL,
+				       NP_KIND_NODE, NULL);
 			zk_lock_forget(nl->lock);
 		}
 		if (nl->node.id)
@@ -1151,10 +1184,12 @@ static void complete(np_handler *h)
 	}
 	h->nset = 0;
 	completion_add(c, ZK_OP_SET, np_path_request(h->id),
-		       np_request_encode(&h->req));
+		       np_request_encode(&h->req), NP_KIND_REQUEST,
+		       (const np_record *)&h->req);
 	mine = h->lock ? zk_lock_node(h->lock) : NULL;
 	if (mine) {
-		completion_add(c, ZK_OP_DELETE, xstrdup(mine), NULL);
+		completion_add(c, ZK_OP_DELETE, xstrdup(mine), NULL,
+			       NP_KIND_NODE, NULL);
 		zk_lock_forget(h->lock);
 	}
 	unlock_request(h);

@@ -322,8 +322,10 @@ void provmgr_request_quota(np_provmgr *pm, const np_pool *pool,
 typedef struct own_set {
 	np_launcher *l;
 	char *path;
-	char *data;
+	char *data;         /* for the cache, without a record */
 	int len;
+	np_kind kind;
+	np_record *rec;     /* for the cache: the record written */
 	zk_stat_fn cb;
 	void *arg;
 } own_set;
@@ -346,14 +348,20 @@ static void own_set_done(zk *z, int rc, const zk_stat *st, void *arg)
 	/* The writer first, the cache after it, as when the cache read. */
 	if (o->cb)
 		o->cb(z, rc, st, o->arg);
-	zkc_write_done_owned(launcher_cache_of(o->l, o->path), o->path, rc,
-			     o->data, o->len, st);
+	if (o->rec)
+		zkc_write_done_record(launcher_cache_of(o->l, o->path), o->path,
+				      rc, st, o->kind, o->rec);
+	else
+		zkc_write_done_owned(launcher_cache_of(o->l, o->path), o->path,
+				     rc, o->data, o->len, st);
+	free(o->rec);
 	free(o->path);
 	free(o);
 }
 
-int launcher_aset(np_launcher *l, const char *path, const char *data,
-		  int len, zk_stat_fn cb, void *arg)
+int launcher_aset_record(np_launcher *l, const char *path, const char *data,
+			 int len, np_kind kind, const np_record *rec,
+			 zk_stat_fn cb, void *arg)
 {
 	zkc *c = launcher_cache_of(l, path);
 	own_set *o = xcalloc(1, sizeof(*o));
@@ -361,21 +369,41 @@ int launcher_aset(np_launcher *l, const char *path, const char *data,
 
 	o->l = l;
 	o->path = xstrdup(path);
-	o->data = xmalloc((size_t)len + 1);
-	memcpy(o->data, data, (size_t)len);
-	o->data[len] = '\0';
-	o->len = len;
+	o->kind = kind;
+	if (rec && c) {
+		o->rec = xmalloc(sizeof(*o->rec));
+		if (!np_record_copy(kind, o->rec, rec)) {
+			free(o->rec);
+			o->rec = NULL;
+		}
+	}
+	if (!o->rec) {
+		o->data = xmalloc((size_t)len + 1);
+		memcpy(o->data, data, (size_t)len);
+		o->data[len] = '\0';
+		o->len = len;
+	}
 	o->cb = cb;
 	o->arg = arg;
 	zkc_write_begin(c, path);
 	rc = zk_aset(l->z, path, data, len, -1, own_set_done, o);
 	if (rc != ZOK) {
 		zkc_write_done(c, path, rc, NULL, 0, NULL);
+		if (o->rec)
+			np_record_clear(kind, o->rec);
+		free(o->rec);
 		free(o->path);
 		free(o->data);
 		free(o);
 	}
 	return rc;
+}
+
+int launcher_aset(np_launcher *l, const char *path, const char *data,
+		  int len, zk_stat_fn cb, void *arg)
+{
+	return launcher_aset_record(l, path, data, len, NP_KIND_NODE, NULL, cb,
+				    arg);
 }
 
 /* ---- nodes in use, summed as the node cache changes ----

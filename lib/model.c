@@ -220,6 +220,68 @@ static void rec_clear(const struct field *tab, void *rec)
 	}
 }
 
+static bool utf8_valid(const char *str, size_t len);
+
+/* SRC's members into DST (zeroed), as decoding SRC's encoding reads
+ * them (see np_record_copy); false at the first member whose encoding
+ * would not read back the same. */
+static bool rec_copy(const struct field *tab, void *dst, const void *src)
+{
+	for (const struct field *f = tab; f->key; f++) {
+		const char *s;
+		const strlist *l;
+		const json_t *v;
+
+		switch (f->kind) {
+		case F_STR:
+		case F_STR_OMIT:
+			s = *CMEMBER(src, f, char *);
+			if (!s)
+				break;
+			if (!utf8_valid(s, strlen(s)))
+				return false; /* not written */
+			*MEMBER(dst, f, char *) = xstrdup(s);
+			break;
+		case F_NUM:
+			if (isinf(*CMEMBER(src, f, double)))
+				return false; /* not written */
+			*MEMBER(dst, f, double) = *CMEMBER(src, f, double);
+			break;
+		case F_INT:
+		case F_HOLDEXP:
+			*MEMBER(dst, f, long long) = *CMEMBER(src, f, long long);
+			break;
+		case F_BOOL:
+			*MEMBER(dst, f, bool) = *CMEMBER(src, f, bool);
+			break;
+		case F_LIST:
+		case F_LABELS:
+			l = CMEMBER(src, f, strlist);
+			for (size_t i = 0; i < l->n; i++) {
+				if (!utf8_valid(l->v[i], strlen(l->v[i])))
+					return false; /* left out */
+				strlist_add(MEMBER(dst, f, strlist), l->v[i]);
+			}
+			break;
+		case F_FORMATS:
+			return false; /* builds: written sorted and joined */
+		case F_JSON: /* null reads as no value; shared, see model.h */
+			v = *CMEMBER(src, f, json_t *);
+			if (v && !json_is_null(v))
+				*MEMBER(dst, f, json_t *) = json_incref((json_t *)v);
+			break;
+		case F_PORT: /* no value is written, and read, as null */
+			v = *CMEMBER(src, f, json_t *);
+			*MEMBER(dst, f, json_t *) = v ? json_incref((json_t *)v) :
+							json_null();
+			break;
+		case F_SSHPORT: /* written as connection_port, not read */
+			break;
+		}
+	}
+	return true;
+}
+
 /* ---- decoding ---- */
 
 static int str_list_from(strlist *out, const json_t *v)
@@ -421,7 +483,6 @@ struct rd {
 	void *pool_ctx;
 };
 
-static bool utf8_valid(const char *str, size_t len);
 static size_t utf8_seq(const unsigned char *p, const unsigned char *end);
 
 enum { RD_OK = 0, RD_GIVE_UP = 1 };
@@ -1551,6 +1612,24 @@ int np_record_decode_pooled(np_kind kind, np_record *rec,
 		return -1;
 	*AT(rec, rec_types[kind].version, int) = version;
 	return 0;
+}
+
+bool np_record_copy(np_kind kind, np_record *dst, const np_record *src)
+{
+	const struct rec_type *t = &rec_types[kind];
+
+	memset(dst, 0, t->size);
+	*AT(dst, t->version, int) = *AT(src, t->version, int);
+	if (!rec_copy(t->fields, dst, src)) {
+		type_clear(kind, dst);
+		return false;
+	}
+	for (size_t i = 0; i < t->nids; i++) {
+		const char *id = *AT(src, t->ids[i], char *);
+
+		*AT(dst, t->ids[i], char *) = id ? xstrdup(id) : NULL;
+	}
+	return true;
 }
 
 json_t *np_json_nested(const char *text, size_t len)

@@ -244,6 +244,14 @@ int np_record_decode_pooled(np_kind kind, np_record *rec,
 			    const char *const *ids, const char *data,
 			    size_t len, int version, np_json_pool_fn pool,
 			    void *ctx, char **err);
+/* A copy of SRC's members (not of the document it was read from: no raw)
+ * that is what decoding np_record_encode(SRC) gives, without the
+ * encoding and decoding; the version too. Its JSON values (user_data,
+ * resources, ...) are SRC's, shared (new references): records' JSON
+ * values are replaced, never changed in place. False, with DST cleared,
+ * for a record whose encoding leaves something out (a string that is not
+ * valid UTF-8, an infinite time) or that is a build: decode then. */
+bool np_record_copy(np_kind kind, np_record *dst, const np_record *src);
 /* The array or object TEXT (LEN bytes) as jansson reads it, or NULL. */
 json_t *np_json_nested(const char *text, size_t len);
 char *np_record_encode(np_kind kind, const np_record *rec);

@@ -39,8 +39,18 @@ static void record(np_nodelaunch *nl, const char *result)
 		      result, now_ms() - nl->start_ms);
 }
 
+/* The building record's copy, if the node cache did not take it. */
+static void drop_building_rec(np_nodelaunch *nl)
+{
+	if (nl->building_rec)
+		np_record_clear(NP_KIND_NODE, nl->building_rec);
+	free(nl->building_rec);
+	nl->building_rec = NULL;
+}
+
 static void nl_free(np_nodelaunch *nl)
 {
+	drop_building_rec(nl);
 	free(nl->building_json);
 	free(nl->building_image);
 	np_node_clear(&nl->node);
@@ -591,12 +601,20 @@ static void build_done(np_nodelaunch *nl, int rc)
 	nl->build_pending = false;
 	path = np_path_node(nl->node.id);
 	if (rc == ZOK && nl->lock && nl->building_json &&
-	    zk_lock_fresh_stat(nl->lock, 0, &st))
-		zkc_write_done(launcher_nodes(nl->l), path, ZOK, nl->building_json,
-			       (int)strlen(nl->building_json), &st);
-	else
+	    zk_lock_fresh_stat(nl->lock, 0, &st)) {
+		if (nl->building_rec)
+			zkc_write_done_record(launcher_nodes(nl->l), path, ZOK,
+					      &st, NP_KIND_NODE,
+					      nl->building_rec);
+		else
+			zkc_write_done(launcher_nodes(nl->l), path, ZOK,
+				       nl->building_json,
+				       (int)strlen(nl->building_json), &st);
+	} else {
 		zkc_write_done(launcher_nodes(nl->l), path,
 			       rc == ZOK ? ZNOTHING : rc, NULL, 0, NULL);
+	}
+	drop_building_rec(nl);
 	free(path);
 }
 
@@ -647,6 +665,13 @@ static void lock_and_build(np_nodelaunch *nl)
 	}
 	path = np_path_node(nl->node.id);
 	nl->building_json = np_node_encode(&nl->node);
+	drop_building_rec(nl);
+	nl->building_rec = xmalloc(sizeof(*nl->building_rec));
+	if (!np_record_copy(NP_KIND_NODE, nl->building_rec,
+			    (const np_record *)&nl->node)) {
+		free(nl->building_rec);
+		nl->building_rec = NULL;
+	}
 	nl->building_image = nl->node.image_id ? xstrdup(nl->node.image_id) :
 			     NULL;
 	op.path = path;

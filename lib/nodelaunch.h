@@ -58,6 +58,8 @@ struct np_nodelaunch {
 	bool wrote_progress;     /* external id written before the scan */
 	char *building_json;     /* what the lock's multi wrote, until the
 				  * first attempt */
+	np_record *building_rec; /* a copy of the record building_json holds,
+				  * for the node cache (build_done) */
 	char *building_image;    /* its image_id */
 	bool build_pending;      /* the node cache awaits that write */
 	bool final_deferred;     /* ready: the handler's completion writes it */

@@ -325,6 +325,7 @@ struct item {
 	zk_stat st;
 	const char *data;   /* OP_FETCH: reply (borrowed while being applied) */
 	int len;
+	union obj *given;   /* OP_FETCH: our own write's record, not decoded */
 	const strlist *kids; /* OP_LIST: reply */
 	strlist kids_copy;
 	char rel[];         /* path below the root */
@@ -715,6 +716,9 @@ static char *seg_dup(const struct segs *s, int i)
 	return xstrndup(s->p[i], s->len[i]);
 }
 
+static void decoded(zkc *c, int what, union obj *o, json_t **raw,
+		    int *version, const zk_stat *st);
+
 /* Decode a record of kind WHAT at REL into O, without its source document
  * (a cache is for reading; writers re-read under the lock). */
 static int decode(zkc *c, int what, const char *rel, const char *data,
@@ -764,6 +768,16 @@ static int decode(zkc *c, int what, const char *rel, const char *data,
 	}
 	if (rc < 0)
 		return -1;
+	decoded(c, what, o, raw, version, st);
+	return 0;
+}
+
+/* What a decoded record (or our own write's, given) needs before it
+ * lives in an entry: no source document, the znode version, the nested
+ * values pooled. */
+static void decoded(zkc *c, int what, union obj *o, json_t **raw,
+		    int *version, const zk_stat *st)
+{
 	json_decref(*raw);
 	*raw = NULL;
 	*version = st->version;
@@ -778,7 +792,69 @@ static int decode(zkc *c, int what, const char *rel, const char *data,
 		json_intern(c, &o->node.driver_data);
 		json_intern(c, &o->node.slot);
 	}
-	return 0;
+}
+
+/* A JSON value our own write's record shares with the writer's (see
+ * np_record_copy) made the cache's: the value of the record it replaces
+ * (PREV, the cache's) when equal, as most are; else the pool's equal
+ * value when POOL and there is one, else a copy of its own (which
+ * decoded() pools). */
+static void unshare(zkc *c, json_t **slot, const json_t *prev, bool pool)
+{
+	json_t *v = *slot;
+	struct ent *e = NULL;
+
+	if (!v)
+		return;
+	if (prev && (prev == v || json_equal((json_t *)prev, v))) {
+		*slot = json_incref((json_t *)prev);
+		json_decref(v);
+		return;
+	}
+	if (pool && (json_is_object(v) || json_is_array(v) ||
+		     json_is_integer(v))) {
+		char *text = np_json_dumps(v, false);
+
+		e = tab_find(&c->json, text);
+		free(text);
+	}
+	*slot = e ? json_incref(*(json_t **)ent_obj(e)) : json_deep_copy(v);
+	json_decref(v);
+}
+
+/* Our own write's record (a node or a request), in place of decoding
+ * what we wrote. */
+static void given_done(zkc *c, int what, union obj *o,
+		       const union obj *prev, const zk_stat *st)
+{
+#define PREV(m) (prev ? prev->m : NULL)
+	if (what == ZKC_NODE) {
+		unshare(c, &o->node.resources, PREV(node.resources), true);
+		unshare(c, &o->node.attributes, PREV(node.attributes), true);
+		unshare(c, &o->node.connection_port, PREV(node.connection_port),
+			true);
+		unshare(c, &o->node.user_data, PREV(node.user_data), true);
+		unshare(c, &o->node.driver_data, PREV(node.driver_data), true);
+		unshare(c, &o->node.slot, PREV(node.slot), true);
+		unshare(c, &o->node.external_id, PREV(node.external_id), false);
+		decoded(c, what, o, &o->node.raw, &o->node.version, st);
+	} else {
+		unshare(c, &o->request.requestor_data,
+			PREV(request.requestor_data), false);
+		decoded(c, what, o, &o->request.raw, &o->request.version, st);
+	}
+#undef PREV
+}
+
+static void given_free(int what, union obj *o)
+{
+	if (!o)
+		return;
+	if (what == ZKC_NODE)
+		np_node_clear(&o->node);
+	else
+		np_request_clear(&o->request);
+	free(o);
 }
 
 /* ---- applying changes ---- */
@@ -810,9 +886,11 @@ static void drop_obj(zkc *c, struct ent *e)
 		free(e);
 }
 
-/* A read of REL answered: DATA NULL (no znode) or LEN bytes. */
+/* A read of REL answered: DATA NULL (no znode) or LEN bytes; or our own
+ * write's record GIVEN (taken) instead of its data. */
 static void apply_data(zkc *c, const char *rel, int what, const char *data,
-		       int len, const zk_stat *st, uint32_t gen)
+		       int len, const zk_stat *st, uint32_t gen,
+		       union obj *given)
 {
 	struct ent *e = tab_find(&c->tab, rel);
 	union obj o, old;
@@ -821,14 +899,21 @@ static void apply_data(zkc *c, const char *rel, int what, const char *data,
 
 	if (e)
 		stamp(e, gen);
-	if (!data || len <= 0) {
+	if (!given && (!data || len <= 0)) {
 		if (e)
 			drop_obj(c, e);
 		return;
 	}
-	if (e && e->has_obj && st->mzxid <= e->mzxid)
+	if (e && e->has_obj && st->mzxid <= e->mzxid) {
+		given_free(what, given);
 		return; /* not newer than what we have */
-	if (decode(c, what, rel, data, len, st, &o, &err) < 0) {
+	}
+	if (given) {
+		memcpy(&o, given, obj_size(what));
+		free(given);
+		given_done(c, what, &o, e && e->has_obj ? ent_obj(e) : NULL,
+			   st);
+	} else if (decode(c, what, rel, data, len, st, &o, &err) < 0) {
 		char *path = full_path(c, rel);
 		log_error(LOGGER, "Error loading json data from %s: %s", path, err);
 		free(path);
@@ -1022,6 +1107,7 @@ static void item_free(struct item *it)
 {
 	if (it->data_owned)
 		free((char *)it->data);
+	given_free(it->what, it->given);
 	strlist_free(&it->kids_copy);
 	free(it);
 }
@@ -1150,7 +1236,9 @@ static void apply_fetch(zkc *c, struct item *it, bool current)
 		read_failed(c, it, current);
 		return;
 	}
-	apply_data(c, it->rel, it->what, it->data, it->len, &it->st, it->stamp);
+	apply_data(c, it->rel, it->what, it->data, it->len, &it->st, it->stamp,
+		   it->given);
+	it->given = NULL;
 	if (!current || it->rc != ZOK || it->st.num_children <= 0)
 		return;
 	k = classify(c, it->rel);
@@ -1496,9 +1584,10 @@ void zkc_write_begin(zkc *c, const char *path)
 }
 
 /* zkc_write_done(); OWNED: DATA is a NUL-terminated copy of ours to
- * keep or free. */
+ * keep or free; GIVEN: the record written instead of DATA, taken. */
 static void write_done(zkc *c, const char *path, int rc, const char *data,
-		       int len, const zk_stat *st, char *owned)
+		       int len, const zk_stat *st, char *owned,
+		       union obj *given, int given_what)
 {
 	const char *rel = own_rel(c, path);
 	struct own **pp = rel ? own_slot(c, rel) : NULL;
@@ -1513,12 +1602,20 @@ static void write_done(zkc *c, const char *path, int rc, const char *data,
 	if (!it)
 		goto out;
 	c->nholds--;
-	if (rc != ZOK) {
-		/* Failed: read it after all, in the event's place. */
+	if (rc != ZOK || (given && (it->what != given_what || !st))) {
+		/* Failed (or not a record of this cache's kind): read it
+		 * after all, in the event's place. */
 		hold_read(c, it);
 		goto out;
 	}
 	it->held = false;
+	if (given) {
+		it->rc = ZOK;
+		it->given = given;
+		given = NULL;
+		it->st = *st;
+		goto done;
+	}
 	/* Our data, or (DATA NULL) the record went with the write. */
 	it->rc = data && st ? ZOK : ZNONODE;
 	if (it->rc == ZOK) {
@@ -1535,22 +1632,36 @@ static void write_done(zkc *c, const char *path, int rc, const char *data,
 		it->data_owned = true;
 		it->st = *st;
 	}
+done:
 	it->done = true;
 	drain(c);
 out:
 	free(owned);
+	given_free(given_what, given);
 }
 
 void zkc_write_done(zkc *c, const char *path, int rc, const char *data,
 		    int len, const zk_stat *st)
 {
-	write_done(c, path, rc, data, len, st, NULL);
+	write_done(c, path, rc, data, len, st, NULL, NULL, 0);
 }
 
 void zkc_write_done_owned(zkc *c, const char *path, int rc, char *data,
 			  int len, const zk_stat *st)
 {
-	write_done(c, path, rc, data, len, st, data);
+	write_done(c, path, rc, data, len, st, data, NULL, 0);
+}
+
+void zkc_write_done_record(zkc *c, const char *path, int rc,
+			   const zk_stat *st, np_kind kind, np_record *rec)
+{
+	int what = kind == NP_KIND_NODE ? ZKC_NODE : ZKC_REQUEST;
+	union obj *given = xmalloc(sizeof(*given));
+
+	/* The record moves: REC is left zeroed (cleared). */
+	memcpy(given, rec, obj_size(what));
+	memset(rec, 0, obj_size(what));
+	write_done(c, path, rc, NULL, 0, st, NULL, given, what);
 }
 
 static void hold_read(zkc *c, struct item *it)

@@ -152,6 +152,12 @@ void zkc_write_done(zkc *c, const char *path, int rc, const char *data,
  * keeps it or frees it, instead of copying. */
 void zkc_write_done_owned(zkc *c, const char *path, int rc, char *data,
 			  int len, const zk_stat *st);
+/* zkc_write_done() of a node or request write that hands over the record
+ * written (KIND, one np_record_copy() made of what was encoded) instead
+ * of its JSON: the cache keeps it rather than decoding what we encoded.
+ * REC is taken (left zeroed); the cache frees what it does not keep. */
+void zkc_write_done_record(zkc *c, const char *path, int rc,
+			   const zk_stat *st, np_kind kind, np_record *rec);
 
 /* ---- nodes ---- */
 const np_node *zkc_node(const zkc *c, const char *id);

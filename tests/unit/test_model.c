@@ -298,6 +298,63 @@ TEST(decoding_with_a_pool)
 	}
 }
 
+/* np_record_copy gives what decoding the record's encoding gives. */
+TEST(record_copy_reads_as_its_encoding)
+{
+	const char *node_doc = "{\"state\": \"ready\", \"state_time\": 1726600000.25, "
+		"\"type\": [\"small\", \"big\"], \"connection_port\": 2022, "
+		"\"user_data\": {\"a\": [1, 2.5]}, \"attributes\": null, "
+		"\"hold_expiration\": 5, \"zz\": 1}";
+	const char *req_doc = "{\"state\": \"pending\", \"reuse\": false, "
+		"\"relative_priority\": 3, \"requestor_data\": {\"x\": \"y\"}, "
+		"\"declined_by\": [\"l1\"]}";
+	const char *nid = "0000000001", *rid = "100-0000000001";
+	np_record src, copy, back;
+	char *json, *a, *b, *err = NULL;
+
+	REQUIRE(np_record_decode(NP_KIND_NODE, &src, &nid, node_doc,
+				 strlen(node_doc), 7, &err) == 0);
+	REQUIRE(np_record_copy(NP_KIND_NODE, &copy, &src));
+	json = np_record_encode(NP_KIND_NODE, &src);
+	REQUIRE(np_record_decode(NP_KIND_NODE, &back, &nid, json, strlen(json),
+				 7, &err) == 0);
+	/* Equal but for the raw document (the unknown key "zz"). */
+	CHECK(copy.node.raw == NULL);
+	CHECK_INT(copy.node.version, 7);
+	CHECK_STR(copy.node.id, nid);
+	json_decref(back.node.raw);
+	back.node.raw = NULL;
+	a = np_record_encode(NP_KIND_NODE, &copy);
+	b = np_record_encode(NP_KIND_NODE, &back);
+	CHECK_STR(a, b);
+	CHECK(copy.node.user_data == src.node.user_data); /* shared */
+	free(a);
+	free(b);
+	free(json);
+	np_record_clear(NP_KIND_NODE, &back);
+	np_record_clear(NP_KIND_NODE, &copy);
+	/* A string or a time the encoding would leave out: no copy. */
+	free(src.node.hostname);
+	src.node.hostname = xstrdup("bad\xff");
+	CHECK(!np_record_copy(NP_KIND_NODE, &copy, &src));
+	free(src.node.hostname);
+	src.node.hostname = NULL;
+	src.node.created_time = INFINITY;
+	CHECK(!np_record_copy(NP_KIND_NODE, &copy, &src));
+	np_record_clear(NP_KIND_NODE, &src);
+
+	REQUIRE(np_record_decode(NP_KIND_REQUEST, &src, &rid, req_doc,
+				 strlen(req_doc), 2, &err) == 0);
+	REQUIRE(np_record_copy(NP_KIND_REQUEST, &copy, &src));
+	a = np_record_encode(NP_KIND_REQUEST, &copy);
+	b = np_record_encode(NP_KIND_REQUEST, &src);
+	CHECK_STR(a, b);
+	free(a);
+	free(b);
+	np_record_clear(NP_KIND_REQUEST, &copy);
+	np_record_clear(NP_KIND_REQUEST, &src);
+}
+
 TEST(bad_documents)
 {
 	np_node n;

@@ -683,6 +683,77 @@ TEST(own_writes_are_not_read_back)
 	env_close(&e);
 }
 
+/* An own write handed over as a record (zkc_write_done_record): the cache
+ * keeps a copy of what we say we wrote, its nested values pooled. */
+TEST(own_writes_given_as_records)
+{
+	struct env e;
+	struct own_reply o = { 0 };
+	char *n1, *path, *ready, *err = NULL;
+	const char *doc = "{\"state\": \"testing\", \"provider\": \"p\", "
+		"\"resources\": {\"cores\": 2, \"ram\": 8192}, "
+		"\"user_data\": {\"zuul\": [1, 2]}, \"external_id\": \"e1\"}";
+	np_record rec, copy;
+	const np_node *n;
+	zkc *c;
+
+	if (!env_open(&e))
+		return;
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
+	n1 = mk_node(e.z, "building");
+	c = zkc_new(e.z, ZKC_NODES);
+	CHECK_INT(zkc_wait_ready(c, 10), ZOK);
+	path = np_path_node(n1);
+	ready = node_json("ready");
+	REQUIRE(np_record_decode(NP_KIND_NODE, &rec, (const char *[]){ n1 },
+				 doc, strlen(doc), 0, &err) == 0);
+
+	zkc_write_begin(c, path);
+	CHECK_INT(zk_aset(e.z, path, ready, (int)strlen(ready), -1, own_replied,
+			  &o), ZOK);
+	WAIT_FOR(e.loop, o.done);
+	CHECK_INT(o.rc, ZOK);
+	REQUIRE(np_record_copy(NP_KIND_NODE, &copy, &rec));
+	zkc_write_done_record(c, path, o.rc, &o.st, NP_KIND_NODE, &copy);
+	CHECK(copy.node.state == NULL && copy.node.resources == NULL);
+	WAIT_FOR(e.loop, zkc_queue_len(c) == 0);
+	n = zkc_node(c, n1);
+	REQUIRE(n);
+	CHECK_STR(n->state, "testing"); /* the record, not a read */
+	CHECK_STR(n->provider, "p");
+	CHECK_STR(n->id, n1);
+	CHECK_INT(n->version, 1);
+	CHECK(n->raw == NULL);
+	CHECK(n->resources != rec.node.resources); /* not the writer's */
+	CHECK(json_equal(n->resources, rec.node.resources));
+	CHECK(json_equal(n->user_data, rec.node.user_data));
+	CHECK_STR(json_string_value(n->external_id), "e1");
+
+	/* Failed: the record is dropped and the node read. */
+	o.done = 0;
+	zkc_write_begin(c, path);
+	CHECK_INT(zk_aset(e.z, path, ready, (int)strlen(ready), -1, own_replied,
+			  &o), ZOK);
+	WAIT_FOR(e.loop, o.done);
+	REQUIRE(np_record_copy(NP_KIND_NODE, &copy, &rec));
+	zkc_write_done_record(c, path, ZBADVERSION, NULL, NP_KIND_NODE, &copy);
+	WAIT_FOR(e.loop, strcmp(zkc_node(c, n1)->state, "ready") == 0);
+	CHECK_STR(zkc_node(c, n1)->state, "ready");
+
+	/* Not a path of the cache, or no cache: freed. */
+	REQUIRE(np_record_copy(NP_KIND_NODE, &copy, &rec));
+	zkc_write_done_record(c, "/elsewhere/x", ZOK, &o.st, NP_KIND_NODE, &copy);
+	REQUIRE(np_record_copy(NP_KIND_NODE, &copy, &rec));
+	zkc_write_done_record(NULL, path, ZOK, &o.st, NP_KIND_NODE, &copy);
+
+	np_record_clear(NP_KIND_NODE, &rec);
+	zkc_free(c);
+	free(ready);
+	free(path);
+	free(n1);
+	env_close(&e);
+}
+
 static int mk_image_rec(zk *z, const char *path, const char *state,
 			double state_time)
 {
