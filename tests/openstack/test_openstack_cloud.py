@@ -80,7 +80,7 @@ class Cloud:
         self.ep["image"] += "/v2"
 
     def call(self, method, svc, path, body=None, ctype="application/json",
-             raw=None):
+             raw=None, timeout=60):
         data = raw if raw is not None else (
             json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(
@@ -88,7 +88,7 @@ class Cloud:
             headers={"X-Auth-Token": self.token, "Content-Type": ctype,
                      "OpenStack-API-Version": "compute 2.79"})
         try:
-            with urllib.request.urlopen(req, timeout=60) as r:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
                 text = r.read()
                 return r.status, json.loads(text) if text else None
         except urllib.error.HTTPError as e:
