@@ -3,12 +3,14 @@
 # (tests/openstack/cloud), run by bench/openstack-bench.sh. For each
 # concurrency C (default 1 10 50):
 #   1. the cloud alone: C servers created at once straight through the API
-#      by this script (threads), each polled every 0.2 s until ACTIVE, then
+#      by this script (threads), each polled every 0.2 s (C/50 s above
+#      10 servers) until ACTIVE, then
 #      a floating IP made for its port and polled until Nova shows it: the
 #      cloud's own create-to-ACTIVE and create-to-floating-IP times, plus
 #      Nova's own record (created -> OS-SRV-USG:launched_at, whole seconds);
 #   2. the launcher: C requests written at once as Zuul writes them to one
-#      nodepool-launcher (openstack provider, rate 0.01, floating IPs,
+#      nodepool-launcher (openstack provider, rate 0.01, api_timeout 600,
+#      floating IPs,
 #      host keys scanned from an sshd on loopback), each timed from its
 #      creation to `fulfilled` (a ZooKeeper watch). The driver's debug line
 #      for each server says how long its create took, how much of it was
