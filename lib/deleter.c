@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "poolworker.h"
 #include "zk_lock.h"
 
 #define LOGGER "nodepool.DeletedNodeWorker"
@@ -80,6 +81,15 @@ bool deleter_cleanup_state(const char *s)
 		if (strcmp(s, states[i]) == 0)
 			return true;
 	return false;
+}
+
+/* Whether node N (id ID) goes: a cleanup state, or an `init` node of ours
+ * whose create's reply was lost (poolworker_orphaned_init). Upstream
+ * leaves such a node for ever unless its request stays pending. */
+static bool deletable(np_launcher *l, const char *id, const np_node *n)
+{
+	return deleter_cleanup_state(n->state) ||
+	       poolworker_orphaned_init(l, id, n);
 }
 
 /* ---- operation lifetime ---- */
@@ -516,10 +526,13 @@ static void node_read(zk *z, int rc, const char *data, int len,
 		remove_node(o);
 		return;
 	}
-	if (!deleter_cleanup_state(o->node.state)) {
+	if (!deletable(o->l, o->id, &o->node)) {
 		op_end(o);
 		return;
 	}
+	if (strcmp(o->node.state, NP_NODE_INIT) == 0)
+		log_info(LOGGER, "Node %s: init node of ours that no launch "
+			 "knows (its create's reply was lost)", o->id);
 	log_debug(LOGGER, "Marking for deletion unlocked node %s (state: %s, "
 		  "allocated_to: %s)", o->id, o->node.state,
 		  o->node.allocated_to ? o->node.allocated_to : "None");
@@ -586,7 +599,7 @@ static bool consider_node(np_deleter *d, const char *id, const np_node *n)
 	if (n->state && strcmp(n->state, NP_NODE_READY) == 0 && n->allocated_to &&
 	    !launcher_cached_request(l, n->allocated_to))
 		kind = OP_DEALLOC;
-	else if (deleter_cleanup_state(n->state))
+	else if (deletable(l, id, n))
 		kind = OP_DELETE;
 	else
 		return true;

@@ -9,7 +9,10 @@
  *    driver's delete_instance (600 s; NOTFOUND is success), state deleted
  *    and the znode removed with its lock, then the driver is told
  *    (static re-registration). A node already `deleted`, or without a
- *    provider, is only removed.
+ *    provider, is only removed;
+ *  - an `init` node one of our pool workers created that none of our
+ *    launches knows (its create's reply was lost with the connection) is
+ *    deleted the same way (poolworker_orphaned_init); upstream leaves it.
  * At most one operation per node is in flight. */
 #ifndef NP_DELETER_H
 #define NP_DELETER_H

@@ -1302,6 +1302,14 @@ int handler_active_launches(const np_handler *h)
 	return n;
 }
 
+bool handler_holds_node(const np_handler *h, const char *id)
+{
+	for (size_t i = 0; i < h->nset; i++)
+		if (h->set[i]->node.id && strcmp(h->set[i]->node.id, id) == 0)
+			return true;
+	return false;
+}
+
 static const char *state_name(enum handler_state s)
 {
 	switch (s) {

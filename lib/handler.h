@@ -82,6 +82,8 @@ bool handler_completes_with(const np_handler *h, const np_nodelaunch *nl);
 void handler_abandon(np_handler *h, bool session_lost);
 /* Launches in flight (max-concurrency). */
 int handler_active_launches(const np_handler *h);
+/* Whether one of H's launches (or reused nodes) is node ID. */
+bool handler_holds_node(const np_handler *h, const char *id);
 void handler_status(const np_handler *h, sbuf *out);
 /* Free once nothing is due (called by the pool worker). */
 void handler_release(np_handler *h);

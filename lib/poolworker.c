@@ -273,6 +273,24 @@ int poolworker_active_launches(const np_poolworker *pw)
 	return n;
 }
 
+bool poolworker_orphaned_init(np_launcher *l, const char *id,
+			      const np_node *n)
+{
+	if (!n->state || strcmp(n->state, NP_NODE_INIT) != 0 || !n->launcher)
+		return false;
+	for (const np_poolworker *pw = launcher_pools(l); pw; pw = pw->next) {
+		if (strcmp(pw->launcher_id, n->launcher) != 0)
+			continue;
+		for (const np_handler *h = pw->handlers; h; h = h->next)
+			if (handler_holds_node(h, id))
+				return false;
+		return true;
+	}
+	/* Another launcher's (or a retired pool worker's): only upstream's
+	 * lost-request rule applies. */
+	return false;
+}
+
 bool poolworker_paused(const np_poolworker *pw)
 {
 	for (const np_handler *h = pw->handlers; h; h = h->next)

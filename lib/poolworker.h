@@ -62,6 +62,15 @@ void poolworker_session_lost(np_poolworker *pw);
 /* Called by a handler that has finished (removes and frees it). */
 void poolworker_handler_done(np_poolworker *pw, np_handler *h);
 int poolworker_active_launches(const np_poolworker *pw);
+/* Whether node N (id ID) is an `init` node one of L's pool workers
+ * created that none of its launches holds: its create reached the
+ * server but the reply was lost with the connection (the session lived
+ * on), so the launch failed without learning the id and nobody will
+ * ever lock or build the node. Sound because a create's reply comes
+ * before any read that shows its znode: a node the cache shows was
+ * either taken by its launch already or never will be. */
+bool poolworker_orphaned_init(np_launcher *l, const char *id,
+			      const np_node *n);
 bool poolworker_paused(const np_poolworker *pw);
 void poolworker_status(const np_poolworker *pw, sbuf *out);
 

@@ -238,12 +238,16 @@ class FrameTrap:
     request frame after the ConnectRequest (FRAME: the bytes after the
     length: xid, type, body) and answers None (forward it), "drop" (cut
     the connection without forwarding it: the request never reaches the
-    server) or "lost" (forward it, then cut the connection: the server
-    carries it out, its reply never arrives)."""
+    server) or "lost" (forward it, hold back the client's later frames,
+    and cut the connection when the server's reply to it comes: the
+    server has carried it out, however slow it is under load, and its
+    reply never arrives; a fixed pause instead could cut before the
+    server read it, and ZooKeeper drops what a closed connection sent)."""
 
     DELETE = 2
     SET_DATA = 5
     MULTI = 14
+    CREATE2 = 15
 
     def __init__(self, zk, trap):
         tls = os.path.dirname(zk.ca)
@@ -269,7 +273,7 @@ class FrameTrap:
 
     @staticmethod
     def path(frame):
-        """The path a delete or setData FRAME names."""
+        """The path a create, delete or setData FRAME names."""
         n = struct.unpack(">i", frame[8:12])[0]
         return frame[12:12 + n].decode("utf8")
 
@@ -314,35 +318,48 @@ class FrameTrap:
                 except OSError:
                     pass
 
+    @staticmethod
+    def _frames(buf):
+        """The complete length-prefixed frames at the start of BUF, and
+        the rest."""
+        out = []
+        while len(buf) >= 4:
+            n = struct.unpack(">i", buf[:4])[0]
+            if len(buf) < 4 + n:
+                break
+            out.append(buf[:4 + n])
+            buf = buf[4 + n:]
+        return out, buf
+
     def _pump(self, c, u):
         """Both directions on one thread (an SSL object is not for two
-        threads at once): read what is there, pass it on."""
-        buf = b""
+        threads at once), frame by frame: read what is there, pass it on.
+        A reply starts with its request's xid, as the request does."""
+        bufs = {c: b"", u: b""}
         first = True
-        while True:
+        lost = None     # the xid of a "lost" request, whose reply we await
+        end = None
+        while lost is None or time.monotonic() < end:
             ready = [sk for sk in (c, u) if sk.pending()] or \
                 select.select([c, u], [], [], 1.0)[0]
             for src in ready:
                 data = src.recv(65536)
                 if not data:
                     return
-                if src is u:
-                    c.sendall(data)
-                    continue
-                buf += data
-                while len(buf) >= 4:
-                    n = struct.unpack(">i", buf[:4])[0]
-                    if len(buf) < 4 + n:
-                        break
-                    frame, buf = buf[:4 + n], buf[4 + n:]
-                    what = None if first else self.trap(frame[4:])
-                    first = False
-                    if what == "drop":
-                        return
-                    u.sendall(frame)
-                    if what == "lost":
-                        time.sleep(0.2)  # (the server reads it first)
-                        return
+                frames, bufs[src] = self._frames(bufs[src] + data)
+                for frame in frames:
+                    if src is u:
+                        if lost is not None and frame[4:8] == lost:
+                            return
+                        c.sendall(frame)
+                    elif lost is None:
+                        what = None if first else self.trap(frame[4:])
+                        first = False
+                        if what == "drop":
+                            return
+                        u.sendall(frame)
+                        if what == "lost":
+                            lost, end = frame[4:8], time.monotonic() + 120
 
     def close(self):
         self.sock.close()

@@ -13,7 +13,8 @@
 #    transaction cut off (not sent, ZooKeeper then down longer than a
 #    session timeout; sent, its reply lost); that transaction refused (a
 #    contender it deletes gone) so its steps go one at a time, the first
-#    of them cut off; SIGINT without ZooKeeper;
+#    of them cut off; a node's create carried out but its reply lost (the
+#    init node nobody knows is deleted); SIGINT without ZooKeeper;
 #  - requests written as Zuul-2019 did (ephemeral sequential, fewer keys):
 #    fulfilled, and the requestor's session closing (before and after the
 #    request is fulfilled) leaves no node allocated and nothing leaked;
@@ -417,6 +418,59 @@ def test_completion_steps(zk):
         quiet.setLevel(level)
         s.close()
         root.stop()
+        ftrap.close()
+
+
+def test_create_lost(zk):
+    """A node's create reaches the server but its reply is lost with the
+    connection (a ZooKeeper going down under load does this to every
+    create in flight), the session surviving: the launch fails without
+    knowing its znode's id, and the `init` node the server made, our own,
+    must not stay behind for ever (it once did: the ZooKeeper-restart
+    scenario found it as a node without an instance)."""
+    s = Scenario(zk, "createlost")
+    trapped = []
+
+    def trap(frame):
+        if trapped or L.FrameTrap.op(frame) != L.FrameTrap.CREATE2 or \
+                not L.FrameTrap.path(frame).endswith("/nodepool/nodes/"):
+            return None
+        trapped.append(frame)
+        return "lost"
+
+    ftrap = L.FrameTrap(zk, trap)
+    quiet = logging.getLogger("kazoo.client")
+    level = quiet.level
+    try:
+        cfg = s.write_config([PROVIDER], [("small", 0), ("big", 0)],
+                             zk_port=ftrap.port)
+        p = s.start(cfg, env=FAST, debug=True)
+        check(wait_for(lambda: s.registered_pools(), what="pool"),
+              "createlost: pool registered")
+        # (else the first create fails for want of its parent)
+        s.kz.ensure_path("/nodepool/nodes")
+        rid = s.request(["small"])
+        check(wait_for(lambda: trapped, what="trapped"),
+              "createlost: the node's create was cut off after it was sent")
+        req = s.wait_request(rid, timeout=60)
+        check(req and req["state"] in ("fulfilled", "failed"),
+              "createlost: request done (%s)" % (req and req["state"]))
+
+        def orphans():
+            return [(nid, n["state"]) for nid, n in s.nodes().items()
+                    if n["state"] not in ("ready", "deleting")]
+        check(wait_for(lambda: not orphans(), what="no orphan"),
+              "createlost: the orphaned init node deleted (%r)" % orphans())
+        check("init node of ours that no launch knows" in s.log(p),
+              "createlost: the server had made the node (its deletion "
+              "logged)")
+        s.return_all({rid: req})
+        s.check_all_deleted("createlost")
+        check(p.poll() is None, "createlost: running")
+        s.stop(p)
+    finally:
+        quiet.setLevel(level)
+        s.close()
         ftrap.close()
 
 
@@ -1127,7 +1181,7 @@ def test_reload_zk_hosts(zk):
 
 
 TESTS = [test_stack_dump, test_zk_restart, test_completion_outage,
-         test_completion_steps,
+         test_completion_steps, test_create_lost,
          test_session_expiry,
          test_stop_without_zookeeper, test_zuul2019,
          test_tenant_limits, test_max_concurrency_zero,
