@@ -1,12 +1,23 @@
 # lib.sh: shell helpers for the test harness and the integration tests.
 # Source it; it defines free_port, zk_start, zk_stop.
 
-# free_port: print a TCP port on 127.0.0.1 that nothing listens on now.
-# Picks at random from 20000-59999 and checks /proc/net/tcp{,6} via ss.
+# free_port: print a TCP port on 127.0.0.1 that nothing uses now, nor
+# PORT+100 (zk_start's TLS port). Picks at random from 20000 up to the
+# kernel's ephemeral range (ip_local_port_range, 32768 by default) and
+# checks with ss. Below that range because a port in it can be taken
+# between this check and the server's bind (or while a test has stopped
+# the server, to start it again on the same port) by any outgoing
+# connection's local port, a client's reconnect attempts to that very
+# port included (TCP self-connect): ZooKeeper then exits with "Address
+# already in use".
 free_port() {
-	local p
+	local p lo hi span
+	read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null ||
+		lo=32768
+	span=$(( lo - 100 - 20000 ))
+	[ "$span" -ge 1000 ] || span=40000 # an odd range: as before
 	while :; do
-		p=$(( 20000 + RANDOM % 40000 ))
+		p=$(( 20000 + (RANDOM * 32768 + RANDOM) % span ))
 		if ! ss -Htan "sport = :$p" | grep -q . && \
 		   ! ss -Htan "sport = :$((p + 100))" | grep -q .; then
 			echo "$p"

@@ -17,6 +17,7 @@
 # (configs, launcher logs, fake cloud), not only those of failed runs.
 import json
 import os
+import random
 import shutil
 import select
 import signal
@@ -98,12 +99,25 @@ def sanitizer_report(text):
 
 
 def free_port():
-    """A TCP port of 127.0.0.1 that nothing listens on now."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A TCP port of 127.0.0.1 that nothing uses now, below the kernel's
+    ephemeral range (as tests/harness/lib.sh's free_port, which says
+    why: a port in that range may be some connection's by the time a
+    daemon binds it)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    while True:
+        port = random.randrange(20000, max(low, 21000))
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
 
 
 NODEPOOL = os.path.join(BUILD, "nodepool")
