@@ -252,8 +252,8 @@ class FrameTrap:
     request frame after the ConnectRequest (FRAME: the bytes after the
     length: xid, type, body) and answers None (forward it), "drop" (cut
     the connection without forwarding it: the request never reaches the
-    server) or "lost" (forward it, hold back the client's later frames,
-    and cut the connection when the server's reply to it comes: the
+    server) or "lost" (forward it, pass nothing more either way, and cut
+    the connection when the server's reply to it comes: the
     server has carried it out, however slow it is under load, and its
     reply never arrives; a fixed pause instead could cut before the
     server read it, and ZooKeeper drops what a closed connection sent)."""
@@ -363,9 +363,10 @@ class FrameTrap:
                 frames, bufs[src] = self._frames(bufs[src] + data)
                 for frame in frames:
                     if src is u:
-                        if lost is not None and frame[4:8] == lost:
+                        if lost is None:
+                            c.sendall(frame)
+                        elif frame[4:8] == lost:
                             return
-                        c.sendall(frame)
                     elif lost is None:
                         what = None if first else self.trap(frame[4:])
                         first = False
