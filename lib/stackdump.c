@@ -697,6 +697,20 @@ static void collect_status(sbuf *out)
 static pthread_mutex_t busy_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t busy_cond = PTHREAD_COND_INITIALIZER;
 static bool busy;
+static pthread_t dumper;        /* the last helper thread (busy_lock) */
+static bool dumper_unjoined;
+
+/* Join the last helper thread. Its dump has ended (BUSY was false), so it
+ * is only returning; but a process that exits meanwhile races the
+ * thread's own exit, and LeakSanitizer's exit-time check then crashes on
+ * the half-gone thread ("Tracer caught signal 11"). Under busy_lock. */
+static void join_dumper(void)
+{
+	if (dumper_unjoined) {
+		pthread_join(dumper, NULL);
+		dumper_unjoined = false;
+	}
+}
 
 static bool dump_begin(void)
 {
@@ -725,6 +739,7 @@ void stackdump_wait(void)
 	pthread_mutex_lock(&busy_lock);
 	while (busy)
 		pthread_cond_wait(&busy_cond, &busy_lock);
+	join_dumper();
 	pthread_mutex_unlock(&busy_lock);
 }
 
@@ -777,8 +792,6 @@ static void *dump_thread(void *arg)
 
 bool stackdump_request(void)
 {
-	pthread_attr_t attr;
-	pthread_t t;
 	sbuf *status;
 	int rc;
 
@@ -788,10 +801,12 @@ bool stackdump_request(void)
 	status = xmalloc(sizeof(*status));
 	sbuf_init(status);
 	collect_status(status);
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	rc = pthread_create(&t, &attr, dump_thread, status);
-	pthread_attr_destroy(&attr);
+	/* Joinable, joined by the next dump or stackdump_wait(). */
+	pthread_mutex_lock(&busy_lock);
+	join_dumper();
+	rc = pthread_create(&dumper, NULL, dump_thread, status);
+	dumper_unjoined = rc == 0;
+	pthread_mutex_unlock(&busy_lock);
 	if (rc != 0) {
 		log_error(STACKDUMP_LOGGER, "Cannot start the stack dump "
 			  "thread: %s", strerror(rc));

@@ -58,7 +58,8 @@ bool stackdump_dump(void);
 bool stackdump_request(void);
 /* Ready-made daemon_on_signal() callback: stackdump_request(). */
 void stackdump_on_signal(int signo, void *arg);
-/* Wait until no dump is running (before exiting, and in tests). */
+/* Wait until no dump is running and its helper thread has gone (before
+ * exiting, and in tests). */
 void stackdump_wait(void);
 
 #endif
