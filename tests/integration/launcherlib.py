@@ -90,6 +90,17 @@ SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
                    "WARNING: ThreadSanitizer")
 
 
+def lsan_tracer_crashed(text):
+    """LeakSanitizer's own tracer crashed at exit ("Tracer caught signal"),
+    so it checked nothing and made the process exit 1. This is the tool
+    failing, not a leak (a leak prints "ERROR: LeakSanitizer: detected
+    memory leaks"): seen rarely under load, in a launcher with one thread
+    left, after a clean stop."""
+    return ("Tracer caught signal" in text and
+            "LeakSanitizer has encountered a fatal error" in text and
+            "ERROR: LeakSanitizer" not in text)
+
+
 def sanitizer_report(text):
     """The first line of a sanitizer report in TEXT, else None."""
     for line in text.splitlines():
@@ -555,8 +566,13 @@ class ProcScenario:
             except subprocess.TimeoutExpired:
                 p.kill()
                 rc = p.wait()
-            check(rc == 0, "%s: %s exits 0 on SIGINT (rc %s)"
-                  % (self.name, p.kind, rc))
+            if rc == 1 and lsan_tracer_crashed(self.log(p)):
+                print("SKIP: %s: %s's leak check at exit: LeakSanitizer's "
+                      "tracer crashed (%s)" % (self.name, p.kind, p.logfile),
+                      file=sys.stderr)
+            else:
+                check(rc == 0, "%s: %s exits 0 on SIGINT (rc %s)"
+                      % (self.name, p.kind, rc))
         self.check_sanitizer(p)
 
     def kill(self, p):
