@@ -316,6 +316,18 @@ static void set_upload_state(struct fx *f, const char *image,
 	np_upload_clear(&u);
 }
 
+static void set_build_state(struct fx *f, const char *image, const char *id,
+			    const char *state)
+{
+	np_build b;
+
+	np_build_init(&b);
+	REQUIRE(store_build(f->z, image, id, &b) == ZOK);
+	np_build_set_state(&b, state);
+	CHECK_INT(store_build_save(f->z, &b), ZOK);
+	np_build_clear(&b);
+}
+
 static bool has_build(struct fx *f, const char *image, const char *id)
 {
 	char *path = np_path_build(image, id);
@@ -580,8 +592,11 @@ static void local_files_body(struct fx *f)
 	char *d;
 
 	build(f, "img", "abc1", "ready", 1);
-	build(f, "img", "abc2", "deleting", 2);
+	/* `ready` until its upload is written: the janitor runs already,
+	 * and a `deleting` build with no uploads is removed at once. */
+	build(f, "img", "abc2", "ready", 2);
 	upload(f, "img", "abc2", "fake-b", U1, "deleting", 2, NULL);
+	set_build_state(f, "img", "abc2", "deleting");
 	touch(f, "img-abc1.qcow2");
 	touch(f, "img-abc1.qcow2.md5");
 	touch(f, "img-abc2.qcow2");
