@@ -252,6 +252,23 @@ static bool count_each(const char *id, const void *obj, void *arg)
 
 /* ---- tests ---- */
 
+/* The common start of a nodes-cache test: one node in STATE (its id in
+ * *ID, caller frees), then a nodes cache over it, ready, with R (if any)
+ * recording its events from the initial walk on. */
+static zkc *nodes_cache_over_one(struct env *e, const char *state,
+				 struct rec *r, char **id)
+{
+	zkc *c;
+
+	CHECK_INT(zk_ensure_path(e->z, "/nodepool/nodes"), ZOK);
+	*id = mk_node(e->z, state);
+	c = zkc_new(e->z, ZKC_NODES);
+	if (r)
+		zkc_add_listener(c, record, r);
+	CHECK_INT(zkc_wait_ready(c, 10), ZOK);
+	return c;
+}
+
 TEST(initial_walk_sees_existing_tree)
 {
 	struct env e;
@@ -445,11 +462,7 @@ TEST(lock_contenders)
 
 	if (!env_open(&e))
 		return;
-	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
-	n1 = mk_node(e.z, "ready");
-	c = zkc_new(e.z, ZKC_NODES);
-	zkc_add_listener(c, record, r);
-	CHECK_INT(zkc_wait_ready(c, 10), ZOK);
+	c = nodes_cache_over_one(&e, "ready", r, &n1);
 	CHECK(!zkc_node_locked(c, n1));
 
 	/* the kazoo recipe, as the launcher and Zuul take node locks */
@@ -519,11 +532,7 @@ TEST(updates_not_newer_are_ignored)
 
 	if (!env_open(&e))
 		return;
-	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
-	n1 = mk_node(e.z, "building");
-	c = zkc_new(e.z, ZKC_NODES);
-	zkc_add_listener(c, record, r);
-	CHECK_INT(zkc_wait_ready(c, 10), ZOK);
+	c = nodes_cache_over_one(&e, "building", r, &n1);
 
 	/* Two writes leave in one packet, so the server has done both
 	 * before it sees the read either change event causes: both reads
@@ -699,10 +708,7 @@ TEST(own_writes_given_as_records)
 
 	if (!env_open(&e))
 		return;
-	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
-	n1 = mk_node(e.z, "building");
-	c = zkc_new(e.z, ZKC_NODES);
-	CHECK_INT(zkc_wait_ready(c, 10), ZOK);
+	c = nodes_cache_over_one(&e, "building", NULL, &n1);
 	path = np_path_node(n1);
 	ready = node_json("ready");
 	REQUIRE(np_record_decode(NP_KIND_NODE, &rec, (const char *[]){ n1 },
