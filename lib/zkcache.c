@@ -1126,56 +1126,67 @@ static bool orphaned(struct item *it)
 	return true;
 }
 
+/* The start of every reply: false if it came after zkc_free() (IT is
+ * gone then). */
+static bool reply_arrived(struct item *it, int rc)
+{
+	if (orphaned(it))
+		return false;
+	it->c->inflight--;
+	it->rc = rc;
+	it->done = true;
+	return true;
+}
+
+/* Apply what can be applied while IT's reply still lies in the client's
+ * buffer. Usually IT is at the head and applied at once; true if it has
+ * to wait, and must keep a copy of its reply. */
+static bool drain_must_copy(zkc *c, struct item *it)
+{
+	struct item *saved = c->borrowed;
+	bool waits;
+
+	c->borrowed = it;
+	drain(c);
+	waits = c->borrowed == it;
+	c->borrowed = saved;
+	return waits;
+}
+
 static void on_data(zk *z, int rc, const char *data, int len,
 		    const zk_stat *st, void *arg)
 {
-	struct item *it = arg, *saved;
-	zkc *c = it->c;
+	struct item *it = arg;
+	size_t n = (size_t)(len > 0 ? len : 0);
 
-	if (orphaned(it))
+	if (!reply_arrived(it, rc))
 		return;
-	c->inflight--;
-	it->rc = rc;
 	if (st)
 		it->st = *st;
 	it->data = rc == ZOK ? data : NULL;
 	it->len = rc == ZOK ? len : 0;
-	it->done = true;
-	/* Usually it is at the head and applied at once from the client's
-	 * buffer; if it has to wait, it keeps a copy. */
-	saved = c->borrowed;
-	c->borrowed = it;
-	drain(c);
-	if (c->borrowed == it && it->data) {
-		char *copy = xmalloc((size_t)(len > 0 ? len : 0) + 1);
-		memcpy(copy, data, (size_t)(len > 0 ? len : 0));
+	if (drain_must_copy(it->c, it) && it->data) {
+		char *copy = xmalloc(n + 1);
+
+		memcpy(copy, data, n);
 		it->data = copy;
 		it->data_owned = true;
 	}
-	c->borrowed = saved;
 }
 
 static void on_children(zk *z, int rc, const strlist *children,
 			const zk_stat *st, void *arg)
 {
-	struct item *it = arg, *saved;
-	zkc *c = it->c;
+	struct item *it = arg;
 
-	if (orphaned(it))
+	if (!reply_arrived(it, rc))
 		return;
-	c->inflight--;
-	it->rc = rc;
 	it->kids = rc == ZOK ? children : NULL;
-	it->done = true;
-	saved = c->borrowed;
-	c->borrowed = it;
-	drain(c);
-	if (c->borrowed == it && it->kids) {
+	if (drain_must_copy(it->c, it) && it->kids) {
 		for (size_t i = 0; i < children->n; i++)
 			strlist_add(&it->kids_copy, children->v[i]);
 		it->kids = &it->kids_copy;
 	}
-	c->borrowed = saved;
 }
 
 /* Queue a read of REL (OP_FETCH: data, OP_LIST: children). */
