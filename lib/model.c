@@ -631,6 +631,47 @@ static bool number_fast(const char *p, const char *end, bool is_int,
 
 /* A JSON number; *IS_INT when it has neither fraction nor exponent (what
  * jansson makes an integer). Out-of-range values are left to jansson. */
+/* The numbers strtod has to read are the 16 and 17 digit times
+ * (created_time, state_time), and the same node's are read again at each
+ * of its changes: the last ones read, by their text, per thread. */
+#define NUM_MEMO 1024
+struct num_memo {
+	unsigned char len; /* 0: empty */
+	char text[31];
+	double d;
+};
+static _Thread_local struct num_memo num_memo[NUM_MEMO];
+
+static struct num_memo *num_memo_slot(const char *p, size_t n)
+{
+	unsigned long long h = 1469598103934665603ULL;
+
+	for (size_t k = 0; k < n; k++)
+		h = (h ^ (unsigned char)p[k]) * 1099511628211ULL;
+	return &num_memo[(h * 0x9e3779b97f4a7c15ULL) >> 54];
+}
+
+static bool num_memo_get(const char *p, size_t n, double *d)
+{
+	const struct num_memo *m = num_memo_slot(p, n);
+
+	if (!m->len || m->len != n || memcmp(m->text, p, n) != 0)
+		return false;
+	*d = m->d;
+	return true;
+}
+
+static void num_memo_put(const char *p, size_t n, double d)
+{
+	struct num_memo *m = num_memo_slot(p, n);
+
+	if (n == 0 || n >= sizeof(m->text))
+		return;
+	m->len = (unsigned char)n;
+	memcpy(m->text, p, n);
+	m->d = d;
+}
+
 static bool rd_number(struct rd *r, bool *is_int, long long *i, double *d)
 {
 	const char *q = r->p;
@@ -674,6 +715,10 @@ static bool rd_number(struct rd *r, bool *is_int, long long *i, double *d)
 	n = (size_t)(q - r->p);
 	if (n >= sizeof(buf))
 		return false;
+	if (!*is_int && num_memo_get(r->p, n, d)) {
+		r->p = q;
+		return true;
+	}
 	memcpy(buf, r->p, n);
 	buf[n] = '\0';
 	errno = 0;
@@ -685,6 +730,8 @@ static bool rd_number(struct rd *r, bool *is_int, long long *i, double *d)
 	}
 	if (errno || endp != buf + n)
 		return false;
+	if (!*is_int)
+		num_memo_put(r->p, n, *d);
 	r->p = q;
 	return true;
 }
@@ -1944,7 +1991,7 @@ static bool float_digits_exact(double d, char *digits, int *nd, int *exp10)
 	return true;
 }
 
-void np_float_repr(sbuf *sb, double d)
+static void float_repr_compute(sbuf *sb, double d)
 {
 	char buf[40], digits[24];
 	int nd = 0, exp10, decpt, lo, hi;
@@ -2017,6 +2064,39 @@ format:
 		sbuf_adds(sb, digits + 1);
 	}
 	sbuf_addf(sb, "e%c%02d", exp10 < 0 ? '-' : '+', abs(exp10));
+}
+
+/* The same double is written again and again: a node's created_time in
+ * each of its seven records, a state_time until the state changes. The
+ * last texts, by the double's bits, per thread: a hit is a copy instead of
+ * a search over the precision. */
+#define FLOAT_MEMO 1024
+struct float_memo {
+	unsigned long long bits;
+	unsigned char len; /* 0: empty */
+	char text[31];
+};
+static _Thread_local struct float_memo float_memo[FLOAT_MEMO];
+
+void np_float_repr(sbuf *sb, double d)
+{
+	unsigned long long bits;
+	struct float_memo *m;
+	size_t start = sb->len, n;
+
+	memcpy(&bits, &d, sizeof(bits));
+	m = &float_memo[(bits * 0x9e3779b97f4a7c15ULL) >> 54];
+	if (m->len && m->bits == bits) {
+		sbuf_add(sb, m->text, m->len);
+		return;
+	}
+	float_repr_compute(sb, d);
+	n = sb->len - start;
+	if (n > 0 && n < sizeof(m->text)) {
+		m->bits = bits;
+		m->len = (unsigned char)n;
+		memcpy(m->text, sb->buf + start, n);
+	}
 }
 
 /* Decode one UTF-8 sequence (jansson strings are valid UTF-8). */

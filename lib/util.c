@@ -128,38 +128,50 @@ void sbuf_addc(sbuf *sb, char c)
 
 /* Formats made of literal text and plain %s only (paths, names: most of
  * what the launcher formats per request) are copied without printf's
- * machinery. False, with nothing added, for any other format. */
+ * machinery: one scan of the format for the lengths, one copy into room
+ * reserved once. False, with nothing added, for any other format (and for
+ * more than PLAIN_MAX arguments, which no plain format here has). */
+#define PLAIN_MAX 8
 static bool add_plain_s(sbuf *sb, const char *fmt, va_list ap)
 {
+	const char *arg[PLAIN_MAX];
+	size_t alen[PLAIN_MAX], need = 0, nargs = 0;
 	const char *p;
+	char *o;
 	va_list ap2;
 
-	size_t need = strlen(fmt);
-
-	for (p = strchr(fmt, '%'); p; p = strchr(p + 2, '%'))
-		if (p[1] != 's')
+	for (p = fmt; *p; p++) {
+		if (*p != '%')
+			continue;
+		if (p[1] != 's' || nargs == PLAIN_MAX)
 			return false;
+		p++;
+		nargs++;
+	}
+	need = (size_t)(p - fmt) - 2 * nargs;
 	va_copy(ap2, ap);
-	for (p = strchr(fmt, '%'); p; p = strchr(p + 2, '%')) {
-		const char *arg = va_arg(ap2, const char *);
-
-		need += arg ? strlen(arg) : 6;
+	for (size_t i = 0; i < nargs; i++) {
+		arg[i] = va_arg(ap2, const char *);
+		if (!arg[i])
+			arg[i] = "(null)"; /* as glibc prints it */
+		alen[i] = strlen(arg[i]);
+		need += alen[i];
 	}
 	va_end(ap2);
 	sbuf_reserve(sb, need);
-	va_copy(ap2, ap);
-	for (p = fmt; *p;) {
-		const char *q = strchr(p, '%');
-		size_t lit = q ? (size_t)(q - p) : strlen(p);
-
-		sbuf_add(sb, p, lit);
-		if (!q)
-			break;
-		const char *arg = va_arg(ap2, const char *);
-		sbuf_adds(sb, arg ? arg : "(null)"); /* as glibc prints it */
-		p = q + 2;
+	o = sb->buf + sb->len;
+	for (size_t i = 0; *fmt; fmt++) {
+		if (*fmt != '%') {
+			*o++ = *fmt;
+			continue;
+		}
+		memcpy(o, arg[i], alen[i]);
+		o += alen[i];
+		i++;
+		fmt++;
 	}
-	va_end(ap2);
+	*o = '\0';
+	sb->len = (size_t)(o - sb->buf);
 	return true;
 }
 

@@ -512,6 +512,20 @@ TEST(python_floats_and_strings)
 	check_float(1e15 + 0.3, "1000000000000000.2");
 	check_float(3.0000000000000004, "3.0000000000000004");
 	check_float(1234567890123456.8, "1234567890123456.8");
+	/* Again, from the per-thread memo, and many values sharing its
+	 * slots: each still its own text. */
+	check_float(1764327456.1234567, "1764327456.1234567");
+	check_float(-2.5, "-2.5");
+	for (int i = 0; i < 2000; i++) {
+		char want[32];
+		double d = 1764327456.0 + i / 8.0;
+
+		snprintf(want, sizeof(want), "%.3f", d);
+		while (want[strlen(want) - 1] == '0' && want[strlen(want) - 2] != '.')
+			want[strlen(want) - 1] = '\0';
+		check_float(d, want);
+		check_float(d, want);
+	}
 
 	v = json_pack("{s:s}", "k", "caf\xc3\xa9 \xf0\x9f\x98\x80 \"/\\\n\x01\x7f");
 	out = np_json_dumps(v, false);

@@ -3,6 +3,7 @@
  * outputs longer than the spare room, appended to what is there; the
  * whole-file reader and the string comparisons the daemons share. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "testlib.h"
 #include "util.h"
@@ -25,6 +26,22 @@ TEST(plain_s_formats_are_copied)
 	s = xasprintf("[%s]", none);
 	CHECK_STR(s, "[(null)]");
 	free(s);
+	/* Eight arguments are copied; a ninth goes through printf. */
+	s = xasprintf("%s%s%s%s%s%s%s%s", "a", "b", "c", "d", "e", "f", "g", "h");
+	CHECK_STR(s, "abcdefgh");
+	free(s);
+	s = xasprintf("%s%s%s%s%s%s%s%s-%s", "a", "b", "c", "d", "e", "f", "g",
+		      "h", "i");
+	CHECK_STR(s, "abcdefgh-i");
+	free(s);
+	/* Appended to what is there, growing the buffer. */
+	sbuf sb;
+	sbuf_init(&sb);
+	for (int i = 0; i < 40; i++)
+		sbuf_addf(&sb, "%s/", "abcdefgh");
+	CHECK(sb.len == 360);
+	CHECK(strncmp(sb.buf + 351, "abcdefgh/", 10) == 0);
+	sbuf_free(&sb);
 }
 
 TEST(other_formats_go_through_printf)
