@@ -495,8 +495,8 @@ static void node_read(zk *z, int rc, const char *data, int len,
 	if (unbusy(o))
 		return;
 	if (rc != ZOK || len == 0 ||
-	    zkc_decode_node(launcher_nodes(o->d->l), &o->node, o->id, data,
-			    (size_t)len, &err) < 0) {
+	    zkc_reread_node(launcher_nodes(o->d->l), &o->node, o->id, data,
+			    (size_t)len, st, &err) < 0) {
 		/* Gone, or empty (the lock recreated it): the cleanup
 		 * worker's empty-node pass removes empty ones. */
 		free(err);

@@ -316,7 +316,8 @@ static void reread(zk *z, int rc, const char *data, int len,
 		finish(h);
 		return;
 	}
-	if (np_request_decode(&h->req, h->id, data, (size_t)len, &err) < 0) {
+	if (zkc_reread_request(launcher_requests(h->pw->l), &h->req, h->id,
+			       data, (size_t)len, st, &err) < 0) {
 		HLOG(h, LOG_ERROR, "Unable to decode request: %s", err);
 		free(err);
 		unlock_request(h);

@@ -177,6 +177,9 @@ struct ent {
 			   * interned strings: references */
 	uint8_t what;
 	bool has_obj;     /* false: a node placeholder holding nlock only */
+	bool whole;       /* the record is all its data said (no unknown
+			   * keys, no integer times): a copy of it reads as
+			   * a decode of that data (zkc_reread_*) */
 	/* the record (obj_size(what) bytes), then the NUL-terminated key */
 	max_align_t body[];
 };
@@ -534,13 +537,52 @@ static json_t *json_pooled(void *ctx, const char *text, size_t len)
 	return v;
 }
 
-int zkc_decode_node(zkc *c, np_node *n, const char *id, const char *data,
-		    size_t len, char **err)
+/* The cache's record of REL when it is exactly the version ST read (same
+ * mzxid: the same write) and kept all of it, else NULL. */
+static const union obj *same_version(const zkc *c, const char *rel,
+				     const zk_stat *st)
 {
+	struct ent *e;
+
+	if (!c || c->closed || !st || !rel)
+		return NULL;
+	e = tab_find(&c->tab, rel);
+	if (!e || !e->has_obj || !e->whole || e->mzxid != st->mzxid)
+		return NULL;
+	return ent_obj(e);
+}
+
+int zkc_reread_node(zkc *c, np_node *n, const char *id, const char *data,
+		    size_t len, const zk_stat *st, char **err)
+{
+	const union obj *o = same_version(c, id, st);
+
+	if (o && o->node.id && np_record_copy(NP_KIND_NODE, (np_record *)n,
+					      (const np_record *)&o->node)) {
+		n->version = st->version;
+		return 0;
+	}
 	if (!c || c->closed)
-		return np_node_decode(n, id, data, len, err);
+		return np_record_decode(NP_KIND_NODE, (np_record *)n, &id, data,
+					len, st->version, err);
 	return np_record_decode_pooled(NP_KIND_NODE, (np_record *)n, &id, data,
-				       len, -1, json_pooled, c, err);
+				       len, st->version, json_pooled, c, err);
+}
+
+int zkc_reread_request(zkc *c, np_request *r, const char *id,
+		       const char *data, size_t len, const zk_stat *st,
+		       char **err)
+{
+	const union obj *o = same_version(c, id, st);
+
+	if (o && o->request.id &&
+	    np_record_copy(NP_KIND_REQUEST, (np_record *)r,
+			   (const np_record *)&o->request)) {
+		r->version = st->version;
+		return 0;
+	}
+	return np_record_decode(NP_KIND_REQUEST, (np_record *)r, &id, data,
+				len, st->version, err);
 }
 
 /* A record's strings with few distinct values (states, providers, pools,
@@ -716,13 +758,15 @@ static char *seg_dup(const struct segs *s, int i)
 	return xstrndup(s->p[i], s->len[i]);
 }
 
-static void decoded(zkc *c, int what, union obj *o, json_t **raw,
+static bool decoded(zkc *c, int what, union obj *o, json_t **raw,
 		    int *version, const zk_stat *st);
 
 /* Decode a record of kind WHAT at REL into O, without its source document
- * (a cache is for reading; writers re-read under the lock). */
+ * (a cache is for reading; writers re-read under the lock). *WHOLE: see
+ * struct ent. */
 static int decode(zkc *c, int what, const char *rel, const char *data,
-		  int len, const zk_stat *st, union obj *o, char **err)
+		  int len, const zk_stat *st, union obj *o, bool *whole,
+		  char **err)
 {
 	struct segs s;
 	json_t **raw;
@@ -768,16 +812,19 @@ static int decode(zkc *c, int what, const char *rel, const char *data,
 	}
 	if (rc < 0)
 		return -1;
-	decoded(c, what, o, raw, version, st);
+	*whole = decoded(c, what, o, raw, version, st);
 	return 0;
 }
 
 /* What a decoded record (or our own write's, given) needs before it
  * lives in an entry: no source document, the znode version, the nested
- * values pooled. */
-static void decoded(zkc *c, int what, union obj *o, json_t **raw,
+ * values pooled. True when the record had nothing kept as JSON besides
+ * its members (unknown keys, integer times), so lost nothing here. */
+static bool decoded(zkc *c, int what, union obj *o, json_t **raw,
 		    int *version, const zk_stat *st)
 {
+	bool whole = *raw == NULL;
+
 	json_decref(*raw);
 	*raw = NULL;
 	*version = st->version;
@@ -792,6 +839,7 @@ static void decoded(zkc *c, int what, union obj *o, json_t **raw,
 		json_intern(c, &o->node.driver_data);
 		json_intern(c, &o->node.slot);
 	}
+	return whole;
 }
 
 /* A JSON value our own write's record shares with the writer's (see
@@ -824,7 +872,7 @@ static void unshare(zkc *c, json_t **slot, const json_t *prev, bool pool)
 
 /* Our own write's record (a node or a request), in place of decoding
  * what we wrote. */
-static void given_done(zkc *c, int what, union obj *o,
+static bool given_done(zkc *c, int what, union obj *o,
 		       const union obj *prev, const zk_stat *st)
 {
 #define PREV(m) (prev ? prev->m : NULL)
@@ -837,12 +885,11 @@ static void given_done(zkc *c, int what, union obj *o,
 		unshare(c, &o->node.driver_data, PREV(node.driver_data), true);
 		unshare(c, &o->node.slot, PREV(node.slot), true);
 		unshare(c, &o->node.external_id, PREV(node.external_id), false);
-		decoded(c, what, o, &o->node.raw, &o->node.version, st);
-	} else {
-		unshare(c, &o->request.requestor_data,
-			PREV(request.requestor_data), false);
-		decoded(c, what, o, &o->request.raw, &o->request.version, st);
+		return decoded(c, what, o, &o->node.raw, &o->node.version, st);
 	}
+	unshare(c, &o->request.requestor_data, PREV(request.requestor_data),
+		false);
+	return decoded(c, what, o, &o->request.raw, &o->request.version, st);
 #undef PREV
 }
 
@@ -895,7 +942,7 @@ static void apply_data(zkc *c, const char *rel, int what, const char *data,
 	struct ent *e = tab_find(&c->tab, rel);
 	union obj o, old;
 	char *err = NULL;
-	bool had;
+	bool had, whole;
 
 	if (e)
 		stamp(e, gen);
@@ -911,9 +958,9 @@ static void apply_data(zkc *c, const char *rel, int what, const char *data,
 	if (given) {
 		memcpy(&o, given, obj_size(what));
 		free(given);
-		given_done(c, what, &o, e && e->has_obj ? ent_obj(e) : NULL,
-			   st);
-	} else if (decode(c, what, rel, data, len, st, &o, &err) < 0) {
+		whole = given_done(c, what, &o,
+				   e && e->has_obj ? ent_obj(e) : NULL, st);
+	} else if (decode(c, what, rel, data, len, st, &o, &whole, &err) < 0) {
 		char *path = full_path(c, rel);
 		log_error(LOGGER, "Error loading json data from %s: %s", path, err);
 		free(path);
@@ -934,6 +981,7 @@ static void apply_data(zkc *c, const char *rel, int what, const char *data,
 		c->count[what]++;
 	memcpy(ent_obj(e), &o, obj_size(what));
 	e->has_obj = true;
+	e->whole = whole;
 	e->mzxid = st->mzxid;
 	fire(c, had ? ZKC_CHANGED : ZKC_ADDED, what, rel, ent_obj(e),
 	     had ? &old : NULL);

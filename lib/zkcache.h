@@ -128,12 +128,19 @@ void zkc_foreach(zkc *c, enum zkc_what what, zkc_each_fn fn, void *arg);
 /* The ids of kind WHAT, sorted, appended to OUT (a snapshot to keep). */
 void zkc_ids(const zkc *c, enum zkc_what what, strlist *out);
 
-/* np_node_decode() of a node of C's tree with its nested JSON values
- * (resources, user_data, ...) shared with the cache's copies instead of
- * built again: for a writer's re-read under the lock. The values are
- * read-only (encoding and clearing the record are fine). */
-int zkc_decode_node(zkc *c, np_node *n, const char *id, const char *data,
-		    size_t len, char **err);
+/* A writer's re-read under its lock: DATA/LEN, read with stat ST, of the
+ * node or request ID of C's tree, into N or R. When the cache holds that
+ * very version (the same mzxid: the same write) and kept all of it, a
+ * copy of its record (np_record_copy: what decoding DATA gives) instead of
+ * decoding; else decoded, a node with its nested JSON values (resources,
+ * user_data, ...) shared with the cache's copies instead of built again.
+ * Shared values are read-only (encoding and clearing the record are
+ * fine). The version is ST's. */
+int zkc_reread_node(zkc *c, np_node *n, const char *id, const char *data,
+		    size_t len, const zk_stat *st, char **err);
+int zkc_reread_request(zkc *c, np_request *r, const char *id,
+		       const char *data, size_t len, const zk_stat *st,
+		       char **err);
 
 /* ---- our own writes ----
  * A write of ours (a set, or a multi with a set) to a record this cache

@@ -760,6 +760,115 @@ TEST(own_writes_given_as_records)
 	env_close(&e);
 }
 
+/* A writer's re-read of the version the cache holds is a copy of the
+ * cache's record (proved by handing it other data with that version's
+ * stat); another version, or a record the cache did not keep whole
+ * (unknown keys), is decoded. */
+TEST(rereads_of_the_cached_version_are_copies)
+{
+	struct env e;
+	char *n1, *n2, *path, *data = NULL, *err = NULL, *created = NULL;
+	const char *other = "{\"state\": \"other\", \"provider\": \"q\"}";
+	const char *odd = "{\"state\": \"ready\", \"provider\": \"p\", "
+		"\"zz_unknown\": 1}";
+	const char *req = "{\"state\": \"requested\", \"node_types\": "
+		"[\"small\"], \"requestor\": \"zuul\", "
+		"\"created_time\": 1726600000.123456, "
+		"\"requestor_data\": {\"a\": 1}}";
+	zk_stat st, st2;
+	np_node n;
+	np_request r;
+	zkc *nodes, *reqs;
+	int len = 0;
+
+	if (!env_open(&e))
+		return;
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/requests"), ZOK);
+	n1 = mk_node(e.z, "ready");
+	CHECK_INT(zk_create(e.z, "/nodepool/nodes/", odd, (int)strlen(odd),
+			    ZK_SEQUENTIAL, &created), ZOK);
+	n2 = xstrdup(strrchr(created, '/') + 1);
+	free(created);
+	created = NULL;
+	CHECK_INT(zk_create(e.z, "/nodepool/requests/100-", req,
+			    (int)strlen(req), ZK_SEQUENTIAL, &created), ZOK);
+	nodes = zkc_new(e.z, ZKC_NODES);
+	reqs = zkc_new(e.z, ZKC_REQUESTS);
+	CHECK_INT(zkc_wait_ready(nodes, 10), ZOK);
+	CHECK_INT(zkc_wait_ready(reqs, 10), ZOK);
+
+	path = np_path_node(n1);
+	REQUIRE(zk_get(e.z, path, &data, &len, &st) == ZOK);
+	free(data);
+	free(path);
+	memset(&n, 0, sizeof(n));
+	REQUIRE(zkc_reread_node(nodes, &n, n1, other, strlen(other), &st,
+				&err) == 0);
+	CHECK_STR(n.state, "ready"); /* the cache's, not OTHER */
+	CHECK_STR(n.provider, "fake");
+	CHECK_STR(n.id, n1);
+	CHECK_INT(n.version, st.version);
+	CHECK(n.state != zkc_node(nodes, n1)->state); /* a copy */
+	CHECK_STR(json_string_value(json_object_get(n.user_data, "zuul_system")),
+		  "z");
+	np_node_clear(&n);
+	/* Another version: decoded. */
+	st2 = st;
+	st2.mzxid++;
+	st2.version = 7;
+	REQUIRE(zkc_reread_node(nodes, &n, n1, other, strlen(other), &st2,
+				&err) == 0);
+	CHECK_STR(n.state, "other");
+	CHECK_STR(n.provider, "q");
+	CHECK_INT(n.version, 7);
+	np_node_clear(&n);
+	/* No cache: decoded. */
+	REQUIRE(zkc_reread_node(NULL, &n, n1, other, strlen(other), &st,
+				&err) == 0);
+	CHECK_STR(n.state, "other");
+	np_node_clear(&n);
+
+	/* Unknown keys are not in the cache's record: decoded, kept. */
+	path = np_path_node(n2);
+	REQUIRE(zk_get(e.z, path, &data, &len, &st) == ZOK);
+	REQUIRE(zkc_node(nodes, n2));
+	REQUIRE(zkc_reread_node(nodes, &n, n2, data, (size_t)len, &st,
+				&err) == 0);
+	CHECK(json_integer_value(json_object_get(n.raw, "zz_unknown")) == 1);
+	np_node_clear(&n);
+	free(data);
+	free(path);
+
+	/* Requests alike. */
+	REQUIRE(zk_get(e.z, created, &data, &len, &st) == ZOK);
+	free(data);
+	const char *rid = strrchr(created, '/') + 1;
+	REQUIRE(zkc_request(reqs, rid));
+	memset(&r, 0, sizeof(r));
+	REQUIRE(zkc_reread_request(reqs, &r, rid, other, strlen(other), &st,
+				   &err) == 0);
+	CHECK_STR(r.state, "requested");
+	CHECK_STR(r.requestor, "zuul");
+	CHECK_STR(r.id, rid);
+	CHECK_INT(r.version, st.version);
+	CHECK(json_integer_value(json_object_get(r.requestor_data, "a")) == 1);
+	np_request_clear(&r);
+	st2 = st;
+	st2.mzxid--;
+	REQUIRE(zkc_reread_request(reqs, &r, rid, other, strlen(other), &st2,
+				   &err) == 0);
+	CHECK_STR(r.state, "other");
+	np_request_clear(&r);
+
+	zkc_free(reqs);
+	zkc_free(nodes);
+	free(created);
+	free(n1);
+	free(n2);
+	env_close(&e);
+}
+
 static int mk_image_rec(zk *z, const char *path, const char *state,
 			double state_time)
 {
