@@ -28,6 +28,11 @@
  *
  * Transient errors (connection loss, operation timeout, session expiry)
  * are retried with backoff until the deadline, as kazoo's KazooRetry does.
+ * Deleting our contender (a release, or the cleanup of a lost attempt) is
+ * retried with the same backoff for as long as the session that owns the
+ * contender lives, as an ephemeral lives that long: a lost attempt hands
+ * it to a lock of its own for that (leave_behind), so that the attempt
+ * still ends at once.
  * One session listener per zk handle (not one per lock: with thousands of
  * locks, every state change would walk thousands of listeners) wakes
  * waiting locks when the session is back, like kazoo's _watch_session:
@@ -59,7 +64,8 @@ enum lock_state {
 	ST_BACKOFF,  /* waiting to retry after a transient error */
 	ST_WAIT,     /* watching the predecessor */
 	ST_CLEANUP,  /* deleting our contender after a failed attempt */
-	ST_RELEASE,  /* release in progress (request or backoff) */
+	ST_RELEASE,  /* release in progress (request or backoff); also a
+	              * contender left behind (leave_behind) */
 };
 
 struct zk_lock {
@@ -77,7 +83,9 @@ struct zk_lock {
 	enum lock_state state;
 	bool active;           /* an acquire attempt is in progress */
 	bool acquired;
-	int64_t session;       /* session that acquired the lock */
+	int64_t session;       /* session that acquired the lock; while a
+	                        * lost attempt cleans up, the one its
+	                        * contender can belong to */
 	bool assured_path;     /* dir known to exist */
 	bool fresh_try;        /* begin with the directory+contender multi */
 	bool fresh_won;        /* the last attempt was won by that multi */
@@ -772,6 +780,73 @@ static void advance(zk_lock *l)
 	}
 }
 
+/* ---- deleting our contender: a lost attempt's cleanup, a release ---- */
+
+static void cleaned_up(zk *z, int rc, void *arg);
+static void released(zk *z, int rc, void *arg);
+static void remove_step(zk_lock *l);
+
+/* Where the outcome of remove_step() goes. */
+static void removed(zk *z, int rc, void *arg)
+{
+	zk_lock *l = arg;
+
+	if (l->state == ST_RELEASE)
+		released(z, rc, l);
+	else
+		cleaned_up(z, rc, l);
+}
+
+static void remove_found(zk *z, int rc, const strlist *children,
+			 const zk_stat *st, void *arg)
+{
+	zk_lock *l = arg;
+	const char *mine;
+
+	if (rc != ZOK) {
+		removed(z, rc, l); /* ZNONODE: no directory, no contender */
+		return;
+	}
+	mine = find_ours(l, children);
+	l->create_tried = false; /* it is known now */
+	if (!mine) {
+		removed(z, ZOK, l);
+		return;
+	}
+	set_node(l, mine);
+	remove_step(l);
+}
+
+/* Delete our contender, first finding it by its prefix when the reply to
+ * its create was lost; removed() gets ZOK when there is none. */
+static void remove_step(zk_lock *l)
+{
+	int rc;
+
+	if (!l->node && !l->create_tried) {
+		removed(l->z, ZOK, l); /* nothing of ours there */
+		return;
+	}
+	if (l->node)
+		rc = zk_adelete(l->z, l->node_path, -1, removed, l);
+	else
+		rc = zk_aget_children(l->z, l->dir, NULL, NULL, remove_found, l);
+	if (rc != ZOK)
+		removed(l->z, rc, l);
+}
+
+/* True when deleting (or finding) our contender failed for want of a
+ * connection while the session that owns it (l->session) lives: worth
+ * another try, as the contender lives as long as that session. */
+static bool removal_retry(const zk_lock *l, int rc)
+{
+	enum zk_state st = zk_state(l->z);
+
+	return (rc == ZCONNECTIONLOSS || rc == ZOPERATIONTIMEOUT) &&
+	       st != ZK_STATE_CLOSED && st != ZK_STATE_LOST &&
+	       l->session != 0 && zk_session_id(l->z) == l->session;
+}
+
 /* ---- finishing an attempt ---- */
 
 static void deliver(zk_lock *l, int rc)
@@ -805,34 +880,53 @@ static void deliver(zk_lock *l, int rc)
 		cb(l, rc, arg);
 }
 
+/* The cleanup of a lost attempt could not reach the server, but the
+ * session that owns our contender lives on, and so would the contender:
+ * looking like our hold on the lock to everyone else (Zuul, the other
+ * launchers) for the rest of the session. A lock of its own takes it over
+ * and deletes it in the background, retrying as a release does, and frees
+ * itself when done, so the attempt still ends now and L is free to go or
+ * to try again. L takes that lock's new prefix: nothing of a later
+ * attempt of L can be mistaken for the old contender, nor be deleted by
+ * the takeover's search for it. */
+static void leave_behind(zk_lock *l, int rc)
+{
+	zk_lock *o = zk_lock_new(l->z, l->dir, NULL);
+	char *s;
+
+	s = o->prefix;
+	o->prefix = l->prefix;
+	l->prefix = s;
+	s = o->create_path;
+	o->create_path = l->create_path;
+	l->create_path = s;
+	set_node(o, l->node);
+	o->create_tried = l->create_tried;
+	o->session = l->session;
+	o->freeing = true;
+	o->state = ST_RELEASE;
+	o->retry_ms = RETRY_FIRST_MS;
+	log_info(logger, "could not delete contender %s*: %s; retrying in the "
+		 "background", o->create_path, zk_strerror(rc));
+	retry_later(o, rc);
+}
+
 static void cleaned_up(zk *z, int rc, void *arg)
 {
 	zk_lock *l = arg;
 
-	if (rc != ZOK && rc != ZNONODE)
-		log_debug(logger, "could not delete contender %s: %s",
-			  l->node_path, zk_strerror(rc));
+	if (removal_retry(l, rc))
+		leave_behind(l, rc);
+	else if (rc != ZOK && rc != ZNONODE)
+		log_debug(logger, "could not delete contender %s*: %s",
+			  l->create_path, zk_strerror(rc));
 	deliver(l, l->last_err);
 }
 
-static void cleanup_found(zk *z, int rc, const strlist *children,
-			  const zk_stat *st, void *arg)
-{
-	zk_lock *l = arg;
-	const char *mine = rc == ZOK ? find_ours(l, children) : NULL;
-
-	if (!mine) {
-		deliver(l, l->last_err);
-		return;
-	}
-	set_node(l, mine);
-	if (zk_adelete(l->z, l->node_path, -1, cleaned_up, l) != ZOK)
-		deliver(l, l->last_err);
-}
-
 /* End the attempt with RC. A lost attempt first deletes its contender
- * (best effort, like kazoo's _best_effort_cleanup) so that it leaves
- * nothing behind when its callback runs. */
+ * (kazoo's _best_effort_cleanup) so that it leaves nothing behind when its
+ * callback runs; unlike kazoo, not only at best: if the connection fails
+ * it meanwhile, leave_behind() goes on with it. */
 static void finish(zk_lock *l, int rc)
 {
 	if (l->deadline_timer) {
@@ -848,14 +942,10 @@ static void finish(zk_lock *l, int rc)
 	}
 	l->last_err = rc;
 	l->state = ST_CLEANUP;
-	if (l->node) {
-		if (zk_adelete(l->z, l->node_path, -1, cleaned_up, l) == ZOK)
-			return;
-	} else if (l->create_tried && zk_state(l->z) != ZK_STATE_CLOSED) {
-		if (zk_aget_children(l->z, l->dir, NULL, NULL, cleanup_found, l) == ZOK)
-			return;
-	}
-	deliver(l, rc);
+	/* The session our contender (if any) can belong to: an older one
+	 * took it along when it ended. */
+	l->session = zk_session_id(l->z);
+	remove_step(l);
 }
 
 /* The attempt starts here, on the loop, never inside the caller's stack
@@ -1021,9 +1111,7 @@ static void released(zk *z, int rc, void *arg)
 
 	/* Connection trouble: retry while the session that owns the
 	 * contender lives; once it is gone, so is the contender. */
-	if ((rc == ZCONNECTIONLOSS || rc == ZOPERATIONTIMEOUT) &&
-	    zk_state(l->z) != ZK_STATE_CLOSED && zk_state(l->z) != ZK_STATE_LOST &&
-	    zk_session_id(l->z) == l->session) {
+	if (removal_retry(l, rc)) {
 		retry_later(l, rc);
 		return;
 	}
@@ -1046,16 +1134,8 @@ static void released(zk *z, int rc, void *arg)
 
 static void release_step(zk_lock *l)
 {
-	int rc;
-
 	listen_zk(l->z);
-	if (!l->node) {
-		released(l->z, ZOK, l);
-		return;
-	}
-	rc = zk_adelete(l->z, l->node_path, -1, released, l);
-	if (rc != ZOK)
-		released(l->z, rc, l);
+	remove_step(l);
 }
 
 static void on_release_start(evloop *loop, uint64_t id, void *arg)
@@ -1074,8 +1154,10 @@ int zk_lock_release_async(zk_lock *l, zk_done_fn cb, void *arg)
 	l->rel_cb = cb;
 	l->rel_arg = arg;
 	l->retry_ms = RETRY_FIRST_MS;
-	if (!l->acquired)
+	if (!l->acquired) {
 		set_node(l, NULL);
+		l->create_tried = false;
+	}
 	l->aux_timer = evloop_add_timer(l->loop, 0, on_release_start, l);
 	return ZOK;
 }

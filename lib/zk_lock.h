@@ -5,8 +5,10 @@
  * lock directory named "<uuid4 hex>__lock__" + ZooKeeper's 10 digits, with
  * the identifier as data (empty if none). The holder is the contender with
  * the smallest suffix among children matching __lock__\d{10}$. Non-blocking
- * attempts delete their contender at once when they lose. Blocking attempts
- * watch only the immediate predecessor. Release deletes the contender and
+ * attempts delete their contender at once when they lose (and, unlike
+ * kazoo, keep at it while their session lives if the connection fails
+ * meanwhile: see zk_lock_acquire_async). Blocking attempts watch only the
+ * immediate predecessor. Release deletes the contender and
  * never the directory. Usable for kazoo's Election too (same recipe).
  *
  * Threading follows zk.h: a lock belongs to its zk handle's loop. The
@@ -47,8 +49,15 @@ unsigned long zk_lock_checks(const zk_lock *l);
 
 /* Asynchronous acquire; CB runs on the loop thread with ZOK, ZLOCKBUSY,
  * ZLOCKTIMEOUT, ZLOCKCANCELLED or a ZooKeeper error. A failed attempt has
- * deleted its contender before CB runs. Returns ZOK, or ZAPIERROR if an
- * acquire or release of this lock is already in progress. */
+ * deleted its contender before CB runs, unless the connection failed
+ * under that delete (or under the listing that finds the contender after
+ * a lost create reply) while the session lives: then CB runs at once and
+ * the contender is deleted in the background, retried with the release's
+ * backoff until it is gone, the session ends (taking it along) or the
+ * handle closes. The lock is free for another attempt or zk_lock_free()
+ * meanwhile; its later contenders get a new prefix, so they are never
+ * taken for the old one. Returns ZOK, or ZAPIERROR if an acquire or
+ * release of this lock is already in progress. */
 typedef void (*zk_lock_fn)(zk_lock *l, int rc, void *arg);
 int zk_lock_acquire_async(zk_lock *l, bool blocking, double timeout,
 			  zk_lock_fn cb, void *arg);

@@ -4,7 +4,9 @@
  * foreign children, a lock directory that cannot be made, contenders(),
  * Election, a thousand locks driven by one loop, and the launcher's
  * shortcuts: fresh locks (directory, contender and the caller's ops in one
- * multi), assumed directories and forgotten contenders.
+ * multi), assumed directories and forgotten contenders; and a lost
+ * attempt's cleanup cut off by a dropped connection (through testlib's
+ * gate), which must still remove the contender within the session.
  *
  * With NP_ZK_LOCK_HELPER=1 the binary instead becomes the line-driven lock
  * server that tests/integration/test_lock_kazoo.py pits against kazoo (see
@@ -18,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "jute.h"
 #include "testlib.h"
 #include "zk.h"
 #include "zk_lock.h"
@@ -477,6 +480,238 @@ TEST(session_loss_drops_the_lock_and_requeues_waiters)
 	zk_close(z2);
 	zk_close(z3);
 	evloop_free(loop);
+}
+
+/* ---- a lost attempt's cleanup cut off (testlib's gate) ---- */
+
+/* T's two clients (base/SUB) and a third through a new gate, *GATE: NULL
+ * (the test skipped or failed, all undone) when any does not connect. */
+static zk *gated_clients(struct two *t, const char *sub, test_gate **gate)
+{
+	zk *z = NULL;
+
+	*gate = NULL;
+	if (!two_clients(t, sub))
+		return NULL;
+	*gate = test_gate_start();
+	if (*gate)
+		z = test_zk_connect(t->loop, test_gate_hosts(*gate), NULL, NULL);
+	if (!z) {
+		test_gate_stop(*gate);
+		two_clients_end(t);
+	}
+	return z;
+}
+
+/* Z (NULL: closed already) closed, the gate stopped, T ended. */
+static void gated_clients_end(struct two *t, zk *z, test_gate *gate)
+{
+	zk_close(z);
+	test_gate_stop(gate);
+	two_clients_end(t);
+}
+
+struct gated_result {
+	struct result r;
+	test_gate *gate;
+	bool free_lock;
+};
+
+/* The attempt ended: keep the gate shut, so that its cleanup cannot get
+ * through yet (its connection is gone when this runs); free the lock if
+ * asked to. */
+static void on_acquired_hold(zk_lock *l, int rc, void *arg)
+{
+	struct gated_result *g = arg;
+
+	test_gate_hold(g->gate, true);
+	on_acquired(l, rc, &g->r);
+	if (g->free_lock)
+		zk_lock_free(l);
+}
+
+/* The name of DIR's only child ("" if none or more). */
+static char *only_child(zk *z, const char *dir)
+{
+	strlist c;
+	char *name;
+
+	strlist_init(&c);
+	name = xstrdup(zk_get_children(z, dir, &c, NULL) == ZOK && c.n == 1 ?
+		       c.v[0] : "");
+	strlist_free(&c);
+	return name;
+}
+
+/* A losing attempt's delete of its contender never reaches the server:
+ * the attempt ends as it would have (busy), and its contender, which our
+ * live session would otherwise keep for ever (our own later attempts
+ * waiting behind it), is deleted once the connection is back, in the
+ * same session; a later attempt of the same lock meanwhile is neither
+ * refused nor confused. */
+TEST(cut_cleanup_delete_is_retried_in_the_session)
+{
+	struct two t;
+	struct gated_result g = { 0 };
+	struct result r = { 0 };
+	test_gate *gate;
+	zk_lock *h, *l;
+	char *children, *mine, *prefix;
+	int64_t session;
+	zk *z;
+
+	if (!(z = gated_clients(&t, "cutdel", &gate)))
+		return;
+	session = zk_session_id(z);
+	h = zk_lock_new(t.z2, t.dir, "holder");
+	l = zk_lock_new(z, t.dir, "loser");
+	CHECK_INT(zk_lock_acquire(h, false, 0), ZOK);
+	prefix = xasprintf("%s/", t.dir);
+	test_gate_trap(gate, TEST_TRAP_DROP, ZOP_DELETE, prefix);
+	g.gate = gate;
+	CHECK_INT(zk_lock_acquire_async(l, false, 0, on_acquired_hold, &g), ZOK);
+	REQUIRE(run_until(t.loop, &g.r.done));
+	CHECK_INT(g.r.rc, ZLOCKBUSY);
+	CHECK_INT(test_gate_fired(gate), 1);
+	CHECK(zk_lock_node(l) == NULL);
+	/* The gate is shut: the contender is still there. */
+	CHECK_INT(nchildren(t.z2, t.dir), 2);
+	CHECK_INT(zk_lock_release(h), ZOK);
+
+	/* Our next attempt waits for the lock; the only contender before
+	 * it is the one the cut-off delete left. */
+	CHECK_INT(zk_lock_acquire_async(l, true, -1, on_acquired, &r), ZOK);
+	test_gate_hold(gate, false);
+	REQUIRE(run_until(t.loop, &r.done));
+	CHECK_INT(r.rc, ZOK);
+	CHECK(zk_lock_held(l));
+	CHECK(zk_session_id(z) == session);
+	/* The old contender went, not the new one. */
+	REQUIRE(zk_lock_node(l) != NULL);
+	mine = strrchr(zk_lock_node(l), '/') + 1;
+	children = only_child(t.z2, t.dir);
+	CHECK_STR(children, mine);
+	free(children);
+
+	zk_lock_free(l); /* held: released */
+	CHECK(run_until_children(t.loop, t.z2, t.dir, 0));
+	zk_lock_free(h);
+	free(prefix);
+	gated_clients_end(&t, z, gate);
+}
+
+struct cancel_on_cut {
+	zk_lock *l;
+	bool done;
+};
+
+/* Cancel C->l as its first connection drops: in the same turn of the
+ * loop as the failed create, so the attempt ends from its backoff. */
+static void cancel_on_suspend(zk *z, enum zk_state st, void *arg)
+{
+	struct cancel_on_cut *c = arg;
+
+	if (st == ZK_STATE_SUSPENDED && !c->done) {
+		c->done = true;
+		zk_lock_cancel(c->l);
+	}
+}
+
+/* The create's reply is lost and the attempt is cancelled, so its
+ * cleanup lists the directory to find the contender by its prefix; that
+ * listing is cut off as well. The lock is freed at once (in its
+ * callback); the contender still goes, in the same session. */
+TEST(cut_cleanup_listing_is_retried_in_the_session)
+{
+	struct two t;
+	struct gated_result g = { 0 };
+	struct cancel_on_cut c = { 0 };
+	test_gate *gate;
+	char *prefix;
+	int64_t session;
+	zk *z;
+
+	if (!(z = gated_clients(&t, "cutlist", &gate)))
+		return;
+	session = zk_session_id(z);
+	CHECK_INT(zk_ensure_path(t.z2, t.dir), ZOK);
+	c.l = zk_lock_new(z, t.dir, "lost");
+	zk_lock_assume_dir(c.l); /* the create is its first request */
+	zk_add_state_listener(z, cancel_on_suspend, &c);
+	prefix = xasprintf("%s/", t.dir);
+	test_gate_trap(gate, TEST_TRAP_LOST, ZOP_CREATE2, prefix);
+	test_gate_trap(gate, TEST_TRAP_DROP, ZOP_GETCHILDREN2, t.dir);
+	g.gate = gate;
+	g.free_lock = true;
+	CHECK_INT(zk_lock_acquire_async(c.l, true, -1, on_acquired_hold, &g), ZOK);
+	REQUIRE(run_until(t.loop, &g.r.done));
+	CHECK_INT(g.r.rc, ZLOCKCANCELLED);
+	CHECK_INT(test_gate_fired(gate), 2);
+	/* The create was carried out; the gate is shut. */
+	CHECK_INT(nchildren(t.z2, t.dir), 1);
+
+	test_gate_hold(gate, false);
+	CHECK(run_until_children(t.loop, t.z2, t.dir, 0));
+	CHECK(zk_session_id(z) == session);
+
+	zk_remove_state_listener(z, cancel_on_suspend, &c);
+	free(prefix);
+	gated_clients_end(&t, z, gate);
+}
+
+/* A losing attempt of a new lock on Z (freed in its callback) whose
+ * contender delete the gate drops; the gate stays shut after it. */
+static void lose_with_cleanup_cut(struct two *t, zk *z, test_gate *gate,
+				  const char *prefix)
+{
+	/* static: a callback that comes after all must find it */
+	static struct gated_result g;
+
+	g = (struct gated_result){ .gate = gate, .free_lock = true };
+	test_gate_trap(gate, TEST_TRAP_DROP, ZOP_DELETE, prefix);
+	CHECK_INT(zk_lock_acquire_async(zk_lock_new(z, t->dir, NULL), false, 0,
+					on_acquired_hold, &g), ZOK);
+	CHECK(run_until(t->loop, &g.r.done));
+	CHECK_INT(g.r.rc, ZLOCKBUSY);
+}
+
+/* A cleanup left pending stops with the session it was for (the
+ * contender went with it), and with the handle: nothing of it outlives
+ * zk_close() (the loop runs on after it; ASan watches). */
+TEST(pending_cleanup_ends_with_session_and_handle)
+{
+	struct two t;
+	test_gate *gate;
+	zk_lock *h;
+	char *prefix;
+	int64_t session;
+	zk *z;
+
+	if (!(z = gated_clients(&t, "cutend", &gate)))
+		return;
+	h = zk_lock_new(t.z2, t.dir, "holder");
+	CHECK_INT(zk_lock_acquire(h, false, 0), ZOK);
+	prefix = xasprintf("%s/", t.dir);
+
+	/* Session expiry while the cleanup waits for the gate. */
+	session = zk_session_id(z);
+	lose_with_cleanup_cut(&t, z, gate, prefix);
+	CHECK_INT(nchildren(t.z2, t.dir), 2);
+	test_gate_hold(gate, false);
+	CHECK(expire_session(t.loop, z));
+	CHECK(zk_session_id(z) != session);
+	CHECK(run_until_children(t.loop, t.z2, t.dir, 1));
+
+	/* The handle closes while the cleanup waits for the gate. */
+	lose_with_cleanup_cut(&t, z, gate, prefix);
+	CHECK_INT(test_gate_fired(gate), 2);
+	zk_close(z);
+	for (long long end = now_ms() + 500; now_ms() < end;)
+		evloop_run_once(t.loop, 50);
+
+	zk_lock_free(h);
+	free(prefix);
+	gated_clients_end(&t, NULL, gate);
 }
 
 TEST(foreign_children_are_ignored)

@@ -2,22 +2,16 @@
  * ZooKeeper, each test in its own chroot: the initial walk, live changes
  * and their listener events, lock contenders (kazoo recipe and foreign
  * children), updates that are not newer, malformed records, the image
- * tree, a reconnect within the session (through a loopback proxy we can
- * cut) and a forced session expiry, both of which change the tree while
- * the cache cannot hear it; bursts of writes racing with the walk and
+ * tree, a reconnect within the session (testlib's gate cuts the
+ * connection) and a forced session expiry, both of which change the tree
+ * while the cache cannot hear it; bursts of writes racing with the walk and
  * with events, checked against the tree read directly; freeing with reads
  * in flight; iteration while the loop runs; our own writes taken from
  * their replies instead of read back; and 10,000 nodes (time to sync and
  * memory per node are printed). */
-#include <arpa/inet.h>
 #include <malloc.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -979,151 +973,24 @@ TEST(image_tree)
 	env_close(&e);
 }
 
-/* ---- a loopback proxy we can cut, for reconnects within a session ---- */
-
-#define PROXY_PAIRS 8
-
-struct proxy {
-	int lfd, port, target;
-	pthread_t th;
-	atomic_int hold; /* close new connections at once */
-	atomic_int cut;  /* close the live ones */
-	atomic_int stop;
-	int a[PROXY_PAIRS], b[PROXY_PAIRS], n;
-};
-
-static int connect_local(int port)
-{
-	struct sockaddr_in sa = { .sin_family = AF_INET };
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-	sa.sin_port = htons((uint16_t)port);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		close(fd);
-		fd = -1;
-	}
-	return fd;
-}
-
-/* Copy what FROM has to TO; false when either side is done. */
-static bool pump(int from, int to)
-{
-	char buf[65536];
-	ssize_t n = read(from, buf, sizeof(buf)), off = 0;
-
-	if (n <= 0)
-		return false;
-	while (off < n) {
-		ssize_t w = write(to, buf + off, (size_t)(n - off));
-		if (w <= 0)
-			return false;
-		off += w;
-	}
-	return true;
-}
-
-static void proxy_drop(struct proxy *p, int i)
-{
-	close(p->a[i]);
-	close(p->b[i]);
-	p->n--;
-	p->a[i] = p->a[p->n];
-	p->b[i] = p->b[p->n];
-}
-
-static void *proxy_main(void *arg)
-{
-	struct proxy *p = arg;
-
-	while (!atomic_load(&p->stop)) {
-		struct pollfd fds[1 + 2 * PROXY_PAIRS];
-		int n = p->n;
-
-		if (atomic_exchange(&p->cut, 0))
-			while (p->n)
-				proxy_drop(p, 0);
-		n = p->n;
-		fds[0] = (struct pollfd){ p->lfd, POLLIN, 0 };
-		for (int i = 0; i < n; i++) {
-			fds[1 + 2 * i] = (struct pollfd){ p->a[i], POLLIN, 0 };
-			fds[2 + 2 * i] = (struct pollfd){ p->b[i], POLLIN, 0 };
-		}
-		if (poll(fds, (nfds_t)(1 + 2 * n), 20) <= 0)
-			continue;
-		for (int i = 0; i < n; i++) {
-			bool ok = true;
-			if (fds[1 + 2 * i].revents)
-				ok = pump(p->a[i], p->b[i]);
-			if (ok && fds[2 + 2 * i].revents)
-				ok = pump(p->b[i], p->a[i]);
-			if (!ok) {
-				proxy_drop(p, i);
-				break; /* indices moved: poll again */
-			}
-		}
-		if (fds[0].revents & POLLIN) {
-			int cfd = accept(p->lfd, NULL, NULL), sfd = -1;
-			if (cfd < 0)
-				continue;
-			if (!atomic_load(&p->hold) && p->n < PROXY_PAIRS)
-				sfd = connect_local(p->target);
-			if (sfd < 0) {
-				close(cfd);
-				continue;
-			}
-			p->a[p->n] = cfd;
-			p->b[p->n++] = sfd;
-		}
-	}
-	while (p->n)
-		proxy_drop(p, 0);
-	return NULL;
-}
-
-static bool proxy_start(struct proxy *p, int target)
-{
-	struct sockaddr_in sa = { .sin_family = AF_INET };
-	socklen_t len = sizeof(sa);
-
-	memset(p, 0, sizeof(*p));
-	p->target = target;
-	p->lfd = socket(AF_INET, SOCK_STREAM, 0);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (p->lfd < 0 || bind(p->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-	    listen(p->lfd, 8) < 0 ||
-	    getsockname(p->lfd, (struct sockaddr *)&sa, &len) < 0)
-		return false;
-	p->port = ntohs(sa.sin_port);
-	return pthread_create(&p->th, NULL, proxy_main, p) == 0;
-}
-
-static void proxy_stop(struct proxy *p)
-{
-	atomic_store(&p->stop, 1);
-	pthread_join(p->th, NULL);
-	close(p->lfd);
-}
-
 TEST(reconnect_rewalks_without_dropping)
 {
 	struct env e;
 	struct rec *r = xcalloc(1, sizeof(*r));
-	struct proxy px;
+	test_gate *gate;
 	char hosts[160], *n1, *n2, *n3, *n4, *c3, *path;
-	const char *colon;
 	int64_t session;
 	zk *a;
 	zkc *c;
 
 	if (!env_open(&e))
 		return;
-	colon = strrchr(test_zk_hosts(), ':');
-	REQUIRE(colon && proxy_start(&px, atoi(colon + 1)));
-	snprintf(hosts, sizeof(hosts), "127.0.0.1:%d%s", px.port, e.chroot);
-	a = test_zk_connect(e.loop, hosts, NULL, NULL);
+	gate = test_gate_start();
+	snprintf(hosts, sizeof(hosts), "%s%s", gate ? test_gate_hosts(gate) : "",
+		 e.chroot);
+	a = gate ? test_zk_connect(e.loop, hosts, NULL, NULL) : NULL;
 	if (!a) {
-		proxy_stop(&px);
+		test_gate_stop(gate);
 		env_close(&e);
 		free(r);
 		return;
@@ -1141,8 +1008,8 @@ TEST(reconnect_rewalks_without_dropping)
 
 	/* Cut the cache's connection and keep it down while the tree
 	 * changes: the cache hears nothing of it. */
-	atomic_store(&px.hold, 1);
-	atomic_store(&px.cut, 1);
+	test_gate_hold(gate, true);
+	test_gate_cut(gate);
 	WAIT_FOR(e.loop, zk_state(a) != ZK_STATE_CONNECTED);
 	CHECK(zk_state(a) != ZK_STATE_CONNECTED);
 	path = np_path_node(n1);
@@ -1154,7 +1021,7 @@ TEST(reconnect_rewalks_without_dropping)
 	free(mk_contender(e.z, n2));
 	CHECK(zkc_ready(c));
 	CHECK(zkc_node(c, n1) != NULL); /* stale until we are back */
-	atomic_store(&px.hold, 0);
+	test_gate_hold(gate, false);
 
 	WAIT_FOR(e.loop, zkc_walks(c) == 2);
 	CHECK_INT(zkc_walks(c), 2);
@@ -1182,7 +1049,7 @@ TEST(reconnect_rewalks_without_dropping)
 
 	zkc_free(c);
 	zk_close(a);
-	proxy_stop(&px);
+	test_gate_stop(gate);
 	free(n1);
 	free(n2);
 	free(n3);

@@ -61,6 +61,41 @@ void test_write(const char *path, const char *text);
 /* A file NAME in test_tmpdir() holding TEXT; its path (caller frees). */
 char *test_tmpfile(const char *name, const char *text);
 
+/* ---- a gate between clients and the test ZooKeeper ----
+ * A loopback TCP relay to the plaintext server, on a thread of its own,
+ * that reads the frames passing through it: for reconnects within a
+ * session and for requests cut off at a chosen point (what
+ * launcherlib.py's TcpGate and FrameTrap do for the integration tests). */
+typedef struct test_gate test_gate;
+
+enum test_trap {
+	TEST_TRAP_DROP, /* close the connection instead of passing it on:
+			 * the request never reaches the server */
+	TEST_TRAP_LOST, /* pass it on, nothing after it, and close the
+			 * connection when its reply comes: carried out, and
+			 * the reply lost */
+};
+
+/* A gate to test_zk_hosts(); NULL, and the test failed at the caller's
+ * line, without ZooKeeper or when it cannot be made. */
+#define test_gate_start() testlib_gate_start(__FILE__, __LINE__)
+test_gate *testlib_gate_start(const char *file, int line);
+/* "127.0.0.1:port" of the gate, for zk_options.hosts. */
+const char *test_gate_hosts(const test_gate *g);
+/* While HOLD, new connections are closed at once (clients keep trying). */
+void test_gate_hold(test_gate *g, bool hold);
+/* Close every live connection. */
+void test_gate_cut(test_gate *g);
+/* Trap the next request of type OP (jute.h's ZOP_*) whose path starts
+ * with PREFIX, HOW says how. Traps wait in line: each one fires once, on
+ * the first matching request after the previous one fired. */
+void test_gate_trap(test_gate *g, enum test_trap how, int op,
+		    const char *prefix);
+/* How many traps have fired. */
+int test_gate_fired(test_gate *g);
+/* Connections closed, thread joined, G freed (NULL: nothing). */
+void test_gate_stop(test_gate *g);
+
 #define TEST(name)                                                        \
 	static void name(void);                                           \
 	__attribute__((constructor)) static void register_##name(void)    \
