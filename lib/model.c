@@ -10,6 +10,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1454,17 +1455,51 @@ static bool known_key(const struct field *tab, const char *key,
 	return f != NULL;
 }
 
+/* Records are written into a buffer kept per thread (freed with the
+ * thread) and copied out at their size: a node's JSON, about 1 KB, then
+ * stays in malloc's small sizes, where a fresh 2 KB buffer for each took
+ * the large-chunk path, which first consolidates every fast bin. */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *p)
+{
+	sbuf_free(p);
+	free(p);
+}
+
+static void scratch_key_make(void)
+{
+	if (pthread_key_create(&scratch_key, scratch_free) != 0)
+		abort(); /* like OOM */
+}
+
+static sbuf *encode_scratch(void)
+{
+	sbuf *sb;
+
+	pthread_once(&scratch_once, scratch_key_make);
+	sb = pthread_getspecific(scratch_key);
+	if (!sb) {
+		sb = xcalloc(1, sizeof(*sb));
+		if (pthread_setspecific(scratch_key, sb) != 0)
+			abort();
+	}
+	return sb;
+}
+
 static char *rec_encode_direct(const struct field *tab, const void *rec,
 			       const json_t *raw, bool is_pool)
 {
 	const struct field *hint = tab;
 	bool first = true;
 	const char *key;
+	char *out;
 	json_t *v;
-	sbuf sb;
+	sbuf *scratch = encode_scratch(), sb = *scratch;
 
-	sbuf_init(&sb);
-	sbuf_reserve(&sb, 2048); /* a node's JSON: no reallocation */
+	sb.len = 0;
+	sbuf_reserve(&sb, 2048);
 	sbuf_addc(&sb, '{');
 	for (const struct field *f = tab; f->key; f++)
 		if (!f->pool_only || is_pool)
@@ -1479,7 +1514,12 @@ static char *rec_encode_direct(const struct field *tab, const void *rec,
 		}
 	}
 	sbuf_addc(&sb, '}');
-	return sbuf_detach(&sb);
+	out = xstrndup(sb.buf, sb.len);
+	/* An unusually large record's buffer is not kept. */
+	if (sb.cap > 16384)
+		sbuf_free(&sb);
+	*scratch = sb;
+	return out;
 }
 
 /* The reference: the record as a jansson object, dumped. Components
