@@ -52,6 +52,8 @@
 #define SETWATCHES_MAX (128 * 1024)
 #define WATCH_BUCKETS 256
 #define READ_CHUNK 65536
+/* A request packet's buffer up to this size is kept for the next one. */
+#define SPARE_PKT_MAX (16 * 1024)
 /* What one read() of a TLS connection takes in: several replies. */
 #define TLS_READ_BUFFER (64 * 1024)
 
@@ -156,6 +158,9 @@ struct zk {
 	char cur_addr[INET6_ADDRSTRLEN]; /* the address being tried */
 	sbuf wbuf;
 	size_t woff;
+	/* The last request packet's buffer once copied out, for the next
+	 * request: a set's 1-2 KB is built without malloc. */
+	sbuf spare_pkt;
 	/* Bytes ever put in wbuf, and written or discarded: a request whose
 	 * out_end is past out_sent is not on the wire yet (zk_queue_len). */
 	unsigned long long out_queued, out_sent;
@@ -693,7 +698,8 @@ static struct req *req_new(zk *z, enum req_kind kind, int32_t op)
 	struct req *r = xcalloc(1, sizeof(*r));
 
 	r->kind = kind;
-	sbuf_init(&r->pkt);
+	r->pkt = z->spare_pkt;
+	sbuf_init(&z->spare_pkt);
 	if (z->next_xid <= 0 || z->next_xid == INT32_MAX)
 		z->next_xid = 1;
 	r->xid = z->next_xid++;
@@ -1086,7 +1092,13 @@ static void flush_sendq(zk *z)
 	while ((r = reqq_pop(&z->sendq))) {
 		out_append(z, &r->pkt);
 		r->out_end = z->out_queued;
-		sbuf_free(&r->pkt);
+		if (!z->spare_pkt.buf && r->pkt.cap <= SPARE_PKT_MAX) {
+			z->spare_pkt = r->pkt;
+			z->spare_pkt.len = 0;
+			sbuf_init(&r->pkt);
+		} else {
+			sbuf_free(&r->pkt);
+		}
 		reqq_push(&z->pendq, r);
 	}
 	schedule_flush(z);
@@ -2078,6 +2090,7 @@ static void zk_free(zk *z)
 	evloop_undefer(z->loop, &z->flush);
 	free(z->rbuf);
 	sbuf_free(&z->wbuf);
+	sbuf_free(&z->spare_pkt);
 	watches_clear(z);
 	if (z->ssl_ctx)
 		SSL_CTX_free(z->ssl_ctx);
