@@ -151,8 +151,54 @@ static void reopen_if_rotated(void)
  * flushes before it sleeps, so nothing waits longer than the turn that
  * logged it. Other threads write at once, as before. */
 
-static __thread sbuf held;
 static __thread int hold_depth;
+
+/* A thread's buffers: the held lines, and the message and prefix being
+ * formatted. Kept from line to line and turn to turn (fresh ones grew by
+ * reallocation for every line and every turn); a thread-specific key's
+ * destructor frees them when the thread ends. */
+struct bufs {
+	sbuf held, msg, pre;
+	bool keyed;
+};
+static __thread struct bufs tb;
+/* A buffer grown past this by an unusual burst is given back after use. */
+#define KEEP_MAX (64 * 1024)
+
+static pthread_key_t bufs_key;
+static pthread_once_t bufs_once = PTHREAD_ONCE_INIT;
+
+static void bufs_free(void *p)
+{
+	struct bufs *b = p;
+
+	sbuf_free(&b->held);
+	sbuf_free(&b->msg);
+	sbuf_free(&b->pre);
+}
+
+static void bufs_key_make(void)
+{
+	if (pthread_key_create(&bufs_key, bufs_free) != 0)
+		abort(); /* like OOM */
+}
+
+static struct bufs *bufs(void)
+{
+	if (!tb.keyed) {
+		pthread_once(&bufs_once, bufs_key_make);
+		if (pthread_setspecific(bufs_key, &tb) != 0)
+			abort();
+		tb.keyed = true;
+	}
+	return &tb;
+}
+
+static void trim(sbuf *sb)
+{
+	if (sb->cap > KEEP_MAX)
+		sbuf_free(sb);
+}
 
 void log_hold(void)
 {
@@ -174,10 +220,10 @@ static void write_lines(const char *buf, size_t len)
 
 void log_flush_held(void)
 {
-	if (!held.len)
+	if (!tb.held.len)
 		return;
-	write_lines(held.buf, held.len);
-	held.len = 0;
+	write_lines(tb.held.buf, tb.held.len);
+	tb.held.len = 0;
 }
 
 /* ---- a crash ----
@@ -198,14 +244,14 @@ static void on_crash(int signo, siginfo_t *si, void *uc)
 	int fd = fileno(log_stream ? log_stream : stderr);
 	size_t off = 0;
 
-	while (fd >= 0 && off < held.len) {
-		ssize_t n = write(fd, held.buf + off, held.len - off);
+	while (fd >= 0 && off < tb.held.len) {
+		ssize_t n = write(fd, tb.held.buf + off, tb.held.len - off);
 
 		if (n <= 0)
 			break;
 		off += (size_t)n;
 	}
-	held.len = 0;
+	tb.held.len = 0;
 	for (size_t i = 0; i < sizeof(crash_signals) / sizeof(int); i++)
 		if (crash_signals[i] == signo)
 			sigaction(signo, &crash_old[i], NULL);
@@ -229,7 +275,7 @@ void log_unhold(void)
 {
 	if (hold_depth > 0 && --hold_depth == 0) {
 		log_flush_held();
-		sbuf_free(&held); /* nothing is left behind by a thread that ends */
+		trim(&tb.held);
 	}
 }
 
@@ -247,59 +293,68 @@ static void add_time(sbuf *sb)
 		strftime(ts, sizeof(ts), "%Y-%m-%d %H:%M:%S", &tm);
 		last = tv.tv_sec;
 	}
-	sbuf_addf(sb, "%s,%03ld ", ts, (long)(tv.tv_usec / 1000));
+	char ms[5] = { ',', (char)('0' + tv.tv_usec / 100000),
+		       (char)('0' + tv.tv_usec / 10000 % 10),
+		       (char)('0' + tv.tv_usec / 1000 % 10), ' ' };
+
+	sbuf_adds(sb, ts);
+	sbuf_add(sb, ms, sizeof(ms));
 }
 
 void log_msg(enum log_level level, const char *logger, const char *fmt, ...)
 {
 	va_list ap;
-	sbuf msg, pre, out;
+	struct bufs *b;
+	sbuf *msg, *pre, *out, own;
 	const char *line, *nl;
+	size_t start;
 
 	if (!enabled(level, logger))
 		return;
+	b = bufs();
+	msg = &b->msg;
+	pre = &b->pre;
+	msg->len = 0;
 	va_start(ap, fmt);
-	sbuf_init(&msg);
-	sbuf_reserve(&msg, 240); /* most lines: no reallocation */
-	sbuf_vaddf(&msg, fmt, ap);
+	sbuf_vaddf(msg, fmt, ap);
 	va_end(ap);
 
-	sbuf_init(&pre);
-	sbuf_reserve(&pre, 120);
-	add_time(&pre);
-	sbuf_adds(&pre, level_name(level));
-	sbuf_addc(&pre, ' ');
-	sbuf_adds(&pre, logger);
-	sbuf_add(&pre, ": ", 2);
+	pre->len = 0;
+	add_time(pre);
+	sbuf_adds(pre, level_name(level));
+	sbuf_addc(pre, ' ');
+	sbuf_adds(pre, logger);
+	sbuf_add(pre, ": ", 2);
+	/* Held lines are written straight into the held buffer. */
+	sbuf_init(&own);
+	out = hold_depth > 0 ? &tb.held : &own;
+	start = out->len;
 	/* Every line of the message after the prefix, the ones after the
 	 * first indented by two spaces; empty lines are dropped, and no line
 	 * at all is the bare prefix. */
-	sbuf_init(&out);
-	sbuf_reserve(&out, pre.len + msg.len + 2);
-	for (line = msg.buf ? msg.buf : ""; *line; line = nl + 1) {
+	sbuf_reserve(out, pre->len + msg->len + 2);
+	for (line = msg->buf ? msg->buf : ""; *line; line = nl + 1) {
 		nl = strchr(line, '\n');
 		if (!nl)
 			nl = line + strlen(line);
 		if (nl > line) {
-			sbuf_add(&out, pre.buf, pre.len);
-			if (out.len > pre.len)
-				sbuf_add(&out, "  ", 2);
-			sbuf_add(&out, line, (size_t)(nl - line));
-			sbuf_addc(&out, '\n');
+			sbuf_add(out, pre->buf, pre->len);
+			if (out->len - start > pre->len)
+				sbuf_add(out, "  ", 2);
+			sbuf_add(out, line, (size_t)(nl - line));
+			sbuf_addc(out, '\n');
 		}
 		if (!*nl)
 			break;
 	}
-	if (!out.len) {
-		sbuf_add(&out, pre.buf, pre.len);
-		sbuf_addc(&out, '\n');
+	if (out->len == start) {
+		sbuf_add(out, pre->buf, pre->len);
+		sbuf_addc(out, '\n');
 	}
-	sbuf_free(&msg);
-	sbuf_free(&pre);
-
-	if (hold_depth > 0)
-		sbuf_add(&held, out.buf, out.len);
-	else
-		write_lines(out.buf, out.len);
-	sbuf_free(&out);
+	trim(msg);
+	trim(pre);
+	if (out == &own) {
+		write_lines(own.buf, own.len);
+		sbuf_free(&own);
+	}
 }
