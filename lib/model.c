@@ -2222,14 +2222,28 @@ static void dump_value(sbuf *sb, const json_t *v, const np_pystyle *st);
 static void dump_object(sbuf *sb, const json_t *v, const np_pystyle *st)
 {
 	size_t n = json_object_size(v), i = 0;
-	const char **keys = xmalloc((n ? n : 1) * sizeof(*keys));
+	const char **keys;
 	const char *key;
 	json_t *val;
 
+	if (!st->sort_keys) {
+		/* In the object's order, as it iterates: no list of keys, no
+		 * look-up of each again. */
+		sbuf_addc(sb, '{');
+		json_object_foreach((json_t *)v, key, val) {
+			if (i++)
+				sbuf_add(sb, ", ", 2);
+			st->string(sb, key, strlen(key));
+			sbuf_add(sb, ": ", 2);
+			dump_value(sb, val, st);
+		}
+		sbuf_addc(sb, '}');
+		return;
+	}
+	keys = xmalloc((n ? n : 1) * sizeof(*keys));
 	json_object_foreach((json_t *)v, key, val)
 		keys[i++] = key;
-	if (st->sort_keys)
-		qsort(keys, n, sizeof(*keys), cmp_str);
+	qsort(keys, n, sizeof(*keys), cmp_str);
 	sbuf_addc(sb, '{');
 	for (i = 0; i < n; i++) {
 		if (i)
