@@ -322,9 +322,8 @@ int jute_read_watcher_event(jr *r, jute_watcher_event *ev)
 {
 	ev->type = jr_int(r);
 	ev->state = jr_int(r);
-	ev->path = jr_string(r);
+	ev->path = jr_buffer(r, &ev->path_len);
 	if (r->bad || !ev->path) {
-		free(ev->path);
 		ev->path = NULL;
 		r->bad = true;
 		return -1;

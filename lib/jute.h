@@ -119,7 +119,9 @@ typedef struct jute_reply_header {
 typedef struct jute_watcher_event {
 	int32_t type;
 	int32_t state;
-	char *path; /* owned, malloc'd */
+	/* The path's bytes in the frame read (borrowed, not terminated). */
+	const char *path;
+	int32_t path_len;
 } jute_watcher_event;
 
 typedef struct jute_multi_header {

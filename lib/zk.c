@@ -388,16 +388,28 @@ struct fire {
 	void *arg;
 };
 
+/* An event mostly fires one or two watchers: those fit in INL, more go
+ * to the heap. */
 struct fire_list {
 	struct fire *v;
 	size_t n, cap;
+	struct fire inl[4];
 };
 
 static void fire_add(struct fire_list *f, zk_watch_fn fn, void *arg)
 {
+	if (!f->v) {
+		f->v = f->inl;
+		f->cap = sizeof(f->inl) / sizeof(f->inl[0]);
+	}
 	if (f->n == f->cap) {
-		f->cap = f->cap ? f->cap * 2 : 8;
-		f->v = xrealloc(f->v, f->cap * sizeof(*f->v));
+		f->cap *= 2;
+		if (f->v == f->inl) {
+			f->v = xmalloc(f->cap * sizeof(*f->v));
+			memcpy(f->v, f->inl, sizeof(f->inl));
+		} else {
+			f->v = xrealloc(f->v, f->cap * sizeof(*f->v));
+		}
 	}
 	f->v[f->n].fn = fn;
 	f->v[f->n].arg = arg;
@@ -454,7 +466,7 @@ static void collect_exact(zk *z, const char *path, size_t len, unsigned h,
 
 static void dispatch_event(zk *z, int type, const char *path)
 {
-	struct fire_list f = { NULL, 0, 0 };
+	struct fire_list f = { .v = NULL };
 	size_t plen[MAX_DEPTH], len;
 	unsigned phash[MAX_DEPTH], h = 5381;
 	int n = 0;
@@ -497,7 +509,8 @@ static void dispatch_event(zk *z, int type, const char *path)
 	/* Called only now: a watcher may add or remove watches. */
 	for (size_t i = 0; i < f.n; i++)
 		f.v[i].fn(z, type, path, f.v[i].arg);
-	free(f.v);
+	if (f.v != f.inl)
+		free(f.v);
 }
 
 /* ---- output ---- */
@@ -1248,20 +1261,29 @@ static void on_session(zk *z, jr *rd);
 
 static void handle_notification(zk *z, jr *rd)
 {
+	/* The event's path is copied out of the frame to the stack when it
+	 * fits (a watch event is a third of what the server sends). */
 	jute_watcher_event ev;
+	char buf[512], *path;
 	const char *p;
+	size_t n;
 
 	if (jute_read_watcher_event(rd, &ev) < 0) {
 		conn_drop(z, "malformed watch event");
 		return;
 	}
-	p = unchroot(z, ev.path);
+	n = (size_t)ev.path_len;
+	path = n < sizeof(buf) ? buf : xmalloc(n + 1);
+	memcpy(path, ev.path, n);
+	path[n] = '\0';
+	p = unchroot(z, path);
 	if (p)
 		dispatch_event(z, ev.type, p);
 	else
-		log_warning(LOGGER, "watch event for %s outside chroot %s", ev.path,
+		log_warning(LOGGER, "watch event for %s outside chroot %s", path,
 			    z->chroot);
-	free(ev.path);
+	if (path != buf)
+		free(path);
 }
 
 static void handle_reply(zk *z, const unsigned char *frame, size_t len)

@@ -229,8 +229,8 @@ TEST(watcher_event)
 	jr_init(&r, "\x00\x00\x00\x04" "\x00\x00\x00\x03" "\x00\x00\x00\x02/a", 14);
 	CHECK_INT(jute_read_watcher_event(&r, &ev), 0);
 	CHECK_INT(ev.type, ZK_EVENT_CHILD);
-	CHECK_STR(ev.path, "/a");
-	free(ev.path);
+	CHECK_INT(ev.path_len, 2);
+	CHECK(ev.path && memcmp(ev.path, "/a", 2) == 0);
 	jr_init(&r, "\x00\x00\x00\x04" "\x00\x00\x00\x03" "\x00\x00\x00\x09/a", 14);
 	CHECK_INT(jute_read_watcher_event(&r, &ev), -1);
 	CHECK(ev.path == NULL);
