@@ -45,10 +45,14 @@ BUILD   ?= build-san
 CFLAGS  := $(CFLAGS_BASE) -O1 -g -fno-omit-frame-pointer \
 	-fsanitize=address,undefined -fno-sanitize-recover=undefined
 LDFLAGS := -fsanitize=address,undefined
+# The sanitizer runtime's defaults (lib/sanitizer.c). Nothing refers to
+# them, so as a member of libnodepool.a they would never be linked.
+SAN_OBJ := $(BUILD)/lib/sanitizer.o
 else
 BUILD   ?= build
 CFLAGS  := $(CFLAGS_BASE) -O2 -g
 LDFLAGS :=
+SAN_OBJ :=
 endif
 
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
@@ -73,19 +77,19 @@ $(BUILD)/libnodepool.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/nodepool: $(CLI_OBJ) $(BUILD)/libnodepool.a
-	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libnodepool.a $(LIBS)
+$(BUILD)/nodepool: $(CLI_OBJ) $(BUILD)/libnodepool.a $(SAN_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(SAN_OBJ) $(BUILD)/libnodepool.a $(LIBS)
 
-$(BUILD)/%: $(BUILD)/programs/%.o $(BUILD)/libnodepool.a
-	$(CC) $(LDFLAGS) -o $@ $< $(BUILD)/libnodepool.a $(LIBS)
+$(BUILD)/%: $(BUILD)/programs/%.o $(BUILD)/libnodepool.a $(SAN_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $< $(SAN_OBJ) $(BUILD)/libnodepool.a $(LIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c $(TESTLIB) $(BUILD)/libnodepool.a
+$(BUILD)/tests/%: tests/unit/%.c $(TESTLIB) $(BUILD)/libnodepool.a $(SAN_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(TESTLIB) $(BUILD)/libnodepool.a $(TEST_LIBS)
+	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(TESTLIB) $(SAN_OBJ) $(BUILD)/libnodepool.a $(TEST_LIBS)
 
-$(BUILD)/bench/%: bench/%.c $(BUILD)/libnodepool.a
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libnodepool.a $(SAN_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libnodepool.a $(LIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(SAN_OBJ) $(BUILD)/libnodepool.a $(LIBS)
 
 $(BUILD)/%.o: %.c $(wildcard lib/*.h) $(wildcard cli/*.h) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
