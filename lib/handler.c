@@ -1002,14 +1002,11 @@ static void completion_unref(completion *c)
 }
 
 /* A failure worth sending again: the connection went (the server
- * restarted, say) but the session, and so our contenders, live on. A
- * request sent while there is no connection waits for one, so this
- * does not spin. */
+ * restarted, say) but the session, and so our contenders, live on
+ * (zk_resendable; node launches resend their writes the same way). */
 static bool completion_retry(zk *z, const completion *c, int rc)
 {
-	return (rc == ZCONNECTIONLOSS || rc == ZOPERATIONTIMEOUT) &&
-	    zk_state(z) != ZK_STATE_CLOSED && zk_state(z) != ZK_STATE_LOST &&
-	    zk_session_id(z) == c->session;
+	return zk_resendable(z, c->session, rc);
 }
 
 static void completion_step(zk *z, completion *c, int i);

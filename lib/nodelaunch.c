@@ -51,6 +51,7 @@ static void drop_building_rec(np_nodelaunch *nl)
 static void nl_free(np_nodelaunch *nl)
 {
 	drop_building_rec(nl);
+	free(nl->wjson);
 	free(nl->building_json);
 	free(nl->building_image);
 	np_node_clear(&nl->node);
@@ -116,41 +117,78 @@ static void uncount(np_nodelaunch *nl)
 	}
 }
 
-/* ---- writes ---- */
+/* ---- writes ----
+ *
+ * Each write is the whole record (upstream's storeNode), made under our
+ * lock on the node. A reply lost with the connection leaves it unknown
+ * whether the server applied the write; while the lock is still ours (the
+ * session that holds it lives: zk_lock_resendable, as the request's
+ * completion resends) the newest write is sent again, the same bytes, so
+ * the record ends as we last wrote it and the launch goes on. An older
+ * write needs nothing: replies come in the order the writes went, and the
+ * newer write behind it replaces it. A released launch sends nothing
+ * again: its lock's release is queued behind its writes, and a write sent
+ * again after that would be made unlocked. */
+
+static int send_write(np_nodelaunch *nl, zk_stat_fn cb)
+{
+	char *path = np_path_node(nl->node.id);
+	int rc;
+
+	rc = launcher_aset(nl->l, path, nl->wjson, (int)strlen(nl->wjson), cb,
+			   nl);
+	if (rc == ZOK) {
+		nl->busy++;
+		nl->writes++;
+	}
+	free(path);
+	return rc;
+}
+
+static void send_record(np_nodelaunch *nl, zk_stat_fn cb)
+{
+	free(nl->wjson);
+	nl->wjson = np_node_encode(&nl->node);
+	(void)send_write(nl, cb);
+}
+
+/* A write's reply, RC: true when the launch has no more to do about it
+ * (a newer write replaces it, or it was sent again with CB). */
+static bool write_again(np_nodelaunch *nl, int rc, zk_stat_fn cb)
+{
+	bool newest = --nl->writes == 0;
+
+	if (nl->dead || !zk_lock_resendable(nl->lock, rc))
+		return false;
+	if (!newest)
+		return true;
+	NLOG(nl, LOG_DEBUG, "Storing node again once ZooKeeper answers: %s",
+	     zk_strerror(rc));
+	return send_write(nl, cb) == ZOK;
+}
 
 static void written(zk *z, int rc, const zk_stat *st, void *arg)
 {
 	np_nodelaunch *nl = arg;
 
-	if (rc != ZOK && rc != ZCLOSING && !nl->dead)
+	if (!write_again(nl, rc, written) && rc != ZOK && rc != ZCLOSING &&
+	    !nl->dead)
 		NLOG(nl, LOG_ERROR, "Unable to store node: %s", zk_strerror(rc));
 	unbusy(nl);
 }
 
-static void write_json(np_nodelaunch *nl, const char *json)
-{
-	char *path = np_path_node(nl->node.id);
-
-	if (launcher_aset(nl->l, path, json, (int)strlen(json), written,
-			  nl) == ZOK)
-		nl->busy++;
-	free(path);
-}
-
 void nodelaunch_write(np_nodelaunch *nl)
 {
-	char *json = np_node_encode(&nl->node);
-
-	write_json(nl, json);
-	free(json);
+	send_record(nl, written);
 }
 
 static void final_written(zk *z, int rc, const zk_stat *st, void *arg)
 {
 	np_nodelaunch *nl = arg;
+	bool again = write_again(nl, rc, final_written);
 	np_handler *h;
 
-	if (unbusy(nl))
+	if (unbusy(nl) || again)
 		return;
 	if (rc != ZOK) {
 		NLOG(nl, LOG_ERROR, "Unable to store node: %s", zk_strerror(rc));
@@ -165,8 +203,6 @@ static void final_written(zk *z, int rc, const zk_stat *st, void *arg)
 
 static void finish(np_nodelaunch *nl, const char *state)
 {
-	char *path, *json;
-
 	cancel_work(nl);
 	if (strcmp(state, NP_NODE_READY) == 0)
 		record(nl, LSTATS_READY);
@@ -184,13 +220,7 @@ static void finish(np_nodelaunch *nl, const char *state)
 		return;
 	}
 	nl->state = NL_FINAL;
-	path = np_path_node(nl->node.id);
-	json = np_node_encode(&nl->node);
-	if (launcher_aset(nl->l, path, json, (int)strlen(json), final_written,
-			  nl) == ZOK)
-		nl->busy++;
-	free(json);
-	free(path);
+	send_record(nl, final_written);
 }
 
 /* A launch that never got a znode of its own: done, failed. */

@@ -53,6 +53,8 @@ struct np_nodelaunch {
 	long long start_ms;
 	long long attempt_ms;
 	int busy;
+	int writes;              /* node writes whose reply is due */
+	char *wjson;             /* the newest write's record, to send again */
 	bool dead;
 	bool counted;            /* counted in pm->launching */
 	bool wrote_progress;     /* external id written before the scan */

@@ -2218,6 +2218,20 @@ int64_t zk_session_id(const zk *z)
 	return z->session_id;
 }
 
+bool zk_session_live(const zk *z, int64_t session)
+{
+	enum zk_state st = zk_state(z);
+
+	return session != 0 && st != ZK_STATE_LOST && st != ZK_STATE_CLOSED &&
+	       zk_session_id(z) == session;
+}
+
+bool zk_resendable(const zk *z, int64_t session, int rc)
+{
+	return (rc == ZCONNECTIONLOSS || rc == ZOPERATIONTIMEOUT) &&
+	       zk_session_live(z, session);
+}
+
 void zk_session_passwd(const zk *z, char out[16])
 {
 	memcpy(out, z->passwd, JUTE_PASSWD_LEN);

@@ -136,6 +136,16 @@ zk *zk_new(evloop *loop, const zk_options *opt, char **err);
 int zk_wait_connected(zk *z, double timeout);
 enum zk_state zk_state(const zk *z);
 int64_t zk_session_id(const zk *z);
+/* SESSION (a zk_session_id() value) is still this client's and not lost:
+ * its ephemerals (lock contenders) still stand. */
+bool zk_session_live(const zk *z, int64_t session);
+/* RC ended a request with its outcome unknown (ZCONNECTIONLOSS,
+ * ZOPERATIONTIMEOUT: it may or may not have been applied) while SESSION
+ * lives on: a request that is right only while that session's ephemerals
+ * stand (a write under a lock) may be sent again. One sent while there is
+ * no connection waits for one, so resending does not spin; once the
+ * session is lost it fails with ZSESSIONEXPIRED. */
+bool zk_resendable(const zk *z, int64_t session, int rc);
 /* Close the session (ephemerals go at once) and free everything. */
 void zk_close(zk *z);
 evloop *zk_loop(const zk *z);

@@ -360,14 +360,12 @@ void zk_lock_free(zk_lock *l)
 
 bool zk_lock_held(const zk_lock *l)
 {
-	enum zk_state st;
+	return l->acquired && zk_session_live(l->z, l->session);
+}
 
-	if (!l->acquired)
-		return false;
-	st = zk_state(l->z);
-	if (st == ZK_STATE_LOST || st == ZK_STATE_CLOSED)
-		return false;
-	return zk_session_id(l->z) == l->session;
+bool zk_lock_resendable(const zk_lock *l, int rc)
+{
+	return l && l->acquired && zk_resendable(l->z, l->session, rc);
 }
 
 const char *zk_lock_node(const zk_lock *l)
@@ -840,11 +838,7 @@ static void remove_step(zk_lock *l)
  * another try, as the contender lives as long as that session. */
 static bool removal_retry(const zk_lock *l, int rc)
 {
-	enum zk_state st = zk_state(l->z);
-
-	return (rc == ZCONNECTIONLOSS || rc == ZOPERATIONTIMEOUT) &&
-	       st != ZK_STATE_CLOSED && st != ZK_STATE_LOST &&
-	       l->session != 0 && zk_session_id(l->z) == l->session;
+	return zk_resendable(l->z, l->session, rc);
 }
 
 /* ---- finishing an attempt ---- */

@@ -41,6 +41,10 @@ int zk_lock_acquire(zk_lock *l, bool blocking, double timeout);
 int zk_lock_release(zk_lock *l);
 /* False once the session that acquired the lock is lost or closed. */
 bool zk_lock_held(const zk_lock *l);
+/* RC ended a request made under L with its outcome unknown, and L is still
+ * held (zk_resendable with the session that holds it): send the request
+ * again. False for a NULL, released or forgotten lock. */
+bool zk_lock_resendable(const zk_lock *l, int rc);
 /* Full path of our contender while held or waiting, else NULL. */
 const char *zk_lock_node(const zk_lock *l);
 /* How many times this lock listed its directory to decide ownership

@@ -295,6 +295,13 @@ class FrameTrap:
         return frame[12:12 + n].decode("utf8")
 
     @staticmethod
+    def data(frame):
+        """The data a setData FRAME writes."""
+        at = 12 + struct.unpack(">i", frame[8:12])[0]
+        n = struct.unpack(">i", frame[at:at + 4])[0]
+        return frame[at + 4:at + 4 + max(0, n)]
+
+    @staticmethod
     def multi_ops(frame):
         """[(type, path)] of a multi FRAME's delete and setData operations,
         in order (it carries no other kind in our launcher's

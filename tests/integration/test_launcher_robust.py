@@ -13,8 +13,10 @@
 #    transaction cut off (not sent, ZooKeeper then down longer than a
 #    session timeout; sent, its reply lost); that transaction refused (a
 #    contender it deletes gone) so its steps go one at a time, the first
-#    of them cut off; a node's create carried out but its reply lost (the
-#    init node nobody knows is deleted); SIGINT without ZooKeeper;
+#    of them cut off; a launch's own node writes cut off (the ready write's
+#    reply lost, the external id's write never sent: both sent again, the
+#    request fulfilled); a node's create carried out but its reply lost
+#    (the init node nobody knows is deleted); SIGINT without ZooKeeper;
 #  - requests written as Zuul-2019 did (ephemeral sequential, fewer keys):
 #    fulfilled, and the requestor's session closing (before and after the
 #    request is fulfilled) leaves no node allocated and nothing leaked;
@@ -418,6 +420,113 @@ def test_completion_steps(zk):
         quiet.setLevel(level)
         s.close()
         root.stop()
+        ftrap.close()
+
+
+def test_node_write_lost(zk):
+    """A launch's own writes of its node cut off, the session surviving:
+    (1) the ready write of a request's first node (the last one's goes in
+    the completing multi) reaches the server but its reply is lost; (2)
+    the write that stores the server's external id while it builds never
+    reaches the server. Both are sent again once the connection is back,
+    under the node lock our session still holds: the request ends
+    fulfilled with its nodes ready and allocated to it (a lost ready reply
+    once failed the launch, and the request was declined and failed with
+    a ready node of ours left over), the external id is stored while the
+    node still builds, no lock is left and nothing leaks."""
+    s = Scenario(zk, "nodewrite")
+    rounds = []             # what the next trapped write is, in order
+    seen = []               # (round, node path) trapped
+
+    def trap(frame):
+        if not rounds or L.FrameTrap.op(frame) != L.FrameTrap.SET_DATA or \
+                "/nodepool/nodes/" not in L.FrameTrap.path(frame):
+            return None
+        try:
+            node = json.loads(L.FrameTrap.data(frame))
+        except ValueError:
+            return None
+        what = rounds[0]
+        if what == "ready" and node.get("state") == "ready" or \
+                what == "external id" and node.get("state") == "building" \
+                and node.get("external_id"):
+            rounds.pop(0)
+            seen.append((what, L.FrameTrap.path(frame)))
+            return "lost" if what == "ready" else "drop"
+        return None
+
+    ftrap = L.FrameTrap(zk, trap)
+    quiet = logging.getLogger("kazoo.client")
+    level = quiet.level
+    try:
+        slow = {"name": "fake-slow", "fake": {"launch-delay": 15},
+                "pools": [{"name": "main", "labels": ["slow"]}]}
+        cfg = s.write_config([PROVIDER, slow],
+                             [("small", 0), ("big", 0), ("slow", 0)],
+                             zk_port=ftrap.port)
+        p = s.start(cfg, env=FAST, debug=True)
+        check(wait_for(lambda: len(s.registered_pools()) == 2,
+                       what="pools"), "nodewrite: pools registered")
+        quiet.setLevel(logging.CRITICAL)
+        done = {}
+
+        # (1) the first node's ready write, its reply lost
+        rounds.append("ready")
+        rid = s.request(["small", "big"])
+        check(wait_for(lambda: len(seen) == 1, what="trapped"),
+              "nodewrite ready: the ready write was cut off after it was "
+              "sent")
+        req = s.wait_request(rid, timeout=60)
+        check(req and req["state"] == "fulfilled",
+              "nodewrite ready: request fulfilled (%s)"
+              % (req and req["state"]))
+        nids = (req or {}).get("nodes", [])
+        nodes = [s.get_node(nid) for nid in nids]
+        check(len(nodes) == 2 and all(
+            nd and nd["state"] == "ready" and nd["allocated_to"] == rid
+            for nd in nodes), "nodewrite ready: its two nodes ready and "
+            "allocated to it (%s)" % nodes)
+        check(seen and seen[0][1].rsplit("/", 1)[-1] in nids,
+              "nodewrite ready: the trapped node is one of them")
+        check(wait_for(lambda: not s.request_lock_contenders(rid) and
+                       not any(s.node_lock_contenders(nid) for nid in nids),
+                       what="unlocked"),
+              "nodewrite ready: request and nodes unlocked")
+        done[rid] = req
+
+        # (2) the external id's write while building, never sent
+        rounds.append("external id")
+        rid = s.request(["slow"])
+        check(wait_for(lambda: len(seen) == 2, what="trapped"),
+              "nodewrite id: the external id's write was cut off")
+        nid = seen[-1][1].rsplit("/", 1)[-1] if len(seen) == 2 else None
+        states = []
+
+        def stored():
+            nd = s.get_node(nid) if nid else None
+            states.append(nd and (nd["state"], bool(nd["external_id"])))
+            return nd and nd["external_id"]
+        wait_for(stored, what="external id stored")
+        check(("building", True) in states,
+              "nodewrite id: the external id stored while the node builds "
+              "(%s)" % states[-3:])
+        req = s.wait_request(rid, timeout=60)
+        check(req and req["state"] == "fulfilled" and req["nodes"] == [nid],
+              "nodewrite id: request fulfilled with that node (%r)"
+              % ((req and (req["state"], req["nodes"])),))
+        done[rid] = req
+
+        log = s.log(p)
+        check(log.count("Storing node again once ZooKeeper answers") == 2,
+              "nodewrite: both writes sent again (logged)")
+        check("Unable to store" not in log, "nodewrite: no write given up")
+        quiet.setLevel(level)
+        s.return_all(done)
+        s.check_all_deleted("nodewrite")
+        s.stop(p)
+    finally:
+        quiet.setLevel(level)
+        s.close()
         ftrap.close()
 
 
@@ -1181,7 +1290,7 @@ def test_reload_zk_hosts(zk):
 
 
 TESTS = [test_stack_dump, test_zk_restart, test_completion_outage,
-         test_completion_steps, test_create_lost,
+         test_completion_steps, test_node_write_lost, test_create_lost,
          test_session_expiry,
          test_stop_without_zookeeper, test_zuul2019,
          test_tenant_limits, test_max_concurrency_zero,
