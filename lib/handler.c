@@ -449,7 +449,7 @@ np_handler *handler_new(np_poolworker *pw, const np_request *req,
 	/* A new lock has no attempt in progress: this cannot be refused.
 	 * Its directory is usually not there yet (nobody has locked the
 	 * request): directory and contender in one multi. */
-	(void)zk_lock_acquire_fresh_async(h->lock, NULL, 0, locked, h);
+	(void)zk_lock_acquire_fresh_async(h->lock, 0, NULL, 0, locked, h);
 	/* The re-read goes right behind that multi, not a round trip after
 	 * it: the lock sends its multi from a zero-delay timer, and timers
 	 * due together fire in the order they were added. */

@@ -10,7 +10,14 @@
  * Writes are kept few: the building write carries the image attributes
  * and resources; the instance's addresses are written with the final
  * state unless the host-key scan takes longer than a second, when they are
- * written at once so a crash leaves a node the deleter can clean up. */
+ * written at once so a crash leaves a node the deleter can clean up.
+ *
+ * A connection lost under a step (the init node's create, the lock's
+ * multi with the building write, any later write) does not fail the
+ * launch while the session lives on: the step is made again once
+ * ZooKeeper answers (the create and the writes as the request's
+ * completion does, zk_resendable; the lock attempt retries by itself).
+ * Only a lost session ends it (nodelaunch_abandon). */
 #include "nodelaunch.h"
 
 #include <stdlib.h>
@@ -48,12 +55,20 @@ static void drop_building_rec(np_nodelaunch *nl)
 	nl->building_rec = NULL;
 }
 
+/* What the lock's multi wrote, once no longer needed. */
+static void forget_building(np_nodelaunch *nl)
+{
+	free(nl->building_json);
+	free(nl->building_image);
+	nl->building_json = NULL;
+	nl->building_image = NULL;
+}
+
 static void nl_free(np_nodelaunch *nl)
 {
 	drop_building_rec(nl);
 	free(nl->wjson);
-	free(nl->building_json);
-	free(nl->building_image);
+	forget_building(nl);
 	np_node_clear(&nl->node);
 	free(nl->label);
 	free(nl->pool_name);
@@ -550,10 +565,7 @@ static void write_building(np_nodelaunch *nl)
 
 	if (!same)
 		nodelaunch_write(nl);
-	free(nl->building_json);
-	free(nl->building_image);
-	nl->building_json = NULL;
-	nl->building_image = NULL;
+	forget_building(nl);
 }
 
 /* The image, the connection attributes and resources (startStateMachine),
@@ -666,10 +678,7 @@ static void locked(zk_lock *l, int rc, void *arg)
 	if (!zk_lock_fresh(l)) {
 		/* Locked the long way: building is written after the lock
 		 * (unlocked building nodes are deleted). */
-		free(nl->building_json);
-		free(nl->building_image);
-		nl->building_json = NULL;
-		nl->building_image = NULL;
+		forget_building(nl);
 		np_node_set_state(&nl->node, NP_NODE_BUILDING);
 	}
 	nl->state = NL_BUILDING;
@@ -680,7 +689,11 @@ static void locked(zk_lock *l, int rc, void *arg)
  * attributes, in one transaction: its lock directory cannot exist yet, so
  * zk_lock's fresh attempt creates the directory and our contender and
  * applies our write with them. Upstream locks (4 requests), then writes;
- * everyone sees the same records, the node never building unlocked. */
+ * everyone sees the same records, the node never building unlocked.
+ * Connection trouble is retried within the attempt until ZooKeeper
+ * answers (kazoo's lockNode(blocking=False) has no deadline either): an
+ * attempt that gave up would drop the contender its multi may have made,
+ * and the deleter removes a building node left unlocked. */
 static void lock_and_build(np_nodelaunch *nl)
 {
 	const char *image_ext;
@@ -690,7 +703,7 @@ static void lock_and_build(np_nodelaunch *nl)
 	np_node_set_state(&nl->node, NP_NODE_BUILDING);
 	if (set_attributes(nl, &image_ext) != ATTR_OK) {
 		/* start_attempt() reports it once locked. */
-		(void)zk_lock_acquire_async(nl->lock, false, 0, locked, nl);
+		(void)zk_lock_acquire_async(nl->lock, false, -1, locked, nl);
 		return;
 	}
 	path = np_path_node(nl->node.id);
@@ -710,7 +723,7 @@ static void lock_and_build(np_nodelaunch *nl)
 	/* Our write: the node cache takes it from us (build_done). */
 	zkc_write_begin(launcher_nodes(nl->l), path);
 	nl->build_pending = true;
-	(void)zk_lock_acquire_fresh_async(nl->lock, &op, 1, locked, nl);
+	(void)zk_lock_acquire_fresh_async(nl->lock, -1, &op, 1, locked, nl);
 	free(path);
 }
 
@@ -752,6 +765,14 @@ static void node_created(zk *z, int rc, const char *path, const zk_stat *st,
 			fail_unstored(nl, "cannot create " NP_NODE_ROOT);
 		return;
 	}
+	if (zk_resendable(z, nl->session, rc)) {
+		/* Maybe made, its name unknown: another. That one, unlocked
+		 * and held by no launch, goes (poolworker_orphaned_init). */
+		NLOG(nl, LOG_DEBUG, "Creating node again once ZooKeeper "
+		     "answers: %s", zk_strerror(rc));
+		create_node(nl);
+		return;
+	}
 	if (rc != ZOK) {
 		fail_unstored(nl, zk_strerror(rc));
 		return;
@@ -772,6 +793,7 @@ static void create_node(np_nodelaunch *nl)
 	char *json = np_node_encode(&nl->node);
 
 	nl->state = NL_CREATE;
+	nl->session = zk_session_id(launcher_zk(nl->l));
 	if (zk_acreate(launcher_zk(nl->l), NP_NODE_ROOT "/", json,
 		       (int)strlen(json), ZK_SEQUENTIAL, node_created, nl) == ZOK)
 		nl->busy++;

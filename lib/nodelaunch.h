@@ -53,6 +53,7 @@ struct np_nodelaunch {
 	long long start_ms;
 	long long attempt_ms;
 	int busy;
+	int64_t session;         /* the session the create went in */
 	int writes;              /* node writes whose reply is due */
 	char *wjson;             /* the newest write's record, to send again */
 	bool dead;

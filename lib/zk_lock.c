@@ -1001,15 +1001,15 @@ int zk_lock_acquire_async(zk_lock *l, bool blocking, double timeout,
 	return ZOK;
 }
 
-int zk_lock_acquire_fresh_async(zk_lock *l, zk_op *extra, int nextra,
-				zk_lock_fn cb, void *arg)
+int zk_lock_acquire_fresh_async(zk_lock *l, double timeout, zk_op *extra,
+				int nextra, zk_lock_fn cb, void *arg)
 {
 	zk_op *ops;
 	int rc;
 
 	if (nextra < 0 || (nextra > 0 && !extra))
 		return ZBADARGUMENTS;
-	rc = zk_lock_acquire_async(l, false, 0, cb, arg);
+	rc = zk_lock_acquire_async(l, false, timeout, cb, arg);
 	if (rc != ZOK || l->acquired)
 		return rc; /* held already: fails as any second attempt does */
 	ops = xcalloc((size_t)nextra + 2, sizeof(*ops));

@@ -36,7 +36,10 @@ void zk_lock_free(zk_lock *l);
 
 /* Synchronous. blocking=false: ZOK or ZLOCKBUSY. blocking=true: wait up to
  * TIMEOUT seconds (< 0: for ever): ZOK or ZLOCKTIMEOUT. Other errors are
- * ZooKeeper's. Like kazoo, the lock is not re-entrant. */
+ * ZooKeeper's. Transient errors (connection loss) are retried until
+ * TIMEOUT, also when not blocking: 0 gives up at the first, < 0 retries
+ * until ZooKeeper answers (kazoo's acquire(blocking=False)). Like kazoo,
+ * the lock is not re-entrant. */
 int zk_lock_acquire(zk_lock *l, bool blocking, double timeout);
 int zk_lock_release(zk_lock *l);
 /* False once the session that acquired the lock is lost or closed. */
@@ -86,13 +89,13 @@ void zk_lock_cancel(zk_lock *l);
  * only child, so the lock is ours without listing: 1 request instead of
  * kazoo's 4 (exists, create dir, create contender, list).
  * If the directory exists already (or its parent does not), nothing was
- * applied and the attempt goes on as zk_lock_acquire_async(l, false, 0):
- * ZOK or ZLOCKBUSY. If an EXTRA op fails, nothing was applied and CB gets
+ * applied and the attempt goes on as zk_lock_acquire_async(l, false,
+ * TIMEOUT): ZOK or ZLOCKBUSY. If an EXTRA op fails, nothing was applied and CB gets
  * that op's error. zk_lock_fresh() then tells whether the extras were
  * applied with the lock; after a connection loss they may have been even
  * when it says false, so extras must be safe to repeat (set, check). */
-int zk_lock_acquire_fresh_async(zk_lock *l, zk_op *extra, int nextra,
-				zk_lock_fn cb, void *arg);
+int zk_lock_acquire_fresh_async(zk_lock *l, double timeout, zk_op *extra,
+				int nextra, zk_lock_fn cb, void *arg);
 /* True when the last successful attempt was won by the single multi of
  * zk_lock_acquire_fresh_async() (its EXTRA ops were applied). */
 bool zk_lock_fresh(const zk_lock *l);

@@ -261,6 +261,7 @@ class FrameTrap:
     reply never arrives; a fixed pause instead could cut before the
     server read it, and ZooKeeper drops what a closed connection sent)."""
 
+    CREATE = 1
     DELETE = 2
     SET_DATA = 5
     MULTI = 14

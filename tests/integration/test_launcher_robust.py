@@ -14,9 +14,11 @@
 #    session timeout; sent, its reply lost); that transaction refused (a
 #    contender it deletes gone) so its steps go one at a time, the first
 #    of them cut off; a launch's own node writes cut off (the ready write's
-#    reply lost, the external id's write never sent: both sent again, the
-#    request fulfilled); a node's create carried out but its reply lost
-#    (the init node nobody knows is deleted); SIGINT without ZooKeeper;
+#    reply lost, the external id's write never sent: both sent again; the
+#    node lock's multi carried out, its reply lost: the attempt goes on;
+#    each request fulfilled); a node's create carried out but its reply
+#    lost (created again, the init node nobody knows deleted); SIGINT
+#    without ZooKeeper;
 #  - requests written as Zuul-2019 did (ephemeral sequential, fewer keys):
 #    fulfilled, and the requestor's session closing (before and after the
 #    request is fulfilled) leaves no node allocated and nothing leaked;
@@ -45,6 +47,7 @@ import logging
 import os
 import re
 import signal
+import struct
 import sys
 import threading
 import time
@@ -428,8 +431,10 @@ def test_node_write_lost(zk):
     (1) the ready write of a request's first node (the last one's goes in
     the completing multi) reaches the server but its reply is lost; (2)
     the write that stores the server's external id while it builds never
-    reaches the server. Both are sent again once the connection is back,
-    under the node lock our session still holds: the request ends
+    reaches the server; (3) the multi that locks a new node and writes it
+    building is carried out, its reply lost. The writes are sent again
+    once the connection is back, under the node lock our session still
+    holds, and the lock attempt goes on where it was: each request ends
     fulfilled with its nodes ready and allocated to it (a lost ready reply
     once failed the launch, and the request was declined and failed with
     a ready node of ours left over), the external id is stored while the
@@ -439,6 +444,13 @@ def test_node_write_lost(zk):
     seen = []               # (round, node path) trapped
 
     def trap(frame):
+        if rounds and rounds[0] == "lock" and \
+                L.FrameTrap.op(frame) == L.FrameTrap.MULTI and \
+                struct.unpack(">i", frame[8:12])[0] == L.FrameTrap.CREATE \
+                and b"/nodepool/nodes/" in frame:
+            rounds.pop(0)
+            seen.append(("lock", None))
+            return "lost"
         if not rounds or L.FrameTrap.op(frame) != L.FrameTrap.SET_DATA or \
                 "/nodepool/nodes/" not in L.FrameTrap.path(frame):
             return None
@@ -516,10 +528,26 @@ def test_node_write_lost(zk):
               % ((req and (req["state"], req["nodes"])),))
         done[rid] = req
 
+        # (3) a new node's lock and building multi, its reply lost
+        rounds.append("lock")
+        rid = s.request(["small"])
+        check(wait_for(lambda: len(seen) == 3, what="trapped"),
+              "nodewrite lock: the node lock's multi was cut off")
+        req = s.wait_request(rid, timeout=60)
+        check(req and req["state"] == "fulfilled",
+              "nodewrite lock: request fulfilled (%s)"
+              % (req and req["state"]))
+        nd = s.get_node(req["nodes"][0]) if req and req["nodes"] else None
+        check(nd and nd["state"] == "ready" and nd["allocated_to"] == rid,
+              "nodewrite lock: its node ready and allocated to it (%s)" % nd)
+        done[rid] = req
+
         log = s.log(p)
-        check(log.count("Storing node again once ZooKeeper answers") == 2,
-              "nodewrite: both writes sent again (logged)")
-        check("Unable to store" not in log, "nodewrite: no write given up")
+        check(all("[node: %s] Storing node again once ZooKeeper answers"
+                  % path.rsplit("/", 1)[-1] in log for _, path in seen[:2]),
+              "nodewrite: both trapped writes sent again (logged)")
+        check("Unable to store" not in log and "Unable to lock" not in log,
+              "nodewrite: nothing given up")
         quiet.setLevel(level)
         s.return_all(done)
         s.check_all_deleted("nodewrite")
@@ -533,10 +561,11 @@ def test_node_write_lost(zk):
 def test_create_lost(zk):
     """A node's create reaches the server but its reply is lost with the
     connection (a ZooKeeper going down under load does this to every
-    create in flight), the session surviving: the launch fails without
-    knowing its znode's id, and the `init` node the server made, our own,
-    must not stay behind for ever (it once did: the ZooKeeper-restart
-    scenario found it as a node without an instance)."""
+    create in flight), the session surviving: the launch creates another
+    node and the request is fulfilled, and the `init` node the server made
+    first, our own but known to no launch, must not stay behind for ever
+    (it once did: the ZooKeeper-restart scenario found it as a node
+    without an instance)."""
     s = Scenario(zk, "createlost")
     trapped = []
 
@@ -562,8 +591,11 @@ def test_create_lost(zk):
         check(wait_for(lambda: trapped, what="trapped"),
               "createlost: the node's create was cut off after it was sent")
         req = s.wait_request(rid, timeout=60)
-        check(req and req["state"] in ("fulfilled", "failed"),
-              "createlost: request done (%s)" % (req and req["state"]))
+        check(req and req["state"] == "fulfilled",
+              "createlost: request fulfilled by a node created again (%s)"
+              % (req and req["state"]))
+        check("Creating node again once ZooKeeper answers" in s.log(p),
+              "createlost: the create made again (logged)")
 
         def orphans():
             return [(nid, n["state"]) for nid, n in s.nodes().items()

@@ -929,7 +929,8 @@ static int fresh_acquire(evloop *loop, zk_lock *l, zk_op *extra, int n)
 {
 	struct result r = { 0 };
 
-	CHECK_INT(zk_lock_acquire_fresh_async(l, extra, n, on_acquired, &r), ZOK);
+	CHECK_INT(zk_lock_acquire_fresh_async(l, 0, extra, n, on_acquired, &r),
+		  ZOK);
 	CHECK(run_until(loop, &r.done));
 	return r.rc;
 }
@@ -1359,7 +1360,7 @@ static void helper_command(char *line)
 					       (void *)(intptr_t)n);
 		say(rc == ZOK ? "ok" : "error %s", zk_strerror(rc));
 	} else if (strcmp(argv[0], "fresh") == 0) {
-		int rc = zk_lock_acquire_fresh_async(H.slot[n], NULL, 0,
+		int rc = zk_lock_acquire_fresh_async(H.slot[n], 0, NULL, 0,
 						     helper_acquired,
 						     (void *)(intptr_t)n);
 		say(rc == ZOK ? "ok" : "error %s", zk_strerror(rc));
