@@ -1148,7 +1148,8 @@ static void completion_add(completion *c, enum zk_op_type type,
 }
 
 /* upstream's order (the last node written ready, nodes unlocked, request
- * written, request unlocked) as one multi. The locks are forgotten, not
+ * written, request unlocked) as one multi; a node whose own write is
+ * still unanswered is written with it. The locks are forgotten, not
  * released: the multi deletes their contenders. */
 static void complete(np_handler *h)
 {
@@ -1164,7 +1165,11 @@ static void complete(np_handler *h)
 	for (size_t i = 0; i < h->nset; i++) {
 		np_nodelaunch *nl = h->set[i];
 
-		if (nl->final_deferred) {
+		/* The deferred ready write; or a write of the node still
+		 * unanswered (a reused node's allocation, sent just before):
+		 * released now, the launch would not send it again after a
+		 * lost connection (nodelaunch.c), the completion does. */
+		if (nl->final_deferred || nl->writes > 0) {
 			completion_add(c, ZK_OP_SET, np_path_node(nl->node.id),
 				       np_node_encode(&nl->node), NP_KIND_NODE,
 				       (const np_record *)&nl->node);

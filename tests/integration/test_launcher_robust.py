@@ -432,13 +432,16 @@ def test_node_write_lost(zk):
     the completing multi) reaches the server but its reply is lost; (2)
     the write that stores the server's external id while it builds never
     reaches the server; (3) the multi that locks a new node and writes it
-    building is carried out, its reply lost. The writes are sent again
-    once the connection is back, under the node lock our session still
-    holds, and the lock attempt goes on where it was: each request ends
-    fulfilled with its nodes ready and allocated to it (a lost ready reply
-    once failed the launch, and the request was declined and failed with
-    a ready node of ours left over), the external id is stored while the
-    node still builds, no lock is left and nothing leaks."""
+    building is carried out, its reply lost; (4) a reused node's
+    allocation never reaches the server, nor the completion right behind
+    it. The writes are sent again once the connection is back, under the
+    node lock our session still holds (the allocation with the completion,
+    which unlocks the node), and the lock attempt goes on where it was:
+    each request ends fulfilled with its nodes ready and allocated to it
+    (a lost ready reply once failed the launch, and the request was
+    declined and failed with a ready node of ours left over), the external
+    id is stored while the node still builds, no lock is left and nothing
+    leaks."""
     s = Scenario(zk, "nodewrite")
     rounds = []             # what the next trapped write is, in order
     seen = []               # (round, node path) trapped
@@ -461,7 +464,9 @@ def test_node_write_lost(zk):
         what = rounds[0]
         if what == "ready" and node.get("state") == "ready" or \
                 what == "external id" and node.get("state") == "building" \
-                and node.get("external_id"):
+                and node.get("external_id") or \
+                what == "allocation" and node.get("state") == "ready" \
+                and node.get("allocated_to"):
             rounds.pop(0)
             seen.append((what, L.FrameTrap.path(frame)))
             return "lost" if what == "ready" else "drop"
@@ -540,6 +545,29 @@ def test_node_write_lost(zk):
         nd = s.get_node(req["nodes"][0]) if req and req["nodes"] else None
         check(nd and nd["state"] == "ready" and nd["allocated_to"] == rid,
               "nodewrite lock: its node ready and allocated to it (%s)" % nd)
+        done[rid] = req
+
+        # (4) a reused node's allocation, never sent (nor the completion
+        # behind it): the completion, sent again, must carry it
+        spare = nd and req["nodes"][0]
+        s.kz.delete("/nodepool/requests/" + rid)
+        del done[rid]
+        check(wait_for(lambda: (s.get_node(spare) or {}).get(
+            "allocated_to", 1) is None, what="spare"),
+            "nodewrite reuse: a spare ready node")
+        rounds.append("allocation")
+        rid = s.request(["small"])
+        check(wait_for(lambda: len(seen) == 4, what="trapped"),
+              "nodewrite reuse: the allocation's write was cut off")
+        req = s.wait_request(rid, timeout=60)
+        check(req and req["state"] == "fulfilled" and
+              req["nodes"] == [spare],
+              "nodewrite reuse: request fulfilled with the spare (%r)"
+              % ((req and (req["state"], req["nodes"])),))
+        nd = s.get_node(spare)
+        check(nd and nd["state"] == "ready" and nd["allocated_to"] == rid,
+              "nodewrite reuse: the spare ready and allocated to it (%s)"
+              % nd)
         done[rid] = req
 
         log = s.log(p)
