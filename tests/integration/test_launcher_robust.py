@@ -574,8 +574,10 @@ def test_node_write_lost(zk):
         check(all("[node: %s] Storing node again once ZooKeeper answers"
                   % path.rsplit("/", 1)[-1] in log for _, path in seen[:2]),
               "nodewrite: both trapped writes sent again (logged)")
-        check("Unable to store" not in log and "Unable to lock" not in log,
-              "nodewrite: nothing given up")
+        # (the cleanup's own lock attempts may meet a cut: not ours)
+        check("Unable to store" not in log and
+              "Unable to lock new node" not in log,
+              "nodewrite: no launch gave up")
         quiet.setLevel(level)
         s.return_all(done)
         s.check_all_deleted("nodewrite")
