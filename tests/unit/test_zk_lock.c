@@ -6,7 +6,8 @@
  * shortcuts: fresh locks (directory, contender and the caller's ops in one
  * multi), assumed directories and forgotten contenders; and a lost
  * attempt's cleanup cut off by a dropped connection (through testlib's
- * gate), which must still remove the contender within the session.
+ * gate), which must still remove the contender within the session, and a
+ * fresh multi's lost reply, ridden out by an attempt without a deadline.
  *
  * With NP_ZK_LOCK_HELPER=1 the binary instead becomes the line-driven lock
  * server that tests/integration/test_lock_kazoo.py pits against kazoo (see
@@ -1055,6 +1056,70 @@ TEST(fresh_lock_failing_op_or_missing_parent)
 	zk_delete_recursive(z, base);
 	zk_close(z);
 	evloop_free(loop);
+}
+
+/* The fresh multi (directory, contender, the caller's write) carried out
+ * and its reply lost. Without a deadline (a launch's node lock, kazoo's
+ * acquire(blocking=False)) the attempt goes on in the same session and
+ * holds the lock with the contender the multi made, found by its prefix:
+ * one contender, the write applied, won the long way. With timeout 0 it
+ * gives up (the connection loss) and its contender still goes. */
+TEST(fresh_lock_without_deadline_survives_a_lost_reply)
+{
+	struct two t;
+	struct result r = { 0 }, r2 = { 0 };
+	zk_op set = { .type = ZK_OP_SET, .version = -1, .data = "building",
+		      .len = 8 };
+	test_gate *gate;
+	zk_lock *l, *l2;
+	char *obj, *dir2, *data, *child;
+	int64_t session;
+	zk *z;
+
+	if (!(z = gated_clients(&t, "freshlost", &gate)))
+		return;
+	session = zk_session_id(z);
+	obj = xasprintf("%s/obj", base);
+	CHECK_INT(zk_ensure_path(t.z2, base), ZOK);
+	CHECK_INT(zk_create(t.z2, obj, "init", 4, ZK_PERSISTENT, NULL), ZOK);
+	set.path = obj;
+
+	/* (the first op of a multi sits where a path would: "" matches) */
+	test_gate_trap(gate, TEST_TRAP_LOST, ZOP_MULTI, "");
+	l = zk_lock_new(z, t.dir, "patient");
+	CHECK_INT(zk_lock_acquire_fresh_async(l, -1, &set, 1, on_acquired, &r),
+		  ZOK);
+	REQUIRE(run_until(t.loop, &r.done));
+	CHECK_INT(test_gate_fired(gate), 1);
+	CHECK_INT(r.rc, ZOK);
+	CHECK(zk_lock_held(l));
+	CHECK(!zk_lock_fresh(l));
+	CHECK(zk_session_id(z) == session);
+	REQUIRE(zk_lock_node(l) != NULL);
+	child = only_child(t.z2, t.dir);
+	CHECK_STR(child, strrchr(zk_lock_node(l), '/') + 1);
+	free(child);
+	data = get_str(t.z2, obj);
+	CHECK_STR(data, "building");
+	free(data);
+	zk_lock_free(l);
+	CHECK(run_until_children(t.loop, t.z2, t.dir, 0));
+
+	test_gate_trap(gate, TEST_TRAP_LOST, ZOP_MULTI, "");
+	dir2 = xasprintf("%s/freshlost2", base);
+	l2 = zk_lock_new(z, dir2, "hasty");
+	CHECK_INT(zk_lock_acquire_fresh_async(l2, 0, &set, 1, on_acquired,
+					      &r2), ZOK);
+	REQUIRE(run_until(t.loop, &r2.done));
+	CHECK_INT(test_gate_fired(gate), 2);
+	CHECK_INT(r2.rc, ZCONNECTIONLOSS);
+	CHECK(!zk_lock_held(l2));
+	CHECK(run_until_children(t.loop, t.z2, dir2, 0));
+	zk_lock_free(l2);
+
+	free(dir2);
+	free(obj);
+	gated_clients_end(&t, z, gate);
 }
 
 TEST(assumed_dir_and_forgotten_contender)
