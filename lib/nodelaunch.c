@@ -64,8 +64,22 @@ static void forget_building(np_nodelaunch *nl)
 	nl->building_image = NULL;
 }
 
+/* The node's create answered: the node cache takes the record created
+ * instead of reading it (zkc_create_done_record). */
+static void created_to_cache(np_nodelaunch *nl, int rc, const char *path,
+			     const zk_stat *st)
+{
+	zkc_create_done_record(launcher_nodes(nl->l), path, rc, st,
+			       NP_KIND_NODE, nl->created_rec);
+	free(nl->created_rec);
+	nl->created_rec = NULL;
+}
+
 static void nl_free(np_nodelaunch *nl)
 {
+	if (nl->created_rec)
+		np_record_clear(NP_KIND_NODE, nl->created_rec);
+	free(nl->created_rec);
 	drop_building_rec(nl);
 	free(nl->wjson);
 	forget_building(nl);
@@ -751,12 +765,15 @@ static void node_created(zk *z, int rc, const char *path, const zk_stat *st,
 
 	if (nl->dead) {
 		/* Released before the node existed: nobody else knows it. */
+		created_to_cache(nl, rc, path, st);
 		if (rc == ZOK)
 			zk_adelete(z, path, -1, NULL, NULL);
 		unbusy(nl);
 		return;
 	}
 	nl->busy--;
+	if (rc != ZOK)
+		created_to_cache(nl, rc, path, st);
 	if (rc == ZNONODE) {
 		/* First node ever: create /nodepool/nodes. */
 		if (zk_aensure_path(z, NP_NODE_ROOT, ensured, nl) == ZOK)
@@ -781,6 +798,9 @@ static void node_created(zk *z, int rc, const char *path, const zk_stat *st,
 	nl->node.id = xstrdup(id);
 	if (nl->resv)
 		poolworker_reservation_set_id(nl->resv, id);
+	/* Only now: the cache's listeners (the deleter) must find the node
+	 * held by this launch. */
+	created_to_cache(nl, rc, path, st);
 	nl->state = NL_LOCK;
 	dir = np_path_node_lock(id);
 	nl->lock = zk_lock_new(z, dir, NULL);
@@ -795,10 +815,19 @@ static void create_node(np_nodelaunch *nl)
 	nl->state = NL_CREATE;
 	nl->session = zk_session_id(launcher_zk(nl->l));
 	if (zk_acreate(launcher_zk(nl->l), NP_NODE_ROOT "/", json,
-		       (int)strlen(json), ZK_SEQUENTIAL, node_created, nl) == ZOK)
+		       (int)strlen(json), ZK_SEQUENTIAL, node_created, nl) == ZOK) {
 		nl->busy++;
-	else
+		/* The cache takes this for the node instead of reading it. */
+		nl->created_rec = xmalloc(sizeof(*nl->created_rec));
+		if (!np_record_copy(NP_KIND_NODE, nl->created_rec,
+				    (const np_record *)&nl->node)) {
+			free(nl->created_rec);
+			nl->created_rec = NULL;
+		}
+		zkc_create_begin(launcher_nodes(nl->l));
+	} else {
 		fail_unstored(nl, "session closing");
+	}
 	free(json);
 }
 

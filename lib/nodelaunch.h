@@ -63,6 +63,8 @@ struct np_nodelaunch {
 				  * first attempt */
 	np_record *building_rec; /* a copy of the record building_json holds,
 				  * for the node cache (build_done) */
+	np_record *created_rec;  /* a copy of the record the node's create
+				  * wrote, for the node cache (node_created) */
 	char *building_image;    /* its image_id */
 	bool build_pending;      /* the node cache awaits that write */
 	bool final_deferred;     /* ready: the handler's completion writes it */

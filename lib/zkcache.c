@@ -389,10 +389,15 @@ struct zkc {
 	size_t nowns_b;     /* buckets: power of two, or 0 */
 	size_t nholds;      /* stand-ins waiting for a reply */
 	uint64_t hold_timer;
+	/* our sequential creates: begun and done (replies come in order),
+	 * and the records' creations held for them, oldest first */
+	uint64_t seq_begun, seq_done;
+	struct own *seq_head, *seq_tail;
 };
 
 static void drain(zkc *c);
 static bool own_hold(zkc *c, int what, const char *rel);
+static bool seq_hold(zkc *c, int what, const char *rel);
 static void walk_refill(zkc *c);
 static void walk_maybe_done(zkc *c);
 
@@ -1519,6 +1524,9 @@ static void on_watch(zk *z, int type, const char *path, void *arg)
 		return;
 	else if (k.act == A_DATA && own_hold(c, k.what, rel))
 		return; /* our own write: its reply has the data */
+	else if (k.act == A_DATA && type == ZK_EVENT_CREATED &&
+		 seq_hold(c, k.what, rel))
+		return; /* maybe our sequential create: its reply may have it */
 	else if (k.act == A_DATA)
 		issue(c, OP_FETCH, k.what, rel, false);
 	else
@@ -1542,6 +1550,11 @@ struct own {
 	int pending;         /* writes in flight */
 	struct item *hold;   /* the stand-in, once an event came */
 	long long hold_ms;   /* when it came */
+	/* A creation held for our sequential creates (see seq_hold): read
+	 * unless one of the first SEQ_WAIT creates turns out to be it. */
+	bool seq;
+	uint64_t seq_wait;
+	struct own *seq_next;
 	char rel[];
 };
 
@@ -1602,6 +1615,30 @@ static void on_hold_timer(evloop *loop, uint64_t id, void *arg)
 						 on_hold_timer, c);
 }
 
+static void own_table(zkc *c)
+{
+	if (!c->nowns_b) {
+		c->nowns_b = 1024;
+		c->owns = xcalloc(c->nowns_b, sizeof(*c->owns));
+	}
+}
+
+/* A stand-in for the read an event of REL asks for, in the event's place
+ * in the queue, until a reply fills it or it is read after all. */
+static struct item *hold_new(zkc *c, int what, const char *rel,
+			     long long *when)
+{
+	struct item *it = item_new(c, OP_FETCH, what, rel, false);
+
+	it->held = true;
+	*when = now_ms();
+	c->nholds++;
+	if (!c->hold_timer)
+		c->hold_timer = evloop_add_timer(c->loop, HOLD_MAX_MS,
+						 on_hold_timer, c);
+	return it;
+}
+
 static bool own_hold(zkc *c, int what, const char *rel)
 {
 	struct own **pp = own_slot(c, rel);
@@ -1609,15 +1646,41 @@ static bool own_hold(zkc *c, int what, const char *rel)
 	if (!pp || !*pp || (*pp)->pending <= 0)
 		return false;
 	/* One stand-in covers every event before our reply. */
-	if (!(*pp)->hold) {
-		(*pp)->hold = item_new(c, OP_FETCH, what, rel, false);
-		(*pp)->hold->held = true;
-		(*pp)->hold_ms = now_ms();
-		c->nholds++;
-		if (!c->hold_timer)
-			c->hold_timer = evloop_add_timer(c->loop, HOLD_MAX_MS,
-							 on_hold_timer, c);
-	}
+	if (!(*pp)->hold)
+		(*pp)->hold = hold_new(c, what, rel, &(*pp)->hold_ms);
+	return true;
+}
+
+/* Our sequential creates: the znode's name is in the create's reply,
+ * after the event of its creation. While creates of ours are in flight,
+ * a record created directly below the root may be one of them: its read
+ * is held as for our own writes; the create that made it fills it from
+ * its reply, and once every create begun before the event has replied,
+ * a creation none of them made (another launcher's) is read. */
+static bool seq_hold(zkc *c, int what, const char *rel)
+{
+	struct own **pp;
+	struct own *o;
+	size_t n;
+
+	if (c->seq_done >= c->seq_begun || what != ZKC_NODE || strchr(rel, '/'))
+		return false;
+	own_table(c);
+	pp = own_slot(c, rel);
+	if (*pp)
+		return false; /* held already: this event reads after it */
+	n = strlen(rel);
+	o = xcalloc(1, sizeof(*o) + n + 1);
+	memcpy(o->rel, rel, n + 1);
+	o->seq = true;
+	o->seq_wait = c->seq_begun;
+	o->hold = hold_new(c, what, rel, &o->hold_ms);
+	*pp = o;
+	if (c->seq_tail)
+		c->seq_tail->seq_next = o;
+	else
+		c->seq_head = o;
+	c->seq_tail = o;
 	return true;
 }
 
@@ -1629,11 +1692,10 @@ void zkc_write_begin(zkc *c, const char *path)
 
 	if (!rel)
 		return;
-	if (!c->nowns_b) {
-		c->nowns_b = 1024;
-		c->owns = xcalloc(c->nowns_b, sizeof(*c->owns));
-	}
+	own_table(c);
 	pp = own_slot(c, rel);
+	if (*pp && (*pp)->seq)
+		return; /* a creation held: this write's event is read */
 	if (!*pp) {
 		n = strlen(rel);
 		*pp = xcalloc(1, sizeof(**pp) + n + 1);
@@ -1653,7 +1715,8 @@ static void write_done(zkc *c, const char *path, int rc, const char *data,
 	struct own *o = pp ? *pp : NULL;
 	struct item *it = NULL;
 
-	if (!o || --o->pending > 0) /* the last reply tells the newest state */
+	if (!o || o->seq || --o->pending > 0) /* the last reply tells the
+						 * newest state */
 		goto out;
 	*pp = o->next;
 	it = o->hold;
@@ -1723,6 +1786,78 @@ void zkc_write_done_record(zkc *c, const char *path, int rc,
 	write_done(c, path, rc, NULL, 0, st, NULL, given, what);
 }
 
+void zkc_create_begin(zkc *c)
+{
+	if (c && !c->closed)
+		c->seq_begun++;
+}
+
+/* Takes the seq hold O out of the own table and the hold list. */
+static struct item *seq_unlink(zkc *c, struct own *o)
+{
+	struct own **pp = own_slot(c, o->rel), **lp;
+	struct item *it = o->hold;
+
+	if (pp && *pp == o)
+		*pp = o->next;
+	for (lp = &c->seq_head; *lp && *lp != o; lp = &(*lp)->seq_next)
+		;
+	if (*lp)
+		*lp = o->seq_next;
+	if (c->seq_tail == o) {
+		c->seq_tail = NULL;
+		for (struct own *q = c->seq_head; q; q = q->seq_next)
+			c->seq_tail = q;
+	}
+	if (it)
+		c->nholds--;
+	free(o);
+	return it;
+}
+
+void zkc_create_done_record(zkc *c, const char *path, int rc,
+			    const zk_stat *st, np_kind kind, np_record *rec)
+{
+	const char *rel = NULL;
+	struct own **pp;
+	struct item *it;
+	union obj *given = NULL;
+
+	if (rec && kind == NP_KIND_NODE) {
+		given = xmalloc(sizeof(*given));
+		memcpy(given, rec, obj_size(ZKC_NODE));
+		memset(rec, 0, obj_size(ZKC_NODE));
+	}
+	if (!c || c->closed) {
+		given_free(ZKC_NODE, given);
+		return;
+	}
+	c->seq_done++;
+	if (rc == ZOK && path && st && given)
+		rel = own_rel(c, path);
+	pp = rel ? own_slot(c, rel) : NULL;
+	if (pp && *pp && (*pp)->seq) {
+		it = seq_unlink(c, *pp);
+		if (it) {
+			/* Ours: what we created is what a read would find. */
+			it->held = false;
+			it->rc = ZOK;
+			it->given = given;
+			given = NULL;
+			it->st = *st;
+			it->done = true;
+		}
+	}
+	given_free(ZKC_NODE, given);
+	/* Creations every create begun before them has answered for. */
+	while (c->seq_head && c->seq_head->seq_wait <= c->seq_done) {
+		it = seq_unlink(c, c->seq_head);
+		if (it)
+			hold_read(c, it);
+	}
+	drain(c);
+}
+
 static void hold_read(zkc *c, struct item *it)
 {
 	char *full = full_path(c, it->rel);
@@ -1753,6 +1888,7 @@ static void own_free_all(zkc *c)
 	c->owns = NULL;
 	c->nowns_b = 0;
 	c->nholds = 0;
+	c->seq_head = c->seq_tail = NULL;
 	if (c->hold_timer)
 		evloop_del_timer(c->loop, c->hold_timer);
 	c->hold_timer = 0;

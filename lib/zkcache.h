@@ -166,6 +166,19 @@ void zkc_write_done_owned(zkc *c, const char *path, int rc, char *data,
 void zkc_write_done_record(zkc *c, const char *path, int rc,
 			   const zk_stat *st, np_kind kind, np_record *rec);
 
+/* Our sequential creates of nodes (C the nodes cache): the event of a
+ * node's creation comes before the create's reply, which alone has its
+ * name. zkc_create_begin() right after sending the create (never before:
+ * a create refused at once has no reply), and for every create begun,
+ * its zkc_create_done_record() from its callback, in reply order: PATH
+ * the created znode and ST its stat when RC is ZOK, and REC (taken, left
+ * zeroed; or NULL) the record written. The cache takes the record for
+ * the node created instead of reading it; a creation none of our creates
+ * in flight made is read once they have all replied. */
+void zkc_create_begin(zkc *c);
+void zkc_create_done_record(zkc *c, const char *path, int rc,
+			    const zk_stat *st, np_kind kind, np_record *rec);
+
 /* ---- nodes ---- */
 const np_node *zkc_node(const zkc *c, const char *id);
 /* Whether /nodepool/nodes/ID/lock has any child (anyone's contender). */

@@ -863,6 +863,104 @@ TEST(rereads_of_the_cached_version_are_copies)
 	env_close(&e);
 }
 
+/* A sequential create of ours hands the cache its record from the
+ * create's callback, as the launcher does. */
+struct seq_create {
+	zkc *c;
+	np_record *rec; /* taken by the cache; NULL: read it */
+	int done;
+	char *id;
+};
+
+static void seq_created(zk *z, int rc, const char *path, const zk_stat *st,
+			void *arg)
+{
+	struct seq_create *s = arg;
+
+	zkc_create_done_record(s->c, path, rc, st, NP_KIND_NODE, s->rec);
+	if (rc == ZOK)
+		s->id = xstrdup(strrchr(path, '/') + 1);
+	s->done = 1;
+}
+
+static void seq_create(struct env *e, struct seq_create *s, const char *data)
+{
+	REQUIRE(zk_acreate(e->z, "/nodepool/nodes/", data, (int)strlen(data),
+			   ZK_SEQUENTIAL, seq_created, s) == ZOK);
+	zkc_create_begin(s->c);
+}
+
+/* Our sequential creates are not read back: the cache takes the record
+ * handed over (proved by handing it a different one); without a record
+ * the node is read; a node another client creates while ours are in
+ * flight is read once they have replied. */
+TEST(own_sequential_creates_are_not_read_back)
+{
+	struct env e;
+	const char *doc = "{\"state\": \"testing\", \"provider\": \"p\", "
+		"\"resources\": {\"cores\": 2}}";
+	char *ready = node_json("ready"), *err = NULL, *other;
+	struct seq_create a = { 0 }, b = { 0 }, d = { 0 };
+	np_record rec;
+	const np_node *n;
+	zk *z2;
+
+	if (!env_open(&e))
+		return;
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
+	a.c = b.c = d.c = zkc_new(e.z, ZKC_NODES);
+	CHECK_INT(zkc_wait_ready(a.c, 10), ZOK);
+	REQUIRE(np_record_decode(NP_KIND_NODE, &rec, (const char *[]){ "x" },
+				 doc, strlen(doc), 0, &err) == 0);
+	a.rec = xmalloc(sizeof(*a.rec));
+	REQUIRE(np_record_copy(NP_KIND_NODE, a.rec, &rec));
+
+	/* Ours, with a record; ours, without; another client's between. */
+	z2 = test_zk_connect(e.loop, e.hosts, NULL, NULL);
+	REQUIRE(z2);
+	seq_create(&e, &a, ready);
+	seq_create(&e, &b, ready);
+	other = NULL;
+	CHECK_INT(zk_create(z2, "/nodepool/nodes/", ready, (int)strlen(ready),
+			    ZK_SEQUENTIAL, &other), ZOK);
+	seq_create(&e, &d, ready);
+	WAIT_FOR(e.loop, a.done && b.done && d.done && zkc_queue_len(a.c) == 0 &&
+		 zkc_node(a.c, strrchr(other, '/') + 1));
+	REQUIRE(a.id && b.id && d.id);
+	n = zkc_node(a.c, a.id);
+	REQUIRE(n);
+	CHECK_STR(n->state, "testing"); /* the record, not a read */
+	CHECK_STR(n->id, a.id);
+	CHECK_INT(n->version, 0);
+	CHECK(json_integer_value(json_object_get(n->resources, "cores")) == 2);
+	REQUIRE(zkc_node(a.c, b.id));
+	CHECK_STR(zkc_node(a.c, b.id)->state, "ready"); /* read */
+	REQUIRE(zkc_node(a.c, d.id));
+	CHECK_STR(zkc_node(a.c, d.id)->state, "ready");
+	REQUIRE(zkc_node(a.c, strrchr(other, '/') + 1));
+	CHECK_STR(zkc_node(a.c, strrchr(other, '/') + 1)->state, "ready");
+	/* Later changes are read as usual. */
+	CHECK_INT(set_node_state(z2, a.id, "used"), ZOK);
+	WAIT_FOR(e.loop, strcmp(zkc_node(a.c, a.id)->state, "used") == 0);
+	CHECK_STR(zkc_node(a.c, a.id)->state, "used");
+
+	/* A failed create: nothing held, nothing kept. */
+	zkc_create_begin(a.c);
+	zkc_create_done_record(a.c, NULL, ZNONODE, NULL, NP_KIND_NODE, NULL);
+	CHECK_INT(zkc_queue_len(a.c), 0);
+
+	np_record_clear(NP_KIND_NODE, &rec);
+	free(a.rec); /* its contents went to the cache */
+	zk_close(z2);
+	zkc_free(a.c);
+	free(a.id);
+	free(b.id);
+	free(d.id);
+	free(other);
+	free(ready);
+	env_close(&e);
+}
+
 static int mk_image_rec(zk *z, const char *path, const char *state,
 			double state_time)
 {
