@@ -87,6 +87,8 @@ struct zk_lock {
 	                        * lost attempt cleans up, the one its
 	                        * contender can belong to */
 	bool assured_path;     /* dir known to exist */
+	bool dir_seen;         /* this attempt saw it exist: if it goes now,
+	                        * so did what it locks (kazoo: NoNodeError) */
 	bool fresh_try;        /* begin with the directory+contender multi */
 	bool fresh_won;        /* the last attempt was won by that multi */
 	zk_op *fresh_ops;      /* that multi while it is outstanding */
@@ -491,6 +493,7 @@ static void fresh_done(zk *z, int rc, void *arg)
 		fresh_clear(l);
 		progressed(l);
 		l->assured_path = true;
+		l->dir_seen = true;
 		l->fresh_won = l->node != NULL;
 		/* The only child of a directory made in the same transaction. */
 		finish(l, !l->node ? ZSYSTEMERROR :
@@ -543,10 +546,28 @@ static void ensured(zk *z, int rc, void *arg)
 	if (rc == ZOK) {
 		progressed(l);
 		l->assured_path = true;
+		l->dir_seen = true;
 		advance(l);
 	} else {
 		failed(l, rc);
 	}
+}
+
+/* The directory is gone (ZNONODE) while we create or list in it: true when
+ * the attempt ended for that. Once this attempt has seen the directory,
+ * it was deleted under us, with whatever the lock guards (the deleter
+ * removes a node's whole tree while others wait on its lock); making it
+ * again would bring that back as an empty znode, so the attempt ends with
+ * ZNONODE, as kazoo's acquire raises NoNodeError. A directory only
+ * assumed, or a fresh multi that may not have been applied, is made. */
+static bool dir_deleted(zk_lock *l)
+{
+	if (!l->dir_seen)
+		return false;
+	set_node(l, NULL);
+	l->create_tried = false;
+	finish(l, ZNONODE);
+	return true;
 }
 
 static void ensure_start(zk_lock *l)
@@ -569,9 +590,12 @@ static void created(zk *z, int rc, const char *path, const zk_stat *st,
 		progressed(l);
 		base = strrchr(path, '/');
 		set_node(l, base ? base + 1 : path);
+		l->dir_seen = true;
 		advance(l);
 	} else if (rc == ZNONODE) {
-		/* The directory was deleted since we ensured it. */
+		if (dir_deleted(l))
+			return;
+		/* An assumed directory that is not there yet. */
 		l->assured_path = false;
 		advance(l);
 	} else {
@@ -599,11 +623,14 @@ static const char *find_ours(const zk_lock *l, const strlist *children)
 }
 
 /* The common part of every listing's reply: true when RC is ZOK. A
- * missing directory means starting over (nothing of ours can exist
+ * missing directory ends the attempt if it was deleted under us
+ * (dir_deleted), else means starting over (nothing of ours can exist
  * without it); other errors are retried or end the attempt. */
 static bool listed_ok(zk_lock *l, int rc)
 {
 	if (rc == ZNONODE) {
+		if (dir_deleted(l))
+			return false;
 		l->assured_path = false;
 		set_node(l, NULL);
 		l->create_tried = false;
@@ -615,6 +642,7 @@ static bool listed_ok(zk_lock *l, int rc)
 		return false;
 	}
 	progressed(l);
+	l->dir_seen = true;
 	return true;
 }
 
@@ -986,6 +1014,7 @@ int zk_lock_acquire_async(zk_lock *l, bool blocking, double timeout,
 		l->create_tried = false;
 	}
 	l->active = true;
+	l->dir_seen = false;
 	l->fresh_won = false;
 	l->blocking = blocking;
 	l->cb = cb;

@@ -307,6 +307,66 @@ TEST(timeout_leaves_no_contender)
 	two_clients_end(&f);
 }
 
+/* What a lock guards can be deleted under a waiter: the deleter removes
+ * a node's whole tree, lock directory and contenders included, while
+ * another client waits on the node's lock. The waiter ends with ZNONODE,
+ * as kazoo's raises NoNodeError, and does not make the tree again (that
+ * brought the deleted node back as an empty znode; seen as a flake in
+ * test_store's node_remove_locked). The waiter cannot tell a tree deleted
+ * in one transaction from one deleted znode by znode, and it must not
+ * win the lock in between here. */
+TEST(waiter_ends_when_the_tree_is_deleted)
+{
+	struct two f;
+	struct result r = { 0 };
+	zk_lock *l1, *l2;
+	zk_op ops[4];
+	strlist kids;
+	char *top, *paths[2];
+
+	if (!two_clients(&f, "node/lock"))
+		return;
+	top = xasprintf("%s/node", base);
+	l1 = zk_lock_new(f.z1, f.dir, NULL);
+	l2 = zk_lock_new(f.z2, f.dir, NULL);
+	CHECK_INT(zk_lock_acquire(l1, true, 5), ZOK);
+	REQUIRE(zk_lock_acquire_async(l2, true, 30, on_acquired, &r) == ZOK);
+	REQUIRE(run_until_children(f.loop, f.z1, f.dir, 2));
+
+	/* The whole tree in one transaction, so that the waiter cannot
+	 * win the lock between two deletes. */
+	strlist_init(&kids);
+	REQUIRE(zk_get_children(f.z1, f.dir, &kids, NULL) == ZOK);
+	REQUIRE(kids.n == 2);
+	memset(ops, 0, sizeof(ops));
+	for (size_t i = 0; i < 2; i++)
+		ops[i].path = paths[i] = xasprintf("%s/%s", f.dir, kids.v[i]);
+	ops[2].path = f.dir;
+	ops[3].path = top;
+	for (int i = 0; i < 4; i++) {
+		ops[i].type = ZK_OP_DELETE;
+		ops[i].version = -1;
+	}
+	CHECK_INT(zk_multi(f.z1, ops, 4), ZOK);
+	zk_ops_free(ops, 4);
+	strlist_free(&kids);
+	free(paths[0]);
+	free(paths[1]);
+	REQUIRE(run_until(f.loop, &r.done));
+	CHECK_INT(r.rc, ZNONODE);
+	CHECK(!zk_lock_held(l2));
+	/* Give a wrong retry time to show itself. */
+	for (int i = 0; i < 20; i++)
+		evloop_run_once(f.loop, 10);
+	CHECK_INT(zk_exists(f.z1, top, NULL), ZNONODE);
+
+	zk_lock_forget(l1);
+	zk_lock_free(l1);
+	zk_lock_free(l2);
+	free(top);
+	two_clients_end(&f);
+}
+
 TEST(cancel_waiting_and_sticky)
 {
 	struct two f;
