@@ -106,6 +106,17 @@ def dump_text(log, nth):
     return log[starts[nth]:end] if end >= 0 else None
 
 
+def start_trapped(s, ftrap, providers, labels, name):
+    """Our launcher with PROVIDERS (one pool each) and LABELS, talking to
+    ZooKeeper through FTRAP (a FrameTrap); its process, once every pool
+    has registered."""
+    cfg = s.write_config(providers, labels, zk_port=ftrap.port)
+    p = s.start(cfg, env=FAST, debug=True)
+    check(wait_for(lambda: len(s.registered_pools()) >= len(providers),
+                   what="pools"), "%s: pools registered" % name)
+    return p
+
+
 def test_stack_dump(zk):
     s = Scenario(zk, "stackdump")
     port = L.free_port()
@@ -292,11 +303,8 @@ def test_completion_outage(zk):
     level = quiet.level
     try:
         s = Scenario(ozk, "complout")
-        cfg = s.write_config([PROVIDER], [("small", 0), ("big", 0)],
-                             zk_port=ftrap.port)
-        p = s.start(cfg, env=FAST, debug=True)
-        check(wait_for(lambda: s.registered_pools(), what="pool"),
-              "complout: pool registered")
+        p = start_trapped(s, ftrap, [PROVIDER], [("small", 0), ("big", 0)],
+                          "complout")
         quiet.setLevel(logging.CRITICAL)  # its reconnect attempts
         reqs = {}
         for what in ("drop", "lost"):
@@ -375,12 +383,9 @@ def test_completion_steps(zk):
         failing = {"name": "fake-fail", "retries": 1,
                    "fake": {"failure-rate": 1.0},
                    "pools": [{"name": "main", "labels": ["bad"]}]}
-        cfg = s.write_config([PROVIDER, failing],
-                             [("small", 0), ("big", 0), ("bad", 0)],
-                             zk_port=ftrap.port)
-        p = s.start(cfg, env=FAST, debug=True)
-        check(wait_for(lambda: len(s.registered_pools()) == 2,
-                       what="pools"), "complsteps: pools registered")
+        p = start_trapped(s, ftrap, [PROVIDER, failing],
+                          [("small", 0), ("big", 0), ("bad", 0)],
+                          "complsteps")
         quiet.setLevel(logging.CRITICAL)
         done = {}
         for lock, labels, state in (("node", ["small", "big"], "fulfilled"),
@@ -478,12 +483,9 @@ def test_node_write_lost(zk):
     try:
         slow = {"name": "fake-slow", "fake": {"launch-delay": 15},
                 "pools": [{"name": "main", "labels": ["slow"]}]}
-        cfg = s.write_config([PROVIDER, slow],
-                             [("small", 0), ("big", 0), ("slow", 0)],
-                             zk_port=ftrap.port)
-        p = s.start(cfg, env=FAST, debug=True)
-        check(wait_for(lambda: len(s.registered_pools()) == 2,
-                       what="pools"), "nodewrite: pools registered")
+        p = start_trapped(s, ftrap, [PROVIDER, slow],
+                          [("small", 0), ("big", 0), ("slow", 0)],
+                          "nodewrite")
         quiet.setLevel(logging.CRITICAL)
         done = {}
 
@@ -610,11 +612,8 @@ def test_create_lost(zk):
     quiet = logging.getLogger("kazoo.client")
     level = quiet.level
     try:
-        cfg = s.write_config([PROVIDER], [("small", 0), ("big", 0)],
-                             zk_port=ftrap.port)
-        p = s.start(cfg, env=FAST, debug=True)
-        check(wait_for(lambda: s.registered_pools(), what="pool"),
-              "createlost: pool registered")
+        p = start_trapped(s, ftrap, [PROVIDER], [("small", 0), ("big", 0)],
+                          "createlost")
         # (else the first create fails for want of its parent)
         s.kz.ensure_path("/nodepool/nodes")
         rid = s.request(["small"])
