@@ -861,14 +861,6 @@ static void remove_step(zk_lock *l)
 		removed(l->z, rc, l);
 }
 
-/* True when deleting (or finding) our contender failed for want of a
- * connection while the session that owns it (l->session) lives: worth
- * another try, as the contender lives as long as that session. */
-static bool removal_retry(const zk_lock *l, int rc)
-{
-	return zk_resendable(l->z, l->session, rc);
-}
-
 /* ---- finishing an attempt ---- */
 
 static void deliver(zk_lock *l, int rc)
@@ -937,7 +929,9 @@ static void cleaned_up(zk *z, int rc, void *arg)
 {
 	zk_lock *l = arg;
 
-	if (removal_retry(l, rc))
+	/* Cut off while the session that owns the contender lives: so
+	 * does the contender. */
+	if (zk_resendable(l->z, l->session, rc))
 		leave_behind(l, rc);
 	else if (rc != ZOK && rc != ZNONODE)
 		log_debug(logger, "could not delete contender %s*: %s",
@@ -1134,7 +1128,7 @@ static void released(zk *z, int rc, void *arg)
 
 	/* Connection trouble: retry while the session that owns the
 	 * contender lives; once it is gone, so is the contender. */
-	if (removal_retry(l, rc)) {
+	if (zk_resendable(l->z, l->session, rc)) {
 		retry_later(l, rc);
 		return;
 	}
