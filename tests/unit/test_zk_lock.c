@@ -6,8 +6,9 @@
  * shortcuts: fresh locks (directory, contender and the caller's ops in one
  * multi), assumed directories and forgotten contenders; and a lost
  * attempt's cleanup cut off by a dropped connection (through testlib's
- * gate), which must still remove the contender within the session, and a
- * fresh multi's lost reply, ridden out by an attempt without a deadline.
+ * gate), which must still remove the contender within the session, a
+ * fresh multi's lost reply, ridden out by an attempt without a deadline,
+ * and the lock's tree deleted while the gate holds its contender create.
  *
  * With NP_ZK_LOCK_HELPER=1 the binary instead becomes the line-driven lock
  * server that tests/integration/test_lock_kazoo.py pits against kazoo (see
@@ -773,6 +774,57 @@ TEST(pending_cleanup_ends_with_session_and_handle)
 	zk_lock_free(h);
 	free(prefix);
 	gated_clients_end(&t, NULL, gate);
+}
+
+/* Run LOOP until GATE has fired N traps or 20 s pass. */
+static bool run_until_fired(evloop *loop, test_gate *gate, int n)
+{
+	long long end = now_ms() + 20000;
+
+	while (test_gate_fired(gate) < n && now_ms() < end)
+		evloop_run_once(loop, 20);
+	return test_gate_fired(gate) >= n;
+}
+
+/* The lock directory is deleted, with the node above it, between the
+ * attempt's ensure and its contender's create (the gate holds the create
+ * while another session deletes the tree): the create fails with ZNONODE
+ * and the attempt ends with it, as kazoo's acquire raises NoNodeError,
+ * instead of making the directory again and bringing the deleted node
+ * back as an empty znode. */
+TEST(create_ends_when_the_tree_is_deleted)
+{
+	struct two t;
+	struct result r = { 0 };
+	test_gate *gate;
+	zk_lock *l;
+	char *top, *prefix;
+	zk *z;
+
+	if (!(z = gated_clients(&t, "node/lock", &gate)))
+		return;
+	top = xasprintf("%s/node", base);
+	prefix = xasprintf("%s/", t.dir);
+	CHECK_INT(zk_ensure_path(t.z2, t.dir), ZOK);
+	test_gate_trap(gate, TEST_TRAP_HOLD, ZOP_CREATE2, prefix);
+	l = zk_lock_new(z, t.dir, NULL);
+	CHECK_INT(zk_lock_acquire_async(l, true, 30, on_acquired, &r), ZOK);
+	REQUIRE(run_until_fired(t.loop, gate, 1));
+	CHECK_INT(zk_delete_recursive(t.z2, top), ZOK);
+	test_gate_release(gate);
+	REQUIRE(run_until(t.loop, &r.done));
+	CHECK_INT(r.rc, ZNONODE);
+	CHECK(!zk_lock_held(l));
+	CHECK(zk_lock_node(l) == NULL);
+	/* Give a wrong retry time to show itself. */
+	for (int i = 0; i < 20; i++)
+		evloop_run_once(t.loop, 10);
+	CHECK_INT(zk_exists(t.z2, top, NULL), ZNONODE);
+
+	zk_lock_free(l);
+	free(prefix);
+	free(top);
+	gated_clients_end(&t, z, gate);
 }
 
 TEST(foreign_children_are_ignored)

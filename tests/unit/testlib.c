@@ -207,6 +207,8 @@ struct gate_pair {
 	bool s_greeted;     /* the ConnectResponse has passed */
 	bool lost;          /* a LOST trap fired here: its reply ends it */
 	int32_t lost_xid;
+	bool holding;       /* a HOLD trap fired here: cin waits from the
+	                     * held request on, until the gate's release */
 };
 
 struct gate_trap {
@@ -221,6 +223,7 @@ struct test_gate {
 	pthread_t th;
 	pthread_mutex_t mu;   /* everything below, as the tests change it */
 	bool hold, cut, stop;
+	bool held;            /* a HOLD trap fired and is not released */
 	struct gate_trap traps[GATE_TRAPS];
 	int ntraps, fired;
 	/* the gate thread's own */
@@ -278,13 +281,24 @@ static bool gate_sprung(test_gate *g, const char *frame, size_t len,
 	    memcmp(frame + 16, t->prefix, strlen(t->prefix)) == 0) {
 		*how = t->how;
 		g->fired++;
+		g->held = g->held || t->how == TEST_TRAP_HOLD;
 		hit = true;
 	}
 	pthread_mutex_unlock(&g->mu);
 	return hit;
 }
 
-enum gate_verdict { GATE_PASS, GATE_SKIP, GATE_CLOSE };
+enum gate_verdict { GATE_PASS, GATE_SKIP, GATE_CLOSE, GATE_WAIT };
+
+static bool gate_held(test_gate *g)
+{
+	bool held;
+
+	pthread_mutex_lock(&g->mu);
+	held = g->held;
+	pthread_mutex_unlock(&g->mu);
+	return held;
+}
 
 /* A request frame F of LEN bytes from the client. */
 static enum gate_verdict gate_request(test_gate *g, struct gate_pair *p,
@@ -292,6 +306,12 @@ static enum gate_verdict gate_request(test_gate *g, struct gate_pair *p,
 {
 	enum test_trap how;
 
+	if (p->holding) {
+		if (gate_held(g))
+			return GATE_WAIT;
+		p->holding = false; /* F is the held request: on it goes */
+		return GATE_PASS;
+	}
 	if (p->lost)
 		return GATE_SKIP; /* nothing after the trapped request */
 	if (!p->c_greeted) {
@@ -299,6 +319,10 @@ static enum gate_verdict gate_request(test_gate *g, struct gate_pair *p,
 	} else if (gate_sprung(g, f, len, &how)) {
 		if (how == TEST_TRAP_DROP)
 			return GATE_CLOSE;
+		if (how == TEST_TRAP_HOLD) {
+			p->holding = true;
+			return GATE_WAIT;
+		}
 		p->lost = true;
 		p->lost_xid = be32(f + 4);
 	}
@@ -333,8 +357,10 @@ static bool gate_frames(test_gate *g, struct gate_pair *p, sbuf *in, int to,
 
 		if (in->len - off < len)
 			break;
-		off += len;
 		v = judge(g, p, f, len);
+		if (v == GATE_WAIT)
+			break; /* F and what follows stay in IN */
+		off += len;
 		if (v == GATE_CLOSE)
 			return false;
 		if (v == GATE_PASS)
@@ -419,15 +445,17 @@ static void *gate_main(void *arg)
 			fds[1 + 2 * i] = (struct pollfd){ g->p[i].c, POLLIN, 0 };
 			fds[2 + 2 * i] = (struct pollfd){ g->p[i].s, POLLIN, 0 };
 		}
-		if (poll(fds, (nfds_t)(1 + 2 * n), 20) <= 0)
+		if (poll(fds, (nfds_t)(1 + 2 * n), 20) < 0)
 			continue;
 		for (int i = 0; i < n; i++) {
 			struct gate_pair *p = &g->p[i];
 			bool ok = true;
 
 			if (fds[1 + 2 * i].revents)
-				ok = gate_read(p->c, &p->cin) &&
-				     gate_frames(g, p, &p->cin, p->s, gate_request);
+				ok = gate_read(p->c, &p->cin);
+			/* (a held request goes on once released) */
+			if (ok && (fds[1 + 2 * i].revents || p->holding))
+				ok = gate_frames(g, p, &p->cin, p->s, gate_request);
 			if (ok && fds[2 + 2 * i].revents)
 				ok = gate_read(p->s, &p->sin) &&
 				     gate_frames(g, p, &p->sin, p->c, gate_reply);
@@ -507,6 +535,13 @@ void test_gate_trap(test_gate *g, enum test_trap how, int op,
 	} else {
 		testlib_fail(__FILE__, __LINE__, "more than %d traps", GATE_TRAPS);
 	}
+	pthread_mutex_unlock(&g->mu);
+}
+
+void test_gate_release(test_gate *g)
+{
+	pthread_mutex_lock(&g->mu);
+	g->held = false;
 	pthread_mutex_unlock(&g->mu);
 }
 

@@ -74,6 +74,9 @@ enum test_trap {
 	TEST_TRAP_LOST, /* pass it on, nothing after it, and close the
 			 * connection when its reply comes: carried out, and
 			 * the reply lost */
+	TEST_TRAP_HOLD, /* keep it, and what follows it on its connection,
+			 * until test_gate_release(): it reaches the server
+			 * late, after whatever the test does meanwhile */
 };
 
 /* A gate to test_zk_hosts(); NULL, and the test failed at the caller's
@@ -91,6 +94,8 @@ void test_gate_cut(test_gate *g);
  * the first matching request after the previous one fired. */
 void test_gate_trap(test_gate *g, enum test_trap how, int op,
 		    const char *prefix);
+/* Pass on the requests a HOLD trap keeps (nothing if none fired). */
+void test_gate_release(test_gate *g);
 /* How many traps have fired. */
 int test_gate_fired(test_gate *g);
 /* Connections closed, thread joined, G freed (NULL: nothing). */
