@@ -33,6 +33,7 @@ enum field_kind {
 
 struct field {
 	const char *key;
+	size_t klen;      /* strlen(key), known at compile time */
 	enum field_kind kind;
 	size_t off;
 	const char *dstr; /* F_STR default when the key is missing */
@@ -40,10 +41,15 @@ struct field {
 	bool pool_only;   /* components: written only for pools */
 };
 
-#define FLD(T, key, kind, member) { key, kind, offsetof(T, member), NULL, 0, false }
-#define FLD_S(T, key, member, d) { key, F_STR, offsetof(T, member), d, 0, false }
-#define FLD_I(T, key, kind, member, d) { key, kind, offsetof(T, member), NULL, d, false }
-#define FLD_END { NULL, F_STR, 0, NULL, 0, false }
+/* KEY is a string literal: its length is taken at compile time. */
+#define FLD_ALL(T, key, kind, member, dstr, dint, pool_only) \
+	{ key, sizeof(key) - 1, kind, offsetof(T, member), dstr, dint, pool_only }
+#define FLD(T, key, kind, member) FLD_ALL(T, key, kind, member, NULL, 0, false)
+#define FLD_S(T, key, member, d) FLD_ALL(T, key, F_STR, member, d, 0, false)
+#define FLD_I(T, key, kind, member, d) FLD_ALL(T, key, kind, member, NULL, d, false)
+/* Components: written only for pools. */
+#define FLD_P(T, key, kind, member, d) FLD_ALL(T, key, kind, member, NULL, d, true)
+#define FLD_END { NULL, 0, F_STR, 0, NULL, 0, false }
 
 /* Upstream's NodeRequest.toDict order. */
 static const struct field request_fields[] = {
@@ -135,12 +141,12 @@ static const struct field component_fields[] = {
 	FLD(np_component, "state", F_STR, state),
 	FLD(np_component, "version", F_STR, version_str),
 	FLD_I(np_component, "model_api", F_INT, model_api, 0),
-	{ "id", F_STR, offsetof(np_component, id), NULL, 0, true },
-	{ "name", F_STR, offsetof(np_component, name), NULL, 0, true },
-	{ "provider_name", F_STR, offsetof(np_component, provider_name), NULL, 0, true },
-	{ "supported_labels", F_LIST, offsetof(np_component, supported_labels), NULL, 0, true },
-	{ "priority", F_INT, offsetof(np_component, priority), NULL, 100, true },
-	{ "paused", F_BOOL, offsetof(np_component, paused), NULL, 0, true },
+	FLD_P(np_component, "id", F_STR, id, 0),
+	FLD_P(np_component, "name", F_STR, name, 0),
+	FLD_P(np_component, "provider_name", F_STR, provider_name, 0),
+	FLD_P(np_component, "supported_labels", F_LIST, supported_labels, 0),
+	FLD_P(np_component, "priority", F_INT, priority, 100),
+	FLD_P(np_component, "paused", F_BOOL, paused, 0),
 	FLD_END,
 };
 
@@ -149,14 +155,25 @@ static const struct field component_fields[] = {
 #define MEMBER(rec, f, T) ((T *)((char *)(rec) + (f)->off))
 #define CMEMBER(rec, f, T) ((const T *)((const char *)(rec) + (f)->off))
 
+/* Whether F's key is the KLEN bytes at KEY: the lengths and the first
+ * bytes decide most mismatches without a comparison of the rest. */
+static bool field_is(const struct field *f, const char *key, size_t klen)
+{
+	return f->klen == klen && f->key[0] == key[0] &&
+	       memcmp(f->key, key, klen) == 0;
+}
+
 static const struct field *find_field(const struct field *tab,
-				      const char *key)
+				      const char *key, size_t klen)
 {
 	for (; tab->key; tab++)
-		if (strcmp(tab->key, key) == 0)
+		if (field_is(tab, key, klen))
 			return tab;
 	return NULL;
 }
+
+/* The field named by the string literal LIT. */
+#define FIELD_NAMED(tab, lit) find_field(tab, lit, sizeof(lit) - 1)
 
 /* Constructor defaults (Python __init__), not reader defaults. */
 static void rec_init(const struct field *tab, void *rec)
@@ -232,6 +249,7 @@ static bool rec_copy(const struct field *tab, void *dst, const void *src)
 		const char *s;
 		const strlist *l;
 		const json_t *v;
+		size_t len;
 
 		switch (f->kind) {
 		case F_STR:
@@ -239,9 +257,10 @@ static bool rec_copy(const struct field *tab, void *dst, const void *src)
 			s = *CMEMBER(src, f, char *);
 			if (!s)
 				break;
-			if (!utf8_valid(s, strlen(s)))
+			len = strlen(s);
+			if (!utf8_valid(s, len))
 				return false; /* not written */
-			*MEMBER(dst, f, char *) = xstrdup(s);
+			*MEMBER(dst, f, char *) = xstrndup(s, len);
 			break;
 		case F_NUM:
 			if (isinf(*CMEMBER(src, f, double)))
@@ -259,9 +278,11 @@ static bool rec_copy(const struct field *tab, void *dst, const void *src)
 		case F_LABELS:
 			l = CMEMBER(src, f, strlist);
 			for (size_t i = 0; i < l->n; i++) {
-				if (!utf8_valid(l->v[i], strlen(l->v[i])))
+				len = strlen(l->v[i]);
+				if (!utf8_valid(l->v[i], len))
 					return false; /* left out */
-				strlist_add(MEMBER(dst, f, strlist), l->v[i]);
+				strlist_add_owned(MEMBER(dst, f, strlist),
+						  xstrndup(l->v[i], len));
 			}
 			break;
 		case F_FORMATS:
@@ -382,7 +403,7 @@ static int decode_port(json_t **out, const json_t *obj)
 /* Fill one member from OBJ[f->key]; -1 when the value has a wrong type. */
 static int decode_field(const struct field *f, void *rec, const json_t *obj)
 {
-	json_t *v = json_object_get(obj, f->key);
+	json_t *v = json_object_getn(obj, f->key, f->klen);
 
 	switch (f->kind) {
 	case F_STR:
@@ -926,7 +947,7 @@ static bool rd_field(struct rd *r, const struct field *f, void *rec,
 		if (!rd_number(r, &is_int, &i, &d))
 			return false;
 		*MEMBER(rec, f, double) = d;
-		return !is_int || rd_raw_set(raw, f->key, strlen(f->key),
+		return !is_int || rd_raw_set(raw, f->key, f->klen,
 					      json_integer(i));
 	case F_INT:
 		if (rd_word(r, "null", 4)) {
@@ -1014,11 +1035,9 @@ static const struct field *rd_find(const struct field *tab, const char *key,
 {
 	const struct field *f = *hint;
 
-	if (!(f->key && strncmp(f->key, key, klen) == 0 && !f->key[klen])) {
-		for (f = tab; f->key; f++)
-			if (strncmp(f->key, key, klen) == 0 && !f->key[klen])
-				break;
-		if (!f->key)
+	if (!(f->key && field_is(f, key, klen))) {
+		f = find_field(tab, key, klen);
+		if (!f)
 			return NULL;
 	}
 	*hint = f + 1;
@@ -1303,20 +1322,20 @@ static void add_int(sbuf *sb, long long v)
 }
 
 /* ", " between members, then the key. */
-static void put_key(sbuf *sb, bool *first, const char *key)
+static void put_key(sbuf *sb, bool *first, const char *key, size_t klen)
 {
 	if (!*first)
 		sbuf_add(sb, ", ", 2);
 	*first = false;
-	dump_string(sb, key, strlen(key));
+	dump_string(sb, key, klen);
 	sbuf_add(sb, ": ", 2);
 }
 
-/* The same for a key of our field tables: plain ASCII, nothing to
- * escape, so one copy. */
-static void put_table_key(sbuf *sb, bool *first, const char *key)
+/* The same for the key of field F: plain ASCII, nothing to escape, its
+ * length known, so one copy. */
+static void put_table_key(sbuf *sb, bool *first, const struct field *f)
 {
-	size_t n = strlen(key);
+	size_t n = f->klen;
 	char *o;
 
 	sbuf_reserve(sb, n + 6);
@@ -1327,7 +1346,7 @@ static void put_table_key(sbuf *sb, bool *first, const char *key)
 	}
 	*first = false;
 	*o++ = '"';
-	memcpy(o, key, n);
+	memcpy(o, f->key, n);
 	o += n;
 	memcpy(o, "\": ", 4); /* with the NUL */
 	sb->len = (size_t)(o + 3 - sb->buf);
@@ -1367,7 +1386,7 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 		s = *CMEMBER(rec, f, char *);
 		if (!s) {
 			if (f->kind == F_STR) {
-				put_table_key(sb, first, f->key);
+				put_table_key(sb, first, f);
 				sbuf_add(sb, "null", 4);
 			}
 			return;
@@ -1375,19 +1394,19 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 		len = strlen(s);
 		if (!utf8_valid(s, len))
 			return;
-		put_table_key(sb, first, f->key);
+		put_table_key(sb, first, f);
 		dump_string(sb, s, len);
 		return;
 	case F_NUM:
 		d = *CMEMBER(rec, f, double);
 		if (isinf(d))
 			return;
-		put_table_key(sb, first, f->key);
+		put_table_key(sb, first, f);
 		if (isnan(d)) {
 			sbuf_add(sb, "null", 4);
 			return;
 		}
-		old = raw ? json_object_get(raw, f->key) : NULL;
+		old = raw ? json_object_getn(raw, f->key, f->klen) : NULL;
 		if (json_is_integer(old) && (double)json_integer_value(old) == d)
 			add_int(sb, json_integer_value(old));
 		else
@@ -1395,7 +1414,7 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 		return;
 	case F_INT:
 	case F_HOLDEXP:
-		put_table_key(sb, first, f->key);
+		put_table_key(sb, first, f);
 		i = *CMEMBER(rec, f, long long);
 		if (i == NP_INT_NULL)
 			sbuf_add(sb, "null", 4);
@@ -1403,12 +1422,12 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 			add_int(sb, i);
 		return;
 	case F_BOOL:
-		put_table_key(sb, first, f->key);
+		put_table_key(sb, first, f);
 		sbuf_adds(sb, *CMEMBER(rec, f, bool) ? "true" : "false");
 		return;
 	case F_LIST:
 	case F_LABELS:
-		put_table_key(sb, first, f->key);
+		put_table_key(sb, first, f);
 		put_strlist(sb, CMEMBER(rec, f, strlist));
 		return;
 	case F_FORMATS: {
@@ -1420,7 +1439,7 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 		/* Rare (builds only): the tree's own way. */
 		j = formats_json(l);
 		if (j) {
-			put_table_key(sb, first, f->key);
+			put_table_key(sb, first, f);
 			dump_value(sb, j, &json_style);
 			json_decref(j);
 		}
@@ -1430,7 +1449,7 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 	case F_PORT:
 	case F_SSHPORT:
 		v = *CMEMBER(rec, f, json_t *);
-		put_table_key(sb, first, f->key);
+		put_table_key(sb, first, f);
 		if (v)
 			dump_value(sb, v, &json_style);
 		else
@@ -1442,14 +1461,14 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 /* Whether KEY is one of TAB's. Records we wrote ourselves list the known
  * keys first, in table order: *HINT follows along, so that the usual
  * look-up is one comparison instead of a walk of the table. */
-static bool known_key(const struct field *tab, const char *key,
+static bool known_key(const struct field *tab, const char *key, size_t klen,
 		      const struct field **hint)
 {
-	if (*hint && (*hint)->key && strcmp((*hint)->key, key) == 0) {
+	if (*hint && (*hint)->key && field_is(*hint, key, klen)) {
 		(*hint)++;
 		return true;
 	}
-	const struct field *f = find_field(tab, key);
+	const struct field *f = find_field(tab, key, klen);
 	if (f)
 		*hint = f + 1;
 	return f != NULL;
@@ -1494,6 +1513,7 @@ static char *rec_encode_direct(const struct field *tab, const void *rec,
 	const struct field *hint = tab;
 	bool first = true;
 	const char *key;
+	size_t klen;
 	char *out;
 	json_t *v;
 	sbuf *scratch = encode_scratch(), sb = *scratch;
@@ -1506,9 +1526,9 @@ static char *rec_encode_direct(const struct field *tab, const void *rec,
 			put_field(&sb, &first, f, rec, raw);
 	/* Keys we do not know go after ours, in the order we read them. */
 	if (raw) {
-		json_object_foreach((json_t *)raw, key, v) {
-			if (!known_key(tab, key, &hint)) {
-				put_key(&sb, &first, key);
+		json_object_keylen_foreach((json_t *)raw, key, klen, v) {
+			if (!known_key(tab, key, klen, &hint)) {
+				put_key(&sb, &first, key, klen);
 				dump_value(&sb, v, &json_style);
 			}
 		}
@@ -1529,6 +1549,7 @@ static char *rec_encode_tree(const struct field *tab, const void *rec,
 {
 	json_t *obj = json_object();
 	const char *key;
+	size_t klen;
 	json_t *v;
 	char *out;
 
@@ -1539,8 +1560,8 @@ static char *rec_encode_tree(const struct field *tab, const void *rec,
 	}
 	/* Keys we do not know go after ours, in the order we read them. */
 	if (raw) {
-		json_object_foreach((json_t *)raw, key, v) {
-			if (!find_field(tab, key))
+		json_object_keylen_foreach((json_t *)raw, key, klen, v) {
+			if (!find_field(tab, key, klen))
 				json_object_set(obj, key, v);
 		}
 	}
@@ -1667,11 +1688,11 @@ static char *type_encode(int kind, const void *rec, bool is_pool,
 static void type_set_state(int kind, void *rec, const char *value)
 {
 	const struct field *tab = rec_types[kind].fields;
-	char **state = AT(rec, find_field(tab, "state")->off, char *);
+	char **state = AT(rec, FIELD_NAMED(tab, "state")->off, char *);
 
 	free(*state);
 	*state = xstrdup(value);
-	*AT(rec, find_field(tab, "state_time")->off, double) = now_wall();
+	*AT(rec, FIELD_NAMED(tab, "state_time")->off, double) = now_wall();
 }
 
 /* ---- every kind alike ---- */
@@ -1741,7 +1762,7 @@ void np_record_clear(np_kind kind, np_record *rec)
 
 const char *np_record_state(np_kind kind, const np_record *rec)
 {
-	const struct field *f = find_field(rec_types[kind].fields, "state");
+	const struct field *f = FIELD_NAMED(rec_types[kind].fields, "state");
 
 	return *AT(rec, f->off, char *);
 }
