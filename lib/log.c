@@ -17,6 +17,7 @@
 
 struct logger_rule {
 	char prefix[128];
+	size_t len; /* strlen(prefix) */
 	enum log_level level;
 };
 
@@ -26,6 +27,20 @@ static char *log_path;
 static enum log_level log_level = LOG_INFO;
 static struct logger_rule rules[16];
 static int nrules;
+/* The lowest level of the root and of every rule: a line below it is not
+ * written whatever its logger, which settles most debug lines without a
+ * look at the rules. */
+static enum log_level level_floor = LOG_INFO;
+
+static void floor_update(void)
+{
+	enum log_level min = log_level;
+
+	for (int i = 0; i < nrules; i++)
+		if (rules[i].level < min)
+			min = rules[i].level;
+	level_floor = min;
+}
 
 /* A stream replaces a file opened by log_open_file(): the file is closed
  * and no longer reopened by path (it used to be, taking the place of F at
@@ -60,7 +75,10 @@ int log_open_file(const char *path)
 
 void log_set_level(enum log_level level)
 {
+	pthread_mutex_lock(&log_lock);
 	log_level = level;
+	floor_update();
+	pthread_mutex_unlock(&log_lock);
 }
 
 enum log_level log_get_level(void)
@@ -79,10 +97,12 @@ void log_set_logger_level(const char *prefix, enum log_level level)
 	}
 	if (nrules < (int)(sizeof(rules) / sizeof(rules[0]))) {
 		snprintf(rules[nrules].prefix, sizeof(rules[nrules].prefix), "%s", prefix);
+		rules[nrules].len = strlen(rules[nrules].prefix);
 		rules[nrules].level = level;
 		nrules++;
 	}
 out:
+	floor_update();
 	pthread_mutex_unlock(&log_lock);
 }
 
@@ -90,6 +110,7 @@ void log_reset_logger_levels(void)
 {
 	pthread_mutex_lock(&log_lock);
 	nrules = 0;
+	floor_update();
 	pthread_mutex_unlock(&log_lock);
 }
 
@@ -112,8 +133,10 @@ static bool enabled(enum log_level level, const char *logger)
 	enum log_level min = log_level;
 	size_t best = 0;
 
+	if (level < level_floor)
+		return false;
 	for (int i = 0; i < nrules; i++) {
-		size_t n = strlen(rules[i].prefix);
+		size_t n = rules[i].len;
 		if (n > best && strncmp(logger, rules[i].prefix, n) == 0 &&
 		    (logger[n] == '\0' || logger[n] == '.')) {
 			best = n;
