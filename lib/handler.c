@@ -212,15 +212,31 @@ static void finish(np_handler *h)
 	poolworker_handler_done(h->pw, h); /* may free h */
 }
 
-/* ---- ZooKeeper writes ---- */
+/* ---- ZooKeeper writes ----
+ *
+ * A write of the request whose reply is lost with the connection (the
+ * accepting `pending` write: every later one unlocks the request in the
+ * same turn) is sent again while our session still holds the request's
+ * lock (zk_lock_resendable, as a launch's node writes and the completion
+ * decide): the request stays ours, and unchanged since, so the record
+ * written again is the same. Once the lock is let go, nothing is sent
+ * again: its release is queued behind the write, and a write after it
+ * would be made unlocked (a completion's multi would write over it). */
+
+static void store_request(np_handler *h);
 
 static void stored(zk *z, int rc, const zk_stat *st, void *arg)
 {
 	np_handler *h = arg;
 
-	if (rc != ZOK && rc != ZCLOSING)
+	if (!h->dead && zk_lock_resendable(h->lock, rc)) {
+		HLOG(h, LOG_DEBUG, "Storing request again once ZooKeeper "
+		     "answers: %s", zk_strerror(rc));
+		store_request(h);
+	} else if (rc != ZOK && rc != ZCLOSING) {
 		log_error(h->logger, "[node_request: %s] Unable to store "
 			  "request: %s", h->id, zk_strerror(rc));
+	}
 	unbusy(h);
 }
 

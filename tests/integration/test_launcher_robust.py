@@ -17,7 +17,9 @@
 #    reply lost, the external id's write never sent: both sent again; the
 #    node lock's multi carried out, its reply lost: the attempt goes on;
 #    each request fulfilled); a node's create carried out but its reply
-#    lost (created again, the init node nobody knows deleted); SIGINT
+#    lost (created again, the init node nobody knows deleted); the write
+#    that accepts a request (pending) cut off (its reply lost, or never
+#    sent: sent again, the request pending while its node builds); SIGINT
 #    without ZooKeeper;
 #  - requests written as Zuul-2019 did (ephemeral sequential, fewer keys):
 #    fulfilled, and the requestor's session closing (before and after the
@@ -637,6 +639,92 @@ def test_create_lost(zk):
         s.return_all({rid: req})
         s.check_all_deleted("createlost")
         check(p.poll() is None, "createlost: running")
+        s.stop(p)
+    finally:
+        quiet.setLevel(level)
+        s.close()
+        ftrap.close()
+
+
+def test_request_write_lost(zk):
+    """The write that accepts a request (`pending`) cut off, the session
+    surviving: (1) it reaches the server but its reply is lost; (2) it
+    never reaches the server (the node then builds for 15 s). It is sent
+    again under the request lock our session still holds, as a launch's
+    node writes are: the request is `pending` while its node builds
+    (before, it stayed `requested` until fulfilled), ends fulfilled, and
+    no error is logged (before: `Unable to store request`)."""
+    s = Scenario(zk, "reqwrite")
+    rounds = []             # "lost" or "drop": the next pending write's fate
+    seen = []               # request paths trapped
+
+    def trap(frame):
+        if not rounds or L.FrameTrap.op(frame) != L.FrameTrap.SET_DATA or \
+                "/nodepool/requests/" not in L.FrameTrap.path(frame):
+            return None
+        try:
+            req = json.loads(L.FrameTrap.data(frame))
+        except ValueError:
+            return None
+        if req.get("state") != "pending":
+            return None
+        seen.append(L.FrameTrap.path(frame))
+        return rounds.pop(0)
+
+    ftrap = L.FrameTrap(zk, trap)
+    quiet = logging.getLogger("kazoo.client")
+    level = quiet.level
+    try:
+        slow = {"name": "fake-slow", "fake": {"launch-delay": 15},
+                "pools": [{"name": "main", "labels": ["slow"]}]}
+        p = start_trapped(s, ftrap, [PROVIDER, slow],
+                          [("small", 0), ("big", 0), ("slow", 0)],
+                          "reqwrite")
+        quiet.setLevel(logging.CRITICAL)
+        done = {}
+
+        # (1) carried out, its reply lost
+        rounds.append("lost")
+        rid = s.request(["small"])
+        check(wait_for(lambda: len(seen) == 1, what="trapped"),
+              "reqwrite lost: the pending write was cut off after it was "
+              "sent")
+        req = s.wait_request(rid, timeout=60)
+        check(req and req["state"] == "fulfilled",
+              "reqwrite lost: request fulfilled (%s)"
+              % (req and req["state"]))
+        done[rid] = req
+
+        # (2) never sent: pending while its node builds
+        rounds.append("drop")
+        rid = s.request(["slow"])
+        check(wait_for(lambda: len(seen) == 2, what="trapped"),
+              "reqwrite drop: the pending write was cut off")
+        states = []
+
+        def ended():
+            r = s.get_request(rid)
+            states.append(r and r["state"])
+            return r and r["state"] in ("fulfilled", "failed")
+        wait_for(ended, timeout=60, what="request ended")
+        check("pending" in states and states[-1] == "fulfilled",
+              "reqwrite drop: pending while the node builds, then "
+              "fulfilled (%s)" % sorted(set(map(str, states))))
+        done[rid] = s.get_request(rid)
+
+        log = s.log(p)
+        check(all("[node_request: %s] Storing request again once ZooKeeper "
+                  "answers" % path.rsplit("/", 1)[-1] in log
+                  for path in seen),
+              "reqwrite: both trapped writes sent again (logged)")
+        check("Unable to store" not in log,
+              "reqwrite: no write given up")
+        check(wait_for(lambda: not any(s.request_lock_contenders(r)
+                                       for r in done), what="unlocked"),
+              "reqwrite: requests unlocked")
+        quiet.setLevel(level)
+        s.return_all(done)
+        s.check_all_deleted("reqwrite")
         s.stop(p)
     finally:
         quiet.setLevel(level)
@@ -1352,7 +1440,7 @@ def test_reload_zk_hosts(zk):
 
 TESTS = [test_stack_dump, test_zk_restart, test_completion_outage,
          test_completion_steps, test_node_write_lost, test_create_lost,
-         test_session_expiry,
+         test_request_write_lost, test_session_expiry,
          test_stop_without_zookeeper, test_zuul2019,
          test_tenant_limits, test_max_concurrency_zero,
          test_max_concurrency_one, test_malformed, test_webapp,
