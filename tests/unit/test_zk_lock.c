@@ -8,7 +8,9 @@
  * attempt's cleanup cut off by a dropped connection (through testlib's
  * gate), which must still remove the contender within the session, a
  * fresh multi's lost reply, ridden out by an attempt without a deadline,
- * and the lock's tree deleted while the gate holds its contender create.
+ * a request lock's attempt (timeout 0) whose contender was made, its reply
+ * and the cleanup's listing cut off, which must leave none behind, and the
+ * lock's tree deleted while the gate holds its contender create.
  *
  * With NP_ZK_LOCK_HELPER=1 the binary instead becomes the line-driven lock
  * server that tests/integration/test_lock_kazoo.py pits against kazoo (see
@@ -824,6 +826,62 @@ TEST(create_ends_when_the_tree_is_deleted)
 	zk_lock_free(l);
 	free(prefix);
 	free(top);
+	gated_clients_end(&t, z, gate);
+}
+
+/* A request lock's attempt, which gives up at the first lost connection
+ * (timeout 0), its contender made but the reply lost, and the cleanup's
+ * listing for it cut off too: no contender may be left in the session
+ * (to the other launchers and Zuul, the request would look locked by us
+ * until the session ends). Both of the launcher's shapes: the handler's
+ * fresh multi, and the cleanup worker's usual steps. */
+TEST(request_lock_attempt_leaves_no_contender)
+{
+	struct two t;
+	struct gated_result g = { 0 }, g2 = { 0 };
+	test_gate *gate;
+	zk_lock *l, *l2;
+	char *prefix;
+	int64_t session;
+	zk *z;
+
+	if (!(z = gated_clients(&t, "reqlock", &gate)))
+		return;
+	session = zk_session_id(z);
+	prefix = xasprintf("%s/", t.dir);
+	CHECK_INT(zk_ensure_path(t.z2, base), ZOK); /* the multi makes t.dir */
+
+	test_gate_trap(gate, TEST_TRAP_LOST, ZOP_MULTI, "");
+	test_gate_trap(gate, TEST_TRAP_DROP, ZOP_GETCHILDREN2, t.dir);
+	g.gate = gate;
+	l = zk_lock_new(z, t.dir, NULL);
+	CHECK_INT(zk_lock_acquire_fresh_async(l, 0, NULL, 0, on_acquired_hold,
+					      &g), ZOK);
+	REQUIRE(run_until(t.loop, &g.r.done));
+	CHECK_INT(g.r.rc, ZCONNECTIONLOSS);
+	CHECK_INT(test_gate_fired(gate), 2);
+	/* The multi was carried out; the gate is shut. */
+	CHECK_INT(nchildren(t.z2, t.dir), 1);
+	test_gate_hold(gate, false);
+	CHECK(run_until_children(t.loop, t.z2, t.dir, 0));
+
+	test_gate_trap(gate, TEST_TRAP_LOST, ZOP_CREATE2, prefix);
+	test_gate_trap(gate, TEST_TRAP_DROP, ZOP_GETCHILDREN2, t.dir);
+	g2.gate = gate;
+	l2 = zk_lock_new(z, t.dir, NULL);
+	CHECK_INT(zk_lock_acquire_async(l2, false, 0, on_acquired_hold, &g2),
+		  ZOK);
+	REQUIRE(run_until(t.loop, &g2.r.done));
+	CHECK_INT(g2.r.rc, ZCONNECTIONLOSS);
+	CHECK_INT(test_gate_fired(gate), 4);
+	CHECK_INT(nchildren(t.z2, t.dir), 1);
+	test_gate_hold(gate, false);
+	CHECK(run_until_children(t.loop, t.z2, t.dir, 0));
+	CHECK(zk_session_id(z) == session);
+
+	zk_lock_free(l);
+	zk_lock_free(l2);
+	free(prefix);
 	gated_clients_end(&t, z, gate);
 }
 
