@@ -271,10 +271,15 @@ static const char *contender_seq(const char *name)
 	return NULL;
 }
 
+/* What KazooRetry retries (its default ignore_expire counts an expired
+ * session in). Not ZSESSIONMOVED, as in kazoo, which retries it nowhere:
+ * the request was refused, not lost, and a release reports it. No
+ * ZooKeeper server answers with it anyway: it closes the connection
+ * instead (ZOOKEEPER-710), which we see as a connection loss. */
 static bool is_transient(int rc)
 {
 	return rc == ZCONNECTIONLOSS || rc == ZOPERATIONTIMEOUT ||
-	       rc == ZSESSIONEXPIRED || rc == ZSESSIONMOVED;
+	       rc == ZSESSIONEXPIRED;
 }
 
 static void set_node(zk_lock *l, const char *name)
