@@ -123,6 +123,20 @@ static const struct cli_command commands[] = {
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
+/* The paragraph `nodepool CMD --help` prints under its usage (argparse's
+ * description). Upstream's subcommands have none; ours says it is ours,
+ * since an operator may read only this help. */
+static const struct {
+	const char *name;
+	const char *text;
+} descriptions[] = {
+	{ "request", "A nodepool-c extension (upstream Nodepool has no such "
+	  "command): submit a\nnode request as Zuul does, wait for it, print "
+	  "the nodes and their host keys,\nthen return them (state used: the "
+	  "launcher deletes them) or, with --hold,\nleave them in the hold "
+	  "state." },
+};
+
 /* ---- help and usage ---- */
 
 static void choices(sbuf *sb, const char *sep, const char *quote)
@@ -207,6 +221,10 @@ static void sub_help(FILE *f, const struct cli_command *cmd)
 	char left[64];
 
 	sub_usage(f, cmd);
+	for (size_t i = 0; i < sizeof(descriptions) / sizeof(*descriptions);
+	    i++)
+		if (strcmp(descriptions[i].name, cmd->name) == 0)
+			fprintf(f, "\n%s\n", descriptions[i].text);
 	if (cmd->pos && cmd->pos->name) {
 		fprintf(f, "\npositional arguments:\n");
 		for (const struct cli_pos *p = cmd->pos; p->name; p++)

@@ -492,6 +492,14 @@ def test_errors(e):
     p = subprocess.run([e.nodepool], capture_output=True, text=True)
     check(p.returncode == 1 and p.stdout.startswith("usage: nodepool"),
           "no command: help, exit 1")
+    # `request` is ours: its own --help says so (an operator may read
+    # only that); upstream's subcommands have no description paragraph.
+    rc, out, _ = e.run("request", "--help")
+    check(rc == 0 and "\nA nodepool-c extension (upstream Nodepool has no "
+          "such command)" in out, "request --help marks it ours: %r" % out)
+    rc, out, _ = e.run("list", "--help")
+    check(rc == 0 and out.split("\n")[1:3] == ["", "options:"],
+          "list --help: no description, as upstream: %r" % out)
 
 
 def main():
