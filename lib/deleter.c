@@ -41,6 +41,7 @@ typedef struct delop {
 	enum op_kind kind;
 	enum op_state state;
 	char *id;
+	uint32_t id_hash;    /* str_hash() of id, compared first by find_op */
 	np_provmgr *pm;
 	zk_lock *lock;
 	np_node node;
@@ -94,10 +95,14 @@ static bool deletable(np_launcher *l, const char *id, const np_node *n)
 
 /* ---- operation lifetime ---- */
 
+/* The operation on node ID: every change of a deletable node asks, with
+ * up to MAX_OPS in flight, so the ids' hashes are compared first. */
 static delop *find_op(np_deleter *d, const char *id)
 {
+	uint32_t hash = str_hash(id, strlen(id));
+
 	for (delop *o = d->ops; o; o = o->next)
-		if (strcmp(o->id, id) == 0)
+		if (o->id_hash == hash && strcmp(o->id, id) == 0)
 			return o;
 	return NULL;
 }
@@ -567,6 +572,7 @@ static void start_op(np_deleter *d, const char *id, np_provmgr *pm,
 	o->l = d->l;
 	o->kind = kind;
 	o->id = xstrdup(id);
+	o->id_hash = str_hash(id, strlen(id));
 	o->pm = provmgr_ref(pm);
 	o->start_ms = now_ms();
 	o->next = d->ops;

@@ -450,6 +450,7 @@ np_handler *handler_new(np_poolworker *pw, const np_request *req,
 	h->pw = pw;
 	h->pm = provmgr_ref(pw->pm);
 	h->id = xstrdup(req->id);
+	h->id_hash = str_hash(h->id, strlen(h->id));
 	h->event_id = req->event_id ? xstrdup(req->event_id) : NULL;
 	h->decline_reason = decline_reason ? xstrdup(decline_reason) : NULL;
 	h->logger = xasprintf("nodepool.driver.NodeRequestHandler[%s]",

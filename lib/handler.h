@@ -39,6 +39,8 @@ struct np_handler {
 	np_handler *next;
 	np_provmgr *pm;          /* referenced */
 	char *id;                /* request id */
+	uint32_t id_hash;        /* str_hash() of id: the pool worker's
+				  * look-ups compare it first */
 	char *event_id;
 	np_request req;          /* re-read after locking (has raw) */
 	bool have_req;

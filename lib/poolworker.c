@@ -299,10 +299,15 @@ bool poolworker_paused(const np_poolworker *pw)
 	return false;
 }
 
+/* The handler of request ID. Every pass asks this of every request in
+ * state requested, walking the handlers: their ids' hashes are compared
+ * before the ids. */
 static np_handler *find_handler(np_poolworker *pw, const char *id)
 {
+	uint32_t hash = str_hash(id, strlen(id));
+
 	for (np_handler *h = pw->handlers; h; h = h->next)
-		if (strcmp(h->id, id) == 0)
+		if (h->id_hash == hash && strcmp(h->id, id) == 0)
 			return h;
 	return NULL;
 }

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 
 void *xmalloc(size_t n);
@@ -56,6 +57,11 @@ bool strlist_contains(const strlist *l, const char *s);
 /* The same strings in the same order. */
 bool strlist_eq(const strlist *a, const strlist *b);
 void strlist_sort(strlist *l);
+
+/* A hash of the LEN bytes at S, for hash tables and for ids compared by
+ * their hashes before their bytes. Within one process only: it may
+ * change. */
+uint32_t str_hash(const char *s, size_t len);
 
 /* Seconds since the epoch as a double, like Python's time.time(). */
 double now_wall(void);

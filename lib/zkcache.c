@@ -221,19 +221,9 @@ static const char *ent_key(const struct ent *e)
 	return (const char *)e->body + obj_size(e->what);
 }
 
-/* FNV-1a */
-static uint32_t hash_strn(const char *s, size_t len)
-{
-	uint32_t h = 2166136261u;
-
-	while (len--)
-		h = (h ^ (unsigned char)*s++) * 16777619u;
-	return h;
-}
-
 static uint32_t hash_str(const char *s)
 {
-	return hash_strn(s, strlen(s));
+	return str_hash(s, strlen(s));
 }
 
 /* The entry whose key is the LEN bytes of KEY (no NUL among them). */
@@ -244,7 +234,7 @@ static struct ent *tab_findn(const struct table *t, const char *key,
 
 	if (!t->nb)
 		return NULL;
-	h = hash_strn(key, len);
+	h = str_hash(key, len);
 	for (struct ent *e = t->b[h & (t->nb - 1)]; e; e = e->next)
 		if (e->hash == h && strncmp(ent_key(e), key, len) == 0 &&
 		    !ent_key(e)[len])
@@ -283,7 +273,7 @@ static struct ent *tab_addn(struct table *t, const char *key, size_t klen,
 	struct ent *e = xcalloc(1, sizeof(*e) + osz + klen + 1);
 
 	e->what = (uint8_t)what;
-	e->hash = hash_strn(key, klen);
+	e->hash = str_hash(key, klen);
 	memcpy((char *)e->body + osz, key, klen);
 	if (t->n >= t->nb)
 		tab_resize(t, t->nb ? t->nb * 2 : 64);
@@ -1000,15 +990,15 @@ static void apply_data(zkc *c, const char *rel, int what, const char *data,
 static void contender_changed(zkc *c, const char *rel, int delta,
 			      uint32_t gen)
 {
-	char *id = xstrndup(rel, strcspn(rel, "/"));
-	struct ent *e = tab_find(&c->tab, id);
+	size_t n = strcspn(rel, "/");
+	struct ent *e = tab_findn(&c->tab, rel, n);
+	const char *id;
 
-	if (!e && delta < 0) {
-		free(id); /* cannot happen: a contender keeps its node entry */
-		return;
-	}
+	if (!e && delta < 0)
+		return; /* cannot happen: a contender keeps its node entry */
 	if (!e)
-		e = tab_add(&c->tab, id, ZKC_NODE);
+		e = tab_addn(&c->tab, rel, n, ZKC_NODE);
+	id = ent_key(e); /* the node's id, which E keeps until it is freed */
 	stamp(e, gen);
 	e->nlock += delta;
 	if (delta > 0 && e->nlock == 1) {
@@ -1023,7 +1013,6 @@ static void contender_changed(zkc *c, const char *rel, int delta,
 		if (free_it)
 			free(e);
 	}
-	free(id);
 }
 
 static void apply_mark(zkc *c, const char *rel, int what, bool present,
