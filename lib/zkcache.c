@@ -83,18 +83,17 @@ static void segs_split(const char *rel, struct segs *s)
 {
 	s->n = 0;
 	while (*rel) {
-		const char *slash = strchr(rel, '/');
-		size_t len = slash ? (size_t)(slash - rel) : strlen(rel);
+		const char *end = strchrnul(rel, '/');
 
 		if (s->n == MAXSEG) {
 			s->n++;
 			return;
 		}
 		s->p[s->n] = rel;
-		s->len[s->n++] = len;
-		if (!slash)
+		s->len[s->n++] = (size_t)(end - rel);
+		if (!*end)
 			return;
-		rel = slash + 1;
+		rel = end + 1;
 	}
 }
 
