@@ -503,7 +503,18 @@ struct rd {
 	const char *p, *end;
 	np_json_pool_fn pool; /* nested values of JSON members, or NULL */
 	void *pool_ctx;
+	const np_shared *shared; /* strings of the members it names, or NULL */
 };
+
+/* The LEN bytes at S as a string member's value: the pool's when SHARED
+ * (see np_shared), else a copy of its own. */
+static char *rd_str(const struct rd *r, bool shared, const char *s,
+		    size_t len)
+{
+	if (shared)
+		return r->shared->str(r->shared->ctx, s, len);
+	return xstrndup(s, len);
+}
 
 static size_t utf8_seq(const unsigned char *p, const unsigned char *end);
 
@@ -799,7 +810,7 @@ static json_t *rd_container(struct rd *r, bool object);
 
 static json_t *rd_nested(const char *s, const char *e)
 {
-	struct rd r = { s, e, NULL, NULL };
+	struct rd r = { s, e, NULL, NULL, NULL };
 	json_t *v = rd_container(&r, *r.p++ == '{');
 
 	if (v) {
@@ -886,7 +897,7 @@ static json_t *rd_value(struct rd *r)
 }
 
 /* [ plain strings ] or null into L. */
-static bool rd_strlist(struct rd *r, strlist *l)
+static bool rd_strlist(struct rd *r, strlist *l, bool shared)
 {
 	const char *s;
 	size_t len;
@@ -901,7 +912,7 @@ static bool rd_strlist(struct rd *r, strlist *l)
 	do {
 		if (!rd_plain_string(r, &s, &len))
 			return false;
-		strlist_add_owned(l, xstrndup(s, len));
+		strlist_add_owned(l, rd_str(r, shared, s, len));
 	} while (rd_char(r, ','));
 	return rd_char(r, ']');
 }
@@ -918,9 +929,10 @@ static bool rd_raw_set(json_t **raw, const char *key, size_t klen, json_t *v)
 	return true;
 }
 
-/* One known member's value into REC. */
+/* One known member's value into REC; SHARED: its strings are the
+ * pool's (see np_shared). */
 static bool rd_field(struct rd *r, const struct field *f, void *rec,
-		     json_t **raw, json_t **ssh_port)
+		     json_t **raw, json_t **ssh_port, bool shared)
 {
 	const char *s;
 	size_t len;
@@ -939,7 +951,7 @@ static bool rd_field(struct rd *r, const struct field *f, void *rec,
 			return true;
 		if (!rd_plain_string(r, &s, &len))
 			return false;
-		*MEMBER(rec, f, char *) = xstrndup(s, len);
+		*MEMBER(rec, f, char *) = rd_str(r, shared, s, len);
 		return true;
 	case F_NUM:
 		if (rd_word(r, "null", 4))
@@ -972,17 +984,17 @@ static bool rd_field(struct rd *r, const struct field *f, void *rec,
 		*MEMBER(rec, f, bool) = i != 0;
 		return true;
 	case F_LIST:
-		return rd_strlist(r, MEMBER(rec, f, strlist));
+		return rd_strlist(r, MEMBER(rec, f, strlist), shared);
 	case F_LABELS:
 		if (*r->p == '"') {
 			if (!rd_plain_string(r, &s, &len))
 				return false;
 			if (len)
 				strlist_add_owned(MEMBER(rec, f, strlist),
-						  xstrndup(s, len));
+						  rd_str(r, shared, s, len));
 			return true;
 		}
-		return rd_strlist(r, MEMBER(rec, f, strlist));
+		return rd_strlist(r, MEMBER(rec, f, strlist), shared);
 	case F_FORMATS:
 		return false; /* builds: rare, jansson's way */
 	case F_JSON:
@@ -1048,9 +1060,11 @@ static const struct field *rd_find(const struct field *tab, const char *key,
  * cleared by the caller. */
 static int rec_decode_direct(const struct field *tab, void *rec,
 			     json_t **rawp, const char *data, size_t len,
-			     np_json_pool_fn pool, void *pool_ctx)
+			     np_json_pool_fn pool, void *pool_ctx,
+			     const np_shared *shared)
 {
-	struct rd r = { data, data + len, pool, pool_ctx };
+	struct rd r = { data, data + len, pool, pool_ctx, shared };
+	uint64_t strs = shared ? shared->strs : 0;
 	const struct field *hint = tab, *f;
 	uint64_t seen = 0;
 	json_t *ssh_port = NULL;
@@ -1070,7 +1084,8 @@ static int rec_decode_direct(const struct field *tab, void *rec,
 				if (f - tab >= 64 || (seen & 1ULL << (f - tab)))
 					goto out;
 				seen |= 1ULL << (f - tab);
-				if (!rd_field(&r, f, rec, rawp, &ssh_port))
+				if (!rd_field(&r, f, rec, rawp, &ssh_port,
+					      (strs >> (f - tab) & 1)))
 					goto out;
 			} else {
 				json_t *v = rd_value(&r);
@@ -1090,7 +1105,10 @@ static int rec_decode_direct(const struct field *tab, void *rec,
 		if (seen & (1ULL << (f - tab)))
 			continue;
 		if ((f->kind == F_STR || f->kind == F_STR_OMIT) && f->dstr)
-			*MEMBER(rec, f, char *) = xstrdup(f->dstr);
+			*MEMBER(rec, f, char *) = rd_str(&r,
+							 (strs >> (f - tab) & 1),
+							 f->dstr,
+							 strlen(f->dstr));
 		if (f->kind == F_PORT && ssh_port) {
 			json_decref(*MEMBER(rec, f, json_t *));
 			*MEMBER(rec, f, json_t *) = ssh_port;
@@ -1643,9 +1661,56 @@ static void type_clear(int kind, void *rec)
 	*AT(rec, t->version, int) = -1;
 }
 
+/* *S given back to SHARED and set NULL, or (SHARE) replaced by the
+ * pool's equal string. */
+static void share_str(const np_shared *shared, char **s, bool share)
+{
+	char *own = *s;
+
+	if (!own)
+		return;
+	if (share) {
+		*s = shared->str(shared->ctx, own, strlen(own));
+		free(own);
+	} else {
+		shared->str_put(shared->ctx, own);
+		*s = NULL;
+	}
+}
+
+/* The members of TAB that SHARED names given back to it (or, SHARE,
+ * replaced by the pool's equal strings). */
+static void rec_shared(const struct field *tab, void *rec,
+		       const np_shared *shared, bool share)
+{
+	for (const struct field *f = tab; f->key && f - tab < 64; f++) {
+		char **s = MEMBER(rec, f, char *);
+		strlist *l = MEMBER(rec, f, strlist);
+
+		if (!(shared->strs >> (f - tab) & 1))
+			continue;
+		switch (f->kind) {
+		case F_STR:
+		case F_STR_OMIT:
+			share_str(shared, s, share);
+			break;
+		case F_LIST:
+		case F_LABELS:
+			for (size_t i = 0; i < l->n; i++)
+				share_str(shared, &l->v[i], share);
+			if (!share)
+				l->n = 0;
+			break;
+		default:
+			break;
+		}
+	}
+}
+
 static int type_decode_pooled(int kind, void *rec, const char *const *ids,
 			      const char *data, size_t len,
-			      np_json_pool_fn pool, void *pool_ctx, char **err)
+			      np_json_pool_fn pool, void *pool_ctx,
+			      const np_shared *shared, char **err)
 {
 	const struct rec_type *t = &rec_types[kind];
 
@@ -1653,8 +1718,10 @@ static int type_decode_pooled(int kind, void *rec, const char *const *ids,
 	/* Components need the whole document (is_pool); they are rare. */
 	if (kind != NP_KIND_COMPONENT &&
 	    rec_decode_direct(t->fields, rec, AT(rec, t->raw, json_t *), data,
-			      len, pool, pool_ctx) == RD_OK)
+			      len, pool, pool_ctx, shared) == RD_OK)
 		goto ids;
+	if (shared)
+		rec_shared(t->fields, rec, shared, false);
 	type_clear(kind, rec);
 	type_init(kind, rec);
 	if (rec_decode(t->fields, rec, AT(rec, t->raw, json_t *), data, len,
@@ -1662,6 +1729,8 @@ static int type_decode_pooled(int kind, void *rec, const char *const *ids,
 		type_clear(kind, rec);
 		return -1;
 	}
+	if (shared)
+		rec_shared(t->fields, rec, shared, true);
 ids:
 	for (size_t i = 0; i < t->nids; i++)
 		if (ids && ids[i])
@@ -1672,7 +1741,8 @@ ids:
 static int type_decode(int kind, void *rec, const char *const *ids,
 		       const char *data, size_t len, char **err)
 {
-	return type_decode_pooled(kind, rec, ids, data, len, NULL, NULL, err);
+	return type_decode_pooled(kind, rec, ids, data, len, NULL, NULL, NULL,
+				  err);
 }
 
 static char *type_encode(int kind, const void *rec, bool is_pool,
@@ -1716,10 +1786,42 @@ int np_record_decode_pooled(np_kind kind, np_record *rec,
 			    size_t len, int version, np_json_pool_fn pool,
 			    void *ctx, char **err)
 {
-	if (type_decode_pooled(kind, rec, ids, data, len, pool, ctx, err) < 0)
+	if (type_decode_pooled(kind, rec, ids, data, len, pool, ctx, NULL,
+			       err) < 0)
 		return -1;
 	*AT(rec, rec_types[kind].version, int) = version;
 	return 0;
+}
+
+uint64_t np_field_mask(np_kind kind, const size_t *offs, size_t n)
+{
+	const struct field *tab = rec_types[kind].fields;
+	uint64_t mask = 0;
+
+	for (const struct field *f = tab; f->key && f - tab < 64; f++)
+		for (size_t i = 0; i < n; i++)
+			if (offs[i] == f->off &&
+			    (f->kind == F_STR || f->kind == F_STR_OMIT ||
+			     f->kind == F_LIST || f->kind == F_LABELS))
+				mask |= 1ULL << (f - tab);
+	return mask;
+}
+
+int np_record_decode_shared(np_kind kind, np_record *rec,
+			    const char *const *ids, const char *data,
+			    size_t len, int version, const np_shared *pool,
+			    char **err)
+{
+	if (type_decode_pooled(kind, rec, ids, data, len, pool->json,
+			       pool->ctx, pool, err) < 0)
+		return -1;
+	*AT(rec, rec_types[kind].version, int) = version;
+	return 0;
+}
+
+void np_record_unshare(np_kind kind, np_record *rec, const np_shared *pool)
+{
+	rec_shared(rec_types[kind].fields, rec, pool, false);
 }
 
 bool np_record_copy(np_kind kind, np_record *dst, const np_record *src)

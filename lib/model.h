@@ -23,6 +23,7 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "util.h"
 
@@ -244,6 +245,31 @@ int np_record_decode_pooled(np_kind kind, np_record *rec,
 			    const char *const *ids, const char *data,
 			    size_t len, int version, np_json_pool_fn pool,
 			    void *ctx, char **err);
+/* Shared values for a decode (the caches'): JSON as above, and counted
+ * strings. The string members whose bit is set in STRS (np_field_mask())
+ * and the strings of such string-list members hold STR(CTX, TEXT, LEN),
+ * a new reference to the pool's string equal to those LEN bytes, instead
+ * of copies of their own: no allocation for a string the pool has. The
+ * record's owner gives them back with np_record_unshare() before it
+ * clears the record. */
+typedef struct np_shared {
+	np_json_pool_fn json;
+	char *(*str)(void *ctx, const char *text, size_t len);
+	void (*str_put)(void *ctx, char *s);
+	uint64_t strs;
+	void *ctx;
+} np_shared;
+/* The bit of each member of a KIND record at the N offsets OFFS (string
+ * and string-list members), for np_shared's STRS. */
+uint64_t np_field_mask(np_kind kind, const size_t *offs, size_t n);
+/* np_record_decode() with POOL's values; IDS may be NULL (no ids). */
+int np_record_decode_shared(np_kind kind, np_record *rec,
+			    const char *const *ids, const char *data,
+			    size_t len, int version, const np_shared *pool,
+			    char **err);
+/* Give REC's pooled strings back to POOL (str_put) and set them NULL:
+ * what np_record_clear() may then free is REC's own. */
+void np_record_unshare(np_kind kind, np_record *rec, const np_shared *pool);
 /* A copy of SRC's members (not of the document it was read from: no raw)
  * that is what decoding np_record_encode(SRC) gives, without the
  * encoding and decoding; the version too. Its JSON values (user_data,

@@ -350,6 +350,8 @@ struct zkc {
 	size_t json_live;
 	/* interned strings of records (keys only, counted references) */
 	struct table strs;
+	/* what the decoder takes from these pools: nodes, requests */
+	np_shared shared_node, shared_request;
 
 	struct item *head, *tail;
 	size_t qlen;
@@ -659,6 +661,28 @@ static void str_release(zkc *c, char *s)
 	}
 }
 
+/* The decoder's pool of strings (np_shared): the pool's copy of the LEN
+ * bytes of TEXT, a new reference, without a copy of the decoder's own
+ * to intern and free. */
+static char *str_shared(void *ctx, const char *text, size_t len)
+{
+	zkc *c = ctx;
+	struct ent *e;
+
+	if (memchr(text, '\0', len))
+		len = strlen(text); /* what a copy would have kept */
+	e = tab_findn(&c->strs, text, len);
+	if (!e)
+		e = tab_addn(&c->strs, text, len, W_STR);
+	e->nlock++;
+	return (char *)ent_key(e);
+}
+
+static void str_shared_put(void *ctx, char *s)
+{
+	str_release(ctx, s);
+}
+
 /* A string list with room for exactly its strings. */
 static void list_fit(strlist *l)
 {
@@ -673,19 +697,21 @@ static void list_fit(strlist *l)
 	l->cap = l->n;
 }
 
-/* Pool the strings of REC (kind WHAT), which is about to live in E. */
-static void obj_intern(zkc *c, int what, void *rec, struct ent *e)
+/* Pool the strings of REC (kind WHAT), which is about to live in E;
+ * SHARED: the decoder took them from the pool already (np_shared). */
+static void obj_intern(zkc *c, int what, void *rec, struct ent *e,
+		       bool shared)
 {
 	struct pooled p = pooled_of(what);
 
-	for (size_t i = 0; i < p.nstrs; i++) {
+	for (size_t i = 0; !shared && i < p.nstrs; i++) {
 		char **s = AT(rec, p.strs[i], char *);
 		if (*s)
 			*s = str_intern(c, *s);
 	}
 	for (size_t i = 0; i < p.nlists; i++) {
 		strlist *l = AT(rec, p.lists[i], strlist);
-		for (size_t j = 0; j < l->n; j++)
+		for (size_t j = 0; !shared && j < l->n; j++)
 			l->v[j] = str_intern(c, l->v[j]);
 		list_fit(l);
 	}
@@ -769,15 +795,18 @@ static int decode(zkc *c, int what, const char *rel, const char *data,
 
 	segs_split(rel, &s);
 	switch (what) {
-	case ZKC_NODE:
-		rc = np_record_decode_pooled(NP_KIND_NODE, (np_record *)&o->node,
-					     &rel, data, (size_t)len, st->version,
-					     json_pooled, c, err);
+	case ZKC_NODE: /* no id: the entry's key is (obj_intern) */
+		rc = np_record_decode_shared(NP_KIND_NODE, (np_record *)&o->node,
+					     NULL, data, (size_t)len,
+					     st->version, &c->shared_node, err);
 		raw = &o->node.raw;
 		version = &o->node.version;
 		break;
 	case ZKC_REQUEST:
-		rc = np_request_decode(&o->request, rel, data, (size_t)len, err);
+		rc = np_record_decode_shared(NP_KIND_REQUEST,
+					     (np_record *)&o->request, NULL,
+					     data, (size_t)len, st->version,
+					     &c->shared_request, err);
 		raw = &o->request.raw;
 		version = &o->request.version;
 		break;
@@ -967,7 +996,7 @@ static void apply_data(zkc *c, const char *rel, int what, const char *data,
 		e = tab_add(&c->tab, rel, what);
 		e->gen = gen;
 	}
-	obj_intern(c, what, &o, e);
+	obj_intern(c, what, &o, e, !given);
 	had = e->has_obj;
 	if (had)
 		memcpy(&old, ent_obj(e), obj_size(what));
@@ -1952,6 +1981,16 @@ zkc *zkc_new(zk *z, enum zkc_tree tree)
 	c->rootlen = strlen(c->root);
 	c->gen = 1;
 	c->min_stamp = 1;
+	c->shared_node = (np_shared){
+		json_pooled, str_shared, str_shared_put,
+		np_field_mask(NP_KIND_NODE, node_strs, NELEM(node_strs)) |
+		np_field_mask(NP_KIND_NODE, node_lists, NELEM(node_lists)), c };
+	c->shared_request = (np_shared){
+		NULL, str_shared, str_shared_put,
+		np_field_mask(NP_KIND_REQUEST, request_strs,
+			      NELEM(request_strs)) |
+		np_field_mask(NP_KIND_REQUEST, request_lists,
+			      NELEM(request_lists)), c };
 	zk_add_state_listener(z, on_state, c);
 	if (zk_state(z) == ZK_STATE_CONNECTED)
 		start(c);

@@ -4,6 +4,7 @@
 #include "testlib.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -252,6 +253,107 @@ static json_t *test_pool_fn(void *ctx, const char *text, size_t len)
 	p->text[p->n] = strndup(text, len);
 	p->v[p->n] = np_json_nested(text, len);
 	return json_incref(p->v[p->n++]);
+}
+
+/* The string pool given to np_record_decode_shared: one counted copy of
+ * each text, so a member taken from it is that very pointer. */
+struct test_strs {
+	char *s[16];
+	int refs[16];
+	int n, gets;
+};
+
+static char *test_str_get(void *ctx, const char *text, size_t len)
+{
+	struct test_strs *p = ctx;
+	int i;
+
+	p->gets++;
+	for (i = 0; i < p->n; i++)
+		if (strlen(p->s[i]) == len && memcmp(p->s[i], text, len) == 0)
+			break;
+	if (i == p->n)
+		p->s[p->n++] = strndup(text, len);
+	p->refs[i]++;
+	return p->s[i];
+}
+
+static void test_str_put(void *ctx, char *s)
+{
+	struct test_strs *p = ctx;
+
+	for (int i = 0; i < p->n; i++)
+		if (p->s[i] == s)
+			p->refs[i]--;
+}
+
+static int test_strs_refs(const struct test_strs *p)
+{
+	int n = 0;
+
+	for (int i = 0; i < p->n; i++)
+		n += p->refs[i];
+	return n;
+}
+
+TEST(decoding_with_shared_strings)
+{
+	static const size_t offs[] = { offsetof(np_node, state),
+				       offsetof(np_node, provider),
+				       offsetof(np_node, username),
+				       offsetof(np_node, type) };
+	/* The reader's document; one with an escape, which jansson reads;
+	 * one that is not JSON at all. */
+	const char *doc = "{\"state\": \"ready\", \"provider\": \"p1\", "
+		"\"hostname\": \"h\", \"type\": [\"l1\", \"l2\"]}";
+	const char *esc = "{\"state\": \"re\\u0061dy\", \"provider\": \"p1\", "
+		"\"type\": \"l1\"}";
+	const char *bad = "{\"state\": \"ready\", \"provider\": }";
+	struct test_strs strs = { 0 };
+	np_shared sh = { NULL, test_str_get, test_str_put, 0, &strs };
+	np_record a, b, plain;
+	char *ea, *ep, *err = NULL;
+	const char *id = "0000000001";
+
+	sh.strs = np_field_mask(NP_KIND_NODE, offs, 4);
+	REQUIRE(np_record_decode_shared(NP_KIND_NODE, &a, NULL, doc,
+					strlen(doc), 2, &sh, &err) == 0);
+	REQUIRE(np_record_decode_shared(NP_KIND_NODE, &b, &id, esc,
+					strlen(esc), 2, &sh, &err) == 0);
+	/* state, provider, username's default and two labels; then the
+	 * same four members through jansson (one label). */
+	CHECK_INT(strs.gets, 9);
+	CHECK_INT(test_strs_refs(&strs), 9);
+	CHECK(a.node.state == b.node.state);
+	CHECK(a.node.provider == b.node.provider);
+	CHECK(a.node.username == b.node.username);
+	CHECK(a.node.type.v[0] == b.node.type.v[0]);
+	CHECK(a.node.id == NULL);
+	CHECK_STR(b.node.id, "0000000001");
+	CHECK_STR(a.node.hostname, "h"); /* not shared: its own */
+	/* The same record as a decode without the pool. */
+	REQUIRE(np_record_decode(NP_KIND_NODE, &plain, NULL, doc, strlen(doc),
+				 2, &err) == 0);
+	ea = np_record_encode(NP_KIND_NODE, &a);
+	ep = np_record_encode(NP_KIND_NODE, &plain);
+	CHECK_STR(ea, ep);
+	free(ea);
+	free(ep);
+	np_record_unshare(NP_KIND_NODE, &a, &sh);
+	np_record_unshare(NP_KIND_NODE, &b, &sh);
+	CHECK_INT(test_strs_refs(&strs), 0);
+	CHECK(a.node.state == NULL && a.node.type.n == 0);
+	np_record_clear(NP_KIND_NODE, &a);
+	np_record_clear(NP_KIND_NODE, &b);
+	np_record_clear(NP_KIND_NODE, &plain);
+	/* An error after some strings were taken gives them all back. */
+	CHECK(np_record_decode_shared(NP_KIND_NODE, &a, NULL, bad, strlen(bad),
+				      0, &sh, &err) < 0);
+	CHECK(err != NULL);
+	free(err);
+	CHECK_INT(test_strs_refs(&strs), 0);
+	for (int i = 0; i < strs.n; i++)
+		free(strs.s[i]);
 }
 
 TEST(decoding_with_a_pool)
