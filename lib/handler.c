@@ -993,7 +993,8 @@ typedef struct completion {
 	} *steps;
 	char *id;
 	char *logger;
-	np_record **recs;   /* per op: a set's record for its cache, or NULL */
+	np_record **recs;   /* per op: np_record_pack() of a set's record
+			     * for its cache, or NULL */
 	np_kind *kinds;
 } completion;
 
@@ -1004,9 +1005,7 @@ static void completion_unref(completion *c)
 	for (int i = 0; i < c->n; i++) {
 		free((char *)c->ops[i].path);
 		free((char *)c->ops[i].data);
-		if (c->recs[i])
-			np_record_clear(c->kinds[i], c->recs[i]);
-		free(c->recs[i]);
+		np_record_pack_free(c->kinds[i], c->recs[i]);
 	}
 	free(c->recs);
 	free(c->kinds);
@@ -1111,13 +1110,14 @@ static void completion_done(zk *z, int rc, void *arg)
 	for (int i = 0; !c->noted && i < c->n; i++) {
 		if (c->ops[i].type != ZK_OP_SET)
 			continue;
-		if (c->recs[i])
+		if (c->recs[i]) {
 			zkc_write_done_record(launcher_cache_of(c->l,
 								c->ops[i].path),
 					      c->ops[i].path, rc,
 					      &c->ops[i].stat, c->kinds[i],
 					      c->recs[i]);
-		else
+			c->recs[i] = NULL; /* taken */
+		} else
 			zkc_write_done(launcher_cache_of(c->l, c->ops[i].path),
 				       c->ops[i].path, rc, c->ops[i].data,
 				       c->ops[i].len, &c->ops[i].stat);
@@ -1154,13 +1154,8 @@ static void completion_add(completion *c, enum zk_op_type type,
 	op->len = data ? (int)strlen(data) : 0;
 	op->version = -1;
 	c->kinds[c->n] = kind;
-	if (rec) {
-		c->recs[c->n] = xmalloc(sizeof(np_record));
-		if (!np_record_copy(kind, c->recs[c->n], rec)) {
-			free(c->recs[c->n]);
-			c->recs[c->n] = NULL;
-		}
-	}
+	if (rec)
+		c->recs[c->n] = np_record_pack(kind, rec);
 	c->n++;
 }
 

@@ -325,7 +325,8 @@ typedef struct own_set {
 	char *data;         /* for the cache, without a record */
 	int len;
 	np_kind kind;
-	np_record *rec;     /* for the cache: the record written */
+	np_record *rec;     /* for the cache: np_record_pack() of the record
+			     * written, which it takes */
 	zk_stat_fn cb;
 	void *arg;
 } own_set;
@@ -354,7 +355,6 @@ static void own_set_done(zk *z, int rc, const zk_stat *st, void *arg)
 	else
 		zkc_write_done_owned(launcher_cache_of(o->l, o->path), o->path,
 				     rc, o->data, o->len, st);
-	free(o->rec);
 	free(o->path);
 	free(o);
 }
@@ -370,13 +370,8 @@ int launcher_aset_record(np_launcher *l, const char *path, const char *data,
 	o->l = l;
 	o->path = xstrdup(path);
 	o->kind = kind;
-	if (rec && c) {
-		o->rec = xmalloc(sizeof(*o->rec));
-		if (!np_record_copy(kind, o->rec, rec)) {
-			free(o->rec);
-			o->rec = NULL;
-		}
-	}
+	if (rec && c)
+		o->rec = np_record_pack(kind, rec);
 	if (!o->rec) {
 		o->data = xmalloc((size_t)len + 1);
 		memcpy(o->data, data, (size_t)len);
@@ -389,9 +384,7 @@ int launcher_aset_record(np_launcher *l, const char *path, const char *data,
 	rc = zk_aset(l->z, path, data, len, -1, own_set_done, o);
 	if (rc != ZOK) {
 		zkc_write_done(c, path, rc, NULL, 0, NULL);
-		if (o->rec)
-			np_record_clear(kind, o->rec);
-		free(o->rec);
+		np_record_pack_free(kind, o->rec);
 		free(o->path);
 		free(o->data);
 		free(o);

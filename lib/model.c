@@ -240,15 +240,73 @@ static void rec_clear(const struct field *tab, void *rec)
 
 static bool utf8_valid(const char *str, size_t len);
 
-/* SRC's members into DST (zeroed), as decoding SRC's encoding reads
- * them (see np_record_copy); false at the first member whose encoding
- * would not read back the same. */
-static bool rec_copy(const struct field *tab, void *dst, const void *src)
+/* Where rec_copy() puts a copy's strings and list vectors: each in an
+ * allocation of its own (no arena: what np_record_clear() frees), or
+ * all in one block (np_record_pack(): the vectors at VEC, the strings at
+ * STR), or nowhere (MEASURE: NVEC and NSTR count what a block needs).
+ * SHARED: the members it names take the pool's strings (np_shared). */
+struct arena {
+	bool measure;
+	char **vec;
+	char *str;
+	size_t nvec, nstr;
+	const np_shared *shared;
+};
+
+static char *arena_str(struct arena *a, const char *s, size_t len,
+		       bool shared)
 {
+	char *d;
+
+	if (!a)
+		return xstrndup(s, len);
+	if (a->measure) {
+		a->nstr += len + 1;
+		return NULL;
+	}
+	if (shared)
+		return a->shared->str(a->shared->ctx, s, len);
+	if (!a->str)
+		return xstrndup(s, len);
+	d = a->str;
+	memcpy(d, s, len);
+	d[len] = '\0';
+	a->str += len + 1;
+	return d;
+}
+
+/* Room for N string pointers (N > 0). */
+static char **arena_vec(struct arena *a, size_t n)
+{
+	char **v;
+
+	if (a && a->measure) {
+		a->nvec += n;
+		return NULL;
+	}
+	if (!a || !a->vec)
+		return xmalloc(n * sizeof(char *));
+	v = a->vec;
+	a->vec += n;
+	return v;
+}
+
+/* SRC's members into DST (zeroed), as decoding SRC's encoding reads
+ * them (see np_record_copy), their strings where ARENA says; false at
+ * the first member whose encoding would not read back the same. */
+static bool rec_copy(const struct field *tab, void *dst, const void *src,
+		     struct arena *a)
+{
+	uint64_t strs = a && a->shared ? a->shared->strs : 0;
+	bool measure = a && a->measure;
+
 	for (const struct field *f = tab; f->key; f++) {
+		bool shared = f - tab < 64 && (strs >> (f - tab) & 1);
 		const char *s;
 		const strlist *l;
+		strlist *dl;
 		const json_t *v;
+		char **vec;
 		size_t len;
 
 		switch (f->kind) {
@@ -260,7 +318,7 @@ static bool rec_copy(const struct field *tab, void *dst, const void *src)
 			len = strlen(s);
 			if (!utf8_valid(s, len))
 				return false; /* not written */
-			*MEMBER(dst, f, char *) = xstrndup(s, len);
+			*MEMBER(dst, f, char *) = arena_str(a, s, len, shared);
 			break;
 		case F_NUM:
 			if (isinf(*CMEMBER(src, f, double)))
@@ -277,25 +335,35 @@ static bool rec_copy(const struct field *tab, void *dst, const void *src)
 		case F_LIST:
 		case F_LABELS:
 			l = CMEMBER(src, f, strlist);
+			dl = MEMBER(dst, f, strlist);
+			if (!l->n)
+				break;
+			vec = arena_vec(a, l->n);
+			if (!measure) {
+				dl->v = vec;
+				dl->cap = l->n;
+			}
 			for (size_t i = 0; i < l->n; i++) {
 				len = strlen(l->v[i]);
 				if (!utf8_valid(l->v[i], len))
 					return false; /* left out */
-				strlist_add_owned(MEMBER(dst, f, strlist),
-						  xstrndup(l->v[i], len));
+				s = arena_str(a, l->v[i], len, shared);
+				if (!measure)
+					dl->v[dl->n++] = (char *)s;
 			}
 			break;
 		case F_FORMATS:
 			return false; /* builds: written sorted and joined */
 		case F_JSON: /* null reads as no value; shared, see model.h */
 			v = *CMEMBER(src, f, json_t *);
-			if (v && !json_is_null(v))
+			if (v && !json_is_null(v) && !measure)
 				*MEMBER(dst, f, json_t *) = json_incref((json_t *)v);
 			break;
 		case F_PORT: /* no value is written, and read, as null */
 			v = *CMEMBER(src, f, json_t *);
-			*MEMBER(dst, f, json_t *) = v ? json_incref((json_t *)v) :
-							json_null();
+			if (!measure)
+				*MEMBER(dst, f, json_t *) =
+					v ? json_incref((json_t *)v) : json_null();
 			break;
 		case F_SSHPORT: /* written as connection_port, not read */
 			break;
@@ -1824,22 +1892,78 @@ void np_record_unshare(np_kind kind, np_record *rec, const np_shared *pool)
 	rec_shared(rec_types[kind].fields, rec, pool, false);
 }
 
-bool np_record_copy(np_kind kind, np_record *dst, const np_record *src)
+/* np_record_copy() with its strings where ARENA says; an arena with a
+ * pool copies no ids. False with DST zeroed (not cleared: a measure). */
+static bool type_copy(int kind, void *dst, const void *src,
+		      struct arena *a)
 {
 	const struct rec_type *t = &rec_types[kind];
 
 	memset(dst, 0, t->size);
 	*AT(dst, t->version, int) = *AT(src, t->version, int);
-	if (!rec_copy(t->fields, dst, src)) {
-		type_clear(kind, dst);
+	if (!rec_copy(t->fields, dst, src, a)) {
+		if (a && a->shared)
+			rec_shared(t->fields, dst, a->shared, false);
+		if (!a || !a->measure)
+			type_clear(kind, dst);
 		return false;
 	}
-	for (size_t i = 0; i < t->nids; i++) {
+	for (size_t i = 0; i < t->nids && !(a && a->shared); i++) {
 		const char *id = *AT(src, t->ids[i], char *);
 
-		*AT(dst, t->ids[i], char *) = id ? xstrdup(id) : NULL;
+		if (id)
+			*AT(dst, t->ids[i], char *) = arena_str(a, id,
+								strlen(id),
+								false);
 	}
 	return true;
+}
+
+bool np_record_copy(np_kind kind, np_record *dst, const np_record *src)
+{
+	return type_copy(kind, dst, src, NULL);
+}
+
+/* The block: the record, its list vectors, its strings. */
+np_record *np_record_pack(np_kind kind, const np_record *src)
+{
+	const struct rec_type *t = &rec_types[kind];
+	struct arena a = { .measure = true };
+	np_record scratch, *rec;
+	size_t head = (t->size + sizeof(char *) - 1) / sizeof(char *) *
+		      sizeof(char *);
+
+	if (!type_copy(kind, &scratch, src, &a))
+		return NULL;
+	rec = xmalloc(head + a.nvec * sizeof(char *) + a.nstr);
+	a.measure = false;
+	a.vec = (char **)(void *)((char *)rec + head);
+	a.str = (char *)(a.vec + a.nvec);
+	type_copy(kind, rec, src, &a);
+	return rec;
+}
+
+void np_record_pack_free(np_kind kind, np_record *packed)
+{
+	const struct field *tab;
+
+	if (!packed)
+		return;
+	/* The strings and vectors are the block's: only the JSON values
+	 * are references of its own. */
+	tab = rec_types[kind].fields;
+	for (const struct field *f = tab; f->key; f++)
+		if (f->kind == F_JSON || f->kind == F_PORT)
+			json_decref(*MEMBER(packed, f, json_t *));
+	free(packed);
+}
+
+bool np_record_unpack(np_kind kind, np_record *dst, const np_record *packed,
+		      const np_shared *pool)
+{
+	struct arena a = { .shared = pool };
+
+	return type_copy(kind, dst, packed, &a);
 }
 
 json_t *np_json_nested(const char *text, size_t len)

@@ -278,6 +278,18 @@ void np_record_unshare(np_kind kind, np_record *rec, const np_shared *pool);
  * for a record whose encoding leaves something out (a string that is not
  * valid UTF-8, an infinite time) or that is a build: decode then. */
 bool np_record_copy(np_kind kind, np_record *dst, const np_record *src);
+/* np_record_copy() in one allocation: the record, its strings and its
+ * string lists' vectors in one block, its JSON values shared. For a copy
+ * that is only read and then dropped (our own writes handed to the
+ * caches): nothing in it may be replaced or freed on its own. NULL where
+ * np_record_copy() fails. Freed with np_record_pack_free() (NULL: no-op). */
+np_record *np_record_pack(np_kind kind, const np_record *src);
+void np_record_pack_free(np_kind kind, np_record *packed);
+/* np_record_copy() of a packed record into DST with POOL's strings for
+ * the members it names (see np_shared) and no ids; its owner gives them
+ * back with np_record_unshare(). */
+bool np_record_unpack(np_kind kind, np_record *dst, const np_record *packed,
+		      const np_shared *pool);
 /* The array or object TEXT (LEN bytes) as jansson reads it, or NULL. */
 json_t *np_json_nested(const char *text, size_t len);
 char *np_record_encode(np_kind kind, const np_record *rec);

@@ -49,9 +49,7 @@ static void record(np_nodelaunch *nl, const char *result)
 /* The building record's copy, if the node cache did not take it. */
 static void drop_building_rec(np_nodelaunch *nl)
 {
-	if (nl->building_rec)
-		np_record_clear(NP_KIND_NODE, nl->building_rec);
-	free(nl->building_rec);
+	np_record_pack_free(NP_KIND_NODE, nl->building_rec);
 	nl->building_rec = NULL;
 }
 
@@ -71,15 +69,12 @@ static void created_to_cache(np_nodelaunch *nl, int rc, const char *path,
 {
 	zkc_create_done_record(launcher_nodes(nl->l), path, rc, st,
 			       NP_KIND_NODE, nl->created_rec);
-	free(nl->created_rec);
-	nl->created_rec = NULL;
+	nl->created_rec = NULL; /* taken */
 }
 
 static void nl_free(np_nodelaunch *nl)
 {
-	if (nl->created_rec)
-		np_record_clear(NP_KIND_NODE, nl->created_rec);
-	free(nl->created_rec);
+	np_record_pack_free(NP_KIND_NODE, nl->created_rec);
 	drop_building_rec(nl);
 	free(nl->wjson);
 	forget_building(nl);
@@ -658,11 +653,12 @@ static void build_done(np_nodelaunch *nl, int rc)
 	path = np_path_node(nl->node.id);
 	if (rc == ZOK && nl->lock && nl->building_json &&
 	    zk_lock_fresh_stat(nl->lock, 0, &st)) {
-		if (nl->building_rec)
+		if (nl->building_rec) {
 			zkc_write_done_record(launcher_nodes(nl->l), path, ZOK,
 					      &st, NP_KIND_NODE,
 					      nl->building_rec);
-		else
+			nl->building_rec = NULL; /* taken */
+		} else
 			zkc_write_done(launcher_nodes(nl->l), path, ZOK,
 				       nl->building_json,
 				       (int)strlen(nl->building_json), &st);
@@ -723,12 +719,8 @@ static void lock_and_build(np_nodelaunch *nl)
 	path = np_path_node(nl->node.id);
 	nl->building_json = np_node_encode(&nl->node);
 	drop_building_rec(nl);
-	nl->building_rec = xmalloc(sizeof(*nl->building_rec));
-	if (!np_record_copy(NP_KIND_NODE, nl->building_rec,
-			    (const np_record *)&nl->node)) {
-		free(nl->building_rec);
-		nl->building_rec = NULL;
-	}
+	nl->building_rec = np_record_pack(NP_KIND_NODE,
+					  (const np_record *)&nl->node);
 	nl->building_image = nl->node.image_id ? xstrdup(nl->node.image_id) :
 			     NULL;
 	op.path = path;
@@ -818,12 +810,8 @@ static void create_node(np_nodelaunch *nl)
 		       (int)strlen(json), ZK_SEQUENTIAL, node_created, nl) == ZOK) {
 		nl->busy++;
 		/* The cache takes this for the node instead of reading it. */
-		nl->created_rec = xmalloc(sizeof(*nl->created_rec));
-		if (!np_record_copy(NP_KIND_NODE, nl->created_rec,
-				    (const np_record *)&nl->node)) {
-			free(nl->created_rec);
-			nl->created_rec = NULL;
-		}
+		nl->created_rec = np_record_pack(NP_KIND_NODE,
+						 (const np_record *)&nl->node);
 		zkc_create_begin(launcher_nodes(nl->l));
 	} else {
 		fail_unstored(nl, "session closing");

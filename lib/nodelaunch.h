@@ -61,10 +61,12 @@ struct np_nodelaunch {
 	bool wrote_progress;     /* external id written before the scan */
 	char *building_json;     /* what the lock's multi wrote, until the
 				  * first attempt */
-	np_record *building_rec; /* a copy of the record building_json holds,
-				  * for the node cache (build_done) */
-	np_record *created_rec;  /* a copy of the record the node's create
-				  * wrote, for the node cache (node_created) */
+	np_record *building_rec; /* np_record_pack() of the record
+				  * building_json holds, for the node cache
+				  * (build_done) */
+	np_record *created_rec;  /* np_record_pack() of the record the node's
+				  * create wrote, for the node cache
+				  * (node_created) */
 	char *building_image;    /* its image_id */
 	bool build_pending;      /* the node cache awaits that write */
 	bool final_deferred;     /* ready: the handler's completion writes it */

@@ -317,7 +317,8 @@ struct item {
 	zk_stat st;
 	const char *data;   /* OP_FETCH: reply (borrowed while being applied) */
 	int len;
-	union obj *given;   /* OP_FETCH: our own write's record, not decoded */
+	np_record *given;   /* OP_FETCH: our own write's record, not decoded
+			     * (np_record_pack()) */
 	const strlist *kids; /* OP_LIST: reply */
 	strlist kids_copy;
 	char rel[];         /* path below the root */
@@ -638,18 +639,6 @@ static struct pooled pooled_of(int what)
 	return p;
 }
 
-/* Takes S; returns the pool's copy. */
-static char *str_intern(zkc *c, char *s)
-{
-	struct ent *e = tab_find(&c->strs, s);
-
-	if (!e)
-		e = tab_add(&c->strs, s, W_STR);
-	e->nlock++;
-	free(s);
-	return (char *)ent_key(e);
-}
-
 static void str_release(zkc *c, char *s)
 {
 	/* S is the key of its pool entry, which starts the entry's body. */
@@ -661,9 +650,10 @@ static void str_release(zkc *c, char *s)
 	}
 }
 
-/* The decoder's pool of strings (np_shared): the pool's copy of the LEN
- * bytes of TEXT, a new reference, without a copy of the decoder's own
- * to intern and free. */
+/* The cache's pool of strings as the decoder and np_record_unpack()
+ * take it (np_shared): the pool's copy of the LEN bytes of TEXT, a new
+ * reference; a record's strings never go through copies of their own
+ * to be interned and freed. */
 static char *str_shared(void *ctx, const char *text, size_t len)
 {
 	zkc *c = ctx;
@@ -697,24 +687,14 @@ static void list_fit(strlist *l)
 	l->cap = l->n;
 }
 
-/* Pool the strings of REC (kind WHAT), which is about to live in E;
- * SHARED: the decoder took them from the pool already (np_shared). */
-static void obj_intern(zkc *c, int what, void *rec, struct ent *e,
-		       bool shared)
+/* REC (kind WHAT), its strings the pool's already (decoded or
+ * unpacked with np_shared), is about to live in E. */
+static void obj_intern(zkc *c, int what, void *rec, struct ent *e)
 {
 	struct pooled p = pooled_of(what);
 
-	for (size_t i = 0; !shared && i < p.nstrs; i++) {
-		char **s = AT(rec, p.strs[i], char *);
-		if (*s)
-			*s = str_intern(c, *s);
-	}
-	for (size_t i = 0; i < p.nlists; i++) {
-		strlist *l = AT(rec, p.lists[i], strlist);
-		for (size_t j = 0; !shared && j < l->n; j++)
-			l->v[j] = str_intern(c, l->v[j]);
-		list_fit(l);
-	}
+	for (size_t i = 0; i < p.nlists; i++)
+		list_fit(AT(rec, p.lists[i], strlist));
 	for (size_t i = 0; i < p.nfit; i++)
 		list_fit(AT(rec, p.fit[i], strlist));
 	if (p.id != SIZE_MAX) {
@@ -916,15 +896,27 @@ static bool given_done(zkc *c, int what, union obj *o,
 #undef PREV
 }
 
-static void given_free(int what, union obj *o)
+static np_kind kind_of(int what)
 {
-	if (!o)
-		return;
-	if (what == ZKC_NODE)
-		np_node_clear(&o->node);
-	else
-		np_request_clear(&o->request);
-	free(o);
+	return what == ZKC_NODE ? NP_KIND_NODE : NP_KIND_REQUEST;
+}
+
+static void given_free(int what, np_record *given)
+{
+	np_record_pack_free(kind_of(what), given);
+}
+
+/* Our own write's record (packed) as the cache keeps it: its strings
+ * the pool's (no ids: the entry's key is). False when the copy fails
+ * (packing checked it: never). */
+static bool given_unpack(zkc *c, int what, union obj *o, np_record *given)
+{
+	bool ok = np_record_unpack(kind_of(what), (np_record *)o, given,
+				   what == ZKC_NODE ? &c->shared_node :
+						      &c->shared_request);
+
+	given_free(what, given);
+	return ok;
 }
 
 /* ---- applying changes ---- */
@@ -960,7 +952,7 @@ static void drop_obj(zkc *c, struct ent *e)
  * write's record GIVEN (taken) instead of its data. */
 static void apply_data(zkc *c, const char *rel, int what, const char *data,
 		       int len, const zk_stat *st, uint32_t gen,
-		       union obj *given)
+		       np_record *given)
 {
 	struct ent *e = tab_find(&c->tab, rel);
 	union obj o, old;
@@ -979,8 +971,11 @@ static void apply_data(zkc *c, const char *rel, int what, const char *data,
 		return; /* not newer than what we have */
 	}
 	if (given) {
-		memcpy(&o, given, obj_size(what));
-		free(given);
+		if (!given_unpack(c, what, &o, given)) {
+			if (e)
+				drop_obj(c, e);
+			return;
+		}
 		whole = given_done(c, what, &o,
 				   e && e->has_obj ? ent_obj(e) : NULL, st);
 	} else if (decode(c, what, rel, data, len, st, &o, &whole, &err) < 0) {
@@ -996,7 +991,7 @@ static void apply_data(zkc *c, const char *rel, int what, const char *data,
 		e = tab_add(&c->tab, rel, what);
 		e->gen = gen;
 	}
-	obj_intern(c, what, &o, e, !given);
+	obj_intern(c, what, &o, e);
 	had = e->has_obj;
 	if (had)
 		memcpy(&old, ent_obj(e), obj_size(what));
@@ -1725,7 +1720,7 @@ void zkc_write_begin(zkc *c, const char *path)
  * keep or free; GIVEN: the record written instead of DATA, taken. */
 static void write_done(zkc *c, const char *path, int rc, const char *data,
 		       int len, const zk_stat *st, char *owned,
-		       union obj *given, int given_what)
+		       np_record *given, int given_what)
 {
 	const char *rel = own_rel(c, path);
 	struct own **pp = rel ? own_slot(c, rel) : NULL;
@@ -1795,12 +1790,8 @@ void zkc_write_done_record(zkc *c, const char *path, int rc,
 			   const zk_stat *st, np_kind kind, np_record *rec)
 {
 	int what = kind == NP_KIND_NODE ? ZKC_NODE : ZKC_REQUEST;
-	union obj *given = xmalloc(sizeof(*given));
 
-	/* The record moves: REC is left zeroed (cleared). */
-	memcpy(given, rec, obj_size(what));
-	memset(rec, 0, obj_size(what));
-	write_done(c, path, rc, NULL, 0, st, NULL, given, what);
+	write_done(c, path, rc, NULL, 0, st, NULL, rec, what);
 }
 
 void zkc_create_begin(zkc *c)
@@ -1838,13 +1829,12 @@ void zkc_create_done_record(zkc *c, const char *path, int rc,
 	const char *rel = NULL;
 	struct own **pp;
 	struct item *it;
-	union obj *given = NULL;
+	np_record *given = NULL;
 
-	if (rec && kind == NP_KIND_NODE) {
-		given = xmalloc(sizeof(*given));
-		memcpy(given, rec, obj_size(ZKC_NODE));
-		memset(rec, 0, obj_size(ZKC_NODE));
-	}
+	if (kind == NP_KIND_NODE)
+		given = rec;
+	else
+		np_record_pack_free(kind, rec);
 	if (!c || c->closed) {
 		given_free(ZKC_NODE, given);
 		return;

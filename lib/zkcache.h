@@ -160,9 +160,9 @@ void zkc_write_done(zkc *c, const char *path, int rc, const char *data,
 void zkc_write_done_owned(zkc *c, const char *path, int rc, char *data,
 			  int len, const zk_stat *st);
 /* zkc_write_done() of a node or request write that hands over the record
- * written (KIND, one np_record_copy() made of what was encoded) instead
- * of its JSON: the cache keeps it rather than decoding what we encoded.
- * REC is taken (left zeroed); the cache frees what it does not keep. */
+ * written (KIND, np_record_pack() of what was encoded) instead of its
+ * JSON: the cache keeps it, its strings from the cache's pool, rather
+ * than decoding what we encoded. REC is taken and freed. */
 void zkc_write_done_record(zkc *c, const char *path, int rc,
 			   const zk_stat *st, np_kind kind, np_record *rec);
 
@@ -171,8 +171,8 @@ void zkc_write_done_record(zkc *c, const char *path, int rc,
  * name. zkc_create_begin() right after sending the create (never before:
  * a create refused at once has no reply), and for every create begun,
  * its zkc_create_done_record() from its callback, in reply order: PATH
- * the created znode and ST its stat when RC is ZOK, and REC (taken, left
- * zeroed; or NULL) the record written. The cache takes the record for
+ * the created znode and ST its stat when RC is ZOK, and REC (np_record_pack()
+ * of the record written, taken; or NULL). The cache takes the record for
  * the node created instead of reading it; a creation none of our creates
  * in flight made is read once they have all replied. */
 void zkc_create_begin(zkc *c);

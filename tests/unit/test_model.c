@@ -356,6 +356,58 @@ TEST(decoding_with_shared_strings)
 		free(strs.s[i]);
 }
 
+/* A packed copy is one allocation that encodes as the record does; its
+ * unpacked copy takes the pool's strings and no id; a record whose
+ * encoding leaves something out is not packed. */
+TEST(packed_copies)
+{
+	static const size_t offs[] = { offsetof(np_node, state),
+				       offsetof(np_node, type) };
+	const char *doc = "{\"state\": \"ready\", \"provider\": \"p1\", "
+		"\"type\": [\"l1\", \"l2\"], \"host_keys\": [\"k\"], "
+		"\"resources\": {\"cores\": 2}, \"zz\": 1}";
+	struct test_strs strs = { 0 };
+	np_shared sh = { NULL, test_str_get, test_str_put, 0, &strs };
+	np_record rec, un, *p;
+	char *e1, *e2, *err = NULL;
+	const char *id = "0000000007";
+
+	sh.strs = np_field_mask(NP_KIND_NODE, offs, 2);
+	REQUIRE(np_record_decode(NP_KIND_NODE, &rec, &id, doc, strlen(doc), 4,
+				 &err) == 0);
+	json_decref(rec.node.raw); /* what a copy leaves out anyway */
+	rec.node.raw = NULL;
+	REQUIRE((p = np_record_pack(NP_KIND_NODE, &rec)));
+	CHECK_STR(p->node.id, "0000000007");
+	CHECK_INT(p->node.version, 4);
+	CHECK(p->node.resources == rec.node.resources); /* shared */
+	e1 = np_record_encode(NP_KIND_NODE, &rec);
+	e2 = np_record_encode(NP_KIND_NODE, p);
+	CHECK_STR(e2, e1);
+	free(e2);
+	REQUIRE(np_record_unpack(NP_KIND_NODE, &un, p, &sh));
+	np_record_pack_free(NP_KIND_NODE, p);
+	CHECK(un.node.id == NULL);
+	CHECK_INT(strs.gets, 3); /* state, two labels */
+	CHECK(un.node.state == strs.s[0]);
+	CHECK_STR(un.node.host_keys.v[0], "k"); /* its own */
+	e2 = np_record_encode(NP_KIND_NODE, &un);
+	CHECK_STR(e2, e1);
+	free(e2);
+	free(e1);
+	np_record_unshare(NP_KIND_NODE, &un, &sh);
+	CHECK_INT(test_strs_refs(&strs), 0);
+	np_record_clear(NP_KIND_NODE, &un);
+	/* Not valid UTF-8: not written as it is, so not packed. */
+	free(rec.node.hostname);
+	rec.node.hostname = strdup("\xff");
+	CHECK(np_record_pack(NP_KIND_NODE, &rec) == NULL);
+	np_record_pack_free(NP_KIND_NODE, NULL);
+	np_record_clear(NP_KIND_NODE, &rec);
+	for (int i = 0; i < strs.n; i++)
+		free(strs.s[i]);
+}
+
 TEST(decoding_with_a_pool)
 {
 	const char *doc = "{\"state\": \"ready\", \"resources\": {\"cores\": 2, "

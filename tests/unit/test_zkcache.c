@@ -696,7 +696,7 @@ TEST(own_writes_given_as_records)
 	const char *doc = "{\"state\": \"testing\", \"provider\": \"p\", "
 		"\"resources\": {\"cores\": 2, \"ram\": 8192}, "
 		"\"user_data\": {\"zuul\": [1, 2]}, \"external_id\": \"e1\"}";
-	np_record rec, copy;
+	np_record rec, *copy;
 	const np_node *n;
 	zkc *c;
 
@@ -713,9 +713,8 @@ TEST(own_writes_given_as_records)
 			  &o), ZOK);
 	WAIT_FOR(e.loop, o.done);
 	CHECK_INT(o.rc, ZOK);
-	REQUIRE(np_record_copy(NP_KIND_NODE, &copy, &rec));
-	zkc_write_done_record(c, path, o.rc, &o.st, NP_KIND_NODE, &copy);
-	CHECK(copy.node.state == NULL && copy.node.resources == NULL);
+	REQUIRE((copy = np_record_pack(NP_KIND_NODE, &rec)));
+	zkc_write_done_record(c, path, o.rc, &o.st, NP_KIND_NODE, copy);
 	WAIT_FOR(e.loop, zkc_queue_len(c) == 0);
 	n = zkc_node(c, n1);
 	REQUIRE(n);
@@ -735,16 +734,16 @@ TEST(own_writes_given_as_records)
 	CHECK_INT(zk_aset(e.z, path, ready, (int)strlen(ready), -1, own_replied,
 			  &o), ZOK);
 	WAIT_FOR(e.loop, o.done);
-	REQUIRE(np_record_copy(NP_KIND_NODE, &copy, &rec));
-	zkc_write_done_record(c, path, ZBADVERSION, NULL, NP_KIND_NODE, &copy);
+	REQUIRE((copy = np_record_pack(NP_KIND_NODE, &rec)));
+	zkc_write_done_record(c, path, ZBADVERSION, NULL, NP_KIND_NODE, copy);
 	WAIT_FOR(e.loop, strcmp(zkc_node(c, n1)->state, "ready") == 0);
 	CHECK_STR(zkc_node(c, n1)->state, "ready");
 
 	/* Not a path of the cache, or no cache: freed. */
-	REQUIRE(np_record_copy(NP_KIND_NODE, &copy, &rec));
-	zkc_write_done_record(c, "/elsewhere/x", ZOK, &o.st, NP_KIND_NODE, &copy);
-	REQUIRE(np_record_copy(NP_KIND_NODE, &copy, &rec));
-	zkc_write_done_record(NULL, path, ZOK, &o.st, NP_KIND_NODE, &copy);
+	REQUIRE((copy = np_record_pack(NP_KIND_NODE, &rec)));
+	zkc_write_done_record(c, "/elsewhere/x", ZOK, &o.st, NP_KIND_NODE, copy);
+	REQUIRE((copy = np_record_pack(NP_KIND_NODE, &rec)));
+	zkc_write_done_record(NULL, path, ZOK, &o.st, NP_KIND_NODE, copy);
 
 	np_record_clear(NP_KIND_NODE, &rec);
 	zkc_free(c);
@@ -912,8 +911,7 @@ TEST(own_sequential_creates_are_not_read_back)
 	CHECK_INT(zkc_wait_ready(a.c, 10), ZOK);
 	REQUIRE(np_record_decode(NP_KIND_NODE, &rec, (const char *[]){ "x" },
 				 doc, strlen(doc), 0, &err) == 0);
-	a.rec = xmalloc(sizeof(*a.rec));
-	REQUIRE(np_record_copy(NP_KIND_NODE, a.rec, &rec));
+	REQUIRE((a.rec = np_record_pack(NP_KIND_NODE, &rec)));
 
 	/* Ours, with a record; ours, without; another client's between. */
 	z2 = test_zk_connect(e.loop, e.hosts, NULL, NULL);
@@ -949,8 +947,7 @@ TEST(own_sequential_creates_are_not_read_back)
 	zkc_create_done_record(a.c, NULL, ZNONODE, NULL, NP_KIND_NODE, NULL);
 	CHECK_INT(zkc_queue_len(a.c), 0);
 
-	np_record_clear(NP_KIND_NODE, &rec);
-	free(a.rec); /* its contents went to the cache */
+	np_record_clear(NP_KIND_NODE, &rec); /* a.rec: the cache's */
 	zk_close(z2);
 	zkc_free(a.c);
 	free(a.id);
