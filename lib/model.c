@@ -241,16 +241,16 @@ static void rec_clear(const struct field *tab, void *rec)
 static bool utf8_valid(const char *str, size_t len);
 
 /* Where rec_copy() puts a copy's strings and list vectors: each in an
- * allocation of its own (no arena: what np_record_clear() frees), or
- * all in one block (np_record_pack(): the vectors at VEC, the strings at
- * STR), or nowhere (MEASURE: NVEC and NSTR count what a block needs).
- * SHARED: the members it names take the pool's strings (np_shared). */
+ * allocation of its own (no arena, or no VEC and STR: what
+ * np_record_clear() frees), or all in one block (np_record_pack(): the
+ * vectors at VEC, the strings at STR). SHARED: the members it names take
+ * the pool's strings (np_shared). TRUSTED: the source was checked
+ * already (rec_measure() of it, or it is a packed record). */
 struct arena {
-	bool measure;
 	char **vec;
 	char *str;
-	size_t nvec, nstr;
 	const np_shared *shared;
+	bool trusted;
 };
 
 static char *arena_str(struct arena *a, const char *s, size_t len,
@@ -258,15 +258,9 @@ static char *arena_str(struct arena *a, const char *s, size_t len,
 {
 	char *d;
 
-	if (!a)
-		return xstrndup(s, len);
-	if (a->measure) {
-		a->nstr += len + 1;
-		return NULL;
-	}
 	if (shared)
 		return a->shared->str(a->shared->ctx, s, len);
-	if (!a->str)
+	if (!a || !a->str)
 		return xstrndup(s, len);
 	d = a->str;
 	memcpy(d, s, len);
@@ -280,10 +274,6 @@ static char **arena_vec(struct arena *a, size_t n)
 {
 	char **v;
 
-	if (a && a->measure) {
-		a->nvec += n;
-		return NULL;
-	}
 	if (!a || !a->vec)
 		return xmalloc(n * sizeof(char *));
 	v = a->vec;
@@ -291,22 +281,14 @@ static char **arena_vec(struct arena *a, size_t n)
 	return v;
 }
 
-/* SRC's members into DST (zeroed), as decoding SRC's encoding reads
- * them (see np_record_copy), their strings where ARENA says; false at
- * the first member whose encoding would not read back the same. */
-static bool rec_copy(const struct field *tab, void *dst, const void *src,
-		     struct arena *a)
+/* Whether rec_copy() of SRC succeeds (see there), and the list vector
+ * slots (*NVEC) and string bytes (*NSTR) a block copy of it takes. */
+static bool rec_measure(const struct field *tab, const void *src,
+			size_t *nvec, size_t *nstr)
 {
-	uint64_t strs = a && a->shared ? a->shared->strs : 0;
-	bool measure = a && a->measure;
-
 	for (const struct field *f = tab; f->key; f++) {
-		bool shared = f - tab < 64 && (strs >> (f - tab) & 1);
 		const char *s;
 		const strlist *l;
-		strlist *dl;
-		const json_t *v;
-		char **vec;
 		size_t len;
 
 		switch (f->kind) {
@@ -317,11 +299,63 @@ static bool rec_copy(const struct field *tab, void *dst, const void *src,
 				break;
 			len = strlen(s);
 			if (!utf8_valid(s, len))
+				return false;
+			*nstr += len + 1;
+			break;
+		case F_NUM:
+			if (isinf(*CMEMBER(src, f, double)))
+				return false;
+			break;
+		case F_LIST:
+		case F_LABELS:
+			l = CMEMBER(src, f, strlist);
+			*nvec += l->n;
+			for (size_t i = 0; i < l->n; i++) {
+				len = strlen(l->v[i]);
+				if (!utf8_valid(l->v[i], len))
+					return false;
+				*nstr += len + 1;
+			}
+			break;
+		case F_FORMATS:
+			return false;
+		default:
+			break;
+		}
+	}
+	return true;
+}
+
+/* SRC's members into DST (zeroed), as decoding SRC's encoding reads
+ * them (see np_record_copy), their strings where ARENA says; false at
+ * the first member whose encoding would not read back the same. */
+static bool rec_copy(const struct field *tab, void *dst, const void *src,
+		     struct arena *a)
+{
+	uint64_t strs = a && a->shared ? a->shared->strs : 0;
+	bool check = !(a && a->trusted);
+
+	for (const struct field *f = tab; f->key; f++) {
+		bool shared = f - tab < 64 && (strs >> (f - tab) & 1);
+		const char *s;
+		const strlist *l;
+		strlist *dl;
+		const json_t *v;
+		size_t len;
+
+		switch (f->kind) {
+		case F_STR:
+		case F_STR_OMIT:
+			s = *CMEMBER(src, f, char *);
+			if (!s)
+				break;
+			len = strlen(s);
+			if (check && !utf8_valid(s, len))
 				return false; /* not written */
 			*MEMBER(dst, f, char *) = arena_str(a, s, len, shared);
 			break;
 		case F_NUM:
-			if (isinf(*CMEMBER(src, f, double)))
+			if (check && isinf(*CMEMBER(src, f, double)))
 				return false; /* not written */
 			*MEMBER(dst, f, double) = *CMEMBER(src, f, double);
 			break;
@@ -338,32 +372,27 @@ static bool rec_copy(const struct field *tab, void *dst, const void *src,
 			dl = MEMBER(dst, f, strlist);
 			if (!l->n)
 				break;
-			vec = arena_vec(a, l->n);
-			if (!measure) {
-				dl->v = vec;
-				dl->cap = l->n;
-			}
+			dl->v = arena_vec(a, l->n);
+			dl->cap = l->n;
 			for (size_t i = 0; i < l->n; i++) {
 				len = strlen(l->v[i]);
-				if (!utf8_valid(l->v[i], len))
+				if (check && !utf8_valid(l->v[i], len))
 					return false; /* left out */
-				s = arena_str(a, l->v[i], len, shared);
-				if (!measure)
-					dl->v[dl->n++] = (char *)s;
+				dl->v[dl->n++] = arena_str(a, l->v[i], len,
+							   shared);
 			}
 			break;
 		case F_FORMATS:
 			return false; /* builds: written sorted and joined */
 		case F_JSON: /* null reads as no value; shared, see model.h */
 			v = *CMEMBER(src, f, json_t *);
-			if (v && !json_is_null(v) && !measure)
+			if (v && !json_is_null(v))
 				*MEMBER(dst, f, json_t *) = json_incref((json_t *)v);
 			break;
 		case F_PORT: /* no value is written, and read, as null */
 			v = *CMEMBER(src, f, json_t *);
-			if (!measure)
-				*MEMBER(dst, f, json_t *) =
-					v ? json_incref((json_t *)v) : json_null();
+			*MEMBER(dst, f, json_t *) = v ? json_incref((json_t *)v) :
+							json_null();
 			break;
 		case F_SSHPORT: /* written as connection_port, not read */
 			break;
@@ -1893,7 +1922,7 @@ void np_record_unshare(np_kind kind, np_record *rec, const np_shared *pool)
 }
 
 /* np_record_copy() with its strings where ARENA says; an arena with a
- * pool copies no ids. False with DST zeroed (not cleared: a measure). */
+ * pool copies no ids. False with DST cleared. */
 static bool type_copy(int kind, void *dst, const void *src,
 		      struct arena *a)
 {
@@ -1904,8 +1933,7 @@ static bool type_copy(int kind, void *dst, const void *src,
 	if (!rec_copy(t->fields, dst, src, a)) {
 		if (a && a->shared)
 			rec_shared(t->fields, dst, a->shared, false);
-		if (!a || !a->measure)
-			type_clear(kind, dst);
+		type_clear(kind, dst);
 		return false;
 	}
 	for (size_t i = 0; i < t->nids && !(a && a->shared); i++) {
@@ -1928,17 +1956,23 @@ bool np_record_copy(np_kind kind, np_record *dst, const np_record *src)
 np_record *np_record_pack(np_kind kind, const np_record *src)
 {
 	const struct rec_type *t = &rec_types[kind];
-	struct arena a = { .measure = true };
-	np_record scratch, *rec;
+	struct arena a = { .trusted = true };
+	size_t nvec = 0, nstr = 0;
 	size_t head = (t->size + sizeof(char *) - 1) / sizeof(char *) *
 		      sizeof(char *);
+	np_record *rec;
 
-	if (!type_copy(kind, &scratch, src, &a))
+	if (!rec_measure(t->fields, src, &nvec, &nstr))
 		return NULL;
-	rec = xmalloc(head + a.nvec * sizeof(char *) + a.nstr);
-	a.measure = false;
+	for (size_t i = 0; i < t->nids; i++) {
+		const char *id = *AT(src, t->ids[i], char *);
+
+		if (id)
+			nstr += strlen(id) + 1;
+	}
+	rec = xmalloc(head + nvec * sizeof(char *) + nstr);
 	a.vec = (char **)(void *)((char *)rec + head);
-	a.str = (char *)(a.vec + a.nvec);
+	a.str = (char *)(a.vec + nvec);
 	type_copy(kind, rec, src, &a);
 	return rec;
 }
@@ -1961,7 +1995,7 @@ void np_record_pack_free(np_kind kind, np_record *packed)
 bool np_record_unpack(np_kind kind, np_record *dst, const np_record *packed,
 		      const np_shared *pool)
 {
-	struct arena a = { .shared = pool };
+	struct arena a = { .shared = pool, .trusted = true };
 
 	return type_copy(kind, dst, packed, &a);
 }
