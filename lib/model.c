@@ -2589,13 +2589,19 @@ static const np_pystyle json_style = {
 
 char *np_json_dumps(const json_t *v, bool sort_keys)
 {
-	np_pystyle st = json_style;
 	sbuf sb;
 
-	st.sort_keys = sort_keys;
 	sbuf_init(&sb);
-	dump_value(&sb, v, &st);
+	np_json_dumps_sb(&sb, v, sort_keys);
 	return sbuf_detach(&sb);
+}
+
+void np_json_dumps_sb(sbuf *sb, const json_t *v, bool sort_keys)
+{
+	np_pystyle st = json_style;
+
+	st.sort_keys = sort_keys;
+	dump_value(sb, v, &st);
 }
 
 /* ---- ids and paths ---- */

@@ -305,6 +305,8 @@ json_t *np_json_strlist(const strlist *l);
  * separators, non-ASCII escaped as \uXXXX, floats as Python's repr.
  * Caller frees. */
 char *np_json_dumps(const json_t *v, bool sort_keys);
+/* The same appended to SB (a buffer kept for such texts). */
+void np_json_dumps_sb(sbuf *sb, const json_t *v, bool sort_keys);
 /* How np_py_format() writes a JSON value: Python's json.dumps and its
  * repr()/str() share the walk and differ in these. */
 typedef struct np_pystyle {

@@ -349,6 +349,7 @@ struct zkc {
 	/* interned JSON values: their compact text -> the shared value */
 	struct table json;
 	size_t json_live;
+	sbuf text;             /* a value's text, to look it up */
 	/* interned strings of records (keys only, counted references) */
 	struct table strs;
 	/* what the decoder takes from these pools: nodes, requests */
@@ -490,24 +491,23 @@ static void json_intern(zkc *c, json_t **slot)
 {
 	json_t *v = *slot;
 	struct ent *e;
-	char *text;
 
 	if (!v || !(json_is_object(v) || json_is_array(v) || json_is_integer(v)) ||
 	    v->refcount > 1)
 		return;
-	text = np_json_dumps(v, false);
-	e = tab_find(&c->json, text);
+	c->text.len = 0;
+	np_json_dumps_sb(&c->text, v, false);
+	e = tab_findn(&c->json, c->text.buf, c->text.len);
 	if (e) {
 		json_t *shared = *(json_t **)ent_obj(e);
 		json_decref(v);
 		*slot = json_incref(shared);
 	} else {
 		json_prune(c);
-		e = tab_add(&c->json, text, W_JSON);
+		e = tab_addn(&c->json, c->text.buf, c->text.len, W_JSON);
 		*(json_t **)ent_obj(e) = json_incref(v);
 		e->has_obj = true;
 	}
-	free(text);
 }
 
 /* The reader's pool of a node's nested values (np_json_pool_fn), keyed
@@ -864,10 +864,9 @@ static void unshare(zkc *c, json_t **slot, const json_t *prev, bool pool)
 	}
 	if (pool && (json_is_object(v) || json_is_array(v) ||
 		     json_is_integer(v))) {
-		char *text = np_json_dumps(v, false);
-
-		e = tab_find(&c->json, text);
-		free(text);
+		c->text.len = 0;
+		np_json_dumps_sb(&c->text, v, false);
+		e = tab_findn(&c->json, c->text.buf, c->text.len);
 	}
 	*slot = e ? json_incref(*(json_t **)ent_obj(e)) : json_deep_copy(v);
 	json_decref(v);
@@ -2014,6 +2013,7 @@ void zkc_free(zkc *c)
 	tab_clear(c, &c->tab);
 	tab_clear(c, &c->json);
 	tab_clear(c, &c->strs);
+	sbuf_free(&c->text);
 	free(c->ls);
 	c->ls = NULL;
 	c->nls = 0;
