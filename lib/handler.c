@@ -996,7 +996,28 @@ typedef struct completion {
 	np_record **recs;   /* per op: np_record_pack() of a set's record
 			     * for its cache, or NULL */
 	np_kind *kinds;
+	/* OPS, RECS, KINDS, ID and LOGGER live in the completion's own
+	 * allocation, after it (completion_new). */
 } completion;
+
+/* A completion with room for MAX ops, the handler's id and logger
+ * copied: one allocation. */
+static completion *completion_new(size_t max, const char *id,
+				  const char *logger)
+{
+	size_t idn = strlen(id) + 1, ln = strlen(logger) + 1;
+	completion *c = xcalloc(1, sizeof(*c) + max * (sizeof(zk_op) +
+			sizeof(np_record *) + sizeof(np_kind)) + idn + ln);
+
+	c->ops = (zk_op *)(void *)(c + 1);
+	c->recs = (np_record **)(void *)(c->ops + max);
+	c->kinds = (np_kind *)(void *)(c->recs + max);
+	c->id = (char *)(c->kinds + max);
+	c->logger = c->id + idn;
+	memcpy(c->id, id, idn);
+	memcpy(c->logger, logger, ln);
+	return c;
+}
 
 static void completion_unref(completion *c)
 {
@@ -1007,13 +1028,8 @@ static void completion_unref(completion *c)
 		free((char *)c->ops[i].data);
 		np_record_pack_free(c->kinds[i], c->recs[i]);
 	}
-	free(c->recs);
-	free(c->kinds);
 	zk_ops_free(c->ops, c->n);
-	free(c->ops);
 	free(c->steps);
-	free(c->id);
-	free(c->logger);
 	free(c);
 }
 
@@ -1165,15 +1181,10 @@ static void completion_add(completion *c, enum zk_op_type type,
  * released: the multi deletes their contenders. */
 static void complete(np_handler *h)
 {
-	completion *c = xcalloc(1, sizeof(*c));
+	completion *c = completion_new(2 * h->nset + 2, h->id, h->logger);
 	const char *mine;
 
 	c->l = h->pw->l;
-	c->ops = xcalloc(2 * h->nset + 2, sizeof(*c->ops));
-	c->recs = xcalloc(2 * h->nset + 2, sizeof(*c->recs));
-	c->kinds = xcalloc(2 * h->nset + 2, sizeof(*c->kinds));
-	c->id = xstrdup(h->id);
-	c->logger = xstrdup(h->logger);
 	for (size_t i = 0; i < h->nset; i++) {
 		np_nodelaunch *nl = h->set[i];
 

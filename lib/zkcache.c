@@ -43,6 +43,8 @@
 #define WALK_WINDOW 1024 /* walk reads in flight: bounds the walk's memory */
 #define RETRY_MS 1000    /* a walk that failed with the session up */
 #define MAXSEG 8         /* path components below a root we ever look at */
+#define ITEM_REL 64      /* path bytes of an item kept for reuse */
+#define ITEM_SPARE 64    /* items kept for reuse, at most */
 
 /* Entry kinds besides the public enum zkc_what. */
 enum {
@@ -357,6 +359,11 @@ struct zkc {
 
 	struct item *head, *tail;
 	size_t qlen;
+	/* Freed items of ITEM_REL path bytes, for the next ones (each queued
+	 * change has one, so a request took some 17 allocations for them).
+	 * Poisoned while they wait (NP_POISON). */
+	struct item *spare;
+	size_t nspare;
 	struct item *borrowed; /* its reply data is the zk client's */
 	unsigned draining, iterating;
 	size_t inflight;       /* zk callbacks still to come */
@@ -1147,7 +1154,17 @@ static struct item *item_new(zkc *c, int op, int what, const char *rel,
 			     bool walk)
 {
 	size_t n = strlen(rel);
-	struct item *it = xcalloc(1, sizeof(*it) + n + 1);
+	struct item *it;
+
+	if (n < ITEM_REL && c->spare) {
+		it = c->spare;
+		NP_UNPOISON(it, sizeof(*it) + ITEM_REL);
+		c->spare = it->next;
+		c->nspare--;
+		memset(it, 0, sizeof(*it));
+	} else {
+		it = xcalloc(1, sizeof(*it) + (n < ITEM_REL ? ITEM_REL : n + 1));
+	}
 
 	memcpy(it->rel, rel, n + 1);
 	it->c = c;
@@ -1169,11 +1186,34 @@ static struct item *item_new(zkc *c, int op, int what, const char *rel,
 
 static void item_free(struct item *it)
 {
+	zkc *c = it->c;
+
 	if (it->data_owned)
 		free((char *)it->data);
 	given_free(it->what, it->given);
 	strlist_free(&it->kids_copy);
+	/* One of ITEM_REL path bytes goes back to its cache's spares. */
+	if (!c->closed && strlen(it->rel) < ITEM_REL &&
+	    c->nspare < ITEM_SPARE) {
+		it->next = c->spare;
+		c->spare = it;
+		c->nspare++;
+		NP_POISON(it, sizeof(*it) + ITEM_REL);
+		return;
+	}
 	free(it);
+}
+
+static void spares_free(zkc *c)
+{
+	while (c->spare) {
+		struct item *it = c->spare;
+
+		NP_UNPOISON(it, sizeof(*it) + ITEM_REL);
+		c->spare = it->next;
+		free(it);
+	}
+	c->nspare = 0;
 }
 
 /* Free an item whose callback came after zkc_free(), and the cache with
@@ -2014,6 +2054,7 @@ void zkc_free(zkc *c)
 	tab_clear(c, &c->json);
 	tab_clear(c, &c->strs);
 	sbuf_free(&c->text);
+	spares_free(c);
 	free(c->ls);
 	c->ls = NULL;
 	c->nls = 0;
