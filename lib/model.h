@@ -11,7 +11,9 @@
  * Zuul keeps private keys in these records and must not lose them.
  *
  * Ownership: every record owns its strings, lists and JSON values; *_clear
- * frees them. The `raw` member is what encoding needs of the document the
+ * frees them. Two exceptions, each with its own release: a packed copy
+ * (np_record_pack: one block, np_record_pack_free) and a record whose
+ * common strings are a pool's (np_shared: np_record_unshare first). The `raw` member is what encoding needs of the document the
  * record was decoded from (NULL for a record built in memory, or when the
  * document needs nothing kept): the unknown keys, in their order, and
  * whether a number was an integer. It is model.c's business only.
