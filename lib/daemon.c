@@ -152,6 +152,48 @@ void daemon_args_free(struct daemon_args *a)
 	memset(a, 0, sizeof(*a));
 }
 
+static int usage_error(const char *prog, const char *usage, sbuf *bad,
+		       const char *fmt, const char *what)
+{
+	fputs(usage, stderr);
+	fprintf(stderr, "%s: error: ", prog);
+	fprintf(stderr, fmt, what);
+	fputc('\n', stderr);
+	sbuf_free(bad);
+	return 2;
+}
+
+int daemon_bad_option(const char *prog, const char *usage, int c,
+		      char **argv, sbuf *bad)
+{
+	/* getopt has stepped past the bad word; optopt is a short option's
+	 * letter (a long option's is not what the user typed). */
+	const char *word = argv[optind - 1];
+	char opt[3] = { '-', (char)optopt, '\0' };
+	const char *name = strncmp(word, "--", 2) == 0 || !optopt ? word : opt;
+
+	if (c == 1)
+		name = optarg;
+	else if (c == ':')
+		return usage_error(prog, usage, bad,
+				   "argument %s: expected one argument", name);
+	sbuf_addf(bad, "%s%s", bad->len ? " " : "", name);
+	return 0;
+}
+
+int daemon_extra_args(const char *prog, const char *usage, int argc,
+		      char **argv, sbuf *bad)
+{
+	for (int i = optind; i < argc; i++)
+		sbuf_addf(bad, "%s%s", bad->len ? " " : "", argv[i]);
+	if (!bad->len) {
+		sbuf_free(bad);
+		return 0;
+	}
+	return usage_error(prog, usage, bad, "unrecognized arguments: %s",
+			   bad->buf);
+}
+
 /* ---- pidfile ---- */
 
 static char *pidfile_path;      /* the pidfile we hold, or NULL */

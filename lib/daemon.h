@@ -20,6 +20,7 @@
 #include <stdbool.h>
 
 #include "evloop.h"
+#include "util.h"
 
 /* Where a daemonised process logs without -l: <dir>/<app>.log. */
 #define DAEMON_LOG_DIR "/var/log/nodepool"
@@ -74,6 +75,22 @@ bool daemon_common_option(int c, const char *arg, struct daemon_args *a,
 /* A's paths into O (logconfig; pidfile unless NULL). */
 void daemon_args_apply(const struct daemon_args *a, struct daemon_opts *o);
 void daemon_args_free(struct daemon_args *a);
+
+/* argparse's errors for what getopt_long rejected. Its optstring must
+ * start with "-:": getopt then prints nothing, tells a missing value (':')
+ * from an unknown option ('?') and returns each positional as 1, in
+ * order, for argparse's message lists them in the order given. Call
+ * daemon_bad_option for each of those three and daemon_extra_args after
+ * the loop (for what follows "--"), with BAD initialised; each
+ * returns 2 (argparse's exit code) once it has printed USAGE (the usage
+ * lines) and "PROG: error: ..." to stderr, else 0. As argparse does, a
+ * missing value is reported at once, unknown options are gathered in BAD
+ * and reported with the positionals left over. BAD is freed either way by
+ * daemon_extra_args, and by daemon_bad_option when it returns 2. */
+int daemon_bad_option(const char *prog, const char *usage, int c,
+		      char **argv, sbuf *bad);
+int daemon_extra_args(const char *prog, const char *usage, int argc,
+		      char **argv, sbuf *bad);
 
 /* ---- pidfile ---- */
 

@@ -31,30 +31,39 @@
 #define DEFAULT_CONFIG "/etc/nodepool/nodepool.yaml"
 #define DEFAULT_PIDFILE "/var/run/nodepool/nodepool-builder.pid"
 
-static void usage(FILE *f)
+/* argparse's help and usage for upstream's parser (NodepoolApp's -l and
+ * --version, NodepoolDaemonApp's -p -d -f, the builder's -c -s
+ * --build-workers --upload-workers, in that order, with
+ * ArgumentDefaultsHelpFormatter), less --repl: a Python REPL we do not
+ * have. */
+#define USAGE \
+	"usage: nodepool-builder [-h] [-l LOGCONFIG] [--version] [-p PIDFILE] [-d] [-f]\n" \
+	"                        [-c CONFIG] [-s SECURE]\n" \
+	"                        [--build-workers BUILD_WORKERS]\n" \
+	"                        [--upload-workers UPLOAD_WORKERS]\n"
+
+static void help(void)
 {
-	fprintf(f,
-		"usage: nodepool-builder [-h] [-l LOGCONFIG] [-p PIDFILE] [-d] [-f]\n"
-		"                        [--version] [-c CONFIG] [-s SECURE]\n"
-		"                        [--build-workers BUILD_WORKERS]\n"
-		"                        [--upload-workers UPLOAD_WORKERS]\n"
-		"\n"
-		"NodePool Image Builder.\n"
-		"\n"
-		"options:\n"
-		"  -h, --help            show this help message and exit\n"
-		"  -l LOGCONFIG          path to log config file\n"
-		"  -p PIDFILE            path to pid file (default: %s)\n"
-		"  -d                    do not run as a daemon with debug logging\n"
-		"  -f                    do not run as a daemon\n"
-		"  --version             show version\n"
-		"  -c CONFIG             path to config file (default: %s)\n"
-		"  -s SECURE             path to secure config file\n"
-		"  --build-workers BUILD_WORKERS\n"
-		"                        number of build workers (default: 1)\n"
-		"  --upload-workers UPLOAD_WORKERS\n"
-		"                        number of upload workers (default: 4)\n",
-		DEFAULT_PIDFILE, DEFAULT_CONFIG);
+	printf(USAGE
+	       "\n"
+	       "NodePool Image Builder.\n"
+	       "\n"
+	       "options:\n"
+	       "  -h, --help            show this help message and exit\n"
+	       "  -l LOGCONFIG          path to log config file (default: None)\n"
+	       "  --version             show nodepool version\n"
+	       "  -p PIDFILE            path to pid file (default: /var/run/nodepool/nodepool-\n"
+	       "                        builder.pid)\n"
+	       "  -d                    do not run as a daemon with debug logging (default:\n"
+	       "                        False)\n"
+	       "  -f                    do not run as a daemon (default: False)\n"
+	       "  -c CONFIG             path to config file (default:\n"
+	       "                        /etc/nodepool/nodepool.yaml)\n"
+	       "  -s SECURE             path to secure config file (default: None)\n"
+	       "  --build-workers BUILD_WORKERS\n"
+	       "                        number of build workers (default: 1)\n"
+	       "  --upload-workers UPLOAD_WORKERS\n"
+	       "                        number of upload workers (default: 4)\n");
 }
 
 /* argparse's type=int: an optional sign and digits, nothing else. */
@@ -66,9 +75,8 @@ static bool parse_count(const char *opt, const char *s, int *out)
 	errno = 0;
 	v = strtol(s, &end, 10);
 	if (!*s || *end || errno || v < 0 || v > 1000) {
-		usage(stderr);
-		fprintf(stderr, "nodepool-builder: error: argument %s: invalid "
-			"count: '%s'\n", opt, s);
+		fprintf(stderr, USAGE "nodepool-builder: error: argument %s: "
+			"invalid count: '%s'\n", opt, s);
 		return false;
 	}
 	*out = (int)v;
@@ -115,33 +123,38 @@ int main(int argc, char **argv)
 	np_builder *b;
 	evloop *loop;
 	statsd *sd;
+	sbuf bad;
 	int c, rc = 0;
 
 	daemon_block_signals();
-	while ((c = getopt_long(argc, argv, "h" DAEMON_COMMON_OPTS, longopts,
+	sbuf_init(&bad);
+	while ((c = getopt_long(argc, argv, "-:h" DAEMON_COMMON_OPTS, longopts,
 				NULL)) != -1) {
 		if (daemon_common_option(c, optarg, &da, &dopts))
 			continue;
 		switch (c) {
-		case 'h': usage(stdout); return 0;
+		case 'h': help(); return 0;
 		case 'V': printf("Nodepool version: %s\n", NODEPOOL_VERSION); return 0;
 		case 'B':
-			if (!parse_count("--build-workers", optarg, &bo.build_workers))
+			if (!parse_count("--build-workers", optarg, &bo.build_workers)) {
+				sbuf_free(&bad);
 				return 2;
+			}
 			break;
 		case 'U':
-			if (!parse_count("--upload-workers", optarg, &bo.upload_workers))
+			if (!parse_count("--upload-workers", optarg, &bo.upload_workers)) {
+				sbuf_free(&bad);
 				return 2;
+			}
 			break;
-		default: usage(stderr); return 2;
+		default:
+			if (daemon_bad_option("nodepool-builder", USAGE, c, argv,
+					      &bad))
+				return 2;
 		}
 	}
-	if (optind < argc) {
-		usage(stderr);
-		fprintf(stderr, "nodepool-builder: error: unrecognized arguments: %s\n",
-			argv[optind]);
+	if (daemon_extra_args("nodepool-builder", USAGE, argc, argv, &bad))
 		return 2;
-	}
 	/* Test knob: shorter build and upload intervals (ms), so tests of
 	 * scheduled work need not wait upstream's 10 s. */
 	if (getenv("NODEPOOL_BUILDER_TEST_INTERVAL_MS"))

@@ -26,25 +26,30 @@
 #define DEFAULT_CONFIG "/etc/nodepool/nodepool.yaml"
 #define DEFAULT_PIDFILE "/var/run/nodepool/nodepool.pid"
 
-static void usage(FILE *f)
+/* argparse's help and usage for upstream's parser (NodepoolApp's -l and
+ * --version, NodepoolDaemonApp's -p -d -f, the launcher's -c -s
+ * --no-webapp, in that order, with ArgumentDefaultsHelpFormatter), less
+ * --repl: a Python REPL we do not have. */
+#define USAGE \
+	"usage: nodepool-launcher [-h] [-l LOGCONFIG] [--version] [-p PIDFILE] [-d]\n" \
+	"                         [-f] [-c CONFIG] [-s SECURE] [--no-webapp]\n"
+
+static void help(void)
 {
-	fprintf(f,
-		"usage: nodepool-launcher [-h] [-c CONFIG] [-s SECURE] [-l LOGCONFIG]\n"
-		"                         [-p PIDFILE] [-d] [-f] [--version]\n"
-		"                         [--no-webapp]\n"
-		"\n"
-		"Node pool.\n"
-		"\n"
-		"options:\n"
-		"  -h, --help    show this help message and exit\n"
-		"  -c CONFIG     path to config file (default: %s)\n"
-		"  -s SECURE     path to secure file\n"
-		"  -l LOGCONFIG  path to log config file\n"
-		"  -p PIDFILE    path to pid file (default: %s)\n"
-		"  -d            do not run as a daemon with debug logging\n"
-		"  -f            do not run as a daemon\n"
-		"  --version     show version\n"
-		"  --no-webapp\n", DEFAULT_CONFIG, DEFAULT_PIDFILE);
+	printf(USAGE
+	       "\n"
+	       "Node pool.\n"
+	       "\n"
+	       "options:\n"
+	       "  -h, --help    show this help message and exit\n"
+	       "  -l LOGCONFIG  path to log config file (default: None)\n"
+	       "  --version     show nodepool version\n"
+	       "  -p PIDFILE    path to pid file (default: %s)\n"
+	       "  -d            do not run as a daemon with debug logging (default: False)\n"
+	       "  -f            do not run as a daemon (default: False)\n"
+	       "  -c CONFIG     path to config file (default: %s)\n"
+	       "  -s SECURE     path to secure file (default: None)\n"
+	       "  --no-webapp\n", DEFAULT_PIDFILE, DEFAULT_CONFIG);
 }
 
 struct web {
@@ -141,26 +146,27 @@ int main(int argc, char **argv)
 	np_launcher *l;
 	evloop *loop;
 	statsd *sd;
+	sbuf bad;
 	int c;
 
 	daemon_block_signals();
-	while ((c = getopt_long(argc, argv, "h" DAEMON_COMMON_OPTS, longopts,
+	sbuf_init(&bad);
+	while ((c = getopt_long(argc, argv, "-:h" DAEMON_COMMON_OPTS, longopts,
 				NULL)) != -1) {
 		if (daemon_common_option(c, optarg, &da, &dopts))
 			continue;
 		switch (c) {
-		case 'h': usage(stdout); return 0;
+		case 'h': help(); return 0;
 		case 'V': printf("Nodepool version: %s\n", NODEPOOL_VERSION); return 0;
 		case 'W': with_webapp = false; break;
-		default: usage(stderr); return 2;
+		default:
+			if (daemon_bad_option("nodepool-launcher", USAGE, c,
+					      argv, &bad))
+				return 2;
 		}
 	}
-	if (optind < argc) {
-		usage(stderr);
-		fprintf(stderr, "nodepool-launcher: error: unrecognized arguments: %s\n",
-			argv[optind]);
+	if (daemon_extra_args("nodepool-launcher", USAGE, argc, argv, &bad))
 		return 2;
-	}
 	if (da.config)
 		lo.config_path = da.config;
 	lo.secure_path = da.secure;
