@@ -111,7 +111,7 @@ bool quota_non_negative(const np_quota *q)
 	return q->missing >= 0;
 }
 
-json_t *quota_to_json(const np_quota *q)
+static json_t *quota_json_build(const np_quota *q)
 {
 	json_t *o = json_object();
 
@@ -126,6 +126,43 @@ json_t *quota_to_json(const np_quota *q)
 		json_object_set_new(o, q->r[i].name, j);
 	}
 	return o;
+}
+
+static bool quota_same(const np_quota *a, const np_quota *b)
+{
+	if (a->n != b->n)
+		return false;
+	for (int i = 0; i < a->n; i++)
+		if (a->r[i].value != b->r[i].value ||
+		    strcmp(a->r[i].name, b->r[i].name) != 0)
+			return false;
+	return true;
+}
+
+/* The last vectors turned into JSON on this thread and their values: a
+ * launch writes its label's need and its flavor's resources, the same
+ * few vectors over and over (an object, its keys and values: 8
+ * allocations each). Records share their JSON values and never change
+ * them (model.h), so one value serves every node. */
+#define QUOTA_JSON_MEMO 4
+static _Thread_local struct {
+	np_quota q;
+	json_t *v;
+} quota_json_memo[QUOTA_JSON_MEMO];
+static _Thread_local unsigned quota_json_next;
+
+json_t *quota_to_json(const np_quota *q)
+{
+	unsigned slot;
+
+	for (int i = 0; i < QUOTA_JSON_MEMO; i++)
+		if (quota_json_memo[i].v && quota_same(&quota_json_memo[i].q, q))
+			return json_incref(quota_json_memo[i].v);
+	slot = quota_json_next++ % QUOTA_JSON_MEMO;
+	json_decref(quota_json_memo[slot].v);
+	quota_json_memo[slot].q = *q;
+	quota_json_memo[slot].v = quota_json_build(q);
+	return json_incref(quota_json_memo[slot].v);
 }
 
 void quota_from_json(np_quota *q, const json_t *obj)

@@ -42,7 +42,9 @@ void quota_sub(np_quota *a, const np_quota *b);
 bool quota_non_negative(const np_quota *q);
 
 /* {"cores": 8, "instances": 1, "ram": 8192, ...} as stored in a node's
- * "resources" (integers where the value is integral). New reference. */
+ * "resources" (integers where the value is integral). New reference to
+ * a value shared with the earlier calls of the same vector on this
+ * thread: read it, never change it (as every record's JSON value). */
 json_t *quota_to_json(const np_quota *q);
 /* Reads a node's "resources" object; non-numeric values are ignored.
  * Starts from quota_zero. */

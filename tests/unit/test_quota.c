@@ -95,4 +95,28 @@ TEST(usage_sums_and_json_round_trip)
 	json_decref(j);
 }
 
+/* The same vector again gives the same (shared) value; another vector,
+ * or another value of a key, its own. */
+TEST(json_of_the_same_vector_is_shared)
+{
+	np_quota a, b;
+	json_t *j1, *j2, *j3;
+
+	quota_zero(&a);
+	quota_set(&a, "cores", 2);
+	quota_set(&a, "ram", 8192);
+	b = a;
+	j1 = quota_to_json(&a);
+	j2 = quota_to_json(&b);
+	CHECK(j1 == j2);
+	quota_set(&b, "ram", 4096);
+	j3 = quota_to_json(&b);
+	CHECK(j3 != j1);
+	CHECK(json_integer_value(json_object_get(j3, "ram")) == 4096);
+	CHECK(json_integer_value(json_object_get(j1, "ram")) == 8192);
+	json_decref(j1);
+	json_decref(j2);
+	json_decref(j3);
+}
+
 RUN_TESTS()
