@@ -255,7 +255,7 @@ static struct req *reqq_pop(struct reqq *q)
 /* Freed requests kept for the next ones (a request to ZooKeeper took an
  * allocation of its own: 14 per node request), poisoned while they wait
  * (NP_POISON). */
-#define SPARE_REQS 32
+#define SPARE_REQS 128
 
 static void req_free(zk *z, struct req *r)
 {

@@ -292,22 +292,48 @@ static void set_node(zk_lock *l, const char *name)
 
 /* ---- lifecycle ---- */
 
+/* The N bytes at S and a NUL at *P, which moves past them. */
+static char *put_str(char **p, const char *s, size_t n)
+{
+	char *d = *p;
+
+	memcpy(d, s, n);
+	d[n] = '\0';
+	*p += n + 1;
+	return d;
+}
+
 zk_lock *zk_lock_new(zk *z, const char *dir, const char *identifier)
 {
-	zk_lock *l = xcalloc(1, sizeof(*l));
-	char uuid[33];
-	size_t n = strlen(dir);
+	char uuid[33], *p;
+	size_t n = strlen(dir), pn = 32 + strlen(LOCK_NAME), idn;
+	zk_lock *l;
 
 	/* "/a/b/" and "/a/b" name the same directory. */
 	while (n > 1 && dir[n - 1] == '/')
 		n--;
+	if (!identifier)
+		identifier = "";
+	idn = strlen(identifier);
+	/* The lock and its strings (dir, data, prefix, create_path) in one
+	 * allocation: they live as long as it does. */
+	l = xcalloc(1, sizeof(*l) + (n + 1) + (idn + 1) + (pn + 1) +
+		    (n + 1 + pn + 1));
+	p = (char *)(l + 1);
 	l->z = z;
 	l->loop = zk_loop(z);
-	l->dir = xstrndup(dir, n);
-	l->data = xstrdup(identifier ? identifier : "");
+	l->dir = put_str(&p, dir, n);
+	l->data = put_str(&p, identifier, idn);
 	uuid4_hex(uuid);
-	l->prefix = xasprintf("%s%s", uuid, LOCK_NAME);
-	l->create_path = xasprintf("%s/%s", l->dir, l->prefix);
+	l->prefix = p;
+	memcpy(p, uuid, 32);
+	p += 32;
+	put_str(&p, LOCK_NAME, pn - 32);
+	l->create_path = p;
+	memcpy(p, l->dir, n);
+	p[n] = '/';
+	p += n + 1;
+	put_str(&p, l->prefix, pn);
 	l->state = ST_IDLE;
 	reg_add(l);
 	return l;
@@ -323,10 +349,6 @@ static void lock_destroy(zk_lock *l)
 	set_node(l, NULL);
 	fresh_clear(l);
 	free(l->fresh_stats);
-	free(l->dir);
-	free(l->data);
-	free(l->prefix);
-	free(l->create_path);
 	free(l);
 }
 
@@ -908,17 +930,25 @@ static void deliver(zk_lock *l, int rc)
  * to try again. L takes that lock's new prefix: nothing of a later
  * attempt of L can be mistaken for the old contender, nor be deleted by
  * the takeover's search for it. */
+/* A and B are strings of the same length. */
+static void swap_str(char *a, char *b)
+{
+	for (; *a && *b; a++, b++) {
+		char t = *a;
+
+		*a = *b;
+		*b = t;
+	}
+}
+
 static void leave_behind(zk_lock *l, int rc)
 {
 	zk_lock *o = zk_lock_new(l->z, l->dir, NULL);
-	char *s;
 
-	s = o->prefix;
-	o->prefix = l->prefix;
-	l->prefix = s;
-	s = o->create_path;
-	o->create_path = l->create_path;
-	l->create_path = s;
+	/* Each lock's strings are its own allocation's: swapped in place
+	 * (the same lengths: the same directory, prefixes of one length). */
+	swap_str(o->prefix, l->prefix);
+	swap_str(o->create_path, l->create_path);
 	set_node(o, l->node);
 	o->create_tried = l->create_tried;
 	o->session = l->session;

@@ -44,7 +44,7 @@
 #define RETRY_MS 1000    /* a walk that failed with the session up */
 #define MAXSEG 8         /* path components below a root we ever look at */
 #define ITEM_REL 64      /* path bytes of an item kept for reuse */
-#define ITEM_SPARE 64    /* items kept for reuse, at most */
+#define ITEM_SPARE 128   /* items kept for reuse, at most */
 
 /* Entry kinds besides the public enum zkc_what. */
 enum {
