@@ -474,9 +474,9 @@ static int connect_zk(struct cli *c)
 	char *hosts, *err = NULL;
 
 	/* Upstream's ZooKeeperClient refuses plaintext since 4.0. */
-	if (!cfg->zk_tls_cert || !cfg->zk_tls_key || !cfg->zk_tls_ca) {
-		fprintf(stderr, "A TLS ZooKeeper connection is required; please "
-			"supply the zookeeper-tls config values.\n");
+	if ((err = config_tls_missing(cfg))) {
+		fprintf(stderr, "%s\n", err);
+		free(err);
 		return 1;
 	}
 	if (!cfg->nzk_servers) {

@@ -288,11 +288,7 @@ static np_config *load_config(const char *path, const char *secure,
 		*err = xstrdup("No ZooKeeper servers specified in config.");
 	} else if (!cfg->images_dir) {
 		*err = xstrdup("No images-dir specified in config.");
-	} else if (!cfg->zk_tls_cert || !cfg->zk_tls_key || !cfg->zk_tls_ca) {
-		*err = xstrdup("A TLS ZooKeeper connection is required; please "
-			       "supply the zookeeper-tls cert, key and ca "
-			       "options.");
-	} else {
+	} else if (!(*err = config_tls_missing(cfg))) {
 		return cfg;
 	}
 	config_free(cfg);

@@ -1445,6 +1445,16 @@ np_config *config_load(const char *path, const char *secure_path, char **err)
 	return c;
 }
 
+char *config_tls_missing(const np_config *c)
+{
+	if (c->zk_tls_cert && c->zk_tls_key && c->zk_tls_ca)
+		return NULL;
+	return xasprintf("%s%s%s: A TLS ZooKeeper connection is required; "
+	    "please supply the zookeeper-tls config values.", c->path,
+	    c->secure_path ? " and " : "",
+	    c->secure_path ? c->secure_path : "");
+}
+
 /* ---- lookups ---- */
 
 const char *config_cloud_image_external_name(const np_cloud_image *ci)

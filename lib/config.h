@@ -281,6 +281,11 @@ typedef struct np_config {
  * the caller frees it. A missing file is retried 3 times, 0.5 s apart. */
 np_config *config_load(const char *path, const char *secure_path, char **err);
 void config_free(np_config *c);
+/* Upstream's refusal of a plaintext ZooKeeper connection (since 4.0) when
+ * C lacks a zookeeper-tls cert, key or ca, naming the file(s) they were
+ * looked for in ("nodepool.yaml: A TLS ZooKeeper connection is required;
+ * ..."); NULL when all three are there. The caller frees it. */
+char *config_tls_missing(const np_config *c);
 
 /* What a daemon's reload timer watches: the modification times of the
  * configuration files when it last looked. A reload is tried once per

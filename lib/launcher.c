@@ -1101,15 +1101,13 @@ np_launcher *launcher_new(evloop *loop, const struct np_launcher_opts *o,
 
 	if (!cfg)
 		return NULL;
-	if (!cfg->zk_tls_cert || !cfg->zk_tls_key || !cfg->zk_tls_ca) {
-		*err = xstrdup("A TLS ZooKeeper connection is required; please "
-			       "supply the zookeeper-tls cert, key and ca "
-			       "options.");
+	if ((*err = config_tls_missing(cfg))) {
 		config_free(cfg);
 		return NULL;
 	}
 	if (cfg->nzk_servers == 0) {
-		*err = xstrdup("No zookeeper-servers configured");
+		*err = xasprintf("%s: no zookeeper-servers configured",
+				 cfg->path);
 		config_free(cfg);
 		return NULL;
 	}

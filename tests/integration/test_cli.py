@@ -484,8 +484,9 @@ def test_errors(e):
     with open(bad, "w") as f:
         f.write(re.sub(r"zookeeper-tls:\n(  .*\n)+", "", text))
     rc, _, err = e.run("list", config=bad)
-    check(rc == 1 and "A TLS ZooKeeper connection is required" in err,
-          "TLS required: %r" % err)
+    check(rc == 1 and err.startswith(
+        bad + ": A TLS ZooKeeper connection is required; please supply the "
+        "zookeeper-tls config values."), "TLS required, file named: %r" % err)
     test_config_validate(e)
     rc, out, _ = e.run("--version")
     check(rc == 0 and out.startswith("Nodepool version: "), "version")

@@ -4,8 +4,9 @@
 # argparse given upstream's parser definitions (nodepool/cmd/__init__.py,
 # launcher.py, builder.py, less --repl), so --help, a bad option, a missing
 # value and stray arguments read exactly as an operator used to upstream
-# expects, with argparse's exit codes. No ZooKeeper needed: every case
-# ends before the daemon starts.
+# expects, with argparse's exit codes. And a configuration without
+# zookeeper-tls: refused at start (exit 1) with upstream's message naming
+# the file. No ZooKeeper needed: every case ends before the daemon starts.
 #
 # env: NP_BUILD (default build).
 import argparse
@@ -14,6 +15,7 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import launcherlib as L  # noqa: E402
@@ -94,6 +96,17 @@ def main():
             want = upstream(parser, args)
             check(got == want, "%s %s: got %r, upstream %r"
                   % (name, " ".join(args), got, want))
+    with tempfile.TemporaryDirectory(prefix="np-args-") as tmp:
+        notls = os.path.join(tmp, "notls.yaml")
+        with open(notls, "w") as f:
+            f.write("zookeeper-servers:\n  - host: 127.0.0.1\n    port: 1\n"
+                    "images-dir: %s\nlabels: []\nproviders: []\n" % tmp)
+        for binary, _ in daemons:
+            rc, out, err = ours(binary, ["-f", "-c", notls])
+            check(rc == 1 and notls + ": A TLS ZooKeeper connection is "
+                  "required; please supply the zookeeper-tls config values."
+                  in out + err, "%s without zookeeper-tls: %r"
+                  % (os.path.basename(binary), (rc, out, err)))
     rc, out, err = ours(daemons[0][0], ["--version"])
     check(rc == 0 and out.startswith("Nodepool version: ") and not err,
           "launcher --version: %r" % ((rc, out, err),))
