@@ -1355,6 +1355,9 @@ static json_t *encode_field(const struct field *f, const void *rec,
  * is not valid UTF-8 cannot become a JSON string, so its key (or, in a
  * list, the element) is left out; so is a number that is infinite. */
 
+static bool plain_text(const char *s, size_t len);
+static void dump_plain(sbuf *sb, const char *s, size_t len);
+static void dump_escaped(sbuf *sb, const char *s, size_t len);
 static void dump_string(sbuf *sb, const char *s, size_t len);
 static void dump_value(sbuf *sb, const json_t *v, const np_pystyle *st);
 static const np_pystyle json_style;
@@ -1467,20 +1470,37 @@ static void put_table_key(sbuf *sb, bool *first, const struct field *f)
 	sb->len = (size_t)(o + 3 - sb->buf);
 }
 
+/* A string member's value S (LEN bytes), written by put_string(): false
+ * when it is left out (not valid UTF-8). One scan settles the usual
+ * string, plain text being valid UTF-8 too. */
+static bool string_written(const char *s, size_t len, bool *plain)
+{
+	*plain = plain_text(s, len);
+	return *plain || utf8_valid(s, len);
+}
+
+static void put_string(sbuf *sb, const char *s, size_t len, bool plain)
+{
+	if (plain)
+		dump_plain(sb, s, len);
+	else
+		dump_escaped(sb, s, len);
+}
+
 static void put_strlist(sbuf *sb, const strlist *l)
 {
-	bool first = true;
+	bool first = true, plain;
 
 	sbuf_addc(sb, '[');
 	for (size_t i = 0; i < l->n; i++) {
 		size_t len = strlen(l->v[i]);
 
-		if (!utf8_valid(l->v[i], len))
+		if (!string_written(l->v[i], len, &plain))
 			continue;
 		if (!first)
 			sbuf_add(sb, ", ", 2);
 		first = false;
-		dump_string(sb, l->v[i], len);
+		put_string(sb, l->v[i], len, plain);
 	}
 	sbuf_addc(sb, ']');
 }
@@ -1491,6 +1511,7 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 {
 	const char *s;
 	size_t len;
+	bool plain;
 	const json_t *v, *old;
 	double d;
 	long long i;
@@ -1507,10 +1528,10 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 			return;
 		}
 		len = strlen(s);
-		if (!utf8_valid(s, len))
+		if (!string_written(s, len, &plain))
 			return;
 		put_table_key(sb, first, f);
-		dump_string(sb, s, len);
+		put_string(sb, s, len, plain);
 		return;
 	case F_NUM:
 		d = *CMEMBER(rec, f, double);
@@ -2443,29 +2464,49 @@ static unsigned utf8_next(const unsigned char **pp)
 	return c;
 }
 
+/* Whether the LEN bytes at S go between quotes as they are: printable
+ * ASCII without a quote or a backslash (so valid UTF-8 too), as most
+ * strings are. */
+static bool plain_text(const char *s, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	const unsigned char *end = p + len;
+
+	p = skip_plain(p, end);
+	while (p < end && *p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\')
+		p++;
+	return p == end;
+}
+
+/* "S" for LEN bytes plain_text() accepts: one copy. */
+static void dump_plain(sbuf *sb, const char *s, size_t len)
+{
+	char *o;
+
+	sbuf_reserve(sb, len + 2);
+	o = sb->buf + sb->len;
+	o[0] = '"';
+	memcpy(o + 1, s, len);
+	o[len + 1] = '"';
+	o[len + 2] = '\0';
+	sb->len += len + 2;
+}
+
 static void dump_string(sbuf *sb, const char *s, size_t len)
+{
+	if (plain_text(s, len))
+		dump_plain(sb, s, len);
+	else
+		dump_escaped(sb, s, len);
+}
+
+/* "S" with Python's escapes (json.dumps with ensure_ascii). */
+static void dump_escaped(sbuf *sb, const char *s, size_t len)
 {
 	const unsigned char *p = (const unsigned char *)s;
 	const unsigned char *end = p + len;
 	unsigned c;
 
-	/* Mostly printable ASCII without quotes: copied whole. */
-	p = skip_plain(p, end);
-	while (p < end && *p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\')
-		p++;
-	if (p == end) {
-		char *o;
-
-		sbuf_reserve(sb, len + 2);
-		o = sb->buf + sb->len;
-		o[0] = '"';
-		memcpy(o + 1, s, len);
-		o[len + 1] = '"';
-		o[len + 2] = '\0';
-		sb->len += len + 2;
-		return;
-	}
-	p = (const unsigned char *)s;
 	sbuf_addc(sb, '"');
 	while (p < end) {
 		if (*p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\') {
