@@ -310,6 +310,7 @@ static int return_nodes(struct cli *c, struct taken *t, size_t n, bool hold)
 		return cli_zk_error("Returning the nodes", rc);
 	fprintf(stderr, "%s %zu node%s: %s\n", hold ? "Held" : "Returned", n,
 		n == 1 ? "" : "s", hold ? "use `nodepool delete ID` when done" :
+		n == 1 ? "state used, the launcher deletes it" :
 		"state used, the launcher deletes them");
 	return 0;
 }

@@ -72,6 +72,7 @@ struct np_launcher {
 	bool ready;
 	bool stopping;
 	bool suspended_logged;
+	bool ever_connected;    /* a session was seen by main_pass */
 	void (*stop_done)(void *arg);
 	void *stop_arg;
 	uint64_t stop_timer;
@@ -976,10 +977,14 @@ static void main_pass(evloop *loop, uint64_t id, void *arg)
 
 	l->main_timer = evloop_add_timer(loop, l->main_ms, main_pass, l);
 	reload(l);
+	l->ever_connected |= zk_session_id(l->z) != 0;
 	if (zk_state(l->z) != ZK_STATE_CONNECTED) {
-		if (!l->suspended_logged)
+		/* Upstream's launcher starts its loop only once connected, so
+		 * a start without ZooKeeper shows the client's connection
+		 * errors, never this line. */
+		if (!l->suspended_logged && l->ever_connected)
 			log_info(LOGGER, "ZooKeeper suspended. Waiting");
-		l->suspended_logged = true;
+		l->suspended_logged = l->ever_connected;
 		return;
 	}
 	if (l->suspended_logged)

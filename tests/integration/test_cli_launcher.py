@@ -180,6 +180,11 @@ def test_request(zk):
         check(wait_for(lambda: not any(s.get_node(n) for n in ids) and
                        not s.instances(), what="returned nodes deleted"),
               "request: the launcher deletes the returned nodes")
+        check("Returned 2 nodes: state used, the launcher deletes them"
+              in err, "request: says what it returned: %r" % err)
+        rc, out, err = nodepool(cfg, "request", "small", "--timeout", "60")
+        check(rc == 0 and "Returned 1 node: state used, the launcher "
+              "deletes it\n" in err, "request: one node is an it: %r" % err)
     finally:
         s.close()
 
