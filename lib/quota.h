@@ -20,7 +20,7 @@ typedef struct np_quota {
 	double missing;	/* what an absent key reads as: 0 or INFINITY */
 	int n;
 	struct {
-		char name[NP_QUOTA_NAME];
+		char name[NP_QUOTA_NAME]; /* NUL-padded (see quota.c) */
 		double value;
 	} r[NP_QUOTA_MAX];
 } np_quota;
