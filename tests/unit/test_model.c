@@ -125,6 +125,27 @@ TEST(unknown_keys_kept)
 	np_node_clear(&n);
 }
 
+/* A state set again: the string rewritten in place when it fits, a new
+ * one when not (ASan's allocator has no slack), its time set. */
+TEST(set_state_in_place)
+{
+	np_node n;
+	char *before;
+
+	REQUIRE(decode_node(&n, "0000000007",
+		"{\"state\": \"building\", \"state_time\": 1.0}") == 0);
+	before = n.state;
+	np_node_set_state(&n, NP_NODE_READY);
+	CHECK(n.state == before);
+	CHECK_STR(n.state, "ready");
+	CHECK(n.state_time > 1.0);
+	np_node_set_state(&n, NP_NODE_DELETING);
+	CHECK_STR(n.state, "deleting");
+	np_node_set_state(&n, "a-state-longer-than-any-allocation-slack");
+	CHECK_STR(n.state, "a-state-longer-than-any-allocation-slack");
+	np_node_clear(&n);
+}
+
 /* What jansson cannot hold never was written (the encoder built a
  * jansson tree once; it writes directly now and must not differ): a
  * string that is not UTF-8 drops its key or list element, an infinite
