@@ -58,25 +58,36 @@ double quota_get(const np_quota *q, const char *name)
 	return i < 0 ? q->missing : q->r[i].value;
 }
 
-static void set_at(np_quota *q, int i, const char *name, double value)
+/* A new key: NAME, padded, copied whole. */
+static void add_key(np_quota *q, const char name[NP_QUOTA_NAME],
+		    double value)
 {
-	if (i < 0) {
-		size_t len = strlen(name);
-
-		if (q->n == NP_QUOTA_MAX || len >= NP_QUOTA_NAME) {
-			log_warning("nodepool.quota", "ignoring quota key %s", name);
-			return;
-		}
-		i = q->n++;
-		memset(q->r[i].name, 0, NP_QUOTA_NAME);
-		memcpy(q->r[i].name, name, len);
+	if (q->n == NP_QUOTA_MAX) {
+		log_warning("nodepool.quota", "ignoring quota key %s", name);
+		return;
 	}
-	q->r[i].value = value;
+	memcpy(q->r[q->n].name, name, NP_QUOTA_NAME);
+	q->r[q->n++].value = value;
 }
 
 void quota_set(np_quota *q, const char *name, double value)
 {
-	set_at(q, find(q, name), name, value);
+	int i = find(q, name);
+	char key[NP_QUOTA_NAME];
+	size_t len;
+
+	if (i >= 0) {
+		q->r[i].value = value;
+		return;
+	}
+	len = strlen(name);
+	if (len >= NP_QUOTA_NAME) {
+		log_warning("nodepool.quota", "ignoring quota key %s", name);
+		return;
+	}
+	memset(key, 0, sizeof(key));
+	memcpy(key, name, len);
+	add_key(q, key, value);
 }
 
 /* Applies a[k] += sign * b[k] over the union of the keys. Keys only in A
@@ -101,7 +112,7 @@ static void combine(np_quota *a, const np_quota *b, double sign)
 	 * (the pool worker adds up some 50 reservations per launch). */
 	for (int j = 0; j < b->n; j++)
 		if (!(found & (1u << j)))
-			set_at(a, -1, b->r[j].name, missing + sign * b->r[j].value);
+			add_key(a, b->r[j].name, missing + sign * b->r[j].value);
 	a->missing = missing + sign * b->missing;
 	if (isnan(a->missing))
 		a->missing = missing;
