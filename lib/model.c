@@ -35,6 +35,9 @@ enum field_kind {
 struct field {
 	const char *key;
 	size_t klen;      /* strlen(key), known at compile time */
+	const char *text; /* what the writer puts before the value:
+			   * ", \"KEY\": " (its first two bytes left out for
+			   * the first member), klen + 6 bytes */
 	enum field_kind kind;
 	size_t off;
 	const char *dstr; /* F_STR default when the key is missing */
@@ -42,15 +45,17 @@ struct field {
 	bool pool_only;   /* components: written only for pools */
 };
 
-/* KEY is a string literal: its length is taken at compile time. */
+/* KEY is a string literal: its length and its text in a document are
+ * made at compile time. */
 #define FLD_ALL(T, key, kind, member, dstr, dint, pool_only) \
-	{ key, sizeof(key) - 1, kind, offsetof(T, member), dstr, dint, pool_only }
+	{ key, sizeof(key) - 1, ", \"" key "\": ", kind, offsetof(T, member), \
+	  dstr, dint, pool_only }
 #define FLD(T, key, kind, member) FLD_ALL(T, key, kind, member, NULL, 0, false)
 #define FLD_S(T, key, member, d) FLD_ALL(T, key, F_STR, member, d, 0, false)
 #define FLD_I(T, key, kind, member, d) FLD_ALL(T, key, kind, member, NULL, d, false)
 /* Components: written only for pools. */
 #define FLD_P(T, key, kind, member, d) FLD_ALL(T, key, kind, member, NULL, d, true)
-#define FLD_END { NULL, 0, F_STR, 0, NULL, 0, false }
+#define FLD_END { NULL, 0, NULL, F_STR, 0, NULL, 0, false }
 
 /* Upstream's NodeRequest.toDict order. */
 static const struct field request_fields[] = {
@@ -1450,25 +1455,17 @@ static void put_key(sbuf *sb, bool *first, const char *key, size_t klen)
 	sbuf_add(sb, ": ", 2);
 }
 
-/* The same for the key of field F: plain ASCII, nothing to escape, its
- * length known, so one copy. */
+/* The same for the key of field F: its text made at compile time (plain
+ * ASCII, nothing to escape), so one copy, the NUL with it. */
 static void put_table_key(sbuf *sb, bool *first, const struct field *f)
 {
-	size_t n = f->klen;
-	char *o;
+	size_t skip = *first ? 2 : 0, n = f->klen + 6 - skip;
 
-	sbuf_reserve(sb, n + 6);
-	o = sb->buf + sb->len;
-	if (!*first) {
-		*o++ = ',';
-		*o++ = ' ';
-	}
 	*first = false;
-	*o++ = '"';
-	memcpy(o, f->key, n);
-	o += n;
-	memcpy(o, "\": ", 4); /* with the NUL */
-	sb->len = (size_t)(o + 3 - sb->buf);
+	if (sb->len + n >= sb->cap)
+		sbuf_reserve(sb, n);
+	memcpy(sb->buf + sb->len, f->text + skip, n + 1);
+	sb->len += n;
 }
 
 /* A string member's value S (LEN bytes), written by put_string(): false
