@@ -9,6 +9,7 @@
 #define NP_EVLOOP_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct evloop evloop;
@@ -48,6 +49,16 @@ typedef struct ev_defer {
 } ev_defer;
 void evloop_defer(evloop *loop, ev_defer *d);
 void evloop_undefer(evloop *loop, ev_defer *d);
+
+/* A client tells the loop that N replies it awaits are still to come
+ * (the ZooKeeper client, after reading). When, since the last wait, some
+ * client said at least EVLOOP_BUSY_PENDING, the loop pauses for up to
+ * EVLOOP_BUSY_PAUSE_US (never past a timer that is due) before it waits
+ * again, so that one wake-up finds many replies; with few awaited (a lone
+ * request, a quiet launcher) it never pauses. See evloop.c. */
+#define EVLOOP_BUSY_PENDING 16
+#define EVLOOP_BUSY_PAUSE_US 1000
+void evloop_note_pending(evloop *loop, size_t n);
 
 /* Thread-safe: run FN(ARG) on the loop thread soon. */
 void evloop_post(evloop *loop, ev_post_fn fn, void *arg);

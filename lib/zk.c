@@ -86,6 +86,7 @@ struct req {
 
 struct reqq {
 	struct req *head, *tail;
+	size_t n;
 };
 
 enum wkind { W_DATA, W_EXIST, W_CHILD, W_PERSIST, W_RECURSIVE, W_NKINDS };
@@ -238,6 +239,7 @@ static void reqq_push(struct reqq *q, struct req *r)
 	else
 		q->head = r;
 	q->tail = r;
+	q->n++;
 }
 
 static struct req *reqq_pop(struct reqq *q)
@@ -248,6 +250,7 @@ static struct req *reqq_pop(struct reqq *q)
 		q->head = r->next;
 		if (!q->head)
 			q->tail = NULL;
+		q->n--;
 	}
 	return r;
 }
@@ -1399,6 +1402,9 @@ static void process_input(zk *z)
 	}
 	memmove(z->rbuf, z->rbuf + off, z->rlen - off);
 	z->rlen -= off;
+	/* Many replies still to come: the loop may wait a moment for them
+	 * rather than wake for each (evloop_note_pending). */
+	evloop_note_pending(z->loop, z->pendq.n);
 }
 
 /* -1 when the connection was dropped. */
