@@ -119,6 +119,15 @@ def start_trapped(s, ftrap, providers, labels, name):
     return p
 
 
+def start_trapped_slow(s, ftrap, name):
+    """start_trapped() with PROVIDER's labels and a provider whose label
+    `slow` takes 15 s to launch."""
+    slow = {"name": "fake-slow", "fake": {"launch-delay": 15},
+            "pools": [{"name": "main", "labels": ["slow"]}]}
+    return start_trapped(s, ftrap, [PROVIDER, slow],
+                         [("small", 0), ("big", 0), ("slow", 0)], name)
+
+
 def test_stack_dump(zk):
     s = Scenario(zk, "stackdump")
     port = L.free_port()
@@ -483,11 +492,7 @@ def test_node_write_lost(zk):
     quiet = logging.getLogger("kazoo.client")
     level = quiet.level
     try:
-        slow = {"name": "fake-slow", "fake": {"launch-delay": 15},
-                "pools": [{"name": "main", "labels": ["slow"]}]}
-        p = start_trapped(s, ftrap, [PROVIDER, slow],
-                          [("small", 0), ("big", 0), ("slow", 0)],
-                          "nodewrite")
+        p = start_trapped_slow(s, ftrap, "nodewrite")
         quiet.setLevel(logging.CRITICAL)
         done = {}
 
@@ -675,11 +680,7 @@ def test_request_write_lost(zk):
     quiet = logging.getLogger("kazoo.client")
     level = quiet.level
     try:
-        slow = {"name": "fake-slow", "fake": {"launch-delay": 15},
-                "pools": [{"name": "main", "labels": ["slow"]}]}
-        p = start_trapped(s, ftrap, [PROVIDER, slow],
-                          [("small", 0), ("big", 0), ("slow", 0)],
-                          "reqwrite")
+        p = start_trapped_slow(s, ftrap, "reqwrite")
         quiet.setLevel(logging.CRITICAL)
         done = {}
 
