@@ -921,15 +921,6 @@ static void deliver(zk_lock *l, int rc)
 		cb(l, rc, arg);
 }
 
-/* The cleanup of a lost attempt could not reach the server, but the
- * session that owns our contender lives on, and so would the contender:
- * looking like our hold on the lock to everyone else (Zuul, the other
- * launchers) for the rest of the session. A lock of its own takes it over
- * and deletes it in the background, retrying as a release does, and frees
- * itself when done, so the attempt still ends now and L is free to go or
- * to try again. L takes that lock's new prefix: nothing of a later
- * attempt of L can be mistaken for the old contender, nor be deleted by
- * the takeover's search for it. */
 /* A and B are strings of the same length. */
 static void swap_str(char *a, char *b)
 {
@@ -941,6 +932,15 @@ static void swap_str(char *a, char *b)
 	}
 }
 
+/* The cleanup of a lost attempt could not reach the server, but the
+ * session that owns our contender lives on, and so would the contender:
+ * looking like our hold on the lock to everyone else (Zuul, the other
+ * launchers) for the rest of the session. A lock of its own takes it over
+ * and deletes it in the background, retrying as a release does, and frees
+ * itself when done, so the attempt still ends now and L is free to go or
+ * to try again. L takes that lock's new prefix: nothing of a later
+ * attempt of L can be mistaken for the old contender, nor be deleted by
+ * the takeover's search for it. */
 static void leave_behind(zk_lock *l, int rc)
 {
 	zk_lock *o = zk_lock_new(l->z, l->dir, NULL);
