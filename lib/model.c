@@ -16,6 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 enum field_kind {
 	F_STR,      /* string or null; default when missing */
@@ -670,12 +673,34 @@ static inline bool word_special(uint64_t w)
 }
 
 /* The first byte at or after P that is not plain printable ASCII (see
- * word_special), or END. */
+ * word_special), or END; or, from the 8-byte steps, the start of the
+ * word holding it. The 16-byte steps (SSE2, on every x86-64) find the
+ * very byte; decoding scans strings inside a whole document, so they
+ * take most of them. */
 static const unsigned char *skip_plain(const unsigned char *p,
 				       const unsigned char *end)
 {
 	uint64_t w;
 
+#ifdef __SSE2__
+	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'),
+		      del = _mm_set1_epi8(0x7f), space = _mm_set1_epi8(0x20);
+
+	while (end - p >= 16) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+		/* Signed: the bytes from 0x80 up are below the space too. */
+		__m128i sp = _mm_or_si128(
+			_mm_or_si128(_mm_cmpeq_epi8(v, quote),
+				     _mm_cmpeq_epi8(v, bslash)),
+			_mm_or_si128(_mm_cmpeq_epi8(v, del),
+				     _mm_cmplt_epi8(v, space)));
+		unsigned m = (unsigned)_mm_movemask_epi8(sp);
+
+		if (m)
+			return p + __builtin_ctz(m);
+		p += 16;
+	}
+#endif
 	while (end - p >= 8) {
 		memcpy(&w, p, 8);
 		if (word_special(w))
@@ -711,7 +736,7 @@ static bool rd_plain_string(struct rd *r, const char **s, size_t *len)
 		n = utf8_seq(q, end);
 		if (!n)
 			return false;
-		q += n;
+		q = skip_plain(q + n, end);
 	}
 	*s = r->p;
 	*len = (size_t)((const char *)q - r->p);
@@ -719,12 +744,45 @@ static bool rd_plain_string(struct rd *r, const char **s, size_t *len)
 	return true;
 }
 
+/* M / 10^K (M > 0, K <= 19) correctly rounded to nearest, ties to even,
+ * as strtod rounds: the quotient is taken to 64 or 65 bits in 128-bit
+ * integers, the remainder telling whether anything is left below them,
+ * and rounded to the 53 bits of a double. */
+static double div_pow10(unsigned long long m, int k)
+{
+	__extension__ typedef unsigned __int128 u128;
+	unsigned long long p10 = 1, q, top, rest, half;
+	int s, b, shift;
+	u128 n, qq;
+
+	for (int j = 0; j < k; j++)
+		p10 *= 10;
+	/* n = m * 2^s, with n / p10 in [2^63, 2^65): both bit lengths are
+	 * at most 64, so n < 2^128. */
+	s = 64 + (64 - __builtin_clzll(p10)) - (64 - __builtin_clzll(m));
+	n = (u128)m << s;
+	qq = n / p10;
+	b = qq >> 64 ? 65 : 64;
+	q = (unsigned long long)(qq >> (b - 64)); /* the top 64 bits */
+	shift = 11;                                /* 64 - 53 */
+	top = q >> shift;
+	rest = q & ((1ULL << shift) - 1);
+	half = 1ULL << (shift - 1);
+	/* Below REST: the bit dropped from a 65-bit quotient, the remainder. */
+	if (rest > half ||
+	    (rest == half && ((b == 65 && (qq & 1)) || n % p10 != 0 ||
+			      (top & 1))))
+		top++;
+	return ldexp((double)top, shift + (b - 64) - s);
+}
+
 /* The number P..END (already checked to be one) the short way, when the
  * result is certainly what strtoll/strtod give: an integer of at most 18
- * digits, or a decimal without exponent whose digits make an integer
- * below 2^53 and that has at most 22 decimals (then both it and the power
- * of ten are exact doubles, and one correctly rounded division is
- * strtod's answer). Times and sizes in records are all such. */
+ * digits, or a decimal without exponent of at most 18 digits (the times
+ * in records have 16 or 17). Its digits make an integer M and it has D
+ * decimals: below 2^53 with D <= 22 both M and 10^D are exact doubles and
+ * one correctly rounded division is strtod's answer; else, with D <= 19,
+ * div_pow10() rounds the exact quotient. */
 static bool number_fast(const char *p, const char *end, bool is_int,
 			long long *i, double *d)
 {
@@ -757,9 +815,12 @@ static bool number_fast(const char *p, const char *end, bool is_int,
 		*d = (double)*i;
 		return true;
 	}
-	if (m >= 1ULL << 53 || decimals > 22)
+	if (m < 1ULL << 53 && decimals <= 22)
+		*d = (double)m / pow10[decimals];
+	else if (decimals <= 19)
+		*d = div_pow10(m, decimals);
+	else
 		return false;
-	*d = (double)m / pow10[decimals];
 	if (neg)
 		*d = -*d;
 	return true;

@@ -177,6 +177,57 @@ TEST(encode_drops_what_json_cannot_hold)
 	np_node_clear(&n);
 }
 
+/* Decimals (times have 16 or 17 digits) read as strtod reads them,
+ * halfway cases included; strings of every length with an escape, a
+ * control character or a multi-byte character at every place read as
+ * jansson reads them. */
+TEST(decoding_numbers_and_strings_exactly)
+{
+	const char *nums[] = {
+		"1726600000.123456", "1726600000.1234567", "1764374400.9999999",
+		"-1726600000.1234567", "0.1", "9007199254740993.5",
+		"9007199254740992.5", "4503599627370497.5", "123456789012.345678",
+		"0.30000000000000004", "1.0000000000000002", "99999999999.9999999",
+	};
+	const char *odd[] = { "\\n", "\t", "\xc3\xa9", "\\\"", "\x7f" };
+	np_node n;
+	char doc[160], s[64];
+
+	for (size_t i = 0; i < sizeof(nums) / sizeof(*nums); i++) {
+		snprintf(doc, sizeof(doc), "{\"state_time\": %s}", nums[i]);
+		REQUIRE(decode_node(&n, "1", doc) == 0);
+		CHECK(n.state_time == strtod(nums[i], NULL));
+		np_node_clear(&n);
+	}
+	for (size_t k = 0; k < sizeof(odd) / sizeof(*odd); k++) {
+		for (size_t len = 0; len < 40; len++) {
+			for (size_t at = 0; at <= len; at++) {
+				json_t *j;
+				const char *want;
+				int rc;
+
+				memset(s, 'a', len);
+				s[len] = '\0';
+				snprintf(doc, sizeof(doc),
+					 "{\"hostname\": \"%.*s%s%s\", \"az\": \"x\"}",
+					 (int)at, s, odd[k], s + at);
+				j = json_loads(doc, 0, NULL);
+				rc = decode_node(&n, "1", doc);
+				CHECK_INT(rc, j ? 0 : -1);
+				want = j ? json_string_value(json_object_get(j,
+							"hostname")) : NULL;
+				if (j && rc == 0) {
+					CHECK_STR(n.hostname, want);
+					CHECK_STR(n.az, "x");
+				}
+				if (rc == 0)
+					np_node_clear(&n);
+				json_decref(j);
+			}
+		}
+	}
+}
+
 /* The decoder reads common documents itself and hands the rest to
  * jansson: either way the record (and the error) is what jansson's
  * reading gave. */
