@@ -2,14 +2,21 @@
  * worker's status (see stackdump.h).
  *
  * Capturing another thread's stack needs that thread's cooperation: the
- * dumping thread sends each registered thread STACKDUMP_SIGNAL with
- * tgkill(), and the handler, running on that thread, records its own
- * backtrace into the thread's slot and posts a semaphore. Only
- * async-signal-safe work happens there: a scan of the slot table by
- * thread id, backtrace() into preallocated memory (libgcc's unwinder is
- * loaded by one backtrace() call at initialisation, so the handler never
- * dlopen()s or allocates), atomics and sem_post(). Everything else, naming
- * frames and logging, happens afterwards on the dumping thread.
+ * dumping thread sends each thread STACKDUMP_SIGNAL with tgkill(), and
+ * the handler, running on that thread, records its own backtrace into the
+ * thread's slot and posts a semaphore. Only async-signal-safe work happens
+ * there: a scan of the slot table by thread id, backtrace() into
+ * preallocated memory (libgcc's unwinder is loaded by one backtrace() call
+ * at initialisation, so the handler never dlopen()s or allocates), atomics
+ * and sem_post(). Everything else, naming frames and logging, happens
+ * afterwards on the dumping thread.
+ *
+ * The handler is installed for the whole process, so it runs on threads
+ * that libraries started too. Threads we start register by name and keep
+ * a slot; those that did not register (libmicrohttpd's listening thread,
+ * libcurl's resolver threads) are found in /proc/self/task at each dump
+ * and each lent one of MAX_SPARES spare slots for it, named by their
+ * kernel names; beyond that many they are only counted.
  *
  * Frames are named from the modules' ELF symbol tables, read from the
  * files on disk (.symtab, so static functions of our own binary get their
@@ -17,6 +24,17 @@
  * separate debug file of a -dbg package when one is installed), falling
  * back to dladdr() (exported symbols), and always carry "module+offset",
  * which addr2line turns into a source line.
+ *
+ * A thread is sent the signal only while it does not block it (its mask
+ * is read from /proc first, and again every few milliseconds while it
+ * blocks it, as glibc's pthread_create() does for a moment); one that
+ * still blocks it after STACKDUMP_TIMEOUT_MS is reported as such, and no
+ * signal is left pending on it. One that blocks it just after the check,
+ * or that the kernel holds (a vfork() parent, a hung file system), is
+ * reported after STACKDUMP_TIMEOUT_MS too; the signal it takes later does
+ * no harm (the handler finds no slot, or records a stack that the next
+ * dump may use). One that exits before it is signalled (ESRCH) or before
+ * it answers is reported as gone. So the dump never hangs.
  *
  * The registry lock is held while a dump collects stacks, so a registered
  * thread that exits meanwhile waits (at most STACKDUMP_TIMEOUT_MS) before
@@ -45,16 +63,19 @@
 
 #include "log.h"
 
-#define MAX_THREADS 128
+#define MAX_THREADS 128        /* registered threads */
+#define MAX_SPARES 64           /* unregistered threads captured per dump */
+#define MAX_SLOTS (MAX_THREADS + MAX_SPARES)
 #define MAX_FRAMES 48
 #define NAME_LEN 64
 #define MAX_MODULES 64
 
 /* ---- the thread registry ---- */
 
-/* One registered thread. TID is what the signal handler matches on; WANT
- * is the dump generation asked of the thread and DONE the one its frames
- * belong to. */
+/* One registered thread, or (from MAX_THREADS on) an unregistered one
+ * for the length of a dump. TID is what the signal handler matches on;
+ * WANT is the dump generation asked of the thread and DONE the one its
+ * frames belong to. */
 struct slot {
 	atomic_int tid;                 /* 0: free */
 	atomic_uint want;
@@ -65,7 +86,7 @@ struct slot {
 	uintptr_t pc;                   /* where the signal interrupted it */
 };
 
-static struct slot slots[MAX_THREADS];
+static struct slot slots[MAX_SLOTS];
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned generation;             /* under reg_lock */
 static pthread_once_t init_done = PTHREAD_ONCE_INIT;
@@ -92,7 +113,7 @@ static void on_capture_signal(int signo, siginfo_t *si, void *uc)
 	int saved = errno;
 	int me = gettid();
 
-	for (int i = 0; i < MAX_THREADS; i++) {
+	for (int i = 0; i < MAX_SLOTS; i++) {
 		struct slot *s = &slots[i];
 		unsigned g;
 
@@ -187,16 +208,35 @@ void stackdump_unregister_thread(void)
 
 /* ---- capturing ---- */
 
+/* What became of the request for one thread's stack. */
+enum outcome {
+	NO_THREAD,              /* the slot is free */
+	ASKED,                  /* signalled (or the caller itself) */
+	BLOCKS,                 /* blocks STACKDUMP_SIGNAL: not signalled */
+	GONE,                   /* exited before it was signalled or answered */
+	UNSENT,                 /* tgkill() failed otherwise (see err) */
+};
+
 /* One thread's stack as the dump reports it. */
 struct stack {
 	int tid;
 	char name[NAME_LEN];
+	bool registered;
+	enum outcome outcome;
+	int err;                /* UNSENT: tgkill's errno */
 	void *frames[MAX_FRAMES];
 	int nframes;
 	int first;              /* index of the first frame worth showing */
 	bool exact_first;       /* frames[first] is an exact pc, not a
 				 * return address */
 	bool captured;
+};
+
+/* Every thread's stack, as capture_all() leaves them. */
+struct capture {
+	struct stack st[MAX_SLOTS];
+	size_t n;
+	size_t skipped;         /* unregistered threads beyond MAX_SPARES */
 };
 
 /* Our own stack, for a registered thread that dumps itself. */
@@ -226,25 +266,194 @@ static void locate_first_frame(struct stack *st, uintptr_t pc)
 	}
 }
 
-static size_t count_unanswered(const bool *asked, unsigned g)
+static bool task_exists(int tid)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d", tid);
+	return access(path, F_OK) == 0;
+}
+
+/* Thread TID blocks STACKDUMP_SIGNAL now (its "SigBlk:" mask in /proc). A
+ * signal sent to it would only wait, pending, until it unblocks. */
+static bool task_blocks_signal(int tid)
+{
+	return (task_sigmask(tid, "SigBlk") >> (STACKDUMP_SIGNAL - 1)) & 1;
+}
+
+/* Send the thread of slot I the signal for dump G. */
+static enum outcome signal_slot(int i, unsigned g, int *err)
+{
+	struct slot *s = &slots[i];
+
+	atomic_store(&s->want, g);
+	if (tgkill(getpid(), atomic_load(&s->tid), STACKDUMP_SIGNAL) == 0)
+		return ASKED;
+	*err = errno;
+	return errno == ESRCH ? GONE : UNSENT;
+}
+
+/* Ask the thread of slot I for its stack for dump G (the caller, SELF,
+ * records its own), unless it blocks the signal: then BLOCKS, and
+ * await_answers() tries again. Under reg_lock. */
+static enum outcome ask(int i, unsigned g, int self, int *err)
+{
+	struct slot *s = &slots[i];
+	int tid = atomic_load(&s->tid);
+
+	if (tid == self) {
+		capture_self(s, g);
+		return ASKED;
+	}
+	if (task_blocks_signal(tid))
+		return BLOCKS;
+	return signal_slot(i, g, err);
+}
+
+static bool registered_tid(int tid)
+{
+	for (int i = 0; i < MAX_THREADS; i++)
+		if (atomic_load(&slots[i].tid) == tid)
+			return true;
+	return false;
+}
+
+/* Lend the spare slots to the threads of /proc/self/task that did not
+ * register (but the caller, SELF: the dump's helper thread) and ask them
+ * for dump G; count in C those beyond the spares. Under reg_lock. */
+static void ask_unregistered(struct capture *c, enum outcome *how, int *err,
+			     unsigned g, int self)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	int next = MAX_THREADS, tid;
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		tid = atoi(e->d_name);
+		if (tid <= 0 || tid == self || registered_tid(tid))
+			continue;
+		if (next == MAX_SLOTS) {
+			c->skipped++;
+			continue;
+		}
+		task_comm(tid, slots[next].name, sizeof(slots[next].name));
+		atomic_store(&slots[next].tid, tid);
+		how[next] = ask(next, g, self, &err[next]);
+		next++;
+	}
+	closedir(d);
+}
+
+/* Threads of dump G still to answer, or still to be asked. */
+static size_t count_waiting(const enum outcome *how, unsigned g)
 {
 	size_t n = 0;
 
-	for (int i = 0; i < MAX_THREADS; i++)
-		if (asked[i] && atomic_load(&slots[i].done) != g)
+	for (int i = 0; i < MAX_SLOTS; i++)
+		if (atomic_load(&slots[i].tid) != 0 &&
+		    (how[i] == BLOCKS || (how[i] == ASKED &&
+		     atomic_load(&slots[i].done) != g)))
 			n++;
 	return n;
 }
 
-/* Ask every registered thread for its stack and wait for the answers
- * (until STACKDUMP_TIMEOUT_MS). Fills OUT (MAX_THREADS entries); returns
- * how many. */
-static size_t capture_all(struct stack *out)
+/* Threads block signals for a moment in many places (glibc's
+ * pthread_create() and posix_spawn() block them all): ask those that
+ * blocked ours as soon as they unblock it. */
+static bool retry_blocked(enum outcome *how, int *err, unsigned g)
 {
-	bool asked[MAX_THREADS] = { false };
-	int self = gettid(), tid;
-	struct timespec deadline;
-	size_t n = 0;
+	bool still = false;
+
+	for (int i = 0; i < MAX_SLOTS; i++) {
+		int tid = atomic_load(&slots[i].tid);
+
+		if (tid == 0 || how[i] != BLOCKS)
+			continue;
+		if (!task_exists(tid))
+			how[i] = GONE;
+		else if (!task_blocks_signal(tid))
+			how[i] = signal_slot(i, g, &err[i]);
+		else
+			still = true;
+	}
+	return still;
+}
+
+/* Asked threads that have exited since will not answer: do not wait for
+ * them. (A registered thread cannot leave the registry under a dump.) */
+static void forget_exited(enum outcome *how, unsigned g)
+{
+	for (int i = MAX_THREADS; i < MAX_SLOTS; i++) {
+		int tid = atomic_load(&slots[i].tid);
+
+		if (tid != 0 && how[i] == ASKED &&
+		    atomic_load(&slots[i].done) != g && !task_exists(tid))
+			how[i] = GONE;
+	}
+}
+
+/* Wait for the answers to dump G until STACKDUMP_TIMEOUT_MS after START,
+ * looking every 100 ms for threads that exited meanwhile, and every 5 ms,
+ * while some block the signal, whether they have unblocked it. Recount
+ * on each wake-up rather than trust the number of posts: a late answer
+ * to an earlier dump may post too. Those that still block it at the end
+ * are never sent it: no signal is left pending on them. */
+static void await_answers(enum outcome *how, int *err, unsigned g,
+			  long long start)
+{
+	long long end = start + STACKDUMP_TIMEOUT_MS, now, wake;
+	struct timespec until;
+	bool blocked;
+
+	for (;;) {
+		blocked = retry_blocked(how, err, g);
+		if (count_waiting(how, g) == 0 || (now = now_ms()) >= end)
+			break;
+		wake = now + (blocked ? 5 : 100);
+		if (wake > end)
+			wake = end;
+		until.tv_sec = wake / 1000;
+		until.tv_nsec = (wake % 1000) * 1000000L;
+		if (sem_clockwait(&answered, CLOCK_MONOTONIC, &until) < 0 &&
+		    errno == ETIMEDOUT)
+			forget_exited(how, g);
+	}
+}
+
+/* Slot I's thread as the dump reports it, into ST. */
+static void collect(struct stack *st, int i, enum outcome how, int err,
+		    unsigned g)
+{
+	struct slot *s = &slots[i];
+
+	st->tid = atomic_load(&s->tid);
+	memcpy(st->name, s->name, sizeof(st->name));
+	st->registered = i < MAX_THREADS;
+	st->outcome = how;
+	st->err = err;
+	st->captured = how == ASKED && atomic_load(&s->done) == g;
+	if (st->captured) {
+		st->nframes = s->nframes;
+		memcpy(st->frames, s->frames,
+		       sizeof(void *) * (size_t)s->nframes);
+		locate_first_frame(st, s->pc);
+	} else if (how == ASKED && !task_exists(st->tid)) {
+		st->outcome = GONE;
+	} else if (how == ASKED && task_blocks_signal(st->tid)) {
+		st->outcome = BLOCKS;   /* since it was asked */
+	}
+}
+
+/* Ask every thread for its stack and wait for the answers (until
+ * STACKDUMP_TIMEOUT_MS), into C. */
+static void capture_all(struct capture *c)
+{
+	enum outcome how[MAX_SLOTS] = { NO_THREAD };
+	int err[MAX_SLOTS] = { 0 };
+	int self = gettid();
+	long long start = now_ms();
 	unsigned g;
 
 	pthread_mutex_lock(&reg_lock);
@@ -253,51 +462,22 @@ static size_t capture_all(struct stack *out)
 	g = generation;
 	while (sem_trywait(&answered) == 0)
 		;
-	for (int i = 0; i < MAX_THREADS; i++) {
-		tid = atomic_load(&slots[i].tid);
-		if (tid == 0)
+	for (int i = 0; i < MAX_THREADS; i++)
+		if (atomic_load(&slots[i].tid) != 0)
+			how[i] = ask(i, g, self, &err[i]);
+	ask_unregistered(c, how, err, g, self);
+	await_answers(how, err, g, start);
+	for (int i = 0; i < MAX_SLOTS; i++) {
+		if (atomic_load(&slots[i].tid) == 0)
 			continue;
-		if (tid == self) {
-			capture_self(&slots[i], g);
-			continue;
+		collect(&c->st[c->n++], i, how[i], err[i], g);
+		/* A spare is lent for this dump only. */
+		if (i >= MAX_THREADS) {
+			atomic_store(&slots[i].tid, 0);
+			slots[i].name[0] = '\0';
 		}
-		atomic_store(&slots[i].want, g);
-		asked[i] = tgkill(getpid(), tid, STACKDUMP_SIGNAL) == 0;
-	}
-	clock_gettime(CLOCK_MONOTONIC, &deadline);
-	deadline.tv_sec += STACKDUMP_TIMEOUT_MS / 1000;
-	deadline.tv_nsec += (STACKDUMP_TIMEOUT_MS % 1000) * 1000000L;
-	if (deadline.tv_nsec >= 1000000000L) {
-		deadline.tv_sec++;
-		deadline.tv_nsec -= 1000000000L;
-	}
-	/* Recount on each wake-up rather than trust the number of posts:
-	 * a late answer to an earlier dump may post too. */
-	while (count_unanswered(asked, g) > 0) {
-		if (sem_clockwait(&answered, CLOCK_MONOTONIC, &deadline) < 0 &&
-		    errno != EINTR)
-			break;
-	}
-	for (int i = 0; i < MAX_THREADS; i++) {
-		struct slot *s = &slots[i];
-		struct stack *st = &out[n];
-
-		tid = atomic_load(&s->tid);
-		if (tid == 0)
-			continue;
-		st->tid = tid;
-		memcpy(st->name, s->name, sizeof(st->name));
-		st->captured = atomic_load(&s->done) == g;
-		if (st->captured) {
-			st->nframes = s->nframes;
-			memcpy(st->frames, s->frames,
-			       sizeof(void *) * (size_t)s->nframes);
-			locate_first_frame(st, s->pc);
-		}
-		n++;
 	}
 	pthread_mutex_unlock(&reg_lock);
-	return n;
 }
 
 /* ---- naming frames ---- */
@@ -580,9 +760,21 @@ static void log_stack(struct symbolizer *sy, const struct stack *st)
 
 	sbuf_init(&msg);
 	sbuf_addf(&msg, "Thread: %d %s", st->tid, st->name);
-	if (!st->captured)
+	if (!st->registered)
+		sbuf_adds(&msg, " (unregistered)");
+	if (st->captured)
+		;
+	else if (st->outcome == ASKED)
 		sbuf_addf(&msg, " (no stack captured: no answer within %d ms)",
 			  STACKDUMP_TIMEOUT_MS);
+	else if (st->outcome == BLOCKS)
+		sbuf_adds(&msg, " (no stack captured: it blocks the dump "
+			  "signal)");
+	else if (st->outcome == GONE)
+		sbuf_adds(&msg, " (no stack captured: it exited meanwhile)");
+	else
+		sbuf_addf(&msg, " (no stack captured: cannot signal it: %s)",
+			  strerror(st->err));
 	for (int i = st->first; st->captured && i < st->nframes; i++) {
 		uintptr_t a = (uintptr_t)st->frames[i];
 		bool exact = i == st->first && st->exact_first;
@@ -591,39 +783,6 @@ static void log_stack(struct symbolizer *sy, const struct stack *st)
 	}
 	log_info(STACKDUMP_LOGGER, "%s", msg.buf);
 	sbuf_free(&msg);
-}
-
-/* Threads in /proc/self/task that are neither in ST nor the dumper. */
-static void log_unregistered(const struct stack *st, size_t n)
-{
-	int self = gettid(), tid;
-	DIR *d = opendir("/proc/self/task");
-	struct dirent *e;
-	char path[64], comm[64];
-	bool known;
-	FILE *f;
-
-	if (!d)
-		return;
-	while ((e = readdir(d))) {
-		tid = atoi(e->d_name);
-		known = tid <= 0 || tid == self;
-		for (size_t i = 0; !known && i < n; i++)
-			known = st[i].tid == tid;
-		if (known)
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/task/%d/comm", tid);
-		comm[0] = '\0';
-		if ((f = fopen(path, "r"))) {
-			if (fgets(comm, sizeof(comm), f))
-				comm[strcspn(comm, "\n")] = '\0';
-			fclose(f);
-		}
-		log_info(STACKDUMP_LOGGER,
-			 "Thread: %d %s (not registered: no stack captured)",
-			 tid, comm);
-	}
-	closedir(d);
 }
 
 /* ---- worker status ---- */
@@ -746,21 +905,23 @@ void stackdump_wait(void)
 /* Gather and log the stacks, then STATUS (reporters' lines). */
 static void dump_and_log(const sbuf *status)
 {
-	struct stack *st = xcalloc(MAX_THREADS, sizeof(*st));
+	struct capture *c = xcalloc(1, sizeof(*c));
 	struct symbolizer *sy = xcalloc(1, sizeof(*sy));
-	size_t n;
 
 	log_info(STACKDUMP_LOGGER, "Beginning stack dump");
-	n = capture_all(st);
-	for (size_t i = 0; i < n; i++)
-		log_stack(sy, &st[i]);
-	log_unregistered(st, n);
+	capture_all(c);
+	for (size_t i = 0; i < c->n; i++)
+		log_stack(sy, &c->st[i]);
+	if (c->skipped > 0)
+		log_info(STACKDUMP_LOGGER, "%zu more unregistered threads "
+			 "(no stack captured: a dump takes at most %d)",
+			 c->skipped, MAX_SPARES);
 	if (status->len > 0)
 		log_info(STACKDUMP_LOGGER, "Worker status:\n%s", status->buf);
 	log_info(STACKDUMP_LOGGER, "End stack dump");
 	symbolizer_free(sy);
 	free(sy);
-	free(st);
+	free(c);
 }
 
 bool stackdump_dump(void)

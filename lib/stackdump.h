@@ -4,13 +4,15 @@
  * ("PoolWorker.p-main: request 100-0000000042 pending, 3 nodes building").
  * Upstream dumps its Python threads' stacks on the same signal.
  *
- * Threads we start register themselves by name; the dump asks each one,
- * with a real-time signal, to record its own backtrace, then names the
- * frames from the ELF symbol tables (static functions included). Threads
- * that did not register (libraries' own) are listed by id and name only.
- * A registered thread must tolerate EINTR from blocking calls that are
- * never restarted (poll, epoll_wait, sem_wait, nanosleep): the event loop
- * does. */
+ * Threads we start register themselves by name; the dump asks every
+ * thread, with a real-time signal, to record its own backtrace, then names
+ * the frames from the ELF symbol tables (static functions included).
+ * Threads that did not register (libraries' own: libmicrohttpd's listening
+ * thread, libcurl's resolver threads) are found in /proc/self/task and
+ * captured the same way, under their kernel names, up to a cap. Every
+ * thread must therefore tolerate EINTR from blocking calls that are never
+ * restarted (poll, epoll_wait, sem_wait, nanosleep): the event loop does,
+ * and so do libmicrohttpd and glibc's resolver. */
 #ifndef NP_STACKDUMP_H
 #define NP_STACKDUMP_H
 
@@ -20,10 +22,12 @@
 #include "util.h"
 
 #define STACKDUMP_LOGGER "nodepool.stack_dump"
-/* The signal that asks a registered thread for its backtrace. It must
- * stay unblocked in registered threads (registering unblocks it). */
+/* The signal that asks a thread for its backtrace. It must stay
+ * unblocked in registered threads (registering unblocks it); a thread
+ * that blocks it is not sent it, and is reported as such. */
 #define STACKDUMP_SIGNAL (SIGRTMIN + 3)
-/* How long a dump waits for the threads' backtraces, in total. */
+/* How long a dump waits for the threads' backtraces (and for those
+ * that block the signal to unblock it), in total. */
 #define STACKDUMP_TIMEOUT_MS 2000
 
 /* Name the calling thread for dumps (kept whole here; the kernel's name,
@@ -31,8 +35,8 @@
  * main thread, whose kernel name is the program's and stays so). Called by
  * every thread we start, main loop thread included, once it runs; calling
  * again renames. The thread leaves the registry by itself when it exits.
- * Returns false if the registry is full (the thread is then listed
- * without a stack). */
+ * Returns false if the registry is full (the thread is then captured as
+ * an unregistered one, under its kernel name). */
 bool stackdump_register_thread(const char *name);
 void stackdump_unregister_thread(void);
 

@@ -24,6 +24,7 @@
 # sanitizer build); nothing sleeps a fixed time. env: as launcherlib.
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -713,6 +714,20 @@ def _stack_dump(sc):
     text = "\n".join(lines or [])
     for w in want:
         check(w in text, "SIGUSR2 dump names %s" % w)
+    # Every thread answers with its frames: the main loop too, though it
+    # starts the dump's helper thread (glibc's pthread_create() blocks all
+    # signals for a moment), and any thread a library started (listed as
+    # "(unregistered)" under its kernel name).
+    heads = re.findall(r"nodepool\.stack_dump: Thread: (\d+) (\S+)(.*)", text)
+    check(any(name == "NodePoolBuilder" for _, name, _ in heads),
+          "SIGUSR2: the main loop's message")
+    for tid, name, rest in heads:
+        frames = re.search(r"Thread: %s .*\n((?:.*nodepool\.stack_dump:   "
+                           r"#.*\n)*)" % tid, text + "\n").group(1)
+        check("no stack captured" not in rest and "#0 " in frames,
+              "SIGUSR2: %s %s%s has its frames" % (name, tid, rest))
+    check("not registered" not in text,
+          "SIGUSR2: no thread listed without its stack")
     check(b.poll() is None, "the builder keeps running after SIGUSR2")
     check(sc.builds_in(img, "building"), "the build goes on")
     # SIGINT would wait for the 600 s build (and the next one): kill the

@@ -2,9 +2,10 @@
 # test_launcher_robust.py: nodepool-launcher under the conditions a
 # production launcher meets and the happy-path tests do not, each scenario
 # in its own chroot with real processes (launcherlib.py):
-#  - SIGUSR2 with launches in flight: every registered thread's stack (the
-#    loop, a web app connection thread) and each worker's request, node and
-#    state under nodepool.stack_dump; the requests still complete;
+#  - SIGUSR2 with launches in flight: every thread's stack (the loop, a
+#    web app connection thread, libmicrohttpd's own listening thread) and
+#    each worker's request, node and state under nodepool.stack_dump; the
+#    requests still complete;
 #  - ZooKeeper stopped and started again (same ports, same data) while
 #    requests are in flight: each ends fulfilled or failed, every fake
 #    instance has a node and every node an instance after the cleanup
@@ -108,6 +109,13 @@ def dump_text(log, nth):
     return log[starts[nth]:end] if end >= 0 else None
 
 
+def thread_frames(dump, tid):
+    """The frame lines ("#N ...") of thread TID's message in DUMP."""
+    m = re.search(r"Thread: %s .*\n((?:.*nodepool\.stack_dump:   #.*\n)*)"
+                  % tid, dump + "\n")
+    return re.findall(r"#\d+ .*", m.group(1)) if m else []
+
+
 def start_trapped(s, ftrap, providers, labels, name):
     """Our launcher with PROVIDERS (one pool each) and LABELS, talking to
     ZooKeeper through FTRAP (a FrameTrap); its process, once every pool
@@ -167,10 +175,22 @@ def test_stack_dump(zk):
                   "(%r)" % names)
             check("webapp" in names, "stackdump: the web app thread's "
                   "stack (%r)" % names)
+            # Every thread answers with its frames, libmicrohttpd's own
+            # (started by the library, never registered) too.
+            check("MHD-listen" in names, "stackdump: libmicrohttpd's "
+                  "listening thread (%r)" % names)
             for tid, name, rest in threads:
-                if name in ("NodePool", "webapp"):
-                    check("no stack captured" not in rest,
-                          "stackdump: %s %s answered" % (name, tid))
+                frames = thread_frames(dump, tid)
+                check("no stack captured" not in rest and frames,
+                      "stackdump: %s %s%s answered: %r"
+                      % (name, tid, rest, frames[:2]))
+                if name == "MHD-listen":
+                    check(rest.strip() == "(unregistered)" and
+                          any("libmicrohttpd" in f for f in frames),
+                          "stackdump: MHD-listen's frames in "
+                          "libmicrohttpd: %r" % frames)
+            check("not registered" not in dump,
+                  "stackdump: no thread listed without its stack")
             # A registered thread's frames follow its header line.
             main = dump[dump.find(" NodePool"):]
             check(re.search(r"#0 \S+ in \S+\+0x[0-9a-f]+", main) and
@@ -198,8 +218,13 @@ def test_stack_dump(zk):
         web.close()
         # A second dump works as the first.
         p.send_signal(signal.SIGUSR2)
-        check(wait_for(lambda: dump_text(s.log(p), 1), what="second dump"),
-              "stackdump: a second dump")
+        dump = wait_for(lambda: dump_text(s.log(p), 1), what="second dump")
+        if check(dump, "stackdump: a second dump"):
+            listen = re.findall(r"Thread: (\d+) MHD-listen", dump)
+            check(listen and thread_frames(dump, listen[0]),
+                  "stackdump: MHD-listen's frames the second time")
+            check("no stack captured" not in dump,
+                  "stackdump: every thread answers the second time")
         s.stop(p)
     finally:
         s.close()

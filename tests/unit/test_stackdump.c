@@ -2,11 +2,15 @@
  * each blocked in a function of its own (a pipe read, a condition
  * variable, poll), must each appear with their name and a stack showing
  * that function, with the workers' status lines; they must go on working
- * afterwards; unregistered threads are listed by name; a thread that does
- * not answer delays the dump but does not hang it; a thread that exited
- * is gone from the registry; the asynchronous request logs the same; and
- * a dump asked for while one runs is skipped. The log goes to a file that
- * the test reads back. */
+ * afterwards; unregistered threads (as libraries start them: a plain
+ * pthread reading a pipe, another sleeping) show their stacks under their
+ * kernel names, up to the cap, and the rest are counted; a thread that
+ * blocks the dump signal is reported at once and left no signal pending;
+ * a thread the kernel holds (a vfork() parent) delays the dump but does
+ * not hang it; a thread that exited is gone from the registry; the
+ * asynchronous request logs the same; and a dump asked for while one runs
+ * is skipped. The log goes to a file that the test reads back. */
+#include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -15,6 +19,9 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -39,6 +46,14 @@ static void log_restore(void)
 	log_set_stream(stderr);
 	fclose(dumplog);
 	free(log_path);
+}
+
+/* Empty the log for the next dump. */
+static void log_clear(void)
+{
+	fflush(dumplog);
+	REQUIRE(ftruncate(fileno(dumplog), 0) == 0);
+	rewind(dumplog);
 }
 
 static char *log_text(void)
@@ -79,6 +94,18 @@ static char *thread_block(const char *log, int tid, const char *name)
 		line = eol;
 	}
 	return line ? xstrndup(p, (size_t)(line - p + 1)) : xstrdup(p);
+}
+
+/* Thread TID's message in LOG, found by its head "Thread: TID NAME",
+ * has WANT. */
+static bool thread_has(const char *log, int tid, const char *name,
+		       const char *want)
+{
+	char *blk = thread_block(log, tid, name);
+	bool ok = blk && strstr(blk, want);
+
+	free(blk);
+	return ok;
 }
 
 /* ---- the workers ---- */
@@ -166,16 +193,15 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-/* Wait until the worker sleeps, which after its "ready" can only be in
- * its waiting function (nothing else it does can block). */
-static void wait_until_blocked(struct worker *w)
+/* Wait until thread TID is in state STATE ('S' sleeping, 'D' held by
+ * the kernel) as /proc shows it. */
+static void wait_for_state(int tid, char state)
 {
-	char path[64], buf[512], *state;
+	char path[64], buf[512], *p;
 	struct timespec ts = { 0, 1000000 };
 	FILE *f;
 
-	snprintf(path, sizeof(path), "/proc/self/task/%d/stat",
-		 atomic_load(&w->tid));
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
 	for (int i = 0; i < 10000; i++) {
 		buf[0] = '\0';
 		if ((f = fopen(path, "r"))) {
@@ -184,11 +210,18 @@ static void wait_until_blocked(struct worker *w)
 			fclose(f);
 		}
 		/* "tid (comm) S ...": the state follows the last ')'. */
-		state = strrchr(buf, ')');
-		if (state && state[1] == ' ' && state[2] == 'S')
+		p = strrchr(buf, ')');
+		if (p && p[1] == ' ' && p[2] == state)
 			return;
 		nanosleep(&ts, NULL);
 	}
+}
+
+/* Wait until the worker sleeps, which after its "ready" can only be in
+ * its waiting function (nothing else it does can block). */
+static void wait_until_blocked(struct worker *w)
+{
+	wait_for_state(atomic_load(&w->tid), 'S');
 }
 
 static void worker_start(struct worker *w, const char *name)
@@ -265,17 +298,22 @@ static bool has(const char *hay, const char *needle)
 	return hay && strstr(hay, needle) != NULL;
 }
 
+
+/* The dump signal waits, pending, on thread TID (its own queue or the
+ * process's). */
+static bool dump_signal_pending(int tid)
+{
+	unsigned long long bit = 1ULL << (STACKDUMP_SIGNAL - 1);
+
+	return ((task_sigmask(tid, "SigPnd") | task_sigmask(tid, "ShdPnd")) &
+		bit) != 0;
+}
+
 static void check_comm(int tid, const char *want)
 {
-	char path[64], comm[32] = "";
-	FILE *f;
+	char comm[32];
 
-	snprintf(path, sizeof(path), "/proc/self/task/%d/comm", tid);
-	if ((f = fopen(path, "r"))) {
-		if (fgets(comm, sizeof(comm), f))
-			comm[strcspn(comm, "\n")] = '\0';
-		fclose(f);
-	}
+	task_comm(tid, comm, sizeof(comm));
 	CHECK_STR(comm, want);
 }
 
@@ -318,21 +356,17 @@ TEST(every_thread_named_with_its_stack)
 	CHECK(has(blk, "beta_waits_on_condvar+0x"));
 	CHECK(has(blk, "pthread_cond_wait"));
 	free(blk);
-	blk = thread_block(log, g.tid, "worker-gamma-with-a-long-name");
-	CHECK(has(blk, "gamma_waits_in_poll+0x"));
-	free(blk);
+	CHECK(thread_has(log, g.tid, "worker-gamma-with-a-long-name",
+			 "gamma_waits_in_poll+0x"));
 	/* The dumping thread shows itself dumping. */
-	blk = thread_block(log, gettid(), "test-main");
-	CHECK(has(blk, "stackdump_dump+0x"));
+	CHECK(thread_has(log, gettid(), "test-main",
+			 "stackdump_dump+0x"));
+	/* Not registered: its kernel name, and its stack all the same. */
+	blk = thread_block(log, lone.tid, "lone-alpha (unregistered)");
+	CHECK(has(blk, "alpha_waits_on_pipe+0x"));
+	CHECK(has(blk, "worker_main+0x"));
 	free(blk);
-	/* Not registered: listed by its kernel name only. */
-	{
-		char want[128];
-
-		snprintf(want, sizeof(want), "Thread: %d lone-alpha (not "
-			 "registered: no stack captured)\n", lone.tid);
-		CHECK(has(log, want));
-	}
+	CHECK(!has(log, "no stack captured"));
 
 	CHECK(has(log, "INFO nodepool.stack_dump: Worker status:\n"));
 	CHECK(has(log, "nodepool.stack_dump:   PoolWorker.p-main: request "
@@ -355,9 +389,7 @@ TEST(every_thread_named_with_its_stack)
 	/* A removed reporter and an exited thread are gone next time. */
 	stackdump_remove_reporter(report_pool, "100-0000000042");
 	worker_stop(&a);
-	fflush(dumplog);
-	REQUIRE(ftruncate(fileno(dumplog), 0) == 0);
-	rewind(dumplog);
+	log_clear();
 	CHECK(stackdump_dump());
 	log = log_text();
 	CHECK(!has(log, "worker-alpha"));
@@ -375,28 +407,299 @@ TEST(every_thread_named_with_its_stack)
 	log_restore();
 }
 
-TEST(a_thread_that_does_not_answer)
+/* A thread as a library starts it: plain pthread_create(), no name of
+ * its own, no registration, sleeping for an hour at a time. */
+struct sleeper {
+	pthread_t thread;
+	atomic_int tid;
+	atomic_bool quit;
+	sem_t ready;
+};
+
+static __attribute__((noinline)) void sleeper_naps(void)
 {
-	struct worker w = { 0 }, ok = { 0 };
+	struct timespec ts = { 3600, 0 };
+
+	nanosleep(&ts, NULL);
+	__asm__ volatile("" ::: "memory");
+}
+
+static void *sleeper_main(void *arg)
+{
+	struct sleeper *s = arg;
+
+	atomic_store(&s->tid, gettid());
+	sem_post(&s->ready);
+	while (!atomic_load(&s->quit))
+		sleeper_naps();    /* a signal ends a nap early */
+	return NULL;
+}
+
+static void sleeper_start(struct sleeper *s)
+{
+	sem_init(&s->ready, 0, 0);
+	REQUIRE(pthread_create(&s->thread, NULL, sleeper_main, s) == 0);
+	while (sem_wait(&s->ready) < 0)
+		;
+	wait_for_state(atomic_load(&s->tid), 'S');
+}
+
+/* Wake it until it has seen QUIT and ended (pthread_cancel() would do,
+ * but ASan mistakes the unwound stack for an overflow). The dump signal
+ * that no dump asked for does nothing but end the nap. */
+static void sleeper_stop(struct sleeper *s)
+{
+	struct timespec ts = { 0, 1000000 };
+
+	atomic_store(&s->quit, true);
+	while (pthread_tryjoin_np(s->thread, NULL) == EBUSY) {
+		pthread_kill(s->thread, STACKDUMP_SIGNAL);
+		nanosleep(&ts, NULL);
+	}
+	sem_destroy(&s->ready);
+}
+
+TEST(an_unregistered_sleeping_thread)
+{
+	struct sleeper s = { 0 };
+	char comm[32], name[64], *log, *blk;
+
+	log_to_file();
+	sleeper_start(&s);
+	/* It has its creator's kernel name, as a library's thread would. */
+	task_comm(s.tid, comm, sizeof(comm));
+	snprintf(name, sizeof(name), "%s (unregistered)", comm);
+	for (int round = 0; round < 2; round++) {
+		log_clear();
+		CHECK(stackdump_dump());
+		log = log_text();
+		blk = thread_block(log, s.tid, name);
+		CHECK(has(blk, "sleeper_naps+0x"));
+		CHECK(has(blk, "sleeper_main+0x"));
+		CHECK(has(blk, "nanosleep"));
+		CHECK(!has(blk, "no stack captured"));
+		free(blk);
+		free(log);
+	}
+	sleeper_stop(&s);
+	log_restore();
+}
+
+TEST(many_unregistered_threads)
+{
+	enum { N = 70 };
+	struct sleeper *s = xcalloc(N, sizeof(*s));
+	char *log, *p;
+	size_t captured = 0, more = 0;
+
+	log_to_file();
+	for (int i = 0; i < N; i++)
+		sleeper_start(&s[i]);
+	CHECK(stackdump_dump());
+	log = log_text();
+	/* Each thread's stack ends its message with this frame. */
+	for (p = log; (p = strstr(p, "sleeper_main+0x")); p++)
+		captured++;
+	p = strstr(log, "nodepool.stack_dump: ");
+	while (p && !more) {
+		if (sscanf(p, "nodepool.stack_dump: %zu more unregistered "
+			   "threads", &more) != 1)
+			more = 0;
+		p = strstr(p + 1, "nodepool.stack_dump: ");
+	}
+	CHECK_INT((int)captured, 64);
+	CHECK_INT((int)more, N - 64);
+	CHECK(has(log, "more unregistered threads (no stack captured: a "
+		  "dump takes at most 64)"));
+	CHECK(has(log, "End stack dump"));
+	free(log);
+	for (int i = 0; i < N; i++)
+		sleeper_stop(&s[i]);
+	free(s);
+	log_restore();
+}
+
+TEST(threads_that_block_the_signal)
+{
+	const char *blocks = "(no stack captured: it blocks the dump signal)";
+	struct worker deaf = { 0 }, lone = { 0 }, ok = { 0 };
+	char *log;
+
+	log_to_file();
+	deaf.block_capture = true;
+	worker_start(&deaf, "worker-deaf");
+	lone.block_capture = true;
+	lone.no_register = true;
+	worker_start(&lone, "lone-deaf");
+	worker_start(&ok, "worker-alpha-2");
+	/* Never signalled: reported once the dump has waited as long as
+	 * it waits for any thread; the same the second time. */
+	for (int round = 0; round < 2; round++) {
+		log_clear();
+		CHECK(stackdump_dump());
+		log = log_text();
+		CHECK(thread_has(log, deaf.tid, "worker-deaf", blocks));
+		CHECK(thread_has(log, lone.tid, "lone-deaf (unregistered)",
+				 blocks));
+		CHECK(thread_has(log, ok.tid, "worker-alpha-2",
+				 "alpha_waits_on_pipe+0x"));
+		CHECK(has(log, "End stack dump"));
+		free(log);
+		/* Nothing is left waiting for them to unblock it. */
+		CHECK(!dump_signal_pending(deaf.tid));
+		CHECK(!dump_signal_pending(lone.tid));
+		CHECK(worker_alive(&deaf));
+		CHECK(worker_alive(&lone));
+		CHECK(worker_alive(&ok));
+	}
+	worker_stop(&deaf);
+	worker_stop(&lone);
+	worker_stop(&ok);
+	log_restore();
+}
+
+/* A thread that blocks the signal for a moment, as glibc's
+ * pthread_create() does, while the dump begins: it unblocks it once the
+ * dump's first line is in the log, and must be captured. */
+static sem_t late_ready, late_quit;
+
+static __attribute__((noinline)) void epsilon_unblocks_once_dumping(void)
+{
+	struct timespec ts = { 0, 1000000 };
+	sigset_t set;
+	char *log;
+
+	for (;;) {
+		log = log_text();
+		if (has(log, "Beginning stack dump")) {
+			free(log);
+			break;
+		}
+		free(log);
+		nanosleep(&ts, NULL);
+	}
+	sigemptyset(&set);
+	sigaddset(&set, STACKDUMP_SIGNAL);
+	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+	__asm__ volatile("" ::: "memory");
+}
+
+static void *late_main(void *arg)
+{
+	sigset_t set;
+
+	stackdump_register_thread("worker-late");
+	sigemptyset(&set);
+	sigaddset(&set, STACKDUMP_SIGNAL);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	*(int *)arg = gettid();
+	sem_post(&late_ready);
+	epsilon_unblocks_once_dumping();
+	while (sem_wait(&late_quit) < 0)
+		;
+	return NULL;
+}
+
+TEST(a_thread_that_blocks_the_signal_for_a_moment)
+{
+	pthread_t t;
+	int tid = 0;
 	char *log, *blk;
 
 	log_to_file();
-	w.block_capture = true;
-	worker_start(&w, "worker-deaf");
-	worker_start(&ok, "worker-alpha-2");
-	/* It waits for the deaf thread as long as promised, no longer. */
+	sem_init(&late_ready, 0, 0);
+	sem_init(&late_quit, 0, 0);
+	REQUIRE(pthread_create(&t, NULL, late_main, &tid) == 0);
+	while (sem_wait(&late_ready) < 0)
+		;
 	CHECK(stackdump_dump());
 	log = log_text();
-	blk = thread_block(log, w.tid, "worker-deaf");
-	CHECK(has(blk, "(no stack captured: no answer within 2000 ms)"));
-	free(blk);
-	blk = thread_block(log, ok.tid, "worker-alpha-2");
-	CHECK(has(blk, "alpha_waits_on_pipe+0x"));
+	blk = thread_block(log, tid, "worker-late");
+	CHECK(has(blk, "late_main+0x"));
+	CHECK(!has(blk, "no stack captured"));
 	free(blk);
 	free(log);
-	CHECK(worker_alive(&w));
+	sem_post(&late_quit);
+	pthread_join(t, NULL);
+	sem_destroy(&late_ready);
+	sem_destroy(&late_quit);
+	log_restore();
+}
+
+/* A thread that vfork()s waits in the kernel, deaf to all but fatal
+ * signals, until its child execs or exits: here until the test writes to
+ * PIPE. The child shares the thread's memory and stack, so it makes raw
+ * system calls only. */
+struct vforker {
+	pthread_t thread;
+	atomic_int tid;
+	int pipe[2];
+	sem_t ready;
+};
+
+static __attribute__((noinline)) void delta_waits_for_vfork_child(
+	struct vforker *v)
+{
+	char c;
+	pid_t pid = vfork();
+
+	if (pid == 0) {
+		syscall(SYS_read, v->pipe[0], &c, 1);
+		syscall(SYS_exit_group, 0);
+	}
+	if (pid > 0)
+		while (waitpid(pid, NULL, 0) < 0)
+			;
+}
+
+static void *vforker_main(void *arg)
+{
+	struct vforker *v = arg;
+
+	stackdump_register_thread("worker-vfork");
+	atomic_store(&v->tid, gettid());
+	sem_post(&v->ready);
+	delta_waits_for_vfork_child(v);
+	return NULL;
+}
+
+TEST(a_thread_that_does_not_answer)
+{
+	struct vforker v = { 0 };
+	struct worker ok = { 0 };
+	char *log;
+
+	log_to_file();
+	REQUIRE(pipe(v.pipe) == 0);
+	sem_init(&v.ready, 0, 0);
+	REQUIRE(pthread_create(&v.thread, NULL, vforker_main, &v) == 0);
+	while (sem_wait(&v.ready) < 0)
+		;
+	wait_for_state(v.tid, 'D');
+	worker_start(&ok, "worker-alpha-3");
+	/* It waits for the held thread as long as promised, no longer. */
+	CHECK(stackdump_dump());
+	log = log_text();
+	CHECK(thread_has(log, v.tid, "worker-vfork",
+			 "(no stack captured: no answer within 2000 ms)"));
+	CHECK(thread_has(log, ok.tid, "worker-alpha-3",
+			 "alpha_waits_on_pipe+0x"));
+	CHECK(has(log, "End stack dump"));
+	free(log);
+	/* Released, it takes the late signal in its stride and ends. */
+	(void)!write(v.pipe[1], "x", 1);
+	pthread_join(v.thread, NULL);
+	close(v.pipe[0]);
+	close(v.pipe[1]);
+	sem_destroy(&v.ready);
+	log_clear();
+	CHECK(stackdump_dump());
+	log = log_text();
+	CHECK(!has(log, "worker-vfork"));
+	CHECK(!has(log, "no stack captured"));
+	CHECK(has(log, "End stack dump"));
+	free(log);
 	CHECK(worker_alive(&ok));
-	worker_stop(&w);
 	worker_stop(&ok);
 	log_restore();
 }
@@ -404,7 +707,7 @@ TEST(a_thread_that_does_not_answer)
 TEST(asynchronous_request)
 {
 	struct worker w = { 0 };
-	char *log, *blk;
+	char *log;
 
 	log_to_file();
 	worker_start(&w, "worker-gamma");
@@ -413,14 +716,12 @@ TEST(asynchronous_request)
 	CHECK(stackdump_request());
 	stackdump_wait();
 	log = log_text();
-	blk = thread_block(log, w.tid, "worker-gamma");
-	CHECK(has(blk, "gamma_waits_in_poll+0x"));
-	free(blk);
+	CHECK(thread_has(log, w.tid, "worker-gamma",
+			 "gamma_waits_in_poll+0x"));
 	/* The requesting thread is captured like any other (asking for the
 	 * dump or already waiting for it). */
-	blk = thread_block(log, gettid(), "test-main");
-	CHECK(has(blk, "asynchronous_request+0x"));
-	free(blk);
+	CHECK(thread_has(log, gettid(), "test-main",
+			 "asynchronous_request+0x"));
 	CHECK(has(log, "PoolWorker.p-async: request 200-1 pending"));
 	CHECK(has(log, "End stack dump"));
 	/* The helper thread is not listed as a stranger. */
