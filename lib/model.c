@@ -253,22 +253,51 @@ static bool utf8_valid(const char *str, size_t len);
  * allocation of its own (no arena, or no VEC and STR: what
  * np_record_clear() frees), or all in one block (np_record_pack(): the
  * vectors at VEC, the strings at STR). SHARED: the members it names take
- * the pool's strings (np_shared). TRUSTED: the source was checked
- * already (rec_measure() of it, or it is a packed record). */
+ * the pool's strings (np_shared), PREV's where equal. TRUSTED: the
+ * source was checked already (rec_measure() of it, or it is a packed
+ * record). */
 struct arena {
 	char **vec;
 	char *str;
 	const np_shared *shared;
+	const void *prev;
 	bool trusted;
 };
 
+/* SHARED's string equal to the LEN bytes at S (no NUL among them): LIKE,
+ * the record's predecessor's string at the same place, when that is it
+ * (a reference more, no look-up), else the pool's. */
+static char *pool_str(const np_shared *shared, const char *like,
+		      const char *s, size_t len)
+{
+	if (like && shared->str_ref && strncmp(like, s, len) == 0 &&
+	    !like[len])
+		return shared->str_ref(shared->ctx, (char *)like);
+	return shared->str(shared->ctx, s, len);
+}
+
+/* The string member at F of PREV (a record or NULL), or NULL. */
+static const char *prev_str(const void *prev, const struct field *f)
+{
+	return prev ? *CMEMBER(prev, f, char *) : NULL;
+}
+
+/* String I of the list member at F of PREV (a record or NULL), or NULL. */
+static const char *prev_item(const void *prev, const struct field *f,
+			     size_t i)
+{
+	const strlist *l = prev ? CMEMBER(prev, f, strlist) : NULL;
+
+	return l && i < l->n ? l->v[i] : NULL;
+}
+
 static char *arena_str(struct arena *a, const char *s, size_t len,
-		       bool shared)
+		       bool shared, const char *like)
 {
 	char *d;
 
 	if (shared)
-		return a->shared->str(a->shared->ctx, s, len);
+		return pool_str(a->shared, like, s, len);
 	if (!a || !a->str)
 		return xstrndup(s, len);
 	d = a->str;
@@ -342,10 +371,13 @@ static bool rec_copy(const struct field *tab, void *dst, const void *src,
 		     struct arena *a)
 {
 	uint64_t strs = a && a->shared ? a->shared->strs : 0;
+	const void *prev = a ? a->prev : NULL;
 	bool check = !(a && a->trusted);
+	size_t idx = 0;
 
-	for (const struct field *f = tab; f->key; f++) {
-		bool shared = f - tab < 64 && (strs >> (f - tab) & 1);
+	/* IDX counts the members (F - TAB is a division). */
+	for (const struct field *f = tab; f->key; f++, idx++) {
+		bool shared = idx < 64 && (strs >> idx & 1);
 		const char *s;
 		const strlist *l;
 		strlist *dl;
@@ -361,7 +393,8 @@ static bool rec_copy(const struct field *tab, void *dst, const void *src,
 			len = strlen(s);
 			if (check && !utf8_valid(s, len))
 				return false; /* not written */
-			*MEMBER(dst, f, char *) = arena_str(a, s, len, shared);
+			*MEMBER(dst, f, char *) = arena_str(a, s, len, shared,
+							    prev_str(prev, f));
 			break;
 		case F_NUM:
 			if (check && isinf(*CMEMBER(src, f, double)))
@@ -388,7 +421,8 @@ static bool rec_copy(const struct field *tab, void *dst, const void *src,
 				if (check && !utf8_valid(l->v[i], len))
 					return false; /* left out */
 				dl->v[dl->n++] = arena_str(a, l->v[i], len,
-							   shared);
+							   shared,
+							   prev_item(prev, f, i));
 			}
 			break;
 		case F_FORMATS:
@@ -610,15 +644,17 @@ struct rd {
 	np_json_pool_fn pool; /* nested values of JSON members, or NULL */
 	void *pool_ctx;
 	const np_shared *shared; /* strings of the members it names, or NULL */
+	const void *prev;        /* the record this one replaces, or NULL */
 };
 
 /* The LEN bytes at S as a string member's value: the pool's when SHARED
- * (see np_shared), else a copy of its own. */
+ * (see np_shared; LIKE is the predecessor's, see pool_str), else a copy
+ * of its own. */
 static char *rd_str(const struct rd *r, bool shared, const char *s,
-		    size_t len)
+		    size_t len, const char *like)
 {
 	if (shared)
-		return r->shared->str(r->shared->ctx, s, len);
+		return pool_str(r->shared, like, s, len);
 	return xstrndup(s, len);
 }
 
@@ -974,7 +1010,7 @@ static json_t *rd_container(struct rd *r, bool object);
 
 static json_t *rd_nested(const char *s, const char *e)
 {
-	struct rd r = { s, e, NULL, NULL, NULL };
+	struct rd r = { s, e, NULL, NULL, NULL, NULL };
 	json_t *v = rd_container(&r, *r.p++ == '{');
 
 	if (v) {
@@ -1060,8 +1096,9 @@ static json_t *rd_value(struct rd *r)
 	return is_int ? json_integer(i) : json_real(d);
 }
 
-/* [ plain strings ] or null into L. */
-static bool rd_strlist(struct rd *r, strlist *l, bool shared)
+/* [ plain strings ] or null into L, the list member at F. */
+static bool rd_strlist(struct rd *r, const struct field *f, strlist *l,
+		       bool shared)
 {
 	const char *s;
 	size_t len;
@@ -1076,7 +1113,8 @@ static bool rd_strlist(struct rd *r, strlist *l, bool shared)
 	do {
 		if (!rd_plain_string(r, &s, &len))
 			return false;
-		strlist_add_owned(l, rd_str(r, shared, s, len));
+		strlist_add_owned(l, rd_str(r, shared, s, len,
+					    prev_item(r->prev, f, l->n)));
 	} while (rd_char(r, ','));
 	return rd_char(r, ']');
 }
@@ -1115,7 +1153,8 @@ static bool rd_field(struct rd *r, const struct field *f, void *rec,
 			return true;
 		if (!rd_plain_string(r, &s, &len))
 			return false;
-		*MEMBER(rec, f, char *) = rd_str(r, shared, s, len);
+		*MEMBER(rec, f, char *) = rd_str(r, shared, s, len,
+						 prev_str(r->prev, f));
 		return true;
 	case F_NUM:
 		if (rd_word(r, "null", 4))
@@ -1148,17 +1187,19 @@ static bool rd_field(struct rd *r, const struct field *f, void *rec,
 		*MEMBER(rec, f, bool) = i != 0;
 		return true;
 	case F_LIST:
-		return rd_strlist(r, MEMBER(rec, f, strlist), shared);
+		return rd_strlist(r, f, MEMBER(rec, f, strlist), shared);
 	case F_LABELS:
 		if (*r->p == '"') {
 			if (!rd_plain_string(r, &s, &len))
 				return false;
 			if (len)
 				strlist_add_owned(MEMBER(rec, f, strlist),
-						  rd_str(r, shared, s, len));
+						  rd_str(r, shared, s, len,
+							 prev_item(r->prev, f,
+								   0)));
 			return true;
 		}
-		return rd_strlist(r, MEMBER(rec, f, strlist), shared);
+		return rd_strlist(r, f, MEMBER(rec, f, strlist), shared);
 	case F_FORMATS:
 		return false; /* builds: rare, jansson's way */
 	case F_JSON:
@@ -1225,9 +1266,9 @@ static const struct field *rd_find(const struct field *tab, const char *key,
 static int rec_decode_direct(const struct field *tab, void *rec,
 			     json_t **rawp, const char *data, size_t len,
 			     np_json_pool_fn pool, void *pool_ctx,
-			     const np_shared *shared)
+			     const np_shared *shared, const void *prev)
 {
-	struct rd r = { data, data + len, pool, pool_ctx, shared };
+	struct rd r = { data, data + len, pool, pool_ctx, shared, prev };
 	uint64_t strs = shared ? shared->strs : 0;
 	const struct field *hint = tab, *f;
 	uint64_t seen = 0;
@@ -1272,7 +1313,8 @@ static int rec_decode_direct(const struct field *tab, void *rec,
 			*MEMBER(rec, f, char *) = rd_str(&r,
 							 (strs >> (f - tab) & 1),
 							 f->dstr,
-							 strlen(f->dstr));
+							 strlen(f->dstr),
+							 prev_str(prev, f));
 		if (f->kind == F_PORT && ssh_port) {
 			json_decref(*MEMBER(rec, f, json_t *));
 			*MEMBER(rec, f, json_t *) = ssh_port;
@@ -1887,7 +1929,8 @@ static void rec_shared(const struct field *tab, void *rec,
 static int type_decode_pooled(int kind, void *rec, const char *const *ids,
 			      const char *data, size_t len,
 			      np_json_pool_fn pool, void *pool_ctx,
-			      const np_shared *shared, char **err)
+			      const np_shared *shared, const void *prev,
+			      char **err)
 {
 	const struct rec_type *t = &rec_types[kind];
 
@@ -1895,7 +1938,7 @@ static int type_decode_pooled(int kind, void *rec, const char *const *ids,
 	/* Components need the whole document (is_pool); they are rare. */
 	if (kind != NP_KIND_COMPONENT &&
 	    rec_decode_direct(t->fields, rec, AT(rec, t->raw, json_t *), data,
-			      len, pool, pool_ctx, shared) == RD_OK)
+			      len, pool, pool_ctx, shared, prev) == RD_OK)
 		goto ids;
 	if (shared)
 		rec_shared(t->fields, rec, shared, false);
@@ -1919,7 +1962,7 @@ static int type_decode(int kind, void *rec, const char *const *ids,
 		       const char *data, size_t len, char **err)
 {
 	return type_decode_pooled(kind, rec, ids, data, len, NULL, NULL, NULL,
-				  err);
+				  NULL, err);
 }
 
 static char *type_encode(int kind, const void *rec, bool is_pool,
@@ -1972,7 +2015,7 @@ int np_record_decode_pooled(np_kind kind, np_record *rec,
 			    void *ctx, char **err)
 {
 	if (type_decode_pooled(kind, rec, ids, data, len, pool, ctx, NULL,
-			       err) < 0)
+			       NULL, err) < 0)
 		return -1;
 	*AT(rec, rec_types[kind].version, int) = version;
 	return 0;
@@ -1995,10 +2038,10 @@ uint64_t np_field_mask(np_kind kind, const size_t *offs, size_t n)
 int np_record_decode_shared(np_kind kind, np_record *rec,
 			    const char *const *ids, const char *data,
 			    size_t len, int version, const np_shared *pool,
-			    char **err)
+			    const np_record *prev, char **err)
 {
 	if (type_decode_pooled(kind, rec, ids, data, len, pool->json,
-			       pool->ctx, pool, err) < 0)
+			       pool->ctx, pool, prev, err) < 0)
 		return -1;
 	*AT(rec, rec_types[kind].version, int) = version;
 	return 0;
@@ -2030,7 +2073,7 @@ static bool type_copy(int kind, void *dst, const void *src,
 		if (id)
 			*AT(dst, t->ids[i], char *) = arena_str(a, id,
 								strlen(id),
-								false);
+								false, NULL);
 	}
 	return true;
 }
@@ -2081,9 +2124,9 @@ void np_record_pack_free(np_kind kind, np_record *packed)
 }
 
 bool np_record_unpack(np_kind kind, np_record *dst, const np_record *packed,
-		      const np_shared *pool)
+		      const np_shared *pool, const np_record *prev)
 {
-	struct arena a = { .shared = pool, .trusted = true };
+	struct arena a = { .shared = pool, .prev = prev, .trusted = true };
 
 	return type_copy(kind, dst, packed, &a);
 }

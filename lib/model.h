@@ -253,10 +253,13 @@ int np_record_decode_pooled(np_kind kind, np_record *rec,
  * a new reference to the pool's string equal to those LEN bytes, instead
  * of copies of their own: no allocation for a string the pool has. The
  * record's owner gives them back with np_record_unshare() before it
- * clears the record. */
+ * clears the record. STR_REF (or NULL) gives a new reference to S, a
+ * string of the pool: a record that replaces another (PREV below) takes
+ * the other's strings where they are equal, without a look-up. */
 typedef struct np_shared {
 	np_json_pool_fn json;
 	char *(*str)(void *ctx, const char *text, size_t len);
+	char *(*str_ref)(void *ctx, char *s);
 	void (*str_put)(void *ctx, char *s);
 	uint64_t strs;
 	void *ctx;
@@ -264,11 +267,12 @@ typedef struct np_shared {
 /* The bit of each member of a KIND record at the N offsets OFFS (string
  * and string-list members), for np_shared's STRS. */
 uint64_t np_field_mask(np_kind kind, const size_t *offs, size_t n);
-/* np_record_decode() with POOL's values; IDS may be NULL (no ids). */
+/* np_record_decode() with POOL's values; IDS may be NULL (no ids). PREV
+ * (or NULL): a record with POOL's strings that this one replaces. */
 int np_record_decode_shared(np_kind kind, np_record *rec,
 			    const char *const *ids, const char *data,
 			    size_t len, int version, const np_shared *pool,
-			    char **err);
+			    const np_record *prev, char **err);
 /* Give REC's pooled strings back to POOL (str_put) and set them NULL:
  * what np_record_clear() may then free is REC's own. */
 void np_record_unshare(np_kind kind, np_record *rec, const np_shared *pool);
@@ -289,9 +293,9 @@ np_record *np_record_pack(np_kind kind, const np_record *src);
 void np_record_pack_free(np_kind kind, np_record *packed);
 /* np_record_copy() of a packed record into DST with POOL's strings for
  * the members it names (see np_shared) and no ids; its owner gives them
- * back with np_record_unshare(). */
+ * back with np_record_unshare(). PREV: as for np_record_decode_shared(). */
 bool np_record_unpack(np_kind kind, np_record *dst, const np_record *packed,
-		      const np_shared *pool);
+		      const np_shared *pool, const np_record *prev);
 /* The array or object TEXT (LEN bytes) as jansson reads it, or NULL. */
 json_t *np_json_nested(const char *text, size_t len);
 char *np_record_encode(np_kind kind, const np_record *rec);

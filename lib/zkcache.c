@@ -675,6 +675,16 @@ static char *str_shared(void *ctx, const char *text, size_t len)
 	return (char *)ent_key(e);
 }
 
+/* A new reference to S, a string of the pool (np_shared's str_ref): the
+ * string a record shares with the one it replaces. */
+static char *str_shared_ref(void *ctx, char *s)
+{
+	struct ent *e = (struct ent *)(void *)(s - offsetof(struct ent, body));
+
+	e->nlock++;
+	return s;
+}
+
 static void str_shared_put(void *ctx, char *s)
 {
 	str_release(ctx, s);
@@ -772,8 +782,8 @@ static bool decoded(zkc *c, int what, union obj *o, json_t **raw,
  * (a cache is for reading; writers re-read under the lock). *WHOLE: see
  * struct ent. */
 static int decode(zkc *c, int what, const char *rel, const char *data,
-		  int len, const zk_stat *st, union obj *o, bool *whole,
-		  char **err)
+		  int len, const zk_stat *st, union obj *o, const union obj *prev,
+		  bool *whole, char **err)
 {
 	struct segs s;
 	json_t **raw;
@@ -785,7 +795,8 @@ static int decode(zkc *c, int what, const char *rel, const char *data,
 	case ZKC_NODE: /* no id: the entry's key is (obj_intern) */
 		rc = np_record_decode_shared(NP_KIND_NODE, (np_record *)&o->node,
 					     NULL, data, (size_t)len,
-					     st->version, &c->shared_node, err);
+					     st->version, &c->shared_node,
+					     (const np_record *)prev, err);
 		raw = &o->node.raw;
 		version = &o->node.version;
 		break;
@@ -793,7 +804,8 @@ static int decode(zkc *c, int what, const char *rel, const char *data,
 		rc = np_record_decode_shared(NP_KIND_REQUEST,
 					     (np_record *)&o->request, NULL,
 					     data, (size_t)len, st->version,
-					     &c->shared_request, err);
+					     &c->shared_request,
+					     (const np_record *)prev, err);
 		raw = &o->request.raw;
 		version = &o->request.version;
 		break;
@@ -913,13 +925,16 @@ static void given_free(int what, np_record *given)
 }
 
 /* Our own write's record (packed) as the cache keeps it: its strings
- * the pool's (no ids: the entry's key is). False when the copy fails
- * (packing checked it: never). */
-static bool given_unpack(zkc *c, int what, union obj *o, np_record *given)
+ * the pool's (no ids: the entry's key is), PREV's (the record it
+ * replaces, or NULL) where equal. False when the copy fails (packing
+ * checked it: never). */
+static bool given_unpack(zkc *c, int what, union obj *o, np_record *given,
+			 const union obj *prev)
 {
 	bool ok = np_record_unpack(kind_of(what), (np_record *)o, given,
 				   what == ZKC_NODE ? &c->shared_node :
-						      &c->shared_request);
+						      &c->shared_request,
+				   (const np_record *)prev);
 
 	given_free(what, given);
 	return ok;
@@ -962,6 +977,7 @@ static void apply_data(zkc *c, const char *rel, int what, const char *data,
 {
 	struct ent *e = tab_find(&c->tab, rel);
 	union obj o, old;
+	const union obj *prev;
 	char *err = NULL;
 	bool had, whole;
 
@@ -976,15 +992,18 @@ static void apply_data(zkc *c, const char *rel, int what, const char *data,
 		given_free(what, given);
 		return; /* not newer than what we have */
 	}
+	/* The record this one replaces: only nodes and requests share
+	 * strings with it. */
+	prev = e && e->has_obj ? ent_obj(e) : NULL;
 	if (given) {
-		if (!given_unpack(c, what, &o, given)) {
+		if (!given_unpack(c, what, &o, given, prev)) {
 			if (e)
 				drop_obj(c, e);
 			return;
 		}
-		whole = given_done(c, what, &o,
-				   e && e->has_obj ? ent_obj(e) : NULL, st);
-	} else if (decode(c, what, rel, data, len, st, &o, &whole, &err) < 0) {
+		whole = given_done(c, what, &o, prev, st);
+	} else if (decode(c, what, rel, data, len, st, &o, prev, &whole,
+			  &err) < 0) {
 		char *path = full_path(c, rel);
 		log_error(LOGGER, "Error loading json data from %s: %s", path, err);
 		free(path);
@@ -2011,11 +2030,11 @@ zkc *zkc_new(zk *z, enum zkc_tree tree)
 	c->gen = 1;
 	c->min_stamp = 1;
 	c->shared_node = (np_shared){
-		json_pooled, str_shared, str_shared_put,
+		json_pooled, str_shared, str_shared_ref, str_shared_put,
 		np_field_mask(NP_KIND_NODE, node_strs, NELEM(node_strs)) |
 		np_field_mask(NP_KIND_NODE, node_lists, NELEM(node_lists)), c };
 	c->shared_request = (np_shared){
-		NULL, str_shared, str_shared_put,
+		NULL, str_shared, str_shared_ref, str_shared_put,
 		np_field_mask(NP_KIND_REQUEST, request_strs,
 			      NELEM(request_strs)) |
 		np_field_mask(NP_KIND_REQUEST, request_lists,

@@ -332,7 +332,7 @@ static json_t *test_pool_fn(void *ctx, const char *text, size_t len)
 struct test_strs {
 	char *s[16];
 	int refs[16];
-	int n, gets;
+	int n, gets, took;
 };
 
 static char *test_str_get(void *ctx, const char *text, size_t len)
@@ -348,6 +348,18 @@ static char *test_str_get(void *ctx, const char *text, size_t len)
 		p->s[p->n++] = strndup(text, len);
 	p->refs[i]++;
 	return p->s[i];
+}
+
+/* A new reference to a string of the pool (np_shared's str_ref). */
+static char *test_str_ref(void *ctx, char *s)
+{
+	struct test_strs *p = ctx;
+
+	p->took++;
+	for (int i = 0; i < p->n; i++)
+		if (p->s[i] == s)
+			p->refs[i]++;
+	return s;
 }
 
 static void test_str_put(void *ctx, char *s)
@@ -382,16 +394,17 @@ TEST(decoding_with_shared_strings)
 		"\"type\": \"l1\"}";
 	const char *bad = "{\"state\": \"ready\", \"provider\": }";
 	struct test_strs strs = { 0 };
-	np_shared sh = { NULL, test_str_get, test_str_put, 0, &strs };
+	np_shared sh = { NULL, test_str_get, test_str_ref, test_str_put, 0,
+			 &strs };
 	np_record a, b, plain;
 	char *ea, *ep, *err = NULL;
 	const char *id = "0000000001";
 
 	sh.strs = np_field_mask(NP_KIND_NODE, offs, 4);
 	REQUIRE(np_record_decode_shared(NP_KIND_NODE, &a, NULL, doc,
-					strlen(doc), 2, &sh, &err) == 0);
+					strlen(doc), 2, &sh, NULL, &err) == 0);
 	REQUIRE(np_record_decode_shared(NP_KIND_NODE, &b, &id, esc,
-					strlen(esc), 2, &sh, &err) == 0);
+					strlen(esc), 2, &sh, NULL, &err) == 0);
 	/* state, provider, username's default and two labels; then the
 	 * same four members through jansson (one label). */
 	CHECK_INT(strs.gets, 9);
@@ -411,16 +424,31 @@ TEST(decoding_with_shared_strings)
 	CHECK_STR(ea, ep);
 	free(ea);
 	free(ep);
+	np_record_clear(NP_KIND_NODE, &plain);
+	/* A record replacing A takes A's strings where equal (no look-up):
+	 * the new state and the second label are looked up. */
+	doc = "{\"state\": \"used\", \"provider\": \"p1\", "
+		"\"type\": [\"l1\", \"l3\"]}";
+	REQUIRE(np_record_decode_shared(NP_KIND_NODE, &plain, NULL, doc,
+					strlen(doc), 3, &sh, &a, &err) == 0);
+	CHECK_INT(strs.gets, 11);
+	CHECK_INT(strs.took, 3);
+	CHECK(plain.node.provider == a.node.provider);
+	CHECK(plain.node.username == a.node.username);
+	CHECK(plain.node.type.v[0] == a.node.type.v[0]);
+	CHECK_STR(plain.node.state, "used");
+	CHECK_STR(plain.node.type.v[1], "l3");
+	np_record_unshare(NP_KIND_NODE, &plain, &sh);
+	np_record_clear(NP_KIND_NODE, &plain);
 	np_record_unshare(NP_KIND_NODE, &a, &sh);
 	np_record_unshare(NP_KIND_NODE, &b, &sh);
 	CHECK_INT(test_strs_refs(&strs), 0);
 	CHECK(a.node.state == NULL && a.node.type.n == 0);
 	np_record_clear(NP_KIND_NODE, &a);
 	np_record_clear(NP_KIND_NODE, &b);
-	np_record_clear(NP_KIND_NODE, &plain);
 	/* An error after some strings were taken gives them all back. */
 	CHECK(np_record_decode_shared(NP_KIND_NODE, &a, NULL, bad, strlen(bad),
-				      0, &sh, &err) < 0);
+				      0, &sh, NULL, &err) < 0);
 	CHECK(err != NULL);
 	free(err);
 	CHECK_INT(test_strs_refs(&strs), 0);
@@ -439,7 +467,8 @@ TEST(packed_copies)
 		"\"type\": [\"l1\", \"l2\"], \"host_keys\": [\"k\"], "
 		"\"resources\": {\"cores\": 2}, \"zz\": 1}";
 	struct test_strs strs = { 0 };
-	np_shared sh = { NULL, test_str_get, test_str_put, 0, &strs };
+	np_shared sh = { NULL, test_str_get, test_str_ref, test_str_put, 0,
+			 &strs };
 	np_record rec, un, *p;
 	char *e1, *e2, *err = NULL;
 	const char *id = "0000000007";
@@ -457,11 +486,23 @@ TEST(packed_copies)
 	e2 = np_record_encode(NP_KIND_NODE, p);
 	CHECK_STR(e2, e1);
 	free(e2);
-	REQUIRE(np_record_unpack(NP_KIND_NODE, &un, p, &sh));
-	np_record_pack_free(NP_KIND_NODE, p);
+	REQUIRE(np_record_unpack(NP_KIND_NODE, &un, p, &sh, NULL));
 	CHECK(un.node.id == NULL);
 	CHECK_INT(strs.gets, 3); /* state, two labels */
 	CHECK(un.node.state == strs.s[0]);
+	/* Unpacked again in place of UN: UN's strings, no look-ups. */
+	{
+		np_record again;
+
+		REQUIRE(np_record_unpack(NP_KIND_NODE, &again, p, &sh, &un));
+		CHECK_INT(strs.gets, 3);
+		CHECK_INT(strs.took, 3);
+		CHECK(again.node.state == un.node.state);
+		CHECK(again.node.type.v[1] == un.node.type.v[1]);
+		np_record_unshare(NP_KIND_NODE, &again, &sh);
+		np_record_clear(NP_KIND_NODE, &again);
+	}
+	np_record_pack_free(NP_KIND_NODE, p);
 	CHECK_STR(un.node.host_keys.v[0], "k"); /* its own */
 	e2 = np_record_encode(NP_KIND_NODE, &un);
 	CHECK_STR(e2, e1);
