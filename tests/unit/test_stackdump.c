@@ -5,11 +5,13 @@
  * afterwards; unregistered threads (as libraries start them: a plain
  * pthread reading a pipe, another sleeping) show their stacks under their
  * kernel names, up to the cap, and the rest are counted; a thread that
- * blocks the dump signal is reported at once and left no signal pending;
- * a thread the kernel holds (a vfork() parent) delays the dump but does
- * not hang it; a thread that exited is gone from the registry; the
- * asynchronous request logs the same; and a dump asked for while one runs
- * is skipped. The log goes to a file that the test reads back. */
+ * blocks the dump signal for good is reported and left no signal pending,
+ * one that blocks it for a moment is captured; a thread the kernel holds
+ * (a vfork() parent) delays the dump but does not hang it; threads that
+ * start and end all the time do not either; a thread that exited is gone
+ * from the registry; the asynchronous request logs the same; and a dump
+ * asked for while one runs is skipped. The log goes to a file that the
+ * test reads back. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -701,6 +703,57 @@ TEST(a_thread_that_does_not_answer)
 	free(log);
 	CHECK(worker_alive(&ok));
 	worker_stop(&ok);
+	log_restore();
+}
+
+/* Threads that start and end all the time, as libmicrohttpd's
+ * connection threads do: some are listed and gone before the signal
+ * (ESRCH) or before they answer. Every dump still ends, and the churn
+ * goes on. */
+static atomic_bool churn_quit;
+static atomic_int churned;
+
+static void *short_lived(void *arg)
+{
+	return arg;
+}
+
+static void *churn_main(void *arg)
+{
+	pthread_t t;
+
+	while (!atomic_load(&churn_quit)) {
+		if (pthread_create(&t, NULL, short_lived, NULL) == 0) {
+			pthread_join(t, NULL);
+			atomic_fetch_add(&churned, 1);
+		}
+	}
+	return NULL;
+}
+
+TEST(threads_coming_and_going)
+{
+	pthread_t t;
+	char *log, *p;
+	int ends = 0, before;
+	struct timespec ts = { 0, 1000000 };
+
+	log_to_file();
+	atomic_store(&churn_quit, false);
+	REQUIRE(pthread_create(&t, NULL, churn_main, NULL) == 0);
+	for (int i = 0; i < 20; i++)
+		CHECK(stackdump_dump());
+	log = log_text();
+	for (p = log; (p = strstr(p, "End stack dump")); p++)
+		ends++;
+	CHECK_INT(ends, 20);
+	CHECK(!has(log, "cannot signal"));
+	free(log);
+	before = atomic_load(&churned);
+	while (atomic_load(&churned) == before)
+		nanosleep(&ts, NULL);
+	atomic_store(&churn_quit, true);
+	pthread_join(t, NULL);
 	log_restore();
 }
 
