@@ -5,7 +5,8 @@
 #  - SIGUSR2 with launches in flight: every thread's stack (the loop, a
 #    web app connection thread, libmicrohttpd's own listening thread) and
 #    each worker's request, node and state under nodepool.stack_dump; the
-#    requests still complete;
+#    requests still complete; five more dumps while web connections (and
+#    their threads) come and go all end, every request answered;
 #  - ZooKeeper stopped and started again (same ports, same data) while
 #    requests are in flight: each ends fulfilled or failed, every fake
 #    instance has a node and every node an instance after the cleanup
@@ -225,6 +226,39 @@ def test_stack_dump(zk):
                   "stackdump: MHD-listen's frames the second time")
             check("no stack captured" not in dump,
                   "stackdump: every thread answers the second time")
+        # Dumps while connections come and go, each with a thread of its
+        # own (listed, then gone before it is signalled or answers): every
+        # dump ends, every request is answered.
+        statuses, stop = [], threading.Event()
+
+        def browse():
+            while not stop.is_set():
+                try:
+                    statuses.append(http_get(port, "/label-list")[0])
+                except OSError as e:
+                    statuses.append(repr(e))
+        browsers = [threading.Thread(target=browse) for _ in range(3)]
+        for b in browsers:
+            b.start()
+        for nth in range(2, 7):
+            # The last dump's helper may not have finished yet: a signal
+            # then is ignored (and logged so), and sent again.
+            while True:
+                ignored = s.log(p).count("already in progress")
+                p.send_signal(signal.SIGUSR2)
+                done = wait_for(lambda: dump_text(s.log(p), nth) or
+                                s.log(p).count("already in progress") >
+                                ignored, what="dump %d" % nth)
+                if done is not True:
+                    break
+            check(done, "stackdump: dump %d under churn ended" % nth)
+        stop.set()
+        for b in browsers:
+            b.join()
+        check(statuses and all(st == 200 for st in statuses),
+              "stackdump: %d requests under dumps, all answered (%r)"
+              % (len(statuses), sorted(set(map(str, statuses)))))
+        check(p.poll() is None, "stackdump: the launcher still runs")
         s.stop(p)
     finally:
         s.close()
