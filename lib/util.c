@@ -103,27 +103,9 @@ void sbuf_reserve(sbuf *sb, size_t extra)
 	sb->cap = cap;
 }
 
-void sbuf_add(sbuf *sb, const void *data, size_t n)
-{
-	if (sb->len + n >= sb->cap)
-		sbuf_reserve(sb, n);
-	if (n)
-		memcpy(sb->buf + sb->len, data, n);
-	sb->len += n;
-	sb->buf[sb->len] = '\0';
-}
-
 void sbuf_adds(sbuf *sb, const char *s)
 {
 	sbuf_add(sb, s, strlen(s));
-}
-
-void sbuf_addc(sbuf *sb, char c)
-{
-	if (sb->len + 1 >= sb->cap)
-		sbuf_reserve(sb, 1);
-	sb->buf[sb->len++] = c;
-	sb->buf[sb->len] = '\0';
 }
 
 /* Formats made of literal text and plain %s only (paths, names: most of

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 /* Memory kept on a free list for reuse is poisoned while it waits there,
  * so that AddressSanitizer still reports a use of it after its release;
@@ -41,9 +42,28 @@ typedef struct sbuf {
 void sbuf_init(sbuf *sb);
 void sbuf_free(sbuf *sb);
 void sbuf_reserve(sbuf *sb, size_t extra);
-void sbuf_add(sbuf *sb, const void *data, size_t n);
 void sbuf_adds(sbuf *sb, const char *s);
-void sbuf_addc(sbuf *sb, char c);
+
+/* The appends are inline: most are a few bytes into room already there
+ * (a record's JSON makes hundreds), where a call cost as much as the copy. */
+static inline void sbuf_add(sbuf *sb, const void *data, size_t n)
+{
+	if (sb->len + n >= sb->cap)
+		sbuf_reserve(sb, n);
+	if (n)
+		memcpy(sb->buf + sb->len, data, n);
+	sb->len += n;
+	sb->buf[sb->len] = '\0';
+}
+
+static inline void sbuf_addc(sbuf *sb, char c)
+{
+	if (sb->len + 1 >= sb->cap)
+		sbuf_reserve(sb, 1);
+	sb->buf[sb->len++] = c;
+	sb->buf[sb->len] = '\0';
+}
+
 void sbuf_addf(sbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sbuf_vaddf(sbuf *sb, const char *fmt, va_list ap);
 /* Give the buffer away; the sbuf is reset to empty. */
