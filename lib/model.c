@@ -2348,64 +2348,50 @@ void np_component_clear(np_component *c)
 
 /* ---- Python-compatible JSON text ---- */
 
-/* Whether the P-digit rounding of D = M / 2^K (E + 1 digits before the
- * point) reads back as D; its digits in *Q. */
-static bool float_digits_try(unsigned long long m, int k, int e, int p,
-			     unsigned long long *q)
+/* One decimal digit off the end of the three numbers float_digits_exact()
+ * narrows; the digit taken off the middle one in *LAST. */
+static void digits_drop(unsigned long long *vr, unsigned long long *vp,
+			unsigned long long *vm, unsigned *last)
+{
+	*last = (unsigned)(*vr % 10);
+	*vr /= 10;
+	*vp /= 10;
+	*vm /= 10;
+}
+
+/* The shortest significand that reads back as D, the nearest to D of
+ * those (ties to even), for 1 <= |D| < 2^52 (times and most numbers we
+ * write): Python's repr() digits, in one pass of exact integer arithmetic.
+ * D = M / 2^K; whatever lies strictly between the midpoints to its
+ * neighbours, (2M - 1) / 2^(K+1) and (2M + 1) / 2^(K+1), reads back as D,
+ * and so do the midpoints themselves when M is even (strtod rounds ties
+ * to even). Scaled by 10^SC to 18 digits before the point, the three
+ * fit in 128 bits exactly; their integer parts VM <= VR <= VP then lose
+ * digits while a number with one digit fewer still lies between the
+ * bounds, and the last digit dropped from VR rounds what is left (the
+ * steps of Ulf Adams' Ryu, with its exact multiplications: no tables).
+ * At 18 digits the interval is over 11 units wide, so one digit always
+ * goes, and the rounding always has a digit to look at. False: not in
+ * range, or a power of two (its lower neighbour is nearer, the interval
+ * lopsided), for the search in float_repr_compute to do. */
+static bool float_digits_exact(double d, char *digits, int *nd, int *exp10)
 {
 	static const unsigned long long pow10[] = {
 		1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL,
 		10000000ULL, 100000000ULL, 1000000000ULL, 10000000000ULL,
 		100000000000ULL, 1000000000000ULL, 10000000000000ULL,
 		100000000000000ULL, 1000000000000000ULL, 10000000000000000ULL,
-		100000000000000000ULL,
+		100000000000000000ULL, 1000000000000000000ULL,
 	};
+	static const char pairs[] =
+		"0001020304050607080910111213141516171819202122232425262728293031323334353637383940414243444546474849"
+		"5051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
 	typedef unsigned __int128 u128;
-	int sc = p - 1 - e; /* D * 10^sc has p digits before the point */
-	u128 x, y, diff, half;
-	bool even = (m & 1) == 0;
-
-	if (sc >= 0) {
-		u128 num = (u128)m * pow10[sc];
-		u128 rem = num & (((u128)1 << k) - 1), h = (u128)1 << (k - 1);
-
-		*q = (unsigned long long)(num >> k);
-		if (rem > h || (rem == h && (*q & 1)))
-			(*q)++;
-		/* In units of 10^-sc * 2^-(k+1). */
-		x = num * 2;
-		y = (u128)*q << (k + 1);
-		half = pow10[sc];
-	} else {
-		u128 den = (u128)pow10[-sc] << k;
-		u128 rem = (u128)m % den;
-
-		*q = (unsigned long long)((u128)m / den);
-		if (rem * 2 > den || (rem * 2 == den && (*q & 1)))
-			(*q)++;
-		/* In units of 2^-(k+1). */
-		x = (u128)m * 2;
-		y = ((u128)*q * pow10[-sc]) << (k + 1);
-		half = 1;
-	}
-	diff = x > y ? x - y : y - x;
-	return diff < half || (diff == half && even);
-}
-
-/* The shortest correctly rounded significand that reads back as D, for
- * 1 <= |D| < 2^52 (times and most numbers we write), with exact integer
- * arithmetic: D = M / 2^K, and p digits read back when they lie within
- * half a unit in the last place of D (exactly half: when M is even, as
- * strtod rounds ties to even). Gives the digits the snprintf search in
- * np_float_repr gives (checked on 10 million doubles, ties included),
- * ten times faster. False: not in range, or a power of two (its lower
- * neighbour is nearer), for the search to do. */
-static bool float_digits_exact(double d, char *digits, int *nd, int *exp10)
-{
-	unsigned long long bits, m, q = 0, ip, pw = 1;
-	int k, e = 0, p, lo, hi;
-	char tmp[24];
-	int n = 0;
+	unsigned long long bits, m, vr, vp, vm, out;
+	int k, e, sc, removed = 0, n, i;
+	unsigned last = 0;
+	bool even, vr_zeros, vm_zeros;
+	u128 x, lo, hi, mask;
 
 	memcpy(&bits, &d, sizeof(bits));
 	bits &= ~(1ULL << 63);
@@ -2413,41 +2399,64 @@ static bool float_digits_exact(double d, char *digits, int *nd, int *exp10)
 	m = (bits & ((1ULL << 52) - 1)) | (1ULL << 52);
 	if (k < 1 || k > 52 || m == 1ULL << 52)
 		return false;
-	for (ip = m >> k; ip >= 10; ip /= 10)
-		e++;
-	/* The fewest digits that read back: more digits are never further
-	 * from D (each is the correctly rounded decimal), so a binary search
-	 * finds it in 5 tries, where times need 16 or 17 digits. */
-	if (!float_digits_try(m, k, e, 17, &q))
-		return false;
-	for (lo = 1, hi = 17; lo < hi;) {
-		int mid = (lo + hi) / 2;
-		unsigned long long qm;
-
-		if (float_digits_try(m, k, e, mid, &qm)) {
-			hi = mid;
-			q = qm; /* the digits of the fewest that read back */
-		} else {
-			lo = mid + 1;
+	/* E + 1 digits before the point (from the bit length, 1233 / 4096
+	 * being just over log10(2)): 18 after scaling by 10^SC. */
+	e = (64 - __builtin_clzll(m >> k)) * 1233 >> 12;
+	e -= (m >> k) < pow10[e];
+	sc = 17 - e;
+	/* In units of 10^-SC * 2^-(K+1): below 2^54 * 10^17 < 2^111. */
+	x = (u128)(2 * m) * pow10[sc];
+	lo = x - pow10[sc];
+	hi = x + pow10[sc];
+	mask = ((u128)1 << (k + 1)) - 1;
+	vr = (unsigned long long)(x >> (k + 1));
+	vm = (unsigned long long)(lo >> (k + 1));
+	vp = (unsigned long long)(hi >> (k + 1));
+	/* Whether VR and VM are exact (nothing below them dropped yet). */
+	vr_zeros = (x & mask) == 0;
+	vm_zeros = (lo & mask) == 0;
+	even = (m & 1) == 0;
+	if (!even && (hi & mask) == 0)
+		vp--; /* the upper midpoint itself does not read back */
+	while (vp / 10 > vm / 10) {
+		vm_zeros = vm_zeros && vm % 10 == 0;
+		vr_zeros = vr_zeros && last == 0;
+		digits_drop(&vr, &vp, &vm, &last);
+		removed++;
+	}
+	/* The lower midpoint reads back (M even) and is exact: it may be
+	 * shorter still. */
+	if (even && vm_zeros) {
+		while (vm % 10 == 0) {
+			vr_zeros = vr_zeros && last == 0;
+			digits_drop(&vr, &vp, &vm, &last);
+			removed++;
 		}
 	}
-	p = hi;
-	for (int i = 0; i < p; i++)
-		pw *= 10;
-	/* A carry (9.99 -> 10.0) makes p + 1 digits: one more in the exponent. */
-	if (q >= pw)
-		e++;
-	do {
-		tmp[n++] = (char)('0' + q % 10);
-		q /= 10;
-	} while (q);
-	for (int i = 0; i < n; i++)
-		digits[i] = tmp[n - 1 - i];
-	while (n > 1 && digits[n - 1] == '0')
+	/* Exactly half way: to even. */
+	if (vr_zeros && last == 5 && vr % 2 == 0)
+		last = 4;
+	/* VM reads back only when it is the exact midpoint and M is even. */
+	out = vr + ((vr == vm && (!even || !vm_zeros)) || last >= 5);
+	/* VR had 18 - REMOVED digits; a carry (99.9 -> 100) makes one more,
+	 * and trailing zeros, which go. */
+	n = 18 - removed;
+	n += out >= pow10[n];
+	while (out % 10 == 0) {
+		out /= 10;
+		removed++;
 		n--;
+	}
+	*exp10 = n - 1 + removed - sc;
+	/* Two digits a division, from the end. */
+	for (i = n; i >= 2; i -= 2) {
+		memcpy(digits + i - 2, pairs + 2 * (out % 100), 2);
+		out /= 100;
+	}
+	if (i)
+		digits[0] = (char)('0' + out);
 	digits[n] = '\0';
 	*nd = n;
-	*exp10 = e;
 	return true;
 }
 
@@ -2502,19 +2511,19 @@ format:
 	decpt = exp10 + 1;
 	if (decpt > -4 && decpt <= 16) {
 		if (decpt <= 0) {
-			sbuf_adds(sb, "0.");
+			sbuf_add(sb, "0.", 2);
 			for (int i = 0; i < -decpt; i++)
 				sbuf_addc(sb, '0');
-			sbuf_adds(sb, digits);
+			sbuf_add(sb, digits, (size_t)nd);
 		} else if (decpt >= nd) {
-			sbuf_adds(sb, digits);
+			sbuf_add(sb, digits, (size_t)nd);
 			for (int i = nd; i < decpt; i++)
 				sbuf_addc(sb, '0');
-			sbuf_adds(sb, ".0");
+			sbuf_add(sb, ".0", 2);
 		} else {
 			sbuf_add(sb, digits, (size_t)decpt);
 			sbuf_addc(sb, '.');
-			sbuf_adds(sb, digits + decpt);
+			sbuf_add(sb, digits + decpt, (size_t)(nd - decpt));
 		}
 		return;
 	}

@@ -801,6 +801,94 @@ TEST(python_floats_and_strings)
 	json_decref(v);
 }
 
+/* Python's repr() by its definition: the fewest %e digits that strtod
+ * reads back as D, laid out as repr lays them out. The slow reference
+ * np_float_repr's one-pass digits are checked against. */
+static void repr_by_search(double d, char *out)
+{
+	char buf[48], digits[24];
+	int p, nd = 0, exp10, decpt;
+	const char *q;
+	char *o = out;
+
+	for (p = 1; p < 17; p++) {
+		snprintf(buf, sizeof(buf), "%.*e", p - 1, d);
+		if (strtod(buf, NULL) == d)
+			break;
+	}
+	snprintf(buf, sizeof(buf), "%.*e", p - 1, d);
+	q = buf;
+	if (*q == '-')
+		*o++ = *q++;
+	for (; *q != 'e'; q++)
+		if (*q != '.')
+			digits[nd++] = *q;
+	while (nd > 1 && digits[nd - 1] == '0')
+		nd--;
+	digits[nd] = '\0';
+	exp10 = atoi(q + 1);
+	decpt = exp10 + 1;
+	if (decpt > -4 && decpt <= 16) {
+		if (decpt <= 0)
+			sprintf(o, "0.%.*s%s", -decpt, "0000", digits);
+		else if (decpt >= nd)
+			sprintf(o, "%s%.*s.0", digits, decpt - nd,
+				"0000000000000000");
+		else
+			sprintf(o, "%.*s.%s", decpt, digits, digits + decpt);
+	} else {
+		sprintf(o, "%c%s%se%c%02d", digits[0], nd > 1 ? "." : "",
+			digits + 1, exp10 < 0 ? '-' : '+', abs(exp10));
+	}
+}
+
+/* The shortest digits computed in one pass (1 <= |x| < 2^52) against
+ * the search, on doubles of every kind there: any bits, times with
+ * microseconds and with time.time()'s fine fractions, short numbers and
+ * exact halves (ties). */
+TEST(float_digits_match_the_search)
+{
+	unsigned long long st = 88172645463325252ULL;
+	char want[64];
+	int bad = 0;
+
+	for (int i = 0; i < 40000; i++) {
+		unsigned long long b;
+		double d;
+		sbuf sb;
+
+		st ^= st << 13;
+		st ^= st >> 7;
+		st ^= st << 17;
+		switch (i % 4) {
+		case 0:
+			b = (st & ((1ULL << 52) - 1)) |
+			    ((1023ULL + (st >> 52) % 54) << 52);
+			memcpy(&d, &b, sizeof(d));
+			break;
+		case 1:
+			d = 1764000000.0 + (double)(st % 1000000000000ULL) / 1e6;
+			break;
+		case 2:
+			d = 1764000000.0 + (double)(st % 10000000) +
+			    ldexp((double)(st >> 42), -22);
+			break;
+		default:
+			d = ldexp((double)(st % 100000), -(int)(st >> 59));
+			if (st & (1ULL << 20))
+				d = -d;
+			break;
+		}
+		repr_by_search(d, want);
+		sbuf_init(&sb);
+		np_float_repr(&sb, d);
+		if (strcmp(sb.buf, want) != 0 && bad++ < 5)
+			fprintf(stderr, "%a: %s, want %s\n", d, sb.buf, want);
+		sbuf_free(&sb);
+	}
+	CHECK(bad == 0);
+}
+
 TEST(ids_and_paths)
 {
 	char *p;
