@@ -1470,8 +1470,7 @@ static json_t *encode_field(const struct field *f, const void *rec,
  * is not valid UTF-8 cannot become a JSON string, so its key (or, in a
  * list, the element) is left out; so is a number that is infinite. */
 
-static bool plain_text(const char *s, size_t len);
-static void dump_plain(sbuf *sb, const char *s, size_t len);
+static bool add_plain(sbuf *sb, const char *s, size_t len);
 static void dump_escaped(sbuf *sb, const char *s, size_t len);
 static void dump_string(sbuf *sb, const char *s, size_t len);
 static void dump_value(sbuf *sb, const json_t *v, const np_pystyle *st);
@@ -1579,37 +1578,41 @@ static inline void put_table_key(sbuf *sb, bool *first,
 	sb->len += f->klen + 6 - skip;
 }
 
-/* A string member's value S (LEN bytes), written by put_string(): false
- * when it is left out (not valid UTF-8). One scan settles the usual
- * string, plain text being valid UTF-8 too. */
-static bool string_written(const char *s, size_t len, bool *plain)
+/* A string value S (LEN bytes): false, with nothing added, when it is
+ * left out (not valid UTF-8). The usual string is plain text, settled
+ * while it is copied. */
+static bool put_string(sbuf *sb, const char *s, size_t len)
 {
-	*plain = plain_text(s, len);
-	return *plain || utf8_valid(s, len);
+	if (add_plain(sb, s, len))
+		return true;
+	if (!utf8_valid(s, len))
+		return false;
+	dump_escaped(sb, s, len);
+	return true;
 }
 
-static void put_string(sbuf *sb, const char *s, size_t len, bool plain)
+/* Takes back what was written since MARK (a key, a separator) for a
+ * string left out. */
+static void unwrite(sbuf *sb, size_t mark)
 {
-	if (plain)
-		dump_plain(sb, s, len);
-	else
-		dump_escaped(sb, s, len);
+	sb->len = mark;
+	sb->buf[mark] = '\0';
 }
 
 static void put_strlist(sbuf *sb, const strlist *l)
 {
-	bool first = true, plain;
+	bool first = true;
 
 	sbuf_addc(sb, '[');
 	for (size_t i = 0; i < l->n; i++) {
-		size_t len = strlen(l->v[i]);
+		size_t mark = sb->len;
 
-		if (!string_written(l->v[i], len, &plain))
-			continue;
 		if (!first)
 			sbuf_add(sb, ", ", 2);
-		first = false;
-		put_string(sb, l->v[i], len, plain);
+		if (put_string(sb, l->v[i], strlen(l->v[i])))
+			first = false;
+		else
+			unwrite(sb, mark);
 	}
 	sbuf_addc(sb, ']');
 }
@@ -1619,8 +1622,8 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 		      const void *rec, const json_t *raw)
 {
 	const char *s;
-	size_t len;
-	bool plain;
+	size_t mark;
+	bool was_first;
 	const json_t *v, *old;
 	double d;
 	long long i;
@@ -1636,11 +1639,13 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 			}
 			return;
 		}
-		len = strlen(s);
-		if (!string_written(s, len, &plain))
-			return;
+		mark = sb->len;
+		was_first = *first;
 		put_table_key(sb, first, f);
-		put_string(sb, s, len, plain);
+		if (!put_string(sb, s, strlen(s))) {
+			unwrite(sb, mark);
+			*first = was_first;
+		}
 		return;
 	case F_NUM:
 		d = *CMEMBER(rec, f, double);
@@ -2591,39 +2596,51 @@ static unsigned utf8_next(const unsigned char **pp)
 	return c;
 }
 
-/* Whether the LEN bytes at S go between quotes as they are: printable
+/* "S" when the LEN bytes at S go between quotes as they are: printable
  * ASCII without a quote or a backslash (so valid UTF-8 too), as most
- * strings are. */
-static bool plain_text(const char *s, size_t len)
+ * strings are. Checked while copied, 8 bytes at a time (word_special),
+ * the last 8 overlapping those before them, a shorter string padded with
+ * spaces: one pass, no loop over bytes. False, with nothing added, for
+ * any other string (what lies past the buffer's end may have been
+ * written over), or for a word that merely might need a look (the
+ * escaping writer then copies it as it is all the same). */
+static bool add_plain(sbuf *sb, const char *s, size_t len)
 {
 	const unsigned char *p = (const unsigned char *)s;
-	const unsigned char *end = p + len;
-
-	p = skip_plain(p, end);
-	while (p < end && *p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\')
-		p++;
-	return p == end;
-}
-
-/* "S" for LEN bytes plain_text() accepts: one copy. */
-static void dump_plain(sbuf *sb, const char *s, size_t len)
-{
+	uint64_t w = 0x2020202020202020ULL;
 	char *o;
 
-	sbuf_reserve(sb, len + 2);
-	o = sb->buf + sb->len;
-	o[0] = '"';
-	memcpy(o + 1, s, len);
-	o[len + 1] = '"';
-	o[len + 2] = '\0';
+	/* The quotes, the NUL, and 8 bytes for a short string's word. */
+	if (sb->len + len + 10 >= sb->cap)
+		sbuf_reserve(sb, len + 10);
+	o = sb->buf + sb->len + 1;
+	if (len < 8) {
+		memcpy(&w, p, len);
+		if (word_special(w))
+			return false;
+		memcpy(o, &w, 8);
+	} else {
+		for (size_t i = 0; i + 8 <= len; i += 8) {
+			memcpy(&w, p + i, 8);
+			if (word_special(w))
+				return false;
+			memcpy(o + i, &w, 8);
+		}
+		memcpy(&w, p + len - 8, 8);
+		if (word_special(w))
+			return false;
+		memcpy(o + len - 8, &w, 8);
+	}
+	o[-1] = '"';
+	o[len] = '"';
+	o[len + 1] = '\0';
 	sb->len += len + 2;
+	return true;
 }
 
 static void dump_string(sbuf *sb, const char *s, size_t len)
 {
-	if (plain_text(s, len))
-		dump_plain(sb, s, len);
-	else
+	if (!add_plain(sb, s, len))
 		dump_escaped(sb, s, len);
 }
 
@@ -2670,25 +2687,30 @@ static void dump_value(sbuf *sb, const json_t *v, const np_pystyle *st);
 
 static void dump_object(sbuf *sb, const json_t *v, const np_pystyle *st)
 {
-	size_t n = json_object_size(v), i = 0;
+	size_t n, i = 0;
 	const char **keys;
 	const char *key;
 	json_t *val;
 
 	if (!st->sort_keys) {
 		/* In the object's order, as it iterates: no list of keys, no
-		 * look-up of each again. */
+		 * look-up of each again, the keys' lengths known (by the
+		 * iterator itself: jansson's foreach macros find it again from
+		 * the key, twice a member). */
 		sbuf_addc(sb, '{');
-		json_object_foreach((json_t *)v, key, val) {
+		for (void *it = json_object_iter((json_t *)v); it;
+		     it = json_object_iter_next((json_t *)v, it)) {
 			if (i++)
 				sbuf_add(sb, ", ", 2);
-			st->string(sb, key, strlen(key));
+			st->string(sb, json_object_iter_key(it),
+				   json_object_iter_key_len(it));
 			sbuf_add(sb, ": ", 2);
-			dump_value(sb, val, st);
+			dump_value(sb, json_object_iter_value(it), st);
 		}
 		sbuf_addc(sb, '}');
 		return;
 	}
+	n = json_object_size(v);
 	keys = xmalloc((n ? n : 1) * sizeof(*keys));
 	json_object_foreach((json_t *)v, key, val)
 		keys[i++] = key;
@@ -2718,7 +2740,7 @@ static void dump_value(sbuf *sb, const json_t *v, const np_pystyle *st)
 		sbuf_addc(sb, '[');
 		json_array_foreach(v, i, e) {
 			if (i)
-				sbuf_adds(sb, ", ");
+				sbuf_add(sb, ", ", 2);
 			dump_value(sb, e, st);
 		}
 		sbuf_addc(sb, ']');

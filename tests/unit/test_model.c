@@ -228,6 +228,61 @@ TEST(decoding_numbers_and_strings_exactly)
 	}
 }
 
+/* A string is checked for escapes while it is copied, 8 bytes at a
+ * time: a byte needing one anywhere in it, at every length around the
+ * word size, still gets its escape, in a record and in any JSON value;
+ * a string left out as the first member takes its key back. */
+TEST(encode_strings_at_every_offset)
+{
+	static const struct {
+		const char *in, *out;
+	} special[] = {
+		{ "\"", "\\\"" }, { "\\", "\\\\" }, { "\n", "\\n" },
+		{ "\x7f", "\\u007f" }, { "\xc3\xa9", "\\u00e9" },
+		{ "\x01", "\\u0001" }, { "", "" },
+	};
+	np_node n;
+	char *out;
+
+	for (size_t len = 0; len <= 20; len++) {
+		for (size_t pos = 0; pos <= len; pos++) {
+			for (size_t k = 0; k < sizeof(special) / sizeof(*special);
+			     k++) {
+				char in[40], want[80], got[96];
+				json_t *v;
+
+				memset(in, 'a', len);
+				in[len] = '\0';
+				for (size_t i = 0; i < len; i++)
+					in[i] = (char)('a' + i);
+				snprintf(want, sizeof(want), "\"%.*s%s%s\"",
+					 (int)pos, in, special[k].out, in + pos);
+				snprintf(got, sizeof(got), "%.*s%s%s", (int)pos,
+					 in, special[k].in, in + pos);
+				v = json_string(got);
+				out = np_json_dumps(v, false);
+				CHECK_STR(out, want);
+				free(out);
+				json_decref(v);
+				np_node_init(&n);
+				n.hostname = xstrdup(got);
+				out = np_node_encode(&n);
+				snprintf(got, sizeof(got), "\"hostname\": %s, ", want);
+				CHECK(strstr(out, got) != NULL);
+				free(out);
+				np_node_clear(&n);
+			}
+		}
+	}
+	np_node_init(&n);
+	free(n.state);
+	n.state = xstrdup("bad\xff");
+	out = np_node_encode(&n);
+	CHECK(strncmp(out, "{\"state_time\": ", 15) == 0);
+	free(out);
+	np_node_clear(&n);
+}
+
 /* The decoder reads common documents itself and hands the rest to
  * jansson: either way the record (and the error) is what jansson's
  * reading gave. */
