@@ -305,11 +305,16 @@ char *driver_format_request(const char *fmt, const np_request *req,
 
 /* ---- server metadata of OpenStack-shaped drivers ---- */
 
-/* dict.update() with deep copies of SRC's values (SRC may be NULL). */
+/* dict.update() with deep copies of SRC's values (SRC may be NULL):
+ * the server must not share values with the config, which a reload
+ * frees. An empty SRC (most labels' instance-properties) adds nothing. */
 static void merge_copy(json_t *dst, const json_t *src)
 {
-	json_t *copy = src ? json_deep_copy(src) : NULL;
+	json_t *copy;
 
+	if (!json_is_object(src) || json_object_size(src) == 0)
+		return;
+	copy = json_deep_copy(src);
 	if (json_is_object(copy))
 		json_object_update(dst, copy);
 	json_decref(copy);
@@ -326,8 +331,6 @@ json_t *driver_server_metadata(const np_create_args *a)
 
 	json_object_set_new(meta, "groups", json_string(groups));
 	free(groups);
-	/* Copies: the server must not share values with the config, which
-	 * a reload frees. */
 	merge_copy(meta, l->instance_properties);
 	json_object_foreach(l->dynamic_instance_properties, key, v) {
 		char *err = NULL, *s = NULL;
@@ -344,7 +347,11 @@ json_t *driver_server_metadata(const np_create_args *a)
 		free(s);
 		free(err);
 	}
-	merge_copy(meta, a->metadata);
+	/* The caller's values are its own, not the config's, and no
+	 * metadata value is ever changed in place: shared, not copied (a
+	 * deep copy was a third of a fake create). */
+	if (json_is_object(a->metadata))
+		json_object_update(meta, (json_t *)a->metadata);
 	return meta;
 }
 

@@ -72,7 +72,9 @@ typedef struct np_instance {
 	int connection_port;
 	strlist host_keys;   /* keys the cloud reported, if any */
 	/* Listings: our metadata (nodepool_provider_name, nodepool_node_id,
-	 * nodepool_pool_name, ...) for leak detection; owned or NULL. */
+	 * nodepool_pool_name, ...) for leak detection; an owned reference
+	 * (possibly shared with the driver's own record: read only) or
+	 * NULL. */
 	json_t *metadata;
 	np_quota resources;  /* what the instance uses (for unmanaged quota) */
 } np_instance;
@@ -93,7 +95,9 @@ typedef struct np_create_args {
 	const char *image_external_id;
 	const char *az;                /* chosen availability zone or NULL */
 	const json_t *metadata;        /* nodepool_node_id, nodepool_pool_name,
-					* nodepool_provider_name (+ driver extras) */
+					* nodepool_provider_name (+ driver
+					* extras); a driver may keep references
+					* to its values, never changed */
 	const np_request *request;     /* for dynamic properties; may be NULL */
 	/* Optional (NULL: not wanted): the create's "id known" report.
 	 * A driver whose cloud names the instance before it is ready

@@ -614,7 +614,9 @@ static void inst_report(const struct inst *in, np_instance *out)
 	out->cloud = in->cloud ? xstrdup(in->cloud) : NULL;
 	out->region = in->region ? xstrdup(in->region) : NULL;
 	out->az = in->az ? xstrdup(in->az) : NULL;
-	out->metadata = in->metadata ? json_deep_copy(in->metadata) : NULL;
+	/* Shared: metadata values are never changed in place (the cloud's
+	 * record and the report are both only read). */
+	out->metadata = in->metadata ? json_incref(in->metadata) : NULL;
 	flavor_quota(in->flavor, in->volume_gb, &out->resources);
 }
 
