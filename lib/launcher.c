@@ -1025,6 +1025,10 @@ static void on_nodes(zkc *c, const zkc_event *ev, void *arg)
 	np_launcher *l = arg;
 	const np_node *n = ev->obj, *old = ev->old;
 
+	/* First: the reservations must agree with the cache before any
+	 * work this event starts checks quota. */
+	for (np_poolworker *pw = l->pools; pw; pw = pw->next)
+		poolworker_node_event(pw, ev);
 	usage_event(l, ev);
 	if (l->stopping || !l->del)
 		return;

@@ -788,8 +788,8 @@ static void node_created(zk *z, int rc, const char *path, const zk_stat *st,
 	}
 	id = strrchr(path, '/') + 1;
 	nl->node.id = xstrdup(id);
-	if (nl->resv)
-		poolworker_reservation_set_id(nl->resv, id);
+	if (nl->resv && nl->h)
+		poolworker_reservation_set_id(nl->h->pw, nl->resv, id);
 	/* Only now: the cache's listeners (the deleter) must find the node
 	 * held by this launch. */
 	created_to_cache(nl, rc, path, st);

@@ -146,27 +146,145 @@ long long pw_pool_priority(const np_pool *pool)
 
 /* ---- reservations ---- */
 
-pw_reservation *poolworker_reserve(np_poolworker *pw, const np_quota *need)
+/* Whether NEED adds and subtracts exactly in any order: whole numbers
+ * well inside a double's integers, and nothing for a missing key. */
+static bool need_exact(const np_quota *need)
+{
+	if (need->missing != 0)
+		return false;
+	for (int i = 0; i < need->n; i++) {
+		double v = need->r[i].value;
+
+		if (!(fabs(v) < 1e12) || v != floor(v))
+			return false;
+	}
+	return true;
+}
+
+void pw_resv_init(pw_resv_set *s)
+{
+	memset(s, 0, sizeof(*s));
+	quota_zero(&s->pending);
+}
+
+/* R's need into (SIGN 1) or out of (-1) the pending sum. */
+static void pending_move(pw_resv_set *s, const pw_reservation *r, int sign)
+{
+	s->npending += sign;
+	if (s->npending == 0) {
+		/* Nothing pending: start again from an empty vector, as a
+		 * recomputation would (no keys of needs long gone). */
+		quota_zero(&s->pending);
+		return;
+	}
+	if (sign > 0)
+		quota_add(&s->pending, &r->need);
+	else
+		quota_sub(&s->pending, &r->need);
+}
+
+static void show(pw_resv_set *s, pw_reservation *r, bool shown)
+{
+	if (r->shown == shown)
+		return;
+	r->shown = shown;
+	pending_move(s, r, shown ? -1 : 1);
+}
+
+static void tab_grow(pw_resv_set *s)
+{
+	size_t nb = s->nb ? s->nb * 2 : 64;
+	pw_reservation **tab = xcalloc(nb, sizeof(*tab));
+
+	for (size_t i = 0; i < s->nb; i++) {
+		pw_reservation *r, *next;
+
+		for (r = s->tab[i]; r; r = next) {
+			next = r->hnext;
+			r->hnext = tab[r->hash & (nb - 1)];
+			tab[r->hash & (nb - 1)] = r;
+		}
+	}
+	free(s->tab);
+	s->tab = tab;
+	s->nb = nb;
+}
+
+static pw_reservation **tab_slot(const pw_resv_set *s, const pw_reservation *r)
+{
+	return &s->tab[r->hash & (s->nb - 1)];
+}
+
+pw_reservation *pw_resv_add(pw_resv_set *s, const np_quota *need)
 {
 	pw_reservation *r = xcalloc(1, sizeof(*r));
 
 	r->need = *need;
-	r->next = pw->reserved;
-	pw->reserved = r;
+	r->inexact = !need_exact(need);
+	s->ninexact += r->inexact;
+	r->next = s->list;
+	s->list = r;
+	pending_move(s, r, 1);
 	return r;
 }
 
-void poolworker_reservation_set_id(pw_reservation *r, const char *node_id)
+static void tab_unlink(pw_resv_set *s, pw_reservation *r)
 {
-	free(r->node_id);
-	r->node_id = xstrdup(node_id);
+	if (!r->node_id)
+		return;
+	for (pw_reservation **pp = tab_slot(s, r); *pp; pp = &(*pp)->hnext) {
+		if (*pp == r) {
+			*pp = r->hnext;
+			s->nid--;
+			return;
+		}
+	}
 }
 
-void poolworker_unreserve(np_poolworker *pw, pw_reservation *r)
+void pw_resv_set_id(pw_resv_set *s, pw_reservation *r, const char *node_id,
+		    bool shown)
 {
-	for (pw_reservation **pp = &pw->reserved; *pp; pp = &(*pp)->next) {
+	pw_reservation **slot;
+
+	tab_unlink(s, r);
+	free(r->node_id);
+	r->node_id = xstrdup(node_id);
+	r->hash = str_hash(node_id, strlen(node_id));
+	if (s->nid >= s->nb)
+		tab_grow(s);
+	slot = tab_slot(s, r);
+	r->hnext = *slot;
+	*slot = r;
+	s->nid++;
+	show(s, r, shown);
+}
+
+void pw_resv_node(pw_resv_set *s, const char *id, bool shown)
+{
+	uint32_t hash;
+
+	if (!s->nid)
+		return;
+	hash = str_hash(id, strlen(id));
+	for (pw_reservation *r = s->tab[hash & (s->nb - 1)]; r; r = r->hnext)
+		if (r->hash == hash && strcmp(r->node_id, id) == 0)
+			show(s, r, shown);
+}
+
+void pw_resv_unshow_all(pw_resv_set *s)
+{
+	for (pw_reservation *r = s->list; r; r = r->next)
+		show(s, r, false);
+}
+
+void pw_resv_remove(pw_resv_set *s, pw_reservation *r)
+{
+	for (pw_reservation **pp = &s->list; *pp; pp = &(*pp)->next) {
 		if (*pp == r) {
 			*pp = r->next;
+			show(s, r, true); /* out of the sum */
+			tab_unlink(s, r);
+			s->ninexact -= r->inexact;
 			free(r->node_id);
 			free(r);
 			return;
@@ -174,14 +292,66 @@ void poolworker_unreserve(np_poolworker *pw, pw_reservation *r)
 	}
 }
 
+void pw_resv_clear(pw_resv_set *s)
+{
+	while (s->list)
+		pw_resv_remove(s, s->list);
+	free(s->tab);
+	pw_resv_init(s);
+}
+
+void pw_resv_sum(const pw_resv_set *s, np_quota *out)
+{
+	if (!s->ninexact) {
+		*out = s->pending;
+		return;
+	}
+	/* Fractions or infinities: added up afresh, in one order. */
+	quota_zero(out);
+	for (const pw_reservation *r = s->list; r; r = r->next)
+		if (!r->shown)
+			quota_add(out, &r->need);
+}
+
+pw_reservation *poolworker_reserve(np_poolworker *pw, const np_quota *need)
+{
+	return pw_resv_add(&pw->resv, need);
+}
+
+void poolworker_reservation_set_id(np_poolworker *pw, pw_reservation *r,
+				   const char *node_id)
+{
+	pw_resv_set_id(&pw->resv, r, node_id,
+		       zkc_node(launcher_nodes(pw->l), node_id) != NULL);
+}
+
+void poolworker_unreserve(np_poolworker *pw, pw_reservation *r)
+{
+	pw_resv_remove(&pw->resv, r);
+}
+
 void poolworker_reserved(np_poolworker *pw, np_quota *out)
 {
-	zkc *nodes = launcher_nodes(pw->l);
+	pw_resv_sum(&pw->resv, out);
+}
 
-	quota_zero(out);
-	for (pw_reservation *r = pw->reserved; r; r = r->next)
-		if (!r->node_id || !zkc_node(nodes, r->node_id))
-			quota_add(out, &r->need);
+void poolworker_node_event(np_poolworker *pw, const zkc_event *ev)
+{
+	if (ev->change != ZKC_CLEARED && ev->what != ZKC_NODE)
+		return;
+	switch (ev->change) {
+	case ZKC_ADDED:
+		pw_resv_node(&pw->resv, ev->id, true);
+		break;
+	case ZKC_REMOVED:
+		pw_resv_node(&pw->resv, ev->id, false);
+		break;
+	case ZKC_CLEARED:
+		pw_resv_unshow_all(&pw->resv);
+		break;
+	default:
+		break;
+	}
 }
 
 /* ---- the worker ---- */
@@ -236,6 +406,7 @@ np_poolworker *poolworker_new(np_launcher *l, np_provmgr *pm,
 	char hex[33];
 
 	pw->l = l;
+	pw_resv_init(&pw->resv);
 	pw->pm = provmgr_ref(pm);
 	pw->provider_name = xstrdup(pm->name);
 	pw->pool_name = xstrdup(pool_name);
@@ -731,8 +902,7 @@ static void drop_handlers(np_poolworker *pw, bool session_lost)
 		handler_abandon(h, session_lost);
 		handler_release(h);
 	}
-	while (pw->reserved)
-		poolworker_unreserve(pw, pw->reserved);
+	pw_resv_clear(&pw->resv);
 }
 
 void poolworker_session_lost(np_poolworker *pw)

@@ -25,9 +25,46 @@ typedef struct np_poolworker np_poolworker;
  * node cache may not show yet. */
 typedef struct pw_reservation {
 	struct pw_reservation *next;
+	struct pw_reservation *hnext; /* the set's table by node id */
 	char *node_id;          /* NULL until the znode exists */
+	uint32_t hash;          /* of node_id */
+	bool shown;             /* the node cache shows the node: its need
+				 * counts there, not here */
+	bool inexact;           /* need not summed exactly (see below) */
 	np_quota need;
 } pw_reservation;
+
+/* A pool worker's reservations and the sum of the needs of those whose
+ * node the cache does not show, kept as reservations come and go and as
+ * the node cache gains and loses their nodes (its listener tells us), so
+ * a quota check costs one copy instead of a cache look-up and an
+ * addition per launch in flight (some 50 per request at C=100). Needs of
+ * whole numbers (every flavor's) sum exactly in any order, so the sum is
+ * what adding up the pending ones gives; while any need has a fraction
+ * or an infinity the sum is recomputed on each call instead. */
+typedef struct pw_resv_set {
+	pw_reservation *list;   /* newest first */
+	pw_reservation **tab;   /* those with a node id, by its hash */
+	size_t nb, nid;
+	np_quota pending;       /* the needs of the reservations not shown */
+	int npending;
+	int ninexact;
+} pw_resv_set;
+
+void pw_resv_init(pw_resv_set *s);
+/* Removes (frees) every reservation. */
+void pw_resv_clear(pw_resv_set *s);
+pw_reservation *pw_resv_add(pw_resv_set *s, const np_quota *need);
+/* R's node is NODE_ID; SHOWN: the node cache has it already. */
+void pw_resv_set_id(pw_resv_set *s, pw_reservation *r, const char *node_id,
+		    bool shown);
+/* The node cache gained (SHOWN) or lost node ID. */
+void pw_resv_node(pw_resv_set *s, const char *id, bool shown);
+/* The node cache was emptied. */
+void pw_resv_unshow_all(pw_resv_set *s);
+void pw_resv_remove(pw_resv_set *s, pw_reservation *r);
+/* The needs of the reservations not shown, added up. */
+void pw_resv_sum(const pw_resv_set *s, np_quota *out);
 
 struct np_poolworker {
 	np_launcher *l;
@@ -40,7 +77,7 @@ struct np_poolworker {
 	char *launcher_id;      /* "<fqdn>-PoolWorker.<p>-<pool>-<uuid hex>" */
 	struct np_regcomp *comp;
 	np_handler *handlers;   /* active, newest first */
-	pw_reservation *reserved;
+	pw_resv_set resv;
 	uint64_t pass_timer;    /* a pass is scheduled */
 	uint64_t tick_timer;    /* the 1 s safety net */
 	bool stopping;
@@ -77,9 +114,13 @@ void poolworker_status(const np_poolworker *pw, sbuf *out);
 /* Quota of nodes this worker's handlers launch that the node cache does
  * not show yet (added to the used quota). */
 pw_reservation *poolworker_reserve(np_poolworker *pw, const np_quota *need);
-void poolworker_reservation_set_id(pw_reservation *r, const char *node_id);
+void poolworker_reservation_set_id(np_poolworker *pw, pw_reservation *r,
+				   const char *node_id);
 void poolworker_unreserve(np_poolworker *pw, pw_reservation *r);
 void poolworker_reserved(np_poolworker *pw, np_quota *out);
+/* A node cache event (the launcher's listener, before anything else it
+ * does with the event). */
+void poolworker_node_event(np_poolworker *pw, const zkc_event *ev);
 
 /* ---- pure decision logic (unit-tested) ---- */
 

@@ -3,6 +3,7 @@
  * _assignHandlers, the "every pool declined" rule, the quota arithmetic of
  * the decline and launch checks, and the deleter's cleanup states. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -259,6 +260,145 @@ TEST(cleanup_states)
 	for (size_t i = 0; i < sizeof(no) / sizeof(*no); i++)
 		CHECK(!deleter_cleanup_state(no[i]));
 	CHECK(!deleter_cleanup_state(NULL));
+}
+
+/* ---- reservations: the running sum against a recomputation ---- */
+
+#define RES_MAX 64
+
+struct res_sim {
+	pw_resv_set s;
+	pw_reservation *r[RES_MAX];  /* live ones */
+	char id[RES_MAX][12];        /* their node ids, "" before the create */
+	bool cached[1000];           /* the simulated node cache, by id */
+	int n;
+	int next_id;
+};
+
+/* What poolworker_reserved() computed before the running sum: every
+ * reservation whose node the cache does not show, added up. */
+static void res_recount(const struct res_sim *m, np_quota *out)
+{
+	quota_zero(out);
+	for (const pw_reservation *r = m->s.list; r; r = r->next)
+		if (!r->node_id || !m->cached[atoi(r->node_id)])
+			quota_add(out, &r->need);
+}
+
+static bool res_same(const np_quota *a, const np_quota *b)
+{
+	const char *keys[] = { "cores", "instances", "ram", "gpu", "none" };
+
+	for (size_t i = 0; i < sizeof(keys) / sizeof(*keys); i++)
+		if (quota_get(a, keys[i]) != quota_get(b, keys[i]))
+			return false;
+	return a->missing == b->missing && quota_non_negative(a) ==
+	       quota_non_negative(b);
+}
+
+static void res_need(np_quota *q, unsigned r, bool fraction)
+{
+	quota_zero(q);
+	quota_set(q, "instances", 1);
+	quota_set(q, "cores", 1 + r % 8);
+	quota_set(q, "ram", 1024.0 * (1 + r % 4));
+	if (r % 5 == 0)
+		quota_set(q, "gpu", fraction ? 0.1 * (r % 7) : r % 3);
+}
+
+static bool res_check(struct res_sim *m, int step)
+{
+	np_quota a, b;
+
+	pw_resv_sum(&m->s, &a);
+	res_recount(m, &b);
+	if (res_same(&a, &b))
+		return true;
+	testlib_fail(__FILE__, __LINE__, "step %d: cores %g/%g ram %g/%g gpu %g/%g", step,
+		     quota_get(&a, "cores"), quota_get(&b, "cores"),
+		     quota_get(&a, "ram"), quota_get(&b, "ram"),
+		     quota_get(&a, "gpu"), quota_get(&b, "gpu"));
+	return false;
+}
+
+/* Launches start (reserve), get their node (create), the cache shows
+ * and drops nodes, launches finish, fail or are aborted (unreserve, at
+ * any point), the cache is cleared with the session: after every step
+ * the running sum is what adding up the pending needs gives. */
+static void res_run(bool fraction)
+{
+	struct res_sim m;
+	unsigned seed = 12345;
+
+	memset(&m, 0, sizeof(m));
+	pw_resv_init(&m.s);
+	for (int step = 0; step < 20000; step++) {
+		unsigned r = (unsigned)rand_r(&seed);
+		int i = m.n ? (int)(r / 16 % (unsigned)m.n) : 0;
+		np_quota need;
+
+		switch (r % 8) {
+		case 0: case 1: /* a launch starts */
+			if (m.n == RES_MAX)
+				break;
+			res_need(&need, r / 8, fraction);
+			m.r[m.n] = pw_resv_add(&m.s, &need);
+			m.id[m.n][0] = 0;
+			m.n++;
+			break;
+		case 2: /* its create answered; the cache may have it */
+			if (!m.n || m.id[i][0])
+				break;
+			snprintf(m.id[i], sizeof(m.id[i]), "%010d",
+				 m.next_id = (m.next_id + 1) % 1000);
+			m.cached[m.next_id] = r & 16;
+			pw_resv_set_id(&m.s, m.r[i], m.id[i], r & 16);
+			break;
+		case 3: case 4: /* the cache gains or loses a node */
+			if (!m.n || !m.id[i][0])
+				break;
+			m.cached[atoi(m.id[i])] = r % 8 == 3;
+			pw_resv_node(&m.s, m.id[i], r % 8 == 3);
+			break;
+		case 5: { /* some other node */
+			char other[12];
+
+			snprintf(other, sizeof(other), "%010u", r % 1000);
+			m.cached[r % 1000] = r & 32;
+			pw_resv_node(&m.s, other, r & 32);
+			break;
+		}
+		case 6: /* a launch ends, however */
+			if (!m.n)
+				break;
+			pw_resv_remove(&m.s, m.r[i]);
+			m.r[i] = m.r[m.n - 1];
+			memcpy(m.id[i], m.id[m.n - 1], sizeof(m.id[i]));
+			m.n--;
+			break;
+		case 7: /* session lost, now and then */
+			if (r % 64 != 7)
+				break;
+			memset(m.cached, 0, sizeof(m.cached));
+			pw_resv_unshow_all(&m.s);
+			break;
+		}
+		if (!res_check(&m, step))
+			break;
+	}
+	CHECK(m.s.npending >= 0);
+	pw_resv_clear(&m.s);
+	CHECK(m.s.list == NULL && m.s.npending == 0 && m.s.ninexact == 0);
+}
+
+TEST(reservations_sum)
+{
+	res_run(false);
+}
+
+TEST(reservations_sum_fractions)
+{
+	res_run(true);
 }
 
 RUN_TESTS()
