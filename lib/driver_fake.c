@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -263,7 +264,7 @@ static bool image_exists(np_manager *m, const char *name_or_id)
 }
 
 /* What a server of FLAVOR uses (upstream's quota_from_flavor). */
-static void flavor_quota(const struct flavor *f, long long volume_gb,
+static void flavor_quota_make(const struct flavor *f, long long volume_gb,
     np_quota *q)
 {
 	quota_zero(q);
@@ -276,6 +277,29 @@ static void flavor_quota(const struct flavor *f, long long volume_gb,
 		quota_set(q, "volumes", 1);
 		quota_set(q, "volume-gb", (double)volume_gb);
 	}
+}
+
+/* Each flavor's quota without a volume (and none's), made once: the
+ * launcher asks for a label's quota some five times per node. */
+static np_quota flavor_quotas[NFLAVORS + 1];
+static pthread_once_t flavor_quotas_once = PTHREAD_ONCE_INIT;
+
+static void flavor_quotas_make(void)
+{
+	for (size_t i = 0; i < NFLAVORS; i++)
+		flavor_quota_make(&flavors[i], 0, &flavor_quotas[i]);
+	flavor_quota_make(NULL, 0, &flavor_quotas[NFLAVORS]);
+}
+
+static void flavor_quota(const struct flavor *f, long long volume_gb,
+    np_quota *q)
+{
+	if (volume_gb > 0) {
+		flavor_quota_make(f, volume_gb, q);
+		return;
+	}
+	pthread_once(&flavor_quotas_once, flavor_quotas_make);
+	*q = flavor_quotas[f ? (size_t)(f - flavors) : NFLAVORS];
 }
 
 /* ---- instances: records, memory hash, state-dir files ---- */

@@ -470,8 +470,25 @@ static void usage_clear(np_provmgr *pm)
 	pm->usage_valid = false;
 }
 
-/* Move N's share in (SIGN 1) or out (-1). */
-static void usage_move(np_provmgr *pm, const np_node *n, int sign)
+/* Whether A and B have the same share (node_share's inputs are equal):
+ * most changes of a node are of its state, not of what it uses. The
+ * caches share equal resources values, so a pointer comparison mostly
+ * settles it. */
+static bool same_share(const np_node *a, const np_node *b)
+{
+	if (!str_eq_null(a->provider, b->provider) ||
+	    !str_eq_null(a->pool, b->pool) || !a->type.n != !b->type.n ||
+	    (a->type.n && strcmp(a->type.v[0], b->type.v[0])))
+		return false;
+	return a->resources == b->resources ||
+	       (a->resources && b->resources &&
+		json_equal(a->resources, b->resources));
+}
+
+/* Move N's share in (SIGN 1) or out (-1): its ready count, and its
+ * quota unless COUNT_ONLY. */
+static void usage_move(np_provmgr *pm, const np_node *n, int sign,
+		       bool count_only)
 {
 	struct pool_usage *u;
 	np_quota q;
@@ -481,7 +498,7 @@ static void usage_move(np_provmgr *pm, const np_node *n, int sign)
 	u = usage_pool(pm, n->pool);
 	if (n->state && strcmp(n->state, NP_NODE_READY) == 0 && !n->allocated_to)
 		u->ready_free += sign;
-	if (!node_share(pm, n, &q))
+	if (count_only || !node_share(pm, n, &q))
 		return;
 	if (sign > 0) {
 		quota_add(&u->used, &q);
@@ -494,7 +511,7 @@ static void usage_move(np_provmgr *pm, const np_node *n, int sign)
 
 static bool usage_each(const char *id, const void *obj, void *arg)
 {
-	usage_move(arg, obj, 1);
+	usage_move(arg, obj, 1, false);
 	return true;
 }
 
@@ -513,6 +530,7 @@ static void usage_event(np_launcher *l, const zkc_event *ev)
 	const char *prov = n && n->provider ? n->provider :
 			   old && old->provider ? old->provider : NULL;
 	np_provmgr *pm;
+	bool count_only;
 
 	if (ev->change == ZKC_CLEARED) {
 		for (pm = l->mgrs; pm; pm = pm->next)
@@ -522,6 +540,10 @@ static void usage_event(np_launcher *l, const zkc_event *ev)
 	if (ev->change != ZKC_ADDED && ev->change != ZKC_CHANGED &&
 	    ev->change != ZKC_REMOVED)
 		return;
+	/* A node whose share stays moves its ready count only: taking the
+	 * share out and putting it back changes no sum of whole numbers. */
+	count_only = ev->change == ZKC_CHANGED && old && n &&
+		     same_share(old, n);
 	/* A node moving between providers is not a thing; both sides are
 	 * handled anyway. */
 	for (pm = l->mgrs; pm; pm = pm->next) {
@@ -531,9 +553,9 @@ static void usage_event(np_launcher *l, const zkc_event *ev)
 		    (!old || !old->provider || strcmp(pm->name, old->provider)))
 			continue;
 		if (ev->change != ZKC_ADDED)
-			usage_move(pm, old, -1);
+			usage_move(pm, old, -1, count_only);
 		if (ev->change != ZKC_REMOVED)
-			usage_move(pm, n, 1);
+			usage_move(pm, n, 1, count_only);
 	}
 }
 
