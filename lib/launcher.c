@@ -421,6 +421,34 @@ struct pool_usage {
 
 /* N's share of PM's quota in use (upstream's rules); false when it has
  * none (another provider's node, or a funny node not counted). */
+/* The last few resources values read and their quota: node records
+ * share equal values (the caches pool them) and never change them
+ * (model.h), so a node's share is mostly a copy. A reference is held:
+ * no other value can have a remembered address. */
+#define SHARE_MEMO 4
+static _Thread_local struct {
+	json_t *v;
+	np_quota q;
+} share_memo[SHARE_MEMO];
+static _Thread_local unsigned share_memo_next;
+
+static void resources_quota(const json_t *res, np_quota *q)
+{
+	unsigned slot;
+
+	for (int i = 0; i < SHARE_MEMO; i++) {
+		if (share_memo[i].v == res) {
+			*q = share_memo[i].q;
+			return;
+		}
+	}
+	slot = share_memo_next++ % SHARE_MEMO;
+	json_decref(share_memo[slot].v);
+	share_memo[slot].v = json_incref((json_t *)res);
+	quota_from_json(&share_memo[slot].q, res);
+	*q = share_memo[slot].q;
+}
+
 static bool node_share(np_provmgr *pm, const np_node *n, np_quota *q)
 {
 	const np_pool *pool;
@@ -433,7 +461,7 @@ static bool node_share(np_provmgr *pm, const np_node *n, np_quota *q)
 						      n->type.v[0]))
 		return false; /* funny node: not counted, as upstream */
 	if (n->resources && json_object_size(n->resources)) {
-		quota_from_json(q, n->resources);
+		resources_quota(n->resources, q);
 	} else {
 		pl = config_find_pool_label(pool, n->type.v[0]);
 		quota_zero(q);
