@@ -338,7 +338,9 @@ static void ask_unregistered(struct capture *c, enum outcome *how, int *err,
 			c->skipped++;
 			continue;
 		}
-		task_comm(tid, slots[next].name, sizeof(slots[next].name));
+		/* Gone already: no longer one of ours. */
+		if (!task_comm(tid, slots[next].name, sizeof(slots[next].name)))
+			continue;
 		atomic_store(&slots[next].tid, tid);
 		how[next] = ask(next, g, self, &err[next]);
 		next++;
