@@ -234,8 +234,11 @@ static void rec_clear(const struct field *tab, void *rec)
 		switch (f->kind) {
 		case F_STR:
 		case F_STR_OMIT:
-			free(*MEMBER(rec, f, char *));
-			*MEMBER(rec, f, char *) = NULL;
+			/* Most are NULL in the caches' records (pooled). */
+			if (*MEMBER(rec, f, char *)) {
+				free(*MEMBER(rec, f, char *));
+				*MEMBER(rec, f, char *) = NULL;
+			}
 			break;
 		case F_LIST:
 		case F_LABELS:
@@ -383,7 +386,6 @@ static bool rec_copy(const struct field *tab, void *dst, const void *src,
 
 	/* IDX counts the members (F - TAB is a division). */
 	for (const struct field *f = tab; f->key; f++, idx++) {
-		bool shared = idx < 64 && (strs >> idx & 1);
 		const char *s;
 		const strlist *l;
 		strlist *dl;
@@ -399,7 +401,9 @@ static bool rec_copy(const struct field *tab, void *dst, const void *src,
 			len = strlen(s);
 			if (check && !utf8_valid(s, len))
 				return false; /* not written */
-			*MEMBER(dst, f, char *) = arena_str(a, s, len, shared,
+			*MEMBER(dst, f, char *) = arena_str(a, s, len,
+							    idx < 64 &&
+							    (strs >> idx & 1),
 							    prev_str(prev, f));
 			break;
 		case F_NUM:
@@ -427,7 +431,8 @@ static bool rec_copy(const struct field *tab, void *dst, const void *src,
 				if (check && !utf8_valid(l->v[i], len))
 					return false; /* left out */
 				dl->v[dl->n++] = arena_str(a, l->v[i], len,
-							   shared,
+							   idx < 64 &&
+							   (strs >> idx & 1),
 							   prev_item(prev, f, i));
 			}
 			break;
@@ -668,14 +673,14 @@ static size_t utf8_seq(const unsigned char *p, const unsigned char *end);
 
 enum { RD_OK = 0, RD_GIVE_UP = 1 };
 
-static void rd_ws(struct rd *r)
+static inline void rd_ws(struct rd *r)
 {
 	while (r->p < r->end && (*r->p == ' ' || *r->p == '\n' ||
 				 *r->p == '\t' || *r->p == '\r'))
 		r->p++;
 }
 
-static bool rd_char(struct rd *r, char c)
+static inline bool rd_char(struct rd *r, char c)
 {
 	rd_ws(r);
 	if (r->p < r->end && *r->p == c) {
@@ -719,8 +724,8 @@ static inline bool word_special(uint64_t w)
  * word holding it. The 16-byte steps (SSE2, on every x86-64) find the
  * very byte; decoding scans strings inside a whole document, so they
  * take most of them. */
-static const unsigned char *skip_plain(const unsigned char *p,
-				       const unsigned char *end)
+static inline const unsigned char *skip_plain(const unsigned char *p,
+					      const unsigned char *end)
 {
 	uint64_t w;
 

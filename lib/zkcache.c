@@ -236,10 +236,15 @@ static struct ent *tab_findn(const struct table *t, const char *key,
 	if (!t->nb)
 		return NULL;
 	h = str_hash(key, len);
-	for (struct ent *e = t->b[h & (t->nb - 1)]; e; e = e->next)
-		if (e->hash == h && strncmp(ent_key(e), key, len) == 0 &&
-		    !ent_key(e)[len])
+	for (struct ent *e = t->b[h & (t->nb - 1)]; e; e = e->next) {
+		const char *k;
+
+		if (e->hash != h)
+			continue;
+		k = ent_key(e);
+		if (strncmp(k, key, len) == 0 && !k[len])
 			return e;
+	}
 	return NULL;
 }
 
