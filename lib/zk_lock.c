@@ -77,7 +77,8 @@ struct zk_lock {
 	char *data;            /* identifier, "" when none */
 	char *prefix;          /* "<uuid hex>__lock__" */
 	char *create_path;     /* dir/prefix */
-	char *node;            /* our contender's name, or NULL */
+	char *node;            /* our contender's name (in node_path), or
+				* NULL */
 	char *node_path;       /* dir/node, or NULL */
 
 	enum lock_state state;
@@ -282,12 +283,24 @@ static bool is_transient(int rc)
 	       rc == ZSESSIONEXPIRED;
 }
 
+/* Our contender: its path made in one allocation, its name the path's
+ * last part (three a request: the request's lock and the node's). */
 static void set_node(zk_lock *l, const char *name)
 {
-	free(l->node);
+	size_t dn, nn;
+	char *p = NULL;
+
+	if (name) {	/* NAME may be our old one: copied before freed */
+		dn = strlen(l->dir);
+		nn = strlen(name);
+		p = xmalloc(dn + 1 + nn + 1);
+		memcpy(p, l->dir, dn);
+		p[dn] = '/';
+		memcpy(p + dn + 1, name, nn + 1);
+	}
 	free(l->node_path);
-	l->node = name ? xstrdup(name) : NULL;
-	l->node_path = name ? xasprintf("%s/%s", l->dir, name) : NULL;
+	l->node_path = p;
+	l->node = p ? p + dn + 1 : NULL;
 }
 
 /* ---- lifecycle ---- */
