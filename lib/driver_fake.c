@@ -299,7 +299,8 @@ static void flavor_quota(const struct flavor *f, long long volume_gb,
 		return;
 	}
 	pthread_once(&flavor_quotas_once, flavor_quotas_make);
-	*q = flavor_quotas[f ? (size_t)(f - flavors) : NFLAVORS];
+	quota_copy(q, &flavor_quotas[f ? (size_t)(f - flavors) :
+	    NFLAVORS]);
 }
 
 /* ---- instances: records, memory hash, state-dir files ---- */

@@ -65,7 +65,7 @@ bool handler_fits_total(const np_pool *pool, const np_quota *provider,
 	np_quota q;
 
 	if (provider) {
-		q = *provider;
+		quota_copy(&q, provider);
 		quota_sub(&q, need);
 		if (!quota_non_negative(&q))
 			return false;
@@ -82,7 +82,7 @@ bool handler_fits_remaining(const np_pool *pool, const np_quota *provider,
 	np_quota q;
 
 	if (provider) {
-		q = *provider;
+		quota_copy(&q, provider);
 		quota_sub(&q, used);
 		quota_sub(&q, need);
 		if (!quota_non_negative(&q))

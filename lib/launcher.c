@@ -280,7 +280,7 @@ bool provmgr_quota(np_provmgr *pm, np_quota *out)
 		quota_refresh(pm);
 	if (!pm->quota_valid)
 		return false;
-	*out = pm->quota;
+	quota_copy(out, &pm->quota);
 	return true;
 }
 
@@ -438,7 +438,7 @@ static void resources_quota(const json_t *res, np_quota *q)
 
 	for (int i = 0; i < SHARE_MEMO; i++) {
 		if (share_memo[i].v == res) {
-			*q = share_memo[i].q;
+			quota_copy(q, &share_memo[i].q);
 			return;
 		}
 	}
@@ -446,7 +446,7 @@ static void resources_quota(const json_t *res, np_quota *q)
 	json_decref(share_memo[slot].v);
 	share_memo[slot].v = json_incref((json_t *)res);
 	quota_from_json(&share_memo[slot].q, res);
-	*q = share_memo[slot].q;
+	quota_copy(q, &share_memo[slot].q);
 }
 
 static bool node_share(np_provmgr *pm, const np_node *n, np_quota *q)
@@ -619,12 +619,12 @@ void provmgr_used(np_provmgr *pm, const char *pool, np_quota *out)
 	if (!pm->usage_valid)
 		usage_build(pm);
 	if (!pool) {
-		*out = pm->usage_total;
+		quota_copy(out, &pm->usage_total);
 		return;
 	}
 	for (u = pm->usage; u; u = u->next)
 		if (strcmp(u->pool, pool) == 0)
-			*out = u->used;
+			quota_copy(out, &u->used);
 }
 
 bool provmgr_reusable(np_provmgr *pm, const char *pool)

@@ -219,7 +219,7 @@ pw_reservation *pw_resv_add(pw_resv_set *s, const np_quota *need)
 {
 	pw_reservation *r = xcalloc(1, sizeof(*r));
 
-	r->need = *need;
+	quota_copy(&r->need, need);
 	r->inexact = !need_exact(need);
 	s->ninexact += r->inexact;
 	r->next = s->list;
@@ -303,7 +303,7 @@ void pw_resv_clear(pw_resv_set *s)
 void pw_resv_sum(const pw_resv_set *s, np_quota *out)
 {
 	if (!s->ninexact) {
-		*out = s->pending;
+		quota_copy(out, &s->pending);
 		return;
 	}
 	/* Fractions or infinities: added up afresh, in one order. */
