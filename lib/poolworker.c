@@ -531,7 +531,7 @@ static void process_paused(np_poolworker *pw)
 
 /* ---- _assignHandlers ---- */
 
-typedef struct cand {
+typedef struct pw_cand {
 	const np_request *req;
 	int missing;
 } cand;
@@ -763,6 +763,13 @@ static int launches_due(np_poolworker *self)
 	return n;
 }
 
+static void keep_cands(np_poolworker *pw, collect_ctx *cc)
+{
+	free(pw->cands);
+	pw->cands = cc->v;
+	pw->cands_cap = cc->cap;
+}
+
 static void assign(np_poolworker *pw, const np_pool *pool)
 {
 	const np_provider *prov = pw->pm->prov;
@@ -779,9 +786,17 @@ static void assign(np_poolworker *pw, const np_pool *pool)
 	lq_ctx lq;
 	bool static_quota = !pw->pm->drv->create;
 
+	/* The array of the last pass, taken while this one runs: a pass
+	 * allocated and grew it anew (at C=100 a third of the pass's own
+	 * work, glibc consolidating its free lists for the large block). */
+	cc.v = pw->cands;
+	cc.cap = pw->cands_cap;
+	pw->cands = NULL;
 	zkc_foreach(launcher_requests(pw->l), ZKC_REQUEST, collect, &cc);
-	if (cc.n == 0)
+	if (cc.n == 0) {
+		keep_cands(pw, &cc);
 		return;
+	}
 	for (size_t i = 0; i < cc.n; i++)
 		cc.v[i].missing = pw_missing_labels(cc.v[i].req, &pool->label_names);
 	qsort(cc.v, cc.n, sizeof(*cc.v), cand_cmp);
@@ -843,7 +858,7 @@ static void assign(np_poolworker *pw, const np_pool *pool)
 	if (static_quota)
 		label_quota_free(&lq);
 	free(pools);
-	free(cc.v);
+	keep_cands(pw, &cc);
 }
 
 static bool registered(np_poolworker *pw)
@@ -932,6 +947,7 @@ void poolworker_stop(np_poolworker *pw)
 	free(pw->name);
 	free(pw->logger);
 	free(pw->launcher_id);
+	free(pw->cands);
 	free(pw);
 }
 

@@ -78,6 +78,8 @@ struct np_poolworker {
 	struct np_regcomp *comp;
 	np_handler *handlers;   /* active, newest first */
 	pw_resv_set resv;
+	struct pw_cand *cands;  /* a pass's candidates, kept for the next */
+	size_t cands_cap;
 	uint64_t pass_timer;    /* a pass is scheduled */
 	uint64_t tick_timer;    /* the 1 s safety net */
 	bool stopping;
