@@ -419,8 +419,6 @@ struct pool_usage {
 	int ready_free;		/* ready and unallocated: reuse candidates */
 };
 
-/* N's share of PM's quota in use (upstream's rules); false when it has
- * none (another provider's node, or a funny node not counted). */
 /* The last few resources values read and their quota: node records
  * share equal values (the caches pool them) and never change them
  * (model.h), so a node's share is mostly a copy. A reference is held:
@@ -449,6 +447,8 @@ static void resources_quota(const json_t *res, np_quota *q)
 	quota_copy(q, &share_memo[slot].q);
 }
 
+/* N's share of PM's quota in use (upstream's rules); false when it has
+ * none (another provider's node, or a funny node not counted). */
 static bool node_share(np_provmgr *pm, const np_node *n, np_quota *q)
 {
 	const np_pool *pool;
