@@ -35,8 +35,9 @@ enum field_kind {
 	F_FORMATS,  /* comma-joined sorted string; omitted when empty */
 };
 
-/* The longest key ("relative_priority") makes 23 bytes of text; a longer
- * one does not compile (the text's initializer would not fit). */
+/* The longest key ("relative_priority") makes 23 bytes of text. A key
+ * whose text would not fit in FIELD_COPY bytes does not compile: FLD_ALL
+ * sizes an array by it, negative then. */
 #define FIELD_COPY 24
 #define FIELD_TEXT (FIELD_COPY + 2)
 
@@ -57,7 +58,9 @@ struct field {
 /* KEY is a string literal: its length and its text in a document are
  * made at compile time. */
 #define FLD_ALL(T, key, kind, member, dstr, dint, pool_only) \
-	{ key, sizeof(key) - 1, ", \"" key "\": ", kind, offsetof(T, member), \
+	{ key, (sizeof(key) - 1) * \
+	  sizeof(char[sizeof(key) - 1 + 6 <= FIELD_COPY ? 1 : -1]), \
+	  ", \"" key "\": ", kind, offsetof(T, member), \
 	  dstr, dint, pool_only }
 #define FLD(T, key, kind, member) FLD_ALL(T, key, kind, member, NULL, 0, false)
 #define FLD_S(T, key, member, d) FLD_ALL(T, key, F_STR, member, d, 0, false)
@@ -391,6 +394,7 @@ static bool rec_copy(const struct field *tab, void *dst, const void *src,
 		strlist *dl;
 		const json_t *v;
 		size_t len;
+		bool shared = idx < 64 && (strs >> idx & 1);
 
 		switch (f->kind) {
 		case F_STR:
@@ -401,9 +405,7 @@ static bool rec_copy(const struct field *tab, void *dst, const void *src,
 			len = strlen(s);
 			if (check && !utf8_valid(s, len))
 				return false; /* not written */
-			*MEMBER(dst, f, char *) = arena_str(a, s, len,
-							    idx < 64 &&
-							    (strs >> idx & 1),
+			*MEMBER(dst, f, char *) = arena_str(a, s, len, shared,
 							    prev_str(prev, f));
 			break;
 		case F_NUM:
@@ -431,8 +433,7 @@ static bool rec_copy(const struct field *tab, void *dst, const void *src,
 				if (check && !utf8_valid(l->v[i], len))
 					return false; /* left out */
 				dl->v[dl->n++] = arena_str(a, l->v[i], len,
-							   idx < 64 &&
-							   (strs >> idx & 1),
+							   shared,
 							   prev_item(prev, f, i));
 			}
 			break;
@@ -827,9 +828,9 @@ static double div_pow10(unsigned long long m, int k)
  * result is certainly what strtoll/strtod give: an integer of at most 18
  * digits, or a decimal without exponent of at most 18 digits (the times
  * in records have 16 or 17). Its digits make an integer M and it has D
- * decimals: below 2^53 with D <= 22 both M and 10^D are exact doubles and
- * one correctly rounded division is strtod's answer; else, with D <= 19,
- * div_pow10() rounds the exact quotient. */
+ * decimals, D <= 18: below 2^53 both M and 10^D are exact doubles and
+ * one correctly rounded division is strtod's answer; else div_pow10()
+ * rounds the exact quotient. */
 static bool number_fast(const char *p, const char *end, bool is_int,
 			long long *i, double *d)
 {
@@ -862,12 +863,9 @@ static bool number_fast(const char *p, const char *end, bool is_int,
 		*d = (double)*i;
 		return true;
 	}
-	if (m < 1ULL << 53 && decimals <= 22)
-		*d = (double)m / pow10[decimals];
-	else if (decimals <= 19)
-		*d = div_pow10(m, decimals);
-	else
-		return false;
+	/* At most 18 digits: DECIMALS is within both tables. */
+	*d = m < 1ULL << 53 ? (double)m / pow10[decimals] :
+			      div_pow10(m, decimals);
 	if (neg)
 		*d = -*d;
 	return true;
@@ -2548,7 +2546,7 @@ format:
 /* The same double is written again and again: a node's created_time in
  * each of its seven records, a state_time until the state changes. The
  * last texts, by the double's bits, per thread: a hit is a copy instead of
- * a search over the precision. */
+ * working the digits out. */
 #define FLOAT_MEMO 1024
 struct float_memo {
 	unsigned long long bits;

@@ -251,7 +251,6 @@ TEST(encode_strings_at_every_offset)
 				char in[40], want[80], got[96];
 				json_t *v;
 
-				memset(in, 'a', len);
 				in[len] = '\0';
 				for (size_t i = 0; i < len; i++)
 					in[i] = (char)('a' + i);
