@@ -443,8 +443,6 @@ static void collect(struct stack *st, int i, enum outcome how, int err,
 		locate_first_frame(st, s->pc);
 	} else if (how == ASKED && !task_exists(st->tid)) {
 		st->outcome = GONE;
-	} else if (how == ASKED && task_blocks_signal(st->tid)) {
-		st->outcome = BLOCKS;   /* since it was asked */
 	}
 }
 

@@ -726,8 +726,6 @@ def _stack_dump(sc):
                            r"#.*\n)*)" % tid, text + "\n").group(1)
         check("no stack captured" not in rest and "#0 " in frames,
               "SIGUSR2: %s %s%s has its frames" % (name, tid, rest))
-    check("not registered" not in text,
-          "SIGUSR2: no thread listed without its stack")
     check(b.poll() is None, "the builder keeps running after SIGUSR2")
     check(sc.builds_in(img, "building"), "the build goes on")
     # SIGINT would wait for the 600 s build (and the next one): kill the

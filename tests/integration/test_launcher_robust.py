@@ -190,8 +190,6 @@ def test_stack_dump(zk):
                           any("libmicrohttpd" in f for f in frames),
                           "stackdump: MHD-listen's frames in "
                           "libmicrohttpd: %r" % frames)
-            check("not registered" not in dump,
-                  "stackdump: no thread listed without its stack")
             # A registered thread's frames follow its header line.
             main = dump[dump.find(" NodePool"):]
             check(re.search(r"#0 \S+ in \S+\+0x[0-9a-f]+", main) and

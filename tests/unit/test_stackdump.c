@@ -778,7 +778,7 @@ TEST(asynchronous_request)
 	CHECK(has(log, "PoolWorker.p-async: request 200-1 pending"));
 	CHECK(has(log, "End stack dump"));
 	/* The helper thread is not listed as a stranger. */
-	CHECK(!has(log, "stack-dump (not registered"));
+	CHECK(!has(log, "stack-dump (unregistered)"));
 	free(log);
 	stackdump_remove_reporter(report_pool, "200-1");
 	stackdump_unregister_thread();
