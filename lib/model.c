@@ -231,50 +231,193 @@ static void rec_init(const struct field *tab, void *rec)
 	}
 }
 
-static void rec_clear(const struct field *tab, void *rec)
+/* ---- the members that hold something ----
+ *
+ * Copying and clearing a record touch only its strings, string lists and
+ * JSON values, and copy its few numbers and flags. Each kind's members
+ * of each sort, listed once from its field table (struct layout), spare
+ * them the walk over every member and its switch: most of a copy's cost
+ * was that walk. */
+
+struct member {
+	uint16_t off;  /* of the C member */
+	uint8_t bit;   /* its index in the field table: its bit in
+			* np_shared's mask (none from 64 on) */
+	uint8_t size;  /* plain members: the bytes to copy (1 or 8) */
+};
+
+#define LAYOUT_MAX 32
+
+struct layout {
+	struct member str[LAYOUT_MAX];   /* F_STR, F_STR_OMIT */
+	struct member list[4];           /* F_LIST, F_LABELS, F_FORMATS */
+	struct member json[LAYOUT_MAX];  /* F_JSON */
+	struct member num[4];            /* F_NUM: copied, checked finite */
+	struct member plain[LAYOUT_MAX]; /* F_INT, F_HOLDEXP, F_BOOL */
+	uint8_t nstr, nlist, njson, nnum, nplain;
+	bool has_port;                   /* F_PORT at PORT */
+	bool formats;                    /* an F_FORMATS member: no copy */
+	uint16_t port;
+};
+
+static void layout_add(struct member *m, uint8_t *n, size_t max,
+		       const struct field *f, size_t idx, size_t size)
 {
-	for (const struct field *f = tab; f->key; f++) {
+	if (*n == max)
+		abort(); /* a table outgrew its layout: make LAYOUT_MAX larger */
+	m[*n].off = (uint16_t)f->off;
+	m[*n].bit = (uint8_t)(idx < 64 ? idx : 64);
+	m[*n].size = (uint8_t)size;
+	(*n)++;
+}
+
+#define LAYOUT_ADD(lo, sort, f, idx, size) \
+	layout_add((lo)->sort, &(lo)->n##sort, \
+		   sizeof((lo)->sort) / sizeof((lo)->sort[0]), f, idx, size)
+
+/* LO from the field table TAB. */
+static void layout_make(struct layout *lo, const struct field *tab)
+{
+	size_t idx = 0;
+
+	memset(lo, 0, sizeof(*lo));
+	for (const struct field *f = tab; f->key; f++, idx++) {
 		switch (f->kind) {
 		case F_STR:
 		case F_STR_OMIT:
-			/* Most are NULL in the caches' records (pooled). */
-			if (*MEMBER(rec, f, char *)) {
-				free(*MEMBER(rec, f, char *));
-				*MEMBER(rec, f, char *) = NULL;
-			}
+			LAYOUT_ADD(lo, str, f, idx, 0);
 			break;
+		case F_FORMATS:
+			lo->formats = true;
+			/* fall through */
 		case F_LIST:
 		case F_LABELS:
-		case F_FORMATS:
-			strlist_free(MEMBER(rec, f, strlist));
+			LAYOUT_ADD(lo, list, f, idx, 0);
 			break;
 		case F_JSON:
-		case F_PORT:
-			json_decref(*MEMBER(rec, f, json_t *));
-			*MEMBER(rec, f, json_t *) = NULL;
+			LAYOUT_ADD(lo, json, f, idx, 0);
 			break;
-		default:
+		case F_NUM:
+			LAYOUT_ADD(lo, num, f, idx, sizeof(double));
+			break;
+		case F_INT:
+		case F_HOLDEXP:
+			LAYOUT_ADD(lo, plain, f, idx, sizeof(long long));
+			break;
+		case F_BOOL:
+			LAYOUT_ADD(lo, plain, f, idx, sizeof(bool));
+			break;
+		case F_PORT:
+			lo->has_port = true;
+			lo->port = (uint16_t)f->off;
+			break;
+		case F_SSHPORT: /* connection_port's second key */
 			break;
 		}
 	}
+}
+
+static const struct layout *layout_of(int kind);
+
+#define AT(rec, off, T) ((T *)((char *)(rec) + (off)))
+#define CAT(rec, off, T) ((const T *)((const char *)(rec) + (off)))
+
+/* ---- blocks ----
+ *
+ * An unpacked copy's own strings and list vectors live in one allocation
+ * that the record holds in its `block` member (see model.h): its size,
+ * then the vectors, then the strings. Clearing the record frees the block
+ * and none of the strings in it; strings outside it (a state set since,
+ * or none: a decoded record has no block) are freed one by one. */
+struct block {
+	size_t size; /* of the whole allocation */
+	char *vec[];
+};
+
+/* Whether P points into BLK (a record's block, or NULL). */
+static inline bool in_block(const struct block *blk, const void *p)
+{
+	return blk && (uintptr_t)p - (uintptr_t)blk < blk->size;
+}
+
+/* Frees what the members of LO in REC own (but what lies in BLK, REC's
+ * block); the caller zeroes REC after. */
+static void rec_clear(const struct layout *lo, void *rec,
+		      const struct block *blk)
+{
+	for (size_t i = 0; i < lo->nstr; i++) {
+		char *s = *AT(rec, lo->str[i].off, char *);
+
+		/* Most are NULL in the caches' records (pooled). */
+		if (s && !in_block(blk, s))
+			free(s);
+	}
+	for (size_t i = 0; i < lo->nlist; i++) {
+		strlist *l = AT(rec, lo->list[i].off, strlist);
+
+		for (size_t j = 0; j < l->n; j++)
+			if (l->v[j] && !in_block(blk, l->v[j]))
+				free(l->v[j]);
+		if (l->v && !in_block(blk, l->v))
+			free(l->v);
+	}
+	for (size_t i = 0; i < lo->njson; i++)
+		json_decref(*AT(rec, lo->json[i].off, json_t *));
+	if (lo->has_port)
+		json_decref(*AT(rec, lo->port, json_t *));
 }
 
 static bool utf8_valid(const char *str, size_t len);
 
 /* Where rec_copy() puts a copy's strings and list vectors: each in an
  * allocation of its own (no arena, or no VEC and STR: what
- * np_record_clear() frees), or all in one block (np_record_pack(): the
- * vectors at VEC, the strings at STR). SHARED: the members it names take
- * the pool's strings (np_shared), PREV's where equal. TRUSTED: the
- * source was checked already (rec_measure() of it, or it is a packed
- * record). */
+ * np_record_clear() frees), or all in one block (np_record_pack() and
+ * np_record_unpack(): the vectors at VEC, the strings at STR; BLOCK the
+ * copy's block, or NULL for a packed record, which is the block itself).
+ * A packed record's strings are each preceded by their length (PREFIX,
+ * 4 bytes, unaligned): unpacking it takes them from there (PACKED)
+ * instead of measuring them. LENS: the lengths of the first NLENS strings
+ * the copy visits, measured already (the others are measured again).
+ * SHARED: the members it names take the pool's strings (np_shared),
+ * PREV's where equal. TRUSTED: the source was checked already
+ * (rec_measure() of it, or it is a packed record). */
 struct arena {
 	char **vec;
 	char *str;
+	struct block *block;
+	bool prefix;
+	bool packed;
+	bool trusted;
+	const size_t *lens;
+	size_t nlens, ilen;
 	const np_shared *shared;
 	const void *prev;
-	bool trusted;
 };
+
+/* How many lengths a packed copy remembers between its measure and its
+ * copy (a node has some twenty strings). */
+#define PACK_LENS 48
+
+/* The length of S, a string of a packed record (see struct arena). */
+static inline size_t packed_len(const char *s)
+{
+	uint32_t n;
+
+	memcpy(&n, s - sizeof(n), sizeof(n));
+	return n;
+}
+
+/* The length of S, a string of the source the copy visits next. */
+static inline size_t src_len(struct arena *a, const char *s)
+{
+	if (!a)
+		return strlen(s);
+	if (a->packed)
+		return packed_len(s);
+	if (a->ilen < a->nlens)
+		return a->lens[a->ilen++];
+	return strlen(s);
+}
 
 /* SHARED's string equal to the LEN bytes at S (no NUL among them): LIKE,
  * the record's predecessor's string at the same place, when that is it
@@ -288,21 +431,6 @@ static char *pool_str(const np_shared *shared, const char *like,
 	return shared->str(shared->ctx, s, len);
 }
 
-/* The string member at F of PREV (a record or NULL), or NULL. */
-static const char *prev_str(const void *prev, const struct field *f)
-{
-	return prev ? *CMEMBER(prev, f, char *) : NULL;
-}
-
-/* String I of the list member at F of PREV (a record or NULL), or NULL. */
-static const char *prev_item(const void *prev, const struct field *f,
-			     size_t i)
-{
-	const strlist *l = prev ? CMEMBER(prev, f, strlist) : NULL;
-
-	return l && i < l->n ? l->v[i] : NULL;
-}
-
 static char *arena_str(struct arena *a, const char *s, size_t len,
 		       bool shared, const char *like)
 {
@@ -312,6 +440,12 @@ static char *arena_str(struct arena *a, const char *s, size_t len,
 		return pool_str(a->shared, like, s, len);
 	if (!a || !a->str)
 		return xstrndup(s, len);
+	if (a->prefix) {
+		uint32_t n = (uint32_t)len;
+
+		memcpy(a->str, &n, sizeof(n));
+		a->str += sizeof(n);
+	}
 	d = a->str;
 	memcpy(d, s, len);
 	d[len] = '\0';
@@ -332,126 +466,155 @@ static char **arena_vec(struct arena *a, size_t n)
 }
 
 /* Whether rec_copy() of SRC succeeds (see there), and the list vector
- * slots (*NVEC) and string bytes (*NSTR) a block copy of it takes. */
-static bool rec_measure(const struct field *tab, const void *src,
-			size_t *nvec, size_t *nstr)
+ * slots (*NVEC) and string bytes (*NSTR) a packed copy of it takes; the
+ * first PACK_LENS string lengths appended to LENS (*NLENS of them). */
+static bool rec_measure(const struct layout *lo, const void *src,
+			size_t *nvec, size_t *nstr, size_t *lens,
+			size_t *nlens)
 {
-	for (const struct field *f = tab; f->key; f++) {
-		const char *s;
-		const strlist *l;
+	if (lo->formats)
+		return false;
+	for (size_t i = 0; i < lo->nnum; i++)
+		if (isinf(*CAT(src, lo->num[i].off, double)))
+			return false;
+	for (size_t i = 0; i < lo->nstr; i++) {
+		const char *s = *CAT(src, lo->str[i].off, char *);
 		size_t len;
 
-		switch (f->kind) {
-		case F_STR:
-		case F_STR_OMIT:
-			s = *CMEMBER(src, f, char *);
-			if (!s)
-				break;
-			len = strlen(s);
-			if (!utf8_valid(s, len))
-				return false;
-			*nstr += len + 1;
-			break;
-		case F_NUM:
-			if (isinf(*CMEMBER(src, f, double)))
-				return false;
-			break;
-		case F_LIST:
-		case F_LABELS:
-			l = CMEMBER(src, f, strlist);
-			*nvec += l->n;
-			for (size_t i = 0; i < l->n; i++) {
-				len = strlen(l->v[i]);
-				if (!utf8_valid(l->v[i], len))
-					return false;
-				*nstr += len + 1;
-			}
-			break;
-		case F_FORMATS:
+		if (!s)
+			continue;
+		len = strlen(s);
+		if (!utf8_valid(s, len) || len > UINT32_MAX)
 			return false;
-		default:
-			break;
+		*nstr += sizeof(uint32_t) + len + 1;
+		if (*nlens < PACK_LENS)
+			lens[(*nlens)++] = len;
+	}
+	for (size_t i = 0; i < lo->nlist; i++) {
+		const strlist *l = CAT(src, lo->list[i].off, strlist);
+
+		*nvec += l->n;
+		for (size_t j = 0; j < l->n; j++) {
+			size_t len = strlen(l->v[j]);
+
+			if (!utf8_valid(l->v[j], len) || len > UINT32_MAX)
+				return false;
+			*nstr += sizeof(uint32_t) + len + 1;
+			if (*nlens < PACK_LENS)
+				lens[(*nlens)++] = len;
 		}
 	}
 	return true;
 }
 
+/* The string member at OFF of PREV (a record or NULL), or NULL. */
+static const char *prev_str_at(const void *prev, size_t off)
+{
+	return prev ? *CAT(prev, off, char *) : NULL;
+}
+
+/* String I of the list member at OFF of PREV (a record or NULL), or
+ * NULL. */
+static const char *prev_item_at(const void *prev, size_t off, size_t i)
+{
+	const strlist *l = prev ? CAT(prev, off, strlist) : NULL;
+
+	return l && i < l->n ? l->v[i] : NULL;
+}
+
+/* The same of the member at F (the decoder's). */
+static const char *prev_str(const void *prev, const struct field *f)
+{
+	return prev_str_at(prev, f->off);
+}
+
+static const char *prev_item(const void *prev, const struct field *f,
+			     size_t i)
+{
+	return prev_item_at(prev, f->off, i);
+}
+
+/* Whether the member M takes the pool's strings (STRS: np_shared's). */
+static inline bool member_shared(uint64_t strs, const struct member *m)
+{
+	return strs && m->bit < 64 && (strs >> m->bit & 1);
+}
+
 /* SRC's members into DST (zeroed), as decoding SRC's encoding reads
  * them (see np_record_copy), their strings where ARENA says; false at
- * the first member whose encoding would not read back the same. */
-static bool rec_copy(const struct field *tab, void *dst, const void *src,
+ * the first member whose encoding would not read back the same. The
+ * strings are visited in the order rec_measure() measures them. */
+static bool rec_copy(const struct layout *lo, void *dst, const void *src,
 		     struct arena *a)
 {
 	uint64_t strs = a && a->shared ? a->shared->strs : 0;
 	const void *prev = a ? a->prev : NULL;
 	bool check = !(a && a->trusted);
-	size_t idx = 0;
 
-	/* IDX counts the members (F - TAB is a division). */
-	for (const struct field *f = tab; f->key; f++, idx++) {
-		const char *s;
-		const strlist *l;
-		strlist *dl;
-		const json_t *v;
+	if (lo->formats)
+		return false; /* builds: written sorted and joined */
+	for (size_t i = 0; i < lo->nnum; i++) {
+		double d = *CAT(src, lo->num[i].off, double);
+
+		if (check && isinf(d))
+			return false; /* not written */
+		*AT(dst, lo->num[i].off, double) = d;
+	}
+	for (size_t i = 0; i < lo->nplain; i++) {
+		const struct member *m = &lo->plain[i];
+
+		if (m->size == sizeof(bool))
+			*AT(dst, m->off, bool) = *CAT(src, m->off, bool);
+		else
+			*AT(dst, m->off, long long) =
+				*CAT(src, m->off, long long);
+	}
+	for (size_t i = 0; i < lo->nstr; i++) {
+		const struct member *m = &lo->str[i];
+		const char *s = *CAT(src, m->off, char *);
 		size_t len;
-		bool shared = idx < 64 && (strs >> idx & 1);
 
-		switch (f->kind) {
-		case F_STR:
-		case F_STR_OMIT:
-			s = *CMEMBER(src, f, char *);
-			if (!s)
-				break;
-			len = strlen(s);
-			if (check && !utf8_valid(s, len))
-				return false; /* not written */
-			*MEMBER(dst, f, char *) = arena_str(a, s, len, shared,
-							    prev_str(prev, f));
-			break;
-		case F_NUM:
-			if (check && isinf(*CMEMBER(src, f, double)))
-				return false; /* not written */
-			*MEMBER(dst, f, double) = *CMEMBER(src, f, double);
-			break;
-		case F_INT:
-		case F_HOLDEXP:
-			*MEMBER(dst, f, long long) = *CMEMBER(src, f, long long);
-			break;
-		case F_BOOL:
-			*MEMBER(dst, f, bool) = *CMEMBER(src, f, bool);
-			break;
-		case F_LIST:
-		case F_LABELS:
-			l = CMEMBER(src, f, strlist);
-			dl = MEMBER(dst, f, strlist);
-			if (!l->n)
-				break;
-			dl->v = arena_vec(a, l->n);
-			dl->cap = l->n;
-			for (size_t i = 0; i < l->n; i++) {
-				len = strlen(l->v[i]);
-				if (check && !utf8_valid(l->v[i], len))
-					return false; /* left out */
-				dl->v[dl->n++] = arena_str(a, l->v[i], len,
-							   shared,
-							   prev_item(prev, f, i));
-			}
-			break;
-		case F_FORMATS:
-			return false; /* builds: written sorted and joined */
-		case F_JSON: /* null reads as no value; shared, see model.h */
-			v = *CMEMBER(src, f, json_t *);
-			if (v && !json_is_null(v))
-				*MEMBER(dst, f, json_t *) = json_incref((json_t *)v);
-			break;
-		case F_PORT: /* no value is written, and read, as null */
-			v = *CMEMBER(src, f, json_t *);
-			*MEMBER(dst, f, json_t *) = v ? json_incref((json_t *)v) :
-							json_null();
-			break;
-		case F_SSHPORT: /* written as connection_port, not read */
-			break;
+		if (!s)
+			continue;
+		len = src_len(a, s);
+		if (check && !utf8_valid(s, len))
+			return false; /* not written */
+		*AT(dst, m->off, char *) = arena_str(a, s, len,
+						     member_shared(strs, m),
+						     prev_str_at(prev, m->off));
+	}
+	for (size_t i = 0; i < lo->nlist; i++) {
+		const struct member *m = &lo->list[i];
+		const strlist *l = CAT(src, m->off, strlist);
+		strlist *dl = AT(dst, m->off, strlist);
+		bool shared = member_shared(strs, m);
+
+		if (!l->n)
+			continue;
+		dl->v = arena_vec(a, l->n);
+		dl->cap = l->n;
+		for (size_t j = 0; j < l->n; j++) {
+			size_t len = src_len(a, l->v[j]);
+
+			if (check && !utf8_valid(l->v[j], len))
+				return false; /* left out */
+			dl->v[dl->n++] = arena_str(a, l->v[j], len, shared,
+						   prev_item_at(prev, m->off, j));
 		}
+	}
+	/* JSON values: null reads as no value; shared, see model.h. */
+	for (size_t i = 0; i < lo->njson; i++) {
+		const json_t *v = *CAT(src, lo->json[i].off, json_t *);
+
+		if (v && !json_is_null(v))
+			*AT(dst, lo->json[i].off, json_t *) =
+				json_incref((json_t *)v);
+	}
+	if (lo->has_port) { /* no value is written, and read, as null */
+		const json_t *v = *CAT(src, lo->port, json_t *);
+
+		*AT(dst, lo->port, json_t *) = v ? json_incref((json_t *)v) :
+						   json_null();
 	}
 	return true;
 }
@@ -1844,11 +2007,12 @@ struct rec_type {
 	size_t nids;
 	size_t ids[4];  /* offsets of the char * members named by the path */
 	size_t raw;     /* offset of the json_t *raw member */
+	size_t block;   /* offset of the void *block member */
 	size_t version; /* offset of the int version member */
 };
 
 #define REC_TYPE(T, tab, n, ...) { tab, sizeof(T), n, { __VA_ARGS__ }, \
-	offsetof(T, raw), offsetof(T, version) }
+	offsetof(T, raw), offsetof(T, block), offsetof(T, version) }
 
 /* Indexed by np_kind; components come last (they are not an np_kind:
  * the store never lists them). */
@@ -1870,7 +2034,22 @@ static const struct rec_type rec_types[] = {
 				       offsetof(np_component, path_name)),
 };
 
-#define AT(rec, off, T) ((T *)((char *)(rec) + (off)))
+#define NKINDS (sizeof(rec_types) / sizeof(rec_types[0]))
+
+static struct layout layouts[NKINDS];
+static pthread_once_t layouts_once = PTHREAD_ONCE_INIT;
+
+static void layouts_make(void)
+{
+	for (size_t k = 0; k < NKINDS; k++)
+		layout_make(&layouts[k], rec_types[k].fields);
+}
+
+static const struct layout *layout_of(int kind)
+{
+	pthread_once(&layouts_once, layouts_make);
+	return &layouts[kind];
+}
 
 static void type_init(int kind, void *rec)
 {
@@ -1887,11 +2066,17 @@ static void type_init(int kind, void *rec)
 static void type_clear(int kind, void *rec)
 {
 	const struct rec_type *t = &rec_types[kind];
+	struct block *blk = *AT(rec, t->block, struct block *);
 
-	rec_clear(t->fields, rec);
-	for (size_t i = 0; i < t->nids; i++)
-		free(*AT(rec, t->ids[i], char *));
+	rec_clear(layout_of(kind), rec, blk);
+	for (size_t i = 0; i < t->nids; i++) {
+		char *id = *AT(rec, t->ids[i], char *);
+
+		if (id && !in_block(blk, id))
+			free(id);
+	}
 	json_decref(*AT(rec, t->raw, json_t *));
+	free(blk);
 	memset(rec, 0, t->size);
 	*AT(rec, t->version, int) = -1;
 }
@@ -1913,32 +2098,26 @@ static void share_str(const np_shared *shared, char **s, bool share)
 	}
 }
 
-/* The members of TAB that SHARED names given back to it (or, SHARE,
- * replaced by the pool's equal strings). */
-static void rec_shared(const struct field *tab, void *rec,
-		       const np_shared *shared, bool share)
+/* The members of a KIND record that SHARED names given back to it (or,
+ * SHARE, replaced by the pool's equal strings). */
+static void rec_shared(int kind, void *rec, const np_shared *shared,
+		       bool share)
 {
-	for (const struct field *f = tab; f->key && f - tab < 64; f++) {
-		char **s = MEMBER(rec, f, char *);
-		strlist *l = MEMBER(rec, f, strlist);
+	const struct layout *lo = layout_of(kind);
 
-		if (!(shared->strs >> (f - tab) & 1))
+	for (size_t i = 0; i < lo->nstr; i++)
+		if (member_shared(shared->strs, &lo->str[i]))
+			share_str(shared, AT(rec, lo->str[i].off, char *),
+				  share);
+	for (size_t i = 0; i < lo->nlist; i++) {
+		strlist *l = AT(rec, lo->list[i].off, strlist);
+
+		if (!member_shared(shared->strs, &lo->list[i]))
 			continue;
-		switch (f->kind) {
-		case F_STR:
-		case F_STR_OMIT:
-			share_str(shared, s, share);
-			break;
-		case F_LIST:
-		case F_LABELS:
-			for (size_t i = 0; i < l->n; i++)
-				share_str(shared, &l->v[i], share);
-			if (!share)
-				l->n = 0;
-			break;
-		default:
-			break;
-		}
+		for (size_t j = 0; j < l->n; j++)
+			share_str(shared, &l->v[j], share);
+		if (!share)
+			l->n = 0;
 	}
 }
 
@@ -1957,7 +2136,7 @@ static int type_decode_pooled(int kind, void *rec, const char *const *ids,
 			      len, pool, pool_ctx, shared, prev) == RD_OK)
 		goto ids;
 	if (shared)
-		rec_shared(t->fields, rec, shared, false);
+		rec_shared(kind, rec, shared, false);
 	type_clear(kind, rec);
 	type_init(kind, rec);
 	if (rec_decode(t->fields, rec, AT(rec, t->raw, json_t *), data, len,
@@ -1966,7 +2145,7 @@ static int type_decode_pooled(int kind, void *rec, const char *const *ids,
 		return -1;
 	}
 	if (shared)
-		rec_shared(t->fields, rec, shared, true);
+		rec_shared(kind, rec, shared, true);
 ids:
 	for (size_t i = 0; i < t->nids; i++)
 		if (ids && ids[i])
@@ -1995,12 +2174,17 @@ static void type_set_state(int kind, void *rec, const char *value)
 {
 	const struct field *tab = rec_types[kind].fields;
 	char **state = AT(rec, FIELD_NAMED(tab, "state")->off, char *);
+	const struct block *blk = *AT(rec, rec_types[kind].block,
+				      struct block *);
 	size_t n = strlen(value);
 
 	/* The record owns its state string: rewritten in place when its
 	 * allocation has room (glibc's smallest holds 24 bytes, every state
-	 * fits; under ASan the size asked for). */
-	if (*state && malloc_usable_size(*state) > n) {
+	 * fits; under ASan the size asked for). A state in the record's
+	 * block is not an allocation: left there, a new one made. */
+	if (in_block(blk, *state)) {
+		*state = xstrndup(value, n);
+	} else if (*state && malloc_usable_size(*state) > n) {
 		memcpy(*state, value, n + 1);
 	} else {
 		free(*state);
@@ -2065,7 +2249,7 @@ int np_record_decode_shared(np_kind kind, np_record *rec,
 
 void np_record_unshare(np_kind kind, np_record *rec, const np_shared *pool)
 {
-	rec_shared(rec_types[kind].fields, rec, pool, false);
+	rec_shared(kind, rec, pool, false);
 }
 
 /* np_record_copy() with its strings where ARENA says; an arena with a
@@ -2076,19 +2260,21 @@ static bool type_copy(int kind, void *dst, const void *src,
 	const struct rec_type *t = &rec_types[kind];
 
 	memset(dst, 0, t->size);
-	*AT(dst, t->version, int) = *AT(src, t->version, int);
-	if (!rec_copy(t->fields, dst, src, a)) {
+	*AT(dst, t->version, int) = *CAT(src, t->version, int);
+	if (a)
+		*AT(dst, t->block, struct block *) = a->block;
+	if (!rec_copy(layout_of(kind), dst, src, a)) {
 		if (a && a->shared)
-			rec_shared(t->fields, dst, a->shared, false);
+			rec_shared(kind, dst, a->shared, false);
 		type_clear(kind, dst);
 		return false;
 	}
 	for (size_t i = 0; i < t->nids && !(a && a->shared); i++) {
-		const char *id = *AT(src, t->ids[i], char *);
+		const char *id = *CAT(src, t->ids[i], char *);
 
 		if (id)
 			*AT(dst, t->ids[i], char *) = arena_str(a, id,
-								strlen(id),
+								src_len(a, id),
 								false, NULL);
 	}
 	return true;
@@ -2099,23 +2285,33 @@ bool np_record_copy(np_kind kind, np_record *dst, const np_record *src)
 	return type_copy(kind, dst, src, NULL);
 }
 
-/* The block: the record, its list vectors, its strings. */
+/* The block: the record, its list vectors, its strings (each after its
+ * length: see struct arena). The strings are measured once: the copy
+ * takes the lengths rec_measure() found. */
 np_record *np_record_pack(np_kind kind, const np_record *src)
 {
 	const struct rec_type *t = &rec_types[kind];
-	struct arena a = { .trusted = true };
+	size_t lens[PACK_LENS];
+	struct arena a = { .trusted = true, .prefix = true, .lens = lens };
 	size_t nvec = 0, nstr = 0;
 	size_t head = (t->size + sizeof(char *) - 1) / sizeof(char *) *
 		      sizeof(char *);
 	np_record *rec;
 
-	if (!rec_measure(t->fields, src, &nvec, &nstr))
+	if (!rec_measure(layout_of(kind), src, &nvec, &nstr, lens, &a.nlens))
 		return NULL;
 	for (size_t i = 0; i < t->nids; i++) {
-		const char *id = *AT(src, t->ids[i], char *);
+		const char *id = *CAT(src, t->ids[i], char *);
+		size_t len;
 
-		if (id)
-			nstr += strlen(id) + 1;
+		if (!id)
+			continue;
+		len = strlen(id);
+		if (len > UINT32_MAX)
+			return NULL;
+		nstr += sizeof(uint32_t) + len + 1;
+		if (a.nlens < PACK_LENS)
+			lens[a.nlens++] = len;
 	}
 	rec = xmalloc(head + nvec * sizeof(char *) + nstr);
 	a.vec = (char **)(void *)((char *)rec + head);
@@ -2126,24 +2322,75 @@ np_record *np_record_pack(np_kind kind, const np_record *src)
 
 void np_record_pack_free(np_kind kind, np_record *packed)
 {
-	const struct field *tab;
+	const struct layout *lo;
 
 	if (!packed)
 		return;
 	/* The strings and vectors are the block's: only the JSON values
 	 * are references of its own. */
-	tab = rec_types[kind].fields;
-	for (const struct field *f = tab; f->key; f++)
-		if (f->kind == F_JSON || f->kind == F_PORT)
-			json_decref(*MEMBER(packed, f, json_t *));
+	lo = layout_of(kind);
+	for (size_t i = 0; i < lo->njson; i++)
+		json_decref(*AT(packed, lo->json[i].off, json_t *));
+	if (lo->has_port)
+		json_decref(*AT(packed, lo->port, json_t *));
 	free(packed);
 }
 
+/* The bytes the block of an unpacked copy of PACKED takes (0: none
+ * needed): the list vectors (*NVEC slots), and the strings that are not
+ * the pool's. */
+static size_t unpack_measure(int kind, const np_record *packed,
+			     const np_shared *pool, size_t *nvec)
+{
+	const struct rec_type *t = &rec_types[kind];
+	const struct layout *lo = layout_of(kind);
+	uint64_t strs = pool ? pool->strs : 0;
+	size_t nstr = 0;
+
+	for (size_t i = 0; i < lo->nstr; i++) {
+		const char *s = *CAT(packed, lo->str[i].off, char *);
+
+		if (s && !member_shared(strs, &lo->str[i]))
+			nstr += packed_len(s) + 1;
+	}
+	for (size_t i = 0; i < lo->nlist; i++) {
+		const strlist *l = CAT(packed, lo->list[i].off, strlist);
+
+		*nvec += l->n;
+		if (member_shared(strs, &lo->list[i]))
+			continue;
+		for (size_t j = 0; j < l->n; j++)
+			nstr += packed_len(l->v[j]) + 1;
+	}
+	for (size_t i = 0; i < t->nids && !pool; i++) {
+		const char *id = *CAT(packed, t->ids[i], char *);
+
+		if (id)
+			nstr += packed_len(id) + 1;
+	}
+	if (!*nvec && !nstr)
+		return 0;
+	return sizeof(struct block) + *nvec * sizeof(char *) + nstr;
+}
+
+/* The copy's own strings and list vectors go to one block (struct
+ * block), measured first: one allocation, not one per string, and one
+ * free when the record is cleared. */
 bool np_record_unpack(np_kind kind, np_record *dst, const np_record *packed,
 		      const np_shared *pool, const np_record *prev)
 {
-	struct arena a = { .shared = pool, .prev = prev, .trusted = true };
+	struct arena a = { .shared = pool, .prev = prev, .trusted = true,
+			   .packed = true };
+	size_t nvec = 0, size = unpack_measure(kind, packed, pool, &nvec);
 
+	if (size) {
+		a.block = xmalloc(size);
+		a.block->size = size;
+		/* rec_copy() takes exactly the NVEC slots counted, then the
+		 * strings. */
+		a.vec = a.block->vec;
+		a.str = (char *)(a.block->vec + nvec);
+	}
 	return type_copy(kind, dst, packed, &a);
 }
 

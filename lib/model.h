@@ -11,12 +11,17 @@
  * Zuul keeps private keys in these records and must not lose them.
  *
  * Ownership: every record owns its strings, lists and JSON values; *_clear
- * frees them. Two exceptions, each with its own release: a packed copy
- * (np_record_pack: one block, np_record_pack_free) and a record whose
- * common strings are a pool's (np_shared: np_record_unshare first). The `raw` member is what encoding needs of the document the
- * record was decoded from (NULL for a record built in memory, or when the
- * document needs nothing kept): the unknown keys, in their order, and
- * whether a number was an integer. It is model.c's business only.
+ * frees them. Three exceptions, each with its own release: a packed copy
+ * (np_record_pack: one block, np_record_pack_free), a record whose
+ * common strings are a pool's (np_shared: np_record_unshare first), and
+ * an unpacked copy (np_record_unpack), whose own strings and list vectors
+ * live in one block that the record holds (`block`) and *_clear frees:
+ * such a record is only read, none of its strings or lists replaced or
+ * grown on its own (np_*_set_state excepted). The `raw` member is what
+ * encoding needs of the document the record was decoded from (NULL for a
+ * record built in memory, or when the document needs nothing kept): the
+ * unknown keys, in their order, and whether a number was an integer.
+ * `raw` and `block` are model.c's business only.
  */
 #ifndef NP_MODEL_H
 #define NP_MODEL_H
@@ -73,6 +78,7 @@ typedef struct np_request {
 	double created_time;
 	char *tenant_name;
 	json_t *raw;
+	void *block; /* see Ownership above; NULL but for unpacked copies */
 	int version; /* znode version when read from ZooKeeper, else -1 */
 } np_request;
 
@@ -114,6 +120,7 @@ typedef struct np_node {
 	json_t *driver_data;
 	char *requestor;
 	json_t *raw;
+	void *block;
 	int version;
 } np_node;
 
@@ -129,6 +136,7 @@ typedef struct np_build {
 	char *python_path;
 	char *shell_type;
 	json_t *raw;
+	void *block;
 	int version;
 } np_build;
 
@@ -143,6 +151,7 @@ typedef struct np_upload {
 	char *python_path;
 	char *shell_type;
 	json_t *raw;
+	void *block;
 	int version;
 } np_upload;
 
@@ -163,6 +172,7 @@ typedef struct np_component {
 	bool paused;
 	bool is_pool; /* writes the pool keys */
 	json_t *raw;
+	void *block;
 	int version;
 } np_component;
 
@@ -293,7 +303,11 @@ np_record *np_record_pack(np_kind kind, const np_record *src);
 void np_record_pack_free(np_kind kind, np_record *packed);
 /* np_record_copy() of a packed record into DST with POOL's strings for
  * the members it names (see np_shared) and no ids; its owner gives them
- * back with np_record_unshare(). PREV: as for np_record_decode_shared(). */
+ * back with np_record_unshare(). PREV: as for np_record_decode_shared().
+ * DST's other strings and its lists' vectors are in one block of its own
+ * (POOL NULL: all of them, and the ids), which np_record_clear() frees:
+ * DST is only read, its state set (see Ownership above). PACKED may be
+ * freed first. */
 bool np_record_unpack(np_kind kind, np_record *dst, const np_record *packed,
 		      const np_shared *pool, const np_record *prev);
 /* The array or object TEXT (LEN bytes) as jansson reads it, or NULL. */

@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -674,6 +675,241 @@ TEST(record_copy_reads_as_its_encoding)
 	free(b);
 	np_record_clear(NP_KIND_REQUEST, &copy);
 	np_record_clear(NP_KIND_REQUEST, &src);
+}
+
+/* The record's raw document dropped (what a copy leaves out anyway). */
+static void drop_raw(np_kind kind, np_record *rec)
+{
+	json_t **raw = kind == NP_KIND_NODE ? &rec->node.raw :
+		       kind == NP_KIND_REQUEST ? &rec->request.raw :
+		       kind == NP_KIND_UPLOAD ? &rec->upload.raw :
+						&rec->build.raw;
+
+	json_decref(*raw);
+	*raw = NULL;
+}
+
+static void *block_of(np_kind kind, const np_record *rec)
+{
+	return kind == NP_KIND_NODE ? rec->node.block :
+	       kind == NP_KIND_REQUEST ? rec->request.block :
+	       kind == NP_KIND_UPLOAD ? rec->upload.block : rec->build.block;
+}
+
+/* REC encodes as WANT, and its path is WANT_PATH (NULL: no ids). */
+static void check_reads(np_kind kind, const np_record *rec, const char *want,
+			const char *want_path)
+{
+	char *got = np_record_encode(kind, rec);
+
+	CHECK_STR(got, want);
+	free(got);
+	if (want_path) {
+		got = np_record_path(kind, rec);
+		CHECK_STR(got, want_path);
+		free(got);
+	}
+}
+
+/* Every copy of REC (taken: cleared here first) reads as REC did, after
+ * REC is gone and after the packed copy the others came from is gone:
+ * np_record_copy, np_record_pack, np_record_unpack without a pool (ids
+ * too) and with one taking the members at the N offsets OFFS. A cleared
+ * copy is used again; an unpacked one takes a new state. *BLOCKED: whether
+ * the unpacked copy with the pool has a block. */
+static void check_copies(np_kind kind, np_record *rec, const size_t *offs,
+			 size_t n, bool *blocked)
+{
+	struct test_strs strs = { 0 };
+	np_shared sh = { NULL, test_str_get, test_str_ref, test_str_put, 0,
+			 &strs };
+	np_record copy, un, pooled, *p;
+	char *want, *path, *got;
+
+	sh.strs = np_field_mask(kind, offs, n);
+	drop_raw(kind, rec);
+	want = np_record_encode(kind, rec);
+	path = np_record_path(kind, rec);
+	REQUIRE(np_record_copy(kind, &copy, rec));
+	REQUIRE((p = np_record_pack(kind, rec)));
+	REQUIRE(np_record_unpack(kind, &un, p, NULL, NULL));
+	REQUIRE(np_record_unpack(kind, &pooled, p, &sh, NULL));
+	np_record_clear(kind, rec); /* the source gone */
+	check_reads(kind, &copy, want, path);
+	check_reads(kind, p, want, path);
+	check_reads(kind, &un, want, path);
+	check_reads(kind, &pooled, want, NULL);
+	np_record_pack_free(kind, p); /* the packed copy gone */
+	check_reads(kind, &un, want, path);
+	check_reads(kind, &pooled, want, NULL);
+	*blocked = block_of(kind, &pooled) != NULL;
+	CHECK(block_of(kind, &copy) == NULL);
+
+	/* Cleared, then used again (and cleared twice: a cleared record
+	 * clears as an empty one). */
+	np_record_clear(kind, &copy);
+	CHECK(block_of(kind, &copy) == NULL);
+	np_record_clear(kind, &copy);
+	REQUIRE(np_record_copy(kind, &copy, &un));
+	check_reads(kind, &copy, want, path);
+	np_record_clear(kind, &copy);
+	REQUIRE((p = np_record_pack(kind, &un)));
+	np_record_clear(kind, &un);
+	REQUIRE(np_record_unpack(kind, &un, p, NULL, &pooled));
+	np_record_pack_free(kind, p);
+	check_reads(kind, &un, want, path);
+
+	/* A new state in an unpacked copy: the old one was its block's. */
+	np_record_set_state(kind, &un, "deleting");
+	CHECK_STR(np_record_state(kind, &un), "deleting");
+	np_record_set_state(kind, &un, "used");
+	CHECK_STR(np_record_state(kind, &un), "used");
+	got = np_record_encode(kind, &un);
+	CHECK(strstr(got, "\"state\": \"used\"") != NULL);
+	free(got);
+	np_record_clear(kind, &un);
+
+	np_record_unshare(kind, &pooled, &sh);
+	CHECK_INT(test_strs_refs(&strs), 0);
+	np_record_clear(kind, &pooled);
+	free(want);
+	free(path);
+	for (int i = 0; i < strs.n; i++)
+		free(strs.s[i]);
+}
+
+/* Copies of records with every member set, none, empty strings, long
+ * lists and nested JSON values (see check_copies). */
+TEST(record_copies_every_way)
+{
+	static const size_t node_offs[] = { offsetof(np_node, state),
+					    offsetof(np_node, provider),
+					    offsetof(np_node, type) };
+	static const size_t req_offs[] = { offsetof(np_request, state),
+					   offsetof(np_request, node_types) };
+	const char *full = "{\"state\": \"ready\", \"state_time\": 1726600000.25, "
+		"\"cloud\": \"c\", \"provider\": \"p\", \"pool\": \"main\", "
+		"\"type\": [\"l1\", \"l2\"], \"allocated_to\": \"100-0000000001\", "
+		"\"az\": \"az1\", \"region\": \"r1\", \"public_ipv4\": \"1.2.3.4\", "
+		"\"private_ipv4\": \"10.0.0.1\", \"public_ipv6\": \"::1\", "
+		"\"host_id\": \"h\", \"interface_ip\": \"1.2.3.4\", "
+		"\"connection_port\": 2022, \"ssh_port\": 2022, "
+		"\"image_id\": \"img\", \"launcher\": \"lx\", "
+		"\"created_time\": 1726600000.5, \"external_id\": \"ext\", "
+		"\"hostname\": \"np1\", \"comment\": \"caf\\u00e9\", "
+		"\"user_data\": {\"a\": [1, {\"b\": null}], \"c\": \"d\"}, "
+		"\"hold_job\": \"j\", \"host_keys\": [\"k1\", \"k2\"], "
+		"\"username\": \"zuul\", \"connection_type\": \"ssh\", "
+		"\"shell_type\": \"sh\", \"hold_expiration\": 5, "
+		"\"resources\": {\"cores\": 2}, \"slot\": 0, "
+		"\"attributes\": {\"x\": [\"y\", {}]}, "
+		"\"python_path\": \"/usr/bin/python3\", \"tenant_name\": \"t\", "
+		"\"driver_data\": [1, 2.5, null], \"requestor\": \"zuul\"}";
+	const char *empty = "{\"state\": \"\", \"hostname\": \"\", "
+		"\"type\": [\"\"], \"host_keys\": [\"\", \"x\", \"\"], "
+		"\"comment\": \"\", \"user_data\": {}, \"provider\": \"\"}";
+	const char *req = "{\"state\": \"pending\", \"state_time\": 1.5, "
+		"\"declined_by\": [\"a\"], \"node_types\": [\"l1\", \"l1\"], "
+		"\"nodes\": [\"0000000001\"], \"reuse\": false, "
+		"\"requestor\": \"zuul\", \"requestor_data\": {\"k\": [1, 2.5, "
+		"\"s\", {\"n\": null}]}, \"provider\": \"p\", "
+		"\"relative_priority\": 3, \"event_id\": \"e\", "
+		"\"created_time\": 2.5, \"tenant_name\": \"t\"}";
+	const char *up = "{\"state\": \"ready\", \"state_time\": 3.5, "
+		"\"external_id\": \"x\", \"format\": \"qcow2\"}";
+	const char *nid = "0000000001", *rid = "100-0000000001";
+	const char *uids[] = { "img", "0000000002", "p", "0000000003" };
+	np_record rec;
+	char *err = NULL;
+	bool blocked;
+
+	REQUIRE(np_record_decode(NP_KIND_NODE, &rec, &nid, full, strlen(full),
+				 7, &err) == 0);
+	check_copies(NP_KIND_NODE, &rec, node_offs, 3, &blocked);
+	CHECK(blocked);
+
+	/* None set: nothing for a block to hold. */
+	np_node_init(&rec.node);
+	rec.node.id = xstrdup(nid);
+	check_copies(NP_KIND_NODE, &rec, node_offs, 3, &blocked);
+	CHECK(!blocked);
+	np_request_init(&rec.request);
+	rec.request.id = xstrdup(rid);
+	check_copies(NP_KIND_REQUEST, &rec, req_offs, 2, &blocked);
+	CHECK(!blocked);
+
+	/* Empty strings stay strings, not nulls. */
+	REQUIRE(np_record_decode(NP_KIND_NODE, &rec, &nid, empty,
+				 strlen(empty), 1, &err) == 0);
+	check_copies(NP_KIND_NODE, &rec, node_offs, 3, &blocked);
+	CHECK(blocked);
+
+	/* More strings than a packed copy remembers the lengths of. */
+	REQUIRE(np_record_decode(NP_KIND_NODE, &rec, &nid, full, strlen(full),
+				 7, &err) == 0);
+	for (int i = 0; i < 100; i++) {
+		char key[32];
+
+		snprintf(key, sizeof(key), "%.*s", i % 20, "ssh-ed25519 AAAAC3Nz");
+		strlist_add(&rec.node.host_keys, key);
+		strlist_add(&rec.node.type, i % 2 ? "l1" : "l2");
+	}
+	check_copies(NP_KIND_NODE, &rec, node_offs, 3, &blocked);
+	CHECK(blocked);
+
+	REQUIRE(np_record_decode(NP_KIND_REQUEST, &rec, &rid, req, strlen(req),
+				 2, &err) == 0);
+	check_copies(NP_KIND_REQUEST, &rec, req_offs, 2, &blocked);
+	CHECK(blocked);
+
+	REQUIRE(np_record_decode(NP_KIND_UPLOAD, &rec, uids, up, strlen(up), 2,
+				 &err) == 0);
+	check_copies(NP_KIND_UPLOAD, &rec, NULL, 0, &blocked);
+	CHECK(blocked);
+}
+
+/* An unpacked copy's own strings are in its block, its pooled ones are
+ * the pool's. */
+TEST(unpacked_copy_in_one_block)
+{
+	static const size_t offs[] = { offsetof(np_node, state),
+				       offsetof(np_node, type) };
+	const char *doc = "{\"state\": \"ready\", \"hostname\": \"np1\", "
+		"\"type\": [\"l1\"], \"host_keys\": [\"k1\", \"k2\"], "
+		"\"user_data\": {\"a\": 1}}";
+	struct test_strs strs = { 0 };
+	np_shared sh = { NULL, test_str_get, test_str_ref, test_str_put, 0,
+			 &strs };
+	np_record rec, un, *p;
+	const char *nid = "0000000001";
+	char *err = NULL, *b;
+
+	sh.strs = np_field_mask(NP_KIND_NODE, offs, 2);
+	REQUIRE(np_record_decode(NP_KIND_NODE, &rec, &nid, doc, strlen(doc), 1,
+				 &err) == 0);
+	REQUIRE((p = np_record_pack(NP_KIND_NODE, &rec)));
+	REQUIRE(np_record_unpack(NP_KIND_NODE, &un, p, &sh, NULL));
+	np_record_pack_free(NP_KIND_NODE, p);
+	b = un.node.block;
+	REQUIRE(b != NULL);
+	/* After the block's size, the vectors, then the strings. */
+	CHECK((char *)un.node.type.v > b);
+	CHECK((char *)un.node.host_keys.v > (char *)un.node.type.v);
+	CHECK(un.node.hostname > (char *)un.node.host_keys.v);
+	CHECK(un.node.host_keys.v[0] > un.node.hostname);
+	CHECK(un.node.host_keys.v[1] < b + 256);
+	CHECK(un.node.state == strs.s[0]);
+	CHECK(un.node.type.v[0] == strs.s[1]);
+	CHECK(un.node.id == NULL);
+	CHECK(un.node.user_data == rec.node.user_data);
+	CHECK_STR(un.node.host_keys.v[1], "k2");
+	np_record_unshare(NP_KIND_NODE, &un, &sh);
+	np_record_clear(NP_KIND_NODE, &un);
+	CHECK(un.node.block == NULL);
+	np_record_clear(NP_KIND_NODE, &rec);
+	CHECK_INT(test_strs_refs(&strs), 0);
+	for (int i = 0; i < strs.n; i++)
+		free(strs.s[i]);
 }
 
 TEST(bad_documents)
