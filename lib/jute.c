@@ -45,19 +45,25 @@ void jw_string(sbuf *b, const char *s)
 	jw_buffer(b, s, s ? (int32_t)strlen(s) : -1);
 }
 
-void jw_path(sbuf *b, const char *chroot, const char *path)
+jute_path jute_path_of(const char *chroot, const char *path)
 {
-	size_t cl = chroot ? strlen(chroot) : 0, pl = strlen(path);
+	return (jute_path){ chroot ? chroot : "", chroot ? strlen(chroot) : 0,
+			    path, strlen(path) };
+}
 
-	if (cl == 0) {
-		jw_buffer(b, path, (int32_t)pl);
+void jw_path(sbuf *b, const jute_path *p)
+{
+	size_t pl = p->len;
+
+	if (p->chroot_len == 0) {
+		jw_buffer(b, p->path, (int32_t)pl);
 		return;
 	}
-	if (strcmp(path, "/") == 0)
+	if (pl == 1 && p->path[0] == '/')
 		pl = 0;
-	jw_int(b, (int32_t)(cl + pl));
-	sbuf_add(b, chroot, cl);
-	sbuf_add(b, path, pl);
+	jw_int(b, (int32_t)(p->chroot_len + pl));
+	sbuf_add(b, p->chroot, p->chroot_len);
+	sbuf_add(b, p->path, pl);
 }
 
 size_t jw_frame_begin(sbuf *b)
@@ -189,64 +195,63 @@ void jute_write_request_header(sbuf *b, int32_t xid, int32_t type)
 	jw_int(b, type);
 }
 
-void jute_write_path_watch(sbuf *b, const char *chroot, const char *path, bool watch)
+void jute_write_path_watch(sbuf *b, const jute_path *p, bool watch)
 {
-	jw_path(b, chroot, path);
+	jw_path(b, p);
 	jw_bool(b, watch);
 }
 
 /* Room for a record carrying DATA, so that the packet grows once. */
-static void reserve_for(sbuf *b, const char *chroot, const char *path,
-			int32_t len)
+static void reserve_for(sbuf *b, const jute_path *p, int32_t len)
 {
-	sbuf_reserve(b, 64 + (chroot ? strlen(chroot) : 0) + strlen(path) +
+	sbuf_reserve(b, 64 + p->chroot_len + p->len +
 			(len > 0 ? (size_t)len : 0));
 }
 
-void jute_write_create(sbuf *b, const char *chroot, const char *path,
-		       const char *data, int32_t len, int32_t flags)
+void jute_write_create(sbuf *b, const jute_path *p, const char *data,
+		       int32_t len, int32_t flags)
 {
-	reserve_for(b, chroot, path, data ? len : 0);
-	jw_path(b, chroot, path);
+	reserve_for(b, p, data ? len : 0);
+	jw_path(b, p);
 	jw_buffer(b, data ? data : "", data ? len : 0);
 	jw_open_acl(b);
 	jw_int(b, flags);
 }
 
-void jute_write_delete(sbuf *b, const char *chroot, const char *path, int32_t version)
+void jute_write_delete(sbuf *b, const jute_path *p, int32_t version)
 {
-	jw_path(b, chroot, path);
+	jw_path(b, p);
 	jw_int(b, version);
 }
 
-void jute_write_set_data(sbuf *b, const char *chroot, const char *path,
-			 const char *data, int32_t len, int32_t version)
+void jute_write_set_data(sbuf *b, const jute_path *p, const char *data,
+			 int32_t len, int32_t version)
 {
-	reserve_for(b, chroot, path, data ? len : 0);
-	jw_path(b, chroot, path);
+	reserve_for(b, p, data ? len : 0);
+	jw_path(b, p);
 	jw_buffer(b, data ? data : "", data ? len : 0);
 	jw_int(b, version);
 }
 
-void jute_write_check(sbuf *b, const char *chroot, const char *path, int32_t version)
+void jute_write_check(sbuf *b, const jute_path *p, int32_t version)
 {
-	jute_write_delete(b, chroot, path, version); /* same layout */
+	jute_write_delete(b, p, version); /* same layout */
 }
 
-void jute_write_path(sbuf *b, const char *chroot, const char *path)
+void jute_write_path(sbuf *b, const jute_path *p)
 {
-	jw_path(b, chroot, path);
+	jw_path(b, p);
 }
 
-void jute_write_add_watch(sbuf *b, const char *chroot, const char *path, int32_t mode)
+void jute_write_add_watch(sbuf *b, const jute_path *p, int32_t mode)
 {
-	jw_path(b, chroot, path);
+	jw_path(b, p);
 	jw_int(b, mode);
 }
 
-void jute_write_remove_watches(sbuf *b, const char *chroot, const char *path, int32_t type)
+void jute_write_remove_watches(sbuf *b, const jute_path *p, int32_t type)
 {
-	jw_path(b, chroot, path);
+	jw_path(b, p);
 	jw_int(b, type);
 }
 

@@ -66,8 +66,19 @@ void jw_bool(sbuf *b, bool v);
 /* DATA NULL writes the null buffer (length -1). */
 void jw_buffer(sbuf *b, const void *data, int32_t len);
 void jw_string(sbuf *b, const char *s);
-/* PATH below CHROOT ("" or NULL for none): "/" maps to the chroot itself. */
-void jw_path(sbuf *b, const char *chroot, const char *path);
+/* A request's path as sent: the client's chroot ("" for none) and the
+ * path below it, with their lengths (the client knows both: jw_path()
+ * measures nothing). */
+typedef struct jute_path {
+	const char *chroot;
+	size_t chroot_len;
+	const char *path;
+	size_t len;
+} jute_path;
+/* The jute_path of PATH below CHROOT ("" or NULL for none), measured. */
+jute_path jute_path_of(const char *chroot, const char *path);
+/* P's path below its chroot: "/" maps to the chroot itself. */
+void jw_path(sbuf *b, const jute_path *p);
 /* Frame helpers: reserve the 4-byte length, then patch it once the body
  * is written. */
 size_t jw_frame_begin(sbuf *b);
@@ -138,17 +149,17 @@ typedef struct jute_watch_lists {
 void jute_write_connect_req(sbuf *b, const jute_connect_req *c);
 void jute_write_request_header(sbuf *b, int32_t xid, int32_t type);
 /* getData, exists, getChildren2 requests: path + watch flag. */
-void jute_write_path_watch(sbuf *b, const char *chroot, const char *path, bool watch);
+void jute_write_path_watch(sbuf *b, const jute_path *p, bool watch);
 /* create / create2 / createContainer: path, data, open ACL, flags. */
-void jute_write_create(sbuf *b, const char *chroot, const char *path,
-		       const char *data, int32_t len, int32_t flags);
-void jute_write_delete(sbuf *b, const char *chroot, const char *path, int32_t version);
-void jute_write_set_data(sbuf *b, const char *chroot, const char *path,
-			 const char *data, int32_t len, int32_t version);
-void jute_write_check(sbuf *b, const char *chroot, const char *path, int32_t version);
-void jute_write_path(sbuf *b, const char *chroot, const char *path); /* sync */
-void jute_write_add_watch(sbuf *b, const char *chroot, const char *path, int32_t mode);
-void jute_write_remove_watches(sbuf *b, const char *chroot, const char *path, int32_t type);
+void jute_write_create(sbuf *b, const jute_path *p, const char *data,
+		       int32_t len, int32_t flags);
+void jute_write_delete(sbuf *b, const jute_path *p, int32_t version);
+void jute_write_set_data(sbuf *b, const jute_path *p, const char *data,
+			 int32_t len, int32_t version);
+void jute_write_check(sbuf *b, const jute_path *p, int32_t version);
+void jute_write_path(sbuf *b, const jute_path *p); /* sync */
+void jute_write_add_watch(sbuf *b, const jute_path *p, int32_t mode);
+void jute_write_remove_watches(sbuf *b, const jute_path *p, int32_t type);
 void jute_write_set_watches2(sbuf *b, int64_t relative_zxid, const jute_watch_lists *w);
 void jute_write_multi_header(sbuf *b, int32_t type, bool done, int32_t err);
 

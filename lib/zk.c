@@ -51,6 +51,10 @@
 /* setWatches2 packets are split at this size, like the Java client. */
 #define SETWATCHES_MAX (128 * 1024)
 #define WATCH_BUCKETS 256
+/* Watched paths are counted by length below this (the last slot: any
+ * longer), so that an event looks only at the ancestors some watch could
+ * be on. */
+#define WATCH_LENS 256
 #define READ_CHUNK 65536
 /* A request packet's buffer up to this size is kept for the next one. */
 #define SPARE_PKT_MAX (16 * 1024)
@@ -79,7 +83,8 @@ struct req {
 	void *arg;
 	zk_watch_fn watch;   /* one-shot watch to install on success */
 	void *warg;
-	char *path;          /* client path (no chroot), for watches */
+	char *path;          /* client path (no chroot), for a watch to
+			      * install, else NULL */
 	zk_op *ops;          /* multi */
 	int nops;
 };
@@ -94,6 +99,7 @@ enum wkind { W_DATA, W_EXIST, W_CHILD, W_PERSIST, W_RECURSIVE, W_NKINDS };
 struct watcher {
 	struct watcher *next;
 	enum wkind kind;
+	size_t len;         /* of PATH */
 	char *path;
 	zk_watch_fn fn;
 	void *arg;
@@ -123,6 +129,7 @@ struct zk {
 	evloop *loop;
 	/* options */
 	char *chroot; /* "" for none */
+	size_t chroot_len;
 	struct host *hosts;
 	int nhosts;
 	int host_idx;
@@ -176,6 +183,7 @@ struct zk {
 	struct reqq sendq, pendq;
 	/* watches */
 	struct watcher *watches[WATCH_BUCKETS];
+	uint32_t watch_lens[WATCH_LENS]; /* watchers by wlen_slot() */
 	/* cross-thread state waits */
 	pthread_mutex_t mu;
 	pthread_cond_t cond;
@@ -262,8 +270,12 @@ static struct req *reqq_pop(struct reqq *q)
 
 static void req_free(zk *z, struct req *r)
 {
-	sbuf_free(&r->pkt);
-	free(r->path);
+	/* Mostly neither: the packet went to spare_pkt, and only requests
+	 * that install a watch keep their path. */
+	if (r->pkt.buf)
+		sbuf_free(&r->pkt);
+	if (r->path)
+		free(r->path);
 	if (z->nspare_reqs < SPARE_REQS) {
 		r->next = z->spare_reqs;
 		z->spare_reqs = r;
@@ -299,37 +311,65 @@ static void spare_reqs_free(zk *z)
 	z->nspare_reqs = 0;
 }
 
-/* Strip the chroot from a server path; returns a pointer into PATH or
- * NULL when PATH is outside the chroot. */
-static const char *unchroot(const zk *z, const char *path)
+/* Strip the chroot from the *LEN bytes of a server path at PATH (not
+ * NUL-terminated): a pointer into PATH, or "/" for the chroot itself, and
+ * its length in *LEN; NULL when PATH is outside the chroot. */
+static const char *unchroot(const zk *z, const char *path, size_t *len)
 {
-	size_t cl = strlen(z->chroot);
+	size_t cl = z->chroot_len;
 
 	if (cl == 0)
 		return path;
-	if (strncmp(path, z->chroot, cl) != 0)
+	if (*len < cl || memcmp(path, z->chroot, cl) != 0)
 		return NULL;
-	if (path[cl] == '\0')
+	if (*len == cl) {
+		*len = 1;
 		return "/";
+	}
 	if (path[cl] != '/')
 		return NULL;
+	*len -= cl;
 	return path + cl;
 }
 
-/* A path is absolute, has no empty components, and no trailing slash
- * (a sequential create may end with one: the server appends digits). */
-static bool path_ok(const char *path, bool trailing_ok)
+/* The string at the start of RD (a path the server sent), the part up to
+ * any NUL in it as a C string would be: its bytes and length, NULL when
+ * RD has none. */
+static const char *jr_path(jr *rd, size_t *len)
+{
+	int32_t n;
+	const char *s = jr_buffer(rd, &n);
+
+	*len = s ? strnlen(s, (size_t)n) : 0;
+	return s;
+}
+
+/* PATH's length when it is absolute, has no empty components, and no
+ * trailing slash (a sequential create may end with one: the server
+ * appends digits); else 0. */
+static size_t path_len(const char *path, bool trailing_ok)
 {
 	size_t n;
 
 	if (!path || path[0] != '/')
-		return false;
+		return 0;
 	n = strlen(path);
 	if (n == 1)
-		return true;
-	if (strstr(path, "//"))
-		return false;
-	return trailing_ok || path[n - 1] != '/';
+		return 1;
+	if (strstr(path, "//") || (!trailing_ok && path[n - 1] == '/'))
+		return 0;
+	return n;
+}
+
+static bool path_ok(const char *path, bool trailing_ok)
+{
+	return path_len(path, trailing_ok) != 0;
+}
+
+/* The LEN bytes of PATH as a request sends them, below our chroot. */
+static jute_path req_path(const zk *z, const char *path, size_t len)
+{
+	return (jute_path){ z->chroot, z->chroot_len, path, len };
 }
 
 /* Free the listeners removed while a dispatch was under way. */
@@ -377,39 +417,56 @@ static void set_state(zk *z, enum zk_state st)
 
 /* ---- watches ---- */
 
-static unsigned path_hash(const char *s)
+/* The bucket of the LEN bytes at S. */
+static unsigned path_hash(const char *s, size_t len)
 {
 	unsigned h = 5381;
 
-	while (*s)
-		h = h * 33 + (unsigned char)*s++;
+	for (size_t i = 0; i < len; i++)
+		h = h * 33 + (unsigned char)s[i];
 	return h % WATCH_BUCKETS;
+}
+
+static size_t wlen_slot(size_t len)
+{
+	return len < WATCH_LENS - 1 ? len : WATCH_LENS - 1;
+}
+
+/* Whether W is on exactly the LEN bytes of PATH. */
+static bool watcher_on(const struct watcher *w, const char *path, size_t len)
+{
+	return w->len == len && memcmp(w->path, path, len) == 0;
 }
 
 static void watch_add(zk *z, enum wkind kind, const char *path,
 		      zk_watch_fn fn, void *arg)
 {
-	unsigned h = path_hash(path);
+	size_t len = strlen(path);
+	unsigned h = path_hash(path, len);
 	struct watcher *w;
 
 	/* Like the Java client's watcher sets: the same function and
 	 * argument on the same path fire once. */
 	for (w = z->watches[h]; w; w = w->next)
 		if (w->kind == kind && w->fn == fn && w->arg == arg &&
-		    strcmp(w->path, path) == 0)
+		    watcher_on(w, path, len))
 			return;
-	w = xmalloc(sizeof(*w));
+	/* The watcher and its path in one allocation. */
+	w = xmalloc(sizeof(*w) + len + 1);
 	w->kind = kind;
-	w->path = xstrdup(path);
+	w->len = len;
+	w->path = memcpy(w + 1, path, len + 1);
 	w->fn = fn;
 	w->arg = arg;
 	w->next = z->watches[h];
 	z->watches[h] = w;
+	z->watch_lens[wlen_slot(len)]++;
 }
 
-static void watcher_free(struct watcher *w)
+/* W, unlinked from its bucket already. */
+static void watcher_free(zk *z, struct watcher *w)
 {
-	free(w->path);
+	z->watch_lens[wlen_slot(w->len)]--;
 	free(w);
 }
 
@@ -419,7 +476,7 @@ static void watches_clear(zk *z)
 		struct watcher *w = z->watches[i], *next;
 		for (; w; w = next) {
 			next = w->next;
-			watcher_free(w);
+			watcher_free(z, w);
 		}
 		z->watches[i] = NULL;
 	}
@@ -479,15 +536,18 @@ static bool triggers(enum wkind kind, int type)
 	}
 }
 
-/* Collect watchers on exactly the LEN bytes of PATH (its bucket H) for
- * event TYPE, unlinking one-shots. */
-static void collect_exact(zk *z, const char *path, size_t len, unsigned h,
-			  int type, bool recursive_only, struct fire_list *out)
+/* Collect watchers on exactly the LEN bytes of PATH for event TYPE,
+ * unlinking one-shots. */
+static void collect_exact(zk *z, const char *path, size_t len, int type,
+			  bool recursive_only, struct fire_list *out)
 {
-	struct watcher **pp = &z->watches[h], *w;
+	struct watcher **pp, *w;
 
+	if (!z->watch_lens[wlen_slot(len)])
+		return; /* no watch on a path of this length */
+	pp = &z->watches[path_hash(path, len)];
 	while ((w = *pp)) {
-		bool match = strncmp(w->path, path, len) == 0 && !w->path[len] &&
+		bool match = watcher_on(w, path, len) &&
 			     triggers(w->kind, type) &&
 			     (!recursive_only || w->kind == W_RECURSIVE);
 		if (!match) {
@@ -499,54 +559,30 @@ static void collect_exact(zk *z, const char *path, size_t len, unsigned h,
 			pp = &w->next;
 		} else {
 			*pp = w->next;
-			watcher_free(w);
+			watcher_free(z, w);
 		}
 	}
 }
 
-#define MAX_DEPTH 32 /* ancestors hashed in the one pass over a path */
-
-static void dispatch_event(zk *z, int type, const char *path)
+/* An event of TYPE on the LEN bytes of PATH (NUL-terminated). */
+static void dispatch_event(zk *z, int type, const char *path, size_t len)
 {
 	struct fire_list f = { .v = NULL };
-	size_t plen[MAX_DEPTH], len;
-	unsigned phash[MAX_DEPTH], h = 5381;
-	int n = 0;
+	size_t end = len;
+	const char *slash;
 
-	/* Every ancestor's bucket in one pass (path_hash of each prefix):
-	 * "/" and each prefix before a later slash. */
-	for (len = 0; path[len]; len++) {
-		if (path[len] == '/' && n < MAX_DEPTH) {
-			plen[n] = len ? len : 1;
-			phash[n++] = (len ? h : h * 33 + '/') % WATCH_BUCKETS;
-		}
-		h = h * 33 + (unsigned char)path[len];
-	}
-	collect_exact(z, path, len, h % WATCH_BUCKETS, type, false, &f);
-	if (n == MAX_DEPTH) {
-		/* Deeper than we hash in one pass: each ancestor on its own. */
-		char *anc = xstrdup(path);
+	collect_exact(z, path, len, type, false, &f);
+	/* Recursive watches on every ancestor, the nearest first: "/" and
+	 * each prefix before a later slash; a path ending in a slash is not
+	 * its own ancestor. Only ancestors of a watched length are hashed
+	 * and looked up (the watches are on a few roots, the events mostly
+	 * far below them). */
+	while (end > 0 && (slash = memrchr(path, '/', end))) {
+		size_t plen = slash == path ? 1 : (size_t)(slash - path);
 
-		for (;;) {
-			char *slash = strrchr(anc, '/');
-
-			if (!slash || strcmp(anc, "/") == 0)
-				break;
-			if (slash == anc)
-				slash[1] = '\0';
-			else
-				*slash = '\0';
-			collect_exact(z, anc, strlen(anc), path_hash(anc), type,
-				      true, &f);
-		}
-		free(anc);
-	} else {
-		/* Recursive watches on every ancestor, the nearest first; a
-		 * path ending in a slash is not its own ancestor. */
-		for (int i = n - 1; i >= 0; i--)
-			if (plen[i] < len)
-				collect_exact(z, path, plen[i], phash[i], type,
-					      true, &f);
+		end = (size_t)(slash - path);
+		if (plen < len)
+			collect_exact(z, path, plen, type, true, &f);
 	}
 	/* Called only now: a watcher may add or remove watches. */
 	for (size_t i = 0; i < f.n; i++)
@@ -593,8 +629,10 @@ static void complete_multi(zk *z, struct req *r, int rc, jr *rd)
 
 	for (int i = 0; i < r->nops; i++) {
 		r->ops[i].rc = rc;
-		free(r->ops[i].created_path);
-		r->ops[i].created_path = NULL;
+		if (r->ops[i].created_path) {
+			free(r->ops[i].created_path);
+			r->ops[i].created_path = NULL;
+		}
 	}
 	/* A body is present on success and (per-op errors) on failure. */
 	if (rd && jr_left(rd) > 0) {
@@ -616,10 +654,11 @@ static void complete_multi(zk *z, struct req *r, int rc, jr *rd)
 					first_err = op->rc;
 			} else if (mh.type == ZOP_CREATE || mh.type == ZOP_CREATE2 ||
 				   mh.type == ZOP_CREATECONTAINER) {
-				char *p = jr_string(rd);
-				const char *u = p ? unchroot(z, p) : NULL;
-				op->created_path = u ? xstrdup(u) : NULL;
-				free(p);
+				size_t n;
+				const char *p = jr_path(rd, &n);
+				const char *u = p ? unchroot(z, p, &n) : NULL;
+
+				op->created_path = u ? xstrndup(u, n) : NULL;
 				if (mh.type != ZOP_CREATE)
 					jute_read_stat(rd, &op->stat);
 			} else if (mh.type == ZOP_SETDATA) {
@@ -692,19 +731,28 @@ static void complete(zk *z, struct req *r, int rc, jr *rd)
 		break;
 	}
 	case RK_CREATE: {
-		char *p = NULL;
+		/* The created path copied out of the frame to the stack when
+		 * it fits. */
+		char buf[512], *p = NULL;
 		const char *u = NULL;
+		size_t n = 0;
 		if (rc == ZOK) {
-			p = jr_string(rd);
+			u = jr_path(rd, &n);
 			jute_read_stat(rd, &st);
-			u = p ? unchroot(z, p) : NULL;
+			u = u ? unchroot(z, u, &n) : NULL;
 			if (rd->bad || !u)
 				rc = ZMARSHALLINGERROR;
 		}
+		if (rc == ZOK) {
+			p = n < sizeof(buf) ? buf : xmalloc(n + 1);
+			memcpy(p, u, n);
+			p[n] = '\0';
+		}
 		if (r->cb.create)
-			r->cb.create(z, rc, rc == ZOK ? u : NULL,
+			r->cb.create(z, rc, rc == ZOK ? p : NULL,
 				     rc == ZOK ? &st : NULL, r->arg);
-		free(p);
+		if (p && p != buf)
+			free(p);
 		break;
 	}
 	case RK_SET:
@@ -782,16 +830,19 @@ static int submit(zk *z, struct req *r)
 static struct req *read_req(zk *z, enum req_kind kind, int32_t op, const char *path,
 			    zk_watch_fn watch, void *warg, void *arg)
 {
+	size_t n = path_len(path, false);
+	jute_path p = req_path(z, path, n);
 	struct req *r;
 
-	if (!path_ok(path, false))
+	if (!n)
 		return NULL;
 	r = req_new(z, kind, op);
-	jute_write_path_watch(&r->pkt, z->chroot, path, watch != NULL);
+	jute_write_path_watch(&r->pkt, &p, watch != NULL);
 	r->arg = arg;
 	r->watch = watch;
 	r->warg = warg;
-	r->path = xstrdup(path);
+	if (watch)
+		r->path = xstrdup(path);
 	return r;
 }
 
@@ -836,16 +887,16 @@ static bool flags_ok(int flags)
 int zk_acreate(zk *z, const char *path, const char *data, int len, int flags,
 	       zk_create_fn cb, void *arg)
 {
+	size_t n = flags_ok(flags) ? path_len(path, flags & ZK_SEQUENTIAL) : 0;
+	jute_path p = req_path(z, path, n);
 	struct req *r;
 
 	/* "/" is the server's root, which exists; under a chroot it names the
 	 * chroot node, which may not (see ensure_root_created). */
-	if (!flags_ok(flags) || !path_ok(path, flags & ZK_SEQUENTIAL) ||
-	    (strcmp(path, "/") == 0 && !z->chroot[0]) || len < 0 ||
-	    (len > 0 && !data))
+	if (!n || (n == 1 && !z->chroot_len) || len < 0 || (len > 0 && !data))
 		return ZBADARGUMENTS;
 	r = req_new(z, RK_CREATE, flags == ZK_CONTAINER ? ZOP_CREATECONTAINER : ZOP_CREATE2);
-	jute_write_create(&r->pkt, z->chroot, path, data, len, flags);
+	jute_write_create(&r->pkt, &p, data, len, flags);
 	r->cb.create = cb;
 	r->arg = arg;
 	return submit(z, r);
@@ -854,12 +905,14 @@ int zk_acreate(zk *z, const char *path, const char *data, int len, int flags,
 int zk_aset(zk *z, const char *path, const char *data, int len, int version,
 	    zk_stat_fn cb, void *arg)
 {
+	size_t n = path_len(path, false);
+	jute_path p = req_path(z, path, n);
 	struct req *r;
 
-	if (!path_ok(path, false) || len < 0 || (len > 0 && !data))
+	if (!n || len < 0 || (len > 0 && !data))
 		return ZBADARGUMENTS;
 	r = req_new(z, RK_SET, ZOP_SETDATA);
-	jute_write_set_data(&r->pkt, z->chroot, path, data, len, version);
+	jute_write_set_data(&r->pkt, &p, data, len, version);
 	r->cb.stat = cb;
 	r->arg = arg;
 	return submit(z, r);
@@ -867,12 +920,14 @@ int zk_aset(zk *z, const char *path, const char *data, int len, int version,
 
 int zk_adelete(zk *z, const char *path, int version, zk_done_fn cb, void *arg)
 {
+	size_t n = path_len(path, false);
+	jute_path p = req_path(z, path, n);
 	struct req *r;
 
-	if (!path_ok(path, false) || strcmp(path, "/") == 0)
+	if (n <= 1) /* bad, or "/" */
 		return ZBADARGUMENTS;
 	r = req_new(z, RK_DELETE, ZOP_DELETE);
-	jute_write_delete(&r->pkt, z->chroot, path, version);
+	jute_write_delete(&r->pkt, &p, version);
 	r->cb.done = cb;
 	r->arg = arg;
 	return submit(z, r);
@@ -880,12 +935,14 @@ int zk_adelete(zk *z, const char *path, int version, zk_done_fn cb, void *arg)
 
 int zk_async_sync(zk *z, const char *path, zk_done_fn cb, void *arg)
 {
+	size_t n = path_len(path, false);
+	jute_path p = req_path(z, path, n);
 	struct req *r;
 
-	if (!path_ok(path, false))
+	if (!n)
 		return ZBADARGUMENTS;
 	r = req_new(z, RK_SYNC, ZOP_SYNC);
-	jute_write_path(&r->pkt, z->chroot, path);
+	jute_write_path(&r->pkt, &p);
 	r->cb.done = cb;
 	r->arg = arg;
 	return submit(z, r);
@@ -893,43 +950,56 @@ int zk_async_sync(zk *z, const char *path, zk_done_fn cb, void *arg)
 
 int zk_amulti(zk *z, zk_op *ops, int n, zk_done_fn cb, void *arg)
 {
+	/* The paths' lengths, measured by the checks, for the writes. */
+	size_t lens_inl[16], *lens;
 	struct req *r;
 
 	if (n < 0 || (n > 0 && !ops))
 		return ZBADARGUMENTS;
+	lens = (size_t)n <= sizeof(lens_inl) / sizeof(lens_inl[0]) ? lens_inl :
+	       xmalloc((size_t)n * sizeof(*lens));
 	for (int i = 0; i < n; i++) {
 		bool seq = ops[i].type == ZK_OP_CREATE && (ops[i].flags & ZK_SEQUENTIAL);
-		if (!path_ok(ops[i].path, seq) || ops[i].len < 0 ||
+
+		lens[i] = path_len(ops[i].path, seq);
+		if (!lens[i] || ops[i].len < 0 ||
 		    (ops[i].len > 0 && !ops[i].data) ||
-		    (ops[i].type == ZK_OP_CREATE && !flags_ok(ops[i].flags)))
+		    (ops[i].type == ZK_OP_CREATE && !flags_ok(ops[i].flags))) {
+			if (lens != lens_inl)
+				free(lens);
 			return ZBADARGUMENTS;
+		}
 	}
 	r = req_new(z, RK_MULTI, ZOP_MULTI);
 	for (int i = 0; i < n; i++) {
 		zk_op *op = &ops[i];
+		jute_path p = req_path(z, op->path, lens[i]);
+
 		op->created_path = NULL;
 		switch (op->type) {
 		case ZK_OP_CREATE:
 			jute_write_multi_header(&r->pkt, op->flags == ZK_CONTAINER ?
 						ZOP_CREATECONTAINER : ZOP_CREATE, false, -1);
-			jute_write_create(&r->pkt, z->chroot, op->path, op->data,
-					  op->len, op->flags);
+			jute_write_create(&r->pkt, &p, op->data, op->len,
+					  op->flags);
 			break;
 		case ZK_OP_DELETE:
 			jute_write_multi_header(&r->pkt, ZOP_DELETE, false, -1);
-			jute_write_delete(&r->pkt, z->chroot, op->path, op->version);
+			jute_write_delete(&r->pkt, &p, op->version);
 			break;
 		case ZK_OP_SET:
 			jute_write_multi_header(&r->pkt, ZOP_SETDATA, false, -1);
-			jute_write_set_data(&r->pkt, z->chroot, op->path, op->data,
-					    op->len, op->version);
+			jute_write_set_data(&r->pkt, &p, op->data, op->len,
+					    op->version);
 			break;
 		case ZK_OP_CHECK:
 			jute_write_multi_header(&r->pkt, ZOP_CHECK, false, -1);
-			jute_write_check(&r->pkt, z->chroot, op->path, op->version);
+			jute_write_check(&r->pkt, &p, op->version);
 			break;
 		}
 	}
+	if (lens != lens_inl)
+		free(lens);
 	jute_write_multi_header(&r->pkt, -1, true, -1);
 	r->ops = ops;
 	r->nops = n;
@@ -1086,15 +1156,17 @@ int zk_aensure_path(zk *z, const char *path, zk_done_fn cb, void *arg)
 int zk_add_persistent_watch(zk *z, const char *path, bool recursive,
 			    zk_watch_fn fn, void *arg)
 {
+	size_t n = path_len(path, false);
+	jute_path p = req_path(z, path, n);
 	struct req *r;
 
-	if (!path_ok(path, false) || !fn)
+	if (!n || !fn)
 		return ZBADARGUMENTS;
 	/* Installed locally at once: the server sees the addWatch before any
 	 * request queued after it, so no event can be missed in between. */
 	watch_add(z, recursive ? W_RECURSIVE : W_PERSIST, path, fn, arg);
 	r = req_new(z, RK_ADDWATCH, ZOP_ADDWATCH);
-	jute_write_add_watch(&r->pkt, z->chroot, path, recursive ?
+	jute_write_add_watch(&r->pkt, &p, recursive ?
 			     ZWATCH_MODE_PERSISTENT_RECURSIVE : ZWATCH_MODE_PERSISTENT);
 	r->path = xstrdup(path);
 	return submit(z, r);
@@ -1102,17 +1174,20 @@ int zk_add_persistent_watch(zk *z, const char *path, bool recursive,
 
 int zk_remove_persistent_watch(zk *z, const char *path)
 {
-	struct watcher **pp = &z->watches[path_hash(path ? path : "")], *w;
+	size_t len = path_len(path, false);
+	jute_path p = req_path(z, path, len);
+	struct watcher **pp, *w;
 	bool found = false;
 	struct req *r;
 
-	if (!path_ok(path, false))
+	if (!len)
 		return ZBADARGUMENTS;
+	pp = &z->watches[path_hash(path, len)];
 	while ((w = *pp)) {
 		if ((w->kind == W_PERSIST || w->kind == W_RECURSIVE) &&
-		    strcmp(w->path, path) == 0) {
+		    watcher_on(w, path, len)) {
 			*pp = w->next;
-			watcher_free(w);
+			watcher_free(z, w);
 			found = true;
 		} else {
 			pp = &w->next;
@@ -1123,7 +1198,7 @@ int zk_remove_persistent_watch(zk *z, const char *path)
 	/* ZooKeeper before 3.9 removes persistent watches only with type
 	 * "any" (which also drops one-shot watches on the same path there). */
 	r = req_new(z, RK_REMOVEWATCHES, ZOP_REMOVEWATCHES);
-	jute_write_remove_watches(&r->pkt, z->chroot, path, ZWTYPE_ANY);
+	jute_write_remove_watches(&r->pkt, &p, ZWTYPE_ANY);
 	return submit(z, r);
 }
 
@@ -1314,16 +1389,19 @@ static void handle_notification(zk *z, jr *rd)
 		conn_drop(z, "malformed watch event");
 		return;
 	}
-	n = (size_t)ev.path_len;
-	path = n < sizeof(buf) ? buf : xmalloc(n + 1);
-	memcpy(path, ev.path, n);
-	path[n] = '\0';
-	p = unchroot(z, path);
-	if (p)
-		dispatch_event(z, ev.type, p);
-	else
-		log_warning(LOGGER, "watch event for %s outside chroot %s", path,
+	/* Up to a NUL in it, as a C string of it would be. */
+	n = strnlen(ev.path, (size_t)ev.path_len);
+	p = unchroot(z, ev.path, &n);
+	if (!p) {
+		log_warning(LOGGER, "watch event for %.*s outside chroot %s",
+			    (int)strnlen(ev.path, (size_t)ev.path_len), ev.path,
 			    z->chroot);
+		return;
+	}
+	path = n < sizeof(buf) ? buf : xmalloc(n + 1);
+	memcpy(path, p, n);
+	path[n] = '\0';
+	dispatch_event(z, ev.type, path, n);
 	if (path != buf)
 		free(path);
 }
@@ -2224,6 +2302,7 @@ zk *zk_new(evloop *loop, const zk_options *opt, char **err)
 	z->hosts = hl.v;
 	z->nhosts = hl.n;
 	z->chroot = hl.chroot;
+	z->chroot_len = strlen(z->chroot);
 	ntls = !!opt->tls_ca + !!opt->tls_cert + !!opt->tls_key;
 	if (ntls != 0 && ntls != 3) {
 		*err = xstrdup("ZooKeeper TLS needs a CA, a certificate and a key");

@@ -31,12 +31,19 @@ TEST(primitives_big_endian)
 TEST(path_with_chroot)
 {
 	sbuf b;
+	jute_path p[] = {
+		jute_path_of("/np", "/"), jute_path_of("/np", "/a"),
+		jute_path_of("", "/a"), jute_path_of(NULL, "/"),
+		/* the lengths given are what counts: "/" of "/ab" */
+		{ "/npq", 3, "/ab", 1 },
+	};
 
 	sbuf_init(&b);
-	jw_path(&b, "/np", "/");
-	jw_path(&b, "/np", "/a");
-	jw_path(&b, "", "/a");
-	CHECK(bytes_eq(&b, "\x00\x00\x00\x03/np" "\x00\x00\x00\x05/np/a" "\x00\x00\x00\x02/a", 22));
+	for (size_t i = 0; i < sizeof(p) / sizeof(p[0]); i++)
+		jw_path(&b, &p[i]);
+	CHECK(bytes_eq(&b, "\x00\x00\x00\x03/np" "\x00\x00\x00\x05/np/a"
+		       "\x00\x00\x00\x02/a" "\x00\x00\x00\x01/"
+		       "\x00\x00\x00\x03/np", 34));
 	sbuf_free(&b);
 }
 
@@ -61,9 +68,10 @@ TEST(connect_request_layout)
 TEST(create_request_layout)
 {
 	sbuf b;
+	jute_path p = jute_path_of("", "/x");
 
 	sbuf_init(&b);
-	jute_write_create(&b, "", "/x", "hi", 2, ZK_EPHEMERAL);
+	jute_write_create(&b, &p, "hi", 2, ZK_EPHEMERAL);
 	CHECK(bytes_eq(&b, "\x00\x00\x00\x02/x" "\x00\x00\x00\x02hi"
 		       "\x00\x00\x00\x01" "\x00\x00\x00\x1f"
 		       "\x00\x00\x00\x05world" "\x00\x00\x00\x06" "anyone"

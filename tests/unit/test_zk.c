@@ -386,6 +386,47 @@ TEST(multi_success_and_failure)
 	close_client(&c);
 }
 
+/* A multi of more operations than zk_amulti measures on its stack, with
+ * paths of every length from 2 to 21; one bad path anywhere refuses it
+ * all, and the chroot's own node is created as "/". */
+TEST(multi_many_paths)
+{
+	struct client c;
+	zk_op ops[20];
+	char paths[20][32];
+	zk_stat st;
+
+	if (!open_client(&c, false))
+		return;
+	memset(ops, 0, sizeof(ops));
+	for (int i = 0; i < 20; i++) {
+		memset(paths[i], 'p', sizeof(paths[i]));
+		paths[i][0] = '/';
+		paths[i][i + 2] = '\0';
+		ops[i] = (zk_op){ .type = ZK_OP_CREATE, .path = paths[i],
+				  .data = "d", .len = 1 };
+	}
+	ops[19].path = "/pp//x";
+	CHECK_INT(zk_amulti(c.z, ops, 20, NULL, NULL), ZBADARGUMENTS);
+	ops[19].path = "/ppp/";
+	CHECK_INT(zk_amulti(c.z, ops, 20, NULL, NULL), ZBADARGUMENTS);
+	ops[19].path = paths[19];
+	CHECK_INT(zk_multi(c.z, ops, 20), ZOK);
+	for (int i = 0; i < 20; i++) {
+		CHECK_INT(ops[i].rc, ZOK);
+		CHECK_STR(ops[i].created_path, paths[i]);
+		CHECK_INT(zk_exists(c.z, paths[i], &st), ZOK);
+		CHECK_INT(st.data_length, 1);
+	}
+	zk_ops_free(ops, 20);
+	/* "/" under a chroot is the chroot node, which exists */
+	ops[0] = (zk_op){ .type = ZK_OP_CREATE, .path = "/" };
+	CHECK_INT(zk_multi(c.z, ops, 1), ZNODEEXISTS);
+	CHECK_INT(zk_create(c.z, "/", NULL, 0, 0, NULL), ZNODEEXISTS);
+	CHECK_INT(zk_delete(c.z, "/", -1), ZBADARGUMENTS);
+	close_client(&c);
+}
+
 /* ---- ensure_path, asynchronously ---- */
 
 static void count_done(zk *z, int rc, void *arg)
@@ -648,6 +689,122 @@ TEST(persistent_recursive_watch)
 	CHECK_INT(zk_create(c.z, "/r/z", "", 0, 0, NULL), ZOK);
 	CHECK_INT(zk_sync(c.z, "/r"), ZOK);
 	CHECK_INT(w.count, 4);
+	close_client(&c);
+}
+
+/* Recursive watches on paths that share a prefix or differ only in
+ * length, and on a path longer than the lengths the client counts one by
+ * one, see exactly the events at or below their own path; a one-shot
+ * watch fires once. BASE is "" under a chroot, else a path of the test's
+ * own. */
+static void watch_lengths(struct client *c, const char *base)
+{
+	struct wctx wr = { 0 }, wrr = { 0 }, wlong = { 0 }, one = { 0 },
+		    longone = { 0 };
+	char r[128], rr[128], rx[160], rrx[160], lng[512], sub[600];
+	size_t n;
+
+	snprintf(r, sizeof(r), "%s/r", base);
+	snprintf(rr, sizeof(rr), "%s/rr", base);
+	snprintf(rx, sizeof(rx), "%s/x", r);
+	snprintf(rrx, sizeof(rrx), "%s/x", rr);
+	n = (size_t)snprintf(lng, sizeof(lng), "%s/", base);
+	memset(lng + n, 'l', 300);
+	lng[n + 300] = '\0';
+	CHECK_INT(zk_create(c->z, r, "", 0, 0, NULL), ZOK);
+	CHECK_INT(zk_create(c->z, rr, "", 0, 0, NULL), ZOK);
+	CHECK_INT(zk_create(c->z, rx, "", 0, 0, NULL), ZOK);
+	CHECK_INT(zk_create(c->z, rrx, "", 0, 0, NULL), ZOK);
+	CHECK_INT(zk_create(c->z, lng, "", 0, 0, NULL), ZOK);
+	CHECK_INT(zk_add_persistent_watch(c->z, r, true, on_watch, &wr), ZOK);
+	CHECK_INT(zk_add_persistent_watch(c->z, rr, true, on_watch, &wrr), ZOK);
+	CHECK_INT(zk_add_persistent_watch(c->z, lng, true, on_watch, &wlong),
+		  ZOK);
+	CHECK_INT(zk_aget(c->z, rx, on_watch, &one, noop_data, NULL), ZOK);
+	CHECK_INT(zk_sync(c->z, r), ZOK);
+
+	CHECK_INT(zk_set(c->z, rx, "1", 1, -1, NULL), ZOK);
+	CHECK_INT(zk_sync(c->z, r), ZOK);
+	CHECK_INT(wr.count, 1);
+	CHECK_STR(wr.path, rx);
+	CHECK_INT(wrr.count, 0);
+	CHECK_INT(one.count, 1);
+	CHECK_STR(one.path, rx);
+	CHECK_INT(zk_set(c->z, rrx, "1", 1, -1, NULL), ZOK);
+	CHECK_INT(zk_set(c->z, rx, "2", 1, -1, NULL), ZOK);
+	CHECK_INT(zk_sync(c->z, r), ZOK);
+	CHECK_INT(wrr.count, 1);
+	CHECK_STR(wrr.path, rrx);
+	CHECK_INT(wr.count, 2);
+	CHECK_INT(one.count, 1); /* gone after it fired */
+	CHECK_INT(zk_set(c->z, rr, "1", 1, -1, NULL), ZOK);
+	CHECK_INT(zk_sync(c->z, r), ZOK);
+	CHECK_INT(wrr.count, 2);
+	CHECK_STR(wrr.path, rr);
+	CHECK_INT(wr.count, 2);
+
+	/* Beyond the counted lengths: the watch, a child and a one-shot. */
+	snprintf(sub, sizeof(sub), "%s/c", lng);
+	CHECK_INT(zk_aexists(c->z, sub, on_watch, &longone, noop_stat, NULL),
+		  ZOK);
+	CHECK_INT(zk_create(c->z, sub, "", 0, 0, NULL), ZOK);
+	CHECK_INT(zk_set(c->z, sub, "1", 1, -1, NULL), ZOK);
+	CHECK_INT(zk_set(c->z, lng, "1", 1, -1, NULL), ZOK);
+	CHECK_INT(zk_sync(c->z, r), ZOK);
+	CHECK_INT(wlong.count, 3);
+	CHECK_INT(longone.count, 1);
+	CHECK_INT(longone.type, ZK_EVENT_CREATED);
+	CHECK_INT(wr.count + wrr.count, 4);
+
+	CHECK_INT(zk_remove_persistent_watch(c->z, lng), ZOK);
+	CHECK_INT(zk_remove_persistent_watch(c->z, r), ZOK);
+	CHECK_INT(zk_set(c->z, sub, "2", 1, -1, NULL), ZOK);
+	CHECK_INT(zk_set(c->z, rx, "3", 1, -1, NULL), ZOK);
+	CHECK_INT(zk_set(c->z, rrx, "2", 1, -1, NULL), ZOK);
+	CHECK_INT(zk_sync(c->z, r), ZOK);
+	CHECK_INT(wlong.count, 3);
+	CHECK_INT(wr.count, 2);
+	CHECK_INT(wrr.count, 3);
+	CHECK_INT(zk_remove_persistent_watch(c->z, rr), ZOK);
+	CHECK_INT(zk_remove_persistent_watch(c->z, rr), ZNOWATCHER);
+}
+
+/* Under a chroot, with a watch on "/" (which sees the chroot node's own
+ * events as "/"). */
+TEST(watch_lengths_chroot)
+{
+	struct client c, root;
+	struct wctx w = { 0 };
+
+	if (!open_client(&c, false))
+		return;
+	CHECK_INT(zk_add_persistent_watch(c.z, "/", true, on_watch, &w), ZOK);
+	watch_lengths(&c, "");
+	/* every create and set below the chroot, none of them at "/" */
+	CHECK_INT(w.count, 15);
+	if (open_client_opts(&root, false, NULL, NULL)) {
+		CHECK_INT(zk_set(root.z, c.chroot, "x", 1, -1, NULL), ZOK);
+		zk_close(root.z);
+		evloop_free(root.loop);
+		CHECK_INT(zk_sync(c.z, "/"), ZOK);
+		CHECK_INT(w.count, 16);
+		CHECK_STR(w.path, "/");
+		CHECK_INT(w.type, ZK_EVENT_CHANGED);
+	}
+	close_client(&c);
+}
+
+TEST(watch_lengths_no_chroot)
+{
+	struct client c;
+	char base[64];
+
+	if (!open_client_opts(&c, false, NULL, NULL))
+		return;
+	snprintf(base, sizeof(base), "%s", test_chroot());
+	CHECK_INT(zk_create(c.z, base, "", 0, 0, NULL), ZOK);
+	watch_lengths(&c, base);
+	CHECK_INT(zk_delete_recursive(c.z, base), ZOK);
 	close_client(&c);
 }
 
