@@ -43,7 +43,8 @@
 #define WALK_WINDOW 1024 /* walk reads in flight: bounds the walk's memory */
 #define RETRY_MS 1000    /* a walk that failed with the session up */
 #define MAXSEG 8         /* path components below a root we ever look at */
-#define ITEM_REL 64      /* path bytes of an item kept for reuse */
+#define ITEM_REL 96      /* path bytes of an item kept for reuse (a node's
+			  * lock contender: 66) */
 #define ITEM_SPARE 128   /* items kept for reuse, at most */
 
 /* Entry kinds besides the public enum zkc_what. */
@@ -78,21 +79,27 @@ struct segs {
 	int n; /* MAXSEG + 1 when deeper */
 	const char *p[MAXSEG];
 	size_t len[MAXSEG];
+	size_t total; /* REL's length */
 };
 
 /* REL's components; "" has none. */
 static void segs_split(const char *rel, struct segs *s)
 {
+	const char *start = rel;
+
 	s->n = 0;
+	s->total = 0;
 	while (*rel) {
 		const char *end = strchrnul(rel, '/');
 
 		if (s->n == MAXSEG) {
 			s->n++;
+			s->total = (size_t)(end - start) + strlen(end);
 			return;
 		}
 		s->p[s->n] = rel;
 		s->len[s->n++] = (size_t)(end - rel);
+		s->total = (size_t)(end - start);
 		if (!*end)
 			return;
 		rel = end + 1;
@@ -177,13 +184,27 @@ struct ent {
 	uint32_t nlock;   /* nodes: lock contenders (also on a placeholder);
 			   * interned strings: references */
 	uint8_t what;
-	bool has_obj;     /* false: a node placeholder holding nlock only */
-	bool whole;       /* the record is all its data said (no unknown
+	bool has_obj : 1; /* false: a node placeholder holding nlock only */
+	bool whole : 1;   /* the record is all its data said (no unknown
 			   * keys, no integer times): a copy of it reads as
 			   * a decode of that data (zkc_reread_*) */
+	uint16_t klen;    /* the key's length, KLEN_LONG from there on */
 	/* the record (obj_size(what) bytes), then the NUL-terminated key */
 	max_align_t body[];
 };
+
+/* Thousands of entries: the header stays 32 bytes. */
+_Static_assert(offsetof(struct ent, body) == 32, "struct ent grew");
+
+/* The header has room for a key's length up to this (keys are paths and
+ * interned strings of a few dozen bytes; an interned JSON value's text
+ * may be longer): a longer key is compared up to its NUL. */
+#define KLEN_LONG UINT16_MAX
+
+static uint16_t klen_of(size_t len)
+{
+	return len < KLEN_LONG ? (uint16_t)len : KLEN_LONG;
+}
 
 /* A record of any kind, for moving one in and out of an entry. */
 union obj {
@@ -222,15 +243,12 @@ static const char *ent_key(const struct ent *e)
 	return (const char *)e->body + obj_size(e->what);
 }
 
-static uint32_t hash_str(const char *s)
-{
-	return str_hash(s, strlen(s));
-}
-
-/* The entry whose key is the LEN bytes of KEY (no NUL among them). */
+/* The entry whose key is the LEN bytes of KEY (no NUL among them): same
+ * hash, same length, same bytes. */
 static struct ent *tab_findn(const struct table *t, const char *key,
 			     size_t len)
 {
+	uint16_t kl = klen_of(len);
 	uint32_t h;
 
 	if (!t->nb)
@@ -239,10 +257,11 @@ static struct ent *tab_findn(const struct table *t, const char *key,
 	for (struct ent *e = t->b[h & (t->nb - 1)]; e; e = e->next) {
 		const char *k;
 
-		if (e->hash != h)
+		if (e->hash != h || e->klen != kl)
 			continue;
 		k = ent_key(e);
-		if (strncmp(k, key, len) == 0 && !k[len])
+		if (kl < KLEN_LONG ? memcmp(k, key, len) == 0 :
+				     strncmp(k, key, len) == 0 && !k[len])
 			return e;
 	}
 	return NULL;
@@ -280,6 +299,7 @@ static struct ent *tab_addn(struct table *t, const char *key, size_t klen,
 
 	e->what = (uint8_t)what;
 	e->hash = str_hash(key, klen);
+	e->klen = klen_of(klen);
 	memcpy((char *)e->body + osz, key, klen);
 	if (t->n >= t->nb)
 		tab_resize(t, t->nb ? t->nb * 2 : 64);
@@ -287,11 +307,6 @@ static struct ent *tab_addn(struct table *t, const char *key, size_t klen,
 	t->b[e->hash & (t->nb - 1)] = e;
 	t->n++;
 	return e;
-}
-
-static struct ent *tab_add(struct table *t, const char *key, int what)
-{
-	return tab_addn(t, key, strlen(key), what);
 }
 
 static void tab_unlink(struct table *t, struct ent *e)
@@ -328,6 +343,7 @@ struct item {
 			     * (np_record_pack()) */
 	const strlist *kids; /* OP_LIST: reply */
 	strlist kids_copy;
+	size_t rlen;        /* of REL */
 	char rel[];         /* path below the root */
 };
 
@@ -401,16 +417,18 @@ struct zkc {
 };
 
 static void drain(zkc *c);
-static bool own_hold(zkc *c, int what, const char *rel);
-static bool seq_hold(zkc *c, int what, const char *rel);
+static bool own_hold(zkc *c, int what, const char *rel, size_t n);
+static bool seq_hold(zkc *c, int what, const char *rel, size_t n);
 static void walk_refill(zkc *c);
 static void walk_maybe_done(zkc *c);
 
-static struct cls classify(const zkc *c, const char *rel)
+/* What REL is to this cache; its length into *LEN (measured on the way). */
+static struct cls classify_len(const zkc *c, const char *rel, size_t *len)
 {
 	struct segs s;
 
 	segs_split(rel, &s);
+	*len = s.total;
 	switch (c->tree) {
 	case ZKC_NODES: return classify_node(&s);
 	case ZKC_REQUESTS: return classify_request(&s);
@@ -418,9 +436,36 @@ static struct cls classify(const zkc *c, const char *rel)
 	}
 }
 
+static struct cls classify(const zkc *c, const char *rel)
+{
+	size_t len;
+
+	return classify_len(c, rel, &len);
+}
+
 static char *full_path(const zkc *c, const char *rel)
 {
 	return *rel ? xasprintf("%s/%s", c->root, rel) : xstrdup(c->root);
+}
+
+/* full_path() of the N bytes of REL in BUF when it fits (the path of a
+ * read, copied into its request at once), else malloc'd: free it when it
+ * is not BUF. */
+static char *full_path_in(const zkc *c, const char *rel, size_t n, char *buf,
+			  size_t size)
+{
+	char *p = c->rootlen + 1 + n < size ? buf :
+		  xmalloc(c->rootlen + 1 + n + 1);
+
+	memcpy(p, c->root, c->rootlen);
+	if (!n) {
+		p[c->rootlen] = '\0';
+		return p;
+	}
+	p[c->rootlen] = '/';
+	memcpy(p + c->rootlen + 1, rel, n);
+	p[c->rootlen + 1 + n] = '\0';
+	return p;
 }
 
 /* ---- listeners ---- */
@@ -976,11 +1021,11 @@ static void drop_obj(zkc *c, struct ent *e)
 
 /* A read of REL answered: DATA NULL (no znode) or LEN bytes; or our own
  * write's record GIVEN (taken) instead of its data. */
-static void apply_data(zkc *c, const char *rel, int what, const char *data,
-		       int len, const zk_stat *st, uint32_t gen,
-		       np_record *given)
+static void apply_data(zkc *c, const char *rel, size_t rlen, int what,
+		       const char *data, int len, const zk_stat *st,
+		       uint32_t gen, np_record *given)
 {
-	struct ent *e = tab_find(&c->tab, rel);
+	struct ent *e = tab_findn(&c->tab, rel, rlen);
 	union obj o, old;
 	const union obj *prev;
 	char *err = NULL;
@@ -1018,7 +1063,7 @@ static void apply_data(zkc *c, const char *rel, int what, const char *data,
 		return;
 	}
 	if (!e) {
-		e = tab_add(&c->tab, rel, what);
+		e = tab_addn(&c->tab, rel, rlen, what);
 		e->gen = gen;
 	}
 	obj_intern(c, what, &o, e);
@@ -1068,17 +1113,18 @@ static void contender_changed(zkc *c, const char *rel, int delta,
 	}
 }
 
-static void apply_mark(zkc *c, const char *rel, int what, bool present,
-		       uint32_t gen)
+/* The marker of the N bytes of REL (NUL-terminated) is PRESENT or gone. */
+static void apply_mark(zkc *c, const char *rel, size_t n, int what,
+		       bool present, uint32_t gen)
 {
-	struct ent *e = tab_find(&c->tab, rel);
+	struct ent *e = tab_findn(&c->tab, rel, n);
 
 	if (present) {
 		if (e) {
 			stamp(e, gen);
 			return;
 		}
-		e = tab_add(&c->tab, rel, what);
+		e = tab_addn(&c->tab, rel, n, what);
 		e->gen = gen;
 		c->count[what]++;
 		if (what == W_CONTENDER)
@@ -1174,10 +1220,10 @@ static void walk_fail(zkc *c, const struct item *it)
 
 /* ---- the queue ---- */
 
+/* A new item at the tail for the N bytes of REL. */
 static struct item *item_new(zkc *c, int op, int what, const char *rel,
-			     bool walk)
+			     size_t n, bool walk)
 {
-	size_t n = strlen(rel);
 	struct item *it;
 
 	if (n < ITEM_REL && c->spare) {
@@ -1190,7 +1236,9 @@ static struct item *item_new(zkc *c, int op, int what, const char *rel,
 		it = xcalloc(1, sizeof(*it) + (n < ITEM_REL ? ITEM_REL : n + 1));
 	}
 
-	memcpy(it->rel, rel, n + 1);
+	memcpy(it->rel, rel, n);
+	it->rel[n] = '\0';
+	it->rlen = n;
 	it->c = c;
 	it->op = (uint8_t)op;
 	it->what = (uint8_t)what;
@@ -1214,10 +1262,12 @@ static void item_free(struct item *it)
 
 	if (it->data_owned)
 		free((char *)it->data);
-	given_free(it->what, it->given);
-	strlist_free(&it->kids_copy);
+	if (it->given)
+		given_free(it->what, it->given);
+	if (it->kids_copy.v)
+		strlist_free(&it->kids_copy);
 	/* One of ITEM_REL path bytes goes back to its cache's spares. */
-	if (!c->closed && strlen(it->rel) < ITEM_REL &&
+	if (!c->closed && it->rlen < ITEM_REL &&
 	    c->nspare < ITEM_SPARE) {
 		it->next = c->spare;
 		c->spare = it;
@@ -1317,18 +1367,21 @@ static void on_children(zk *z, int rc, const strlist *children,
 	}
 }
 
-/* Queue a read of REL (OP_FETCH: data, OP_LIST: children). */
-static void issue(zkc *c, int op, int what, const char *rel, bool walk)
+/* Queue a read of the N bytes of REL (OP_FETCH: data, OP_LIST:
+ * children). */
+static void issue(zkc *c, int op, int what, const char *rel, size_t n,
+		  bool walk)
 {
-	struct item *it = item_new(c, op, what, rel, walk);
-	char *path = full_path(c, rel);
+	struct item *it = item_new(c, op, what, rel, n, walk);
+	char buf[256], *path = full_path_in(c, rel, n, buf, sizeof(buf));
 	int rc = ZCLOSING;
 
 	if (c->z && op == OP_FETCH)
 		rc = zk_aget(c->z, path, NULL, NULL, on_data, it);
 	else if (c->z)
 		rc = zk_aget_children(c->z, path, NULL, NULL, on_children, it);
-	free(path);
+	if (path != buf)
+		free(path);
 	if (rc == ZOK) {
 		c->inflight++;
 	} else {
@@ -1338,10 +1391,10 @@ static void issue(zkc *c, int op, int what, const char *rel, bool walk)
 	}
 }
 
-/* Queue a change that needs no read. */
-static void enqueue_now(zkc *c, int op, int what, const char *rel)
+/* Queue a change of the N bytes of REL that needs no read. */
+static void enqueue_now(zkc *c, int op, int what, const char *rel, size_t n)
 {
-	struct item *it = item_new(c, op, what, rel, false);
+	struct item *it = item_new(c, op, what, rel, n, false);
 
 	it->rc = ZOK;
 	it->done = true;
@@ -1375,8 +1428,8 @@ static void apply_fetch(zkc *c, struct item *it, bool current)
 		read_failed(c, it, current);
 		return;
 	}
-	apply_data(c, it->rel, it->what, it->data, it->len, &it->st, it->stamp,
-		   it->given);
+	apply_data(c, it->rel, it->rlen, it->what, it->data, it->len, &it->st,
+		   it->stamp, it->given);
 	it->given = NULL;
 	if (!current || it->rc != ZOK || it->st.num_children <= 0)
 		return;
@@ -1385,7 +1438,7 @@ static void apply_fetch(zkc *c, struct item *it, bool current)
 		/* Issued at once rather than via the to-do list: it replaces
 		 * the read that just finished, so the window still holds. */
 		char *below = xasprintf("%s/%s", it->rel, k.child);
-		issue(c, OP_LIST, 0, below, true);
+		issue(c, OP_LIST, 0, below, strlen(below), true);
 		free(below);
 	}
 }
@@ -1414,7 +1467,7 @@ static void apply_list(zkc *c, struct item *it)
 		sbuf_adds(&rel, name);
 		k = classify(c, rel.buf);
 		if (k.act == A_MARK)
-			apply_mark(c, rel.buf, k.what, true, it->stamp);
+			apply_mark(c, rel.buf, rel.len, k.what, true, it->stamp);
 		if (k.act == A_DATA || k.walk == W_SELF) {
 			if (!t)
 				t = todo_new(c, it->rel);
@@ -1439,13 +1492,14 @@ static void apply(zkc *c, struct item *it)
 			apply_list(c, it);
 		break;
 	case OP_PRESENT:
-		apply_mark(c, it->rel, it->what, true, it->stamp);
+		apply_mark(c, it->rel, it->rlen, it->what, true, it->stamp);
 		break;
 	case OP_GONE:
 		if (is_marker(it->what)) {
-			apply_mark(c, it->rel, it->what, false, it->stamp);
+			apply_mark(c, it->rel, it->rlen, it->what, false,
+				   it->stamp);
 		} else {
-			struct ent *e = tab_find(&c->tab, it->rel);
+			struct ent *e = tab_findn(&c->tab, it->rel, it->rlen);
 			if (e)
 				drop_obj(c, e);
 		}
@@ -1494,7 +1548,7 @@ static void walk_refill(zkc *c)
 	       c->walk_inflight < WALK_WINDOW && todo_next(c, &rel)) {
 		struct cls k = classify(c, rel.buf);
 		issue(c, k.act == A_DATA ? OP_FETCH : OP_LIST, k.what, rel.buf,
-		      true);
+		      rel.len, true);
 	}
 	sbuf_free(&rel);
 }
@@ -1517,7 +1571,8 @@ static void sweep(zkc *c)
 			if (!e)
 				continue;
 			if (pass == 0)
-				apply_mark(c, stale.v[i], e->what, false, 0);
+				apply_mark(c, stale.v[i], strlen(stale.v[i]),
+					   e->what, false, 0);
 			else
 				drop_obj(c, e);
 		}
@@ -1566,7 +1621,7 @@ static void walk_start(zkc *c)
 	c->walking = true;
 	c->walk_failed = false;
 	c->walk_inflight = 0;
-	issue(c, OP_LIST, 0, "", true);
+	issue(c, OP_LIST, 0, "", 0, true);
 }
 
 static void on_retry(evloop *loop, uint64_t id, void *arg)
@@ -1586,26 +1641,27 @@ static void on_watch(zk *z, int type, const char *path, void *arg)
 	zkc *c = arg;
 	const char *rel;
 	struct cls k;
+	size_t n;
 
 	if (strncmp(path, c->root, c->rootlen) != 0 || path[c->rootlen] != '/')
 		return; /* the root itself: we cache nothing there */
 	rel = path + c->rootlen + 1;
-	k = classify(c, rel);
+	k = classify_len(c, rel, &n);
 	if (k.act == A_NONE)
 		return;
 	if (type == ZK_EVENT_DELETED)
-		enqueue_now(c, OP_GONE, k.what, rel);
+		enqueue_now(c, OP_GONE, k.what, rel, n);
 	else if (type != ZK_EVENT_CREATED && type != ZK_EVENT_CHANGED)
 		return;
-	else if (k.act == A_DATA && own_hold(c, k.what, rel))
+	else if (k.act == A_DATA && own_hold(c, k.what, rel, n))
 		return; /* our own write: its reply has the data */
 	else if (k.act == A_DATA && type == ZK_EVENT_CREATED &&
-		 seq_hold(c, k.what, rel))
+		 seq_hold(c, k.what, rel, n))
 		return; /* maybe our sequential create: its reply may have it */
 	else if (k.act == A_DATA)
-		issue(c, OP_FETCH, k.what, rel, false);
+		issue(c, OP_FETCH, k.what, rel, n, false);
 	else
-		enqueue_now(c, OP_PRESENT, k.what, rel);
+		enqueue_now(c, OP_PRESENT, k.what, rel, n);
 }
 
 /* ---- our own writes ----
@@ -1622,6 +1678,8 @@ static void on_watch(zk *z, int type, const char *path, void *arg)
 
 struct own {
 	struct own *next;
+	uint32_t hash;       /* of REL */
+	size_t len;          /* of REL */
 	int pending;         /* writes in flight */
 	struct item *hold;   /* the stand-in, once an event came */
 	long long hold_ms;   /* when it came */
@@ -1639,21 +1697,46 @@ struct own {
 
 static void hold_read(zkc *c, struct item *it);
 
-static struct own **own_slot(zkc *c, const char *rel)
+/* The own table's link to the entry of the N bytes of REL, or to where
+ * it would go (NULL: no table yet); its hash into *H. */
+static struct own **own_slot_h(zkc *c, const char *rel, size_t n,
+			       uint32_t *h)
 {
 	struct own **pp;
 
+	*h = str_hash(rel, n);
 	if (!c->nowns_b)
 		return NULL;
-	for (pp = &c->owns[hash_str(rel) & (c->nowns_b - 1)]; *pp;
-	     pp = &(*pp)->next)
-		if (strcmp((*pp)->rel, rel) == 0)
+	for (pp = &c->owns[*h & (c->nowns_b - 1)]; *pp; pp = &(*pp)->next)
+		if ((*pp)->hash == *h && (*pp)->len == n &&
+		    memcmp((*pp)->rel, rel, n) == 0)
 			return pp;
 	return pp;
 }
 
-/* REL below the root when PATH is a record this cache reads, else NULL. */
-static const char *own_rel(zkc *c, const char *path)
+static struct own **own_slot(zkc *c, const char *rel, size_t n)
+{
+	uint32_t h;
+
+	return own_slot_h(c, rel, n, &h);
+}
+
+/* A new entry of the own table for the N bytes of REL (hash H) at PP. */
+static struct own *own_new(struct own **pp, const char *rel, size_t n,
+			   uint32_t h)
+{
+	struct own *o = xcalloc(1, sizeof(*o) + n + 1);
+
+	memcpy(o->rel, rel, n);
+	o->hash = h;
+	o->len = n;
+	*pp = o;
+	return o;
+}
+
+/* REL below the root (its length into *N) when PATH is a record this
+ * cache reads, else NULL. */
+static const char *own_rel(zkc *c, const char *path, size_t *n)
 {
 	const char *rel;
 
@@ -1661,7 +1744,7 @@ static const char *own_rel(zkc *c, const char *path)
 	    path[c->rootlen] != '/')
 		return NULL;
 	rel = path + c->rootlen + 1;
-	return classify(c, rel).act == A_DATA ? rel : NULL;
+	return classify_len(c, rel, n).act == A_DATA ? rel : NULL;
 }
 
 /* Stand-ins that waited too long are read after all. */
@@ -1700,10 +1783,10 @@ static void own_table(zkc *c)
 
 /* A stand-in for the read an event of REL asks for, in the event's place
  * in the queue, until a reply fills it or it is read after all. */
-static struct item *hold_new(zkc *c, int what, const char *rel,
+static struct item *hold_new(zkc *c, int what, const char *rel, size_t n,
 			     long long *when)
 {
-	struct item *it = item_new(c, OP_FETCH, what, rel, false);
+	struct item *it = item_new(c, OP_FETCH, what, rel, n, false);
 
 	it->held = true;
 	*when = now_ms();
@@ -1714,15 +1797,15 @@ static struct item *hold_new(zkc *c, int what, const char *rel,
 	return it;
 }
 
-static bool own_hold(zkc *c, int what, const char *rel)
+static bool own_hold(zkc *c, int what, const char *rel, size_t n)
 {
-	struct own **pp = own_slot(c, rel);
+	struct own **pp = own_slot(c, rel, n);
 
 	if (!pp || !*pp || (*pp)->pending <= 0)
 		return false;
 	/* One stand-in covers every event before our reply. */
 	if (!(*pp)->hold)
-		(*pp)->hold = hold_new(c, what, rel, &(*pp)->hold_ms);
+		(*pp)->hold = hold_new(c, what, rel, n, &(*pp)->hold_ms);
 	return true;
 }
 
@@ -1732,25 +1815,23 @@ static bool own_hold(zkc *c, int what, const char *rel)
  * is held as for our own writes; the create that made it fills it from
  * its reply, and once every create begun before the event has replied,
  * a creation none of them made (another launcher's) is read. */
-static bool seq_hold(zkc *c, int what, const char *rel)
+static bool seq_hold(zkc *c, int what, const char *rel, size_t n)
 {
 	struct own **pp;
 	struct own *o;
-	size_t n;
+	uint32_t h;
 
-	if (c->seq_done >= c->seq_begun || what != ZKC_NODE || strchr(rel, '/'))
+	if (c->seq_done >= c->seq_begun || what != ZKC_NODE ||
+	    memchr(rel, '/', n))
 		return false;
 	own_table(c);
-	pp = own_slot(c, rel);
+	pp = own_slot_h(c, rel, n, &h);
 	if (*pp)
 		return false; /* held already: this event reads after it */
-	n = strlen(rel);
-	o = xcalloc(1, sizeof(*o) + n + 1);
-	memcpy(o->rel, rel, n + 1);
+	o = own_new(pp, rel, n, h);
 	o->seq = true;
 	o->seq_wait = c->seq_begun;
-	o->hold = hold_new(c, what, rel, &o->hold_ms);
-	*pp = o;
+	o->hold = hold_new(c, what, rel, n, &o->hold_ms);
 	if (c->seq_tail)
 		c->seq_tail->seq_next = o;
 	else
@@ -1761,21 +1842,19 @@ static bool seq_hold(zkc *c, int what, const char *rel)
 
 void zkc_write_begin(zkc *c, const char *path)
 {
-	const char *rel = own_rel(c, path);
-	struct own **pp;
 	size_t n;
+	const char *rel = own_rel(c, path, &n);
+	struct own **pp;
+	uint32_t h;
 
 	if (!rel)
 		return;
 	own_table(c);
-	pp = own_slot(c, rel);
+	pp = own_slot_h(c, rel, n, &h);
 	if (*pp && (*pp)->seq)
 		return; /* a creation held: this write's event is read */
-	if (!*pp) {
-		n = strlen(rel);
-		*pp = xcalloc(1, sizeof(**pp) + n + 1);
-		memcpy((*pp)->rel, rel, n + 1);
-	}
+	if (!*pp)
+		own_new(pp, rel, n, h);
 	(*pp)->pending++;
 }
 
@@ -1785,8 +1864,9 @@ static void write_done(zkc *c, const char *path, int rc, const char *data,
 		       int len, const zk_stat *st, char *owned,
 		       np_record *given, int given_what)
 {
-	const char *rel = own_rel(c, path);
-	struct own **pp = rel ? own_slot(c, rel) : NULL;
+	size_t rlen;
+	const char *rel = own_rel(c, path, &rlen);
+	struct own **pp = rel ? own_slot(c, rel, rlen) : NULL;
 	struct own *o = pp ? *pp : NULL;
 	struct item *it = NULL;
 
@@ -1866,7 +1946,7 @@ void zkc_create_begin(zkc *c)
 /* Takes the seq hold O out of the own table and the hold list. */
 static struct item *seq_unlink(zkc *c, struct own *o)
 {
-	struct own **pp = own_slot(c, o->rel), **lp;
+	struct own **pp = own_slot(c, o->rel, o->len), **lp;
 	struct item *it = o->hold;
 
 	if (pp && *pp == o)
@@ -1893,6 +1973,7 @@ void zkc_create_done_record(zkc *c, const char *path, int rc,
 	struct own **pp;
 	struct item *it;
 	np_record *given = NULL;
+	size_t n = 0;
 
 	if (kind == NP_KIND_NODE)
 		given = rec;
@@ -1904,8 +1985,8 @@ void zkc_create_done_record(zkc *c, const char *path, int rc,
 	}
 	c->seq_done++;
 	if (rc == ZOK && path && st && given)
-		rel = own_rel(c, path);
-	pp = rel ? own_slot(c, rel) : NULL;
+		rel = own_rel(c, path, &n);
+	pp = rel ? own_slot(c, rel, n) : NULL;
 	if (pp && *pp && (*pp)->seq) {
 		it = seq_unlink(c, *pp);
 		if (it) {
@@ -1930,10 +2011,12 @@ void zkc_create_done_record(zkc *c, const char *path, int rc,
 
 static void hold_read(zkc *c, struct item *it)
 {
-	char *full = full_path(c, it->rel);
+	char buf[256], *full = full_path_in(c, it->rel, it->rlen, buf,
+					    sizeof(buf));
 	int rc = c->z ? zk_aget(c->z, full, NULL, NULL, on_data, it) : ZCLOSING;
 
-	free(full);
+	if (full != buf)
+		free(full);
 	it->held = false;
 	if (rc == ZOK) {
 		c->inflight++;

@@ -511,6 +511,106 @@ TEST(lock_contenders)
 	env_close(&e);
 }
 
+/* A node "ID" (not a sequential one) in STATE with user_data {"u": U}. */
+static void mk_named_node(zk *z, const char *id, const char *state,
+			  const char *u)
+{
+	char *path = np_path_node(id);
+	char *data = xasprintf("{\"state\": \"%s\", \"provider\": \"fake\", "
+			       "\"user_data\": {\"u\": \"%s\"}}", state, u);
+
+	CHECK_INT(zk_create(z, path, data, (int)strlen(data), 0, NULL), ZOK);
+	free(data);
+	free(path);
+}
+
+/* Keys that share a prefix or differ only in length find their own
+ * entries: node ids, pooled strings (states), pooled JSON values longer
+ * than an entry's header counts (64 KiB; two that differ only in their
+ * last byte), lock contenders with names longer than a queued change
+ * keeps for reuse; the empty id finds nothing. */
+TEST(keys_by_length)
+{
+	struct env e;
+	const np_node *a, *ab, *abc, *abcd;
+	char *big = xmalloc(70001), *big2, *cont;
+	zkc *c;
+
+	if (!env_open(&e)) {
+		free(big);
+		return;
+	}
+	memset(big, 'u', 70000);
+	big[70000] = '\0';
+	big2 = xstrdup(big);
+	big2[69999] = 'v';
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
+	mk_named_node(e.z, "a", "read", big);
+	mk_named_node(e.z, "ab", "ready", big);
+	mk_named_node(e.z, "abc", "readyx", big2);
+	c = zkc_new(e.z, ZKC_NODES);
+	CHECK_INT(zkc_wait_ready(c, 10), ZOK);
+	a = zkc_node(c, "a");
+	ab = zkc_node(c, "ab");
+	abc = zkc_node(c, "abc");
+	CHECK(a && ab && abc);
+	CHECK(!zkc_node(c, "abcd"));
+	CHECK(!zkc_node(c, ""));
+	CHECK(!zkc_node(c, "b"));
+	if (a && ab && abc) {
+		CHECK_STR(a->id, "a");
+		CHECK_STR(ab->id, "ab");
+		CHECK_STR(abc->id, "abc");
+		CHECK_STR(a->state, "read");
+		CHECK_STR(ab->state, "ready");
+		CHECK_STR(abc->state, "readyx");
+		CHECK(a->user_data == ab->user_data);
+		CHECK(abc->user_data != ab->user_data);
+		CHECK(!json_equal(abc->user_data, ab->user_data));
+		CHECK_STR(json_string_value(json_object_get(abc->user_data, "u")),
+			  big2);
+	}
+
+	/* a live one, its state pooled with the walk's */
+	mk_named_node(e.z, "abcd", "ready", big2);
+	WAIT_FOR(e.loop, zkc_node(c, "abcd"));
+	abcd = zkc_node(c, "abcd");
+	ab = zkc_node(c, "ab");
+	abc = zkc_node(c, "abc");
+	CHECK(abcd && ab && abc);
+	if (abcd && ab && abc) {
+		CHECK(abcd->state == ab->state);
+		CHECK(abcd->user_data == abc->user_data);
+	}
+
+	/* a contender's name of 150 bytes: its path is longer than a reused
+	 * change keeps */
+	cont = xmalloc(200);
+	snprintf(cont, 200, "/nodepool/nodes/ab/lock/%0150d", 7);
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes/ab/lock"), ZOK);
+	CHECK_INT(zk_create(e.z, cont, "", 0, 0, NULL), ZOK);
+	WAIT_FOR(e.loop, zkc_node_locked(c, "ab"));
+	CHECK(zkc_node_locked(c, "ab"));
+	CHECK(!zkc_node_locked(c, "a"));
+	CHECK(!zkc_node_locked(c, "abc"));
+	CHECK_INT(zk_delete(e.z, cont, -1), ZOK);
+	WAIT_FOR(e.loop, !zkc_node_locked(c, "ab"));
+	CHECK(!zkc_node_locked(c, "ab"));
+
+	/* gone: the others stay */
+	CHECK_INT(zk_delete(e.z, "/nodepool/nodes/abc", -1), ZOK);
+	WAIT_FOR(e.loop, !zkc_node(c, "abc"));
+	CHECK(!zkc_node(c, "abc"));
+	CHECK(zkc_node(c, "ab") && zkc_node(c, "abcd") && zkc_node(c, "a"));
+	CHECK_INT(zkc_count(c, ZKC_NODE), 3);
+
+	zkc_free(c);
+	free(cont);
+	free(big);
+	free(big2);
+	env_close(&e);
+}
+
 static void count_done(zk *z, int rc, const zk_stat *st, void *arg)
 {
 	(*(int *)arg)++;
