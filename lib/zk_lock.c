@@ -52,6 +52,8 @@
 
 #define LOCK_NAME "__lock__"
 #define SEQ_DIGITS 10
+/* The prefix: a uuid's 32 hex digits and LOCK_NAME. */
+#define PREFIX_LEN (32 + sizeof(LOCK_NAME) - 1)
 #define RETRY_FIRST_MS 100
 #define RETRY_MAX_MS 2000
 
@@ -74,12 +76,19 @@ struct zk_lock {
 	uint64_t id;           /* registry key carried by watches */
 	zk_lock *hnext;        /* registry chain */
 	char *dir;
+	size_t dir_len;
 	char *data;            /* identifier, "" when none */
+	int data_len;
 	char *prefix;          /* "<uuid hex>__lock__" */
 	char *create_path;     /* dir/prefix */
 	char *node;            /* our contender's name (in node_path), or
 				* NULL */
 	char *node_path;       /* dir/node, or NULL */
+	/* Room in the lock's own allocation for the path of a contender of
+	 * ours (the prefix, a sign and SEQ_DIGITS): node_path is there
+	 * unless a longer name came (find_ours takes any with our prefix). */
+	char *node_inl;
+	size_t node_cap;
 
 	enum lock_state state;
 	bool active;           /* an acquire attempt is in progress */
@@ -92,10 +101,14 @@ struct zk_lock {
 	                        * so did what it locks (kazoo: NoNodeError) */
 	bool fresh_try;        /* begin with the directory+contender multi */
 	bool fresh_won;        /* the last attempt was won by that multi */
-	zk_op *fresh_ops;      /* that multi while it is outstanding */
+	zk_op *fresh_ops;      /* that multi while it is outstanding, with
+				* copies of the caller's ops' strings after
+				* the ops, in one allocation */
 	int fresh_nops;
-	zk_stat *fresh_stats;  /* the extra ops' stats when it was won */
+	zk_stat *fresh_stats;  /* the extra ops' stats when it was won:
+				* FRESH_STAT1 when there is at most one */
 	int fresh_nstats;
+	zk_stat fresh_stat1;
 	bool create_tried;     /* a create may have reached the server */
 	bool cancel_sticky;    /* cancel() with no attempt: fails the next */
 	bool cancel_req;
@@ -119,6 +132,7 @@ struct zk_lock {
 static void advance(zk_lock *l);
 static void finish(zk_lock *l, int rc);
 static void fresh_clear(zk_lock *l);
+static void fresh_stats_free(zk_lock *l);
 static void release_step(zk_lock *l);
 
 /* ---- registry: lock id -> lock, for watches that outlive their lock ---- */
@@ -283,22 +297,24 @@ static bool is_transient(int rc)
 	       rc == ZSESSIONEXPIRED;
 }
 
-/* Our contender: its path made in one allocation, its name the path's
- * last part (three a request: the request's lock and the node's). */
+/* Our contender: its path in the room the lock has for it (three a
+ * request: the request's lock and the node's), else in an allocation of
+ * its own; its name the path's last part. */
 static void set_node(zk_lock *l, const char *name)
 {
-	size_t dn, nn;
+	size_t dn = l->dir_len, nn;
 	char *p = NULL;
 
-	if (name) {	/* NAME may be our old one: copied before freed */
-		dn = strlen(l->dir);
+	if (name) {	/* NAME may be our old one: moved before freed */
 		nn = strlen(name);
-		p = xmalloc(dn + 1 + nn + 1);
+		p = dn + 1 + nn + 1 <= l->node_cap ? l->node_inl :
+		    xmalloc(dn + 1 + nn + 1);
+		memmove(p + dn + 1, name, nn + 1);
 		memcpy(p, l->dir, dn);
 		p[dn] = '/';
-		memcpy(p + dn + 1, name, nn + 1);
 	}
-	free(l->node_path);
+	if (l->node_path && l->node_path != l->node_inl)
+		free(l->node_path);
 	l->node_path = p;
 	l->node = p ? p + dn + 1 : NULL;
 }
@@ -319,7 +335,7 @@ static char *put_str(char **p, const char *s, size_t n)
 zk_lock *zk_lock_new(zk *z, const char *dir, const char *identifier)
 {
 	char uuid[33], *p;
-	size_t n = strlen(dir), pn = 32 + strlen(LOCK_NAME), idn;
+	size_t n = strlen(dir), pn = PREFIX_LEN, idn, cap;
 	zk_lock *l;
 
 	/* "/a/b/" and "/a/b" name the same directory. */
@@ -328,15 +344,18 @@ zk_lock *zk_lock_new(zk *z, const char *dir, const char *identifier)
 	if (!identifier)
 		identifier = "";
 	idn = strlen(identifier);
-	/* The lock and its strings (dir, data, prefix, create_path) in one
-	 * allocation: they live as long as it does. */
+	cap = n + 1 + pn + 1 + SEQ_DIGITS + 1;
+	/* The lock and its strings (dir, data, prefix, create_path, room for
+	 * node_path) in one allocation: they live as long as it does. */
 	l = xcalloc(1, sizeof(*l) + (n + 1) + (idn + 1) + (pn + 1) +
-		    (n + 1 + pn + 1));
+		    (n + 1 + pn + 1) + cap);
 	p = (char *)(l + 1);
 	l->z = z;
 	l->loop = zk_loop(z);
 	l->dir = put_str(&p, dir, n);
+	l->dir_len = n;
 	l->data = put_str(&p, identifier, idn);
+	l->data_len = (int)idn;
 	uuid4_hex(uuid);
 	l->prefix = p;
 	memcpy(p, uuid, 32);
@@ -347,6 +366,8 @@ zk_lock *zk_lock_new(zk *z, const char *dir, const char *identifier)
 	p[n] = '/';
 	p += n + 1;
 	put_str(&p, l->prefix, pn);
+	l->node_inl = p;
+	l->node_cap = cap;
 	l->state = ST_IDLE;
 	reg_add(l);
 	return l;
@@ -361,7 +382,7 @@ static void lock_destroy(zk_lock *l)
 		evloop_del_timer(l->loop, l->aux_timer);
 	set_node(l, NULL);
 	fresh_clear(l);
-	free(l->fresh_stats);
+	fresh_stats_free(l);
 	free(l);
 }
 
@@ -504,14 +525,18 @@ static void fresh_clear(zk_lock *l)
 	if (!l->fresh_ops)
 		return;
 	zk_ops_free(l->fresh_ops, l->fresh_nops);
-	/* The caller's ops are copies of ours (see acquire_fresh_async). */
-	for (int i = 2; i < l->fresh_nops; i++) {
-		free((char *)l->fresh_ops[i].path);
-		free((char *)l->fresh_ops[i].data);
-	}
+	/* The copies of the caller's ops' strings go with it. */
 	free(l->fresh_ops);
 	l->fresh_ops = NULL;
 	l->fresh_nops = 0;
+}
+
+static void fresh_stats_free(zk_lock *l)
+{
+	if (l->fresh_stats != &l->fresh_stat1)
+		free(l->fresh_stats);
+	l->fresh_stats = NULL;
+	l->fresh_nstats = 0;
 }
 
 static void fresh_done(zk *z, int rc, void *arg)
@@ -524,9 +549,10 @@ static void fresh_done(zk *z, int rc, void *arg)
 		path = l->fresh_ops[1].created_path;
 		base = path ? strrchr(path, '/') : NULL;
 		set_node(l, base ? base + 1 : path);
-		free(l->fresh_stats);
+		fresh_stats_free(l);
 		l->fresh_nstats = l->fresh_nops - 2;
-		l->fresh_stats = xcalloc((size_t)l->fresh_nstats + 1,
+		l->fresh_stats = l->fresh_nstats <= 1 ? &l->fresh_stat1 :
+				 xcalloc((size_t)l->fresh_nstats,
 					 sizeof(*l->fresh_stats));
 		for (int i = 0; i < l->fresh_nstats; i++)
 			l->fresh_stats[i] = l->fresh_ops[i + 2].stat;
@@ -648,7 +674,7 @@ static void create_start(zk_lock *l)
 	int rc;
 
 	l->create_tried = true;
-	rc = zk_acreate(l->z, l->create_path, l->data, (int)strlen(l->data),
+	rc = zk_acreate(l->z, l->create_path, l->data, l->data_len,
 			ZK_EPHEMERAL_SEQUENTIAL, created, l);
 	if (rc != ZOK)
 		finish(l, rc);
@@ -1076,14 +1102,26 @@ int zk_lock_acquire_fresh_async(zk_lock *l, double timeout, zk_op *extra,
 				int nextra, zk_lock_fn cb, void *arg)
 {
 	zk_op *ops;
+	size_t bytes = 0;
+	char *p;
 	int rc;
 
 	if (nextra < 0 || (nextra > 0 && !extra))
 		return ZBADARGUMENTS;
+	for (int i = 0; i < nextra; i++)
+		if (!extra[i].path || extra[i].len < 0)
+			return ZBADARGUMENTS;
 	rc = zk_lock_acquire_async(l, false, timeout, cb, arg);
 	if (rc != ZOK || l->acquired)
 		return rc; /* held already: fails as any second attempt does */
-	ops = xcalloc((size_t)nextra + 2, sizeof(*ops));
+	/* Copied: a lock freed during the attempt lives on until the
+	 * reply, longer than its caller's buffers. The ops and the copies
+	 * of their strings in one allocation. */
+	for (int i = 0; i < nextra; i++)
+		bytes += strlen(extra[i].path) + 1 +
+			 (extra[i].data ? (size_t)extra[i].len + 1 : 0);
+	ops = xcalloc(1, ((size_t)nextra + 2) * sizeof(*ops) + bytes);
+	p = (char *)(ops + nextra + 2);
 	ops[0].type = ZK_OP_CREATE;
 	ops[0].path = l->dir;
 	ops[0].data = "";
@@ -1091,23 +1129,17 @@ int zk_lock_acquire_fresh_async(zk_lock *l, double timeout, zk_op *extra,
 	ops[1].type = ZK_OP_CREATE;
 	ops[1].path = l->create_path;
 	ops[1].data = l->data;
-	ops[1].len = (int)strlen(l->data);
+	ops[1].len = l->data_len;
 	ops[1].flags = ZK_EPHEMERAL_SEQUENTIAL;
-	/* Copied: a lock freed during the attempt lives on until the
-	 * reply, longer than its caller's buffers. */
 	for (int i = 0; i < nextra; i++) {
 		zk_op *op = &ops[i + 2];
-		char *data = NULL;
 
 		*op = extra[i];
 		op->created_path = NULL;
-		op->path = xstrdup(extra[i].path);
-		if (extra[i].data) {
-			data = xmalloc((size_t)extra[i].len + 1);
-			memcpy(data, extra[i].data, (size_t)extra[i].len);
-			data[extra[i].len] = '\0';
-		}
-		op->data = data;
+		op->path = put_str(&p, extra[i].path, strlen(extra[i].path));
+		if (extra[i].data)
+			op->data = put_str(&p, extra[i].data,
+					   (size_t)extra[i].len);
 	}
 	l->fresh_ops = ops;
 	l->fresh_nops = nextra + 2;

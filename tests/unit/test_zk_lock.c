@@ -1184,6 +1184,95 @@ TEST(fresh_lock_is_one_multi_and_falls_back)
 	two_clients_end(&f);
 }
 
+/* The caller's ops are copied (its buffers may go at once), with their
+ * stats afterwards, one of them or several; a directory path far longer
+ * than the usual ones gives a contender path as long. */
+TEST(fresh_lock_copies_the_callers_ops)
+{
+	struct two f;
+	zk_lock *l;
+	zk_op ops[3];
+	char *obj, *obj2, *dir, *path, *data, *buf;
+	zk_stat st;
+
+	if (!two_clients(&f, "copies"))
+		return;
+	obj = xasprintf("%s/obj", base);
+	obj2 = xasprintf("%s/obj2", base);
+	CHECK_INT(zk_ensure_path(f.z1, base), ZOK);
+	CHECK_INT(zk_create(f.z1, obj, "init", 4, ZK_PERSISTENT, NULL), ZOK);
+
+	/* one extra op: its stat */
+	buf = xstrdup("one");
+	path = xstrdup(obj);
+	memset(ops, 0, sizeof(ops));
+	ops[0] = (zk_op){ .type = ZK_OP_SET, .path = path, .data = buf,
+			  .len = 3, .version = -1 };
+	l = zk_lock_new(f.z1, f.dir, "id");
+	{
+		struct result r = { 0 };
+
+		CHECK_INT(zk_lock_acquire_fresh_async(l, 0, ops, 1,
+						      on_acquired, &r), ZOK);
+		/* the caller's buffers go before the reply */
+		memset(buf, 'x', 3);
+		memset(path, 'x', strlen(path));
+		free(buf);
+		free(path);
+		CHECK(run_until(f.loop, &r.done));
+		CHECK_INT(r.rc, ZOK);
+	}
+	CHECK(zk_lock_fresh(l));
+	CHECK(zk_lock_fresh_stat(l, 0, &st));
+	CHECK_INT(st.version, 1);
+	CHECK(!zk_lock_fresh_stat(l, 1, &st));
+	data = get_str(f.z1, obj);
+	CHECK_STR(data, "one");
+	free(data);
+	CHECK_INT(zk_lock_release(l), ZOK);
+	zk_lock_free(l);
+
+	/* three: a check, a set with no data, a create; a long directory */
+	dir = xasprintf("%s/%0300d/lock", base, 5);
+	ops[0] = (zk_op){ .type = ZK_OP_CHECK, .path = obj, .version = 1 };
+	ops[1] = (zk_op){ .type = ZK_OP_SET, .path = obj, .version = 1 };
+	ops[2] = (zk_op){ .type = ZK_OP_CREATE, .path = obj2, .data = "c",
+			  .len = 1 };
+	CHECK_INT(zk_ensure_path(f.z1, dir), ZOK);
+	CHECK_INT(zk_delete(f.z1, dir, -1), ZOK);
+	l = zk_lock_new(f.z1, dir, NULL);
+	CHECK_INT(fresh_acquire(f.loop, l, ops, 3), ZOK);
+	CHECK(zk_lock_fresh(l));
+	CHECK(zk_lock_fresh_stat(l, 0, &st));
+	CHECK(zk_lock_fresh_stat(l, 1, &st));
+	CHECK_INT(st.version, 2);
+	CHECK_INT(st.data_length, 0);
+	CHECK(zk_lock_fresh_stat(l, 2, &st));
+	CHECK(!zk_lock_fresh_stat(l, 3, &st));
+	REQUIRE(zk_lock_node(l) != NULL);
+	CHECK(str_starts_with(zk_lock_node(l), dir));
+	CHECK_INT(strlen(zk_lock_node(l)), strlen(dir) + 1 + 32 + 8 + 10);
+	data = get_str(f.z1, obj2);
+	CHECK_STR(data, "c");
+	free(data);
+	CHECK_INT(nchildren(f.z1, dir), 1);
+	CHECK_INT(zk_lock_release(l), ZOK);
+	CHECK_INT(nchildren(f.z1, dir), 0);
+	zk_lock_free(l);
+
+	/* a NULL path is refused at once */
+	ops[0] = (zk_op){ .type = ZK_OP_SET, .version = -1 };
+	l = zk_lock_new(f.z1, f.dir, NULL);
+	CHECK_INT(zk_lock_acquire_fresh_async(l, 0, ops, 1, on_acquired, NULL),
+		  ZBADARGUMENTS);
+	zk_lock_free(l);
+
+	free(dir);
+	free(obj);
+	free(obj2);
+	two_clients_end(&f);
+}
+
 TEST(fresh_lock_failing_op_or_missing_parent)
 {
 	evloop *loop;
