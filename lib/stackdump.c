@@ -3,13 +3,14 @@
  *
  * Capturing another thread's stack needs that thread's cooperation: the
  * dumping thread sends each thread STACKDUMP_SIGNAL with tgkill(), and
- * the handler, running on that thread, records its own backtrace into the
- * thread's slot and posts a semaphore. Only async-signal-safe work happens
- * there: a scan of the slot table by thread id, backtrace() into
- * preallocated memory (libgcc's unwinder is loaded by one backtrace() call
- * at initialisation, so the handler never dlopen()s or allocates), atomics
- * and sem_post(). Everything else, naming frames and logging, happens
- * afterwards on the dumping thread.
+ * the handler, running on that thread, records its own backtrace and, if
+ * the thread's slot still asks it for this dump, stores it there and
+ * posts a semaphore. Only async-signal-safe work happens there: a scan of
+ * the slot table for the thread's id, backtrace() onto the handler's own
+ * stack (libgcc's unwinder is loaded by one backtrace() call at
+ * initialisation, so the handler never dlopen()s or allocates), a copy
+ * into the slot, atomics and sem_post(). Everything else, naming frames
+ * and logging, happens afterwards on the dumping thread.
  *
  * The handler is installed for the whole process, so it runs on threads
  * that libraries started too. Threads we start register by name and keep
@@ -26,15 +27,19 @@
  * which addr2line turns into a source line.
  *
  * A thread is sent the signal only while it does not block it (its mask
- * is read from /proc first, and again every few milliseconds while it
- * blocks it, as glibc's pthread_create() does for a moment); one that
+ * is read from /proc first, with an unregistered thread's name in the
+ * same read, and again every few milliseconds while it blocks it, as
+ * glibc's pthread_create() does for a moment); one that
  * still blocks it after STACKDUMP_TIMEOUT_MS is reported as such, and no
  * signal is left pending on it. One that blocks it just after the check,
  * or that the kernel holds (a vfork() parent, a hung file system), is
  * reported after STACKDUMP_TIMEOUT_MS too; the signal it takes later does
- * no harm (the handler finds no slot, or records a stack that the next
- * dump may use). One that exits before it is signalled (ESRCH) or before
- * it answers is reported as gone. So the dump never hangs.
+ * no harm: the dump has withdrawn its request by then, so the handler
+ * stores nothing, even into a slot lent to another thread since (the
+ * request is one atomic word, thread id and dump included, that the
+ * handler claims before it stores). One that exits before it is signalled
+ * (ESRCH) or before it answers is reported as gone. So the dump never
+ * hangs.
  *
  * The registry lock is held while a dump collects stacks, so a registered
  * thread that exits meanwhile waits (at most STACKDUMP_TIMEOUT_MS) before
@@ -72,14 +77,52 @@
 
 /* ---- the thread registry ---- */
 
+/* What the slot's thread is asked, in one word that the signal handler
+ * reads, and claims, in one atomic step: the thread's id, the dump's
+ * generation and how far its answer is. Were they separate, a handler
+ * could read its own id from one dump's question and another dump's
+ * generation, and store its frames into a slot lent since to another
+ * thread. Lock-free, or the handler could not use it. */
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics needed");
+
+enum phase {
+	ASKING = 1,             /* the thread is to store its frames */
+	WRITING,                /* its handler is storing them */
+	ANSWERED,               /* they are stored */
+};
+
+#define GEN_MAX 0x3fffffffu     /* generations take 30 bits, 1 to GEN_MAX */
+
+static unsigned long long ask_word(int tid, unsigned g, enum phase ph)
+{
+	return (unsigned long long)(unsigned)tid << 32 |
+	       (unsigned long long)g << 2 | ph;
+}
+
+static int ask_tid(unsigned long long a)
+{
+	return (int)(a >> 32);
+}
+
+static enum phase ask_phase(unsigned long long a)
+{
+	return (enum phase)(a & 3);
+}
+
+static unsigned long long with_phase(unsigned long long a, enum phase ph)
+{
+	return (a & ~3ULL) | ph;
+}
+
 /* One registered thread, or (from MAX_THREADS on) an unregistered one
- * for the length of a dump. TID is what the signal handler matches on;
- * WANT is the dump generation asked of the thread and DONE the one its
- * frames belong to. */
+ * for the length of a dump. TID is whose slot it is, for the registry
+ * and the dump; ASK is what the signal handler goes by (0: nothing
+ * asked). The frames belong to ASK's thread and dump once it says
+ * ANSWERED; only the handler that moved it from ASKING to WRITING writes
+ * them. */
 struct slot {
 	atomic_int tid;                 /* 0: free */
-	atomic_uint want;
-	atomic_uint done;
+	atomic_ullong ask;
 	char name[NAME_LEN];
 	void *frames[MAX_FRAMES];
 	int nframes;
@@ -92,6 +135,8 @@ static unsigned generation;             /* under reg_lock */
 static pthread_once_t init_done = PTHREAD_ONCE_INIT;
 static pthread_key_t slot_key;          /* a thread's slot, freed at exit */
 static sem_t answered;                  /* posted by each captured thread */
+
+_Atomic(void (*)(void)) stackdump_test_delay;
 
 static uintptr_t context_pc(void *ucv)
 {
@@ -107,25 +152,37 @@ static uintptr_t context_pc(void *ucv)
 #endif
 }
 
-/* The signal handler: async-signal-safe only (see the top). */
+/* The signal handler: async-signal-safe only (see the top). The frames
+ * are recorded on the stack first, and stored only if the slot still
+ * asks this thread for this dump when the handler claims it: a signal
+ * taken late, after its dump has ended (withdrawn, or lent to another
+ * thread since), stores nothing. A slot of this thread that is not
+ * ASKING is a stale one (an earlier dump's); the scan goes on past it. */
 static void on_capture_signal(int signo, siginfo_t *si, void *uc)
 {
 	int saved = errno;
 	int me = gettid();
+	void *frames[MAX_FRAMES];
+	void (*delay)(void);
+	int n;
 
 	for (int i = 0; i < MAX_SLOTS; i++) {
 		struct slot *s = &slots[i];
-		unsigned g;
+		unsigned long long a = atomic_load(&s->ask);
 
-		if (atomic_load(&s->tid) != me)
+		if (ask_tid(a) != me || ask_phase(a) != ASKING)
 			continue;
-		g = atomic_load(&s->want);
-		if (g != atomic_load(&s->done)) {
-			s->nframes = backtrace(s->frames, MAX_FRAMES);
-			s->pc = context_pc(uc);
-			atomic_store(&s->done, g);
-			sem_post(&answered);
-		}
+		n = backtrace(frames, MAX_FRAMES);
+		if ((delay = atomic_load(&stackdump_test_delay)))
+			delay();
+		if (!atomic_compare_exchange_strong(&s->ask, &a,
+						    with_phase(a, WRITING)))
+			break;
+		memcpy(s->frames, frames, sizeof(void *) * (size_t)n);
+		s->nframes = n;
+		s->pc = context_pc(uc);
+		atomic_store(&s->ask, with_phase(a, ANSWERED));
+		sem_post(&answered);
 		break;
 	}
 	errno = saved;
@@ -210,11 +267,27 @@ void stackdump_unregister_thread(void)
 
 /* What became of the request for one thread's stack. */
 enum outcome {
-	NO_THREAD,              /* the slot is free */
 	ASKED,                  /* signalled (or the caller itself) */
 	BLOCKS,                 /* blocks STACKDUMP_SIGNAL: not signalled */
 	GONE,                   /* exited before it was signalled or answered */
 	UNSENT,                 /* tgkill() failed otherwise (see err) */
+};
+
+/* One thread asked for its stack in a dump. */
+struct asked {
+	int slot;
+	int tid;
+	enum outcome how;
+	int err;                /* UNSENT: tgkill's errno */
+};
+
+/* One dump's requests: generation G, asked of every thread but SELF
+ * (the dumping thread, which records its own stack if registered). */
+struct round {
+	unsigned g;
+	int self;
+	struct asked a[MAX_SLOTS];
+	int n;
 };
 
 /* One thread's stack as the dump reports it. */
@@ -240,11 +313,12 @@ struct capture {
 };
 
 /* Our own stack, for a registered thread that dumps itself. */
-static __attribute__((noinline)) void capture_self(struct slot *s, unsigned g)
+static __attribute__((noinline)) void capture_self(struct slot *s,
+						   unsigned long long done)
 {
 	s->nframes = backtrace(s->frames, MAX_FRAMES);
 	s->pc = 0;
-	atomic_store(&s->done, g);
+	atomic_store(&s->ask, done);
 }
 
 /* Where the interrupted code starts in a handler's backtrace: after the
@@ -274,40 +348,118 @@ static bool task_exists(int tid)
 	return access(path, F_OK) == 0;
 }
 
-/* Thread TID blocks STACKDUMP_SIGNAL now (its "SigBlk:" mask in /proc). A
- * signal sent to it would only wait, pending, until it unblocks. */
-static bool task_blocks_signal(int tid)
+/* Copy the value of a "Name:" line of /proc (VAL, up to its newline) to
+ * NAME, undoing the kernel's escapes ("\\" for a backslash, "\n" for a
+ * newline): up to a newline in the name, as the comm file reads. */
+static void unescape_name(char *name, size_t len, const char *val)
 {
-	return (task_sigmask(tid, "SigBlk") >> (STACKDUMP_SIGNAL - 1)) & 1;
-}
+	size_t n = 0;
 
-/* Send the thread of slot I the signal for dump G. */
-static enum outcome signal_slot(int i, unsigned g, int *err)
-{
-	struct slot *s = &slots[i];
-
-	atomic_store(&s->want, g);
-	if (tgkill(getpid(), atomic_load(&s->tid), STACKDUMP_SIGNAL) == 0)
-		return ASKED;
-	*err = errno;
-	return errno == ESRCH ? GONE : UNSENT;
-}
-
-/* Ask the thread of slot I for its stack for dump G (the caller, SELF,
- * records its own), unless it blocks the signal: then BLOCKS, and
- * await_answers() tries again. Under reg_lock. */
-static enum outcome ask(int i, unsigned g, int self, int *err)
-{
-	struct slot *s = &slots[i];
-	int tid = atomic_load(&s->tid);
-
-	if (tid == self) {
-		capture_self(s, g);
-		return ASKED;
+	for (; *val && *val != '\n' && n + 1 < len; val++) {
+		if (*val == '\\' && val[1] == 'n')
+			break;
+		if (*val == '\\' && val[1] == '\\')
+			val++;
+		name[n++] = *val;
 	}
-	if (task_blocks_signal(tid))
-		return BLOCKS;
-	return signal_slot(i, g, err);
+	name[n] = '\0';
+}
+
+/* Thread TID's kernel name (into NAME, LEN bytes, unless NULL) and
+ * whether it blocks STACKDUMP_SIGNAL (its "SigBlk:" mask; a signal sent
+ * to it would only wait, pending, until it unblocks), from one read of
+ * its status in /proc. False if it is gone. */
+static bool task_status(int tid, char *name, size_t len, bool *blocks)
+{
+	char path[64], line[256];
+	bool bol = true, at_start, found = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/status", tid);
+	if (!(f = fopen(path, "re")))
+		return false;
+	*blocks = false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		/* Long lines (Groups:) come in pieces: only the first
+		 * piece starts a field. */
+		at_start = bol;
+		bol = strchr(line, '\n') != NULL;
+		if (!at_start)
+			continue;
+		if (name && strncmp(line, "Name:\t", 6) == 0)
+			unescape_name(name, len, line + 6);
+		else if (strncmp(line, "SigBlk:", 7) == 0) {
+			*blocks = (strtoull(line + 7, NULL, 16) >>
+				   (STACKDUMP_SIGNAL - 1)) & 1;
+			found = true;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+/* Send the thread of request E the signal for dump G, unless its slot
+ * is still being written by the handler of an earlier dump's late
+ * signal: that thread is in its handler, so it blocks the signal, and is
+ * asked again once it is out. */
+static void signal_thread(struct asked *e, unsigned g)
+{
+	struct slot *s = &slots[e->slot];
+
+	if (ask_phase(atomic_load(&s->ask)) == WRITING) {
+		e->how = BLOCKS;
+		return;
+	}
+	/* Nothing but this thread changes a word that is not WRITING. */
+	atomic_store(&s->ask, ask_word(e->tid, g, ASKING));
+	if (tgkill(getpid(), e->tid, STACKDUMP_SIGNAL) == 0) {
+		e->how = ASKED;
+		return;
+	}
+	e->err = errno;
+	e->how = errno == ESRCH ? GONE : UNSENT;
+}
+
+/* Ask the thread of request E for its stack for dump R (the dumping
+ * thread records its own), unless it BLOCKS the signal (as the caller
+ * read from /proc): then await_answers() tries again. Under reg_lock. */
+static void ask(struct asked *e, const struct round *r, bool blocks)
+{
+	if (e->tid == r->self) {
+		capture_self(&slots[e->slot], ask_word(e->tid, r->g, ANSWERED));
+		e->how = ASKED;
+	} else if (blocks) {
+		e->how = BLOCKS;
+	} else {
+		signal_thread(e, r->g);
+	}
+}
+
+/* A new request in R for slot I's thread TID. */
+static struct asked *add_request(struct round *r, int i, int tid)
+{
+	struct asked *e = &r->a[r->n++];
+
+	*e = (struct asked){ .slot = i, .tid = tid };
+	return e;
+}
+
+/* Ask every registered thread. Under reg_lock. */
+static void ask_registered(struct round *r)
+{
+	bool blocks;
+	int tid;
+
+	for (int i = 0; i < MAX_THREADS; i++) {
+		if ((tid = atomic_load(&slots[i].tid)) == 0)
+			continue;
+		/* Unread (gone, or no /proc): signalled all the same, and
+		 * tgkill() tells. */
+		blocks = false;
+		if (tid != r->self)
+			task_status(tid, NULL, 0, &blocks);
+		ask(add_request(r, i, tid), r, blocks);
+	}
 }
 
 static bool registered_tid(int tid)
@@ -318,163 +470,169 @@ static bool registered_tid(int tid)
 	return false;
 }
 
+/* The next spare slot from *NEXT that can be lent: not one that a late
+ * handler is still writing into. -1 if none is left. */
+static int next_spare(int *next)
+{
+	while (*next < MAX_SLOTS &&
+	       ask_phase(atomic_load(&slots[*next].ask)) == WRITING)
+		(*next)++;
+	return *next < MAX_SLOTS ? (*next)++ : -1;
+}
+
 /* Lend the spare slots to the threads of /proc/self/task that did not
- * register (but the caller, SELF: the dump's helper thread) and ask them
- * for dump G; count in C those beyond the spares. Under reg_lock. */
-static void ask_unregistered(struct capture *c, enum outcome *how, int *err,
-			     unsigned g, int self)
+ * register (but the caller: the dump's helper thread) and ask them;
+ * count in C those beyond the spares. Under reg_lock. */
+static void ask_unregistered(struct round *r, struct capture *c)
 {
 	DIR *d = opendir("/proc/self/task");
 	struct dirent *e;
-	int next = MAX_THREADS, tid;
+	int next = MAX_THREADS, i = -1, tid;
+	bool blocks;
 
 	if (!d)
 		return;
 	while ((e = readdir(d))) {
 		tid = atoi(e->d_name);
-		if (tid <= 0 || tid == self || registered_tid(tid))
+		if (tid <= 0 || tid == r->self || registered_tid(tid))
 			continue;
-		if (next == MAX_SLOTS) {
+		if (i < 0 && (i = next_spare(&next)) < 0) {
 			c->skipped++;
 			continue;
 		}
-		/* Gone already: no longer one of ours. */
-		if (!task_comm(tid, slots[next].name, sizeof(slots[next].name)))
+		/* Gone already: no longer one of ours (and the slot is
+		 * kept for the next). */
+		if (!task_status(tid, slots[i].name, sizeof(slots[i].name),
+				 &blocks))
 			continue;
-		atomic_store(&slots[next].tid, tid);
-		how[next] = ask(next, g, self, &err[next]);
-		next++;
+		atomic_store(&slots[i].tid, tid);
+		ask(add_request(r, i, tid), r, blocks);
+		i = -1;
 	}
 	closedir(d);
 }
 
-/* Threads of dump G still to answer, or still to be asked. */
-static size_t count_waiting(const enum outcome *how, unsigned g)
+/* Request E has its answer for dump G. */
+static bool has_answered(const struct asked *e, unsigned g)
 {
-	size_t n = 0;
-
-	for (int i = 0; i < MAX_SLOTS; i++)
-		if (atomic_load(&slots[i].tid) != 0 &&
-		    (how[i] == BLOCKS || (how[i] == ASKED &&
-		     atomic_load(&slots[i].done) != g)))
-			n++;
-	return n;
+	return atomic_load(&slots[e->slot].ask) ==
+	       ask_word(e->tid, g, ANSWERED);
 }
 
-/* Threads block signals for a moment in many places (glibc's
- * pthread_create() and posix_spawn() block them all): ask those that
- * blocked ours as soon as they unblock it. */
-static bool retry_blocked(enum outcome *how, int *err, unsigned g)
+/* One look at every request of R, on each wake-up: ask those that
+ * blocked the signal as soon as they have unblocked it (threads block
+ * signals for a moment in many places: glibc's pthread_create() and
+ * posix_spawn() block them all), and, if FORGET, stop waiting for
+ * unregistered threads that have exited since they were asked (they will
+ * not answer; a registered thread cannot leave the registry under a
+ * dump). How many are still to answer, or to be asked; *BLOCKED if any
+ * is still to be asked. */
+static int sweep(struct round *r, bool forget, bool *blocked)
 {
-	bool still = false;
+	int waiting = 0;
+	bool blocks;
 
-	for (int i = 0; i < MAX_SLOTS; i++) {
-		int tid = atomic_load(&slots[i].tid);
+	*blocked = false;
+	for (int k = 0; k < r->n; k++) {
+		struct asked *e = &r->a[k];
 
-		if (tid == 0 || how[i] != BLOCKS)
+		if (e->how == BLOCKS) {
+			if (!task_status(e->tid, NULL, 0, &blocks))
+				e->how = GONE;
+			else if (!blocks)
+				signal_thread(e, r->g);
+			if (e->how == BLOCKS) {
+				*blocked = true;
+				waiting++;
+				continue;
+			}
+		}
+		if (e->how != ASKED || has_answered(e, r->g))
 			continue;
-		if (!task_exists(tid))
-			how[i] = GONE;
-		else if (!task_blocks_signal(tid))
-			how[i] = signal_slot(i, g, &err[i]);
+		if (forget && e->slot >= MAX_THREADS && !task_exists(e->tid))
+			e->how = GONE;
 		else
-			still = true;
+			waiting++;
 	}
-	return still;
+	return waiting;
 }
 
-/* Asked threads that have exited since will not answer: do not wait for
- * them. (A registered thread cannot leave the registry under a dump.) */
-static void forget_exited(enum outcome *how, unsigned g)
-{
-	for (int i = MAX_THREADS; i < MAX_SLOTS; i++) {
-		int tid = atomic_load(&slots[i].tid);
-
-		if (tid != 0 && how[i] == ASKED &&
-		    atomic_load(&slots[i].done) != g && !task_exists(tid))
-			how[i] = GONE;
-	}
-}
-
-/* Wait for the answers to dump G until STACKDUMP_TIMEOUT_MS after START,
+/* Wait for the answers to R until STACKDUMP_TIMEOUT_MS after START,
  * looking every 100 ms for threads that exited meanwhile, and every 5 ms,
  * while some block the signal, whether they have unblocked it. Recount
- * on each wake-up rather than trust the number of posts: a late answer
- * to an earlier dump may post too. Those that still block it at the end
- * are never sent it: no signal is left pending on them. */
-static void await_answers(enum outcome *how, int *err, unsigned g,
-			  long long start)
+ * on each wake-up rather than trust the number of posts: an answer that
+ * came just as the last dump ended may post too. Those that still block
+ * it at the end are never sent it: no signal is left pending on them. */
+static void await_answers(struct round *r, long long start)
 {
 	long long end = start + STACKDUMP_TIMEOUT_MS, now, wake;
 	struct timespec until;
-	bool blocked;
+	bool blocked, timed_out = false;
 
-	for (;;) {
-		blocked = retry_blocked(how, err, g);
-		if (count_waiting(how, g) == 0 || (now = now_ms()) >= end)
-			break;
+	while (sweep(r, timed_out, &blocked) > 0 && (now = now_ms()) < end) {
 		wake = now + (blocked ? 5 : 100);
 		if (wake > end)
 			wake = end;
 		until.tv_sec = wake / 1000;
 		until.tv_nsec = (wake % 1000) * 1000000L;
-		if (sem_clockwait(&answered, CLOCK_MONOTONIC, &until) < 0 &&
-		    errno == ETIMEDOUT)
-			forget_exited(how, g);
+		timed_out = sem_clockwait(&answered, CLOCK_MONOTONIC,
+					  &until) < 0 && errno == ETIMEDOUT;
 	}
 }
 
-/* Slot I's thread as the dump reports it, into ST. */
-static void collect(struct stack *st, int i, enum outcome how, int err,
-		    unsigned g)
+/* Request E's thread as the dump reports it, into ST; and the request
+ * withdrawn, so that a late signal stores nothing (a handler that is
+ * storing its frames right now finishes; its slot is not lent again
+ * until it has). */
+static void collect(struct stack *st, const struct asked *e, unsigned g)
 {
-	struct slot *s = &slots[i];
+	struct slot *s = &slots[e->slot];
+	unsigned long long a;
 
-	st->tid = atomic_load(&s->tid);
+	st->tid = e->tid;
 	memcpy(st->name, s->name, sizeof(st->name));
-	st->registered = i < MAX_THREADS;
-	st->outcome = how;
-	st->err = err;
-	st->captured = how == ASKED && atomic_load(&s->done) == g;
-	if (st->captured) {
-		st->nframes = s->nframes;
-		memcpy(st->frames, s->frames,
-		       sizeof(void *) * (size_t)s->nframes);
-		locate_first_frame(st, s->pc);
-	} else if (how == ASKED && !task_exists(st->tid)) {
+	st->registered = e->slot < MAX_THREADS;
+	st->outcome = e->how;
+	st->err = e->err;
+	st->captured = false;
+	do {
+		a = atomic_load(&s->ask);
+		if (a == ask_word(e->tid, g, ANSWERED) && e->how == ASKED) {
+			st->captured = true;
+			st->nframes = s->nframes;
+			memcpy(st->frames, s->frames,
+			       sizeof(void *) * (size_t)s->nframes);
+			locate_first_frame(st, s->pc);
+		}
+	} while (ask_phase(a) != WRITING &&
+		 !atomic_compare_exchange_strong(&s->ask, &a, 0));
+	if (!st->captured && st->outcome == ASKED && !task_exists(st->tid))
 		st->outcome = GONE;
-	}
 }
 
 /* Ask every thread for its stack and wait for the answers (until
  * STACKDUMP_TIMEOUT_MS), into C. */
 static void capture_all(struct capture *c)
 {
-	enum outcome how[MAX_SLOTS] = { NO_THREAD };
-	int err[MAX_SLOTS] = { 0 };
-	int self = gettid();
+	struct round r = { .self = gettid() };
 	long long start = now_ms();
-	unsigned g;
 
 	pthread_mutex_lock(&reg_lock);
-	if (++generation == 0)
-		++generation;
-	g = generation;
+	generation = generation % GEN_MAX + 1;
+	r.g = generation;
 	while (sem_trywait(&answered) == 0)
 		;
-	for (int i = 0; i < MAX_THREADS; i++)
-		if (atomic_load(&slots[i].tid) != 0)
-			how[i] = ask(i, g, self, &err[i]);
-	ask_unregistered(c, how, err, g, self);
-	await_answers(how, err, g, start);
-	for (int i = 0; i < MAX_SLOTS; i++) {
-		if (atomic_load(&slots[i].tid) == 0)
-			continue;
-		collect(&c->st[c->n++], i, how[i], err[i], g);
+	ask_registered(&r);
+	ask_unregistered(&r, c);
+	await_answers(&r, start);
+	for (int k = 0; k < r.n; k++) {
+		struct slot *s = &slots[r.a[k].slot];
+
+		collect(&c->st[c->n++], &r.a[k], r.g);
 		/* A spare is lent for this dump only. */
-		if (i >= MAX_THREADS) {
-			atomic_store(&slots[i].tid, 0);
-			slots[i].name[0] = '\0';
+		if (r.a[k].slot >= MAX_THREADS) {
+			atomic_store(&s->tid, 0);
+			s->name[0] = '\0';
 		}
 	}
 	pthread_mutex_unlock(&reg_lock);

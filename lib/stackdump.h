@@ -66,4 +66,10 @@ void stackdump_on_signal(int signo, void *arg);
  * exiting, and in tests). */
 void stackdump_wait(void);
 
+/* For tests only (NULL otherwise): called by the dump signal's handler,
+ * on the interrupted thread, between recording the thread's frames and
+ * storing them, to widen the window in which a dump can end and the next
+ * one lend the thread's slot to another. Async-signal-safe code only. */
+extern _Atomic(void (*)(void)) stackdump_test_delay;
+
 #endif

@@ -9,9 +9,12 @@
  * one that blocks it for a moment is captured; a thread the kernel holds
  * (a vfork() parent) delays the dump but does not hang it; threads that
  * start and end all the time do not either; a thread that exited is gone
- * from the registry; the asynchronous request logs the same; and a dump
- * asked for while one runs is skipped. The log goes to a file that the
- * test reads back. */
+ * from the registry; a spare slot lent anew at each dump never shows
+ * another thread's frames, with answers coming at any time or after their
+ * dump has given up on them (the handler made to dawdle through
+ * stackdump_test_delay); the asynchronous request logs the same; and a
+ * dump asked for while one runs is skipped. The log goes to a file that
+ * the test reads back. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -410,12 +413,16 @@ TEST(every_thread_named_with_its_stack)
 }
 
 /* A thread as a library starts it: plain pthread_create(), no name of
- * its own, no registration, sleeping for an hour at a time. */
+ * its own, no registration, sleeping for an hour at a time. (The late
+ * answer's threads below are sleepers too, with a role.) */
 struct sleeper {
 	pthread_t thread;
 	atomic_int tid;
 	atomic_bool quit;
 	sem_t ready;
+	char role;
+	atomic_int woke;        /* naps cut short by a handler, as it counts */
+	atomic_char ran;        /* its role again, as its own function saw */
 };
 
 static __attribute__((noinline)) void sleeper_naps(void)
@@ -437,13 +444,20 @@ static void *sleeper_main(void *arg)
 	return NULL;
 }
 
-static void sleeper_start(struct sleeper *s)
+/* Start S on MAIN_FN, which posts READY once it has set TID, and wait
+ * until it sleeps. */
+static void sleeper_start_on(struct sleeper *s, void *(*main_fn)(void *))
 {
 	sem_init(&s->ready, 0, 0);
-	REQUIRE(pthread_create(&s->thread, NULL, sleeper_main, s) == 0);
+	REQUIRE(pthread_create(&s->thread, NULL, main_fn, s) == 0);
 	while (sem_wait(&s->ready) < 0)
 		;
 	wait_for_state(atomic_load(&s->tid), 'S');
+}
+
+static void sleeper_start(struct sleeper *s)
+{
+	sleeper_start_on(s, sleeper_main);
 }
 
 /* Wake it until it has seen QUIT and ended (pthread_cancel() would do,
@@ -755,6 +769,293 @@ TEST(threads_coming_and_going)
 	atomic_store(&churn_quit, true);
 	pthread_join(t, NULL);
 	log_restore();
+}
+
+/* Spare slots lent anew at every dump, while answers come in at any
+ * time: short lived unregistered threads of eight kinds, each running a
+ * function of its own and named after it, interrupt themselves with the
+ * dump signal now and then (an answer that no dump asked for, as a late
+ * one would be), and the handler dawdles before it stores its frames.
+ * Dumps run back to back; no thread may ever show another kind's
+ * function, or its spawner's (another thread's frames stored into the
+ * slot lent to it). */
+enum { RACE_KINDS = 8, RACE_SPAWNERS = 2, RACE_DUMPS = 150 };
+
+static atomic_bool race_quit;
+static atomic_uint race_seed;
+
+/* The handler's pause, after it has recorded its frames (async-signal-
+ * safe): 0 to 20 ms, longer than a dump takes. */
+static void race_delay(void)
+{
+	unsigned r = atomic_fetch_add(&race_seed, 2654435761u);
+	struct timespec ts = { 0, (long)((r >> 8) % 20000000) };
+
+	nanosleep(&ts, NULL);
+}
+
+static __attribute__((noinline)) void race_body(int kind)
+{
+	struct timespec ts = { 0, 200000 };
+	char name[16];
+
+	snprintf(name, sizeof(name), "racer-%d", kind);
+	pthread_setname_np(pthread_self(), name);
+	for (int i = 0; i < 4 && !atomic_load(&race_quit); i++) {
+		nanosleep(&ts, NULL);
+		pthread_kill(pthread_self(), STACKDUMP_SIGNAL);
+	}
+	__asm__ volatile("" ::: "memory");
+}
+
+#define RACER(k)							\
+	static __attribute__((noinline)) void *racer_##k##_runs(void *arg) \
+	{								\
+		race_body(k);						\
+		__asm__ volatile("" ::: "memory");			\
+		return arg;						\
+	}
+RACER(0) RACER(1) RACER(2) RACER(3) RACER(4) RACER(5) RACER(6) RACER(7)
+
+static void *(*const racers[RACE_KINDS])(void *) = {
+	racer_0_runs, racer_1_runs, racer_2_runs, racer_3_runs,
+	racer_4_runs, racer_5_runs, racer_6_runs, racer_7_runs,
+};
+
+/* One of each kind at a time, again and again. */
+static void *race_spawner(void *arg)
+{
+	pthread_t t[RACE_KINDS];
+	bool made[RACE_KINDS];
+
+	while (!atomic_load(&race_quit)) {
+		for (int k = 0; k < RACE_KINDS; k++)
+			made[k] = pthread_create(&t[k], NULL, racers[k],
+						 NULL) == 0;
+		for (int k = 0; k < RACE_KINDS; k++)
+			if (made[k])
+				pthread_join(t[k], NULL);
+	}
+	return arg;
+}
+
+/* Check every racer's stack in LOG: the count of those showing their own
+ * function into OWN, of those showing another's into WRONG. */
+static void race_check(const char *log, int *own, int *wrong)
+{
+	const char *p = log;
+	char head[32], fn[32];
+	int tid, kind;
+
+	while ((p = strstr(p, "nodepool.stack_dump: Thread: "))) {
+		p += strlen("nodepool.stack_dump: ");
+		if (sscanf(p, "Thread: %d racer-%d (unregistered)", &tid,
+			   &kind) != 2 || kind < 0 || kind >= RACE_KINDS)
+			continue;
+		snprintf(head, sizeof(head), "racer-%d (unregistered)", kind);
+		if (thread_has(log, tid, head, "race_spawner+0x"))
+			(*wrong)++;
+		for (int k = 0; k < RACE_KINDS; k++) {
+			snprintf(fn, sizeof(fn), "racer_%d_runs+0x", k);
+			if (!thread_has(log, tid, head, fn))
+				continue;
+			if (k == kind)
+				(*own)++;
+			else
+				(*wrong)++;
+		}
+	}
+}
+
+TEST(spare_slots_keep_their_own_threads_frames)
+{
+	pthread_t sp[RACE_SPAWNERS];
+	int own = 0, wrong = 0, ends = 0;
+	char *log, *p;
+
+	log_to_file();
+	/* The first dump installs the handler that the racers' own
+	 * signals need (run alone, this test has made none before). */
+	CHECK(stackdump_dump());
+	atomic_store(&race_quit, false);
+	atomic_store(&stackdump_test_delay, race_delay);
+	for (int i = 0; i < RACE_SPAWNERS; i++)
+		REQUIRE(pthread_create(&sp[i], NULL, race_spawner, NULL) == 0);
+	for (int i = 0; i < RACE_DUMPS; i++) {
+		log_clear();
+		CHECK(stackdump_dump());
+		log = log_text();
+		race_check(log, &own, &wrong);
+		for (p = log; (p = strstr(p, "End stack dump")); p++)
+			ends++;
+		free(log);
+	}
+	atomic_store(&race_quit, true);
+	for (int i = 0; i < RACE_SPAWNERS; i++)
+		pthread_join(sp[i], NULL);
+	atomic_store(&stackdump_test_delay, NULL);
+	printf("  %d racers' stacks checked, %d with another's frames\n",
+	       own + wrong, wrong);
+	CHECK_INT(wrong, 0);
+	CHECK(own > 0);
+	CHECK_INT(ends, RACE_DUMPS);
+	log_restore();
+}
+
+/* A late answer, step by step: three unregistered threads, F(iller),
+ * L(ate) and N(ew), listed in that order. L's handler, asked by the
+ * first dump, waits in the middle (after recording its frames, before
+ * storing them) until the test lets it go; the dump gives up on it. F
+ * ends, so the second dump lends L's slot to N. L's handler goes on
+ * either while N's waits in the same place (L first) or once N has
+ * answered (N first). Either way N's stack is its own, and L's comes in
+ * its own slot once its handler is over. */
+static _Thread_local char lone_role;
+static atomic_int late_dump;    /* the test's dump now running: 1, 2 */
+static atomic_bool late_go_l, late_go_n, late_n_held, late_n_first;
+
+static bool wait_flag(atomic_bool *flag)
+{
+	struct timespec ms = { 0, 1000000 };
+
+	for (int i = 0; i < 5000 && !atomic_load(flag); i++)
+		nanosleep(&ms, NULL);
+	return atomic_load(flag);
+}
+
+/* The handler's pause (async-signal-safe): L's in the first dump, N's
+ * in the second (L first). */
+static void late_delay(void)
+{
+	if (lone_role == 'l' && atomic_load(&late_dump) == 1) {
+		wait_flag(&late_go_l);
+	} else if (lone_role == 'n' && atomic_load(&late_dump) == 2 &&
+		   !atomic_load(&late_n_first)) {
+		atomic_store(&late_n_held, true);
+		wait_flag(&late_go_n);
+	}
+}
+
+/* Each its own code (which the role's letter makes differ), so that the
+ * compiler does not fold the three into one. */
+#define LONE_SLEEPS(fn, role)						\
+	static __attribute__((noinline)) void fn(struct sleeper *x)	\
+	{								\
+		struct timespec ts = { 3600, 0 };			\
+									\
+		atomic_store(&x->ran, role);				\
+		while (!atomic_load(&x->quit)) {			\
+			nanosleep(&ts, NULL);				\
+			atomic_fetch_add(&x->woke, 1);			\
+		}							\
+		__asm__ volatile("" ::: "memory");			\
+	}
+LONE_SLEEPS(filler_sleeps, 'f')
+LONE_SLEEPS(latecomer_sleeps, 'l')
+LONE_SLEEPS(newcomer_sleeps, 'n')
+
+static void *lone_main(void *arg)
+{
+	struct sleeper *x = arg;
+	char name[16];
+
+	lone_role = x->role;
+	snprintf(name, sizeof(name), "late-%c", x->role);
+	pthread_setname_np(pthread_self(), name);
+	atomic_store(&x->tid, gettid());
+	sem_post(&x->ready);
+	if (x->role == 'f')
+		filler_sleeps(x);
+	else if (x->role == 'l')
+		latecomer_sleeps(x);
+	else
+		newcomer_sleeps(x);
+	return NULL;
+}
+
+static void lone_start(struct sleeper *x, char role)
+{
+	x->role = role;
+	sleeper_start_on(x, lone_main);
+}
+
+/* Wait until X has returned from a handler since it had counted WOKE. */
+static bool lone_woke_since(struct sleeper *x, int woke)
+{
+	struct timespec ms = { 0, 1000000 };
+
+	for (int i = 0; i < 5000 && atomic_load(&x->woke) == woke; i++)
+		nanosleep(&ms, NULL);
+	return atomic_load(&x->woke) != woke;
+}
+
+static void late_answer(bool n_first)
+{
+	struct sleeper f = { 0 }, l = { 0 }, n = { 0 };
+	char *log;
+	int woke;
+
+	log_to_file();
+	atomic_store(&late_go_l, false);
+	atomic_store(&late_go_n, false);
+	atomic_store(&late_n_held, false);
+	atomic_store(&late_n_first, n_first);
+	atomic_store(&late_dump, 1);
+	atomic_store(&stackdump_test_delay, late_delay);
+	lone_start(&f, 'f');
+	lone_start(&l, 'l');
+	lone_start(&n, 'n');
+
+	/* The first dump gives up on L. */
+	CHECK(stackdump_request());
+	stackdump_wait();
+	log = log_text();
+	CHECK(thread_has(log, l.tid, "late-l (unregistered)",
+			 "(no stack captured: no answer within 2000 ms)"));
+	CHECK(thread_has(log, n.tid, "late-n (unregistered)",
+			 "newcomer_sleeps+0x"));
+	free(log);
+	sleeper_stop(&f);
+
+	/* The second lends L's slot to N. */
+	log_clear();
+	atomic_store(&late_dump, 2);
+	woke = atomic_load(&n.woke);
+	CHECK(stackdump_request());
+	if (n_first)
+		CHECK(lone_woke_since(&n, woke));
+	else
+		CHECK(wait_flag(&late_n_held));
+	woke = atomic_load(&l.woke);
+	atomic_store(&late_go_l, true);
+	CHECK(lone_woke_since(&l, woke));
+	atomic_store(&late_go_n, true);
+	stackdump_wait();
+	log = log_text();
+	CHECK(thread_has(log, n.tid, "late-n (unregistered)",
+			 "newcomer_sleeps+0x"));
+	CHECK(!thread_has(log, n.tid, "late-n (unregistered)",
+			  "latecomer_sleeps"));
+	CHECK(thread_has(log, l.tid, "late-l (unregistered)",
+			 "latecomer_sleeps+0x"));
+	CHECK(has(log, "End stack dump"));
+	free(log);
+
+	atomic_store(&stackdump_test_delay, NULL);
+	atomic_store(&late_dump, 0);
+	sleeper_stop(&l);
+	sleeper_stop(&n);
+	log_restore();
+}
+
+TEST(a_late_answer_stores_nothing_l_first)
+{
+	late_answer(false);
+}
+
+TEST(a_late_answer_stores_nothing_n_first)
+{
+	late_answer(true);
 }
 
 TEST(asynchronous_request)
