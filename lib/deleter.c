@@ -40,6 +40,11 @@ typedef struct delop {
 	struct delop *next;
 	enum op_kind kind;
 	enum op_state state;
+	/* PATH, LOCK_DIR and ID (the end of the path) are in one
+	 * allocation, PATH's (op_alloc): the operation itself is near the
+	 * size where glibc's malloc takes its slow way (1 KiB). */
+	char *path;          /* the node's znode (np_path_node) */
+	char *lock_dir;      /* its lock's (np_path_node_lock) */
 	char *id;
 	uint32_t id_hash;    /* str_hash() of id, compared first by find_op */
 	np_provmgr *pm;
@@ -52,7 +57,6 @@ typedef struct delop {
 	bool dead;
 	zk_op ops[4];        /* the removal multi */
 	int nops;
-	char *paths[4];
 	char *json;
 	bool tree_failed;    /* recursive removal hit an error */
 	long long start_ms;
@@ -111,10 +115,8 @@ static void op_free(delop *o)
 {
 	if (o->have_node)
 		np_node_clear(&o->node);
-	for (int i = 0; i < 4; i++)
-		free(o->paths[i]);
 	free(o->json);
-	free(o->id);
+	free(o->path); /* and the other strings in its allocation */
 	free(o);
 }
 
@@ -281,7 +283,6 @@ static void tnode_start(delop *o, tnode *parent, const char *path)
 static void deleted_written(zk *z, int rc, const zk_stat *st, void *arg)
 {
 	delop *o = arg;
-	char *path;
 
 	if (unbusy(o))
 		return;
@@ -289,26 +290,22 @@ static void deleted_written(zk *z, int rc, const zk_stat *st, void *arg)
 		removed(o);
 		return;
 	}
-	path = np_path_node(o->id);
-	tnode_start(o, NULL, path);
-	free(path);
+	tnode_start(o, NULL, o->path);
 }
 
 /* Upstream's deleteNode: `deleted` first, then the tree. */
 static void remove_slowly(delop *o)
 {
-	char *path = np_path_node(o->id);
 	char *json;
 
 	np_node_set_state(&o->node, NP_NODE_DELETED);
 	json = np_node_encode(&o->node);
-	if (launcher_aset(o->d->l, path, json, (int)strlen(json),
+	if (launcher_aset(o->d->l, o->path, json, (int)strlen(json),
 			  deleted_written, o) == ZOK)
 		o->busy++;
 	else
 		op_end(o);
 	free(json);
-	free(path);
 }
 
 static void multi_done(zk *z, int rc, void *arg)
@@ -316,7 +313,7 @@ static void multi_done(zk *z, int rc, void *arg)
 	delop *o = arg;
 
 	/* The node went with it (or, failed, the cache reads it). */
-	zkc_write_done(launcher_nodes(o->l), o->paths[0], rc, NULL, 0, NULL);
+	zkc_write_done(launcher_nodes(o->l), o->path, rc, NULL, 0, NULL);
 	if (unbusy(o))
 		return;
 	if (rc == ZOK) {
@@ -344,28 +341,30 @@ static void remove_node(delop *o)
 		return;
 	}
 	np_node_set_state(&o->node, NP_NODE_DELETED);
+	free(o->json);
 	o->json = np_node_encode(&o->node);
-	o->paths[0] = np_path_node(o->id);
-	o->paths[1] = xstrdup(mine);
-	o->paths[2] = np_path_node_lock(o->id);
-	o->paths[3] = np_path_node(o->id);
 	memset(o->ops, 0, sizeof(o->ops));
 	o->ops[0].type = ZK_OP_SET;
-	o->ops[0].path = o->paths[0];
+	o->ops[0].path = o->path;
 	o->ops[0].data = o->json;
 	o->ops[0].len = (int)strlen(o->json);
 	o->ops[0].version = -1;
+	/* The contender's path is the lock's: zk_amulti() copies the ops'
+	 * paths into its request, and only their results are written back
+	 * (the lock may be freed before the reply). */
+	o->ops[1].path = mine;
+	o->ops[2].path = o->lock_dir;
+	o->ops[3].path = o->path;
 	for (int i = 1; i < 4; i++) {
 		o->ops[i].type = ZK_OP_DELETE;
-		o->ops[i].path = o->paths[i];
 		o->ops[i].version = -1;
 	}
 	o->nops = 4;
-	zkc_write_begin(launcher_nodes(o->d->l), o->paths[0]);
+	zkc_write_begin(launcher_nodes(o->d->l), o->path);
 	if (zk_amulti(launcher_zk(o->d->l), o->ops, 4, multi_done, o) == ZOK) {
 		o->busy++;
 	} else {
-		zkc_write_done(launcher_nodes(o->d->l), o->paths[0], ZCLOSING,
+		zkc_write_done(launcher_nodes(o->d->l), o->path, ZCLOSING,
 			       NULL, 0, NULL);
 		op_end(o);
 	}
@@ -424,19 +423,17 @@ static void start_delete(delop *o)
 {
 	const char *ext = json_is_string(o->node.external_id) ?
 			  json_string_value(o->node.external_id) : NULL;
-	char *path, *json;
+	char *json;
 
 	log_info(LOGGER, "Deleting %s instance %s from %s", o->node.state,
 		 ext ? ext : "None", o->node.provider);
 	np_node_set_state(&o->node, NP_NODE_DELETING);
-	path = np_path_node(o->id);
 	json = np_node_encode(&o->node);
-	if (launcher_aset_record(o->d->l, path, json, (int)strlen(json),
+	if (launcher_aset_record(o->d->l, o->path, json, (int)strlen(json),
 				 NP_KIND_NODE, (const np_record *)&o->node,
 				 deleting_written, o) == ZOK)
 		o->busy++;
 	free(json);
-	free(path);
 	o->state = OS_CLOUD;
 	if (ext && o->pm->drv->delete_instance) {
 		o->op = o->pm->drv->delete_instance(o->pm->m, ext, cloud_deleted, o);
@@ -467,7 +464,7 @@ static void dealloc_written(zk *z, int rc, const zk_stat *st, void *arg)
 static void request_checked(zk *z, int rc, const zk_stat *st, void *arg)
 {
 	delop *o = arg;
-	char *path, *json, *old;
+	char *json, *old;
 
 	if (unbusy(o))
 		return;
@@ -480,15 +477,13 @@ static void request_checked(zk *z, int rc, const zk_stat *st, void *arg)
 	log_debug(LOGGER, "Deallocated node %s with missing request %s", o->id,
 		  old);
 	free(old);
-	path = np_path_node(o->id);
 	json = np_node_encode(&o->node);
-	if (launcher_aset(o->d->l, path, json, (int)strlen(json),
+	if (launcher_aset(o->d->l, o->path, json, (int)strlen(json),
 			  dealloc_written, o) == ZOK)
 		o->busy++;
 	else
 		op_end(o);
 	free(json);
-	free(path);
 }
 
 static void node_read(zk *z, int rc, const char *data, int len,
@@ -547,40 +542,52 @@ static void node_read(zk *z, int rc, const char *data, int len,
 static void op_locked(zk_lock *l, int rc, void *arg)
 {
 	delop *o = arg;
-	char *path;
 
 	if (rc != ZOK) {
 		op_end(o);
 		return;
 	}
 	o->state = OS_READ;
-	path = np_path_node(o->id);
-	if (zk_aget(launcher_zk(o->d->l), path, NULL, NULL, node_read, o) == ZOK)
+	if (zk_aget(launcher_zk(o->d->l), o->path, NULL, NULL, node_read,
+		    o) == ZOK)
 		o->busy++;
 	else
 		op_end(o);
-	free(path);
+}
+
+/* The operation, zeroed, with its node's path, lock directory and id
+ * in one allocation of their own: they live as long as it does. */
+static delop *op_alloc(const char *id)
+{
+	delop *o = xcalloc(1, sizeof(*o));
+	size_t lock;
+	sbuf sb;
+
+	sbuf_block_begin(&sb, 0, 2 * (sizeof(NP_NODE_ROOT) + strlen(id)) + 16);
+	(void)sbuf_block_strf(&sb, "%s/%s", NP_NODE_ROOT, id);
+	lock = sbuf_block_strf(&sb, "%s/%s/lock", NP_NODE_ROOT, id);
+	o->path = sbuf_detach(&sb);
+	o->id = o->path + sizeof(NP_NODE_ROOT);
+	o->lock_dir = o->path + lock;
+	return o;
 }
 
 static void start_op(np_deleter *d, const char *id, np_provmgr *pm,
 		     enum op_kind kind)
 {
-	delop *o = xcalloc(1, sizeof(*o));
-	char *dir = np_path_node_lock(id);
+	delop *o = op_alloc(id);
 
 	o->d = d;
 	o->l = d->l;
 	o->kind = kind;
-	o->id = xstrdup(id);
 	o->id_hash = str_hash(id, strlen(id));
 	o->pm = provmgr_ref(pm);
 	o->start_ms = now_ms();
 	o->next = d->ops;
 	d->ops = o;
 	d->nops++;
-	o->lock = zk_lock_new(launcher_zk(d->l), dir, NULL);
+	o->lock = zk_lock_new(launcher_zk(d->l), o->lock_dir, NULL);
 	zk_lock_assume_dir(o->lock); /* made with the node */
-	free(dir);
 	(void)zk_lock_acquire_async(o->lock, false, 0, op_locked, o);
 }
 

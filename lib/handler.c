@@ -177,14 +177,10 @@ static void free_handler(np_handler *h)
 		np_request_clear(&h->req);
 	strlist_free(&h->tried);
 	provmgr_unref(h->pm);
-	free(h->id);
-	free(h->event_id);
 	free(h->chosen_az);
 	free(h->reuse_id);
 	free(h->reuse_label);
-	free(h->decline_reason);
-	free(h->logger);
-	free(h);
+	free(h); /* and the strings after it (handler_new) */
 }
 
 void handler_release(np_handler *h)
@@ -242,15 +238,13 @@ static void stored(zk *z, int rc, const zk_stat *st, void *arg)
 
 static void store_request(np_handler *h)
 {
-	char *path = np_path_request(h->id);
 	char *json = np_request_encode(&h->req);
 
-	if (launcher_aset_record(h->pw->l, path, json, (int)strlen(json),
+	if (launcher_aset_record(h->pw->l, h->path, json, (int)strlen(json),
 				 NP_KIND_REQUEST, (const np_record *)&h->req,
 				 stored, h) == ZOK)
 		h->busy++;
 	free(json);
-	free(path);
 }
 
 static void unlock_request(np_handler *h)
@@ -394,24 +388,20 @@ static void prefetched(zk *z, int rc, const char *data, int len,
 static void on_pre_timer(evloop *loop, uint64_t id, void *arg)
 {
 	np_handler *h = arg;
-	char *path;
 
 	h->pre_timer = 0;
 	if (h->dead)
 		return;
-	path = np_path_request(h->id);
-	if (zk_aget(launcher_zk(h->pw->l), path, NULL, NULL, prefetched,
+	if (zk_aget(launcher_zk(h->pw->l), h->path, NULL, NULL, prefetched,
 		    h) == ZOK) {
 		h->busy++;
 		h->pre_sent = true;
 	}
-	free(path);
 }
 
 static void locked(zk_lock *l, int rc, void *arg)
 {
 	np_handler *h = arg;
-	char *path;
 
 	if (h->pre_timer) {
 		/* Decided before the read went out: no use for it now. */
@@ -431,37 +421,62 @@ static void locked(zk_lock *l, int rc, void *arg)
 		h->pre_wanted = true; /* its reply is next */
 		return;
 	}
-	path = np_path_request(h->id);
-	if (zk_aget(launcher_zk(h->pw->l), path, NULL, NULL, reread, h) == ZOK)
+	if (zk_aget(launcher_zk(h->pw->l), h->path, NULL, NULL, reread,
+		    h) == ZOK)
 		h->busy++;
 	else {
 		unlock_request(h);
 		finish(h);
 	}
-	free(path);
+}
+
+/* The handler, zeroed, with its strings after it in the same
+ * allocation: they live as long as it does. The id is the end of the
+ * path. */
+static np_handler *handler_alloc(np_poolworker *pw, const np_request *req,
+				 const char *decline_reason)
+{
+	size_t path, lock, ev = 0, reason = 0, logger;
+	np_handler *h;
+	sbuf sb;
+
+	/* Room for the strings as long as they are (the formats' text
+	 * included): the block is not grown. */
+	sbuf_block_begin(&sb, sizeof(*h), 2 * strlen(req->id) +
+			 (req->event_id ? strlen(req->event_id) : 0) +
+			 (decline_reason ? strlen(decline_reason) : 0) +
+			 strlen(pw->launcher_id) + 128);
+	path = sbuf_block_strf(&sb, "%s/%s", NP_REQUEST_ROOT, req->id);
+	lock = sbuf_block_strf(&sb, "%s/%s", NP_REQUEST_LOCK_ROOT, req->id);
+	if (req->event_id)
+		ev = sbuf_block_str(&sb, req->event_id);
+	if (decline_reason)
+		reason = sbuf_block_str(&sb, decline_reason);
+	logger = sbuf_block_strf(&sb, "nodepool.driver.NodeRequestHandler[%s]",
+				 pw->launcher_id);
+	h = (np_handler *)(void *)sbuf_detach(&sb);
+	h->path = (char *)h + path;
+	h->id = h->path + sizeof(NP_REQUEST_ROOT);
+	h->lock_dir = (char *)h + lock;
+	h->event_id = ev ? (char *)h + ev : NULL;
+	h->decline_reason = reason ? (char *)h + reason : NULL;
+	h->logger = (char *)h + logger;
+	return h;
 }
 
 np_handler *handler_new(np_poolworker *pw, const np_request *req,
 			const char *decline_reason)
 {
-	np_handler *h = xcalloc(1, sizeof(*h));
-	char *dir;
+	np_handler *h = handler_alloc(pw, req, decline_reason);
 
 	h->pw = pw;
 	h->pm = provmgr_ref(pw->pm);
-	h->id = xstrdup(req->id);
 	h->id_hash = str_hash(h->id, strlen(h->id));
-	h->event_id = req->event_id ? xstrdup(req->event_id) : NULL;
-	h->decline_reason = decline_reason ? xstrdup(decline_reason) : NULL;
-	h->logger = xasprintf("nodepool.driver.NodeRequestHandler[%s]",
-			      pw->launcher_id);
 	h->start_ms = now_ms();
 	strlist_init(&h->tried);
 	np_request_init(&h->req);
 	h->state = H_LOCKING;
-	dir = np_path_request_lock(h->id);
-	h->lock = zk_lock_new(launcher_zk(pw->l), dir, NULL);
-	free(dir);
+	h->lock = zk_lock_new(launcher_zk(pw->l), h->lock_dir, NULL);
 	HLOG(h, LOG_DEBUG, "Locking request");
 	/* A new lock has no attempt in progress: this cannot be refused.
 	 * Its directory is usually not there yet (nobody has locked the
@@ -993,27 +1008,31 @@ typedef struct completion {
 	} *steps;
 	char *id;
 	char *logger;
+	char *text;         /* room for the ops' paths */
 	np_record **recs;   /* per op: np_record_pack() of a set's record
 			     * for its cache, or NULL */
 	np_kind *kinds;
-	/* OPS, RECS, KINDS, ID and LOGGER live in the completion's own
-	 * allocation, after it (completion_new). */
+	/* OPS, RECS, KINDS, ID, LOGGER and the ops' paths live in the
+	 * completion's own allocation, after it (completion_new); the ops'
+	 * data are their own allocations. */
 } completion;
 
-/* A completion with room for MAX ops, the handler's id and logger
- * copied: one allocation. */
-static completion *completion_new(size_t max, const char *id,
+/* A completion with room for MAX ops and TEXT bytes of their paths, the
+ * handler's id and logger copied: one allocation. */
+static completion *completion_new(size_t max, size_t text, const char *id,
 				  const char *logger)
 {
 	size_t idn = strlen(id) + 1, ln = strlen(logger) + 1;
 	completion *c = xcalloc(1, sizeof(*c) + max * (sizeof(zk_op) +
-			sizeof(np_record *) + sizeof(np_kind)) + idn + ln);
+			sizeof(np_record *) + sizeof(np_kind)) + idn + ln +
+			text);
 
 	c->ops = (zk_op *)(void *)(c + 1);
 	c->recs = (np_record **)(void *)(c->ops + max);
 	c->kinds = (np_kind *)(void *)(c->recs + max);
 	c->id = (char *)(c->kinds + max);
 	c->logger = c->id + idn;
+	c->text = c->logger + ln;
 	memcpy(c->id, id, idn);
 	memcpy(c->logger, logger, ln);
 	return c;
@@ -1024,7 +1043,6 @@ static void completion_unref(completion *c)
 	if (--c->pending > 0)
 		return;
 	for (int i = 0; i < c->n; i++) {
-		free((char *)c->ops[i].path);
 		free((char *)c->ops[i].data);
 		np_record_pack_free(c->kinds[i], c->recs[i]);
 	}
@@ -1156,16 +1174,20 @@ static void completion_done(zk *z, int rc, void *arg)
 	completion_unref(c);
 }
 
-/* An op; a set's DATA is np_record_encode(KIND, REC), and the cache gets
- * a copy of REC (see zkc_write_done_record). */
+/* An op on PATH (copied into the completion's room); a set's DATA is
+ * np_record_encode(KIND, REC), and the cache gets a copy of REC (see
+ * zkc_write_done_record). */
 static void completion_add(completion *c, enum zk_op_type type,
-			   char *path, char *data, np_kind kind,
+			   const char *path, char *data, np_kind kind,
 			   const np_record *rec)
 {
 	zk_op *op = &c->ops[c->n];
+	size_t n = strlen(path) + 1;
 
+	memcpy(c->text, path, n);
 	op->type = type;
-	op->path = path;
+	op->path = c->text;
+	c->text += n;
 	op->data = data;
 	op->len = data ? (int)strlen(data) : 0;
 	op->version = -1;
@@ -1181,9 +1203,22 @@ static void completion_add(completion *c, enum zk_op_type type,
  * released: the multi deletes their contenders. */
 static void complete(np_handler *h)
 {
-	completion *c = completion_new(2 * h->nset + 2, h->id, h->logger);
 	const char *mine;
+	size_t text = strlen(h->path) + 1;
+	completion *c;
 
+	/* Room for every path the ops may name: each node's and its lock
+	 * contender's, the request's and its contender's. */
+	for (size_t i = 0; i < h->nset; i++) {
+		const np_nodelaunch *nl = h->set[i];
+
+		mine = nl->lock ? zk_lock_node(nl->lock) : NULL;
+		text += (nl->path ? strlen(nl->path) + 1 : 0) +
+			(mine ? strlen(mine) + 1 : 0);
+	}
+	mine = h->lock ? zk_lock_node(h->lock) : NULL;
+	text += mine ? strlen(mine) + 1 : 0;
+	c = completion_new(2 * h->nset + 2, text, h->id, h->logger);
 	c->l = h->pw->l;
 	for (size_t i = 0; i < h->nset; i++) {
 		np_nodelaunch *nl = h->set[i];
@@ -1193,14 +1228,14 @@ static void complete(np_handler *h)
 		 * released now, the launch would not send it again after a
 		 * lost connection (nodelaunch.c), the completion does. */
 		if (nl->final_deferred || nl->writes > 0) {
-			completion_add(c, ZK_OP_SET, np_path_node(nl->node.id),
+			completion_add(c, ZK_OP_SET, nl->path,
 				       np_node_encode(&nl->node), NP_KIND_NODE,
 				       (const np_record *)&nl->node);
 			nl->final_deferred = false;
 		}
 		mine = nl->lock ? zk_lock_node(nl->lock) : NULL;
 		if (mine) {
-			completion_add(c, ZK_OP_DELETE, xstrdup(mine), NULL,
+			completion_add(c, ZK_OP_DELETE, mine, NULL,
 				       NP_KIND_NODE, NULL);
 			zk_lock_forget(nl->lock);
 		}
@@ -1209,12 +1244,12 @@ static void complete(np_handler *h)
 		nodelaunch_release(nl, false);
 	}
 	h->nset = 0;
-	completion_add(c, ZK_OP_SET, np_path_request(h->id),
+	completion_add(c, ZK_OP_SET, h->path,
 		       np_request_encode(&h->req), NP_KIND_REQUEST,
 		       (const np_record *)&h->req);
 	mine = h->lock ? zk_lock_node(h->lock) : NULL;
 	if (mine) {
-		completion_add(c, ZK_OP_DELETE, xstrdup(mine), NULL,
+		completion_add(c, ZK_OP_DELETE, mine, NULL,
 			       NP_KIND_NODE, NULL);
 		zk_lock_forget(h->lock);
 	}

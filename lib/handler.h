@@ -38,9 +38,13 @@ struct np_handler {
 	np_poolworker *pw;
 	np_handler *next;
 	np_provmgr *pm;          /* referenced */
+	/* ID, PATH, LOCK_DIR, EVENT_ID, DECLINE_REASON and LOGGER live in
+	 * the handler's own allocation, after it (handler_new). */
 	char *id;                /* request id */
 	uint32_t id_hash;        /* str_hash() of id: the pool worker's
 				  * look-ups compare it first */
+	char *path;              /* the request's znode (np_path_request) */
+	char *lock_dir;          /* its lock's (np_path_request_lock) */
 	char *event_id;
 	np_request req;          /* re-read after locking (has raw) */
 	bool have_req;

@@ -79,11 +79,26 @@ static void nl_free(np_nodelaunch *nl)
 	free(nl->wjson);
 	forget_building(nl);
 	np_node_clear(&nl->node);
-	free(nl->label);
-	free(nl->pool_name);
-	free(nl->logger);
-	free(nl->prefix);
-	free(nl);
+	free(nl->names);
+	free(nl); /* and the names after it (nl_alloc) */
+}
+
+/* The node's id is ID: its names for the rest of the launch, in one
+ * allocation (np_path_node's path, np_path_node_lock's directory). */
+static void set_names(np_nodelaunch *nl, const char *id)
+{
+	size_t lock, host;
+	sbuf sb;
+
+	sbuf_block_begin(&sb, 0, 2 * sizeof(NP_NODE_ROOT) + 3 * strlen(id) + 16);
+	(void)sbuf_block_strf(&sb, "%s/%s", NP_NODE_ROOT, id);
+	lock = sbuf_block_strf(&sb, "%s/%s/lock", NP_NODE_ROOT, id);
+	host = sbuf_block_strf(&sb, "np%s", id);
+	free(nl->names);
+	nl->names = sbuf_detach(&sb);
+	nl->path = nl->names;
+	nl->lock_dir = nl->names + lock;
+	nl->hostname = nl->names + host;
 }
 
 static bool unbusy(np_nodelaunch *nl)
@@ -156,16 +171,14 @@ static void uncount(np_nodelaunch *nl)
 
 static int send_write(np_nodelaunch *nl, zk_stat_fn cb)
 {
-	char *path = np_path_node(nl->node.id);
 	int rc;
 
-	rc = launcher_aset(nl->l, path, nl->wjson, (int)strlen(nl->wjson), cb,
-			   nl);
+	rc = launcher_aset(nl->l, nl->path, nl->wjson, (int)strlen(nl->wjson),
+			   cb, nl);
 	if (rc == ZOK) {
 		nl->busy++;
 		nl->writes++;
 	}
-	free(path);
 	return rc;
 }
 
@@ -601,7 +614,6 @@ static void start_attempt(np_nodelaunch *nl)
 	const char *image_ext = NULL;
 	np_create_args a;
 	json_t *meta;
-	char *hostname;
 
 	nl->attempts++;
 	nl->attempt_ms = now_ms();
@@ -624,7 +636,6 @@ static void start_attempt(np_nodelaunch *nl)
 	}
 	write_building(nl);
 
-	hostname = xasprintf("np%s", nl->node.id);
 	/* What json_pack("{s:s, s:s, s:s}") makes, without parsing its
 	 * format on every launch (a quarter of the attempt's start). */
 	meta = json_object();
@@ -638,7 +649,7 @@ static void start_attempt(np_nodelaunch *nl)
 	a.pool = pool;
 	a.label = pl;
 	a.node_id = nl->node.id;
-	a.hostname = hostname;
+	a.hostname = nl->hostname;
 	a.image_external_id = image_ext;
 	a.az = nl->h ? nl->h->chosen_az : NULL;
 	a.metadata = meta;
@@ -646,7 +657,6 @@ static void start_attempt(np_nodelaunch *nl)
 	a.id_known = id_known;
 	nl->op = pm->drv->create ? pm->drv->create(pm->m, &a, created, nl) : NULL;
 	json_decref(meta);
-	free(hostname);
 	if (!nl->op) {
 		attempt_failed(nl, "the driver refused to create", NULL,
 			       LSTATS_UNKNOWN);
@@ -663,13 +673,12 @@ static void start_attempt(np_nodelaunch *nl)
  * never be known): hand the node cache what was written, or let it read. */
 static void build_done(np_nodelaunch *nl, int rc)
 {
-	char *path;
+	const char *path = nl->path;
 	zk_stat st;
 
 	if (!nl->build_pending)
 		return;
 	nl->build_pending = false;
-	path = np_path_node(nl->node.id);
 	if (rc == ZOK && nl->lock && nl->building_json &&
 	    zk_lock_fresh_stat(nl->lock, 0, &st)) {
 		if (nl->building_rec) {
@@ -686,7 +695,6 @@ static void build_done(np_nodelaunch *nl, int rc)
 			       rc == ZOK ? ZNOTHING : rc, NULL, 0, NULL);
 	}
 	drop_building_rec(nl);
-	free(path);
 }
 
 static void locked(zk_lock *l, int rc, void *arg)
@@ -727,7 +735,6 @@ static void lock_and_build(np_nodelaunch *nl)
 {
 	const char *image_ext;
 	zk_op op = { .type = ZK_OP_SET, .version = -1 };
-	char *path;
 
 	np_node_set_state(&nl->node, NP_NODE_BUILDING);
 	if (set_attributes(nl, &image_ext) != ATTR_OK) {
@@ -735,21 +742,19 @@ static void lock_and_build(np_nodelaunch *nl)
 		(void)zk_lock_acquire_async(nl->lock, false, -1, locked, nl);
 		return;
 	}
-	path = np_path_node(nl->node.id);
 	nl->building_json = np_node_encode(&nl->node);
 	drop_building_rec(nl);
 	nl->building_rec = np_record_pack(NP_KIND_NODE,
 					  (const np_record *)&nl->node);
 	nl->building_image = nl->node.image_id ? xstrdup(nl->node.image_id) :
 			     NULL;
-	op.path = path;
+	op.path = nl->path;
 	op.data = nl->building_json;
 	op.len = (int)strlen(nl->building_json);
 	/* Our write: the node cache takes it from us (build_done). */
-	zkc_write_begin(launcher_nodes(nl->l), path);
+	zkc_write_begin(launcher_nodes(nl->l), nl->path);
 	nl->build_pending = true;
 	(void)zk_lock_acquire_fresh_async(nl->lock, -1, &op, 1, locked, nl);
-	free(path);
 }
 
 static void create_node(np_nodelaunch *nl);
@@ -772,7 +777,6 @@ static void node_created(zk *z, int rc, const char *path, const zk_stat *st,
 {
 	np_nodelaunch *nl = arg;
 	const char *id;
-	char *dir;
 
 	if (nl->dead) {
 		/* Released before the node existed: nobody else knows it. */
@@ -807,15 +811,14 @@ static void node_created(zk *z, int rc, const char *path, const zk_stat *st,
 	}
 	id = strrchr(path, '/') + 1;
 	nl->node.id = xstrdup(id);
+	set_names(nl, id);
 	if (nl->resv && nl->h)
 		poolworker_reservation_set_id(nl->h->pw, nl->resv, id);
 	/* Only now: the cache's listeners (the deleter) must find the node
 	 * held by this launch. */
 	created_to_cache(nl, rc, path, st);
 	nl->state = NL_LOCK;
-	dir = np_path_node_lock(id);
-	nl->lock = zk_lock_new(z, dir, NULL);
-	free(dir);
+	nl->lock = zk_lock_new(z, nl->lock_dir, NULL);
 	lock_and_build(nl);
 }
 
@@ -838,19 +841,34 @@ static void create_node(np_nodelaunch *nl)
 	free(json);
 }
 
+/* The launch, zeroed, with its label, pool name, logger and log prefix
+ * after it in the same allocation: they live as long as it does. */
 static np_nodelaunch *nl_alloc(np_handler *h, const char *label)
 {
-	np_nodelaunch *nl = xcalloc(1, sizeof(*nl));
+	size_t lab, pool, logger, prefix;
+	np_nodelaunch *nl;
+	sbuf sb;
 
+	/* Room for the strings as long as they are (the formats' text
+	 * included): the block is not grown. */
+	sbuf_block_begin(&sb, sizeof(*nl), strlen(label) +
+			 strlen(h->pw->pool_name) + strlen(h->pm->name) +
+			 (h->event_id ? strlen(h->event_id) : 0) +
+			 strlen(h->id) + 96);
+	lab = sbuf_block_str(&sb, label);
+	pool = sbuf_block_str(&sb, h->pw->pool_name);
+	logger = sbuf_block_strf(&sb, "nodepool.StateMachineNodeLauncher.%s",
+				 h->pm->name);
+	prefix = sbuf_block_strf(&sb, LOG_EVENT_FMT "[node_request: %s] ",
+				 LOG_EVENT_ARGS(h->event_id), h->id);
+	nl = (np_nodelaunch *)(void *)sbuf_detach(&sb);
+	nl->label = (char *)nl + lab;
+	nl->pool_name = (char *)nl + pool;
+	nl->logger = (char *)nl + logger;
+	nl->prefix = (char *)nl + prefix;
 	nl->h = h;
 	nl->l = h->pw->l;
 	nl->pm = provmgr_ref(h->pm);
-	nl->label = xstrdup(label);
-	nl->pool_name = xstrdup(h->pw->pool_name);
-	nl->logger = xasprintf("nodepool.StateMachineNodeLauncher.%s",
-			       h->pm->name);
-	nl->prefix = xasprintf(LOG_EVENT_FMT "[node_request: %s] ",
-			       LOG_EVENT_ARGS(h->event_id), h->id);
 	nl->retries = (int)h->pm->prov->launch_retries;
 	nl->start_ms = now_ms();
 	return nl;
@@ -907,6 +925,7 @@ np_nodelaunch *nodelaunch_reused(np_handler *h, const char *label,
 
 	nl->node = *node;
 	memset(node, 0, sizeof(*node));
+	set_names(nl, nl->node.id);
 	nl->lock = lock;
 	nl->reused = true;
 	nl->state = NL_DONE;

@@ -35,12 +35,22 @@ enum nl_state {
 struct np_nodelaunch {
 	np_handler *h;           /* NULL once released */
 	np_launcher *l;
+	/* POOL_NAME, LOGGER, PREFIX and LABEL live in the launch's own
+	 * allocation, after it (nl_alloc): freed with it. */
 	char *pool_name;
 	char *logger;            /* nodepool.StateMachineNodeLauncher.<provider> */
 	char *prefix;            /* "[e: ..] [node_request: ..] " */
 	np_provmgr *pm;          /* referenced while in flight */
 	char *label;
 	np_node node;
+	/* Once the node has its id: its path, its lock's directory and the
+	 * server's hostname ("np" + id), made once for the launch's many
+	 * uses; NAMES is their one allocation (owned), the others point
+	 * into it. */
+	char *names;
+	const char *path;
+	const char *lock_dir;
+	const char *hostname;
 	zk_lock *lock;
 	enum nl_state state;
 	bool reused;

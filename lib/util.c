@@ -200,6 +200,36 @@ char *sbuf_detach(sbuf *sb)
 	return p;
 }
 
+void sbuf_block_begin(sbuf *sb, size_t size, size_t room)
+{
+	/* Exactly what is asked for (sbuf_reserve rounds up to a power of
+	 * two): the block lives as long as its struct. */
+	sb->cap = size + room + 1;
+	sb->buf = xmalloc(sb->cap);
+	memset(sb->buf, 0, size + 1);
+	sb->len = size;
+}
+
+size_t sbuf_block_str(sbuf *sb, const char *s)
+{
+	size_t off = sb->len;
+
+	sbuf_add(sb, s, strlen(s) + 1);
+	return off;
+}
+
+size_t sbuf_block_strf(sbuf *sb, const char *fmt, ...)
+{
+	size_t off = sb->len;
+	va_list ap;
+
+	va_start(ap, fmt);
+	sbuf_vaddf(sb, fmt, ap);
+	va_end(ap);
+	sbuf_addc(sb, '\0');
+	return off;
+}
+
 char *read_stream(FILE *f, size_t *len)
 {
 	char buf[8192];

@@ -69,6 +69,20 @@ void sbuf_vaddf(sbuf *sb, const char *fmt, va_list ap);
 /* Give the buffer away; the sbuf is reset to empty. */
 char *sbuf_detach(sbuf *sb);
 
+/* One allocation for a struct and the strings it keeps for its life (a
+ * launch's names, a deletion's paths), as zk_lock_new() makes by hand:
+ * sbuf_block_begin() puts SIZE zeroed bytes first, with room for about
+ * ROOM bytes of strings after them (more grows the buffer, moving it);
+ * each sbuf_block_str() or sbuf_block_strf() appends a string with its
+ * NUL and returns its offset in the block. sbuf_detach() gives the block
+ * (suitably aligned for any struct, as malloc's); the caller then points
+ * the struct's members at block + offset, and one free() of the struct
+ * releases the strings with it. */
+void sbuf_block_begin(sbuf *sb, size_t size, size_t room);
+size_t sbuf_block_str(sbuf *sb, const char *s);
+size_t sbuf_block_strf(sbuf *sb, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
 /* The rest of F as a NUL-terminated string (an empty file: ""), its
  * length in *LEN when LEN is not NULL; NULL on a read error. The caller
  * opens and closes F, so each says in its own words what failed. */

@@ -81,6 +81,57 @@ TEST(long_output_and_appending)
 	sbuf_free(&sb);
 }
 
+/* A struct and its strings in one block: offsets stay right when the
+ * strings outgrow the room asked for (the block moves), an empty string
+ * takes its NUL, and the struct's bytes are zeroed. */
+TEST(sbuf_block_struct_and_strings)
+{
+	struct blk {
+		long a;
+		char *x, *y, *z, *w;
+	} *b;
+	char big[300];
+	size_t ox, oy, oz, ow;
+	sbuf sb;
+
+	memset(big, 'q', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	sbuf_block_begin(&sb, sizeof(*b), 8);
+	CHECK_INT(sb.len, sizeof(*b));
+	ox = sbuf_block_str(&sb, "abc");
+	oy = sbuf_block_str(&sb, "");
+	oz = sbuf_block_strf(&sb, "%s/%s-%d", "p", big, 7);
+	ow = sbuf_block_strf(&sb, "%s", "");
+	CHECK_INT(ox, sizeof(*b));
+	CHECK_INT(oy, ox + 4);
+	CHECK_INT(oz, oy + 1);
+	CHECK_INT(ow, oz + 1 + 1 + 299 + 2 + 1);
+	CHECK_INT(sb.len, ow + 1);
+	b = (struct blk *)(void *)sbuf_detach(&sb);
+	CHECK(sb.buf == NULL && sb.len == 0);
+	CHECK(b->a == 0 && !b->x && !b->y && !b->z && !b->w);
+	b->x = (char *)b + ox;
+	b->y = (char *)b + oy;
+	b->z = (char *)b + oz;
+	b->w = (char *)b + ow;
+	CHECK_STR(b->x, "abc");
+	CHECK_STR(b->y, "");
+	CHECK(strncmp(b->z, "p/qqq", 5) == 0);
+	CHECK_INT(strlen(b->z), 1 + 1 + 299 + 2);
+	CHECK_STR(b->z + strlen(b->z) - 3, "q-7");
+	CHECK_STR(b->w, "");
+	free(b);
+	/* Room enough: no growth, and nothing but the struct. */
+	sbuf_block_begin(&sb, 16, 32);
+	ox = sbuf_block_str(&sb, "0123456789");
+	CHECK_INT(ox, 16);
+	CHECK_INT(sb.cap, 16 + 32 + 1);
+	free(sbuf_detach(&sb));
+	sbuf_block_begin(&sb, 24, 0);
+	CHECK_INT(sb.len, 24);
+	free(sbuf_detach(&sb));
+}
+
 TEST(read_stream_whole_and_empty)
 {
 	char *path = test_tmpfile("big", ""), *text;
