@@ -49,7 +49,7 @@ typedef struct delop {
 	uint32_t id_hash;    /* str_hash() of id, compared first by find_op */
 	np_provmgr *pm;
 	zk_lock *lock;
-	np_node node;
+	np_node node;        /* zkc_reread_node's: maybe a compact copy */
 	bool have_node;
 	np_op *op;
 	uint64_t timer;
@@ -464,7 +464,7 @@ static void dealloc_written(zk *z, int rc, const zk_stat *st, void *arg)
 static void request_checked(zk *z, int rc, const zk_stat *st, void *arg)
 {
 	delop *o = arg;
-	char *json, *old;
+	char *json;
 
 	if (unbusy(o))
 		return;
@@ -472,11 +472,11 @@ static void request_checked(zk *z, int rc, const zk_stat *st, void *arg)
 		op_end(o);
 		return;
 	}
-	old = o->node.allocated_to;
-	o->node.allocated_to = NULL;
 	log_debug(LOGGER, "Deallocated node %s with missing request %s", o->id,
-		  old);
-	free(old);
+		  o->node.allocated_to);
+	/* A compact copy's string (zkc_reread_node): not freed on its own. */
+	np_record_set_str(NP_KIND_NODE, (np_record *)&o->node,
+			  &o->node.allocated_to, NULL);
 	json = np_node_encode(&o->node);
 	if (launcher_aset(o->d->l, o->path, json, (int)strlen(json),
 			  dealloc_written, o) == ZOK)

@@ -371,9 +371,10 @@ static bool utf8_valid(const char *str, size_t len);
 
 /* Where rec_copy() puts a copy's strings and list vectors: each in an
  * allocation of its own (no arena, or no VEC and STR: what
- * np_record_clear() frees), or all in one block (np_record_pack() and
- * np_record_unpack(): the vectors at VEC, the strings at STR; BLOCK the
- * copy's block, or NULL for a packed record, which is the block itself).
+ * np_record_clear() frees), or all in one block (np_record_pack(),
+ * np_record_unpack(), np_record_copy_compact(): the vectors at VEC, the
+ * strings at STR; BLOCK the copy's block, or NULL for a packed record,
+ * which is the block itself).
  * A packed record's strings are each preceded by their length (PREFIX,
  * 4 bytes, unaligned): unpacking it takes them from there (PACKED)
  * instead of measuring them. LENS: the lengths of the first NLENS strings
@@ -388,7 +389,7 @@ struct arena {
 	bool prefix;
 	bool packed;
 	bool trusted;
-	const size_t *lens;
+	size_t *lens;
 	size_t nlens, ilen;
 	const np_shared *shared;
 	const void *prev;
@@ -463,48 +464,6 @@ static char **arena_vec(struct arena *a, size_t n)
 	v = a->vec;
 	a->vec += n;
 	return v;
-}
-
-/* Whether rec_copy() of SRC succeeds (see there), and the list vector
- * slots (*NVEC) and string bytes (*NSTR) a packed copy of it takes; the
- * first PACK_LENS string lengths appended to LENS (*NLENS of them). */
-static bool rec_measure(const struct layout *lo, const void *src,
-			size_t *nvec, size_t *nstr, size_t *lens,
-			size_t *nlens)
-{
-	if (lo->formats)
-		return false;
-	for (size_t i = 0; i < lo->nnum; i++)
-		if (isinf(*CAT(src, lo->num[i].off, double)))
-			return false;
-	for (size_t i = 0; i < lo->nstr; i++) {
-		const char *s = *CAT(src, lo->str[i].off, char *);
-		size_t len;
-
-		if (!s)
-			continue;
-		len = strlen(s);
-		if (!utf8_valid(s, len) || len > UINT32_MAX)
-			return false;
-		*nstr += sizeof(uint32_t) + len + 1;
-		if (*nlens < PACK_LENS)
-			lens[(*nlens)++] = len;
-	}
-	for (size_t i = 0; i < lo->nlist; i++) {
-		const strlist *l = CAT(src, lo->list[i].off, strlist);
-
-		*nvec += l->n;
-		for (size_t j = 0; j < l->n; j++) {
-			size_t len = strlen(l->v[j]);
-
-			if (!utf8_valid(l->v[j], len) || len > UINT32_MAX)
-				return false;
-			*nstr += sizeof(uint32_t) + len + 1;
-			if (*nlens < PACK_LENS)
-				lens[(*nlens)++] = len;
-		}
-	}
-	return true;
 }
 
 /* The string member at OFF of PREV (a record or NULL), or NULL. */
@@ -2252,6 +2211,59 @@ void np_record_unshare(np_kind kind, np_record *rec, const np_shared *pool)
 	rec_shared(kind, rec, pool, false);
 }
 
+/* Adds the bytes S takes in a block copy to *NSTR (with its length
+ * before it when A->prefix), its length to A's memo; false when S is not
+ * written as it is (not valid UTF-8) or too long for a packed record. */
+static inline bool measure_str(struct arena *a, const char *s, size_t *nstr)
+{
+	size_t len = strlen(s);
+
+	if (!utf8_valid(s, len) || len > UINT32_MAX)
+		return false;
+	*nstr += (a->prefix ? sizeof(uint32_t) : 0) + len + 1;
+	if (a->nlens < PACK_LENS)
+		a->lens[a->nlens++] = len;
+	return true;
+}
+
+/* Whether rec_copy() of SRC (a KIND record) succeeds (see there), and
+ * the list vector slots (*NVEC) and string bytes (*NSTR) a block copy of
+ * it takes, its ids included; the first PACK_LENS string lengths in A's
+ * memo, in the order the copy visits them. */
+static bool rec_measure(int kind, const void *src, struct arena *a,
+			size_t *nvec, size_t *nstr)
+{
+	const struct rec_type *t = &rec_types[kind];
+	const struct layout *lo = layout_of(kind);
+
+	if (lo->formats)
+		return false;
+	for (size_t i = 0; i < lo->nnum; i++)
+		if (isinf(*CAT(src, lo->num[i].off, double)))
+			return false;
+	for (size_t i = 0; i < lo->nstr; i++) {
+		const char *s = *CAT(src, lo->str[i].off, char *);
+
+		if (s && !measure_str(a, s, nstr))
+			return false;
+	}
+	for (size_t i = 0; i < lo->nlist; i++) {
+		const strlist *l = CAT(src, lo->list[i].off, strlist);
+
+		*nvec += l->n;
+		for (size_t j = 0; j < l->n; j++)
+			if (!measure_str(a, l->v[j], nstr))
+				return false;
+	}
+	for (size_t i = 0; i < t->nids; i++) {
+		const char *id = *CAT(src, t->ids[i], char *);
+
+		if (id && !measure_str(a, id, nstr))
+			return false;
+	}
+	return true;
+}
+
 /* np_record_copy() with its strings where ARENA says; an arena with a
  * pool copies no ids. False with DST cleared. */
 static bool type_copy(int kind, void *dst, const void *src,
@@ -2285,6 +2297,42 @@ bool np_record_copy(np_kind kind, np_record *dst, const np_record *src)
 	return type_copy(kind, dst, src, NULL);
 }
 
+/* The strings measured once, then copied into the block (struct block)
+ * with the lengths found. */
+bool np_record_copy_compact(np_kind kind, np_record *dst,
+			    const np_record *src)
+{
+	size_t lens[PACK_LENS];
+	struct arena a = { .trusted = true, .lens = lens };
+	size_t nvec = 0, nstr = 0, size;
+
+	if (!rec_measure(kind, src, &a, &nvec, &nstr)) {
+		memset(dst, 0, rec_types[kind].size);
+		*AT(dst, rec_types[kind].version, int) = -1;
+		return false;
+	}
+	size = sizeof(struct block) + nvec * sizeof(char *) + nstr;
+	if (nvec || nstr) {
+		a.block = xmalloc(size);
+		a.block->size = size;
+		a.vec = a.block->vec;
+		a.str = (char *)(a.block->vec + nvec);
+	}
+	return type_copy(kind, dst, src, &a);
+}
+
+void np_record_set_str(np_kind kind, np_record *rec, char **member,
+		       const char *value)
+{
+	const struct block *blk = *AT(rec, rec_types[kind].block,
+				      struct block *);
+	char *old = *member;
+
+	*member = value ? xstrdup(value) : NULL;
+	if (old && !in_block(blk, old))
+		free(old);
+}
+
 /* The block: the record, its list vectors, its strings (each after its
  * length: see struct arena). The strings are measured once: the copy
  * takes the lengths rec_measure() found. */
@@ -2298,21 +2346,8 @@ np_record *np_record_pack(np_kind kind, const np_record *src)
 		      sizeof(char *);
 	np_record *rec;
 
-	if (!rec_measure(layout_of(kind), src, &nvec, &nstr, lens, &a.nlens))
+	if (!rec_measure(kind, src, &a, &nvec, &nstr))
 		return NULL;
-	for (size_t i = 0; i < t->nids; i++) {
-		const char *id = *CAT(src, t->ids[i], char *);
-		size_t len;
-
-		if (!id)
-			continue;
-		len = strlen(id);
-		if (len > UINT32_MAX)
-			return NULL;
-		nstr += sizeof(uint32_t) + len + 1;
-		if (a.nlens < PACK_LENS)
-			lens[a.nlens++] = len;
-	}
 	rec = xmalloc(head + nvec * sizeof(char *) + nstr);
 	a.vec = (char **)(void *)((char *)rec + head);
 	a.str = (char *)(a.vec + nvec);

@@ -14,14 +14,15 @@
  * frees them. Three exceptions, each with its own release: a packed copy
  * (np_record_pack: one block, np_record_pack_free), a record whose
  * common strings are a pool's (np_shared: np_record_unshare first), and
- * an unpacked copy (np_record_unpack), whose own strings and list vectors
- * live in one block that the record holds (`block`) and *_clear frees:
- * such a record is only read, none of its strings or lists replaced or
- * grown on its own (np_*_set_state excepted). The `raw` member is what
- * encoding needs of the document the record was decoded from (NULL for a
- * record built in memory, or when the document needs nothing kept): the
- * unknown keys, in their order, and whether a number was an integer.
- * `raw` and `block` are model.c's business only.
+ * a compact one (np_record_unpack, np_record_copy_compact), whose own
+ * strings and list vectors live in one block that the record holds
+ * (`block`) and *_clear frees: such a record is read, its state set
+ * (np_*_set_state) and its strings replaced with np_record_set_str(),
+ * none of them freed nor its lists grown on their own. The `raw` member
+ * is what encoding needs of the document the record was decoded from
+ * (NULL for a record built in memory, or when the document needs nothing
+ * kept): the unknown keys, in their order, and whether a number was an
+ * integer. `raw` and `block` are model.c's business only.
  */
 #ifndef NP_MODEL_H
 #define NP_MODEL_H
@@ -294,6 +295,17 @@ void np_record_unshare(np_kind kind, np_record *rec, const np_shared *pool);
  * for a record whose encoding leaves something out (a string that is not
  * valid UTF-8, an infinite time) or that is a build: decode then. */
 bool np_record_copy(np_kind kind, np_record *dst, const np_record *src);
+/* np_record_copy() with DST's strings, ids and lists' vectors in one
+ * block of its own (see Ownership above), which np_record_clear() frees:
+ * one allocation instead of one per string. For a copy that is read, its
+ * state set and its strings replaced only with np_record_set_str() (a
+ * writer's re-read under its lock: the deleter's). */
+bool np_record_copy_compact(np_kind kind, np_record *dst,
+			    const np_record *src);
+/* Replace the string member *MEMBER of REC (a KIND record; a compact or
+ * unpacked copy too) with a copy of VALUE (NULL: none). */
+void np_record_set_str(np_kind kind, np_record *rec, char **member,
+		       const char *value);
 /* np_record_copy() in one allocation: the record, its strings and its
  * string lists' vectors in one block, its JSON values shared. For a copy
  * that is only read and then dropped (our own writes handed to the
@@ -305,9 +317,8 @@ void np_record_pack_free(np_kind kind, np_record *packed);
  * the members it names (see np_shared) and no ids; its owner gives them
  * back with np_record_unshare(). PREV: as for np_record_decode_shared().
  * DST's other strings and its lists' vectors are in one block of its own
- * (POOL NULL: all of them, and the ids), which np_record_clear() frees:
- * DST is only read, its state set (see Ownership above). PACKED may be
- * freed first. */
+ * (POOL NULL: all of them, and the ids), as np_record_copy_compact()'s
+ * are. PACKED may be freed first. */
 bool np_record_unpack(np_kind kind, np_record *dst, const np_record *packed,
 		      const np_shared *pool, const np_record *prev);
 /* The array or object TEXT (LEN bytes) as jansson reads it, or NULL. */

@@ -611,8 +611,9 @@ int zkc_reread_node(zkc *c, np_node *n, const char *id, const char *data,
 {
 	const union obj *o = same_version(c, id, st);
 
-	if (o && o->node.id && np_record_copy(NP_KIND_NODE, (np_record *)n,
-					      (const np_record *)&o->node)) {
+	if (o && o->node.id &&
+	    np_record_copy_compact(NP_KIND_NODE, (np_record *)n,
+				   (const np_record *)&o->node)) {
 		n->version = st->version;
 		return 0;
 	}

@@ -713,8 +713,9 @@ static void check_reads(np_kind kind, const np_record *rec, const char *want,
 
 /* Every copy of REC (taken: cleared here first) reads as REC did, after
  * REC is gone and after the packed copy the others came from is gone:
- * np_record_copy, np_record_pack, np_record_unpack without a pool (ids
- * too) and with one taking the members at the N offsets OFFS. A cleared
+ * np_record_copy, np_record_copy_compact, np_record_pack,
+ * np_record_unpack without a pool (ids too) and with one taking the
+ * members at the N offsets OFFS. A cleared
  * copy is used again; an unpacked one takes a new state. *BLOCKED: whether
  * the unpacked copy with the pool has a block. */
 static void check_copies(np_kind kind, np_record *rec, const size_t *offs,
@@ -723,7 +724,7 @@ static void check_copies(np_kind kind, np_record *rec, const size_t *offs,
 	struct test_strs strs = { 0 };
 	np_shared sh = { NULL, test_str_get, test_str_ref, test_str_put, 0,
 			 &strs };
-	np_record copy, un, pooled, *p;
+	np_record copy, compact, un, pooled, *p;
 	char *want, *path, *got;
 
 	sh.strs = np_field_mask(kind, offs, n);
@@ -731,11 +732,13 @@ static void check_copies(np_kind kind, np_record *rec, const size_t *offs,
 	want = np_record_encode(kind, rec);
 	path = np_record_path(kind, rec);
 	REQUIRE(np_record_copy(kind, &copy, rec));
+	REQUIRE(np_record_copy_compact(kind, &compact, rec));
 	REQUIRE((p = np_record_pack(kind, rec)));
 	REQUIRE(np_record_unpack(kind, &un, p, NULL, NULL));
 	REQUIRE(np_record_unpack(kind, &pooled, p, &sh, NULL));
 	np_record_clear(kind, rec); /* the source gone */
 	check_reads(kind, &copy, want, path);
+	check_reads(kind, &compact, want, path);
 	check_reads(kind, p, want, path);
 	check_reads(kind, &un, want, path);
 	check_reads(kind, &pooled, want, NULL);
@@ -744,6 +747,13 @@ static void check_copies(np_kind kind, np_record *rec, const size_t *offs,
 	check_reads(kind, &pooled, want, NULL);
 	*blocked = block_of(kind, &pooled) != NULL;
 	CHECK(block_of(kind, &copy) == NULL);
+	/* A compact copy takes a new state; cleared, it is used again. */
+	np_record_set_state(kind, &compact, "deleting");
+	CHECK_STR(np_record_state(kind, &compact), "deleting");
+	np_record_clear(kind, &compact);
+	REQUIRE(np_record_copy_compact(kind, &compact, &pooled));
+	check_reads(kind, &compact, want, NULL);
+	np_record_clear(kind, &compact);
 
 	/* Cleared, then used again (and cleared twice: a cleared record
 	 * clears as an empty one). */
@@ -910,6 +920,49 @@ TEST(unpacked_copy_in_one_block)
 	CHECK_INT(test_strs_refs(&strs), 0);
 	for (int i = 0; i < strs.n; i++)
 		free(strs.s[i]);
+}
+
+/* A compact copy's strings are replaced with np_record_set_str(); one
+ * whose encoding would leave something out is not made. */
+TEST(compact_copy_strings_replaced)
+{
+	const char *doc = "{\"state\": \"ready\", \"allocated_to\": "
+		"\"100-0000000001\", \"hostname\": \"np1\", "
+		"\"host_keys\": [\"k1\"]}";
+	const char *nid = "0000000001";
+	np_record rec, c;
+	char *err = NULL, *out;
+
+	REQUIRE(np_record_decode(NP_KIND_NODE, &rec, &nid, doc, strlen(doc), 1,
+				 &err) == 0);
+	REQUIRE(np_record_copy_compact(NP_KIND_NODE, &c, &rec));
+	REQUIRE(c.node.block != NULL);
+	CHECK(c.node.hostname != rec.node.hostname);
+	np_record_set_str(NP_KIND_NODE, &c, &c.node.allocated_to, NULL);
+	CHECK(c.node.allocated_to == NULL);
+	np_record_set_str(NP_KIND_NODE, &c, &c.node.hostname, "np2");
+	np_record_set_str(NP_KIND_NODE, &c, &c.node.hostname, "np3");
+	np_record_set_str(NP_KIND_NODE, &c, &c.node.hostname,
+			  c.node.hostname); /* its own value */
+	np_record_set_str(NP_KIND_NODE, &c, &c.node.comment, "");
+	np_node_set_state(&c.node, NP_NODE_DELETING);
+	out = np_record_encode(NP_KIND_NODE, &c);
+	CHECK(strstr(out, "\"state\": \"deleting\"") != NULL);
+	CHECK(strstr(out, "\"allocated_to\": null") != NULL);
+	CHECK(strstr(out, "\"hostname\": \"np3\"") != NULL);
+	CHECK(strstr(out, "\"comment\": \"\"") != NULL);
+	CHECK(strstr(out, "\"host_keys\": [\"k1\"]") != NULL);
+	free(out);
+	np_record_clear(NP_KIND_NODE, &c);
+	/* On a record of its own strings too. */
+	np_record_set_str(NP_KIND_NODE, &rec, &rec.node.hostname, "np4");
+	CHECK_STR(rec.node.hostname, "np4");
+	/* Not valid UTF-8: no copy, DST cleared. */
+	np_record_set_str(NP_KIND_NODE, &rec, &rec.node.comment, "bad\xff");
+	CHECK(!np_record_copy_compact(NP_KIND_NODE, &c, &rec));
+	CHECK(c.node.block == NULL && c.node.state == NULL);
+	np_record_clear(NP_KIND_NODE, &c);
+	np_record_clear(NP_KIND_NODE, &rec);
 }
 
 TEST(bad_documents)
