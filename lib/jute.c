@@ -114,14 +114,24 @@ static const unsigned char *take(jr *r, size_t n)
 	return q;
 }
 
+/* The big-endian integers at Q. */
+static int32_t be32(const unsigned char *q)
+{
+	return (int32_t)((uint32_t)q[0] << 24 | (uint32_t)q[1] << 16 |
+			 (uint32_t)q[2] << 8 | q[3]);
+}
+
+static int64_t be64(const unsigned char *q)
+{
+	return (int64_t)((uint64_t)(uint32_t)be32(q) << 32 |
+			 (uint32_t)be32(q + 4));
+}
+
 int32_t jr_int(jr *r)
 {
 	const unsigned char *q = take(r, 4);
 
-	if (!q)
-		return 0;
-	return (int32_t)((uint32_t)q[0] << 24 | (uint32_t)q[1] << 16 |
-			 (uint32_t)q[2] << 8 | q[3]);
+	return q ? be32(q) : 0;
 }
 
 int64_t jr_long(jr *r)
@@ -301,8 +311,22 @@ int jute_read_connect_resp(jr *r, jute_connect_resp *c)
 	return r->bad ? -1 : 0;
 }
 
+/* The records of fixed size below are read with one check of what is
+ * left (every reply has a header, most a Stat): field by field only
+ * when the frame is short, for the same partial result. */
+#define REPLY_HEADER_SIZE 16
+
 void jute_read_reply_header(jr *r, jute_reply_header *h)
 {
+	const unsigned char *q;
+
+	if (jr_left(r) >= REPLY_HEADER_SIZE) {
+		q = take(r, REPLY_HEADER_SIZE);
+		h->xid = be32(q);
+		h->zxid = be64(q + 4);
+		h->err = be32(q + 12);
+		return;
+	}
 	h->xid = jr_int(r);
 	h->zxid = jr_long(r);
 	h->err = jr_int(r);
@@ -310,6 +334,23 @@ void jute_read_reply_header(jr *r, jute_reply_header *h)
 
 void jute_read_stat(jr *r, zk_stat *st)
 {
+	const unsigned char *q;
+
+	if (jr_left(r) >= JUTE_STAT_SIZE) {
+		q = take(r, JUTE_STAT_SIZE);
+		st->czxid = be64(q);
+		st->mzxid = be64(q + 8);
+		st->ctime = be64(q + 16);
+		st->mtime = be64(q + 24);
+		st->version = be32(q + 32);
+		st->cversion = be32(q + 36);
+		st->aversion = be32(q + 40);
+		st->ephemeral_owner = be64(q + 44);
+		st->data_length = be32(q + 52);
+		st->num_children = be32(q + 56);
+		st->pzxid = be64(q + 60);
+		return;
+	}
 	st->czxid = jr_long(r);
 	st->mzxid = jr_long(r);
 	st->ctime = jr_long(r);

@@ -229,6 +229,48 @@ TEST(stat_and_reply_header)
 	CHECK(r.bad);
 }
 
+/* The header and Stat read at once are what reading them field by field
+ * gives, whole (every byte distinct, high bits set) or cut short at any
+ * length (the fields that fit, zeros after, the error flag). */
+TEST(fixed_records_as_field_by_field)
+{
+	unsigned char f[16 + JUTE_STAT_SIZE];
+
+	for (size_t i = 0; i < sizeof(f); i++)
+		f[i] = (unsigned char)(0x81 + 7 * i);
+	for (size_t n = 0; n <= sizeof(f); n++) {
+		jute_reply_header h, h2;
+		zk_stat st, st2;
+		jr r, r2;
+
+		memset(&st, 0x55, sizeof(st));
+		memset(&st2, 0x55, sizeof(st2));
+		jr_init(&r, f, n);
+		jute_read_reply_header(&r, &h);
+		jute_read_stat(&r, &st);
+		jr_init(&r2, f, n);
+		h2.xid = jr_int(&r2);
+		h2.zxid = jr_long(&r2);
+		h2.err = jr_int(&r2);
+		st2.czxid = jr_long(&r2);
+		st2.mzxid = jr_long(&r2);
+		st2.ctime = jr_long(&r2);
+		st2.mtime = jr_long(&r2);
+		st2.version = jr_int(&r2);
+		st2.cversion = jr_int(&r2);
+		st2.aversion = jr_int(&r2);
+		st2.ephemeral_owner = jr_long(&r2);
+		st2.data_length = jr_int(&r2);
+		st2.num_children = jr_int(&r2);
+		st2.pzxid = jr_long(&r2);
+		CHECK_INT(r.bad, r2.bad);
+		CHECK_INT(r.bad, n < sizeof(f));
+		CHECK_INT(jr_left(&r), jr_left(&r2));
+		CHECK(h.xid == h2.xid && h.zxid == h2.zxid && h.err == h2.err);
+		CHECK(memcmp(&st, &st2, sizeof(st)) == 0);
+	}
+}
+
 TEST(watcher_event)
 {
 	jute_watcher_event ev;
