@@ -39,6 +39,9 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "jute.h"
 #include "log.h"
@@ -99,6 +102,7 @@ enum wkind { W_DATA, W_EXIST, W_CHILD, W_PERSIST, W_RECURSIVE, W_NKINDS };
 struct watcher {
 	struct watcher *next;
 	enum wkind kind;
+	unsigned long long seq; /* when added (z->watch_seq) */
 	size_t len;         /* of PATH */
 	char *path;
 	zk_watch_fn fn;
@@ -184,6 +188,9 @@ struct zk {
 	/* watches */
 	struct watcher *watches[WATCH_BUCKETS];
 	uint32_t watch_lens[WATCH_LENS]; /* watchers by wlen_slot() */
+	uint64_t watched_lens[WATCH_LENS / 64]; /* bit L: watch_lens[L] > 0 */
+	size_t nwatches;
+	unsigned long long watch_seq;
 	/* cross-thread state waits */
 	pthread_mutex_t mu;
 	pthread_cond_t cond;
@@ -264,9 +271,9 @@ static struct req *reqq_pop(struct reqq *q)
 }
 
 /* Freed requests kept for the next ones (a request to ZooKeeper took an
- * allocation of its own: 14 per node request), poisoned while they wait
- * (NP_POISON). */
-#define SPARE_REQS 128
+ * allocation of its own: 14 per node request; some hundreds are in flight
+ * at 100 node requests at a time), poisoned while they wait (NP_POISON). */
+#define SPARE_REQS 512
 
 static void req_free(zk *z, struct req *r)
 {
@@ -344,6 +351,37 @@ static const char *jr_path(jr *rd, size_t *len)
 	return s;
 }
 
+/* Whether the N bytes at S have two slashes in a row. Every request's
+ * path is checked: 16 bytes a step (SSE2, on every x86-64), the steps
+ * overlapping by a byte so that no pair is split between two. */
+static bool double_slash(const char *s, size_t n)
+{
+	size_t i = 0;
+
+#ifdef __SSE2__
+	if (n >= 16) {
+		const __m128i slash = _mm_set1_epi8('/');
+
+		for (;;) {
+			__m128i v = _mm_loadu_si128((const __m128i *)(const void *)
+						    (s + i));
+			unsigned m = (unsigned)_mm_movemask_epi8(
+				_mm_cmpeq_epi8(v, slash));
+
+			if (m & (m >> 1))
+				return true;
+			if (i + 16 == n)
+				return false;
+			i = i + 15 + 16 <= n ? i + 15 : n - 16;
+		}
+	}
+#endif
+	for (i = 1; i < n; i++)
+		if (s[i] == '/' && s[i - 1] == '/')
+			return true;
+	return false;
+}
+
 /* PATH's length when it is absolute, has no empty components, and no
  * trailing slash (a sequential create may end with one: the server
  * appends digits); else 0. */
@@ -356,7 +394,7 @@ static size_t path_len(const char *path, bool trailing_ok)
 	n = strlen(path);
 	if (n == 1)
 		return 1;
-	if (strstr(path, "//") || (!trailing_ok && path[n - 1] == '/'))
+	if (double_slash(path, n) || (!trailing_ok && path[n - 1] == '/'))
 		return 0;
 	return n;
 }
@@ -420,11 +458,7 @@ static void set_state(zk *z, enum zk_state st)
 /* The bucket of the LEN bytes at S. */
 static unsigned path_hash(const char *s, size_t len)
 {
-	unsigned h = 5381;
-
-	for (size_t i = 0; i < len; i++)
-		h = h * 33 + (unsigned char)s[i];
-	return h % WATCH_BUCKETS;
+	return str_hash(s, len) & (WATCH_BUCKETS - 1);
 }
 
 static size_t wlen_slot(size_t len)
@@ -454,19 +488,26 @@ static void watch_add(zk *z, enum wkind kind, const char *path,
 	/* The watcher and its path in one allocation. */
 	w = xmalloc(sizeof(*w) + len + 1);
 	w->kind = kind;
+	w->seq = z->watch_seq++;
 	w->len = len;
 	w->path = memcpy(w + 1, path, len + 1);
 	w->fn = fn;
 	w->arg = arg;
 	w->next = z->watches[h];
 	z->watches[h] = w;
-	z->watch_lens[wlen_slot(len)]++;
+	if (z->watch_lens[wlen_slot(len)]++ == 0)
+		z->watched_lens[wlen_slot(len) / 64] |= 1ull << wlen_slot(len) % 64;
+	z->nwatches++;
 }
 
 /* W, unlinked from its bucket already. */
 static void watcher_free(zk *z, struct watcher *w)
 {
-	z->watch_lens[wlen_slot(w->len)]--;
+	size_t slot = wlen_slot(w->len);
+
+	if (--z->watch_lens[slot] == 0)
+		z->watched_lens[slot / 64] &= ~(1ull << slot % 64);
+	z->nwatches--;
 	free(w);
 }
 
@@ -564,26 +605,51 @@ static void collect_exact(zk *z, const char *path, size_t len, int type,
 	}
 }
 
-/* An event of TYPE on the LEN bytes of PATH (NUL-terminated). */
+/* The longest length below L (at most WATCH_LENS - 1) that some watch's
+ * path has, or 0. */
+static size_t watched_below(const zk *z, size_t l)
+{
+	while (l > 0) {
+		size_t word = (l - 1) / 64;
+		uint64_t bits = z->watched_lens[word] &
+				(~0ull >> (63 - (l - 1) % 64));
+
+		if (bits)
+			return word * 64 + 63 - (size_t)__builtin_clzll(bits);
+		l = word * 64;
+	}
+	return 0;
+}
+
+/* An event of TYPE on the LEN bytes of PATH (NUL-terminated, absolute,
+ * no empty components). */
 static void dispatch_event(zk *z, int type, const char *path, size_t len)
 {
 	struct fire_list f = { .v = NULL };
-	size_t end = len;
-	const char *slash;
+	size_t l;
 
 	collect_exact(z, path, len, type, false, &f);
 	/* Recursive watches on every ancestor, the nearest first: "/" and
 	 * each prefix before a later slash; a path ending in a slash is not
-	 * its own ancestor. Only ancestors of a watched length are hashed
-	 * and looked up (the watches are on a few roots, the events mostly
-	 * far below them). */
-	while (end > 0 && (slash = memrchr(path, '/', end))) {
-		size_t plen = slash == path ? 1 : (size_t)(slash - path);
+	 * its own ancestor. Only the lengths some watch has are looked at
+	 * (the watches are on a few roots, the events mostly far below
+	 * them): the ancestors as long as the last slot of watch_lens, each
+	 * slash from the end, then each watched length below. */
+	if (len > WATCH_LENS - 1 && z->watch_lens[WATCH_LENS - 1]) {
+		const char *slash;
 
-		end = (size_t)(slash - path);
-		if (plen < len)
-			collect_exact(z, path, plen, type, true, &f);
+		l = len;
+		while (l > WATCH_LENS - 1 &&
+		       (slash = memrchr(path + WATCH_LENS - 1, '/',
+					l - (WATCH_LENS - 1)))) {
+			l = (size_t)(slash - path);
+			collect_exact(z, path, l, type, true, &f);
+		}
 	}
+	for (l = len < WATCH_LENS - 1 ? len : WATCH_LENS - 1;
+	     (l = watched_below(z, l)) > 0;)
+		if (path[l == 1 ? 0 : l] == '/')
+			collect_exact(z, path, l, type, true, &f);
 	/* Called only now: a watcher may add or remove watches. */
 	for (size_t i = 0; i < f.n; i++)
 		f.v[i].fn(z, type, path, f.v[i].arg);
@@ -1011,8 +1077,10 @@ int zk_amulti(zk *z, zk_op *ops, int n, zk_done_fn cb, void *arg)
 void zk_ops_free(zk_op *ops, int n)
 {
 	for (int i = 0; i < n; i++) {
-		free(ops[i].created_path);
-		ops[i].created_path = NULL;
+		if (ops[i].created_path) {
+			free(ops[i].created_path);
+			ops[i].created_path = NULL;
+		}
 	}
 }
 
@@ -1549,21 +1617,52 @@ static void send_connect_request(zk *z)
 	update_io_interest(z);
 }
 
+/* setWatches2 lists the watches in the order it always has: by the
+ * djb2 hash of their paths modulo 256 (the watch table's buckets once),
+ * the newest first among equals. */
+static unsigned watch_order(const struct watcher *w)
+{
+	unsigned h = 5381;
+
+	for (size_t i = 0; i < w->len; i++)
+		h = h * 33 + (unsigned char)w->path[i];
+	return h % 256;
+}
+
+static int watch_cmp(const void *a, const void *b)
+{
+	const struct watcher *x = *(struct watcher *const *)a;
+	const struct watcher *y = *(struct watcher *const *)b;
+	unsigned ox = watch_order(x), oy = watch_order(y);
+
+	if (ox != oy)
+		return ox < oy ? -1 : 1;
+	return x->seq > y->seq ? -1 : x->seq < y->seq;
+}
+
 static void collect_watch_paths(zk *z, strlist lists[W_NKINDS])
 {
-	for (int i = 0; i < WATCH_BUCKETS; i++) {
-		for (struct watcher *w = z->watches[i]; w; w = w->next) {
-			char *full;
-			if (strcmp(w->path, "/") == 0 && z->chroot[0])
-				full = xstrdup(z->chroot);
-			else
-				full = xasprintf("%s%s", z->chroot, w->path);
-			if (strlist_contains(&lists[w->kind], full))
-				free(full);
-			else
-				strlist_add_owned(&lists[w->kind], full);
-		}
+	struct watcher **all = xmalloc((z->nwatches + 1) * sizeof(*all));
+	size_t n = 0;
+
+	for (int i = 0; i < WATCH_BUCKETS; i++)
+		for (struct watcher *w = z->watches[i]; w; w = w->next)
+			all[n++] = w;
+	qsort(all, n, sizeof(*all), watch_cmp);
+	for (size_t i = 0; i < n; i++) {
+		const struct watcher *w = all[i];
+		char *full;
+
+		if (w->len == 1 && z->chroot_len)
+			full = xstrdup(z->chroot);
+		else
+			full = xasprintf("%s%s", z->chroot, w->path);
+		if (strlist_contains(&lists[w->kind], full))
+			free(full);
+		else
+			strlist_add_owned(&lists[w->kind], full);
 	}
+	free(all);
 }
 
 /* Re-register all watches, in packets of bounded size. */

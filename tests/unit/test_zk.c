@@ -1280,6 +1280,204 @@ TEST(fake_server_silent)
 	fake_case(FAKE_SILENT);
 }
 
+/* A path with an empty component is refused wherever the two slashes
+ * are, for every length around the 16-byte steps of the check; one
+ * without is taken (zk_remove_persistent_watch checks the path and then
+ * finds no watch, with no request sent). No server needed. */
+TEST(paths_with_empty_components)
+{
+	zk_options o = { .hosts = "127.0.0.1:1", .session_timeout = 2 };
+	char *err = NULL, p[80];
+	evloop *loop = evloop_new();
+	zk *z = zk_new(loop, &o, &err);
+	int bad = 0;
+
+	REQUIRE(z);
+	for (size_t n = 2; n < sizeof(p); n++) {
+		memset(p, 'a', n);
+		p[0] = '/';
+		p[n] = '\0';
+		for (size_t i = 4; i + 1 < n; i += 4)
+			p[i] = '/'; /* components of 3 */
+		if (p[n - 1] == '/')
+			p[n - 1] = 'a';
+		if (zk_remove_persistent_watch(z, p) != ZNOWATCHER)
+			bad++;
+		for (size_t at = 0; at + 1 < n; at++) {
+			char q[80];
+
+			memcpy(q, p, n + 1);
+			q[at] = q[at + 1] = '/';
+			if (zk_remove_persistent_watch(z, q) != ZBADARGUMENTS)
+				bad++;
+		}
+		p[n - 1] = '/'; /* a trailing slash */
+		if (zk_remove_persistent_watch(z, p) != ZBADARGUMENTS)
+			bad++;
+	}
+	CHECK_INT(bad, 0);
+	CHECK_INT(zk_remove_persistent_watch(z, "/"), ZNOWATCHER);
+	CHECK_INT(zk_remove_persistent_watch(z, "a/b"), ZBADARGUMENTS);
+	CHECK_INT(zk_remove_persistent_watch(z, ""), ZBADARGUMENTS);
+	zk_close(z);
+	evloop_free(loop);
+}
+
+/* ---- setWatches2 after a reconnect ---- */
+
+/* A server that answers the first connection's requests and hangs up
+ * after NADD addWatch requests, then takes the session back on the
+ * second connection and keeps the setWatches2 body it is sent. */
+struct wfake {
+	int lfd, port;
+	int nadd;
+	unsigned char body[8192];
+	int blen; /* -1 until seen */
+	pthread_t th;
+};
+
+static void *watch_fake(void *arg)
+{
+	struct wfake *f = arg;
+	unsigned char buf[8192], reply[20];
+	struct timeval tv = { 8, 0 };
+
+	for (int conn = 0; conn < 2; conn++) {
+		struct fconn c = { accept(f->lfd, NULL, NULL), NULL };
+		int len, added = 0;
+
+		if (c.fd < 0)
+			return NULL;
+		setsockopt(c.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		if (fk_frame(&c, buf, sizeof(buf)) < 0 ||
+		    !fk_write(&c, buf, connect_response(buf))) {
+			close(c.fd);
+			return NULL;
+		}
+		while ((len = fk_frame(&c, buf, sizeof(buf))) >= 12) {
+			uint32_t xid = get32(buf + 4), type = get32(buf + 8);
+
+			if (conn == 1 && type == 105) {
+				memcpy(f->body, buf + 12, (size_t)len - 12);
+				f->blen = len - 12;
+				break;
+			}
+			memset(reply, 0, sizeof(reply));
+			put32(reply, 16);
+			put32(reply + 4, xid);
+			if (!fk_write(&c, reply, sizeof(reply)))
+				break;
+			if (conn == 0 && type == 106 && ++added == f->nadd)
+				break;
+		}
+		close(c.fd);
+	}
+	return NULL;
+}
+
+static unsigned djb2_256(const char *s)
+{
+	unsigned h = 5381;
+
+	while (*s)
+		h = h * 33 + (unsigned char)*s++;
+	return h % 256;
+}
+
+/* The expected vector of the N paths P, added in that order. */
+static void expect_vector(sbuf *b, char p[][16], int n)
+{
+	int order[32];
+	unsigned char c[4];
+
+	for (int i = 0; i < n; i++)
+		order[i] = i;
+	/* by bucket, the newest first within one (insertion sort) */
+	for (int i = 1; i < n; i++) {
+		for (int j = i; j > 0; j--) {
+			int a = order[j - 1], z = order[j];
+			unsigned ba = djb2_256(p[a]), bz = djb2_256(p[z]);
+			if (ba < bz || (ba == bz && a > z))
+				break;
+			order[j - 1] = z;
+			order[j] = a;
+		}
+	}
+	put32(c, (uint32_t)n);
+	sbuf_add(b, c, 4);
+	for (int i = 0; i < n; i++) {
+		put32(c, (uint32_t)strlen(p[order[i]]));
+		sbuf_add(b, c, 4);
+		sbuf_adds(b, p[order[i]]);
+	}
+}
+
+/* After a reconnect, setWatches2 lists the persistent and recursive
+ * watches by the djb2 hash of their paths modulo 256, the newest first
+ * among equals, whatever the watch table's own layout. */
+TEST(set_watches_order)
+{
+	struct wfake f = { .nadd = 12, .blen = -1 };
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t alen = sizeof(a);
+	char rec[8][16], per[4][16];
+	int nrec = 0, nper = 0;
+	struct wctx w = { 0 };
+	unsigned char zero[20] = { 0 };
+	sbuf want;
+	evloop *loop;
+	zk *z;
+	long long end;
+
+	/* two paths of one bucket among the recursive ones */
+	snprintf(rec[nrec++], 16, "/p0");
+	for (int i = 1; nrec < 2; i++) {
+		snprintf(rec[nrec], 16, "/p%d", i);
+		if (djb2_256(rec[nrec]) == djb2_256(rec[0]))
+			nrec++;
+	}
+	for (int i = 0; nrec < 8; i++)
+		snprintf(rec[nrec++], 16, "/r%d/x", i);
+	for (int i = 0; nper < 4; i++)
+		snprintf(per[nper++], 16, "/q%d", i * 7);
+
+	f.lfd = socket(AF_INET, SOCK_STREAM, 0);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	REQUIRE(f.lfd >= 0 && bind(f.lfd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+		listen(f.lfd, 4) == 0 &&
+		getsockname(f.lfd, (struct sockaddr *)&a, &alen) == 0);
+	f.port = ntohs(a.sin_port);
+	pthread_create(&f.th, NULL, watch_fake, &f);
+	loop = evloop_new();
+	{
+		struct fake fk = { .port = f.port };
+
+		z = fake_client(&fk, loop, "127.0.0.1");
+	}
+	REQUIRE(z);
+	for (int i = 0; i < 8; i++)
+		CHECK_INT(zk_add_persistent_watch(z, rec[i], true, on_watch, &w),
+			  ZOK);
+	for (int i = 0; i < 4; i++)
+		CHECK_INT(zk_add_persistent_watch(z, per[i], false, on_watch, &w),
+			  ZOK);
+	end = now_ms() + 8000;
+	while (f.blen < 0 && now_ms() < end)
+		evloop_run_once(loop, 50);
+	zk_close(z);
+	pthread_join(f.th, NULL);
+	close(f.lfd);
+	evloop_free(loop);
+
+	sbuf_init(&want);
+	sbuf_add(&want, zero, 8 + 4 * 3); /* zxid 0; data, exist, child: 0 */
+	expect_vector(&want, per, nper);
+	expect_vector(&want, rec, nrec);
+	CHECK_INT(f.blen, (int)want.len);
+	CHECK(f.blen == (int)want.len && memcmp(f.body, want.buf, want.len) == 0);
+	sbuf_free(&want);
+}
+
 /* ---- a clean close is quiet ---- */
 
 /* Regression: after closeSession, the server hanging up is the normal
