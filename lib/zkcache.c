@@ -45,7 +45,11 @@
 #define MAXSEG 8         /* path components below a root we ever look at */
 #define ITEM_REL 96      /* path bytes of an item kept for reuse (a node's
 			  * lock contender: 66) */
-#define ITEM_SPARE 128   /* items kept for reuse, at most */
+#define ITEM_SPARE 512   /* items kept for reuse, at most (some hundreds
+			  * are queued at once at 100 requests at a time) */
+#define OWN_REL 32       /* path bytes of an own-writes entry kept for reuse
+			  * (a node's id is 10, a request's 14) */
+#define OWN_SPARE 256    /* such entries kept for reuse, at most */
 
 /* Entry kinds besides the public enum zkc_what. */
 enum {
@@ -174,6 +178,53 @@ static struct cls classify_image(const struct segs *s)
 	}
 }
 
+/* ---- blocks kept for reuse ----
+ *
+ * Entries, queued changes and own-write entries come and go with every
+ * request: freed ones of the common sizes wait on a list for the next
+ * (poisoned meanwhile, NP_POISON). A block's first bytes hold the list's
+ * link. */
+
+struct spares {
+	void *head;
+	size_t n, max;
+	size_t size; /* of every block */
+};
+
+/* A zeroed block off S's list, or NULL. */
+static void *spare_take(struct spares *s)
+{
+	void *p = s->head;
+
+	if (!p)
+		return NULL;
+	NP_UNPOISON(p, s->size);
+	memcpy(&s->head, p, sizeof(p));
+	s->n--;
+	memset(p, 0, s->size);
+	return p;
+}
+
+/* Keep P (of S's size) on the list; false when the list is full. */
+static bool spare_put(struct spares *s, void *p)
+{
+	if (s->n >= s->max)
+		return false;
+	memcpy(p, &s->head, sizeof(p));
+	s->head = p;
+	s->n++;
+	NP_POISON(p, s->size);
+	return true;
+}
+
+static void spares_drop(struct spares *s)
+{
+	void *p;
+
+	while ((p = spare_take(s)))
+		free(p);
+}
+
 /* ---- entries ---- */
 
 struct ent {
@@ -215,10 +266,16 @@ union obj {
 	json_t *json;
 };
 
+#define ENT_SIZES 4  /* entry sizes a table keeps freed entries of */
+#define ENT_SPARE 64 /* entries of one size kept, at most */
+
 struct table {
 	struct ent **b;
 	size_t nb; /* power of two, or 0 */
 	size_t n;
+	/* Freed entries by size (a node's, a contender's, a request's:
+	 * some five come and go with a request), for the next ones. */
+	struct spares spare[ENT_SIZES];
 };
 
 static size_t obj_size(int what)
@@ -241,6 +298,50 @@ static void *ent_obj(struct ent *e)
 static const char *ent_key(const struct ent *e)
 {
 	return (const char *)e->body + obj_size(e->what);
+}
+
+static size_t ent_size(int what, size_t klen)
+{
+	return sizeof(struct ent) + obj_size(what) + klen + 1;
+}
+
+/* A zeroed entry of SIZE bytes, one T kept if it has one. */
+static struct ent *ent_alloc(struct table *t, size_t size)
+{
+	for (int i = 0; i < ENT_SIZES; i++) {
+		if (t->spare[i].size == size) {
+			struct ent *e = spare_take(&t->spare[i]);
+
+			if (e)
+				return e;
+			break;
+		}
+	}
+	return xcalloc(1, size);
+}
+
+/* Free E, unlinked from T: kept for reuse when T keeps entries of its
+ * size, or has a list free to keep them. */
+static void ent_free(struct table *t, struct ent *e)
+{
+	size_t size;
+	struct spares *s = NULL;
+
+	if (e->klen == KLEN_LONG) {
+		free(e);
+		return;
+	}
+	size = ent_size(e->what, e->klen);
+	for (int i = 0; i < ENT_SIZES && !s; i++)
+		if (t->spare[i].size == size)
+			s = &t->spare[i];
+	for (int i = 0; i < ENT_SIZES && !s; i++)
+		if (!t->spare[i].n)
+			s = &t->spare[i];
+	if (s && s->size != size)
+		*s = (struct spares){ .max = ENT_SPARE, .size = size };
+	if (!s || !spare_put(s, e))
+		free(e);
 }
 
 /* The entry whose key is the LEN bytes of KEY (no NUL among them): same
@@ -295,7 +396,7 @@ static struct ent *tab_addn(struct table *t, const char *key, size_t klen,
 			    int what)
 {
 	size_t osz = obj_size(what);
-	struct ent *e = xcalloc(1, sizeof(*e) + osz + klen + 1);
+	struct ent *e = ent_alloc(t, ent_size(what, klen));
 
 	e->what = (uint8_t)what;
 	e->hash = str_hash(key, klen);
@@ -381,10 +482,8 @@ struct zkc {
 	struct item *head, *tail;
 	size_t qlen;
 	/* Freed items of ITEM_REL path bytes, for the next ones (each queued
-	 * change has one, so a request took some 17 allocations for them).
-	 * Poisoned while they wait (NP_POISON). */
-	struct item *spare;
-	size_t nspare;
+	 * change has one, so a request took some 17 allocations for them). */
+	struct spares item_spares;
 	struct item *borrowed; /* its reply data is the zk client's */
 	unsigned draining, iterating;
 	size_t inflight;       /* zk callbacks still to come */
@@ -405,8 +504,10 @@ struct zkc {
 	size_t nls, capls;
 	unsigned dispatching;
 
-	/* our own writes in flight, by path below the root */
+	/* our own writes in flight, by path below the root; freed entries
+	 * of OWN_REL path bytes kept for the next ones (five a request) */
 	struct own **owns;
+	struct spares own_spares;
 	size_t nowns_b;     /* buckets: power of two, or 0 */
 	size_t nholds;      /* stand-ins waiting for a reply */
 	uint64_t hold_timer;
@@ -529,7 +630,7 @@ static void json_prune(zkc *c)
 				*pp = e->next;
 				t->n--;
 				json_decref(v);
-				free(e);
+				ent_free(t, e);
 			} else {
 				pp = &e->next;
 			}
@@ -704,7 +805,7 @@ static void str_release(zkc *c, char *s)
 
 	if (--e->nlock == 0) {
 		tab_unlink(&c->strs, e);
-		free(e);
+		ent_free(&c->strs, e);
 	}
 }
 
@@ -815,6 +916,8 @@ static void tab_clear(zkc *c, struct table *t)
 		}
 	}
 	free(t->b);
+	for (int i = 0; i < ENT_SIZES; i++)
+		spares_drop(&t->spare[i]);
 	memset(t, 0, sizeof(*t));
 }
 
@@ -1017,7 +1120,7 @@ static void drop_obj(zkc *c, struct ent *e)
 	fire(c, ZKC_REMOVED, e->what, ent_key(e), NULL, &old);
 	obj_release(c, e->what, &old);
 	if (free_it)
-		free(e);
+		ent_free(&c->tab, e);
 }
 
 /* A read of REL answered: DATA NULL (no znode) or LEN bytes; or our own
@@ -1110,7 +1213,7 @@ static void contender_changed(zkc *c, const char *rel, int delta,
 		fire(c, ZKC_UNLOCKED, ZKC_NODE, id,
 		     e->has_obj ? ent_obj(e) : NULL, NULL);
 		if (free_it)
-			free(e);
+			ent_free(&c->tab, e);
 	}
 }
 
@@ -1139,7 +1242,7 @@ static void apply_mark(zkc *c, const char *rel, size_t n, int what,
 			contender_changed(c, rel, -1, 0);
 		else
 			fire_marker(c, ZKC_REMOVED, e->what, rel);
-		free(e);
+		ent_free(&c->tab, e);
 	}
 }
 
@@ -1225,17 +1328,10 @@ static void walk_fail(zkc *c, const struct item *it)
 static struct item *item_new(zkc *c, int op, int what, const char *rel,
 			     size_t n, bool walk)
 {
-	struct item *it;
+	struct item *it = n < ITEM_REL ? spare_take(&c->item_spares) : NULL;
 
-	if (n < ITEM_REL && c->spare) {
-		it = c->spare;
-		NP_UNPOISON(it, sizeof(*it) + ITEM_REL);
-		c->spare = it->next;
-		c->nspare--;
-		memset(it, 0, sizeof(*it));
-	} else {
+	if (!it)
 		it = xcalloc(1, sizeof(*it) + (n < ITEM_REL ? ITEM_REL : n + 1));
-	}
 
 	memcpy(it->rel, rel, n);
 	it->rel[n] = '\0';
@@ -1268,27 +1364,9 @@ static void item_free(struct item *it)
 	if (it->kids_copy.v)
 		strlist_free(&it->kids_copy);
 	/* One of ITEM_REL path bytes goes back to its cache's spares. */
-	if (!c->closed && it->rlen < ITEM_REL &&
-	    c->nspare < ITEM_SPARE) {
-		it->next = c->spare;
-		c->spare = it;
-		c->nspare++;
-		NP_POISON(it, sizeof(*it) + ITEM_REL);
-		return;
-	}
-	free(it);
-}
-
-static void spares_free(zkc *c)
-{
-	while (c->spare) {
-		struct item *it = c->spare;
-
-		NP_UNPOISON(it, sizeof(*it) + ITEM_REL);
-		c->spare = it->next;
+	if (c->closed || it->rlen >= ITEM_REL ||
+	    !spare_put(&c->item_spares, it))
 		free(it);
-	}
-	c->nspare = 0;
 }
 
 /* Free an item whose callback came after zkc_free(), and the cache with
@@ -1723,16 +1801,26 @@ static struct own **own_slot(zkc *c, const char *rel, size_t n)
 }
 
 /* A new entry of the own table for the N bytes of REL (hash H) at PP. */
-static struct own *own_new(struct own **pp, const char *rel, size_t n,
-			   uint32_t h)
+static struct own *own_new(zkc *c, struct own **pp, const char *rel,
+			   size_t n, uint32_t h)
 {
-	struct own *o = xcalloc(1, sizeof(*o) + n + 1);
+	struct own *o = n < OWN_REL ? spare_take(&c->own_spares) : NULL;
 
+	if (!o)
+		o = xcalloc(1, sizeof(*o) + (n < OWN_REL ? OWN_REL : n + 1));
 	memcpy(o->rel, rel, n);
+	o->rel[n] = '\0';
 	o->hash = h;
 	o->len = n;
 	*pp = o;
 	return o;
+}
+
+/* O is done with: kept for reuse if it has OWN_REL path bytes. */
+static void own_free(zkc *c, struct own *o)
+{
+	if (c->closed || o->len >= OWN_REL || !spare_put(&c->own_spares, o))
+		free(o);
 }
 
 /* REL below the root (its length into *N) when PATH is a record this
@@ -1829,7 +1917,7 @@ static bool seq_hold(zkc *c, int what, const char *rel, size_t n)
 	pp = own_slot_h(c, rel, n, &h);
 	if (*pp)
 		return false; /* held already: this event reads after it */
-	o = own_new(pp, rel, n, h);
+	o = own_new(c, pp, rel, n, h);
 	o->seq = true;
 	o->seq_wait = c->seq_begun;
 	o->hold = hold_new(c, what, rel, n, &o->hold_ms);
@@ -1855,7 +1943,7 @@ void zkc_write_begin(zkc *c, const char *path)
 	if (*pp && (*pp)->seq)
 		return; /* a creation held: this write's event is read */
 	if (!*pp)
-		own_new(pp, rel, n, h);
+		own_new(c, pp, rel, n, h);
 	(*pp)->pending++;
 }
 
@@ -1876,7 +1964,7 @@ static void write_done(zkc *c, const char *path, int rc, const char *data,
 		goto out;
 	*pp = o->next;
 	it = o->hold;
-	free(o);
+	own_free(c, o);
 	if (!it)
 		goto out;
 	c->nholds--;
@@ -1914,8 +2002,10 @@ done:
 	it->done = true;
 	drain(c);
 out:
-	free(owned);
-	given_free(given_what, given);
+	if (owned)
+		free(owned);
+	if (given)
+		given_free(given_what, given);
 }
 
 void zkc_write_done(zkc *c, const char *path, int rc, const char *data,
@@ -1963,7 +2053,7 @@ static struct item *seq_unlink(zkc *c, struct own *o)
 	}
 	if (it)
 		c->nholds--;
-	free(o);
+	own_free(c, o);
 	return it;
 }
 
@@ -2116,6 +2206,10 @@ zkc *zkc_new(zk *z, enum zkc_tree tree)
 	c->root = tree == ZKC_NODES ? NP_NODE_ROOT :
 		  tree == ZKC_REQUESTS ? NP_REQUEST_ROOT : NP_IMAGE_ROOT;
 	c->rootlen = strlen(c->root);
+	c->item_spares = (struct spares){ .max = ITEM_SPARE,
+		.size = sizeof(struct item) + ITEM_REL };
+	c->own_spares = (struct spares){ .max = OWN_SPARE,
+		.size = sizeof(struct own) + OWN_REL };
 	c->gen = 1;
 	c->min_stamp = 1;
 	c->shared_node = (np_shared){
@@ -2162,7 +2256,8 @@ void zkc_free(zkc *c)
 	tab_clear(c, &c->json);
 	tab_clear(c, &c->strs);
 	sbuf_free(&c->text);
-	spares_free(c);
+	spares_drop(&c->item_spares);
+	spares_drop(&c->own_spares);
 	free(c->ls);
 	c->ls = NULL;
 	c->nls = 0;
