@@ -380,9 +380,11 @@ static void lock_destroy(zk_lock *l)
 		evloop_del_timer(l->loop, l->deadline_timer);
 	if (l->aux_timer)
 		evloop_del_timer(l->loop, l->aux_timer);
-	set_node(l, NULL);
+	if (l->node_path)
+		set_node(l, NULL);
 	fresh_clear(l);
-	fresh_stats_free(l);
+	if (l->fresh_stats)
+		fresh_stats_free(l);
 	free(l);
 }
 
