@@ -240,9 +240,9 @@ static void rec_init(const struct field *tab, void *rec)
  * was that walk. */
 
 struct member {
+	uint64_t bit;  /* its bit in np_shared's mask (1 << its index in
+			* the field table; none from 64 on) */
 	uint16_t off;  /* of the C member */
-	uint8_t bit;   /* its index in the field table: its bit in
-			* np_shared's mask (none from 64 on) */
 	uint8_t size;  /* plain members: the bytes to copy (1 or 8) */
 };
 
@@ -265,8 +265,8 @@ static void layout_add(struct member *m, uint8_t *n, size_t max,
 {
 	if (*n == max)
 		abort(); /* a table outgrew its layout: make LAYOUT_MAX larger */
+	m[*n].bit = idx < 64 ? 1ULL << idx : 0;
 	m[*n].off = (uint16_t)f->off;
-	m[*n].bit = (uint8_t)(idx < 64 ? idx : 64);
 	m[*n].size = (uint8_t)size;
 	(*n)++;
 }
@@ -432,13 +432,11 @@ static char *pool_str(const np_shared *shared, const char *like,
 	return shared->str(shared->ctx, s, len);
 }
 
-static char *arena_str(struct arena *a, const char *s, size_t len,
-		       bool shared, const char *like)
+/* A copy of the LEN bytes at S where A says (see struct arena). */
+static inline char *arena_str(struct arena *a, const char *s, size_t len)
 {
 	char *d;
 
-	if (shared)
-		return pool_str(a->shared, like, s, len);
 	if (!a || !a->str)
 		return xstrndup(s, len);
 	if (a->prefix) {
@@ -496,7 +494,7 @@ static const char *prev_item(const void *prev, const struct field *f,
 /* Whether the member M takes the pool's strings (STRS: np_shared's). */
 static inline bool member_shared(uint64_t strs, const struct member *m)
 {
-	return strs && m->bit < 64 && (strs >> m->bit & 1);
+	return (strs & m->bit) != 0;
 }
 
 /* SRC's members into DST (zeroed), as decoding SRC's encoding reads
@@ -538,9 +536,10 @@ static bool rec_copy(const struct layout *lo, void *dst, const void *src,
 		len = src_len(a, s);
 		if (check && !utf8_valid(s, len))
 			return false; /* not written */
-		*AT(dst, m->off, char *) = arena_str(a, s, len,
-						     member_shared(strs, m),
-						     prev_str_at(prev, m->off));
+		*AT(dst, m->off, char *) = member_shared(strs, m) ?
+			pool_str(a->shared, prev_str_at(prev, m->off), s,
+				 len) :
+			arena_str(a, s, len);
 	}
 	for (size_t i = 0; i < lo->nlist; i++) {
 		const struct member *m = &lo->list[i];
@@ -557,8 +556,11 @@ static bool rec_copy(const struct layout *lo, void *dst, const void *src,
 
 			if (check && !utf8_valid(l->v[j], len))
 				return false; /* left out */
-			dl->v[dl->n++] = arena_str(a, l->v[j], len, shared,
-						   prev_item_at(prev, m->off, j));
+			dl->v[dl->n++] = shared ?
+				pool_str(a->shared, prev_item_at(prev, m->off,
+								 j),
+					 l->v[j], len) :
+				arena_str(a, l->v[j], len);
 		}
 	}
 	/* JSON values: null reads as no value; shared, see model.h. */
@@ -1635,11 +1637,47 @@ static size_t utf8_seq(const unsigned char *p, const unsigned char *end)
 	return n;
 }
 
+static bool utf8_walk(const unsigned char *p, const unsigned char *end);
+
+/* Whether the LEN bytes at STR are valid UTF-8 by jansson's rules. Most
+ * strings are ASCII, which their bytes ORed together show: 8 at a time,
+ * the last 8 overlapping those before them, a shorter string in pieces
+ * of 4, 2 and 1 (no branch per byte); the others are walked. */
 static bool utf8_valid(const char *str, size_t len)
 {
 	const unsigned char *p = (const unsigned char *)str;
-	const unsigned char *end = p + len;
+	uint64_t acc = 0, w;
 
+	if (len >= 8) {
+		for (size_t i = 0; i + 8 <= len; i += 8) {
+			memcpy(&w, p + i, 8);
+			acc |= w;
+		}
+		memcpy(&w, p + len - 8, 8);
+		acc |= w;
+	} else {
+		uint32_t w4 = 0;
+		uint16_t w2 = 0;
+		size_t i = 0;
+
+		if (len & 4) {
+			memcpy(&w4, p, 4);
+			i = 4;
+		}
+		if (len & 2) {
+			memcpy(&w2, p + i, 2);
+			i += 2;
+		}
+		acc = w4 | w2 | (len & 1 ? p[i] : 0);
+	}
+	if (!(acc & 0x8080808080808080ULL))
+		return true;
+	return utf8_walk(p, p + len);
+}
+
+/* utf8_valid() of the bytes from P to END, one sequence at a time. */
+static bool utf8_walk(const unsigned char *p, const unsigned char *end)
+{
 	while (p < end) {
 		size_t n;
 		uint64_t w;
@@ -2285,9 +2323,8 @@ static bool type_copy(int kind, void *dst, const void *src,
 		const char *id = *CAT(src, t->ids[i], char *);
 
 		if (id)
-			*AT(dst, t->ids[i], char *) = arena_str(a, id,
-								src_len(a, id),
-								false, NULL);
+			*AT(dst, t->ids[i], char *) =
+				arena_str(a, id, src_len(a, id));
 	}
 	return true;
 }

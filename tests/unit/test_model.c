@@ -965,6 +965,47 @@ TEST(compact_copy_strings_replaced)
 	np_record_clear(NP_KIND_NODE, &rec);
 }
 
+/* A copy checks each string for UTF-8 as the encoding does: a bad byte
+ * or a good multi-byte character at every offset of strings of every
+ * length around the 8-byte words the check reads. */
+TEST(copies_check_utf8_at_every_offset)
+{
+	np_record rec, c, *p;
+
+	for (size_t len = 0; len <= 20; len++) {
+		for (size_t at = 0; at <= len; at++) {
+			char buf[32];
+			bool bad = at < len;
+
+			np_node_init(&rec.node);
+			memset(buf, 'a', len);
+			buf[len] = '\0';
+			if (bad)
+				buf[at] = (char)0xff;
+			rec.node.hostname = xstrdup(buf);
+			CHECK(np_record_copy(NP_KIND_NODE, &c, &rec) == !bad);
+			np_record_clear(NP_KIND_NODE, &c);
+			CHECK(np_record_copy_compact(NP_KIND_NODE, &c, &rec) ==
+			      !bad);
+			np_record_clear(NP_KIND_NODE, &c);
+			p = np_record_pack(NP_KIND_NODE, &rec);
+			CHECK((p != NULL) == !bad);
+			np_record_pack_free(NP_KIND_NODE, p);
+			/* "\u00e9" as two bytes in place of the bad one. */
+			if (bad && at + 1 < len) {
+				buf[at] = (char)0xc3;
+				buf[at + 1] = (char)0xa9;
+				np_record_set_str(NP_KIND_NODE, &rec,
+						  &rec.node.hostname, buf);
+				CHECK(np_record_copy(NP_KIND_NODE, &c, &rec));
+				CHECK_STR(c.node.hostname, buf);
+				np_record_clear(NP_KIND_NODE, &c);
+			}
+			np_record_clear(NP_KIND_NODE, &rec);
+		}
+	}
+}
+
 TEST(bad_documents)
 {
 	np_node n;
