@@ -347,11 +347,14 @@ json_t *driver_server_metadata(const np_create_args *a)
 		free(s);
 		free(err);
 	}
-	/* The caller's values are its own, not the config's, and no
-	 * metadata value is ever changed in place: shared, not copied (a
-	 * deep copy was a third of a fake create). */
-	if (json_is_object(a->metadata))
-		json_object_update(meta, (json_t *)a->metadata);
+	/* Made here, not handed in as an object to merge: a launch made
+	 * one per attempt (eleven allocations) only for this copy. */
+	json_object_set_new_nocheck(meta, "nodepool_node_id",
+				    json_string(a->node_id));
+	json_object_set_new_nocheck(meta, "nodepool_pool_name",
+				    json_string(a->pool->name));
+	json_object_set_new_nocheck(meta, "nodepool_provider_name",
+				    json_string(a->provider->name));
 	return meta;
 }
 

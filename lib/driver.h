@@ -94,10 +94,6 @@ typedef struct np_create_args {
 	 * NULL for cloud-image labels (the driver resolves label->cloud_image). */
 	const char *image_external_id;
 	const char *az;                /* chosen availability zone or NULL */
-	const json_t *metadata;        /* nodepool_node_id, nodepool_pool_name,
-					* nodepool_provider_name (+ driver
-					* extras); a driver may keep references
-					* to its values, never changed */
 	const np_request *request;     /* for dynamic properties; may be NULL */
 	/* Optional (NULL: not wanted): the create's "id known" report.
 	 * A driver whose cloud names the instance before it is ready
@@ -190,9 +186,11 @@ struct np_driver {
 	/* What one node of LABEL needs (cores, instances, ram, ...). Synchronous:
 	 * drivers answer from what they cached at start (e.g. flavors). */
 	void (*label_quota)(np_manager *m, const np_pool_label *label, np_quota *out);
-	/* Availability zones to pick from when the pool names none; may leave
-	 * OUT empty (no AZs). */
-	void (*azs)(np_manager *m, strlist *out);
+	/* Availability zones to pick from when the pool names none: their
+	 * number (0: no AZs), *OUT pointed at the driver's own names, read
+	 * only and valid until the next call into the driver (a launch
+	 * copies the one it picks). */
+	size_t (*azs)(np_manager *m, const char *const **out);
 	/* False when LABEL cannot be served at all (cloud image or flavor
 	 * missing): requests are declined with "node type(s) not available". */
 	bool (*label_ready)(np_manager *m, const np_pool_label *label);
@@ -247,8 +245,9 @@ extern const struct np_driver np_driver_static;
  * diskimage's name, or the cloud image's), then the label's
  * instance-properties, then its dynamic-instance-properties formatted
  * over the request ("{request.tenant_name}", ...; a property that does
- * not format is logged and left out), then A->metadata (the nodepool_*
- * keys) last. New reference. */
+ * not format is logged and left out), then nodepool_node_id,
+ * nodepool_pool_name and nodepool_provider_name (A's node id, pool and
+ * provider) last, replacing any such key before them. New reference. */
 json_t *driver_server_metadata(const np_create_args *a);
 
 /* Python's str.format() of FMT with one argument `request` holding

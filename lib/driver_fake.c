@@ -96,6 +96,8 @@ static const char *const addr_names[] = {"fake", "fake_v6", "no_auto_ip",
  * mode it is read from and written to <state-dir>/instances/<id>.json. */
 struct inst {
 	char id[33];
+	/* NAME, AZ, CLOUD, REGION and IMAGE live in the record's own
+	 * allocation, after it (inst_new). */
 	char *name;
 	const struct flavor *flavor;	/* NULL: unknown (foreign record) */
 	char *az;
@@ -305,17 +307,35 @@ static void flavor_quota(const struct flavor *f, long long volume_gb,
 
 /* ---- instances: records, memory hash, state-dir files ---- */
 
+/* A record, zeroed, with copies of its strings (each may be NULL) after
+ * it in the same allocation: they live as long as it does. */
+static struct inst *inst_new(const char *name, const char *az,
+    const char *cloud, const char *region, const char *image)
+{
+	const char *src[] = { name, az, cloud, region, image };
+	size_t off[5], room = 0;
+	struct inst *in;
+	sbuf sb;
+
+	for (int i = 0; i < 5; i++)
+		room += src[i] ? strlen(src[i]) + 1 : 0;
+	sbuf_block_begin(&sb, sizeof(*in), room);
+	for (int i = 0; i < 5; i++)
+		off[i] = src[i] ? sbuf_block_str(&sb, src[i]) : 0;
+	in = (struct inst *)(void *)sbuf_detach(&sb);
+	char **dst[] = { &in->name, &in->az, &in->cloud, &in->region,
+	    &in->image };
+	for (int i = 0; i < 5; i++)
+		*dst[i] = off[i] ? (char *)in + off[i] : NULL;
+	return in;
+}
+
 static void inst_free(struct inst *in)
 {
 	if (!in)
 		return;
-	free(in->name);
-	free(in->az);
-	free(in->cloud);
-	free(in->region);
-	free(in->image);
 	json_decref(in->metadata);
-	free(in);
+	free(in); /* and its strings (inst_new) */
 }
 
 static json_t *inst_to_json(const struct inst *in)
@@ -342,11 +362,6 @@ static json_t *inst_to_json(const struct inst *in)
 	return o;
 }
 
-static char *dup_or_null(const json_t *v)
-{
-	return json_is_string(v) ? xstrdup(json_string_value(v)) : NULL;
-}
-
 static struct inst *inst_from_json(const json_t *o)
 {
 	const json_t *id = json_object_get(o, "id");
@@ -355,21 +370,20 @@ static struct inst *inst_from_json(const json_t *o)
 
 	if (!json_is_string(id) || strlen(json_string_value(id)) != 32)
 		return NULL;
-	in = xcalloc(1, sizeof(*in));
+	in = inst_new(json_string_value(json_object_get(o, "name")),
+	    json_string_value(json_object_get(o, "az")),
+	    json_string_value(json_object_get(o, "cloud")),
+	    json_string_value(json_object_get(o, "region")),
+	    json_string_value(json_object_get(o, "image")));
 	memcpy(in->id, json_string_value(id), 33);
-	in->name = dup_or_null(json_object_get(o, "name"));
 	in->flavor = flavor_by_name(json_string_value(json_object_get(o,
 	    "flavor")));
-	in->az = dup_or_null(json_object_get(o, "az"));
-	in->cloud = dup_or_null(json_object_get(o, "cloud"));
-	in->region = dup_or_null(json_object_get(o, "region"));
 	for (int i = 0; addr && i <= ADDR_LOOPBACK; i++)
 		if (strcmp(addr, addr_names[i]) == 0)
 			in->addr = (enum addr_style)i;
 	in->lo = (int)json_integer_value(json_object_get(o, "loopback"));
 	in->volume_gb = json_integer_value(json_object_get(o, "volume_gb"));
 	in->active_at = json_number_value(json_object_get(o, "active_at"));
-	in->image = dup_or_null(json_object_get(o, "image"));
 	in->metadata = json_deep_copy(json_object_get(o, "metadata"));
 	return in;
 }
@@ -864,16 +878,14 @@ static double create_start(struct np_op *op, const np_create_args *a)
 		return m->opt.launch_delay;
 	}
 
-	struct inst *in = xcalloc(1, sizeof(*in));
-	uuid4_hex(in->id);
-	in->name = xstrdup(a->hostname ? a->hostname : in->id);
+	char id[33];
+	uuid4_hex(id);
+	struct inst *in = inst_new(a->hostname ? a->hostname : id, a->az,
+	    m->cloud, m->region, a->image_external_id ? a->image_external_id :
+	    image);
+	memcpy(in->id, id, sizeof(id));
 	in->flavor = f;
-	in->az = a->az ? xstrdup(a->az) : NULL;
-	in->cloud = m->cloud ? xstrdup(m->cloud) : NULL;
-	in->region = m->region ? xstrdup(m->region) : NULL;
 	in->volume_gb = l->boot_from_volume ? l->volume_size : 0;
-	in->image = a->image_external_id ? xstrdup(a->image_external_id) :
-	    image ? xstrdup(image) : NULL;
 	in->active_at = now_wall() + m->opt.launch_delay;
 	in->metadata = driver_server_metadata(a);
 	if (m->opt.ip_style == NP_FAKE_IP_LOOPBACK)
@@ -1105,10 +1117,10 @@ static void fake_label_quota(np_manager *m, const np_pool_label *label,
 	    label->volume_size : 0, out);
 }
 
-static void fake_azs(np_manager *m, strlist *out)
+static size_t fake_azs(np_manager *m, const char *const **out)
 {
-	for (const char *const *z = cloud_azs; *z; z++)
-		strlist_add(out, *z);
+	*out = cloud_azs;
+	return sizeof(cloud_azs) / sizeof(cloud_azs[0]) - 1; /* the NULL */
 }
 
 static bool fake_label_ready(np_manager *m, const np_pool_label *label)

@@ -1591,10 +1591,10 @@ static void os_label_quota(np_manager *m, const np_pool_label *label,
 	    label->boot_from_volume, label->volume_size, out);
 }
 
-static void os_azs(np_manager *m, strlist *out)
+static size_t os_azs(np_manager *m, const char *const **out)
 {
-	for (size_t i = 0; i < m->azs.n; i++)
-		strlist_add(out, m->azs.v[i]);
+	*out = (const char *const *)m->azs.v;
+	return m->azs.n;
 }
 
 static bool os_label_ready(np_manager *m, const np_pool_label *label)

@@ -967,7 +967,9 @@ static void drop_from_set(np_handler *h, size_t i)
 
 static void fulfil(np_handler *h)
 {
-	bool *used = xcalloc(h->nset + 1, sizeof(*used));
+	/* A set is mostly a node or a few: their marks on the stack. */
+	bool few[16] = { false };
+	bool *used = h->nset <= 16 ? few : xcalloc(h->nset, sizeof(*used));
 
 	strlist_free(&h->req.nodes);
 	strlist_init(&h->req.nodes);
@@ -981,7 +983,8 @@ static void fulfil(np_handler *h)
 			break;
 		}
 	}
-	free(used);
+	if (used != few)
+		free(used);
 	HLOG(h, LOG_DEBUG, "Fulfilled node request");
 	np_request_set_state(&h->req, NP_REQ_FULFILLED);
 }

@@ -613,7 +613,6 @@ static void start_attempt(np_nodelaunch *nl)
 	np_provmgr *pm = nl->pm;
 	const char *image_ext = NULL;
 	np_create_args a;
-	json_t *meta;
 
 	nl->attempts++;
 	nl->attempt_ms = now_ms();
@@ -636,14 +635,6 @@ static void start_attempt(np_nodelaunch *nl)
 	}
 	write_building(nl);
 
-	/* What json_pack("{s:s, s:s, s:s}") makes, without parsing its
-	 * format on every launch (a quarter of the attempt's start). */
-	meta = json_object();
-	json_object_set_new(meta, "nodepool_node_id", json_string(nl->node.id));
-	json_object_set_new(meta, "nodepool_pool_name",
-			    json_string(pool->name));
-	json_object_set_new(meta, "nodepool_provider_name",
-			    json_string(pm->name));
 	memset(&a, 0, sizeof(a));
 	a.provider = pm->prov;
 	a.pool = pool;
@@ -652,11 +643,9 @@ static void start_attempt(np_nodelaunch *nl)
 	a.hostname = nl->hostname;
 	a.image_external_id = image_ext;
 	a.az = nl->h ? nl->h->chosen_az : NULL;
-	a.metadata = meta;
 	a.request = nl->h && nl->h->have_req ? &nl->h->req : NULL;
 	a.id_known = id_known;
 	nl->op = pm->drv->create ? pm->drv->create(pm->m, &a, created, nl) : NULL;
-	json_decref(meta);
 	if (!nl->op) {
 		attempt_failed(nl, "the driver refused to create", NULL,
 			       LSTATS_UNKNOWN);
@@ -881,8 +870,8 @@ np_nodelaunch *nodelaunch_new(np_handler *h, const char *label)
 	const np_pool_label *pl = nl_label(nl);
 	np_node *n = &nl->node;
 	np_quota need;
-	strlist azs;
-	const strlist *list;
+	const char *const *azs = NULL;
+	size_t nazs = 0;
 
 	np_node_init(n);
 	np_node_set_state(n, NP_NODE_INIT);
@@ -898,15 +887,15 @@ np_nodelaunch *nodelaunch_new(np_handler *h, const char *label)
 		n->attributes = json_deep_copy(pool->node_attributes);
 	/* setNodeMetadata: one AZ per request, the pool's or the cloud's. */
 	if (!h->chosen_az && pool) {
-		strlist_init(&azs);
-		if (!pool->azs.n && h->pm->drv->azs)
-			h->pm->drv->azs(h->pm->m, &azs);
-		/* The pool's own list is read where it is. */
-		list = pool->azs.n ? &pool->azs : &azs;
-		if (list->n)
-			h->chosen_az = xstrdup(list->v[(size_t)random() %
-						       list->n]);
-		strlist_free(&azs);
+		/* The pool's own list, or the driver's, read where it is. */
+		if (pool->azs.n) {
+			azs = (const char *const *)pool->azs.v;
+			nazs = pool->azs.n;
+		} else if (h->pm->drv->azs) {
+			nazs = h->pm->drv->azs(h->pm->m, &azs);
+		}
+		if (nazs)
+			h->chosen_az = xstrdup(azs[(size_t)random() % nazs]);
 	}
 	if (pl) {
 		provmgr_label_quota(h->pm, pl, &need);

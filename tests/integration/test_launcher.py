@@ -327,10 +327,35 @@ def test_many_at_once(zk):
         s.close()
 
 
+def test_large_set(zk):
+    """A request of more nodes than the handler marks on its stack when it
+    lists the nodes (16): each node given once, in the order of the
+    request's labels."""
+    s = Scenario(zk, "large-set")
+    try:
+        cfg = s.write_config([PROVIDER], [("small", 0), ("big", 0)])
+        p = s.start(cfg)
+        wait_for(lambda: s.registered_pools(), what="pool registered")
+        labels = ["big" if i % 3 == 0 else "small" for i in range(18)]
+        rid = s.request(labels)
+        req = s.wait_request(rid)
+        check(req and req["state"] == "fulfilled", "large set: fulfilled")
+        nodes = req["nodes"] if req else []
+        check(len(nodes) == 18 and len(set(nodes)) == 18,
+              "large set: eighteen distinct nodes")
+        types = [(s.get_node(nid) or {}).get("type", [None])[0]
+                 for nid in nodes]
+        check(types == labels, "large set: nodes in the labels' order")
+        s.kz.delete("/nodepool/requests/" + rid)
+        s.stop(p)
+    finally:
+        s.close()
+
+
 TESTS = [test_fulfil_and_delete, test_min_ready,
          test_decline_unknown_and_malformed, test_cancel_mid_launch,
          test_quota_pause, test_launch_failure, test_two_launchers,
-         test_reload, test_many_at_once]
+         test_reload, test_many_at_once, test_large_set]
 
 
 if __name__ == "__main__":
