@@ -9,11 +9,22 @@
 
 /* ---- writers ---- */
 
-void jw_int(sbuf *b, int32_t v)
+/* V big-endian at P. */
+static void put_be32(unsigned char *p, int32_t v)
 {
 	uint32_t u = (uint32_t)v;
-	unsigned char c[4] = { u >> 24, u >> 16, u >> 8, u };
 
+	p[0] = (unsigned char)(u >> 24);
+	p[1] = (unsigned char)(u >> 16);
+	p[2] = (unsigned char)(u >> 8);
+	p[3] = (unsigned char)u;
+}
+
+void jw_int(sbuf *b, int32_t v)
+{
+	unsigned char c[4];
+
+	put_be32(c, v);
 	sbuf_add(b, c, 4);
 }
 
@@ -182,11 +193,12 @@ char *jr_string(jr *r)
 
 static void jw_open_acl(sbuf *b)
 {
-	/* One ACL entry: all permissions for world:anyone (kazoo's default). */
-	jw_int(b, 1);
-	jw_int(b, 31);
-	jw_string(b, "world");
-	jw_string(b, "anyone");
+	/* One ACL entry: all permissions (31) for world:anyone (kazoo's
+	 * default), as jw_int and jw_string write them, in one piece. */
+	static const char acl[] = "\0\0\0\1" "\0\0\0\x1f"
+				  "\0\0\0\5" "world" "\0\0\0\6" "anyone";
+
+	sbuf_add(b, acl, sizeof(acl) - 1);
 }
 
 void jute_write_connect_req(sbuf *b, const jute_connect_req *c)
@@ -201,8 +213,11 @@ void jute_write_connect_req(sbuf *b, const jute_connect_req *c)
 
 void jute_write_request_header(sbuf *b, int32_t xid, int32_t type)
 {
-	jw_int(b, xid);
-	jw_int(b, type);
+	unsigned char c[8];
+
+	put_be32(c, xid);
+	put_be32(c + 4, type);
+	sbuf_add(b, c, 8);
 }
 
 void jute_write_path_watch(sbuf *b, const jute_path *p, bool watch)
@@ -286,9 +301,12 @@ void jute_write_set_watches2(sbuf *b, int64_t relative_zxid, const jute_watch_li
 
 void jute_write_multi_header(sbuf *b, int32_t type, bool done, int32_t err)
 {
-	jw_int(b, type);
-	jw_bool(b, done);
-	jw_int(b, err);
+	unsigned char c[9];
+
+	put_be32(c, type);
+	c[4] = done ? 1 : 0;
+	put_be32(c + 5, err);
+	sbuf_add(b, c, 9);
 }
 
 int jute_read_connect_resp(jr *r, jute_connect_resp *c)

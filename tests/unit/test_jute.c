@@ -79,6 +79,31 @@ TEST(create_request_layout)
 	sbuf_free(&b);
 }
 
+/* The headers written in one piece are what their fields written one by
+ * one give (negative numbers, both flags). */
+TEST(headers_as_field_by_field)
+{
+	sbuf a, b;
+
+	sbuf_init(&a);
+	sbuf_init(&b);
+	jute_write_request_header(&a, -8, 105);
+	jute_write_multi_header(&a, ZOP_CREATE, false, -1);
+	jute_write_multi_header(&a, -1, true, 0x7f000001);
+	jw_int(&b, -8);
+	jw_int(&b, 105);
+	jw_int(&b, ZOP_CREATE);
+	jw_bool(&b, false);
+	jw_int(&b, -1);
+	jw_int(&b, -1);
+	jw_bool(&b, true);
+	jw_int(&b, 0x7f000001);
+	CHECK_INT(a.len, 26);
+	CHECK(a.len == b.len && memcmp(a.buf, b.buf, a.len) == 0);
+	sbuf_free(&a);
+	sbuf_free(&b);
+}
+
 TEST(set_watches2_layout)
 {
 	strlist d;
