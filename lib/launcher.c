@@ -322,7 +322,6 @@ void provmgr_request_quota(np_provmgr *pm, const np_pool *pool,
 
 typedef struct own_set {
 	np_launcher *l;
-	char *path;
 	char *data;         /* for the cache, without a record */
 	int len;
 	np_kind kind;
@@ -330,6 +329,7 @@ typedef struct own_set {
 			     * written, which it takes */
 	zk_stat_fn cb;
 	void *arg;
+	char path[];        /* in the same allocation */
 } own_set;
 
 zkc *launcher_cache_of(np_launcher *l, const char *path)
@@ -356,7 +356,6 @@ static void own_set_done(zk *z, int rc, const zk_stat *st, void *arg)
 	else
 		zkc_write_done_owned(launcher_cache_of(o->l, o->path), o->path,
 				     rc, o->data, o->len, st);
-	free(o->path);
 	free(o);
 }
 
@@ -365,11 +364,12 @@ int launcher_aset_record(np_launcher *l, const char *path, const char *data,
 			 zk_stat_fn cb, void *arg)
 {
 	zkc *c = launcher_cache_of(l, path);
-	own_set *o = xcalloc(1, sizeof(*o));
+	size_t n = strlen(path);
+	own_set *o = xcalloc(1, sizeof(*o) + n + 1);
 	int rc;
 
 	o->l = l;
-	o->path = xstrdup(path);
+	memcpy(o->path, path, n + 1);
 	o->kind = kind;
 	if (rec && c)
 		o->rec = np_record_pack(kind, rec);
@@ -386,7 +386,6 @@ int launcher_aset_record(np_launcher *l, const char *path, const char *data,
 	if (rc != ZOK) {
 		zkc_write_done(c, path, rc, NULL, 0, NULL);
 		np_record_pack_free(kind, o->rec);
-		free(o->path);
 		free(o->data);
 		free(o);
 	}
