@@ -75,6 +75,7 @@ struct zk_lock {
 	evloop *loop;
 	uint64_t id;           /* registry key carried by watches */
 	zk_lock *hnext;        /* registry chain */
+	size_t size;           /* of the lock's allocation */
 	char *dir;
 	size_t dir_len;
 	char *data;            /* identifier, "" when none */
@@ -164,6 +165,63 @@ static void reg_del(zk_lock *l)
 		}
 	}
 	pthread_mutex_unlock(&reg.mu);
+}
+
+/* Freed locks kept for the next ones, by the size of their allocation (a
+ * node request makes and frees three, of two sizes), under reg.mu and
+ * poisoned while they wait (NP_POISON). Held in arrays, not chained
+ * through the poisoned blocks: what the process still keeps at its end
+ * is then reachable, not a leak. */
+#define LOCK_SIZES 4
+#define LOCK_SPARE 32
+
+static struct {
+	size_t size, n;
+	zk_lock *v[LOCK_SPARE];
+} lock_spares[LOCK_SIZES];
+
+/* A zeroed lock allocation of SIZE bytes. */
+static zk_lock *lock_alloc(size_t size)
+{
+	zk_lock *l = NULL;
+
+	pthread_mutex_lock(&reg.mu);
+	for (int i = 0; i < LOCK_SIZES; i++) {
+		if (lock_spares[i].size == size && lock_spares[i].n) {
+			l = lock_spares[i].v[--lock_spares[i].n];
+			NP_UNPOISON(l, size);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&reg.mu);
+	if (!l)
+		return xcalloc(1, size);
+	memset(l, 0, size);
+	return l;
+}
+
+/* Free L's allocation (out of the registry): kept when locks of its size
+ * are kept, or a list is free to keep them. */
+static void lock_release_mem(zk_lock *l)
+{
+	size_t size = l->size;
+	int slot = -1;
+
+	pthread_mutex_lock(&reg.mu);
+	for (int i = 0; i < LOCK_SIZES && slot < 0; i++)
+		if (lock_spares[i].size == size)
+			slot = i;
+	for (int i = 0; i < LOCK_SIZES && slot < 0; i++)
+		if (!lock_spares[i].n)
+			slot = i;
+	if (slot >= 0 && lock_spares[slot].n < LOCK_SPARE) {
+		lock_spares[slot].size = size;
+		lock_spares[slot].v[lock_spares[slot].n++] = l;
+		NP_POISON(l, size);
+		l = NULL;
+	}
+	pthread_mutex_unlock(&reg.mu);
+	free(l);
 }
 
 /* Only called on the loop thread that owns the lock, which is also the
@@ -335,7 +393,7 @@ static char *put_str(char **p, const char *s, size_t n)
 zk_lock *zk_lock_new(zk *z, const char *dir, const char *identifier)
 {
 	char uuid[33], *p;
-	size_t n = strlen(dir), pn = PREFIX_LEN, idn, cap;
+	size_t n = strlen(dir), pn = PREFIX_LEN, idn, cap, size;
 	zk_lock *l;
 
 	/* "/a/b/" and "/a/b" name the same directory. */
@@ -347,8 +405,10 @@ zk_lock *zk_lock_new(zk *z, const char *dir, const char *identifier)
 	cap = n + 1 + pn + 1 + SEQ_DIGITS + 1;
 	/* The lock and its strings (dir, data, prefix, create_path, room for
 	 * node_path) in one allocation: they live as long as it does. */
-	l = xcalloc(1, sizeof(*l) + (n + 1) + (idn + 1) + (pn + 1) +
-		    (n + 1 + pn + 1) + cap);
+	size = sizeof(*l) + (n + 1) + (idn + 1) + (pn + 1) + (n + 1 + pn + 1) +
+	       cap;
+	l = lock_alloc(size);
+	l->size = size;
 	p = (char *)(l + 1);
 	l->z = z;
 	l->loop = zk_loop(z);
@@ -385,7 +445,7 @@ static void lock_destroy(zk_lock *l)
 	fresh_clear(l);
 	if (l->fresh_stats)
 		fresh_stats_free(l);
-	free(l);
+	lock_release_mem(l);
 }
 
 static void free_on_loop(ev_call *call, void *arg)
