@@ -189,9 +189,10 @@ struct spares {
 	void *head;
 	size_t n, max;
 	size_t size; /* of every block */
+	size_t zero; /* bytes a taken block starts with zeroed: all if 0 */
 };
 
-/* A zeroed block off S's list, or NULL. */
+/* A block off S's list, or NULL: zeroed, or its first S->zero bytes. */
 static void *spare_take(struct spares *s)
 {
 	void *p = s->head;
@@ -201,7 +202,7 @@ static void *spare_take(struct spares *s)
 	NP_UNPOISON(p, s->size);
 	memcpy(&s->head, p, sizeof(p));
 	s->n--;
-	memset(p, 0, s->size);
+	memset(p, 0, s->zero ? s->zero : s->size);
 	return p;
 }
 
@@ -944,7 +945,8 @@ static int decode(zkc *c, int what, const char *rel, const char *data,
 	int *version;
 	int rc;
 
-	segs_split(rel, &s);
+	if (what == ZKC_BUILD || what == ZKC_UPLOAD)
+		segs_split(rel, &s); /* their ids are in the path */
 	switch (what) {
 	case ZKC_NODE: /* no id: the entry's key is (obj_intern) */
 		rc = np_record_decode_shared(NP_KIND_NODE, (np_record *)&o->node,
@@ -2206,10 +2208,13 @@ zkc *zkc_new(zk *z, enum zkc_tree tree)
 	c->root = tree == ZKC_NODES ? NP_NODE_ROOT :
 		  tree == ZKC_REQUESTS ? NP_REQUEST_ROOT : NP_IMAGE_ROOT;
 	c->rootlen = strlen(c->root);
+	/* Their paths are written whole when they are taken. */
 	c->item_spares = (struct spares){ .max = ITEM_SPARE,
-		.size = sizeof(struct item) + ITEM_REL };
+		.size = sizeof(struct item) + ITEM_REL,
+		.zero = sizeof(struct item) };
 	c->own_spares = (struct spares){ .max = OWN_SPARE,
-		.size = sizeof(struct own) + OWN_REL };
+		.size = sizeof(struct own) + OWN_REL,
+		.zero = sizeof(struct own) };
 	c->gen = 1;
 	c->min_stamp = 1;
 	c->shared_node = (np_shared){
