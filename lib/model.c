@@ -331,8 +331,22 @@ static const struct layout *layout_of(int kind);
  * or none: a decoded record has no block) are freed one by one. */
 struct block {
 	size_t size; /* of the whole allocation */
+	bool sole;   /* every string and list vector the record owns lies
+		      * here (no state set since, no string replaced):
+		      * clearing it looks at none of them */
 	char *vec[];
 };
+
+/* A record's block of SIZE bytes (struct block), no string outside it
+ * yet. */
+static struct block *block_new(size_t size)
+{
+	struct block *blk = xmalloc(size);
+
+	blk->size = size;
+	blk->sole = true;
+	return blk;
+}
 
 /* Whether P points into BLK (a record's block, or NULL). */
 static inline bool in_block(const struct block *blk, const void *p)
@@ -345,6 +359,8 @@ static inline bool in_block(const struct block *blk, const void *p)
 static void rec_clear(const struct layout *lo, void *rec,
 		      const struct block *blk)
 {
+	if (blk && blk->sole)
+		goto json;
 	for (size_t i = 0; i < lo->nstr; i++) {
 		char *s = *AT(rec, lo->str[i].off, char *);
 
@@ -361,6 +377,7 @@ static void rec_clear(const struct layout *lo, void *rec,
 		if (l->v && !in_block(blk, l->v))
 			free(l->v);
 	}
+json:
 	for (size_t i = 0; i < lo->njson; i++)
 		json_decref(*AT(rec, lo->json[i].off, json_t *));
 	if (lo->has_port)
@@ -2171,21 +2188,22 @@ static void type_set_state(int kind, void *rec, const char *value)
 {
 	const struct field *tab = rec_types[kind].fields;
 	char **state = AT(rec, FIELD_NAMED(tab, "state")->off, char *);
-	const struct block *blk = *AT(rec, rec_types[kind].block,
-				      struct block *);
+	struct block *blk = *AT(rec, rec_types[kind].block, struct block *);
 	size_t n = strlen(value);
 
 	/* The record owns its state string: rewritten in place when its
 	 * allocation has room (glibc's smallest holds 24 bytes, every state
 	 * fits; under ASan the size asked for). A state in the record's
 	 * block is not an allocation: left there, a new one made. */
-	if (in_block(blk, *state)) {
-		*state = xstrndup(value, n);
-	} else if (*state && malloc_usable_size(*state) > n) {
+	if (*state && !in_block(blk, *state) &&
+	    malloc_usable_size(*state) > n) {
 		memcpy(*state, value, n + 1);
 	} else {
-		free(*state);
+		if (!in_block(blk, *state))
+			free(*state);
 		*state = xstrndup(value, n);
+		if (blk)
+			blk->sole = false;
 	}
 	*AT(rec, FIELD_NAMED(tab, "state_time")->off, double) = now_wall();
 }
@@ -2350,8 +2368,7 @@ bool np_record_copy_compact(np_kind kind, np_record *dst,
 	}
 	size = sizeof(struct block) + nvec * sizeof(char *) + nstr;
 	if (nvec || nstr) {
-		a.block = xmalloc(size);
-		a.block->size = size;
+		a.block = block_new(size);
 		a.vec = a.block->vec;
 		a.str = (char *)(a.block->vec + nvec);
 	}
@@ -2361,11 +2378,12 @@ bool np_record_copy_compact(np_kind kind, np_record *dst,
 void np_record_set_str(np_kind kind, np_record *rec, char **member,
 		       const char *value)
 {
-	const struct block *blk = *AT(rec, rec_types[kind].block,
-				      struct block *);
+	struct block *blk = *AT(rec, rec_types[kind].block, struct block *);
 	char *old = *member;
 
 	*member = value ? xstrdup(value) : NULL;
+	if (blk && value)
+		blk->sole = false;
 	if (old && !in_block(blk, old))
 		free(old);
 }
@@ -2456,8 +2474,7 @@ bool np_record_unpack(np_kind kind, np_record *dst, const np_record *packed,
 	size_t nvec = 0, size = unpack_measure(kind, packed, pool, &nvec);
 
 	if (size) {
-		a.block = xmalloc(size);
-		a.block->size = size;
+		a.block = block_new(size);
 		/* rec_copy() takes exactly the NVEC slots counted, then the
 		 * strings. */
 		a.vec = a.block->vec;

@@ -954,6 +954,20 @@ TEST(compact_copy_strings_replaced)
 	CHECK(strstr(out, "\"host_keys\": [\"k1\"]") != NULL);
 	free(out);
 	np_record_clear(NP_KIND_NODE, &c);
+	/* A state and a string where a compact copy had none: the copy's
+	 * own, freed with it. */
+	rec.node.state[0] = '\0';
+	free(rec.node.state);
+	rec.node.state = NULL;
+	REQUIRE(np_record_copy_compact(NP_KIND_NODE, &c, &rec));
+	REQUIRE(c.node.block != NULL && c.node.state == NULL);
+	np_node_set_state(&c.node, NP_NODE_USED);
+	np_node_set_state(&c.node, NP_NODE_HOLD);
+	CHECK_STR(c.node.state, NP_NODE_HOLD);
+	np_record_clear(NP_KIND_NODE, &c);
+	REQUIRE(np_record_copy_compact(NP_KIND_NODE, &c, &rec));
+	np_record_set_str(NP_KIND_NODE, &c, &c.node.comment, "new");
+	np_record_clear(NP_KIND_NODE, &c);
 	/* On a record of its own strings too. */
 	np_record_set_str(NP_KIND_NODE, &rec, &rec.node.hostname, "np4");
 	CHECK_STR(rec.node.hostname, "np4");
