@@ -168,7 +168,8 @@ static void free_handler(np_handler *h)
 		evloop_del_timer(launcher_loop(h->pw->l), h->pre_timer);
 	for (size_t i = 0; i < h->nset; i++)
 		nodelaunch_release(h->set[i], false);
-	free(h->set);
+	if (h->set != h->few)
+		free(h->set);
 	if (h->reuse_op && h->pm->drv->cancel)
 		h->pm->drv->cancel(h->reuse_op);
 	zk_lock_free(h->reuse_lock);
@@ -476,6 +477,8 @@ np_handler *handler_new(np_poolworker *pw, const np_request *req,
 	strlist_init(&h->tried);
 	np_request_init(&h->req);
 	h->state = H_LOCKING;
+	h->set = h->few;
+	h->capset = sizeof(h->few) / sizeof(h->few[0]);
 	h->lock = zk_lock_new(launcher_zk(pw->l), h->lock_dir, NULL);
 	HLOG(h, LOG_DEBUG, "Locking request");
 	/* A new lock has no attempt in progress: this cannot be refused.
@@ -495,8 +498,13 @@ np_handler *handler_new(np_poolworker *pw, const np_request *req,
 static void add_to_set(np_handler *h, np_nodelaunch *nl)
 {
 	if (h->nset == h->capset) {
-		h->capset = h->capset ? h->capset * 2 : 4;
-		h->set = xrealloc(h->set, h->capset * sizeof(*h->set));
+		np_nodelaunch **set = xmalloc(2 * h->capset * sizeof(*set));
+
+		memcpy(set, h->set, h->nset * sizeof(*set));
+		if (h->set != h->few)
+			free(h->set);
+		h->set = set;
+		h->capset *= 2;
 	}
 	h->set[h->nset++] = nl;
 }

@@ -53,8 +53,11 @@ struct np_handler {
 	bool paused;
 	bool accepted;           /* pending written */
 	char *chosen_az;
-	np_nodelaunch **set;     /* the node set (reused and launched) */
+	np_nodelaunch **set;     /* the node set (reused and launched): FEW,
+				  * or an allocation of its own once it
+				  * outgrows it */
 	size_t nset, capset;
+	np_nodelaunch *few[4];
 	strlist tried;           /* reuse candidates tried in this fill */
 	bool reusing;            /* a reuse attempt is in flight */
 	char *reuse_id;          /* its node */

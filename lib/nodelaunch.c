@@ -57,9 +57,7 @@ static void drop_building_rec(np_nodelaunch *nl)
 static void forget_building(np_nodelaunch *nl)
 {
 	free(nl->building_json);
-	free(nl->building_image);
 	nl->building_json = NULL;
-	nl->building_image = NULL;
 }
 
 /* The node's create answered: the node cache takes the record created
@@ -350,13 +348,24 @@ static void start_scan(np_nodelaunch *nl, const np_pool_label *pl)
 /* ---- the cloud ---- */
 
 /* Unchanged strings are kept: the attributes are set twice per launch
- * (the building write, then the attempt) to the same values. */
-static void set_opt_str(char **dst, const char *src)
+ * (the building write, then the attempt) to the same values. True when
+ * *DST changed. */
+static bool set_opt_str(char **dst, const char *src)
 {
-	if (*dst && src && strcmp(*dst, src) == 0)
-		return;
+	if (str_eq_null(*dst, src))
+		return false;
 	free(*dst);
 	*dst = src ? xstrdup(src) : NULL;
+	return true;
+}
+
+/* The same for a JSON integer: an equal value is kept. */
+static void set_int(json_t **dst, long long v)
+{
+	if (json_is_integer(*dst) && json_integer_value(*dst) == v)
+		return;
+	json_decref(*dst);
+	*dst = json_integer(v);
 }
 
 /* The instance's strings are moved into the node, not copied: the
@@ -545,6 +554,7 @@ static enum attr_result set_attributes(np_nodelaunch *nl,
 	np_quota need;
 
 	*image_ext = NULL;
+	nl->image_changed = false;
 	if (!pl || !nl_pool(nl))
 		return ATTR_NO_LABEL;
 	if (pl->diskimage) {
@@ -557,30 +567,30 @@ static enum attr_result set_attributes(np_nodelaunch *nl,
 
 		if (!up)
 			return ATTR_NO_IMAGE;
+		char *image = np_path_upload(up->image, up->build_id,
+					     up->provider, up->id);
+
 		*image_ext = up->external_id;
-		free(nl->node.image_id);
-		nl->node.image_id = np_path_upload(up->image, up->build_id,
-						   up->provider, up->id);
+		nl->image_changed = set_opt_str(&nl->node.image_id, image);
+		free(image);
 		if (pdi) {
 			set_opt_str(&nl->node.username, pdi->username);
 			set_opt_str(&nl->node.python_path, pdi->python_path);
 			set_opt_str(&nl->node.shell_type, pdi->shell_type);
 			set_opt_str(&nl->node.connection_type,
 				    pdi->connection_type);
-			json_decref(nl->node.connection_port);
-			nl->node.connection_port =
-				json_integer(pdi->connection_port);
+			set_int(&nl->node.connection_port,
+				pdi->connection_port);
 		}
 	} else if (pl->cloud_image) {
 		const np_cloud_image *ci = pl->cloud_image;
 
-		set_opt_str(&nl->node.image_id, ci->name);
+		nl->image_changed = set_opt_str(&nl->node.image_id, ci->name);
 		set_opt_str(&nl->node.username, ci->username);
 		set_opt_str(&nl->node.python_path, ci->python_path);
 		set_opt_str(&nl->node.shell_type, ci->shell_type);
 		set_opt_str(&nl->node.connection_type, ci->connection_type);
-		json_decref(nl->node.connection_port);
-		nl->node.connection_port = json_integer(ci->connection_port);
+		set_int(&nl->node.connection_port, ci->connection_port);
 	}
 	provmgr_label_quota(pm, pl, &need);
 	json_decref(nl->node.resources);
@@ -591,13 +601,12 @@ static enum attr_result set_attributes(np_nodelaunch *nl,
 /* Write the record building, unless the lock's multi wrote it already
  * (see lock_and_build). set_attributes() gives the same record again but
  * for the image: the configuration and the flavors are the manager's and
- * do not change under it, while a newer upload may have landed. */
+ * do not change under it, while a newer upload may have landed (the
+ * call just before this one, the attempt's, says whether the image
+ * changed since the lock's; none is made in between). */
 static void write_building(np_nodelaunch *nl)
 {
-	bool same = nl->building_json &&
-		    (nl->node.image_id && nl->building_image ?
-		     strcmp(nl->node.image_id, nl->building_image) == 0 :
-		     nl->node.image_id == nl->building_image);
+	bool same = nl->building_json && !nl->image_changed;
 
 	if (!same)
 		nodelaunch_write(nl);
@@ -735,8 +744,6 @@ static void lock_and_build(np_nodelaunch *nl)
 	drop_building_rec(nl);
 	nl->building_rec = np_record_pack(NP_KIND_NODE,
 					  (const np_record *)&nl->node);
-	nl->building_image = nl->node.image_id ? xstrdup(nl->node.image_id) :
-			     NULL;
 	op.path = nl->path;
 	op.data = nl->building_json;
 	op.len = (int)strlen(nl->building_json);

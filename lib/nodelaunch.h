@@ -77,7 +77,8 @@ struct np_nodelaunch {
 	np_record *created_rec;  /* np_record_pack() of the record the node's
 				  * create wrote, for the node cache
 				  * (node_created) */
-	char *building_image;    /* its image_id */
+	bool image_changed;      /* the last set_attributes() changed the
+				  * node's image_id (write_building) */
 	bool build_pending;      /* the node cache awaits that write */
 	bool final_deferred;     /* ready: the handler's completion writes it */
 };
