@@ -188,7 +188,10 @@ struct zk {
 	/* watches */
 	struct watcher *watches[WATCH_BUCKETS];
 	uint32_t watch_lens[WATCH_LENS]; /* watchers by wlen_slot() */
-	uint64_t watched_lens[WATCH_LENS / 64]; /* bit L: watch_lens[L] > 0 */
+	/* The recursive ones (the only ones an ancestor's event fires), and
+	 * bit L set when rec_lens[L] > 0. */
+	uint32_t rec_lens[WATCH_LENS];
+	uint64_t rec_watched[WATCH_LENS / 64];
 	size_t nwatches;
 	unsigned long long watch_seq;
 	/* cross-thread state waits */
@@ -495,8 +498,9 @@ static void watch_add(zk *z, enum wkind kind, const char *path,
 	w->arg = arg;
 	w->next = z->watches[h];
 	z->watches[h] = w;
-	if (z->watch_lens[wlen_slot(len)]++ == 0)
-		z->watched_lens[wlen_slot(len) / 64] |= 1ull << wlen_slot(len) % 64;
+	z->watch_lens[wlen_slot(len)]++;
+	if (kind == W_RECURSIVE && z->rec_lens[wlen_slot(len)]++ == 0)
+		z->rec_watched[wlen_slot(len) / 64] |= 1ull << wlen_slot(len) % 64;
 	z->nwatches++;
 }
 
@@ -505,8 +509,9 @@ static void watcher_free(zk *z, struct watcher *w)
 {
 	size_t slot = wlen_slot(w->len);
 
-	if (--z->watch_lens[slot] == 0)
-		z->watched_lens[slot / 64] &= ~(1ull << slot % 64);
+	z->watch_lens[slot]--;
+	if (w->kind == W_RECURSIVE && --z->rec_lens[slot] == 0)
+		z->rec_watched[slot / 64] &= ~(1ull << slot % 64);
 	z->nwatches--;
 	free(w);
 }
@@ -584,7 +589,7 @@ static void collect_exact(zk *z, const char *path, size_t len, int type,
 {
 	struct watcher **pp, *w;
 
-	if (!z->watch_lens[wlen_slot(len)])
+	if (!(recursive_only ? z->rec_lens : z->watch_lens)[wlen_slot(len)])
 		return; /* no watch on a path of this length */
 	pp = &z->watches[path_hash(path, len)];
 	while ((w = *pp)) {
@@ -605,13 +610,13 @@ static void collect_exact(zk *z, const char *path, size_t len, int type,
 	}
 }
 
-/* The longest length below L (at most WATCH_LENS - 1) that some watch's
- * path has, or 0. */
+/* The longest length below L (at most WATCH_LENS - 1) that some
+ * recursive watch's path has, or 0. */
 static size_t watched_below(const zk *z, size_t l)
 {
 	while (l > 0) {
 		size_t word = (l - 1) / 64;
-		uint64_t bits = z->watched_lens[word] &
+		uint64_t bits = z->rec_watched[word] &
 				(~0ull >> (63 - (l - 1) % 64));
 
 		if (bits)
@@ -631,11 +636,11 @@ static void dispatch_event(zk *z, int type, const char *path, size_t len)
 	collect_exact(z, path, len, type, false, &f);
 	/* Recursive watches on every ancestor, the nearest first: "/" and
 	 * each prefix before a later slash; a path ending in a slash is not
-	 * its own ancestor. Only the lengths some watch has are looked at
-	 * (the watches are on a few roots, the events mostly far below
-	 * them): the ancestors as long as the last slot of watch_lens, each
+	 * its own ancestor. Only the lengths some recursive watch has are
+	 * looked at (they are on a few roots, the events mostly far below
+	 * them): the ancestors as long as the last slot of rec_lens, each
 	 * slash from the end, then each watched length below. */
-	if (len > WATCH_LENS - 1 && z->watch_lens[WATCH_LENS - 1]) {
+	if (len > WATCH_LENS - 1 && z->rec_lens[WATCH_LENS - 1]) {
 		const char *slash;
 
 		l = len;

@@ -700,7 +700,7 @@ TEST(persistent_recursive_watch)
 static void watch_lengths(struct client *c, const char *base)
 {
 	struct wctx wr = { 0 }, wrr = { 0 }, wlong = { 0 }, one = { 0 },
-		    longone = { 0 };
+		    longone = { 0 }, prr = { 0 };
 	char r[128], rr[128], rx[160], rrx[160], lng[512], sub[600];
 	size_t n;
 
@@ -767,6 +767,28 @@ static void watch_lengths(struct client *c, const char *base)
 	CHECK_INT(wrr.count, 3);
 	CHECK_INT(zk_remove_persistent_watch(c->z, rr), ZOK);
 	CHECK_INT(zk_remove_persistent_watch(c->z, rr), ZNOWATCHER);
+
+	/* A persistent watch that is not recursive: its own path only
+	 * (with its children changed), not a child's (whose events come for
+	 * the watch on "/" under a chroot). */
+	snprintf(sub, sizeof(sub), "%s/pp", base);
+	CHECK_INT(zk_create(c->z, sub, "", 0, 0, NULL), ZOK);
+	CHECK_INT(zk_add_persistent_watch(c->z, sub, false, on_watch, &prr),
+		  ZOK);
+	strcat(sub, "/x");
+	CHECK_INT(zk_create(c->z, sub, "", 0, 0, NULL), ZOK);
+	CHECK_INT(zk_set(c->z, sub, "1", 1, -1, NULL), ZOK);
+	sub[strlen(sub) - 2] = '\0';
+	CHECK_INT(zk_sync(c->z, sub), ZOK);
+	CHECK_INT(prr.count, 1);
+	CHECK_INT(prr.type, ZK_EVENT_CHILD);
+	CHECK_STR(prr.path, sub);
+	CHECK_INT(zk_set(c->z, sub, "1", 1, -1, NULL), ZOK);
+	CHECK_INT(zk_sync(c->z, sub), ZOK);
+	CHECK_INT(prr.count, 2);
+	CHECK_INT(prr.type, ZK_EVENT_CHANGED);
+	CHECK_STR(prr.path, sub);
+	CHECK_INT(zk_remove_persistent_watch(c->z, sub), ZOK);
 }
 
 /* Under a chroot, with a watch on "/" (which sees the chroot node's own
@@ -781,13 +803,13 @@ TEST(watch_lengths_chroot)
 	CHECK_INT(zk_add_persistent_watch(c.z, "/", true, on_watch, &w), ZOK);
 	watch_lengths(&c, "");
 	/* every create and set below the chroot, none of them at "/" */
-	CHECK_INT(w.count, 15);
+	CHECK_INT(w.count, 19);
 	if (open_client_opts(&root, false, NULL, NULL)) {
 		CHECK_INT(zk_set(root.z, c.chroot, "x", 1, -1, NULL), ZOK);
 		zk_close(root.z);
 		evloop_free(root.loop);
 		CHECK_INT(zk_sync(c.z, "/"), ZOK);
-		CHECK_INT(w.count, 16);
+		CHECK_INT(w.count, 20);
 		CHECK_STR(w.path, "/");
 		CHECK_INT(w.type, ZK_EVENT_CHANGED);
 	}
