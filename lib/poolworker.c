@@ -246,10 +246,15 @@ void pw_resv_set_id(pw_resv_set *s, pw_reservation *r, const char *node_id,
 {
 	pw_reservation **slot;
 
+	size_t n = strlen(node_id);
+	char *id = n < sizeof(r->id_few) ? r->id_few : xmalloc(n + 1);
+
 	tab_unlink(s, r);
-	free(r->node_id);
-	r->node_id = xstrdup(node_id);
-	r->hash = str_hash(node_id, strlen(node_id));
+	memmove(id, node_id, n + 1);
+	if (r->node_id && r->node_id != r->id_few)
+		free(r->node_id);
+	r->node_id = id;
+	r->hash = str_hash(id, n);
 	if (s->nid >= s->nb)
 		tab_grow(s);
 	slot = tab_slot(s, r);
@@ -285,7 +290,8 @@ void pw_resv_remove(pw_resv_set *s, pw_reservation *r)
 			show(s, r, true); /* out of the sum */
 			tab_unlink(s, r);
 			s->ninexact -= r->inexact;
-			free(r->node_id);
+			if (r->node_id != r->id_few)
+				free(r->node_id);
 			free(r);
 			return;
 		}

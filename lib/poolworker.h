@@ -26,7 +26,10 @@ typedef struct np_poolworker np_poolworker;
 typedef struct pw_reservation {
 	struct pw_reservation *next;
 	struct pw_reservation *hnext; /* the set's table by node id */
-	char *node_id;          /* NULL until the znode exists */
+	char *node_id;          /* NULL until the znode exists; ID_FEW when
+				 * it fits (a sequence's ten digits), else
+				 * an allocation of its own */
+	char id_few[16];
 	uint32_t hash;          /* of node_id */
 	bool shown;             /* the node cache shows the node: its need
 				 * counts there, not here */

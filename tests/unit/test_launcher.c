@@ -391,6 +391,42 @@ static void res_run(bool fraction)
 	CHECK(m.s.list == NULL && m.s.npending == 0 && m.s.ninexact == 0);
 }
 
+/* A node id longer than a reservation's inline room, and ids replaced
+ * by ones of the other kind: the node cache's events find them either
+ * way, and they go with the reservations. */
+TEST(reservation_ids_inline_and_not)
+{
+	const char *longid = "0123456789012345678901234567890123456789";
+	pw_reservation *a, *b;
+	np_quota need, sum;
+	pw_resv_set s;
+
+	pw_resv_init(&s);
+	quota_zero(&need);
+	quota_set(&need, "cores", 2);
+	a = pw_resv_add(&s, &need);
+	b = pw_resv_add(&s, &need);
+	pw_resv_set_id(&s, a, longid, false);
+	pw_resv_set_id(&s, b, "0000000007", false);
+	pw_resv_sum(&s, &sum);
+	CHECK(quota_get(&sum, "cores") == 4);
+	pw_resv_node(&s, longid, true); /* shown: out of the sum */
+	pw_resv_sum(&s, &sum);
+	CHECK(quota_get(&sum, "cores") == 2);
+	pw_resv_set_id(&s, a, "0000000008", false); /* long -> short */
+	pw_resv_set_id(&s, b, longid, false);       /* short -> long */
+	pw_resv_set_id(&s, b, b->node_id, false);   /* its own id again */
+	CHECK_STR(a->node_id, "0000000008");
+	CHECK_STR(b->node_id, longid);
+	pw_resv_node(&s, "0000000008", true);
+	pw_resv_node(&s, longid, true);
+	pw_resv_sum(&s, &sum);
+	CHECK(quota_get(&sum, "cores") == 0);
+	pw_resv_remove(&s, a);
+	pw_resv_clear(&s);
+	CHECK(s.list == NULL);
+}
+
 TEST(reservations_sum)
 {
 	res_run(false);
