@@ -278,8 +278,10 @@ static void decline_state(np_handler *h)
 	size_t n = registry_npools(reg);
 	const np_component **pools = xcalloc(n + 1, sizeof(*pools));
 
+	/* h->req may be a compact copy (zkc_reread_request). */
 	if (!strlist_contains(&h->req.declined_by, h->pw->launcher_id))
-		strlist_add(&h->req.declined_by, h->pw->launcher_id);
+		np_record_list_add(NP_KIND_REQUEST, (np_record *)&h->req,
+				   &h->req.declined_by, h->pw->launcher_id);
 	for (size_t i = 0; i < n; i++)
 		pools[i] = registry_pool(reg, i);
 	if (pw_all_declined(&h->req.declined_by, pools, n)) {
@@ -979,15 +981,18 @@ static void fulfil(np_handler *h)
 	bool few[16] = { false };
 	bool *used = h->nset <= 16 ? few : xcalloc(h->nset, sizeof(*used));
 
-	strlist_free(&h->req.nodes);
-	strlist_init(&h->req.nodes);
+	/* h->req may be a compact copy (zkc_reread_request). */
+	np_record_list_clear(NP_KIND_REQUEST, (np_record *)&h->req,
+			     &h->req.nodes);
 	for (size_t i = 0; i < h->req.node_types.n; i++) {
 		for (size_t j = 0; j < h->nset; j++) {
 			if (used[j] || strcmp(h->set[j]->label,
 					      h->req.node_types.v[i]))
 				continue;
 			used[j] = true;
-			strlist_add(&h->req.nodes, h->set[j]->node.id);
+			np_record_list_add(NP_KIND_REQUEST,
+					   (np_record *)&h->req,
+					   &h->req.nodes, h->set[j]->node.id);
 			break;
 		}
 	}

@@ -46,7 +46,8 @@ struct np_handler {
 	char *path;              /* the request's znode (np_path_request) */
 	char *lock_dir;          /* its lock's (np_path_request_lock) */
 	char *event_id;
-	np_request req;          /* re-read after locking (has raw) */
+	np_request req;          /* re-read after locking (has raw, or is a
+				  * compact copy: zkc_reread_request) */
 	bool have_req;
 	zk_lock *lock;
 	enum handler_state state;

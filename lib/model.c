@@ -2375,6 +2375,53 @@ bool np_record_copy_compact(np_kind kind, np_record *dst,
 	return type_copy(kind, dst, src, &a);
 }
 
+/* L, a list member of a record whose block is BLK (or NULL), with its
+ * vector and its strings its own: those in the block copied out, so
+ * that it may grow and be freed as any list. */
+static void list_own(struct block *blk, strlist *l)
+{
+	bool moved = false;
+
+	if (!blk)
+		return;
+	if (l->v && in_block(blk, l->v)) {
+		char **v = xmalloc(l->n * sizeof(*v));
+
+		memcpy(v, l->v, l->n * sizeof(*v));
+		l->v = v;
+		l->cap = l->n;
+		moved = true;
+	}
+	for (size_t i = 0; i < l->n; i++) {
+		if (in_block(blk, l->v[i])) {
+			l->v[i] = xstrdup(l->v[i]);
+			moved = true;
+		}
+	}
+	if (moved)
+		blk->sole = false;
+}
+
+void np_record_list_add(np_kind kind, np_record *rec, strlist *l,
+			const char *s)
+{
+	list_own(*AT(rec, rec_types[kind].block, struct block *), l);
+	strlist_add(l, s);
+}
+
+void np_record_list_clear(np_kind kind, np_record *rec, strlist *l)
+{
+	const struct block *blk = *AT(rec, rec_types[kind].block,
+				      struct block *);
+
+	for (size_t i = 0; i < l->n; i++)
+		if (!in_block(blk, l->v[i]))
+			free(l->v[i]);
+	if (!in_block(blk, l->v))
+		free(l->v);
+	strlist_init(l);
+}
+
 void np_record_set_str(np_kind kind, np_record *rec, char **member,
 		       const char *value)
 {

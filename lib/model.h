@@ -17,7 +17,8 @@
  * a compact one (np_record_unpack, np_record_copy_compact), whose own
  * strings and list vectors live in one block that the record holds
  * (`block`) and *_clear frees: such a record is read, its state set
- * (np_*_set_state) and its strings replaced with np_record_set_str(),
+ * (np_*_set_state), its strings replaced with np_record_set_str() and its
+ * lists changed with np_record_list_add() and np_record_list_clear(),
  * none of them freed nor its lists grown on their own. The `raw` member
  * is what encoding needs of the document the record was decoded from
  * (NULL for a record built in memory, or when the document needs nothing
@@ -297,15 +298,20 @@ void np_record_unshare(np_kind kind, np_record *rec, const np_shared *pool);
 bool np_record_copy(np_kind kind, np_record *dst, const np_record *src);
 /* np_record_copy() with DST's strings, ids and lists' vectors in one
  * block of its own (see Ownership above), which np_record_clear() frees:
- * one allocation instead of one per string. For a copy that is read, its
- * state set and its strings replaced only with np_record_set_str() (a
- * writer's re-read under its lock: the deleter's). */
+ * one allocation instead of one per string. For a copy that is read and
+ * changed only as Ownership above says (a writer's re-read under its
+ * lock: the deleter's and the request handler's). */
 bool np_record_copy_compact(np_kind kind, np_record *dst,
 			    const np_record *src);
 /* Replace the string member *MEMBER of REC (a KIND record; a compact or
  * unpacked copy too) with a copy of VALUE (NULL: none). */
 void np_record_set_str(np_kind kind, np_record *rec, char **member,
 		       const char *value);
+/* strlist_add() of a copy of S to L, a list member of REC (a compact or
+ * unpacked copy too), and strlist_free() of it (empty after). */
+void np_record_list_add(np_kind kind, np_record *rec, strlist *l,
+			const char *s);
+void np_record_list_clear(np_kind kind, np_record *rec, strlist *l);
 /* np_record_copy() in one allocation: the record, its strings and its
  * string lists' vectors in one block, its JSON values shared. For a copy
  * that is only read and then dropped (our own writes handed to the

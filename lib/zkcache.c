@@ -733,8 +733,8 @@ int zkc_reread_request(zkc *c, np_request *r, const char *id,
 	const union obj *o = same_version(c, id, st);
 
 	if (o && o->request.id &&
-	    np_record_copy(NP_KIND_REQUEST, (np_record *)r,
-			   (const np_record *)&o->request)) {
+	    np_record_copy_compact(NP_KIND_REQUEST, (np_record *)r,
+				   (const np_record *)&o->request)) {
 		r->version = st->version;
 		return 0;
 	}

@@ -135,10 +135,11 @@ void zkc_ids(const zkc *c, enum zkc_what what, strlist *out);
  * decoding; else decoded, a node with its nested JSON values (resources,
  * user_data, ...) shared with the cache's copies instead of built again.
  * Shared values are read-only (encoding and clearing the record are
- * fine). The version is ST's. A node's copy is a compact one
+ * fine). The version is ST's. The copy is a compact one
  * (np_record_copy_compact: its strings in one block): its state is set
- * with np_node_set_state(), its strings replaced with
- * np_record_set_str(). */
+ * with np_*_set_state(), its strings replaced with np_record_set_str(),
+ * its lists changed with np_record_list_add() and
+ * np_record_list_clear(). */
 int zkc_reread_node(zkc *c, np_node *n, const char *id, const char *data,
 		    size_t len, const zk_stat *st, char **err);
 int zkc_reread_request(zkc *c, np_request *r, const char *id,

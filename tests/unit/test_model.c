@@ -1020,6 +1020,53 @@ TEST(copies_check_utf8_at_every_offset)
 	}
 }
 
+/* A compact copy's lists are changed with np_record_list_add() and
+ * np_record_list_clear(), as a record's of its own are. */
+TEST(compact_copy_lists_changed)
+{
+	const char *doc = "{\"state\": \"pending\", \"declined_by\": "
+		"[\"l1\", \"l2\"], \"node_types\": [\"a\"], "
+		"\"nodes\": [\"0000000001\"]}";
+	const char *rid = "100-0000000001";
+	np_record rec, c;
+	char *err = NULL, *out;
+
+	REQUIRE(np_record_decode(NP_KIND_REQUEST, &rec, &rid, doc, strlen(doc),
+				 1, &err) == 0);
+	for (int round = 0; round < 2; round++) {
+		np_record *r = &rec;
+
+		if (round == 1) { /* the compact copy */
+			REQUIRE(np_record_copy_compact(NP_KIND_REQUEST, &c,
+						       &rec));
+			REQUIRE(c.request.block != NULL);
+			r = &c;
+		}
+		np_record_list_add(NP_KIND_REQUEST, r, &r->request.declined_by,
+				   round ? "l4" : "l3");
+		np_record_list_clear(NP_KIND_REQUEST, r, &r->request.nodes);
+		CHECK(r->request.nodes.n == 0 && r->request.nodes.v == NULL);
+		np_record_list_add(NP_KIND_REQUEST, r, &r->request.nodes,
+				   "0000000002");
+		np_record_list_add(NP_KIND_REQUEST, r, &r->request.nodes,
+				   "0000000003");
+		np_request_set_state(&r->request, NP_REQ_FULFILLED);
+		out = np_record_encode(NP_KIND_REQUEST, r);
+		CHECK(strstr(out, round ?
+			      "\"declined_by\": [\"l1\", \"l2\", \"l3\", "
+			      "\"l4\"]" :
+			      "\"declined_by\": [\"l1\", \"l2\", \"l3\"]") != NULL);
+		CHECK(strstr(out, "\"nodes\": [\"0000000002\", "
+			      "\"0000000003\"]") != NULL);
+		CHECK(strstr(out, "\"node_types\": [\"a\"]") != NULL);
+		free(out);
+	}
+	/* The copy's untouched list is still its block's. */
+	CHECK_STR(c.request.node_types.v[0], "a");
+	np_record_clear(NP_KIND_REQUEST, &c);
+	np_record_clear(NP_KIND_REQUEST, &rec);
+}
+
 TEST(bad_documents)
 {
 	np_node n;
