@@ -2405,8 +2405,14 @@ static void list_own(struct block *blk, strlist *l)
 void np_record_list_add(np_kind kind, np_record *rec, strlist *l,
 			const char *s)
 {
-	list_own(*AT(rec, rec_types[kind].block, struct block *), l);
+	struct block *blk = *AT(rec, rec_types[kind].block, struct block *);
+
+	list_own(blk, l);
 	strlist_add(l, s);
+	/* The new string (and, for a list that was empty, its vector) are
+	 * outside the block, whether or not list_own() moved anything. */
+	if (blk)
+		blk->sole = false;
 }
 
 void np_record_list_clear(np_kind kind, np_record *rec, strlist *l)

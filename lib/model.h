@@ -80,7 +80,7 @@ typedef struct np_request {
 	double created_time;
 	char *tenant_name;
 	json_t *raw;
-	void *block; /* see Ownership above; NULL but for unpacked copies */
+	void *block; /* see Ownership above; NULL but for compact copies */
 	int version; /* znode version when read from ZooKeeper, else -1 */
 } np_request;
 
@@ -304,11 +304,13 @@ bool np_record_copy(np_kind kind, np_record *dst, const np_record *src);
 bool np_record_copy_compact(np_kind kind, np_record *dst,
 			    const np_record *src);
 /* Replace the string member *MEMBER of REC (a KIND record; a compact or
- * unpacked copy too) with a copy of VALUE (NULL: none). */
+ * unpacked copy too, in a member it does not share with a pool) with a
+ * copy of VALUE (NULL: none). */
 void np_record_set_str(np_kind kind, np_record *rec, char **member,
 		       const char *value);
 /* strlist_add() of a copy of S to L, a list member of REC (a compact or
- * unpacked copy too), and strlist_free() of it (empty after). */
+ * unpacked copy too, in a member it does not share with a pool), and
+ * strlist_free() of it (empty after). */
 void np_record_list_add(np_kind kind, np_record *rec, strlist *l,
 			const char *s);
 void np_record_list_clear(np_kind kind, np_record *rec, strlist *l);

@@ -87,7 +87,8 @@ struct req {
 	zk_watch_fn watch;   /* one-shot watch to install on success */
 	void *warg;
 	char *path;          /* client path (no chroot), for a watch to
-			      * install, else NULL */
+			      * install or an addWatch's failure log, else
+			      * NULL */
 	zk_op *ops;          /* multi */
 	int nops;
 };
