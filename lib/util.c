@@ -359,44 +359,6 @@ long long now_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-bool task_comm(int tid, char *buf, size_t len)
-{
-	char path[64];
-	bool ok = false;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/self/task/%d/comm", tid);
-	buf[0] = '\0';
-	if ((f = fopen(path, "r"))) {
-		if ((ok = fgets(buf, (int)len, f) != NULL))
-			buf[strcspn(buf, "\n")] = '\0';
-		else
-			buf[0] = '\0';
-		fclose(f);
-	}
-	return ok;
-}
-
-unsigned long long task_sigmask(int tid, const char *field)
-{
-	char path[64], line[256];
-	unsigned long long mask = 0;
-	size_t n = strlen(field);
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/self/task/%d/status", tid);
-	if (!(f = fopen(path, "r")))
-		return 0;
-	while (fgets(line, sizeof(line), f)) {
-		if (strncmp(line, field, n) == 0 && line[n] == ':') {
-			mask = strtoull(line + n + 1, NULL, 16);
-			break;
-		}
-	}
-	fclose(f);
-	return mask;
-}
-
 bool str_eq_null(const char *a, const char *b)
 {
 	return a == b || (a && b && strcmp(a, b) == 0);

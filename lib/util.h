@@ -114,12 +114,6 @@ double now_wall(void);
 /* Monotonic milliseconds, for timeouts. */
 long long now_ms(void);
 
-/* Thread TID of this process as /proc/self/task/TID shows it: its kernel
- * name into BUF (false, and "", if it has gone), and the signal mask
- * FIELD of its status ("SigBlk", "SigPnd", "ShdPnd"; 0 if it has gone). */
-bool task_comm(int tid, char *buf, size_t len);
-unsigned long long task_sigmask(int tid, const char *field);
-
 /* Equal strings, or both NULL. */
 bool str_eq_null(const char *a, const char *b);
 bool str_starts_with(const char *s, const char *prefix);

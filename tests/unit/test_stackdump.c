@@ -22,6 +22,7 @@
 #include <semaphore.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -303,6 +304,49 @@ static bool has(const char *hay, const char *needle)
 	return hay && strstr(hay, needle) != NULL;
 }
 
+
+/* Thread TID of this process as /proc/self/task/TID shows it: its kernel
+ * name into BUF (false, and "", if it has gone), and the signal mask
+ * FIELD of its status ("SigPnd", "ShdPnd"; 0 if it has gone). The dump
+ * reads the same file its own way (stackdump.c's task_status); these
+ * check it from outside. */
+static bool task_comm(int tid, char *buf, size_t len)
+{
+	char path[64];
+	bool ok = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/comm", tid);
+	buf[0] = '\0';
+	if ((f = fopen(path, "r"))) {
+		if ((ok = fgets(buf, (int)len, f) != NULL))
+			buf[strcspn(buf, "\n")] = '\0';
+		else
+			buf[0] = '\0';
+		fclose(f);
+	}
+	return ok;
+}
+
+static unsigned long long task_sigmask(int tid, const char *field)
+{
+	char path[64], line[256];
+	unsigned long long mask = 0;
+	size_t n = strlen(field);
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/status", tid);
+	if (!(f = fopen(path, "r")))
+		return 0;
+	while (fgets(line, sizeof(line), f)) {
+		if (strncmp(line, field, n) == 0 && line[n] == ':') {
+			mask = strtoull(line + n + 1, NULL, 16);
+			break;
+		}
+	}
+	fclose(f);
+	return mask;
+}
 
 /* The dump signal waits, pending, on thread TID (its own queue or the
  * process's). */
