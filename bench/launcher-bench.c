@@ -87,6 +87,11 @@ typedef struct bench {
 	int port4lw;
 	int zk_pid, launcher_pid;
 	int n, conc, timeout;
+	double rate;		/* -r: requests/s offered (0: as the window
+				 * allows) */
+	double t_start;		/* rate mode: when the schedule starts */
+	int late;		/* rate mode: creates sent over 1 ms after
+				 * they were due (the window was full) */
 	bool hold;
 	bool fill;		/* hold, then leave the nodes (profiling) */
 	const char *label;
@@ -578,6 +583,13 @@ static void create_one(bench *b)
 	r->counted = true;
 	r->state = R_CREATING;
 	r->t_create = mono();
+	/* Rate mode measures from when the request was due, not when it
+	 * went out: a request the window held back waited for it too. */
+	if (b->rate > 0) {
+		r->t_create = b->t_start + b->issued / b->rate;
+		if (mono() - r->t_create > 0.001)
+			b->late++;
+	}
 	if (!b->t_first)
 		b->t_first = r->t_create;
 	b->issued++;
@@ -592,11 +604,37 @@ static void create_one(bench *b)
 	free(json);
 }
 
-/* Keep CONC requests outstanding (hold mode: until N are out). */
+/* How many requests are due by now: all N without a rate, else one every
+ * 1/RATE s from the start. */
+static int due(bench *b)
+{
+	double d;
+
+	if (b->rate <= 0)
+		return b->n;
+	d = (mono() - b->t_start) * b->rate + 1;
+	return d < b->n ? (int)d : b->n;
+}
+
+/* Keep CONC requests outstanding (hold mode: until N are out); with a
+ * rate, send those due, CONC at most outstanding. */
 static void issue_more(bench *b)
 {
-	while (b->issued < b->n && b->in_flight < b->conc)
+	int d = due(b);
+
+	while (b->issued < d && b->in_flight < b->conc)
 		create_one(b);
+}
+
+/* How long the loop may sleep: until the next request is due. */
+static int wait_ms(bench *b)
+{
+	double next;
+
+	if (b->rate <= 0 || b->issued >= b->n)
+		return 100;
+	next = b->t_start + b->issued / b->rate - mono();
+	return next <= 0 ? 0 : (int)(next * 1000) + 1;
 }
 
 /* Hold mode, second half: consume the held requests, CONC at a time. */
@@ -637,7 +675,8 @@ static bool run_until(bench *b, bool (*cond)(bench *b), double deadline)
 	while (!cond(b)) {
 		if (mono() > deadline)
 			return false;
-		evloop_run_once(b->loop, 100);
+		evloop_run_once(b->loop, wait_ms(b));
+		issue_more(b);
 	}
 	return true;
 }
@@ -672,7 +711,10 @@ static void usage(void)
 		"usage: launcher-bench -z HOSTS[/chroot] -p FOURLW_PORT -Z ZK_PID\n"
 		"                      -L LAUNCHER_PID -n N -c CONCURRENCY\n"
 		"                      [-m consume|hold|fill] [-l LABEL] [-t TIMEOUT_S]\n"
+		"                      [-r RATE]\n"
 		"       launcher-bench -H | -z HOSTS -E PATH\n"
+		"  -r RATE  offer RATE requests/s (at most CONCURRENCY outstanding;\n"
+		"           latency counted from when each was due)\n"
 		"  -H       print the table header and exit\n"
 		"  -E PATH  create PATH (e.g. the launcher's chroot) and exit\n");
 }
@@ -719,7 +761,7 @@ int main(int argc, char **argv)
 
 	b->label = "bench";
 	b->timeout = 900;
-	while ((c = getopt(argc, argv, "z:p:Z:L:n:c:m:l:t:E:H")) != -1) {
+	while ((c = getopt(argc, argv, "z:p:Z:L:n:c:m:l:t:E:r:H")) != -1) {
 		switch (c) {
 		case 'z': hosts = optarg; break;
 		case 'p': b->port4lw = atoi(optarg); break;
@@ -733,6 +775,7 @@ int main(int argc, char **argv)
 			break;
 		case 'l': b->label = optarg; break;
 		case 't': b->timeout = atoi(optarg); break;
+		case 'r': b->rate = atof(optarg); break;
 		case 'E': ensure = optarg; break;
 		case 'H': header(); return 0;
 		default: usage(); return 2;
@@ -769,6 +812,7 @@ int main(int argc, char **argv)
 	t0 = mono();
 	deadline = t0 + b->timeout;
 
+	b->t_start = mono();
 	issue_more(b);
 	if (b->hold) {
 		if (run_until(b, all_held, deadline)) {
@@ -816,12 +860,12 @@ int main(int argc, char **argv)
 	fprintf(stderr, "launcher-bench: %s N=%d C=%d fulfilled=%d failed=%d "
 		"errors=%d consumed=%d wall=%.2fs run=%.2fs (to last node "
 		"deleted) server-packets=%ld (launcher %ld + generator %ld) "
-		"VmRSS=%.1fMB VmHWM=%.1fMB\n",
+		"VmRSS=%.1fMB VmHWM=%.1fMB rate=%.0f late=%d\n",
 		b->hold ? "hold" : "consume", b->n, b->conc, b->fulfilled,
 		b->failed, b->errors, b->consumed, secs, mono() - t0, pk1 - pk0,
 		theirs, mine,
 		proc_mem(b->launcher_pid, "VmRSS"),
-		proc_mem(b->launcher_pid, "VmHWM"));
+		proc_mem(b->launcher_pid, "VmHWM"), b->rate, b->late);
 	fflush(stdout);
 	while (b->held) {
 		breq *r = b->held;

@@ -9,6 +9,11 @@
 # usage: bench/launcher-bench.sh [N... ]      (default: 1000 10000)
 # env:   BUILD=build        build dir (built here if the binaries are missing)
 #        CONC="10 100 1000" concurrencies
+#        RATE=              offer RATE requests/s in the N x CONC runs
+#                           (CONC outstanding at most; latency from when
+#                           each request was due): the latency below
+#                           saturation; several rates ("200 400") make
+#                           one run each
 #        HOLD=10000         N of the hold run (HOLD_CONC=1000 at a time; all
 #                           fulfilled and in use before any is
 #                           consumed: the launcher's memory with N nodes);
@@ -161,8 +166,10 @@ cg() {
 cg -z
 for n in $NS; do
 	for c in $CONC; do
-		gen -n "$n" -c "$c"
-		cg -d
+		for r in ${RATE:-0}; do
+			gen -n "$n" -c "$c" -r "$r"
+			cg -d
+		done
 	done
 done
 if [ "$HOLD" -gt 0 ]; then
