@@ -7,7 +7,9 @@
 #   make            release-ish build in build/
 #   make SAN=1      ASan+UBSan build in build-san/
 #   make test       unit and integration tests (plain build, then SAN=1)
-#   make bench      benchmarks (print figures)
+#
+# `make` also builds the benchmarks' C parts (bench/*.c); the benchmarks
+# themselves are the scripts bench/*.sh (they print figures).
 
 CC      ?= gcc
 PKGS    := jansson yaml-0.1 openssl libssh libmicrohttpd libcurl
@@ -79,7 +81,7 @@ PROG_BIN  := $(PROG_SRC:programs/%.c=$(BUILD)/%)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all test unit integration bench clean
+.PHONY: all test clean
 all: $(BUILD)/nodepool $(PROG_BIN) $(TEST_BIN) $(BENCH_BIN)
 
 $(BUILD)/libnodepool.a: $(LIB_OBJ)

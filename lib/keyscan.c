@@ -1073,9 +1073,20 @@ void keyscan_get_stats(const keyscan *ks, keyscan_stats *out)
 	out->queued = ks->queue.n;
 }
 
-static void dump_list(const struct rq_list *l, sbuf *out, long long now)
+/* Queued scans listed in a dump: a burst can queue thousands behind the
+ * running ones, and a line each would bury the rest of the dump. */
+#define DUMP_QUEUED_MAX 20
+
+static void dump_list(const struct rq_list *l, sbuf *out, long long now,
+		      int max)
 {
+	int n = 0;
+
 	for (const keyscan_req *r = l->head; r; r = r->next) {
+		if (n++ == max) {
+			sbuf_addf(out, "... and %d more queued\n", l->n - max);
+			break;
+		}
 		sbuf_addf(out, "%s:%d %s %s %.1fs attempts=%d keys=%zu",
 			  r->host, r->port, state_name(r), iteration(r),
 			  (double)(now - r->start_ms) / 1000.0, r->attempts, r->keys.n);
@@ -1091,6 +1102,6 @@ void keyscan_dump(const keyscan *ks, sbuf *out)
 
 	sbuf_addf(out, "keyscan: %d running (max %d), %d queued\n",
 		  ks->active.n, ks->max, ks->queue.n);
-	dump_list(&ks->active, out, now);
-	dump_list(&ks->queue, out, now);
+	dump_list(&ks->active, out, now, ks->active.n);
+	dump_list(&ks->queue, out, now, DUMP_QUEUED_MAX);
 }

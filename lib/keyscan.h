@@ -84,8 +84,9 @@ typedef struct keyscan_stats {
 } keyscan_stats;
 
 void keyscan_get_stats(const keyscan *ks, keyscan_stats *out);
-/* One line per scan (running first, then queued): host:port, state,
- * seconds since start, attempts. For the SIGUSR2 dump. */
+/* A count line, then one line per scan (running first, then the first 20
+ * queued): host:port, state, seconds since start, attempts. For the
+ * SIGUSR2 dump (launcher_status). */
 void keyscan_dump(const keyscan *ks, sbuf *out);
 
 #endif

@@ -1318,11 +1318,14 @@ void launcher_free(np_launcher *l)
 
 void launcher_status(np_launcher *l, sbuf *out)
 {
-	sbuf_addf(out, "NodePool: %s, %s\n", l->ready ? "ready" : "starting",
+	sbuf_addf(out, "launcher: %s, %s\n", l->ready ? "ready" : "starting",
 		  l->stopping ? "stopping" : "running");
-	for (np_provmgr *pm = l->mgrs; pm; pm = pm->next)
+	for (np_provmgr *pm = l->mgrs; pm; pm = pm->next) {
 		sbuf_addf(out, "provider %s: driver %s, launches %d\n", pm->name,
 			  pm->drv->name, pm->launching);
+		sbuf_addf(out, "provider %s ", pm->name);
+		keyscan_dump(pm->ks, out);
+	}
 	for (np_poolworker *pw = l->pools; pw; pw = pw->next)
 		poolworker_status(pw, out);
 	if (l->del)

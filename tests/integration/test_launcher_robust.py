@@ -207,6 +207,9 @@ def test_stack_dump(zk):
                           "stackdump: node %s with its state" % nid)
             check("PoolWorker.fake-provider-main" in status,
                   "stackdump: the pool worker's line")
+            check(re.search(r"provider fake-provider keyscan: \d+ running "
+                            r"\(max 100\), \d+ queued", status),
+                  "stackdump: the provider's host-key scans")
         # Service continues: the requests complete, the web app answers.
         for rid in rids:
             req = s.wait_request(rid)

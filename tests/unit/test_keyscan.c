@@ -570,6 +570,33 @@ TEST(port_that_opens_late_is_picked_up)
 	sshd_stop(&s);
 }
 
+/* The dump lists every running scan but only the first 20 queued ones: a
+ * burst of thousands would otherwise bury the rest of the SIGUSR2 dump. */
+TEST(dump_caps_the_queued_list)
+{
+	struct result res = { 0 };
+	evloop *loop = evloop_new();
+	keyscan *ks = keyscan_new(loop, 1);
+	int port = free_port(), lines = 0;
+	sbuf dump;
+
+	REQUIRE(port > 0);
+	for (int i = 0; i < 25; i++)
+		keyscan_start(ks, "127.0.0.1", port, "ssh", 60, on_result, &res);
+	run_for(loop, 50);
+	sbuf_init(&dump);
+	keyscan_dump(ks, &dump);
+	CHECK(contains(dump.buf, "keyscan: 1 running (max 1), 24 queued\n"));
+	CHECK(contains(dump.buf, "\n... and 4 more queued\n"));
+	for (const char *p = dump.buf; (p = strchr(p, '\n')); p++)
+		lines++;
+	CHECK_INT(lines, 1 + 1 + 20 + 1);
+	sbuf_free(&dump);
+	CHECK_INT(res.calls, 0);
+	keyscan_free(ks);
+	evloop_free(loop);
+}
+
 TEST(closed_port_fails_when_the_budget_runs_out)
 {
 	struct result res = { 0 };
