@@ -150,7 +150,7 @@ bool worker_sleep(np_worker *w, long ms);
 void builder_status(np_builder *b, sbuf *out);
 
 /* What a worker does with an image, for the janitor's state gauges
- * (upstream's _image_status, nodepool-behaviour.md §6):
+ * (upstream's _image_status):
  * nodepool.builder.<fqdn>.image.<image>.build.state is the highest status
  * any BuildWorker reports for the image, ...provider.<p>.upload.state the
  * highest any UploadWorker reports for it and provider P. */

@@ -550,7 +550,7 @@ static bool check_outputs(run *r)
 	return true;
 }
 
-/* The statsd report of a build (nodepool-behaviour.md §6). */
+/* The statsd report of a build (upstream's keys). */
 static void report(run *r, bool ready, long long ms)
 {
 	statsd *sd = builder_statsd(r->w->b);

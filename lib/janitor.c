@@ -4,7 +4,7 @@
  * from (the newest READY upload per image and provider) and the one
  * before it (for a rollback).
  *
- * A pass, as upstream's (nodepool-behaviour.md §1.3.5):
+ * A pass, as upstream's (builder.py's CleanupWorker):
  * 1. Per image in ZooKeeper: keep the 2 newest READY builds (none when the
  *    image left `diskimages`). For every build: delete its uploads to
  *    image-managing providers that no longer list the image; on a kept

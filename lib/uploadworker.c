@@ -3,7 +3,7 @@
  * provider that lists it.
  *
  * For each provider whose driver manages images and each diskimage it
- * lists (spec §1.3.4, zookeeper-protocol §5.11):
+ * lists (upstream's _checkForProviderUploads):
  *   1. skip a provider image with `pause: true` (state "paused");
  *   2. take the newest READY build; it needs its file of the provider's
  *      image-type on this builder's disk, that format among the build's
