@@ -12,18 +12,6 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Memory kept on a free list for reuse is poisoned while it waits there,
- * so that AddressSanitizer still reports a use of it after its release;
- * unpoisoned when taken again. No-ops without ASan. */
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#define NP_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
-#define NP_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
-#else
-#define NP_POISON(p, n) ((void)(p), (void)(n))
-#define NP_UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
-
 void *xmalloc(size_t n);
 void *xcalloc(size_t nmemb, size_t size);
 void *xrealloc(void *p, size_t n);

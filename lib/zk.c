@@ -45,6 +45,7 @@
 
 #include "jute.h"
 #include "log.h"
+#include "spares.h"
 
 #define LOGGER "nodepool.zk"
 /* Largest frame we accept: the server's jute.maxbuffer is 1 MiB by
@@ -174,8 +175,7 @@ struct zk {
 	/* The last request packet's buffer once copied out, for the next
 	 * request: a set's 1-2 KB is built without malloc. */
 	sbuf spare_pkt;
-	struct req *spare_reqs; /* see req_free() */
-	size_t nspare_reqs;
+	struct spares spare_reqs; /* see req_free() */
 	/* Bytes ever put in wbuf, and written or discarded: a request whose
 	 * out_end is past out_sent is not on the wire yet (zk_queue_len). */
 	unsigned long long out_queued, out_sent;
@@ -276,7 +276,7 @@ static struct req *reqq_pop(struct reqq *q)
 
 /* Freed requests kept for the next ones (a request to ZooKeeper took an
  * allocation of its own: 14 per node request; some hundreds are in flight
- * at 100 node requests at a time), poisoned while they wait (NP_POISON). */
+ * at 100 node requests at a time). */
 #define SPARE_REQS 512
 
 static void req_free(zk *z, struct req *r)
@@ -287,39 +287,15 @@ static void req_free(zk *z, struct req *r)
 		sbuf_free(&r->pkt);
 	if (r->path)
 		free(r->path);
-	if (z->nspare_reqs < SPARE_REQS) {
-		r->next = z->spare_reqs;
-		z->spare_reqs = r;
-		z->nspare_reqs++;
-		NP_POISON(r, sizeof(*r));
-		return;
-	}
-	free(r);
+	if (!spares_put(&z->spare_reqs, r))
+		free(r);
 }
 
 static struct req *req_alloc(zk *z)
 {
-	struct req *r = z->spare_reqs;
+	struct req *r = spares_take(&z->spare_reqs);
 
-	if (!r)
-		return xcalloc(1, sizeof(*r));
-	NP_UNPOISON(r, sizeof(*r));
-	z->spare_reqs = r->next;
-	z->nspare_reqs--;
-	memset(r, 0, sizeof(*r));
-	return r;
-}
-
-static void spare_reqs_free(zk *z)
-{
-	while (z->spare_reqs) {
-		struct req *r = z->spare_reqs;
-
-		NP_UNPOISON(r, sizeof(*r));
-		z->spare_reqs = r->next;
-		free(r);
-	}
-	z->nspare_reqs = 0;
+	return r ? r : xcalloc(1, sizeof(*r));
 }
 
 /* Strip the chroot from the *LEN bytes of a server path at PATH (not
@@ -2341,7 +2317,7 @@ static void zk_free(zk *z)
 	free(z->rbuf);
 	sbuf_free(&z->wbuf);
 	sbuf_free(&z->spare_pkt);
-	spare_reqs_free(z);
+	spares_drop(&z->spare_reqs);
 	watches_clear(z);
 	if (z->ssl_ctx)
 		SSL_CTX_free(z->ssl_ctx);
@@ -2395,6 +2371,8 @@ zk *zk_new(evloop *loop, const zk_options *opt, char **err)
 	z->state = ZK_STATE_CONNECTING;
 	z->next_xid = 1;
 	sbuf_init(&z->wbuf);
+	z->spare_reqs = (struct spares){ .max = SPARE_REQS,
+		.size = sizeof(struct req) };
 	pthread_mutex_init(&z->mu, NULL);
 	pthread_cond_init(&z->cond, NULL);
 	z->timeout_ms = (int)((opt->session_timeout > 0 ? opt->session_timeout : 10.0) * 1000);

@@ -49,6 +49,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "spares.h"
 
 #define LOCK_NAME "__lock__"
 #define SEQ_DIGITS 10
@@ -168,60 +169,33 @@ static void reg_del(zk_lock *l)
 }
 
 /* Freed locks kept for the next ones, by the size of their allocation (a
- * node request makes and frees three, of two sizes), under reg.mu and
- * poisoned while they wait (NP_POISON). Held in arrays, not chained
- * through the poisoned blocks: what the process still keeps at its end
- * is then reachable, not a leak. */
-#define LOCK_SIZES 4
+ * node request makes and frees three, of two sizes), under reg.mu. Never
+ * dropped: what is kept at the process's end is reachable from here. */
 #define LOCK_SPARE 32
 
-static struct {
-	size_t size, n;
-	zk_lock *v[LOCK_SPARE];
-} lock_spares[LOCK_SIZES];
+static struct spares_sized lock_spares = { .max = LOCK_SPARE };
 
 /* A zeroed lock allocation of SIZE bytes. */
 static zk_lock *lock_alloc(size_t size)
 {
-	zk_lock *l = NULL;
+	zk_lock *l;
 
 	pthread_mutex_lock(&reg.mu);
-	for (int i = 0; i < LOCK_SIZES; i++) {
-		if (lock_spares[i].size == size && lock_spares[i].n) {
-			l = lock_spares[i].v[--lock_spares[i].n];
-			NP_UNPOISON(l, size);
-			break;
-		}
-	}
+	l = spares_sized_take(&lock_spares, size);
 	pthread_mutex_unlock(&reg.mu);
-	if (!l)
-		return xcalloc(1, size);
-	memset(l, 0, size);
-	return l;
+	return l ? l : xcalloc(1, size);
 }
 
-/* Free L's allocation (out of the registry): kept when locks of its size
- * are kept, or a list is free to keep them. */
+/* Free L's allocation (out of the registry), or keep it for the next. */
 static void lock_release_mem(zk_lock *l)
 {
-	size_t size = l->size;
-	int slot = -1;
+	bool kept;
 
 	pthread_mutex_lock(&reg.mu);
-	for (int i = 0; i < LOCK_SIZES && slot < 0; i++)
-		if (lock_spares[i].size == size)
-			slot = i;
-	for (int i = 0; i < LOCK_SIZES && slot < 0; i++)
-		if (!lock_spares[i].n)
-			slot = i;
-	if (slot >= 0 && lock_spares[slot].n < LOCK_SPARE) {
-		lock_spares[slot].size = size;
-		lock_spares[slot].v[lock_spares[slot].n++] = l;
-		NP_POISON(l, size);
-		l = NULL;
-	}
+	kept = spares_sized_put(&lock_spares, l, l->size);
 	pthread_mutex_unlock(&reg.mu);
-	free(l);
+	if (!kept)
+		free(l);
 }
 
 /* Only called on the loop thread that owns the lock, which is also the

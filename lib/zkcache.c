@@ -33,6 +33,7 @@
  */
 #include "zkcache.h"
 #include "log.h"
+#include "spares.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -178,54 +179,6 @@ static struct cls classify_image(const struct segs *s)
 	}
 }
 
-/* ---- blocks kept for reuse ----
- *
- * Entries, queued changes and own-write entries come and go with every
- * request: freed ones of the common sizes wait on a list for the next
- * (poisoned meanwhile, NP_POISON). A block's first bytes hold the list's
- * link. */
-
-struct spares {
-	void *head;
-	size_t n, max;
-	size_t size; /* of every block */
-	size_t zero; /* bytes a taken block starts with zeroed: all if 0 */
-};
-
-/* A block off S's list, or NULL: zeroed, or its first S->zero bytes. */
-static void *spare_take(struct spares *s)
-{
-	void *p = s->head;
-
-	if (!p)
-		return NULL;
-	NP_UNPOISON(p, s->size);
-	memcpy(&s->head, p, sizeof(p));
-	s->n--;
-	memset(p, 0, s->zero ? s->zero : s->size);
-	return p;
-}
-
-/* Keep P (of S's size) on the list; false when the list is full. */
-static bool spare_put(struct spares *s, void *p)
-{
-	if (s->n >= s->max)
-		return false;
-	memcpy(p, &s->head, sizeof(p));
-	s->head = p;
-	s->n++;
-	NP_POISON(p, s->size);
-	return true;
-}
-
-static void spares_drop(struct spares *s)
-{
-	void *p;
-
-	while ((p = spare_take(s)))
-		free(p);
-}
-
 /* ---- entries ---- */
 
 struct ent {
@@ -267,7 +220,6 @@ union obj {
 	json_t *json;
 };
 
-#define ENT_SIZES 4  /* entry sizes a table keeps freed entries of */
 #define ENT_SPARE 64 /* entries of one size kept, at most */
 
 struct table {
@@ -276,7 +228,7 @@ struct table {
 	size_t n;
 	/* Freed entries by size (a node's, a contender's, a request's:
 	 * some five come and go with a request), for the next ones. */
-	struct spares spare[ENT_SIZES];
+	struct spares_sized spares;
 };
 
 static size_t obj_size(int what)
@@ -309,39 +261,17 @@ static size_t ent_size(int what, size_t klen)
 /* A zeroed entry of SIZE bytes, one T kept if it has one. */
 static struct ent *ent_alloc(struct table *t, size_t size)
 {
-	for (int i = 0; i < ENT_SIZES; i++) {
-		if (t->spare[i].size == size) {
-			struct ent *e = spare_take(&t->spare[i]);
+	struct ent *e = spares_sized_take(&t->spares, size);
 
-			if (e)
-				return e;
-			break;
-		}
-	}
-	return xcalloc(1, size);
+	return e ? e : xcalloc(1, size);
 }
 
 /* Free E, unlinked from T: kept for reuse when T keeps entries of its
- * size, or has a list free to keep them. */
+ * size, or has a keeper free to keep them. */
 static void ent_free(struct table *t, struct ent *e)
 {
-	size_t size;
-	struct spares *s = NULL;
-
-	if (e->klen == KLEN_LONG) {
-		free(e);
-		return;
-	}
-	size = ent_size(e->what, e->klen);
-	for (int i = 0; i < ENT_SIZES && !s; i++)
-		if (t->spare[i].size == size)
-			s = &t->spare[i];
-	for (int i = 0; i < ENT_SIZES && !s; i++)
-		if (!t->spare[i].n)
-			s = &t->spare[i];
-	if (s && s->size != size)
-		*s = (struct spares){ .max = ENT_SPARE, .size = size };
-	if (!s || !spare_put(s, e))
+	if (e->klen == KLEN_LONG ||
+	    !spares_sized_put(&t->spares, e, ent_size(e->what, e->klen)))
 		free(e);
 }
 
@@ -904,7 +834,8 @@ static void obj_release(zkc *c, int what, void *rec)
 	}
 }
 
-/* Free every entry of T and its buckets. */
+/* Free every entry of T, its buckets and the entries it keeps for reuse
+ * (T can be used again). */
 static void tab_clear(zkc *c, struct table *t)
 {
 	for (size_t i = 0; i < t->nb; i++) {
@@ -917,9 +848,9 @@ static void tab_clear(zkc *c, struct table *t)
 		}
 	}
 	free(t->b);
-	for (int i = 0; i < ENT_SIZES; i++)
-		spares_drop(&t->spare[i]);
-	memset(t, 0, sizeof(*t));
+	t->b = NULL;
+	t->nb = t->n = 0;
+	spares_sized_drop(&t->spares);
 }
 
 /* ---- decoding ---- */
@@ -1330,7 +1261,7 @@ static void walk_fail(zkc *c, const struct item *it)
 static struct item *item_new(zkc *c, int op, int what, const char *rel,
 			     size_t n, bool walk)
 {
-	struct item *it = n < ITEM_REL ? spare_take(&c->item_spares) : NULL;
+	struct item *it = n < ITEM_REL ? spares_take(&c->item_spares) : NULL;
 
 	if (!it)
 		it = xcalloc(1, sizeof(*it) + (n < ITEM_REL ? ITEM_REL : n + 1));
@@ -1367,7 +1298,7 @@ static void item_free(struct item *it)
 		strlist_free(&it->kids_copy);
 	/* One of ITEM_REL path bytes goes back to its cache's spares. */
 	if (c->closed || it->rlen >= ITEM_REL ||
-	    !spare_put(&c->item_spares, it))
+	    !spares_put(&c->item_spares, it))
 		free(it);
 }
 
@@ -1806,7 +1737,7 @@ static struct own **own_slot(zkc *c, const char *rel, size_t n)
 static struct own *own_new(zkc *c, struct own **pp, const char *rel,
 			   size_t n, uint32_t h)
 {
-	struct own *o = n < OWN_REL ? spare_take(&c->own_spares) : NULL;
+	struct own *o = n < OWN_REL ? spares_take(&c->own_spares) : NULL;
 
 	if (!o)
 		o = xcalloc(1, sizeof(*o) + (n < OWN_REL ? OWN_REL : n + 1));
@@ -1821,7 +1752,7 @@ static struct own *own_new(zkc *c, struct own **pp, const char *rel,
 /* O is done with: kept for reuse if it has OWN_REL path bytes. */
 static void own_free(zkc *c, struct own *o)
 {
-	if (c->closed || o->len >= OWN_REL || !spare_put(&c->own_spares, o))
+	if (c->closed || o->len >= OWN_REL || !spares_put(&c->own_spares, o))
 		free(o);
 }
 
@@ -2215,6 +2146,9 @@ zkc *zkc_new(zk *z, enum zkc_tree tree)
 	c->own_spares = (struct spares){ .max = OWN_SPARE,
 		.size = sizeof(struct own) + OWN_REL,
 		.zero = sizeof(struct own) };
+	c->tab.spares.max = ENT_SPARE;
+	c->json.spares.max = ENT_SPARE;
+	c->strs.spares.max = ENT_SPARE;
 	c->gen = 1;
 	c->min_stamp = 1;
 	c->shared_node = (np_shared){

@@ -166,25 +166,6 @@ TEST(read_stream_whole_and_empty)
 	free(path);
 }
 
-/* What a free list keeps is poisoned (ASan reports a use of it) until it
- * is taken again. */
-TEST(spares_are_poisoned)
-{
-	char *p = xmalloc(64);
-
-	NP_POISON(p, 64);
-#if defined(__SANITIZE_ADDRESS__)
-	CHECK(__asan_address_is_poisoned(p + 10));
-#endif
-	NP_UNPOISON(p, 64);
-#if defined(__SANITIZE_ADDRESS__)
-	CHECK(!__asan_address_is_poisoned(p + 10));
-#endif
-	p[10] = 'x';
-	CHECK(p[10] == 'x');
-	free(p);
-}
-
 TEST(string_comparisons)
 {
 	strlist a, b;
