@@ -8,6 +8,7 @@
 #include <stddef.h>
 
 #include "config.h"
+#include "driver.h"
 #include "evloop.h"
 #include "store.h"
 #include "zk.h"
@@ -87,6 +88,24 @@ int cli_lock_node(struct cli *c, const char *id, zk_lock **lock);
 /* `delete --now` (cmd_delete_now.c): ID is locked by LOCK, which the
  * function takes over. Returns the exit code. */
 int cli_delete_now(struct cli *c, const char *id, zk_lock *lock);
+/* A provider's driver manager hosted on the CLI's loop (hosted.c). */
+struct cli_hosted {
+	const struct np_driver *drv;
+	np_manager *m;
+	np_host host;
+	char hostname[256];
+};
+/* Start provider P's manager from the local config on C's loop: 0, or -1
+ * and *ERR (a one-line message, caller frees) when its driver is not one
+ * we implement or does not start. */
+int cli_host_provider(struct cli *c, const np_provider *p,
+		      struct cli_hosted *h, char **err);
+/* Let work the driver started by itself finish (30 s at most), then stop
+ * the manager. */
+void cli_unhost_provider(struct cli *c, struct cli_hosted *h);
+/* Run C's loop until *DONE is true (a callback sets it) or TIMEOUT_MS
+ * passed; returns *DONE. */
+bool cli_run_until(struct cli *c, const bool *done, long timeout_ms);
 /* Print listing L when RC is ZOK, else a one-line error about WHAT; frees
  * L. Returns the exit code. */
 int cli_print_listing(status_list *l, int rc, const char *what);

@@ -2,8 +2,8 @@
  * delete. Instead of marking the node `deleting` for a launcher, the CLI
  * hosts the node's provider itself, as upstream's nodepoolcmd does: it
  * starts the provider's driver manager from the local config on its own
- * event loop, and then does what a launcher's deleter does with a node it
- * holds locked (upstream's StateMachineNodeDeleter):
+ * event loop (hosted.c), and then does what a launcher's deleter does with
+ * a node it holds locked (upstream's StateMachineNodeDeleter):
  *
  *   state `deleting` -> driver delete_instance (600 s; "not found" is
  *   fine) -> store_node_remove_locked(): state `deleted`, the znode and
@@ -25,27 +25,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 /* Upstream's StateMachineNodeDeleter.DELETE_TIMEOUT. */
 #define DELETE_TIMEOUT_MS (600 * 1000)
-/* How long work the driver started by itself (a static re-registration
- * after node_deleted) may take before the manager is stopped anyway. */
-#define SETTLE_TIMEOUT_MS (30 * 1000)
 
-/* The provider's manager, hosted on the CLI's loop. */
+/* The provider's manager (hosted.c) and the deleter's logger. */
 struct hosted {
-	const struct np_driver *drv;
-	np_manager *m;
-	np_host host;
-	char hostname[256];
+	struct cli_hosted cp;
 	const char *logger;
 };
 
 /* One delete_instance call in flight. */
 struct cloud_delete {
 	bool done;
-	bool timed_out; /* our timer ended it: the op is still live */
 	int status;
 	char *error;
 };
@@ -59,82 +51,31 @@ static void on_cloud_deleted(void *arg, int status, const char *error)
 	d->error = error ? xstrdup(error) : NULL;
 }
 
-static void on_cloud_timeout(evloop *loop, uint64_t id, void *arg)
-{
-	struct cloud_delete *d = arg;
-
-	d->done = true;
-	d->timed_out = true;
-	d->status = NP_DRV_TIMEOUT;
-	d->error = xstrdup("Timeout waiting for instance deletion");
-}
-
-static int start_provider(struct cli *c, const np_provider *p,
-			  struct hosted *h)
-{
-	char *err = NULL;
-
-	memset(h, 0, sizeof(*h));
-	h->drv = driver_find(p->driver);
-	if (!h->drv) {
-		fprintf(stderr, "Provider %s uses driver %s, which this "
-			"nodepool does not implement (%s)\n", p->name,
-			p->driver ? p->driver : "None", driver_names());
-		return 1;
-	}
-	if (gethostname(h->hostname, sizeof(h->hostname)) != 0)
-		snprintf(h->hostname, sizeof(h->hostname), "localhost");
-	h->hostname[sizeof(h->hostname) - 1] = '\0';
-	h->host.loop = c->loop;
-	h->host.z = c->z;
-	h->host.hostname = h->hostname;
-	h->host.app = "cli";
-	h->m = h->drv->start(&h->host, c->config, p, &err);
-	if (!h->m) {
-		fprintf(stderr, "Unable to start provider %s: %s\n", p->name,
-			err ? err : "unknown error");
-		free(err);
-		return 1;
-	}
-	return 0;
-}
-
-/* Let work the driver started by itself finish, then stop the manager. */
-static void stop_provider(struct cli *c, struct hosted *h)
-{
-	long long deadline = now_ms() + SETTLE_TIMEOUT_MS;
-
-	while (h->drv->busy && h->drv->busy(h->m) && now_ms() < deadline)
-		evloop_run_once(c->loop, 100);
-	h->drv->stop(h->m);
-}
-
 /* The cloud part: NP_DRV_OK once the instance is gone (or was never
  * there), else the driver's status with a warning logged. */
 static int delete_instance(struct cli *c, struct hosted *h,
 			   const np_node *node)
 {
+	const struct np_driver *drv = h->cp.drv;
 	const char *ext = json_string_value(node->external_id);
-	struct cloud_delete d = { false, false, NP_DRV_OK, NULL };
-	uint64_t timer;
+	struct cloud_delete d = { false, NP_DRV_OK, NULL };
 	np_op *op;
 
-	if (!ext || !*ext || !h->drv->delete_instance)
+	if (!ext || !*ext || !drv->delete_instance)
 		return NP_DRV_OK; /* nothing in a cloud (static hosts) */
-	op = h->drv->delete_instance(h->m, ext, on_cloud_deleted, &d);
+	op = drv->delete_instance(h->cp.m, ext, on_cloud_deleted, &d);
 	if (!op) {
 		log_warning(h->logger, "Failure deleting instance %s from %s: "
 			    "the driver did not start the delete", ext,
 			    node->provider);
 		return NP_DRV_ERROR;
 	}
-	timer = evloop_add_timer(c->loop, DELETE_TIMEOUT_MS, on_cloud_timeout,
-				 &d);
-	while (!d.done)
-		evloop_run_once(c->loop, -1);
-	if (d.timed_out && h->drv->cancel)
-		h->drv->cancel(op);
-	evloop_del_timer(c->loop, timer);
+	if (!cli_run_until(c, &d.done, DELETE_TIMEOUT_MS)) {
+		if (drv->cancel)
+			drv->cancel(op);
+		d.status = NP_DRV_TIMEOUT;
+		d.error = xstrdup("Timeout waiting for instance deletion");
+	}
 	if (d.status == NP_DRV_NOTFOUND) {
 		log_info(h->logger, "Instance %s not found in provider %s",
 			 ext, node->provider);
@@ -171,8 +112,8 @@ static int delete_node(struct cli *c, struct hosted *h, np_node *node,
 	zk_lock_free(lock);
 	if (rc != ZOK)
 		return cli_zk_error("Removing the node", rc);
-	if (h->drv->node_deleted)
-		h->drv->node_deleted(h->m, node);
+	if (h->cp.drv->node_deleted)
+		h->cp.drv->node_deleted(h->cp.m, node);
 	return 0;
 }
 
@@ -180,7 +121,7 @@ int cli_delete_now(struct cli *c, const char *id, zk_lock *lock)
 {
 	const np_provider *p;
 	struct hosted h;
-	char *logger;
+	char *logger, *err = NULL;
 	np_node node;
 	int rc;
 
@@ -202,16 +143,17 @@ int cli_delete_now(struct cli *c, const char *id, zk_lock *lock)
 		zk_lock_free(lock);
 		return 1;
 	}
-	rc = start_provider(c, p, &h);
-	if (rc) {
+	if (cli_host_provider(c, p, &h.cp, &err) != 0) {
+		fprintf(stderr, "%s\n", err);
+		free(err);
 		np_node_clear(&node);
 		zk_lock_free(lock);
-		return rc;
+		return 1;
 	}
 	logger = xasprintf("nodepool.StateMachineNodeDeleter.%s", p->name);
 	h.logger = logger;
 	rc = delete_node(c, &h, &node, lock);
-	stop_provider(c, &h);
+	cli_unhost_provider(c, &h.cp);
 	free(logger);
 	np_node_clear(&node);
 	if (cli_print_node(c, id) != 0)

@@ -57,6 +57,23 @@ REQUEST_KEYS = ["state", "state_time", "declined_by", "node_types", "nodes",
                 "relative_priority", "event_id", "created_time",
                 "tenant_name"]
 
+STATIC_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBZ8yhtBqRVd3pXo3UiJWk"
+              "Jm7lgTq2ZUqJ+1MvU6JgEW")
+# A static provider, an entry of a config's providers list (config_text's
+# EXTRA continues it after the fake one). Host names containing "fake" are
+# neither resolved nor scanned, so the slot is registered without a real
+# host.
+STATIC = """  - name: static-provider
+    driver: static
+    pools:
+      - name: main
+        nodes:
+          - name: fake-static-host
+            labels: [static]
+            host-key-checking: false
+            host-key: %s
+""" % STATIC_KEY
+
 PROVIDER = {"name": "fake-provider",
             "pools": [{"name": "main", "labels": ["small", "big"]}]}
 

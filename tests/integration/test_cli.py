@@ -9,6 +9,7 @@
 import json
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from kazoo.client import KazooClient
 from kazoo.recipe.lock import Lock
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from launcherlib import NODE_KEYS  # noqa: E402
+from launcherlib import NODE_KEYS, STATIC  # noqa: E402
 
 PASSED = 0
 FAILED = 0
@@ -90,10 +91,11 @@ class Env:
                               keyfile=self.key, verify_certs=False)
         self.zk.start(timeout=15)
 
-    def run(self, *args, stdin=None, config=None):
+    def run(self, *args, stdin=None, config=None, env=None):
         p = subprocess.run([self.nodepool, "-c", config or self.config]
                            + list(args), input=stdin, capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=60,
+                           env=dict(os.environ, **env) if env else None)
         return p.returncode, p.stdout, p.stderr
 
     def read(self, path):
@@ -117,7 +119,8 @@ class Env:
         subprocess.run(["rm", "-rf", self.tmp])
 
 
-CONFIG = """
+# The ZooKeeper part of the test's configs.
+ZK_CONFIG = """
 zookeeper-servers:
   - host: %(host)s
     port: %(port)s
@@ -126,7 +129,9 @@ zookeeper-tls:
   ca: %(ca)s
   cert: %(cert)s
   key: %(key)s
-labels:
+"""
+
+CONFIG = ZK_CONFIG + """labels:
   - name: small
 providers:
   - name: fake
@@ -477,6 +482,151 @@ def test_logconfig(e):
           "--debug wins over -l: %r" % err)
 
 
+# alien-image-list's providers: two fake clouds (state dirs the test
+# writes images into), an OpenStack cloud nobody listens for, one that is
+# not in clouds.yaml, and a static provider (no images: skipped).
+ALIEN_CONFIG = ZK_CONFIG + """labels:
+  - name: small
+  - name: static
+providers:
+  - name: fake-a
+    driver: openstack
+    cloud: fake
+    fake:
+      state-dir: %(tmp)s/cloud-a
+    diskimages:
+      - name: fake-image
+  - name: unreachable
+    driver: openstack
+    cloud: unreachable
+    diskimages:
+      - name: fake-image
+%(static)s  - name: lost
+    driver: openstack
+    cloud: not-in-clouds-yaml
+  - name: fake-b
+    driver: openstack
+    cloud: fake
+    fake:
+      state-dir: %(tmp)s/cloud-b
+    diskimages:
+      - name: fake-image
+diskimages:
+  - name: fake-image
+  - name: other-image
+"""
+
+
+def fake_cloud_image(state_dir, name, metadata):
+    """An image in a fake cloud's state dir, as the fake driver's upload
+    leaves it; returns its id."""
+    iid = uuid.uuid4().hex
+    os.makedirs(os.path.join(state_dir, "images"), exist_ok=True)
+    with open(os.path.join(state_dir, "images", iid + ".json"), "w") as f:
+        json.dump({"id": iid, "name": name, "status": "READY",
+                   "format": "qcow2", "size": 0, "metadata": metadata}, f)
+    return iid
+
+
+def test_alien_image_list(e):
+    z = e.zk
+    host, port = e.hosts.rsplit(":", 1)
+    config = os.path.join(e.tmp, "alien.yaml")
+    with open(config, "w") as f:
+        f.write(ALIEN_CONFIG % dict(host=host, port=port, chroot=e.chroot,
+                                    ca=e.ca, cert=e.cert, key=e.key,
+                                    tmp=e.tmp, static=STATIC))
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    clouds = os.path.join(e.tmp, "clouds.yaml")
+    with open(clouds, "w") as f:
+        f.write("clouds:\n  unreachable:\n    auth:\n"
+                "      auth_url: http://127.0.0.1:%d/v3\n"
+                "      username: demo\n      password: secret\n"
+                "      project_name: demo\n" % closed)
+    env = {"OS_CLIENT_CONFIG_FILE": clouds}
+    cloud_a = os.path.join(e.tmp, "cloud-a")
+    cloud_b = os.path.join(e.tmp, "cloud-b")
+
+    def tagged(provider, bid, uid):
+        return {"nodepool_provider_name": provider,
+                "nodepool_build_id": bid, "nodepool_upload_id": uid}
+
+    # fake-a: no upload record; a ready one; untagged; a record that is
+    # not ready; a ready record of an image the provider does not list.
+    a_none = fake_cloud_image(cloud_a, "fake-image-a1",
+                              tagged("fake-a", "cccc", "0000000009"))
+    a_ready = fake_cloud_image(cloud_a, "fake-image-a2",
+                               tagged("fake-a", "cccc", "0000000001"))
+    fake_cloud_image(cloud_a, "someone-elses", {"owner": "ops"})
+    fake_cloud_image(cloud_a, "no-metadata", None)
+    a_deleting = fake_cloud_image(cloud_a, "fake-image-a3",
+                                  tagged("fake-a", "cccc", "0000000002"))
+    a_other = fake_cloud_image(cloud_a, "other-image-a4",
+                               tagged("fake-a", "dddd", "0000000001"))
+    b_none = fake_cloud_image(cloud_b, "fake-image-b1",
+                              tagged("fake-b", "cccc", "0000000001"))
+    now = time.time()
+    b = "/nodepool/images/fake-image/builds/cccc"
+    z.create(b, enc(build_dict("ready", now, "nb01", ["qcow2"])),
+             makepath=True)
+    for path, state, iid in (
+            (b + "/providers/fake-a/images/0000000001", "ready", a_ready),
+            (b + "/providers/fake-a/images/0000000002", "deleting",
+             a_deleting),
+            # Another provider's record of fake-a's image: still alien.
+            (b + "/providers/fake-b/images/0000000001", "ready", a_none),
+            ("/nodepool/images/other-image/builds/dddd/providers/fake-a/"
+             "images/0000000001", "ready", a_other)):
+        z.create(path, enc(upload_dict(state=state, state_time=now,
+                                       external_id=iid, format="qcow2")),
+                 makepath=True)
+    z.ensure_path("/nodepool/nodes")
+    nodes_before = sorted(z.get_children("/nodepool/nodes"))
+
+    rc, out, err = e.run("alien-image-list", config=config, env=env)
+    rows = table_rows(out)
+    check(rc == 0 and rows[:1] == [["Provider", "Name", "Image ID"]],
+          "alien-image-list: %d header %r %r" % (rc, rows[:1], err))
+    check(sorted(rows[1:]) == sorted([
+        ["fake-a", "fake-image-a1", a_none],
+        ["fake-a", "fake-image-a3", a_deleting],
+        ["fake-a", "other-image-a4", a_other],
+        ["fake-b", "fake-image-b1", b_none]]),
+        "alien images: tagged, no ready upload of the provider's images: "
+        "%r" % rows[1:])
+    check([r[0] for r in rows[1:]] == ["fake-a"] * 3 + ["fake-b"],
+          "providers in config order: %r" % rows[1:])
+    check(re.search(r"WARNING nodepool\.cmd\.nodepoolcmd: Exception listing "
+                    r"alien images for unreachable: .+", err) is not None,
+          "unreachable cloud: a warning: %r" % err)
+    check("Exception listing alien images for lost: Unable to start "
+          "provider lost: " in err, "unknown cloud: a warning: %r" % err)
+    check("static-provider" not in err, "static provider skipped: %r" % err)
+    check(sorted(z.get_children("/nodepool/nodes")) == nodes_before,
+          "no static node registered by the listing")
+
+    rc, out, err = e.run("alien-image-list", "fake-b", config=config,
+                         env=env)
+    check(rc == 0 and table_rows(out)[1:] ==
+          [["fake-b", "fake-image-b1", b_none]] and "Exception" not in err,
+          "provider filter: %d %r %r" % (rc, out, err))
+    rc, out, err = e.run("alien-image-list", "unreachable", config=config,
+                         env=env)
+    check(rc == 0 and table_rows(out) == [["Provider", "Name", "Image ID"]]
+          and "alien images for unreachable: " in err,
+          "filter on the failing provider: %d %r %r" % (rc, out, err))
+    for only in ("static-provider", "nope"):
+        rc, out, err = e.run("alien-image-list", only, config=config,
+                             env=env)
+        check(rc == 0 and out == "+----------+------+----------+\n"
+              "| Provider | Name | Image ID |\n"
+              "+----------+------+----------+\n"
+              "+----------+------+----------+\n" and err == "",
+              "%s: an empty table, nothing logged: %r %r" % (only, out, err))
+
+
 def test_errors(e):
     bad = os.path.join(e.tmp, "notls.yaml")
     with open(e.config) as f:
@@ -512,7 +662,8 @@ def main():
     try:
         populate(e)
         for t in (test_listings, test_node_writes, test_image_writes,
-                  test_export_erase_import, test_logconfig, test_errors):
+                  test_export_erase_import, test_logconfig, test_errors,
+                  test_alien_image_list):
             try:
                 t(e)
             except Exception as ex:

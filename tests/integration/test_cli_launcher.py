@@ -23,27 +23,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import launcherlib as L  # noqa: E402
-from launcherlib import (NODEPOOL, check, nodepool, table_rows,  # noqa: E402
-                         wait_for)
+from launcherlib import (NODEPOOL, STATIC, STATIC_KEY, check,  # noqa: E402
+                         nodepool, table_rows, wait_for)
 
 ZUUL_REQUEST_KEYS = ["requestor_data", "node_types", "requestor",
                      "created_time", "provider", "state", "state_time",
                      "relative_priority", "event_id", "tenant_name"]
-STATIC_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBZ8yhtBqRVd3pXo3UiJWk"
-              "Jm7lgTq2ZUqJ+1MvU6JgEW")
-# A static provider after the fake one (config_text's EXTRA continues the
-# providers list). Host names containing "fake" are neither resolved nor
-# scanned, so the slot is registered without a real host.
-STATIC = """  - name: static-provider
-    driver: static
-    pools:
-      - name: main
-        nodes:
-          - name: fake-static-host
-            labels: [static]
-            host-key-checking: false
-            host-key: %s
-""" % STATIC_KEY
 
 
 def start_nodepool(cfg, *args):
