@@ -8,12 +8,14 @@
 # env: NP_TEST_ZK_TLS, NP_TEST_ZK_CA/_CERT/_KEY (tests/run-all.sh), NP_BUILD.
 import json
 import os
+import http.server
 import re
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -483,8 +485,10 @@ def test_logconfig(e):
 
 
 # alien-image-list's providers: two fake clouds (state dirs the test
-# writes images into), an OpenStack cloud nobody listens for, one that is
-# not in clouds.yaml, and a static provider (no images: skipped).
+# writes images into), an OpenStack cloud nobody listens for, two served
+# by the test's Glance (GlanceHandler: one lists, one answers an error),
+# one that is not in clouds.yaml, and a static provider (no images:
+# skipped).
 ALIEN_CONFIG = ZK_CONFIG + """labels:
   - name: small
   - name: static
@@ -501,6 +505,14 @@ providers:
     cloud: unreachable
     diskimages:
       - name: fake-image
+  - name: glance
+    driver: openstack
+    cloud: glance
+    diskimages:
+      - name: fake-image
+  - name: glance-error
+    driver: openstack
+    cloud: glance-error
 %(static)s  - name: lost
     driver: openstack
     cloud: not-in-clouds-yaml
@@ -517,6 +529,57 @@ diskimages:
 """
 
 
+class GlanceHandler(http.server.BaseHTTPRequestHandler):
+    """Keystone's token and Glance's image list, as much of them as the
+    OpenStack driver's list_images reads. User "demo" gets a catalog whose
+    Glance lists IMAGES in two pages; any other user's Glance answers 500.
+    Glance gives an image's properties as keys of the image itself."""
+    IMAGES = []
+
+    def answer(self, status, body, headers=()):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", 0))
+        auth = json.loads(self.rfile.read(n))
+        user = auth["auth"]["identity"]["password"]["user"]["name"]
+        root = "http://%s:%d/%s" % (self.server.server_address + (
+            "image" if user == "demo" else "broken",))
+        self.answer(201, {"token": {
+            "expires_at": "2099-01-01T00:00:00.000000Z",
+            "project": {"id": "p1"},
+            "catalog": [{"type": "image", "endpoints": [
+                {"interface": "public", "region_id": "R1", "url": root}]}]}},
+            [("X-Subject-Token", "tok-" + user)])
+
+    def do_GET(self):
+        if self.path == "/image/v2/images?limit=100":
+            self.answer(200, {"images": self.IMAGES[:2],
+                              "next": "/v2/images?marker=%s&limit=100"
+                              % self.IMAGES[1]["id"]})
+        elif self.path.startswith("/image/v2/images?marker="):
+            self.answer(200, {"images": self.IMAGES[2:]})
+        else:
+            self.answer(500, {"message": "Glance is down for maintenance"})
+
+    def log_message(self, *args):
+        pass
+
+
+def glance_image(name, **props):
+    iid = str(uuid.uuid4())
+    GlanceHandler.IMAGES.append(dict(id=iid, name=name, status="active",
+                                     visibility="private", **props))
+    return iid
+
+
 def fake_cloud_image(state_dir, name, metadata):
     """An image in a fake cloud's state dir, as the fake driver's upload
     leaves it; returns its id."""
@@ -529,7 +592,6 @@ def fake_cloud_image(state_dir, name, metadata):
 
 
 def test_alien_image_list(e):
-    z = e.zk
     host, port = e.hosts.rsplit(":", 1)
     config = os.path.join(e.tmp, "alien.yaml")
     with open(config, "w") as f:
@@ -539,13 +601,29 @@ def test_alien_image_list(e):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
+    glance = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             GlanceHandler)
+    threading.Thread(target=glance.serve_forever, daemon=True).start()
     clouds = os.path.join(e.tmp, "clouds.yaml")
     with open(clouds, "w") as f:
-        f.write("clouds:\n  unreachable:\n    auth:\n"
-                "      auth_url: http://127.0.0.1:%d/v3\n"
-                "      username: demo\n      password: secret\n"
-                "      project_name: demo\n" % closed)
-    env = {"OS_CLIENT_CONFIG_FILE": clouds}
+        f.write("clouds:\n")
+        for cloud, cport, user in (
+                ("unreachable", closed, "demo"),
+                ("glance", glance.server_address[1], "demo"),
+                ("glance-error", glance.server_address[1], "admin")):
+            f.write("  %s:\n    auth:\n"
+                    "      auth_url: http://127.0.0.1:%d/v3\n"
+                    "      username: %s\n      password: secret\n"
+                    "      project_name: demo\n" % (cloud, cport, user))
+    try:
+        alien_image_list(e, config, {"OS_CLIENT_CONFIG_FILE": clouds})
+    finally:
+        glance.shutdown()
+        glance.server_close()
+
+
+def alien_image_list(e, config, env):
+    z = e.zk
     cloud_a = os.path.join(e.tmp, "cloud-a")
     cloud_b = os.path.join(e.tmp, "cloud-b")
 
@@ -567,6 +645,13 @@ def test_alien_image_list(e):
                                tagged("fake-a", "dddd", "0000000001"))
     b_none = fake_cloud_image(cloud_b, "fake-image-b1",
                               tagged("fake-b", "cccc", "0000000001"))
+    # glance: the same cases across two pages, and an image without a name.
+    g_none = glance_image("fake-image-g1", **tagged("glance", "cccc",
+                                                    "0000000009"))
+    g_ready = glance_image("fake-image-g2", **tagged("glance", "cccc",
+                                                     "0000000001"))
+    glance_image("cirros")
+    g_noname = glance_image(None, nodepool_build_id="cccc")
     now = time.time()
     b = "/nodepool/images/fake-image/builds/cccc"
     z.create(b, enc(build_dict("ready", now, "nb01", ["qcow2"])),
@@ -575,6 +660,7 @@ def test_alien_image_list(e):
             (b + "/providers/fake-a/images/0000000001", "ready", a_ready),
             (b + "/providers/fake-a/images/0000000002", "deleting",
              a_deleting),
+            (b + "/providers/glance/images/0000000001", "ready", g_ready),
             # Another provider's record of fake-a's image: still alien.
             (b + "/providers/fake-b/images/0000000001", "ready", a_none),
             ("/nodepool/images/other-image/builds/dddd/providers/fake-a/"
@@ -593,11 +679,18 @@ def test_alien_image_list(e):
         ["fake-a", "fake-image-a1", a_none],
         ["fake-a", "fake-image-a3", a_deleting],
         ["fake-a", "other-image-a4", a_other],
+        ["glance", "fake-image-g1", g_none],
+        ["glance", "None", g_noname],
         ["fake-b", "fake-image-b1", b_none]]),
         "alien images: tagged, no ready upload of the provider's images: "
         "%r" % rows[1:])
-    check([r[0] for r in rows[1:]] == ["fake-a"] * 3 + ["fake-b"],
-          "providers in config order: %r" % rows[1:])
+    check([r[0] for r in rows[1:]] == ["fake-a"] * 3 + ["glance"] * 2 +
+          ["fake-b"], "providers in config order: %r" % rows[1:])
+    check([r[2] for r in rows[4:6]] == [g_none, g_noname],
+          "in the cloud's order: %r" % rows[4:6])
+    check(re.search(r"Exception listing alien images for glance-error: .*"
+                    r"Glance is down for maintenance", err) is not None,
+          "a cloud's error answer: a warning: %r" % err)
     check(re.search(r"WARNING nodepool\.cmd\.nodepoolcmd: Exception listing "
                     r"alien images for unreachable: .+", err) is not None,
           "unreachable cloud: a warning: %r" % err)
