@@ -93,11 +93,14 @@ static const char *const addr_names[] = {"fake", "fake_v6", "no_auto_ip",
 	"loopback"};
 
 /* One server. In memory mode it lives in the manager's hash; in state-dir
- * mode it is read from and written to <state-dir>/instances/<id>.json. */
+ * mode it is read from and written to <state-dir>/instances/<id>.json.
+ * Its metadata is kept as JSON text, not as a jansson object: with ten
+ * thousand servers in memory the objects (a table and a string or two
+ * per key, some 620 bytes a server) were most of the cloud's memory. */
 struct inst {
 	char id[33];
-	/* NAME, AZ, CLOUD, REGION and IMAGE live in the record's own
-	 * allocation, after it (inst_new). */
+	/* NAME, AZ, CLOUD, REGION, IMAGE and METADATA live in the record's
+	 * own allocation, after it (inst_new). */
 	char *name;
 	const struct flavor *flavor;	/* NULL: unknown (foreign record) */
 	char *az;
@@ -110,7 +113,7 @@ struct inst {
 	char *image;			/* what it boots: the upload's external
 					 * id, or the cloud image's name or id;
 					 * NULL: unknown (foreign record) */
-	json_t *metadata;
+	char *metadata;			/* a JSON object's text, or NULL */
 	struct inst *hnext;		/* memory mode: hash chain */
 };
 
@@ -178,6 +181,7 @@ struct np_op {
 	 * left after it */
 	void (*id_known)(void *arg, const char *external_id);
 	double rest;
+	json_t *metadata;		/* create: the server's, for its report */
 };
 
 struct np_manager {
@@ -202,6 +206,7 @@ struct np_manager {
 	int lock_fd;
 	strlist img_cache;		/* names and ids of uploaded images */
 	long long img_cache_ms;
+	sbuf text;			/* a server's metadata as it is kept */
 };
 
 static bool on_disk(const np_manager *m)
@@ -307,35 +312,47 @@ static void flavor_quota(const struct flavor *f, long long volume_gb,
 
 /* ---- instances: records, memory hash, state-dir files ---- */
 
-/* A record, zeroed, with copies of its strings (each may be NULL) after
- * it in the same allocation: they live as long as it does. */
+/* A record, zeroed, with copies of its strings (each may be NULL) and
+ * the text of METADATA (an object, or NULL) after it in the same
+ * allocation: they live as long as it does. TEXT is a buffer for the
+ * text (the manager's). */
 static struct inst *inst_new(const char *name, const char *az,
-    const char *cloud, const char *region, const char *image)
+    const char *cloud, const char *region, const char *image,
+    const json_t *metadata, sbuf *text)
 {
-	const char *src[] = { name, az, cloud, region, image };
-	size_t off[5], room = 0;
+	const char *src[] = { name, az, cloud, region, image, NULL };
+	size_t off[6], room = 0;
 	struct inst *in;
 	sbuf sb;
 
-	for (int i = 0; i < 5; i++)
+	if (json_is_object(metadata)) {
+		text->len = 0;
+		np_json_dumps_sb(text, metadata, false);
+		src[5] = text->buf;
+	}
+	for (int i = 0; i < 6; i++)
 		room += src[i] ? strlen(src[i]) + 1 : 0;
 	sbuf_block_begin(&sb, sizeof(*in), room);
-	for (int i = 0; i < 5; i++)
+	for (int i = 0; i < 6; i++)
 		off[i] = src[i] ? sbuf_block_str(&sb, src[i]) : 0;
 	in = (struct inst *)(void *)sbuf_detach(&sb);
 	char **dst[] = { &in->name, &in->az, &in->cloud, &in->region,
-	    &in->image };
-	for (int i = 0; i < 5; i++)
+	    &in->image, &in->metadata };
+	for (int i = 0; i < 6; i++)
 		*dst[i] = off[i] ? (char *)in + off[i] : NULL;
 	return in;
 }
 
 static void inst_free(struct inst *in)
 {
-	if (!in)
-		return;
-	json_decref(in->metadata);
 	free(in); /* and its strings (inst_new) */
+}
+
+/* IN's metadata as an object (a new reference), or NULL. */
+static json_t *inst_metadata(const struct inst *in)
+{
+	return in->metadata ? np_json_nested(in->metadata,
+	    strlen(in->metadata)) : NULL;
 }
 
 static json_t *inst_to_json(const struct inst *in)
@@ -357,12 +374,14 @@ static json_t *inst_to_json(const struct inst *in)
 	json_object_set_new(o, "active_at", json_real(in->active_at));
 	json_object_set_new(o, "image", in->image ? json_string(in->image) :
 	    json_null());
-	json_object_set_new(o, "metadata", in->metadata ?
-	    json_deep_copy(in->metadata) : json_object());
+	json_t *meta = inst_metadata(in);
+
+	json_object_set_new(o, "metadata", meta ? meta : json_object());
 	return o;
 }
 
-static struct inst *inst_from_json(const json_t *o)
+/* The record of a state-dir file's object O; TEXT as for inst_new(). */
+static struct inst *inst_from_json(const json_t *o, sbuf *text)
 {
 	const json_t *id = json_object_get(o, "id");
 	const char *addr = json_string_value(json_object_get(o, "addresses"));
@@ -374,7 +393,8 @@ static struct inst *inst_from_json(const json_t *o)
 	    json_string_value(json_object_get(o, "az")),
 	    json_string_value(json_object_get(o, "cloud")),
 	    json_string_value(json_object_get(o, "region")),
-	    json_string_value(json_object_get(o, "image")));
+	    json_string_value(json_object_get(o, "image")),
+	    json_object_get(o, "metadata"), text);
 	memcpy(in->id, json_string_value(id), 33);
 	in->flavor = flavor_by_name(json_string_value(json_object_get(o,
 	    "flavor")));
@@ -384,7 +404,6 @@ static struct inst *inst_from_json(const json_t *o)
 	in->lo = (int)json_integer_value(json_object_get(o, "loopback"));
 	in->volume_gb = json_integer_value(json_object_get(o, "volume_gb"));
 	in->active_at = json_number_value(json_object_get(o, "active_at"));
-	in->metadata = json_deep_copy(json_object_get(o, "metadata"));
 	return in;
 }
 
@@ -490,7 +509,7 @@ static struct inst *inst_get(np_manager *m, const char *id, bool *owned)
 	}
 	char *path = inst_path(m, id);
 	json_t *o = json_load_file(path, 0, NULL);
-	struct inst *in = o ? inst_from_json(o) : NULL;
+	struct inst *in = o ? inst_from_json(o, &m->text) : NULL;
 	json_decref(o);
 	free(path);
 	*owned = in != NULL;
@@ -619,8 +638,11 @@ static void inst_foreach(np_manager *m, void (*fn)(void *, const struct inst *),
 		closedir(d);
 }
 
-/* The np_instance view of a record (what create and list report). */
-static void inst_report(const struct inst *in, np_instance *out)
+/* The np_instance view of a record (what create and list report);
+ * METADATA: the record's as an object when the caller has it (a create
+ * made it), else NULL (read from the record's text). */
+static void inst_report(const struct inst *in, const json_t *metadata,
+    np_instance *out)
 {
 	const char *pub4 = "fake", *pub6 = "", *priv4 = "fake";
 	const char *host = "fake", *iface = "fake";
@@ -653,9 +675,10 @@ static void inst_report(const struct inst *in, np_instance *out)
 	out->cloud = in->cloud ? xstrdup(in->cloud) : NULL;
 	out->region = in->region ? xstrdup(in->region) : NULL;
 	out->az = in->az ? xstrdup(in->az) : NULL;
-	/* Shared: metadata values are never changed in place (the cloud's
-	 * record and the report are both only read). */
-	out->metadata = in->metadata ? json_incref(in->metadata) : NULL;
+	/* Shared: metadata values are never changed in place (the create
+	 * and its report only read it). */
+	out->metadata = metadata ? json_incref((json_t *)metadata) :
+	    inst_metadata(in);
 	flavor_quota(in->flavor, in->volume_gb, &out->resources);
 }
 
@@ -774,6 +797,7 @@ static void op_free(struct np_op *op)
 	if (op->next)
 		op->next->prev = op->prev;
 	upload_free(m, op->up);
+	json_decref(op->metadata);
 	free(op->error);
 	free(op);
 }
@@ -809,7 +833,7 @@ static void create_fire(evloop *loop, uint64_t id, void *arg)
 		in = inst_get(m, op->id, &owned);
 		if (in) {
 			inst = xmalloc(sizeof(*inst));
-			inst_report(in, inst);
+			inst_report(in, op->metadata, inst);
 			if (owned)
 				inst_free(in);
 		} else {
@@ -880,14 +904,15 @@ static double create_start(struct np_op *op, const np_create_args *a)
 
 	char id[33];
 	uuid4_hex(id);
+	/* The create's report gets the object; the cloud keeps its text. */
+	op->metadata = driver_server_metadata(a);
 	struct inst *in = inst_new(a->hostname ? a->hostname : id, a->az,
 	    m->cloud, m->region, a->image_external_id ? a->image_external_id :
-	    image);
+	    image, op->metadata, &m->text);
 	memcpy(in->id, id, sizeof(id));
 	in->flavor = f;
 	in->volume_gb = l->boot_from_volume ? l->volume_size : 0;
 	in->active_at = now_wall() + m->opt.launch_delay;
-	in->metadata = driver_server_metadata(a);
 	if (m->opt.ip_style == NP_FAKE_IP_LOOPBACK)
 		in->addr = ADDR_LOOPBACK;
 	else if (strlist_contains(&l->networks, NET_IPV6))
@@ -1042,7 +1067,7 @@ static void list_add(void *arg, const struct inst *in)
 
 	if (l->op->cancelled)
 		return;
-	inst_report(in, &l->v[l->n++]);
+	inst_report(in, NULL, &l->v[l->n++]);
 	if (l->n == LIST_BATCH)
 		list_flush(l, NP_DRV_MORE);
 }
@@ -1712,6 +1737,7 @@ static void fake_stop(np_manager *m)
 	free(m->img_dir);
 	free(m->addr_dir);
 	strlist_free(&m->img_cache);
+	sbuf_free(&m->text);
 	strlist_free(&m->opt.images);
 	free(m->opt.state_dir);
 	free(m->name);
