@@ -255,6 +255,7 @@ struct layout {
 	struct member num[4];            /* F_NUM: copied, checked finite */
 	struct member plain[LAYOUT_MAX]; /* F_INT, F_HOLDEXP, F_BOOL */
 	uint8_t nstr, nlist, njson, nnum, nplain;
+	uint16_t dstr_room;              /* the defaults' bytes, NULs too */
 	bool has_port;                   /* F_PORT at PORT */
 	bool formats;                    /* an F_FORMATS member: no copy */
 	uint16_t port;
@@ -286,6 +287,8 @@ static void layout_make(struct layout *lo, const struct field *tab)
 		case F_STR:
 		case F_STR_OMIT:
 			LAYOUT_ADD(lo, str, f, idx, 0);
+			if (f->dstr)
+				lo->dstr_room += (uint16_t)(strlen(f->dstr) + 1);
 			break;
 		case F_FORMATS:
 			lo->formats = true;
@@ -792,23 +795,81 @@ static int decode_field(const struct field *f, void *rec, const json_t *obj)
  * it: the unknown keys in their order, and the number members that were
  * integers (see put_field). */
 
+/* A compact decode's own strings and list vectors (the caches'
+ * records: np_record_decode_shared) are put here first, on the stack,
+ * then into the record's block in one allocation (rd_scratch_done): a
+ * cached node kept some four allocations of a few bytes each, and the
+ * caches hold thousands. A document is decoded this way only when its
+ * strings surely fit (they are no longer than the document); a list
+ * that finds no room left here gets a vector of its own. */
+#define SCRATCH_STR 4096
+#define SCRATCH_VEC 64
+
+struct rd_scratch {
+	size_t nstr, nvec;
+	char *vec[SCRATCH_VEC];
+	char str[SCRATCH_STR];
+};
+
 struct rd {
 	const char *p, *end;
 	np_json_pool_fn pool; /* nested values of JSON members, or NULL */
 	void *pool_ctx;
 	const np_shared *shared; /* strings of the members it names, or NULL */
 	const void *prev;        /* the record this one replaces, or NULL */
+	struct rd_scratch *sc;   /* a compact decode's, or NULL */
 };
 
 /* The LEN bytes at S as a string member's value: the pool's when SHARED
  * (see np_shared; LIKE is the predecessor's, see pool_str), else a copy
- * of its own. */
+ * of its own (in the scratch of a compact decode). */
 static char *rd_str(const struct rd *r, bool shared, const char *s,
 		    size_t len, const char *like)
 {
+	char *d;
+
 	if (shared)
 		return pool_str(r->shared, like, s, len);
-	return xstrndup(s, len);
+	if (!r->sc)
+		return xstrndup(s, len);
+	d = r->sc->str + r->sc->nstr;
+	memcpy(d, s, len);
+	d[len] = '\0';
+	r->sc->nstr += len + 1;
+	return d;
+}
+
+/* Whether P lies in the N bytes at BASE. */
+static inline bool in_range(const void *base, size_t n, const void *p)
+{
+	return (uintptr_t)p - (uintptr_t)base < n;
+}
+
+/* S added to L, a list member: in the scratch of a compact decode while
+ * it has room (the list decoded last, so its vector ends the scratch's),
+ * else in a vector of its own. */
+static void rd_list_add(struct rd *r, strlist *l, char *s)
+{
+	struct rd_scratch *sc = r->sc;
+
+	if (sc && sc->nvec < SCRATCH_VEC &&
+	    (!l->v || l->v + l->n == sc->vec + sc->nvec)) {
+		if (!l->v)
+			l->v = sc->vec + sc->nvec;
+		l->v[l->n++] = s;
+		l->cap = l->n;
+		sc->nvec++;
+		return;
+	}
+	if (sc && l->v && in_range(sc->vec, sizeof(sc->vec), l->v)) {
+		char **v = xmalloc((l->n + 1) * sizeof(*v));
+
+		memcpy(v, l->v, l->n * sizeof(*v));
+		sc->nvec -= l->n; /* its run ended the scratch's */
+		l->v = v;
+		l->cap = l->n + 1;
+	}
+	strlist_add_owned(l, s);
 }
 
 static size_t utf8_seq(const unsigned char *p, const unsigned char *end);
@@ -1160,7 +1221,7 @@ static json_t *rd_container(struct rd *r, bool object);
 
 static json_t *rd_nested(const char *s, const char *e)
 {
-	struct rd r = { s, e, NULL, NULL, NULL, NULL };
+	struct rd r = { s, e, NULL, NULL, NULL, NULL, NULL };
 	json_t *v = rd_container(&r, *r.p++ == '{');
 
 	if (v) {
@@ -1263,8 +1324,8 @@ static bool rd_strlist(struct rd *r, const struct field *f, strlist *l,
 	do {
 		if (!rd_plain_string(r, &s, &len))
 			return false;
-		strlist_add_owned(l, rd_str(r, shared, s, len,
-					    prev_item(r->prev, f, l->n)));
+		rd_list_add(r, l, rd_str(r, shared, s, len,
+					 prev_item(r->prev, f, l->n)));
 	} while (rd_char(r, ','));
 	return rd_char(r, ']');
 }
@@ -1343,10 +1404,9 @@ static bool rd_field(struct rd *r, const struct field *f, void *rec,
 			if (!rd_plain_string(r, &s, &len))
 				return false;
 			if (len)
-				strlist_add_owned(MEMBER(rec, f, strlist),
-						  rd_str(r, shared, s, len,
-							 prev_item(r->prev, f,
-								   0)));
+				rd_list_add(r, MEMBER(rec, f, strlist),
+					    rd_str(r, shared, s, len,
+						   prev_item(r->prev, f, 0)));
 			return true;
 		}
 		return rd_strlist(r, f, MEMBER(rec, f, strlist), shared);
@@ -1416,9 +1476,10 @@ static const struct field *rd_find(const struct field *tab, const char *key,
 static int rec_decode_direct(const struct field *tab, void *rec,
 			     json_t **rawp, const char *data, size_t len,
 			     np_json_pool_fn pool, void *pool_ctx,
-			     const np_shared *shared, const void *prev)
+			     const np_shared *shared, const void *prev,
+			     struct rd_scratch *sc)
 {
-	struct rd r = { data, data + len, pool, pool_ctx, shared, prev };
+	struct rd r = { data, data + len, pool, pool_ctx, shared, prev, sc };
 	uint64_t strs = shared ? shared->strs : 0;
 	const struct field *hint = tab, *f;
 	uint64_t seen = 0;
@@ -2135,6 +2196,44 @@ static void rec_shared(int kind, void *rec, const np_shared *shared,
 	}
 }
 
+/* The strings and list vectors a compact decode of a KIND record REC
+ * left in SC moved into REC's block, made here (see struct block): the
+ * members that point into SC are pointed at their copies. */
+static void rd_scratch_done(int kind, void *rec, const struct rd_scratch *sc)
+{
+	const struct layout *lo = layout_of(kind);
+	size_t vbytes = sc->nvec * sizeof(char *);
+	struct block *blk;
+	char **vec;
+	char *str;
+
+	if (!sc->nvec && !sc->nstr)
+		return;
+	blk = block_new(sizeof(struct block) + vbytes + sc->nstr);
+	vec = blk->vec;
+	str = (char *)(vec + sc->nvec);
+	memcpy(vec, sc->vec, vbytes);
+	memcpy(str, sc->str, sc->nstr);
+	for (size_t i = 0; i < lo->nstr; i++) {
+		char **m = AT(rec, lo->str[i].off, char *);
+
+		if (*m && in_range(sc->str, sc->nstr, *m))
+			*m = str + (*m - sc->str);
+	}
+	for (size_t i = 0; i < lo->nlist; i++) {
+		strlist *l = AT(rec, lo->list[i].off, strlist);
+
+		if (l->v && in_range(sc->vec, vbytes, l->v))
+			l->v = vec + (l->v - sc->vec);
+		else if (l->v)
+			blk->sole = false; /* a vector of its own */
+		for (size_t j = 0; j < l->n; j++)
+			if (in_range(sc->str, sc->nstr, l->v[j]))
+				l->v[j] = str + (l->v[j] - sc->str);
+	}
+	*AT(rec, rec_types[kind].block, struct block *) = blk;
+}
+
 static int type_decode_pooled(int kind, void *rec, const char *const *ids,
 			      const char *data, size_t len,
 			      np_json_pool_fn pool, void *pool_ctx,
@@ -2142,13 +2241,26 @@ static int type_decode_pooled(int kind, void *rec, const char *const *ids,
 			      char **err)
 {
 	const struct rec_type *t = &rec_types[kind];
+	struct rd_scratch sc, *scp = NULL;
+	int rc;
 
 	type_init(kind, rec);
+	/* A record of the caches (SHARED) is decoded compact when its
+	 * strings surely fit the scratch (no longer than the document). */
+	if (shared && len + layout_of(kind)->dstr_room <= SCRATCH_STR) {
+		sc.nstr = sc.nvec = 0;
+		scp = &sc;
+	}
 	/* Components need the whole document (is_pool); they are rare. */
-	if (kind != NP_KIND_COMPONENT &&
-	    rec_decode_direct(t->fields, rec, AT(rec, t->raw, json_t *), data,
-			      len, pool, pool_ctx, shared, prev) == RD_OK)
-		goto ids;
+	if (kind != NP_KIND_COMPONENT) {
+		rc = rec_decode_direct(t->fields, rec, AT(rec, t->raw, json_t *),
+				       data, len, pool, pool_ctx, shared, prev,
+				       scp);
+		if (scp)
+			rd_scratch_done(kind, rec, scp);
+		if (rc == RD_OK)
+			goto ids;
+	}
 	if (shared)
 		rec_shared(kind, rec, shared, false);
 	type_clear(kind, rec);

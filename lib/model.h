@@ -14,7 +14,8 @@
  * frees them. Three exceptions, each with its own release: a packed copy
  * (np_record_pack: one block, np_record_pack_free), a record whose
  * common strings are a pool's (np_shared: np_record_unshare first), and
- * a compact one (np_record_unpack, np_record_copy_compact), whose own
+ * a compact one (np_record_unpack, np_record_copy_compact, and
+ * np_record_decode_shared for all but large documents), whose own
  * strings and list vectors live in one block that the record holds
  * (`block`) and *_clear frees: such a record is read, its state set
  * (np_*_set_state), its strings replaced with np_record_set_str() and its
@@ -280,7 +281,9 @@ typedef struct np_shared {
  * and string-list members), for np_shared's STRS. */
 uint64_t np_field_mask(np_kind kind, const size_t *offs, size_t n);
 /* np_record_decode() with POOL's values; IDS may be NULL (no ids). PREV
- * (or NULL): a record with POOL's strings that this one replaces. */
+ * (or NULL): a record with POOL's strings that this one replaces. The
+ * record is a compact one (see Ownership above: its own strings and list
+ * vectors in one block) unless the document is large (some 4 KB). */
 int np_record_decode_shared(np_kind kind, np_record *rec,
 			    const char *const *ids, const char *data,
 			    size_t len, int version, const np_shared *pool,

@@ -511,6 +511,89 @@ TEST(decoding_with_shared_strings)
 		free(strs.s[i]);
 }
 
+/* A record decoded with a pool (the caches') keeps its own strings and
+ * list vectors in one block: encoded, it is the same record as a plain
+ * decode. A list too long for the decoder's scratch keeps a vector of its
+ * own, a document too large for it is decoded plainly, and one the
+ * direct reader gives up on (an escape after strings were taken) is
+ * jansson's: each clears without a leak (LeakSanitizer). */
+TEST(decoding_with_a_pool_is_compact)
+{
+	static const size_t offs[] = { offsetof(np_node, state),
+				       offsetof(np_node, type) };
+	const char *doc = "{\"state\": \"ready\", \"hostname\": \"np1\", "
+		"\"type\": [\"l1\"], \"host_keys\": [\"k1\", \"k2\"], "
+		"\"allocated_to\": \"100-0000000001\", \"zuul\": \"x\"}";
+	const char *esc = "{\"state\": \"ready\", \"hostname\": \"np1\", "
+		"\"host_keys\": [\"k1\"], \"comment\": \"a\\u0062\"}";
+	struct test_strs strs = { 0 };
+	np_shared sh = { NULL, test_str_get, test_str_ref, test_str_put, 0,
+			 &strs };
+	const char *docs[4];
+	char *err = NULL, *b, *big, *many;
+	np_record rec, plain;
+	sbuf sb;
+
+	sh.strs = np_field_mask(NP_KIND_NODE, offs, 2);
+	REQUIRE(np_record_decode_shared(NP_KIND_NODE, &rec, NULL, doc,
+					strlen(doc), 1, &sh, NULL, &err) == 0);
+	b = rec.node.block;
+	REQUIRE(b != NULL);
+	CHECK((char *)rec.node.type.v > b && (char *)rec.node.type.v < b + 256);
+	CHECK(rec.node.type.v[0] == strs.s[1]);
+	CHECK((char *)rec.node.host_keys.v > b);
+	CHECK(rec.node.host_keys.v[1] > b && rec.node.host_keys.v[1] < b + 256);
+	CHECK(rec.node.hostname > b && rec.node.hostname < b + 256);
+	CHECK(rec.node.allocated_to > b && rec.node.allocated_to < b + 256);
+	CHECK_STR(rec.node.allocated_to, "100-0000000001");
+	CHECK(rec.node.username == NULL || (rec.node.username > b &&
+					     rec.node.username < b + 256));
+	np_record_unshare(NP_KIND_NODE, &rec, &sh);
+	np_record_clear(NP_KIND_NODE, &rec);
+	/* The same record as a plain decode, each way. */
+	sbuf_init(&sb);
+	sbuf_adds(&sb, "{\"state\": \"ready\", \"comment\": \"");
+	for (int i = 0; i < 5000; i++)
+		sbuf_addc(&sb, 'c');
+	sbuf_adds(&sb, "\", \"hostname\": \"np1\"}");
+	big = sbuf_detach(&sb);
+	sbuf_adds(&sb, "{\"state\": \"ready\", \"host_keys\": [");
+	for (int i = 0; i < 70; i++)
+		sbuf_addf(&sb, "%s\"key%d\"", i ? ", " : "", i);
+	sbuf_adds(&sb, "], \"type\": [\"l1\", \"l2\"], \"hostname\": \"np1\"}");
+	many = sbuf_detach(&sb);
+	docs[0] = doc;
+	docs[1] = esc;
+	docs[2] = big;
+	docs[3] = many;
+	for (int i = 0; i < 4; i++) {
+		char *e1, *e2;
+
+		REQUIRE(np_record_decode_shared(NP_KIND_NODE, &rec, NULL,
+						docs[i], strlen(docs[i]), 1,
+						&sh, NULL, &err) == 0);
+		REQUIRE(np_record_decode(NP_KIND_NODE, &plain, NULL, docs[i],
+					 strlen(docs[i]), 1, &err) == 0);
+		if (i == 1 || i == 2)
+			CHECK(rec.node.block == NULL);
+		else
+			CHECK(rec.node.block != NULL);
+		e1 = np_record_encode(NP_KIND_NODE, &rec);
+		e2 = np_record_encode(NP_KIND_NODE, &plain);
+		CHECK_STR(e1, e2);
+		free(e1);
+		free(e2);
+		np_record_unshare(NP_KIND_NODE, &rec, &sh);
+		np_record_clear(NP_KIND_NODE, &rec);
+		np_record_clear(NP_KIND_NODE, &plain);
+	}
+	CHECK_INT(test_strs_refs(&strs), 0);
+	free(big);
+	free(many);
+	for (int i = 0; i < strs.n; i++)
+		free(strs.s[i]);
+}
+
 /* A packed copy is one allocation that encodes as the record does; its
  * unpacked copy takes the pool's strings and no id; a record whose
  * encoding leaves something out is not packed. */
