@@ -28,8 +28,9 @@
  * holding the header, the decoded record and the key. Records are kept
  * without their source JSON; the strings and JSON values that thousands
  * of nodes have in common (state, provider, label, resources, ...) are
- * interned, and a record's id is its entry's key. A node costs about 800
- * bytes instead of 7 KB with its source document.
+ * interned, a record's id is its entry's key, and its other strings are
+ * in one block of the record's. A node costs about 730 bytes instead of
+ * 7 KB with its source document.
  */
 #include "zkcache.h"
 #include "log.h"
