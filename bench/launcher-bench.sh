@@ -182,3 +182,7 @@ if grep -q "errors=[1-9]\|failed=[1-9]" "$WORK/gen.log"; then
 	echo "some runs had errors or failed requests:"
 	grep "errors=[1-9]\|failed=[1-9]" "$WORK/gen.log"
 fi
+if grep -q "late=[1-9]" "$WORK/gen.log"; then
+	echo "some rate runs sent requests over 5 ms late (the window full, or the generator busy; latency counts from when they were due):"
+	grep "late=[1-9]" "$WORK/gen.log"
+fi
