@@ -630,12 +630,13 @@ static void issue_more(bench *b)
 		create_one(b);
 }
 
-/* How long the loop may sleep: until the next request is due. */
+/* How long the loop may sleep: until the next request is due, or, with
+ * the window full, until a reply frees a slot (it wakes the loop). */
 static int wait_ms(bench *b)
 {
 	double next;
 
-	if (b->rate <= 0 || b->issued >= b->n)
+	if (b->rate <= 0 || b->issued >= b->n || b->in_flight >= b->conc)
 		return 100;
 	next = b->t_start + b->issued / b->rate - mono();
 	return next <= 0 ? 0 : (int)(next * 1000) + 1;
@@ -759,6 +760,7 @@ int main(int argc, char **argv)
 	const char *hosts = NULL, *ensure = NULL;
 	double l0, z0, g0, t0, l1, z1, g1, w0, w1, secs, deadline, load;
 	double hwm_held = 0;
+	char mode[24];
 	long pk0, pk1, mine, theirs;
 	size_t nodes0;
 	int c;
@@ -852,8 +854,15 @@ int main(int argc, char **argv)
 	if (secs <= 0)
 		secs = 1e-3;
 	qsort(b->lat, (size_t)b->fulfilled, sizeof(double), cmp_double);
+	/* A rate run is named by its rate: "r400" offered 400 requests/s. */
+	if (b->hold)
+		snprintf(mode, sizeof(mode), "hold");
+	else if (b->rate > 0)
+		snprintf(mode, sizeof(mode), "r%.0f", b->rate);
+	else
+		snprintf(mode, sizeof(mode), "consume");
 	printf("%-7s %6d %5d %8.0f %8.1f %8.1f %8.1f %7.1f %7.1f %8.2f %8.2f %6.1f %7.3f %7.2f %7.2f %7.1f %5.1f\n",
-	       b->hold ? "hold" : "consume", b->n, b->conc, b->fulfilled / secs,
+	       mode, b->n, b->conc, b->fulfilled / secs,
 	       pct(b->lat, b->fulfilled, 0.50) * 1000,
 	       pct(b->lat, b->fulfilled, 0.95) * 1000,
 	       pct(b->lat, b->fulfilled, 0.99) * 1000,
@@ -865,7 +874,7 @@ int main(int argc, char **argv)
 		"errors=%d consumed=%d wall=%.2fs run=%.2fs (to last node "
 		"deleted) server-packets=%ld (launcher %ld + generator %ld) "
 		"VmRSS=%.1fMB VmHWM=%.1fMB rate=%.0f late=%d\n",
-		b->hold ? "hold" : "consume", b->n, b->conc, b->fulfilled,
+		mode, b->n, b->conc, b->fulfilled,
 		b->failed, b->errors, b->consumed, secs, mono() - t0, pk1 - pk0,
 		theirs, mine,
 		proc_mem(b->launcher_pid, "VmRSS"),

@@ -209,6 +209,9 @@ struct np_driver {
 	 * re-registration) is still in flight, so tests and an orderly
 	 * shutdown can wait for it. NULL: never busy. */
 	bool (*busy)(np_manager *m);
+	/* Lines about the driver's own work for the SIGUSR2 dump, each
+	 * starting with PREFIX (launcher_status). NULL: nothing to add. */
+	void (*status)(np_manager *m, const char *prefix, sbuf *out);
 
 	/* ---- optional: the driver's own leak cleanup ---- */
 	/* Leaked resources the launcher cannot see as instances (OpenStack:

@@ -380,7 +380,9 @@ static json_t *inst_to_json(const struct inst *in)
 	return o;
 }
 
-/* The record of a state-dir file's object O; TEXT as for inst_new(). */
+/* The record of a state-dir file's object O; TEXT as for inst_new(). A
+ * member of the wrong type is dropped, "metadata" that is not an object
+ * too: the files are the fake cloud's own. */
 static struct inst *inst_from_json(const json_t *o, sbuf *text)
 {
 	const json_t *id = json_object_get(o, "id");

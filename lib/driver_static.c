@@ -1006,6 +1006,16 @@ static bool static_busy(np_manager *m)
 	return m->pass || m->jobs;
 }
 
+/* The dump: the driver's own scans (registration and liveness checks), not
+ * the launcher's. */
+static void static_status(np_manager *m, const char *prefix, sbuf *out)
+{
+	char *p = xasprintf("%sdriver ", prefix);
+
+	keyscan_dump(m->ks, p, out);
+	free(p);
+}
+
 /* ---- check_reusable: the liveness probe ---- */
 
 static void probe_free(struct np_op *op)
@@ -1253,4 +1263,5 @@ const struct np_driver np_driver_static = {
 	.check_reusable = static_check_reusable,
 	.node_deleted = static_node_deleted,
 	.busy = static_busy,
+	.status = static_status,
 };

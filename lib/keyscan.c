@@ -1077,18 +1077,19 @@ void keyscan_get_stats(const keyscan *ks, keyscan_stats *out)
  * running ones, and a line each would bury the rest of the dump. */
 #define DUMP_QUEUED_MAX 20
 
-static void dump_list(const struct rq_list *l, sbuf *out, long long now,
-		      int max)
+static void dump_list(const struct rq_list *l, const char *prefix,
+		      sbuf *out, long long now, int max)
 {
 	int n = 0;
 
 	for (const keyscan_req *r = l->head; r; r = r->next) {
 		if (n++ == max) {
-			sbuf_addf(out, "... and %d more queued\n", l->n - max);
+			sbuf_addf(out, "%s... and %d more queued\n", prefix,
+				  l->n - max);
 			break;
 		}
-		sbuf_addf(out, "%s:%d %s %s %.1fs attempts=%d keys=%zu",
-			  r->host, r->port, state_name(r), iteration(r),
+		sbuf_addf(out, "%s%s:%d %s %s %.1fs attempts=%d keys=%zu",
+			  prefix, r->host, r->port, state_name(r), iteration(r),
 			  (double)(now - r->start_ms) / 1000.0, r->attempts, r->keys.n);
 		if (r->node_id)
 			sbuf_addf(out, " node=%s", r->node_id);
@@ -1096,12 +1097,12 @@ static void dump_list(const struct rq_list *l, sbuf *out, long long now,
 	}
 }
 
-void keyscan_dump(const keyscan *ks, sbuf *out)
+void keyscan_dump(const keyscan *ks, const char *prefix, sbuf *out)
 {
 	long long now = now_ms();
 
-	sbuf_addf(out, "keyscan: %d running (max %d), %d queued\n",
+	sbuf_addf(out, "%skeyscan: %d running (max %d), %d queued\n", prefix,
 		  ks->active.n, ks->max, ks->queue.n);
-	dump_list(&ks->active, out, now, ks->active.n);
-	dump_list(&ks->queue, out, now, DUMP_QUEUED_MAX);
+	dump_list(&ks->active, prefix, out, now, ks->active.n);
+	dump_list(&ks->queue, prefix, out, now, DUMP_QUEUED_MAX);
 }

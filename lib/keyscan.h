@@ -85,8 +85,8 @@ typedef struct keyscan_stats {
 
 void keyscan_get_stats(const keyscan *ks, keyscan_stats *out);
 /* A count line, then one line per scan (running first, then the first 20
- * queued): host:port, state, seconds since start, attempts. For the
- * SIGUSR2 dump (launcher_status). */
-void keyscan_dump(const keyscan *ks, sbuf *out);
+ * queued): host:port, state, seconds since start, attempts; every line
+ * starts with PREFIX. For the SIGUSR2 dump (launcher_status). */
+void keyscan_dump(const keyscan *ks, const char *prefix, sbuf *out);
 
 #endif

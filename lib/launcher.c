@@ -1323,8 +1323,12 @@ void launcher_status(np_launcher *l, sbuf *out)
 	for (np_provmgr *pm = l->mgrs; pm; pm = pm->next) {
 		sbuf_addf(out, "provider %s: driver %s, launches %d\n", pm->name,
 			  pm->drv->name, pm->launching);
-		sbuf_addf(out, "provider %s ", pm->name);
-		keyscan_dump(pm->ks, out);
+		char *prefix = xasprintf("provider %s ", pm->name);
+
+		keyscan_dump(pm->ks, prefix, out);
+		if (pm->drv->status)
+			pm->drv->status(pm->m, prefix, out);
+		free(prefix);
 	}
 	for (np_poolworker *pw = l->pools; pw; pw = pw->next)
 		poolworker_status(pw, out);

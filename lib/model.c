@@ -327,11 +327,14 @@ static const struct layout *layout_of(int kind);
 
 /* ---- blocks ----
  *
- * An unpacked copy's own strings and list vectors live in one allocation
- * that the record holds in its `block` member (see model.h): its size,
- * then the vectors, then the strings. Clearing the record frees the block
- * and none of the strings in it; strings outside it (a state set since,
- * or none: a decoded record has no block) are freed one by one. */
+ * An unpacked or compact copy's own strings and list vectors, and those
+ * of a record decoded with a pool (np_record_decode_shared, unless its
+ * document is large), live in one allocation that the record holds in
+ * its `block` member (see model.h): its size, then the vectors, then the
+ * strings. Clearing the record frees the block and none of the strings
+ * in it; strings outside it (a state set since, a long list's own vector,
+ * or all of them in a record decoded without a pool, which has no block)
+ * are freed one by one. */
 struct block {
 	size_t size; /* of the whole allocation */
 	bool sole;   /* every string and list vector the record owns lies

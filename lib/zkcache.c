@@ -29,7 +29,8 @@
  * without their source JSON; the strings and JSON values that thousands
  * of nodes have in common (state, provider, label, resources, ...) are
  * interned, a record's id is its entry's key, and its other strings are
- * in one block of the record's. A node costs about 730 bytes instead of
+ * in one block of the record's (unless its document is over 4 KB or a
+ * list is very long: np_record_decode_shared). A node costs about 730 bytes instead of
  * 7 KB with its source document.
  */
 #include "zkcache.h"

@@ -557,7 +557,7 @@ TEST(port_that_opens_late_is_picked_up)
 	run_for(loop, 1500); /* a refusal or two */
 	CHECK_INT(res.calls, 0);
 	sbuf_init(&dump);
-	keyscan_dump(ks, &dump);
+	keyscan_dump(ks, "", &dump);
 	CHECK(contains(dump.buf, "1 running"));
 	sbuf_free(&dump);
 
@@ -585,9 +585,10 @@ TEST(dump_caps_the_queued_list)
 		keyscan_start(ks, "127.0.0.1", port, "ssh", 60, on_result, &res);
 	run_for(loop, 50);
 	sbuf_init(&dump);
-	keyscan_dump(ks, &dump);
-	CHECK(contains(dump.buf, "keyscan: 1 running (max 1), 24 queued\n"));
-	CHECK(contains(dump.buf, "\n... and 4 more queued\n"));
+	keyscan_dump(ks, "p ", &dump);
+	CHECK(contains(dump.buf, "p keyscan: 1 running (max 1), 24 queued\n"));
+	CHECK(contains(dump.buf, "\np 127.0.0.1:"));
+	CHECK(contains(dump.buf, "\np ... and 4 more queued\n"));
 	for (const char *p = dump.buf; (p = strchr(p, '\n')); p++)
 		lines++;
 	CHECK_INT(lines, 1 + 1 + 20 + 1);
@@ -907,7 +908,7 @@ static bool in_key_phase(const keyscan *ks)
 	bool yes;
 
 	sbuf_init(&d);
-	keyscan_dump(ks, &d);
+	keyscan_dump(ks, "", &d);
 	yes = contains(d.buf, "connecting key") || contains(d.buf, "negotiating key");
 	sbuf_free(&d);
 	return yes;
@@ -954,7 +955,7 @@ TEST(cancel_mid_scan)
 	rc = keyscan_start(ks, "localhost", s.port, "ssh", 60, on_result, &c);
 	evloop_run_once(loop, 0); /* begins: now resolving */
 	sbuf_init(&d);
-	keyscan_dump(ks, &d);
+	keyscan_dump(ks, "", &d);
 	CHECK(contains(d.buf, "resolving"));
 	sbuf_free(&d);
 	keyscan_cancel(rc);
