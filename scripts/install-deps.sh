@@ -4,6 +4,10 @@
 # are left alone, and apt is only asked when something is missing.
 set -eu
 
+# sudo: diskimage-builder calls it for every privileged step and does not
+# depend on it; as root it is a no-op, but it must exist (a fresh machine
+# may not have it).
+
 PKGS="
 build-essential pkg-config
 libjansson-dev libyaml-dev libssl-dev libcurl4-openssl-dev
@@ -12,7 +16,7 @@ zookeeper libnetty-java libslf4j-java default-jre-headless
 python3 python3-kazoo python3-yaml
 openssl procps iproute2 time
 openssh-server openssh-client curl
-python3-diskimage-builder debootstrap qemu-utils
+python3-diskimage-builder debootstrap qemu-utils sudo
 "
 
 missing=""
