@@ -6,14 +6,15 @@ set -eu
 
 # sudo: diskimage-builder calls it for every privileged step and does not
 # depend on it; as root it is a no-op, but it must exist (a fresh machine
-# may not have it).
+# may not have it). python3-webob: test_webapp_accept.py holds our web
+# app's content negotiation against webob's, the library upstream's uses.
 
 PKGS="
 build-essential pkg-config
 libjansson-dev libyaml-dev libssl-dev libcurl4-openssl-dev
 libmicrohttpd-dev libssh-dev
 zookeeper libnetty-java libslf4j-java default-jre-headless
-python3 python3-kazoo python3-yaml
+python3 python3-kazoo python3-yaml python3-webob
 openssl procps iproute2 time
 openssh-server openssh-client curl
 python3-diskimage-builder debootstrap qemu-utils sudo
