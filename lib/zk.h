@@ -235,7 +235,9 @@ typedef struct zk_op {
 	char *created_path; /* create; owned by the op, free with zk_ops_free */
 	zk_stat stat;       /* set */
 } zk_op;
-/* OPS must stay valid until CB runs. */
+/* OPS must stay valid until CB runs (their results are filled in); their
+ * paths and data are encoded into the request at once and may go as soon
+ * as zk_amulti() returns. */
 int zk_amulti(zk *z, zk_op *ops, int n, zk_done_fn cb, void *arg);
 void zk_ops_free(zk_op *ops, int n);
 

@@ -103,9 +103,11 @@ struct zk_lock {
 	                        * so did what it locks (kazoo: NoNodeError) */
 	bool fresh_try;        /* begin with the directory+contender multi */
 	bool fresh_won;        /* the last attempt was won by that multi */
-	zk_op *fresh_ops;      /* that multi while it is outstanding, with
-				* copies of the caller's ops' strings after
-				* the ops, in one allocation */
+	zk_op *fresh_ops;      /* that multi until its reply (its results) */
+	char *fresh_strs;      /* copies of the caller's ops' paths and data,
+				* until the multi is sent: zk_amulti()
+				* encodes them at once, so a multi awaiting
+				* its reply holds no second copy of them */
 	int fresh_nops;
 	zk_stat *fresh_stats;  /* the extra ops' stats when it was won:
 				* FRESH_STAT1 when there is at most one */
@@ -556,12 +558,21 @@ static void on_deadline(evloop *loop, uint64_t id, void *arg)
 
 /* ---- step 0 (fresh attempts): directory and contender in one multi ---- */
 
+/* The copies of the caller's strings, once sent (or never to be). */
+static void fresh_strs_free(zk_lock *l)
+{
+	if (!l->fresh_strs)
+		return;
+	free(l->fresh_strs);
+	l->fresh_strs = NULL;
+}
+
 static void fresh_clear(zk_lock *l)
 {
 	if (!l->fresh_ops)
-		return;
+		return; /* nor strings: they go first */
+	fresh_strs_free(l);
 	zk_ops_free(l->fresh_ops, l->fresh_nops);
-	/* The copies of the caller's ops' strings go with it. */
 	free(l->fresh_ops);
 	l->fresh_ops = NULL;
 	l->fresh_nops = 0;
@@ -630,6 +641,11 @@ static void fresh_start(zk_lock *l)
 	l->fresh_try = false;
 	l->create_tried = true;
 	rc = zk_amulti(l->z, l->fresh_ops, l->fresh_nops, fresh_done, l);
+	/* The request holds its bytes now; only the ops' results are due.
+	 * A lost reply is not answered by sending it again (fresh_done). */
+	fresh_strs_free(l);
+	for (int i = 2; i < l->fresh_nops; i++)
+		l->fresh_ops[i].path = l->fresh_ops[i].data = NULL;
 	if (rc != ZOK) {
 		fresh_clear(l);
 		l->create_tried = false;
@@ -1150,14 +1166,14 @@ int zk_lock_acquire_fresh_async(zk_lock *l, double timeout, zk_op *extra,
 	rc = zk_lock_acquire_async(l, false, timeout, cb, arg);
 	if (rc != ZOK || l->acquired)
 		return rc; /* held already: fails as any second attempt does */
-	/* Copied: a lock freed during the attempt lives on until the
-	 * reply, longer than its caller's buffers. The ops and the copies
-	 * of their strings in one allocation. */
+	/* The strings copied: the multi is sent from the loop (on_start),
+	 * after the caller's buffers may have gone; they are freed once it
+	 * is (fresh_start). The ops stay for the results. */
 	for (int i = 0; i < nextra; i++)
 		bytes += strlen(extra[i].path) + 1 +
 			 (extra[i].data ? (size_t)extra[i].len + 1 : 0);
-	ops = xcalloc(1, ((size_t)nextra + 2) * sizeof(*ops) + bytes);
-	p = (char *)(ops + nextra + 2);
+	ops = xcalloc((size_t)nextra + 2, sizeof(*ops));
+	p = l->fresh_strs = bytes ? xmalloc(bytes) : NULL;
 	ops[0].type = ZK_OP_CREATE;
 	ops[0].path = l->dir;
 	ops[0].data = "";
