@@ -53,11 +53,26 @@ static void drop_building_rec(np_nodelaunch *nl)
 	nl->building_rec = NULL;
 }
 
-/* What the lock's multi wrote, once no longer needed. */
-static void forget_building(np_nodelaunch *nl)
+/* The JSON of the building write, once the node cache has had it (or
+ * never will). */
+static void drop_building_json(np_nodelaunch *nl)
 {
 	free(nl->building_json);
 	nl->building_json = NULL;
+}
+
+/* The lock's multi no longer stands for the building write. */
+static void forget_building(np_nodelaunch *nl)
+{
+	nl->building_sent = false;
+	drop_building_json(nl);
+}
+
+/* The newest write's JSON, once its reply is in and it is not sent again. */
+static void drop_wjson(np_nodelaunch *nl)
+{
+	free(nl->wjson);
+	nl->wjson = NULL;
 }
 
 /* The node's create answered: the node cache takes the record created
@@ -74,7 +89,7 @@ static void nl_free(np_nodelaunch *nl)
 {
 	np_record_pack_free(NP_KIND_NODE, nl->created_rec);
 	drop_building_rec(nl);
-	free(nl->wjson);
+	drop_wjson(nl);
 	forget_building(nl);
 	np_node_clear(&nl->node);
 	free(nl->names);
@@ -184,22 +199,29 @@ static void send_record(np_nodelaunch *nl, zk_stat_fn cb)
 {
 	free(nl->wjson);
 	nl->wjson = np_node_encode(&nl->node);
-	(void)send_write(nl, cb);
+	if (send_write(nl, cb) != ZOK && nl->writes == 0)
+		drop_wjson(nl);
 }
 
 /* A write's reply, RC: true when the launch has no more to do about it
- * (a newer write replaces it, or it was sent again with CB). */
+ * (a newer write replaces it, or it was sent again with CB). The newest
+ * write's JSON goes with its reply unless it is sent again: no older
+ * write is ever sent again. */
 static bool write_again(np_nodelaunch *nl, int rc, zk_stat_fn cb)
 {
 	bool newest = --nl->writes == 0;
 
-	if (nl->dead || !zk_lock_resendable(nl->lock, rc))
-		return false;
-	if (!newest)
-		return true;
-	NLOG(nl, LOG_DEBUG, "Storing node again once ZooKeeper answers: %s",
-	     zk_strerror(rc));
-	return send_write(nl, cb) == ZOK;
+	if (!nl->dead && zk_lock_resendable(nl->lock, rc)) {
+		if (!newest)
+			return true;
+		NLOG(nl, LOG_DEBUG, "Storing node again once ZooKeeper "
+		     "answers: %s", zk_strerror(rc));
+		if (send_write(nl, cb) == ZOK)
+			return true;
+	}
+	if (newest)
+		drop_wjson(nl);
+	return false;
 }
 
 static void written(zk *z, int rc, const zk_stat *st, void *arg)
@@ -606,7 +628,7 @@ static enum attr_result set_attributes(np_nodelaunch *nl,
  * changed since the lock's; none is made in between). */
 static void write_building(np_nodelaunch *nl)
 {
-	bool same = nl->building_json && !nl->image_changed;
+	bool same = nl->building_sent && !nl->image_changed;
 
 	if (!same)
 		nodelaunch_write(nl);
@@ -677,7 +699,7 @@ static void build_done(np_nodelaunch *nl, int rc)
 	if (!nl->build_pending)
 		return;
 	nl->build_pending = false;
-	if (rc == ZOK && nl->lock && nl->building_json &&
+	if (rc == ZOK && nl->lock && nl->building_sent &&
 	    zk_lock_fresh_stat(nl->lock, 0, &st)) {
 		if (nl->building_rec) {
 			zkc_write_done_record(launcher_nodes(nl->l), path, ZOK,
@@ -693,6 +715,7 @@ static void build_done(np_nodelaunch *nl, int rc)
 			       rc == ZOK ? ZNOTHING : rc, NULL, 0, NULL);
 	}
 	drop_building_rec(nl);
+	drop_building_json(nl);
 }
 
 static void locked(zk_lock *l, int rc, void *arg)
@@ -733,6 +756,7 @@ static void lock_and_build(np_nodelaunch *nl)
 {
 	const char *image_ext;
 	zk_op op = { .type = ZK_OP_SET, .version = -1 };
+	char *json;
 
 	np_node_set_state(&nl->node, NP_NODE_BUILDING);
 	if (set_attributes(nl, &image_ext) != ATTR_OK) {
@@ -740,17 +764,27 @@ static void lock_and_build(np_nodelaunch *nl)
 		(void)zk_lock_acquire_async(nl->lock, false, -1, locked, nl);
 		return;
 	}
-	nl->building_json = np_node_encode(&nl->node);
+	json = np_node_encode(&nl->node);
 	drop_building_rec(nl);
+	drop_building_json(nl);
 	nl->building_rec = np_record_pack(NP_KIND_NODE,
 					  (const np_record *)&nl->node);
 	op.path = nl->path;
-	op.data = nl->building_json;
-	op.len = (int)strlen(nl->building_json);
-	/* Our write: the node cache takes it from us (build_done). */
+	op.data = json;
+	op.len = (int)strlen(json);
+	/* Our write: the node cache takes it from us (build_done), as the
+	 * packed record; the JSON is kept for it only when the record
+	 * cannot be packed. The lock copies the op until the multi is
+	 * sent, and sends nothing again (a lost reply leaves the write
+	 * unknown: start_attempt's write_building() does not rely on it). */
 	zkc_write_begin(launcher_nodes(nl->l), nl->path);
 	nl->build_pending = true;
+	nl->building_sent = true;
 	(void)zk_lock_acquire_fresh_async(nl->lock, -1, &op, 1, locked, nl);
+	if (nl->building_rec)
+		free(json);
+	else
+		nl->building_json = json;
 }
 
 static void create_node(np_nodelaunch *nl);

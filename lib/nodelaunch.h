@@ -65,15 +65,18 @@ struct np_nodelaunch {
 	int busy;
 	int64_t session;         /* the session the create went in */
 	int writes;              /* node writes whose reply is due */
-	char *wjson;             /* the newest write's record, to send again */
+	char *wjson;             /* the newest write's record, to send again,
+				  * until its reply */
 	bool dead;
 	bool counted;            /* counted in pm->launching */
 	bool wrote_progress;     /* external id written before the scan */
-	char *building_json;     /* what the lock's multi wrote, until the
-				  * first attempt */
-	np_record *building_rec; /* np_record_pack() of the record
-				  * building_json holds, for the node cache
+	bool building_sent;      /* the lock's multi carries the building
+				  * write, until the first attempt */
+	np_record *building_rec; /* np_record_pack() of the record that
+				  * write carries, for the node cache
 				  * (build_done) */
+	char *building_json;     /* that write's JSON, only when the record
+				  * could not be packed, until its reply */
 	np_record *created_rec;  /* np_record_pack() of the record the node's
 				  * create wrote, for the node cache
 				  * (node_created) */
