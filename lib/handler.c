@@ -1025,12 +1025,14 @@ typedef struct completion {
 	char *id;
 	char *logger;
 	char *text;         /* room for the ops' paths */
-	np_record **recs;   /* per op: np_record_pack() of a set's record
-			     * for its cache, or NULL */
+	np_record **recs;   /* per op: np_record_pack() of a set's record,
+			     * for its cache once written and to encode its
+			     * data again for another send; or NULL */
 	np_kind *kinds;
 	/* OPS, RECS, KINDS, ID, LOGGER and the ops' paths live in the
 	 * completion's own allocation, after it (completion_new); the ops'
-	 * data are their own allocations. */
+	 * data are their own allocations, and those of a set with a record
+	 * only while it is being sent (completion_data). */
 } completion;
 
 /* A completion with room for MAX ops and TEXT bytes of their paths, the
@@ -1077,6 +1079,31 @@ static bool completion_retry(zk *z, const completion *c, int rc)
 
 static void completion_step(zk *z, completion *c, int i);
 
+/* The data of set I, for a send: a set with a record has it encoded
+ * again (np_record_encode: the same bytes), the others keep theirs. */
+static void completion_data(completion *c, int i)
+{
+	zk_op *op = &c->ops[i];
+
+	if (op->type != ZK_OP_SET || op->data || !c->recs[i])
+		return;
+	op->data = np_record_encode(c->kinds[i], c->recs[i]);
+	op->len = (int)strlen(op->data);
+}
+
+/* Sent: the request holds the bytes of op I (zk_amulti and zk_aset
+ * encode them at once), so a set with a record lets its data go rather
+ * than keep it for the reply. */
+static void completion_sent(completion *c, int i)
+{
+	zk_op *op = &c->ops[i];
+
+	if (op->type != ZK_OP_SET || !c->recs[i])
+		return;
+	free((char *)op->data);
+	op->data = NULL;
+}
+
 static void completion_deleted(zk *z, int rc, void *arg)
 {
 	struct cstep *s = arg;
@@ -1113,11 +1140,14 @@ static void completion_step(zk *z, completion *c, int i)
 
 	s->c = c;
 	s->i = i;
-	if (op->type == ZK_OP_DELETE)
+	if (op->type == ZK_OP_DELETE) {
 		rc = zk_adelete(z, op->path, -1, completion_deleted, s);
-	else
+	} else {
+		completion_data(c, i);
 		rc = launcher_aset(c->l, op->path, op->data, op->len,
 				   completion_stored, s);
+		completion_sent(c, i);
+	}
 	if (rc == ZOK)
 		c->pending++;
 }
@@ -1141,9 +1171,16 @@ static void completion_done(zk *z, int rc, void *arg);
 
 static void completion_send(zk *z, completion *c)
 {
+	int rc;
+
 	c->tries++;
 	c->pending++;
-	if (zk_amulti(z, c->ops, c->n, completion_done, c) != ZOK)
+	for (int i = 0; i < c->n; i++)
+		completion_data(c, i);
+	rc = zk_amulti(z, c->ops, c->n, completion_done, c);
+	for (int i = 0; i < c->n; i++)
+		completion_sent(c, i);
+	if (rc != ZOK)
 		completion_done(z, ZCLOSING, c);
 }
 
@@ -1156,11 +1193,12 @@ static void completion_done(zk *z, int rc, void *arg)
 {
 	completion *c = arg;
 
-	/* The caches take the records from us (failed: they read them). */
+	/* The caches take the records from us (failed: they read them,
+	 * and we keep the records for sending again). */
 	for (int i = 0; !c->noted && i < c->n; i++) {
 		if (c->ops[i].type != ZK_OP_SET)
 			continue;
-		if (c->recs[i]) {
+		if (c->recs[i] && rc == ZOK) {
 			zkc_write_done_record(launcher_cache_of(c->l,
 								c->ops[i].path),
 					      c->ops[i].path, rc,
@@ -1170,7 +1208,8 @@ static void completion_done(zk *z, int rc, void *arg)
 		} else
 			zkc_write_done(launcher_cache_of(c->l, c->ops[i].path),
 				       c->ops[i].path, rc, c->ops[i].data,
-				       c->ops[i].len, &c->ops[i].stat);
+				       c->ops[i].data ? c->ops[i].len : 0,
+				       &c->ops[i].stat);
 	}
 	c->noted = true;
 	if (completion_retry(z, c, rc)) {
