@@ -217,7 +217,8 @@ static pw_reservation **tab_slot(const pw_resv_set *s, const pw_reservation *r)
 
 pw_reservation *pw_resv_add(pw_resv_set *s, const np_quota *need)
 {
-	pw_reservation *r = xcalloc(1, sizeof(*r));
+	pw_reservation *r = xcalloc(1, offsetof(pw_reservation, need) +
+				    quota_used_size(need));
 
 	quota_copy(&r->need, need);
 	r->inexact = !need_exact(need);

@@ -27,13 +27,19 @@ typedef struct np_quota {
 	} r[NP_QUOTA_MAX];
 } np_quota;
 
-/* *DST = *SRC, copying only the keys in use: a vector is 784 bytes,
- * most of them unused slots, and the launcher copies some fifteen per
- * request. */
+/* The bytes of Q up to its last key in use: a vector is 784 bytes, most
+ * of them unused slots. A copy that is only read (never given a key) may
+ * be held in that many (pw_reservation). */
+static inline size_t quota_used_size(const np_quota *q)
+{
+	return offsetof(np_quota, r) + (size_t)q->n * sizeof(q->r[0]);
+}
+
+/* *DST = *SRC, copying only the keys in use: the launcher copies some
+ * fifteen per request. */
 static inline void quota_copy(np_quota *dst, const np_quota *src)
 {
-	memcpy(dst, src, offsetof(np_quota, r) +
-	       (size_t)src->n * sizeof(src->r[0]));
+	memcpy(dst, src, quota_used_size(src));
 }
 
 /* Empty vectors: every key 0 (usage, need) or unlimited (limits). */
