@@ -665,6 +665,14 @@ TEST(host_keys_must_be_a_subset_of_the_scan)
 	/* Every key the sshd has, the configured one among them. */
 	CHECK_INT(n->host_keys.n, 3);
 	CHECK(strlist_contains(&n->host_keys, good));
+	/* The SIGUSR2 dump shows the driver's own scans (all done here). */
+	sbuf st;
+
+	sbuf_init(&st);
+	np_driver_static.status(e.m, "provider p ", &st);
+	CHECK(strcmp(st.buf, "provider p driver keyscan: 0 running (max "
+		     "100), 0 queued\n") == 0);
+	sbuf_free(&st);
 	free_nodes(&ns);
 	env_stop(&e);
 
