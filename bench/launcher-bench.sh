@@ -153,8 +153,15 @@ gen() {
 		-L "$LPID" -t "${TIMEOUT:-900}" "$@" 2>>"$WORK/gen.log"
 }
 
-echo "ZooKeeper $(echo srvr | nc -q1 127.0.0.1 "$ZK_PORT" | head -1 | \
-	sed 's/.*version: //; s/-.*//') pid $ZKPID, launcher pid $LPID," \
+# The server's version through its "srvr" word, with bash's own /dev/tcp
+# rather than nc, which a fresh machine may lack.
+zk_version() {
+	exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" || return
+	echo srvr >&3
+	head -1 <&3 | sed 's/.*version: //; s/-.*//'
+	exec 3<&-
+}
+echo "ZooKeeper $(zk_version) pid $ZKPID, launcher pid $LPID," \
 	"$(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
 "$GEN" -H
 # Warm-up: the server's JIT and the launcher's caches; shown, not compared.
@@ -177,7 +184,9 @@ if [ "$HOLD" -gt 0 ]; then
 	cg -d
 fi
 echo "launcher VmHWM $(awk '/VmHWM/ {print $2 " " $3}' /proc/"$LPID"/status)," \
-	"VmRSS $(awk '/VmRSS/ {print $2 " " $3}' /proc/"$LPID"/status) at the end"
+	"VmRSS $(awk '/VmRSS/ {print $2 " " $3}' /proc/"$LPID"/status) at the end" \
+	"(anonymous $(awk '/RssAnon/ {print $2}' /proc/"$LPID"/status)," \
+	"files $(awk '/RssFile/ {print $2}' /proc/"$LPID"/status) kB)"
 if grep -q "errors=[1-9]\|failed=[1-9]" "$WORK/gen.log"; then
 	echo "some runs had errors or failed requests:"
 	grep "errors=[1-9]\|failed=[1-9]" "$WORK/gen.log"
