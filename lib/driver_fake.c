@@ -181,7 +181,6 @@ struct np_op {
 	 * left after it */
 	void (*id_known)(void *arg, const char *external_id);
 	double rest;
-	json_t *metadata;		/* create: the server's, for its report */
 };
 
 struct np_manager {
@@ -641,9 +640,11 @@ static void inst_foreach(np_manager *m, void (*fn)(void *, const struct inst *),
 }
 
 /* The np_instance view of a record (what create and list report);
- * METADATA: the record's as an object when the caller has it (a create
- * made it), else NULL (read from the record's text). */
-static void inst_report(const struct inst *in, const json_t *metadata,
+ * WITH_METADATA: with the record's metadata as an object, which only
+ * listings need (leak detection, alien-image-list): the launcher reads
+ * nothing of it from a create's report, and a thousand launches in
+ * flight kept a thousand of those objects until their creates fired. */
+static void inst_report(const struct inst *in, bool with_metadata,
     np_instance *out)
 {
 	const char *pub4 = "fake", *pub6 = "", *priv4 = "fake";
@@ -677,10 +678,7 @@ static void inst_report(const struct inst *in, const json_t *metadata,
 	out->cloud = in->cloud ? xstrdup(in->cloud) : NULL;
 	out->region = in->region ? xstrdup(in->region) : NULL;
 	out->az = in->az ? xstrdup(in->az) : NULL;
-	/* Shared: metadata values are never changed in place (the create
-	 * and its report only read it). */
-	out->metadata = metadata ? json_incref((json_t *)metadata) :
-	    inst_metadata(in);
+	out->metadata = with_metadata ? inst_metadata(in) : NULL;
 	flavor_quota(in->flavor, in->volume_gb, &out->resources);
 }
 
@@ -799,7 +797,6 @@ static void op_free(struct np_op *op)
 	if (op->next)
 		op->next->prev = op->prev;
 	upload_free(m, op->up);
-	json_decref(op->metadata);
 	free(op->error);
 	free(op);
 }
@@ -835,7 +832,7 @@ static void create_fire(evloop *loop, uint64_t id, void *arg)
 		in = inst_get(m, op->id, &owned);
 		if (in) {
 			inst = xmalloc(sizeof(*inst));
-			inst_report(in, op->metadata, inst);
+			inst_report(in, false, inst);
 			if (owned)
 				inst_free(in);
 		} else {
@@ -906,11 +903,12 @@ static double create_start(struct np_op *op, const np_create_args *a)
 
 	char id[33];
 	uuid4_hex(id);
-	/* The create's report gets the object; the cloud keeps its text. */
-	op->metadata = driver_server_metadata(a);
+	/* The cloud keeps its text; the create's report has none (below). */
+	json_t *meta = driver_server_metadata(a);
 	struct inst *in = inst_new(a->hostname ? a->hostname : id, a->az,
 	    m->cloud, m->region, a->image_external_id ? a->image_external_id :
-	    image, op->metadata, &m->text);
+	    image, meta, &m->text);
+	json_decref(meta);
 	memcpy(in->id, id, sizeof(id));
 	in->flavor = f;
 	in->volume_gb = l->boot_from_volume ? l->volume_size : 0;
@@ -1069,7 +1067,7 @@ static void list_add(void *arg, const struct inst *in)
 
 	if (l->op->cancelled)
 		return;
-	inst_report(in, NULL, &l->v[l->n++]);
+	inst_report(in, true, &l->v[l->n++]);
 	if (l->n == LIST_BATCH)
 		list_flush(l, NP_DRV_MORE);
 }

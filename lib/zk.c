@@ -163,6 +163,7 @@ struct zk {
 	bool drained;
 	bool ssl_want_write;
 	bool write_wants_read; /* SSL_write waits for a read (renegotiation) */
+	bool out_full;         /* the socket took no more at the last write */
 	ev_defer flush;        /* sends the output at the end of the turn */
 	unsigned conn_gen;     /* bumped on every drop */
 	char *cur_server;      /* "host:port" of the current host */
@@ -205,6 +206,7 @@ struct zk {
 static void conn_drop(zk *z, const char *why);
 static void conn_start(zk *z);
 static void flush_sendq(zk *z);
+static int write_out(zk *z);
 static void update_io_interest(zk *z);
 static void schedule_flush(zk *z);
 
@@ -1265,11 +1267,29 @@ static void update_io_interest(zk *z)
 	evloop_mod_fd(z->loop, z->fd, ev);
 }
 
+/* A burst (a timer completing 1,000 launches in one callback) would
+ * otherwise gather megabytes of requests in the output buffer before the
+ * turn's flush: once this much is waiting, it goes to the socket at once,
+ * and the kernel holds it rather than our heap. Below it, the turn's
+ * requests still leave in one write. */
+#define EAGER_WRITE (4 * 16384)
+
+/* Called while queueing, perhaps inside a caller's zk_* call: a failed
+ * write is left to the turn's flush (on_flush), which drops the
+ * connection outside every caller, and finds the same error again. */
+static void write_early(zk *z)
+{
+	if (z->phase == PH_OPEN && !z->out_full &&
+	    z->wbuf.len - z->woff >= EAGER_WRITE)
+		(void)write_out(z);
+}
+
 static void flush_sendq(zk *z)
 {
 	struct req *r;
 
 	while ((r = reqq_pop(&z->sendq))) {
+		write_early(z);
 		out_append(z, &r->pkt);
 		r->out_end = z->out_queued;
 		if (!z->spare_pkt.buf && r->pkt.cap <= SPARE_PKT_MAX) {
@@ -1373,22 +1393,34 @@ static ssize_t conn_write(zk *z, const void *buf, size_t n)
 	}
 }
 
-/* Write as much of the output buffer as the socket takes. -1: dropped. */
-static int do_write(zk *z)
+/* Write as much of the output buffer as the socket takes: -1 on a
+ * failed write, which the caller handles. */
+static int write_out(zk *z)
 {
 	z->ssl_want_write = false;
 	z->write_wants_read = false;
+	z->out_full = false;
 	while (z->woff < z->wbuf.len) {
 		ssize_t n = conn_write(z, z->wbuf.buf + z->woff, z->wbuf.len - z->woff);
-		if (n < 0) {
-			conn_drop(z, "write failed");
+		if (n < 0)
 			return -1;
-		}
-		if (n == 0)
+		if (n == 0) {
+			z->out_full = true;
 			break;
+		}
 		z->woff += (size_t)n;
 		z->out_sent += (unsigned long long)n;
 		z->last_send = now_ms();
+	}
+	return 0;
+}
+
+/* Write as much of the output buffer as the socket takes. -1: dropped. */
+static int do_write(zk *z)
+{
+	if (write_out(z) < 0) {
+		conn_drop(z, "write failed");
+		return -1;
 	}
 	if (z->woff == z->wbuf.len) {
 		z->wbuf.len = 0;
@@ -2106,6 +2138,7 @@ static void conn_drop(zk *z, const char *why)
 	z->conn_gen++;
 	z->ssl_want_write = false;
 	z->write_wants_read = false;
+	z->out_full = false;
 	z->wbuf.len = 0;
 	z->woff = 0;
 	z->out_sent = z->out_queued;

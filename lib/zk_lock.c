@@ -102,6 +102,8 @@ struct zk_lock {
 	bool dir_seen;         /* this attempt saw it exist: if it goes now,
 	                        * so did what it locks (kazoo: NoNodeError) */
 	bool fresh_try;        /* begin with the directory+contender multi */
+	bool sent_early;       /* that multi left from the caller's call,
+				* before on_start() (fresh_send_early) */
 	bool fresh_won;        /* the last attempt was won by that multi */
 	zk_op *fresh_ops;      /* that multi until its reply (its results) */
 	char *fresh_strs;      /* copies of the caller's ops' paths and data,
@@ -586,12 +588,22 @@ static void fresh_stats_free(zk_lock *l)
 	l->fresh_nstats = 0;
 }
 
+static void start_attempt(zk_lock *l);
+
 static void fresh_done(zk *z, int rc, void *arg)
 {
 	zk_lock *l = arg;
 	const char *path, *base;
 	int bad = 0;
 
+	if (l->sent_early) {
+		/* The reply beat on_start() (it came in the same read as
+		 * the replies whose callbacks sent the multi): start the
+		 * attempt here instead, so that no on_start() follows a
+		 * retry's timer or the attempt's end. */
+		stop_aux(l);
+		start_attempt(l);
+	}
 	if (rc == ZOK) {
 		path = l->fresh_ops[1].created_path;
 		base = path ? strrchr(path, '/') : NULL;
@@ -1094,15 +1106,24 @@ static void finish(zk_lock *l, int rc)
  * frame, so that its callback never runs before acquire_async returns.
  * The deadline counts from the first request, so that even a zero timeout
  * gets one look at the lock, as in kazoo. */
-static void on_start(evloop *loop, uint64_t id, void *arg)
+static void start_attempt(zk_lock *l)
 {
-	zk_lock *l = arg;
-
-	l->aux_timer = 0;
+	l->sent_early = false;
 	listen_zk(l->z);
 	if (l->timeout >= 0)
 		l->deadline_timer = evloop_add_timer(l->loop, (long)(l->timeout * 1000),
 						     on_deadline, l);
+}
+
+static void on_start(evloop *loop, uint64_t id, void *arg)
+{
+	zk_lock *l = arg;
+	bool sent = l->sent_early;
+
+	l->aux_timer = 0;
+	start_attempt(l);
+	if (sent)
+		return; /* its reply decides the next step (fresh_done) */
 	if (l->acquired) {
 		/* Not re-entrant (like kazoo): a non-blocking attempt fails,
 		 * a blocking one waits for its deadline or a cancel. The
@@ -1150,6 +1171,32 @@ int zk_lock_acquire_async(zk_lock *l, bool blocking, double timeout,
 	return ZOK;
 }
 
+/* Send the fresh multi from the caller's call, while its buffers are
+ * there, rather than from on_start(): zk_amulti() encodes them at once,
+ * so no copy of them is made, and a burst (a thousand node launches
+ * locking their nodes from one read's replies) goes to the server as it
+ * is made instead of as a thousand copies waiting for the loop. Its reply
+ * comes from the loop, never before this returns, so the callback still
+ * never runs in the caller's frame. False: left to on_start() (the
+ * attempt is cancelled, the handle closing, or the multi refused), which
+ * decides as it always does. */
+static bool fresh_send_early(zk_lock *l)
+{
+	if (l->cancel_req || zk_state(l->z) == ZK_STATE_CLOSED)
+		return false;
+	if (zk_amulti(l->z, l->fresh_ops, l->fresh_nops, fresh_done, l) != ZOK)
+		return false;
+	for (int i = 2; i < l->fresh_nops; i++)
+		l->fresh_ops[i].path = l->fresh_ops[i].data = NULL;
+	l->fresh_try = false;
+	l->create_tried = true;
+	l->sent_early = true;
+	/* A request is out: a cancel or a closing handle is noticed by its
+	 * reply, as for any attempt waiting on one. */
+	l->state = ST_REQUEST;
+	return true;
+}
+
 int zk_lock_acquire_fresh_async(zk_lock *l, double timeout, zk_op *extra,
 				int nextra, zk_lock_fn cb, void *arg)
 {
@@ -1166,14 +1213,7 @@ int zk_lock_acquire_fresh_async(zk_lock *l, double timeout, zk_op *extra,
 	rc = zk_lock_acquire_async(l, false, timeout, cb, arg);
 	if (rc != ZOK || l->acquired)
 		return rc; /* held already: fails as any second attempt does */
-	/* The strings copied: the multi is sent from the loop (on_start),
-	 * after the caller's buffers may have gone; they are freed once it
-	 * is (fresh_start). The ops stay for the results. */
-	for (int i = 0; i < nextra; i++)
-		bytes += strlen(extra[i].path) + 1 +
-			 (extra[i].data ? (size_t)extra[i].len + 1 : 0);
 	ops = xcalloc((size_t)nextra + 2, sizeof(*ops));
-	p = l->fresh_strs = bytes ? xmalloc(bytes) : NULL;
 	ops[0].type = ZK_OP_CREATE;
 	ops[0].path = l->dir;
 	ops[0].data = "";
@@ -1184,18 +1224,28 @@ int zk_lock_acquire_fresh_async(zk_lock *l, double timeout, zk_op *extra,
 	ops[1].len = l->data_len;
 	ops[1].flags = ZK_EPHEMERAL_SEQUENTIAL;
 	for (int i = 0; i < nextra; i++) {
-		zk_op *op = &ops[i + 2];
-
-		*op = extra[i];
-		op->created_path = NULL;
-		op->path = put_str(&p, extra[i].path, strlen(extra[i].path));
-		if (extra[i].data)
-			op->data = put_str(&p, extra[i].data,
-					   (size_t)extra[i].len);
+		ops[i + 2] = extra[i];
+		ops[i + 2].created_path = NULL;
 	}
 	l->fresh_ops = ops;
 	l->fresh_nops = nextra + 2;
 	l->fresh_try = true;
+	if (fresh_send_early(l))
+		return ZOK;
+	/* The strings copied: the multi is sent from the loop (on_start),
+	 * after the caller's buffers may have gone; they are freed once it
+	 * is (fresh_start). The ops stay for the results. */
+	for (int i = 0; i < nextra; i++)
+		bytes += strlen(extra[i].path) + 1 +
+			 (extra[i].data ? (size_t)extra[i].len + 1 : 0);
+	p = l->fresh_strs = bytes ? xmalloc(bytes) : NULL;
+	for (int i = 2; i < l->fresh_nops; i++) {
+		zk_op *op = &ops[i];
+
+		op->path = put_str(&p, op->path, strlen(op->path));
+		if (op->data)
+			op->data = put_str(&p, op->data, (size_t)op->len);
+	}
 	return ZOK;
 }
 

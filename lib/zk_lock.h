@@ -84,8 +84,9 @@ void zk_lock_cancel(zk_lock *l);
 /* A non-blocking attempt on a lock whose directory is expected not to
  * exist yet (a request or node nobody has locked): one multi creates the
  * directory (persistent, empty) and our contender, followed by EXTRA ops
- * (may be NULL/0; copied, so the caller's buffers may go at once; the
- * copies go once the multi is sent, the next turn of the loop).
+ * (may be NULL/0; the caller's buffers may go at once: the multi is
+ * encoded before this returns, or, when it cannot be sent yet, copied
+ * until it is, the next turn of the loop).
  * The contender of a directory created in the same transaction is its
  * only child, so the lock is ours without listing: 1 request instead of
  * kazoo's 4 (exists, create dir, create contender, list).

@@ -1317,6 +1317,113 @@ TEST(fresh_lock_failing_op_or_missing_parent)
 	evloop_free(loop);
 }
 
+/* A deferred callback that lets the server answer what the turn's flush
+ * (queued before it) has just sent. */
+static void wait_for_reply(evloop *loop, void *arg)
+{
+	usleep(300 * 1000);
+}
+
+/* The fresh multi leaves from the caller's call (no copy of its ops), so
+ * its reply can be read in the same turn as it is sent, before the
+ * attempt's start on the loop: the attempt is started by the reply then,
+ * and started once. A cancel or a free right after the call is answered
+ * by the reply, which cleans the contender up. An op the client refuses
+ * keeps the old way: copied, refused from the loop. */
+TEST(fresh_lock_sent_from_the_call)
+{
+	struct two f;
+	struct result r = { 0 };
+	zk_op set = { .type = ZK_OP_SET, .version = -1 };
+	ev_defer wait = { .fn = wait_for_reply };
+	zk_lock *l;
+	char *obj, *buf, *data;
+
+	if (!two_clients(&f, "early/lock"))
+		return;
+	obj = xasprintf("%s/obj", base);
+	data = xasprintf("%s/early", base); /* the directory's parent */
+	CHECK_INT(zk_ensure_path(f.z1, data), ZOK);
+	free(data);
+	CHECK_INT(zk_create(f.z1, obj, "init", 4, ZK_PERSISTENT, NULL), ZOK);
+
+	/* the reply first: one turn runs the flush, the wait, the reply */
+	l = zk_lock_new(f.z1, f.dir, NULL);
+	buf = xstrdup("early");
+	set.path = obj;
+	set.data = buf;
+	set.len = 5;
+	CHECK_INT(zk_lock_acquire_fresh_async(l, 5, &set, 1, on_acquired, &r),
+		  ZOK);
+	free(buf);
+	evloop_defer(f.loop, &wait);
+	evloop_run_once(f.loop, 0);
+	CHECK(r.done);
+	CHECK_INT(r.rc, ZOK);
+	r.done = 0;
+	for (int i = 0; i < 5; i++)
+		evloop_run_once(f.loop, 50); /* no second start, no deadline */
+	CHECK(!r.done);
+	CHECK(zk_lock_held(l));
+	CHECK(zk_lock_fresh(l));
+	CHECK_INT(nchildren(f.z1, f.dir), 1);
+	data = get_str(f.z1, obj);
+	CHECK_STR(data, "early");
+	free(data);
+	CHECK_INT(zk_lock_release(l), ZOK);
+	zk_lock_free(l);
+	CHECK_INT(zk_delete(f.z1, f.dir, -1), ZOK);
+
+	/* cancelled before the loop turned: the write was sent, and stays;
+	 * the contender goes */
+	l = zk_lock_new(f.z1, f.dir, NULL);
+	memset(&r, 0, sizeof(r));
+	set.data = "cancelled";
+	set.len = 9;
+	CHECK_INT(zk_lock_acquire_fresh_async(l, 5, &set, 1, on_acquired, &r),
+		  ZOK);
+	zk_lock_cancel(l);
+	CHECK(!r.done); /* answered from the loop */
+	CHECK(run_until(f.loop, &r.done));
+	CHECK_INT(r.rc, ZLOCKCANCELLED);
+	CHECK(!zk_lock_held(l));
+	CHECK_INT(nchildren(f.z1, f.dir), 0);
+	data = get_str(f.z1, obj);
+	CHECK_STR(data, "cancelled");
+	free(data);
+	zk_lock_free(l);
+	CHECK_INT(zk_delete(f.z1, f.dir, -1), ZOK);
+
+	/* freed before the loop turned: nothing left once the reply is in */
+	l = zk_lock_new(f.z1, f.dir, NULL);
+	set.data = "freed";
+	set.len = 5;
+	CHECK_INT(zk_lock_acquire_fresh_async(l, 5, &set, 1, on_acquired, NULL),
+		  ZOK);
+	zk_lock_free(l);
+	CHECK(run_until_children(f.loop, f.z1, f.dir, 0));
+
+	/* refused by the client (a relative path): copied, refused from the
+	 * loop, nothing made */
+	CHECK_INT(zk_delete(f.z1, f.dir, -1), ZOK);
+	l = zk_lock_new(f.z1, f.dir, NULL);
+	memset(&r, 0, sizeof(r));
+	buf = xstrdup("relative/path");
+	set.path = buf;
+	CHECK_INT(zk_lock_acquire_fresh_async(l, 5, &set, 1, on_acquired, &r),
+		  ZOK);
+	memset(buf, 'x', strlen(buf));
+	free(buf);
+	CHECK(run_until(f.loop, &r.done));
+	CHECK_INT(r.rc, ZBADARGUMENTS);
+	CHECK(!zk_lock_held(l));
+	CHECK_INT(zk_exists(f.z1, f.dir, NULL), ZNONODE);
+	zk_lock_free(l);
+
+	free(obj);
+	two_clients_end(&f);
+}
+
 /* The fresh multi (directory, contender, the caller's write) carried out
  * and its reply lost. Without a deadline (a launch's node lock, kazoo's
  * acquire(blocking=False)) the attempt goes on in the same session and
