@@ -261,6 +261,13 @@ static void on_list(void *arg, int status, const np_instance *insts,
 	}
 }
 
+static void listed_free(struct listed *l)
+{
+	strlist_free(&l->ids);
+	strlist_free(&l->node_ids);
+	strlist_free(&l->metadata);
+}
+
 /* Number of instances M lists; their node ids go to NODE_IDS if given. */
 static int list_sync(struct env *e, np_manager *m, strlist *node_ids)
 {
@@ -272,9 +279,7 @@ static int list_sync(struct env *e, np_manager *m, strlist *node_ids)
 	n = (int)l.ids.n;
 	for (size_t i = 0; node_ids && i < l.node_ids.n; i++)
 		strlist_add(node_ids, l.node_ids.v[i]);
-	strlist_free(&l.ids);
-	strlist_free(&l.node_ids);
-	strlist_free(&l.metadata);
+	listed_free(&l);
 	return n;
 }
 
@@ -291,9 +296,7 @@ static char *listed_metadata(struct env *e, np_manager *m, const char *id)
 	for (size_t i = 0; i < l.ids.n; i++)
 		if (strcmp(l.ids.v[i], id) == 0)
 			md = xstrdup(l.metadata.v[i]);
-	strlist_free(&l.ids);
-	strlist_free(&l.node_ids);
-	strlist_free(&l.metadata);
+	listed_free(&l);
 	return md;
 }
 
@@ -827,8 +830,7 @@ TEST(list_in_batches)
 	for (int i = 0; i < N; i++)
 		CHECK(c[i].inst && strlist_contains(&l.ids,
 						    c[i].inst->external_id));
-	strlist_free(&l.ids);
-	strlist_free(&l.node_ids);
+	listed_free(&l);
 
 	memset(&l, 0, sizeof(l));
 	l.cancel = D->list_instances(e.m, on_list, &l);
@@ -837,8 +839,7 @@ TEST(list_in_batches)
 	CHECK_INT(l.calls, 1);	/* the first batch, then nothing */
 	CHECK_INT(l.done, 0);
 	CHECK_INT((int)l.ids.n, 256);
-	strlist_free(&l.ids);
-	strlist_free(&l.node_ids);
+	listed_free(&l);
 	listed = list_sync(&e, e.m, NULL);
 	CHECK_INT(listed, N);	/* and the next listing is whole */
 	for (int i = 0; i < N; i++)
