@@ -9,12 +9,14 @@
  * Operations are keyed by node id so a node is never worked on twice at
  * once. The trigger is the node cache (a node changed or lost its last lock
  * contender), with a full pass over the cache every 5 s as upstream runs it.
- * Removing the znode tries one multi (deleted, our contender, the lock
- * directory, the node) and falls back to upstream's write-then-recursive-
- * delete when the tree holds anything else (someone waiting on the lock).
- * Either way our contender goes with the tree, so the lock is forgotten,
- * not released; and a node's lock directory is assumed to exist, which
- * saves kazoo's `exists` on every lock. */
+ * Removing the znode follows store.h's removal plan (store_removal, the
+ * same as the CLI's delete --now): one multi (deleted, our contender, the
+ * lock directory, the node), and upstream's write-then-recursive-delete
+ * when the tree holds anything else (someone waiting on the lock). This
+ * file only takes the plan's steps asynchronously. Either way our
+ * contender goes with the tree, so the lock is forgotten, not released;
+ * and a node's lock directory is assumed to exist, which saves kazoo's
+ * `exists` on every lock. */
 #include "deleter.h"
 
 #include <stdlib.h>
@@ -22,6 +24,7 @@
 
 #include "log.h"
 #include "poolworker.h"
+#include "store.h"
 #include "zk_lock.h"
 
 #define LOGGER "nodepool.DeletedNodeWorker"
@@ -55,10 +58,8 @@ typedef struct delop {
 	uint64_t timer;
 	int busy;            /* zk replies due */
 	bool dead;
-	zk_op ops[4];        /* the removal multi */
-	int nops;
-	char *json;
-	bool tree_failed;    /* recursive removal hit an error */
+	store_removal rm;    /* the znode's removal (OS_REMOVE) */
+	int tree_rc;         /* the recursive removal's first error */
 	long long start_ms;
 } delop;
 
@@ -115,7 +116,7 @@ static void op_free(delop *o)
 {
 	if (o->have_node)
 		np_node_clear(&o->node);
-	free(o->json);
+	store_removal_clear(&o->rm);
 	free(o->path); /* and the other strings in its allocation */
 	free(o);
 }
@@ -165,17 +166,29 @@ static bool unbusy(delop *o)
 	return true;
 }
 
-/* ---- removal of the znode ---- */
+/* ---- removal of the znode (store_removal's steps) ---- */
+
+static void removal_step(delop *o, enum store_rm_step step);
 
 static void removed(delop *o)
 {
 	log_info(LOGGER, "Deleted ZK node id=%s, state=%s", o->id,
 		 o->node.state ? o->node.state : "None");
 	/* The lock went with the tree: nothing left to release. */
-	if (o->lock && !o->tree_failed)
+	if (o->lock)
 		zk_lock_forget(o->lock);
 	if (o->pm && o->pm->drv->node_deleted && o->node.provider)
 		o->pm->drv->node_deleted(o->pm->m, &o->node);
+	op_end(o);
+}
+
+/* The node stays (`deleted`, unless the first write failed) and is
+ * unlocked: a later pass finishes it. */
+static void removal_failed(delop *o, int rc)
+{
+	if (!store_session_error(rc))
+		log_error(LOGGER, "Error deleting znode of node %s: %s", o->id,
+			  zk_strerror(rc));
 	op_end(o);
 }
 
@@ -191,21 +204,22 @@ typedef struct tnode {
 static void tnode_start(delop *o, tnode *parent, const char *path);
 static void tnode_delete(tnode *t);
 
-/* T is gone (or given up): free it and tell its parent. With the op dead
- * (session closing) nothing new is sent: the tree is only unwound. */
-static void tnode_done(tnode *t, bool ok)
+/* T is gone (RC ZOK) or given up (RC the error): free it and tell its
+ * parent. With the op dead (session closing) nothing new is sent: the
+ * tree is only unwound. */
+static void tnode_done(tnode *t, int rc)
 {
 	delop *o = t->o;
 	tnode *parent = t->parent;
 
-	if (!ok)
-		o->tree_failed = true;
+	if (rc != ZOK && o->tree_rc == ZOK)
+		o->tree_rc = rc;
 	free(t->path);
 	free(t);
 	if (parent) {
 		if (--parent->pending == 0) {
 			if (o->dead)
-				tnode_done(parent, false);
+				tnode_done(parent, ZCLOSING);
 			else
 				tnode_delete(parent);
 		}
@@ -213,9 +227,7 @@ static void tnode_done(tnode *t, bool ok)
 	}
 	if (o->dead)
 		return;
-	if (o->tree_failed)
-		log_error(LOGGER, "Error deleting znode of node %s", o->id);
-	removed(o);
+	removal_step(o, store_removal_next(&o->rm, o->tree_rc));
 }
 
 /* The replies below keep counting in O->busy until the tree's step is
@@ -229,17 +241,19 @@ static void tnode_deleted(zk *z, int rc, void *arg)
 	tnode *t = arg;
 	delop *o = t->o;
 
-	tnode_done(t, rc == ZOK || rc == ZNONODE);
+	tnode_done(t, rc == ZNONODE ? ZOK : rc);
 	unbusy(o);
 }
 
 static void tnode_delete(tnode *t)
 {
-	if (zk_adelete(launcher_zk(t->o->d->l), t->path, -1, tnode_deleted,
-		       t) == ZOK)
+	int rc = zk_adelete(launcher_zk(t->o->d->l), t->path, -1,
+			    tnode_deleted, t);
+
+	if (rc == ZOK)
 		t->o->busy++;
 	else
-		tnode_done(t, false);
+		tnode_done(t, rc);
 }
 
 static void tnode_listed(zk *z, int rc, const strlist *children,
@@ -249,8 +263,10 @@ static void tnode_listed(zk *z, int rc, const strlist *children,
 	delop *o = t->o;
 
 	if (o->dead || rc != ZOK || children->n == 0) {
-		if (o->dead || rc == ZNONODE || rc != ZOK)
-			tnode_done(t, rc == ZNONODE);
+		if (o->dead)
+			tnode_done(t, ZCLOSING);
+		else if (rc != ZOK)
+			tnode_done(t, rc == ZNONODE ? ZOK : rc);
 		else
 			tnode_delete(t);
 		unbusy(o);
@@ -269,43 +285,17 @@ static void tnode_listed(zk *z, int rc, const strlist *children,
 static void tnode_start(delop *o, tnode *parent, const char *path)
 {
 	tnode *t = xcalloc(1, sizeof(*t));
+	int rc;
 
 	t->o = o;
 	t->parent = parent;
 	t->path = xstrdup(path);
-	if (zk_aget_children(launcher_zk(o->d->l), path, NULL, NULL,
-			     tnode_listed, t) == ZOK)
+	rc = zk_aget_children(launcher_zk(o->d->l), path, NULL, NULL,
+			      tnode_listed, t);
+	if (rc == ZOK)
 		o->busy++;
 	else
-		tnode_done(t, false);
-}
-
-static void deleted_written(zk *z, int rc, const zk_stat *st, void *arg)
-{
-	delop *o = arg;
-
-	if (unbusy(o))
-		return;
-	if (rc == ZNONODE) {
-		removed(o);
-		return;
-	}
-	tnode_start(o, NULL, o->path);
-}
-
-/* Upstream's deleteNode: `deleted` first, then the tree. */
-static void remove_slowly(delop *o)
-{
-	char *json;
-
-	np_node_set_state(&o->node, NP_NODE_DELETED);
-	json = np_node_encode(&o->node);
-	if (launcher_aset(o->d->l, o->path, json, (int)strlen(json),
-			  deleted_written, o) == ZOK)
-		o->busy++;
-	else
-		op_end(o);
-	free(json);
+		tnode_done(t, rc);
 }
 
 static void multi_done(zk *z, int rc, void *arg)
@@ -316,58 +306,67 @@ static void multi_done(zk *z, int rc, void *arg)
 	zkc_write_done(launcher_nodes(o->l), o->path, rc, NULL, 0, NULL);
 	if (unbusy(o))
 		return;
-	if (rc == ZOK) {
-		removed(o);
-		return;
-	}
-	if (rc == ZCONNECTIONLOSS || rc == ZSESSIONEXPIRED || rc == ZCLOSING) {
-		op_end(o);
-		return;
-	}
-	/* Other children (a waiter on the lock): the slow way. */
-	remove_slowly(o);
+	removal_step(o, store_removal_next(&o->rm, rc));
 }
 
-/* One transaction: deleted, our contender, the lock dir, the node. The
- * state write makes the transaction look like upstream's sequence to
- * anyone who reads the node. */
+static void marked(zk *z, int rc, const zk_stat *st, void *arg)
+{
+	delop *o = arg;
+
+	if (unbusy(o))
+		return;
+	removal_step(o, store_removal_next(&o->rm, rc));
+}
+
+/* Takes STEP of O's removal plan; its reply takes the next. A request
+ * that cannot be sent counts as its step's result. */
+static void removal_step(delop *o, enum store_rm_step step)
+{
+	np_launcher *l = o->d->l;
+	int rc = ZOK;
+
+	switch (step) {
+	case STORE_RM_MULTI:
+		/* The contender's path is the lock's: zk_amulti() copies the
+		 * ops' paths into its request, and only their results are
+		 * written back (the lock may be freed before the reply). */
+		zkc_write_begin(launcher_nodes(l), o->path);
+		rc = zk_amulti(launcher_zk(l), o->rm.ops, o->rm.nops,
+			       multi_done, o);
+		if (rc != ZOK)
+			zkc_write_done(launcher_nodes(l), o->path, ZCLOSING,
+				       NULL, 0, NULL);
+		break;
+	case STORE_RM_MARK:
+		rc = launcher_aset(l, o->path, o->rm.json,
+				   (int)strlen(o->rm.json), marked, o);
+		break;
+	case STORE_RM_TREE:
+		o->tree_rc = ZOK;
+		tnode_start(o, NULL, o->path); /* tnode_done() goes on */
+		return;
+	case STORE_RM_DONE:
+		if (o->rm.rc == ZOK)
+			removed(o);
+		else
+			removal_failed(o, o->rm.rc);
+		return;
+	}
+	if (rc == ZOK)
+		o->busy++;
+	else
+		removal_step(o, store_removal_next(&o->rm, rc));
+}
+
+/* The node's final removal: `deleted` and the znode gone, with its lock. */
 static void remove_node(delop *o)
 {
 	const char *mine = o->lock ? zk_lock_node(o->lock) : NULL;
 
 	o->state = OS_REMOVE;
-	if (!mine) {
-		remove_slowly(o);
-		return;
-	}
-	np_node_set_state(&o->node, NP_NODE_DELETED);
-	free(o->json);
-	o->json = np_node_encode(&o->node);
-	memset(o->ops, 0, sizeof(o->ops));
-	o->ops[0].type = ZK_OP_SET;
-	o->ops[0].path = o->path;
-	o->ops[0].data = o->json;
-	o->ops[0].len = (int)strlen(o->json);
-	o->ops[0].version = -1;
-	/* The contender's path is the lock's: zk_amulti() copies the ops'
-	 * paths into its request, and only their results are written back
-	 * (the lock may be freed before the reply). */
-	o->ops[1].path = mine;
-	o->ops[2].path = o->lock_dir;
-	o->ops[3].path = o->path;
-	for (int i = 1; i < 4; i++) {
-		o->ops[i].type = ZK_OP_DELETE;
-		o->ops[i].version = -1;
-	}
-	o->nops = 4;
-	zkc_write_begin(launcher_nodes(o->d->l), o->path);
-	if (zk_amulti(launcher_zk(o->d->l), o->ops, 4, multi_done, o) == ZOK) {
-		o->busy++;
-	} else {
-		zkc_write_done(launcher_nodes(o->d->l), o->path, ZCLOSING,
-			       NULL, 0, NULL);
-		op_end(o);
-	}
+	store_removal_clear(&o->rm);
+	removal_step(o, store_removal_start(&o->rm, &o->node, o->path,
+					    o->lock_dir, mine));
 }
 
 /* ---- the cloud ---- */

@@ -622,69 +622,118 @@ int store_node_delete(zk *z, np_node *n)
 	return rc;
 }
 
+/* ---- removing a locked node (store_removal, see store.h) ---- */
+
 /* A session error: nothing more can be done now, and it is not a reason
  * to try the slow way. */
-static bool session_error(int rc)
+bool store_session_error(int rc)
 {
 	return rc == ZCONNECTIONLOSS || rc == ZSESSIONEXPIRED ||
 	       rc == ZCLOSING || rc == ZOPERATIONTIMEOUT;
 }
 
-/* One transaction: `deleted`, our contender, the lock dir, the node. */
-static int remove_in_one(zk *z, np_node *n, const char *contender)
-{
-	char *path = np_path_node(n->id), *dir = np_path_node_lock(n->id);
-	char *json = np_node_encode(n);
-	zk_op ops[4];
-	int rc;
+/* MARK+TREE rounds: the first, and two more if contenders keep coming. */
+#define REMOVAL_TRIES 3
 
-	memset(ops, 0, sizeof(ops));
-	ops[0].type = ZK_OP_SET;
-	ops[0].path = path;
-	ops[0].data = json;
-	ops[0].len = (int)strlen(json);
-	ops[0].version = -1;
-	ops[1].path = contender;
-	ops[2].path = dir;
-	ops[3].path = path;
+static enum store_rm_step removal_done(store_removal *r, int rc)
+{
+	r->rc = rc;
+	return r->step = STORE_RM_DONE;
+}
+
+enum store_rm_step store_removal_start(store_removal *r, np_node *n,
+				       const char *path, const char *lock_dir,
+				       const char *contender)
+{
+	memset(r, 0, sizeof(*r));
+	r->path = path;
+	r->tries = REMOVAL_TRIES;
+	np_node_set_state(n, NP_NODE_DELETED);
+	r->json = np_node_encode(n);
+	if (!contender)
+		return r->step = STORE_RM_MARK;
+	r->ops[0].type = ZK_OP_SET;
+	r->ops[0].path = path;
+	r->ops[0].data = r->json;
+	r->ops[0].len = (int)strlen(r->json);
+	r->ops[0].version = -1;
+	r->ops[1].path = contender;
+	r->ops[2].path = lock_dir;
+	r->ops[3].path = path;
 	for (int i = 1; i < 4; i++) {
-		ops[i].type = ZK_OP_DELETE;
-		ops[i].version = -1;
+		r->ops[i].type = ZK_OP_DELETE;
+		r->ops[i].version = -1;
 	}
-	rc = zk_multi(z, ops, 4);
-	zk_ops_free(ops, 4);
-	free(json);
-	free(dir);
-	free(path);
-	return rc;
+	r->nops = 4;
+	return r->step = STORE_RM_MULTI;
+}
+
+enum store_rm_step store_removal_next(store_removal *r, int rc)
+{
+	switch (r->step) {
+	case STORE_RM_MULTI:
+		if (rc == ZOK || store_session_error(rc))
+			return removal_done(r, rc);
+		/* Anything else in the tree: the slow way. */
+		return r->step = STORE_RM_MARK;
+	case STORE_RM_MARK:
+		if (rc == ZNONODE) /* gone already, lock and all */
+			return removal_done(r, ZOK);
+		if (rc != ZOK)
+			return removal_done(r, rc);
+		return r->step = STORE_RM_TREE;
+	case STORE_RM_TREE:
+		if (rc == ZNONODE)
+			rc = ZOK;
+		if (rc == ZNOTEMPTY && --r->tries > 0)
+			return r->step = STORE_RM_MARK;
+		return removal_done(r, rc);
+	case STORE_RM_DONE:
+		break;
+	}
+	return STORE_RM_DONE;
+}
+
+void store_removal_clear(store_removal *r)
+{
+	free(r->json);
+	r->json = NULL;
 }
 
 int store_node_remove_locked(zk *z, np_node *n, zk_lock *lock)
 {
+	char *path = np_path_node(n->id), *dir = np_path_node_lock(n->id);
 	const char *mine = lock && zk_lock_held(lock) ? zk_lock_node(lock) :
 			   NULL;
-	int rc = ZNOTEMPTY;
+	enum store_rm_step step;
+	store_removal r;
+	int rc = ZOK;
 
-	np_node_set_state(n, NP_NODE_DELETED);
-	if (mine) {
-		rc = remove_in_one(z, n, mine);
-		if (rc == ZOK) {
-			zk_lock_forget(lock);
-			return ZOK;
-		}
-		if (session_error(rc))
-			return rc;
-	}
-	/* Someone waits on the lock: upstream's write-then-delete, again if
-	 * a contender appears while the tree goes (the `deleted` state tells
-	 * whoever gets the lock to finish the job). */
-	for (int i = 0; i < 3; i++) {
-		rc = store_node_delete(z, n);
-		if (rc != ZNOTEMPTY)
+	step = store_removal_start(&r, n, path, dir, mine);
+	while (step != STORE_RM_DONE) {
+		switch (step) {
+		case STORE_RM_MULTI:
+			rc = zk_multi(z, r.ops, r.nops);
+			zk_ops_free(r.ops, r.nops);
 			break;
+		case STORE_RM_MARK:
+			rc = zk_set(z, path, r.json, (int)strlen(r.json), -1,
+				    NULL);
+			break;
+		case STORE_RM_TREE:
+			rc = zk_delete_recursive(z, path);
+			break;
+		case STORE_RM_DONE:
+			break;
+		}
+		step = store_removal_next(&r, rc);
 	}
+	rc = r.rc;
 	if (rc == ZOK && mine)
 		zk_lock_forget(lock);
+	store_removal_clear(&r);
+	free(dir);
+	free(path);
 	return rc;
 }
 

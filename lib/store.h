@@ -59,13 +59,60 @@ int store_node_save(zk *z, const np_node *n);
 /* Upstream's deleteNode: state "deleted" written first, then the znode
  * and everything below it (its lock) removed. */
 int store_node_delete(zk *z, np_node *n);
-/* The final removal of a node whose LOCK we hold, as the launcher's
- * deleter does it: one multi {state "deleted", our contender, the lock
- * directory, the node}, so nobody sees the node unlocked before it is
- * gone; when the tree holds more (someone waits on the lock),
- * store_node_delete(). N's state becomes "deleted". On ZOK the lock is
- * forgotten (its contender went with the node); free it as usual. */
+/* The final removal of a node whose LOCK we hold (the CLI's delete --now),
+ * synchronously, by the plan below (store_removal). N's state becomes
+ * "deleted". On ZOK the lock is forgotten (its contender went with the
+ * node); free it as usual. */
 int store_node_remove_locked(zk *z, np_node *n, zk_lock *lock);
+/* The removal of a locked node, as one plan for its two callers: the
+ * CLI's delete --now (store_node_remove_locked(), synchronous) and the
+ * launcher's deleter (deleter.c, asynchronous). The plan makes no call
+ * itself: it names the next step, its caller takes it (either way) and
+ * hands the result back, until STORE_RM_DONE.
+ *
+ *   MULTI  one transaction {set state "deleted", delete our contender,
+ *          delete the lock directory, delete the node}, so nobody sees the
+ *          node unlocked before it is gone. Taken when we have a contender.
+ *   MARK   upstream's deleteNode: set state "deleted" (JSON)...
+ *   TREE   ...then remove PATH and everything below it (its lock, with
+ *          whoever waits on it), as kazoo's delete(recursive=True).
+ *
+ * A MULTI that fails because the tree holds more (someone waits on the
+ * lock) goes the slow way, MARK then TREE; a TREE that finds a contender
+ * appeared meanwhile (ZNOTEMPTY) marks and removes again, three times in
+ * all (the `deleted` state tells whoever gets the lock to finish the job).
+ * A session error ends the plan at once. */
+enum store_rm_step {
+	STORE_RM_MULTI,  /* zk_multi(OPS, NOPS) */
+	STORE_RM_MARK,   /* zk_set(PATH, JSON, any version) */
+	STORE_RM_TREE,   /* remove PATH recursively (ZNONODE counts as ZOK) */
+	STORE_RM_DONE,   /* RC is the outcome; ZOK: our contender is gone */
+};
+
+typedef struct store_removal {
+	enum store_rm_step step;
+	int rc;              /* STORE_RM_DONE: ZOK or the failing step's */
+	int tries;           /* MARK+TREE rounds left */
+	const char *path;    /* the node's znode (borrowed) */
+	char *json;          /* the record with state "deleted" (owned) */
+	zk_op ops[4];        /* MULTI; paths borrowed */
+	int nops;
+} store_removal;
+
+/* Starts the plan for node N at PATH (its lock directory LOCK_DIR, our
+ * contender in it CONTENDER, or NULL when we have none): N's state becomes
+ * "deleted". PATH, LOCK_DIR and CONTENDER must outlive the plan, or at
+ * least the steps that name them. Returns the first step. */
+enum store_rm_step store_removal_start(store_removal *r, np_node *n,
+				       const char *path, const char *lock_dir,
+				       const char *contender);
+/* The result RC of the step just taken; returns the next step. */
+enum store_rm_step store_removal_next(store_removal *r, int rc);
+/* Frees the plan's JSON. */
+void store_removal_clear(store_removal *r);
+/* A session error (the plan gives up; not a reason for the slow way). */
+bool store_session_error(int rc);
+
 /* Blocking kazoo lock on the node (TIMEOUT seconds); *LOCK is released
  * and freed by the caller with zk_lock_free(). ZLOCKTIMEOUT on timeout. */
 int store_node_lock(zk *z, const char *id, double timeout, zk_lock **lock);

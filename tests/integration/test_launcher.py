@@ -16,6 +16,7 @@
 import os
 import sys
 import time
+import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from launcherlib import (NODE_KEYS, PROVIDER, REQUEST_KEYS,  # noqa: E402
@@ -226,6 +227,48 @@ def test_launch_failure(zk):
         s.close()
 
 
+def test_delete_with_waiter(zk):
+    """Someone waits on a used node's lock while the deleter deletes its
+    instance: the one transaction cannot take the lock directory, so the
+    removal goes upstream's way (`deleted`, then the tree, the waiter's
+    contender with it): store.h's removal plan, shared with delete --now."""
+    s = Scenario(zk, "delwait")
+    try:
+        prov = dict(PROVIDER, fake={"delete-delay": 5})
+        cfg = s.write_config([prov], [("small", 1), ("big", 0)])
+        p = s.start(cfg)
+        ready = wait_for(lambda: [nid for nid, n in s.nodes().items()
+                                  if n["state"] == "ready"], what="min-ready")
+        if not check(ready, "delwait: a ready node"):
+            return
+        nid = ready[0]
+        ext = s.get_node(nid)["external_id"]
+        lock = s.lock_node(nid)
+        s.set_node(nid, state="used")
+        lock.release()
+        check(wait_for(lambda: (s.get_node(nid) or {}).get("state") ==
+                       "deleting", what="deleting"), "delwait: deleting")
+        # The deleter holds the lock while the cloud deletes (5 s).
+        waiter = s.kz.create("/nodepool/nodes/%s/lock/%s__lock__"
+                             % (nid, uuid.uuid4().hex), ephemeral=True,
+                             sequence=True)
+        check((s.get_node(nid) or {}).get("state") == "deleting",
+              "delwait: the waiter came while the instance was deleted")
+        check(wait_for(lambda: not s.kz.exists("/nodepool/nodes/" + nid),
+                       what="node removed"),
+              "delwait: the node is removed, its lock with it")
+        check(not s.kz.exists(waiter), "delwait: the waiter's contender "
+              "went with the tree")
+        check(ext + ".json" not in s.instances(), "delwait: instance gone")
+        log = s.log(p)
+        check("Deleted ZK node id=%s" % nid in log, "delwait: logged")
+        check("Error deleting znode" not in log, "delwait: no error: %s"
+              % [ln for ln in log.splitlines() if "Error" in ln])
+        s.stop(p)
+    finally:
+        s.close()
+
+
 def test_two_launchers(zk):
     s = Scenario(zk, "two")
     try:
@@ -354,8 +397,8 @@ def test_large_set(zk):
 
 TESTS = [test_fulfil_and_delete, test_min_ready,
          test_decline_unknown_and_malformed, test_cancel_mid_launch,
-         test_quota_pause, test_launch_failure, test_two_launchers,
-         test_reload, test_many_at_once, test_large_set]
+         test_quota_pause, test_launch_failure, test_delete_with_waiter,
+         test_two_launchers, test_reload, test_many_at_once, test_large_set]
 
 
 if __name__ == "__main__":

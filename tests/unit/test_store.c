@@ -1,9 +1,10 @@
 /* test_store.c: the store (store.h) against a real ZooKeeper, each test in
  * its own chroot: pipelined listings of nodes (more than one window, with
  * lock checks answered out of turn), requests, builds and uploads; bad
- * records skipped and logged with their path; node locks; the pause and
- * request-build markers; marking builds and uploads deleting; the export /
- * import round trip with its sequence bump; erasing one provider.
+ * records skipped and logged with their path; node locks and the removal
+ * plan of a locked node (store_removal, also without a server); the pause
+ * and request-build markers; marking builds and uploads deleting; the
+ * export / import round trip with its sequence bump; erasing one provider.
  * Skipped when NP_TEST_ZK is not set. */
 #include "testlib.h"
 
@@ -603,6 +604,96 @@ TEST(node_lock_and_locked)
 	zk_close(other);
 out:
 	fx_close(&f);
+}
+
+/* The removal plan alone (no server): the steps it names for each answer,
+ * as letters (Multi, marK, Tree, Done). */
+static const char *const rm_path = "/nodepool/nodes/0000000004";
+static const char *const rm_dir = "/nodepool/nodes/0000000004/lock";
+static const char *const rm_mine =
+	"/nodepool/nodes/0000000004/lock/x__lock__0000000000";
+
+static int plan_run(bool contender, const int *answers, size_t n,
+		    char steps[16])
+{
+	static const char letter[] = { 'M', 'K', 'T', 'D' };
+	enum store_rm_step step;
+	store_removal r;
+	np_node node;
+	size_t i = 0, k = 0;
+	int rc;
+
+	memset(&node, 0, sizeof(node));
+	step = store_removal_start(&r, &node, rm_path, rm_dir,
+				   contender ? rm_mine : NULL);
+	steps[k++] = letter[step];
+	while (step != STORE_RM_DONE && i < n && k < 15) {
+		step = store_removal_next(&r, answers[i++]);
+		steps[k++] = letter[step];
+	}
+	steps[k] = '\0';
+	rc = r.rc;
+	store_removal_clear(&r);
+	np_node_clear(&node);
+	return rc;
+}
+
+TEST(node_removal_plan)
+{
+	static const struct {
+		bool contender;
+		int answers[6];
+		size_t n;
+		const char *steps;
+		int rc;
+	} cases[] = {
+		/* Our contender: one multi. */
+		{ true, { ZOK }, 1, "MD", ZOK },
+		/* A session error ends it; anything else: the slow way. */
+		{ true, { ZCONNECTIONLOSS }, 1, "MD", ZCONNECTIONLOSS },
+		{ true, { ZNOTEMPTY, ZOK, ZOK }, 3, "MKTD", ZOK },
+		/* No contender: the slow way at once; new contenders keep
+		 * the tree: three rounds in all, then the error. */
+		{ false, { ZOK, ZNOTEMPTY, ZOK, ZNOTEMPTY, ZOK, ZNOTEMPTY }, 6,
+		  "KTKTKTD", ZNOTEMPTY },
+		/* Gone already (the write finds no node, or the tree). */
+		{ false, { ZNONODE }, 1, "KD", ZOK },
+		{ false, { ZOK, ZNONODE }, 2, "KTD", ZOK },
+		/* A failed write ends it with the error. */
+		{ false, { ZNOAUTH }, 1, "KD", ZNOAUTH },
+	};
+	store_removal r;
+	np_node n;
+	char steps[16];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		CHECK_INT(plan_run(cases[i].contender, cases[i].answers,
+				   cases[i].n, steps), cases[i].rc);
+		CHECK_STR(steps, cases[i].steps);
+	}
+
+	/* The multi: {deleted, our contender, the lock dir, the node}. */
+	memset(&n, 0, sizeof(n));
+	np_node_set_state(&n, NP_NODE_DELETING);
+	CHECK_INT(store_removal_start(&r, &n, rm_path, rm_dir, rm_mine),
+		  STORE_RM_MULTI);
+	CHECK_STR(n.state, NP_NODE_DELETED);
+	REQUIRE(r.json && strstr(r.json, "\"state\": \"deleted\""));
+	CHECK_INT(r.nops, 4);
+	CHECK_INT(r.ops[0].type, ZK_OP_SET);
+	CHECK_STR(r.ops[0].path, rm_path);
+	CHECK(r.ops[0].data == r.json);
+	CHECK_INT(r.ops[0].len, (int)strlen(r.json));
+	CHECK_INT(r.ops[0].version, -1);
+	CHECK_STR(r.ops[1].path, rm_mine);
+	CHECK_STR(r.ops[2].path, rm_dir);
+	CHECK_STR(r.ops[3].path, rm_path);
+	for (int i = 1; i < 4; i++) {
+		CHECK_INT(r.ops[i].type, ZK_OP_DELETE);
+		CHECK_INT(r.ops[i].version, -1);
+	}
+	store_removal_clear(&r);
+	np_node_clear(&n);
 }
 
 /* The deleter's final removal (delete --now): one multi when we are the
