@@ -96,16 +96,19 @@ struct cli_hosted {
 	char hostname[256];
 };
 /* Start provider P's manager from the local config on C's loop: 0, or -1
- * and *ERR (a one-line message, caller frees) when its driver is not one
- * we implement or does not start. */
+ * and *ERR (a one-line message that does not name P: the caller does;
+ * caller frees) when its driver is not one we implement or does not
+ * start. */
 int cli_host_provider(struct cli *c, const np_provider *p,
 		      struct cli_hosted *h, char **err);
 /* Let work the driver started by itself finish (30 s at most), then stop
- * the manager. */
+ * the manager (unless a timed-out wait stopped it already). */
 void cli_unhost_provider(struct cli *c, struct cli_hosted *h);
-/* Run C's loop until *DONE is true (a callback sets it) or TIMEOUT_MS
- * passed; returns *DONE. */
-bool cli_run_until(struct cli *c, const bool *done, long timeout_ms);
+/* Run C's loop until *DONE is true (OP's callback sets it) or TIMEOUT_MS
+ * passed; returns *DONE. Either way OP's callback cannot run after this
+ * returns (driver_wait), so its state may live in the caller's frame. */
+bool cli_hosted_wait(struct cli *c, struct cli_hosted *h, np_op *op,
+		     const bool *done, long timeout_ms);
 /* Print listing L when RC is ZOK, else a one-line error about WHAT; frees
  * L. Returns the exit code. */
 int cli_print_listing(status_list *l, int rc, const char *what);

@@ -70,12 +70,10 @@ static int list_tagged(struct cli *c, const np_provider *p,
 	op = h.drv->list_images(h.m, on_listed, t);
 	if (!op)
 		*err = xstrdup("the driver did not start the listing");
-	else if (!cli_run_until(c, &t->done, LIST_TIMEOUT_MS))
+	else if (!cli_hosted_wait(c, &h, op, &t->done, LIST_TIMEOUT_MS))
 		*err = xstrdup("Timeout waiting for the image listing");
 	else if (t->status != NP_DRV_OK)
 		*err = xstrdup(t->error ? t->error : "unknown error");
-	if (op && !t->done && h.drv->cancel)
-		h.drv->cancel(op);
 	cli_unhost_provider(c, &h);
 	return *err ? -1 : 0;
 }

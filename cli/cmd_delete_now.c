@@ -70,9 +70,8 @@ static int delete_instance(struct cli *c, struct hosted *h,
 			    node->provider);
 		return NP_DRV_ERROR;
 	}
-	if (!cli_run_until(c, &d.done, DELETE_TIMEOUT_MS)) {
-		if (drv->cancel)
-			drv->cancel(op);
+	/* D stays on our stack: past the wait its callback cannot come. */
+	if (!cli_hosted_wait(c, &h->cp, op, &d.done, DELETE_TIMEOUT_MS)) {
 		d.status = NP_DRV_TIMEOUT;
 		d.error = xstrdup("Timeout waiting for instance deletion");
 	}
@@ -144,7 +143,7 @@ int cli_delete_now(struct cli *c, const char *id, zk_lock *lock)
 		return 1;
 	}
 	if (cli_host_provider(c, p, &h.cp, &err) != 0) {
-		fprintf(stderr, "%s\n", err);
+		fprintf(stderr, "Provider %s: %s\n", p->name, err);
 		free(err);
 		np_node_clear(&node);
 		zk_lock_free(lock);

@@ -3,7 +3,9 @@
  * as upstream's nodepoolcmd starts a provider manager from the local
  * config. The manager lives on the CLI's event loop; the commands start
  * an operation and run the loop until its callback has come (or a time
- * limit has passed), then stop the manager again. */
+ * limit has passed: the op is then cancelled, or the manager stopped, so
+ * its callback cannot come to a frame that has returned), then stop the
+ * manager again. */
 #include "cli.h"
 #include "driver.h"
 
@@ -24,10 +26,9 @@ int cli_host_provider(struct cli *c, const np_provider *p,
 	memset(h, 0, sizeof(*h));
 	h->drv = driver_find(p->driver);
 	if (!h->drv) {
-		*err = xasprintf("Provider %s uses driver %s, which this "
-				 "nodepool does not implement (%s)", p->name,
-				 p->driver ? p->driver : "None",
-				 driver_names());
+		*err = xasprintf("driver %s is not implemented by this "
+				 "nodepool (%s)", p->driver ? p->driver :
+				 "None", driver_names());
 		return -1;
 	}
 	if (gethostname(h->hostname, sizeof(h->hostname)) != 0)
@@ -39,7 +40,7 @@ int cli_host_provider(struct cli *c, const np_provider *p,
 	h->host.app = "cli";
 	h->m = h->drv->start(&h->host, c->config, p, &why);
 	if (!h->m) {
-		*err = xasprintf("Unable to start provider %s: %s", p->name,
+		*err = xasprintf("driver %s did not start: %s", h->drv->name,
 				 why ? why : "unknown error");
 		free(why);
 		return -1;
@@ -51,29 +52,21 @@ void cli_unhost_provider(struct cli *c, struct cli_hosted *h)
 {
 	long long deadline = now_ms() + SETTLE_TIMEOUT_MS;
 
+	if (!h->m)
+		return; /* stopped by a wait that timed out */
 	while (h->drv->busy && h->drv->busy(h->m) && now_ms() < deadline)
 		evloop_run_once(c->loop, 100);
 	h->drv->stop(h->m);
 	h->m = NULL;
 }
 
-static void on_wait_expired(evloop *loop, uint64_t id, void *arg)
+/* The commands keep an op's completion state on their stack; after a time
+ * limit the op would outlive their frame, and the CLI's loop runs on in
+ * every synchronous ZooKeeper call after it. driver_wait() cancels the op
+ * then, or stops the whole manager for a driver without a cancel hook, so
+ * the callback never comes. */
+bool cli_hosted_wait(struct cli *c, struct cli_hosted *h, np_op *op,
+		     const bool *done, long timeout_ms)
 {
-	bool *expired = arg;
-
-	(void)loop;
-	(void)id;
-	*expired = true;
-}
-
-bool cli_run_until(struct cli *c, const bool *done, long timeout_ms)
-{
-	bool expired = false;
-	uint64_t timer = evloop_add_timer(c->loop, timeout_ms,
-					  on_wait_expired, &expired);
-
-	while (!*done && !expired)
-		evloop_run_once(c->loop, -1);
-	evloop_del_timer(c->loop, timer); /* ignored once it fired */
-	return *done;
+	return driver_wait(c->loop, h->drv, &h->m, op, done, timeout_ms);
 }

@@ -1,7 +1,8 @@
 /* driver.c: the driver registry, np_instance helpers, and the few pieces
  * of upstream behaviour that more than one driver needs (the server
  * metadata of OpenStack-shaped drivers and the Python str.format() of
- * dynamic-instance-properties). The drivers themselves live in
+ * dynamic-instance-properties), and the wait of a synchronous caller for
+ * an op (the CLI's). The drivers themselves live in
  * driver_<name>.c; see driver.h for the contract and docs/drivers.md. */
 #include "driver.h"
 
@@ -377,6 +378,37 @@ char *driver_provider_fingerprint(const np_provider *p)
 	s = np_json_dumps(o, true);
 	json_decref(o);
 	return s;
+}
+
+/* ---- a synchronous caller's wait ---- */
+
+static void on_wait_expired(evloop *loop, uint64_t id, void *arg)
+{
+	bool *expired = arg;
+
+	*expired = true;
+}
+
+bool driver_wait(evloop *loop, const struct np_driver *drv, np_manager **m,
+		 np_op *op, const bool *done, long timeout_ms)
+{
+	bool expired = false;
+	uint64_t timer = evloop_add_timer(loop, timeout_ms, on_wait_expired,
+					  &expired);
+
+	while (!*done && !expired)
+		evloop_run_once(loop, -1);
+	evloop_del_timer(loop, timer); /* ignored once it fired */
+	if (*done)
+		return true;
+	/* The op outlives the wait: make sure its callback never comes. */
+	if (drv->cancel) {
+		drv->cancel(op);
+	} else {
+		drv->stop(*m);
+		*m = NULL;
+	}
+	return false;
 }
 
 /* ---- the daemons' tables of running providers ---- */

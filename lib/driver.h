@@ -21,6 +21,7 @@
  * - Errors carry a status (enum np_drv_status) and a message naming the
  *   provider and, where there is one, the instance.
  * - stop() cancels every op still in flight and frees the manager.
+ * - start()'s error does not name the provider: its caller does.
  *
  * Static-style drivers (nothing is launched: hosts pre-exist) leave create
  * NULL and implement the optional hooks at the end instead.
@@ -272,6 +273,19 @@ char *driver_py_format(const char *fmt, const json_t *kw, char **err);
  * borrow. A daemon restarts a provider's manager on reload only when this
  * changes. */
 char *driver_provider_fingerprint(const np_provider *p);
+
+/* ---- a synchronous caller's wait (the CLI) ---- */
+
+/* Runs LOOP until *DONE (set by OP's callback) or until TIMEOUT_MS have
+ * passed; returns *DONE. Meant for a caller that keeps its callback's
+ * state in its own stack frame: when this returns, OP's callback has run
+ * or can never run. On a timeout OP is cancelled or, DRV having no cancel
+ * hook, manager *M is stopped (stop() cancels everything in flight) and
+ * *M set to NULL, so the callback cannot later write to a frame that has
+ * returned (the loop runs on, in the caller's next synchronous ZooKeeper
+ * call if nowhere else). */
+bool driver_wait(evloop *loop, const struct np_driver *drv, np_manager **m,
+		 np_op *op, const bool *done, long timeout_ms);
 
 /* ---- the daemons' tables of running providers ---- */
 

@@ -2043,14 +2043,9 @@ static np_manager *os_start(const np_host *host, const np_config *cfg,
 {
 	np_manager *m;
 	np_cloud *cloud = clouds_load(p->cloud, p->region_name, err);
-	char *msg;
 
-	if (!cloud) {
-		msg = xasprintf("provider %s: %s", p->name, *err);
-		free(*err);
-		*err = msg;
-		return NULL;
-	}
+	if (!cloud)
+		return NULL; /* *err names the clouds.yaml, the caller P */
 	m = xcalloc(1, sizeof(*m));
 	m->loop = host->loop;
 	m->name = xstrdup(p->name);

@@ -1223,12 +1223,11 @@ static np_manager *static_start(const np_host *host, const np_config *cfg,
 	size_t n = 0;
 
 	if (!host->z) {
-		*err = xasprintf("%s: the static driver needs ZooKeeper",
-		    p->name);
+		*err = xstrdup("the static driver needs ZooKeeper");
 		return NULL;
 	}
 	if (!np_valid_name(p->name)) {
-		*err = xasprintf("%s: not a valid provider name", p->name);
+		*err = xstrdup("not a valid provider name");
 		return NULL;
 	}
 	m = xcalloc(1, sizeof(*m));

@@ -694,8 +694,14 @@ def alien_image_list(e, config, env):
     check(re.search(r"WARNING nodepool\.cmd\.nodepoolcmd: Exception listing "
                     r"alien images for unreachable: .+", err) is not None,
           "unreachable cloud: a warning: %r" % err)
-    check("Exception listing alien images for lost: Unable to start "
-          "provider lost: " in err, "unknown cloud: a warning: %r" % err)
+    lost = [ln for ln in err.splitlines()
+            if "alien images for lost: " in ln]
+    check(len(lost) == 1 and "Exception listing alien images for lost: "
+          "driver openstack did not start: " in lost[0] and
+          "no cloud named not-in-clouds-yaml" in lost[0],
+          "unknown cloud: a warning: %r" % err)
+    check(lost and lost[0].count("lost") == 1,
+          "unknown cloud: the warning names the provider once: %r" % lost)
     check("static-provider" not in err, "static provider skipped: %r" % err)
     check(sorted(z.get_children("/nodepool/nodes")) == nodes_before,
           "no static node registered by the listing")

@@ -6,7 +6,7 @@
 #  - `delete --now ID`: the instance is gone from the state dir and the
 #    znode from ZooKeeper when the command returns; a static slot is
 #    registered again; an instance already gone, a provider missing from
-#    the config, an unknown id;
+#    the config, one whose driver does not start, an unknown id;
 #  - `request LABEL...` (our extension): the request as Zuul-2025 writes
 #    it, fulfilled -> nodes printed with their host keys and returned (the
 #    launcher deletes them), --hold, failed, timeout, a request deleted by
@@ -29,6 +29,13 @@ from launcherlib import (NODEPOOL, STATIC, STATIC_KEY, check,  # noqa: E402
 ZUUL_REQUEST_KEYS = ["requestor_data", "node_types", "requestor",
                      "created_time", "provider", "state", "state_time",
                      "relative_priority", "event_id", "tenant_name"]
+
+
+# A provider whose driver does not start: its cloud is in no clouds.yaml.
+LOST = """  - name: lost
+    driver: openstack
+    cloud: not-in-clouds-yaml
+"""
 
 
 def start_nodepool(cfg, *args):
@@ -129,6 +136,25 @@ def test_delete_now(zk):
               s.node_lock_contenders(other) == [],
               "delnow unknown provider: node untouched and unlocked")
         s.kz.delete("/nodepool/nodes/" + other, recursive=True)
+
+        # A provider whose driver does not start (its cloud is in no
+        # clouds.yaml): one line naming it once, the node untouched and
+        # unlocked.
+        lost_cfg = s.write_config([L.PROVIDER], [("small", 1), ("big", 0)],
+                                  fname="lost.yaml", extra=LOST)
+        lost = add_node(s, state="ready", provider="lost", pool="main",
+                        type=["small"], external_id="x")
+        rc, out, err = nodepool(lost_cfg, "delete", "--now", lost)
+        line = [ln for ln in err.splitlines() if "Provider lost" in ln]
+        check(rc == 1 and len(line) == 1 and
+              line[0].startswith("Provider lost: driver openstack did not "
+                                 "start: ") and
+              line[0].count("lost") == 1,
+              "delnow provider not starting: %d %r" % (rc, err))
+        check(s.get_node(lost)["state"] == "ready" and
+              s.node_lock_contenders(lost) == [],
+              "delnow provider not starting: node untouched and unlocked")
+        s.kz.delete("/nodepool/nodes/" + lost, recursive=True)
 
         rc, out, _ = nodepool(cfg, "delete", "--now", "0000099999")
         check(rc == 0 and out.strip() == "Node id 0000099999 not found",
