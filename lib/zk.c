@@ -64,6 +64,8 @@
 #define SPARE_PKT_MAX (16 * 1024)
 /* What one read() of a TLS connection takes in: several replies. */
 #define TLS_READ_BUFFER (64 * 1024)
+/* A TLS record's header: type, version, length (2 bytes, big-endian). */
+#define TLS_RECORD_HEADER 5
 
 enum req_kind {
 	RK_GET, RK_EXISTS, RK_CHILDREN, RK_CREATE, RK_SET, RK_DELETE,
@@ -155,9 +157,12 @@ struct zk {
 	int fd;
 	SSL *ssl;
 	/* TLS input: what one read() brought in, handed to OpenSSL record
-	 * by record through our BIO (tls_in_read). */
+	 * by record through our BIO (tls_in_read); where the bytes handed
+	 * out so far stand in the record they belong to (tls_in_span). */
 	unsigned char *tls_in;
 	size_t tls_in_off, tls_in_len;
+	unsigned char tls_hdr[TLS_RECORD_HEADER];
+	size_t tls_hdr_len, tls_body_left;
 	/* The socket had no more to give at the last read: reading again
 	 * before epoll says it is readable would only return EAGAIN. */
 	bool drained;
@@ -1842,7 +1847,36 @@ static void nosigpipe_init(void)
  * then every record is copied out of our buffer, and a short read means
  * the socket is empty until epoll says otherwise, so the last SSL_read
  * of a turn costs no read() that ends in EAGAIN. Output goes through the
- * socket BIO above. */
+ * socket BIO above.
+ *
+ * OpenSSL reads ahead all the same (tls_context), but this BIO never
+ * gives it more than the rest of the record it is reading: its buffer
+ * then holds one record, nothing is left to move when the record is
+ * taken out, and a record costs one BIO_read (header and body
+ * together), not two. A record is one call unless our buffer ends
+ * inside it (the next read() brings the rest). */
+
+/* How many of the N bytes at P to hand OpenSSL: those up to the end of
+ * the record they continue, followed through the records' headers
+ * (5 bytes, the length of the body last). */
+static size_t tls_in_span(zk *z, const unsigned char *p, size_t n)
+{
+	size_t take = 0, body;
+
+	while (z->tls_hdr_len < TLS_RECORD_HEADER) {
+		if (take == n)
+			return take;
+		z->tls_hdr[z->tls_hdr_len++] = p[take++];
+		if (z->tls_hdr_len == TLS_RECORD_HEADER)
+			z->tls_body_left = (size_t)z->tls_hdr[3] << 8 |
+					   z->tls_hdr[4];
+	}
+	body = n - take < z->tls_body_left ? n - take : z->tls_body_left;
+	z->tls_body_left -= body;
+	if (z->tls_body_left == 0)
+		z->tls_hdr_len = 0; /* the next record's header next */
+	return take + body;
+}
 
 static int tls_in_read(BIO *b, char *out, int outl)
 {
@@ -1878,6 +1912,7 @@ static int tls_in_read(BIO *b, char *out, int outl)
 	n = z->tls_in_len - z->tls_in_off;
 	if (n > (size_t)outl)
 		n = (size_t)outl;
+	n = tls_in_span(z, z->tls_in + z->tls_in_off, n);
 	memcpy(out, z->tls_in + z->tls_in_off, n);
 	z->tls_in_off += n;
 	return (int)n;
@@ -2130,6 +2165,7 @@ static void conn_drop(zk *z, const char *why)
 	free(z->tls_in);
 	z->tls_in = NULL;
 	z->tls_in_off = z->tls_in_len = 0;
+	z->tls_hdr_len = z->tls_body_left = 0;
 	z->drained = false;
 	if (why && z->cur_server)
 		log_msg(hangup_level(z), LOGGER, "dropping connection to %s: %s",
@@ -2309,7 +2345,9 @@ static SSL_CTX *tls_context(const zk_options *opt, char **err)
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
 			 SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-	/* No read-ahead: our input BIO (tls_in_read) reads ahead. */
+	/* Read-ahead: OpenSSL takes what our input BIO offers, a whole
+	 * record at a time (tls_in_read), not its header and body apart. */
+	SSL_CTX_set_read_ahead(ctx, 1);
 	if (SSL_CTX_load_verify_locations(ctx, opt->tls_ca, NULL) != 1) {
 		ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
 		*err = xasprintf("cannot load ZooKeeper TLS CA %s: %s", opt->tls_ca, buf);

@@ -19,6 +19,7 @@
 #include <netdb.h>
 #include <signal.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -333,7 +334,9 @@ TEST(tls_verification)
 	}
 }
 
-TEST(big_data)
+/* Over TLS the reply is some 55 records, and the reads of 64 KiB end
+ * inside them. */
+static void big_data_case(bool tls)
 {
 	struct client c;
 	size_t n = 900 * 1024;
@@ -342,7 +345,7 @@ TEST(big_data)
 
 	for (size_t i = 0; i < n; i++)
 		big[i] = (char)('a' + i % 26);
-	if (open_client(&c, false)) {
+	if (open_client(&c, tls)) {
 		CHECK_INT(zk_create(c.z, "/big", big, (int)n, 0, NULL), ZOK);
 		CHECK_INT(zk_get(c.z, "/big", &data, &len, NULL), ZOK);
 		CHECK_INT(len, n);
@@ -351,6 +354,17 @@ TEST(big_data)
 		close_client(&c);
 	}
 	free(big);
+}
+
+TEST(big_data)
+{
+	big_data_case(false);
+}
+
+TEST(big_data_tls)
+{
+	if (need_tls())
+		big_data_case(true);
 }
 
 TEST(multi_success_and_failure)
@@ -1007,6 +1021,7 @@ enum fake_mode {
 	FAKE_BYE_EOF,       /* hang up on closeSession without answering */
 	FAKE_BYE_REPLY_EOF, /* answer closeSession and hang up at once */
 	FAKE_GONE,          /* hang up once told to (write to go[1]) */
+	FAKE_TRICKLE,       /* TLS: the answer a byte per write (trickle) */
 };
 
 struct fake {
@@ -1115,6 +1130,39 @@ static void fake_until_bye(struct fake *f, struct fconn *c)
 	}
 }
 
+/* The ConnectResponse in two TLS records (the first ends inside the
+ * frame) and a ping's answer in a third, sent a byte per write(): the
+ * client's reads end inside records and inside their 5-byte headers,
+ * and its input BIO must still hand OpenSSL whole records (tls_in_read
+ * in zk.c). */
+static bool fake_trickle(struct fconn *c)
+{
+	unsigned char buf[64], *out;
+	BIO *mem = BIO_new(BIO_s_mem());
+	size_t n = connect_response(buf);
+	long len;
+	int one = 1;
+	bool ok;
+
+	put32(buf + n, 16);
+	put32(buf + n + 4, (uint32_t)-2); /* a ping's answer */
+	memset(buf + n + 8, 0, 12);
+	if (!mem)
+		return false;
+	BIO_up_ref(mem);
+	SSL_set0_wbio(c->ssl, mem);
+	ok = fk_write(c, buf, 10) && fk_write(c, buf + 10, n - 10) &&
+	     fk_write(c, buf + n, 20);
+	len = BIO_get_mem_data(mem, (char **)&out);
+	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	for (long i = 0; ok && i < len; i++) {
+		ok = write(c->fd, out + i, 1) == 1;
+		usleep(1000);
+	}
+	BIO_free(mem);
+	return ok;
+}
+
 static void *fake_server(void *arg)
 {
 	struct fake *f = arg;
@@ -1169,6 +1217,10 @@ static void *fake_server(void *arg)
 		n = connect_response(buf);
 		if (fk_write(&c, buf, n))
 			(void)!read(f->go[0], buf, 1);
+		goto out;
+	case FAKE_TRICKLE:
+		if (fake_trickle(&c))
+			fake_until_bye(f, &c);
 		goto out;
 	}
 	if (n > 0 && !fk_write(&c, buf, n))
@@ -1593,6 +1645,13 @@ TEST(hangup_after_close_is_quiet_tls)
 {
 	bye_case(FAKE_BYE_EOF, true);
 	bye_case(FAKE_BYE_REPLY_EOF, true);
+}
+
+/* TLS records that arrive a byte at a time are read whole all the same
+ * (see fake_trickle). */
+TEST(tls_records_in_pieces)
+{
+	bye_case(FAKE_TRICKLE, true);
 }
 
 /* The same against the real server, a few times (the hang-up races with
