@@ -422,17 +422,14 @@ static void start_delete(delop *o)
 {
 	const char *ext = json_is_string(o->node.external_id) ?
 			  json_string_value(o->node.external_id) : NULL;
-	char *json;
 
 	log_info(LOGGER, "Deleting %s instance %s from %s", o->node.state,
 		 ext ? ext : "None", o->node.provider);
 	np_node_set_state(&o->node, NP_NODE_DELETING);
-	json = np_node_encode(&o->node);
-	if (launcher_aset_record(o->d->l, o->path, json, (int)strlen(json),
-				 NP_KIND_NODE, (const np_record *)&o->node,
+	if (launcher_aset_record(o->d->l, o->path, NP_KIND_NODE,
+				 (const np_record *)&o->node,
 				 deleting_written, o) == ZOK)
 		o->busy++;
-	free(json);
 	o->state = OS_CLOUD;
 	if (ext && o->pm->drv->delete_instance) {
 		o->op = o->pm->drv->delete_instance(o->pm->m, ext, cloud_deleted, o);

@@ -239,13 +239,9 @@ static void stored(zk *z, int rc, const zk_stat *st, void *arg)
 
 static void store_request(np_handler *h)
 {
-	char *json = np_request_encode(&h->req);
-
-	if (launcher_aset_record(h->pw->l, h->path, json, (int)strlen(json),
-				 NP_KIND_REQUEST, (const np_record *)&h->req,
-				 stored, h) == ZOK)
+	if (launcher_aset_record(h->pw->l, h->path, NP_KIND_REQUEST,
+				 (const np_record *)&h->req, stored, h) == ZOK)
 		h->busy++;
-	free(json);
 }
 
 static void unlock_request(np_handler *h)
@@ -1229,12 +1225,11 @@ static void completion_done(zk *z, int rc, void *arg)
 	completion_unref(c);
 }
 
-/* An op on PATH (copied into the completion's room); a set's DATA is
+/* An op on PATH (copied into the completion's room); a set writes
  * np_record_encode(KIND, REC), and the cache gets a copy of REC (see
  * zkc_write_done_record). */
 static void completion_add(completion *c, enum zk_op_type type,
-			   const char *path, char *data, np_kind kind,
-			   const np_record *rec)
+			   const char *path, np_kind kind, const np_record *rec)
 {
 	zk_op *op = &c->ops[c->n];
 	size_t n = strlen(path) + 1;
@@ -1243,12 +1238,11 @@ static void completion_add(completion *c, enum zk_op_type type,
 	op->type = type;
 	op->path = c->text;
 	c->text += n;
-	op->data = data;
-	op->len = data ? (int)strlen(data) : 0;
+	op->data = rec ? np_record_encode_pack(kind, rec, &c->recs[c->n]) :
+			 NULL;
+	op->len = op->data ? (int)strlen(op->data) : 0;
 	op->version = -1;
 	c->kinds[c->n] = kind;
-	if (rec)
-		c->recs[c->n] = np_record_pack(kind, rec);
 	c->n++;
 }
 
@@ -1283,15 +1277,14 @@ static void complete(np_handler *h)
 		 * released now, the launch would not send it again after a
 		 * lost connection (nodelaunch.c), the completion does. */
 		if (nl->final_deferred || nl->writes > 0) {
-			completion_add(c, ZK_OP_SET, nl->path,
-				       np_node_encode(&nl->node), NP_KIND_NODE,
+			completion_add(c, ZK_OP_SET, nl->path, NP_KIND_NODE,
 				       (const np_record *)&nl->node);
 			nl->final_deferred = false;
 		}
 		mine = nl->lock ? zk_lock_node(nl->lock) : NULL;
 		if (mine) {
-			completion_add(c, ZK_OP_DELETE, mine, NULL,
-				       NP_KIND_NODE, NULL);
+			completion_add(c, ZK_OP_DELETE, mine, NP_KIND_NODE,
+				       NULL);
 			zk_lock_forget(nl->lock);
 		}
 		if (nl->node.id)
@@ -1299,13 +1292,11 @@ static void complete(np_handler *h)
 		nodelaunch_release(nl, false);
 	}
 	h->nset = 0;
-	completion_add(c, ZK_OP_SET, h->path,
-		       np_request_encode(&h->req), NP_KIND_REQUEST,
+	completion_add(c, ZK_OP_SET, h->path, NP_KIND_REQUEST,
 		       (const np_record *)&h->req);
 	mine = h->lock ? zk_lock_node(h->lock) : NULL;
 	if (mine) {
-		completion_add(c, ZK_OP_DELETE, mine, NULL,
-			       NP_KIND_NODE, NULL);
+		completion_add(c, ZK_OP_DELETE, mine, NP_KIND_NODE, NULL);
 		zk_lock_forget(h->lock);
 	}
 	unlock_request(h);

@@ -359,9 +359,10 @@ static void own_set_done(zk *z, int rc, const zk_stat *st, void *arg)
 	free(o);
 }
 
-int launcher_aset_record(np_launcher *l, const char *path, const char *data,
-			 int len, np_kind kind, const np_record *rec,
-			 zk_stat_fn cb, void *arg)
+/* zk_aset() of DATA, the cache told; it takes PACKED (NULL: DATA). */
+static int aset_own(np_launcher *l, const char *path, const char *data,
+		    int len, np_kind kind, np_record *packed, zk_stat_fn cb,
+		    void *arg)
 {
 	zkc *c = launcher_cache_of(l, path);
 	size_t n = strlen(path);
@@ -371,8 +372,7 @@ int launcher_aset_record(np_launcher *l, const char *path, const char *data,
 	o->l = l;
 	memcpy(o->path, path, n + 1);
 	o->kind = kind;
-	if (rec && c)
-		o->rec = np_record_pack(kind, rec);
+	o->rec = packed;
 	if (!o->rec) {
 		o->data = xmalloc((size_t)len + 1);
 		memcpy(o->data, data, (size_t)len);
@@ -392,11 +392,27 @@ int launcher_aset_record(np_launcher *l, const char *path, const char *data,
 	return rc;
 }
 
+int launcher_aset_record(np_launcher *l, const char *path, np_kind kind,
+			 const np_record *rec, zk_stat_fn cb, void *arg)
+{
+	np_record *packed = NULL;
+	char *json;
+	int rc;
+
+	/* A record under a cache is packed for it as it is encoded. */
+	if (launcher_cache_of(l, path))
+		json = np_record_encode_pack(kind, rec, &packed);
+	else
+		json = np_record_encode(kind, rec);
+	rc = aset_own(l, path, json, (int)strlen(json), kind, packed, cb, arg);
+	free(json);
+	return rc;
+}
+
 int launcher_aset(np_launcher *l, const char *path, const char *data,
 		  int len, zk_stat_fn cb, void *arg)
 {
-	return launcher_aset_record(l, path, data, len, NP_KIND_NODE, NULL, cb,
-				    arg);
+	return aset_own(l, path, data, len, NP_KIND_NODE, NULL, cb, arg);
 }
 
 /* ---- nodes in use, summed as the node cache changes ----

@@ -162,11 +162,10 @@ struct np_poolworker *launcher_pools(np_launcher *l);
  * CB (may be NULL) as zk_aset's, run before the cache takes the data. */
 int launcher_aset(np_launcher *l, const char *path, const char *data,
 		  int len, zk_stat_fn cb, void *arg);
-/* The same, DATA being np_record_encode(KIND, REC): the cache is handed
- * a copy of REC (zkc_write_done_record) instead of decoding DATA. */
-int launcher_aset_record(np_launcher *l, const char *path, const char *data,
-			 int len, np_kind kind, const np_record *rec,
-			 zk_stat_fn cb, void *arg);
+/* The same of np_record_encode(KIND, REC): the cache is handed a copy
+ * of REC (zkc_write_done_record) instead of decoding the data. */
+int launcher_aset_record(np_launcher *l, const char *path, np_kind kind,
+			 const np_record *rec, zk_stat_fn cb, void *arg);
 /* The cache holding PATH's record (nodes or requests), or NULL. */
 zkc *launcher_cache_of(np_launcher *l, const char *path);
 

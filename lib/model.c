@@ -1678,6 +1678,23 @@ static json_t *encode_field(const struct field *f, const void *rec,
  * is not valid UTF-8 cannot become a JSON string, so its key (or, in a
  * list, the element) is left out; so is a number that is infinite. */
 
+/* What an encoding learnt of the record's strings, for a pack of the
+ * same record (np_record_encode_pack): the length of each string member
+ * (STR, in the layout's order: the field table's), those of the list
+ * members' strings in their order, and whether a string was left out
+ * (not valid UTF-8: then the record is not packed). A string written is
+ * valid, so the pack need not measure it again. PARTIAL: some were not
+ * seen (a member written only for pools, more list strings than ITEM
+ * holds): the pack measures them all. */
+#define MEMO_ITEMS 32
+struct str_memo {
+	size_t str[LAYOUT_MAX];
+	size_t item[MEMO_ITEMS];
+	size_t nstr, nitem;
+	bool partial;
+	bool left_out;
+};
+
 static bool add_plain(sbuf *sb, const char *s, size_t len);
 static void dump_escaped(sbuf *sb, const char *s, size_t len);
 static void dump_string(sbuf *sb, const char *s, size_t len);
@@ -1843,28 +1860,39 @@ static void unwrite(sbuf *sb, size_t mark)
 	sb->buf[mark] = '\0';
 }
 
-static void put_strlist(sbuf *sb, const strlist *l)
+static void put_strlist(sbuf *sb, const strlist *l, struct str_memo *memo)
 {
 	bool first = true;
 
 	sbuf_addc(sb, '[');
 	for (size_t i = 0; i < l->n; i++) {
-		size_t mark = sb->len;
+		size_t mark = sb->len, len = strlen(l->v[i]);
 
 		if (!first)
 			sbuf_add(sb, ", ", 2);
-		if (put_string(sb, l->v[i], strlen(l->v[i])))
+		if (put_string(sb, l->v[i], len)) {
 			first = false;
-		else
+		} else {
 			unwrite(sb, mark);
+			if (memo)
+				memo->left_out = true;
+		}
+		if (!memo)
+			continue;
+		if (memo->nitem < MEMO_ITEMS)
+			memo->item[memo->nitem++] = len;
+		else
+			memo->partial = true;
 	}
 	sbuf_addc(sb, ']');
 }
 
-/* Writes field F's member, when it is written at all. */
+/* Writes field F's member, when it is written at all; what it learns of
+ * a string member into MEMO (NULL: nothing). */
 static void put_field(sbuf *sb, bool *first, const struct field *f,
-		      const void *rec, const json_t *raw)
+		      const void *rec, const json_t *raw, struct str_memo *memo)
 {
+	size_t len;
 	const char *s;
 	size_t mark;
 	bool was_first;
@@ -1877,6 +1905,8 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 	case F_STR_OMIT:
 		s = *CMEMBER(rec, f, char *);
 		if (!s) {
+			if (memo)
+				memo->nstr++; /* no length: not measured */
 			if (f->kind == F_STR) {
 				put_table_key(sb, first, f);
 				sbuf_add(sb, "null", 4);
@@ -1885,11 +1915,16 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 		}
 		mark = sb->len;
 		was_first = *first;
+		len = strlen(s);
 		put_table_key(sb, first, f);
-		if (!put_string(sb, s, strlen(s))) {
+		if (!put_string(sb, s, len)) {
 			unwrite(sb, mark);
 			*first = was_first;
+			if (memo)
+				memo->left_out = true;
 		}
+		if (memo)
+			memo->str[memo->nstr++] = len;
 		return;
 	case F_NUM:
 		d = *CMEMBER(rec, f, double);
@@ -1922,7 +1957,7 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 	case F_LIST:
 	case F_LABELS:
 		put_table_key(sb, first, f);
-		put_strlist(sb, CMEMBER(rec, f, strlist));
+		put_strlist(sb, CMEMBER(rec, f, strlist), memo);
 		return;
 	case F_FORMATS: {
 		const strlist *l = CMEMBER(rec, f, strlist);
@@ -2002,7 +2037,8 @@ static sbuf *encode_scratch(void)
 }
 
 static char *rec_encode_direct(const struct field *tab, const void *rec,
-			       const json_t *raw, bool is_pool)
+			       const json_t *raw, bool is_pool,
+			       struct str_memo *memo)
 {
 	const struct field *hint = tab;
 	bool first = true;
@@ -2015,9 +2051,12 @@ static char *rec_encode_direct(const struct field *tab, const void *rec,
 	sb.len = 0;
 	sbuf_reserve(&sb, 2048);
 	sbuf_addc(&sb, '{');
-	for (const struct field *f = tab; f->key; f++)
+	for (const struct field *f = tab; f->key; f++) {
 		if (!f->pool_only || is_pool)
-			put_field(&sb, &first, f, rec, raw);
+			put_field(&sb, &first, f, rec, raw, memo);
+		else if (memo)
+			memo->partial = true; /* its strings not seen */
+	}
 	/* Keys we do not know go after ours, in the order we read them. */
 	if (raw) {
 		json_object_keylen_foreach((json_t *)raw, key, klen, v) {
@@ -2069,7 +2108,7 @@ static char *rec_encode(const struct field *tab, const void *rec,
 {
 	if (sort_keys)
 		return rec_encode_tree(tab, rec, raw, is_pool, sort_keys);
-	return rec_encode_direct(tab, rec, raw, is_pool);
+	return rec_encode_direct(tab, rec, raw, is_pool, NULL);
 }
 
 /* ---- record types ----
@@ -2382,14 +2421,12 @@ void np_record_unshare(np_kind kind, np_record *rec, const np_shared *pool)
 	rec_shared(kind, rec, pool, false);
 }
 
-/* Adds the bytes S takes in a block copy to *NSTR (with its length
- * before it when A->prefix), its length to A's memo; false when S is not
- * written as it is (not valid UTF-8) or too long for a packed record. */
-static inline bool measure_str(struct arena *a, const char *s, size_t *nstr)
+/* Adds the bytes a valid string of LEN bytes takes in a block copy to
+ * *NSTR (with its length before it when A->prefix), its length to A's
+ * memo; false when it is too long for a packed record. */
+static inline bool measure_len(struct arena *a, size_t len, size_t *nstr)
 {
-	size_t len = strlen(s);
-
-	if (!utf8_valid(s, len) || len > UINT32_MAX)
+	if (len > UINT32_MAX)
 		return false;
 	*nstr += (a->prefix ? sizeof(uint32_t) : 0) + len + 1;
 	if (a->nlens < PACK_LENS)
@@ -2397,17 +2434,29 @@ static inline bool measure_str(struct arena *a, const char *s, size_t *nstr)
 	return true;
 }
 
+/* The same for the string S, false too when S is not written as it is
+ * (not valid UTF-8). */
+static inline bool measure_str(struct arena *a, const char *s, size_t *nstr)
+{
+	size_t len = strlen(s);
+
+	return utf8_valid(s, len) && measure_len(a, len, nstr);
+}
+
 /* Whether rec_copy() of SRC (a KIND record) succeeds (see there), and
  * the list vector slots (*NVEC) and string bytes (*NSTR) a block copy of
  * it takes, its ids included; the first PACK_LENS string lengths in A's
- * memo, in the order the copy visits them. */
+ * memo, in the order the copy visits them. The strings MEMO (NULL: none)
+ * knows from an encoding of SRC are not measured again. */
 static bool rec_measure(int kind, const void *src, struct arena *a,
-			size_t *nvec, size_t *nstr)
+			size_t *nvec, size_t *nstr, const struct str_memo *memo)
 {
 	const struct rec_type *t = &rec_types[kind];
 	const struct layout *lo = layout_of(kind);
+	const size_t *str = memo && !memo->partial ? memo->str : NULL;
+	const size_t *item = str ? memo->item : NULL;
 
-	if (lo->formats)
+	if (lo->formats || (memo && memo->left_out))
 		return false;
 	for (size_t i = 0; i < lo->nnum; i++)
 		if (isinf(*CAT(src, lo->num[i].off, double)))
@@ -2415,7 +2464,10 @@ static bool rec_measure(int kind, const void *src, struct arena *a,
 	for (size_t i = 0; i < lo->nstr; i++) {
 		const char *s = *CAT(src, lo->str[i].off, char *);
 
-		if (s && !measure_str(a, s, nstr))
+		if (!s)
+			continue;
+		if (str ? !measure_len(a, str[i], nstr) :
+			  !measure_str(a, s, nstr))
 			return false;
 	}
 	for (size_t i = 0; i < lo->nlist; i++) {
@@ -2423,7 +2475,8 @@ static bool rec_measure(int kind, const void *src, struct arena *a,
 
 		*nvec += l->n;
 		for (size_t j = 0; j < l->n; j++)
-			if (!measure_str(a, l->v[j], nstr))
+			if (item ? !measure_len(a, *item++, nstr) :
+				   !measure_str(a, l->v[j], nstr))
 				return false;
 	}
 	for (size_t i = 0; i < t->nids; i++) {
@@ -2476,7 +2529,7 @@ bool np_record_copy_compact(np_kind kind, np_record *dst,
 	struct arena a = { .trusted = true, .lens = lens };
 	size_t nvec = 0, nstr = 0, size;
 
-	if (!rec_measure(kind, src, &a, &nvec, &nstr)) {
+	if (!rec_measure(kind, src, &a, &nvec, &nstr, NULL)) {
 		memset(dst, 0, rec_types[kind].size);
 		*AT(dst, rec_types[kind].version, int) = -1;
 		return false;
@@ -2558,8 +2611,9 @@ void np_record_set_str(np_kind kind, np_record *rec, char **member,
 
 /* The block: the record, its list vectors, its strings (each after its
  * length: see struct arena). The strings are measured once: the copy
- * takes the lengths rec_measure() found. */
-np_record *np_record_pack(np_kind kind, const np_record *src)
+ * takes the lengths rec_measure() found (or MEMO had). */
+static np_record *pack(np_kind kind, const np_record *src,
+		       const struct str_memo *memo)
 {
 	const struct rec_type *t = &rec_types[kind];
 	size_t lens[PACK_LENS];
@@ -2569,13 +2623,36 @@ np_record *np_record_pack(np_kind kind, const np_record *src)
 		      sizeof(char *);
 	np_record *rec;
 
-	if (!rec_measure(kind, src, &a, &nvec, &nstr))
+	if (!rec_measure(kind, src, &a, &nvec, &nstr, memo))
 		return NULL;
 	rec = xmalloc(head + nvec * sizeof(char *) + nstr);
 	a.vec = (char **)(void *)((char *)rec + head);
 	a.str = (char *)(a.vec + nvec);
 	type_copy(kind, rec, src, &a);
 	return rec;
+}
+
+np_record *np_record_pack(np_kind kind, const np_record *src)
+{
+	return pack(kind, src, NULL);
+}
+
+/* Both from one look at the strings: what we write is encoded and then
+ * packed for the cache, and the pack measured every string again (its
+ * length, its UTF-8) after the encoding had. */
+char *np_record_encode_pack(np_kind kind, const np_record *rec,
+			    np_record **packed)
+{
+	const struct rec_type *t = &rec_types[kind];
+	struct str_memo memo;
+	char *json;
+
+	memo.nstr = memo.nitem = 0;
+	memo.partial = memo.left_out = false;
+	json = rec_encode_direct(t->fields, rec, *CAT(rec, t->raw, json_t *),
+				 false, &memo);
+	*packed = pack(kind, rec, &memo);
+	return json;
 }
 
 void np_record_pack_free(np_kind kind, np_record *packed)

@@ -323,6 +323,10 @@ void np_record_list_clear(np_kind kind, np_record *rec, strlist *l);
  * caches): nothing in it may be replaced or freed on its own. NULL where
  * np_record_copy() fails. Freed with np_record_pack_free() (NULL: no-op). */
 np_record *np_record_pack(np_kind kind, const np_record *src);
+/* np_record_encode(KIND, REC), and np_record_pack(KIND, REC) in *PACKED,
+ * the strings measured once for both. */
+char *np_record_encode_pack(np_kind kind, const np_record *rec,
+			    np_record **packed);
 void np_record_pack_free(np_kind kind, np_record *packed);
 /* np_record_copy() of a packed record into DST with POOL's strings for
  * the members it names (see np_shared) and no ids; its owner gives them

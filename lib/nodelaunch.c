@@ -764,11 +764,10 @@ static void lock_and_build(np_nodelaunch *nl)
 		(void)zk_lock_acquire_async(nl->lock, false, -1, locked, nl);
 		return;
 	}
-	json = np_node_encode(&nl->node);
 	drop_building_rec(nl);
 	drop_building_json(nl);
-	nl->building_rec = np_record_pack(NP_KIND_NODE,
-					  (const np_record *)&nl->node);
+	json = np_record_encode_pack(NP_KIND_NODE, (const np_record *)&nl->node,
+				     &nl->building_rec);
 	op.path = nl->path;
 	op.data = json;
 	op.len = (int)strlen(json);
@@ -854,7 +853,9 @@ static void node_created(zk *z, int rc, const char *path, const zk_stat *st,
 
 static void create_node(np_nodelaunch *nl)
 {
-	char *json = np_node_encode(&nl->node);
+	np_record *rec;
+	char *json = np_record_encode_pack(NP_KIND_NODE,
+					   (const np_record *)&nl->node, &rec);
 
 	nl->state = NL_CREATE;
 	nl->session = zk_session_id(launcher_zk(nl->l));
@@ -862,10 +863,10 @@ static void create_node(np_nodelaunch *nl)
 		       (int)strlen(json), ZK_SEQUENTIAL, node_created, nl) == ZOK) {
 		nl->busy++;
 		/* The cache takes this for the node instead of reading it. */
-		nl->created_rec = np_record_pack(NP_KIND_NODE,
-						 (const np_record *)&nl->node);
+		nl->created_rec = rec;
 		zkc_create_begin(launcher_nodes(nl->l));
 	} else {
+		np_record_pack_free(NP_KIND_NODE, rec);
 		fail_unstored(nl, "session closing");
 	}
 	free(json);

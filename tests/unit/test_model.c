@@ -659,6 +659,72 @@ TEST(packed_copies)
 		free(strs.s[i]);
 }
 
+/* np_record_encode_pack() of REC: np_record_encode()'s bytes, and a
+ * pack exactly when np_record_pack() makes one, which encodes the same
+ * and, unpacked (the lengths its strings carry), too. */
+static void check_encode_pack(np_kind kind, const np_record *rec)
+{
+	np_record *p = NULL, *q = np_record_pack(kind, rec), un;
+	char *json = np_record_encode_pack(kind, rec, &p);
+	char *want = np_record_encode(kind, rec), *e;
+
+	CHECK_STR(json, want);
+	CHECK((p == NULL) == (q == NULL));
+	if (p && q) {
+		e = np_record_encode(kind, p);
+		CHECK_STR(e, want);
+		free(e);
+		REQUIRE(np_record_unpack(kind, &un, p, NULL, NULL));
+		e = np_record_encode(kind, &un);
+		CHECK_STR(e, want);
+		free(e);
+		if (kind == NP_KIND_NODE)
+			CHECK_STR(un.node.id, q->node.id);
+		np_record_clear(kind, &un);
+	}
+	np_record_pack_free(kind, p);
+	np_record_pack_free(kind, q);
+	free(json);
+	free(want);
+}
+
+/* Encoding and packing at once measures each string once: string
+ * members (one not ASCII), labels, a list with more strings than the
+ * encoding keeps lengths of, a request; nothing packed where a string
+ * member or a list's string is left out (not valid UTF-8). */
+TEST(encode_pack)
+{
+	const char *doc = "{\"state\": \"ready\", \"provider\": \"p1\", "
+		"\"hostname\": \"h\xc3\xa9\", \"type\": [\"l1\", \"l2\"], "
+		"\"host_keys\": [\"k\"], \"resources\": {\"cores\": 2}}";
+	const char *rdoc = "{\"state\": \"requested\", "
+		"\"node_types\": [\"a\", \"b\"], \"requestor\": \"zuul\", "
+		"\"requestor_data\": {\"x\": \"y\"}}";
+	const char *id = "0000000007", *rid = "100-0000000001";
+	np_record rec, req;
+	char *err = NULL, key[16];
+
+	REQUIRE(np_record_decode(NP_KIND_NODE, &rec, &id, doc, strlen(doc), 4,
+				 &err) == 0);
+	check_encode_pack(NP_KIND_NODE, &rec);
+	for (int i = 0; i < 40; i++) {
+		snprintf(key, sizeof(key), "key-%d", i);
+		np_record_list_add(NP_KIND_NODE, &rec, &rec.node.host_keys, key);
+	}
+	check_encode_pack(NP_KIND_NODE, &rec);
+	np_record_list_add(NP_KIND_NODE, &rec, &rec.node.host_keys, "\xff");
+	check_encode_pack(NP_KIND_NODE, &rec);
+	np_record_list_clear(NP_KIND_NODE, &rec, &rec.node.host_keys);
+	check_encode_pack(NP_KIND_NODE, &rec);
+	np_record_set_str(NP_KIND_NODE, &rec, &rec.node.hostname, "\xc3");
+	check_encode_pack(NP_KIND_NODE, &rec);
+	np_record_clear(NP_KIND_NODE, &rec);
+	REQUIRE(np_record_decode(NP_KIND_REQUEST, &req, &rid, rdoc,
+				 strlen(rdoc), 1, &err) == 0);
+	check_encode_pack(NP_KIND_REQUEST, &req);
+	np_record_clear(NP_KIND_REQUEST, &req);
+}
+
 TEST(decoding_with_a_pool)
 {
 	const char *doc = "{\"state\": \"ready\", \"resources\": {\"cores\": 2, "
