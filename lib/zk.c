@@ -1863,6 +1863,12 @@ static size_t tls_in_span(zk *z, const unsigned char *p, size_t n)
 {
 	size_t take = 0, body;
 
+	/* The usual start: a whole header at hand. */
+	if (z->tls_hdr_len == 0 && n >= TLS_RECORD_HEADER) {
+		z->tls_hdr_len = TLS_RECORD_HEADER;
+		z->tls_body_left = (size_t)p[3] << 8 | p[4];
+		take = TLS_RECORD_HEADER;
+	}
 	while (z->tls_hdr_len < TLS_RECORD_HEADER) {
 		if (take == n)
 			return take;
