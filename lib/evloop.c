@@ -641,6 +641,11 @@ void evloop_stop(evloop *loop)
 		log_error(LOGGER, "eventfd write: %s", strerror(errno));
 }
 
+int evloop_fd(const evloop *loop)
+{
+	return loop->epfd;
+}
+
 bool evloop_on_loop_thread(const evloop *loop)
 {
 	evloop *l = (evloop *)loop; /* the mutex is not part of the value */

@@ -83,5 +83,9 @@ void evloop_stop(evloop *loop);
 /* True when called on the thread that last ran this loop (or created it
  * if it never ran). */
 bool evloop_on_loop_thread(const evloop *loop);
+/* The loop's epoll descriptor: readable while an event waits for the
+ * next evloop_run_once() (for tests that wait for one without taking
+ * it). */
+int evloop_fd(const evloop *loop);
 
 #endif

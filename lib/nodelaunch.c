@@ -773,9 +773,10 @@ static void lock_and_build(np_nodelaunch *nl)
 	op.len = (int)strlen(json);
 	/* Our write: the node cache takes it from us (build_done), as the
 	 * packed record; the JSON is kept for it only when the record
-	 * cannot be packed. The lock copies the op until the multi is
-	 * sent, and sends nothing again (a lost reply leaves the write
-	 * unknown: start_attempt's write_building() does not rely on it). */
+	 * cannot be packed. The lock encodes the op before it returns
+	 * (copies it, only when the multi cannot leave yet), and sends
+	 * nothing again (a lost reply leaves the write unknown:
+	 * start_attempt's write_building() does not rely on it). */
 	zkc_write_begin(launcher_nodes(nl->l), nl->path);
 	nl->build_pending = true;
 	nl->building_sent = true;
@@ -1003,8 +1004,10 @@ void nodelaunch_release(np_nodelaunch *nl, bool clear_allocation)
 	nl->final_deferred = false;
 	if (nl->state == NL_LOCK && nl->node.id) {
 		/* The lock attempt is dropped (no callback): the node is an
-		 * unlocked init node nobody else will touch; mark it failed so
-		 * the deleted-node worker removes it. */
+		 * unlocked node nobody else will touch (init, or already
+		 * `building` if the lock's multi went out: this write is
+		 * queued behind it); mark it failed so the deleted-node worker
+		 * removes it. */
 		np_node_set_state(&nl->node, NP_NODE_FAILED);
 		nodelaunch_write(nl);
 	} else if (clear_allocation && nl->node.id && nl->lock &&

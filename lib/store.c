@@ -607,21 +607,6 @@ int store_node_save(zk *z, const np_node *n)
 	return put(z, np_path_node(n->id), np_node_encode(n));
 }
 
-int store_node_delete(zk *z, np_node *n)
-{
-	char *path;
-	int rc;
-
-	np_node_set_state(n, NP_NODE_DELETED);
-	rc = store_node_save(z, n);
-	if (rc != ZOK && rc != ZNONODE)
-		return rc;
-	path = np_path_node(n->id);
-	rc = zk_delete_recursive(z, path);
-	free(path);
-	return rc;
-}
-
 /* ---- removing a locked node (store_removal, see store.h) ---- */
 
 /* A session error: nothing more can be done now, and it is not a reason
@@ -700,11 +685,11 @@ void store_removal_clear(store_removal *r)
 	r->json = NULL;
 }
 
-int store_node_remove_locked(zk *z, np_node *n, zk_lock *lock)
+/* The plan's steps taken synchronously, for node N at PATH (its lock
+ * directory DIR and our contender MINE, or NULL). */
+static int removal_run(zk *z, np_node *n, const char *path, const char *dir,
+		       const char *mine)
 {
-	char *path = np_path_node(n->id), *dir = np_path_node_lock(n->id);
-	const char *mine = lock && zk_lock_held(lock) ? zk_lock_node(lock) :
-			   NULL;
 	enum store_rm_step step;
 	store_removal r;
 	int rc = ZOK;
@@ -728,10 +713,28 @@ int store_node_remove_locked(zk *z, np_node *n, zk_lock *lock)
 		}
 		step = store_removal_next(&r, rc);
 	}
-	rc = r.rc;
+	store_removal_clear(&r);
+	return r.rc;
+}
+
+int store_node_delete(zk *z, np_node *n)
+{
+	char *path = np_path_node(n->id);
+	int rc = removal_run(z, n, path, NULL, NULL);
+
+	free(path);
+	return rc;
+}
+
+int store_node_remove_locked(zk *z, np_node *n, zk_lock *lock)
+{
+	char *path = np_path_node(n->id), *dir = np_path_node_lock(n->id);
+	const char *mine = lock && zk_lock_held(lock) ? zk_lock_node(lock) :
+			   NULL;
+	int rc = removal_run(z, n, path, dir, mine);
+
 	if (rc == ZOK && mine)
 		zk_lock_forget(lock);
-	store_removal_clear(&r);
 	free(dir);
 	free(path);
 	return rc;

@@ -56,8 +56,10 @@ int store_node(zk *z, const char *id, np_node *out);
 bool store_node_locked(zk *z, const char *id);
 /* Write N back (unconditional set, as upstream's storeNode). */
 int store_node_save(zk *z, const np_node *n);
-/* Upstream's deleteNode: state "deleted" written first, then the znode
- * and everything below it (its lock) removed. */
+/* Upstream's deleteNode (the CLI's erase): state "deleted" written first,
+ * then the znode and everything below it (its lock) removed; the plan
+ * below without a contender of ours (store_removal: MARK, TREE, again
+ * while contenders keep coming). A node gone already is ZOK. */
 int store_node_delete(zk *z, np_node *n);
 /* The final removal of a node whose LOCK we hold (the CLI's delete --now),
  * synchronously, by the plan below (store_removal). N's state becomes

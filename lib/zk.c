@@ -1285,8 +1285,9 @@ static void update_io_interest(zk *z)
 static void write_early(zk *z)
 {
 	if (z->phase == PH_OPEN && !z->out_full &&
-	    z->wbuf.len - z->woff >= EAGER_WRITE)
-		(void)write_out(z);
+	    z->wbuf.len - z->woff >= EAGER_WRITE && write_out(z) < 0)
+		z->out_full = true; /* no more tries on this socket this turn:
+				     * TLS allows no I/O after a fatal error */
 }
 
 static void flush_sendq(zk *z)

@@ -619,7 +619,9 @@ static void fresh_done(zk *z, int rc, void *arg)
 		progressed(l);
 		l->assured_path = true;
 		l->dir_seen = true;
-		l->fresh_won = l->node != NULL;
+		/* Won, not only applied: a cancelled attempt's extras went
+		 * in too (the multi was out), but it holds nothing. */
+		l->fresh_won = l->node != NULL && !l->cancel_req;
 		/* The only child of a directory made in the same transaction. */
 		finish(l, !l->node ? ZSYSTEMERROR :
 			  l->cancel_req ? ZLOCKCANCELLED : ZOK);

@@ -95,7 +95,11 @@ void zk_lock_cancel(zk_lock *l);
  * TIMEOUT): ZOK or ZLOCKBUSY. If an EXTRA op fails, nothing was applied and CB gets
  * that op's error. zk_lock_fresh() then tells whether the extras were
  * applied with the lock; after a connection loss they may have been even
- * when it says false, so extras must be safe to repeat (set, check). */
+ * when it says false, so extras must be safe to repeat (set, check).
+ * The multi usually leaves before this returns: a cancel or a
+ * zk_lock_free() after it cannot take it back, so the extras may be
+ * applied although the attempt ends with ZLOCKCANCELLED (the contender
+ * is deleted again; zk_lock_fresh() is false). */
 int zk_lock_acquire_fresh_async(zk_lock *l, double timeout, zk_op *extra,
 				int nextra, zk_lock_fn cb, void *arg);
 /* True when the last successful attempt was won by the single multi of

@@ -16,6 +16,7 @@
  * server that tests/integration/test_lock_kazoo.py pits against kazoo (see
  * helper_main at the bottom): one binary, built plain and with sanitizers,
  * covers both. */
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdarg.h>
@@ -1318,10 +1319,14 @@ TEST(fresh_lock_failing_op_or_missing_parent)
 }
 
 /* A deferred callback that lets the server answer what the turn's flush
- * (queued before it) has just sent. */
+ * (queued before it) has just sent: it waits (20 s at most) until the
+ * loop has an event, which on a loop with one client and nothing else
+ * due is that answer. */
 static void wait_for_reply(evloop *loop, void *arg)
 {
-	usleep(300 * 1000);
+	struct pollfd p = { .fd = evloop_fd(loop), .events = POLLIN };
+
+	(void)poll(&p, 1, 20000);
 }
 
 /* The fresh multi leaves from the caller's call (no copy of its ops), so
@@ -1336,6 +1341,8 @@ TEST(fresh_lock_sent_from_the_call)
 	struct result r = { 0 };
 	zk_op set = { .type = ZK_OP_SET, .version = -1 };
 	ev_defer wait = { .fn = wait_for_reply };
+	evloop *loop;
+	zk *z;
 	zk_lock *l;
 	char *obj, *buf, *data;
 
@@ -1347,8 +1354,12 @@ TEST(fresh_lock_sent_from_the_call)
 	free(data);
 	CHECK_INT(zk_create(f.z1, obj, "init", 4, ZK_PERSISTENT, NULL), ZOK);
 
-	/* the reply first: one turn runs the flush, the wait, the reply */
-	l = zk_lock_new(f.z1, f.dir, NULL);
+	/* the reply first: one turn runs the flush, the wait, the reply
+	 * (a client alone on its loop, so that its answer is the event) */
+	loop = evloop_new();
+	z = test_zk_connect(loop, NULL, NULL, NULL);
+	REQUIRE(z);
+	l = zk_lock_new(z, f.dir, NULL);
 	buf = xstrdup("early");
 	set.path = obj;
 	set.data = buf;
@@ -1356,13 +1367,13 @@ TEST(fresh_lock_sent_from_the_call)
 	CHECK_INT(zk_lock_acquire_fresh_async(l, 5, &set, 1, on_acquired, &r),
 		  ZOK);
 	free(buf);
-	evloop_defer(f.loop, &wait);
-	evloop_run_once(f.loop, 0);
+	evloop_defer(loop, &wait);
+	evloop_run_once(loop, 0);
 	CHECK(r.done);
 	CHECK_INT(r.rc, ZOK);
 	r.done = 0;
 	for (int i = 0; i < 5; i++)
-		evloop_run_once(f.loop, 50); /* no second start, no deadline */
+		evloop_run_once(loop, 50); /* no second start, no deadline */
 	CHECK(!r.done);
 	CHECK(zk_lock_held(l));
 	CHECK(zk_lock_fresh(l));
@@ -1372,6 +1383,8 @@ TEST(fresh_lock_sent_from_the_call)
 	free(data);
 	CHECK_INT(zk_lock_release(l), ZOK);
 	zk_lock_free(l);
+	zk_close(z);
+	evloop_free(loop);
 	CHECK_INT(zk_delete(f.z1, f.dir, -1), ZOK);
 
 	/* cancelled before the loop turned: the write was sent, and stays;
@@ -1387,6 +1400,7 @@ TEST(fresh_lock_sent_from_the_call)
 	CHECK(run_until(f.loop, &r.done));
 	CHECK_INT(r.rc, ZLOCKCANCELLED);
 	CHECK(!zk_lock_held(l));
+	CHECK(!zk_lock_fresh(l)); /* applied, but not won */
 	CHECK_INT(nchildren(f.z1, f.dir), 0);
 	data = get_str(f.z1, obj);
 	CHECK_STR(data, "cancelled");
