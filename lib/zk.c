@@ -1864,19 +1864,17 @@ static size_t tls_in_span(zk *z, const unsigned char *p, size_t n)
 {
 	size_t take = 0, body;
 
-	/* The usual start: a whole header at hand. */
-	if (z->tls_hdr_len == 0 && n >= TLS_RECORD_HEADER) {
-		z->tls_hdr_len = TLS_RECORD_HEADER;
-		z->tls_body_left = (size_t)p[3] << 8 | p[4];
-		take = TLS_RECORD_HEADER;
-	}
-	while (z->tls_hdr_len < TLS_RECORD_HEADER) {
-		if (take == n)
+	/* The header first (all of it, usually; the rest of one a read
+	 * ended inside). */
+	if (z->tls_hdr_len < TLS_RECORD_HEADER) {
+		take = TLS_RECORD_HEADER - z->tls_hdr_len;
+		if (take > n)
+			take = n;
+		memcpy(z->tls_hdr + z->tls_hdr_len, p, take);
+		z->tls_hdr_len += take;
+		if (z->tls_hdr_len < TLS_RECORD_HEADER)
 			return take;
-		z->tls_hdr[z->tls_hdr_len++] = p[take++];
-		if (z->tls_hdr_len == TLS_RECORD_HEADER)
-			z->tls_body_left = (size_t)z->tls_hdr[3] << 8 |
-					   z->tls_hdr[4];
+		z->tls_body_left = (size_t)z->tls_hdr[3] << 8 | z->tls_hdr[4];
 	}
 	body = n - take < z->tls_body_left ? n - take : z->tls_body_left;
 	z->tls_body_left -= body;

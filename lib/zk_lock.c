@@ -648,19 +648,30 @@ static void fresh_done(zk *z, int rc, void *arg)
 	}
 }
 
-static void fresh_start(zk_lock *l)
+/* Queue the fresh multi. Once queued, the request holds its bytes: the
+ * caller's strings (or our copies of them) are no longer needed, only
+ * the ops' results are due. A lost reply is not answered by sending it
+ * again (fresh_done). */
+static int fresh_send(zk_lock *l)
 {
-	int rc;
+	int rc = zk_amulti(l->z, l->fresh_ops, l->fresh_nops, fresh_done, l);
 
-	l->fresh_try = false;
-	l->create_tried = true;
-	rc = zk_amulti(l->z, l->fresh_ops, l->fresh_nops, fresh_done, l);
-	/* The request holds its bytes now; only the ops' results are due.
-	 * A lost reply is not answered by sending it again (fresh_done). */
+	if (rc != ZOK)
+		return rc;
 	fresh_strs_free(l);
 	for (int i = 2; i < l->fresh_nops; i++)
 		l->fresh_ops[i].path = l->fresh_ops[i].data = NULL;
+	l->fresh_try = false;
+	l->create_tried = true;
+	return ZOK;
+}
+
+static void fresh_start(zk_lock *l)
+{
+	int rc = fresh_send(l);
+
 	if (rc != ZOK) {
+		l->fresh_try = false;
 		fresh_clear(l);
 		l->create_tried = false;
 		finish(l, rc);
@@ -1184,14 +1195,9 @@ int zk_lock_acquire_async(zk_lock *l, bool blocking, double timeout,
  * decides as it always does. */
 static bool fresh_send_early(zk_lock *l)
 {
-	if (l->cancel_req || zk_state(l->z) == ZK_STATE_CLOSED)
+	if (l->cancel_req || zk_state(l->z) == ZK_STATE_CLOSED ||
+	    fresh_send(l) != ZOK)
 		return false;
-	if (zk_amulti(l->z, l->fresh_ops, l->fresh_nops, fresh_done, l) != ZOK)
-		return false;
-	for (int i = 2; i < l->fresh_nops; i++)
-		l->fresh_ops[i].path = l->fresh_ops[i].data = NULL;
-	l->fresh_try = false;
-	l->create_tried = true;
 	l->sent_early = true;
 	/* A request is out: a cancel or a closing handle is noticed by its
 	 * reply, as for any attempt waiting on one. */

@@ -435,6 +435,18 @@ static int test_strs_refs(const struct test_strs *p)
 	return n;
 }
 
+/* A pool of STRS's strings for the N members of a KIND record at OFFS. */
+static np_shared test_pool(struct test_strs *strs, np_kind kind,
+			   const size_t *offs, size_t n)
+{
+	return (np_shared){ NULL, test_str_get, test_str_ref, test_str_put,
+			    np_field_mask(kind, offs, n), strs };
+}
+
+/* The members most tests pool: state and type. */
+static const size_t state_type[] = { offsetof(np_node, state),
+				     offsetof(np_node, type) };
+
 TEST(decoding_with_shared_strings)
 {
 	static const size_t offs[] = { offsetof(np_node, state),
@@ -449,13 +461,12 @@ TEST(decoding_with_shared_strings)
 		"\"type\": \"l1\"}";
 	const char *bad = "{\"state\": \"ready\", \"provider\": }";
 	struct test_strs strs = { 0 };
-	np_shared sh = { NULL, test_str_get, test_str_ref, test_str_put, 0,
-			 &strs };
+	np_shared sh;
 	np_record a, b, plain;
 	char *ea, *ep, *err = NULL;
 	const char *id = "0000000001";
 
-	sh.strs = np_field_mask(NP_KIND_NODE, offs, 4);
+	sh = test_pool(&strs, NP_KIND_NODE, offs, 4);
 	REQUIRE(np_record_decode_shared(NP_KIND_NODE, &a, NULL, doc,
 					strlen(doc), 2, &sh, NULL, &err) == 0);
 	REQUIRE(np_record_decode_shared(NP_KIND_NODE, &b, &id, esc,
@@ -519,22 +530,19 @@ TEST(decoding_with_shared_strings)
  * jansson's: each clears without a leak (LeakSanitizer). */
 TEST(decoding_with_a_pool_is_compact)
 {
-	static const size_t offs[] = { offsetof(np_node, state),
-				       offsetof(np_node, type) };
 	const char *doc = "{\"state\": \"ready\", \"hostname\": \"np1\", "
 		"\"type\": [\"l1\"], \"host_keys\": [\"k1\", \"k2\"], "
 		"\"allocated_to\": \"100-0000000001\", \"zuul\": \"x\"}";
 	const char *esc = "{\"state\": \"ready\", \"hostname\": \"np1\", "
 		"\"host_keys\": [\"k1\"], \"comment\": \"a\\u0062\"}";
 	struct test_strs strs = { 0 };
-	np_shared sh = { NULL, test_str_get, test_str_ref, test_str_put, 0,
-			 &strs };
+	np_shared sh;
 	const char *docs[4];
 	char *err = NULL, *b, *big, *many;
 	np_record rec, plain;
 	sbuf sb;
 
-	sh.strs = np_field_mask(NP_KIND_NODE, offs, 2);
+	sh = test_pool(&strs, NP_KIND_NODE, state_type, 2);
 	REQUIRE(np_record_decode_shared(NP_KIND_NODE, &rec, NULL, doc,
 					strlen(doc), 1, &sh, NULL, &err) == 0);
 	b = rec.node.block;
@@ -599,19 +607,16 @@ TEST(decoding_with_a_pool_is_compact)
  * encoding leaves something out is not packed. */
 TEST(packed_copies)
 {
-	static const size_t offs[] = { offsetof(np_node, state),
-				       offsetof(np_node, type) };
 	const char *doc = "{\"state\": \"ready\", \"provider\": \"p1\", "
 		"\"type\": [\"l1\", \"l2\"], \"host_keys\": [\"k\"], "
 		"\"resources\": {\"cores\": 2}, \"zz\": 1}";
 	struct test_strs strs = { 0 };
-	np_shared sh = { NULL, test_str_get, test_str_ref, test_str_put, 0,
-			 &strs };
+	np_shared sh;
 	np_record rec, un, *p;
 	char *e1, *e2, *err = NULL;
 	const char *id = "0000000007";
 
-	sh.strs = np_field_mask(NP_KIND_NODE, offs, 2);
+	sh = test_pool(&strs, NP_KIND_NODE, state_type, 2);
 	REQUIRE(np_record_decode(NP_KIND_NODE, &rec, &id, doc, strlen(doc), 4,
 				 &err) == 0);
 	json_decref(rec.node.raw); /* what a copy leaves out anyway */
@@ -871,12 +876,11 @@ static void check_copies(np_kind kind, np_record *rec, const size_t *offs,
 			 size_t n, bool *blocked)
 {
 	struct test_strs strs = { 0 };
-	np_shared sh = { NULL, test_str_get, test_str_ref, test_str_put, 0,
-			 &strs };
+	np_shared sh;
 	np_record copy, compact, un, pooled, *p;
 	char *want, *path, *got;
 
-	sh.strs = np_field_mask(kind, offs, n);
+	sh = test_pool(&strs, kind, offs, n);
 	drop_raw(kind, rec);
 	want = np_record_encode(kind, rec);
 	path = np_record_path(kind, rec);
@@ -1031,19 +1035,16 @@ TEST(record_copies_every_way)
  * the pool's. */
 TEST(unpacked_copy_in_one_block)
 {
-	static const size_t offs[] = { offsetof(np_node, state),
-				       offsetof(np_node, type) };
 	const char *doc = "{\"state\": \"ready\", \"hostname\": \"np1\", "
 		"\"type\": [\"l1\"], \"host_keys\": [\"k1\", \"k2\"], "
 		"\"user_data\": {\"a\": 1}}";
 	struct test_strs strs = { 0 };
-	np_shared sh = { NULL, test_str_get, test_str_ref, test_str_put, 0,
-			 &strs };
+	np_shared sh;
 	np_record rec, un, *p;
 	const char *nid = "0000000001";
 	char *err = NULL, *b;
 
-	sh.strs = np_field_mask(NP_KIND_NODE, offs, 2);
+	sh = test_pool(&strs, NP_KIND_NODE, state_type, 2);
 	REQUIRE(np_record_decode(NP_KIND_NODE, &rec, &nid, doc, strlen(doc), 1,
 				 &err) == 0);
 	REQUIRE((p = np_record_pack(NP_KIND_NODE, &rec)));
