@@ -46,26 +46,35 @@ static void record(np_nodelaunch *nl, const char *result)
 		      result, now_ms() - nl->start_ms);
 }
 
-/* The building record's copy, if the node cache did not take it. */
-static void drop_building_rec(np_nodelaunch *nl)
-{
-	np_record_pack_free(NP_KIND_NODE, nl->building_rec);
-	nl->building_rec = NULL;
-}
-
-/* The JSON of the building write, once the node cache has had it (or
- * never will). */
-static void drop_building_json(np_nodelaunch *nl)
-{
-	free(nl->building_json);
-	nl->building_json = NULL;
-}
-
 /* The lock's multi no longer stands for the building write. */
 static void forget_building(np_nodelaunch *nl)
 {
 	nl->building_sent = false;
-	drop_building_json(nl);
+}
+
+/* Our write of the node's record answered: the node cache takes the
+ * record instead of reading it back. The record is copied from the launch
+ * now, not when the write left: nothing changes the launch's record while
+ * its create or its lock's multi is in flight (a release or a lost
+ * session hands the cache nothing, see build_done and node_created), and
+ * a copy held for the round trip of each of 1,000 launches in flight was
+ * half a megabyte at the peak. A record that cannot be packed (never,
+ * for one we encoded) goes as its JSON. */
+static void written_to_cache(np_nodelaunch *nl, const char *path,
+			     const zk_stat *st)
+{
+	zkc *nodes = launcher_nodes(nl->l);
+	np_record *rec = np_record_pack(NP_KIND_NODE,
+					(const np_record *)&nl->node);
+	char *json;
+
+	if (rec) {
+		zkc_write_done_record(nodes, path, ZOK, st, NP_KIND_NODE, rec);
+		return;
+	}
+	json = np_node_encode(&nl->node);
+	zkc_write_done(nodes, path, ZOK, json, (int)strlen(json), st);
+	free(json);
 }
 
 /* The newest write's JSON, once its reply is in and it is not sent again. */
@@ -76,19 +85,23 @@ static void drop_wjson(np_nodelaunch *nl)
 }
 
 /* The node's create answered: the node cache takes the record created
- * instead of reading it (zkc_create_done_record). */
+ * instead of reading it (zkc_create_done_record), copied now as
+ * written_to_cache() says; WRITTEN false when the launch's record may
+ * differ from what was written (released meanwhile): the cache then reads
+ * the node, if it is there. */
 static void created_to_cache(np_nodelaunch *nl, int rc, const char *path,
-			     const zk_stat *st)
+			     const zk_stat *st, bool written)
 {
+	np_record *rec = rc == ZOK && written ?
+		np_record_pack(NP_KIND_NODE, (const np_record *)&nl->node) :
+		NULL;
+
 	zkc_create_done_record(launcher_nodes(nl->l), path, rc, st,
-			       NP_KIND_NODE, nl->created_rec);
-	nl->created_rec = NULL; /* taken */
+			       NP_KIND_NODE, rec);
 }
 
 static void nl_free(np_nodelaunch *nl)
 {
-	np_record_pack_free(NP_KIND_NODE, nl->created_rec);
-	drop_building_rec(nl);
 	drop_wjson(nl);
 	forget_building(nl);
 	np_node_clear(&nl->node);
@@ -700,22 +713,11 @@ static void build_done(np_nodelaunch *nl, int rc)
 		return;
 	nl->build_pending = false;
 	if (rc == ZOK && nl->lock && nl->building_sent &&
-	    zk_lock_fresh_stat(nl->lock, 0, &st)) {
-		if (nl->building_rec) {
-			zkc_write_done_record(launcher_nodes(nl->l), path, ZOK,
-					      &st, NP_KIND_NODE,
-					      nl->building_rec);
-			nl->building_rec = NULL; /* taken */
-		} else
-			zkc_write_done(launcher_nodes(nl->l), path, ZOK,
-				       nl->building_json,
-				       (int)strlen(nl->building_json), &st);
-	} else {
+	    zk_lock_fresh_stat(nl->lock, 0, &st))
+		written_to_cache(nl, path, &st);
+	else
 		zkc_write_done(launcher_nodes(nl->l), path,
 			       rc == ZOK ? ZNOTHING : rc, NULL, 0, NULL);
-	}
-	drop_building_rec(nl);
-	drop_building_json(nl);
 }
 
 static void locked(zk_lock *l, int rc, void *arg)
@@ -764,27 +766,20 @@ static void lock_and_build(np_nodelaunch *nl)
 		(void)zk_lock_acquire_async(nl->lock, false, -1, locked, nl);
 		return;
 	}
-	drop_building_rec(nl);
-	drop_building_json(nl);
-	json = np_record_encode_pack(NP_KIND_NODE, (const np_record *)&nl->node,
-				     &nl->building_rec);
+	json = np_node_encode(&nl->node);
 	op.path = nl->path;
 	op.data = json;
 	op.len = (int)strlen(json);
-	/* Our write: the node cache takes it from us (build_done), as the
-	 * packed record; the JSON is kept for it only when the record
-	 * cannot be packed. The lock encodes the op before it returns
-	 * (copies it, only when the multi cannot leave yet), and sends
-	 * nothing again (a lost reply leaves the write unknown:
-	 * start_attempt's write_building() does not rely on it). */
+	/* Our write: the node cache takes it from us once answered
+	 * (build_done). The lock encodes the op before it returns (copies
+	 * it, only when the multi cannot leave yet), and sends nothing
+	 * again (a lost reply leaves the write unknown: start_attempt's
+	 * write_building() does not rely on it). */
 	zkc_write_begin(launcher_nodes(nl->l), nl->path);
 	nl->build_pending = true;
 	nl->building_sent = true;
 	(void)zk_lock_acquire_fresh_async(nl->lock, -1, &op, 1, locked, nl);
-	if (nl->building_rec)
-		free(json);
-	else
-		nl->building_json = json;
+	free(json);
 }
 
 static void create_node(np_nodelaunch *nl);
@@ -810,7 +805,7 @@ static void node_created(zk *z, int rc, const char *path, const zk_stat *st,
 
 	if (nl->dead) {
 		/* Released before the node existed: nobody else knows it. */
-		created_to_cache(nl, rc, path, st);
+		created_to_cache(nl, rc, path, st, false);
 		if (rc == ZOK)
 			zk_adelete(z, path, -1, NULL, NULL);
 		unbusy(nl);
@@ -818,7 +813,7 @@ static void node_created(zk *z, int rc, const char *path, const zk_stat *st,
 	}
 	nl->busy--;
 	if (rc != ZOK)
-		created_to_cache(nl, rc, path, st);
+		created_to_cache(nl, rc, path, st, false);
 	if (rc == ZNONODE) {
 		/* First node ever: create /nodepool/nodes. */
 		if (zk_aensure_path(z, NP_NODE_ROOT, ensured, nl) == ZOK)
@@ -846,7 +841,7 @@ static void node_created(zk *z, int rc, const char *path, const zk_stat *st,
 		poolworker_reservation_set_id(nl->h->pw, nl->resv, id);
 	/* Only now: the cache's listeners (the deleter) must find the node
 	 * held by this launch. */
-	created_to_cache(nl, rc, path, st);
+	created_to_cache(nl, rc, path, st, true);
 	nl->state = NL_LOCK;
 	nl->lock = zk_lock_new(z, nl->lock_dir, NULL);
 	lock_and_build(nl);
@@ -854,22 +849,18 @@ static void node_created(zk *z, int rc, const char *path, const zk_stat *st,
 
 static void create_node(np_nodelaunch *nl)
 {
-	np_record *rec;
-	char *json = np_record_encode_pack(NP_KIND_NODE,
-					   (const np_record *)&nl->node, &rec);
+	char *json = np_node_encode(&nl->node);
 
 	nl->state = NL_CREATE;
 	nl->session = zk_session_id(launcher_zk(nl->l));
 	if (zk_acreate(launcher_zk(nl->l), NP_NODE_ROOT "/", json,
 		       (int)strlen(json), ZK_SEQUENTIAL, node_created, nl) == ZOK) {
 		nl->busy++;
-		/* The cache takes this for the node instead of reading it. */
-		nl->created_rec = rec;
+		/* The cache takes the record for the node instead of reading
+		 * it (created_to_cache). */
 		zkc_create_begin(launcher_nodes(nl->l));
-	} else {
-		np_record_pack_free(NP_KIND_NODE, rec);
+	} else
 		fail_unstored(nl, "session closing");
-	}
 	free(json);
 }
 

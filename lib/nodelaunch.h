@@ -72,14 +72,6 @@ struct np_nodelaunch {
 	bool wrote_progress;     /* external id written before the scan */
 	bool building_sent;      /* the lock's multi carries the building
 				  * write, until the first attempt */
-	np_record *building_rec; /* np_record_pack() of the record that
-				  * write carries, for the node cache
-				  * (build_done) */
-	char *building_json;     /* that write's JSON, only when the record
-				  * could not be packed, until its reply */
-	np_record *created_rec;  /* np_record_pack() of the record the node's
-				  * create wrote, for the node cache
-				  * (node_created) */
 	bool image_changed;      /* the last set_attributes() changed the
 				  * node's image_id (write_building) */
 	bool build_pending;      /* the node cache awaits that write */
