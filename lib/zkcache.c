@@ -48,8 +48,11 @@
 #define MAXSEG 8         /* path components below a root we ever look at */
 #define ITEM_REL 96      /* path bytes of an item kept for reuse (a node's
 			  * lock contender: 66) */
-#define ITEM_SPARE 512   /* items kept for reuse, at most (some hundreds
-			  * are queued at once at 100 requests at a time) */
+#define ITEM_REL_ID 16   /* the same for items of a node or request itself
+			  * (ids of 10 and 14 bytes), most of the queue */
+#define ITEM_SPARE 512   /* items of each size kept for reuse, at most
+			  * (some hundreds are queued at once at 100
+			  * requests at a time) */
 #define OWN_REL 32       /* path bytes of an own-writes entry kept for reuse
 			  * (a node's id is 10, a request's 14) */
 #define OWN_SPARE 256    /* such entries kept for reuse, at most */
@@ -370,7 +373,11 @@ struct item {
 	bool held;          /* stands in for an own write's reply (no read) */
 	bool data_owned;
 	int rc;
-	zk_stat st;
+	/* What applying needs of the reply's stat (the whole of it is 72
+	 * bytes, and thousands of items can be queued at once). */
+	int32_t version;
+	int32_t num_children;
+	int64_t mzxid;
 	const char *data;   /* OP_FETCH: reply (borrowed while being applied) */
 	int len;
 	np_record *given;   /* OP_FETCH: our own write's record, not decoded
@@ -416,7 +423,7 @@ struct zkc {
 	size_t qlen;
 	/* Freed items of ITEM_REL path bytes, for the next ones (each queued
 	 * change has one, so a request took some 17 allocations for them). */
-	struct spares item_spares;
+	struct spares item_spares, item_id_spares;
 	struct item *borrowed; /* its reply data is the zk client's */
 	unsigned draining, iterating;
 	size_t inflight;       /* zk callbacks still to come */
@@ -1259,14 +1266,24 @@ static void walk_fail(zkc *c, const struct item *it)
 
 /* ---- the queue ---- */
 
+/* Where an item for a path of N bytes is kept for reuse: NULL when it is
+ * too long (then it is as long as it needs). */
+static struct spares *item_spares_for(zkc *c, size_t n)
+{
+	if (n < ITEM_REL_ID)
+		return &c->item_id_spares;
+	return n < ITEM_REL ? &c->item_spares : NULL;
+}
+
 /* A new item at the tail for the N bytes of REL. */
 static struct item *item_new(zkc *c, int op, int what, const char *rel,
 			     size_t n, bool walk)
 {
-	struct item *it = n < ITEM_REL ? spares_take(&c->item_spares) : NULL;
+	struct spares *sp = item_spares_for(c, n);
+	struct item *it = sp ? spares_take(sp) : NULL;
 
 	if (!it)
-		it = xcalloc(1, sizeof(*it) + (n < ITEM_REL ? ITEM_REL : n + 1));
+		it = xcalloc(1, sp ? sp->size : sizeof(*it) + n + 1);
 
 	memcpy(it->rel, rel, n);
 	it->rel[n] = '\0';
@@ -1291,6 +1308,7 @@ static struct item *item_new(zkc *c, int op, int what, const char *rel,
 static void item_free(struct item *it)
 {
 	zkc *c = it->c;
+	struct spares *sp = item_spares_for(c, it->rlen);
 
 	if (it->data_owned)
 		free((char *)it->data);
@@ -1298,10 +1316,17 @@ static void item_free(struct item *it)
 		given_free(it->what, it->given);
 	if (it->kids_copy.v)
 		strlist_free(&it->kids_copy);
-	/* One of ITEM_REL path bytes goes back to its cache's spares. */
-	if (c->closed || it->rlen >= ITEM_REL ||
-	    !spares_put(&c->item_spares, it))
+	/* One of a spares' size goes back to its cache's spares. */
+	if (c->closed || !sp || !spares_put(sp, it))
 		free(it);
+}
+
+/* What the item keeps of a reply's stat. */
+static void item_stat(struct item *it, const zk_stat *st)
+{
+	it->mzxid = st->mzxid;
+	it->version = st->version;
+	it->num_children = st->num_children;
 }
 
 /* Free an item whose callback came after zkc_free(), and the cache with
@@ -1354,7 +1379,7 @@ static void on_data(zk *z, int rc, const char *data, int len,
 	if (!reply_arrived(it, rc))
 		return;
 	if (st)
-		it->st = *st;
+		item_stat(it, st);
 	it->data = rc == ZOK ? data : NULL;
 	it->len = rc == ZOK ? len : 0;
 	if (drain_must_copy(it->c, it) && it->data) {
@@ -1436,16 +1461,17 @@ static void read_failed(zkc *c, const struct item *it, bool current)
 
 static void apply_fetch(zkc *c, struct item *it, bool current)
 {
+	zk_stat st = { .mzxid = it->mzxid, .version = it->version };
 	struct cls k;
 
 	if (it->rc != ZOK && it->rc != ZNONODE) {
 		read_failed(c, it, current);
 		return;
 	}
-	apply_data(c, it->rel, it->rlen, it->what, it->data, it->len, &it->st,
+	apply_data(c, it->rel, it->rlen, it->what, it->data, it->len, &st,
 		   it->stamp, it->given);
 	it->given = NULL;
-	if (!current || it->rc != ZOK || it->st.num_children <= 0)
+	if (!current || it->rc != ZOK || it->num_children <= 0)
 		return;
 	k = classify(c, it->rel);
 	if (k.walk == W_CHILD) {
@@ -1914,7 +1940,7 @@ static void write_done(zkc *c, const char *path, int rc, const char *data,
 		it->rc = ZOK;
 		it->given = given;
 		given = NULL;
-		it->st = *st;
+		item_stat(it, st);
 		goto done;
 	}
 	/* Our data, or (DATA NULL) the record went with the write. */
@@ -1931,7 +1957,7 @@ static void write_done(zkc *c, const char *path, int rc, const char *data,
 		owned = NULL;
 		it->len = len;
 		it->data_owned = true;
-		it->st = *st;
+		item_stat(it, st);
 	}
 done:
 	it->done = true;
@@ -2021,7 +2047,7 @@ void zkc_create_done_record(zkc *c, const char *path, int rc,
 			it->rc = ZOK;
 			it->given = given;
 			given = NULL;
-			it->st = *st;
+			item_stat(it, st);
 			it->done = true;
 		}
 	}
@@ -2145,6 +2171,9 @@ zkc *zkc_new(zk *z, enum zkc_tree tree)
 	c->item_spares = (struct spares){ .max = ITEM_SPARE,
 		.size = sizeof(struct item) + ITEM_REL,
 		.zero = sizeof(struct item) };
+	c->item_id_spares = (struct spares){ .max = ITEM_SPARE,
+		.size = sizeof(struct item) + ITEM_REL_ID,
+		.zero = sizeof(struct item) };
 	c->own_spares = (struct spares){ .max = OWN_SPARE,
 		.size = sizeof(struct own) + OWN_REL,
 		.zero = sizeof(struct own) };
@@ -2198,6 +2227,7 @@ void zkc_free(zkc *c)
 	tab_clear(c, &c->strs);
 	sbuf_free(&c->text);
 	spares_drop(&c->item_spares);
+	spares_drop(&c->item_id_spares);
 	spares_drop(&c->own_spares);
 	free(c->ls);
 	c->ls = NULL;
