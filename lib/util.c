@@ -311,7 +311,7 @@ void strlist_sort(strlist *l)
  * and provider names, JSON texts), and a byte at a time (FNV-1a) cost the
  * caches' look-ups more than their comparisons. Each word is multiplied
  * in; the end mixes the high bits into the low ones, which pick buckets. */
-uint32_t str_hash(const char *s, size_t len)
+uint64_t str_hash64(const char *s, size_t len)
 {
 	const uint64_t k = 0x9e3779b97f4a7c15ULL;
 	uint64_t h = len * k, w;
@@ -340,7 +340,12 @@ uint32_t str_hash(const char *s, size_t len)
 	h = (h ^ w) * k;
 	h ^= h >> 29;
 	h *= 0xbf58476d1ce4e5b9ULL;
-	return (uint32_t)(h ^ h >> 32);
+	return h ^ h >> 32;
+}
+
+uint32_t str_hash(const char *s, size_t len)
+{
+	return (uint32_t)str_hash64(s, len);
 }
 
 double now_wall(void)

@@ -96,6 +96,9 @@ void strlist_sort(strlist *l);
  * their hashes before their bytes. Within one process only: it may
  * change. */
 uint32_t str_hash(const char *s, size_t len);
+/* The same hash in 64 bits (str_hash is its low half): for keys kept as
+ * their hash alone, where 32 bits would collide among thousands. */
+uint64_t str_hash64(const char *s, size_t len);
 
 /* Seconds since the epoch as a double, like Python's time.time(). */
 double now_wall(void);

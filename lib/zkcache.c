@@ -24,8 +24,10 @@
  *     swept when the walk completes.
  *
  * Memory: entries live in one hash table keyed by the path below the root
- * ("<id>", "<id>/lock/<contender>", "<image>/pause", ...), one allocation
- * holding the header, the decoded record and the key. Records are kept
+ * ("<id>", "<image>/pause", ...), one allocation holding the header, the
+ * decoded record and the key. A node's lock contenders
+ * ("<id>/lock/<contender>": one on every node in use) are not entries but
+ * 24-byte slots of a set of their own (see "lock contenders"). Records are kept
  * without their source JSON; the strings and JSON values that thousands
  * of nodes have in common (state, provider, label, resources, ...) are
  * interned, a record's id is its entry's key, and its other strings are
@@ -59,7 +61,9 @@
 
 /* Entry kinds besides the public enum zkc_what. */
 enum {
-	W_CONTENDER = ZKC_BUILD_REQUEST + 1, /* <id>/lock/<child> */
+	W_CONTENDER = ZKC_BUILD_REQUEST + 1, /* <id>/lock/<child>: a marker
+					      * kept in struct contenders, not
+					      * as an entry */
 	W_JSON,                              /* interned JSON value */
 	W_STR,                               /* interned string */
 	W_NKINDS,
@@ -231,8 +235,8 @@ struct table {
 	struct ent **b;
 	size_t nb; /* power of two, or 0 */
 	size_t n;
-	/* Freed entries by size (a node's, a contender's, a request's:
-	 * some five come and go with a request), for the next ones. */
+	/* Freed entries by size (a node's, a request's, a pooled string's:
+	 * some come and go with every request), for the next ones. */
 	struct spares_sized spares;
 };
 
@@ -356,6 +360,139 @@ static void tab_unlink(struct table *t, struct ent *e)
 	t->n--;
 }
 
+/* ---- lock contenders ----
+ *
+ * Every node in use has a lock contender (Zuul holds its lock), so with
+ * 10,000 nodes there are 10,000 of them, and all the cache does with one
+ * is count it on its node (nlock: ZKC_LOCKED/UNLOCKED, zkc_node_locked),
+ * count it once when both the walk and an event report it, ignore the
+ * deletion of one it never counted, and sweep it with its walk
+ * generation. An entry for each (header and a 66-byte key: some 112
+ * bytes of malloc'd chunk, and a bucket) was about 1 MB of the
+ * launcher's heap with 10,000 nodes; a slot here is 24 bytes, in one
+ * array for them all.
+ *
+ * A contender is known by its node's entry and the 64-bit str_hash64 of
+ * its path below the root, not by the path. Two contenders are confused
+ * only if they lock the same node and their paths hash alike: a node has
+ * a handful of contenders at most, so that takes a 64-bit collision
+ * between a handful of names (about 2^-64 per pair: never, where a
+ * 32-bit hash of 10,000 names would collide within a year of churn). The
+ * node's entry outlives its contenders: it is freed only with nlock 0.
+ *
+ * Open addressing with linear probing and deletion by shifting back (no
+ * tombstones: contenders come and go all the time). The capacity is a
+ * power of two, doubled above 3/4 full and halved below 3/16, both
+ * leaving it 3/8 full: 32 to 64 bytes a contender as their number grows
+ * (39 with 10,000 in 16,384 slots); at 3/4 full a look-up probes 2.5
+ * slots on average for one that is there and 8.5 for one that is not,
+ * comparing integers only. */
+
+struct contender {
+	uint64_t hash;    /* str_hash64 of its path below the root */
+	struct ent *node; /* its node's entry; NULL: a free slot */
+	uint32_t gen;     /* walk generation that last confirmed it */
+};
+
+struct contenders {
+	struct contender *v;
+	size_t cap; /* power of two, or 0 */
+	size_t n;
+};
+
+#define CONT_MIN 64 /* slots of a set, at least */
+
+/* The slot of the contender HASH of NODE, or the free slot where it
+ * would go. S has a free slot (it is never full). */
+static struct contender *cont_slot(const struct contenders *s, uint64_t hash,
+				   const struct ent *node)
+{
+	size_t mask = s->cap - 1, i = (size_t)hash & mask;
+
+	while (s->v[i].node &&
+	       (s->v[i].hash != hash || s->v[i].node != node))
+		i = (i + 1) & mask;
+	return &s->v[i];
+}
+
+static struct contender *cont_find(const struct contenders *s, uint64_t hash,
+				   const struct ent *node)
+{
+	struct contender *k;
+
+	if (!s->cap)
+		return NULL;
+	k = cont_slot(s, hash, node);
+	return k->node ? k : NULL;
+}
+
+static void cont_resize(struct contenders *s, size_t cap)
+{
+	struct contender *old = s->v;
+	size_t ocap = s->cap;
+
+	s->v = xcalloc(cap, sizeof(*s->v));
+	s->cap = cap;
+	for (size_t i = 0; i < ocap; i++)
+		if (old[i].node)
+			*cont_slot(s, old[i].hash, old[i].node) = old[i];
+	free(old);
+}
+
+/* Add the contender HASH of NODE, which S does not have. */
+static void cont_add(struct contenders *s, uint64_t hash, struct ent *node,
+		     uint32_t gen)
+{
+	if ((s->n + 1) * 4 > s->cap * 3)
+		cont_resize(s, s->cap ? s->cap * 2 : CONT_MIN);
+	*cont_slot(s, hash, node) = (struct contender){ hash, node, gen };
+	s->n++;
+}
+
+/* Remove the contender in slot I. The ones after it in its run that
+ * would be found from I or before move back to fill the hole, so slot I
+ * may hold one of them afterwards; none moves to a slot before I unless
+ * the run wraps around the end. */
+static void cont_del(struct contenders *s, size_t i)
+{
+	size_t mask = s->cap - 1, j = i;
+
+	for (;;) {
+		size_t home;
+
+		s->v[i].node = NULL;
+		do {
+			j = (j + 1) & mask;
+			if (!s->v[j].node) {
+				s->n--;
+				return;
+			}
+			home = (size_t)s->v[j].hash & mask;
+			/* J stays when its home lies cyclically in (I, J] */
+		} while (i <= j ? i < home && home <= j : i < home || home <= j);
+		s->v[i] = s->v[j];
+		i = j;
+	}
+}
+
+/* Halve the slots while S is under 3/16 full (not during a sweep, whose
+ * scan the move would upset). */
+static void cont_fit(struct contenders *s)
+{
+	size_t cap = s->cap;
+
+	while (cap > CONT_MIN && s->n * 16 < cap * 3)
+		cap /= 2;
+	if (cap != s->cap)
+		cont_resize(s, cap);
+}
+
+static void cont_clear(struct contenders *s)
+{
+	free(s->v);
+	*s = (struct contenders){ NULL, 0, 0 };
+}
+
 
 /* ---- the cache ---- */
 
@@ -410,6 +547,7 @@ struct zkc {
 	size_t rootlen;
 	struct table tab;
 	size_t count[W_NKINDS];
+	struct contenders cont; /* the nodes' lock contenders (ZKC_NODES) */
 	/* interned JSON values: their compact text -> the shared value */
 	struct table json;
 	size_t json_live;
@@ -1128,21 +1266,13 @@ static void apply_data(zkc *c, const char *rel, size_t rlen, int what,
 		obj_release(c, what, &old);
 }
 
-/* A node's contender count moved by DELTA. The node entry holds the count
- * even while the node has no record (a lock on an empty znode); such a
- * placeholder goes with its last contender. */
-static void contender_changed(zkc *c, const char *rel, int delta,
-			      uint32_t gen)
+/* The contender count of node entry E moved by DELTA. The entry holds
+ * the count even while the node has no record (a lock on an empty znode);
+ * such a placeholder goes with its last contender. */
+static void contender_changed(zkc *c, struct ent *e, int delta, uint32_t gen)
 {
-	size_t n = strcspn(rel, "/");
-	struct ent *e = tab_findn(&c->tab, rel, n);
-	const char *id;
+	const char *id = ent_key(e); /* E keeps it until it is freed */
 
-	if (!e && delta < 0)
-		return; /* cannot happen: a contender keeps its node entry */
-	if (!e)
-		e = tab_addn(&c->tab, rel, n, ZKC_NODE);
-	id = ent_key(e); /* the node's id, which E keeps until it is freed */
 	stamp(e, gen);
 	e->nlock += delta;
 	if (delta > 0 && e->nlock == 1) {
@@ -1159,12 +1289,45 @@ static void contender_changed(zkc *c, const char *rel, int delta,
 	}
 }
 
+/* The contender at the N bytes of REL ("<id>/lock/<name>") is PRESENT
+ * (counted once however often it is reported) or gone (uncounted if it
+ * was never counted). */
+static void apply_contender(zkc *c, const char *rel, size_t n, bool present,
+			    uint32_t gen)
+{
+	size_t idlen = strcspn(rel, "/");
+	struct ent *e = tab_findn(&c->tab, rel, idlen);
+	uint64_t h = str_hash64(rel, n);
+	struct contender *k = e ? cont_find(&c->cont, h, e) : NULL;
+
+	if (present) {
+		if (k) {
+			if (k->gen < gen)
+				k->gen = gen;
+			return;
+		}
+		if (!e)
+			e = tab_addn(&c->tab, rel, idlen, ZKC_NODE);
+		cont_add(&c->cont, h, e, gen);
+		contender_changed(c, e, 1, gen);
+	} else if (k) {
+		cont_del(&c->cont, (size_t)(k - c->cont.v));
+		cont_fit(&c->cont);
+		contender_changed(c, e, -1, 0);
+	}
+}
+
 /* The marker of the N bytes of REL (NUL-terminated) is PRESENT or gone. */
 static void apply_mark(zkc *c, const char *rel, size_t n, int what,
 		       bool present, uint32_t gen)
 {
-	struct ent *e = tab_findn(&c->tab, rel, n);
+	struct ent *e;
 
+	if (what == W_CONTENDER) {
+		apply_contender(c, rel, n, present, gen);
+		return;
+	}
+	e = tab_findn(&c->tab, rel, n);
 	if (present) {
 		if (e) {
 			stamp(e, gen);
@@ -1173,17 +1336,11 @@ static void apply_mark(zkc *c, const char *rel, size_t n, int what,
 		e = tab_addn(&c->tab, rel, n, what);
 		e->gen = gen;
 		c->count[what]++;
-		if (what == W_CONTENDER)
-			contender_changed(c, rel, 1, gen);
-		else
-			fire_marker(c, ZKC_ADDED, what, rel);
+		fire_marker(c, ZKC_ADDED, what, rel);
 	} else if (e) {
 		tab_unlink(&c->tab, e);
 		c->count[e->what]--;
-		if (e->what == W_CONTENDER)
-			contender_changed(c, rel, -1, 0);
-		else
-			fire_marker(c, ZKC_REMOVED, e->what, rel);
+		fire_marker(c, ZKC_REMOVED, e->what, rel);
 		ent_free(&c->tab, e);
 	}
 }
@@ -1192,6 +1349,7 @@ static void clear_now(zkc *c)
 {
 	c->clear_pending = false;
 	tab_clear(c, &c->tab);
+	cont_clear(&c->cont);
 	memset(c->count, 0, sizeof(c->count));
 	log_debug(LOGGER, "Cache at %s cleared: session lost", c->root);
 	fire(c, ZKC_CLEARED, 0, NULL, NULL, NULL);
@@ -1593,12 +1751,42 @@ static void walk_refill(zkc *c)
 	sbuf_free(&rel);
 }
 
+/* Remove the contenders the walk did not see (and no later event
+ * confirmed). Each one's slot is looked at again after it goes, for the
+ * one that moved into it; the ones that move from the start of the array
+ * to its end (a run that wraps around) were looked at and kept already. A
+ * listener of ZKC_UNLOCKED cannot change the set meanwhile: changes wait
+ * for the drain under way. */
+static size_t sweep_contenders(zkc *c)
+{
+	struct contenders *s = &c->cont;
+	size_t gone = 0;
+
+	for (size_t i = 0; i < s->cap;) {
+		struct ent *e = s->v[i].node;
+
+		if (!e || s->v[i].gen == c->gen) {
+			i++;
+			continue;
+		}
+		cont_del(s, i);
+		contender_changed(c, e, -1, 0);
+		gone++;
+	}
+	cont_fit(s);
+	return gone;
+}
+
 /* Remove what the walk did not see (and no later event confirmed):
  * markers first, so that node placeholders go with their contenders. */
 static void sweep(zkc *c)
 {
+	size_t gone = sweep_contenders(c);
 	strlist stale;
 
+	if (gone)
+		log_debug(LOGGER, "Cache at %s: %zu lock contenders gone while "
+			  "not watched", c->root, gone);
 	strlist_init(&stale);
 	for (int pass = 0; pass < 2; pass++) {
 		for (size_t i = 0; i < c->tab.nb; i++)
@@ -2223,6 +2411,7 @@ void zkc_free(zkc *c)
 	c->head = c->tail = NULL;
 	todo_free_all(c);
 	tab_clear(c, &c->tab);
+	cont_clear(&c->cont);
 	tab_clear(c, &c->json);
 	tab_clear(c, &c->strs);
 	sbuf_free(&c->text);
