@@ -1,7 +1,9 @@
 /* test_zkcache.c: the launcher's watch-driven caches against a real
  * ZooKeeper, each test in its own chroot: the initial walk, live changes
  * and their listener events, lock contenders (kazoo recipe and foreign
- * children), updates that are not newer, malformed records, the image
+ * children; one the walk and an event both report; hundreds of them gone
+ * while the cache heard nothing, gone live, and through a session loss),
+ * updates that are not newer, malformed records, the image
  * tree, a reconnect within the session (testlib's gate cuts the
  * connection) and a forced session expiry, both of which change the tree
  * while the cache cannot hear it; bursts of writes racing with the walk and
@@ -1610,6 +1612,180 @@ TEST(walk_and_events_race_with_writes)
 	check_against_tree(e.z, c);
 	zkc_free(c);
 	zk_close(a);
+	env_close(&e);
+}
+
+/* A contender the walk lists and an event reports counts once: created
+ * on the cache's own connection right after the walk began, its event
+ * comes before the walk reads the node and lists its lock directory,
+ * which has it too (one connection answers in order). */
+TEST(contender_seen_by_walk_and_event)
+{
+	struct env e;
+	struct rec *r = xcalloc(1, sizeof(*r));
+	char *n1, *lockdir, *path;
+	int done = 0;
+	zkc *c;
+
+	if (!env_open(&e))
+		return;
+	CHECK_INT(zk_ensure_path(e.z, "/nodepool/nodes"), ZOK);
+	n1 = mk_node(e.z, "in-use");
+	lockdir = np_path_node_lock(n1);
+	CHECK_INT(zk_ensure_path(e.z, lockdir), ZOK);
+	path = xasprintf("%s/0123456789abcdef0123456789abcdef__lock__0000000000",
+			 lockdir);
+	c = zkc_new(e.z, ZKC_NODES);
+	zkc_add_listener(c, record, r);
+	CHECK_INT(zk_acreate(e.z, path, "", 0, 0, created_cb_count, &done), ZOK);
+	CHECK_INT(zkc_wait_ready(c, 10), ZOK);
+	WAIT_FOR(e.loop, done == 1);
+	CHECK(zkc_node_locked(c, n1));
+	CHECK_INT(count_ev(r, ZKC_LOCKED, n1, NULL), 1);
+	/* counted once: its deletion unlocks the node */
+	CHECK_INT(zk_delete(e.z, path, -1), ZOK);
+	WAIT_FOR(e.loop, !zkc_node_locked(c, n1));
+	CHECK(!zkc_node_locked(c, n1));
+	CHECK_INT(count_ev(r, ZKC_UNLOCKED, n1, NULL), 1);
+	CHECK(zkc_node(c, n1) != NULL);
+
+	zkc_free(c);
+	free(path);
+	free(lockdir);
+	free(n1);
+	free(r);
+	env_close(&e);
+}
+
+struct lock_events {
+	int locked, unlocked, cleared;
+};
+
+static void count_lock_events(zkc *c, const zkc_event *ev, void *arg)
+{
+	struct lock_events *x = arg;
+
+	x->locked += ev->change == ZKC_LOCKED;
+	x->unlocked += ev->change == ZKC_UNLOCKED;
+	x->cleared += ev->change == ZKC_CLEARED;
+}
+
+/* Delete the contenders of node I (populate's ids) but KEEP of them. */
+static void unlock_node(zk *z, int i, size_t keep)
+{
+	char *dir = xasprintf("/nodepool/nodes/%010d/lock", i);
+	strlist kids;
+
+	strlist_init(&kids);
+	CHECK_INT(zk_get_children(z, dir, &kids, NULL), ZOK);
+	for (size_t k = keep; k < kids.n; k++) {
+		char *p = xasprintf("%s/%s", dir, kids.v[k]);
+		CHECK_INT(zk_delete(z, p, -1), ZOK);
+		free(p);
+	}
+	strlist_free(&kids);
+	free(dir);
+}
+
+static void lock_node(zk *z, int i)
+{
+	char id[16];
+
+	snprintf(id, sizeof(id), "%010d", i);
+	free(mk_contender(z, id));
+}
+
+/* Hundreds of contenders (the set grows past its first size several
+ * times), two on every third node: locked and unlocked exactly, whether
+ * they go while the cache hears nothing (the walk after the reconnect
+ * sweeps them, moving slots as it goes) or live; and a lost session
+ * clears them with the cache, the next walk counting them afresh. */
+TEST(many_contenders)
+{
+	enum { N = 300 };
+	struct env e;
+	struct lock_events x = { 0, 0, 0 };
+	zk_options o = { 0 };
+	test_gate *gate;
+	char hosts[160], pw[16];
+	int64_t old;
+	zk *a, *b;
+	zkc *c;
+
+	if (!env_open(&e))
+		return;
+	gate = test_gate_start();
+	snprintf(hosts, sizeof(hosts), "%s%s", gate ? test_gate_hosts(gate) : "",
+		 e.chroot);
+	a = gate ? test_zk_connect(e.loop, hosts, NULL, NULL) : NULL;
+	if (!a) {
+		test_gate_stop(gate);
+		env_close(&e);
+		return;
+	}
+	populate(e.loop, e.z, N, 1);
+	for (int i = 0; i < N; i += 3)
+		lock_node(e.z, i);
+	c = zkc_new(a, ZKC_NODES);
+	zkc_add_listener(c, count_lock_events, &x);
+	CHECK_INT(zkc_wait_ready(c, 30), ZOK);
+	CHECK_INT(x.locked, N);
+	check_against_tree(e.z, c);
+
+	/* While the cache hears nothing, every even node loses its
+	 * contenders and every odd third one of its two. */
+	test_gate_hold(gate, true);
+	test_gate_cut(gate);
+	WAIT_FOR(e.loop, zk_state(a) != ZK_STATE_CONNECTED);
+	CHECK(zk_state(a) != ZK_STATE_CONNECTED);
+	for (int i = 0; i < N; i++)
+		if (i % 2 == 0 || i % 3 == 0)
+			unlock_node(e.z, i, i % 2 == 0 ? 0 : 1);
+	test_gate_hold(gate, false);
+	WAIT_FOR(e.loop, zkc_walks(c) == 2);
+	CHECK_INT(zkc_walks(c), 2);
+	CHECK_INT(x.unlocked, N / 2);
+	CHECK_INT(x.locked, N);
+	CHECK_INT(x.cleared, 0);
+	check_against_tree(e.z, c);
+
+	/* the others go live */
+	for (int i = 1; i < N; i += 2)
+		unlock_node(e.z, i, 0);
+	CHECK_INT(zk_sync(a, "/"), ZOK);
+	WAIT_FOR(e.loop, zkc_queue_len(c) == 0 && x.unlocked == N);
+	CHECK_INT(x.unlocked, N);
+	check_against_tree(e.z, c);
+
+	/* locked again, then A's session expires (another client takes it
+	 * and closes it): cleared, and the next walk counts them afresh */
+	for (int i = 0; i < N; i++)
+		lock_node(e.z, i);
+	WAIT_FOR(e.loop, x.locked == 2 * N);
+	CHECK_INT(x.locked, 2 * N);
+	old = zk_session_id(a);
+	zk_session_passwd(a, pw);
+	o.session_id = old;
+	o.session_passwd = pw;
+	b = test_zk_connect(e.loop, e.hosts, NULL, &o);
+	if (b)
+		zk_close(b);
+	WAIT_FOR(e.loop, x.cleared == 1 && zkc_ready(c) && x.locked == 3 * N);
+	CHECK_INT(x.cleared, 1);
+	CHECK(zk_session_id(a) != old);
+	CHECK_INT(x.locked, 3 * N);
+	CHECK_INT(x.unlocked, N);
+	check_against_tree(e.z, c);
+	for (int i = 0; i < N; i++)
+		unlock_node(e.z, i, 0);
+	CHECK_INT(zk_sync(a, "/"), ZOK);
+	WAIT_FOR(e.loop, zkc_queue_len(c) == 0 && x.unlocked == 2 * N);
+	CHECK_INT(x.unlocked, 2 * N);
+	check_against_tree(e.z, c);
+
+	zkc_free(c);
+	zk_close(a);
+	test_gate_stop(gate);
 	env_close(&e);
 }
 
