@@ -1170,24 +1170,56 @@ TEST(image_tree)
 	env_close(&e);
 }
 
+/* A client through a new gate (*GATE), in E's chroot; NULL (the gate
+ * stopped) if either fails. */
+static zk *gate_client(struct env *e, test_gate **gate)
+{
+	char hosts[160];
+	zk *a;
+
+	*gate = test_gate_start();
+	if (!*gate)
+		return NULL;
+	snprintf(hosts, sizeof(hosts), "%s%s", test_gate_hosts(*gate), e->chroot);
+	a = test_zk_connect(e->loop, hosts, NULL, NULL);
+	if (!a) {
+		test_gate_stop(*gate);
+		*gate = NULL;
+	}
+	return a;
+}
+
+/* Expire A's session: another client takes it and closes it. Its id. */
+static int64_t expire_session(struct env *e, zk *a)
+{
+	zk_options o = { 0 };
+	char pw[16];
+	int64_t old = zk_session_id(a);
+	zk *b;
+
+	zk_session_passwd(a, pw);
+	o.session_id = old;
+	o.session_passwd = pw;
+	b = test_zk_connect(e->loop, e->hosts, NULL, &o);
+	if (b)
+		zk_close(b);
+	return old;
+}
+
 TEST(reconnect_rewalks_without_dropping)
 {
 	struct env e;
 	struct rec *r = xcalloc(1, sizeof(*r));
 	test_gate *gate;
-	char hosts[160], *n1, *n2, *n3, *n4, *c3, *path;
+	char *n1, *n2, *n3, *n4, *c3, *path;
 	int64_t session;
 	zk *a;
 	zkc *c;
 
 	if (!env_open(&e))
 		return;
-	gate = test_gate_start();
-	snprintf(hosts, sizeof(hosts), "%s%s", gate ? test_gate_hosts(gate) : "",
-		 e.chroot);
-	a = gate ? test_zk_connect(e.loop, hosts, NULL, NULL) : NULL;
+	a = gate_client(&e, &gate);
 	if (!a) {
-		test_gate_stop(gate);
 		env_close(&e);
 		free(r);
 		return;
@@ -1260,10 +1292,9 @@ TEST(session_expiry_clears_and_rewalks)
 {
 	struct env e;
 	struct rec *r = xcalloc(1, sizeof(*r));
-	zk_options o = { 0 };
-	char pw[16], *n1, *n2, *n3, *path;
+	char *n1, *n2, *n3, *path;
 	int64_t old;
-	zk *a, *b;
+	zk *a;
 	zkc *c;
 
 	if (!env_open(&e))
@@ -1283,14 +1314,7 @@ TEST(session_expiry_clears_and_rewalks)
 	CHECK_INT(zkc_wait_ready(c, 10), ZOK);
 	CHECK(zkc_node_locked(c, n1));
 
-	/* Another client takes A's session and closes it: expired. */
-	old = zk_session_id(a);
-	zk_session_passwd(a, pw);
-	o.session_id = old;
-	o.session_passwd = pw;
-	b = test_zk_connect(e.loop, e.hosts, NULL, &o);
-	if (b)
-		zk_close(b);
+	old = expire_session(&e, a);
 	path = np_path_node(n2);
 	CHECK_INT(zk_delete(e.z, path, -1), ZOK);
 	free(path);
@@ -1706,21 +1730,15 @@ TEST(many_contenders)
 	enum { N = 600 };
 	struct env e;
 	struct lock_events x = { 0, 0, 0 };
-	zk_options o = { 0 };
 	test_gate *gate;
-	char hosts[160], pw[16];
 	int64_t old;
-	zk *a, *b;
+	zk *a;
 	zkc *c;
 
 	if (!env_open(&e))
 		return;
-	gate = test_gate_start();
-	snprintf(hosts, sizeof(hosts), "%s%s", gate ? test_gate_hosts(gate) : "",
-		 e.chroot);
-	a = gate ? test_zk_connect(e.loop, hosts, NULL, NULL) : NULL;
+	a = gate_client(&e, &gate);
 	if (!a) {
-		test_gate_stop(gate);
 		env_close(&e);
 		return;
 	}
@@ -1764,13 +1782,7 @@ TEST(many_contenders)
 		lock_node(e.z, i);
 	WAIT_FOR(e.loop, x.locked == 2 * N);
 	CHECK_INT(x.locked, 2 * N);
-	old = zk_session_id(a);
-	zk_session_passwd(a, pw);
-	o.session_id = old;
-	o.session_passwd = pw;
-	b = test_zk_connect(e.loop, e.hosts, NULL, &o);
-	if (b)
-		zk_close(b);
+	old = expire_session(&e, a);
 	WAIT_FOR(e.loop, x.cleared == 1 && zkc_ready(c) && x.locked == 3 * N);
 	CHECK_INT(x.cleared, 1);
 	CHECK(zk_session_id(a) != old);
