@@ -27,13 +27,13 @@
  * ("<id>", "<image>/pause", ...), one allocation holding the header, the
  * decoded record and the key. A node's lock contenders
  * ("<id>/lock/<contender>": one on every node in use) are not entries but
- * 24-byte slots of a set of their own (see "lock contenders"). Records are kept
- * without their source JSON; the strings and JSON values that thousands
- * of nodes have in common (state, provider, label, resources, ...) are
- * interned, a record's id is its entry's key, and its other strings are
- * in one block of the record's (unless its document is over 4 KB or a
- * list is very long: np_record_decode_shared). A node costs about 730 bytes instead of
- * 7 KB with its source document.
+ * 24-byte slots of a set of their own (see "lock contenders"). Records
+ * are kept without their source JSON; the strings and JSON values that
+ * thousands of nodes have in common (state, provider, label, resources,
+ * ...) are interned, a record's id is its entry's key, and its other
+ * strings are in one block of the record's (unless its document is over
+ * 4 KB or a list is very long: np_record_decode_shared). A node costs
+ * about 730 bytes instead of 7 KB with its source document.
  */
 #include "zkcache.h"
 #include "log.h"
