@@ -183,8 +183,8 @@ static json_t *request_attributes(const np_request *r)
 	if (!r)
 		json_decref(labels);
 	json_object_set_new(o, "requestor", str_or_null(r ? r->requestor : NULL));
-	json_object_set_new(o, "requestor_data", r && r->requestor_data ?
-	    json_deep_copy(r->requestor_data) : json_null());
+	json_object_set_new(o, "requestor_data",
+	    np_json_text_load(r ? r->requestor_data : NULL));
 	json_object_set_new(o, "relative_priority", r ?
 	    json_integer(r->relative_priority) : json_null());
 	json_object_set_new(o, "event_id", str_or_null(r ? r->event_id : NULL));

@@ -29,6 +29,8 @@ enum field_kind {
 	F_LIST,     /* list of strings; [] when missing or null */
 	F_LABELS,   /* F_LIST that also accepts one bare string (node type) */
 	F_JSON,     /* any JSON value, kept as is (NULL = null) */
+	F_JSONTEXT, /* any JSON value, kept as the text we write for it
+		     * (NULL = null): one the launcher only writes back */
 	F_PORT,     /* connection_port: falls back to ssh_port, then 22 */
 	F_SSHPORT,  /* ssh_port: written as a copy of connection_port */
 	F_HOLDEXP,  /* hold_expiration: coerced to int, invalid -> 0 */
@@ -78,7 +80,7 @@ static const struct field request_fields[] = {
 	FLD(np_request, "nodes", F_LIST, nodes),
 	FLD_I(np_request, "reuse", F_BOOL, reuse, 1),
 	FLD(np_request, "requestor", F_STR, requestor),
-	FLD(np_request, "requestor_data", F_JSON, requestor_data),
+	FLD(np_request, "requestor_data", F_JSONTEXT, requestor_data),
 	FLD(np_request, "provider", F_STR, provider),
 	FLD_I(np_request, "relative_priority", F_INT, relative_priority, 0),
 	FLD(np_request, "event_id", F_STR, event_id),
@@ -200,6 +202,7 @@ static void rec_init(const struct field *tab, void *rec)
 		switch (f->kind) {
 		case F_STR:
 		case F_STR_OMIT:
+		case F_JSONTEXT:
 			*MEMBER(rec, f, char *) = NULL;
 			break;
 		case F_NUM:
@@ -249,7 +252,7 @@ struct member {
 #define LAYOUT_MAX 32
 
 struct layout {
-	struct member str[LAYOUT_MAX];   /* F_STR, F_STR_OMIT */
+	struct member str[LAYOUT_MAX];   /* F_STR, F_STR_OMIT, F_JSONTEXT */
 	struct member list[4];           /* F_LIST, F_LABELS, F_FORMATS */
 	struct member json[LAYOUT_MAX];  /* F_JSON */
 	struct member num[4];            /* F_NUM: copied, checked finite */
@@ -286,6 +289,7 @@ static void layout_make(struct layout *lo, const struct field *tab)
 		switch (f->kind) {
 		case F_STR:
 		case F_STR_OMIT:
+		case F_JSONTEXT: /* copied and freed as strings are */
 			LAYOUT_ADD(lo, str, f, idx, 0);
 			if (f->dstr)
 				lo->dstr_room += (uint16_t)(strlen(f->dstr) + 1);
@@ -767,6 +771,10 @@ static int decode_field(const struct field *f, void *rec, const json_t *obj)
 		if (v && !json_is_null(v))
 			*MEMBER(rec, f, json_t *) = json_incref(v);
 		return 0;
+	case F_JSONTEXT:
+		if (v && !json_is_null(v))
+			*MEMBER(rec, f, char *) = np_json_dumps(v, false);
+		return 0;
 	case F_PORT:
 		return decode_port(MEMBER(rec, f, json_t *), obj);
 	case F_SSHPORT:
@@ -803,13 +811,16 @@ static int decode_field(const struct field *f, void *rec, const json_t *obj)
  * then into the record's block in one allocation (rd_scratch_done): a
  * cached node kept some four allocations of a few bytes each, and the
  * caches hold thousands. A document is decoded this way only when its
- * strings surely fit (they are no longer than the document); a list
- * that finds no room left here gets a vector of its own. */
+ * strings surely fit (they are no longer than the document; a JSON text
+ * member, which may be longer than its source, checks its own room: see
+ * rd_text); a list that finds no room left here gets a vector of its
+ * own. */
 #define SCRATCH_STR 4096
 #define SCRATCH_VEC 64
 
 struct rd_scratch {
 	size_t nstr, nvec;
+	size_t dstr_room; /* kept for the defaults of missing keys */
 	char *vec[SCRATCH_VEC];
 	char str[SCRATCH_STR];
 };
@@ -1310,6 +1321,161 @@ static json_t *rd_value(struct rd *r)
 	return is_int ? json_integer(i) : json_real(d);
 }
 
+/* ---- JSON members kept as text ----
+ *
+ * A request's requestor_data is Zuul's (its build set, tenant, pipeline,
+ * job: unique per request): the launcher never looks inside it but writes
+ * it back, and a driver's format string may (driver.c parses it then).
+ * Kept as a jansson tree it was the largest part of a request in flight
+ * (an object, a key and a value per member); kept as the text the
+ * encoder writes for it (Python's json.dumps of the value), it is one
+ * string of the record, copied, packed and freed as the others are, and
+ * the encoder writes it as it is. The reader writes that text straight
+ * from the document for what rd_value() takes without jansson; anything
+ * else (escapes, duplicate keys, deep nesting) is read as rd_value()
+ * reads it, into a tree, and dumped: the text is always the dump of what
+ * the value read as, so what we write back is what we wrote before. */
+
+#define TEXT_DEPTH 16 /* nesting beyond this: a tree */
+#define TEXT_KEYS 32  /* an object with more members: a tree */
+
+static bool add_plain(sbuf *sb, const char *s, size_t len);
+static void add_int(sbuf *sb, long long v);
+static void dump_escaped(sbuf *sb, const char *s, size_t len);
+static void dump_string(sbuf *sb, const char *s, size_t len);
+static void dump_value(sbuf *sb, const json_t *v, const np_pystyle *st);
+static const np_pystyle json_style;
+static sbuf *encode_scratch(void);
+
+static bool rd_text_value(struct rd *r, sbuf *sb, int depth);
+
+/* The members of an object or elements of an array (the opening bracket
+ * taken) into SB as dump_value() writes what rd_container() makes of
+ * them; false where rd_container() would not take them, or would drop a
+ * member (a key again: the last wins) or the reader goes no further (see
+ * TEXT_DEPTH, TEXT_KEYS). */
+static bool rd_text_container(struct rd *r, sbuf *sb, bool object,
+			      int depth)
+{
+	const char *keys[TEXT_KEYS], *key;
+	size_t klens[TEXT_KEYS], klen, n = 0;
+	char close = object ? '}' : ']';
+
+	sbuf_addc(sb, object ? '{' : '[');
+	if (rd_char(r, close)) {
+		sbuf_addc(sb, close);
+		return true;
+	}
+	do {
+		if (n++)
+			sbuf_add(sb, ", ", 2);
+		if (object) {
+			if (n > TEXT_KEYS || !rd_plain_string(r, &key, &klen) ||
+			    !rd_char(r, ':'))
+				return false;
+			for (size_t i = 0; i + 1 < n; i++)
+				if (klens[i] == klen &&
+				    memcmp(keys[i], key, klen) == 0)
+					return false;
+			keys[n - 1] = key;
+			klens[n - 1] = klen;
+			dump_string(sb, key, klen);
+			sbuf_add(sb, ": ", 2);
+		}
+		if (!rd_text_value(r, sb, depth + 1))
+			return false;
+	} while (rd_char(r, ','));
+	if (!rd_char(r, close))
+		return false;
+	sbuf_addc(sb, close);
+	return true;
+}
+
+/* Any value into SB as dump_value() writes what rd_value() makes of it;
+ * false: not one it takes this way (see rd_text_container). */
+static bool rd_text_value(struct rd *r, sbuf *sb, int depth)
+{
+	const char *s;
+	size_t len;
+	bool is_int;
+	long long i;
+	double d;
+
+	rd_ws(r);
+	if (r->p == r->end || depth > TEXT_DEPTH)
+		return false;
+	switch (*r->p) {
+	case '{':
+	case '[':
+		return rd_text_container(r, sb, *r->p++ == '{', depth);
+	case '"':
+		if (!rd_plain_string(r, &s, &len))
+			return false;
+		dump_string(sb, s, len);
+		return true;
+	case 't':
+		s = "true";
+		break;
+	case 'f':
+		s = "false";
+		break;
+	case 'n':
+		s = "null";
+		break;
+	default:
+		if (!rd_number(r, &is_int, &i, &d))
+			return false;
+		if (is_int)
+			add_int(sb, i);
+		else
+			np_float_repr(sb, d);
+		return true;
+	}
+	len = strlen(s);
+	if (!rd_word(r, s, len))
+		return false;
+	sbuf_add(sb, s, len);
+	return true;
+}
+
+/* An F_JSONTEXT member's value into *OUT: its text as we write it (a
+ * string of the record's own, in the scratch of a compact decode), NULL
+ * for null; false: give up (rd_value() would, or the text leaves too
+ * little room in the scratch for the strings after it, which the rest of
+ * the document bounds: the text may be longer than its source, spaces
+ * added, escapes written). */
+static bool rd_text(struct rd *r, char **out)
+{
+	const char *start = r->p;
+	sbuf *sb;
+	json_t *v;
+	bool ok = true;
+
+	if (rd_word(r, "null", 4))
+		return true;
+	/* Decoding writes no record: the encoder's buffer is free. */
+	sb = encode_scratch();
+	sb->len = 0;
+	if (!rd_text_value(r, sb, 0)) {
+		r->p = start;
+		sb->len = 0;
+		v = rd_value(r);
+		if (!v)
+			return false;
+		if (!json_is_null(v))
+			dump_value(sb, v, &json_style);
+		json_decref(v);
+	}
+	if (r->sc && r->sc->nstr + sb->len + 1 + (size_t)(r->end - r->p) +
+			     r->sc->dstr_room > SCRATCH_STR)
+		ok = false;
+	else if (sb->len)
+		*out = rd_str(r, false, sb->buf, sb->len, NULL);
+	if (sb->cap > 16384)
+		sbuf_free(sb);
+	return ok;
+}
+
 /* [ plain strings ] or null into L, the list member at F. */
 static bool rd_strlist(struct rd *r, const struct field *f, strlist *l,
 		       bool shared)
@@ -1415,6 +1581,8 @@ static bool rd_field(struct rd *r, const struct field *f, void *rec,
 		return rd_strlist(r, f, MEMBER(rec, f, strlist), shared);
 	case F_FORMATS:
 		return false; /* builds: rare, jansson's way */
+	case F_JSONTEXT:
+		return rd_text(r, MEMBER(rec, f, char *));
 	case F_JSON:
 		if (r->pool && (*r->p == '{' || *r->p == '[')) {
 			const char *e = rd_skip_nested(r->p, r->end);
@@ -1665,6 +1833,8 @@ static json_t *encode_field(const struct field *f, const void *rec,
 	case F_PORT:
 	case F_SSHPORT:
 		return json_or_null(*CMEMBER(rec, f, json_t *));
+	case F_JSONTEXT:
+		return np_json_text_load(*CMEMBER(rec, f, char *));
 	}
 	return NULL;
 }
@@ -1695,11 +1865,6 @@ struct str_memo {
 	bool left_out;
 };
 
-static bool add_plain(sbuf *sb, const char *s, size_t len);
-static void dump_escaped(sbuf *sb, const char *s, size_t len);
-static void dump_string(sbuf *sb, const char *s, size_t len);
-static void dump_value(sbuf *sb, const json_t *v, const np_pystyle *st);
-static const np_pystyle json_style;
 
 /* The length of the valid multi-byte UTF-8 sequence at P (its first byte
  * is >= 0x80), 0 when it is not one by jansson's rules
@@ -1974,6 +2139,20 @@ static void put_field(sbuf *sb, bool *first, const struct field *f,
 		}
 		return;
 	}
+	case F_JSONTEXT: /* the value's text as we write it: as it is */
+		s = *CMEMBER(rec, f, char *);
+		put_table_key(sb, first, f);
+		if (!s) {
+			if (memo)
+				memo->nstr++;
+			sbuf_add(sb, "null", 4);
+			return;
+		}
+		len = strlen(s);
+		sbuf_add(sb, s, len);
+		if (memo)
+			memo->str[memo->nstr++] = len;
+		return;
 	case F_JSON:
 	case F_PORT:
 	case F_SSHPORT:
@@ -2291,6 +2470,7 @@ static int type_decode_pooled(int kind, void *rec, const char *const *ids,
 	 * strings surely fit the scratch (no longer than the document). */
 	if (shared && len + layout_of(kind)->dstr_room <= SCRATCH_STR) {
 		sc.nstr = sc.nvec = 0;
+		sc.dstr_room = layout_of(kind)->dstr_room;
 		scp = &sc;
 	}
 	/* Components need the whole document (is_pool); they are rare. */
@@ -2736,6 +2916,14 @@ json_t *np_json_nested(const char *text, size_t len)
 	    !(e = rd_skip_nested(text, text + len)) || e != text + len)
 		return NULL;
 	return rd_nested(text, e);
+}
+
+json_t *np_json_text_load(const char *text)
+{
+	json_t *v = text ? json_loads(text, JSON_DECODE_ANY | JSON_ALLOW_NUL,
+				      NULL) : NULL;
+
+	return v ? v : json_null();
 }
 
 char *np_record_encode(np_kind kind, const np_record *rec)

@@ -74,7 +74,8 @@ typedef struct np_request {
 	strlist nodes;
 	bool reuse;
 	char *requestor;
-	json_t *requestor_data;
+	char *requestor_data; /* the value's JSON text as we write it (see
+			       * np_json_text_load), NULL for null */
 	char *provider;
 	long long relative_priority;
 	char *event_id;
@@ -338,6 +339,11 @@ bool np_record_unpack(np_kind kind, np_record *dst, const np_record *packed,
 		      const np_shared *pool, const np_record *prev);
 /* The array or object TEXT (LEN bytes) as jansson reads it, or NULL. */
 json_t *np_json_nested(const char *text, size_t len);
+/* The value of a member kept as JSON text (np_request.requestor_data:
+ * np_json_dumps() of the value read, which is what we write back), a new
+ * reference: json null for NULL (or for text that is not JSON, which no
+ * decoded record holds). */
+json_t *np_json_text_load(const char *text);
 char *np_record_encode(np_kind kind, const np_record *rec);
 void np_record_clear(np_kind kind, np_record *rec);
 const char *np_record_state(np_kind kind, const np_record *rec);

@@ -1145,8 +1145,6 @@ static bool given_done(zkc *c, int what, union obj *o,
 		unshare(c, &o->node.external_id, PREV(node.external_id), false);
 		return decoded(c, what, o, &o->node.raw, &o->node.version, st);
 	}
-	unshare(c, &o->request.requestor_data, PREV(request.requestor_data),
-		false);
 	return decoded(c, what, o, &o->request.raw, &o->request.version, st);
 #undef PREV
 }

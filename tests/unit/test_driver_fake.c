@@ -422,7 +422,7 @@ TEST(format_request)
 	r.tenant_name = xstrdup("tenant-1");
 	strlist_add(&r.node_types, "a");
 	strlist_add(&r.node_types, "b's");
-	r.requestor_data = json_pack("{s:s}", "job", "tox");
+	r.requestor_data = xstrdup("{\"job\": \"tox\"}");
 	s = driver_format_request("Tenant is {request.tenant_name} {{x}}",
 	    &r, &err);
 	CHECK_STR(s, "Tenant is tenant-1 {x}");

@@ -1301,6 +1301,167 @@ TEST(request_roundtrip)
 	np_request_clear(&r);
 }
 
+/* What the encoder wrote for DOC's requestor_data when a request kept it
+ * as a jansson value (the dump of what jansson reads; NULL for null or
+ * missing): the text it keeps now. *VALUE: that value (NULL: DOC is not
+ * a JSON object, which every decoder rejects). */
+static char *old_requestor_data(const char *doc, json_t **value)
+{
+	json_t *o = json_loads(doc, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+	json_t *v = json_is_object(o) ? json_object_get(o, "requestor_data") :
+					NULL;
+	char *want = v && !json_is_null(v) ? np_json_dumps(v, false) : NULL;
+
+	*value = json_is_object(o) ? json_incref(v ? v : json_null()) : NULL;
+	json_decref(o);
+	return want;
+}
+
+/* DOC read by every decoder keeps requestor_data as the text the encoder
+ * wrote for it before (see old_requestor_data), which encoding writes as
+ * it is, which reads back the same and loads as the value jansson reads;
+ * copies and packs carry it; a document jansson rejects is rejected. */
+static void check_requestor_data(const char *doc)
+{
+	static const size_t offs[] = { offsetof(np_request, state),
+				       offsetof(np_request, node_types) };
+	const char *id = "100-0000000001";
+	struct test_strs strs = { 0 };
+	np_shared sh = test_pool(&strs, NP_KIND_REQUEST, offs, 2);
+	json_t *value, *got;
+	char *want = old_requestor_data(doc, &value), *err = NULL, *out, *key;
+	np_record rec, back;
+	int rc;
+
+	for (int shared = 0; shared < 2; shared++) {
+		rc = shared ? np_record_decode_shared(NP_KIND_REQUEST, &rec,
+						      &id, doc, strlen(doc), 1,
+						      &sh, NULL, &err) :
+			      np_record_decode(NP_KIND_REQUEST, &rec, &id, doc,
+					       strlen(doc), 1, &err);
+		free(err);
+		err = NULL;
+		if (!value) {
+			CHECK(rc < 0);
+			continue;
+		}
+		REQUIRE(rc == 0);
+		if (want)
+			CHECK_STR(rec.request.requestor_data, want);
+		else
+			CHECK(rec.request.requestor_data == NULL);
+		got = np_json_text_load(rec.request.requestor_data);
+		CHECK(json_equal(got, value));
+		json_decref(got);
+		out = np_record_encode(NP_KIND_REQUEST, &rec);
+		key = xasprintf("\"requestor_data\": %s, \"provider\": ",
+				want ? want : "null");
+		CHECK(strstr(out, key) != NULL);
+		REQUIRE(np_record_decode(NP_KIND_REQUEST, &back, &id, out,
+					 strlen(out), 1, &err) == 0);
+		if (want)
+			CHECK_STR(back.request.requestor_data, want);
+		np_record_clear(NP_KIND_REQUEST, &back);
+		check_encode_pack(NP_KIND_REQUEST, &rec);
+		if (shared)
+			np_record_unshare(NP_KIND_REQUEST, &rec, &sh);
+		np_record_clear(NP_KIND_REQUEST, &rec);
+		free(key);
+		free(out);
+	}
+	CHECK_INT(test_strs_refs(&strs), 0);
+	for (int i = 0; i < strs.n; i++)
+		free(strs.s[i]);
+	json_decref(value);
+	free(want);
+}
+
+/* A request's requestor_data, whatever it holds (Zuul's object as
+ * Python writes it, the same compact or spaced out, scalars, nesting,
+ * duplicate keys, escapes, bytes that are not ASCII, many members, what
+ * jansson rejects), is kept as the text the encoder wrote for it when it
+ * was a jansson value. */
+TEST(requestor_data_as_text)
+{
+	static const char *const vals[] = {
+		"{\"build_set_uuid\": \"5f0e\", \"tenant_name\": \"t\", "
+		"\"pipeline_name\": \"check\", \"job_name\": \"tox\"}",
+		"{\"job_name\":\"bench\",\"pipeline_name\":\"check\"}",
+		"{ \"a\" :\n[ 1 ,2.50, -0, -0.0, 1e5, 1E-7, 0.1, true, false, "
+		"null ] ,\t\"b\":{}, \"c\": [], \"d\": [{}, [[]]]}",
+		"\"a string\"", "\"\"", "5", "-12", "2.5", "-0", "true", "false",
+		"null", "[]", "{}", "[1, [2, [3, {\"x\": {\"y\": null}}]]]",
+		"{\"a\": 1, \"b\": 2, \"a\": 3}",
+		"[{\"a\": 1, \"a\": {\"a\": 2, \"a\": 3}}]",
+		"{\"k\": \"caf\\u00e9 \\ud83d\\ude00 \\\"q\\\" \\\\ \\n \\/ "
+		"\\u0000 \\u001f\"}",
+		"{\"caf\\u00e9\": 1, \"caf\xc3\xa9\": 2}",
+		"{\"k\": \"caf\xc3\xa9 \xf0\x9f\x98\x80\"}", "{\"k\": \"\x7f\"}",
+		"{\"k\": \"a\\tb\"}", "12345678901234567", "1.7976931348623157e308",
+		"1e-400", "123456789012345678901",
+		/* rejected by jansson, so by every decoder */
+		"{\"k\": \"\xff\"}", "1e400", "[1, 2", "{\"a\" 1}", "nul",
+		"{\"a\\u0000\": 1}", "[1,]", "\"\x01\"",
+	};
+	char *doc, *val;
+	sbuf sb;
+
+	check_requestor_data("{\"state\": \"requested\"}");
+	for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
+		doc = xasprintf("{\"state\": \"requested\", \"requestor_data\": "
+				"%s, \"node_types\": [\"a\"]}", vals[i]);
+		check_requestor_data(doc);
+		free(doc);
+	}
+	/* Longer than the buffer the text is written in is kept at. */
+	doc = xasprintf("{\"requestor_data\": {\"k\": \"%020000d\"}}", 7);
+	check_requestor_data(doc);
+	free(doc);
+	/* Deeper than the reader writes straight, deeper than it reads
+	 * (jansson's), an object with more members than it checks for
+	 * duplicates. */
+	for (int depth = 15; depth <= 1500; depth += depth < 20 ? 1 : 1480) {
+		sbuf_init(&sb);
+		for (int i = 0; i < depth; i++)
+			sbuf_adds(&sb, i % 2 ? "{\"a\": " : "[");
+		sbuf_adds(&sb, "1");
+		for (int i = depth - 1; i >= 0; i--)
+			sbuf_adds(&sb, i % 2 ? "}" : "]");
+		doc = xasprintf("{\"requestor_data\": %s}", sb.buf);
+		check_requestor_data(doc);
+		free(doc);
+		sbuf_free(&sb);
+	}
+	for (int n = 30; n <= 34; n++) {
+		sbuf_init(&sb);
+		for (int i = 0; i < n; i++)
+			sbuf_addf(&sb, "%s\"k%d\": %d", i ? ", " : "{", i % 33,
+				  i);
+		sbuf_adds(&sb, "}");
+		doc = xasprintf("{\"requestor_data\": %s}", sb.buf);
+		check_requestor_data(doc);
+		free(doc);
+		sbuf_free(&sb);
+	}
+	/* A compact value written longer than it was read (spaces added),
+	 * in documents about as long as a compact decode takes: the text
+	 * has room, or the document is read the other way. */
+	sbuf_init(&sb);
+	for (int i = 0; i < 30; i++)
+		sbuf_addf(&sb, "%s\"k%02d\":[0,0,0,0,0,0,0,0,0,0]", i ? "," : "{",
+			  i);
+	sbuf_adds(&sb, "}");
+	val = sbuf_detach(&sb);
+	for (int pad = 3000; pad < 4200; pad += 23) {
+		doc = xasprintf("{\"requestor_data\": %s, \"requestor\": "
+				"\"%0*d\", \"state\": \"requested\"}", val,
+				pad - (int)strlen(val), 0);
+		check_requestor_data(doc);
+		free(doc);
+	}
+	free(val);
+}
+
 TEST(build_and_upload)
 {
 	const char *bj = "{\"state\": \"ready\", \"state_time\": 1726500000.0, "
