@@ -1453,7 +1453,8 @@ static bool rd_text(struct rd *r, char **out)
 
 	if (rd_word(r, "null", 4))
 		return true;
-	/* Decoding writes no record: the encoder's buffer is free. */
+	/* The thread's encoding buffer: no encoding is under way while a
+	 * document is decoded. */
 	sb = encode_scratch();
 	sb->len = 0;
 	if (!rd_text_value(r, sb, 0)) {
@@ -1864,7 +1865,6 @@ struct str_memo {
 	bool partial;
 	bool left_out;
 };
-
 
 /* The length of the valid multi-byte UTF-8 sequence at P (its first byte
  * is >= 0x80), 0 when it is not one by jansson's rules
