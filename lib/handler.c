@@ -181,6 +181,7 @@ static void free_handler(np_handler *h)
 	free(h->chosen_az);
 	free(h->reuse_id);
 	free(h->reuse_label);
+	pw_logger_unref(h->logref);
 	free(h); /* and the strings after it (handler_new) */
 }
 
@@ -435,31 +436,31 @@ static void locked(zk_lock *l, int rc, void *arg)
 static np_handler *handler_alloc(np_poolworker *pw, const np_request *req,
 				 const char *decline_reason)
 {
-	size_t path, lock, ev = 0, reason = 0, logger;
+	size_t path, lock, ev = 0, reason = 0;
 	np_handler *h;
 	sbuf sb;
 
-	/* Room for the strings as long as they are (the formats' text
+	/* Room for the strings as long as they are (the roots and NULs
 	 * included): the block is not grown. */
 	sbuf_block_begin(&sb, sizeof(*h), 2 * strlen(req->id) +
 			 (req->event_id ? strlen(req->event_id) : 0) +
 			 (decline_reason ? strlen(decline_reason) : 0) +
-			 strlen(pw->launcher_id) + 128);
+			 sizeof(NP_REQUEST_ROOT) + sizeof(NP_REQUEST_LOCK_ROOT) +
+			 8);
 	path = sbuf_block_strf(&sb, "%s/%s", NP_REQUEST_ROOT, req->id);
 	lock = sbuf_block_strf(&sb, "%s/%s", NP_REQUEST_LOCK_ROOT, req->id);
 	if (req->event_id)
 		ev = sbuf_block_str(&sb, req->event_id);
 	if (decline_reason)
 		reason = sbuf_block_str(&sb, decline_reason);
-	logger = sbuf_block_strf(&sb, "nodepool.driver.NodeRequestHandler[%s]",
-				 pw->launcher_id);
 	h = (np_handler *)(void *)sbuf_detach(&sb);
 	h->path = (char *)h + path;
 	h->id = h->path + sizeof(NP_REQUEST_ROOT);
 	h->lock_dir = (char *)h + lock;
 	h->event_id = ev ? (char *)h + ev : NULL;
 	h->decline_reason = reason ? (char *)h + reason : NULL;
-	h->logger = (char *)h + logger;
+	h->logref = pw_logger_ref(pw->handler_logger);
+	h->logger = h->logref->name;
 	return h;
 }
 
@@ -1388,6 +1389,10 @@ void handler_abandon(np_handler *h, bool session_lost)
 	zk_lock_free(h->reuse_lock);
 	h->reuse_lock = NULL;
 	h->reusing = false;
+	/* Its pool worker may go before a finished handler does. */
+	if (h->pre_timer)
+		evloop_del_timer(launcher_loop(h->pw->l), h->pre_timer);
+	h->pre_timer = 0;
 	for (size_t i = 0; i < h->nset; i++) {
 		if (session_lost)
 			nodelaunch_abandon(h->set[i]);

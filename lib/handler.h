@@ -38,8 +38,8 @@ struct np_handler {
 	np_poolworker *pw;
 	np_handler *next;
 	np_provmgr *pm;          /* referenced */
-	/* ID, PATH, LOCK_DIR, EVENT_ID, DECLINE_REASON and LOGGER live in
-	 * the handler's own allocation, after it (handler_new). */
+	/* ID, PATH, LOCK_DIR, EVENT_ID and DECLINE_REASON live in the
+	 * handler's own allocation, after it (handler_new). */
 	char *id;                /* request id */
 	uint32_t id_hash;        /* str_hash() of id: the pool worker's
 				  * look-ups compare it first */
@@ -66,7 +66,8 @@ struct np_handler {
 	zk_lock *reuse_lock;
 	np_op *reuse_op;         /* the driver's reusability probe */
 	char *decline_reason;    /* found before locking */
-	char *logger;
+	const char *logger;      /* LOGREF's name */
+	pw_logger *logref;       /* referenced: the pool worker's */
 	int busy;                /* callbacks due that reference us */
 	bool dead;               /* finished: free when busy drops to 0 */
 	long long start_ms;

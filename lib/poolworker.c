@@ -9,6 +9,7 @@
 #include "poolworker.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -405,6 +406,29 @@ static void publish(np_poolworker *pw, const np_pool *pool)
 	regcomp_set_priority(pw->comp, pw_pool_priority(pool));
 }
 
+static pw_logger *logger_new(const char *launcher_id)
+{
+	static const char fmt[] = "nodepool.driver.NodeRequestHandler[%s]";
+	size_t n = sizeof(fmt) + strlen(launcher_id);
+	pw_logger *lg = xmalloc(sizeof(*lg) + n);
+
+	lg->refs = 1;
+	snprintf(lg->name, n, fmt, launcher_id);
+	return lg;
+}
+
+pw_logger *pw_logger_ref(pw_logger *lg)
+{
+	lg->refs++;
+	return lg;
+}
+
+void pw_logger_unref(pw_logger *lg)
+{
+	if (lg && --lg->refs == 0)
+		free(lg);
+}
+
 np_poolworker *poolworker_new(np_launcher *l, np_provmgr *pm,
 			      const char *pool_name)
 {
@@ -421,6 +445,7 @@ np_poolworker *poolworker_new(np_launcher *l, np_provmgr *pm,
 	pw->logger = xasprintf("nodepool.%s", pw->name);
 	uuid4_hex(hex);
 	pw->launcher_id = xasprintf("%s-%s-%s", launcher_fqdn(l), pw->name, hex);
+	pw->handler_logger = logger_new(pw->launcher_id);
 	pw->comp = regcomp_new(launcher_registry(l), "pool");
 	regcomp_set_pool(pw->comp, pw->launcher_id, pool_name, pm->name);
 	pool = poolworker_pool(pw);
@@ -954,6 +979,7 @@ void poolworker_stop(np_poolworker *pw)
 	free(pw->name);
 	free(pw->logger);
 	free(pw->launcher_id);
+	pw_logger_unref(pw->handler_logger);
 	free(pw->cands);
 	free(pw);
 }
