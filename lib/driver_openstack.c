@@ -519,7 +519,7 @@ static void warm_done(np_manager *m, const char *error)
 		m->warm = true;
 		m->warm_time = now_wall();
 		log_msg(LOG_DEBUG, m->logger, "Cloud caches loaded: %zu flavors, "
-		    "%zu zones", json_array_size(m->flavors), m->azs.n);
+		    "%zu zones", json_array_size(m->flavors), (size_t)m->azs.n);
 	} else {
 		log_error(m->logger, "Unable to load the cloud's flavors, "
 		    "zones, images and networks: %s", error);

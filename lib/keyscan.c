@@ -929,7 +929,7 @@ static void finish(keyscan_req *r, int status, const char *error)
 		schedule_kick(ks);
 	if (status == KEYSCAN_OK) {
 		ks->st.succeeded++;
-		log_debug(LOGGER, "%sNodescan of %s:%d complete: %zu keys in %.1f s",
+		log_debug(LOGGER, "%sNodescan of %s:%d complete: %u keys in %.1f s",
 			  tag(r, tb, sizeof(tb)), r->host, r->port, r->keys.n,
 			  (double)(now_ms() - r->start_ms) / 1000.0);
 	} else {
@@ -1088,7 +1088,7 @@ static void dump_list(const struct rq_list *l, const char *prefix,
 				  l->n - max);
 			break;
 		}
-		sbuf_addf(out, "%s%s:%d %s %s %.1fs attempts=%d keys=%zu",
+		sbuf_addf(out, "%s%s:%d %s %s %.1fs attempts=%d keys=%u",
 			  prefix, r->host, r->port, state_name(r), iteration(r),
 			  (double)(now - r->start_ms) / 1000.0, r->attempts, r->keys.n);
 		if (r->node_id)

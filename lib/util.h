@@ -76,11 +76,12 @@ size_t sbuf_block_strf(sbuf *sb, const char *fmt, ...)
  * opens and closes F, so each says in its own words what failed. */
 char *read_stream(FILE *f, size_t *len);
 
-/* A growable array of owned strings. */
+/* A growable array of owned strings. The counts are 32 bits: a record
+ * of the caches has two or three of these, and thousands of records. */
 typedef struct strlist {
 	char **v;
-	size_t n;
-	size_t cap;
+	uint32_t n;
+	uint32_t cap;
 } strlist;
 
 void strlist_init(strlist *l);

@@ -1806,7 +1806,7 @@ static void sweep(zkc *c)
 				drop_obj(c, e);
 		}
 		if (stale.n)
-			log_debug(LOGGER, "Cache at %s: %zu entries gone while "
+			log_debug(LOGGER, "Cache at %s: %u entries gone while "
 				  "not watched", c->root, stale.n);
 		strlist_free(&stale);
 		strlist_init(&stale);

@@ -876,7 +876,7 @@ TEST(at_most_100_scans_run_at_once)
 				same = same && strcmp(res[i].keys.v[k], want.v[k]) == 0;
 			good_keys += same;
 		} else if (res[i].keys.n != want.n) {
-			fprintf(stderr, "  scan %d: status %d, %zu keys: %s\n", i,
+			fprintf(stderr, "  scan %d: status %d, %u keys: %s\n", i,
 				res[i].status, res[i].keys.n,
 				res[i].error ? res[i].error : "");
 		}

@@ -1517,7 +1517,7 @@ static void check_against_tree(zk *z, zkc *c)
 		zk_get_children(z, lock, &kids, NULL);
 		if ((kids.n > 0) != zkc_node_locked(c, ids.v[i]))
 			testlib_fail(__FILE__, __LINE__, "node %s: locked %d in cache, "
-				     "%zu contenders in tree", ids.v[i],
+				     "%u contenders in tree", ids.v[i],
 				     zkc_node_locked(c, ids.v[i]), kids.n);
 		strlist_free(&kids);
 		free(data);
