@@ -81,8 +81,8 @@ struct zk_lock {
 	size_t dir_len;
 	char *data;            /* identifier, "" when none */
 	int data_len;
-	char *prefix;          /* "<uuid hex>__lock__" */
-	char *create_path;     /* dir/prefix */
+	char *create_path;     /* dir/prefix, the prefix "<uuid hex>__lock__"
+				* (lock_prefix) */
 	char *node;            /* our contender's name (in node_path), or
 				* NULL */
 	char *node_path;       /* dir/node, or NULL */
@@ -355,6 +355,12 @@ static void set_node(zk_lock *l, const char *name)
 	l->node = p ? p + dn + 1 : NULL;
 }
 
+/* Our contenders' names begin with it: the tail of create_path. */
+static char *lock_prefix(const zk_lock *l)
+{
+	return l->create_path + l->dir_len + 1;
+}
+
 /* ---- lifecycle ---- */
 
 /* The N bytes at S and a NUL at *P, which moves past them. */
@@ -381,10 +387,9 @@ zk_lock *zk_lock_new(zk *z, const char *dir, const char *identifier)
 		identifier = "";
 	idn = strlen(identifier);
 	cap = n + 1 + pn + 1 + SEQ_DIGITS + 1;
-	/* The lock and its strings (dir, data, prefix, create_path, room for
+	/* The lock and its strings (dir, data, create_path, room for
 	 * node_path) in one allocation: they live as long as it does. */
-	size = sizeof(*l) + (n + 1) + (idn + 1) + (pn + 1) + (n + 1 + pn + 1) +
-	       cap;
+	size = sizeof(*l) + (n + 1) + (idn + 1) + (n + 1 + pn + 1) + cap;
 	l = lock_alloc(size);
 	l->size = size;
 	p = (char *)(l + 1);
@@ -395,15 +400,13 @@ zk_lock *zk_lock_new(zk *z, const char *dir, const char *identifier)
 	l->data = put_str(&p, identifier, idn);
 	l->data_len = (int)idn;
 	uuid4_hex(uuid);
-	l->prefix = p;
-	memcpy(p, uuid, 32);
-	p += 32;
-	put_str(&p, LOCK_NAME, pn - 32);
 	l->create_path = p;
 	memcpy(p, l->dir, n);
 	p[n] = '/';
 	p += n + 1;
-	put_str(&p, l->prefix, pn);
+	memcpy(p, uuid, 32);
+	p += 32;
+	put_str(&p, LOCK_NAME, pn - 32);
 	l->node_inl = p;
 	l->node_cap = cap;
 	l->state = ST_IDLE;
@@ -760,7 +763,7 @@ static void create_start(zk_lock *l)
 static const char *find_ours(const zk_lock *l, const strlist *children)
 {
 	for (size_t i = 0; i < children->n; i++)
-		if (str_starts_with(children->v[i], l->prefix))
+		if (str_starts_with(children->v[i], lock_prefix(l)))
 			return children->v[i];
 	return NULL;
 }
@@ -821,7 +824,7 @@ static void find_start(zk_lock *l)
 static const char *predecessor(const zk_lock *l, const strlist *children,
 			       bool *missing)
 {
-	const char *ours = l->node + strlen(l->prefix);
+	const char *ours = l->node + PREFIX_LEN;
 	const char *best = NULL, *best_seq = NULL;
 
 	*missing = true;
@@ -1061,10 +1064,9 @@ static void leave_behind(zk_lock *l, int rc)
 {
 	zk_lock *o = zk_lock_new(l->z, l->dir, NULL);
 
-	/* Each lock's strings are its own allocation's: swapped in place
-	 * (the same lengths: the same directory, prefixes of one length). */
-	swap_str(o->prefix, l->prefix);
-	swap_str(o->create_path, l->create_path);
+	/* Each lock's strings are its own allocation's: the prefixes (the
+	 * tails of the create paths, of one directory) swapped in place. */
+	swap_str(lock_prefix(o), lock_prefix(l));
 	set_node(o, l->node);
 	o->create_tried = l->create_tried;
 	o->session = l->session;
