@@ -71,33 +71,54 @@ enum lock_state {
 	              * contender left behind (leave_behind) */
 };
 
+/* Fields by size (pointers, 32-bit, bytes), so that no padding comes
+ * between them: thousands of locks live at once in a busy launcher. */
 struct zk_lock {
 	zk *z;
 	evloop *loop;
 	uint64_t id;           /* registry key carried by watches */
 	zk_lock *hnext;        /* registry chain */
-	size_t size;           /* of the lock's allocation */
 	char *dir;
-	size_t dir_len;
 	char *data;            /* identifier, "" when none */
-	int data_len;
-	char *create_path;     /* dir/prefix, the prefix "<uuid hex>__lock__"
-				* (lock_prefix) */
-	char *node;            /* our contender's name (in node_path), or
+	/* dir/prefix, the prefix "<uuid hex>__lock__" (lock_prefix); right
+	 * after it, room for the path of a contender of ours (node_room):
+	 * node_path is there unless a longer name came (find_ours takes any
+	 * with our prefix). */
+	char *create_path;
+	char *node_path;       /* dir/name of our contender (node_name), or
 				* NULL */
-	char *node_path;       /* dir/node, or NULL */
-	/* Room in the lock's own allocation for the path of a contender of
-	 * ours (the prefix, a sign and SEQ_DIGITS): node_path is there
-	 * unless a longer name came (find_ours takes any with our prefix). */
-	char *node_inl;
-	size_t node_cap;
-
-	enum lock_state state;
-	bool active;           /* an acquire attempt is in progress */
-	bool acquired;
 	int64_t session;       /* session that acquired the lock; while a
 	                        * lost attempt cleans up, the one its
 	                        * contender can belong to */
+	zk_op *fresh_ops;      /* the fresh multi until its reply (its
+				* results) */
+	char *fresh_strs;      /* copies of the caller's ops' paths and data,
+				* until the multi is sent: zk_amulti()
+				* encodes them at once, so a multi awaiting
+				* its reply holds no second copy of them */
+	zk_stat *fresh_stats;  /* the extra ops' stats when it was won (in
+				* what was the multi's block: fresh_keep_stats),
+				* else NULL */
+	double timeout;        /* seconds, < 0: none */
+	long retry_ms;
+	uint64_t deadline_timer;
+	uint64_t aux_timer;    /* start, backoff or retry */
+	unsigned long checks;
+	zk_lock_fn cb;
+	void *cb_arg;
+	zk_done_fn rel_cb;
+	void *rel_arg;
+
+	uint32_t size;         /* of the lock's allocation */
+	uint32_t dir_len;
+	int data_len;
+	int fresh_nops;
+	int fresh_nstats;
+	int last_err;
+
+	uint8_t state;         /* enum lock_state, in a byte by the flags */
+	bool active;           /* an acquire attempt is in progress */
+	bool acquired;
 	bool assured_path;     /* dir known to exist */
 	bool dir_seen;         /* this attempt saw it exist: if it goes now,
 	                        * so did what it locks (kazoo: NoNodeError) */
@@ -105,34 +126,12 @@ struct zk_lock {
 	bool sent_early;       /* that multi left from the caller's call,
 				* before on_start() (fresh_send_early) */
 	bool fresh_won;        /* the last attempt was won by that multi */
-	zk_op *fresh_ops;      /* that multi until its reply (its results) */
-	char *fresh_strs;      /* copies of the caller's ops' paths and data,
-				* until the multi is sent: zk_amulti()
-				* encodes them at once, so a multi awaiting
-				* its reply holds no second copy of them */
-	int fresh_nops;
-	zk_stat *fresh_stats;  /* the extra ops' stats when it was won:
-				* FRESH_STAT1 when there is at most one */
-	int fresh_nstats;
-	zk_stat fresh_stat1;
 	bool create_tried;     /* a create may have reached the server */
 	bool cancel_sticky;    /* cancel() with no attempt: fails the next */
 	bool cancel_req;
 	bool timed_out;
 	bool freeing;          /* zk_lock_free() called: free when idle */
 	bool blocking;
-	double timeout;        /* seconds, < 0: none */
-	int last_err;
-	long retry_ms;
-	uint64_t deadline_timer;
-	uint64_t aux_timer;    /* start, backoff or retry */
-	unsigned long checks;
-
-	zk_lock_fn cb;
-	void *cb_arg;
-	zk_done_fn rel_cb;
-	void *rel_arg;
-	int rel_rc;
 };
 
 static void advance(zk_lock *l);
@@ -333,32 +332,47 @@ static bool is_transient(int rc)
 	       rc == ZSESSIONEXPIRED;
 }
 
+/* Our contenders' names begin with it: the tail of create_path. */
+static char *lock_prefix(const zk_lock *l)
+{
+	return l->create_path + l->dir_len + 1;
+}
+
+/* The room for our contender's path, after create_path: the prefix, a
+ * sign and SEQ_DIGITS. */
+#define NODE_ROOM(dir_len) ((size_t)(dir_len) + 1 + PREFIX_LEN + 1 + \
+			    SEQ_DIGITS + 1)
+
+static char *node_room(const zk_lock *l)
+{
+	return lock_prefix(l) + PREFIX_LEN + 1;
+}
+
+/* Our contender's name (node_path's last part), or NULL. */
+static const char *node_name(const zk_lock *l)
+{
+	return l->node_path ? l->node_path + l->dir_len + 1 : NULL;
+}
+
 /* Our contender: its path in the room the lock has for it (three a
  * request: the request's lock and the node's), else in an allocation of
- * its own; its name the path's last part. */
+ * its own. */
 static void set_node(zk_lock *l, const char *name)
 {
 	size_t dn = l->dir_len, nn;
-	char *p = NULL;
+	char *room = node_room(l), *p = NULL;
 
 	if (name) {	/* NAME may be our old one: moved before freed */
 		nn = strlen(name);
-		p = dn + 1 + nn + 1 <= l->node_cap ? l->node_inl :
+		p = dn + 1 + nn + 1 <= NODE_ROOM(dn) ? room :
 		    xmalloc(dn + 1 + nn + 1);
 		memmove(p + dn + 1, name, nn + 1);
 		memcpy(p, l->dir, dn);
 		p[dn] = '/';
 	}
-	if (l->node_path && l->node_path != l->node_inl)
+	if (l->node_path && l->node_path != room)
 		free(l->node_path);
 	l->node_path = p;
-	l->node = p ? p + dn + 1 : NULL;
-}
-
-/* Our contenders' names begin with it: the tail of create_path. */
-static char *lock_prefix(const zk_lock *l)
-{
-	return l->create_path + l->dir_len + 1;
 }
 
 /* ---- lifecycle ---- */
@@ -377,7 +391,7 @@ static char *put_str(char **p, const char *s, size_t n)
 zk_lock *zk_lock_new(zk *z, const char *dir, const char *identifier)
 {
 	char uuid[33], *p;
-	size_t n = strlen(dir), pn = PREFIX_LEN, idn, cap, size;
+	size_t n = strlen(dir), pn = PREFIX_LEN, idn, size;
 	zk_lock *l;
 
 	/* "/a/b/" and "/a/b" name the same directory. */
@@ -386,17 +400,19 @@ zk_lock *zk_lock_new(zk *z, const char *dir, const char *identifier)
 	if (!identifier)
 		identifier = "";
 	idn = strlen(identifier);
-	cap = n + 1 + pn + 1 + SEQ_DIGITS + 1;
-	/* The lock and its strings (dir, data, create_path, room for
-	 * node_path) in one allocation: they live as long as it does. */
-	size = sizeof(*l) + (n + 1) + (idn + 1) + (n + 1 + pn + 1) + cap;
+	/* The lock and its strings (dir, data, create_path and the room
+	 * after it for node_path) in one allocation: they live as long as it
+	 * does. Its size and dir_len are 32-bit: ZooKeeper takes no path
+	 * near 4 GB (a packet is at most its jute.maxbuffer, 1 MiB). */
+	size = sizeof(*l) + (n + 1) + (idn + 1) + (n + 1 + pn + 1) +
+	       NODE_ROOM(n);
 	l = lock_alloc(size);
-	l->size = size;
+	l->size = (uint32_t)size;
 	p = (char *)(l + 1);
 	l->z = z;
 	l->loop = zk_loop(z);
 	l->dir = put_str(&p, dir, n);
-	l->dir_len = n;
+	l->dir_len = (uint32_t)n;
 	l->data = put_str(&p, identifier, idn);
 	l->data_len = (int)idn;
 	uuid4_hex(uuid);
@@ -407,8 +423,6 @@ zk_lock *zk_lock_new(zk *z, const char *dir, const char *identifier)
 	memcpy(p, uuid, 32);
 	p += 32;
 	put_str(&p, LOCK_NAME, pn - 32);
-	l->node_inl = p;
-	l->node_cap = cap;
 	l->state = ST_IDLE;
 	reg_add(l);
 	return l;
@@ -455,7 +469,7 @@ void zk_lock_free(zk_lock *l)
 	}
 	if (l->state == ST_RELEASE)
 		return; /* the release in flight frees it when done */
-	if (l->acquired && l->node) {
+	if (l->acquired && l->node_path) {
 		l->state = ST_RELEASE;
 		l->retry_ms = RETRY_FIRST_MS;
 		release_step(l);
@@ -585,10 +599,36 @@ static void fresh_clear(zk_lock *l)
 
 static void fresh_stats_free(zk_lock *l)
 {
-	if (l->fresh_stats != &l->fresh_stat1)
-		free(l->fresh_stats);
+	free(l->fresh_stats);
 	l->fresh_stats = NULL;
 	l->fresh_nstats = 0;
+}
+
+/* The multi was won: keep its extra ops' stats for zk_lock_fresh_stat()
+ * and let the rest go. The stats move to the front of the ops' block,
+ * which shrinks to them: every lock carrying room for a stat, or a won
+ * attempt allocating one, would cost more (a launch's node lock always
+ * has an extra op, its request lock none). */
+static void fresh_keep_stats(zk_lock *l)
+{
+	zk_op *ops = l->fresh_ops;
+	int n = l->fresh_nops - 2;
+
+	fresh_stats_free(l);
+	if (n <= 0) {
+		fresh_clear(l);
+		return;
+	}
+	fresh_strs_free(l);
+	zk_ops_free(ops, l->fresh_nops);
+	/* Each stat lies after where it goes: moved front to back. */
+	for (int i = 0; i < n; i++)
+		memmove((char *)ops + (size_t)i * sizeof(zk_stat),
+			&ops[i + 2].stat, sizeof(zk_stat));
+	l->fresh_ops = NULL;
+	l->fresh_nops = 0;
+	l->fresh_stats = xrealloc(ops, (size_t)n * sizeof(zk_stat));
+	l->fresh_nstats = n;
 }
 
 static void start_attempt(zk_lock *l);
@@ -611,22 +651,15 @@ static void fresh_done(zk *z, int rc, void *arg)
 		path = l->fresh_ops[1].created_path;
 		base = path ? strrchr(path, '/') : NULL;
 		set_node(l, base ? base + 1 : path);
-		fresh_stats_free(l);
-		l->fresh_nstats = l->fresh_nops - 2;
-		l->fresh_stats = l->fresh_nstats <= 1 ? &l->fresh_stat1 :
-				 xcalloc((size_t)l->fresh_nstats,
-					 sizeof(*l->fresh_stats));
-		for (int i = 0; i < l->fresh_nstats; i++)
-			l->fresh_stats[i] = l->fresh_ops[i + 2].stat;
-		fresh_clear(l);
+		fresh_keep_stats(l);
 		progressed(l);
 		l->assured_path = true;
 		l->dir_seen = true;
 		/* Won, not only applied: a cancelled attempt's extras went
 		 * in too (the multi was out), but it holds nothing. */
-		l->fresh_won = l->node != NULL && !l->cancel_req;
+		l->fresh_won = l->node_path != NULL && !l->cancel_req;
 		/* The only child of a directory made in the same transaction. */
-		finish(l, !l->node ? ZSYSTEMERROR :
+		finish(l, !l->node_path ? ZSYSTEMERROR :
 			  l->cancel_req ? ZLOCKCANCELLED : ZOK);
 		return;
 	}
@@ -824,7 +857,7 @@ static void find_start(zk_lock *l)
 static const char *predecessor(const zk_lock *l, const strlist *children,
 			       bool *missing)
 {
-	const char *ours = l->node + PREFIX_LEN;
+	const char *node = node_name(l), *ours = node + PREFIX_LEN;
 	const char *best = NULL, *best_seq = NULL;
 
 	*missing = true;
@@ -832,7 +865,7 @@ static const char *predecessor(const zk_lock *l, const strlist *children,
 		const char *name = children->v[i];
 		const char *seq = contender_seq(name);
 
-		if (strcmp(name, l->node) == 0)
+		if (strcmp(name, node) == 0)
 			*missing = false;
 		if (!seq || strcmp(seq, ours) >= 0)
 			continue;
@@ -942,7 +975,7 @@ static void advance(zk_lock *l)
 		fresh_start(l);
 	} else if (!l->assured_path) {
 		ensure_start(l);
-	} else if (!l->node) {
+	} else if (!l->node_path) {
 		if (l->create_tried)
 			find_start(l);
 		else
@@ -995,11 +1028,11 @@ static void remove_step(zk_lock *l)
 {
 	int rc;
 
-	if (!l->node && !l->create_tried) {
+	if (!l->node_path && !l->create_tried) {
 		removed(l->z, ZOK, l); /* nothing of ours there */
 		return;
 	}
-	if (l->node)
+	if (l->node_path)
 		rc = zk_adelete(l->z, l->node_path, -1, removed, l);
 	else
 		rc = zk_aget_children(l->z, l->dir, NULL, NULL, remove_found, l);
@@ -1067,7 +1100,7 @@ static void leave_behind(zk_lock *l, int rc)
 	/* Each lock's strings are its own allocation's: the prefixes (the
 	 * tails of the create paths, of one directory) swapped in place. */
 	swap_str(lock_prefix(o), lock_prefix(l));
-	set_node(o, l->node);
+	set_node(o, node_name(l));
 	o->create_tried = l->create_tried;
 	o->session = l->session;
 	o->freeing = true;
