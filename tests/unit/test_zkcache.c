@@ -1189,6 +1189,20 @@ static zk *gate_client(struct env *e, test_gate **gate)
 	return a;
 }
 
+/* env_open() and gate_client(): NULL (the env closed again) when either
+ * cannot be had. */
+static zk *env_open_gated(struct env *e, test_gate **gate)
+{
+	zk *a;
+
+	if (!env_open(e))
+		return NULL;
+	a = gate_client(e, gate);
+	if (!a)
+		env_close(e);
+	return a;
+}
+
 /* Expire A's session: another client takes it and closes it. Its id. */
 static int64_t expire_session(struct env *e, zk *a)
 {
@@ -1216,11 +1230,8 @@ TEST(reconnect_rewalks_without_dropping)
 	zk *a;
 	zkc *c;
 
-	if (!env_open(&e))
-		return;
-	a = gate_client(&e, &gate);
+	a = env_open_gated(&e, &gate);
 	if (!a) {
-		env_close(&e);
 		free(r);
 		return;
 	}
@@ -1735,13 +1746,9 @@ TEST(many_contenders)
 	zk *a;
 	zkc *c;
 
-	if (!env_open(&e))
+	a = env_open_gated(&e, &gate);
+	if (!a)
 		return;
-	a = gate_client(&e, &gate);
-	if (!a) {
-		env_close(&e);
-		return;
-	}
 	populate(e.loop, e.z, N, 1);
 	for (int i = 0; i < N; i += 3)
 		lock_node(e.z, i);
