@@ -52,29 +52,18 @@ static void forget_building(np_nodelaunch *nl)
 	nl->building_sent = false;
 }
 
-/* Our write of the node's record answered: the node cache takes the
- * record instead of reading it back. The record is copied from the launch
- * now, not when the write left: nothing changes the launch's record while
- * its create or its lock's multi is in flight (a release or a lost
- * session hands the cache nothing, see build_done and node_created), and
- * a copy held for the round trip of each of 1,000 launches in flight was
- * half a megabyte at the peak. A record that cannot be packed (never,
- * for one we encoded) goes as its JSON. */
-static void written_to_cache(np_nodelaunch *nl, const char *path,
-			     const zk_stat *st)
+/* What the node cache takes for our write of the node's record once it
+ * has answered, instead of reading the node back: a copy of the launch's
+ * record made now, not when the write left. Nothing changes the launch's
+ * record while its create or its lock's multi is in flight (a release or
+ * a lost session hands the cache nothing: build_done, node_created), and
+ * a copy held through the round trip of each of 1,000 launches in flight
+ * was half a megabyte at the peak. NULL when the record cannot be packed
+ * (none of ours: its strings come from jansson and libyaml, valid UTF-8):
+ * the cache then reads the node. */
+static np_record *written_record(const np_nodelaunch *nl)
 {
-	zkc *nodes = launcher_nodes(nl->l);
-	np_record *rec = np_record_pack(NP_KIND_NODE,
-					(const np_record *)&nl->node);
-	char *json;
-
-	if (rec) {
-		zkc_write_done_record(nodes, path, ZOK, st, NP_KIND_NODE, rec);
-		return;
-	}
-	json = np_node_encode(&nl->node);
-	zkc_write_done(nodes, path, ZOK, json, (int)strlen(json), st);
-	free(json);
+	return np_record_pack(NP_KIND_NODE, (const np_record *)&nl->node);
 }
 
 /* The newest write's JSON, once its reply is in and it is not sent again. */
@@ -85,16 +74,13 @@ static void drop_wjson(np_nodelaunch *nl)
 }
 
 /* The node's create answered: the node cache takes the record created
- * instead of reading it (zkc_create_done_record), copied now as
- * written_to_cache() says; WRITTEN false when the launch's record may
- * differ from what was written (released meanwhile): the cache then reads
- * the node, if it is there. */
+ * (written_record) instead of reading it (zkc_create_done_record);
+ * WRITTEN false when the launch's record may differ from what was written
+ * (released meanwhile): the cache then reads the node, if it is there. */
 static void created_to_cache(np_nodelaunch *nl, int rc, const char *path,
 			     const zk_stat *st, bool written)
 {
-	np_record *rec = rc == ZOK && written ?
-		np_record_pack(NP_KIND_NODE, (const np_record *)&nl->node) :
-		NULL;
+	np_record *rec = rc == ZOK && written ? written_record(nl) : NULL;
 
 	zkc_create_done_record(launcher_nodes(nl->l), path, rc, st,
 			       NP_KIND_NODE, rec);
@@ -707,6 +693,7 @@ static void start_attempt(np_nodelaunch *nl)
 static void build_done(np_nodelaunch *nl, int rc)
 {
 	const char *path = nl->path;
+	np_record *rec = NULL;
 	zk_stat st;
 
 	if (!nl->build_pending)
@@ -714,7 +701,10 @@ static void build_done(np_nodelaunch *nl, int rc)
 	nl->build_pending = false;
 	if (rc == ZOK && nl->lock && nl->building_sent &&
 	    zk_lock_fresh_stat(nl->lock, 0, &st))
-		written_to_cache(nl, path, &st);
+		rec = written_record(nl);
+	if (rec)
+		zkc_write_done_record(launcher_nodes(nl->l), path, ZOK, &st,
+				      NP_KIND_NODE, rec);
 	else
 		zkc_write_done(launcher_nodes(nl->l), path,
 			       rc == ZOK ? ZNOTHING : rc, NULL, 0, NULL);
